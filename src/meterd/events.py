@@ -1,0 +1,137 @@
+"""Usage events: CloudEvents 1.0 (structured JSON) validated into ``UsageEvent``.
+
+A usage event names its customer in ``subject``, its organisation in the
+``org`` extension attribute, and carries ``data.feature`` and
+``data.quantity``. Parsing never raises for bad input: it returns an
+``InvalidEvent`` with a human-readable reason, so one bad event can be
+dead-lettered while the rest of its batch is counted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+)
+
+from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, ORG_ID_PATTERN
+from meterd.quantity import QuantityError, parse_quantity, to_micros
+from meterd.timeutil import epoch_micros
+
+USAGE_EVENT_TYPE = "meterd.usage"
+
+
+def _quantity(value: object) -> Decimal:
+    try:
+        return parse_quantity(value)
+    except QuantityError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _aware_utc(value: datetime) -> datetime:
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError("time must carry a timezone (RFC 3339), e.g. 2026-11-22T10:00:00Z")
+    return value.astimezone(UTC)
+
+
+#: Identifiers end up in Redis keys and SQL text: no control characters (PostgreSQL
+#: refuses NUL in text, and a newline in an id is never intended).
+_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
+NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=_PRINTABLE)]
+
+
+class UsageData(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    feature: Annotated[str, StringConstraints(pattern=FEATURE_KEY_PATTERN.pattern)]
+    quantity: Annotated[Decimal, BeforeValidator(_quantity)]
+    entitlement_id: uuid.UUID | None = None
+
+
+class CloudUsageEvent(BaseModel):
+    """The wire shape of one usage event."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    specversion: Literal["1.0"]
+    id: NonEmpty
+    source: NonEmpty
+    type: Literal["meterd.usage"]
+    subject: Annotated[
+        str, StringConstraints(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=_PRINTABLE)
+    ]
+    org: Annotated[str, StringConstraints(pattern=ORG_ID_PATTERN.pattern)]
+    time: Annotated[datetime, AfterValidator(_aware_utc)] | None = None
+    datacontenttype: str | None = Field(default=None, pattern=r"^application/(.+\+)?json")
+    data: UsageData
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    """A validated usage event, ready to be counted."""
+
+    org: str
+    customer: str
+    feature: str
+    source: str
+    id: str
+    time: datetime
+    quantity_micros: int
+    entitlement_id: uuid.UUID | None
+
+    @property
+    def time_micros(self) -> int:
+        return epoch_micros(self.time)
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent:
+    """An event that failed validation, with why."""
+
+    payload: Any
+    reason: str
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False)[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "event"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def parse_event(
+    payload: Any, *, received_at: datetime, org: str | None = None
+) -> UsageEvent | InvalidEvent:
+    """Validate one CloudEvent. ``org`` (from an API key) overrides the attribute."""
+    if not isinstance(payload, dict):
+        return InvalidEvent(payload, f"event must be a JSON object, got {type(payload).__name__}")
+    if org is not None:
+        payload = {**payload, "org": org}
+    try:
+        event = CloudUsageEvent.model_validate(payload)
+    except ValidationError as exc:
+        return InvalidEvent(payload, _describe(exc))
+    except (TypeError, ValueError, RecursionError) as exc:  # pragma: no cover - defensive
+        return InvalidEvent(payload, f"event could not be read: {exc}")
+    return UsageEvent(
+        org=event.org,
+        customer=event.subject,
+        feature=event.data.feature,
+        source=event.source,
+        id=event.id,
+        time=event.time or received_at,
+        quantity_micros=to_micros(event.data.quantity),
+        entitlement_id=event.data.entitlement_id,
+    )

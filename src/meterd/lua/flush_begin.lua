@@ -1,0 +1,31 @@
+--[[ flush_begin.lua: hand the pending deltas to a flush, or resume a crashed one.
+
+KEYS[1]  pending hash ("<ent>:<period>" -> micro-units)
+KEYS[2]  flush batch hash (the pending hash, renamed)
+KEYS[3]  inflight batch id (string)
+KEYS[4]  flush epoch (counter, bumped at every new batch)
+ARGV[1]  id for a new batch
+
+Returns the id of the batch to apply: the one already in flight if a previous
+flush died before finishing it, else ARGV[1] after renaming pending into the
+batch hash. Returns false if there is nothing to flush. New usage keeps
+landing in a fresh pending hash meanwhile.
+]]
+
+local pending_key = KEYS[1]
+local batch_key = KEYS[2]
+local inflight_key = KEYS[3]
+local epoch_key = KEYS[4]
+local new_id = ARGV[1]
+
+local current = redis.call("GET", inflight_key)
+if current then
+  return current
+end
+if redis.call("EXISTS", pending_key) == 0 then
+  return false
+end
+redis.call("INCR", epoch_key)
+redis.call("RENAME", pending_key, batch_key)
+redis.call("SET", inflight_key, new_id)
+return new_id

@@ -1,0 +1,59 @@
+"""Exact quantities: decimals at the edges, integer micro-units inside.
+
+Redis counters and Lua arithmetic work on integers. A Lua number is an IEEE
+double, exact for integers up to 2**53, so one counter holds at most
+``MAX_MICROS`` micro-units (about 9 billion units); an event that would not fit
+is rejected as invalid rather than rounded.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+SCALE = 6
+MICROS_PER_UNIT = 10**SCALE
+MAX_MICROS = 2**53 - 1
+_QUANTUM = Decimal(1).scaleb(-SCALE)
+
+
+class QuantityError(ValueError):
+    """A quantity that cannot be counted exactly."""
+
+
+def parse_quantity(value: object) -> Decimal:
+    """Parse a positive decimal with at most six fractional digits.
+
+    Accepts strings and ints; a JSON number that Python decoded as a float is
+    taken through its shortest ``repr`` (``0.1`` stays ``0.1``), never through
+    binary arithmetic. Booleans, NaN and infinities are refused.
+    """
+    if isinstance(value, bool) or value is None:
+        raise QuantityError("quantity must be a decimal number or string")
+    if isinstance(value, float):
+        value = repr(value)
+    if not isinstance(value, (str, int, Decimal)):
+        raise QuantityError("quantity must be a decimal number or string")
+    try:
+        dec = Decimal(value.strip() if isinstance(value, str) else value)
+    except InvalidOperation:
+        raise QuantityError(f"quantity {str(value)[:40]!r} is not a decimal number") from None
+    if not dec.is_finite():
+        raise QuantityError("quantity must be finite")
+    if dec <= 0:
+        raise QuantityError("quantity must be positive")
+    exponent = dec.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -SCALE and dec != dec.quantize(_QUANTUM):
+        raise QuantityError(f"quantity has more than {SCALE} fractional digits")
+    if to_micros(dec) > MAX_MICROS:
+        raise QuantityError("quantity is too large to count exactly")
+    return dec
+
+
+def to_micros(value: Decimal) -> int:
+    """Decimal units to integer micro-units (the value must already be exact)."""
+    return int(value.scaleb(SCALE).to_integral_exact())
+
+
+def from_micros(micros: int) -> Decimal:
+    """Integer micro-units to a Decimal with six fractional digits."""
+    return Decimal(micros).scaleb(-SCALE).quantize(_QUANTUM)

@@ -1,0 +1,1 @@
+"""Services: the logic of meterd, free of Celery, HTTP and CLI concerns."""

@@ -1,0 +1,95 @@
+"""The real-time read: consumed = flushed (database) + pending (Redis).
+
+Redis and the database cannot be read in one snapshot, so the read is
+optimistic: read Redis atomically (pending, the batch in flight and the flush
+epoch), then the database in one statement (flushed values and whether the
+in-flight batch is committed), and retry if a new flush began in between.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from meterd.domain import Balance, BillingType, EntitlementView
+from meterd.keys import period_field
+from meterd.quantity import from_micros
+from meterd.storage.counters import CounterStore
+from meterd.storage.repository import SqlRepository
+from meterd.timeutil import month_start
+
+_MAX_ATTEMPTS = 5
+
+
+class BalanceError(RuntimeError):
+    """Flushes kept racing the read; try again."""
+
+
+PeriodKey = tuple[uuid.UUID, datetime]
+
+
+def current_period(view: EntitlementView, now: datetime) -> tuple[datetime, Decimal | None]:
+    """(period start, period quantity) of the period of ``view`` containing ``now``."""
+    if view.billing_type is BillingType.PAY_PER_USE:
+        return month_start(now), view.quantity
+    chosen = None
+    for period in sorted(view.periods, key=lambda p: p.start):
+        if period.start <= now:
+            chosen = period
+    if chosen is None:
+        return view.starts_at, view.quantity
+    return chosen.start, chosen.quantity
+
+
+class BalanceService:
+    def __init__(
+        self, counters: CounterStore, repository: SqlRepository, *, late_window: timedelta
+    ) -> None:
+        self.counters = counters
+        self.repository = repository
+        self.late_window = late_window
+
+    def consumed(self, periods: list[PeriodKey]) -> dict[PeriodKey, tuple[int, int]]:
+        """(flushed, not yet flushed) micro-units of each period, consistent."""
+        fields = [period_field(e, s) for e, s in periods]
+        for _ in range(_MAX_ATTEMPTS):
+            snap = self.counters.pending_snapshot(fields)
+            flushed, committed = self.repository.flushed_consumption(
+                periods, snap.inflight_batch
+            )
+            if self.counters.flush_epoch() != snap.epoch:
+                continue  # a flush began while we read: pending moved, read again
+            result = {}
+            for key, field in zip(periods, fields, strict=True):
+                unflushed = snap.pending[field] + (0 if committed else snap.inflight[field])
+                result[key] = (flushed.get(key, 0), unflushed)
+            return result
+        raise BalanceError("flushes kept racing the read")
+
+    def balances(
+        self, org: str, customer: str, feature: str, now: datetime
+    ) -> list[Balance]:
+        """The current period of each of the customer's entitlements for a feature."""
+        key = (org, customer, feature)
+        views, _ = self.repository.resolution_views([key], usable_after=now - self.late_window)[
+            key
+        ]
+        current = {view.id: current_period(view, now) for view in views}
+        periods = [(view.id, current[view.id][0]) for view in views]
+        values = self.consumed(periods)
+        result = []
+        for view in views:
+            start, quantity = current[view.id]
+            flushed, pending = values[(view.id, start)]
+            result.append(
+                Balance(
+                    entitlement_id=view.id,
+                    period_start=start,
+                    quantity=quantity,
+                    consumed=from_micros(flushed + pending),
+                    flushed=from_micros(flushed),
+                    pending=from_micros(pending),
+                )
+            )
+        return result

@@ -1,0 +1,165 @@
+"""Create organisations, features, entitlements and their periods.
+
+Every change to entitlements refreshes the Redis resolution data right after
+the database commit, so the next ingested event already sees it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from meterd.domain import (
+    FEATURE_KEY_PATTERN,
+    ORG_ID_PATTERN,
+    BillingType,
+    ContractMode,
+    FeatureType,
+    Status,
+)
+from meterd.services.resolution import ResolutionCache
+from meterd.storage.models import Entitlement, Feature, UsagePeriod
+from meterd.storage.repository import SqlRepository
+
+
+class CatalogError(ValueError):
+    """A request to the catalog that cannot be carried out as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntitlement:
+    org: str
+    customer_id: str
+    feature: str
+    quantity: Decimal | None
+    starts_at: datetime
+    ends_at: datetime | None = None
+    billing_type: BillingType = BillingType.PRE_PAID
+    contract_mode: ContractMode = ContractMode.PRODUCTION
+    priority: int = 0
+    grace: timedelta | None = None
+    auto_renew: bool = False
+    renewal_quantity: Decimal | None = None
+    contract_id: str | None = None
+    plan_id: uuid.UUID | None = None
+    parent_id: uuid.UUID | None = None
+    allotment: Decimal | None = None
+
+
+def initial_status(starts_at: datetime, ends_at: datetime | None, now: datetime) -> Status:
+    if now < starts_at:
+        return Status.PENDING
+    if ends_at is not None and now >= ends_at:
+        return Status.EXPIRED
+    return Status.ACTIVE
+
+
+class Catalog:
+    def __init__(self, repository: SqlRepository, resolution: ResolutionCache) -> None:
+        self.repository = repository
+        self.resolution = resolution
+
+    def create_org(self, org_id: str, name: str | None, now: datetime) -> None:
+        if not ORG_ID_PATTERN.match(org_id):
+            raise CatalogError("org id must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        self.repository.ensure_org(org_id, name or org_id, now)
+
+    def create_feature(
+        self,
+        org: str,
+        key: str,
+        *,
+        now: datetime,
+        name: str | None = None,
+        type: FeatureType = FeatureType.FEATURE,
+        units: str = "",
+        description: str = "",
+        product_id: uuid.UUID | None = None,
+    ) -> Feature:
+        if not FEATURE_KEY_PATTERN.match(key):
+            raise CatalogError("feature key must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        return self.repository.add_feature(
+            Feature(
+                org_id=org,
+                key=key,
+                name=name or key,
+                description=description,
+                type=type.value,
+                units=units,
+                product_id=product_id,
+                is_active=True,
+                created_at=now,
+            )
+        )
+
+    def create_entitlement(self, spec: NewEntitlement, now: datetime) -> Entitlement:
+        if spec.quantity is not None and spec.quantity < 0:
+            raise CatalogError("quantity must not be negative")
+        if spec.ends_at is not None and spec.ends_at <= spec.starts_at:
+            raise CatalogError("ends_at must be after starts_at")
+        if len(spec.customer_id) > 128 or not spec.customer_id:
+            raise CatalogError("customer_id must be 1-128 characters")
+        feature = self.repository.feature_by_key(spec.org, spec.feature)
+        grace_until = spec.ends_at + spec.grace if spec.ends_at and spec.grace else None
+        ent = Entitlement(
+            org_id=spec.org,
+            customer_id=spec.customer_id,
+            feature_id=feature.id,
+            plan_id=spec.plan_id,
+            contract_id=spec.contract_id,
+            quantity=spec.quantity,
+            billing_type=spec.billing_type.value,
+            contract_mode=spec.contract_mode.value,
+            status=initial_status(spec.starts_at, spec.ends_at, now).value,
+            priority=spec.priority,
+            starts_at=spec.starts_at,
+            ends_at=spec.ends_at,
+            grace_until=grace_until,
+            issued_at=now,
+            auto_renew=spec.auto_renew,
+            renewal_quantity=spec.renewal_quantity,
+            parent_id=spec.parent_id,
+            allotment=spec.allotment,
+            created_at=now,
+            updated_at=now,
+        )
+        periods = []
+        if spec.billing_type is BillingType.PRE_PAID:
+            periods.append(
+                UsagePeriod(
+                    period_start=spec.starts_at,
+                    period_end=spec.ends_at,
+                    quantity=spec.quantity,
+                    consumed=Decimal(0),
+                    updated_at=now,
+                )
+            )
+        self.repository.add_entitlement(ent, periods)
+        self.resolution.refresh([(spec.org, spec.customer_id, spec.feature)], now)
+        return ent
+
+    def open_period(
+        self,
+        entitlement_id: uuid.UUID,
+        start: datetime,
+        end: datetime | None,
+        quantity: Decimal | None,
+        now: datetime,
+    ) -> None:
+        """Open a new usage period of a PRE_PAID entitlement (as a renewal does);
+        earlier periods keep their usage, and late events still land in them."""
+        org, customer, feature = self.repository.customers_of(entitlement_id)
+        self.repository.add_period(
+            UsagePeriod(
+                org_id=org,
+                entitlement_id=entitlement_id,
+                period_start=start,
+                period_end=end,
+                quantity=quantity,
+                consumed=Decimal(0),
+                updated_at=now,
+            )
+        )
+        self.resolution.refresh([(org, customer, feature)], now)

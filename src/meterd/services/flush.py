@@ -1,0 +1,61 @@
+"""Flush: move pending counts from Redis into the database, exactly once.
+
+The protocol (see docs/architecture.md for each crash point):
+
+1. ``begin_flush`` atomically renames the pending hash into the batch hash
+   under a fresh batch id, or returns the batch a crashed flush left behind.
+2. The batch is added to the usage periods in one database transaction that
+   also inserts the batch id; a batch id already present means a previous
+   flush committed it, and it is not added again.
+3. ``end_flush`` deletes the batch from Redis.
+
+A crash before 2 commits leaves the batch in Redis for the next flush; a crash
+after 2 leaves a batch the database already has, which step 2 recognises.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from meterd.storage.counters import CounterStore
+from meterd.storage.repository import SqlRepository
+
+
+@dataclass(frozen=True, slots=True)
+class FlushReport:
+    batch_id: str | None
+    periods: int
+    total_micros: int
+    #: False when the database already had this batch (a crash after commit).
+    applied: bool
+
+    @property
+    def empty(self) -> bool:
+        return self.batch_id is None
+
+
+class FlushService:
+    def __init__(self, counters: CounterStore, repository: SqlRepository) -> None:
+        self.counters = counters
+        self.repository = repository
+
+    def flush_once(self, now: datetime) -> FlushReport:
+        batch_id = self.counters.begin_flush(uuid.uuid4().hex)
+        if batch_id is None:
+            return FlushReport(None, 0, 0, applied=False)
+        deltas = self.counters.read_flush_batch()
+        applied = self.repository.apply_flush_batch(batch_id, deltas, now)
+        self.counters.end_flush(batch_id)
+        return FlushReport(batch_id, len(deltas), sum(deltas.values()), applied=applied)
+
+    def flush_all(self, now: datetime, max_batches: int = 10) -> list[FlushReport]:
+        """Flush until nothing is pending (bounded: new usage keeps arriving)."""
+        reports = []
+        for _ in range(max_batches):
+            report = self.flush_once(now)
+            if report.empty:
+                break
+            reports.append(report)
+        return reports

@@ -1,0 +1,154 @@
+"""Ingest: validate a batch of usage events, count the valid ones, dead-letter the rest.
+
+One bad event never blocks its batch: validation happens per event, counting
+is one atomic script call per chunk, and every event gets an outcome. The
+counts are written before the dead letters, so a crash between the two only
+repeats the dead-lettering on redelivery (dead letters are idempotent by
+fingerprint and the counted events come back as duplicates).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from meterd.domain import OUTCOME_CODES, Outcome
+from meterd.events import InvalidEvent, UsageEvent, parse_event
+from meterd.services.resolution import ResolutionCache
+from meterd.storage.counters import MISSING_RESOLUTION, CounterStore
+from meterd.storage.repository import DeadLetterRecord, SqlRepository
+
+_MAX_RESOLUTION_ROUNDS = 3
+
+
+class IngestError(RuntimeError):
+    """The batch could not be counted now (a store is unreachable): retry it."""
+
+
+@dataclass(slots=True)
+class IngestReport:
+    """The outcome of every event of a batch, in input order."""
+
+    outcomes: list[Outcome]
+    reasons: list[str | None]
+    dead_lettered: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.counts = Counter(o.value for o in self.outcomes)
+
+
+class IngestService:
+    def __init__(
+        self,
+        counters: CounterStore,
+        repository: SqlRepository,
+        resolution: ResolutionCache,
+        *,
+        chunk_size: int,
+        late_window: timedelta,
+        future_skew: timedelta,
+    ) -> None:
+        self.counters = counters
+        self.repository = repository
+        self.resolution = resolution
+        self.chunk_size = chunk_size
+        self.late_window = late_window
+        self.future_skew = future_skew
+
+    def ingest(
+        self, payloads: Sequence[Any], *, now: datetime, org: str | None = None
+    ) -> IngestReport:
+        outcomes: list[Outcome | None] = [None] * len(payloads)
+        reasons: list[str | None] = [None] * len(payloads)
+        valid: list[tuple[int, UsageEvent]] = []
+        for index, payload in enumerate(payloads):
+            parsed = parse_event(payload, received_at=now, org=org)
+            if isinstance(parsed, UsageEvent) and parsed.time > now + self.future_skew:
+                parsed = InvalidEvent(
+                    payload, f"time {parsed.time.isoformat()} is in the future (beyond clock skew)"
+                )
+            if isinstance(parsed, InvalidEvent):
+                outcomes[index] = Outcome.INVALID
+                reasons[index] = parsed.reason
+            else:
+                valid.append((index, parsed))
+
+        for start in range(0, len(valid), self.chunk_size):
+            self._count(valid[start : start + self.chunk_size], outcomes, reasons, now)
+
+        final = [o if o is not None else Outcome.INVALID for o in outcomes]
+        by_index = dict(valid)
+        dead = [
+            _dead_letter(payloads[i], final[i], reasons[i], by_index.get(i), org)
+            for i in range(len(payloads))
+            if final[i].is_dead_letter
+        ]
+        report = IngestReport(outcomes=final, reasons=reasons)
+        report.dead_lettered = self.repository.add_dead_letters(dead, now) if dead else 0
+        return report
+
+    def _count(
+        self,
+        chunk: list[tuple[int, UsageEvent]],
+        outcomes: list[Outcome | None],
+        reasons: list[str | None],
+        now: datetime,
+    ) -> None:
+        todo = chunk
+        for _ in range(_MAX_RESOLUTION_ROUNDS):
+            codes = self.counters.add_batch([event for _, event in todo], now=now)
+            missed = []
+            for (index, event), code in zip(todo, codes, strict=True):
+                if code == MISSING_RESOLUTION:
+                    missed.append((index, event))
+                else:
+                    outcome = OUTCOME_CODES[code]
+                    outcomes[index] = outcome
+                    reasons[index] = self._reason(outcome, event)
+            if not missed:
+                return
+            self.resolution.fill({(e.org, e.customer, e.feature) for _, e in missed}, now)
+            todo = missed
+        raise IngestError("resolution data kept disappearing from Redis; retry the batch")
+
+    def _reason(self, outcome: Outcome, event: UsageEvent) -> str | None:
+        if outcome is Outcome.NO_ENTITLEMENT:
+            return (
+                f"customer {event.customer!r} has no usable entitlement for feature "
+                f"{event.feature!r} at {event.time.isoformat()}"
+            )
+        if outcome is Outcome.LATE:
+            days = self.late_window.total_seconds() / 86400
+            return f"event time {event.time.isoformat()} is older than the late window ({days:g} days)"
+        if outcome is Outcome.SUSPENDED:
+            return f"the entitlement of customer {event.customer!r} for {event.feature!r} is suspended"
+        return None
+
+
+def _dead_letter(
+    payload: Any,
+    outcome: Outcome,
+    reason: str | None,
+    event: UsageEvent | None,
+    org: str | None,
+) -> DeadLetterRecord:
+    return DeadLetterRecord(
+        reason=outcome.value,
+        detail=reason or outcome.value,
+        payload=payload,
+        org_id=event.org if event else (org or _maybe_str(payload, "org")),
+        source=event.source if event else None,
+        event_id=event.id if event else None,
+    )
+
+
+def _maybe_str(payload: Any, key: str) -> str | None:
+    if isinstance(payload, dict):
+        value = payload.get(key)
+        if isinstance(value, str) and len(value) <= 64:
+            return value
+    return None

@@ -1,0 +1,1 @@
+"""Storage adapters: the Redis counter store and the SQL repository."""

@@ -1,0 +1,183 @@
+"""The Redis counter store: dedupe, burn-down and exact counters in Lua.
+
+Every write path is one Lua script call, so a batch is counted entirely or not
+at all, and the dedupe markers are written in the same atomic step as the
+counts they guard. Python never formats values into a script: the scripts live
+in ``meterd/lua/*.lua`` and are registered once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from importlib import resources
+from typing import Any, cast
+
+import redis
+
+from meterd.events import UsageEvent
+from meterd.keys import Keys
+from meterd.timeutil import epoch_micros, month_start
+
+MISSING_RESOLUTION = "m"
+
+
+class CounterStoreError(RuntimeError):
+    """Redis could not be reached or refused a command."""
+
+
+def _load_script(name: str) -> str:
+    return resources.files("meterd").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSnapshot:
+    """What Redis holds for some periods, read atomically (see pending_snapshot.lua)."""
+
+    epoch: int
+    inflight_batch: str | None
+    pending: dict[str, int]
+    inflight: dict[str, int]
+
+
+class CounterStore:
+    """Counts usage in Redis. One instance per process; thread-safe like redis-py."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        dedupe_ttl: timedelta,
+        late_window: timedelta,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.dedupe_ttl = dedupe_ttl
+        self.late_window = late_window
+        self._ingest = client.register_script(_load_script("ingest.lua"))
+        self._flush_begin = client.register_script(_load_script("flush_begin.lua"))
+        self._flush_end = client.register_script(_load_script("flush_end.lua"))
+        self._snapshot = client.register_script(_load_script("pending_snapshot.lua"))
+
+    # -- ingest ---------------------------------------------------------------
+
+    def add_batch(self, events: Sequence[UsageEvent], *, now: datetime) -> str:
+        """Count a batch in one script call; returns one outcome code per event.
+
+        Code ``m`` means the customer's resolution data was not cached: nothing
+        was written for that event and the caller should load it and retry.
+        """
+        if not events:
+            return ""
+        keys: list[str] = [self.keys.pending]
+        args: list[str | int] = []
+        late_before = now - self.late_window
+        min_dedupe_ms = int(self.dedupe_ttl.total_seconds() * 1000)
+        months: dict[tuple[int, int], int] = {}
+        for event in events:
+            keys.append(self.keys.dedupe(event.org, event.source, event.id))
+            keys.append(self.keys.resolution(event.org, event.customer, event.feature))
+            keys.append(self.keys.used(event.org, event.customer))
+            when = event.time
+            month_key = (when.year, when.month)
+            month = months.get(month_key)
+            if month is None:
+                month = months[month_key] = epoch_micros(month_start(when))
+            # The marker must outlive the late window of this event, or a redelivery
+            # after the dedupe TTL could count it again.
+            late_ms = int((event.time + self.late_window - now).total_seconds() * 1000)
+            args += [
+                epoch_micros(when),
+                month,
+                event.quantity_micros,
+                event.entitlement_id.hex if event.entitlement_id else "",
+                "1" if when < late_before else "0",
+                max(min_dedupe_ms, late_ms, 1),
+            ]
+        try:
+            result = self._ingest(keys=keys, args=args)
+        except redis.RedisError as exc:
+            raise CounterStoreError(f"counting a batch failed: {exc}") from exc
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    def store_resolution(
+        self, org: str, customer: str, feature: str, payload: str, *, ttl: int, replace: bool
+    ) -> None:
+        """Cache resolution data. ``replace=False`` only fills a missing entry.
+
+        Writers that just changed an entitlement replace; ingest workers that
+        loaded it after a miss only fill, so a slow loader holding data read
+        before a change can never overwrite the fresher entry.
+        """
+        key = self.keys.resolution(org, customer, feature)
+        self.client.set(key, payload, ex=ttl, nx=not replace)
+
+    def seed_used(self, org: str, customer: str, flushed: Mapping[str, int]) -> None:
+        """Start the running totals from the database, where Redis has none yet.
+
+        A period with pending usage always has a ``used`` entry (the ingest script
+        writes both), so HSETNX never overwrites a live total with a stale one.
+        """
+        if not flushed:
+            return
+        key = self.keys.used(org, customer)
+        pipe = self.client.pipeline(transaction=False)
+        for field, micros in flushed.items():
+            pipe.hsetnx(key, field, micros)
+        pipe.execute()
+
+    def used(self, org: str, customer: str, fields: Sequence[str]) -> list[int | None]:
+        values = self.client.hmget(self.keys.used(org, customer), list(fields))
+        return [int(v) if v is not None else None for v in values]
+
+    # -- flush ----------------------------------------------------------------
+
+    def begin_flush(self, new_batch_id: str) -> str | None:
+        """The batch to apply: a crashed flush's batch, else pending renamed to a new one."""
+        k = self.keys
+        result = self._flush_begin(
+            keys=[k.pending, k.flush_batch, k.flush_inflight, k.flush_epoch],
+            args=[new_batch_id],
+        )
+        if not result:
+            return None
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    def read_flush_batch(self) -> dict[str, int]:
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.flush_batch))
+        return {field.decode(): int(value) for field, value in raw.items()}
+
+    def end_flush(self, batch_id: str) -> bool:
+        k = self.keys
+        return bool(self._flush_end(keys=[k.flush_inflight, k.flush_batch], args=[batch_id]))
+
+    # -- reads ----------------------------------------------------------------
+
+    def pending_snapshot(self, fields: Sequence[str]) -> PendingSnapshot:
+        k = self.keys
+        raw: list[Any] = self._snapshot(
+            keys=[k.pending, k.flush_batch, k.flush_inflight, k.flush_epoch], args=list(fields)
+        )
+        values = [int(v) for v in raw[2:]]
+        n = len(fields)
+        inflight_id = raw[1].decode() if isinstance(raw[1], bytes) else str(raw[1])
+        return PendingSnapshot(
+            epoch=int(raw[0]),
+            inflight_batch=inflight_id or None,
+            pending=dict(zip(fields, values[:n], strict=True)),
+            inflight=dict(zip(fields, values[n:], strict=True)),
+        )
+
+    def flush_epoch(self) -> int:
+        return int(self.client.get(self.keys.flush_epoch) or 0)
+
+    def pending_fields(self) -> dict[str, int]:
+        """Everything not yet in the database: pending plus the batch in flight."""
+        total: dict[str, int] = {}
+        for key in (self.keys.pending, self.keys.flush_batch):
+            raw = cast(dict[bytes, bytes], self.client.hgetall(key))
+            for field, value in raw.items():
+                total[field.decode()] = total.get(field.decode(), 0) + int(value)
+        return total

@@ -1,0 +1,199 @@
+"""SQLAlchemy 2.x tables. Alembic migrations in ``meterd/migrations`` create them.
+
+Quantities are exact: ``Numeric(38, 6)`` on PostgreSQL; on SQLite, whose
+NUMERIC affinity would turn them into doubles, integer micro-units. The
+``ExactDecimal`` type hides the difference: Python always sees ``Decimal``.
+Entitlement rows are never deleted (they are terminated), so usage periods
+and the audit trail always have their parent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeEngine
+
+from meterd.quantity import from_micros, to_micros
+from meterd.timeutil import as_utc
+
+
+class ExactDecimal(TypeDecorator[Decimal]):
+    """Decimal with six fractional digits, stored exactly on every backend."""
+
+    impl = Numeric(38, 6)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(38, 6, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return to_micros(Decimal(value))
+        return Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return from_micros(int(value))
+        return Decimal(value).quantize(Decimal("0.000001"))
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; use UTC-aware ones")
+        value = as_utc(value)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        return as_utc(value) if value is not None else None
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Organisation(Base):
+    __tablename__ = "organisations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    last_entitlement_number: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Feature(Base):
+    __tablename__ = "features"
+    __table_args__ = (UniqueConstraint("org_id", "key", name="uq_features_org_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    key: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    type: Mapped[str] = mapped_column(String(32))
+    units: Mapped[str] = mapped_column(String(64), default="")
+    product_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Entitlement(Base):
+    __tablename__ = "entitlements"
+    __table_args__ = (
+        UniqueConstraint("org_id", "number", name="uq_entitlements_org_number"),
+        Index("ix_entitlements_resolution", "org_id", "customer_id", "feature_id"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    number: Mapped[int] = mapped_column(BigInteger)
+    customer_id: Mapped[str] = mapped_column(String(128))
+    feature_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("features.id"))
+    plan_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
+    contract_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    billing_type: Mapped[str] = mapped_column(String(16))
+    contract_mode: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ends_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    grace_until: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    issued_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
+    renewal_quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    parent_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("entitlements.id"), nullable=True
+    )
+    allotment: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    row_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+    __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
+
+
+class UsagePeriod(Base):
+    """Flushed consumption of one entitlement in one period."""
+
+    __tablename__ = "usage_periods"
+    __table_args__ = (
+        UniqueConstraint("entitlement_id", "period_start", name="uq_usage_periods_start"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    entitlement_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("entitlements.id"))
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    period_end: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    consumed: Mapped[Decimal] = mapped_column(ExactDecimal(), default=Decimal(0))
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class FlushBatch(Base):
+    """One applied flush batch. Its primary key is what makes a flush exactly-once."""
+
+    __tablename__ = "flush_batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    committed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    periods: Mapped[int] = mapped_column(Integer)
+    total: Mapped[Decimal] = mapped_column(ExactDecimal())
+
+
+class DeadLetter(Base):
+    """An event that was not counted, with why, kept for listing and replay."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (
+        Index("ix_dead_letters_reason_received", "reason", "received_at"),
+        Index("ix_dead_letters_org_received", "org_id", "received_at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    #: sha256 of (reason, org, source, id) or of the raw payload: a redelivered batch
+    #: dead-letters the same event once.
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    org_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    event_id: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    #: The original event as JSON text (ASCII-escaped: PostgreSQL text refuses NUL).
+    payload: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    replay_outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)

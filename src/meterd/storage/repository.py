@@ -1,0 +1,435 @@
+"""The SQL repository: every query meterd runs against the database.
+
+Methods open their own short transaction unless they are handed a session,
+so a service can make several writes atomic (the caller owns the transaction).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    Engine,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    tuple_,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from meterd.domain import BillingType, EntitlementView, Period, Status
+from meterd.keys import period_field
+from meterd.quantity import from_micros, to_micros
+from meterd.storage.models import (
+    DeadLetter,
+    Entitlement,
+    Feature,
+    FlushBatch,
+    Organisation,
+    UsagePeriod,
+)
+from meterd.timeutil import from_epoch_micros, next_month_start
+
+
+class NotFoundError(LookupError):
+    """A row that should exist does not (carries what was looked for)."""
+
+    def __init__(self, what: str, key: object) -> None:
+        super().__init__(f"{what} {key!r} not found")
+        self.what = what
+        self.key = key
+
+
+def parse_period_field(field: str) -> tuple[uuid.UUID, datetime]:
+    ent_hex, start = field.split(":", 1)
+    return uuid.UUID(hex=ent_hex), from_epoch_micros(int(start))
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    reason: str
+    detail: str
+    payload: Any
+    org_id: str | None = None
+    source: str | None = None
+    event_id: str | None = None
+
+    def fingerprint(self) -> str:
+        if self.source is not None and self.event_id is not None:
+            basis = json.dumps([self.reason, self.org_id, self.source, self.event_id])
+        else:
+            basis = json.dumps([self.reason, _payload_text(self.payload)])
+        return hashlib.sha256(basis.encode()).hexdigest()
+
+
+def _payload_text(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=True, sort_keys=True, default=repr)
+
+
+def _no_nul(text: str | None) -> str | None:
+    return text.replace("\x00", "\\u0000") if text is not None else None
+
+
+class SqlRepository:
+    def __init__(self, engine: Engine, session_factory: sessionmaker[Session]) -> None:
+        self.engine = engine
+        self.sessions = session_factory
+
+    # -- organisations, features, entitlements -----------------------------------
+
+    def ensure_org(self, org_id: str, name: str, now: datetime) -> None:
+        with self.sessions.begin() as s:
+            if s.get(Organisation, org_id) is None:
+                s.add(Organisation(id=org_id, name=name, created_at=now))
+
+    def add_feature(self, feature: Feature) -> Feature:
+        with self.sessions.begin() as s:
+            s.add(feature)
+        return feature
+
+    def feature_by_key(self, org_id: str, key: str, session: Session | None = None) -> Feature:
+        stmt = select(Feature).where(Feature.org_id == org_id, Feature.key == key)
+        with self._maybe(session) as s:
+            feature = s.scalars(stmt).one_or_none()
+        if feature is None:
+            raise NotFoundError("feature", (org_id, key))
+        return feature
+
+    def add_entitlement(self, ent: Entitlement, periods: Sequence[UsagePeriod]) -> Entitlement:
+        """Insert an entitlement with the next number of its org, and its periods."""
+        with self.sessions.begin() as s:
+            number = s.execute(
+                update(Organisation)
+                .where(Organisation.id == ent.org_id)
+                .values(last_entitlement_number=Organisation.last_entitlement_number + 1)
+                .returning(Organisation.last_entitlement_number)
+            ).scalar_one_or_none()
+            if number is None:
+                raise NotFoundError("organisation", ent.org_id)
+            ent.number = number
+            s.add(ent)
+            s.flush()
+            for period in periods:
+                period.entitlement_id = ent.id
+                period.org_id = ent.org_id
+                s.add(period)
+        return ent
+
+    def add_period(self, period: UsagePeriod) -> None:
+        """Add a period; the entitlement's term grows to cover it (grace moves along)."""
+        with self.sessions.begin() as s:
+            ent = s.get(Entitlement, period.entitlement_id)
+            if ent is None:
+                raise NotFoundError("entitlement", period.entitlement_id)
+            s.add(period)
+            if ent.ends_at is not None and (period.period_end is None or period.period_end > ent.ends_at):
+                grace = ent.grace_until - ent.ends_at if ent.grace_until else None
+                ent.ends_at = period.period_end
+                ent.grace_until = ent.ends_at + grace if grace and ent.ends_at else None
+                ent.updated_at = period.updated_at
+
+    def entitlement(self, entitlement_id: uuid.UUID) -> Entitlement:
+        with self.sessions() as s:
+            ent = s.get(Entitlement, entitlement_id)
+        if ent is None:
+            raise NotFoundError("entitlement", entitlement_id)
+        return ent
+
+    def customers_of(self, entitlement_id: uuid.UUID) -> tuple[str, str, str]:
+        """(org, customer, feature key) of an entitlement."""
+        stmt = (
+            select(Entitlement.org_id, Entitlement.customer_id, Feature.key)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(Entitlement.id == entitlement_id)
+        )
+        with self.sessions() as s:
+            row = s.execute(stmt).one_or_none()
+        if row is None:
+            raise NotFoundError("entitlement", entitlement_id)
+        return row[0], row[1], row[2]
+
+    # -- resolution ---------------------------------------------------------------
+
+    def resolution_views(
+        self, keys: Iterable[tuple[str, str, str]], *, usable_after: datetime
+    ) -> dict[tuple[str, str, str], tuple[list[EntitlementView], dict[str, int]]]:
+        """For each (org, customer, feature key): the entitlements usage could still
+        land on (not terminated, usable window not closed before ``usable_after``),
+        and the flushed consumption of their periods (field -> micro-units)."""
+        wanted = list(dict.fromkeys(keys))
+        result: dict[tuple[str, str, str], tuple[list[EntitlementView], dict[str, int]]] = {
+            k: ([], {}) for k in wanted
+        }
+        if not wanted:
+            return result
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Entitlement, Feature.key)
+                .join(Feature, Feature.id == Entitlement.feature_id)
+                .where(
+                    tuple_(Entitlement.org_id, Entitlement.customer_id, Feature.key).in_(wanted),
+                    Entitlement.status != Status.TERMINATED.value,
+                    or_(
+                        func.coalesce(Entitlement.grace_until, Entitlement.ends_at).is_(None),
+                        func.coalesce(Entitlement.grace_until, Entitlement.ends_at)
+                        > usable_after,
+                    ),
+                )
+            ).all()
+            ids = [ent.id for ent, _ in rows]
+            periods: dict[uuid.UUID, list[UsagePeriod]] = {}
+            if ids:
+                for period in s.scalars(
+                    select(UsagePeriod).where(UsagePeriod.entitlement_id.in_(ids))
+                ):
+                    periods.setdefault(period.entitlement_id, []).append(period)
+        for ent, feature_key in rows:
+            own = periods.get(ent.id, [])
+            views, flushed = result[(ent.org_id, ent.customer_id, feature_key)]
+            views.append(_view(ent, own))
+            for period in own:
+                if period.consumed:
+                    flushed[period_field(ent.id, period.period_start)] = to_micros(
+                        period.consumed
+                    )
+        return result
+
+    # -- flush ----------------------------------------------------------------------
+
+    def apply_flush_batch(self, batch_id: str, deltas: dict[str, int], now: datetime) -> bool:
+        """Add a flush batch to the usage periods, exactly once.
+
+        Returns False if the batch was applied before. The ``flush_batches`` row is
+        inserted first: a second flush of the same batch blocks on its primary key
+        until the first commits, then fails, so a batch is never added twice.
+        """
+        parsed = sorted(
+            (parse_period_field(f), micros) for f, micros in deltas.items() if micros
+        )
+        total = sum(micros for _, micros in parsed)
+        try:
+            with self.sessions.begin() as s:
+                s.add(
+                    FlushBatch(
+                        id=batch_id,
+                        committed_at=now,
+                        periods=len(parsed),
+                        total=from_micros(total),
+                    )
+                )
+                s.flush()
+                self._ensure_periods(s, [key for key, _ in parsed], now)
+                if parsed:
+                    s.execute(
+                        update(UsagePeriod.__table__)  # type: ignore[arg-type]
+                        .where(
+                            UsagePeriod.__table__.c.entitlement_id == bindparam("e_id"),
+                            UsagePeriod.__table__.c.period_start == bindparam("p_start"),
+                        )
+                        .values(
+                            consumed=UsagePeriod.__table__.c.consumed
+                            + bindparam("delta", type_=UsagePeriod.consumed.type),
+                            updated_at=bindparam("now", type_=UsagePeriod.updated_at.type),
+                        ),
+                        [
+                            {"e_id": e, "p_start": p, "delta": from_micros(m), "now": now}
+                            for (e, p), m in parsed
+                        ],
+                    )
+        except IntegrityError:
+            if self.batch_committed(batch_id):
+                return False
+            raise
+        return True
+
+    def _ensure_periods(
+        self, s: Session, keys: Sequence[tuple[uuid.UUID, datetime]], now: datetime
+    ) -> None:
+        """Create the usage period rows a batch touches that do not exist yet
+        (PAY_PER_USE months open on their first usage)."""
+        if not keys:
+            return
+        existing = {
+            (row[0], row[1])
+            for row in s.execute(
+                select(UsagePeriod.entitlement_id, UsagePeriod.period_start).where(
+                    tuple_(UsagePeriod.entitlement_id, UsagePeriod.period_start).in_(keys)
+                )
+            )
+        }
+        missing = [k for k in keys if k not in existing]
+        if not missing:
+            return
+        ents = {
+            e.id: e
+            for e in s.scalars(
+                select(Entitlement).where(Entitlement.id.in_({e for e, _ in missing}))
+            )
+        }
+        for ent_id, start in missing:
+            ent = ents.get(ent_id)
+            if ent is None:
+                raise NotFoundError("entitlement", ent_id)
+            end = next_month_start(start) if ent.billing_type == BillingType.PAY_PER_USE else None
+            s.add(
+                UsagePeriod(
+                    org_id=ent.org_id,
+                    entitlement_id=ent_id,
+                    period_start=start,
+                    period_end=end,
+                    quantity=ent.quantity,
+                    consumed=Decimal(0),
+                    updated_at=now,
+                )
+            )
+        s.flush()
+
+    def batch_committed(self, batch_id: str) -> bool:
+        with self.sessions() as s:
+            return s.get(FlushBatch, batch_id) is not None
+
+    def flushed_consumption(
+        self, keys: Sequence[tuple[uuid.UUID, datetime]], batch_id: str | None
+    ) -> tuple[dict[tuple[uuid.UUID, datetime], int], bool]:
+        """Flushed micro-units per period, and whether ``batch_id`` is committed,
+        read in one statement so both come from the same snapshot."""
+        committed: Any = (
+            exists(select(FlushBatch.id).where(FlushBatch.id == batch_id))
+            if batch_id
+            else literal(False)
+        )
+        stmt = select(
+            UsagePeriod.entitlement_id,
+            UsagePeriod.period_start,
+            UsagePeriod.consumed,
+            committed.label("committed"),
+        ).where(tuple_(UsagePeriod.entitlement_id, UsagePeriod.period_start).in_(keys))
+        with self.sessions() as s:
+            rows = s.execute(stmt).all()
+            if rows:
+                return {(r[0], r[1]): to_micros(r[2]) for r in rows}, bool(rows[0][3])
+            return {}, bool(s.execute(select(committed)).scalar())
+
+    def consumption_by_period(self, entitlement_id: uuid.UUID) -> list[UsagePeriod]:
+        with self.sessions() as s:
+            return list(
+                s.scalars(
+                    select(UsagePeriod)
+                    .where(UsagePeriod.entitlement_id == entitlement_id)
+                    .order_by(UsagePeriod.period_start)
+                )
+            )
+
+    # -- dead letters ---------------------------------------------------------------
+
+    def add_dead_letters(self, records: Sequence[DeadLetterRecord], now: datetime) -> int:
+        """Store dead letters; one already stored (same fingerprint) is skipped.
+        Returns how many were new."""
+        if not records:
+            return 0
+        by_print = {r.fingerprint(): r for r in records}
+        with self.sessions.begin() as s:
+            known = set(
+                s.scalars(
+                    select(DeadLetter.fingerprint).where(DeadLetter.fingerprint.in_(by_print))
+                )
+            )
+            for fingerprint, r in by_print.items():
+                if fingerprint in known:
+                    continue
+                s.add(
+                    DeadLetter(
+                        fingerprint=fingerprint,
+                        org_id=r.org_id,
+                        reason=r.reason,
+                        detail=_no_nul(r.detail) or "",
+                        source=_no_nul(r.source),
+                        event_id=_no_nul(r.event_id),
+                        payload=_payload_text(r.payload),
+                        received_at=now,
+                    )
+                )
+        return len(by_print) - len(known)
+
+    def dead_letters(
+        self,
+        *,
+        reason: str | None = None,
+        org_id: str | None = None,
+        since: datetime | None = None,
+        include_replayed: bool = False,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        conditions = []
+        if reason:
+            conditions.append(DeadLetter.reason == reason)
+        if org_id:
+            conditions.append(DeadLetter.org_id == org_id)
+        if since:
+            conditions.append(DeadLetter.received_at >= since)
+        if not include_replayed:
+            conditions.append(DeadLetter.replayed_at.is_(None))
+        stmt = select(DeadLetter).where(and_(True, *conditions))
+        with self.sessions() as s:
+            return list(s.scalars(stmt.order_by(DeadLetter.received_at).limit(limit)))
+
+    def count_dead_letters(self) -> dict[str, int]:
+        stmt = (
+            select(DeadLetter.reason, func.count())
+            .where(DeadLetter.replayed_at.is_(None))
+            .group_by(DeadLetter.reason)
+        )
+        with self.sessions() as s:
+            return {row[0]: row[1] for row in s.execute(stmt)}
+
+    def mark_replayed(self, outcomes: dict[uuid.UUID, str], now: datetime) -> None:
+        with self.sessions.begin() as s:
+            for dl_id, outcome in outcomes.items():
+                s.execute(
+                    update(DeadLetter)
+                    .where(DeadLetter.id == dl_id)
+                    .values(replayed_at=now, replay_outcome=outcome)
+                )
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _maybe(self, session: Session | None) -> Any:
+        from contextlib import nullcontext
+
+        return nullcontext(session) if session is not None else self.sessions()
+
+
+def _view(ent: Entitlement, periods: Sequence[UsagePeriod]) -> EntitlementView:
+    return EntitlementView(
+        id=ent.id,
+        number=ent.number,
+        priority=ent.priority,
+        status=Status(ent.status),
+        billing_type=BillingType(ent.billing_type),
+        quantity=ent.quantity,
+        starts_at=ent.starts_at,
+        ends_at=ent.ends_at,
+        grace_until=ent.grace_until,
+        periods=tuple(Period(p.period_start, p.period_end, p.quantity) for p in periods),
+    )
+
+
+__all__ = [
+    "DeadLetterRecord",
+    "NotFoundError",
+    "SqlRepository",
+    "parse_period_field",
+]

@@ -1,0 +1,93 @@
+"""The Celery application: ``celery -A meterd.worker:app worker`` (or ``meterd worker``).
+
+Reliability settings, and why:
+
+* ``task_acks_late``: a message is acknowledged only after its batch is
+  counted, so a worker that dies mid-batch has its message redelivered;
+  the dedupe markers make the redelivery harmless.
+* ``task_reject_on_worker_lost``: a pool child killed mid-task requeues its
+  message instead of marking it failed.
+* ``visibility_timeout``: the Redis broker redelivers a message not acked
+  within it. Ingest and flush tasks take well under a second, far below the
+  default hour; tests shorten it so a SIGKILLed worker's batch comes back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import beat_init, celeryd_init
+
+from meterd import embedded
+from meterd.config import Settings, get_settings
+
+INGEST_QUEUE = "meterd.ingest"
+FLUSH_QUEUE = "meterd.flush"
+LIFECYCLE_QUEUE = "meterd.lifecycle"
+QUEUES = (INGEST_QUEUE, FLUSH_QUEUE, LIFECYCLE_QUEUE)
+
+
+def broker_url_for(settings: Settings) -> str:
+    if settings.broker_url:
+        return settings.broker_url
+    if settings.is_embedded_redis:
+        return embedded.broker_url(settings.redis_url)
+    return settings.redis_url
+
+
+def _transport_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    if settings.broker_key_prefix:
+        options["global_keyprefix"] = settings.broker_key_prefix
+    return options
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": broker_url_for(settings),
+        "broker_connection_retry_on_startup": True,
+        "broker_transport_options": _transport_options(settings),
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 4,
+        "task_default_queue": INGEST_QUEUE,
+        "task_routes": {
+            "meterd.ingest_batch": {"queue": INGEST_QUEUE},
+            "meterd.flush": {"queue": FLUSH_QUEUE},
+            "meterd.lifecycle.*": {"queue": LIFECYCLE_QUEUE},
+        },
+        "beat_schedule": {
+            "meterd.flush": {
+                "task": "meterd.flush",
+                "schedule": settings.flush_interval,
+                # A flush that waited longer than two intervals is superseded by the next.
+                "options": {"expires": max(settings.flush_interval * 2, 1.0)},
+            },
+        },
+        "worker_hijack_root_logger": False,
+        "enable_utc": True,
+        "timezone": "UTC",
+    }
+
+
+def create_app(settings: Settings) -> Celery:
+    celery_app = Celery("meterd", include=["meterd.tasks"])
+    celery_app.conf.update(celery_config(settings))
+    return celery_app
+
+
+app = create_app(get_settings())
+
+
+@celeryd_init.connect
+@beat_init.connect
+def _start_embedded_redis(**_: Any) -> None:
+    """A worker or beat on the embedded default starts the bundled Redis it needs."""
+    settings = get_settings()
+    if settings.is_embedded_redis:
+        embedded.ensure_running(settings.redis_url)

@@ -1,0 +1,133 @@
+"""Test fixtures: every service test runs over the configured backend.
+
+``METERD_TEST_BACKEND=default`` (the default): fakeredis + a SQLite file.
+``METERD_TEST_BACKEND=real``: the machine's Redis (db 9, a unique key prefix,
+only our keys cleaned up) and PostgreSQL (a fresh database per run, dropped
+at the end). When a real service is needed but missing, tests skip on a
+laptop and fail in CI (``CI=true``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from meterd.config import Settings
+from meterd.migrate import upgrade
+from meterd.runtime import Runtime
+from meterd.storage.database import make_engine, make_session_factory
+from meterd.storage.models import Base
+from meterd.storage.repository import SqlRepository
+
+BACKEND = os.environ.get("METERD_TEST_BACKEND", "default")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REAL_REDIS_URL = os.environ.get("METERD_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+REAL_PG_URL = os.environ.get("METERD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+def require(service: str, error: Exception) -> None:
+    """Missing real service: fail in CI, skip elsewhere."""
+    message = f"{service} is not reachable: {error}"
+    if IN_CI:
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
+def real_redis_client() -> redis.Redis:
+    client = redis.Redis.from_url(REAL_REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        require("Redis at " + REAL_REDIS_URL, exc)
+    return client
+
+
+def delete_keys(client: redis.Redis, pattern: str) -> None:
+    batch = list(client.scan_iter(match=pattern, count=1000))
+    for start in range(0, len(batch), 500):
+        client.delete(*batch[start : start + 500])
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A migrated, empty database for this test run."""
+    if BACKEND == "real":
+        admin = make_engine(REAL_PG_URL, isolation_level="AUTOCOMMIT")
+        name = f"meterd_test_{uuid.uuid4().hex[:10]}"
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        except sa.exc.OperationalError as exc:
+            require("PostgreSQL at " + REAL_PG_URL, exc)
+        url = REAL_PG_URL.rsplit("/", 1)[0] + "/" + name
+        upgrade(url)
+        yield url
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    else:
+        path = Path(tmp_path_factory.mktemp("db")) / "meterd.db"
+        url = f"sqlite:///{path}"
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def repository(database_url: str) -> Iterator[SqlRepository]:
+    engine = make_engine(database_url)
+    yield SqlRepository(engine, make_session_factory(engine))
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"mt-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def redis_client(redis_prefix: str) -> Iterator[redis.Redis]:
+    if BACKEND == "real":
+        client = real_redis_client()
+        yield client
+        delete_keys(client, f"{redis_prefix}:*")
+        client.close()
+    else:
+        import fakeredis
+
+        client = fakeredis.FakeRedis()
+        yield client
+        client.close()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_prefix: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=REAL_REDIS_URL,
+        redis_prefix=redis_prefix,
+        batch_size=100,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+def runtime(
+    settings: Settings, redis_client: redis.Redis, repository: SqlRepository
+) -> Runtime:
+    """Stores and services wired as in production, over the test backend."""
+    rt = Runtime(settings=settings, redis=redis_client, repository=repository)
+    rt.catalog.create_org("acme", "Acme", NOW)
+    rt.catalog.create_feature("acme", "api_calls", now=NOW, units="calls")
+    return rt

@@ -1,0 +1,62 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from meterd.domain import BillingType
+from meterd.runtime import Runtime
+from meterd.services.catalog import NewEntitlement
+from meterd.storage.models import Entitlement
+
+from .conftest import NOW
+
+
+def grant(
+    rt: Runtime,
+    customer: str = "cust-1",
+    quantity: str | None = "100",
+    *,
+    starts_at: datetime = NOW - timedelta(days=10),
+    ends_at: datetime | None = NOW + timedelta(days=20),
+    **extra: Any,
+) -> Entitlement:
+    return rt.catalog.create_entitlement(
+        NewEntitlement(
+            org=extra.pop("org", "acme"),
+            customer_id=customer,
+            feature=extra.pop("feature", "api_calls"),
+            quantity=Decimal(quantity) if quantity is not None else None,
+            starts_at=starts_at,
+            ends_at=ends_at,
+            billing_type=extra.pop("billing_type", BillingType.PRE_PAID),
+            **extra,
+        ),
+        NOW,
+    )
+
+
+def consumed(rt: Runtime, customer: str = "cust-1", *, now: datetime = NOW) -> dict[str, Decimal]:
+    """Real-time consumed of each of the customer's entitlements, by entitlement id."""
+    return {
+        str(b.entitlement_id): b.consumed
+        for b in rt.balance.balances("acme", customer, "api_calls", now)
+    }
+
+
+def flushed_total(rt: Runtime) -> Decimal:
+    total = Decimal(0)
+    for ent_periods in _all_periods(rt):
+        total += ent_periods
+    return total
+
+
+def _all_periods(rt: Runtime) -> list[Decimal]:
+    from sqlalchemy import select
+
+    from meterd.storage.models import UsagePeriod
+
+    with rt.repository.sessions() as s:
+        return list(s.scalars(select(UsagePeriod.consumed)))
