@@ -1,0 +1,91 @@
+"""Bad input: dead-lettered with a reason, never blocking the valid events of its batch."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meterd.domain import Outcome
+from meterd.runtime import Runtime
+from meterd.testing import event
+
+from .conftest import NOW
+from .helpers import consumed, grant
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    max_leaves=8,
+)
+
+#: Malformed events of many kinds: garbage, and valid events with one field broken.
+malformed = st.one_of(
+    json_values.filter(lambda v: not isinstance(v, dict)),
+    st.builds(
+        lambda key, value: {**event(event_id="bad"), key: value},
+        st.sampled_from(["specversion", "id", "source", "type", "subject", "org", "time", "data"]),
+        json_values,
+    ),
+    st.builds(
+        lambda value: {**event(event_id="bad"), "data": {"feature": "api_calls", "quantity": value}},
+        json_values | st.sampled_from(["-1", "0", "1e400", "0.0000001", "NaN", "1,5"]),
+    ),
+    st.builds(lambda: {k: v for k, v in event(event_id="bad").items() if k != "subject"}),
+)
+
+
+def still_valid(payload: Any) -> bool:
+    from meterd.events import UsageEvent, parse_event
+
+    return isinstance(parse_event(payload, received_at=NOW), UsageEvent)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(bad=st.lists(malformed, min_size=1, max_size=5))
+def test_malformed_events_are_dead_lettered_and_the_rest_counted(
+    runtime: Runtime, bad: list[Any]
+) -> None:
+    seed = uuid.uuid4().hex  # the runtime outlives one example: fresh customer and ids
+    grant(runtime, quantity=None, customer=f"c{seed}")
+    good = [event(customer=f"c{seed}", event_id=f"g{seed}-{i}", quantity="2") for i in range(3)]
+    batch: list[Any] = [good[0], *bad, good[1], good[2]]
+    before = consumed(runtime, f"c{seed}")
+    report = runtime.ingest.ingest(batch, now=NOW)
+    truly_bad = [b for b in bad if not still_valid(b)]
+    assert report.outcomes[0] == report.outcomes[-1] == Outcome.ACCEPTED
+    assert report.counts["invalid"] == len(truly_bad)
+    for outcome, reason in zip(report.outcomes, report.reasons, strict=True):
+        if outcome is Outcome.INVALID:
+            assert reason
+    (after,) = consumed(runtime, f"c{seed}").values()
+    assert after - sum(before.values(), Decimal(0)) == Decimal(6)
+
+
+def test_dead_letter_keeps_the_original_payload_and_reason(runtime: Runtime) -> None:
+    import json
+
+    bad = {**event(), "data": {"feature": "api_calls", "quantity": "lots"}}
+    runtime.ingest.ingest([bad], now=NOW)
+    (letter,) = runtime.repository.dead_letters()
+    assert letter.reason == "invalid"
+    assert "quantity" in letter.detail
+    assert json.loads(letter.payload) == bad
+
+
+def test_redelivered_batch_dead_letters_each_event_once(runtime: Runtime) -> None:
+    grant(runtime)
+    batch = [event(customer="nobody"), {"garbage": True}, event(event_id="ok")]
+    runtime.ingest.ingest(batch, now=NOW)
+    again = runtime.ingest.ingest(batch, now=NOW)
+    assert again.outcomes == [Outcome.NO_ENTITLEMENT, Outcome.INVALID, Outcome.DUPLICATE]
+    assert runtime.repository.count_dead_letters() == {"no_entitlement": 1, "invalid": 1}
+
+
+def test_events_with_nul_characters_are_stored_safely(runtime: Runtime) -> None:
+    runtime.ingest.ingest([{"id": "a\x00b", "subject": "\x00", "org": "acme"}], now=NOW)
+    assert runtime.repository.count_dead_letters() == {"invalid": 1}
