@@ -37,7 +37,16 @@ def broker_url_for(settings: Settings) -> str:
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
-    options: dict[str, Any] = {"visibility_timeout": settings.visibility_timeout}
+    timeout = settings.visibility_timeout
+    options: dict[str, Any] = {
+        "visibility_timeout": timeout,
+        # kombu sweeps for abandoned messages every interval * throttle seconds
+        # (100 s by default); sweep at least twice per visibility timeout instead.
+        "unacked_restore_interval": max(1, min(10, timeout // 2)),
+        "unacked_restore_throttle": 1,
+        # The sweep's mutex outlives a worker killed while holding it for this long.
+        "unacked_mutex_expire": max(10, min(300, timeout)),
+    }
     if settings.broker_key_prefix:
         options["global_keyprefix"] = settings.broker_key_prefix
     return options

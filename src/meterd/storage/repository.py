@@ -347,21 +347,24 @@ class SqlRepository:
                     select(DeadLetter.fingerprint).where(DeadLetter.fingerprint.in_(by_print))
                 )
             )
-            for fingerprint, r in by_print.items():
-                if fingerprint in known:
-                    continue
-                s.add(
-                    DeadLetter(
-                        fingerprint=fingerprint,
-                        org_id=r.org_id,
-                        reason=r.reason,
-                        detail=_no_nul(r.detail) or "",
-                        source=_no_nul(r.source),
-                        event_id=_no_nul(r.event_id),
-                        payload=_payload_text(r.payload),
-                        received_at=now,
-                    )
-                )
+            rows = [
+                {
+                    "id": uuid.uuid4(),
+                    "fingerprint": fingerprint,
+                    "org_id": r.org_id,
+                    "reason": r.reason,
+                    "detail": _no_nul(r.detail) or "",
+                    "source": _no_nul(r.source),
+                    "event_id": _no_nul(r.event_id),
+                    "payload": _payload_text(r.payload),
+                    "received_at": now,
+                }
+                for fingerprint, r in by_print.items()
+                if fingerprint not in known
+            ]
+            if rows:
+                # Two workers may dead-letter the same redelivered event at once.
+                s.execute(_insert_ignoring_conflicts(s, DeadLetter, "fingerprint"), rows)
         return len(by_print) - len(known)
 
     def dead_letters(
@@ -410,6 +413,16 @@ class SqlRepository:
         from contextlib import nullcontext
 
         return nullcontext(session) if session is not None else self.sessions()
+
+
+def _insert_ignoring_conflicts(s: Session, model: Any, column: str) -> Any:
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).on_conflict_do_nothing(index_elements=[column])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(model).on_conflict_do_nothing(index_elements=[column])
 
 
 def _view(ent: Entitlement, periods: Sequence[UsagePeriod]) -> EntitlementView:

@@ -1,0 +1,180 @@
+"""Real processes: a `celery worker` subprocess, a real Redis broker, the test database.
+
+The broker lives on the machine's Redis (db 10) under a per-test key prefix,
+so these tests touch only their own keys. Counters go to db 9, also under a
+per-test prefix. The worker's visibility timeout is 5 s, so a SIGKILLed
+worker's unacknowledged batches come back within the test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from meterd.config import Settings
+from meterd.runtime import Runtime
+from meterd.storage.repository import SqlRepository
+from meterd.worker import create_app
+
+from ..conftest import NOW, REAL_REDIS_URL, delete_keys, real_redis_client, require
+
+BROKER_URL = os.environ.get("METERD_TEST_BROKER_URL", "redis://127.0.0.1:6379/10")
+VISIBILITY_TIMEOUT = 5
+
+
+class WorkerProcess:
+    """A `celery worker` in its own process group, killable for real."""
+
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 2) -> None:
+        self.env = env
+        self.log = log
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        command = [
+            sys.executable, "-m", "celery", "-A", "meterd.worker:app", "worker",
+            "-Q", "meterd.ingest,meterd.flush", "-c", str(self.concurrency),
+            "-l", "warning", "--without-mingle", "--without-gossip", "-n", f"w{uuid.uuid4().hex[:6]}@%h",
+        ]  # fmt: skip
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                command, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: main process and pool children."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def broker_url() -> str:
+    """The Redis broker (db 10); a module can override this fixture with another broker."""
+    return BROKER_URL
+
+
+@pytest.fixture
+def amqp_broker_url(redis_prefix: str) -> Iterator[str]:
+    """A RabbitMQ virtual host of this test's own, deleted afterwards."""
+    vhost = f"meterd-{redis_prefix}"
+    try:
+        subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        require("RabbitMQ (rabbitmqctl)", exc)
+    yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
+    subprocess.run(["rabbitmqctl", "delete_vhost", vhost], check=False, capture_output=True)
+
+
+@pytest.fixture
+def e2e_env(database_url: str, redis_prefix: str, broker_url: str) -> Iterator[dict[str, str]]:
+    client = real_redis_client()
+    broker_prefix = f"{redis_prefix}-q:"
+    env = {
+        **os.environ,
+        "METERD_DATABASE_URL": database_url,
+        "METERD_REDIS_URL": REAL_REDIS_URL,
+        "METERD_REDIS_PREFIX": redis_prefix,
+        "METERD_BROKER_URL": broker_url,
+        "METERD_BROKER_KEY_PREFIX": broker_prefix,
+        "METERD_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+    }
+    yield env
+    delete_keys(client, f"{redis_prefix}:*")
+    broker = redis.Redis.from_url(BROKER_URL)
+    delete_keys(broker, f"{broker_prefix}*")
+    broker.close()
+    client.close()
+
+
+@pytest.fixture
+def e2e_settings(e2e_env: dict[str, str]) -> Settings:
+    return Settings(
+        database_url=e2e_env["METERD_DATABASE_URL"],
+        redis_url=e2e_env["METERD_REDIS_URL"],
+        redis_prefix=e2e_env["METERD_REDIS_PREFIX"],
+        broker_url=e2e_env["METERD_BROKER_URL"],
+        broker_key_prefix=e2e_env["METERD_BROKER_KEY_PREFIX"],
+        visibility_timeout=VISIBILITY_TIMEOUT,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+
+
+@pytest.fixture
+def e2e_runtime(e2e_settings: Settings, repository: SqlRepository) -> Iterator[Runtime]:
+    rt = Runtime(
+        settings=e2e_settings,
+        redis=redis.Redis.from_url(REAL_REDIS_URL),
+        repository=repository,
+    )
+    rt.catalog.create_org("acme", "Acme", NOW)
+    rt.catalog.create_feature("acme", "api_calls", now=NOW)
+    yield rt
+    rt.redis.close()
+
+
+@pytest.fixture
+def producer_app(e2e_settings: Settings) -> Iterator[Celery]:
+    app = create_app(e2e_settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def worker(e2e_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(e2e_env, tmp_path / "worker.log")
+    yield process
+    process.stop()
+    if os.environ.get("METERD_SHOW_WORKER_LOG"):
+        print((tmp_path / "worker.log").read_text())
+
+
+def queue_depth(app: Celery, queue: str = "meterd.ingest") -> int:
+    """Messages waiting in a queue (not counting those delivered but unacked)."""
+    from amqp.exceptions import ChannelError
+
+    with app.connection_for_read() as conn:
+        try:
+            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
+        except ChannelError:  # kombu's Redis transport: an empty queue has no key
+            return 0
+        return int(declared.message_count)
+
+
+def wait_for(condition, timeout: float, what) -> None:  # type: ignore[no-untyped-def]
+    """Poll until ``condition()``; ``what`` (a string or a callable) explains a timeout."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described}")
+        time.sleep(0.1)
