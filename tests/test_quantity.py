@@ -35,3 +35,19 @@ def test_a_float_is_read_through_its_shortest_repr_not_its_binary_value() -> Non
 @given(st.integers(min_value=1, max_value=MAX_MICROS))
 def test_micros_round_trip(micros: int) -> None:
     assert to_micros(parse_quantity(str(from_micros(micros)))) == micros
+
+
+@given(st.decimals(min_value=Decimal("-1e12"), max_value=Decimal("1e12"), allow_nan=True))
+def test_fast_path_agrees_with_the_exact_parser(value: Decimal) -> None:
+    from meterd.quantity import parse_quantity_micros
+
+    text = str(value)
+    try:
+        expected: int | None = to_micros(parse_quantity(text))
+    except QuantityError:
+        expected = None
+    try:
+        got: int | None = parse_quantity_micros(text)
+    except QuantityError:
+        got = None
+    assert got == expected

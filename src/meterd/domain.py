@@ -15,6 +15,7 @@ from enum import StrEnum
 ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FEATURE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 CUSTOMER_ID_MAX = 128
+_MICRO = Decimal("0.000001")
 
 
 class BillingType(StrEnum):
@@ -125,10 +126,10 @@ class Balance:
     def remaining(self) -> Decimal | None:
         if self.quantity is None:
             return None
-        return max(self.quantity - self.consumed, Decimal(0))
+        return max(self.quantity - self.consumed, Decimal(0)).quantize(_MICRO)
 
     @property
     def overage(self) -> Decimal:
         if self.quantity is None:
-            return Decimal(0)
-        return max(self.consumed - self.quantity, Decimal(0))
+            return Decimal(0).quantize(_MICRO)
+        return max(self.consumed - self.quantity, Decimal(0)).quantize(_MICRO)

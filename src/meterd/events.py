@@ -12,7 +12,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -26,15 +25,15 @@ from pydantic import (
 )
 
 from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, ORG_ID_PATTERN
-from meterd.quantity import QuantityError, parse_quantity, to_micros
+from meterd.quantity import QuantityError, parse_quantity_micros
 from meterd.timeutil import epoch_micros
 
 USAGE_EVENT_TYPE = "meterd.usage"
 
 
-def _quantity(value: object) -> Decimal:
+def _quantity_micros(value: object) -> int:
     try:
-        return parse_quantity(value)
+        return parse_quantity_micros(value)
     except QuantityError as exc:
         raise ValueError(str(exc)) from None
 
@@ -55,7 +54,8 @@ class UsageData(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     feature: Annotated[str, StringConstraints(pattern=FEATURE_KEY_PATTERN.pattern)]
-    quantity: Annotated[Decimal, BeforeValidator(_quantity)]
+    #: The quantity in integer micro-units (the wire value is a decimal string or number).
+    quantity: Annotated[int, BeforeValidator(_quantity_micros)]
     entitlement_id: uuid.UUID | None = None
 
 
@@ -132,6 +132,6 @@ def parse_event(
         source=event.source,
         id=event.id,
         time=event.time or received_at,
-        quantity_micros=to_micros(event.data.quantity),
+        quantity_micros=event.data.quantity,
         entitlement_id=event.data.entitlement_id,
     )

@@ -15,6 +15,11 @@ Returns one character per event: a accepted, d duplicate, l late, s suspended,
 n no entitlement, m resolution data missing (the caller loads it and retries
 that event; nothing was written for it).
 
+Cost: Redis spends its time per redis.call, so each event costs one SET NX
+(the dedupe marker, undone if the event is not accepted); resolution data is
+read and decoded once per customer and feature; and the counters are summed
+in Lua and written once per touched field at the end of the batch.
+
 Burn-down: the resolution data lists the customer's entitlements for the
 feature already in order (priority, soonest end, oldest). Each usable one
 takes what room it has left in the period containing the event time; what is
@@ -26,9 +31,34 @@ local pending_key = KEYS[1]
 local n_events = (#KEYS - 1) / 3
 local decoded = {}
 local out = {}
+-- used_key -> field -> { base value read from Redis (or false), delta of this batch }
+local used = {}
+local pending = {}
 
 local function int_str(n)
   return string.format("%.0f", n)
+end
+
+local function used_entry(used_key, field)
+  local fields = used[used_key]
+  if fields == nil then
+    fields = {}
+    used[used_key] = fields
+  end
+  local entry = fields[field]
+  if entry == nil then
+    entry = { false, 0 }
+    fields[field] = entry
+  end
+  return entry
+end
+
+local function used_value(used_key, field)
+  local entry = used_entry(used_key, field)
+  if entry[1] == false then
+    entry[1] = tonumber(redis.call("HGET", used_key, field) or "0")
+  end
+  return entry[1] + entry[2]
 end
 
 -- The hash field and limit of the period of entitlement e that contains ts.
@@ -55,70 +85,76 @@ local function count(used_key, cands, qty)
   for j, c in ipairs(cands) do
     local take = left
     if j < #cands and c[2] >= 0 then
-      local used = tonumber(redis.call("HGET", used_key, c[1]) or "0")
-      local room = c[2] - used
+      local room = c[2] - used_value(used_key, c[1])
       if room < 0 then room = 0 end
       if room < take then take = room end
     end
     if take > 0 then
-      redis.call("HINCRBY", used_key, c[1], int_str(take))
-      redis.call("HINCRBY", pending_key, c[1], int_str(take))
+      local entry = used_entry(used_key, c[1])
+      entry[2] = entry[2] + take
+      pending[c[1]] = (pending[c[1]] or 0) + take
       left = left - take
     end
     if left <= 0 then break end
   end
 end
 
-for i = 1, n_events do
-  local dedupe_key = KEYS[3 * i - 1]
-  local resolution_key = KEYS[3 * i]
-  local used_key = KEYS[3 * i + 1]
-  local ts = tonumber(ARGV[6 * i - 5])
-  local month = ARGV[6 * i - 4]
-  local qty = tonumber(ARGV[6 * i - 3])
-  local target = ARGV[6 * i - 2]
-  local is_late = ARGV[6 * i - 1]
-  local dedupe_ms = ARGV[6 * i]
-  local code
-
-  if redis.call("EXISTS", dedupe_key) == 1 then
-    code = "d"
-  elseif is_late == "1" then
-    code = "l"
-  else
-    local res = decoded[resolution_key]
-    if res == nil then
-      local raw = redis.call("GET", resolution_key)
-      if raw then
-        res = cjson.decode(raw)
-        decoded[resolution_key] = res
-      end
+-- The outcome of one event whose dedupe marker was just set.
+local function resolve(resolution_key, used_key, ts, month, qty, target)
+  local res = decoded[resolution_key]
+  if res == nil then
+    local raw = redis.call("GET", resolution_key)
+    if not raw then
+      return "m"
     end
-    if res == nil then
-      code = "m"
-    else
-      local cands = {}
-      local suspended = false
-      for _, e in ipairs(res) do
-        if (target == "" or e.i == target) and e.s <= ts and (e.u < 0 or ts < e.u) then
-          if e.t == "S" then
-            suspended = true
-          else
-            local field, limit = period_of(e, ts, month)
-            if field ~= nil then cands[#cands + 1] = { field, limit } end
-          end
-        end
-      end
-      if #cands == 0 then
-        code = suspended and "s" or "n"
+    res = cjson.decode(raw)
+    decoded[resolution_key] = res
+  end
+  local cands = {}
+  local suspended = false
+  for _, e in ipairs(res) do
+    if (target == "" or e.i == target) and e.s <= ts and (e.u < 0 or ts < e.u) then
+      if e.t == "S" then
+        suspended = true
       else
-        count(used_key, cands, qty)
-        redis.call("SET", dedupe_key, "1", "PX", dedupe_ms)
-        code = "a"
+        local field, limit = period_of(e, ts, month)
+        if field ~= nil then cands[#cands + 1] = { field, limit } end
       end
     end
   end
+  if #cands == 0 then
+    return suspended and "s" or "n"
+  end
+  count(used_key, cands, qty)
+  return "a"
+end
+
+for i = 1, n_events do
+  local dedupe_key = KEYS[3 * i - 1]
+  local code
+  if not redis.call("SET", dedupe_key, "1", "NX", "PX", ARGV[6 * i]) then
+    code = "d"
+  elseif ARGV[6 * i - 1] == "1" then
+    code = "l"
+  else
+    code = resolve(KEYS[3 * i], KEYS[3 * i + 1], tonumber(ARGV[6 * i - 5]), ARGV[6 * i - 4],
+      tonumber(ARGV[6 * i - 3]), ARGV[6 * i - 2])
+  end
+  if code ~= "a" and code ~= "d" then
+    redis.call("DEL", dedupe_key) -- not counted: a later delivery may still count it
+  end
   out[i] = code
+end
+
+for used_key, fields in pairs(used) do
+  for field, entry in pairs(fields) do
+    if entry[2] > 0 then
+      redis.call("HINCRBY", used_key, field, int_str(entry[2]))
+    end
+  end
+end
+for field, delta in pairs(pending) do
+  redis.call("HINCRBY", pending_key, field, int_str(delta))
 end
 
 return table.concat(out)

@@ -1,0 +1,201 @@
+"""Ingest throughput: publish -> counted in Redis, with a real `celery worker`.
+
+Measures three numbers in one run, on the machine's Redis (db 11, a fresh
+key prefix per scenario, removed afterwards):
+
+* meterd:  batches of --batch-size events per Celery task, a real worker
+           process (prefork, --concurrency children), from the first publish
+           until the last event is counted in Redis.
+* naive:   the same worker, one Celery task per event (batch size 1).
+* ceiling: the same Lua script driven directly from this one Python process
+           with pre-validated events (no broker, no validation, no worker).
+
+    python bench/ingest.py                      # defaults: 200k events, 1000 customers
+    python bench/ingest.py --events 500000 --concurrency 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import redis
+
+from meterd.config import Settings
+from meterd.events import UsageEvent, parse_event
+from meterd.migrate import upgrade
+from meterd.producer import publish_batches, usage_event
+from meterd.runtime import Runtime
+from meterd.services.catalog import NewEntitlement
+from meterd.timeutil import utcnow
+from meterd.worker import create_app
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+def make_runtime(database_url: str, prefix: str, customers: int) -> Runtime:
+    settings = Settings(
+        database_url=database_url,
+        redis_url=REDIS_URL,
+        broker_url=REDIS_URL,
+        broker_key_prefix=f"{prefix}-q:",
+        redis_prefix=prefix,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    rt = Runtime.from_settings(settings)
+    now = utcnow()
+    rt.catalog.create_org(prefix, prefix, now)
+    rt.catalog.create_feature(prefix, "api_calls", now=now)
+    for c in range(customers):
+        rt.catalog.create_entitlement(
+            NewEntitlement(
+                org=prefix,
+                customer_id=f"c{c}",
+                feature="api_calls",
+                quantity=Decimal(10**6),
+                starts_at=now - timedelta(days=1),
+                ends_at=now + timedelta(days=30),
+            ),
+            now,
+        )
+    # Warm the resolution cache as a running system would have it.
+    rt.resolution.refresh([(prefix, f"c{c}", "api_calls") for c in range(customers)], now)
+    return rt
+
+
+def make_events(org: str, n: int, customers: int) -> list[dict[str, Any]]:
+    rng = random.Random(7)
+    return [
+        usage_event(
+            org=org,
+            customer=f"c{rng.randrange(customers)}",
+            feature="api_calls",
+            quantity="1",
+            event_id=f"e{i}",
+            source="bench",
+        )
+        for i in range(n)
+    ]
+
+
+def counted(rt: Runtime, customers: int) -> int:
+    pipe = rt.redis.pipeline(transaction=False)
+    for c in range(customers):
+        pipe.hvals(rt.keys.used(rt.settings.redis_prefix, f"c{c}"))
+    return sum(int(v) for values in pipe.execute() for v in values) // 10**6
+
+
+def cleanup(rt: Runtime) -> None:
+    for pattern in (f"{rt.settings.redis_prefix}:*", f"{rt.settings.redis_prefix}-q:*"):
+        keys = list(rt.redis.scan_iter(match=pattern, count=5000))
+        for i in range(0, len(keys), 1000):
+            rt.redis.delete(*keys[i : i + 1000])
+
+
+def run_worker_scenario(
+    rt: Runtime, events: list[dict[str, Any]], batch_size: int, concurrency: int, customers: int
+) -> float:
+    env = {
+        **os.environ,
+        "METERD_DATABASE_URL": rt.settings.database_url,
+        "METERD_REDIS_URL": REDIS_URL,
+        "METERD_BROKER_URL": REDIS_URL,
+        "METERD_BROKER_KEY_PREFIX": rt.settings.broker_key_prefix,
+        "METERD_REDIS_PREFIX": rt.settings.redis_prefix,
+    }
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "meterd.worker:app", "worker", "-Q", "meterd.ingest",
+         "-c", str(concurrency), "-l", "warning", "--without-mingle", "--without-gossip"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    app = create_app(rt.settings)
+    try:
+        # Warm-up: the worker is up and its children have connections.
+        warm = [dict(e, id=f"warm-{i}") for i, e in enumerate(events[:concurrency * 4])]
+        publish_batches(app, warm, 1)
+        deadline = time.monotonic() + 60
+        while counted(rt, customers) < len(warm):
+            if time.monotonic() > deadline:
+                raise RuntimeError("worker did not start")
+            time.sleep(0.05)
+        target = len(warm) + len(events)
+        start = time.perf_counter()
+        publish_batches(app, events, batch_size)
+        published = time.perf_counter() - start
+        while counted(rt, customers) < target:
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        print(f"  published in {published:.2f}s, counted in {elapsed:.2f}s", file=sys.stderr)
+        return len(events) / elapsed
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(timeout=30)
+        app.close()
+
+
+def run_ceiling(rt: Runtime, events: list[dict[str, Any]], batch_size: int) -> float:
+    now = utcnow()
+    parsed = [parse_event(e, received_at=now) for e in events]
+    valid = [p for p in parsed if isinstance(p, UsageEvent)]
+    start = time.perf_counter()
+    for i in range(0, len(valid), batch_size):
+        rt.counters.add_batch(valid[i : i + batch_size], now=now)
+    return len(valid) / (time.perf_counter() - start)
+
+
+def scenario(name: str, args: argparse.Namespace, db: str, n: int, batch: int | None) -> float:
+    prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
+    rt = make_runtime(db, prefix, args.customers)
+    try:
+        events = make_events(prefix, n, args.customers)
+        print(f"{name}: {n:,} events ...", file=sys.stderr)
+        if batch is None:
+            return run_ceiling(rt, events, args.batch_size)
+        return run_worker_scenario(rt, events, batch, args.concurrency, args.customers)
+    finally:
+        cleanup(rt)
+        rt.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--naive-events", type=int, default=10_000)
+    parser.add_argument("--customers", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
+    args = parser.parse_args()
+    redis.Redis.from_url(REDIS_URL).ping()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        db = args.database_url or f"sqlite:///{tmp}/bench.db"
+        upgrade(db)
+        rates = {
+            "meterd (batched tasks, real worker)": scenario("meterd", args, db, args.events, args.batch_size),
+            "naive (one task per event)": scenario("naive", args, db, args.naive_events, 1),
+            "ceiling (Lua script, one process)": scenario("ceiling", args, db, args.events, None),
+        }
+    meterd, naive, ceiling = rates.values()
+    print()
+    print(f"| scenario | events/s |")
+    print(f"|---|---:|")
+    for name, rate in rates.items():
+        print(f"| {name} | {rate:,.0f} |")
+    print()
+    print(f"meterd / naive   = {meterd / naive:.1f}x")
+    print(f"meterd / ceiling = {meterd / ceiling:.2f}")
+
+
+if __name__ == "__main__":
+    main()

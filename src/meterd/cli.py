@@ -1,0 +1,245 @@
+"""The ``meterd`` command line (Typer). Each command parses, calls a service, prints."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from meterd.config import get_settings
+from meterd.domain import BillingType, ContractMode, FeatureType
+from meterd.runtime import get_runtime
+from meterd.timeutil import as_utc, utcnow
+
+app = typer.Typer(help="meterd: asynchronous usage metering for entitlements.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+org_app = typer.Typer(help="Organisations.", no_args_is_help=True)
+feature_app = typer.Typer(help="Features.", no_args_is_help=True)
+entitlement_app = typer.Typer(help="Entitlements.", no_args_is_help=True)
+dlq_app = typer.Typer(help="Dead letters: events that were not counted.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(org_app, name="org")
+app.add_typer(feature_app, name="feature")
+app.add_typer(entitlement_app, name="entitlement")
+app.add_typer(dlq_app, name="dlq")
+
+console = Console()
+
+
+def _when(value: str | None, default: datetime | None) -> datetime | None:
+    if value is None:
+        return default
+    return as_utc(datetime.fromisoformat(value))
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Create or migrate the database schema (Alembic)."""
+    from meterd.migrate import upgrade
+
+    url = get_settings().database_url
+    upgrade(url, revision)
+    console.print(f"database at [bold]{url}[/bold] is at revision {revision}")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 2,
+    queues: Annotated[str, typer.Option("-Q", "--queues")] = "meterd.ingest,meterd.flush,meterd.lifecycle",
+    loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "info",
+) -> None:
+    """Run a Celery worker for the meterd queues."""
+    from meterd.worker import app as celery_app
+
+    celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel])
+
+
+@app.command()
+def beat(loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "info") -> None:
+    """Run Celery beat: the periodic flush (and, later, lifecycle jobs)."""
+    from meterd.worker import app as celery_app
+
+    celery_app.start(["beat", "-l", loglevel])
+
+
+@app.command()
+def flush() -> None:
+    """Move every pending count into the database now."""
+    reports = get_runtime().flush.flush_all(utcnow(), max_batches=1000)
+    periods = sum(r.periods for r in reports)
+    console.print(f"flushed {len(reports)} batch(es), {periods} period update(s)")
+
+
+@app.command()
+def publish(
+    path: Annotated[Path | None, typer.Argument(help="JSON file (event or array); - for stdin")] = None,
+    batch_size: int = 500,
+) -> None:
+    """Publish CloudEvents usage events to meterd.ingest_batch in batches."""
+    from meterd.producer import publish_batches
+    from meterd.worker import app as celery_app
+
+    text = sys.stdin.read() if path is None or str(path) == "-" else path.read_text()
+    payload = json.loads(text)
+    events = payload if isinstance(payload, list) else [payload]
+    messages = publish_batches(celery_app, events, batch_size)
+    console.print(f"published {len(events)} event(s) in {messages} message(s)")
+
+
+@org_app.command("create")
+def org_create(org: str, name: str | None = None) -> None:
+    get_runtime().catalog.create_org(org, name, utcnow())
+    console.print(f"organisation {org} ready")
+
+
+@feature_app.command("create")
+def feature_create(
+    org: str,
+    key: str,
+    name: str | None = None,
+    units: str = "",
+    type: FeatureType = FeatureType.FEATURE,
+) -> None:
+    feature = get_runtime().catalog.create_feature(
+        org, key, now=utcnow(), name=name, units=units, type=type
+    )
+    console.print(f"feature {feature.key} ({feature.id}) created")
+
+
+@entitlement_app.command("create")
+def entitlement_create(
+    org: str,
+    customer: str,
+    feature: str,
+    quantity: Annotated[str | None, typer.Option(help="omit for unlimited")] = None,
+    starts: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
+    ends: Annotated[str | None, typer.Option(help="ISO 8601; default open-ended")] = None,
+    billing_type: BillingType = BillingType.PRE_PAID,
+    contract_mode: ContractMode = ContractMode.PRODUCTION,
+    priority: int = 0,
+    grace_days: int = 0,
+) -> None:
+    from meterd.services.catalog import NewEntitlement
+
+    now = utcnow()
+    ent = get_runtime().catalog.create_entitlement(
+        NewEntitlement(
+            org=org,
+            customer_id=customer,
+            feature=feature,
+            quantity=Decimal(quantity) if quantity is not None else None,
+            starts_at=_when(starts, now) or now,
+            ends_at=_when(ends, None),
+            billing_type=billing_type,
+            contract_mode=contract_mode,
+            priority=priority,
+            grace=timedelta(days=grace_days) if grace_days else None,
+        ),
+        now,
+    )
+    console.print(f"entitlement #{ent.number} {ent.id} created ({ent.status})")
+
+
+@app.command()
+def balance(
+    org: str, customer: str, feature: str, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Real-time consumption: flushed + pending, per entitlement."""
+    balances = get_runtime().balance.balances(org, customer, feature, utcnow())
+    rows = [
+        {
+            "entitlement_id": str(b.entitlement_id),
+            "period_start": b.period_start.isoformat(),
+            "quantity": None if b.quantity is None else str(b.quantity),
+            "consumed": str(b.consumed),
+            "flushed": str(b.flushed),
+            "pending": str(b.pending),
+            "remaining": None if b.remaining is None else str(b.remaining),
+            "overage": str(b.overage),
+        }
+        for b in balances
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"{org} / {customer} / {feature}")
+    for column in ("entitlement_id", "quantity", "consumed", "pending", "remaining", "overage"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(row[c]) for c in ("entitlement_id", "quantity", "consumed", "pending", "remaining", "overage")))
+    console.print(table)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    reason: str | None = None,
+    limit: int = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Dead letters not yet replayed, oldest first."""
+    letters = get_runtime().repository.dead_letters(reason=reason, limit=limit)
+    rows = [
+        {
+            "id": str(dl.id),
+            "reason": dl.reason,
+            "detail": dl.detail,
+            "org": dl.org_id,
+            "received_at": dl.received_at.isoformat(),
+            "payload": json.loads(dl.payload),
+        }
+        for dl in letters
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="dead letters")
+    for column in ("received_at", "reason", "org", "detail"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["received_at"], row["reason"], str(row["org"]), row["detail"])
+    console.print(table)
+
+
+@app.command()
+def demo(
+    customers: int = 20,
+    events: int = 20_000,
+    batch_size: int = 500,
+) -> None:
+    """Create sample data and push a stream of events through a real worker."""
+    from meterd.demo import DemoPlan, run_demo
+    from meterd.migrate import upgrade
+
+    settings = get_settings()
+    upgrade(settings.database_url)
+    console.print(
+        f"[bold]meterd demo[/bold]: database {settings.database_url}, "
+        f"redis {settings.redis_url}"
+    )
+    try:
+        ok = run_demo(
+            get_runtime(),
+            DemoPlan(customers=customers, events=events, batch_size=batch_size),
+            console,
+        )
+    finally:
+        if settings.is_embedded_redis:
+            from meterd import embedded
+
+            embedded.stop(settings.redis_url)  # its AOF keeps the counts for next time
+    raise typer.Exit(0 if ok else 1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
