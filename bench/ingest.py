@@ -38,7 +38,7 @@ from meterd.producer import publish_batches, usage_event
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.timeutil import utcnow
-from meterd.worker import create_app
+from meterd.worker import INGEST_QUEUE, create_app, worker_command
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -114,14 +114,16 @@ def run_worker_scenario(
         "METERD_REDIS_PREFIX": rt.settings.redis_prefix,
     }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "meterd.worker:app", "worker", "-Q", "meterd.ingest",
-         "-c", str(concurrency), "-l", "warning", "--without-mingle", "--without-gossip"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        worker_command((INGEST_QUEUE,), concurrency),
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     app = create_app(rt.settings)
     try:
         # Warm-up: the worker is up and its children have connections.
-        warm = [dict(e, id=f"warm-{i}") for i, e in enumerate(events[:concurrency * 4])]
+        warm = [dict(e, id=f"warm-{i}") for i, e in enumerate(events[: concurrency * 4])]
         publish_batches(app, warm, 1)
         deadline = time.monotonic() + 60
         while counted(rt, customers) < len(warm):
@@ -168,7 +170,9 @@ def scenario(name: str, args: argparse.Namespace, db: str, n: int, batch: int | 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--naive-events", type=int, default=10_000)
     parser.add_argument("--customers", type=int, default=1000)
@@ -182,14 +186,16 @@ def main() -> None:
         db = args.database_url or f"sqlite:///{tmp}/bench.db"
         upgrade(db)
         rates = {
-            "meterd (batched tasks, real worker)": scenario("meterd", args, db, args.events, args.batch_size),
+            "meterd (batched tasks, real worker)": scenario(
+                "meterd", args, db, args.events, args.batch_size
+            ),
             "naive (one task per event)": scenario("naive", args, db, args.naive_events, 1),
             "ceiling (Lua script, one process)": scenario("ceiling", args, db, args.events, None),
         }
     meterd, naive, ceiling = rates.values()
     print()
-    print(f"| scenario | events/s |")
-    print(f"|---|---:|")
+    print("| scenario | events/s |")
+    print("|---|---:|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:,.0f} |")
     print()

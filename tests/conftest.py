@@ -123,9 +123,7 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
 
 
 @pytest.fixture
-def runtime(
-    settings: Settings, redis_client: redis.Redis, repository: SqlRepository
-) -> Runtime:
+def runtime(settings: Settings, redis_client: redis.Redis, repository: SqlRepository) -> Runtime:
     """Stores and services wired as in production, over the test backend."""
     rt = Runtime(settings=settings, redis=redis_client, repository=repository)
     rt.catalog.create_org("acme", "Acme", NOW)

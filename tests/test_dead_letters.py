@@ -18,8 +18,9 @@ from .helpers import consumed, grant
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=10), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=10), children, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -32,7 +33,10 @@ malformed = st.one_of(
         json_values,
     ),
     st.builds(
-        lambda value: {**event(event_id="bad"), "data": {"feature": "api_calls", "quantity": value}},
+        lambda value: {
+            **event(event_id="bad"),
+            "data": {"feature": "api_calls", "quantity": value},
+        },
         json_values | st.sampled_from(["-1", "0", "1e400", "0.0000001", "NaN", "1,5"]),
     ),
     st.builds(lambda: {k: v for k, v in event(event_id="bad").items() if k != "subject"}),
@@ -45,7 +49,9 @@ def still_valid(payload: Any) -> bool:
     return isinstance(parse_event(payload, received_at=NOW), UsageEvent)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(bad=st.lists(malformed, min_size=1, max_size=5))
 def test_malformed_events_are_dead_lettered_and_the_rest_counted(
     runtime: Runtime, bad: list[Any]

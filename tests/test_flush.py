@@ -74,7 +74,9 @@ def test_flush_that_died_after_the_commit_is_not_applied_again(runtime: Runtime)
 def test_flush_with_the_database_down_keeps_the_batch(runtime: Runtime) -> None:
     grant(runtime)
     runtime.ingest.ingest([event(quantity="3")], now=NOW)
-    dead_engine = make_engine("postgresql://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1})
+    dead_engine = make_engine(
+        "postgresql://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
+    )
     broken = FlushService(
         runtime.counters, SqlRepository(dead_engine, make_session_factory(dead_engine))
     )

@@ -13,7 +13,14 @@ from meterd.quantity import MAX_MICROS, QuantityError, from_micros, parse_quanti
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("1", "1"), ("0.000001", "0.000001"), (5, "5"), (0.1, "0.1"), ("1.500000", "1.5"), ("1e3", "1000")],
+    [
+        ("1", "1"),
+        ("0.000001", "0.000001"),
+        (5, "5"),
+        (0.1, "0.1"),
+        ("1.500000", "1.5"),
+        ("1e3", "1000"),
+    ],
 )
 def test_parses_strings_ints_and_json_floats_exactly(raw: object, expected: str) -> None:
     assert parse_quantity(raw) == Decimal(expected)
@@ -21,7 +28,21 @@ def test_parses_strings_ints_and_json_floats_exactly(raw: object, expected: str)
 
 @pytest.mark.parametrize(
     "raw",
-    ["0", "-1", "0.0000001", "abc", "NaN", "Infinity", "", None, True, [], {}, float("inf"), "1e20"],
+    [
+        "0",
+        "-1",
+        "0.0000001",
+        "abc",
+        "NaN",
+        "Infinity",
+        "",
+        None,
+        True,
+        [],
+        {},
+        float("inf"),
+        "1e20",
+    ],
 )
 def test_refuses_what_cannot_be_counted_exactly(raw: object) -> None:
     with pytest.raises(QuantityError):

@@ -18,7 +18,9 @@ from meterd.domain import BillingType, ContractMode, FeatureType
 from meterd.runtime import get_runtime
 from meterd.timeutil import as_utc, utcnow
 
-app = typer.Typer(help="meterd: asynchronous usage metering for entitlements.", no_args_is_help=True)
+app = typer.Typer(
+    help="meterd: asynchronous usage metering for entitlements.", no_args_is_help=True
+)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 org_app = typer.Typer(help="Organisations.", no_args_is_help=True)
 feature_app = typer.Typer(help="Features.", no_args_is_help=True)
@@ -52,7 +54,9 @@ def db_upgrade(revision: str = "head") -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 2,
-    queues: Annotated[str, typer.Option("-Q", "--queues")] = "meterd.ingest,meterd.flush,meterd.lifecycle",
+    queues: Annotated[
+        str, typer.Option("-Q", "--queues")
+    ] = "meterd.ingest,meterd.flush,meterd.lifecycle",
     loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "info",
 ) -> None:
     """Run a Celery worker for the meterd queues."""
@@ -79,7 +83,9 @@ def flush() -> None:
 
 @app.command()
 def publish(
-    path: Annotated[Path | None, typer.Argument(help="JSON file (event or array); - for stdin")] = None,
+    path: Annotated[
+        Path | None, typer.Argument(help="JSON file (event or array); - for stdin")
+    ] = None,
     batch_size: int = 500,
 ) -> None:
     """Publish CloudEvents usage events to meterd.ingest_batch in batches."""
@@ -173,7 +179,19 @@ def balance(
     for column in ("entitlement_id", "quantity", "consumed", "pending", "remaining", "overage"):
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row[c]) for c in ("entitlement_id", "quantity", "consumed", "pending", "remaining", "overage")))
+        table.add_row(
+            *(
+                str(row[c])
+                for c in (
+                    "entitlement_id",
+                    "quantity",
+                    "consumed",
+                    "pending",
+                    "remaining",
+                    "overage",
+                )
+            )
+        )
     console.print(table)
 
 
@@ -220,8 +238,7 @@ def demo(
     settings = get_settings()
     upgrade(settings.database_url)
     console.print(
-        f"[bold]meterd demo[/bold]: database {settings.database_url}, "
-        f"redis {settings.redis_url}"
+        f"[bold]meterd demo[/bold]: database {settings.database_url}, redis {settings.redis_url}"
     )
     try:
         ok = run_demo(

@@ -9,17 +9,17 @@ the balances, checking them against what was sent.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -33,7 +33,7 @@ from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.repository import NotFoundError
 from meterd.timeutil import utcnow
-from meterd.worker import create_app
+from meterd.worker import create_app, worker_command
 
 ORG = "demo"
 FEATURE = "api_calls"
@@ -59,7 +59,7 @@ def ensure_catalog(rt: Runtime, plan: DemoPlan) -> list[str]:
     for customer in customers:
         if rt.balance.balances(ORG, customer, FEATURE, now):
             continue
-        try:
+        with contextlib.suppress(IntegrityError):  # a concurrent demo created it
             rt.catalog.create_entitlement(
                 NewEntitlement(
                     org=ORG,
@@ -71,8 +71,6 @@ def ensure_catalog(rt: Runtime, plan: DemoPlan) -> list[str]:
                 ),
                 now,
             )
-        except IntegrityError:  # pragma: no cover - a concurrent demo created it
-            pass
     return customers
 
 
@@ -87,9 +85,7 @@ def start_worker(log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "meterd.worker:app", "worker",
-             "-Q", "meterd.ingest,meterd.flush", "-c", "2", "-l", "warning",
-             "--without-mingle", "--without-gossip"],  # fmt: skip
+            worker_command(),
             start_new_session=True,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -122,10 +118,8 @@ def run_demo(rt: Runtime, plan: DemoPlan, console: Console) -> bool:
     worker = start_worker(log)
     console.print(f"worker started (pid {worker.pid}, log {log})")
     try:
-        with Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console,
-        ) as progress:  # fmt: skip
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
             sent = progress.add_task("publishing events", total=len(stream))
             with app.producer_or_acquire() as producer:
                 for batch in chunked(stream, plan.batch_size):

@@ -12,8 +12,8 @@ import re
 from decimal import Decimal, InvalidOperation
 
 SCALE = 6
-MICROS_PER_UNIT = 10**SCALE
-MAX_MICROS = 2**53 - 1
+MICROS_PER_UNIT: int = 10**SCALE
+MAX_MICROS: int = 2**53 - 1
 _QUANTUM = Decimal(1).scaleb(-SCALE)
 #: Plain decimals ("12", "0.5"): the common case, parsed without Decimal arithmetic.
 _PLAIN = re.compile(r"(\d{1,15})(?:\.(\d{1,6}))?")
@@ -64,11 +64,14 @@ def from_micros(micros: int) -> Decimal:
 
 def parse_quantity_micros(value: object) -> int:
     """``to_micros(parse_quantity(value))``, with a fast path for plain decimal strings."""
-    if type(value) is str:
+    if isinstance(value, str):
         match = _PLAIN.fullmatch(value)
         if match is not None:
-            whole, fraction = match.groups()
-            micros = int(whole) * MICROS_PER_UNIT + (int(fraction.ljust(SCALE, "0")) if fraction else 0)
+            whole: str = match.group(1)
+            fraction: str | None = match.group(2)
+            micros = int(whole) * MICROS_PER_UNIT + (
+                int(fraction.ljust(SCALE, "0")) if fraction else 0
+            )
             if 0 < micros <= MAX_MICROS:
                 return micros
     return to_micros(parse_quantity(value))

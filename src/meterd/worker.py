@@ -84,6 +84,25 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def worker_command(
+    queues: tuple[str, ...] = (INGEST_QUEUE, FLUSH_QUEUE),
+    concurrency: int = 2,
+    loglevel: str = "warning",
+    name: str | None = None,
+) -> list[str]:
+    """The argv of a `celery worker` subprocess for meterd (demo, tests, benchmarks)."""
+    import sys
+
+    command = [
+        sys.executable, "-m", "celery", "-A", "meterd.worker:app", "worker",
+        "-Q", ",".join(queues), "-c", str(concurrency), "-l", loglevel,
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+    if name:
+        command += ["-n", name]
+    return command
+
+
 def create_app(settings: Settings) -> Celery:
     celery_app = Celery("meterd", include=["meterd.tasks"])
     celery_app.conf.update(celery_config(settings))

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from celery import Celery
 from meterd.config import Settings
 from meterd.runtime import Runtime
 from meterd.storage.repository import SqlRepository
-from meterd.worker import create_app
+from meterd.worker import create_app, worker_command
 
 from ..conftest import NOW, REAL_REDIS_URL, delete_keys, real_redis_client, require
 
@@ -42,11 +41,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        command = [
-            sys.executable, "-m", "celery", "-A", "meterd.worker:app", "worker",
-            "-Q", "meterd.ingest,meterd.flush", "-c", str(self.concurrency),
-            "-l", "warning", "--without-mingle", "--without-gossip", "-n", f"w{uuid.uuid4().hex[:6]}@%h",
-        ]  # fmt: skip
+        command = worker_command(concurrency=self.concurrency, name=f"w{uuid.uuid4().hex[:6]}@%h")
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 command, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

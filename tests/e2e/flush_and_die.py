@@ -1,7 +1,7 @@
 """Run one flush and SIGKILL this process at a chosen point (used by test_flush_kill).
 
-    python flush_and_die.py before-commit   # database writes sent, COMMIT not yet
-    python flush_and_die.py after-commit    # COMMIT done, Redis batch not yet removed
+python flush_and_die.py before-commit   # database writes sent, COMMIT not yet
+python flush_and_die.py after-commit    # COMMIT done, Redis batch not yet removed
 """
 
 from __future__ import annotations

@@ -30,13 +30,20 @@ def flush_and_die(env: dict[str, str], point: str) -> None:
 def live_total(rt: Runtime) -> Decimal:
     now = utcnow()
     return sum(
-        (b.consumed for c in ("cust-0", "cust-1") for b in rt.balance.balances("acme", c, "api_calls", now)),
+        (
+            b.consumed
+            for c in ("cust-0", "cust-1")
+            for b in rt.balance.balances("acme", c, "api_calls", now)
+        ),
         Decimal(0),
     )
 
 
 def ingest(rt: Runtime, prefix: str, n: int) -> None:
-    events = [event(customer=f"cust-{i % 2}", event_id=f"{prefix}{i}", quantity="1.000001") for i in range(n)]
+    events = [
+        event(customer=f"cust-{i % 2}", event_id=f"{prefix}{i}", quantity="1.000001")
+        for i in range(n)
+    ]
     assert rt.ingest.ingest(events, now=utcnow()).counts == {"accepted": n}
 
 
@@ -55,7 +62,9 @@ def test_flush_killed_before_and_after_commit_counts_exactly(
     ingest(rt, "b", 20)  # usage keeps arriving while a batch is stuck in flight
     flush_and_die(e2e_env, "after-commit")
     assert flushed_total(rt) == Decimal("30.000030"), "the resumed batch is committed once"
-    assert live_total(rt) == Decimal("50.000050"), "a committed batch still in Redis is not added twice"
+    assert live_total(rt) == Decimal("50.000050"), (
+        "a committed batch still in Redis is not added twice"
+    )
 
     reports = rt.flush.flush_all(utcnow())
     assert [r.applied for r in reports] == [False, True]

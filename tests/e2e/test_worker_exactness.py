@@ -100,11 +100,16 @@ def assert_exact(rt: Runtime, grants: dict[str, list[Any]], expected: dict[str, 
         limits = [to_micros(e.quantity) for e in ents]
         want = greedy_fill(expected.get(customer, 0), limits)
         got = [
-            to_micros(sum((p.consumed for p in rt.repository.consumption_by_period(e.id)), Decimal(0)))
+            to_micros(
+                sum((p.consumed for p in rt.repository.consumption_by_period(e.id)), Decimal(0))
+            )
             for e in ents
         ]
         assert got == want, f"{customer}: database has {got}, expected {want}"
-        live = {b.entitlement_id: b.consumed for b in rt.balance.balances("acme", customer, "api_calls", utcnow())}
+        live = {
+            b.entitlement_id: b.consumed
+            for b in rt.balance.balances("acme", customer, "api_calls", utcnow())
+        }
         assert [to_micros(live[e.id]) for e in ents] == want
 
 

@@ -58,5 +58,3 @@ def test_worker_killed_three_times_mid_stream_still_counts_exactly(
     time.sleep(2)  # let any redelivered batch finish: it must dedupe to nothing
     assert counted_total(e2e_runtime, customers) == total
     assert_exact(e2e_runtime, grants, expected)
-
-

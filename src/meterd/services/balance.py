@@ -55,9 +55,7 @@ class BalanceService:
         fields = [period_field(e, s) for e, s in periods]
         for _ in range(_MAX_ATTEMPTS):
             snap = self.counters.pending_snapshot(fields)
-            flushed, committed = self.repository.flushed_consumption(
-                periods, snap.inflight_batch
-            )
+            flushed, committed = self.repository.flushed_consumption(periods, snap.inflight_batch)
             if self.counters.flush_epoch() != snap.epoch:
                 continue  # a flush began while we read: pending moved, read again
             result = {}
@@ -67,14 +65,10 @@ class BalanceService:
             return result
         raise BalanceError("flushes kept racing the read")
 
-    def balances(
-        self, org: str, customer: str, feature: str, now: datetime
-    ) -> list[Balance]:
+    def balances(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance]:
         """The current period of each of the customer's entitlements for a feature."""
         key = (org, customer, feature)
-        views, _ = self.repository.resolution_views([key], usable_after=now - self.late_window)[
-            key
-        ]
+        views, _ = self.repository.resolution_views([key], usable_after=now - self.late_window)[key]
         current = {view.id: current_period(view, now) for view in views}
         periods = [(view.id, current[view.id][0]) for view in views]
         values = self.consumed(periods)

@@ -123,9 +123,13 @@ class IngestService:
             )
         if outcome is Outcome.LATE:
             days = self.late_window.total_seconds() / 86400
-            return f"event time {event.time.isoformat()} is older than the late window ({days:g} days)"
+            return (
+                f"event time {event.time.isoformat()} is older than the late window ({days:g} days)"
+            )
         if outcome is Outcome.SUSPENDED:
-            return f"the entitlement of customer {event.customer!r} for {event.feature!r} is suspended"
+            return (
+                f"the entitlement of customer {event.customer!r} for {event.feature!r} is suspended"
+            )
         return None
 
 

@@ -103,7 +103,7 @@ class SqlRepository:
     def feature_by_key(self, org_id: str, key: str, session: Session | None = None) -> Feature:
         stmt = select(Feature).where(Feature.org_id == org_id, Feature.key == key)
         with self._maybe(session) as s:
-            feature = s.scalars(stmt).one_or_none()
+            feature: Feature | None = s.scalars(stmt).one_or_none()
         if feature is None:
             raise NotFoundError("feature", (org_id, key))
         return feature
@@ -135,7 +135,9 @@ class SqlRepository:
             if ent is None:
                 raise NotFoundError("entitlement", period.entitlement_id)
             s.add(period)
-            if ent.ends_at is not None and (period.period_end is None or period.period_end > ent.ends_at):
+            if ent.ends_at is not None and (
+                period.period_end is None or period.period_end > ent.ends_at
+            ):
                 grace = ent.grace_until - ent.ends_at if ent.grace_until else None
                 ent.ends_at = period.period_end
                 ent.grace_until = ent.ends_at + grace if grace and ent.ends_at else None
@@ -184,8 +186,7 @@ class SqlRepository:
                     Entitlement.status != Status.TERMINATED.value,
                     or_(
                         func.coalesce(Entitlement.grace_until, Entitlement.ends_at).is_(None),
-                        func.coalesce(Entitlement.grace_until, Entitlement.ends_at)
-                        > usable_after,
+                        func.coalesce(Entitlement.grace_until, Entitlement.ends_at) > usable_after,
                     ),
                 )
             ).all()
@@ -202,9 +203,7 @@ class SqlRepository:
             views.append(_view(ent, own))
             for period in own:
                 if period.consumed:
-                    flushed[period_field(ent.id, period.period_start)] = to_micros(
-                        period.consumed
-                    )
+                    flushed[period_field(ent.id, period.period_start)] = to_micros(period.consumed)
         return result
 
     # -- flush ----------------------------------------------------------------------
@@ -216,9 +215,7 @@ class SqlRepository:
         inserted first: a second flush of the same batch blocks on its primary key
         until the first commits, then fails, so a batch is never added twice.
         """
-        parsed = sorted(
-            (parse_period_field(f), micros) for f, micros in deltas.items() if micros
-        )
+        parsed = sorted((parse_period_field(f), micros) for f, micros in deltas.items() if micros)
         total = sum(micros for _, micros in parsed)
         try:
             with self.sessions.begin() as s:
