@@ -1,0 +1,70 @@
+"""The command line drives the same services: schema, catalog, balance, dead letters."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from meterd import runtime as runtime_module
+from meterd.cli import app
+from meterd.config import get_settings
+from meterd.testing import event
+from meterd.timeutil import utcnow
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_prefix: str) -> Iterator[None]:
+    import fakeredis
+
+    monkeypatch.setenv("METERD_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("METERD_REDIS_URL", "redis://fake:6379/0")
+    monkeypatch.setenv("METERD_REDIS_PREFIX", redis_prefix)
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr(
+        runtime_module, "redis_client_for", lambda _s: fakeredis.FakeRedis(server=server)
+    )
+    get_settings.cache_clear()
+    runtime_module.reset_runtime()
+    yield
+    runtime_module.reset_runtime()
+    get_settings.cache_clear()
+
+
+def invoke(*args: str) -> str:
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_cli_creates_an_entitlement_and_reads_its_balance(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls", "--units", "calls")
+    out = invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "10")
+    assert "created (ACTIVE)" in out
+    runtime_module.get_runtime().ingest.ingest(
+        [event(customer="c-1", quantity="2.5")], now=utcnow()
+    )
+    (row,) = json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json"))
+    assert (row["consumed"], row["remaining"], row["pending"]) == (
+        "2.500000",
+        "7.500000",
+        "2.500000",
+    )
+    invoke("flush")
+    (row,) = json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json"))
+    assert (row["flushed"], row["pending"]) == ("2.500000", "0.000000")
+
+
+def test_cli_lists_dead_letters_by_reason(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    runtime_module.get_runtime().ingest.ingest([{"not": "an event"}], now=utcnow())
+    (letter,) = json.loads(invoke("dlq", "list", "--reason", "invalid", "--json"))
+    assert letter["payload"] == {"not": "an event"}
+    assert "specversion" in letter["detail"]

@@ -1,0 +1,75 @@
+"""The schema the migrations build is the schema the models describe; Celery is
+configured for at-least-once delivery."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from meterd.config import Settings
+from meterd.storage.database import make_engine
+from meterd.storage.models import Base
+from meterd.worker import FLUSH_QUEUE, INGEST_QUEUE, celery_config
+
+
+def test_migrations_match_the_models(database_url: str) -> None:
+    engine = make_engine(database_url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
+
+
+def settings(**kwargs: object) -> Settings:
+    return Settings(_env_file=None, **kwargs)  # type: ignore[call-arg, arg-type]
+
+
+def test_tasks_are_acknowledged_only_after_the_work() -> None:
+    conf = celery_config(settings(redis_url="redis://127.0.0.1:6379/0"))
+    assert conf["task_acks_late"] is True
+    assert conf["task_reject_on_worker_lost"] is True
+    assert conf["task_serializer"] == "json"
+
+
+def test_tasks_are_routed_to_the_contract_queues() -> None:
+    routes = celery_config(settings(redis_url="redis://h:6379/0"))["task_routes"]
+    assert routes["meterd.ingest_batch"] == {"queue": INGEST_QUEUE} == {"queue": "meterd.ingest"}
+    assert routes["meterd.flush"] == {"queue": FLUSH_QUEUE} == {"queue": "meterd.flush"}
+
+
+def test_beat_flushes_every_flush_interval() -> None:
+    schedule = celery_config(settings(redis_url="redis://h:6379/0", flush_interval=2.5))[
+        "beat_schedule"
+    ]
+    assert schedule["meterd.flush"]["task"] == "meterd.flush"
+    assert schedule["meterd.flush"]["schedule"] == 2.5
+
+
+def test_broker_defaults_to_the_redis_url_and_can_be_amqp() -> None:
+    assert celery_config(settings(redis_url="redis://h:6379/3"))["broker_url"] == "redis://h:6379/3"
+    amqp = settings(redis_url="redis://h:6379/3", broker_url="amqp://guest@h//")
+    assert celery_config(amqp)["broker_url"] == "amqp://guest@h//"
+
+
+def test_short_visibility_timeout_shortens_the_restore_sweep() -> None:
+    options = celery_config(settings(redis_url="redis://h/0", visibility_timeout=6))[
+        "broker_transport_options"
+    ]
+    assert options["visibility_timeout"] == 6
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 6
+
+
+def test_embedded_redis_is_the_default_and_uses_a_unix_socket() -> None:
+    conf = celery_config(settings())
+    assert conf["broker_url"].startswith("redis+socket://")
+    assert conf["broker_url"].endswith(".meterd/redis.sock")
+
+
+def test_bad_settings_fail_loudly() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        settings(flush_interval=0)
+    with pytest.raises(ValidationError):
+        settings(redis_prefix="has space")
