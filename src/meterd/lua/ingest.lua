@@ -4,12 +4,16 @@ KEYS[1]                 pending hash: "<ent>:<period>" -> micro-units not yet fl
 KEYS[1 + 3i - 2]        dedupe marker of event i        (string, expires)
 KEYS[1 + 3i - 1]        resolution data of event i      (string, JSON, see resolution.py)
 KEYS[1 + 3i]            used hash of event i's customer "<ent>:<period>" -> micro-units
-ARGV[6i - 5]            event time, epoch microseconds
-ARGV[6i - 4]            start of the UTC month of the event time, epoch microseconds
-ARGV[6i - 3]            quantity, integer micro-units (> 0)
-ARGV[6i - 2]            target entitlement id (hex) or ""
-ARGV[6i - 1]            "1" if the event is older than the late window, else "0"
-ARGV[6i]                dedupe marker lifetime, milliseconds
+ARGV[1]                 now, epoch microseconds
+ARGV[2]                 late window, microseconds: older events are "late"
+ARGV[3]                 minimum dedupe marker lifetime, milliseconds
+ARGV[4i]                event time, epoch microseconds
+ARGV[4i + 1]            start of the UTC month of the event time, epoch microseconds
+ARGV[4i + 2]            quantity, integer micro-units (> 0)
+ARGV[4i + 3]            target entitlement id (hex) or ""
+
+A dedupe marker lives max(ARGV[3], event time + late window - now): as long as
+the event could still be accepted, so a redelivery can never count it twice.
 
 Returns one character per event: a accepted, d duplicate, l late, s suspended,
 n no entitlement, m resolution data missing (the caller loads it and retries
@@ -28,6 +32,9 @@ All numbers stay below 2^53, so Lua's doubles hold them exactly.
 ]]
 
 local pending_key = KEYS[1]
+local now_us = tonumber(ARGV[1])
+local late_window_us = tonumber(ARGV[2])
+local min_dedupe_ms = tonumber(ARGV[3])
 local n_events = (#KEYS - 1) / 3
 local decoded = {}
 local out = {}
@@ -131,14 +138,17 @@ end
 
 for i = 1, n_events do
   local dedupe_key = KEYS[3 * i - 1]
+  local ts = tonumber(ARGV[4 * i])
+  local dedupe_ms = math.floor((ts + late_window_us - now_us) / 1000)
+  if dedupe_ms < min_dedupe_ms then dedupe_ms = min_dedupe_ms end
   local code
-  if not redis.call("SET", dedupe_key, "1", "NX", "PX", ARGV[6 * i]) then
+  if not redis.call("SET", dedupe_key, "1", "NX", "PX", int_str(dedupe_ms)) then
     code = "d"
-  elseif ARGV[6 * i - 1] == "1" then
+  elseif ts < now_us - late_window_us then
     code = "l"
   else
-    code = resolve(KEYS[3 * i], KEYS[3 * i + 1], tonumber(ARGV[6 * i - 5]), ARGV[6 * i - 4],
-      tonumber(ARGV[6 * i - 3]), ARGV[6 * i - 2])
+    code = resolve(KEYS[3 * i], KEYS[3 * i + 1], ts, ARGV[4 * i + 1], tonumber(ARGV[4 * i + 2]),
+      ARGV[4 * i + 3])
   end
   if code ~= "a" and code ~= "d" then
     redis.call("DEL", dedupe_key) -- not counted: a later delivery may still count it

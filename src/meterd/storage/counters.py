@@ -56,6 +56,7 @@ class CounterStore:
         self.keys = keys
         self.dedupe_ttl = dedupe_ttl
         self.late_window = late_window
+        self._late_window_us = int(late_window.total_seconds()) * 1_000_000
         self._ingest = client.register_script(_load_script("ingest.lua"))
         self._flush_begin = client.register_script(_load_script("flush_begin.lua"))
         self._flush_end = client.register_script(_load_script("flush_end.lua"))
@@ -72,30 +73,34 @@ class CounterStore:
         if not events:
             return ""
         keys: list[str] = [self.keys.pending]
-        args: list[str | int] = []
-        late_before = now - self.late_window
-        min_dedupe_ms = int(self.dedupe_ttl.total_seconds() * 1000)
+        args: list[str | int] = [
+            epoch_micros(now),
+            self._late_window_us,
+            max(int(self.dedupe_ttl.total_seconds() * 1000), 1),
+        ]
         months: dict[tuple[int, int], int] = {}
+        dedupe_key, resolution_key, used_key = (
+            self.keys.dedupe,
+            self.keys.resolution,
+            self.keys.used,
+        )
         for event in events:
-            keys.append(self.keys.dedupe(event.org, event.source, event.id))
-            keys.append(self.keys.resolution(event.org, event.customer, event.feature))
-            keys.append(self.keys.used(event.org, event.customer))
+            org, customer = event.org, event.customer
+            keys += (
+                dedupe_key(org, event.source, event.id),
+                resolution_key(org, customer, event.feature),
+                used_key(org, customer),
+            )
             when = event.time
-            month_key = (when.year, when.month)
-            month = months.get(month_key)
+            month = months.get((when.year, when.month))
             if month is None:
-                month = months[month_key] = epoch_micros(month_start(when))
-            # The marker must outlive the late window of this event, or a redelivery
-            # after the dedupe TTL could count it again.
-            late_ms = int((event.time + self.late_window - now).total_seconds() * 1000)
-            args += [
+                month = months[(when.year, when.month)] = epoch_micros(month_start(when))
+            args += (
                 epoch_micros(when),
                 month,
                 event.quantity_micros,
                 event.entitlement_id.hex if event.entitlement_id else "",
-                "1" if when < late_before else "0",
-                max(min_dedupe_ms, late_ms, 1),
-            ]
+            )
         try:
             result = self._ingest(keys=keys, args=args)
         except redis.RedisError as exc:
