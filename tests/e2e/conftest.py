@@ -8,6 +8,7 @@ worker's unacknowledged batches come back within the test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,6 +32,18 @@ BROKER_URL = os.environ.get("METERD_TEST_BROKER_URL", "redis://127.0.0.1:6379/10
 VISIBILITY_TIMEOUT = 5
 
 
+_started_groups: list[int] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_worker_outlives_the_session() -> Iterator[None]:
+    """Whatever a failing test left running, its worker process groups go at the end."""
+    yield
+    for group in _started_groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+
+
 class WorkerProcess:
     """A `celery worker` in its own process group, killable for real."""
 
@@ -46,6 +59,7 @@ class WorkerProcess:
             self.proc = subprocess.Popen(
                 command, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
             )
+        _started_groups.append(self.proc.pid)
         return self
 
     def alive(self) -> bool:
