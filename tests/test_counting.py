@@ -120,7 +120,7 @@ def test_event_naming_an_entitlement_counts_only_there(runtime: Runtime) -> None
 def test_customer_without_entitlement_is_dead_lettered(runtime: Runtime) -> None:
     grant(runtime, customer="someone-else")
     assert ingest(runtime, event(customer="nobody")) == [Outcome.NO_ENTITLEMENT]
-    (letter,) = runtime.repository.dead_letters()
+    (letter,) = runtime.dead_letters.find()
     assert letter.reason == "no_entitlement"
     assert "nobody" in letter.detail
 
@@ -164,7 +164,7 @@ def test_event_older_than_the_late_window_is_late(runtime: Runtime) -> None:
     grant(runtime, starts_at=NOW - timedelta(days=100), ends_at=None)
     old = NOW - timedelta(seconds=runtime.settings.late_window + 1)
     assert ingest(runtime, event(time=old)) == [Outcome.LATE]
-    assert runtime.repository.dead_letters()[0].reason == "late"
+    assert runtime.dead_letters.find()[0].reason == "late"
 
 
 def test_event_far_in_the_future_is_invalid(runtime: Runtime) -> None:

@@ -77,7 +77,7 @@ def test_dead_letter_keeps_the_original_payload_and_reason(runtime: Runtime) -> 
 
     bad = {**event(), "data": {"feature": "api_calls", "quantity": "lots"}}
     runtime.ingest.ingest([bad], now=NOW)
-    (letter,) = runtime.repository.dead_letters()
+    (letter,) = runtime.dead_letters.find()
     assert letter.reason == "invalid"
     assert "quantity" in letter.detail
     assert json.loads(letter.payload) == bad
@@ -89,9 +89,9 @@ def test_redelivered_batch_dead_letters_each_event_once(runtime: Runtime) -> Non
     runtime.ingest.ingest(batch, now=NOW)
     again = runtime.ingest.ingest(batch, now=NOW)
     assert again.outcomes == [Outcome.NO_ENTITLEMENT, Outcome.INVALID, Outcome.DUPLICATE]
-    assert runtime.repository.count_dead_letters() == {"no_entitlement": 1, "invalid": 1}
+    assert runtime.dead_letters.count_by_reason() == {"no_entitlement": 1, "invalid": 1}
 
 
 def test_events_with_nul_characters_are_stored_safely(runtime: Runtime) -> None:
     runtime.ingest.ingest([{"id": "a\x00b", "subject": "\x00", "org": "acme"}], now=NOW)
-    assert runtime.repository.count_dead_letters() == {"invalid": 1}
+    assert runtime.dead_letters.count_by_reason() == {"invalid": 1}

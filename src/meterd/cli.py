@@ -202,7 +202,7 @@ def dlq_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters not yet replayed, oldest first."""
-    letters = get_runtime().repository.dead_letters(reason=reason, limit=limit)
+    letters = get_runtime().dead_letters.find(reason=reason, limit=limit)
     rows = [
         {
             "id": str(dl.id),

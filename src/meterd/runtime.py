@@ -25,6 +25,7 @@ from meterd.services.ingest import IngestService
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import make_engine, make_session_factory
+from meterd.storage.dead_letters import DeadLetterStore
 from meterd.storage.repository import SqlRepository
 
 
@@ -73,10 +74,14 @@ class Runtime:
         )
 
     @cached_property
+    def dead_letters(self) -> DeadLetterStore:
+        return DeadLetterStore(self.repository.sessions)
+
+    @cached_property
     def ingest(self) -> IngestService:
         return IngestService(
             self.counters,
-            self.repository,
+            self.dead_letters,
             self.resolution,
             chunk_size=self.settings.batch_size,
             late_window=timedelta(seconds=self.settings.late_window),

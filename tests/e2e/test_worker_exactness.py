@@ -158,14 +158,14 @@ def test_malformed_events_do_not_stop_a_real_worker(
     wait_for(lambda: counted_total(e2e_runtime, 3) >= total, 60, "valid events counted")
     wait_for(lambda: queue_depth(producer_app) == 0, 30, "queue drained")
     wait_for(
-        lambda: sum(e2e_runtime.repository.count_dead_letters().values()) >= 3,
+        lambda: sum(e2e_runtime.dead_letters.count_by_reason().values()) >= 3,
         30,
         "dead letters written",
     )
     assert worker.alive()
     assert counted_total(e2e_runtime, 3) == total
     assert_exact(e2e_runtime, grants, expected)
-    letters = e2e_runtime.repository.dead_letters(limit=1000)
+    letters = e2e_runtime.dead_letters.find(limit=1000)
     assert letters and all(letter.detail for letter in letters)
     assert {letter.reason for letter in letters} == {"invalid"}
     assert from_micros(total) > 0

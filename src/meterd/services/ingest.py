@@ -19,7 +19,7 @@ from meterd.domain import OUTCOME_CODES, Outcome
 from meterd.events import InvalidEvent, UsageEvent, parse_event
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import MISSING_RESOLUTION, CounterStore
-from meterd.storage.repository import DeadLetterRecord, SqlRepository
+from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
 
 _MAX_RESOLUTION_ROUNDS = 3
 
@@ -45,7 +45,7 @@ class IngestService:
     def __init__(
         self,
         counters: CounterStore,
-        repository: SqlRepository,
+        dead_letters: DeadLetterStore,
         resolution: ResolutionCache,
         *,
         chunk_size: int,
@@ -53,7 +53,7 @@ class IngestService:
         future_skew: timedelta,
     ) -> None:
         self.counters = counters
-        self.repository = repository
+        self.dead_letters = dead_letters
         self.resolution = resolution
         self.chunk_size = chunk_size
         self.late_window = late_window
@@ -88,7 +88,7 @@ class IngestService:
             if final[i].is_dead_letter
         ]
         report = IngestReport(outcomes=final, reasons=reasons)
-        report.dead_lettered = self.repository.add_dead_letters(dead, now) if dead else 0
+        report.dead_lettered = self.dead_letters.add(dead, now) if dead else 0
         return report
 
     def _count(

@@ -6,18 +6,14 @@ so a service can make several writes atomic (the caller owns the transaction).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     Engine,
-    and_,
     bindparam,
     exists,
     func,
@@ -34,7 +30,6 @@ from meterd.domain import BillingType, EntitlementView, Period, Status
 from meterd.keys import period_field
 from meterd.quantity import from_micros, to_micros
 from meterd.storage.models import (
-    DeadLetter,
     Entitlement,
     Feature,
     FlushBatch,
@@ -58,31 +53,6 @@ def parse_period_field(field: str) -> tuple[uuid.UUID, datetime]:
     return uuid.UUID(hex=ent_hex), from_epoch_micros(int(start))
 
 
-@dataclass(frozen=True, slots=True)
-class DeadLetterRecord:
-    reason: str
-    detail: str
-    payload: Any
-    org_id: str | None = None
-    source: str | None = None
-    event_id: str | None = None
-
-    def fingerprint(self) -> str:
-        if self.source is not None and self.event_id is not None:
-            basis = json.dumps([self.reason, self.org_id, self.source, self.event_id])
-        else:
-            basis = json.dumps([self.reason, _payload_text(self.payload)])
-        return hashlib.sha256(basis.encode()).hexdigest()
-
-
-def _payload_text(payload: Any) -> str:
-    return json.dumps(payload, ensure_ascii=True, sort_keys=True, default=repr)
-
-
-def _no_nul(text: str | None) -> str | None:
-    return text.replace("\x00", "\\u0000") if text is not None else None
-
-
 class SqlRepository:
     def __init__(self, engine: Engine, session_factory: sessionmaker[Session]) -> None:
         self.engine = engine
@@ -100,9 +70,9 @@ class SqlRepository:
             s.add(feature)
         return feature
 
-    def feature_by_key(self, org_id: str, key: str, session: Session | None = None) -> Feature:
+    def feature_by_key(self, org_id: str, key: str) -> Feature:
         stmt = select(Feature).where(Feature.org_id == org_id, Feature.key == key)
-        with self._maybe(session) as s:
+        with self.sessions() as s:
             feature: Feature | None = s.scalars(stmt).one_or_none()
         if feature is None:
             raise NotFoundError("feature", (org_id, key))
@@ -330,97 +300,6 @@ class SqlRepository:
                 )
             )
 
-    # -- dead letters ---------------------------------------------------------------
-
-    def add_dead_letters(self, records: Sequence[DeadLetterRecord], now: datetime) -> int:
-        """Store dead letters; one already stored (same fingerprint) is skipped.
-        Returns how many were new."""
-        if not records:
-            return 0
-        by_print = {r.fingerprint(): r for r in records}
-        with self.sessions.begin() as s:
-            known = set(
-                s.scalars(
-                    select(DeadLetter.fingerprint).where(DeadLetter.fingerprint.in_(by_print))
-                )
-            )
-            rows = [
-                {
-                    "id": uuid.uuid4(),
-                    "fingerprint": fingerprint,
-                    "org_id": r.org_id,
-                    "reason": r.reason,
-                    "detail": _no_nul(r.detail) or "",
-                    "source": _no_nul(r.source),
-                    "event_id": _no_nul(r.event_id),
-                    "payload": _payload_text(r.payload),
-                    "received_at": now,
-                }
-                for fingerprint, r in by_print.items()
-                if fingerprint not in known
-            ]
-            if rows:
-                # Two workers may dead-letter the same redelivered event at once.
-                s.execute(_insert_ignoring_conflicts(s, DeadLetter, "fingerprint"), rows)
-        return len(by_print) - len(known)
-
-    def dead_letters(
-        self,
-        *,
-        reason: str | None = None,
-        org_id: str | None = None,
-        since: datetime | None = None,
-        include_replayed: bool = False,
-        limit: int = 100,
-    ) -> list[DeadLetter]:
-        conditions = []
-        if reason:
-            conditions.append(DeadLetter.reason == reason)
-        if org_id:
-            conditions.append(DeadLetter.org_id == org_id)
-        if since:
-            conditions.append(DeadLetter.received_at >= since)
-        if not include_replayed:
-            conditions.append(DeadLetter.replayed_at.is_(None))
-        stmt = select(DeadLetter).where(and_(True, *conditions))
-        with self.sessions() as s:
-            return list(s.scalars(stmt.order_by(DeadLetter.received_at).limit(limit)))
-
-    def count_dead_letters(self) -> dict[str, int]:
-        stmt = (
-            select(DeadLetter.reason, func.count())
-            .where(DeadLetter.replayed_at.is_(None))
-            .group_by(DeadLetter.reason)
-        )
-        with self.sessions() as s:
-            return {row[0]: row[1] for row in s.execute(stmt)}
-
-    def mark_replayed(self, outcomes: dict[uuid.UUID, str], now: datetime) -> None:
-        with self.sessions.begin() as s:
-            for dl_id, outcome in outcomes.items():
-                s.execute(
-                    update(DeadLetter)
-                    .where(DeadLetter.id == dl_id)
-                    .values(replayed_at=now, replay_outcome=outcome)
-                )
-
-    # -- helpers --------------------------------------------------------------------
-
-    def _maybe(self, session: Session | None) -> Any:
-        from contextlib import nullcontext
-
-        return nullcontext(session) if session is not None else self.sessions()
-
-
-def _insert_ignoring_conflicts(s: Session, model: Any, column: str) -> Any:
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(model).on_conflict_do_nothing(index_elements=[column])
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(model).on_conflict_do_nothing(index_elements=[column])
-
 
 def _view(ent: Entitlement, periods: Sequence[UsagePeriod]) -> EntitlementView:
     return EntitlementView(
@@ -438,7 +317,6 @@ def _view(ent: Entitlement, periods: Sequence[UsagePeriod]) -> EntitlementView:
 
 
 __all__ = [
-    "DeadLetterRecord",
     "NotFoundError",
     "SqlRepository",
     "parse_period_field",

@@ -1,0 +1,133 @@
+"""The dead-letter store: events that were not counted, with why, for listing and replay.
+
+Storing is idempotent: a record's fingerprint is (reason, org, source, id), or
+the raw payload for an event without a usable identity, so a redelivered
+batch dead-letters each of its events once, even from two workers at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from meterd.storage.models import DeadLetter
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRecord:
+    reason: str
+    detail: str
+    payload: Any
+    org_id: str | None = None
+    source: str | None = None
+    event_id: str | None = None
+
+    def fingerprint(self) -> str:
+        if self.source is not None and self.event_id is not None:
+            basis = json.dumps([self.reason, self.org_id, self.source, self.event_id])
+        else:
+            basis = json.dumps([self.reason, _payload_text(self.payload)])
+        return hashlib.sha256(basis.encode()).hexdigest()
+
+
+def _payload_text(payload: Any) -> str:
+    return json.dumps(payload, ensure_ascii=True, sort_keys=True, default=repr)
+
+
+def _no_nul(text: str | None) -> str | None:
+    return text.replace("\x00", "\\u0000") if text is not None else None
+
+
+class DeadLetterStore:
+    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+        self.sessions = session_factory
+
+    def add(self, records: Sequence[DeadLetterRecord], now: datetime) -> int:
+        """Store dead letters; one already stored (same fingerprint) is skipped.
+        Returns how many were new."""
+        if not records:
+            return 0
+        by_print = {r.fingerprint(): r for r in records}
+        with self.sessions.begin() as s:
+            known = set(
+                s.scalars(
+                    select(DeadLetter.fingerprint).where(DeadLetter.fingerprint.in_(by_print))
+                )
+            )
+            rows = [
+                {
+                    "id": uuid.uuid4(),
+                    "fingerprint": fingerprint,
+                    "org_id": r.org_id,
+                    "reason": r.reason,
+                    "detail": _no_nul(r.detail) or "",
+                    "source": _no_nul(r.source),
+                    "event_id": _no_nul(r.event_id),
+                    "payload": _payload_text(r.payload),
+                    "received_at": now,
+                }
+                for fingerprint, r in by_print.items()
+                if fingerprint not in known
+            ]
+            if rows:
+                # Two workers may dead-letter the same redelivered event at once.
+                s.execute(_insert_ignoring_conflicts(s, DeadLetter, "fingerprint"), rows)
+        return len(by_print) - len(known)
+
+    def find(
+        self,
+        *,
+        reason: str | None = None,
+        org_id: str | None = None,
+        since: datetime | None = None,
+        include_replayed: bool = False,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        conditions = []
+        if reason:
+            conditions.append(DeadLetter.reason == reason)
+        if org_id:
+            conditions.append(DeadLetter.org_id == org_id)
+        if since:
+            conditions.append(DeadLetter.received_at >= since)
+        if not include_replayed:
+            conditions.append(DeadLetter.replayed_at.is_(None))
+        stmt = select(DeadLetter).where(and_(True, *conditions))
+        with self.sessions() as s:
+            return list(s.scalars(stmt.order_by(DeadLetter.received_at).limit(limit)))
+
+    def count_by_reason(self) -> dict[str, int]:
+        stmt = (
+            select(DeadLetter.reason, func.count())
+            .where(DeadLetter.replayed_at.is_(None))
+            .group_by(DeadLetter.reason)
+        )
+        with self.sessions() as s:
+            return {row[0]: row[1] for row in s.execute(stmt)}
+
+    def mark_replayed(self, outcomes: dict[uuid.UUID, str], now: datetime) -> None:
+        with self.sessions.begin() as s:
+            for dl_id, outcome in outcomes.items():
+                s.execute(
+                    update(DeadLetter)
+                    .where(DeadLetter.id == dl_id)
+                    .values(replayed_at=now, replay_outcome=outcome)
+                )
+
+
+def _insert_ignoring_conflicts(s: Session, model: Any, column: str) -> Any:
+    if s.get_bind().dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(model).on_conflict_do_nothing(index_elements=[column])
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(model).on_conflict_do_nothing(index_elements=[column])
