@@ -45,8 +45,12 @@ def test_beat_flushes_every_flush_interval() -> None:
     assert schedule["meterd.flush"]["schedule"] == 2.5
 
 
-def test_broker_defaults_to_the_redis_url_and_can_be_amqp() -> None:
-    assert celery_config(settings(redis_url="redis://h:6379/3"))["broker_url"] == "redis://h:6379/3"
+def test_broker_defaults_to_the_redis_url_through_the_reliable_transport() -> None:
+    url = celery_config(settings(redis_url="redis://h:6379/3"))["broker_url"]
+    assert url == "meterd-redis://h:6379/3"
+
+
+def test_broker_can_be_amqp() -> None:
     amqp = settings(redis_url="redis://h:6379/3", broker_url="amqp://guest@h//")
     assert celery_config(amqp)["broker_url"] == "amqp://guest@h//"
 
@@ -61,7 +65,7 @@ def test_short_visibility_timeout_shortens_the_restore_sweep() -> None:
 
 def test_embedded_redis_is_the_default_and_uses_a_unix_socket() -> None:
     conf = celery_config(settings())
-    assert conf["broker_url"].startswith("redis+socket://")
+    assert conf["broker_url"].startswith("meterd-redis+socket://")
     assert conf["broker_url"].endswith(".meterd/redis.sock")
 
 

@@ -20,6 +20,7 @@ from celery import Celery
 from celery.signals import beat_init, celeryd_init
 
 from meterd import embedded
+from meterd.broker import reliable_url
 from meterd.config import Settings, get_settings
 
 INGEST_QUEUE = "meterd.ingest"
@@ -29,11 +30,14 @@ QUEUES = (INGEST_QUEUE, FLUSH_QUEUE, LIFECYCLE_QUEUE)
 
 
 def broker_url_for(settings: Settings) -> str:
+    """The broker URL; a Redis broker is taken through meterd's reliable transport."""
     if settings.broker_url:
-        return settings.broker_url
-    if settings.is_embedded_redis:
-        return embedded.broker_url(settings.redis_url)
-    return settings.redis_url
+        url = settings.broker_url
+    elif settings.is_embedded_redis:
+        url = embedded.broker_url(settings.redis_url)
+    else:
+        url = settings.redis_url
+    return reliable_url(url)
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:

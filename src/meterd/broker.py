@@ -1,0 +1,102 @@
+"""A Redis broker transport that cannot lose a message to a killed worker.
+
+kombu's Redis transport takes a message with ``BRPOP`` and records it as
+unacknowledged afterwards, in the worker process; a worker SIGKILLed in
+between (the reply may sit unread in its socket) loses the message for good
+(celery/celery#4354, celery/kombu#305). This transport takes messages with
+``broker_pop.lua``, which pops and records in one atomic step; everything
+else (publishing, acks, the visibility-timeout restore) is kombu's own.
+
+Waiting: a script cannot block, so when every queue is empty the channel
+waits with ``BLMOVE q q RIGHT LEFT timeout`` on its first queue: that blocks
+until a message arrives and only rotates it inside the same list (nothing
+leaves the queue), then the next poll pops with the script. Other queues are
+looked at at least every ``brpop_timeout`` seconds (1 s).
+
+Workers and producers configured by meterd use it for ``redis://`` and
+``redis+socket://`` broker URLs (``reliable_url`` rewrites the scheme to the
+alias registered here). Producers elsewhere need nothing special: the
+messages and queues are kombu's.
+"""
+
+from __future__ import annotations
+
+import time
+from importlib import resources
+from queue import Empty
+from typing import Any
+
+from kombu.transport import TRANSPORT_ALIASES
+from kombu.transport import redis as kombu_redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+
+_POP_SCRIPT = resources.files("meterd").joinpath("lua", "broker_pop.lua").read_text("utf-8")
+
+
+class ReliableChannel(kombu_redis.Channel):
+    _waiting = False  # the last poll found every queue empty: block before the next
+
+    def _prefixed(self, key: str) -> str:
+        return f"{self.global_keyprefix or ''}{key}"
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if timeout is None:
+            timeout = self.brpop_timeout
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        lists = [self._q_for_pri(q, pri) for pri in self.priority_steps for q in queues]
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = time.monotonic()
+        if self._waiting:
+            first = self._prefixed(lists[0])
+            args: list[Any] = ["BLMOVE", first, first, "RIGHT", "LEFT", timeout or 0]
+        else:
+            keys = [self._prefixed(k) for k in lists]
+            keys += [self._prefixed(self.unacked_index_key), self._prefixed(self.unacked_key)]
+            args = ["EVAL", _POP_SCRIPT, len(keys), *keys, time.time()]
+        self.client.connection.send_command(*args)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        command = "BLMOVE" if self._waiting else "EVAL"
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, command, **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            if self._waiting:
+                # Woken by a message (or the timeout): pop with the script next time.
+                self._waiting = False
+                raise Empty()
+            if not reply:
+                self._waiting = True
+                raise Empty()
+            dest, item = reply
+            dest = bytes_to_str(dest)
+            if self.global_keyprefix:
+                dest = dest.removeprefix(self.global_keyprefix)
+            dest = dest.rsplit(self.sep, 1)[0]
+            self._queue_cycle.rotate(dest)
+            self.connection._deliver(loads(bytes_to_str(item)), dest)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+
+class ReliableRedisTransport(kombu_redis.Transport):
+    Channel = ReliableChannel
+
+
+SCHEME = "meterd-redis"
+TRANSPORT_ALIASES[SCHEME] = "meterd.broker:ReliableRedisTransport"
+
+
+def reliable_url(url: str) -> str:
+    """The broker URL with the reliable transport for plain Redis URLs; others unchanged."""
+    for scheme in ("redis+socket://", "redis://"):
+        if url.startswith(scheme):
+            return SCHEME + url.removeprefix("redis")
+    return url
