@@ -49,7 +49,6 @@ def test_flush_that_died_before_the_commit_is_resumed_by_the_next(runtime: Runti
     assert crashed_batch == "batch-that-died"
     # Usage keeps arriving while the crashed batch waits.
     runtime.ingest.ingest([event(event_id="e2", quantity="4")], now=NOW)
-    assert consumed(runtime) != {}
     assert list(consumed(runtime).values()) == [Decimal(7)]
     first = runtime.flush.flush_once(NOW)
     assert first.batch_id == "batch-that-died" and first.applied

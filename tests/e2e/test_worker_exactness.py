@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meterd.producer import publish_batches
-from meterd.quantity import from_micros, to_micros
+from meterd.quantity import to_micros
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import event
@@ -168,4 +168,3 @@ def test_malformed_events_do_not_stop_a_real_worker(
     letters = e2e_runtime.dead_letters.find(limit=1000)
     assert letters and all(letter.detail for letter in letters)
     assert {letter.reason for letter in letters} == {"invalid"}
-    assert from_micros(total) > 0
