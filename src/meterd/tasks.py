@@ -15,6 +15,7 @@ import redis
 from celery import Task
 from sqlalchemy.exc import DBAPIError
 
+from meterd.logs import get_logger
 from meterd.runtime import get_runtime
 from meterd.services.ingest import IngestError
 from meterd.storage.counters import CounterStoreError
@@ -22,6 +23,7 @@ from meterd.timeutil import utcnow
 from meterd.worker import app
 
 TRANSIENT_ERRORS = (IngestError, CounterStoreError, redis.RedisError, DBAPIError)
+log = get_logger("meterd.tasks")
 
 
 def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
@@ -49,14 +51,20 @@ def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 )
 def ingest_batch(self: Task, events: Any = None, *args: Any, **kwargs: Any) -> dict[str, int]:
     report = get_runtime().ingest.ingest(as_event_list(events, args, kwargs), now=utcnow())
-    return dict(report.counts)
+    counts = dict(report.counts)
+    log.info("ingest_batch", task_id=self.request.id, retries=self.request.retries, **counts)
+    return counts
 
 
 @app.task(name="meterd.flush", bind=True)
 def flush(self: Task) -> dict[str, int]:
     reports = get_runtime().flush.flush_all(utcnow())
-    return {
+    summary = {
         "batches": len(reports),
         "periods": sum(r.periods for r in reports),
         "micros": sum(r.total_micros for r in reports),
+        "resumed": sum(1 for r in reports if not r.applied),
     }
+    if reports:
+        log.info("flush", task_id=self.request.id, **summary)
+    return summary

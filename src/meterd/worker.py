@@ -22,6 +22,7 @@ from celery.signals import beat_init, celeryd_init
 from meterd import embedded
 from meterd.broker import reliable_url
 from meterd.config import Settings, get_settings
+from meterd.logs import configure_logging
 
 INGEST_QUEUE = "meterd.ingest"
 FLUSH_QUEUE = "meterd.flush"
@@ -119,7 +120,9 @@ app = create_app(get_settings())
 @celeryd_init.connect
 @beat_init.connect
 def _start_embedded_redis(**_: Any) -> None:
-    """A worker or beat on the embedded default starts the bundled Redis it needs."""
+    """A worker or beat on the embedded default starts the bundled Redis it needs;
+    both log in the configured format."""
     settings = get_settings()
+    configure_logging(settings.log_format)
     if settings.is_embedded_redis:
         embedded.ensure_running(settings.redis_url)
