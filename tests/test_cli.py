@@ -68,3 +68,16 @@ def test_cli_lists_dead_letters_by_reason(cli_env: None) -> None:
     (letter,) = json.loads(invoke("dlq", "list", "--reason", "invalid", "--json"))
     assert letter["payload"] == {"not": "an event"}
     assert "specversion" in letter["detail"]
+
+
+def test_cli_replays_dead_letters(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls")
+    rt = runtime_module.get_runtime()
+    rt.ingest.ingest([event(customer="c-9", quantity="3")], now=utcnow())
+    invoke("entitlement", "create", "acme", "c-9", "api_calls", "--quantity", "10")
+    summary = json.loads(invoke("dlq", "replay", "--json"))
+    assert summary == {"replayed": 1, "still_dead": 0, "outcomes": {"accepted": 1}}
+    (row,) = json.loads(invoke("balance", "acme", "c-9", "api_calls", "--json"))
+    assert row["consumed"] == "3.000000"

@@ -95,3 +95,32 @@ def test_redelivered_batch_dead_letters_each_event_once(runtime: Runtime) -> Non
 def test_events_with_nul_characters_are_stored_safely(runtime: Runtime) -> None:
     runtime.ingest.ingest([{"id": "a\x00b", "subject": "\x00", "org": "acme"}], now=NOW)
     assert runtime.dead_letters.count_by_reason() == {"invalid": 1}
+
+
+def test_replay_counts_a_dead_letter_once_its_entitlement_exists(runtime: Runtime) -> None:
+    runtime.ingest.ingest([event(customer="late-signup", quantity="4")], now=NOW)
+    assert runtime.dead_letters.count_by_reason() == {"no_entitlement": 1}
+    grant(runtime, customer="late-signup")
+    report = runtime.replay.replay(now=NOW)
+    assert dict(report.outcomes) == {"accepted": 1}
+    assert runtime.dead_letters.count_by_reason() == {}
+    (letter,) = runtime.dead_letters.find(include_replayed=True)
+    assert letter.replay_outcome == "accepted"
+    assert list(consumed(runtime, "late-signup").values()) == [Decimal(4)]
+
+
+def test_replaying_twice_counts_once(runtime: Runtime) -> None:
+    runtime.ingest.ingest([event(customer="late-signup", quantity="4")], now=NOW)
+    grant(runtime, customer="late-signup")
+    runtime.replay.replay(now=NOW)
+    # The same payload arrives again (a redelivery, or a second replay elsewhere).
+    runtime.ingest.ingest([event(customer="late-signup", quantity="4")], now=NOW)
+    assert runtime.replay.replay(now=NOW).replayed == 0
+    assert list(consumed(runtime, "late-signup").values()) == [Decimal(4)]
+
+
+def test_a_letter_that_fails_again_for_the_same_reason_stays_listed(runtime: Runtime) -> None:
+    runtime.ingest.ingest([event(customer="nobody")], now=NOW)
+    report = runtime.replay.replay(now=NOW)
+    assert (report.replayed, report.still_dead) == (1, 1)
+    assert runtime.dead_letters.count_by_reason() == {"no_entitlement": 1}

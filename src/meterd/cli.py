@@ -225,6 +225,29 @@ def dlq_list(
     console.print(table)
 
 
+@dlq_app.command("replay")
+def dlq_replay(
+    reason: str | None = None,
+    org: str | None = None,
+    limit: int = 1000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Feed dead letters through ingest again (idempotent: nothing counts twice)."""
+    report = get_runtime().replay.replay(now=utcnow(), reason=reason, org=org, limit=limit)
+    summary = {
+        "replayed": report.replayed,
+        "still_dead": report.still_dead,
+        "outcomes": dict(report.outcomes),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    console.print(
+        f"replayed {report.replayed} dead letter(s): {dict(report.outcomes)}; "
+        f"{report.still_dead} failed again for the same reason and stay listed"
+    )
+
+
 @app.command()
 def demo(
     customers: int = 20,

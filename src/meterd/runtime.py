@@ -22,6 +22,7 @@ from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.flush import FlushService
 from meterd.services.ingest import IngestService
+from meterd.services.replay import DeadLetterReplay
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import make_engine, make_session_factory
@@ -87,6 +88,10 @@ class Runtime:
             late_window=timedelta(seconds=self.settings.late_window),
             future_skew=timedelta(seconds=self.settings.future_skew),
         )
+
+    @cached_property
+    def replay(self) -> DeadLetterReplay:
+        return DeadLetterReplay(self.dead_letters, self.ingest)
 
     @cached_property
     def flush(self) -> FlushService:
