@@ -77,3 +77,10 @@ def test_bad_settings_fail_loudly() -> None:
         settings(flush_interval=0)
     with pytest.raises(ValidationError):
         settings(redis_prefix="has space")
+
+
+def test_beat_runs_the_lifecycle_job_on_its_queue() -> None:
+    conf = celery_config(settings(redis_url="redis://h:6379/0", lifecycle_interval=30))
+    entry = conf["beat_schedule"]["meterd.lifecycle.advance"]
+    assert (entry["task"], entry["schedule"]) == ("meterd.lifecycle.advance", 30)
+    assert conf["task_routes"]["meterd.lifecycle.*"] == {"queue": "meterd.lifecycle"}

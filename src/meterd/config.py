@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     #: Optional prefix for the broker's queue keys (kombu ``global_keyprefix``).
     broker_key_prefix: str = Field(default="", pattern=r"^[A-Za-z0-9_.:-]{0,40}$")
     flush_interval: float = Field(default=5.0, gt=0)
+    #: Seconds between runs of the lifecycle job (activation, grace, expiry).
+    lifecycle_interval: float = Field(default=60.0, gt=0)
     dedupe_ttl: int = Field(default=7 * 24 * 3600, gt=0, description="seconds")
     late_window: int = Field(default=35 * 24 * 3600, gt=0, description="seconds")
     batch_size: int = Field(default=500, ge=1, le=10_000)

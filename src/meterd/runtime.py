@@ -22,6 +22,7 @@ from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.flush import FlushService
 from meterd.services.ingest import IngestService
+from meterd.services.lifecycle import LifecycleService
 from meterd.services.replay import DeadLetterReplay
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
@@ -88,6 +89,10 @@ class Runtime:
             late_window=timedelta(seconds=self.settings.late_window),
             future_skew=timedelta(seconds=self.settings.future_skew),
         )
+
+    @cached_property
+    def lifecycle(self) -> LifecycleService:
+        return LifecycleService(self.repository, self.resolution)
 
     @cached_property
     def replay(self) -> DeadLetterReplay:

@@ -68,3 +68,19 @@ def flush(self: Task) -> dict[str, int]:
     if reports:
         log.info("flush", task_id=self.request.id, **summary)
     return summary
+
+
+@app.task(name="meterd.lifecycle.advance", bind=True)
+def lifecycle_advance(self: Task) -> dict[str, int]:
+    """Apply every status transition that fell due (activation, grace, expiry)."""
+    report = get_runtime().lifecycle.advance_all(utcnow())
+    if report.transitions:
+        log.info(
+            "lifecycle.advance",
+            task_id=self.request.id,
+            job_run_id=report.job_run_id,
+            transitions=report.transitions,
+            lost_races=report.lost_races,
+            **report.by_target,
+        )
+    return {"transitions": report.transitions, "lost_races": report.lost_races}

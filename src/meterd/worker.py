@@ -82,6 +82,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 # A flush that waited longer than two intervals is superseded by the next.
                 "options": {"expires": max(settings.flush_interval * 2, 1.0)},
             },
+            "meterd.lifecycle.advance": {
+                "task": "meterd.lifecycle.advance",
+                "schedule": settings.lifecycle_interval,
+                "options": {"expires": max(settings.lifecycle_interval * 2, 1.0)},
+            },
         },
         "worker_hijack_root_logger": False,
         "enable_utc": True,

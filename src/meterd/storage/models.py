@@ -114,6 +114,10 @@ class Entitlement(Base):
     __table_args__ = (
         UniqueConstraint("org_id", "number", name="uq_entitlements_org_number"),
         Index("ix_entitlements_resolution", "org_id", "customer_id", "feature_id"),
+        # The lifecycle job's three "due" queries, each an index range scan.
+        Index("ix_entitlements_status_starts", "status", "starts_at"),
+        Index("ix_entitlements_status_ends", "status", "ends_at"),
+        Index("ix_entitlements_status_grace", "status", "grace_until"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -143,6 +147,29 @@ class Entitlement(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
+
+
+class EntitlementTransition(Base):
+    """The audit trail: every status change, when it fell due, why, and which job run."""
+
+    __tablename__ = "entitlement_transitions"
+    __table_args__ = (
+        # A transition is applied once, however many jobs race for it.
+        UniqueConstraint(
+            "entitlement_id", "from_status", "to_status", "at", name="uq_transitions_once"
+        ),
+        Index("ix_transitions_entitlement_at", "entitlement_id", "at"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    entitlement_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("entitlements.id"))
+    from_status: Mapped[str] = mapped_column(String(16))
+    to_status: Mapped[str] = mapped_column(String(16))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    recorded_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    reason: Mapped[str] = mapped_column(Text)
+    job_run_id: Mapped[str] = mapped_column(String(64))
 
 
 class UsagePeriod(Base):

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    CursorResult,
     Engine,
+    and_,
     bindparam,
     exists,
     func,
@@ -28,9 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import BillingType, EntitlementView, Period, Status
 from meterd.keys import period_field
+from meterd.lifecycle import Transition
 from meterd.quantity import from_micros, to_micros
 from meterd.storage.models import (
     Entitlement,
+    EntitlementTransition,
     Feature,
     FlushBatch,
     Organisation,
@@ -46,6 +51,21 @@ class NotFoundError(LookupError):
         super().__init__(f"{what} {key!r} not found")
         self.what = what
         self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class DueEntitlement:
+    """What the lifecycle job needs of an entitlement with a transition due."""
+
+    id: uuid.UUID
+    org_id: str
+    customer_id: str
+    feature: str
+    status: str
+    starts_at: datetime
+    ends_at: datetime | None
+    grace_until: datetime | None
+    row_version: int
 
 
 def parse_period_field(field: str) -> tuple[uuid.UUID, datetime]:
@@ -132,6 +152,95 @@ class SqlRepository:
         if row is None:
             raise NotFoundError("entitlement", entitlement_id)
         return row[0], row[1], row[2]
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def due_for_lifecycle(self, now: datetime, limit: int) -> list[DueEntitlement]:
+        """Entitlements with a clock transition due: three index range scans, so the
+        work is proportional to what is due, not to the table."""
+        due_conditions = [
+            and_(Entitlement.status == Status.PENDING.value, Entitlement.starts_at <= now),
+            and_(Entitlement.status == Status.ACTIVE.value, Entitlement.ends_at <= now),
+            and_(Entitlement.status == Status.GRACE.value, Entitlement.grace_until <= now),
+        ]
+        rows: list[DueEntitlement] = []
+        with self.sessions() as s:
+            for condition in due_conditions:
+                stmt = (
+                    select(
+                        Entitlement.id,
+                        Entitlement.org_id,
+                        Entitlement.customer_id,
+                        Feature.key,
+                        Entitlement.status,
+                        Entitlement.starts_at,
+                        Entitlement.ends_at,
+                        Entitlement.grace_until,
+                        Entitlement.row_version,
+                    )
+                    .join(Feature, Feature.id == Entitlement.feature_id)
+                    .where(condition)
+                    .limit(limit - len(rows))
+                )
+                rows += [DueEntitlement(*row) for row in s.execute(stmt)]
+                if len(rows) >= limit:
+                    break
+        return rows
+
+    def apply_transitions(
+        self,
+        due: DueEntitlement,
+        chain: Sequence[Transition],
+        *,
+        job_run_id: str,
+        now: datetime,
+    ) -> bool:
+        """Move an entitlement along ``chain`` and record each step, in one transaction.
+
+        Compare-and-set on (status, row_version): of two jobs racing for the same
+        entitlement, one applies the chain and the other changes nothing.
+        """
+        with self.sessions.begin() as s:
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(Entitlement)
+                .where(
+                    Entitlement.id == due.id,
+                    Entitlement.status == due.status,
+                    Entitlement.row_version == due.row_version,
+                )
+                .values(
+                    status=chain[-1].to_status.value,
+                    row_version=due.row_version + 1,
+                    updated_at=now,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                return False
+            s.add_all(
+                EntitlementTransition(
+                    org_id=due.org_id,
+                    entitlement_id=due.id,
+                    from_status=step.from_status.value,
+                    to_status=step.to_status.value,
+                    at=step.at,
+                    recorded_at=now,
+                    reason=step.reason,
+                    job_run_id=job_run_id,
+                )
+                for step in chain
+            )
+        return True
+
+    def transitions(self, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
+        with self.sessions() as s:
+            return list(
+                s.scalars(
+                    select(EntitlementTransition)
+                    .where(EntitlementTransition.entitlement_id == entitlement_id)
+                    .order_by(EntitlementTransition.at)
+                )
+            )
 
     # -- resolution ---------------------------------------------------------------
 

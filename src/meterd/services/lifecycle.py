@@ -1,0 +1,74 @@
+"""Lifecycle: apply the clock's status transitions in bounded batches, with an audit trail.
+
+Safe to run twice at once (two beats, two workers): every entitlement moves by
+compare-and-set, so a transition is applied and recorded once. A run that
+follows a long outage catches up: every transition that fell due is applied
+in order (see ``meterd.lifecycle``). After the commit, the resolution data of
+every touched customer is refreshed, so ingest sees the new state at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from meterd.domain import Status
+from meterd.lifecycle import due_transitions
+from meterd.services.resolution import ResolutionCache
+from meterd.storage.repository import SqlRepository
+
+
+@dataclass(slots=True)
+class LifecycleReport:
+    job_run_id: str
+    transitions: int = 0
+    entitlements: int = 0
+    lost_races: int = 0
+    by_target: dict[str, int] = field(default_factory=dict)
+
+
+class LifecycleService:
+    def __init__(self, repository: SqlRepository, resolution: ResolutionCache) -> None:
+        self.repository = repository
+        self.resolution = resolution
+
+    def advance(
+        self, now: datetime, *, batch_size: int = 1000, job_run_id: str | None = None
+    ) -> LifecycleReport:
+        """Apply what is due, at most ``batch_size`` entitlements (call again for more)."""
+        report = LifecycleReport(job_run_id=job_run_id or uuid.uuid4().hex)
+        touched: set[tuple[str, str, str]] = set()
+        for due in self.repository.due_for_lifecycle(now, batch_size):
+            chain = due_transitions(
+                Status(due.status), due.starts_at, due.ends_at, due.grace_until, now
+            )
+            if not chain:
+                continue
+            applied = self.repository.apply_transitions(
+                due, chain, job_run_id=report.job_run_id, now=now
+            )
+            if not applied:
+                report.lost_races += 1
+                continue
+            report.entitlements += 1
+            report.transitions += len(chain)
+            target = chain[-1].to_status.value
+            report.by_target[target] = report.by_target.get(target, 0) + 1
+            touched.add((due.org_id, due.customer_id, due.feature))
+        if touched:
+            self.resolution.refresh(touched, now)
+        return report
+
+    def advance_all(self, now: datetime, *, batch_size: int = 1000) -> LifecycleReport:
+        """Advance batch after batch until nothing is due (one job run id for all)."""
+        total = LifecycleReport(job_run_id=uuid.uuid4().hex)
+        while True:
+            report = self.advance(now, batch_size=batch_size, job_run_id=total.job_run_id)
+            total.transitions += report.transitions
+            total.entitlements += report.entitlements
+            total.lost_races += report.lost_races
+            for target, n in report.by_target.items():
+                total.by_target[target] = total.by_target.get(target, 0) + n
+            if report.entitlements + report.lost_races == 0:
+                return total

@@ -1,0 +1,131 @@
+"""The lifecycle job: transitions applied once, recorded, caught up, raced safely."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from meterd.domain import Outcome, Status
+from meterd.runtime import Runtime
+from meterd.storage.models import EntitlementTransition
+from meterd.testing import event
+
+from .conftest import NOW
+from .helpers import grant
+
+
+def status_of(rt: Runtime, entitlement_id: object) -> str:
+    return rt.repository.entitlement(entitlement_id).status  # type: ignore[arg-type]
+
+
+def transition_count(rt: Runtime) -> int:
+    with rt.repository.sessions() as s:
+        return int(s.scalar(select(func.count()).select_from(EntitlementTransition)) or 0)
+
+
+def test_pending_entitlement_is_activated_at_starts_at(runtime: Runtime) -> None:
+    ent = grant(runtime, starts_at=NOW + timedelta(hours=1))
+    assert ent.status == Status.PENDING
+    assert runtime.lifecycle.advance(NOW + timedelta(minutes=59)).transitions == 0
+    report = runtime.lifecycle.advance(NOW + timedelta(hours=1))
+    assert report.transitions == 1
+    assert status_of(runtime, ent.id) == Status.ACTIVE
+    (step,) = runtime.repository.transitions(ent.id)
+    assert (step.from_status, step.to_status, step.at) == ("PENDING", "ACTIVE", ent.starts_at)
+    assert step.job_run_id == report.job_run_id and step.reason
+
+
+def test_expiry_with_grace_passes_through_grace(runtime: Runtime) -> None:
+    ends = NOW + timedelta(days=1)
+    ent = grant(runtime, ends_at=ends, grace=timedelta(days=2))
+    runtime.lifecycle.advance(ends)
+    assert status_of(runtime, ent.id) == Status.GRACE
+    runtime.lifecycle.advance(ends + timedelta(days=2))
+    assert status_of(runtime, ent.id) == Status.EXPIRED
+    steps = [(t.from_status, t.to_status) for t in runtime.repository.transitions(ent.id)]
+    assert steps == [("ACTIVE", "GRACE"), ("GRACE", "EXPIRED")]
+
+
+def test_running_the_job_again_changes_nothing(runtime: Runtime) -> None:
+    grant(runtime, ends_at=NOW + timedelta(days=1))
+    later = NOW + timedelta(days=2)
+    assert runtime.lifecycle.advance_all(later).transitions == 1
+    assert runtime.lifecycle.advance_all(later).transitions == 0
+    assert transition_count(runtime) == 1
+
+
+def test_a_missed_day_catches_up_every_transition_in_order(runtime: Runtime) -> None:
+    start = NOW + timedelta(hours=1)
+    ent = grant(
+        runtime, starts_at=start, ends_at=start + timedelta(hours=2), grace=timedelta(hours=3)
+    )
+    report = runtime.lifecycle.advance_all(NOW + timedelta(days=1))
+    assert report.transitions == 3
+    steps = runtime.repository.transitions(ent.id)
+    assert [(t.to_status, t.at) for t in steps] == [
+        ("ACTIVE", start),
+        ("GRACE", start + timedelta(hours=2)),
+        ("EXPIRED", start + timedelta(hours=5)),
+    ]
+
+
+def test_operator_states_are_left_alone(runtime: Runtime) -> None:
+    from meterd.storage.models import Entitlement
+
+    ent = grant(runtime, ends_at=NOW + timedelta(days=1))
+    with runtime.repository.sessions.begin() as s:
+        row = s.get(Entitlement, ent.id)
+        assert row is not None
+        row.status = Status.SUSPENDED.value
+    assert runtime.lifecycle.advance_all(NOW + timedelta(days=30)).transitions == 0
+
+
+def test_batches_are_bounded_and_advance_all_drains_them(runtime: Runtime) -> None:
+    for i in range(7):
+        grant(runtime, f"c{i}", ends_at=NOW + timedelta(hours=1))
+    later = NOW + timedelta(hours=2)
+    assert runtime.lifecycle.advance(later, batch_size=3).entitlements == 3
+    assert runtime.lifecycle.advance_all(later, batch_size=3).entitlements == 4
+
+
+def test_two_jobs_racing_apply_each_transition_once(runtime: Runtime) -> None:
+    for i in range(60):
+        grant(runtime, f"c{i}", ends_at=NOW + timedelta(hours=1), grace=timedelta(hours=1))
+    later = NOW + timedelta(days=1)
+    reports = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def job() -> None:
+        barrier.wait()
+        try:
+            reports.append(runtime.lifecycle.advance_all(later, batch_size=10))
+        except BaseException as exc:  # a job must never fail because another ran
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sum(r.entitlements for r in reports) == 60
+    assert transition_count(runtime) == 120  # ACTIVE->GRACE->EXPIRED, once each
+
+
+def test_each_run_refreshes_the_resolution_data_of_the_customers_it_touched(
+    runtime: Runtime,
+) -> None:
+    ends = NOW + timedelta(hours=1)
+    grant(runtime, ends_at=ends)
+    key = runtime.keys.resolution("acme", "cust-1", "api_calls")
+    runtime.redis.set(key, "[]")  # stale: as if the entitlement were unknown
+    assert runtime.ingest.ingest([event(event_id="a")], now=NOW).outcomes == [
+        Outcome.NO_ENTITLEMENT
+    ]
+    runtime.lifecycle.advance(ends)
+    assert runtime.redis.get(key) != b"[]"
+    before_end = event(event_id="b", time=ends - timedelta(minutes=1))
+    assert runtime.ingest.ingest([before_end], now=ends).outcomes == [Outcome.ACCEPTED]

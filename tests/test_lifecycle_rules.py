@@ -1,0 +1,61 @@
+"""The status machine: each transition, exactly at its boundary and one microsecond before."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from meterd.domain import Status
+from meterd.lifecycle import due_transitions, next_transition
+
+START = datetime(2026, 11, 1, tzinfo=UTC)
+END = datetime(2026, 12, 1, tzinfo=UTC)
+GRACE = END + timedelta(days=3)
+US = timedelta(microseconds=1)
+
+
+def statuses(status: Status, now: datetime, grace: datetime | None = None) -> list[Status]:
+    return [t.to_status for t in due_transitions(status, START, END, grace, now)]
+
+
+def test_pending_becomes_active_exactly_at_starts_at() -> None:
+    assert statuses(Status.PENDING, START - US) == []
+    assert statuses(Status.PENDING, START) == [Status.ACTIVE]
+
+
+def test_active_expires_exactly_at_ends_at_without_grace() -> None:
+    assert statuses(Status.ACTIVE, END - US) == []
+    assert statuses(Status.ACTIVE, END) == [Status.EXPIRED]
+
+
+def test_active_enters_grace_at_ends_at_when_grace_applies() -> None:
+    assert statuses(Status.ACTIVE, END, GRACE) == [Status.GRACE]
+
+
+def test_grace_expires_exactly_at_grace_until() -> None:
+    assert statuses(Status.GRACE, GRACE - US, GRACE) == []
+    assert statuses(Status.GRACE, GRACE, GRACE) == [Status.EXPIRED]
+
+
+def test_open_ended_entitlement_never_expires() -> None:
+    assert due_transitions(Status.ACTIVE, START, None, None, START + timedelta(days=10**4)) == []
+
+
+@pytest.mark.parametrize("status", [Status.SUSPENDED, Status.TERMINATED, Status.EXPIRED])
+def test_operator_and_final_states_are_never_left_by_the_clock(status: Status) -> None:
+    assert statuses(status, GRACE + timedelta(days=365), GRACE) == []
+
+
+def test_missed_runs_catch_up_in_order_stamped_when_each_fell_due() -> None:
+    chain = due_transitions(Status.PENDING, START, END, GRACE, GRACE + timedelta(days=1))
+    assert [(t.from_status, t.to_status, t.at) for t in chain] == [
+        (Status.PENDING, Status.ACTIVE, START),
+        (Status.ACTIVE, Status.GRACE, END),
+        (Status.GRACE, Status.EXPIRED, GRACE),
+    ]
+
+
+def test_next_transition_gives_one_step() -> None:
+    step = next_transition(Status.PENDING, START, END, None, END)
+    assert step is not None and step.to_status is Status.ACTIVE
