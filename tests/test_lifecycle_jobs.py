@@ -129,3 +129,73 @@ def test_each_run_refreshes_the_resolution_data_of_the_customers_it_touched(
     assert runtime.redis.get(key) != b"[]"
     before_end = event(event_id="b", time=ends - timedelta(minutes=1))
     assert runtime.ingest.ingest([before_end], now=ends).outcomes == [Outcome.ACCEPTED]
+
+
+#: The first term ends an hour after the entitlements are created (at NOW).
+TERM_END = NOW + timedelta(hours=1)
+
+
+def renewing(runtime: Runtime, **extra: object):  # type: ignore[no-untyped-def]
+    return grant(
+        runtime,
+        quantity="10",
+        starts_at=TERM_END - timedelta(days=30),
+        ends_at=TERM_END,
+        auto_renew=True,
+        **extra,
+    )
+
+
+def test_auto_renew_opens_the_next_term_with_the_renewal_quantity(runtime: Runtime) -> None:
+    from decimal import Decimal
+
+    ent = renewing(runtime, renewal_quantity=Decimal(25))
+    report = runtime.lifecycle.advance(TERM_END)
+    assert report.by_target == {"ACTIVE": 1}
+    row = runtime.repository.entitlement(ent.id)
+    assert (row.status, row.ends_at) == ("ACTIVE", TERM_END + timedelta(days=30))
+    periods = runtime.repository.consumption_by_period(ent.id)
+    assert [(p.period_start, p.period_end, p.quantity) for p in periods] == [
+        (TERM_END - timedelta(days=30), TERM_END, Decimal(10)),
+        (TERM_END, TERM_END + timedelta(days=30), Decimal(25)),
+    ]
+    (step,) = runtime.repository.transitions(ent.id)
+    assert (step.from_status, step.to_status, step.reason) == ("ACTIVE", "ACTIVE", "renewed")
+
+
+def test_a_trial_does_not_renew_it_ends(runtime: Runtime) -> None:
+    from meterd.domain import ContractMode
+
+    ent = renewing(runtime, contract_mode=ContractMode.TRIAL)
+    runtime.lifecycle.advance(TERM_END)
+    assert runtime.repository.entitlement(ent.id).status == "EXPIRED"
+
+
+def test_usage_pending_for_the_closed_term_lands_in_it_after_renewal(runtime: Runtime) -> None:
+    from decimal import Decimal
+
+    ent = renewing(runtime)
+    # Counted before the renewal, not flushed yet:
+    runtime.ingest.ingest(
+        [event(event_id="old", quantity="4", time=TERM_END - timedelta(hours=1))], now=TERM_END
+    )
+    runtime.lifecycle.advance(TERM_END)
+    # A late event of the old term, and one of the new term, after the renewal:
+    runtime.ingest.ingest(
+        [
+            event(event_id="late", quantity="2", time=TERM_END - timedelta(minutes=5)),
+            event(event_id="new", quantity="1", time=TERM_END + timedelta(minutes=5)),
+        ],
+        now=TERM_END + timedelta(minutes=10),
+    )
+    runtime.flush.flush_all(TERM_END + timedelta(minutes=10))
+    periods = runtime.repository.consumption_by_period(ent.id)
+    assert [p.consumed for p in periods] == [Decimal(6), Decimal(1)]
+
+
+def test_missed_renewals_open_every_term(runtime: Runtime) -> None:
+    ent = renewing(runtime)
+    runtime.lifecycle.advance(TERM_END + timedelta(days=65))
+    periods = runtime.repository.consumption_by_period(ent.id)
+    assert len(periods) == 4  # the original term and three renewals
+    assert runtime.repository.entitlement(ent.id).ends_at == TERM_END + timedelta(days=90)

@@ -59,3 +59,21 @@ def test_missed_runs_catch_up_in_order_stamped_when_each_fell_due() -> None:
 def test_next_transition_gives_one_step() -> None:
     step = next_transition(Status.PENDING, START, END, None, END)
     assert step is not None and step.to_status is Status.ACTIVE
+
+
+MONTH = timedelta(days=30)
+
+
+def test_renewing_entitlement_stays_active_and_opens_the_next_term_at_ends_at() -> None:
+    assert due_transitions(Status.ACTIVE, START, END, None, END - US, MONTH) == []
+    (step,) = due_transitions(Status.ACTIVE, START, END, None, END, MONTH)
+    assert (step.to_status, step.at, step.renewal_end) == (Status.ACTIVE, END, END + MONTH)
+
+
+def test_missed_renewals_catch_up_one_term_at_a_time() -> None:
+    chain = due_transitions(Status.ACTIVE, START, END, None, END + 2 * MONTH, MONTH)
+    assert [(t.at, t.renewal_end) for t in chain] == [
+        (END, END + MONTH),
+        (END + MONTH, END + 2 * MONTH),
+        (END + 2 * MONTH, END + 3 * MONTH),
+    ]

@@ -3,8 +3,10 @@
     PENDING --starts_at--> ACTIVE --ends_at--> GRACE --grace_until--> EXPIRED
                                   \\--ends_at (no grace)------------> EXPIRED
 
-SUSPENDED and TERMINATED are set by an operator and never left by the clock
-(TERMINATED is final). A job that missed runs (beat down for a day) catches
+An entitlement that renews (auto-renew, not a trial) does not leave ACTIVE at
+``ends_at``: it opens a new period of the same length, and ``ends_at`` moves
+to that period's end. SUSPENDED and TERMINATED are set by an operator and
+never left by the clock (TERMINATED is final). A job that missed runs (beat down for a day) catches
 up: every transition that fell due is applied in order, each stamped with the
 instant it fell due, not the instant the job ran.
 """
@@ -12,7 +14,7 @@ instant it fell due, not the instant the job ran.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from meterd.domain import Status
 
@@ -23,6 +25,8 @@ class Transition:
     to_status: Status
     at: datetime
     reason: str
+    #: Set on a renewal: the new period runs from ``at`` to here.
+    renewal_end: datetime | None = None
 
 
 def next_transition(
@@ -31,10 +35,14 @@ def next_transition(
     ends_at: datetime | None,
     grace_until: datetime | None,
     now: datetime,
+    renew_every: timedelta | None = None,
 ) -> Transition | None:
-    """The one transition due at ``now`` from ``status``, if any."""
+    """The one transition due at ``now`` from ``status``, if any. ``renew_every`` is
+    the length of a renewed term, or None if the entitlement does not renew."""
     if status is Status.PENDING and now >= starts_at:
         return Transition(status, Status.ACTIVE, starts_at, "starts_at reached")
+    if status is Status.ACTIVE and ends_at is not None and now >= ends_at and renew_every:
+        return Transition(status, Status.ACTIVE, ends_at, "renewed", ends_at + renew_every)
     if status is Status.ACTIVE and ends_at is not None and now >= ends_at:
         if grace_until is not None and grace_until > ends_at:
             return Transition(status, Status.GRACE, ends_at, "ends_at reached; grace period")
@@ -50,10 +58,19 @@ def due_transitions(
     ends_at: datetime | None,
     grace_until: datetime | None,
     now: datetime,
+    renew_every: timedelta | None = None,
 ) -> list[Transition]:
     """Every transition due at ``now``, in order (several after missed runs)."""
+    if renew_every is not None and renew_every <= timedelta(0):
+        raise ValueError("a renewed term must have a positive length")
     chain: list[Transition] = []
-    while (step := next_transition(status, starts_at, ends_at, grace_until, now)) is not None:
+    while (
+        step := next_transition(status, starts_at, ends_at, grace_until, now, renew_every)
+    ) is not None:
         chain.append(step)
         status = step.to_status
+        if step.renewal_end is not None and ends_at is not None:
+            shift = step.renewal_end - ends_at
+            ends_at = step.renewal_end
+            grace_until = grace_until + shift if grace_until is not None else None
     return chain

@@ -3,7 +3,9 @@
 Safe to run twice at once (two beats, two workers): every entitlement moves by
 compare-and-set, so a transition is applied and recorded once. A run that
 follows a long outage catches up: every transition that fell due is applied
-in order (see ``meterd.lifecycle``). After the commit, the resolution data of
+in order (see ``meterd.lifecycle``), renewals included: each opens its own
+usage period, so usage still pending in Redis for the closed period lands
+there when it is flushed. After the commit, the resolution data of
 every touched customer is refreshed, so ingest sees the new state at once.
 """
 
@@ -11,12 +13,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from meterd.domain import Status
+from meterd.domain import ContractMode, Status
 from meterd.lifecycle import due_transitions
 from meterd.services.resolution import ResolutionCache
-from meterd.storage.repository import SqlRepository
+from meterd.storage.repository import DueEntitlement, SqlRepository
 
 
 @dataclass(slots=True)
@@ -41,7 +43,12 @@ class LifecycleService:
         touched: set[tuple[str, str, str]] = set()
         for due in self.repository.due_for_lifecycle(now, batch_size):
             chain = due_transitions(
-                Status(due.status), due.starts_at, due.ends_at, due.grace_until, now
+                Status(due.status),
+                due.starts_at,
+                due.ends_at,
+                due.grace_until,
+                now,
+                self._renewal_term(due),
             )
             if not chain:
                 continue
@@ -59,6 +66,13 @@ class LifecycleService:
         if touched:
             self.resolution.refresh(touched, now)
         return report
+
+    def _renewal_term(self, due: DueEntitlement) -> timedelta | None:
+        """The length of the next term, if the entitlement renews: auto-renew and not a
+        trial (a trial ends at ends_at unless converted to PRODUCTION)."""
+        if not due.auto_renew or due.contract_mode == ContractMode.TRIAL.value:
+            return None
+        return self.repository.latest_period_length(due.id)
 
     def advance_all(self, now: datetime, *, batch_size: int = 1000) -> LifecycleReport:
         """Advance batch after batch until nothing is due (one job run id for all)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -66,6 +66,10 @@ class DueEntitlement:
     ends_at: datetime | None
     grace_until: datetime | None
     row_version: int
+    auto_renew: bool
+    contract_mode: str
+    quantity: Decimal | None
+    renewal_quantity: Decimal | None
 
 
 def parse_period_field(field: str) -> tuple[uuid.UUID, datetime]:
@@ -171,18 +175,22 @@ class SqlRepository:
                         Entitlement.id,
                         Entitlement.org_id,
                         Entitlement.customer_id,
-                        Feature.key,
+                        Feature.key.label("feature"),
                         Entitlement.status,
                         Entitlement.starts_at,
                         Entitlement.ends_at,
                         Entitlement.grace_until,
                         Entitlement.row_version,
+                        Entitlement.auto_renew,
+                        Entitlement.contract_mode,
+                        Entitlement.quantity,
+                        Entitlement.renewal_quantity,
                     )
                     .join(Feature, Feature.id == Entitlement.feature_id)
                     .where(condition)
                     .limit(limit - len(rows))
                 )
-                rows += [DueEntitlement(*row) for row in s.execute(stmt)]
+                rows += [DueEntitlement(**row._mapping) for row in s.execute(stmt)]
                 if len(rows) >= limit:
                     break
         return rows
@@ -198,8 +206,22 @@ class SqlRepository:
         """Move an entitlement along ``chain`` and record each step, in one transaction.
 
         Compare-and-set on (status, row_version): of two jobs racing for the same
-        entitlement, one applies the chain and the other changes nothing.
+        entitlement, one applies the chain and the other changes nothing. Each
+        renewal opens its usage period (the renewal quantity, else the quantity);
+        earlier periods keep their usage and late events.
         """
+        values: dict[str, Any] = {
+            "status": chain[-1].to_status.value,
+            "row_version": due.row_version + 1,
+            "updated_at": now,
+        }
+        renewals = [step for step in chain if step.renewal_end is not None]
+        if renewals and due.ends_at is not None:
+            new_end = renewals[-1].renewal_end
+            assert new_end is not None
+            values["ends_at"] = new_end
+            if due.grace_until is not None:
+                values["grace_until"] = due.grace_until + (new_end - due.ends_at)
         with self.sessions.begin() as s:
             result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                 update(Entitlement)
@@ -208,15 +230,26 @@ class SqlRepository:
                     Entitlement.status == due.status,
                     Entitlement.row_version == due.row_version,
                 )
-                .values(
-                    status=chain[-1].to_status.value,
-                    row_version=due.row_version + 1,
-                    updated_at=now,
-                )
+                .values(**values)
                 .execution_options(synchronize_session=False)
             )
             if result.rowcount != 1:
                 return False
+            period_quantity = (
+                due.renewal_quantity if due.renewal_quantity is not None else due.quantity
+            )
+            s.add_all(
+                UsagePeriod(
+                    org_id=due.org_id,
+                    entitlement_id=due.id,
+                    period_start=step.at,
+                    period_end=step.renewal_end,
+                    quantity=period_quantity,
+                    consumed=Decimal(0),
+                    updated_at=now,
+                )
+                for step in renewals
+            )
             s.add_all(
                 EntitlementTransition(
                     org_id=due.org_id,
@@ -231,6 +264,20 @@ class SqlRepository:
                 for step in chain
             )
         return True
+
+    def latest_period_length(self, entitlement_id: uuid.UUID) -> timedelta | None:
+        """Length of the entitlement's most recent period (a renewal repeats it)."""
+        stmt = (
+            select(UsagePeriod.period_start, UsagePeriod.period_end)
+            .where(UsagePeriod.entitlement_id == entitlement_id)
+            .order_by(UsagePeriod.period_start.desc())
+            .limit(1)
+        )
+        with self.sessions() as s:
+            row = s.execute(stmt).first()
+        if row is None or row[1] is None:
+            return None
+        return row[1] - row[0]
 
     def transitions(self, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
         with self.sessions() as s:
