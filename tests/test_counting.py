@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from meterd.domain import BillingType, Outcome
+from meterd.domain import BillingType, EffectiveState, Outcome
 from meterd.runtime import Runtime
 from meterd.testing import event
 
@@ -102,6 +102,7 @@ def test_usage_beyond_every_limit_is_overage_on_the_last(runtime: Runtime) -> No
     assert balances[late.id].consumed == Decimal(15)
     assert balances[late.id].overage == Decimal(5)
     assert balances[late.id].remaining == Decimal(0)
+    assert balances[late.id].state is EffectiveState.EXHAUSTED
 
 
 def test_unlimited_entitlement_takes_everything(runtime: Runtime) -> None:

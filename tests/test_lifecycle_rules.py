@@ -77,3 +77,31 @@ def test_missed_renewals_catch_up_one_term_at_a_time() -> None:
         (END + MONTH, END + 2 * MONTH),
         (END + 2 * MONTH, END + 3 * MONTH),
     ]
+
+
+@pytest.mark.parametrize(
+    ("status", "billing", "quantity", "consumed", "expected"),
+    [
+        ("ACTIVE", "PRE_PAID", "10", "9.999999", "ACTIVE"),
+        ("ACTIVE", "PRE_PAID", "10", "10", "EXHAUSTED"),
+        ("GRACE", "PRE_PAID", "10", "12", "EXHAUSTED"),
+        ("ACTIVE", "PAY_PER_USE", "10", "12", "ACTIVE"),
+        ("ACTIVE", "PRE_PAID", None, "10000", "ACTIVE"),
+        ("SUSPENDED", "PRE_PAID", "10", "10", "SUSPENDED"),
+        ("EXPIRED", "PRE_PAID", "10", "10", "EXPIRED"),
+    ],
+)
+def test_effective_state_marks_a_used_up_pre_paid_grant_exhausted(
+    status: str, billing: str, quantity: str | None, consumed: str, expected: str
+) -> None:
+    from decimal import Decimal
+
+    from meterd.domain import BillingType, effective_state
+
+    state = effective_state(
+        Status(status),
+        BillingType(billing),
+        Decimal(quantity) if quantity is not None else None,
+        Decimal(consumed),
+    )
+    assert state.value == expected

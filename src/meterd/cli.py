@@ -169,6 +169,7 @@ def balance(
             "pending": str(b.pending),
             "remaining": None if b.remaining is None else str(b.remaining),
             "overage": str(b.overage),
+            "state": b.state.value,
         }
         for b in balances
     ]

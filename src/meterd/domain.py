@@ -111,6 +111,20 @@ class EntitlementView:
         return self.grace_until or self.ends_at
 
 
+def effective_state(
+    status: Status, billing_type: BillingType, quantity: Decimal | None, consumed: Decimal
+) -> EffectiveState:
+    """The stored status, refined: a PRE_PAID entitlement that is ACTIVE or in GRACE
+    and has consumed its whole quantity is EXHAUSTED (usage still counts, as overage;
+    the reserve call refuses it)."""
+    exhausted = (
+        billing_type is BillingType.PRE_PAID and quantity is not None and consumed >= quantity
+    )
+    if status in (Status.ACTIVE, Status.GRACE) and exhausted:
+        return EffectiveState.EXHAUSTED
+    return EffectiveState(status.value)
+
+
 @dataclass(frozen=True, slots=True)
 class Balance:
     """A real-time read of one entitlement's current period."""
@@ -121,6 +135,7 @@ class Balance:
     consumed: Decimal
     flushed: Decimal
     pending: Decimal
+    state: EffectiveState = EffectiveState.ACTIVE
 
     @property
     def remaining(self) -> Decimal | None:

@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from meterd.domain import Balance, BillingType, EntitlementView
+from meterd.domain import Balance, BillingType, EntitlementView, effective_state
 from meterd.keys import period_field
 from meterd.quantity import from_micros
 from meterd.storage.counters import CounterStore
@@ -82,14 +82,16 @@ class BalanceService:
         for view in views:
             start, quantity = current[view.id]
             flushed, pending = values[(view.id, start)]
+            consumed = from_micros(flushed + pending)
             result.append(
                 Balance(
                     entitlement_id=view.id,
                     period_start=start,
                     quantity=quantity,
-                    consumed=from_micros(flushed + pending),
+                    consumed=consumed,
                     flushed=from_micros(flushed),
                     pending=from_micros(pending),
+                    state=effective_state(view.status, view.billing_type, quantity, consumed),
                 )
             )
         return result
