@@ -40,22 +40,27 @@ class LifecycleService:
     ) -> LifecycleReport:
         """Apply what is due, at most ``batch_size`` entitlements (call again for more)."""
         report = LifecycleReport(job_run_id=job_run_id or uuid.uuid4().hex)
-        touched: set[tuple[str, str, str]] = set()
-        for due in self.repository.due_for_lifecycle(now, batch_size):
-            chain = due_transitions(
-                Status(due.status),
-                due.starts_at,
-                due.ends_at,
-                due.grace_until,
-                now,
-                self._renewal_term(due),
+        due_now = self.repository.due_for_lifecycle(now, batch_size)
+        batch = [
+            (
+                due,
+                due_transitions(
+                    Status(due.status),
+                    due.starts_at,
+                    due.ends_at,
+                    due.grace_until,
+                    now,
+                    self._renewal_term(due),
+                ),
             )
+            for due in due_now
+        ]
+        moved = self.repository.apply_transitions(batch, job_run_id=report.job_run_id, now=now)
+        touched: set[tuple[str, str, str]] = set()
+        for due, chain in batch:
             if not chain:
                 continue
-            applied = self.repository.apply_transitions(
-                due, chain, job_run_id=report.job_run_id, now=now
-            )
-            if not applied:
+            if due.id not in moved:
                 report.lost_races += 1
                 continue
             report.entitlements += 1

@@ -45,9 +45,18 @@ class ResolutionCache:
 
     def _store(self, wanted: Iterable[CustomerFeature], now: datetime, *, replace: bool) -> None:
         loaded = self.repository.resolution_views(wanted, usable_after=now - self.late_window)
-        for (org, customer, feature), (views, flushed) in loaded.items():
-            self.counters.seed_used(org, customer, flushed)
-            ttl = self.ttl_seconds if views else min(EMPTY_TTL_SECONDS, self.ttl_seconds)
-            self.counters.store_resolution(
-                org, customer, feature, encode_resolution(views), ttl=ttl, replace=replace
-            )
+        # Totals are seeded (HSETNX) before the entry that makes them reachable is set.
+        self.counters.store_resolutions(
+            [
+                (
+                    org,
+                    customer,
+                    feature,
+                    encode_resolution(views),
+                    self.ttl_seconds if views else min(EMPTY_TTL_SECONDS, self.ttl_seconds),
+                    flushed,
+                )
+                for (org, customer, feature), (views, flushed) in loaded.items()
+            ],
+            replace=replace,
+        )

@@ -119,6 +119,24 @@ class CounterStore:
         key = self.keys.resolution(org, customer, feature)
         self.client.set(key, payload, ex=ttl, nx=not replace)
 
+    def store_resolutions(
+        self,
+        entries: Sequence[tuple[str, str, str, str, int, Mapping[str, int]]],
+        *,
+        replace: bool,
+    ) -> None:
+        """Many ``seed_used`` + ``store_resolution`` at once, in one round trip.
+
+        Each entry: (org, customer, feature, payload, ttl seconds, flushed micros by field).
+        """
+        pipe = self.client.pipeline(transaction=False)
+        for org, customer, feature, payload, ttl, flushed in entries:
+            used_key = self.keys.used(org, customer)
+            for field, micros in flushed.items():
+                pipe.hsetnx(used_key, field, micros)
+            pipe.set(self.keys.resolution(org, customer, feature), payload, ex=ttl, nx=not replace)
+        pipe.execute()
+
     def seed_used(self, org: str, customer: str, flushed: Mapping[str, int]) -> None:
         """Start the running totals from the database, where Redis has none yet.
 

@@ -15,16 +15,25 @@ from typing import Any
 
 from sqlalchemy import (
     CursorResult,
+    DateTime,
     Engine,
+    Integer,
+    String,
+    Uuid,
     and_,
     bindparam,
+    case,
+    cast,
+    column,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
     tuple_,
     update,
+    values,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -197,73 +206,167 @@ class SqlRepository:
 
     def apply_transitions(
         self,
-        due: DueEntitlement,
-        chain: Sequence[Transition],
+        batch: Sequence[tuple[DueEntitlement, Sequence[Transition]]],
         *,
         job_run_id: str,
         now: datetime,
-    ) -> bool:
-        """Move an entitlement along ``chain`` and record each step, in one transaction.
+    ) -> set[uuid.UUID]:
+        """Move each entitlement along its chain and record every step, in one
+        transaction; returns the ids that moved.
 
         Compare-and-set on (status, row_version): of two jobs racing for the same
-        entitlement, one applies the chain and the other changes nothing. Each
-        renewal opens its usage period (the renewal quantity, else the quantity);
-        earlier periods keep their usage and late events.
+        entitlement, one applies the chain and the other changes nothing. On
+        PostgreSQL the rows are locked with SKIP LOCKED first (so racing jobs never
+        wait on each other or deadlock) and moved by one UPDATE ... FROM VALUES.
+        Each renewal opens its usage period (the renewal quantity, else the
+        quantity); earlier periods keep their usage and late events.
         """
+        wanted = {due.id: (due, chain) for due, chain in batch if chain}
+        if not wanted:
+            return set()
+        with self.sessions.begin() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                moved = self._move_postgresql(s, wanted, now)
+            else:
+                moved = {
+                    i for i, (due, chain) in wanted.items() if self._move_one(s, due, chain, now)
+                }
+            periods = [
+                {
+                    "id": uuid.uuid4(),
+                    "org_id": due.org_id,
+                    "entitlement_id": due.id,
+                    "period_start": step.at,
+                    "period_end": step.renewal_end,
+                    "quantity": due.renewal_quantity
+                    if due.renewal_quantity is not None
+                    else due.quantity,
+                    "consumed": Decimal(0),
+                    "updated_at": now,
+                }
+                for due, chain in (wanted[i] for i in moved)
+                for step in chain
+                if step.renewal_end is not None
+            ]
+            audit = [
+                {
+                    "id": uuid.uuid4(),
+                    "org_id": due.org_id,
+                    "entitlement_id": due.id,
+                    "from_status": step.from_status.value,
+                    "to_status": step.to_status.value,
+                    "at": step.at,
+                    "recorded_at": now,
+                    "reason": step.reason,
+                    "job_run_id": job_run_id,
+                }
+                for due, chain in (wanted[i] for i in moved)
+                for step in chain
+            ]
+            if periods:
+                s.execute(insert(UsagePeriod), periods)
+            if audit:
+                s.execute(insert(EntitlementTransition), audit)
+        return moved
+
+    @staticmethod
+    def _new_term(due: DueEntitlement, chain: Sequence[Transition]) -> tuple[Any, Any]:
+        """(ends_at, grace_until) after the chain's renewals, or (None, None) if none."""
+        renewals = [step.renewal_end for step in chain if step.renewal_end is not None]
+        if not renewals or due.ends_at is None:
+            return None, None
+        new_end = renewals[-1]
+        grace = due.grace_until + (new_end - due.ends_at) if due.grace_until else None
+        return new_end, grace
+
+    def _move_one(
+        self, s: Session, due: DueEntitlement, chain: Sequence[Transition], now: datetime
+    ) -> bool:
         values: dict[str, Any] = {
             "status": chain[-1].to_status.value,
             "row_version": due.row_version + 1,
             "updated_at": now,
         }
-        renewals = [step for step in chain if step.renewal_end is not None]
-        if renewals and due.ends_at is not None:
-            new_end = renewals[-1].renewal_end
-            assert new_end is not None
-            values["ends_at"] = new_end
-            if due.grace_until is not None:
-                values["grace_until"] = due.grace_until + (new_end - due.ends_at)
-        with self.sessions.begin() as s:
-            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
-                update(Entitlement)
-                .where(
-                    Entitlement.id == due.id,
-                    Entitlement.status == due.status,
-                    Entitlement.row_version == due.row_version,
+        ends_at, grace_until = self._new_term(due, chain)
+        if ends_at is not None:
+            values["ends_at"] = ends_at
+            values["grace_until"] = grace_until
+        result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+            update(Entitlement)
+            .where(
+                Entitlement.id == due.id,
+                Entitlement.status == due.status,
+                Entitlement.row_version == due.row_version,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)
+
+    def _move_postgresql(
+        self,
+        s: Session,
+        wanted: dict[uuid.UUID, tuple[DueEntitlement, Sequence[Transition]]],
+        now: datetime,
+    ) -> set[uuid.UUID]:
+        locked = list(
+            s.scalars(
+                select(Entitlement.id)
+                .where(Entitlement.id.in_(wanted))
+                .order_by(Entitlement.id)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if not locked:
+            return set()
+        rows = []
+        for ent_id in locked:
+            due, chain = wanted[ent_id]
+            ends_at, grace_until = self._new_term(due, chain)
+            rows.append(
+                (
+                    ent_id,
+                    due.status,
+                    due.row_version,
+                    chain[-1].to_status.value,
+                    ends_at,
+                    grace_until,
                 )
-                .values(**values)
-                .execution_options(synchronize_session=False)
             )
-            if result.rowcount != 1:
-                return False
-            period_quantity = (
-                due.renewal_quantity if due.renewal_quantity is not None else due.quantity
+        stamp = DateTime(timezone=True)
+        v = values(
+            column("id", Uuid()),
+            column("from_status", String()),
+            column("version", Integer()),
+            column("to_status", String()),
+            column("ends_at", stamp),
+            column("grace_until", stamp),
+            name="v",
+        ).data(rows)
+        stmt = (
+            update(Entitlement)
+            .where(
+                # The IN list lets the planner fetch the rows by primary key instead of
+                # hash-joining the VALUES against the whole table.
+                Entitlement.id.in_(locked),
+                Entitlement.id == v.c.id,
+                Entitlement.status == v.c.from_status,
+                Entitlement.row_version == v.c.version,
             )
-            s.add_all(
-                UsagePeriod(
-                    org_id=due.org_id,
-                    entitlement_id=due.id,
-                    period_start=step.at,
-                    period_end=step.renewal_end,
-                    quantity=period_quantity,
-                    consumed=Decimal(0),
-                    updated_at=now,
-                )
-                for step in renewals
+            .values(
+                status=v.c.to_status,
+                row_version=Entitlement.row_version + 1,
+                updated_at=now,
+                ends_at=func.coalesce(cast(v.c.ends_at, stamp), Entitlement.ends_at),
+                grace_until=case(
+                    (v.c.ends_at.is_(None), Entitlement.grace_until),
+                    else_=cast(v.c.grace_until, stamp),
+                ),
             )
-            s.add_all(
-                EntitlementTransition(
-                    org_id=due.org_id,
-                    entitlement_id=due.id,
-                    from_status=step.from_status.value,
-                    to_status=step.to_status.value,
-                    at=step.at,
-                    recorded_at=now,
-                    reason=step.reason,
-                    job_run_id=job_run_id,
-                )
-                for step in chain
-            )
-        return True
+            .returning(Entitlement.id)
+            .execution_options(synchronize_session=False)
+        )
+        return set(s.scalars(stmt))
 
     def latest_period_length(self, entitlement_id: uuid.UUID) -> timedelta | None:
         """Length of the entitlement's most recent period (a renewal repeats it)."""
@@ -303,19 +406,34 @@ class SqlRepository:
         }
         if not wanted:
             return result
+        by_org: dict[str, list[tuple[str, str, str]]] = {}
+        for key in wanted:
+            by_org.setdefault(key[0], []).append(key)
+        usable = or_(
+            func.coalesce(Entitlement.grace_until, Entitlement.ends_at).is_(None),
+            func.coalesce(Entitlement.grace_until, Entitlement.ends_at) > usable_after,
+        )
         with self.sessions() as s:
-            rows = s.execute(
-                select(Entitlement, Feature.key)
-                .join(Feature, Feature.id == Entitlement.feature_id)
-                .where(
-                    tuple_(Entitlement.org_id, Entitlement.customer_id, Feature.key).in_(wanted),
-                    Entitlement.status != Status.TERMINATED.value,
-                    or_(
-                        func.coalesce(Entitlement.grace_until, Entitlement.ends_at).is_(None),
-                        func.coalesce(Entitlement.grace_until, Entitlement.ends_at) > usable_after,
-                    ),
-                )
-            ).all()
+            rows = []
+            for org, keys_of_org in by_org.items():
+                # One index range per org on (org_id, customer_id, ...); a row-value IN
+                # over thousands of tuples is planned far worse by PostgreSQL.
+                candidates = s.execute(
+                    select(Entitlement, Feature.key)
+                    .join(Feature, Feature.id == Entitlement.feature_id)
+                    .where(
+                        Entitlement.org_id == org,
+                        Entitlement.customer_id.in_({k[1] for k in keys_of_org}),
+                        Feature.key.in_({k[2] for k in keys_of_org}),
+                        Entitlement.status != Status.TERMINATED.value,
+                        usable,
+                    )
+                ).all()
+                rows += [
+                    (ent, feature)
+                    for ent, feature in candidates
+                    if (ent.org_id, ent.customer_id, feature) in result
+                ]
             ids = [ent.id for ent, _ in rows]
             periods: dict[uuid.UUID, list[UsagePeriod]] = {}
             if ids:

@@ -1,0 +1,112 @@
+"""Lifecycle job throughput on PostgreSQL: 1,000,000 entitlements, N of them due.
+
+Creates a scratch database on the machine's PostgreSQL (dropped afterwards),
+fills it with --rows entitlements of which --due have just ended, and times
+`LifecycleService.advance_all` (due queries, compare-and-set, audit rows,
+resolution refresh in Redis db 11) applying them; then makes --small-due of
+them due again and times that, to show the work follows what is due, not the
+table size.
+
+    python bench/lifecycle.py                       # 1M rows, 100k due, then 10k
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import uuid
+
+import redis
+import sqlalchemy as sa
+
+from meterd.config import Settings
+from meterd.migrate import upgrade
+from meterd.runtime import Runtime
+from meterd.storage.database import make_engine
+from meterd.timeutil import utcnow
+
+PG = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+FILL = """
+INSERT INTO entitlements (id, org_id, number, customer_id, feature_id, quantity, billing_type,
+    contract_mode, status, priority, starts_at, ends_at, grace_until, issued_at, auto_renew,
+    row_version, created_at, updated_at)
+SELECT gen_random_uuid(), 'bench', g, 'c' || g, :feature_id, 100, 'PRE_PAID', 'PRODUCTION',
+    'ACTIVE', 0, :now - interval '10 days',
+    CASE WHEN g <= :due THEN :now - interval '1 minute' ELSE :now + interval '10 days' END,
+    NULL, :now, false, 1, :now, :now
+FROM generate_series(1, :rows) AS g
+"""
+
+MAKE_DUE_AGAIN = """
+UPDATE entitlements SET status = 'ACTIVE', ends_at = :now - interval '30 seconds',
+    row_version = row_version + 1
+WHERE org_id = 'bench' AND number <= :due
+"""
+
+
+def timed_advance(rt: Runtime, batch_size: int) -> tuple[float, int]:
+    start = time.perf_counter()
+    report = rt.lifecycle.advance_all(utcnow(), batch_size=batch_size)
+    return time.perf_counter() - start, report.transitions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--due", type=int, default=100_000)
+    parser.add_argument("--small-due", type=int, default=10_000)
+    parser.add_argument("--batch-size", type=int, default=5_000)
+    args = parser.parse_args()
+
+    name = f"meterd_bench_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG.rsplit("/", 1)[0] + "/" + name
+    prefix = f"bench-lc-{uuid.uuid4().hex[:6]}"
+    try:
+        upgrade(url)
+        settings = Settings(
+            database_url=url,
+            redis_url=REDIS_URL,
+            redis_prefix=prefix,
+            _env_file=None,  # type: ignore[call-arg]
+        )
+        rt = Runtime.from_settings(settings)
+        now = utcnow()
+        rt.catalog.create_org("bench", "bench", now)
+        feature = rt.catalog.create_feature("bench", "api_calls", now=now)
+        start = time.perf_counter()
+        with rt.repository.engine.begin() as conn:
+            params = {"feature_id": feature.id, "now": now, "due": args.due, "rows": args.rows}
+            conn.execute(sa.text(FILL), params)
+            conn.execute(sa.text("ANALYZE entitlements"))
+        print(f"filled {args.rows:,} entitlements in {time.perf_counter() - start:.1f}s")
+
+        big_s, big_n = timed_advance(rt, args.batch_size)
+        with rt.repository.engine.begin() as conn:
+            conn.execute(sa.text(MAKE_DUE_AGAIN), {"now": utcnow(), "due": args.small_due})
+        small_s, small_n = timed_advance(rt, args.batch_size)
+
+        print()
+        print("| entitlements | due | transitions | seconds | transitions/s |")
+        print("|---:|---:|---:|---:|---:|")
+        for due, n, s in ((args.due, big_n, big_s), (args.small_due, small_n, small_s)):
+            print(f"| {args.rows:,} | {due:,} | {n:,} | {s:.2f} | {n / s:,.0f} |")
+        print(f"\n{args.due:,} due / {args.small_due:,} due: time ratio {big_s / small_s:.1f}x")
+        rt.close()
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()
