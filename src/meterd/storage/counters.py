@@ -107,27 +107,21 @@ class CounterStore:
             raise CounterStoreError(f"counting a batch failed: {exc}") from exc
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    def store_resolution(
-        self, org: str, customer: str, feature: str, payload: str, *, ttl: int, replace: bool
-    ) -> None:
-        """Cache resolution data. ``replace=False`` only fills a missing entry.
-
-        Writers that just changed an entitlement replace; ingest workers that
-        loaded it after a miss only fill, so a slow loader holding data read
-        before a change can never overwrite the fresher entry.
-        """
-        key = self.keys.resolution(org, customer, feature)
-        self.client.set(key, payload, ex=ttl, nx=not replace)
-
     def store_resolutions(
         self,
         entries: Sequence[tuple[str, str, str, str, int, Mapping[str, int]]],
         *,
         replace: bool,
     ) -> None:
-        """Many ``seed_used`` + ``store_resolution`` at once, in one round trip.
+        """Cache resolution data, with the running totals it needs, in one round trip.
 
-        Each entry: (org, customer, feature, payload, ttl seconds, flushed micros by field).
+        Each entry: (org, customer, feature, payload, ttl seconds, flushed micros by
+        field). Totals are seeded with HSETNX: a period with pending usage always has
+        a ``used`` entry (the ingest script writes both), so a live total is never
+        overwritten by a stale one. ``replace=False`` only fills a missing entry:
+        writers that just changed an entitlement replace; ingest workers that loaded
+        it after a miss only fill, so a slow loader holding data read before a
+        change can never overwrite the fresher entry.
         """
         pipe = self.client.pipeline(transaction=False)
         for org, customer, feature, payload, ttl, flushed in entries:
@@ -135,20 +129,6 @@ class CounterStore:
             for field, micros in flushed.items():
                 pipe.hsetnx(used_key, field, micros)
             pipe.set(self.keys.resolution(org, customer, feature), payload, ex=ttl, nx=not replace)
-        pipe.execute()
-
-    def seed_used(self, org: str, customer: str, flushed: Mapping[str, int]) -> None:
-        """Start the running totals from the database, where Redis has none yet.
-
-        A period with pending usage always has a ``used`` entry (the ingest script
-        writes both), so HSETNX never overwrites a live total with a stale one.
-        """
-        if not flushed:
-            return
-        key = self.keys.used(org, customer)
-        pipe = self.client.pipeline(transaction=False)
-        for field, micros in flushed.items():
-            pipe.hsetnx(key, field, micros)
         pipe.execute()
 
     def used(self, org: str, customer: str, fields: Sequence[str]) -> list[int | None]:
