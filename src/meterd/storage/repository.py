@@ -15,16 +15,9 @@ from typing import Any
 
 from sqlalchemy import (
     CursorResult,
-    DateTime,
     Engine,
-    Integer,
-    String,
-    Uuid,
     and_,
     bindparam,
-    case,
-    cast,
-    column,
     exists,
     func,
     insert,
@@ -33,7 +26,6 @@ from sqlalchemy import (
     select,
     tuple_,
     update,
-    values,
 )
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -309,64 +301,50 @@ class SqlRepository:
         wanted: dict[uuid.UUID, tuple[DueEntitlement, Sequence[Transition]]],
         now: datetime,
     ) -> set[uuid.UUID]:
-        locked = list(
-            s.scalars(
-                select(Entitlement.id)
-                .where(Entitlement.id.in_(wanted))
-                .order_by(Entitlement.id)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        if not locked:
-            return set()
-        rows = []
-        for ent_id in locked:
+        """Lock what no other job holds (SKIP LOCKED: racing jobs never wait on each
+        other or deadlock), keep the rows still at the status and version the chain
+        was computed from (the compare-and-set), and move them with one pipelined
+        executemany."""
+        locked = s.execute(
+            select(Entitlement.id, Entitlement.status, Entitlement.row_version)
+            .where(Entitlement.id.in_(wanted))
+            .order_by(Entitlement.id)
+            .with_for_update(skip_locked=True)
+        ).all()
+        params = []
+        moved: set[uuid.UUID] = set()
+        for ent_id, status, version in locked:
             due, chain = wanted[ent_id]
+            if (status, version) != (due.status, due.row_version):
+                continue  # another job moved it since we read it
             ends_at, grace_until = self._new_term(due, chain)
-            rows.append(
-                (
-                    ent_id,
-                    due.status,
-                    due.row_version,
-                    chain[-1].to_status.value,
-                    ends_at,
-                    grace_until,
-                )
+            moved.add(ent_id)
+            params.append(
+                {
+                    "b_id": ent_id,
+                    "b_status": chain[-1].to_status.value,
+                    "b_version": version + 1,
+                    "b_ends": ends_at if ends_at is not None else due.ends_at,
+                    "b_grace": grace_until if ends_at is not None else due.grace_until,
+                    "b_now": now,
+                }
             )
-        stamp = DateTime(timezone=True)
-        v = values(
-            column("id", Uuid()),
-            column("from_status", String()),
-            column("version", Integer()),
-            column("to_status", String()),
-            column("ends_at", stamp),
-            column("grace_until", stamp),
-            name="v",
-        ).data(rows)
-        stmt = (
-            update(Entitlement)
-            .where(
-                # The IN list lets the planner fetch the rows by primary key instead of
-                # hash-joining the VALUES against the whole table.
-                Entitlement.id.in_(locked),
-                Entitlement.id == v.c.id,
-                Entitlement.status == v.c.from_status,
-                Entitlement.row_version == v.c.version,
-            )
+        if not params:
+            return set()
+        table = Entitlement.__table__
+        s.execute(
+            update(table)  # type: ignore[arg-type]
+            .where(table.c.id == bindparam("b_id"))
             .values(
-                status=v.c.to_status,
-                row_version=Entitlement.row_version + 1,
-                updated_at=now,
-                ends_at=func.coalesce(cast(v.c.ends_at, stamp), Entitlement.ends_at),
-                grace_until=case(
-                    (v.c.ends_at.is_(None), Entitlement.grace_until),
-                    else_=cast(v.c.grace_until, stamp),
-                ),
-            )
-            .returning(Entitlement.id)
-            .execution_options(synchronize_session=False)
+                status=bindparam("b_status"),
+                row_version=bindparam("b_version"),
+                ends_at=bindparam("b_ends", type_=Entitlement.ends_at.type),
+                grace_until=bindparam("b_grace", type_=Entitlement.grace_until.type),
+                updated_at=bindparam("b_now", type_=Entitlement.updated_at.type),
+            ),
+            params,
         )
-        return set(s.scalars(stmt))
+        return moved
 
     def latest_period_length(self, entitlement_id: uuid.UUID) -> timedelta | None:
         """Length of the entitlement's most recent period (a renewal repeats it)."""
