@@ -396,8 +396,10 @@ class SqlRepository:
             for org, keys_of_org in by_org.items():
                 # One index range per org on (org_id, customer_id, ...); a row-value IN
                 # over thousands of tuples is planned far worse by PostgreSQL.
+                # Plain columns, not ORM objects: this runs for every customer a
+                # lifecycle batch touches.
                 candidates = s.execute(
-                    select(Entitlement, Feature.key)
+                    select(*_VIEW_COLUMNS, Feature.key)
                     .join(Feature, Feature.id == Entitlement.feature_id)
                     .where(
                         Entitlement.org_id == org,
@@ -408,15 +410,15 @@ class SqlRepository:
                     )
                 ).all()
                 rows += [
-                    (ent, feature)
-                    for ent, feature in candidates
-                    if (ent.org_id, ent.customer_id, feature) in result
+                    (row, row.key)
+                    for row in candidates
+                    if (row.org_id, row.customer_id, row.key) in result
                 ]
             ids = [ent.id for ent, _ in rows]
-            periods: dict[uuid.UUID, list[UsagePeriod]] = {}
+            periods: dict[uuid.UUID, list[Any]] = {}
             if ids:
-                for period in s.scalars(
-                    select(UsagePeriod).where(UsagePeriod.entitlement_id.in_(ids))
+                for period in s.execute(
+                    select(*_PERIOD_COLUMNS).where(UsagePeriod.entitlement_id.in_(ids))
                 ):
                     periods.setdefault(period.entitlement_id, []).append(period)
         for ent, feature_key in rows:
@@ -553,7 +555,30 @@ class SqlRepository:
             )
 
 
-def _view(ent: Entitlement, periods: Sequence[UsagePeriod]) -> EntitlementView:
+_VIEW_COLUMNS = (
+    Entitlement.id,
+    Entitlement.org_id,
+    Entitlement.customer_id,
+    Entitlement.number,
+    Entitlement.priority,
+    Entitlement.status,
+    Entitlement.billing_type,
+    Entitlement.quantity,
+    Entitlement.starts_at,
+    Entitlement.ends_at,
+    Entitlement.grace_until,
+)
+_PERIOD_COLUMNS = (
+    UsagePeriod.entitlement_id,
+    UsagePeriod.period_start,
+    UsagePeriod.period_end,
+    UsagePeriod.quantity,
+    UsagePeriod.consumed,
+)
+
+
+def _view(ent: Any, periods: Sequence[Any]) -> EntitlementView:
+    """An EntitlementView from a row of ``_VIEW_COLUMNS`` and its ``_PERIOD_COLUMNS`` rows."""
     return EntitlementView(
         id=ent.id,
         number=ent.number,
