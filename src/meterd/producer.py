@@ -6,7 +6,7 @@ it sends one message per batch (never one per event).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import Any
 
@@ -58,7 +58,3 @@ def publish_batches(app: Celery, events: Iterable[dict[str, Any]], batch_size: i
             app.send_task(INGEST_TASK, args=[batch], producer=producer)
             messages += 1
     return messages
-
-
-def publish_batch(app: Celery, batch: Sequence[dict[str, Any]]) -> None:
-    app.send_task(INGEST_TASK, args=[list(batch)])

@@ -35,11 +35,17 @@ def event(
 
 
 def wait_until(
-    condition: Callable[[], bool], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+    condition: Callable[[], bool],
+    timeout: float = 30.0,
+    what: str | Callable[[], str] = "",
+    *,
+    interval: float = 0.1,
 ) -> None:
-    """Poll ``condition`` until it holds; fail with ``what`` after ``timeout`` seconds."""
+    """Poll ``condition`` until it holds; after ``timeout`` seconds fail, saying ``what``
+    was awaited (a callable is called then, so it can report the state reached)."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout}s waiting for {described or condition}")
         time.sleep(interval)

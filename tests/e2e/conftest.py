@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -177,13 +176,3 @@ def queue_depth(app: Celery, queue: str = "meterd.ingest") -> int:
         except ChannelError:  # kombu's Redis transport: an empty queue has no key
             return 0
         return int(declared.message_count)
-
-
-def wait_for(condition, timeout: float, what) -> None:  # type: ignore[no-untyped-def]
-    """Poll until ``condition()``; ``what`` (a string or a callable) explains a timeout."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            described = what() if callable(what) else what
-            raise AssertionError(f"timed out after {timeout}s waiting for {described}")
-        time.sleep(0.1)

@@ -17,11 +17,11 @@ from meterd.producer import publish_batches
 from meterd.quantity import to_micros
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
-from meterd.testing import event
+from meterd.testing import event, wait_until
 from meterd.timeutil import utcnow
 
 from ..test_dead_letters import malformed
-from .conftest import WorkerProcess, queue_depth, wait_for
+from .conftest import WorkerProcess, queue_depth
 
 pytestmark = pytest.mark.e2e
 
@@ -123,12 +123,12 @@ def test_100k_events_with_10_percent_duplicates_are_counted_exactly(
     worker.start()
     publish_batches(producer_app, stream, batch_size=500)
     total = sum(expected.values())
-    wait_for(
+    wait_until(
         lambda: counted_total(e2e_runtime, customers) >= total,
         60,
         lambda: f"all events counted: {counted_total(e2e_runtime, customers)} of {total}",
     )
-    wait_for(lambda: queue_depth(producer_app) == 0, 60, "queue drained")
+    wait_until(lambda: queue_depth(producer_app) == 0, 60, "queue drained")
     time.sleep(1)  # let any straggling duplicate batch finish
     assert counted_total(e2e_runtime, customers) == total
     assert worker.alive()
@@ -155,9 +155,9 @@ def test_malformed_events_do_not_stop_a_real_worker(
     producer_app.send_task("meterd.ingest_batch", args=["text", 42], kwargs={"extra": 1})
     producer_app.send_task("meterd.ingest_batch", args=[])
     total = sum(expected.values())
-    wait_for(lambda: counted_total(e2e_runtime, 3) >= total, 60, "valid events counted")
-    wait_for(lambda: queue_depth(producer_app) == 0, 30, "queue drained")
-    wait_for(
+    wait_until(lambda: counted_total(e2e_runtime, 3) >= total, 60, "valid events counted")
+    wait_until(lambda: queue_depth(producer_app) == 0, 30, "queue drained")
+    wait_until(
         lambda: sum(e2e_runtime.dead_letters.count_by_reason().values()) >= 3,
         30,
         "dead letters written",

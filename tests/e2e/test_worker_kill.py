@@ -18,8 +18,9 @@ from celery import Celery
 
 from meterd.producer import publish_batches
 from meterd.runtime import Runtime
+from meterd.testing import wait_until
 
-from .conftest import BROKER_URL, VISIBILITY_TIMEOUT, WorkerProcess, queue_depth, wait_for
+from .conftest import BROKER_URL, VISIBILITY_TIMEOUT, WorkerProcess, queue_depth
 from .test_worker_exactness import assert_exact, counted_total, grant_customers, make_stream
 
 pytestmark = pytest.mark.e2e
@@ -44,7 +45,7 @@ def test_worker_killed_three_times_mid_stream_still_counts_exactly(
     worker.start()
     kills = 0
     for _ in range(3):
-        wait_for(lambda: counted_total(e2e_runtime, customers) > 0, 60, "worker counting")
+        wait_until(lambda: counted_total(e2e_runtime, customers) > 0, 60, "worker counting")
         time.sleep(random.uniform(0.3, 1.0))
         before = counted_total(e2e_runtime, customers)
         worker.kill()
@@ -52,12 +53,12 @@ def test_worker_killed_three_times_mid_stream_still_counts_exactly(
         assert 0 < before < total, "the kill must land mid-stream"
         worker.start()
     assert kills == 3
-    wait_for(
+    wait_until(
         lambda: counted_total(e2e_runtime, customers) >= total,
         60,
         lambda: f"all events counted: {counted_total(e2e_runtime, customers)} of {total}",
     )
-    wait_for(lambda: queue_depth(producer_app) == 0, 60, "queue drained")
+    wait_until(lambda: queue_depth(producer_app) == 0, 60, "queue drained")
     # Redis broker: a killed worker's unacked batches come back after the visibility
     # timeout (5 s here); wait that long so a late redelivery is seen to dedupe.
     time.sleep(VISIBILITY_TIMEOUT + 2)

@@ -131,10 +131,6 @@ class CounterStore:
             pipe.set(self.keys.resolution(org, customer, feature), payload, ex=ttl, nx=not replace)
         pipe.execute()
 
-    def used(self, org: str, customer: str, fields: Sequence[str]) -> list[int | None]:
-        values = self.client.hmget(self.keys.used(org, customer), list(fields))
-        return [int(v) if v is not None else None for v in values]
-
     # -- flush ----------------------------------------------------------------
 
     def begin_flush(self, new_batch_id: str) -> str | None:
