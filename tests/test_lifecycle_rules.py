@@ -105,3 +105,12 @@ def test_effective_state_marks_a_used_up_pre_paid_grant_exhausted(
         Decimal(consumed),
     )
     assert state.value == expected
+
+
+def test_a_moved_term_keeps_its_grace_length() -> None:
+    from meterd.lifecycle import extend_term
+
+    assert extend_term(END, GRACE, END + MONTH) == (END + MONTH, GRACE + MONTH)
+    assert extend_term(END, None, END + MONTH) == (END + MONTH, None)
+    assert extend_term(END, GRACE, None) == (None, None)
+    assert extend_term(None, None, END) == (None, None)

@@ -29,6 +29,19 @@ class Transition:
     renewal_end: datetime | None = None
 
 
+def extend_term(
+    ends_at: datetime | None, grace_until: datetime | None, new_end: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """(ends_at, grace_until) of a term moved to end at ``new_end`` (None: open-ended);
+    a grace period keeps its length. An open-ended term has nothing to move."""
+    if ends_at is None:
+        return ends_at, grace_until
+    grace = grace_until - ends_at if grace_until is not None else None
+    if new_end is None or grace is None:
+        return new_end, None
+    return new_end, new_end + grace
+
+
 def next_transition(
     status: Status,
     starts_at: datetime,
@@ -69,8 +82,6 @@ def due_transitions(
     ) is not None:
         chain.append(step)
         status = step.to_status
-        if step.renewal_end is not None and ends_at is not None:
-            shift = step.renewal_end - ends_at
-            ends_at = step.renewal_end
-            grace_until = grace_until + shift if grace_until is not None else None
+        if step.renewal_end is not None:
+            ends_at, grace_until = extend_term(ends_at, grace_until, step.renewal_end)
     return chain

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import BillingType, EntitlementView, Period, Status
 from meterd.keys import period_field
-from meterd.lifecycle import Transition
+from meterd.lifecycle import Transition, extend_term
 from meterd.quantity import from_micros, to_micros
 from meterd.storage.models import (
     Entitlement,
@@ -133,9 +133,9 @@ class SqlRepository:
             if ent.ends_at is not None and (
                 period.period_end is None or period.period_end > ent.ends_at
             ):
-                grace = ent.grace_until - ent.ends_at if ent.grace_until else None
-                ent.ends_at = period.period_end
-                ent.grace_until = ent.ends_at + grace if grace and ent.ends_at else None
+                ent.ends_at, ent.grace_until = extend_term(
+                    ent.ends_at, ent.grace_until, period.period_end
+                )
                 ent.updated_at = period.updated_at
 
     def entitlement(self, entitlement_id: uuid.UUID) -> Entitlement:
@@ -267,9 +267,7 @@ class SqlRepository:
         renewals = [step.renewal_end for step in chain if step.renewal_end is not None]
         if not renewals or due.ends_at is None:
             return None, None
-        new_end = renewals[-1]
-        grace = due.grace_until + (new_end - due.ends_at) if due.grace_until else None
-        return new_end, grace
+        return extend_term(due.ends_at, due.grace_until, renewals[-1])
 
     def _move_one(
         self, s: Session, due: DueEntitlement, chain: Sequence[Transition], now: datetime
