@@ -10,7 +10,6 @@ same server through its pid file; the first one starts it.
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -89,7 +88,6 @@ def ensure_running(url: str) -> str:
                     str(directory / "redis.log"),
                 ],
                 check=True,
-                env={**os.environ},
             )
             deadline = time.monotonic() + _START_TIMEOUT_SECONDS
             while not _alive(sock):
