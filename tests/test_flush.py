@@ -61,7 +61,7 @@ def test_flush_that_died_after_the_commit_is_not_applied_again(runtime: Runtime)
     runtime.ingest.ingest([event(quantity="3")], now=NOW)
     batch = runtime.counters.begin_flush("committed-then-died")
     assert batch is not None
-    runtime.repository.apply_flush_batch(batch, runtime.counters.read_flush_batch(), NOW)
+    runtime.repository.apply_flush_batch(batch, runtime.counters.read_flush_batch().deltas, NOW)
     # ... the process died here, before end_flush. The read must not count it twice:
     assert list(consumed(runtime).values()) == [Decimal(3)]
     report = runtime.flush.flush_once(NOW)
@@ -92,7 +92,7 @@ def test_the_same_batch_applied_twice_counts_once(runtime: Runtime) -> None:
     runtime.ingest.ingest([event(quantity="3")], now=NOW)
     batch = runtime.counters.begin_flush("twice")
     assert batch is not None
-    deltas = runtime.counters.read_flush_batch()
+    deltas = runtime.counters.read_flush_batch().deltas
     assert runtime.repository.apply_flush_batch(batch, deltas, NOW) is True
     assert runtime.repository.apply_flush_batch(batch, deltas, NOW) is False
     assert flushed_total(runtime) == Decimal(3)

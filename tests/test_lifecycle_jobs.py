@@ -115,22 +115,6 @@ def test_two_jobs_racing_apply_each_transition_once(runtime: Runtime) -> None:
     assert transition_count(runtime) == 120  # ACTIVE->GRACE->EXPIRED, once each
 
 
-def test_each_run_refreshes_the_resolution_data_of_the_customers_it_touched(
-    runtime: Runtime,
-) -> None:
-    ends = NOW + timedelta(hours=1)
-    grant(runtime, ends_at=ends)
-    key = runtime.keys.resolution("acme", "cust-1", "api_calls")
-    runtime.redis.set(key, "[]")  # stale: as if the entitlement were unknown
-    assert runtime.ingest.ingest([event(event_id="a")], now=NOW).outcomes == [
-        Outcome.NO_ENTITLEMENT
-    ]
-    runtime.lifecycle.advance(ends)
-    assert runtime.redis.get(key) != b"[]"
-    before_end = event(event_id="b", time=ends - timedelta(minutes=1))
-    assert runtime.ingest.ingest([before_end], now=ends).outcomes == [Outcome.ACCEPTED]
-
-
 #: The first term ends an hour after the entitlements are created (at NOW).
 TERM_END = NOW + timedelta(hours=1)
 
@@ -144,6 +128,28 @@ def renewing(runtime: Runtime, **extra: object):  # type: ignore[no-untyped-def]
         auto_renew=True,
         **extra,
     )
+
+
+def test_a_renewal_replaces_the_resolution_data_so_ingest_sees_the_new_term_at_once(
+    runtime: Runtime,
+) -> None:
+    renewing(runtime)
+    in_old_term = event(event_id="a", time=TERM_END - timedelta(minutes=1))
+    assert runtime.ingest.ingest([in_old_term], now=TERM_END).outcomes == [Outcome.ACCEPTED]
+    runtime.lifecycle.advance(TERM_END)  # the cached entry still ends at TERM_END
+    in_new_term = event(event_id="b", time=TERM_END + timedelta(minutes=1))
+    assert runtime.ingest.ingest([in_new_term], now=TERM_END).outcomes == [Outcome.ACCEPTED]
+
+
+def test_expiry_needs_no_cache_refresh_because_ingest_reads_the_window(
+    runtime: Runtime,
+) -> None:
+    ends = NOW + timedelta(hours=1)
+    grant(runtime, ends_at=ends)
+    assert runtime.ingest.ingest([event(event_id="a")], now=NOW).outcomes == [Outcome.ACCEPTED]
+    after_end = event(event_id="b", time=ends)
+    # The lifecycle job has not run: the cached window already refuses it.
+    assert runtime.ingest.ingest([after_end], now=ends).outcomes == [Outcome.NO_ENTITLEMENT]
 
 
 def test_auto_renew_opens_the_next_term_with_the_renewal_quantity(runtime: Runtime) -> None:

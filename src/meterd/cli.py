@@ -56,7 +56,7 @@ def worker(
     concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 2,
     queues: Annotated[
         str, typer.Option("-Q", "--queues")
-    ] = "meterd.ingest,meterd.flush,meterd.lifecycle",
+    ] = "meterd.ingest,meterd.flush,meterd.lifecycle,meterd.notify",
     loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "info",
 ) -> None:
     """Run a Celery worker for the meterd queues."""

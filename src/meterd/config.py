@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     #: How far in the future an event's ``time`` may lie (clock skew of producers).
     future_skew: int = Field(default=300, ge=0)
 
+    #: Seconds a webhook call may take before it counts as failed.
+    webhook_timeout: float = Field(default=5.0, gt=0)
+    #: Calls of a webhook before a notification is given up (FAILED); backoff doubles
+    #: from 10 s up to an hour between them.
+    webhook_max_attempts: int = Field(default=10, ge=1, le=50)
+
     @field_validator("database_url", "redis_url")
     @classmethod
     def _not_blank(cls, value: str) -> str:

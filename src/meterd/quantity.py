@@ -62,6 +62,15 @@ def from_micros(micros: int) -> Decimal:
     return Decimal(micros).scaleb(-SCALE).quantize(_QUANTUM)
 
 
+def format_quantity(value: Decimal) -> str:
+    """A quantity as a plain decimal string without trailing zeros ("80", "0.5"),
+    the form payloads and API responses carry: exact, and never an exponent."""
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
 def parse_quantity_micros(value: object) -> int:
     """``to_micros(parse_quantity(value))``, with a fast path for plain decimal strings."""
     if isinstance(value, str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -23,11 +24,13 @@ from meterd.services.catalog import Catalog
 from meterd.services.flush import FlushService
 from meterd.services.ingest import IngestService
 from meterd.services.lifecycle import LifecycleService
+from meterd.services.notify import HttpWebhookSender, NotificationService
 from meterd.services.replay import DeadLetterReplay
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import make_engine, make_session_factory
 from meterd.storage.dead_letters import DeadLetterStore
+from meterd.storage.notifications import NotificationStore
 from meterd.storage.repository import SqlRepository
 
 
@@ -108,6 +111,18 @@ class Runtime:
             self.counters,
             self.repository,
             late_window=timedelta(seconds=self.settings.late_window),
+        )
+
+    @cached_property
+    def notification_store(self) -> NotificationStore:
+        return NotificationStore(self.repository.sessions)
+
+    @cached_property
+    def notifications(self) -> NotificationService:
+        return NotificationService(
+            self.notification_store,
+            HttpWebhookSender(self.settings.webhook_timeout, time.time),
+            max_attempts=self.settings.webhook_max_attempts,
         )
 
     @cached_property

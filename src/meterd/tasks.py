@@ -20,7 +20,7 @@ from meterd.runtime import get_runtime
 from meterd.services.ingest import IngestError
 from meterd.storage.counters import CounterStoreError
 from meterd.timeutil import utcnow
-from meterd.worker import app
+from meterd.worker import NOTIFY_QUEUE, app
 
 TRANSIENT_ERRORS = (IngestError, CounterStoreError, redis.RedisError, DBAPIError)
 log = get_logger("meterd.tasks")
@@ -56,6 +56,15 @@ def ingest_batch(self: Task, events: Any = None, *args: Any, **kwargs: Any) -> d
     return counts
 
 
+def publish_notifications(payloads: list[dict[str, Any]]) -> None:
+    """Publish one ``meterd.notify`` task carrying a batch of notification payloads."""
+    app.send_task("meterd.notify", args=[payloads], queue=NOTIFY_QUEUE)
+
+
+def dispatch_notifications() -> int:
+    return get_runtime().notifications.dispatch(utcnow(), publish_notifications)
+
+
 @app.task(name="meterd.flush", bind=True)
 def flush(self: Task) -> dict[str, int]:
     reports = get_runtime().flush.flush_all(utcnow())
@@ -64,7 +73,10 @@ def flush(self: Task) -> dict[str, int]:
         "periods": sum(r.periods for r in reports),
         "micros": sum(r.total_micros for r in reports),
         "resumed": sum(1 for r in reports if not r.applied),
+        "crossings": sum(r.crossings for r in reports),
     }
+    if summary["crossings"]:
+        summary["notifications"] = dispatch_notifications()
     if reports:
         log.info("flush", task_id=self.request.id, **summary)
     return summary
@@ -83,4 +95,53 @@ def lifecycle_advance(self: Task) -> dict[str, int]:
             lost_races=report.lost_races,
             **report.by_target,
         )
-    return {"transitions": report.transitions, "lost_races": report.lost_races}
+    published = dispatch_notifications() if report.transitions else 0
+    return {
+        "transitions": report.transitions,
+        "lost_races": report.lost_races,
+        "notifications": published,
+    }
+
+
+@app.task(name="meterd.lifecycle.dispatch_notifications", bind=True)
+def lifecycle_dispatch_notifications(self: Task) -> dict[str, int]:
+    """Publish notifications that are due: webhook retries and expired leases."""
+    published = dispatch_notifications()
+    if published:
+        log.info("notifications.dispatch", task_id=self.request.id, published=published)
+    return {"published": published}
+
+
+def notification_payloads(notifications: Any) -> list[dict[str, Any]]:
+    """The well-formed payloads of a ``meterd.notify`` message (meterd publishes a
+    list of them; anything else is logged and dropped: there is nothing to count)."""
+    items = notifications if isinstance(notifications, list) else [notifications]
+    good = [
+        n
+        for n in items
+        if isinstance(n, dict) and isinstance(n.get("id"), str) and isinstance(n.get("org"), str)
+    ]
+    if len(good) != len(items):
+        log.warning("notify.malformed", dropped=len(items) - len(good))
+    return good
+
+
+@app.task(
+    name="meterd.notify",
+    bind=True,
+    autoretry_for=TRANSIENT_ERRORS,
+    retry_backoff=True,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def notify(self: Task, notifications: Any = None) -> dict[str, int]:
+    """Deliver a batch of notifications to the webhooks of their orgs."""
+    report = get_runtime().notifications.deliver(notification_payloads(notifications), utcnow())
+    summary = {
+        "delivered": report.delivered,
+        "no_webhook": report.no_webhook,
+        "failed_attempts": report.failed_attempts,
+        "skipped": report.skipped,
+    }
+    log.info("notify", task_id=self.request.id, **summary)
+    return summary

@@ -34,6 +34,11 @@ def next_month_start(moment: datetime) -> datetime:
     return start.replace(month=start.month + 1)
 
 
+def isoformat(moment: datetime) -> str:
+    """RFC 3339 in UTC with microseconds and a ``Z``, the form every payload uses."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def as_utc(moment: datetime) -> datetime:
     """Attach UTC to a naive datetime read back from SQLite; convert aware ones."""
     if moment.tzinfo is None:

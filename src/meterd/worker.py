@@ -27,7 +27,11 @@ from meterd.logs import configure_logging
 INGEST_QUEUE = "meterd.ingest"
 FLUSH_QUEUE = "meterd.flush"
 LIFECYCLE_QUEUE = "meterd.lifecycle"
-QUEUES = (INGEST_QUEUE, FLUSH_QUEUE, LIFECYCLE_QUEUE)
+NOTIFY_QUEUE = "meterd.notify"
+QUEUES = (INGEST_QUEUE, FLUSH_QUEUE, LIFECYCLE_QUEUE, NOTIFY_QUEUE)
+#: How often beat publishes due notifications (webhook retries, expired leases);
+#: new ones are published at once by the flush or lifecycle run that made them.
+NOTIFY_DISPATCH_INTERVAL = 10.0
 
 
 def broker_url_for(settings: Settings) -> str:
@@ -74,6 +78,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "meterd.ingest_batch": {"queue": INGEST_QUEUE},
             "meterd.flush": {"queue": FLUSH_QUEUE},
             "meterd.lifecycle.*": {"queue": LIFECYCLE_QUEUE},
+            "meterd.notify": {"queue": NOTIFY_QUEUE},
         },
         "beat_schedule": {
             "meterd.flush": {
@@ -86,6 +91,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "task": "meterd.lifecycle.advance",
                 "schedule": settings.lifecycle_interval,
                 "options": {"expires": max(settings.lifecycle_interval * 2, 1.0)},
+            },
+            "meterd.lifecycle.dispatch_notifications": {
+                "task": "meterd.lifecycle.dispatch_notifications",
+                "schedule": NOTIFY_DISPATCH_INTERVAL,
+                "options": {"expires": NOTIFY_DISPATCH_INTERVAL * 2},
             },
         },
         "worker_hijack_root_logger": False,

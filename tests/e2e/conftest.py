@@ -23,7 +23,7 @@ from celery import Celery
 from meterd.config import Settings
 from meterd.runtime import Runtime
 from meterd.storage.repository import SqlRepository
-from meterd.worker import create_app, worker_command
+from meterd.worker import FLUSH_QUEUE, INGEST_QUEUE, create_app, worker_command
 
 from ..conftest import NOW, REAL_REDIS_URL, delete_keys, real_redis_client, require
 
@@ -46,14 +46,23 @@ def _no_worker_outlives_the_session() -> Iterator[None]:
 class WorkerProcess:
     """A `celery worker` in its own process group, killable for real."""
 
-    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 2) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        concurrency: int = 2,
+        queues: tuple[str, ...] = (INGEST_QUEUE, FLUSH_QUEUE),
+    ) -> None:
         self.env = env
         self.log = log
         self.concurrency = concurrency
+        self.queues = queues
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
-        command = worker_command(concurrency=self.concurrency, name=f"w{uuid.uuid4().hex[:6]}@%h")
+        command = worker_command(
+            self.queues, concurrency=self.concurrency, name=f"w{uuid.uuid4().hex[:6]}@%h"
+        )
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 command, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True

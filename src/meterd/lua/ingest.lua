@@ -12,6 +12,13 @@ ARGV[4i + 1]            start of the UTC month of the event time, epoch microsec
 ARGV[4i + 2]            quantity, integer micro-units (> 0)
 ARGV[4i + 3]            target entitlement id (hex) or ""
 
+Threshold crossings: when a PRE_PAID period's consumption goes from below 80%
+(or 100%) of its limit to at or above it, the field "n:<ent>:<period>:<pct>" of
+the pending hash is set (HSETNX) to "<now>:<consumed after>". The flush moves it
+to the database with the counts, where it becomes a notification (once: its id
+is the primary key). Consumption only grows, so each crossing happens in one
+batch only, and a redelivered event is a duplicate that moves nothing.
+
 A dedupe marker lives max(ARGV[3], event time + late window - now): as long as
 the event could still be accepted, so a redelivery can never count it twice.
 
@@ -41,6 +48,9 @@ local out = {}
 -- used_key -> field -> { base value read from Redis (or false), delta of this batch }
 local used = {}
 local pending = {}
+-- field -> limit of a PRE_PAID period (for threshold crossings)
+local prepaid_limits = {}
+local THRESHOLDS = { 80, 100 }
 
 local function int_str(n)
   return string.format("%.0f", n)
@@ -71,20 +81,20 @@ end
 -- The hash field and limit of the period of entitlement e that contains ts.
 local function period_of(e, ts, month)
   if e.b == "U" then
-    return e.i .. ":" .. month, e.q
+    return e.i .. ":" .. month, e.q, false
   end
   local last = nil
   for _, p in ipairs(e.p) do
     if p[1] <= ts and (p[2] < 0 or ts < p[2]) then
-      return p[4], p[3]
+      return p[4], p[3], true
     end
     last = p
   end
   -- In grace (past the end of the last period, before grace_until): the last period.
   if last ~= nil and last[2] >= 0 and ts >= last[2] then
-    return last[4], last[3]
+    return last[4], last[3], true
   end
-  return nil, nil
+  return nil, nil, false
 end
 
 local function count(used_key, cands, qty)
@@ -124,8 +134,11 @@ local function resolve(resolution_key, used_key, ts, month, qty, target)
       if e.t == "S" then
         suspended = true
       else
-        local field, limit = period_of(e, ts, month)
-        if field ~= nil then cands[#cands + 1] = { field, limit } end
+        local field, limit, prepaid = period_of(e, ts, month)
+        if field ~= nil then
+          cands[#cands + 1] = { field, limit }
+          if prepaid and limit > 0 then prepaid_limits[field] = limit end
+        end
       end
     end
   end
@@ -156,10 +169,31 @@ for i = 1, n_events do
   out[i] = code
 end
 
+-- The smallest consumption that is at least pct% of limit, in exact integer steps
+-- (limit * pct could pass 2^53).
+local function threshold_point(limit, pct)
+  if pct == 100 then return limit end
+  local q = math.floor(limit / 100)
+  local r = limit - 100 * q
+  return pct * q + math.ceil(pct * r / 100)
+end
+
+local function note_crossings(field, before, after)
+  local limit = prepaid_limits[field]
+  if limit == nil then return end
+  for _, pct in ipairs(THRESHOLDS) do
+    local point = threshold_point(limit, pct)
+    if before < point and after >= point then
+      redis.call("HSETNX", pending_key, "n:" .. field .. ":" .. pct, ARGV[1] .. ":" .. int_str(after))
+    end
+  end
+end
+
 for used_key, fields in pairs(used) do
   for field, entry in pairs(fields) do
     if entry[2] > 0 then
-      redis.call("HINCRBY", used_key, field, int_str(entry[2]))
+      local after = tonumber(redis.call("HINCRBY", used_key, field, int_str(entry[2])))
+      note_crossings(field, after - entry[2], after)
     end
   end
 end

@@ -7,6 +7,8 @@ The protocol (see docs/architecture.md for each crash point):
 2. The batch is added to the usage periods in one database transaction that
    also inserts the batch id; a batch id already present means a previous
    flush committed it, and it is not added again.
+   Threshold crossings that ingest recorded in the pending hash travel with the
+   counts and become notification rows in that same transaction.
 3. ``end_flush`` deletes the batch from Redis.
 
 A crash before 2 commits leaves the batch in Redis for the next flush; a crash
@@ -30,6 +32,8 @@ class FlushReport:
     total_micros: int
     #: False when the database already had this batch (a crash after commit).
     applied: bool
+    #: Threshold crossings recorded as notifications by this flush.
+    crossings: int = 0
 
     @property
     def empty(self) -> bool:
@@ -45,10 +49,18 @@ class FlushService:
         batch_id = self.counters.begin_flush(uuid.uuid4().hex)
         if batch_id is None:
             return FlushReport(None, 0, 0, applied=False)
-        deltas = self.counters.read_flush_batch()
-        applied = self.repository.apply_flush_batch(batch_id, deltas, now)
+        content = self.counters.read_flush_batch()
+        applied = self.repository.apply_flush_batch(
+            batch_id, content.deltas, now, content.crossings
+        )
         self.counters.end_flush(batch_id)
-        return FlushReport(batch_id, len(deltas), sum(deltas.values()), applied=applied)
+        return FlushReport(
+            batch_id,
+            len(content.deltas),
+            sum(content.deltas.values()),
+            applied=applied,
+            crossings=len(content.crossings) if applied else 0,
+        )
 
     def flush_all(self, now: datetime, max_batches: int = 10) -> list[FlushReport]:
         """Flush until nothing is pending (bounded: new usage keeps arriving)."""

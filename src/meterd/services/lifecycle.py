@@ -5,15 +5,21 @@ compare-and-set, so a transition is applied and recorded once. A run that
 follows a long outage catches up: every transition that fell due is applied
 in order (see ``meterd.lifecycle``), renewals included: each opens its own
 usage period, so usage still pending in Redis for the closed period lands
-there when it is flushed. After the commit, the resolution data of
-every touched customer is refreshed, so ingest sees the new state at once.
+there when it is flushed.
+
+Ingest decides eligibility by the event time against the entitlement's window
+(starts_at, ends_at, grace_until), which the resolution data in Redis already
+holds; so activation, grace and expiry change nothing ingest reads, and they
+are right in Redis the instant they fall due, before this job runs. A renewal
+does change it (a new period, a new end): after the commit, the resolution data
+of every renewed customer is replaced, so ingest sees the new term at once.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from meterd.domain import ContractMode, Status
 from meterd.lifecycle import due_transitions
@@ -41,6 +47,9 @@ class LifecycleService:
         """Apply what is due, at most ``batch_size`` entitlements (call again for more)."""
         report = LifecycleReport(job_run_id=job_run_id or uuid.uuid4().hex)
         due_now = self.repository.due_for_lifecycle(now, batch_size)
+        terms = self.repository.latest_period_lengths(
+            [due.id for due in due_now if self._renews(due)]
+        )
         batch = [
             (
                 due,
@@ -50,7 +59,7 @@ class LifecycleService:
                     due.ends_at,
                     due.grace_until,
                     now,
-                    self._renewal_term(due),
+                    terms.get(due.id),
                 ),
             )
             for due in due_now
@@ -67,17 +76,17 @@ class LifecycleService:
             report.transitions += len(chain)
             target = chain[-1].to_status.value
             report.by_target[target] = report.by_target.get(target, 0) + 1
-            touched.add((due.org_id, due.customer_id, due.feature))
+            if any(step.renewal_end is not None for step in chain):
+                touched.add((due.org_id, due.customer_id, due.feature))
         if touched:
             self.resolution.refresh(touched, now)
         return report
 
-    def _renewal_term(self, due: DueEntitlement) -> timedelta | None:
-        """The length of the next term, if the entitlement renews: auto-renew and not a
-        trial (a trial ends at ends_at unless converted to PRODUCTION)."""
-        if not due.auto_renew or due.contract_mode == ContractMode.TRIAL.value:
-            return None
-        return self.repository.latest_period_length(due.id)
+    @staticmethod
+    def _renews(due: DueEntitlement) -> bool:
+        """Auto-renew and not a trial (a trial ends at ends_at unless converted to
+        PRODUCTION). A renewed term repeats the length of the latest period."""
+        return due.auto_renew and due.contract_mode != ContractMode.TRIAL.value
 
     def advance_all(self, now: datetime, *, batch_size: int = 1000) -> LifecycleReport:
         """Advance batch after batch until nothing is due (one job run id for all)."""

@@ -18,6 +18,7 @@ import redis
 
 from meterd.events import UsageEvent
 from meterd.keys import Keys
+from meterd.notifications import CROSSING_FIELD_PREFIX, Crossing
 from meterd.timeutil import epoch_micros, month_start
 
 MISSING_RESOLUTION = "m"
@@ -29,6 +30,15 @@ class CounterStoreError(RuntimeError):
 
 def _load_script(name: str) -> str:
     return resources.files("meterd").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class FlushBatchContent:
+    """A flush batch: micro-units per period field, and the threshold crossings
+    recorded with them (see ingest.lua)."""
+
+    deltas: dict[str, int]
+    crossings: list[Crossing]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +154,16 @@ class CounterStore:
             return None
         return result.decode() if isinstance(result, bytes) else str(result)
 
-    def read_flush_batch(self) -> dict[str, int]:
+    def read_flush_batch(self) -> FlushBatchContent:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.flush_batch))
-        return {field.decode(): int(value) for field, value in raw.items()}
+        content = FlushBatchContent({}, [])
+        for raw_field, value in raw.items():
+            field = raw_field.decode()
+            if field.startswith(CROSSING_FIELD_PREFIX):
+                content.crossings.append(Crossing.parse(field, value.decode()))
+            else:
+                content.deltas[field] = int(value)
+        return content
 
     def end_flush(self, batch_id: str) -> bool:
         k = self.keys

@@ -91,6 +91,9 @@ class Organisation(Base):
     name: Mapped[str] = mapped_column(String(200))
     last_entitlement_number: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: Where notifications are POSTed (None: no webhook), and the HMAC key that signs them.
+    webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    webhook_secret: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class Feature(Base):
@@ -224,3 +227,33 @@ class DeadLetter(Base):
     received_at: Mapped[datetime] = mapped_column(UtcDateTime())
     replayed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     replay_outcome: Mapped[str | None] = mapped_column(String(32), nullable=True)
+
+
+class Notification(Base):
+    """One notification (see ``meterd.notifications``) and where its delivery stands.
+
+    It is inserted in the same transaction as what it announces (the flush batch
+    that carried a threshold crossing, the lifecycle step), so it exists exactly
+    once. ``due_at`` is when the dispatcher should (re)publish it to
+    ``meterd.notify``: at creation, after a failed webhook call (backoff), and
+    after a lease when a published one never reported back. None: done.
+    """
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        Index("ix_notifications_due", "due_at"),
+        Index("ix_notifications_entitlement", "entitlement_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    entitlement_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    type: Mapped[str] = mapped_column(String(64))
+    #: The payload as JSON text, exactly as published and POSTed.
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    due_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    delivery: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

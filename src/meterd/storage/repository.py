@@ -33,6 +33,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from meterd.domain import BillingType, EntitlementView, Period, Status
 from meterd.keys import period_field
 from meterd.lifecycle import Transition, extend_term
+from meterd.notifications import (
+    Crossing,
+    NotificationType,
+    envelope,
+    threshold_data,
+    transition_data,
+    transition_notification_id,
+    transition_type,
+)
 from meterd.quantity import from_micros, to_micros
 from meterd.storage.models import (
     Entitlement,
@@ -42,6 +51,7 @@ from meterd.storage.models import (
     Organisation,
     UsagePeriod,
 )
+from meterd.storage.notifications import insert_notifications
 from meterd.timeutil import from_epoch_micros, next_month_start
 
 
@@ -240,25 +250,28 @@ class SqlRepository:
                 for step in chain
                 if step.renewal_end is not None
             ]
-            audit = [
-                {
-                    "id": uuid.uuid4(),
-                    "org_id": due.org_id,
-                    "entitlement_id": due.id,
-                    "from_status": step.from_status.value,
-                    "to_status": step.to_status.value,
-                    "at": step.at,
-                    "recorded_at": now,
-                    "reason": step.reason,
-                    "job_run_id": job_run_id,
-                }
-                for due, chain in (wanted[i] for i in moved)
-                for step in chain
-            ]
+            audit: list[dict[str, Any]] = []
+            notifications: list[dict[str, Any]] = []
+            for due, chain in (wanted[i] for i in moved):
+                for step in chain:
+                    row = {
+                        "id": uuid.uuid4(),
+                        "org_id": due.org_id,
+                        "entitlement_id": due.id,
+                        "from_status": step.from_status.value,
+                        "to_status": step.to_status.value,
+                        "at": step.at,
+                        "recorded_at": now,
+                        "reason": step.reason,
+                        "job_run_id": job_run_id,
+                    }
+                    audit.append(row)
+                    notifications.append(transition_notification(row, due))
             if periods:
                 s.execute(insert(UsagePeriod), periods)
             if audit:
                 s.execute(insert(EntitlementTransition), audit)
+                insert_notifications(s, notifications, now)
         return moved
 
     @staticmethod
@@ -344,19 +357,35 @@ class SqlRepository:
         )
         return moved
 
-    def latest_period_length(self, entitlement_id: uuid.UUID) -> timedelta | None:
-        """Length of the entitlement's most recent period (a renewal repeats it)."""
-        stmt = (
-            select(UsagePeriod.period_start, UsagePeriod.period_end)
-            .where(UsagePeriod.entitlement_id == entitlement_id)
-            .order_by(UsagePeriod.period_start.desc())
-            .limit(1)
+    def latest_period_lengths(
+        self, entitlement_ids: Sequence[uuid.UUID]
+    ) -> dict[uuid.UUID, timedelta]:
+        """Length of each entitlement's most recent period (a renewal repeats it); open
+        periods are left out. One query for the whole batch."""
+        if not entitlement_ids:
+            return {}
+        latest = (
+            select(
+                UsagePeriod.entitlement_id,
+                func.max(UsagePeriod.period_start).label("period_start"),
+            )
+            .where(UsagePeriod.entitlement_id.in_(entitlement_ids))
+            .group_by(UsagePeriod.entitlement_id)
+            .subquery()
+        )
+        stmt = select(
+            UsagePeriod.entitlement_id, UsagePeriod.period_start, UsagePeriod.period_end
+        ).join(
+            latest,
+            and_(
+                UsagePeriod.entitlement_id == latest.c.entitlement_id,
+                UsagePeriod.period_start == latest.c.period_start,
+            ),
         )
         with self.sessions() as s:
-            row = s.execute(stmt).first()
-        if row is None or row[1] is None:
-            return None
-        return row[1] - row[0]
+            return {
+                ent_id: end - start for ent_id, start, end in s.execute(stmt) if end is not None
+            }
 
     def transitions(self, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
         with self.sessions() as s:
@@ -430,8 +459,15 @@ class SqlRepository:
 
     # -- flush ----------------------------------------------------------------------
 
-    def apply_flush_batch(self, batch_id: str, deltas: dict[str, int], now: datetime) -> bool:
-        """Add a flush batch to the usage periods, exactly once.
+    def apply_flush_batch(
+        self,
+        batch_id: str,
+        deltas: dict[str, int],
+        now: datetime,
+        crossings: Sequence[Crossing] = (),
+    ) -> bool:
+        """Add a flush batch to the usage periods, exactly once, with a notification
+        for each threshold crossing it carries.
 
         Returns False if the batch was applied before. The ``flush_batches`` row is
         inserted first: a second flush of the same batch blocks on its primary key
@@ -468,11 +504,49 @@ class SqlRepository:
                             for (e, p), m in parsed
                         ],
                     )
+                if crossings:
+                    insert_notifications(s, self._crossing_payloads(s, crossings), now)
         except IntegrityError:
             if self.batch_committed(batch_id):
                 return False
             raise
         return True
+
+    @staticmethod
+    def _crossing_payloads(s: Session, crossings: Sequence[Crossing]) -> list[dict[str, Any]]:
+        ids = {c.entitlement_id for c in crossings}
+        rows = s.execute(
+            select(
+                UsagePeriod.entitlement_id,
+                UsagePeriod.period_start,
+                UsagePeriod.quantity,
+                Entitlement.org_id,
+                Entitlement.customer_id,
+                Feature.key,
+            )
+            .join(Entitlement, Entitlement.id == UsagePeriod.entitlement_id)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(UsagePeriod.entitlement_id.in_(ids))
+        ).all()
+        by_period = {(r.entitlement_id, r.period_start): r for r in rows}
+        payloads = []
+        for crossing in crossings:
+            row = by_period.get((crossing.entitlement_id, crossing.period_start))
+            if row is None or row.quantity is None:
+                continue  # not a limited PRE_PAID period (cannot happen: ingest.lua checks)
+            payloads.append(
+                envelope(
+                    notification_id=crossing.notification_id,
+                    kind=NotificationType.THRESHOLD_CROSSED,
+                    org=row.org_id,
+                    customer_id=row.customer_id,
+                    feature=row.key,
+                    entitlement_id=crossing.entitlement_id,
+                    occurred_at=crossing.at,
+                    data=threshold_data(crossing, to_micros(row.quantity)),
+                )
+            )
+        return payloads
 
     def _ensure_periods(
         self, s: Session, keys: Sequence[tuple[uuid.UUID, datetime]], now: datetime
@@ -573,6 +647,22 @@ _PERIOD_COLUMNS = (
     UsagePeriod.quantity,
     UsagePeriod.consumed,
 )
+
+
+def transition_notification(row: dict[str, Any], due: DueEntitlement) -> dict[str, Any]:
+    """The notification of one audit row (as inserted into entitlement_transitions)."""
+    return envelope(
+        notification_id=transition_notification_id(row["id"]),
+        kind=transition_type(row["from_status"], row["to_status"], row["reason"]),
+        org=row["org_id"],
+        customer_id=due.customer_id,
+        feature=due.feature,
+        entitlement_id=due.id,
+        occurred_at=row["at"],
+        data=transition_data(
+            row["from_status"], row["to_status"], row["reason"], row["job_run_id"]
+        ),
+    )
 
 
 def _view(ent: Any, periods: Sequence[Any]) -> EntitlementView:

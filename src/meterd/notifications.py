@@ -1,0 +1,147 @@
+"""Notifications: what meterd tells the outside world, and the payload it sends.
+
+Every notification is one JSON object (the payload of a ``meterd.notify`` task
+and the body of a webhook POST)::
+
+    {"id": "ntf_...",                 # stable: retries and redeliveries repeat it
+     "type": "entitlement.threshold_crossed" | "entitlement.status_changed"
+             | "entitlement.renewed" | "entitlement.period_opened",
+     "org": "acme", "customer_id": "cust-1", "feature": "api_calls",
+     "entitlement_id": "<uuid>",
+     "occurred_at": "2026-11-22T10:00:00.000000Z",
+     "data": {...}}                    # per type, below
+
+``entitlement.threshold_crossed``: ``threshold_percent`` (80 or 100),
+``period_start``, ``quantity`` (the period's limit), ``consumed`` (the
+consumption after the ingest batch that crossed it, so it may be past the
+threshold), quantities as exact decimal strings.
+
+``entitlement.status_changed`` / ``renewed`` / ``period_opened``: ``from_status``,
+``to_status``, ``reason``, ``job_run_id``.
+
+A crossing is recorded once per (entitlement, period, threshold) and a
+transition once per step, so each notification exists once; delivery to the
+queue and to a webhook is at least once, and receivers dedupe on ``id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from meterd.quantity import format_quantity, from_micros
+from meterd.timeutil import from_epoch_micros, isoformat
+
+#: Percentages of a PRE_PAID quantity whose crossing is announced (see ingest.lua).
+THRESHOLDS = (80, 100)
+
+#: Prefix of the pending-hash fields that record crossings (see ingest.lua).
+CROSSING_FIELD_PREFIX = "n:"
+
+
+class NotificationType(StrEnum):
+    THRESHOLD_CROSSED = "entitlement.threshold_crossed"
+    STATUS_CHANGED = "entitlement.status_changed"
+    RENEWED = "entitlement.renewed"
+    PERIOD_OPENED = "entitlement.period_opened"
+
+
+class Delivery(StrEnum):
+    """Where a notification's webhook delivery stands."""
+
+    PENDING = "pending"  # published, or to be published, to meterd.notify
+    DELIVERED = "delivered"  # the org's webhook answered 2xx
+    NO_WEBHOOK = "no_webhook"  # published; the org has no webhook to call
+    FAILED = "failed"  # the webhook kept failing: given up after the last attempt
+
+
+@dataclass(frozen=True, slots=True)
+class Crossing:
+    """A threshold crossing as ingest.lua recorded it in the pending hash."""
+
+    entitlement_id: uuid.UUID
+    period_start: datetime
+    percent: int
+    at: datetime
+    consumed_micros: int
+
+    @classmethod
+    def parse(cls, field: str, value: str) -> Crossing:
+        """From ``n:<ent hex>:<period start us>:<pct>`` -> ``<at us>:<consumed micros>``."""
+        _, ent, start, pct = field.split(":")
+        at, consumed = value.split(":")
+        return cls(
+            uuid.UUID(hex=ent),
+            from_epoch_micros(int(start)),
+            int(pct),
+            from_epoch_micros(int(at)),
+            int(consumed),
+        )
+
+    @property
+    def notification_id(self) -> str:
+        key = f"{self.entitlement_id.hex}:{self.period_start.isoformat()}:{self.percent}"
+        return "ntf_thr_" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def transition_notification_id(transition_id: uuid.UUID) -> str:
+    return f"ntf_trn_{transition_id.hex}"
+
+
+def transition_type(from_status: str, to_status: str, reason: str) -> NotificationType:
+    if from_status != to_status:
+        return NotificationType.STATUS_CHANGED
+    if reason == PERIOD_OPENED_REASON:
+        return NotificationType.PERIOD_OPENED
+    return NotificationType.RENEWED
+
+
+#: The reason recorded when a PAY_PER_USE entitlement opens its month's period.
+PERIOD_OPENED_REASON = "calendar month opened"
+
+
+def envelope(
+    *,
+    notification_id: str,
+    kind: NotificationType,
+    org: str,
+    customer_id: str,
+    feature: str,
+    entitlement_id: uuid.UUID,
+    occurred_at: datetime,
+    data: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "id": notification_id,
+        "type": kind.value,
+        "org": org,
+        "customer_id": customer_id,
+        "feature": feature,
+        "entitlement_id": str(entitlement_id),
+        "occurred_at": isoformat(occurred_at),
+        "data": data,
+    }
+
+
+def threshold_data(crossing: Crossing, quantity_micros: int) -> dict[str, Any]:
+    return {
+        "threshold_percent": crossing.percent,
+        "period_start": isoformat(crossing.period_start),
+        "quantity": format_quantity(from_micros(quantity_micros)),
+        "consumed": format_quantity(from_micros(crossing.consumed_micros)),
+    }
+
+
+def transition_data(
+    from_status: str, to_status: str, reason: str, job_run_id: str
+) -> dict[str, Any]:
+    return {
+        "from_status": from_status,
+        "to_status": to_status,
+        "reason": reason,
+        "job_run_id": job_run_id,
+    }
