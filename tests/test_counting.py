@@ -188,7 +188,10 @@ def test_pay_per_use_counts_per_calendar_month(runtime: Runtime) -> None:
     ingest(runtime, event(event_id="nov", time=NOW, quantity="5"))
     runtime.flush.flush_all(NOW)
     periods = runtime.repository.consumption_by_period(ent.id)
+    # September (the month of starts_at) opened with the entitlement; the flush opens
+    # a month on its first usage if the lifecycle job has not opened it yet.
     assert [(p.period_start.month, p.consumed) for p in periods] == [
+        (9, Decimal(0)),
         (10, Decimal(7)),
         (11, Decimal(5)),
     ]
@@ -201,6 +204,7 @@ def test_late_event_after_a_month_change_lands_in_the_old_month(runtime: Runtime
         starts_at=NOW - timedelta(days=60),
         ends_at=None,
     )
+    runtime.lifecycle.advance(NOW)  # opens October and November
     ingest(runtime, event(event_id="nov", time=NOW))
     runtime.flush.flush_all(NOW)
     late = NOW.replace(month=10, day=25)
@@ -210,6 +214,7 @@ def test_late_event_after_a_month_change_lands_in_the_old_month(runtime: Runtime
     runtime.flush.flush_all(NOW)
     periods = runtime.repository.consumption_by_period(ent.id)
     assert [(p.period_start.month, p.consumed) for p in periods] == [
+        (9, Decimal(0)),
         (10, Decimal(3)),
         (11, Decimal(1)),
     ]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
+import pytest
 from sqlalchemy import func, select
 
-from meterd.domain import Outcome, Status
+from meterd.domain import BillingType, Outcome, Status
 from meterd.runtime import Runtime
-from meterd.storage.models import EntitlementTransition
+from meterd.services.catalog import CatalogError
+from meterd.storage.models import Entitlement, EntitlementTransition
 from meterd.testing import event
 
 from .conftest import NOW
@@ -205,3 +208,47 @@ def test_missed_renewals_open_every_term(runtime: Runtime) -> None:
     periods = runtime.repository.consumption_by_period(ent.id)
     assert len(periods) == 4  # the original term and three renewals
     assert runtime.repository.entitlement(ent.id).ends_at == TERM_END + timedelta(days=90)
+
+
+# -- PAY_PER_USE calendar months ---------------------------------------------------------
+
+DECEMBER = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def months_of(rt: Runtime, entitlement_id: object) -> list[tuple[int, Decimal]]:
+    periods = rt.repository.consumption_by_period(entitlement_id)  # type: ignore[arg-type]
+    return [(p.period_start.month, p.consumed) for p in periods]
+
+
+def pay_per_use(rt: Runtime) -> Entitlement:
+    return grant(rt, quantity="1000", billing_type=BillingType.PAY_PER_USE, ends_at=None)
+
+
+def test_pay_per_use_opens_each_calendar_month_ahead_of_usage(runtime: Runtime) -> None:
+    ent = pay_per_use(runtime)
+    assert months_of(runtime, ent.id) == [(11, Decimal(0))]
+    assert runtime.lifecycle.advance(DECEMBER - timedelta(microseconds=1)).transitions == 0
+    report = runtime.lifecycle.advance(DECEMBER)
+    assert report.transitions == 1
+    assert months_of(runtime, ent.id) == [(11, Decimal(0)), (12, Decimal(0))]
+    (step,) = runtime.repository.transitions(ent.id)
+    assert (step.from_status, step.to_status, step.at) == ("ACTIVE", "ACTIVE", DECEMBER)
+    assert runtime.lifecycle.advance(DECEMBER + timedelta(days=1)).transitions == 0
+
+
+def test_a_month_already_opened_by_its_first_usage_is_kept_with_its_usage(
+    runtime: Runtime,
+) -> None:
+    ent = pay_per_use(runtime)
+    early = event(event_id="dec", time=DECEMBER + timedelta(minutes=1), quantity="4")
+    assert runtime.ingest.ingest([early], now=DECEMBER + timedelta(minutes=1)).outcomes == [
+        Outcome.ACCEPTED
+    ]
+    runtime.flush.flush_all(DECEMBER + timedelta(minutes=1))  # opens December first
+    runtime.lifecycle.advance(DECEMBER + timedelta(minutes=2))
+    assert months_of(runtime, ent.id) == [(11, Decimal(0)), (12, Decimal(4))]
+
+
+def test_a_pay_per_use_entitlement_cannot_auto_renew(runtime: Runtime) -> None:
+    with pytest.raises(CatalogError, match="calendar month"):
+        grant(runtime, billing_type=BillingType.PAY_PER_USE, auto_renew=True)

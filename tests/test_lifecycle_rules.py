@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from meterd.domain import Status
-from meterd.lifecycle import due_transitions, next_transition
+from meterd.lifecycle import Transition, due_transitions, next_period_after, next_transition
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = datetime(2026, 12, 1, tzinfo=UTC)
@@ -114,3 +114,50 @@ def test_a_moved_term_keeps_its_grace_length() -> None:
     assert extend_term(END, None, END + MONTH) == (END + MONTH, None)
     assert extend_term(END, GRACE, None) == (None, None)
     assert extend_term(None, None, END) == (None, None)
+
+
+# -- PAY_PER_USE calendar months ---------------------------------------------------------
+
+DEC = datetime(2026, 12, 1, tzinfo=UTC)
+JAN = datetime(2027, 1, 1, tzinfo=UTC)
+FEB = datetime(2027, 2, 1, tzinfo=UTC)
+
+
+def months(chain: list[Transition]) -> list[tuple[datetime, datetime | None]]:
+    return [(t.at, t.month_end) for t in chain if t.month_end is not None]
+
+
+def test_a_month_opens_exactly_at_its_first_instant() -> None:
+    assert due_transitions(Status.ACTIVE, START, None, None, DEC - US, next_period_at=DEC) == []
+    chain = due_transitions(Status.ACTIVE, START, None, None, DEC, next_period_at=DEC)
+    assert [(t.from_status, t.to_status, t.at, t.month_end) for t in chain] == [
+        (Status.ACTIVE, Status.ACTIVE, DEC, JAN)
+    ]
+
+
+def test_missed_months_open_one_by_one() -> None:
+    chain = due_transitions(Status.ACTIVE, START, None, None, FEB, next_period_at=DEC)
+    assert months(chain) == [(DEC, JAN), (JAN, FEB), (FEB, datetime(2027, 3, 1, tzinfo=UTC))]
+
+
+def test_no_month_opens_once_the_entitlement_has_ended() -> None:
+    chain = due_transitions(Status.ACTIVE, START, DEC, None, FEB, next_period_at=DEC)
+    assert [(t.to_status, t.at) for t in chain] == [(Status.EXPIRED, DEC)]
+    assert next_period_after(chain, DEC) is None
+
+
+def test_a_month_opens_during_grace_and_the_chain_stays_in_time_order() -> None:
+    ends = DEC - timedelta(days=2)
+    chain = due_transitions(Status.ACTIVE, START, ends, JAN + timedelta(days=3), FEB, None, DEC)
+    assert [(t.from_status, t.to_status, t.at) for t in chain] == [
+        (Status.ACTIVE, Status.GRACE, ends),
+        (Status.GRACE, Status.GRACE, DEC),
+        (Status.GRACE, Status.GRACE, JAN),
+        (Status.GRACE, Status.EXPIRED, JAN + timedelta(days=3)),
+    ]
+
+
+def test_a_pending_entitlement_opens_months_only_after_it_starts() -> None:
+    chain = due_transitions(Status.PENDING, DEC, None, None, JAN, next_period_at=JAN)
+    assert [(t.to_status, t.at) for t in chain] == [(Status.ACTIVE, DEC), (Status.ACTIVE, JAN)]
+    assert next_period_after(chain, JAN) == FEB

@@ -5,8 +5,11 @@
 
 An entitlement that renews (auto-renew, not a trial) does not leave ACTIVE at
 ``ends_at``: it opens a new period of the same length, and ``ends_at`` moves
-to that period's end. SUSPENDED and TERMINATED are set by an operator and
-never left by the clock (TERMINATED is final). A job that missed runs (beat down for a day) catches
+to that period's end. A PAY_PER_USE entitlement counts per calendar month
+(UTC): while ACTIVE or GRACE, it opens each month's period at ``next_period_at``
+(the next month start), as long as the month begins before it stops being
+usable. SUSPENDED and TERMINATED are set by an operator and never left by the
+clock (TERMINATED is final). A job that missed runs (beat down for a day) catches
 up: every transition that fell due is applied in order, each stamped with the
 instant it fell due, not the instant the job ran.
 """
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from meterd.domain import Status
+from meterd.notifications import PERIOD_OPENED_REASON
+from meterd.timeutil import next_month_start
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +32,8 @@ class Transition:
     reason: str
     #: Set on a renewal: the new period runs from ``at`` to here.
     renewal_end: datetime | None = None
+    #: Set when a PAY_PER_USE month opens: its period runs from ``at`` to here.
+    month_end: datetime | None = None
 
 
 def extend_term(
@@ -49,9 +56,25 @@ def next_transition(
     grace_until: datetime | None,
     now: datetime,
     renew_every: timedelta | None = None,
+    next_period_at: datetime | None = None,
 ) -> Transition | None:
-    """The one transition due at ``now`` from ``status``, if any. ``renew_every`` is
-    the length of a renewed term, or None if the entitlement does not renew."""
+    """The earliest transition due at ``now`` from ``status``, if any. ``renew_every``
+    is the length of a renewed term, or None if the entitlement does not renew;
+    ``next_period_at`` is when a PAY_PER_USE entitlement's next month opens."""
+    if (
+        status in (Status.ACTIVE, Status.GRACE)
+        and next_period_at is not None
+        and now >= next_period_at
+    ):
+        own_step = ends_at if status is Status.ACTIVE else grace_until
+        if own_step is None or next_period_at < own_step:
+            return Transition(
+                status,
+                status,
+                next_period_at,
+                PERIOD_OPENED_REASON,
+                month_end=next_month_start(next_period_at),
+            )
     if status is Status.PENDING and now >= starts_at:
         return Transition(status, Status.ACTIVE, starts_at, "starts_at reached")
     if status is Status.ACTIVE and ends_at is not None and now >= ends_at and renew_every:
@@ -72,16 +95,31 @@ def due_transitions(
     grace_until: datetime | None,
     now: datetime,
     renew_every: timedelta | None = None,
+    next_period_at: datetime | None = None,
 ) -> list[Transition]:
     """Every transition due at ``now``, in order (several after missed runs)."""
     if renew_every is not None and renew_every <= timedelta(0):
         raise ValueError("a renewed term must have a positive length")
     chain: list[Transition] = []
     while (
-        step := next_transition(status, starts_at, ends_at, grace_until, now, renew_every)
+        step := next_transition(
+            status, starts_at, ends_at, grace_until, now, renew_every, next_period_at
+        )
     ) is not None:
         chain.append(step)
         status = step.to_status
         if step.renewal_end is not None:
             ends_at, grace_until = extend_term(ends_at, grace_until, step.renewal_end)
+        if step.month_end is not None:
+            next_period_at = step.month_end
     return chain
+
+
+def next_period_after(chain: list[Transition], current: datetime | None) -> datetime | None:
+    """``next_period_at`` once the chain is applied: None when the entitlement can no
+    longer be used (so it leaves the index of due months), else past the last month
+    the chain opened."""
+    if chain and chain[-1].to_status not in (Status.ACTIVE, Status.GRACE, Status.PENDING):
+        return None
+    months = [step.month_end for step in chain if step.month_end is not None]
+    return months[-1] if months else current

@@ -22,6 +22,7 @@ from meterd.domain import (
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.models import Entitlement, Feature, UsagePeriod
 from meterd.storage.repository import SqlRepository
+from meterd.timeutil import month_start, next_month_start
 
 
 class CatalogError(ValueError):
@@ -101,6 +102,11 @@ class Catalog:
             raise CatalogError("ends_at must be after starts_at")
         if len(spec.customer_id) > 128 or not spec.customer_id:
             raise CatalogError("customer_id must be 1-128 characters")
+        if spec.auto_renew and spec.billing_type is BillingType.PAY_PER_USE:
+            raise CatalogError(
+                "a PAY_PER_USE entitlement counts per calendar month and cannot auto-renew; "
+                "leave ends_at open or extend it"
+            )
         feature = self.repository.feature_by_key(spec.org, spec.feature)
         grace_until = spec.ends_at + spec.grace if spec.ends_at and spec.grace else None
         ent = Entitlement(
@@ -125,17 +131,25 @@ class Catalog:
             created_at=now,
             updated_at=now,
         )
-        periods = []
         if spec.billing_type is BillingType.PRE_PAID:
-            periods.append(
-                UsagePeriod(
-                    period_start=spec.starts_at,
-                    period_end=spec.ends_at,
-                    quantity=spec.quantity,
-                    consumed=Decimal(0),
-                    updated_at=now,
-                )
+            first = UsagePeriod(
+                period_start=spec.starts_at,
+                period_end=spec.ends_at,
+                quantity=spec.quantity,
+                consumed=Decimal(0),
+                updated_at=now,
             )
+        else:
+            # The month of starts_at opens now; the lifecycle job opens each next one.
+            first = UsagePeriod(
+                period_start=month_start(spec.starts_at),
+                period_end=next_month_start(spec.starts_at),
+                quantity=spec.quantity,
+                consumed=Decimal(0),
+                updated_at=now,
+            )
+            ent.next_period_at = next_month_start(spec.starts_at)
+        periods = [first]
         self.repository.add_entitlement(ent, periods)
         self.resolution.refresh([(spec.org, spec.customer_id, spec.feature)], now)
         return ent

@@ -60,6 +60,7 @@ class LifecycleService:
                     due.grace_until,
                     now,
                     terms.get(due.id),
+                    due.next_period_at,
                 ),
             )
             for due in due_now

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 
@@ -32,3 +34,21 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def insert_ignoring_duplicates(
+    s: Session, model: Any, rows: Sequence[dict[str, Any]], unique: Sequence[str]
+) -> None:
+    """INSERT ... ON CONFLICT (unique) DO NOTHING: for rows two writers may race to
+    create (a month's usage period, a notification)."""
+    if not rows:
+        return
+    dialect = s.get_bind().dialect.name
+    stmt: Any
+    if dialect == "postgresql":
+        stmt = postgresql.insert(model).on_conflict_do_nothing(index_elements=list(unique))
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(model).on_conflict_do_nothing(index_elements=list(unique))
+    else:  # pragma: no cover - meterd runs on PostgreSQL and SQLite
+        stmt = insert(model)
+    s.execute(stmt, list(rows))

@@ -28,6 +28,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeEngine
@@ -121,6 +122,13 @@ class Entitlement(Base):
         Index("ix_entitlements_status_starts", "status", "starts_at"),
         Index("ix_entitlements_status_ends", "status", "ends_at"),
         Index("ix_entitlements_status_grace", "status", "grace_until"),
+        # Only PAY_PER_USE rows that can still open a month are in it.
+        Index(
+            "ix_entitlements_next_period",
+            "next_period_at",
+            postgresql_where=text("next_period_at IS NOT NULL"),
+            sqlite_where=text("next_period_at IS NOT NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
@@ -148,6 +156,8 @@ class Entitlement(Base):
     row_version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: PAY_PER_USE: the start of the next calendar month to open (None: nothing to open).
+    next_period_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.notifications import Delivery
+from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.models import Notification, Organisation
 
 
@@ -42,15 +42,7 @@ def insert_notifications(s: Session, payloads: Sequence[dict[str, Any]], now: da
         }
         for p in payloads
     ]
-    dialect = s.get_bind().dialect.name
-    stmt: Any
-    if dialect == "postgresql":
-        stmt = postgresql.insert(Notification).on_conflict_do_nothing(index_elements=["id"])
-    elif dialect == "sqlite":
-        stmt = sqlite.insert(Notification).on_conflict_do_nothing(index_elements=["id"])
-    else:  # pragma: no cover - meterd runs on PostgreSQL and SQLite
-        stmt = insert(Notification)
-    s.execute(stmt, rows)
+    insert_ignoring_duplicates(s, Notification, rows, ["id"])
 
 
 @dataclass(frozen=True, slots=True)

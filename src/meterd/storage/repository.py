@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import BillingType, EntitlementView, Period, Status
 from meterd.keys import period_field
-from meterd.lifecycle import Transition, extend_term
+from meterd.lifecycle import Transition, extend_term, next_period_after
 from meterd.notifications import (
     Crossing,
     NotificationType,
@@ -43,6 +43,7 @@ from meterd.notifications import (
     transition_type,
 )
 from meterd.quantity import from_micros, to_micros
+from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.models import (
     Entitlement,
     EntitlementTransition,
@@ -77,6 +78,7 @@ class DueEntitlement:
     ends_at: datetime | None
     grace_until: datetime | None
     row_version: int
+    next_period_at: datetime | None
     auto_renew: bool
     contract_mode: str
     quantity: Decimal | None
@@ -177,8 +179,12 @@ class SqlRepository:
             and_(Entitlement.status == Status.PENDING.value, Entitlement.starts_at <= now),
             and_(Entitlement.status == Status.ACTIVE.value, Entitlement.ends_at <= now),
             and_(Entitlement.status == Status.GRACE.value, Entitlement.grace_until <= now),
+            and_(
+                Entitlement.next_period_at <= now,
+                Entitlement.status.in_([Status.ACTIVE.value, Status.GRACE.value]),
+            ),
         ]
-        rows: list[DueEntitlement] = []
+        rows: dict[uuid.UUID, DueEntitlement] = {}
         with self.sessions() as s:
             for condition in due_conditions:
                 stmt = (
@@ -192,6 +198,7 @@ class SqlRepository:
                         Entitlement.ends_at,
                         Entitlement.grace_until,
                         Entitlement.row_version,
+                        Entitlement.next_period_at,
                         Entitlement.auto_renew,
                         Entitlement.contract_mode,
                         Entitlement.quantity,
@@ -201,10 +208,11 @@ class SqlRepository:
                     .where(condition)
                     .limit(limit - len(rows))
                 )
-                rows += [DueEntitlement(**row._mapping) for row in s.execute(stmt)]
+                for row in s.execute(stmt):
+                    rows.setdefault(row.id, DueEntitlement(**row._mapping))
                 if len(rows) >= limit:
                     break
-        return rows
+        return list(rows.values())
 
     def apply_transitions(
         self,
@@ -239,16 +247,16 @@ class SqlRepository:
                     "org_id": due.org_id,
                     "entitlement_id": due.id,
                     "period_start": step.at,
-                    "period_end": step.renewal_end,
+                    "period_end": step.renewal_end or step.month_end,
                     "quantity": due.renewal_quantity
-                    if due.renewal_quantity is not None
+                    if step.renewal_end is not None and due.renewal_quantity is not None
                     else due.quantity,
                     "consumed": Decimal(0),
                     "updated_at": now,
                 }
                 for due, chain in (wanted[i] for i in moved)
                 for step in chain
-                if step.renewal_end is not None
+                if step.renewal_end is not None or step.month_end is not None
             ]
             audit: list[dict[str, Any]] = []
             notifications: list[dict[str, Any]] = []
@@ -267,8 +275,8 @@ class SqlRepository:
                     }
                     audit.append(row)
                     notifications.append(transition_notification(row, due))
-            if periods:
-                s.execute(insert(UsagePeriod), periods)
+            # A month's period may exist already: a flush opens it on first usage.
+            insert_ignoring_duplicates(s, UsagePeriod, periods, ["entitlement_id", "period_start"])
             if audit:
                 s.execute(insert(EntitlementTransition), audit)
                 insert_notifications(s, notifications, now)
@@ -289,6 +297,7 @@ class SqlRepository:
             "status": chain[-1].to_status.value,
             "row_version": due.row_version + 1,
             "updated_at": now,
+            "next_period_at": next_period_after(list(chain), due.next_period_at),
         }
         ends_at, grace_until = self._new_term(due, chain)
         if ends_at is not None:
@@ -337,6 +346,7 @@ class SqlRepository:
                     "b_version": version + 1,
                     "b_ends": ends_at if ends_at is not None else due.ends_at,
                     "b_grace": grace_until if ends_at is not None else due.grace_until,
+                    "b_next_period": next_period_after(list(chain), due.next_period_at),
                     "b_now": now,
                 }
             )
@@ -351,6 +361,7 @@ class SqlRepository:
                 row_version=bindparam("b_version"),
                 ends_at=bindparam("b_ends", type_=Entitlement.ends_at.type),
                 grace_until=bindparam("b_grace", type_=Entitlement.grace_until.type),
+                next_period_at=bindparam("b_next_period", type_=Entitlement.next_period_at.type),
                 updated_at=bindparam("b_now", type_=Entitlement.updated_at.type),
             ),
             params,
@@ -572,23 +583,26 @@ class SqlRepository:
                 select(Entitlement).where(Entitlement.id.in_({e for e, _ in missing}))
             )
         }
+        rows = []
         for ent_id, start in missing:
             ent = ents.get(ent_id)
             if ent is None:
                 raise NotFoundError("entitlement", ent_id)
             end = next_month_start(start) if ent.billing_type == BillingType.PAY_PER_USE else None
-            s.add(
-                UsagePeriod(
-                    org_id=ent.org_id,
-                    entitlement_id=ent_id,
-                    period_start=start,
-                    period_end=end,
-                    quantity=ent.quantity,
-                    consumed=Decimal(0),
-                    updated_at=now,
-                )
+            rows.append(
+                {
+                    "id": uuid.uuid4(),
+                    "org_id": ent.org_id,
+                    "entitlement_id": ent_id,
+                    "period_start": start,
+                    "period_end": end,
+                    "quantity": ent.quantity,
+                    "consumed": Decimal(0),
+                    "updated_at": now,
+                }
             )
-        s.flush()
+        # The lifecycle job may open the same month at the same time.
+        insert_ignoring_duplicates(s, UsagePeriod, rows, ["entitlement_id", "period_start"])
 
     def batch_committed(self, batch_id: str) -> bool:
         with self.sessions() as s:
