@@ -104,6 +104,15 @@ def transition_type(from_status: str, to_status: str, reason: str) -> Notificati
 PERIOD_OPENED_REASON = "calendar month opened"
 
 
+@dataclass(frozen=True, slots=True)
+class NewNotification:
+    """A notification about to be recorded: its payload and the columns kept beside it."""
+
+    entitlement_id: uuid.UUID
+    occurred_at: datetime
+    payload: dict[str, Any]
+
+
 def envelope(
     *,
     notification_id: str,
@@ -114,8 +123,8 @@ def envelope(
     entitlement_id: uuid.UUID,
     occurred_at: datetime,
     data: dict[str, Any],
-) -> dict[str, Any]:
-    return {
+) -> NewNotification:
+    payload = {
         "id": notification_id,
         "type": kind.value,
         "org": org,
@@ -125,6 +134,7 @@ def envelope(
         "occurred_at": isoformat(occurred_at),
         "data": data,
     }
+    return NewNotification(entitlement_id, occurred_at, payload)
 
 
 def threshold_data(crossing: Crossing, quantity_micros: int) -> dict[str, Any]:

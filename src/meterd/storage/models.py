@@ -252,7 +252,7 @@ class Notification(Base):
     __tablename__ = "notifications"
     __table_args__ = (
         Index("ix_notifications_due", "due_at"),
-        Index("ix_notifications_entitlement", "entitlement_id", "created_at"),
+        Index("ix_notifications_entitlement", "entitlement_id", "occurred_at"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -261,6 +261,8 @@ class Notification(Base):
     type: Mapped[str] = mapped_column(String(64))
     #: The payload as JSON text, exactly as published and POSTed.
     payload: Mapped[str] = mapped_column(Text)
+    #: When what it announces happened (the payload's ``occurred_at``).
+    occurred_at: Mapped[datetime] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     due_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     delivery: Mapped[str] = mapped_column(String(16))

@@ -18,29 +18,30 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.notifications import Delivery
+from meterd.notifications import Delivery, NewNotification
 from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.models import Notification, Organisation
 
 
-def insert_notifications(s: Session, payloads: Sequence[dict[str, Any]], now: datetime) -> None:
-    """Insert notifications (payloads from ``meterd.notifications.envelope``); an id
-    already present is left alone, so recording the same fact twice is harmless."""
-    if not payloads:
+def insert_notifications(s: Session, notes: Sequence[NewNotification], now: datetime) -> None:
+    """Insert notifications, due for publishing at once; an id already present is
+    left alone, so recording the same fact twice is harmless."""
+    if not notes:
         return
     rows = [
         {
-            "id": p["id"],
-            "org_id": p["org"],
-            "entitlement_id": uuid.UUID(p["entitlement_id"]),
-            "type": p["type"],
-            "payload": json.dumps(p, separators=(",", ":")),
+            "id": n.payload["id"],
+            "org_id": n.payload["org"],
+            "entitlement_id": n.entitlement_id,
+            "type": n.payload["type"],
+            "payload": json.dumps(n.payload, separators=(",", ":")),
+            "occurred_at": n.occurred_at,
             "created_at": now,
             "due_at": now,
             "delivery": Delivery.PENDING.value,
             "attempts": 0,
         }
-        for p in payloads
+        for n in notes
     ]
     insert_ignoring_duplicates(s, Notification, rows, ["id"])
 
@@ -164,7 +165,7 @@ class NotificationStore:
                 s.scalars(
                     select(Notification)
                     .where(Notification.entitlement_id == entitlement_id)
-                    .order_by(Notification.created_at, Notification.id)
+                    .order_by(Notification.occurred_at, Notification.id)
                 )
             )
 

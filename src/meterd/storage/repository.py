@@ -35,6 +35,7 @@ from meterd.keys import period_field
 from meterd.lifecycle import Transition, extend_term, next_period_after
 from meterd.notifications import (
     Crossing,
+    NewNotification,
     NotificationType,
     envelope,
     threshold_data,
@@ -259,7 +260,7 @@ class SqlRepository:
                 if step.renewal_end is not None or step.month_end is not None
             ]
             audit: list[dict[str, Any]] = []
-            notifications: list[dict[str, Any]] = []
+            notifications: list[NewNotification] = []
             for due, chain in (wanted[i] for i in moved):
                 for step in chain:
                     row = {
@@ -524,7 +525,7 @@ class SqlRepository:
         return True
 
     @staticmethod
-    def _crossing_payloads(s: Session, crossings: Sequence[Crossing]) -> list[dict[str, Any]]:
+    def _crossing_payloads(s: Session, crossings: Sequence[Crossing]) -> list[NewNotification]:
         ids = {c.entitlement_id for c in crossings}
         rows = s.execute(
             select(
@@ -663,7 +664,7 @@ _PERIOD_COLUMNS = (
 )
 
 
-def transition_notification(row: dict[str, Any], due: DueEntitlement) -> dict[str, Any]:
+def transition_notification(row: dict[str, Any], due: DueEntitlement) -> NewNotification:
     """The notification of one audit row (as inserted into entitlement_transitions)."""
     return envelope(
         notification_id=transition_notification_id(row["id"]),

@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("entitlement_id", sa.Uuid(), nullable=False),
         sa.Column("type", sa.String(length=64), nullable=False),
         sa.Column("payload", sa.Text(), nullable=False),
+        sa.Column("occurred_at", meterd.storage.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("created_at", meterd.storage.models.UtcDateTime(timezone=True), nullable=False),
         sa.Column("due_at", meterd.storage.models.UtcDateTime(timezone=True), nullable=True),
         sa.Column("delivery", sa.String(length=16), nullable=False),
@@ -42,7 +43,7 @@ def upgrade() -> None:
     with op.batch_alter_table("notifications", schema=None) as batch_op:
         batch_op.create_index("ix_notifications_due", ["due_at"], unique=False)
         batch_op.create_index(
-            "ix_notifications_entitlement", ["entitlement_id", "created_at"], unique=False
+            "ix_notifications_entitlement", ["entitlement_id", "occurred_at"], unique=False
         )
 
     with op.batch_alter_table("organisations", schema=None) as batch_op:
