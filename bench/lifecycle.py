@@ -2,12 +2,13 @@
 
 Creates a scratch database on the machine's PostgreSQL (dropped afterwards),
 fills it with --rows entitlements of which --due have just ended, and times
-`LifecycleService.advance_all` (due queries, compare-and-set, audit rows,
-resolution refresh in Redis db 11) applying them; then makes --small-due of
-them due again and times that, to show the work follows what is due, not the
-table size.
+`LifecycleService.advance_all` (claiming due rows, moving them, audit and
+notification rows, resolution refresh in Redis db 11) applying them; then
+makes --small-due of them due again and times that, to show the work follows
+what is due, not the table size.
 
     python bench/lifecycle.py                       # 1M rows, 100k due, then 10k
+    python bench/lifecycle.py --jobs 2              # two jobs at once share the work
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import os
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import redis
 import sqlalchemy as sa
@@ -47,10 +49,16 @@ WHERE org_id = 'bench' AND number <= :due
 """
 
 
-def timed_advance(rt: Runtime, batch_size: int) -> tuple[float, int]:
+def timed_advance(rt: Runtime, batch_size: int, jobs: int = 1) -> tuple[float, int]:
+    """Wall time of ``jobs`` lifecycle jobs running at once until nothing is due (as
+    that many workers on the meterd.lifecycle queue would), and the transitions applied."""
+    now = utcnow()
     start = time.perf_counter()
-    report = rt.lifecycle.advance_all(utcnow(), batch_size=batch_size)
-    return time.perf_counter() - start, report.transitions
+    with ThreadPoolExecutor(jobs) as pool:
+        reports = list(
+            pool.map(lambda _: rt.lifecycle.advance_all(now, batch_size=batch_size), range(jobs))
+        )
+    return time.perf_counter() - start, sum(r.transitions for r in reports)
 
 
 def main() -> None:
@@ -59,6 +67,7 @@ def main() -> None:
     parser.add_argument("--due", type=int, default=100_000)
     parser.add_argument("--small-due", type=int, default=10_000)
     parser.add_argument("--batch-size", type=int, default=5_000)
+    parser.add_argument("--jobs", type=int, default=1, help="lifecycle jobs running at once")
     args = parser.parse_args()
 
     name = f"meterd_bench_{uuid.uuid4().hex[:8]}"
@@ -86,16 +95,16 @@ def main() -> None:
             conn.execute(sa.text("ANALYZE entitlements"))
         print(f"filled {args.rows:,} entitlements in {time.perf_counter() - start:.1f}s")
 
-        big_s, big_n = timed_advance(rt, args.batch_size)
+        big_s, big_n = timed_advance(rt, args.batch_size, args.jobs)
         with rt.repository.engine.begin() as conn:
             conn.execute(sa.text(MAKE_DUE_AGAIN), {"now": utcnow(), "due": args.small_due})
-        small_s, small_n = timed_advance(rt, args.batch_size)
+        small_s, small_n = timed_advance(rt, args.batch_size, args.jobs)
 
         print()
-        print("| entitlements | due | transitions | seconds | transitions/s |")
-        print("|---:|---:|---:|---:|---:|")
+        print("| entitlements | due | jobs at once | transitions | seconds | transitions/s |")
+        print("|---:|---:|---:|---:|---:|---:|")
         for due, n, s in ((args.due, big_n, big_s), (args.small_due, small_n, small_s)):
-            print(f"| {args.rows:,} | {due:,} | {n:,} | {s:.2f} | {n / s:,.0f} |")
+            print(f"| {args.rows:,} | {due:,} | {args.jobs} | {n:,} | {s:.2f} | {n / s:,.0f} |")
         print(f"\n{args.due:,} due / {args.small_due:,} due: time ratio {big_s / small_s:.1f}x")
         rt.close()
     finally:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from meterd.domain import Status
+from meterd.domain import ContractMode, Status
 from meterd.notifications import PERIOD_OPENED_REASON
 from meterd.timeutil import next_month_start
 
@@ -34,6 +34,13 @@ class Transition:
     renewal_end: datetime | None = None
     #: Set when a PAY_PER_USE month opens: its period runs from ``at`` to here.
     month_end: datetime | None = None
+
+
+def renews(auto_renew: bool, contract_mode: str) -> bool:
+    """Whether an entitlement renews at ``ends_at``: auto-renew and not a trial (a
+    trial ends at ends_at unless converted to PRODUCTION). The renewed term repeats
+    the length of the latest period."""
+    return auto_renew and contract_mode != ContractMode.TRIAL.value
 
 
 def extend_term(

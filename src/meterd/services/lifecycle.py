@@ -21,10 +21,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from meterd.domain import ContractMode, Status
-from meterd.lifecycle import due_transitions
 from meterd.services.resolution import ResolutionCache
-from meterd.storage.repository import DueEntitlement, SqlRepository
+from meterd.storage.repository import SqlRepository
 
 
 @dataclass(slots=True)
@@ -33,6 +31,8 @@ class LifecycleReport:
     transitions: int = 0
     entitlements: int = 0
     lost_races: int = 0
+    #: Entitlements found due, including those whose chain turned out empty.
+    seen: int = 0
     by_target: dict[str, int] = field(default_factory=dict)
 
 
@@ -46,48 +46,20 @@ class LifecycleService:
     ) -> LifecycleReport:
         """Apply what is due, at most ``batch_size`` entitlements (call again for more)."""
         report = LifecycleReport(job_run_id=job_run_id or uuid.uuid4().hex)
-        due_now = self.repository.due_for_lifecycle(now, batch_size)
-        terms = self.repository.latest_period_lengths(
-            [due.id for due in due_now if self._renews(due)]
-        )
-        batch = [
-            (
-                due,
-                due_transitions(
-                    Status(due.status),
-                    due.starts_at,
-                    due.ends_at,
-                    due.grace_until,
-                    now,
-                    terms.get(due.id),
-                    due.next_period_at,
-                ),
-            )
-            for due in due_now
-        ]
-        moved = self.repository.apply_transitions(batch, job_run_id=report.job_run_id, now=now)
-        touched: set[tuple[str, str, str]] = set()
-        for due, chain in batch:
-            if not chain:
-                continue
-            if due.id not in moved:
-                report.lost_races += 1
-                continue
+        batch = self.repository.advance_due(now, batch_size, report.job_run_id)
+        report.lost_races = batch.lost_races
+        report.seen = batch.seen
+        renewed: set[tuple[str, str, str]] = set()
+        for due, chain in batch.applied:
             report.entitlements += 1
             report.transitions += len(chain)
             target = chain[-1].to_status.value
             report.by_target[target] = report.by_target.get(target, 0) + 1
             if any(step.renewal_end is not None for step in chain):
-                touched.add((due.org_id, due.customer_id, due.feature))
-        if touched:
-            self.resolution.refresh(touched, now)
+                renewed.add((due.org_id, due.customer_id, due.feature))
+        if renewed:
+            self.resolution.refresh(renewed, now)
         return report
-
-    @staticmethod
-    def _renews(due: DueEntitlement) -> bool:
-        """Auto-renew and not a trial (a trial ends at ends_at unless converted to
-        PRODUCTION). A renewed term repeats the length of the latest period."""
-        return due.auto_renew and due.contract_mode != ContractMode.TRIAL.value
 
     def advance_all(self, now: datetime, *, batch_size: int = 1000) -> LifecycleReport:
         """Advance batch after batch until nothing is due (one job run id for all)."""
@@ -97,7 +69,8 @@ class LifecycleService:
             total.transitions += report.transitions
             total.entitlements += report.entitlements
             total.lost_races += report.lost_races
+            total.seen += report.seen
             for target, n in report.by_target.items():
                 total.by_target[target] = total.by_target.get(target, 0) + n
-            if report.entitlements + report.lost_races == 0:
+            if report.seen == 0 or report.entitlements + report.lost_races == 0:
                 return total

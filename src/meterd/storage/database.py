@@ -52,3 +52,28 @@ def insert_ignoring_duplicates(
     else:  # pragma: no cover - meterd runs on PostgreSQL and SQLite
         stmt = insert(model)
     s.execute(stmt, list(rows))
+
+
+def bulk_insert(s: Session, model: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many fresh rows (no conflicts expected) as fast as the backend allows:
+    COPY on PostgreSQL, several times faster than a multi-row INSERT for the tens of
+    thousands of audit rows a lifecycle batch writes; executemany elsewhere. Values
+    must already be in database form (aware datetimes, UUIDs, Decimals): COPY
+    bypasses SQLAlchemy's type processing. Column names come from the code, never
+    from input."""
+    if not rows:
+        return
+    if s.get_bind().dialect.name != "postgresql":
+        s.execute(insert(model), list(rows))
+        return
+    columns = list(rows[0])
+    table = model.__table__
+    unknown = [c for c in columns if c not in table.c]
+    if unknown:
+        raise ValueError(f"not columns of {table.name}: {unknown}")
+    driver = s.connection().connection.driver_connection
+    assert driver is not None
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row([row[c] for c in columns])

@@ -167,11 +167,11 @@ class EntitlementTransition(Base):
 
     __tablename__ = "entitlement_transitions"
     __table_args__ = (
-        # A transition is applied once, however many jobs race for it.
+        # A transition is applied once, however many jobs race for it; led by
+        # (entitlement_id, at), the same index lists an entitlement's history in order.
         UniqueConstraint(
-            "entitlement_id", "from_status", "to_status", "at", name="uq_transitions_once"
+            "entitlement_id", "at", "from_status", "to_status", name="uq_transitions_step"
         ),
-        Index("ix_transitions_entitlement_at", "entitlement_id", "at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)

@@ -19,13 +19,16 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.notifications import Delivery, NewNotification
-from meterd.storage.database import insert_ignoring_duplicates
+from meterd.storage.database import bulk_insert, insert_ignoring_duplicates
 from meterd.storage.models import Notification, Organisation
 
 
-def insert_notifications(s: Session, notes: Sequence[NewNotification], now: datetime) -> None:
+def insert_notifications(
+    s: Session, notes: Sequence[NewNotification], now: datetime, *, fresh: bool = False
+) -> None:
     """Insert notifications, due for publishing at once; an id already present is
-    left alone, so recording the same fact twice is harmless."""
+    left alone, so recording the same fact twice is harmless. ``fresh``: the ids are
+    new for sure (derived from rows this transaction inserts), so the fast path is safe."""
     if not notes:
         return
     rows = [
@@ -43,7 +46,10 @@ def insert_notifications(s: Session, notes: Sequence[NewNotification], now: date
         }
         for n in notes
     ]
-    insert_ignoring_duplicates(s, Notification, rows, ["id"])
+    if fresh:
+        bulk_insert(s, Notification, rows)
+    else:
+        insert_ignoring_duplicates(s, Notification, rows, ["id"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,10 +20,10 @@ from sqlalchemy import (
     bindparam,
     exists,
     func,
-    insert,
     literal,
     or_,
     select,
+    text,
     tuple_,
     update,
 )
@@ -31,8 +31,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import BillingType, EntitlementView, Period, Status
+from meterd.ids import uuid7
 from meterd.keys import period_field
-from meterd.lifecycle import Transition, extend_term, next_period_after
+from meterd.lifecycle import (
+    Transition,
+    due_transitions,
+    extend_term,
+    next_period_after,
+    renews,
+)
 from meterd.notifications import (
     Crossing,
     NewNotification,
@@ -44,7 +51,7 @@ from meterd.notifications import (
     transition_type,
 )
 from meterd.quantity import from_micros, to_micros
-from meterd.storage.database import insert_ignoring_duplicates
+from meterd.storage.database import bulk_insert, insert_ignoring_duplicates
 from meterd.storage.models import (
     Entitlement,
     EntitlementTransition,
@@ -52,6 +59,7 @@ from meterd.storage.models import (
     FlushBatch,
     Organisation,
     UsagePeriod,
+    UtcDateTime,
 )
 from meterd.storage.notifications import insert_notifications
 from meterd.timeutil import from_epoch_micros, next_month_start
@@ -64,6 +72,17 @@ class NotFoundError(LookupError):
         super().__init__(f"{what} {key!r} not found")
         self.what = what
         self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleBatch:
+    """What one ``advance_due`` call applied."""
+
+    applied: list[tuple[DueEntitlement, list[Transition]]]
+    #: Entitlements another job moved between this job's read and its write (SQLite).
+    lost_races: int
+    #: Entitlements found due (a batch that found none means the work is done).
+    seen: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +192,51 @@ class SqlRepository:
 
     # -- lifecycle ----------------------------------------------------------------------
 
-    def due_for_lifecycle(self, now: datetime, limit: int) -> list[DueEntitlement]:
-        """Entitlements with a clock transition due: three index range scans, so the
-        work is proportional to what is due, not to the table."""
+    def advance_due(self, now: datetime, limit: int, job_run_id: str) -> LifecycleBatch:
+        """Claim up to ``limit`` entitlements with a clock transition due, move each
+        along its chain (``meterd.lifecycle.due_transitions``) and record every step,
+        all in one transaction.
+
+        Finding the work takes four index range scans (status + the instant that
+        falls due), so it follows what is due, not the table size. On PostgreSQL
+        the rows are claimed with ``FOR UPDATE SKIP LOCKED``: jobs running at once
+        split the work and never wait on each other or deadlock, and a claimed row
+        cannot change before the commit. On SQLite (one writer at a time) each row
+        moves by compare-and-set on (status, row_version) instead, so a job that
+        read a row another job moved since changes nothing.
+
+        Each renewal and each PAY_PER_USE month opens its usage period; earlier
+        periods keep their usage and late events.
+        """
+        with self.sessions.begin() as s:
+            locking = s.get_bind().dialect.name == "postgresql"
+            due = self._due(s, now, limit, lock=locking)
+            terms = self._latest_period_lengths(
+                s, [d.id for d in due if renews(d.auto_renew, d.contract_mode)]
+            )
+            wanted: dict[uuid.UUID, tuple[DueEntitlement, list[Transition]]] = {}
+            for d in due:
+                chain = due_transitions(
+                    Status(d.status),
+                    d.starts_at,
+                    d.ends_at,
+                    d.grace_until,
+                    now,
+                    terms.get(d.id),
+                    d.next_period_at,
+                )
+                if chain:
+                    wanted[d.id] = (d, chain)
+            if locking:
+                self._move_claimed(s, wanted, now)
+                moved = list(wanted.values())
+            else:
+                moved = [(d, c) for d, c in wanted.values() if self._move_one(s, d, c, now)]
+            self._record(s, moved, job_run_id, now)
+        return LifecycleBatch(applied=moved, lost_races=len(wanted) - len(moved), seen=len(due))
+
+    @staticmethod
+    def _due(s: Session, now: datetime, limit: int, *, lock: bool) -> list[DueEntitlement]:
         due_conditions = [
             and_(Entitlement.status == Status.PENDING.value, Entitlement.starts_at <= now),
             and_(Entitlement.status == Status.ACTIVE.value, Entitlement.ends_at <= now),
@@ -186,102 +247,67 @@ class SqlRepository:
             ),
         ]
         rows: dict[uuid.UUID, DueEntitlement] = {}
-        with self.sessions() as s:
-            for condition in due_conditions:
-                stmt = (
-                    select(
-                        Entitlement.id,
-                        Entitlement.org_id,
-                        Entitlement.customer_id,
-                        Feature.key.label("feature"),
-                        Entitlement.status,
-                        Entitlement.starts_at,
-                        Entitlement.ends_at,
-                        Entitlement.grace_until,
-                        Entitlement.row_version,
-                        Entitlement.next_period_at,
-                        Entitlement.auto_renew,
-                        Entitlement.contract_mode,
-                        Entitlement.quantity,
-                        Entitlement.renewal_quantity,
-                    )
-                    .join(Feature, Feature.id == Entitlement.feature_id)
-                    .where(condition)
-                    .limit(limit - len(rows))
-                )
-                for row in s.execute(stmt):
-                    rows.setdefault(row.id, DueEntitlement(**row._mapping))
-                if len(rows) >= limit:
-                    break
+        for condition in due_conditions:
+            stmt = (
+                select(*_DUE_COLUMNS)
+                .join(Feature, Feature.id == Entitlement.feature_id)
+                .where(condition)
+                .limit(limit - len(rows))
+            )
+            if lock:
+                stmt = stmt.with_for_update(of=Entitlement, skip_locked=True)
+            for row in s.execute(stmt):
+                rows.setdefault(row.id, DueEntitlement(**row._mapping))
+            if len(rows) >= limit:
+                break
         return list(rows.values())
 
-    def apply_transitions(
-        self,
-        batch: Sequence[tuple[DueEntitlement, Sequence[Transition]]],
-        *,
+    @staticmethod
+    def _record(
+        s: Session,
+        moved: Sequence[tuple[DueEntitlement, Sequence[Transition]]],
         job_run_id: str,
         now: datetime,
-    ) -> set[uuid.UUID]:
-        """Move each entitlement along its chain and record every step, in one
-        transaction; returns the ids that moved.
-
-        Compare-and-set on (status, row_version): of two jobs racing for the same
-        entitlement, one applies the chain and the other changes nothing. On
-        PostgreSQL the rows are locked with SKIP LOCKED first (so racing jobs never
-        wait on each other or deadlock) and moved by one UPDATE ... FROM VALUES.
-        Each renewal opens its usage period (the renewal quantity, else the
-        quantity); earlier periods keep their usage and late events.
-        """
-        wanted = {due.id: (due, chain) for due, chain in batch if chain}
-        if not wanted:
-            return set()
-        with self.sessions.begin() as s:
-            if s.get_bind().dialect.name == "postgresql":
-                moved = self._move_postgresql(s, wanted, now)
-            else:
-                moved = {
-                    i for i, (due, chain) in wanted.items() if self._move_one(s, due, chain, now)
-                }
-            periods = [
-                {
-                    "id": uuid.uuid4(),
+    ) -> None:
+        """The audit rows, their notifications, and the periods renewals and months open."""
+        periods = [
+            {
+                "id": uuid7(),
+                "org_id": due.org_id,
+                "entitlement_id": due.id,
+                "period_start": step.at,
+                "period_end": step.renewal_end or step.month_end,
+                "quantity": due.renewal_quantity
+                if step.renewal_end is not None and due.renewal_quantity is not None
+                else due.quantity,
+                "consumed": Decimal(0),
+                "updated_at": now,
+            }
+            for due, chain in moved
+            for step in chain
+            if step.renewal_end is not None or step.month_end is not None
+        ]
+        audit: list[dict[str, Any]] = []
+        notifications: list[NewNotification] = []
+        for due, chain in moved:
+            for step in chain:
+                row = {
+                    "id": uuid7(),
                     "org_id": due.org_id,
                     "entitlement_id": due.id,
-                    "period_start": step.at,
-                    "period_end": step.renewal_end or step.month_end,
-                    "quantity": due.renewal_quantity
-                    if step.renewal_end is not None and due.renewal_quantity is not None
-                    else due.quantity,
-                    "consumed": Decimal(0),
-                    "updated_at": now,
+                    "from_status": step.from_status.value,
+                    "to_status": step.to_status.value,
+                    "at": step.at,
+                    "recorded_at": now,
+                    "reason": step.reason,
+                    "job_run_id": job_run_id,
                 }
-                for due, chain in (wanted[i] for i in moved)
-                for step in chain
-                if step.renewal_end is not None or step.month_end is not None
-            ]
-            audit: list[dict[str, Any]] = []
-            notifications: list[NewNotification] = []
-            for due, chain in (wanted[i] for i in moved):
-                for step in chain:
-                    row = {
-                        "id": uuid.uuid4(),
-                        "org_id": due.org_id,
-                        "entitlement_id": due.id,
-                        "from_status": step.from_status.value,
-                        "to_status": step.to_status.value,
-                        "at": step.at,
-                        "recorded_at": now,
-                        "reason": step.reason,
-                        "job_run_id": job_run_id,
-                    }
-                    audit.append(row)
-                    notifications.append(transition_notification(row, due))
-            # A month's period may exist already: a flush opens it on first usage.
-            insert_ignoring_duplicates(s, UsagePeriod, periods, ["entitlement_id", "period_start"])
-            if audit:
-                s.execute(insert(EntitlementTransition), audit)
-                insert_notifications(s, notifications, now)
-        return moved
+                audit.append(row)
+                notifications.append(transition_notification(row, due))
+        # A month's period may exist already: a flush opens it on first usage.
+        insert_ignoring_duplicates(s, UsagePeriod, periods, ["entitlement_id", "period_start"])
+        bulk_insert(s, EntitlementTransition, audit)
+        insert_notifications(s, notifications, now, fresh=True)
 
     @staticmethod
     def _new_term(due: DueEntitlement, chain: Sequence[Transition]) -> tuple[Any, Any]:
@@ -294,6 +320,7 @@ class SqlRepository:
     def _move_one(
         self, s: Session, due: DueEntitlement, chain: Sequence[Transition], now: datetime
     ) -> bool:
+        """Compare-and-set one entitlement along its chain (SQLite)."""
         values: dict[str, Any] = {
             "status": chain[-1].to_status.value,
             "row_version": due.row_version + 1,
@@ -316,61 +343,38 @@ class SqlRepository:
         )
         return bool(result.rowcount == 1)
 
-    def _move_postgresql(
+    def _move_claimed(
         self,
         s: Session,
-        wanted: dict[uuid.UUID, tuple[DueEntitlement, Sequence[Transition]]],
+        wanted: dict[uuid.UUID, tuple[DueEntitlement, list[Transition]]],
         now: datetime,
-    ) -> set[uuid.UUID]:
-        """Lock what no other job holds (SKIP LOCKED: racing jobs never wait on each
-        other or deadlock), keep the rows still at the status and version the chain
-        was computed from (the compare-and-set), and move them with one pipelined
-        executemany."""
-        locked = s.execute(
-            select(Entitlement.id, Entitlement.status, Entitlement.row_version)
-            .where(Entitlement.id.in_(wanted))
-            .order_by(Entitlement.id)
-            .with_for_update(skip_locked=True)
-        ).all()
+    ) -> None:
+        """Move rows this transaction holds locked, with one pipelined executemany."""
+        if not wanted:
+            return
         params = []
-        moved: set[uuid.UUID] = set()
-        for ent_id, status, version in locked:
-            due, chain = wanted[ent_id]
-            if (status, version) != (due.status, due.row_version):
-                continue  # another job moved it since we read it
+        for ent_id, (due, chain) in wanted.items():
             ends_at, grace_until = self._new_term(due, chain)
-            moved.add(ent_id)
             params.append(
                 {
                     "b_id": ent_id,
                     "b_status": chain[-1].to_status.value,
-                    "b_version": version + 1,
+                    "b_version": due.row_version + 1,
                     "b_ends": ends_at if ends_at is not None else due.ends_at,
                     "b_grace": grace_until if ends_at is not None else due.grace_until,
-                    "b_next_period": next_period_after(list(chain), due.next_period_at),
+                    "b_next_period": next_period_after(chain, due.next_period_at),
                     "b_now": now,
                 }
             )
-        if not params:
-            return set()
-        table = Entitlement.__table__
-        s.execute(
-            update(table)  # type: ignore[arg-type]
-            .where(table.c.id == bindparam("b_id"))
-            .values(
-                status=bindparam("b_status"),
-                row_version=bindparam("b_version"),
-                ends_at=bindparam("b_ends", type_=Entitlement.ends_at.type),
-                grace_until=bindparam("b_grace", type_=Entitlement.grace_until.type),
-                next_period_at=bindparam("b_next_period", type_=Entitlement.next_period_at.type),
-                updated_at=bindparam("b_now", type_=Entitlement.updated_at.type),
-            ),
-            params,
-        )
-        return moved
+        # One statement joining arrays (six parameters, whatever the batch size):
+        # cheaper to parse and plan than thousands of statements or a VALUES list.
+        columns = ("b_id", "b_status", "b_version", "b_ends", "b_grace", "b_next_period")
+        arrays = {c: [p[c] for p in params] for c in columns}
+        s.execute(_UPDATE_CLAIMED, {**arrays, "b_now": now})
 
-    def latest_period_lengths(
-        self, entitlement_ids: Sequence[uuid.UUID]
+    @staticmethod
+    def _latest_period_lengths(
+        s: Session, entitlement_ids: Sequence[uuid.UUID]
     ) -> dict[uuid.UUID, timedelta]:
         """Length of each entitlement's most recent period (a renewal repeats it); open
         periods are left out. One query for the whole batch."""
@@ -394,10 +398,7 @@ class SqlRepository:
                 UsagePeriod.period_start == latest.c.period_start,
             ),
         )
-        with self.sessions() as s:
-            return {
-                ent_id: end - start for ent_id, start, end in s.execute(stmt) if end is not None
-            }
+        return {ent_id: end - start for ent_id, start, end in s.execute(stmt) if end is not None}
 
     def transitions(self, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
         with self.sessions() as s:
@@ -642,6 +643,34 @@ class SqlRepository:
             )
 
 
+_UPDATE_CLAIMED = text(
+    """
+    UPDATE entitlements AS e
+    SET status = v.status, row_version = v.version, ends_at = v.ends_at,
+        grace_until = v.grace_until, next_period_at = v.next_period_at, updated_at = :b_now
+    FROM unnest(CAST(:b_id AS uuid[]), CAST(:b_status AS varchar[]),
+                CAST(:b_version AS integer[]), CAST(:b_ends AS timestamptz[]),
+                CAST(:b_grace AS timestamptz[]), CAST(:b_next_period AS timestamptz[]))
+        AS v(id, status, version, ends_at, grace_until, next_period_at)
+    WHERE e.id = v.id
+    """
+).bindparams(bindparam("b_now", type_=UtcDateTime()))
+_DUE_COLUMNS = (
+    Entitlement.id,
+    Entitlement.org_id,
+    Entitlement.customer_id,
+    Feature.key.label("feature"),
+    Entitlement.status,
+    Entitlement.starts_at,
+    Entitlement.ends_at,
+    Entitlement.grace_until,
+    Entitlement.row_version,
+    Entitlement.next_period_at,
+    Entitlement.auto_renew,
+    Entitlement.contract_mode,
+    Entitlement.quantity,
+    Entitlement.renewal_quantity,
+)
 _VIEW_COLUMNS = (
     Entitlement.id,
     Entitlement.org_id,
