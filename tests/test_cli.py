@@ -81,3 +81,27 @@ def test_cli_replays_dead_letters(cli_env: None) -> None:
     assert summary == {"replayed": 1, "still_dead": 0, "outcomes": {"accepted": 1}}
     (row,) = json.loads(invoke("balance", "acme", "c-9", "api_calls", "--json"))
     assert row["consumed"] == "3.000000"
+
+
+def test_cli_suspends_and_resumes_an_entitlement(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls")
+    out = invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "10")
+    ent_id = out.split()[2]
+    assert "is SUSPENDED (row_version 2)" in invoke(
+        "entitlement", "suspend", ent_id, "--reason", "fraud check"
+    )
+    refused = runner.invoke(app, ["entitlement", "resume", ent_id, "--version", "1"])
+    assert refused.exit_code != 0 and "row_version 2, not 1" in str(refused.exception)
+    assert "is ACTIVE (row_version 3)" in invoke("entitlement", "resume", ent_id, "--version", "2")
+
+
+def test_cli_sets_and_removes_an_org_webhook(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    assert "https://hooks.example/meterd" in invoke(
+        "org", "webhook", "acme", "https://hooks.example/meterd", "--secret", "k"
+    )
+    assert "webhook of acme: none" in invoke("org", "webhook", "acme")
+    assert runner.invoke(app, ["org", "webhook", "acme", "ftp://x"]).exit_code != 0

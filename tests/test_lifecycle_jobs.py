@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from meterd.domain import BillingType, Outcome, Status
+from meterd.lifecycle import OperatorAction, TransitionRefused
 from meterd.runtime import Runtime
 from meterd.services.catalog import CatalogError
 from meterd.storage.models import Entitlement, EntitlementTransition
+from meterd.storage.repository import StaleVersionError
 from meterd.testing import event
 
 from .conftest import NOW
@@ -252,3 +254,66 @@ def test_a_month_already_opened_by_its_first_usage_is_kept_with_its_usage(
 def test_a_pay_per_use_entitlement_cannot_auto_renew(runtime: Runtime) -> None:
     with pytest.raises(CatalogError, match="calendar month"):
         grant(runtime, billing_type=BillingType.PAY_PER_USE, auto_renew=True)
+
+
+# -- operator actions ----------------------------------------------------------------------
+
+
+def test_a_suspended_entitlement_refuses_usage_at_once(runtime: Runtime) -> None:
+    ent = grant(runtime)
+    runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW, reason="unpaid invoice")
+    assert runtime.ingest.ingest([event(event_id="a")], now=NOW).outcomes == [Outcome.SUSPENDED]
+    (step,) = runtime.repository.transitions(ent.id)
+    assert (step.from_status, step.to_status, step.reason, step.job_run_id) == (
+        "ACTIVE",
+        "SUSPENDED",
+        "unpaid invoice",
+        "operator",
+    )
+
+
+def test_resuming_restores_usage_and_the_job_catches_up_what_fell_due(runtime: Runtime) -> None:
+    ends = NOW + timedelta(days=1)
+    ent = grant(runtime, ends_at=ends)
+    runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW)
+    later = ends + timedelta(days=1)
+    assert runtime.lifecycle.advance(later).transitions == 0  # the clock leaves SUSPENDED alone
+    resumed = runtime.catalog.change_status(ent.id, OperatorAction.RESUME, NOW + timedelta(hours=1))
+    assert resumed.status == Status.ACTIVE
+    in_term = event(event_id="b", time=NOW + timedelta(hours=2))
+    assert runtime.ingest.ingest([in_term], now=NOW + timedelta(hours=2)).outcomes == [
+        Outcome.ACCEPTED
+    ]
+    runtime.lifecycle.advance(later)
+    steps = [(t.from_status, t.to_status, t.at) for t in runtime.repository.transitions(ent.id)]
+    assert steps[-1] == ("ACTIVE", "EXPIRED", ends)
+
+
+def test_a_terminated_entitlement_is_final(runtime: Runtime) -> None:
+    ent = grant(runtime, ends_at=NOW + timedelta(days=1))
+    runtime.catalog.change_status(ent.id, OperatorAction.TERMINATE, NOW)
+    for action in OperatorAction:
+        with pytest.raises(TransitionRefused):
+            runtime.catalog.change_status(ent.id, action, NOW + timedelta(minutes=1))
+    assert runtime.lifecycle.advance(NOW + timedelta(days=30)).transitions == 0
+    assert status_of(runtime, ent.id) == Status.TERMINATED
+    assert runtime.ingest.ingest([event(event_id="c")], now=NOW).outcomes == [
+        Outcome.NO_ENTITLEMENT
+    ]
+
+
+def test_a_status_change_on_a_stale_row_version_is_refused(runtime: Runtime) -> None:
+    ent = grant(runtime)
+    runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW)
+    with pytest.raises(StaleVersionError):
+        runtime.catalog.change_status(
+            ent.id, OperatorAction.RESUME, NOW, expected_version=ent.row_version
+        )
+    assert status_of(runtime, ent.id) == Status.SUSPENDED
+
+
+def test_an_operator_action_is_notified(runtime: Runtime) -> None:
+    ent = grant(runtime)
+    runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW)
+    (note,) = runtime.notification_store.all_for(ent.id)
+    assert note.type == "entitlement.status_changed"

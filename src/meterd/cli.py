@@ -153,6 +153,64 @@ def entitlement_create(
     console.print(f"entitlement #{ent.number} {ent.id} created ({ent.status})")
 
 
+def _change_status(entitlement_id: str, action: str, reason: str, version: int | None) -> None:
+    import uuid
+
+    from meterd.lifecycle import OperatorAction
+
+    ent = get_runtime().catalog.change_status(
+        uuid.UUID(entitlement_id),
+        OperatorAction(action),
+        utcnow(),
+        reason=reason,
+        expected_version=version,
+    )
+    console.print(f"entitlement {ent.id} is {ent.status} (row_version {ent.row_version})")
+
+
+_Reason = Annotated[str, typer.Option(help="recorded in the audit trail")]
+_Version = Annotated[
+    int | None, typer.Option("--version", help="refuse unless the row is at this row_version")
+]
+
+
+@entitlement_app.command("suspend")
+def entitlement_suspend(
+    entitlement_id: str, reason: _Reason = "", version: _Version = None
+) -> None:
+    """Suspend: usage is refused (dead-lettered as suspended) until resumed."""
+    _change_status(entitlement_id, "suspend", reason, version)
+
+
+@entitlement_app.command("resume")
+def entitlement_resume(entitlement_id: str, reason: _Reason = "", version: _Version = None) -> None:
+    """Resume a suspended entitlement; the lifecycle job catches up what fell due meanwhile."""
+    _change_status(entitlement_id, "resume", reason, version)
+
+
+@entitlement_app.command("terminate")
+def entitlement_terminate(
+    entitlement_id: str, reason: _Reason = "", version: _Version = None
+) -> None:
+    """Terminate (final): no more usage counts on it."""
+    _change_status(entitlement_id, "terminate", reason, version)
+
+
+@org_app.command("webhook")
+def org_webhook(
+    org: str,
+    url: Annotated[str | None, typer.Argument(help="omit to remove the webhook")] = None,
+    secret: Annotated[str | None, typer.Option(help="HMAC key for Meterd-Signature")] = None,
+) -> None:
+    """Set where the org's notifications are POSTed (threshold crossings, transitions)."""
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise typer.BadParameter("the webhook URL must start with http:// or https://")
+    if not get_runtime().notification_store.set_webhook(org, url, secret):
+        console.print(f"[red]no organisation {org}[/red]")
+        raise typer.Exit(1)
+    console.print(f"webhook of {org}: {url or 'none'}")
+
+
 @app.command()
 def balance(
     org: str, customer: str, feature: str, as_json: Annotated[bool, typer.Option("--json")] = False
@@ -279,7 +337,15 @@ def demo(
 
 
 def main() -> None:
-    app()
+    from meterd.lifecycle import TransitionRefused
+    from meterd.services.catalog import CatalogError
+    from meterd.storage.repository import NotFoundError, StaleVersionError
+
+    try:
+        app()
+    except (CatalogError, TransitionRefused, NotFoundError, StaleVersionError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

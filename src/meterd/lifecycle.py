@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from meterd.domain import ContractMode, Status
 from meterd.notifications import PERIOD_OPENED_REASON
@@ -130,3 +131,38 @@ def next_period_after(chain: list[Transition], current: datetime | None) -> date
         return None
     months = [step.month_end for step in chain if step.month_end is not None]
     return months[-1] if months else current
+
+
+class OperatorAction(StrEnum):
+    SUSPEND = "suspend"
+    RESUME = "resume"
+    TERMINATE = "terminate"
+
+
+class TransitionRefused(ValueError):
+    """An operator action that the entitlement's status does not allow."""
+
+
+def operator_transition(
+    action: OperatorAction, status: Status, starts_at: datetime, now: datetime, reason: str
+) -> Transition:
+    """The step an operator action takes, effective ``now``.
+
+    Suspend: PENDING, ACTIVE or GRACE -> SUSPENDED (usage is refused). Resume:
+    SUSPENDED -> ACTIVE (PENDING before ``starts_at``); whatever the clock did
+    meanwhile (an end, a renewal, a month) the lifecycle job then catches up,
+    stamped when it fell due. Terminate: anything but TERMINATED -> TERMINATED,
+    which is final.
+    """
+    if action is OperatorAction.SUSPEND:
+        if status not in (Status.PENDING, Status.ACTIVE, Status.GRACE):
+            raise TransitionRefused(f"cannot suspend an entitlement that is {status.value}")
+        return Transition(status, Status.SUSPENDED, now, reason or "suspended by an operator")
+    if action is OperatorAction.RESUME:
+        if status is not Status.SUSPENDED:
+            raise TransitionRefused(f"cannot resume an entitlement that is {status.value}")
+        target = Status.ACTIVE if now >= starts_at else Status.PENDING
+        return Transition(status, target, now, reason or "resumed by an operator")
+    if status is Status.TERMINATED:
+        raise TransitionRefused("the entitlement is already terminated (final)")
+    return Transition(status, Status.TERMINATED, now, reason or "terminated by an operator")

@@ -19,6 +19,7 @@ from meterd.domain import (
     FeatureType,
     Status,
 )
+from meterd.lifecycle import OperatorAction, operator_transition
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.models import Entitlement, Feature, UsagePeriod
 from meterd.storage.repository import SqlRepository
@@ -152,6 +153,29 @@ class Catalog:
         periods = [first]
         self.repository.add_entitlement(ent, periods)
         self.resolution.refresh([(spec.org, spec.customer_id, spec.feature)], now)
+        return ent
+
+    def change_status(
+        self,
+        entitlement_id: uuid.UUID,
+        action: OperatorAction,
+        now: datetime,
+        *,
+        reason: str = "",
+        expected_version: int | None = None,
+        actor: str = "operator",
+    ) -> Entitlement:
+        """Suspend, resume or terminate an entitlement (see
+        ``meterd.lifecycle.operator_transition``), recorded in the audit trail with a
+        notification; ingest sees the new status at once."""
+        ent, feature = self.repository.apply_operator_step(
+            entitlement_id,
+            lambda status, starts_at: operator_transition(action, status, starts_at, now, reason),
+            expected_version=expected_version,
+            actor=actor,
+            now=now,
+        )
+        self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
         return ent
 
     def open_period(

@@ -7,7 +7,7 @@ so a service can make several writes atomic (the caller owns the transaction).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -63,6 +63,15 @@ from meterd.storage.models import (
 )
 from meterd.storage.notifications import insert_notifications
 from meterd.timeutil import from_epoch_micros, next_month_start
+
+
+class StaleVersionError(RuntimeError):
+    """The row changed since the caller read it (optimistic concurrency on row_version)."""
+
+    def __init__(self, key: object, expected: int, actual: int) -> None:
+        super().__init__(f"{key} is at row_version {actual}, not {expected}: read it again")
+        self.expected = expected
+        self.actual = actual
 
 
 class NotFoundError(LookupError):
@@ -234,6 +243,60 @@ class SqlRepository:
                 moved = [(d, c) for d, c in wanted.values() if self._move_one(s, d, c, now)]
             self._record(s, moved, job_run_id, now)
         return LifecycleBatch(applied=moved, lost_races=len(wanted) - len(moved), seen=len(due))
+
+    def apply_operator_step(
+        self,
+        entitlement_id: uuid.UUID,
+        decide: Callable[[Status, datetime], Transition],
+        *,
+        expected_version: int | None,
+        actor: str,
+        now: datetime,
+    ) -> tuple[Entitlement, str]:
+        """Apply the step ``decide(status, starts_at)`` returns to one entitlement and
+        record it with its notification, in one transaction; returns the updated row
+        and its feature key. The row is locked (PostgreSQL) or moved by
+        compare-and-set (SQLite), so a racing lifecycle job or operator never has
+        its change overwritten. ``expected_version``: refuse if the row moved on."""
+        with self.sessions.begin() as s:
+            stmt = (
+                select(Entitlement, Feature.key)
+                .join(Feature, Feature.id == Entitlement.feature_id)
+                .where(Entitlement.id == entitlement_id)
+            )
+            if s.get_bind().dialect.name == "postgresql":
+                stmt = stmt.with_for_update(of=Entitlement)
+            found = s.execute(stmt).one_or_none()
+            if found is None:
+                raise NotFoundError("entitlement", entitlement_id)
+            ent, feature = found
+            if expected_version is not None and ent.row_version != expected_version:
+                raise StaleVersionError(entitlement_id, expected_version, ent.row_version)
+            step = decide(Status(ent.status), ent.starts_at)
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(Entitlement)
+                .where(
+                    Entitlement.id == ent.id,
+                    Entitlement.status == ent.status,
+                    Entitlement.row_version == ent.row_version,
+                )
+                .values(
+                    status=step.to_status.value,
+                    row_version=ent.row_version + 1,
+                    updated_at=now,
+                    next_period_at=None
+                    if step.to_status is Status.TERMINATED
+                    else ent.next_period_at,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                raise StaleVersionError(entitlement_id, ent.row_version, ent.row_version + 1)
+            self._record(s, [(_due_of(ent, feature), [step])], actor, now)
+            s.flush()
+            s.refresh(ent)
+            s.expunge(ent)
+        return ent, feature
 
     @staticmethod
     def _due(s: Session, now: datetime, limit: int, *, lock: bool) -> list[DueEntitlement]:
@@ -691,6 +754,25 @@ _PERIOD_COLUMNS = (
     UsagePeriod.quantity,
     UsagePeriod.consumed,
 )
+
+
+def _due_of(ent: Entitlement, feature: str) -> DueEntitlement:
+    return DueEntitlement(
+        id=ent.id,
+        org_id=ent.org_id,
+        customer_id=ent.customer_id,
+        feature=feature,
+        status=ent.status,
+        starts_at=ent.starts_at,
+        ends_at=ent.ends_at,
+        grace_until=ent.grace_until,
+        row_version=ent.row_version,
+        next_period_at=ent.next_period_at,
+        auto_renew=ent.auto_renew,
+        contract_mode=ent.contract_mode,
+        quantity=ent.quantity,
+        renewal_quantity=ent.renewal_quantity,
+    )
 
 
 def transition_notification(row: dict[str, Any], due: DueEntitlement) -> NewNotification:
