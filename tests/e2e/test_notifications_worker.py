@@ -24,6 +24,13 @@ from .conftest import WorkerProcess
 pytestmark = pytest.mark.e2e
 
 
+def consumed(rt: Runtime) -> Decimal:
+    return sum(
+        (b.consumed for b in rt.balance.balances("acme", "cust-1", "api_calls", utcnow())),
+        Decimal(0),
+    )
+
+
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver([503])  # the first call fails: the worker must come back to it
@@ -58,6 +65,7 @@ def test_a_crossing_reaches_the_webhook_once_even_when_the_batch_is_redelivered(
     try:
         for _ in range(2):  # the second is a redelivery: every event a duplicate
             producer_app.send_task("meterd.ingest_batch", args=[batch])
+        wait_until(lambda: consumed(e2e_runtime) == Decimal(9), 60, "the batch to be counted")
         producer_app.send_task("meterd.flush")
         wait_until(lambda: len(receiver.requests) >= 1, 60, "the first webhook call")
         # The first call got 503: the beat-driven dispatcher retries after the backoff.
