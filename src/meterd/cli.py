@@ -26,11 +26,13 @@ org_app = typer.Typer(help="Organisations.", no_args_is_help=True)
 feature_app = typer.Typer(help="Features.", no_args_is_help=True)
 entitlement_app = typer.Typer(help="Entitlements.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: events that were not counted.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (stored hashed, scoped to one org).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(feature_app, name="feature")
 app.add_typer(entitlement_app, name="entitlement")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(keys_app, name="keys")
 
 console = Console()
 
@@ -209,6 +211,47 @@ def org_webhook(
         console.print(f"[red]no organisation {org}[/red]")
         raise typer.Exit(1)
     console.print(f"webhook of {org}: {url or 'none'}")
+
+
+@keys_app.command("create")
+def keys_create(
+    org: Annotated[str, typer.Option(help="the org the key acts for")],
+    permission: Annotated[
+        list[str],
+        typer.Option(
+            help="ENTITLEMENTS:VIEW, ENTITLEMENTS:MANAGE, EVENTS:WRITE, "
+            "USAGE:RESERVE, SPENTITLEMENTS:VIEW or *; repeat for several"
+        ),
+    ],
+    name: str = "",
+) -> None:
+    """Issue an API key. The key is printed once; only its hash is stored."""
+    from meterd.services.keys import Permission
+
+    try:
+        permissions = [Permission(p) for p in permission]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    token, row = get_runtime().keys_service.create(org, permissions, utcnow(), name=name)
+    console.print(f"key {row.id} for {org} ({row.permissions}):")
+    print(token)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key (it stops working within seconds)."""
+    if not get_runtime().keys_service.revoke(key_id, utcnow()):
+        console.print(f"[red]no active key {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"key {key_id} revoked")
+
+
+@app.command()
+def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Serve the HTTP API (OpenAPI at /docs)."""
+    import uvicorn
+
+    uvicorn.run("meterd.api.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
 @app.command()

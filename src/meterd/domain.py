@@ -136,6 +136,8 @@ class Balance:
     flushed: Decimal
     pending: Decimal
     state: EffectiveState = EffectiveState.ACTIVE
+    #: Usage at this instant would count on it (inside its window, not suspended).
+    usable: bool = True
 
     @property
     def remaining(self) -> Decimal | None:

@@ -23,10 +23,13 @@ from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.flush import FlushService
 from meterd.services.ingest import IngestService
+from meterd.services.keys import KeyService
 from meterd.services.lifecycle import LifecycleService
 from meterd.services.notify import HttpWebhookSender, NotificationService
 from meterd.services.replay import DeadLetterReplay
+from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
+from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import make_engine, make_session_factory
 from meterd.storage.dead_letters import DeadLetterStore
@@ -124,6 +127,14 @@ class Runtime:
             HttpWebhookSender(self.settings.webhook_timeout, time.time),
             max_attempts=self.settings.webhook_max_attempts,
         )
+
+    @cached_property
+    def keys_service(self) -> KeyService:
+        return KeyService(ApiKeyStore(self.repository.sessions))
+
+    @cached_property
+    def reserve(self) -> ReserveService:
+        return ReserveService(self.counters, self.resolution)
 
     @cached_property
     def catalog(self) -> Catalog:

@@ -7,10 +7,11 @@ KEYS[1 + 3i]            used hash of event i's customer "<ent>:<period>" -> micr
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 minimum dedupe marker lifetime, milliseconds
-ARGV[4i]                event time, epoch microseconds
-ARGV[4i + 1]            start of the UTC month of the event time, epoch microseconds
-ARGV[4i + 2]            quantity, integer micro-units (> 0)
-ARGV[4i + 3]            target entitlement id (hex) or ""
+ARGV[4]                 "1": strict (a reservation), "0": usage (overage allowed)
+ARGV[4i + 1]            event time, epoch microseconds
+ARGV[4i + 2]            start of the UTC month of the event time, epoch microseconds
+ARGV[4i + 3]            quantity, integer micro-units (> 0)
+ARGV[4i + 4]            target entitlement id (hex) or ""
 
 Threshold crossings: when a PRE_PAID period's consumption goes from below 80%
 (or 100%) of its limit to at or above it, the field "n:<ent>:<period>:<pct>" of
@@ -24,7 +25,12 @@ the event could still be accepted, so a redelivery can never count it twice.
 
 Returns one character per event: a accepted, d duplicate, l late, s suspended,
 n no entitlement, m resolution data missing (the caller loads it and retries
-that event; nothing was written for it).
+that event; nothing was written for it), x no room (strict only: nothing was
+counted, and the marker is removed so a retry is judged afresh).
+
+Strict mode (the synchronous reserve call): an event is counted only if the
+room its PRE_PAID entitlements have left covers it whole (unlimited and
+PAY_PER_USE entitlements have unbounded room); it never creates overage.
 
 Cost: Redis spends its time per redis.call, so each event costs one SET NX
 (the dedupe marker, undone if the event is not accepted); resolution data is
@@ -42,6 +48,7 @@ local pending_key = KEYS[1]
 local now_us = tonumber(ARGV[1])
 local late_window_us = tonumber(ARGV[2])
 local min_dedupe_ms = tonumber(ARGV[3])
+local strict = ARGV[4] == "1"
 local n_events = (#KEYS - 1) / 3
 local decoded = {}
 local out = {}
@@ -97,11 +104,33 @@ local function period_of(e, ts, month)
   return nil, nil, false
 end
 
+local function room_of(used_key, c)
+  if c[2] < 0 or not c[3] then return nil end -- unlimited, or pay-per-use
+  local room = c[2] - used_value(used_key, c[1])
+  if room < 0 then room = 0 end
+  return room
+end
+
+-- Strict: whether the candidates' room covers qty (nil room: unbounded).
+local function fits(used_key, cands, qty)
+  local total = 0
+  for _, c in ipairs(cands) do
+    local room = room_of(used_key, c)
+    if room == nil then return true end
+    total = total + room
+    if total >= qty then return true end
+  end
+  return false
+end
+
 local function count(used_key, cands, qty)
   local left = qty
   for j, c in ipairs(cands) do
     local take = left
-    if j < #cands and c[2] >= 0 then
+    if strict then
+      local room = room_of(used_key, c)
+      if room ~= nil and room < take then take = room end
+    elseif j < #cands and c[2] >= 0 then
       local room = c[2] - used_value(used_key, c[1])
       if room < 0 then room = 0 end
       if room < take then take = room end
@@ -136,7 +165,7 @@ local function resolve(resolution_key, used_key, ts, month, qty, target)
       else
         local field, limit, prepaid = period_of(e, ts, month)
         if field ~= nil then
-          cands[#cands + 1] = { field, limit }
+          cands[#cands + 1] = { field, limit, prepaid }
           if prepaid and limit > 0 then prepaid_limits[field] = limit end
         end
       end
@@ -145,13 +174,17 @@ local function resolve(resolution_key, used_key, ts, month, qty, target)
   if #cands == 0 then
     return suspended and "s" or "n"
   end
+  if strict and not fits(used_key, cands, qty) then
+    return "x"
+  end
   count(used_key, cands, qty)
   return "a"
 end
 
 for i = 1, n_events do
   local dedupe_key = KEYS[3 * i - 1]
-  local ts = tonumber(ARGV[4 * i])
+  local base = 4 * i
+  local ts = tonumber(ARGV[base + 1])
   local dedupe_ms = math.floor((ts + late_window_us - now_us) / 1000)
   if dedupe_ms < min_dedupe_ms then dedupe_ms = min_dedupe_ms end
   local code
@@ -160,8 +193,8 @@ for i = 1, n_events do
   elseif ts < now_us - late_window_us then
     code = "l"
   else
-    code = resolve(KEYS[3 * i], KEYS[3 * i + 1], ts, ARGV[4 * i + 1], tonumber(ARGV[4 * i + 2]),
-      ARGV[4 * i + 3])
+    code = resolve(KEYS[3 * i], KEYS[3 * i + 1], ts, ARGV[base + 2], tonumber(ARGV[base + 3]),
+      ARGV[base + 4])
   end
   if code ~= "a" and code ~= "d" then
     redis.call("DEL", dedupe_key) -- not counted: a later delivery may still count it

@@ -14,7 +14,7 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from meterd.domain import Balance, BillingType, EntitlementView, effective_state
+from meterd.domain import Balance, BillingType, EntitlementView, Status, effective_state
 from meterd.keys import period_field
 from meterd.quantity import from_micros
 from meterd.storage.counters import CounterStore
@@ -92,6 +92,15 @@ class BalanceService:
                     flushed=from_micros(flushed),
                     pending=from_micros(pending),
                     state=effective_state(view.status, view.billing_type, quantity, consumed),
+                    usable=_usable(view, now),
                 )
             )
         return result
+
+
+def _usable(view: EntitlementView, now: datetime) -> bool:
+    """Judged by the clock, like ingest: right even before the lifecycle job runs."""
+    if view.status in (Status.SUSPENDED, Status.TERMINATED):
+        return False
+    until = view.usable_until
+    return view.starts_at <= now and (until is None or now < until)

@@ -22,6 +22,8 @@ from meterd.notifications import CROSSING_FIELD_PREFIX, Crossing
 from meterd.timeutil import epoch_micros, month_start
 
 MISSING_RESOLUTION = "m"
+#: Outcome code of a strict (reserving) event that did not fit: nothing was counted.
+NO_ROOM = "x"
 
 
 class CounterStoreError(RuntimeError):
@@ -74,11 +76,16 @@ class CounterStore:
 
     # -- ingest ---------------------------------------------------------------
 
-    def add_batch(self, events: Sequence[UsageEvent], *, now: datetime) -> str:
+    def add_batch(
+        self, events: Sequence[UsageEvent], *, now: datetime, strict: bool = False
+    ) -> str:
         """Count a batch in one script call; returns one outcome code per event.
 
         Code ``m`` means the customer's resolution data was not cached: nothing
         was written for that event and the caller should load it and retry.
+        ``strict`` (a reservation): an event that does not fit in the room its
+        PRE_PAID entitlements have left is refused whole (code ``x``) instead of
+        being counted as overage.
         """
         if not events:
             return ""
@@ -87,6 +94,7 @@ class CounterStore:
             epoch_micros(now),
             self._late_window_us,
             max(int(self.dedupe_ttl.total_seconds() * 1000), 1),
+            1 if strict else 0,
         ]
         months: dict[tuple[int, int], int] = {}
         dedupe_key, resolution_key, used_key = (

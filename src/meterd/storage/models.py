@@ -269,3 +269,20 @@ class Notification(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+class ApiKey(Base):
+    """An API key: scoped to one org, with permissions; only a hash of it is stored."""
+
+    __tablename__ = "api_keys"
+
+    #: The public part of the key (``mk_<id>_<secret>``), used to find the row.
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    #: SHA-256 of the whole key: keys carry 192 random bits, so a fast hash is enough.
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    #: Space-separated permissions, e.g. "ENTITLEMENTS:VIEW EVENTS:WRITE".
+    permissions: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): native /v1 routes and the seed-compatible endpoints."""

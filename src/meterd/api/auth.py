@@ -1,0 +1,78 @@
+"""Authentication and permissions: every route names the permission it needs.
+
+A key is taken from ``x-api-key``, or ``Authorization: Bearer <key>``, or (only
+where a route allows it, for clients that cannot set headers) the
+``access_token`` query parameter. The key's org is the caller's org: routes
+read and write nothing else, whatever ids a request carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Depends, Header, Query, Request
+
+from meterd.api.errors import ApiError
+from meterd.runtime import Runtime
+from meterd.services.keys import Permission, Principal
+
+
+def runtime_of(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime_factory()
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
+
+
+def _token(x_api_key: str | None, authorization: str | None, access_token: str | None) -> str:
+    if x_api_key:
+        return x_api_key.strip()
+    if authorization:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    if access_token:
+        return access_token.strip()
+    raise ApiError(
+        401,
+        "an API key is required (x-api-key or Authorization: Bearer)",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _principal(runtime: Runtime, token: str, permission: Permission) -> Principal:
+    principal = runtime.keys_service.authenticate(token)
+    if principal is None:
+        raise ApiError(401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+    if not principal.may(permission):
+        raise ApiError(403, f"the API key lacks the {permission.value} permission")
+    return principal
+
+
+def require(permission: Permission) -> Callable[..., Principal]:
+    """A dependency: the caller, who must hold ``permission`` (headers only)."""
+
+    def dependency(
+        runtime: RuntimeDep,
+        x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> Principal:
+        return _principal(runtime, _token(x_api_key, authorization, None), permission)
+
+    return dependency
+
+
+def require_allowing_query_token(permission: Permission) -> Callable[..., Principal]:
+    """Like ``require``, also accepting ``?access_token=`` (the workspace seed API)."""
+
+    def dependency(
+        runtime: RuntimeDep,
+        x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
+        authorization: Annotated[str | None, Header()] = None,
+        access_token: Annotated[str | None, Query()] = None,
+    ) -> Principal:
+        return _principal(runtime, _token(x_api_key, authorization, access_token), permission)
+
+    return dependency

@@ -1,0 +1,247 @@
+"""Native usage routes: the real-time value, reserve, and HTTP event intake.
+
+Quantities travel as exact decimal strings ("12.5"), never as floats.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Request
+from pydantic import BaseModel, Field, StringConstraints
+
+from meterd.api.auth import RuntimeDep, require
+from meterd.api.errors import ApiError
+from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, Balance, EffectiveState
+from meterd.events import InvalidEvent, parse_event
+from meterd.quantity import format_quantity
+from meterd.services.keys import Permission, Principal
+from meterd.services.reserve import Reservation
+from meterd.storage.dead_letters import DeadLetterRecord
+from meterd.timeutil import isoformat, utcnow
+
+router = APIRouter(prefix="/v1", tags=["usage"])
+
+CustomerId = Annotated[str, Path(min_length=1, max_length=CUSTOMER_ID_MAX)]
+FeatureKey = Annotated[str, Path(pattern=FEATURE_KEY_PATTERN.pattern)]
+Decimal_ = Annotated[str, StringConstraints(pattern=r"^-?\d+(\.\d+)?$")]
+
+#: Events per ``meterd.ingest_batch`` message published by ``POST /v1/events``.
+EVENTS_PER_MESSAGE = 500
+#: Events one ``POST /v1/events`` may carry.
+MAX_EVENTS_PER_REQUEST = 10_000
+
+
+class EntitlementValue(BaseModel):
+    entitlement_id: uuid.UUID
+    period_start: str
+    quantity: Decimal_ | None = Field(description="null: unlimited")
+    consumed: Decimal_
+    remaining: Decimal_ | None
+    overage: Decimal_
+    state: EffectiveState
+    usable: bool
+
+
+class FeatureValue(BaseModel):
+    customer_id: str
+    feature: str
+    has_access: bool = Field(description="usage now would count, within some quantity")
+    state: str = Field(description="the state that decides access (see docs)")
+    quantity: Decimal_ | None = Field(description="sum over usable entitlements; null: unlimited")
+    consumed: Decimal_
+    remaining: Decimal_ | None
+    overage: Decimal_
+    entitlements: list[EntitlementValue]
+
+
+def _q(value: Decimal | None) -> str | None:
+    return None if value is None else format_quantity(value)
+
+
+def feature_value(customer_id: str, feature: str, balances: list[Balance]) -> FeatureValue:
+    usable = [b for b in balances if b.usable]
+    open_ = [b for b in usable if b.state is not EffectiveState.EXHAUSTED]
+    if open_:
+        state = open_[0].state.value
+    elif usable:
+        state = EffectiveState.EXHAUSTED.value
+    elif balances:
+        state = balances[0].state.value
+    else:
+        state = "NO_ENTITLEMENT"
+    unlimited = any(b.quantity is None for b in usable)
+    quantity = None if unlimited else sum((b.quantity or Decimal(0) for b in usable), Decimal(0))
+    consumed = sum((b.consumed for b in usable), Decimal(0))
+    overage = sum((b.overage for b in usable), Decimal(0))
+    remaining = None if quantity is None else max(quantity - consumed, Decimal(0))
+    return FeatureValue(
+        customer_id=customer_id,
+        feature=feature,
+        has_access=bool(open_),
+        state=state,
+        quantity=_q(quantity),
+        consumed=format_quantity(consumed),
+        remaining=_q(remaining),
+        overage=format_quantity(overage),
+        entitlements=[
+            EntitlementValue(
+                entitlement_id=b.entitlement_id,
+                period_start=isoformat(b.period_start),
+                quantity=_q(b.quantity),
+                consumed=format_quantity(b.consumed),
+                remaining=_q(b.remaining),
+                overage=format_quantity(b.overage),
+                state=b.state,
+                usable=b.usable,
+            )
+            for b in balances
+        ],
+    )
+
+
+@router.get("/customers/{customer_id}/features/{feature}", response_model=FeatureValue)
+def get_feature_value(
+    customer_id: CustomerId,
+    feature: FeatureKey,
+    runtime: RuntimeDep,
+    caller: Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))],
+) -> FeatureValue:
+    """Real-time value: flushed consumption plus what is still pending in Redis."""
+    balances = runtime.balance.balances(caller.org, customer_id, feature, utcnow())
+    return feature_value(customer_id, feature, balances)
+
+
+class ReserveRequest(BaseModel):
+    quantity: Decimal_ = Field(description="a positive decimal, at most 6 fractional digits")
+    idempotency_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="or the Idempotency-Key header; a retry with it consumes nothing more",
+    )
+    entitlement_id: uuid.UUID | None = None
+
+
+class ReserveResponse(BaseModel):
+    granted: bool
+    outcome: str = Field(
+        description="granted, already_granted, denied, no_entitlement or suspended"
+    )
+    quantity: Decimal_
+    value: FeatureValue
+
+
+@router.post("/customers/{customer_id}/features/{feature}/reserve", response_model=ReserveResponse)
+def reserve(
+    customer_id: CustomerId,
+    feature: FeatureKey,
+    body: ReserveRequest,
+    runtime: RuntimeDep,
+    caller: Annotated[Principal, Depends(require(Permission.USAGE_RESERVE))],
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> ReserveResponse:
+    """Atomic check-and-consume: granted only if the customer's room covers the
+    quantity; never takes a PRE_PAID entitlement over its quantity."""
+    key = body.idempotency_key or idempotency_key
+    if not key:
+        raise ApiError(400, "an idempotency key is required (body or Idempotency-Key header)")
+    now = utcnow()
+    outcome = runtime.reserve.reserve(
+        Reservation(
+            org=caller.org,
+            customer_id=customer_id,
+            feature=feature,
+            quantity=Decimal(body.quantity),
+            idempotency_key=key,
+            entitlement_id=body.entitlement_id,
+        ),
+        now,
+    )
+    balances = runtime.balance.balances(caller.org, customer_id, feature, now)
+    return ReserveResponse(
+        granted=outcome.granted,
+        outcome=outcome.value,
+        quantity=format_quantity(Decimal(body.quantity)),
+        value=feature_value(customer_id, feature, balances),
+    )
+
+
+class EventResult(BaseModel):
+    index: int
+    id: str | None
+    status: str = Field(description="queued or invalid")
+    reason: str | None = None
+
+
+class EventsAccepted(BaseModel):
+    queued: int
+    invalid: int
+    results: list[EventResult]
+
+
+Publisher = Callable[[list[dict[str, Any]]], None]
+
+
+@router.post("/events", status_code=202, response_model=EventsAccepted)
+async def post_events(
+    request: Request,
+    runtime: RuntimeDep,
+    caller: Annotated[Principal, Depends(require(Permission.EVENTS_WRITE))],
+) -> EventsAccepted:
+    """One CloudEvent (``application/cloudevents+json`` or JSON) or a batch
+    (``application/cloudevents-batch+json`` or a JSON array). Each event is
+    validated now: valid ones are queued to ``meterd.ingest_batch`` under the
+    key's org, invalid ones are dead-lettered (replayable) and reported."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise ApiError(400, "the body is not JSON") from None
+    events = body if isinstance(body, list) else [body]
+    if len(events) > MAX_EVENTS_PER_REQUEST:
+        raise ApiError(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+    now = utcnow()
+    results: list[EventResult] = []
+    queued: list[dict[str, Any]] = []
+    dead: list[DeadLetterRecord] = []
+    for index, payload in enumerate(events):
+        event_id = payload.get("id") if isinstance(payload, dict) else None
+        reason = _org_mismatch(payload, caller.org)
+        parsed = (
+            InvalidEvent(payload, reason)
+            if reason
+            else parse_event(payload, received_at=now, org=caller.org)
+        )
+        if isinstance(parsed, InvalidEvent):
+            results.append(
+                EventResult(
+                    index=index,
+                    id=event_id if isinstance(event_id, str) else None,
+                    status="invalid",
+                    reason=parsed.reason,
+                )
+            )
+            dead.append(
+                DeadLetterRecord(
+                    reason="invalid", detail=parsed.reason, payload=payload, org_id=caller.org
+                )
+            )
+            continue
+        queued.append({**payload, "org": caller.org})
+        results.append(EventResult(index=index, id=parsed.id, status="queued"))
+    publish: Publisher = request.app.state.publish_events
+    for start in range(0, len(queued), EVENTS_PER_MESSAGE):
+        publish(queued[start : start + EVENTS_PER_MESSAGE])
+    if dead:
+        runtime.dead_letters.add(dead, now)
+    return EventsAccepted(queued=len(queued), invalid=len(dead), results=results)
+
+
+def _org_mismatch(payload: Any, org: str) -> str | None:
+    if isinstance(payload, dict) and "org" in payload and payload["org"] != org:
+        return f"org {str(payload['org'])[:64]!r} does not match the API key's org"
+    return None
