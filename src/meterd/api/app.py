@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from meterd import __version__
-from meterd.api import errors, health, usage
+from meterd.api import entitlements, errors, health, usage
 from meterd.runtime import Runtime, get_runtime
 
 
@@ -42,4 +42,5 @@ def create_app(
     errors.install(app)
     app.include_router(health.router)
     app.include_router(usage.router)
+    app.include_router(entitlements.router)
     return app

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -75,25 +76,30 @@ class BalanceService:
         """The current period of each of the customer's entitlements for a feature."""
         key = (org, customer, feature)
         views, _ = self.repository.resolution_views([key], usable_after=now - self.late_window)[key]
+        found = self.balances_of(views, now)
+        return [found[view.id] for view in views]
+
+    def balances_of(
+        self, views: Sequence[EntitlementView], now: datetime
+    ) -> dict[uuid.UUID, Balance]:
+        """The current (or, once ended, the last) period of each entitlement, read
+        in one consistent snapshot."""
         current = {view.id: current_period(view, now) for view in views}
-        periods = [(view.id, current[view.id][0]) for view in views]
-        values = self.consumed(periods)
-        result = []
+        values = self.consumed([(view.id, current[view.id][0]) for view in views])
+        result = {}
         for view in views:
             start, quantity = current[view.id]
             flushed, pending = values[(view.id, start)]
             consumed = from_micros(flushed + pending)
-            result.append(
-                Balance(
-                    entitlement_id=view.id,
-                    period_start=start,
-                    quantity=quantity,
-                    consumed=consumed,
-                    flushed=from_micros(flushed),
-                    pending=from_micros(pending),
-                    state=effective_state(view.status, view.billing_type, quantity, consumed),
-                    usable=_usable(view, now),
-                )
+            result[view.id] = Balance(
+                entitlement_id=view.id,
+                period_start=start,
+                quantity=quantity,
+                consumed=consumed,
+                flushed=from_micros(flushed),
+                pending=from_micros(pending),
+                state=effective_state(view.status, view.billing_type, quantity, consumed),
+                usable=_usable(view, now),
             )
         return result
 

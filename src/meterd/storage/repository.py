@@ -186,6 +186,20 @@ class SqlRepository:
             raise NotFoundError("entitlement", entitlement_id)
         return ent
 
+    def find_entitlement(self, entitlement_id: uuid.UUID) -> tuple[Entitlement, str] | None:
+        """The entitlement and its feature key, or None."""
+        stmt = (
+            select(Entitlement, Feature.key)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(Entitlement.id == entitlement_id)
+        )
+        with self.sessions() as s:
+            row = s.execute(stmt).one_or_none()
+            if row is None:
+                return None
+            s.expunge(row[0])
+            return row[0], row[1]
+
     def customers_of(self, entitlement_id: uuid.UUID) -> tuple[str, str, str]:
         """(org, customer, feature key) of an entitlement."""
         stmt = (

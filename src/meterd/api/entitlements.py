@@ -1,0 +1,374 @@
+"""Native entitlement routes: list (filters, search, cursor pages), read, create,
+change (optimistic concurrency on ``row_version``), suspend/resume/terminate,
+periods and transitions. Every query is scoped to the caller's org; an id of
+another org is answered exactly like an id that does not exist (404).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from meterd.api.auth import RuntimeDep, require
+from meterd.api.errors import ApiError
+from meterd.domain import (
+    CUSTOMER_ID_MAX,
+    FEATURE_KEY_PATTERN,
+    Balance,
+    BillingType,
+    ContractMode,
+    EffectiveState,
+    EntitlementView,
+    Period,
+    Status,
+)
+from meterd.filters import FilterError, Kind, parse_filters
+from meterd.lifecycle import OperatorAction
+from meterd.paging import CursorError, decode, encode
+from meterd.quantity import format_quantity
+from meterd.runtime import Runtime
+from meterd.services.catalog import NewEntitlement
+from meterd.services.keys import Permission, Principal
+from meterd.storage.listing import ENTITLEMENT_COLUMNS, ENTITLEMENT_SORTS, EntitlementListing
+from meterd.storage.models import Entitlement, UsagePeriod
+from meterd.timeutil import isoformat, utcnow
+
+router = APIRouter(prefix="/v1", tags=["entitlements"])
+
+Viewer = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))]
+Manager = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_MANAGE))]
+DecimalText = Annotated[str, Field(pattern=r"^\d+(\.\d{1,6})?$")]
+
+LIST_PARAMS = ("cursor", "limit", "sort_key", "sort_type", "search")
+
+
+class EntitlementOut(BaseModel):
+    id: uuid.UUID
+    number: int
+    customer_id: str
+    feature: str
+    plan_id: uuid.UUID | None
+    contract_id: str | None
+    quantity: str | None = Field(description="of the current period; null: unlimited")
+    consumed: str = Field(description="in the current period, real time")
+    remaining: str | None
+    overage: str
+    period_start: str
+    billing_type: BillingType
+    contract_mode: ContractMode
+    status: Status
+    effective_state: EffectiveState
+    priority: int
+    starts_at: str
+    ends_at: str | None
+    grace_until: str | None
+    issued_at: str
+    auto_renew: bool
+    renewal_quantity: str | None
+    parent_id: uuid.UUID | None
+    allotment: str | None
+    row_version: int
+    created_at: str
+    updated_at: str
+
+
+class EntitlementPage(BaseModel):
+    results: list[EntitlementOut]
+    next: str | None
+    previous: str | None
+    total_count: int
+
+
+def _q(value: Decimal | None) -> str | None:
+    return None if value is None else format_quantity(value)
+
+
+def _t(value: datetime | None) -> str | None:
+    return None if value is None else isoformat(value)
+
+
+def view_of(ent: Entitlement, periods: list[UsagePeriod]) -> EntitlementView:
+    return EntitlementView(
+        id=ent.id,
+        number=ent.number,
+        priority=ent.priority,
+        status=Status(ent.status),
+        billing_type=BillingType(ent.billing_type),
+        quantity=ent.quantity,
+        starts_at=ent.starts_at,
+        ends_at=ent.ends_at,
+        grace_until=ent.grace_until,
+        periods=tuple(Period(p.period_start, p.period_end, p.quantity) for p in periods),
+    )
+
+
+def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> EntitlementOut:
+    return EntitlementOut(
+        id=ent.id,
+        number=ent.number,
+        customer_id=ent.customer_id,
+        feature=feature,
+        plan_id=ent.plan_id,
+        contract_id=ent.contract_id,
+        quantity=_q(balance.quantity),
+        consumed=format_quantity(balance.consumed),
+        remaining=_q(balance.remaining),
+        overage=format_quantity(balance.overage),
+        period_start=isoformat(balance.period_start),
+        billing_type=BillingType(ent.billing_type),
+        contract_mode=ContractMode(ent.contract_mode),
+        status=Status(ent.status),
+        effective_state=balance.state,
+        priority=ent.priority,
+        starts_at=isoformat(ent.starts_at),
+        ends_at=_t(ent.ends_at),
+        grace_until=_t(ent.grace_until),
+        issued_at=isoformat(ent.issued_at),
+        auto_renew=ent.auto_renew,
+        renewal_quantity=_q(ent.renewal_quantity),
+        parent_id=ent.parent_id,
+        allotment=_q(ent.allotment),
+        row_version=ent.row_version,
+        created_at=isoformat(ent.created_at),
+        updated_at=isoformat(ent.updated_at),
+    )
+
+
+def with_balances(
+    runtime: Runtime, rows: list[tuple[Entitlement, str]]
+) -> list[tuple[Entitlement, str, Balance]]:
+    """Each (entitlement, feature key) with its real-time balance, read at once."""
+    listing = EntitlementListing(runtime.repository.sessions)
+    periods = listing.periods_of([ent.id for ent, _ in rows])
+    views = [view_of(ent, periods[ent.id]) for ent, _ in rows]
+    balances = runtime.balance.balances_of(views, utcnow())
+    return [(ent, feature, balances[ent.id]) for ent, feature in rows]
+
+
+def owned(
+    runtime: Runtime, caller: Principal, entitlement_id: uuid.UUID
+) -> tuple[Entitlement, str]:
+    """The entitlement and its feature key, if it belongs to the caller's org (else 404)."""
+    ent = runtime.repository.find_entitlement(entitlement_id)
+    if ent is None or ent[0].org_id != caller.org:
+        raise ApiError(404, f"entitlement {entitlement_id} not found")
+    return ent
+
+
+ENTITLEMENT_FILTERS = {name: kind for name, (kind, _) in ENTITLEMENT_COLUMNS.items()}
+
+
+@router.get("/entitlements", response_model=EntitlementPage)
+def list_entitlements(
+    request: Request,
+    runtime: RuntimeDep,
+    caller: Viewer,
+    cursor: Annotated[str | None, Query(max_length=2000)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    sort_key: Annotated[str, Query()] = "number",
+    sort_type: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
+    search: Annotated[str | None, Query(max_length=200)] = None,
+) -> EntitlementPage:
+    """Filters: every field below with the operators ``__neq``, ``__gt``, ``__gte``,
+    ``__lt``, ``__lte``, ``__in`` (comma-separated), ``__isnull``; plus
+    ``quantity_used`` (flushed consumption). ``search`` matches customer id,
+    feature key or contract id. Pages by opaque ``cursor`` (``next``/``previous``)."""
+    if sort_key not in ENTITLEMENT_SORTS:
+        raise ApiError(400, f"sort_key must be one of {', '.join(sorted(ENTITLEMENT_SORTS))}")
+    sort = f"{sort_key}:{sort_type}"
+    try:
+        params = list(request.query_params.multi_items())
+        fields = {**ENTITLEMENT_FILTERS, "quantity_used": Kind.DECIMAL}
+        filters = parse_filters(params, fields, reserved=LIST_PARAMS)
+        page_cursor = decode(cursor, sort) if cursor else None
+    except (FilterError, CursorError) as exc:
+        raise ApiError(400, str(exc)) from None
+    used = [f for f in filters if f.field == "quantity_used"]
+    plain = [f for f in filters if f.field != "quantity_used"]
+    listing = EntitlementListing(runtime.repository.sessions)
+    page = listing.page(
+        caller.org,
+        plain,
+        sort=sort_key,
+        descending=sort_type == "desc",
+        cursor=page_cursor,
+        limit=limit,
+        quantity_used=used,
+        search=search,
+    )
+    rows = with_balances(runtime, [(row[0], row[1]) for row in page.rows])
+    return EntitlementPage(
+        results=[entitlement_out(*row) for row in rows],
+        next=encode(page.next) if page.next else None,
+        previous=encode(page.previous) if page.previous else None,
+        total_count=page.total,
+    )
+
+
+@router.get("/entitlements/{entitlement_id}", response_model=EntitlementOut)
+def get_entitlement(
+    entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer
+) -> EntitlementOut:
+    ent, feature = owned(runtime, caller, entitlement_id)
+    ((_, _, balance),) = with_balances(runtime, [(ent, feature)])
+    return entitlement_out(ent, feature, balance)
+
+
+class EntitlementIn(BaseModel):
+    customer_id: str = Field(min_length=1, max_length=CUSTOMER_ID_MAX)
+    feature: str = Field(pattern=FEATURE_KEY_PATTERN.pattern)
+    quantity: DecimalText | None = Field(default=None, description="null: unlimited")
+    starts_at: datetime | None = Field(default=None, description="default: now")
+    ends_at: datetime | None = None
+    grace_days: int = Field(default=0, ge=0, le=3650)
+    billing_type: BillingType = BillingType.PRE_PAID
+    contract_mode: ContractMode = ContractMode.PRODUCTION
+    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    auto_renew: bool = False
+    renewal_quantity: DecimalText | None = None
+    contract_id: str | None = Field(default=None, max_length=128)
+    plan_id: uuid.UUID | None = None
+
+
+def _aware(value: datetime | None, name: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ApiError(400, f"{name} must carry a timezone, e.g. 2026-11-22T10:00:00Z")
+    return value
+
+
+@router.post("/entitlements", status_code=201, response_model=EntitlementOut)
+def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager) -> EntitlementOut:
+    now = utcnow()
+    starts_at = _aware(body.starts_at, "starts_at") or now
+    ent = runtime.catalog.create_entitlement(
+        NewEntitlement(
+            org=caller.org,
+            customer_id=body.customer_id,
+            feature=body.feature,
+            quantity=Decimal(body.quantity) if body.quantity is not None else None,
+            starts_at=starts_at,
+            ends_at=_aware(body.ends_at, "ends_at"),
+            billing_type=body.billing_type,
+            contract_mode=body.contract_mode,
+            priority=body.priority,
+            grace=timedelta(days=body.grace_days) if body.grace_days else None,
+            auto_renew=body.auto_renew,
+            renewal_quantity=Decimal(body.renewal_quantity)
+            if body.renewal_quantity is not None
+            else None,
+            contract_id=body.contract_id,
+            plan_id=body.plan_id,
+        ),
+        now,
+    )
+    return get_entitlement(ent.id, runtime, caller)
+
+
+class StatusChange(BaseModel):
+    reason: str = Field(default="", max_length=500)
+    row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
+
+
+def _change(
+    action: OperatorAction,
+    entitlement_id: uuid.UUID,
+    body: StatusChange | None,
+    runtime: Runtime,
+    caller: Principal,
+) -> EntitlementOut:
+    owned(runtime, caller, entitlement_id)
+    change = body or StatusChange()
+    runtime.catalog.change_status(
+        entitlement_id,
+        action,
+        utcnow(),
+        reason=change.reason,
+        expected_version=change.row_version,
+        actor=f"api-key:{caller.key_id}",
+    )
+    return get_entitlement(entitlement_id, runtime, caller)
+
+
+@router.post("/entitlements/{entitlement_id}/suspend", response_model=EntitlementOut)
+def suspend(
+    entitlement_id: uuid.UUID,
+    runtime: RuntimeDep,
+    caller: Manager,
+    body: StatusChange | None = None,
+) -> EntitlementOut:
+    """Usage is refused (dead-lettered as ``suspended``) until resumed."""
+    return _change(OperatorAction.SUSPEND, entitlement_id, body, runtime, caller)
+
+
+@router.post("/entitlements/{entitlement_id}/resume", response_model=EntitlementOut)
+def resume(
+    entitlement_id: uuid.UUID,
+    runtime: RuntimeDep,
+    caller: Manager,
+    body: StatusChange | None = None,
+) -> EntitlementOut:
+    return _change(OperatorAction.RESUME, entitlement_id, body, runtime, caller)
+
+
+@router.post("/entitlements/{entitlement_id}/terminate", response_model=EntitlementOut)
+def terminate(
+    entitlement_id: uuid.UUID,
+    runtime: RuntimeDep,
+    caller: Manager,
+    body: StatusChange | None = None,
+) -> EntitlementOut:
+    """Final: no usage counts on it any more."""
+    return _change(OperatorAction.TERMINATE, entitlement_id, body, runtime, caller)
+
+
+class PeriodOut(BaseModel):
+    period_start: str
+    period_end: str | None
+    quantity: str | None
+    consumed: str = Field(description="flushed to the database")
+
+
+@router.get("/entitlements/{entitlement_id}/periods", response_model=list[PeriodOut])
+def periods(entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> list[PeriodOut]:
+    owned(runtime, caller, entitlement_id)
+    return [
+        PeriodOut(
+            period_start=isoformat(p.period_start),
+            period_end=_t(p.period_end),
+            quantity=_q(p.quantity),
+            consumed=format_quantity(p.consumed),
+        )
+        for p in runtime.repository.consumption_by_period(entitlement_id)
+    ]
+
+
+class TransitionOut(BaseModel):
+    from_status: str
+    to_status: str
+    at: str
+    recorded_at: str
+    reason: str
+    job_run_id: str
+
+
+@router.get("/entitlements/{entitlement_id}/transitions", response_model=list[TransitionOut])
+def transitions(
+    entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer
+) -> list[TransitionOut]:
+    owned(runtime, caller, entitlement_id)
+    return [
+        TransitionOut(
+            from_status=t.from_status,
+            to_status=t.to_status,
+            at=isoformat(t.at),
+            recorded_at=isoformat(t.recorded_at),
+            reason=t.reason,
+            job_run_id=t.job_run_id,
+        )
+        for t in runtime.repository.transitions(entitlement_id)
+    ]

@@ -1,0 +1,123 @@
+"""Query-string filters in the Zenskar style: ``field``, ``field__neq``, ``__gt``,
+``__gte``, ``__lt``, ``__lte``, ``__in`` (comma-separated) and ``__isnull``.
+
+Each route declares its filterable fields and their types; a parameter that is
+not a known field with a known operator, or a value that does not parse as the
+field's type, is a ``FilterError`` (400 with a message naming it). Parsed
+filters name fields, never columns: the storage layer maps them to columns from
+its own whitelist, and values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Any
+
+from meterd.timeutil import as_utc
+
+
+class FilterError(ValueError):
+    """A filter parameter that cannot be applied, with why."""
+
+
+class Op(StrEnum):
+    EQ = "eq"
+    NEQ = "neq"
+    GT = "gt"
+    GTE = "gte"
+    LT = "lt"
+    LTE = "lte"
+    IN = "in"
+    ISNULL = "isnull"
+
+
+class Kind(StrEnum):
+    UUID = "uuid"
+    DATETIME = "datetime"
+    DECIMAL = "decimal"
+    STRING = "string"
+    INTEGER = "integer"
+
+
+ORDERED = frozenset({Kind.DATETIME, Kind.DECIMAL, Kind.INTEGER})
+_MAX_IN = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    field: str
+    op: Op
+    #: One value, a tuple of values (IN), or a bool (ISNULL).
+    value: Any
+
+
+def _parse_value(kind: Kind, raw: str, name: str) -> Any:
+    raw = raw.strip()
+    try:
+        if kind is Kind.UUID:
+            return uuid.UUID(raw)
+        if kind is Kind.DATETIME:
+            return as_utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
+        if kind is Kind.DECIMAL:
+            value = Decimal(raw)
+            if not value.is_finite():
+                raise InvalidOperation
+            return value
+        if kind is Kind.INTEGER:
+            return int(raw)
+    except (ValueError, InvalidOperation):
+        raise FilterError(f"{name}: {raw[:60]!r} is not a valid {kind.value}") from None
+    if len(raw) > 200:
+        raise FilterError(f"{name}: value too long")
+    return raw
+
+
+def _parse_bool(raw: str, name: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    raise FilterError(f"{name}: expected true or false, got {raw[:20]!r}")
+
+
+def parse_filters(
+    params: Iterable[tuple[str, str]],
+    fields: Mapping[str, Kind],
+    *,
+    reserved: Iterable[str] = (),
+) -> list[Filter]:
+    """The filters among ``params`` (query items); ``reserved`` names other known
+    parameters (paging, sorting), which are skipped. Anything else is an error."""
+    skip = set(reserved)
+    filters = []
+    for name, raw in params:
+        if name in skip:
+            continue
+        field, _, op_name = name.partition("__")
+        if field not in fields:
+            raise FilterError(f"unknown query parameter {name[:60]!r}")
+        try:
+            op = Op(op_name) if op_name else Op.EQ
+        except ValueError:
+            raise FilterError(f"{name}: unknown operator {op_name[:20]!r}") from None
+        if op is Op.EQ and op_name:
+            raise FilterError(f"{name}: use {field}={raw[:20]} for equality")
+        kind = fields[field]
+        if op in (Op.GT, Op.GTE, Op.LT, Op.LTE) and kind not in ORDERED:
+            raise FilterError(f"{name}: {field} is not ordered")
+        if op is Op.ISNULL:
+            filters.append(Filter(field, op, _parse_bool(raw, name)))
+        elif op is Op.IN:
+            items = [item for item in raw.split(",") if item.strip()]
+            if not items or len(items) > _MAX_IN:
+                raise FilterError(f"{name}: give 1 to {_MAX_IN} comma-separated values")
+            filters.append(Filter(field, op, tuple(_parse_value(kind, i, name) for i in items)))
+        else:
+            filters.append(Filter(field, op, _parse_value(kind, raw, name)))
+    return filters
