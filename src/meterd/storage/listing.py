@@ -217,6 +217,42 @@ class EntitlementListing:
                 s.expunge(row[0])
         return page
 
+    def grants_of_customer(
+        self,
+        org: str,
+        customer_id: str,
+        filters: Sequence[Filter],
+        limit: int,
+        search: str | None = None,
+    ) -> list[tuple[Entitlement, Feature]]:
+        """A customer's entitlements with their features (filters on the grants;
+        ``search`` on the feature's key, name or description)."""
+        stmt: Any = (
+            select(Entitlement, Feature)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(Entitlement.org_id == org, Entitlement.customer_id == customer_id)
+        )
+        stmt = apply_filters(stmt, filters, ENTITLEMENT_COLUMNS)
+        if search:
+            pattern = contains_pattern(search)
+            stmt = stmt.where(
+                or_(
+                    Feature.key.ilike(pattern, escape="\\"),
+                    Feature.name.ilike(pattern, escape="\\"),
+                    Feature.description.ilike(pattern, escape="\\"),
+                )
+            )
+        with self.sessions() as s:
+            rows = [
+                (row[0], row[1])
+                for row in s.execute(stmt.order_by(Entitlement.number).limit(limit))
+            ]
+            for ent, feature in rows:
+                s.expunge(ent)
+                if feature in s:
+                    s.expunge(feature)
+        return rows
+
     def periods_of(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[UsagePeriod]]:
         result: dict[uuid.UUID, list[UsagePeriod]] = {i: [] for i in ids}
         if not ids:
