@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from meterd import __version__
-from meterd.api import entitlements, errors, health, seed_zenskar, usage
+from meterd.api import entitlements, errors, health, seed_tenant, seed_zenskar, usage
 from meterd.runtime import Runtime, get_runtime
 
 
@@ -44,4 +44,5 @@ def create_app(
     app.include_router(usage.router)
     app.include_router(entitlements.router)
     app.include_router(seed_zenskar.router)
+    app.include_router(seed_tenant.router)
     return app
