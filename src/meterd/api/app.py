@@ -13,7 +13,16 @@ from typing import Any
 from fastapi import FastAPI
 
 from meterd import __version__
-from meterd.api import entitlements, errors, health, seed_tenant, seed_zenskar, usage
+from meterd.api import (
+    catalog,
+    entitlements,
+    errors,
+    health,
+    seed_tenant,
+    seed_workspace,
+    seed_zenskar,
+    usage,
+)
 from meterd.runtime import Runtime, get_runtime
 
 
@@ -42,7 +51,9 @@ def create_app(
     errors.install(app)
     app.include_router(health.router)
     app.include_router(usage.router)
+    app.include_router(catalog.router)
     app.include_router(entitlements.router)
     app.include_router(seed_zenskar.router)
     app.include_router(seed_tenant.router)
+    app.include_router(seed_workspace.router)
     return app

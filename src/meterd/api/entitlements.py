@@ -220,8 +220,11 @@ def get_entitlement(
 
 
 class EntitlementIn(BaseModel):
+    """Either ``feature`` (and the terms below), or ``plan_id``: the plan then gives
+    feature, quantity, term, grace, renewal, billing type and contract mode."""
+
     customer_id: str = Field(min_length=1, max_length=CUSTOMER_ID_MAX)
-    feature: str = Field(pattern=FEATURE_KEY_PATTERN.pattern)
+    feature: str | None = Field(default=None, pattern=FEATURE_KEY_PATTERN.pattern)
     quantity: DecimalText | None = Field(default=None, description="null: unlimited")
     starts_at: datetime | None = Field(default=None, description="default: now")
     ends_at: datetime | None = None
@@ -245,6 +248,19 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
 def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager) -> EntitlementOut:
     now = utcnow()
     starts_at = _aware(body.starts_at, "starts_at") or now
+    if body.plan_id is not None:
+        from_plan = runtime.catalog.entitlement_from_plan(
+            caller.org,
+            body.plan_id,
+            body.customer_id,
+            starts_at,
+            now,
+            contract_id=body.contract_id,
+            priority=body.priority,
+        )
+        return get_entitlement(from_plan.id, runtime, caller)
+    if body.feature is None:
+        raise ApiError(400, "give a feature, or a plan_id")
     ent = runtime.catalog.create_entitlement(
         NewEntitlement(
             org=caller.org,

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from meterd.lifecycle import TransitionRefused
 from meterd.quantity import QuantityError
 from meterd.services.catalog import CatalogError
-from meterd.storage.repository import NotFoundError, StaleVersionError
+from meterd.storage.repository import DuplicateError, NotFoundError, StaleVersionError
 
 PROBLEM = "application/problem+json"
 
@@ -90,6 +90,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(CatalogError)
     async def _catalog(_: Request, exc: CatalogError) -> JSONResponse:
         return problem(400, str(exc))
+
+    @app.exception_handler(DuplicateError)
+    async def _duplicate(_: Request, exc: DuplicateError) -> JSONResponse:
+        return problem(409, str(exc))
 
     @app.exception_handler(QuantityError)
     async def _quantity(_: Request, exc: QuantityError) -> JSONResponse:

@@ -20,14 +20,34 @@ from meterd.domain import (
     Status,
 )
 from meterd.lifecycle import OperatorAction, operator_transition
+from meterd.plans import TermUnit, condition_family, term_end, term_kind
 from meterd.services.resolution import ResolutionCache
-from meterd.storage.models import Entitlement, Feature, UsagePeriod
+from meterd.storage.models import Entitlement, Feature, Plan, UsagePeriod
+from meterd.storage.plans import PlanStore
 from meterd.storage.repository import SqlRepository
 from meterd.timeutil import month_start, next_month_start
 
 
 class CatalogError(ValueError):
     """A request to the catalog that cannot be carried out as asked."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewPlan:
+    org: str
+    key: str
+    feature: str
+    quantity: Decimal | None
+    display_name: str = ""
+    description: str = ""
+    billing_type: BillingType = BillingType.PRE_PAID
+    contract_mode: ContractMode = ContractMode.PRODUCTION
+    term_value: int | None = None
+    term_unit: TermUnit | None = None
+    grace_days: int = 0
+    auto_renew: bool = False
+    renewal_quantity: Decimal | None = None
+    families: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +82,7 @@ class Catalog:
     def __init__(self, repository: SqlRepository, resolution: ResolutionCache) -> None:
         self.repository = repository
         self.resolution = resolution
+        self.plans = PlanStore(repository.sessions)
 
     def create_org(self, org_id: str, name: str | None, now: datetime) -> None:
         if not ORG_ID_PATTERN.match(org_id):
@@ -154,6 +175,82 @@ class Catalog:
         self.repository.add_entitlement(ent, periods)
         self.resolution.refresh([(spec.org, spec.customer_id, spec.feature)], now)
         return ent
+
+    def create_plan(self, spec: NewPlan, now: datetime) -> Plan:
+        if spec.quantity is not None and spec.quantity < 0:
+            raise CatalogError("quantity must not be negative")
+        if (spec.term_value is None) != (spec.term_unit is None):
+            raise CatalogError("give term_value and term_unit together (or neither)")
+        if spec.term_value is not None and spec.term_value <= 0:
+            raise CatalogError("term_value must be positive")
+        if spec.auto_renew and spec.term_unit is None:
+            raise CatalogError("an auto-renewing plan needs a term")
+        if spec.auto_renew and spec.billing_type is BillingType.PAY_PER_USE:
+            raise CatalogError("a PAY_PER_USE plan counts per calendar month and cannot auto-renew")
+        if not FEATURE_KEY_PATTERN.match(spec.key):
+            raise CatalogError("plan key must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        feature = self.repository.feature_by_key(spec.org, spec.feature)
+        plan = Plan(
+            org_id=spec.org,
+            key=spec.key,
+            display_name=spec.display_name or spec.key,
+            description=spec.description,
+            feature_id=feature.id,
+            quantity=spec.quantity,
+            billing_type=spec.billing_type.value,
+            contract_mode=spec.contract_mode.value,
+            term_value=spec.term_value,
+            term_unit=spec.term_unit.value if spec.term_unit else None,
+            term_kind=int(term_kind(spec.term_unit, spec.auto_renew, spec.contract_mode)),
+            condition_family=int(
+                condition_family(spec.quantity, spec.billing_type, spec.contract_mode)
+            ),
+            grace_days=spec.grace_days,
+            auto_renew=spec.auto_renew,
+            renewal_quantity=spec.renewal_quantity,
+            is_active=True,
+            row_version=1,
+            created_at=now,
+            updated_at=now,
+        )
+        for key in spec.families:
+            if not FEATURE_KEY_PATTERN.match(key):
+                raise CatalogError("plan family keys must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        return self.plans.add(plan, spec.families)
+
+    def entitlement_from_plan(
+        self,
+        org: str,
+        plan_id: uuid.UUID,
+        customer_id: str,
+        starts_at: datetime,
+        now: datetime,
+        *,
+        contract_id: str | None = None,
+        priority: int = 0,
+    ) -> Entitlement:
+        """An entitlement with the plan's feature, quantity, term, grace and renewal."""
+        plan = self.plans.get(org, plan_id)
+        unit = TermUnit(plan.term_unit) if plan.term_unit else None
+        return self.create_entitlement(
+            NewEntitlement(
+                org=org,
+                customer_id=customer_id,
+                feature=self.plans.feature_key(plan),
+                quantity=plan.quantity,
+                starts_at=starts_at,
+                ends_at=term_end(starts_at, plan.term_value, unit),
+                billing_type=BillingType(plan.billing_type),
+                contract_mode=ContractMode(plan.contract_mode),
+                priority=priority,
+                grace=timedelta(days=plan.grace_days) if plan.grace_days else None,
+                auto_renew=plan.auto_renew,
+                renewal_quantity=plan.renewal_quantity,
+                contract_id=contract_id,
+                plan_id=plan.id,
+            ),
+            now,
+        )
 
     def change_status(
         self,

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     Dialect,
     ForeignKey,
@@ -24,13 +25,14 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
     Uuid,
     text,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
 from meterd.quantity import from_micros, to_micros
@@ -286,3 +288,61 @@ class ApiKey(Base):
     permissions: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+
+
+plan_family_links = Table(
+    "plan_family_links",
+    Base.metadata,
+    Column("plan_id", Uuid, ForeignKey("plans.id"), primary_key=True),
+    Column("family_id", Uuid, ForeignKey("plan_families.id"), primary_key=True),
+)
+
+
+class PlanFamily(Base):
+    """A grouping of plans (e.g. "gold", "legacy"); a plan may belong to several."""
+
+    __tablename__ = "plan_families"
+    __table_args__ = (UniqueConstraint("org_id", "key", name="uq_plan_families_org_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    key: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    sort_order: Mapped[int] = mapped_column(Integer, default=0)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Plan(Base):
+    """A template for entitlements: feature, quantity, term, grace, renewal, billing.
+
+    ``term_kind`` and ``condition_family`` are derived from the other fields when
+    the plan is written (see ``meterd.plans``), so lists can filter on them.
+    """
+
+    __tablename__ = "plans"
+    __table_args__ = (UniqueConstraint("org_id", "key", name="uq_plans_org_key"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"))
+    key: Mapped[str] = mapped_column(String(64))
+    display_name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    feature_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("features.id"))
+    quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    billing_type: Mapped[str] = mapped_column(String(16))
+    contract_mode: Mapped[str] = mapped_column(String(16))
+    term_value: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    term_unit: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    term_kind: Mapped[int] = mapped_column(Integer)
+    condition_family: Mapped[int] = mapped_column(Integer)
+    grace_days: Mapped[int] = mapped_column(Integer, default=0)
+    auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
+    renewal_quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    row_version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    families: Mapped[list[PlanFamily]] = relationship(
+        secondary=plan_family_links, lazy="selectin", order_by=PlanFamily.sort_order
+    )

@@ -65,6 +65,10 @@ from meterd.storage.notifications import insert_notifications
 from meterd.timeutil import from_epoch_micros, next_month_start
 
 
+class DuplicateError(ValueError):
+    """A key already taken in the org."""
+
+
 class StaleVersionError(RuntimeError):
     """The row changed since the caller read it (optimistic concurrency on row_version)."""
 
@@ -132,9 +136,20 @@ class SqlRepository:
                 s.add(Organisation(id=org_id, name=name, created_at=now))
 
     def add_feature(self, feature: Feature) -> Feature:
-        with self.sessions.begin() as s:
-            s.add(feature)
+        try:
+            with self.sessions.begin() as s:
+                s.add(feature)
+        except IntegrityError:
+            raise DuplicateError(
+                f"feature {feature.key!r} exists in org {feature.org_id}"
+            ) from None
         return feature
+
+    def features(self, org_id: str) -> list[Feature]:
+        with self.sessions() as s:
+            return list(
+                s.scalars(select(Feature).where(Feature.org_id == org_id).order_by(Feature.key))
+            )
 
     def feature_by_key(self, org_id: str, key: str) -> Feature:
         stmt = select(Feature).where(Feature.org_id == org_id, Feature.key == key)

@@ -1,0 +1,196 @@
+"""Native catalog routes: features and plans of the caller's org."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from meterd.api.auth import RuntimeDep, require
+from meterd.domain import FEATURE_KEY_PATTERN, BillingType, ContractMode, FeatureType
+from meterd.plans import TermUnit
+from meterd.quantity import format_quantity
+from meterd.services.catalog import NewPlan
+from meterd.services.keys import Permission, Principal
+from meterd.storage.models import Feature, Plan
+from meterd.timeutil import isoformat, utcnow
+
+router = APIRouter(prefix="/v1", tags=["catalog"])
+
+Viewer = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))]
+Manager = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_MANAGE))]
+Key = Annotated[str, Field(pattern=FEATURE_KEY_PATTERN.pattern)]
+DecimalText = Annotated[str, Field(pattern=r"^\d+(\.\d{1,6})?$")]
+
+
+class FeatureIn(BaseModel):
+    key: Key
+    name: str | None = Field(default=None, max_length=200)
+    description: str = Field(default="", max_length=2000)
+    type: FeatureType = FeatureType.FEATURE
+    units: str = Field(default="", max_length=64)
+    product_id: uuid.UUID | None = None
+
+
+class FeatureOut(BaseModel):
+    id: uuid.UUID
+    key: str
+    name: str
+    description: str
+    type: FeatureType
+    units: str
+    product_id: uuid.UUID | None
+    is_active: bool
+    created_at: str
+
+
+def feature_out(feature: Feature) -> FeatureOut:
+    return FeatureOut(
+        id=feature.id,
+        key=feature.key,
+        name=feature.name,
+        description=feature.description,
+        type=FeatureType(feature.type),
+        units=feature.units,
+        product_id=feature.product_id,
+        is_active=feature.is_active,
+        created_at=isoformat(feature.created_at),
+    )
+
+
+@router.post("/features", status_code=201, response_model=FeatureOut)
+def create_feature(body: FeatureIn, runtime: RuntimeDep, caller: Manager) -> FeatureOut:
+    feature = runtime.catalog.create_feature(
+        caller.org,
+        body.key,
+        now=utcnow(),
+        name=body.name,
+        type=body.type,
+        units=body.units,
+        description=body.description,
+        product_id=body.product_id,
+    )
+    return feature_out(feature)
+
+
+@router.get("/features", response_model=list[FeatureOut])
+def list_features(runtime: RuntimeDep, caller: Viewer) -> list[FeatureOut]:
+    return [feature_out(f) for f in runtime.repository.features(caller.org)]
+
+
+@router.get("/features/{key}", response_model=FeatureOut)
+def get_feature(key: Key, runtime: RuntimeDep, caller: Viewer) -> FeatureOut:
+    return feature_out(runtime.repository.feature_by_key(caller.org, key))
+
+
+class PlanIn(BaseModel):
+    key: Key
+    feature: Key
+    quantity: DecimalText | None = Field(default=None, description="null: unlimited")
+    display_name: str = Field(default="", max_length=200)
+    description: str = Field(default="", max_length=2000)
+    billing_type: BillingType = BillingType.PRE_PAID
+    contract_mode: ContractMode = ContractMode.PRODUCTION
+    term_value: int | None = Field(default=None, ge=1, le=10_000)
+    term_unit: TermUnit | None = None
+    grace_days: int = Field(default=0, ge=0, le=3650)
+    auto_renew: bool = False
+    renewal_quantity: DecimalText | None = None
+    families: list[Key] = Field(default_factory=list, max_length=50)
+
+
+class PlanFamilyOut(BaseModel):
+    id: uuid.UUID
+    key: str
+    display_name: str
+
+
+class PlanOut(BaseModel):
+    id: uuid.UUID
+    key: str
+    display_name: str
+    description: str
+    feature_id: uuid.UUID
+    quantity: str | None
+    billing_type: BillingType
+    contract_mode: ContractMode
+    term_value: int | None
+    term_unit: TermUnit | None
+    term_kind: int
+    condition_family: int
+    grace_days: int
+    auto_renew: bool
+    renewal_quantity: str | None
+    families: list[PlanFamilyOut]
+    is_active: bool
+    row_version: int
+    created_at: str
+
+
+def _q(value: Decimal | None) -> str | None:
+    return None if value is None else format_quantity(value)
+
+
+def plan_out(plan: Plan) -> PlanOut:
+    return PlanOut(
+        id=plan.id,
+        key=plan.key,
+        display_name=plan.display_name,
+        description=plan.description,
+        feature_id=plan.feature_id,
+        quantity=_q(plan.quantity),
+        billing_type=BillingType(plan.billing_type),
+        contract_mode=ContractMode(plan.contract_mode),
+        term_value=plan.term_value,
+        term_unit=TermUnit(plan.term_unit) if plan.term_unit else None,
+        term_kind=plan.term_kind,
+        condition_family=plan.condition_family,
+        grace_days=plan.grace_days,
+        auto_renew=plan.auto_renew,
+        renewal_quantity=_q(plan.renewal_quantity),
+        families=[
+            PlanFamilyOut(id=f.id, key=f.key, display_name=f.display_name) for f in plan.families
+        ],
+        is_active=plan.is_active,
+        row_version=plan.row_version,
+        created_at=isoformat(plan.created_at),
+    )
+
+
+@router.post("/plans", status_code=201, response_model=PlanOut)
+def create_plan(body: PlanIn, runtime: RuntimeDep, caller: Manager) -> PlanOut:
+    plan = runtime.catalog.create_plan(
+        NewPlan(
+            org=caller.org,
+            key=body.key,
+            feature=body.feature,
+            quantity=Decimal(body.quantity) if body.quantity is not None else None,
+            display_name=body.display_name,
+            description=body.description,
+            billing_type=body.billing_type,
+            contract_mode=body.contract_mode,
+            term_value=body.term_value,
+            term_unit=body.term_unit,
+            grace_days=body.grace_days,
+            auto_renew=body.auto_renew,
+            renewal_quantity=Decimal(body.renewal_quantity)
+            if body.renewal_quantity is not None
+            else None,
+            families=tuple(body.families),
+        ),
+        utcnow(),
+    )
+    return plan_out(plan)
+
+
+@router.get("/plans", response_model=list[PlanOut])
+def list_plans(runtime: RuntimeDep, caller: Viewer) -> list[PlanOut]:
+    return [plan_out(p) for p in runtime.catalog.plans.all_of(caller.org)]
+
+
+@router.get("/plans/{plan_id}", response_model=PlanOut)
+def get_plan(plan_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> PlanOut:
+    return plan_out(runtime.catalog.plans.get(caller.org, plan_id))

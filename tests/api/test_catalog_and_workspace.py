@@ -1,0 +1,217 @@
+"""Features and plans over /v1, and the workspace runtime-entitlements seed page."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from meterd.runtime import Runtime
+from meterd.services.keys import Permission
+
+from .conftest import key_for
+
+WORKSPACE = "/api/workspace/entitlement-operations/entitlements"
+
+
+def post(client: TestClient, path: str, headers: dict[str, str], **body: Any) -> dict[str, Any]:
+    response = client.post(path, json=body, headers=headers)
+    assert response.status_code == 201, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def catalog(client: TestClient, acme: dict[str, str]) -> dict[str, Any]:
+    """A USERS feature, two plans (yearly auto-renew in family gold; a trial), three grants."""
+    post(client, "/v1/features", acme, key="seats", name="Seats", type="USERS", units="users")
+    yearly = post(client, "/v1/plans", acme, key="pro-yearly", feature="seats", quantity="50",
+                  display_name="Pro yearly", term_value=1, term_unit="YEAR", auto_renew=True,
+                  grace_days=7, families=["gold", "legacy"])  # fmt: skip
+    trial = post(client, "/v1/plans", acme, key="trial", feature="seats", quantity="5",
+                 display_name="Trial", term_value=14, term_unit="DAY",
+                 contract_mode="TRIAL")  # fmt: skip
+    a = post(client, "/v1/entitlements", acme, customer_id="alpha", plan_id=yearly["id"],
+             starts_at="2026-01-15T00:00:00Z")  # fmt: skip
+    b = post(client, "/v1/entitlements", acme, customer_id="beta", plan_id=trial["id"],
+             starts_at="2026-11-20T00:00:00Z")  # fmt: skip
+    c = post(client, "/v1/entitlements", acme, customer_id="gamma", feature="api_calls",
+             quantity="10")  # fmt: skip
+    return {"yearly": yearly, "trial": trial, "a": a, "b": b, "c": c}
+
+
+def workspace(client: TestClient, headers: dict[str, str], **params: Any) -> dict[str, Any]:
+    response = client.get(WORKSPACE, params=params, headers=headers)
+    assert response.status_code == 200, response.text
+    result: dict[str, Any] = response.json()
+    return result
+
+
+def owners(body: dict[str, Any]) -> list[str]:
+    return [item["Owner"]["EntityInstanceId"] for item in body["Data"]["Items"]]
+
+
+def test_a_plan_derives_its_term_kind_and_condition_family(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    made = catalog(client, acme)
+    yearly, trial = made["yearly"], made["trial"]
+    assert (yearly["term_kind"], yearly["condition_family"]) == (2, 1)  # RENEWING, QUANTITY
+    assert (trial["term_kind"], trial["condition_family"]) == (3, 3)  # TRIAL, TRIAL_QUANTITY
+    assert [f["key"] for f in yearly["families"]] == ["gold", "legacy"]
+
+
+def test_an_entitlement_from_a_plan_takes_its_terms(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    a = catalog(client, acme)["a"]
+    assert (a["feature"], a["quantity"], a["auto_renew"]) == ("seats", "50", True)
+    assert (a["starts_at"], a["ends_at"], a["grace_until"]) == (
+        "2026-01-15T00:00:00.000000Z",
+        "2027-01-15T00:00:00.000000Z",
+        "2027-01-22T00:00:00.000000Z",
+    )
+
+
+def test_features_and_plans_are_listed_per_org(
+    client: TestClient, acme: dict[str, str], globex: dict[str, str]
+) -> None:
+    catalog(client, acme)
+    assert [f["key"] for f in client.get("/v1/features", headers=acme).json()] == [
+        "api_calls",
+        "seats",
+    ]
+    assert [p["key"] for p in client.get("/v1/plans", headers=acme).json()] == [
+        "pro-yearly",
+        "trial",
+    ]
+    assert client.get("/v1/plans", headers=globex).json() == []
+    plan_id = client.get("/v1/plans", headers=acme).json()[0]["id"]
+    assert client.get(f"/v1/plans/{plan_id}", headers=globex).status_code == 404
+    assert client.get("/v1/features/seats", headers=globex).status_code == 404
+
+
+def test_a_duplicate_feature_key_is_409(client: TestClient, acme: dict[str, str]) -> None:
+    response = client.post("/v1/features", json={"key": "api_calls"}, headers=acme)
+    assert response.status_code == 409
+
+
+def test_another_orgs_plan_cannot_be_used(
+    client: TestClient, acme: dict[str, str], globex: dict[str, str]
+) -> None:
+    plan_id = catalog(client, acme)["yearly"]["id"]
+    response = client.post(
+        "/v1/entitlements", json={"customer_id": "x", "plan_id": plan_id}, headers=globex
+    )
+    assert response.status_code == 404
+
+
+def test_the_workspace_page_has_the_seed_envelope_and_row_shape(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    made = catalog(client, acme)
+    body = workspace(client, {"Authorization": "Bearer " + acme["x-api-key"]})
+    assert set(body) == {"Data", "Errors", "Warnings", "Success"}
+    assert (body["Success"], body["Errors"], body["Warnings"]) == (True, [], [])
+    data = body["Data"]
+    assert (data["TotalCount"], data["Page"], data["PageSize"]) == (3, 1, 20)
+    first = data["Items"][0]
+    assert set(first) == {
+        "Id", "EntitlementNumber", "EntitlementModelId", "EntitlementModelDisplayName",
+        "ModelType", "EntitlementPlanId", "EntitlementPlanDisplayName", "Owner", "Status",
+        "EffectiveState", "StartsAtUtc", "EndsAtUtc", "GraceUntilUtc", "IssuedAtUtc",
+        "IssuedByUserId", "ResourceCount", "BeneficiaryCount", "PlanFamilies", "RowVersion",
+    }  # fmt: skip
+    assert first["Id"] == made["a"]["id"] and first["EntitlementNumber"] == 1
+    assert (first["EntitlementModelDisplayName"], first["ModelType"]) == ("Seats", 1)
+    assert first["EntitlementPlanDisplayName"] == "Pro yearly"
+    assert first["Owner"] == {
+        "EntityDefinitionId": "customer",
+        "EntityDisplayName": "Customer",
+        "EntityInstanceId": "alpha",
+        "DisplayName": "alpha",
+    }
+    assert (first["Status"], first["EffectiveState"]) == (1, 1)
+    assert first["StartsAtUtc"] == "2026-01-15T00:00:00.000000Z"
+    assert [f["Key"] for f in first["PlanFamilies"]] == ["gold", "legacy"]
+    assert uuid.UUID(first["RowVersion"]).version == 5
+
+
+def test_the_row_version_changes_when_the_row_does(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    made = catalog(client, acme)
+    before = workspace(client, acme, OwnerEntityInstanceId="gamma")["Data"]["Items"][0]
+    client.post(f"/v1/entitlements/{made['c']['id']}/suspend", headers=acme)
+    after = workspace(client, acme, OwnerEntityInstanceId="gamma")["Data"]["Items"][0]
+    assert before["RowVersion"] != after["RowVersion"] and after["Status"] == 4
+
+
+def test_workspace_filters(client: TestClient, acme: dict[str, str]) -> None:
+    made = catalog(client, acme)
+    gold = made["yearly"]["families"][0]["id"]
+    cases: list[tuple[dict[str, Any], list[str]]] = [
+        ({"PlanId": made["trial"]["id"]}, ["beta"]),
+        ({"PlanFamilyIds": gold}, ["alpha"]),
+        ({"ConditionFamily": 3}, ["beta"]),
+        ({"TermKind": 2}, ["alpha"]),
+        ({"TermValue": 14, "TermUnit": 0}, ["beta"]),
+        ({"RenewalPolicyId": "auto_renew"}, ["alpha"]),
+        ({"RenewalPolicyId": "none"}, ["beta"]),
+        ({"OwnerPartyRoleId": "customer"}, ["alpha", "beta", "gamma"]),
+        ({"OwnerPartyRoleId": "reseller"}, []),
+        ({"OwnerEntityInstanceId": "gamma"}, ["gamma"]),
+        ({"Status": 1}, ["alpha", "beta", "gamma"]),
+        ({"Status": 3}, []),
+        ({"StartsFromUtc": "2026-11-20T00:00:00Z"}, ["beta", "gamma"]),
+        ({"StartsToUtc": "2026-11-20T00:00:00Z"}, ["alpha", "beta"]),
+        ({"EndsFromUtc": "2027-01-01T00:00:00Z"}, ["alpha"]),
+        ({"EndsToUtc": "2026-12-31T00:00:00Z"}, ["beta"]),
+        ({"Search": "pro"}, ["alpha"]),
+        ({"search": "GAMMA"}, ["gamma"]),  # names and text both case-insensitive
+    ]
+    for params, expected in cases:
+        assert owners(workspace(client, acme, **params)) == expected, params
+    models = workspace(client, acme, ModelId=made["c"]["id"])
+    assert owners(models) == []
+
+
+def test_workspace_pages(client: TestClient, acme: dict[str, str]) -> None:
+    catalog(client, acme)
+    assert owners(workspace(client, acme, Page=2, PageSize=2)) == ["gamma"]
+    assert workspace(client, acme, Page=9, PageSize=2)["Data"]["Items"] == []
+
+
+def test_a_bad_workspace_parameter_is_400_in_the_envelope(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    for params in ({"Status": 9}, {"ModelId": "x"}, {"Page": 0}, {"PageSize": 500},
+                   {"StartsFromUtc": "soon"}, {"Colour": "red"}):  # fmt: skip
+        response = client.get(WORKSPACE, params=params, headers=acme)
+        assert response.status_code == 400, params
+        body = response.json()
+        assert body["Success"] is False and body["Data"] is None
+        assert body["Errors"][0]["Code"] == "InvalidParameter"
+
+
+def test_the_access_token_query_parameter_authenticates(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    catalog(client, acme)
+    response = client.get(WORKSPACE, params={"access_token": acme["x-api-key"]})
+    assert response.status_code == 200
+
+
+def test_a_missing_permission_is_403_problem_details(client: TestClient, runtime: Runtime) -> None:
+    headers = key_for(runtime, "acme", Permission.EVENTS_WRITE)
+    response = client.get(WORKSPACE, headers=headers)
+    assert response.status_code == 403
+    assert response.headers["content-type"] == "application/problem+json"
+    assert set(response.json()) >= {"type", "title", "status", "detail"}
+
+
+def test_another_org_sees_none_of_the_rows(
+    client: TestClient, acme: dict[str, str], globex: dict[str, str]
+) -> None:
+    catalog(client, acme)
+    assert workspace(client, globex)["Data"]["TotalCount"] == 0
