@@ -248,3 +248,61 @@ def test_managing_needs_the_manage_permission(client: TestClient, runtime: Runti
     viewer = key_for(runtime, "acme", Permission.ENTITLEMENTS_VIEW)
     body = {"customer_id": "c", "feature": "api_calls"}
     assert client.post("/v1/entitlements", json=body, headers=viewer).status_code == 403
+
+
+def test_changing_the_quantity_applies_to_the_current_period_at_once(
+    client: TestClient, runtime: Runtime, acme: dict[str, str]
+) -> None:
+    from meterd.testing import event
+
+    made = create(client, acme, quantity="5")
+    now = utcnow()
+    runtime.ingest.ingest([event(quantity="5", event_id="a", time=now)], now=now)
+    path = f"/v1/entitlements/{made['id']}"
+    changed = client.patch(path, json={"row_version": 1, "quantity": "8"}, headers=acme).json()
+    assert (changed["quantity"], changed["remaining"], changed["row_version"]) == ("8", "3", 2)
+    reserve = client.post(
+        "/v1/customers/cust-1/features/api_calls/reserve",
+        json={"quantity": "3", "idempotency_key": "k"},
+        headers=acme,
+    )
+    assert reserve.json()["granted"] is True  # the Lua limits see the new quantity
+    periods = client.get(path + "/periods", headers=acme).json()
+    assert periods[0]["quantity"] == "8"
+
+
+def test_a_change_on_a_stale_row_version_is_409(client: TestClient, acme: dict[str, str]) -> None:
+    made = create(client, acme)
+    path = f"/v1/entitlements/{made['id']}"
+    assert (
+        client.patch(path, json={"row_version": 1, "priority": 3}, headers=acme).status_code == 200
+    )
+    stale = client.patch(path, json={"row_version": 1, "quantity": "1"}, headers=acme)
+    assert stale.status_code == 409 and "row_version 2" in stale.json()["detail"]
+
+
+def test_converting_a_trial_and_clearing_the_quantity(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    made = create(client, acme, contract_mode="TRIAL", ends_at="2030-01-01T00:00:00Z")
+    path = f"/v1/entitlements/{made['id']}"
+    body = {"row_version": 1, "contract_mode": "PRODUCTION", "quantity": None,
+            "ends_at": "2031-01-01T00:00:00Z"}  # fmt: skip
+    changed = client.patch(path, json=body, headers=acme).json()
+    assert (changed["contract_mode"], changed["quantity"], changed["ends_at"]) == (
+        "PRODUCTION",
+        None,
+        "2031-01-01T00:00:00.000000Z",
+    )
+
+
+def test_an_empty_change_is_400_and_another_orgs_is_404(
+    client: TestClient, acme: dict[str, str], globex: dict[str, str]
+) -> None:
+    made = create(client, acme)
+    path = f"/v1/entitlements/{made['id']}"
+    assert client.patch(path, json={"row_version": 1}, headers=acme).status_code == 400
+    assert (
+        client.patch(path, json={"row_version": 1, "priority": 1}, headers=globex).status_code
+        == 404
+    )

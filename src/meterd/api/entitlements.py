@@ -32,7 +32,7 @@ from meterd.lifecycle import OperatorAction
 from meterd.paging import CursorError, decode, encode
 from meterd.quantity import format_quantity
 from meterd.runtime import Runtime
-from meterd.services.catalog import NewEntitlement
+from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import ENTITLEMENT_COLUMNS, ENTITLEMENT_SORTS, EntitlementListing
 from meterd.storage.models import Entitlement, UsagePeriod
@@ -283,6 +283,41 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
         now,
     )
     return get_entitlement(ent.id, runtime, caller)
+
+
+class EntitlementPatch(BaseModel):
+    """Fields left out stay as they are; ``null`` clears quantity (unlimited) or
+    ends_at (open-ended)."""
+
+    row_version: int = Field(description="the row_version you read: 409 if it moved on")
+    quantity: DecimalText | None = None
+    renewal_quantity: DecimalText | None = None
+    ends_at: datetime | None = None
+    priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    contract_mode: ContractMode | None = None
+
+
+@router.patch("/entitlements/{entitlement_id}", response_model=EntitlementOut)
+def change_entitlement(
+    entitlement_id: uuid.UUID, body: EntitlementPatch, runtime: RuntimeDep, caller: Manager
+) -> EntitlementOut:
+    """Change quantity (the current period's), renewal quantity, end, priority or
+    contract mode (TRIAL -> PRODUCTION makes an auto-renewing trial renew)."""
+    given = body.model_fields_set
+    change = EntitlementChange(
+        row_version=body.row_version,
+        quantity=_decimal(body.quantity) if "quantity" in given else UNSET,
+        renewal_quantity=_decimal(body.renewal_quantity) if "renewal_quantity" in given else UNSET,
+        ends_at=_aware(body.ends_at, "ends_at") if "ends_at" in given else UNSET,
+        priority=body.priority,
+        contract_mode=body.contract_mode,
+    )
+    runtime.catalog.update_entitlement(caller.org, entitlement_id, change, utcnow())
+    return get_entitlement(entitlement_id, runtime, caller)
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)
 
 
 class StatusChange(BaseModel):

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from meterd.domain import (
     FEATURE_KEY_PATTERN,
@@ -19,17 +20,34 @@ from meterd.domain import (
     FeatureType,
     Status,
 )
-from meterd.lifecycle import OperatorAction, operator_transition
+from meterd.lifecycle import OperatorAction, extend_term, operator_transition
 from meterd.plans import TermUnit, condition_family, term_end, term_kind
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.models import Entitlement, Feature, Plan, UsagePeriod
 from meterd.storage.plans import PlanStore
-from meterd.storage.repository import SqlRepository
+from meterd.storage.repository import NotFoundError, SqlRepository
 from meterd.timeutil import month_start, next_month_start
 
 
 class CatalogError(ValueError):
     """A request to the catalog that cannot be carried out as asked."""
+
+
+class _Unset:
+    """Marks a field a change leaves alone (None means "set to null")."""
+
+
+UNSET: Any = _Unset()
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementChange:
+    row_version: int
+    quantity: Decimal | None = UNSET
+    renewal_quantity: Decimal | None = UNSET
+    ends_at: datetime | None = UNSET
+    priority: int | None = None
+    contract_mode: ContractMode | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +269,53 @@ class Catalog:
             ),
             now,
         )
+
+    def update_entitlement(
+        self,
+        org: str,
+        entitlement_id: uuid.UUID,
+        change: EntitlementChange,
+        now: datetime,
+    ) -> None:
+        """Change quantity, renewal quantity, priority, contract mode or end, if the
+        row is still at ``change.row_version``. A new quantity applies to the current
+        period (earlier periods keep theirs); a new end moves the grace period along
+        and ends the current PRE_PAID period there. Ingest sees it at once."""
+        found = self.repository.find_entitlement(entitlement_id)
+        if found is None or found[0].org_id != org:
+            raise NotFoundError("entitlement", entitlement_id)
+        ent, feature = found
+        values: dict[str, Any] = {}
+        period: dict[str, Any] = {}
+        if change.quantity is not UNSET:
+            quantity = change.quantity
+            if quantity is not None and quantity < 0:
+                raise CatalogError("quantity must not be negative")
+            values["quantity"] = quantity
+            period["quantity"] = quantity
+        if change.renewal_quantity is not UNSET:
+            values["renewal_quantity"] = change.renewal_quantity
+        if change.priority is not None:
+            values["priority"] = change.priority
+        if change.contract_mode is not None:
+            values["contract_mode"] = change.contract_mode.value
+        if change.ends_at is not UNSET:
+            ends_at = change.ends_at
+            if ends_at is not None and ends_at <= ent.starts_at:
+                raise CatalogError("ends_at must be after starts_at")
+            values["ends_at"], values["grace_until"] = (
+                extend_term(ent.ends_at, ent.grace_until, ends_at)
+                if ent.ends_at is not None
+                else (ends_at, None)
+            )
+            if ent.billing_type == BillingType.PRE_PAID.value:
+                period["period_end"] = ends_at
+        if not values:
+            raise CatalogError("nothing to change")
+        self.repository.update_entitlement(
+            org, entitlement_id, change.row_version, values, current_period=period, now=now
+        )
+        self.resolution.refresh([(org, ent.customer_id, feature)], now)
 
     def change_status(
         self,

@@ -201,6 +201,50 @@ class SqlRepository:
             raise NotFoundError("entitlement", entitlement_id)
         return ent
 
+    def update_entitlement(
+        self,
+        org: str,
+        entitlement_id: uuid.UUID,
+        expected_version: int,
+        values: dict[str, Any],
+        *,
+        current_period: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """Change an entitlement if it is still at ``expected_version`` (else
+        ``StaleVersionError``), and the period containing ``now`` with it."""
+        with self.sessions.begin() as s:
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(Entitlement)
+                .where(
+                    Entitlement.id == entitlement_id,
+                    Entitlement.org_id == org,
+                    Entitlement.row_version == expected_version,
+                )
+                .values(**values, row_version=expected_version + 1, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                row = s.execute(
+                    select(Entitlement.row_version).where(
+                        Entitlement.id == entitlement_id, Entitlement.org_id == org
+                    )
+                ).first()
+                if row is None:
+                    raise NotFoundError("entitlement", entitlement_id)
+                raise StaleVersionError(entitlement_id, expected_version, row[0])
+            if current_period:
+                s.execute(
+                    update(UsagePeriod)
+                    .where(
+                        UsagePeriod.entitlement_id == entitlement_id,
+                        UsagePeriod.period_start <= now,
+                        or_(UsagePeriod.period_end.is_(None), UsagePeriod.period_end > now),
+                    )
+                    .values(**current_period, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+
     def find_entitlement(self, entitlement_id: uuid.UUID) -> tuple[Entitlement, str] | None:
         """The entitlement and its feature key, or None."""
         stmt = (
