@@ -82,7 +82,7 @@ class NotFoundError(LookupError):
     """A row that should exist does not (carries what was looked for)."""
 
     def __init__(self, what: str, key: object) -> None:
-        super().__init__(f"{what} {key!r} not found")
+        super().__init__(f"{what} {key} not found")
         self.what = what
         self.key = key
 

@@ -1,0 +1,130 @@
+"""Every route of the API: it authenticates, and no key of another org can read or
+change this org's data through it. The list of routes comes from the app itself,
+so a new route is covered (or fails here) without anyone remembering to add it."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from meterd.api.app import create_app
+from meterd.runtime import Runtime
+from meterd.testing import event
+from meterd.timeutil import utcnow
+
+from ..helpers import grant
+
+PUBLIC = {"/healthz", "/readyz"}
+BODIES: dict[str, Any] = {
+    "/v1/events": [event(event_id="x-org", org="acme")],
+    "/v1/features": {"key": "stolen"},
+    "/v1/plans": {"key": "stolen", "feature": "api_calls", "quantity": "1"},
+    "/v1/entitlements": {"customer_id": "cust-1", "feature": "api_calls", "quantity": "1"},
+}
+
+
+def routes() -> list[tuple[str, str]]:
+    """Every (method, path) of the OpenAPI spec, but the health checks."""
+    app = create_app(lambda: None, publish_events=lambda _e: None)  # type: ignore[arg-type, return-value]
+    return [
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        if path not in PUBLIC
+        for method in operations
+    ]
+
+
+def concrete(path: str, ids: dict[str, str]) -> str:
+    return (
+        path.replace("{entitlement_id}", ids["entitlement"])
+        .replace("{plan_id}", ids["plan"])
+        .replace("{customer_id}", "cust-1")
+        .replace("{feature}", "api_calls")
+        .replace("{key}", "api_calls")
+        .replace("{tenantid}", "cust-1")
+        .replace("{type}", "USERS")
+    )
+
+
+def body_for(path: str) -> Any:
+    if path.endswith("/reserve"):
+        return {"quantity": "1", "idempotency_key": "steal"}
+    if "{entitlement_id}" in path:
+        return {"row_version": 1, "quantity": "999"}
+    return BODIES.get(path)
+
+
+@pytest.fixture
+def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dict[str, str]:
+    from meterd.domain import FeatureType
+
+    runtime.catalog.create_feature("acme", "seats", now=utcnow(), type=FeatureType.USERS)
+    ent = grant(runtime, quantity="10", feature="seats")
+    grant(runtime, quantity="10")
+    plan = client.post(
+        "/v1/plans", json={"key": "p", "feature": "api_calls", "quantity": "5"}, headers=acme
+    ).json()
+    now = utcnow()
+    runtime.ingest.ingest([event(quantity="4", event_id="u", time=now)], now=now)
+    return {"entitlement": str(ent.id), "plan": plan["id"]}
+
+
+ROUTES = routes()
+
+
+def test_the_api_has_the_routes_this_test_knows_how_to_call() -> None:
+    assert len(ROUTES) >= 20
+    for _, path in ROUTES:
+        assert concrete(path, {"entitlement": "e", "plan": "p"}).count("{") == 0, path
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_refuses_a_call_without_a_key(
+    client: TestClient, acme_data: dict[str, str], method: str, path: str
+) -> None:
+    url = concrete(path, acme_data)
+    response = client.request(method, url, json=body_for(path))
+    assert response.status_code == 401, (method, url, response.text)
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_no_route_lets_another_org_read_or_change_this_orgs_data(
+    client: TestClient,
+    runtime: Runtime,
+    acme: dict[str, str],
+    globex: dict[str, str],
+    acme_data: dict[str, str],
+    method: str,
+    path: str,
+) -> None:
+    before = snapshot(client, acme)
+    url = concrete(path, acme_data)
+    headers = {**globex, "organisation": "globex"}
+    response = client.request(method, url, json=body_for(path), headers=headers)
+    assert response.status_code < 500
+    if "{entitlement_id}" in path or "{plan_id}" in path:
+        # Another org's id is answered exactly like an id that does not exist.
+        assert response.status_code == 404, (method, url, response.text[:300])
+    if response.status_code < 400:  # an error body may echo the id the caller sent
+        for secret in (acme_data["entitlement"], acme_data["plan"]):
+            assert secret not in response.text, (method, url, response.text[:300])
+    assert snapshot(client, acme) == before, (method, url)
+
+
+def snapshot(client: TestClient, acme: dict[str, str]) -> Any:
+    """Everything of acme's that a call could change."""
+    entitlements = client.get("/v1/entitlements", headers=acme).json()["results"]
+    return (
+        [
+            (e["id"], e["row_version"], e["quantity"], e["consumed"], e["status"])
+            for e in entitlements
+        ],
+        [f["key"] for f in client.get("/v1/features", headers=acme).json()],
+        [p["key"] for p in client.get("/v1/plans", headers=acme).json()],
+        Decimal(
+            client.get("/v1/customers/cust-1/features/api_calls", headers=acme).json()["consumed"]
+        ),
+    )
