@@ -133,8 +133,10 @@ class Balance:
     period_start: datetime
     quantity: Decimal | None
     consumed: Decimal
-    flushed: Decimal
-    pending: Decimal
+    #: The split of ``consumed`` between the database and Redis; None when the read
+    #: came from Redis's running totals alone (``BalanceService.live``).
+    flushed: Decimal | None
+    pending: Decimal | None
     state: EffectiveState = EffectiveState.ACTIVE
     #: Usage at this instant would count on it (inside its window, not suspended).
     usable: bool = True

@@ -18,6 +18,7 @@ from meterd.api.errors import ApiError
 from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, Balance, EffectiveState
 from meterd.events import InvalidEvent, parse_event
 from meterd.quantity import format_quantity
+from meterd.runtime import Runtime
 from meterd.services.keys import Permission, Principal
 from meterd.services.reserve import Reservation
 from meterd.storage.dead_letters import DeadLetterRecord
@@ -111,8 +112,22 @@ def get_feature_value(
     caller: Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))],
 ) -> FeatureValue:
     """Real-time value: flushed consumption plus what is still pending in Redis."""
-    balances = runtime.balance.balances(caller.org, customer_id, feature, utcnow())
-    return feature_value(customer_id, feature, balances)
+    return feature_value(
+        customer_id, feature, live_balances(runtime, caller.org, customer_id, feature)
+    )
+
+
+def live_balances(runtime: Runtime, org: str, customer_id: str, feature: str) -> list[Balance]:
+    """From Redis alone when the customer's data is cached (load it if not); the
+    database read is the fallback."""
+    now = utcnow()
+    found = runtime.balance.live(org, customer_id, feature, now)
+    if found is None:
+        runtime.resolution.fill([(org, customer_id, feature)], now)
+        found = runtime.balance.live(org, customer_id, feature, now)
+    if found is None:
+        found = runtime.balance.balances(org, customer_id, feature, now)
+    return found
 
 
 class ReserveRequest(BaseModel):
@@ -162,7 +177,7 @@ def reserve(
         ),
         now,
     )
-    balances = runtime.balance.balances(caller.org, customer_id, feature, now)
+    balances = live_balances(runtime, caller.org, customer_id, feature)
     return ReserveResponse(
         granted=outcome.granted,
         outcome=outcome.value,

@@ -179,6 +179,20 @@ class CounterStore:
 
     # -- reads ----------------------------------------------------------------
 
+    def resolution_entry(self, org: str, customer: str, feature: str) -> str | None:
+        """The cached resolution data (JSON), or None if it is not cached."""
+        raw = cast(bytes | None, self.client.get(self.keys.resolution(org, customer, feature)))
+        return None if raw is None else raw.decode()
+
+    def live_totals(self, org: str, customer: str, fields: Sequence[str]) -> dict[str, int]:
+        """Consumed micro-units (flushed + pending) of some periods, from the running
+        totals ingest keeps; exact while the customer's resolution data is cached
+        (it is seeded with the flushed values before it becomes reachable)."""
+        if not fields:
+            return {}
+        values = cast(list[bytes | None], self.client.hmget(self.keys.used(org, customer), fields))
+        return {f: int(v) if v is not None else 0 for f, v in zip(fields, values, strict=True)}
+
     def pending_snapshot(self, fields: Sequence[str]) -> PendingSnapshot:
         k = self.keys
         raw: list[Any] = self._snapshot(

@@ -5,6 +5,7 @@ entitlements for that feature, already in burn-down order (lowest priority,
 then soonest end, then oldest), each as::
 
     {"i": id hex, "s": starts (epoch us), "u": usable until (epoch us, -1 = open),
+     "e": ends_at (epoch us, -1 = open; before "u" when a grace period follows),
      "t": "A" usable or "S" suspended, "b": "P" pre-paid or "U" pay-per-use,
      "q": quantity (micro-units, -1 = unlimited),
      "p": [[start, end (-1 = open), limit (-1 = unlimited), field], ...]}
@@ -46,6 +47,7 @@ def encode_resolution(views: Iterable[EntitlementView]) -> str:
                 "i": view.id.hex,
                 "s": epoch_micros(view.starts_at),
                 "u": _micros_or_open(view.usable_until),
+                "e": _micros_or_open(view.ends_at),
                 "t": "S" if view.status is Status.SUSPENDED else "A",
                 "b": "U" if view.billing_type is BillingType.PAY_PER_USE else "P",
                 "q": quantity,

@@ -1,0 +1,218 @@
+"""API latency and throughput: the real-time value and reserve endpoints.
+
+Creates a scratch PostgreSQL database and a Redis key prefix (db 11; both
+removed afterwards), one hot customer with usage flushed and pending, then:
+
+1. in-process: the value route's work (``BalanceService`` + response model), no
+   HTTP, ``--calls`` times: p50/p99;
+2. over loopback HTTP: ``meterd api`` (uvicorn, one worker) in a subprocess and
+   ``--clients`` threads with keep-alive connections, for the value endpoint
+   and then the reserve endpoint (each call a new idempotency key): requests/s,
+   p50/p99.
+
+    python bench/api.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from decimal import Decimal
+
+import httpx
+import redis
+import sqlalchemy as sa
+
+from meterd.api.usage import feature_value, live_balances
+from meterd.config import Settings
+from meterd.domain import Balance
+from meterd.migrate import upgrade
+from meterd.runtime import Runtime
+from meterd.services.catalog import NewEntitlement
+from meterd.services.keys import Permission
+from meterd.storage.database import make_engine
+from meterd.testing import event, wait_until
+from meterd.timeutil import utcnow
+
+PG = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    p50 = statistics.median(ordered)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+    return p50 * 1000, p99 * 1000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def load(
+    base: str, headers: dict[str, str], clients: int, seconds: float, call: Callable[..., None]
+) -> tuple[float, list[float]]:
+    """Run ``call(client, n)`` from ``clients`` threads for ``seconds``."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def worker(index: int) -> None:
+        mine = []
+        with httpx.Client(base_url=base, headers=headers, timeout=10) as client:
+            n = 0
+            while time.perf_counter() < stop:
+                start = time.perf_counter()
+                call(client, f"{index}-{n}")
+                mine.append(time.perf_counter() - start)
+                n += 1
+        with lock:
+            latencies.extend(mine)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(latencies) / (time.perf_counter() - started), latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=5000, help="in-process calls")
+    parser.add_argument("--clients", type=int, default=16, help="HTTP client threads")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per HTTP scenario")
+    args = parser.parse_args()
+
+    name = f"meterd_bench_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = PG.rsplit("/", 1)[0] + "/" + name
+    prefix = f"bench-api-{uuid.uuid4().hex[:6]}"
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        upgrade(url)
+        settings = Settings(
+            database_url=url,
+            redis_url=REDIS_URL,
+            redis_prefix=prefix,
+            _env_file=None,  # type: ignore[call-arg]
+        )
+        rt = Runtime.from_settings(settings)
+        now = utcnow()
+        rt.catalog.create_org("bench", "bench", now)
+        rt.catalog.create_feature("bench", "api_calls", now=now)
+        rt.catalog.create_entitlement(
+            NewEntitlement(
+                org="bench",
+                customer_id="hot",
+                feature="api_calls",
+                quantity=Decimal(10**9),
+                starts_at=now,
+                ends_at=None,
+            ),
+            now,
+        )
+        rt.ingest.ingest([event("hot", "5", org="bench", event_id="a", time=now)], now=now)
+        rt.flush.flush_all(now)
+        rt.ingest.ingest([event("hot", "2", org="bench", event_id="b", time=now)], now=now)
+        token, _ = rt.keys_service.create("bench", [Permission.ALL], now)
+
+        def live() -> list[Balance]:
+            return live_balances(rt, "bench", "hot", "api_calls")
+
+        def database() -> list[Balance]:
+            return rt.balance.balances("bench", "hot", "api_calls", utcnow())
+
+        in_process = {}
+        for label, read in (
+            ("live (Redis only, what the route does)", live),
+            ("database + Redis (the fallback)", database),
+        ):
+            timings = []
+            for _ in range(args.calls):
+                start = time.perf_counter()
+                feature_value("hot", "api_calls", read())
+                timings.append(time.perf_counter() - start)
+            in_process[label] = percentiles(timings)
+
+        port = free_port()
+        env = {
+            **os.environ,
+            "METERD_DATABASE_URL": url,
+            "METERD_REDIS_URL": REDIS_URL,
+            "METERD_REDIS_PREFIX": prefix,
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "meterd.cli", "api", "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_until(lambda: _up(base), 30, "the API to start")
+        headers = {"x-api-key": token}
+        value_path = "/v1/customers/hot/features/api_calls"
+
+        def value(client: httpx.Client, _: str) -> None:
+            client.get(value_path).raise_for_status()
+
+        def reserve(client: httpx.Client, key: str) -> None:
+            body = {"quantity": "1", "idempotency_key": key}
+            response = client.post(value_path + "/reserve", json=body)
+            response.raise_for_status()
+            assert response.json()["granted"]
+
+        load(base, headers, 4, 1.0, value)  # warm up connections and caches
+        value_rps, value_lat = load(base, headers, args.clients, args.seconds, value)
+        reserve_rps, reserve_lat = load(base, headers, args.clients, args.seconds, reserve)
+
+        print(f"\nin-process value (no HTTP), {args.calls:,} calls each:\n")
+        print("| read | p50 ms | p99 ms |")
+        print("|---|---:|---:|")
+        for label, (p50, p99) in in_process.items():
+            print(f"| {label} | {p50:.2f} | {p99:.2f} |")
+        print(f"\nHTTP over loopback, 1 uvicorn worker, {args.clients} client threads:\n")
+        print("| endpoint | requests/s | p50 ms | p99 ms |")
+        print("|---|---:|---:|---:|")
+        for label, rps, lat in (
+            ("GET value", value_rps, value_lat),
+            ("POST reserve", reserve_rps, reserve_lat),
+        ):
+            p50, p99 = percentiles(lat)
+            print(f"| {label} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |")
+        rt.close()
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=10)
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _up(base: str) -> bool:
+    try:
+        return httpx.get(base + "/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
