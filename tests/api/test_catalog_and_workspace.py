@@ -215,3 +215,23 @@ def test_another_org_sees_none_of_the_rows(
 ) -> None:
     catalog(client, acme)
     assert workspace(client, globex)["Data"]["TotalCount"] == 0
+
+
+def test_a_feature_is_renamed_and_retired(client: TestClient, acme: dict[str, str]) -> None:
+    body = {"name": "API calls", "is_active": False}
+    changed = client.patch("/v1/features/api_calls", json=body, headers=acme).json()
+    assert (changed["name"], changed["is_active"]) == ("API calls", False)
+    assert client.patch("/v1/features/api_calls", json={}, headers=acme).status_code == 400
+
+
+def test_a_retired_plan_makes_no_new_entitlements(client: TestClient, acme: dict[str, str]) -> None:
+    plan = catalog(client, acme)["trial"]
+    path = f"/v1/plans/{plan['id']}"
+    stale = client.patch(path, json={"row_version": 9, "is_active": False}, headers=acme)
+    assert stale.status_code == 409
+    retired = client.patch(path, json={"row_version": 1, "is_active": False}, headers=acme)
+    assert (retired.json()["is_active"], retired.json()["row_version"]) == (False, 2)
+    response = client.post(
+        "/v1/entitlements", json={"customer_id": "z", "plan_id": plan["id"]}, headers=acme
+    )
+    assert response.status_code == 400 and "retired" in response.json()["detail"]

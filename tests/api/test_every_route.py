@@ -54,6 +54,8 @@ def body_for(path: str) -> Any:
         return {"quantity": "1", "idempotency_key": "steal"}
     if "{entitlement_id}" in path:
         return {"row_version": 1, "quantity": "999"}
+    if "{plan_id}" in path or "{key}" in path:
+        return {"row_version": 1, "is_active": False, "name": "stolen"}
     return BODIES.get(path)
 
 
@@ -122,8 +124,14 @@ def snapshot(client: TestClient, acme: dict[str, str]) -> Any:
             (e["id"], e["row_version"], e["quantity"], e["consumed"], e["status"])
             for e in entitlements
         ],
-        [f["key"] for f in client.get("/v1/features", headers=acme).json()],
-        [p["key"] for p in client.get("/v1/plans", headers=acme).json()],
+        [
+            (f["key"], f["name"], f["is_active"])
+            for f in client.get("/v1/features", headers=acme).json()
+        ],
+        [
+            (p["key"], p["row_version"], p["is_active"])
+            for p in client.get("/v1/plans", headers=acme).json()
+        ],
         Decimal(
             client.get("/v1/customers/cust-1/features/api_calls", headers=acme).json()["consumed"]
         ),

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.errors import ApiError
 from meterd.domain import FEATURE_KEY_PATTERN, BillingType, ContractMode, FeatureType
 from meterd.plans import TermUnit
 from meterd.quantity import format_quantity
@@ -84,6 +85,26 @@ def list_features(runtime: RuntimeDep, caller: Viewer) -> list[FeatureOut]:
 @router.get("/features/{key}", response_model=FeatureOut)
 def get_feature(key: Key, runtime: RuntimeDep, caller: Viewer) -> FeatureOut:
     return feature_out(runtime.repository.feature_by_key(caller.org, key))
+
+
+class FeaturePatch(BaseModel):
+    """Fields left out stay as they are. ``is_active: false`` retires a feature (its
+    entitlements and history stay; there is no hard delete)."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    units: str | None = Field(default=None, max_length=64)
+    is_active: bool | None = None
+
+
+@router.patch("/features/{key}", response_model=FeatureOut)
+def change_feature(
+    key: Key, body: FeaturePatch, runtime: RuntimeDep, caller: Manager
+) -> FeatureOut:
+    values = body.model_dump(exclude_none=True)
+    if not values:
+        raise ApiError(400, "nothing to change")
+    return feature_out(runtime.repository.update_feature(caller.org, key, values))
 
 
 class PlanIn(BaseModel):
@@ -184,6 +205,26 @@ def create_plan(body: PlanIn, runtime: RuntimeDep, caller: Manager) -> PlanOut:
         utcnow(),
     )
     return plan_out(plan)
+
+
+class PlanPatch(BaseModel):
+    """Display fields and ``is_active`` (retire a plan: no new entitlements from it).
+    Terms are fixed once entitlements exist: make a new plan for new terms."""
+
+    row_version: int
+    display_name: str | None = Field(default=None, min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    is_active: bool | None = None
+
+
+@router.patch("/plans/{plan_id}", response_model=PlanOut)
+def change_plan(
+    plan_id: uuid.UUID, body: PlanPatch, runtime: RuntimeDep, caller: Manager
+) -> PlanOut:
+    values = body.model_dump(exclude_none=True, exclude={"row_version"})
+    if not values:
+        raise ApiError(400, "nothing to change")
+    return plan_out(runtime.catalog.plans.update(caller.org, plan_id, body.row_version, values))
 
 
 @router.get("/plans", response_model=list[PlanOut])

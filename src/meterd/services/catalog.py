@@ -249,6 +249,8 @@ class Catalog:
     ) -> Entitlement:
         """An entitlement with the plan's feature, quantity, term, grace and renewal."""
         plan = self.plans.get(org, plan_id)
+        if not plan.is_active:
+            raise CatalogError(f"plan {plan.key} is retired: no new entitlements from it")
         unit = TermUnit(plan.term_unit) if plan.term_unit else None
         return self.create_entitlement(
             NewEntitlement(

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.storage.models import Feature, Plan, PlanFamily
-from meterd.storage.repository import DuplicateError, NotFoundError
+from meterd.storage.repository import DuplicateError, NotFoundError, StaleVersionError
 
 
 class PlanStore:
@@ -46,6 +46,22 @@ class PlanStore:
                 raise NotFoundError("plan", plan_id)
             s.expunge_all()
             return plan
+
+    def update(
+        self, org: str, plan_id: uuid.UUID, expected_version: int, values: dict[str, object]
+    ) -> Plan:
+        """Change a plan if it is still at ``expected_version``. Existing entitlements
+        keep the terms they were created with; new ones take the new terms."""
+        with self.sessions.begin() as s:
+            plan = s.scalars(select(Plan).where(Plan.id == plan_id, Plan.org_id == org)).first()
+            if plan is None:
+                raise NotFoundError("plan", plan_id)
+            if plan.row_version != expected_version:
+                raise StaleVersionError(plan_id, expected_version, plan.row_version)
+            for name, value in values.items():
+                setattr(plan, name, value)
+            plan.row_version += 1
+        return self.get(org, plan_id)
 
     def feature_key(self, plan: Plan) -> str:
         with self.sessions() as s:

@@ -145,6 +145,17 @@ class SqlRepository:
             ) from None
         return feature
 
+    def update_feature(self, org_id: str, key: str, values: dict[str, Any]) -> Feature:
+        with self.sessions.begin() as s:
+            feature = s.scalars(
+                select(Feature).where(Feature.org_id == org_id, Feature.key == key)
+            ).first()
+            if feature is None:
+                raise NotFoundError("feature", key)
+            for name, value in values.items():
+                setattr(feature, name, value)
+        return feature
+
     def features(self, org_id: str) -> list[Feature]:
         with self.sessions() as s:
             return list(
