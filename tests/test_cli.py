@@ -105,3 +105,24 @@ def test_cli_sets_and_removes_an_org_webhook(cli_env: None) -> None:
     )
     assert "webhook of acme: none" in invoke("org", "webhook", "acme")
     assert runner.invoke(app, ["org", "webhook", "acme", "ftp://x"]).exit_code != 0
+
+
+def test_cli_issues_a_key_that_authenticates_and_revokes_it(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    out = invoke("keys", "create", "--org", "acme", "--permission", "ENTITLEMENTS:VIEW")
+    token = out.strip().splitlines()[-1]
+    keys = runtime_module.get_runtime().keys_service
+    principal = keys.authenticate(token)
+    assert principal is not None and principal.org == "acme"
+    key_id = token.split("_")[1]
+    assert "revoked" in invoke("keys", "revoke", key_id)
+    keys._cache.clear()
+    assert keys.authenticate(token) is None
+
+
+def test_cli_refuses_an_unknown_permission(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    result = runner.invoke(app, ["keys", "create", "--org", "acme", "--permission", "ROOT"])
+    assert result.exit_code != 0

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from meterd.services.keys import Permission
 from meterd.testing import wait_until
 
 from ..conftest import NOW
+from .conftest import WorkerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -62,3 +65,36 @@ def test_meterd_api_serves_health_the_spec_and_authenticated_reads(
     assert httpx.get(url).status_code == 401
     response = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 200 and response.json()["state"] == "NO_ENTITLEMENT"
+
+
+def test_events_posted_over_http_are_counted_by_a_real_worker(
+    api_base: str, e2e_runtime: Runtime, worker: WorkerProcess
+) -> None:
+    from decimal import Decimal
+
+    from meterd.services.catalog import NewEntitlement
+    from meterd.testing import event
+    from meterd.timeutil import utcnow
+
+    now = utcnow()
+    e2e_runtime.catalog.create_entitlement(
+        NewEntitlement(
+            org="acme", customer_id="c-1", feature="api_calls", quantity=Decimal(100),
+            starts_at=now - timedelta(days=1), ends_at=None,
+        ),
+        now,
+    )  # fmt: skip
+    token, _ = e2e_runtime.keys_service.create("acme", [Permission.ALL], NOW)
+    headers = {"x-api-key": token, "content-type": "application/cloudevents-batch+json"}
+    batch = [event("c-1", "1.5", event_id=f"h-{i}", time=now) for i in range(4)]
+    for e in batch:
+        del e["org"]  # HTTP ingest takes the org from the key
+    worker.start()
+    response = httpx.post(api_base + "/v1/events", content=json.dumps(batch), headers=headers)
+    assert response.status_code == 202 and response.json()["queued"] == 4
+    url = api_base + "/v1/customers/c-1/features/api_calls"
+
+    def consumed() -> str:
+        return str(httpx.get(url, headers={"x-api-key": token}).json()["consumed"])
+
+    wait_until(lambda: consumed() == "6", 60, lambda: f"consumed 6, have {consumed()}")
