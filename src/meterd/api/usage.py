@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
 from meterd.api.auth import RuntimeDep, require
@@ -219,17 +220,25 @@ async def post_events(
     events = body if isinstance(body, list) else [body]
     if len(events) > MAX_EVENTS_PER_REQUEST:
         raise ApiError(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+    publish: Publisher = request.app.state.publish_events
+    # Validation, publishing and dead-lettering block: keep them off the event loop.
+    return await run_in_threadpool(accept_events, events, caller.org, runtime, publish)
+
+
+def accept_events(
+    events: list[Any], org: str, runtime: Runtime, publish: Publisher
+) -> EventsAccepted:
     now = utcnow()
     results: list[EventResult] = []
     queued: list[dict[str, Any]] = []
     dead: list[DeadLetterRecord] = []
     for index, payload in enumerate(events):
         event_id = payload.get("id") if isinstance(payload, dict) else None
-        reason = _org_mismatch(payload, caller.org)
+        reason = _org_mismatch(payload, org)
         parsed = (
             InvalidEvent(payload, reason)
             if reason
-            else parse_event(payload, received_at=now, org=caller.org)
+            else parse_event(payload, received_at=now, org=org)
         )
         if isinstance(parsed, InvalidEvent):
             results.append(
@@ -242,13 +251,12 @@ async def post_events(
             )
             dead.append(
                 DeadLetterRecord(
-                    reason="invalid", detail=parsed.reason, payload=payload, org_id=caller.org
+                    reason="invalid", detail=parsed.reason, payload=payload, org_id=org
                 )
             )
             continue
-        queued.append({**payload, "org": caller.org})
+        queued.append({**payload, "org": org})
         results.append(EventResult(index=index, id=parsed.id, status="queued"))
-    publish: Publisher = request.app.state.publish_events
     for start in range(0, len(queued), EVENTS_PER_MESSAGE):
         publish(queued[start : start + EVENTS_PER_MESSAGE])
     if dead:
