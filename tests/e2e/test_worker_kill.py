@@ -44,9 +44,16 @@ def test_worker_killed_three_times_mid_stream_still_counts_exactly(
     publish_batches(producer_app, stream, batch_size=100)
     worker.start()
     kills = 0
-    for _ in range(3):
-        wait_until(lambda: counted_total(e2e_runtime, customers) > 0, 60, "worker counting")
-        time.sleep(random.uniform(0.3, 1.0))
+    # Kill once past 20%, 45% and 70% of the stream (plus a random delay of up to a
+    # tenth of a second), so every kill lands mid-stream however fast the worker is.
+    for share in (0.20, 0.45, 0.70):
+        wait_until(
+            lambda share=share: counted_total(e2e_runtime, customers) > share * total,  # type: ignore[misc]
+            60,
+            f"worker counting past {share:.0%}",
+            interval=0.02,
+        )
+        time.sleep(random.uniform(0, 0.1))
         before = counted_total(e2e_runtime, customers)
         worker.kill()
         kills += 1
