@@ -306,3 +306,9 @@ def test_an_empty_change_is_400_and_another_orgs_is_404(
         client.patch(path, json={"row_version": 1, "priority": 1}, headers=globex).status_code
         == 404
     )
+
+
+def test_a_malformed_uuid_in_the_path_is_400(client: TestClient, acme: dict[str, str]) -> None:
+    response = client.get("/v1/entitlements/not-a-uuid", headers=acme)
+    assert response.status_code == 400
+    assert "entitlement_id" in response.json()["detail"]

@@ -1,0 +1,132 @@
+"""The producer client: batching by size and time, retries with the same ids, failures
+reported, a full buffer refused, and nothing left behind on close."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from meterd.client import BufferFullError, MeterdClient
+from meterd.quantity import QuantityError
+from meterd.testing import wait_until
+
+
+class FakeTransport:
+    def __init__(self, failures: int = 0, gate: threading.Event | None = None) -> None:
+        self.batches: list[list[dict[str, Any]]] = []
+        self.attempts: list[list[str]] = []
+        self.failures = failures
+        self.gate = gate
+
+    def send(self, events: list[dict[str, Any]]) -> None:
+        if self.gate is not None:
+            self.gate.wait(10)
+        self.attempts.append([e["id"] for e in events])
+        if self.failures > 0:
+            self.failures -= 1
+            raise ConnectionError("broker down")
+        self.batches.append(events)
+
+
+def client_over(transport: FakeTransport, **options: Any) -> MeterdClient:
+    defaults: dict[str, Any] = {"batch_size": 3, "flush_interval": 60.0, "retry_backoff": 0.01}
+    return MeterdClient(transport, org="acme", source="tests", **{**defaults, **options})
+
+
+def test_a_full_batch_is_sent_without_waiting_for_the_interval() -> None:
+    transport = FakeTransport()
+    client = client_over(transport)
+    for _ in range(3):
+        client.record("c-1", "api_calls", 1)
+    wait_until(lambda: len(transport.batches) == 1, 5, "the full batch")
+    client.close()
+
+
+def test_a_partial_batch_is_sent_after_the_interval() -> None:
+    transport = FakeTransport()
+    client = client_over(transport, flush_interval=0.05)
+    client.record("c-1", "api_calls", "0.5")
+    wait_until(lambda: len(transport.batches) == 1, 5, "the interval flush")
+    (event,) = transport.batches[0]
+    assert (event["org"], event["subject"], event["data"]) == (
+        "acme",
+        "c-1",
+        {"feature": "api_calls", "quantity": "0.5"},
+    )
+    client.close()
+
+
+def test_flush_sends_everything_in_batches_of_at_most_batch_size() -> None:
+    transport = FakeTransport()
+    client = client_over(transport)
+    ids = [client.record("c-1", "api_calls", 1) for _ in range(7)]
+    assert client.flush(5)
+    assert [len(b) for b in transport.batches] == [3, 3, 1]
+    assert [e["id"] for b in transport.batches for e in b] == ids
+    assert (client.stats.sent, client.stats.batches) == (7, 3)
+    client.close()
+
+
+def test_a_failed_send_is_retried_with_the_same_event_ids() -> None:
+    transport = FakeTransport(failures=2)
+    client = client_over(transport)
+    ids = [client.record("c-1", "api_calls", 1) for _ in range(3)]
+    assert client.flush(5)
+    assert transport.attempts == [ids, ids, ids]
+    assert (client.stats.sent, client.stats.retries, client.stats.failed) == (3, 2, 0)
+    client.close()
+
+
+def test_a_send_that_keeps_failing_is_reported_not_hidden() -> None:
+    transport = FakeTransport(failures=100)
+    reported: list[tuple[Exception, int]] = []
+    client = client_over(
+        transport, max_retries=2, on_error=lambda exc, batch: reported.append((exc, len(batch)))
+    )
+    client.record("c-1", "api_calls", 1)
+    assert client.flush(5)
+    assert [(type(e).__name__, n) for e, n in reported] == [("ConnectionError", 1)]
+    assert client.stats.failed == 1 and len(transport.attempts) == 3
+    client.close()
+
+
+def test_record_refuses_a_bad_quantity_at_once() -> None:
+    client = client_over(FakeTransport())
+    with pytest.raises(QuantityError):
+        client.record("c-1", "api_calls", "-1")
+    client.close()
+
+
+def test_a_full_buffer_is_refused_after_a_short_wait_not_dropped() -> None:
+    gate = threading.Event()  # the transport hangs until the gate opens
+    transport = FakeTransport(gate=gate)
+    client = client_over(transport, batch_size=2, max_buffered=2, block_timeout=0.05)
+    for _ in range(4):  # 2 in flight (stuck), 2 buffered
+        client.record("c-1", "api_calls", 1)
+        time.sleep(0.02)
+    started = time.monotonic()
+    with pytest.raises(BufferFullError):
+        client.record("c-1", "api_calls", 1)
+    assert time.monotonic() - started < 1.0
+    gate.set()
+    assert client.flush(5)
+    assert client.stats.sent == 4
+    client.close()
+
+
+def test_close_sends_what_is_buffered() -> None:
+    transport = FakeTransport()
+    with client_over(transport, batch_size=100) as client:
+        client.record("c-1", "api_calls", 1)
+        client.record("c-2", "api_calls", 2)
+    assert sum(len(b) for b in transport.batches) == 2
+
+
+def test_an_event_id_given_by_the_caller_is_kept() -> None:
+    transport = FakeTransport()
+    with client_over(transport) as client:
+        assert client.record("c-1", "api_calls", 1, event_id="req-81") == "req-81"
+    assert transport.batches[0][0]["id"] == "req-81"
