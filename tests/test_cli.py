@@ -126,3 +126,34 @@ def test_cli_refuses_an_unknown_permission(cli_env: None) -> None:
     invoke("org", "create", "acme")
     result = runner.invoke(app, ["keys", "create", "--org", "acme", "--permission", "ROOT"])
     assert result.exit_code != 0
+
+
+def test_cli_filters_dead_letters_by_time_and_shows_one(cli_env: None) -> None:
+    from datetime import timedelta
+
+    invoke("db", "upgrade")
+    rt = runtime_module.get_runtime()
+    earlier = utcnow() - timedelta(days=2)
+    rt.ingest.ingest([{"old": 1}], now=earlier)
+    rt.ingest.ingest([{"new": 1}], now=utcnow())
+    cutoff = (utcnow() - timedelta(days=1)).isoformat()
+    (recent,) = json.loads(invoke("dlq", "list", "--since", cutoff, "--json"))
+    (old,) = json.loads(invoke("dlq", "list", "--until", cutoff, "--json"))
+    assert (recent["payload"], old["payload"]) == ({"new": 1}, {"old": 1})
+    shown = json.loads(invoke("dlq", "show", old["id"]))
+    assert shown["payload"] == {"old": 1} and shown["replayed_at"] is None
+
+
+def test_cli_purges_only_replayed_letters_unless_told_and_asks_first(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls")
+    rt = runtime_module.get_runtime()
+    rt.ingest.ingest([event(customer="c-9", quantity="3"), {"junk": True}], now=utcnow())
+    invoke("entitlement", "create", "acme", "c-9", "api_calls", "--quantity", "10")
+    invoke("dlq", "replay")  # the no_entitlement letter is settled; the junk stays
+    asked = runner.invoke(app, ["dlq", "purge"])
+    assert asked.exit_code == 1 and "1 dead letter(s) match" in asked.output
+    assert "purged 1" in invoke("dlq", "purge", "--yes")
+    assert rt.dead_letters.count() == 1  # the junk, never replayed, is kept
+    assert "purged 1" in invoke("dlq", "purge", "--include-unreplayed", "--yes")

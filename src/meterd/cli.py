@@ -7,7 +7,7 @@ import sys
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -297,45 +297,80 @@ def balance(
     console.print(table)
 
 
+_Since = Annotated[str | None, typer.Option(help="received at or after (ISO 8601)")]
+_Until = Annotated[str | None, typer.Option(help="received before (ISO 8601)")]
+
+
+def _letter_row(dl: Any) -> dict[str, Any]:
+    return {
+        "id": str(dl.id),
+        "reason": dl.reason,
+        "detail": dl.detail,
+        "org": dl.org_id,
+        "source": dl.source,
+        "event_id": dl.event_id,
+        "received_at": dl.received_at.isoformat(),
+        "replayed_at": dl.replayed_at.isoformat() if dl.replayed_at else None,
+        "replay_outcome": dl.replay_outcome,
+        "payload": json.loads(dl.payload),
+    }
+
+
 @dlq_app.command("list")
 def dlq_list(
     reason: str | None = None,
+    org: str | None = None,
+    since: _Since = None,
+    until: _Until = None,
     limit: int = 50,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Dead letters not yet replayed, oldest first."""
-    letters = get_runtime().dead_letters.find(reason=reason, limit=limit)
-    rows = [
-        {
-            "id": str(dl.id),
-            "reason": dl.reason,
-            "detail": dl.detail,
-            "org": dl.org_id,
-            "received_at": dl.received_at.isoformat(),
-            "payload": json.loads(dl.payload),
-        }
-        for dl in letters
-    ]
+    letters = get_runtime().dead_letters.find(
+        reason=reason, org_id=org, since=_when(since, None), until=_when(until, None), limit=limit
+    )
+    rows = [_letter_row(dl) for dl in letters]
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="dead letters")
-    for column in ("received_at", "reason", "org", "detail"):
+    for column in ("id", "received_at", "reason", "org", "detail"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["received_at"], row["reason"], str(row["org"]), row["detail"])
+        table.add_row(row["id"], row["received_at"], row["reason"], str(row["org"]), row["detail"])
     console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(dead_letter_id: str) -> None:
+    """One dead letter in full: reason, detail, the original payload, replay state."""
+    import uuid
+
+    letter = get_runtime().dead_letters.get(uuid.UUID(dead_letter_id))
+    if letter is None:
+        console.print(f"[red]no dead letter {dead_letter_id}[/red]")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(_letter_row(letter), indent=2))
 
 
 @dlq_app.command("replay")
 def dlq_replay(
     reason: str | None = None,
     org: str | None = None,
+    since: _Since = None,
+    until: _Until = None,
     limit: int = 1000,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Feed dead letters through ingest again (idempotent: nothing counts twice)."""
-    report = get_runtime().replay.replay(now=utcnow(), reason=reason, org=org, limit=limit)
+    report = get_runtime().replay.replay(
+        now=utcnow(),
+        reason=reason,
+        org=org,
+        since=_when(since, None),
+        until=_when(until, None),
+        limit=limit,
+    )
     summary = {
         "replayed": report.replayed,
         "still_dead": report.still_dead,
@@ -348,6 +383,33 @@ def dlq_replay(
         f"replayed {report.replayed} dead letter(s): {dict(report.outcomes)}; "
         f"{report.still_dead} failed again for the same reason and stay listed"
     )
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    reason: str | None = None,
+    org: str | None = None,
+    since: _Since = None,
+    until: _Until = None,
+    include_unreplayed: Annotated[
+        bool, typer.Option(help="also delete letters never replayed: their events are lost")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="really delete")] = False,
+) -> None:
+    """Delete dead letters (by default only those already replayed)."""
+    store = get_runtime().dead_letters
+    filters: dict[str, Any] = {
+        "reason": reason,
+        "org_id": org,
+        "since": _when(since, None),
+        "until": _when(until, None),
+        "replayed": None if include_unreplayed else True,
+    }
+    matching = store.count(**filters)
+    if not yes:
+        console.print(f"{matching} dead letter(s) match; run again with --yes to delete them")
+        raise typer.Exit(1)
+    console.print(f"purged {store.purge(**filters)} dead letter(s)")
 
 
 @app.command()

@@ -38,9 +38,13 @@ class DeadLetterReplay:
         now: datetime,
         reason: str | None = None,
         org: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         limit: int = 1000,
     ) -> ReplayReport:
-        letters = self.dead_letters.find(reason=reason, org_id=org, limit=limit)
+        letters = self.dead_letters.find(
+            reason=reason, org_id=org, since=since, until=until, limit=limit
+        )
         report = ReplayReport(replayed=len(letters))
         settled: dict[uuid.UUID, str] = {}
         # Events that came over HTTP took their org from the API key, not the payload:

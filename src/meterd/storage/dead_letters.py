@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.storage.models import DeadLetter
@@ -82,27 +82,80 @@ class DeadLetterStore:
                 s.execute(_insert_ignoring_conflicts(s, DeadLetter, "fingerprint"), rows)
         return len(by_print) - len(known)
 
-    def find(
-        self,
-        *,
-        reason: str | None = None,
-        org_id: str | None = None,
-        since: datetime | None = None,
-        include_replayed: bool = False,
-        limit: int = 100,
-    ) -> list[DeadLetter]:
-        conditions = []
+    @staticmethod
+    def _conditions(
+        reason: str | None,
+        org_id: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        replayed: bool | None,
+    ) -> list[Any]:
+        """``replayed``: None both, True only replayed letters, False only waiting ones."""
+        conditions: list[Any] = []
         if reason:
             conditions.append(DeadLetter.reason == reason)
         if org_id:
             conditions.append(DeadLetter.org_id == org_id)
         if since:
             conditions.append(DeadLetter.received_at >= since)
-        if not include_replayed:
+        if until:
+            conditions.append(DeadLetter.received_at < until)
+        if replayed is True:
+            conditions.append(DeadLetter.replayed_at.is_not(None))
+        elif replayed is False:
             conditions.append(DeadLetter.replayed_at.is_(None))
+        return conditions
+
+    def find(
+        self,
+        *,
+        reason: str | None = None,
+        org_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        include_replayed: bool = False,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        conditions = self._conditions(
+            reason, org_id, since, until, None if include_replayed else False
+        )
         stmt = select(DeadLetter).where(and_(True, *conditions))
         with self.sessions() as s:
             return list(s.scalars(stmt.order_by(DeadLetter.received_at).limit(limit)))
+
+    def get(self, dead_letter_id: uuid.UUID) -> DeadLetter | None:
+        with self.sessions() as s:
+            return s.get(DeadLetter, dead_letter_id)
+
+    def count(
+        self,
+        *,
+        reason: str | None = None,
+        org_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        replayed: bool | None = None,
+    ) -> int:
+        conditions = self._conditions(reason, org_id, since, until, replayed)
+        stmt = select(func.count()).select_from(DeadLetter).where(and_(True, *conditions))
+        with self.sessions() as s:
+            return int(s.scalar(stmt) or 0)
+
+    def purge(
+        self,
+        *,
+        reason: str | None = None,
+        org_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        replayed: bool | None = True,
+    ) -> int:
+        """Delete matching letters (by default only those already replayed); returns
+        how many. A purged letter cannot be replayed: its event is gone for good."""
+        conditions = self._conditions(reason, org_id, since, until, replayed)
+        with self.sessions.begin() as s:
+            result = s.execute(delete(DeadLetter).where(and_(True, *conditions)))
+            return int(getattr(result, "rowcount", 0))
 
     def count_by_reason(self) -> dict[str, int]:
         stmt = (
