@@ -247,6 +247,64 @@ def keys_revoke(key_id: str) -> None:
 
 
 @app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON document, for scripts")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="refresh until Ctrl-C")] = False,
+    sample: Annotated[float, typer.Option(help="seconds to measure events/s over")] = 1.0,
+) -> None:
+    """Queues (ready and unacked), flush lag, dead letters, events/s, workers alive."""
+    from meterd.ops import gather
+    from meterd.worker import app as celery_app
+
+    rt = get_runtime()
+    if as_json:
+        typer.echo(json.dumps(gather(rt, celery_app, sample_seconds=sample).as_json(), indent=2))
+        return
+    if not watch:
+        console.print(_status_view(gather(rt, celery_app, sample_seconds=sample)))
+        return
+    from rich.live import Live
+
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                live.update(_status_view(gather(rt, celery_app, sample_seconds=sample)))
+                live.refresh()
+        except KeyboardInterrupt:
+            pass
+
+
+def _status_view(st: Any) -> Any:
+    from rich.console import Group
+
+    queues = Table(title="queues")
+    for column in ("queue", "ready", "unacked"):
+        queues.add_column(column, justify="right" if column != "queue" else "left")
+    for q in st.queues:
+        queues.add_row(q.queue, _n(q.ready), _n(q.unacked))
+    lag = "all flushed" if st.flush_lag_seconds is None else f"{st.flush_lag_seconds:.1f} s"
+    rate = "-" if st.events_per_second is None else f"{st.events_per_second:,.0f}"
+    workers = "unknown" if st.workers is None else f"{len(st.workers)} " + ", ".join(st.workers)
+    summary = Table(show_header=False, title="meterd")
+    summary.add_column("what")
+    summary.add_column("value")
+    summary.add_row("flush lag", lag)
+    summary.add_row("events/s (accepted)", rate)
+    summary.add_row("workers alive", workers)
+    for outcome, n in sorted(st.events_total.items()):
+        summary.add_row(f"events {outcome}", f"{n:,}")
+    for reason, n in sorted(st.dead_letters.items()):
+        summary.add_row(f"dead letters {reason}", f"{n:,}")
+    for error in st.errors:
+        summary.add_row("[red]error[/red]", error)
+    return Group(summary, queues)
+
+
+def _n(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+@app.command()
 def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Serve the HTTP API (OpenAPI at /docs)."""
     import uvicorn

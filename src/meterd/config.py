@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     #: from 10 s up to an hour between them.
     webhook_max_attempts: int = Field(default=10, ge=1, le=50)
 
+    #: Port of the worker's Prometheus exporter (served by the worker's main process);
+    #: None: no exporter (the API's /metrics serves the same numbers).
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     @field_validator("database_url", "redis_url")
     @classmethod
     def _not_blank(cls, value: str) -> str:

@@ -17,6 +17,9 @@ key                              type    holds
 ``P:flush:batch``                hash    the pending hash, renamed while a flush is in flight
 ``P:flush:inflight``             string  id of the batch in ``flush:batch``
 ``P:flush:epoch``                string  counts flush starts (lets readers detect a race)
+``P:pending:since``              string  epoch us of the pending hash's first write (flush lag)
+``P:flush:batch:since``          string  the same, for the batch in flight
+``P:stats:*``                    hash    counters and histograms for metrics (see stats.py)
 ===============================  ======  =====================================================
 """
 
@@ -53,6 +56,17 @@ class Keys:
     @property
     def pending(self) -> str:
         return f"{self.prefix}:pending"
+
+    @property
+    def pending_since(self) -> str:
+        return f"{self.prefix}:pending:since"
+
+    @property
+    def flush_batch_since(self) -> str:
+        return f"{self.prefix}:flush:batch:since"
+
+    def stats(self, name: str) -> str:
+        return f"{self.prefix}:stats:{name}"
 
     @property
     def flush_batch(self) -> str:

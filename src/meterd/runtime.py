@@ -35,6 +35,7 @@ from meterd.storage.database import make_engine, make_session_factory
 from meterd.storage.dead_letters import DeadLetterStore
 from meterd.storage.notifications import NotificationStore
 from meterd.storage.repository import SqlRepository
+from meterd.storage.stats import StatsStore
 
 
 def redis_client_for(settings: Settings) -> redis.Redis:
@@ -127,6 +128,10 @@ class Runtime:
             HttpWebhookSender(self.settings.webhook_timeout, time.time),
             max_attempts=self.settings.webhook_max_attempts,
         )
+
+    @cached_property
+    def stats(self) -> StatsStore:
+        return StatsStore(self.redis, self.keys)
 
     @cached_property
     def keys_service(self) -> KeyService:

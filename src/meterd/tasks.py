@@ -9,6 +9,7 @@ dropped because Redis or the database blinked.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import redis
@@ -50,10 +51,22 @@ def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     max_retries=None,
 )
 def ingest_batch(self: Task, events: Any = None, *args: Any, **kwargs: Any) -> dict[str, int]:
-    report = get_runtime().ingest.ingest(as_event_list(events, args, kwargs), now=utcnow())
+    runtime = get_runtime()
+    batch = as_event_list(events, args, kwargs)
+    started = time.perf_counter()
+    report = runtime.ingest.ingest(batch, now=utcnow())
     counts = dict(report.counts)
+    _quietly(runtime.stats.record_ingest, counts, len(batch), time.perf_counter() - started)
     log.info("ingest_batch", task_id=self.request.id, retries=self.request.retries, **counts)
     return counts
+
+
+def _quietly(record: Any, *args: Any) -> None:
+    """Metrics never fail the work they measure (the batch is counted already)."""
+    try:
+        record(*args)
+    except Exception:
+        log.warning("metrics.record_failed", exc_info=True)
 
 
 def publish_notifications(payloads: list[dict[str, Any]]) -> None:
@@ -67,7 +80,11 @@ def dispatch_notifications() -> int:
 
 @app.task(name="meterd.flush", bind=True)
 def flush(self: Task) -> dict[str, int]:
-    reports = get_runtime().flush.flush_all(utcnow())
+    runtime = get_runtime()
+    started = time.perf_counter()
+    reports = runtime.flush.flush_all(utcnow())
+    if reports:
+        _quietly(runtime.stats.record_flush, time.perf_counter() - started)
     summary = {
         "batches": len(reports),
         "periods": sum(r.periods for r in reports),
@@ -85,7 +102,9 @@ def flush(self: Task) -> dict[str, int]:
 @app.task(name="meterd.lifecycle.advance", bind=True)
 def lifecycle_advance(self: Task) -> dict[str, int]:
     """Apply every status transition that fell due (activation, grace, expiry)."""
-    report = get_runtime().lifecycle.advance_all(utcnow())
+    runtime = get_runtime()
+    report = runtime.lifecycle.advance_all(utcnow())
+    _quietly(runtime.stats.record_transitions, report.by_target)
     if report.transitions:
         log.info(
             "lifecycle.advance",
@@ -136,7 +155,9 @@ def notification_payloads(notifications: Any) -> list[dict[str, Any]]:
 )
 def notify(self: Task, notifications: Any = None) -> dict[str, int]:
     """Deliver a batch of notifications to the webhooks of their orgs."""
-    report = get_runtime().notifications.deliver(notification_payloads(notifications), utcnow())
+    runtime = get_runtime()
+    report = runtime.notifications.deliver(notification_payloads(notifications), utcnow())
+    _quietly(runtime.stats.record_notification_failures, report.failed_attempts)
     summary = {
         "delivered": report.delivered,
         "no_webhook": report.no_webhook,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_init
+from celery.signals import beat_init, celeryd_init, worker_ready
 
 from meterd import embedded
 from meterd.broker import reliable_url
@@ -141,3 +141,14 @@ def _start_embedded_redis(**_: Any) -> None:
     configure_logging(settings.log_format)
     if settings.is_embedded_redis:
         embedded.ensure_running(settings.redis_url)
+
+
+@worker_ready.connect
+def _start_metrics_exporter(**_: Any) -> None:
+    """The worker-side Prometheus exporter, in the worker's main process."""
+    settings = get_settings()
+    if settings.metrics_port:
+        from meterd.metrics import serve
+        from meterd.runtime import get_runtime
+
+        serve(settings.metrics_port, get_runtime, lambda: app)

@@ -15,6 +15,13 @@ from meterd.services.keys import Permission
 from ..conftest import NOW
 
 
+class NoBroker:
+    """The API's view of a broker that is not there (metrics report it as a scrape error)."""
+
+    def connection_for_read(self) -> Any:
+        raise ConnectionError("no broker in API tests")
+
+
 class Published(list[list[dict[str, Any]]]):
     """The ``meterd.ingest_batch`` messages the API published."""
 
@@ -32,7 +39,7 @@ def published() -> Published:
 def client(runtime: Runtime, published: Published) -> Iterator[TestClient]:
     runtime.catalog.create_org("globex", "Globex", NOW)
     runtime.catalog.create_feature("globex", "api_calls", now=NOW)
-    app = create_app(lambda: runtime, publish_events=published.append)
+    app = create_app(lambda: runtime, publish_events=published.append, celery_app=NoBroker)
     with TestClient(app) as test_client:
         yield test_client
 

@@ -19,9 +19,12 @@ from meterd.services.keys import Permission
 
 from ..conftest import NOW
 from ..helpers import grant
+from .conftest import NoBroker
 
 _wired: dict[str, Any] = {}
-app = create_app(lambda: _wired["runtime"], publish_events=lambda _events: None)
+app = create_app(
+    lambda: _wired["runtime"], publish_events=lambda _events: None, celery_app=NoBroker
+)
 schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 

@@ -322,3 +322,17 @@ def test_an_event_naming_another_org_is_refused(
 def test_a_body_that_is_not_json_is_400(client: TestClient, acme: dict[str, str]) -> None:
     response = client.post("/v1/events", content=b"{nope", headers=acme)
     assert response.status_code == 400
+
+
+def test_metrics_need_the_metrics_permission_and_parse(
+    client: TestClient, runtime: Runtime, acme: dict[str, str]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    viewer = key_for(runtime, "acme", Permission.ENTITLEMENTS_VIEW)
+    assert client.get("/metrics", headers=viewer).status_code == 403
+    ops = key_for(runtime, "acme", Permission.METRICS_VIEW)
+    response = client.get("/metrics", headers=ops)
+    assert response.status_code == 200
+    names = {f.name for f in text_string_to_metric_families(response.text)}
+    assert {"meterd_events", "meterd_flush_lag_seconds", "meterd_ingest_batch_size"} <= names

@@ -36,9 +36,16 @@ def celery_publisher() -> Callable[[list[dict[str, Any]]], None]:
     return publish
 
 
+def _meterd_celery_app() -> Any:
+    from meterd.worker import app
+
+    return app
+
+
 def create_app(
     runtime_factory: Callable[[], Runtime] = get_runtime,
     publish_events: Callable[[list[dict[str, Any]]], None] | None = None,
+    celery_app: Callable[[], Any] | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="meterd",
@@ -48,6 +55,7 @@ def create_app(
     )
     app.state.runtime_factory = runtime_factory
     app.state.publish_events = publish_events or celery_publisher()
+    app.state.celery_app = celery_app or _meterd_celery_app
     errors.install(app)
     app.include_router(health.router)
     app.include_router(usage.router)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
-from meterd.api.auth import RuntimeDep
+from meterd.api.auth import RuntimeDep, require
+from meterd.services.keys import Permission, Principal
 
 router = APIRouter(tags=["health"])
 
@@ -35,3 +38,20 @@ def readyz(runtime: RuntimeDep) -> JSONResponse:
         {"status": "ok" if ready else "unavailable", "checks": checks},
         status_code=200 if ready else 503,
     )
+
+
+@router.get("/metrics", response_class=Response, tags=["ops"])
+def metrics(
+    request: Request,
+    _: Annotated[Principal, Depends(require(Permission.METRICS_VIEW))],
+) -> Response:
+    """Prometheus metrics (cluster-wide; needs ``METRICS:VIEW``, an operator's
+    permission). Scrape with ``authorization: {credentials: <key>}``."""
+    from meterd.metrics import CONTENT_TYPE, registry_for, render
+
+    registry = getattr(request.app.state, "metrics_registry", None)
+    if registry is None:
+        state = request.app.state
+        registry = registry_for(state.runtime_factory, state.celery_app)
+        state.metrics_registry = registry
+    return Response(render(registry), media_type=CONTENT_TYPE)

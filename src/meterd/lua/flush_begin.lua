@@ -4,6 +4,8 @@ KEYS[1]  pending hash ("<ent>:<period>" -> micro-units)
 KEYS[2]  flush batch hash (the pending hash, renamed)
 KEYS[3]  inflight batch id (string)
 KEYS[4]  flush epoch (counter, bumped at every new batch)
+KEYS[5]  pending since (epoch us of the pending hash's first write)
+KEYS[6]  batch since (the same, for the batch in flight)
 ARGV[1]  id for a new batch
 
 Returns the id of the batch to apply: the one already in flight if a previous
@@ -16,6 +18,8 @@ local pending_key = KEYS[1]
 local batch_key = KEYS[2]
 local inflight_key = KEYS[3]
 local epoch_key = KEYS[4]
+local pending_since_key = KEYS[5]
+local batch_since_key = KEYS[6]
 local new_id = ARGV[1]
 
 local current = redis.call("GET", inflight_key)
@@ -27,5 +31,8 @@ if redis.call("EXISTS", pending_key) == 0 then
 end
 redis.call("INCR", epoch_key)
 redis.call("RENAME", pending_key, batch_key)
+if redis.call("EXISTS", pending_since_key) == 1 then
+  redis.call("RENAME", pending_since_key, batch_since_key)
+end
 redis.call("SET", inflight_key, new_id)
 return new_id

@@ -1,9 +1,10 @@
 --[[ ingest.lua: count one batch of validated usage events, atomically.
 
 KEYS[1]                 pending hash: "<ent>:<period>" -> micro-units not yet flushed
-KEYS[1 + 3i - 2]        dedupe marker of event i        (string, expires)
-KEYS[1 + 3i - 1]        resolution data of event i      (string, JSON, see resolution.py)
-KEYS[1 + 3i]            used hash of event i's customer "<ent>:<period>" -> micro-units
+KEYS[2]                 pending since: when the pending hash got its first write (epoch us)
+KEYS[3i]                dedupe marker of event i        (string, expires)
+KEYS[3i + 1]            resolution data of event i      (string, JSON, see resolution.py)
+KEYS[3i + 2]            used hash of event i's customer "<ent>:<period>" -> micro-units
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 minimum dedupe marker lifetime, milliseconds
@@ -45,11 +46,12 @@ All numbers stay below 2^53, so Lua's doubles hold them exactly.
 ]]
 
 local pending_key = KEYS[1]
+local pending_since_key = KEYS[2]
 local now_us = tonumber(ARGV[1])
 local late_window_us = tonumber(ARGV[2])
 local min_dedupe_ms = tonumber(ARGV[3])
 local strict = ARGV[4] == "1"
-local n_events = (#KEYS - 1) / 3
+local n_events = (#KEYS - 2) / 3
 local decoded = {}
 local out = {}
 -- used_key -> field -> { base value read from Redis (or false), delta of this batch }
@@ -182,7 +184,7 @@ local function resolve(resolution_key, used_key, ts, month, qty, target)
 end
 
 for i = 1, n_events do
-  local dedupe_key = KEYS[3 * i - 1]
+  local dedupe_key = KEYS[3 * i]
   local base = 4 * i
   local ts = tonumber(ARGV[base + 1])
   local dedupe_ms = math.floor((ts + late_window_us - now_us) / 1000)
@@ -193,7 +195,7 @@ for i = 1, n_events do
   elseif ts < now_us - late_window_us then
     code = "l"
   else
-    code = resolve(KEYS[3 * i], KEYS[3 * i + 1], ts, ARGV[base + 2], tonumber(ARGV[base + 3]),
+    code = resolve(KEYS[3 * i + 1], KEYS[3 * i + 2], ts, ARGV[base + 2], tonumber(ARGV[base + 3]),
       ARGV[base + 4])
   end
   if code ~= "a" and code ~= "d" then
@@ -230,8 +232,14 @@ for used_key, fields in pairs(used) do
     end
   end
 end
+local wrote = false
 for field, delta in pairs(pending) do
   redis.call("HINCRBY", pending_key, field, int_str(delta))
+  wrote = true
+end
+if wrote then
+  -- The flush lag is measured from the first write a pending hash got.
+  redis.call("SET", pending_since_key, ARGV[1], "NX")
 end
 
 return table.concat(out)

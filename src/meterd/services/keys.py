@@ -35,6 +35,8 @@ class Permission(StrEnum):
     EVENTS_WRITE = "EVENTS:WRITE"
     USAGE_RESERVE = "USAGE:RESERVE"
     SPENTITLEMENTS_VIEW = "SPENTITLEMENTS:VIEW"
+    #: Cluster-wide operational metrics (all orgs' volumes): for operators' keys only.
+    METRICS_VIEW = "METRICS:VIEW"
     ALL = "*"
 
 

@@ -89,7 +89,7 @@ class CounterStore:
         """
         if not events:
             return ""
-        keys: list[str] = [self.keys.pending]
+        keys: list[str] = [self.keys.pending, self.keys.pending_since]
         args: list[str | int] = [
             epoch_micros(now),
             self._late_window_us,
@@ -155,7 +155,14 @@ class CounterStore:
         """The batch to apply: a crashed flush's batch, else pending renamed to a new one."""
         k = self.keys
         result = self._flush_begin(
-            keys=[k.pending, k.flush_batch, k.flush_inflight, k.flush_epoch],
+            keys=[
+                k.pending,
+                k.flush_batch,
+                k.flush_inflight,
+                k.flush_epoch,
+                k.pending_since,
+                k.flush_batch_since,
+            ],
             args=[new_batch_id],
         )
         if not result:
@@ -175,9 +182,23 @@ class CounterStore:
 
     def end_flush(self, batch_id: str) -> bool:
         k = self.keys
-        return bool(self._flush_end(keys=[k.flush_inflight, k.flush_batch], args=[batch_id]))
+        return bool(
+            self._flush_end(
+                keys=[k.flush_inflight, k.flush_batch, k.flush_batch_since], args=[batch_id]
+            )
+        )
 
     # -- reads ----------------------------------------------------------------
+
+    def flush_lag_since(self) -> int | None:
+        """Epoch microseconds of the oldest write not yet in the database (the batch in
+        flight, else the pending hash), or None when everything is flushed."""
+        batch, pending = cast(
+            list[bytes | None],
+            self.client.mget([self.keys.flush_batch_since, self.keys.pending_since]),
+        )
+        oldest = batch if batch is not None else pending
+        return int(oldest) if oldest is not None else None
 
     def resolution_entry(self, org: str, customer: str, feature: str) -> str | None:
         """The cached resolution data (JSON), or None if it is not cached."""

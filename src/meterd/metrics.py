@@ -1,0 +1,145 @@
+"""Prometheus metrics: one collector reading meterd's cluster-wide numbers at scrape time.
+
+Served at ``/metrics`` by the API, and by the worker-side exporter
+(``METERD_METRICS_PORT``: the worker's main process serves it). Counters and
+histograms come from ``StatsStore`` (Redis: summed over every worker); gauges
+are read when scraped.
+
+============================================  =========  ==================================
+metric                                        type       labels
+============================================  =========  ==================================
+``meterd_events_total``                       counter    ``outcome``
+``meterd_ingest_batch_size``                  histogram
+``meterd_ingest_duration_seconds``            histogram
+``meterd_flush_duration_seconds``             histogram
+``meterd_flush_lag_seconds``                  gauge      (0 when everything is flushed)
+``meterd_queue_messages``                     gauge      ``queue``, ``state`` (ready|unacked)
+``meterd_dead_letters``                       gauge      ``reason`` (not yet replayed)
+``meterd_lifecycle_transitions_total``        counter    ``to``
+``meterd_notification_failures_total``        counter
+``meterd_scrape_errors``                      gauge      (parts that could not be read)
+============================================  =========  ==================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from meterd.ops import flush_lag_seconds, queue_depths
+from meterd.runtime import Runtime
+from meterd.storage.stats import BUCKETS
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class MeterdCollector(Collector):
+    def __init__(self, runtime: Callable[[], Runtime], celery_app: Callable[[], Any]) -> None:
+        self.runtime = runtime
+        self.celery_app = celery_app
+
+    def collect(self) -> Iterator[Metric]:
+        rt = self.runtime()
+        errors = 0
+
+        events = CounterMetricFamily("meterd_events", "Usage events by outcome", labels=["outcome"])
+        for outcome, n in sorted(rt.stats.events().items()):
+            events.add_metric([outcome], n)
+        yield events
+
+        for name in BUCKETS:
+            hist = rt.stats.histogram(name)
+            family = HistogramMetricFamily(f"meterd_{name}", _HELP[name])
+            family.add_metric(
+                [],
+                [(_bound(b), c) for b, c in hist.buckets],
+                sum_value=hist.total,
+            )
+            yield family
+
+        transitions = CounterMetricFamily(
+            "meterd_lifecycle_transitions", "Lifecycle transitions applied", labels=["to"]
+        )
+        for target, n in sorted(rt.stats.transitions().items()):
+            transitions.add_metric([target], n)
+        yield transitions
+
+        yield CounterMetricFamily(
+            "meterd_notification_failures",
+            "Webhook calls that failed",
+            value=rt.stats.notification_failures(),
+        )
+
+        try:
+            lag = flush_lag_seconds(rt) or 0.0
+            yield GaugeMetricFamily(
+                "meterd_flush_lag_seconds", "Age of the oldest unflushed count", value=lag
+            )
+        except Exception:
+            errors += 1
+
+        try:
+            depths = GaugeMetricFamily(
+                "meterd_queue_messages", "Messages per queue", labels=["queue", "state"]
+            )
+            for depth in queue_depths(self.celery_app()):
+                if depth.ready is not None:
+                    depths.add_metric([depth.queue, "ready"], depth.ready)
+                if depth.unacked is not None:
+                    depths.add_metric([depth.queue, "unacked"], depth.unacked)
+            yield depths
+        except Exception:
+            errors += 1
+
+        try:
+            dead = GaugeMetricFamily(
+                "meterd_dead_letters", "Dead letters not yet replayed", labels=["reason"]
+            )
+            for reason, n in sorted(rt.dead_letters.count_by_reason().items()):
+                dead.add_metric([reason], n)
+            yield dead
+        except Exception:
+            errors += 1
+
+        yield GaugeMetricFamily(
+            "meterd_scrape_errors", "Parts of this scrape that could not be read", value=errors
+        )
+
+
+_HELP = {
+    "ingest_batch_size": "Events per ingest task",
+    "ingest_duration_seconds": "Time to validate and count one ingest task",
+    "flush_duration_seconds": "Time of one flush run",
+}
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(float(value))
+
+
+def registry_for(
+    runtime: Callable[[], Runtime], celery_app: Callable[[], Any]
+) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MeterdCollector(runtime, celery_app))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)
+
+
+def serve(port: int, runtime: Callable[[], Runtime], celery_app: Callable[[], Any]) -> None:
+    """The worker-side exporter: a background HTTP server on ``port``."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, registry=registry_for(runtime, celery_app))

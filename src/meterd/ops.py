@@ -1,0 +1,127 @@
+"""What operators watch: queue depths, flush lag, dead letters, throughput, workers.
+
+``gather`` reads it all once (``meterd status`` and the metrics exporter use it).
+Each part is read on its own, so a broker that does not answer leaves its
+numbers empty (``None``) instead of failing the whole view.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from meterd.runtime import Runtime
+from meterd.timeutil import epoch_micros, utcnow
+from meterd.worker import QUEUES
+
+
+@dataclass(slots=True)
+class QueueDepth:
+    queue: str
+    #: Messages waiting to be delivered.
+    ready: int | None
+    #: Delivered to a worker, not yet acknowledged (Redis broker; None over AMQP,
+    #: where only the broker's management API knows).
+    unacked: int | None
+
+
+@dataclass(slots=True)
+class Status:
+    queues: list[QueueDepth]
+    #: Seconds since the oldest write not yet in the database (None: all flushed).
+    flush_lag_seconds: float | None
+    dead_letters: dict[str, int]
+    events_total: dict[str, int]
+    #: Accepted events per second over the sample (None when not sampled).
+    events_per_second: float | None
+    workers: list[str] | None
+    errors: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def queue_depths(app: Celery, queues: tuple[str, ...] = QUEUES) -> list[QueueDepth]:
+    with app.connection_for_read() as conn:
+        conn.ensure_connection(max_retries=1, timeout=2)  # a down broker fails fast
+        channel: Any = conn.default_channel
+        if hasattr(channel, "_size") and hasattr(channel, "unacked_key"):
+            return _redis_depths(channel, queues)
+        return [_amqp_depth(channel, q) for q in queues]
+
+
+def _redis_depths(channel: Any, queues: tuple[str, ...]) -> list[QueueDepth]:
+    with channel.conn_or_acquire() as client:
+        unacked: Counter[str] = Counter()
+        for raw in client.hvals(channel.unacked_key):
+            try:
+                unacked[json.loads(raw)[2]] += 1  # [message, exchange, routing key]
+            except (ValueError, IndexError, TypeError):
+                unacked["?"] += 1
+    return [QueueDepth(q, int(channel._size(q)), unacked.get(q, 0)) for q in queues]
+
+
+def _amqp_depth(channel: Any, queue: str) -> QueueDepth:
+    from amqp.exceptions import ChannelError  # type: ignore[import-untyped]
+
+    try:
+        declared = channel.queue_declare(queue=queue, passive=True)
+    except ChannelError:
+        return QueueDepth(queue, 0, None)
+    return QueueDepth(queue, int(declared.message_count), None)
+
+
+def flush_lag_seconds(runtime: Runtime) -> float | None:
+    since = runtime.counters.flush_lag_since()
+    if since is None:
+        return None
+    return max(0.0, (epoch_micros(utcnow()) - since) / 1_000_000)
+
+
+def gather(
+    runtime: Runtime, app: Celery, *, sample_seconds: float = 0.0, ping_timeout: float = 1.0
+) -> Status:
+    errors: list[str] = []
+
+    def attempt(what: str, read: Any) -> Any:
+        try:
+            return read()
+        except Exception as exc:
+            errors.append(f"{what}: {type(exc).__name__}: {exc}"[:300])
+            return None
+
+    events_before = attempt("events", runtime.stats.events) or {}
+    started = time.monotonic()
+    queues = attempt("queues", lambda: queue_depths(app)) or [
+        QueueDepth(q, None, None) for q in QUEUES
+    ]
+    workers = attempt("workers", lambda: sorted(_ping(app, ping_timeout)))
+    lag = attempt("flush lag", lambda: flush_lag_seconds(runtime))
+    dead = attempt("dead letters", runtime.dead_letters.count_by_reason) or {}
+    rate = None
+    if sample_seconds > 0:
+        time.sleep(max(0.0, sample_seconds - (time.monotonic() - started)))
+        events_after = attempt("events", runtime.stats.events) or {}
+        elapsed = time.monotonic() - started
+        accepted = events_after.get("accepted", 0) - events_before.get("accepted", 0)
+        rate = accepted / elapsed if elapsed > 0 else None
+        events_before = events_after
+    return Status(
+        queues=queues,
+        flush_lag_seconds=lag,
+        dead_letters=dead,
+        events_total=events_before,
+        events_per_second=rate,
+        workers=workers,
+        errors=errors,
+    )
+
+
+def _ping(app: Celery, timeout: float) -> list[str]:
+    replies = app.control.ping(timeout=timeout) or []
+    return [name for reply in replies for name in reply]
