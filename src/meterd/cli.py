@@ -68,11 +68,19 @@ def worker(
 
 
 @app.command()
-def beat(loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "info") -> None:
-    """Run Celery beat: the periodic flush (and, later, lifecycle jobs)."""
+def beat(
+    loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "info",
+    redbeat: Annotated[
+        bool, typer.Option(help="RedBeat scheduler: a lock in Redis makes a second beat wait")
+    ] = False,
+) -> None:
+    """Run Celery beat: flush, lifecycle and notification dispatch on schedule."""
     from meterd.worker import app as celery_app
 
-    celery_app.start(["beat", "-l", loglevel])
+    argv = ["beat", "-l", loglevel]
+    if redbeat:
+        argv += ["-S", "redbeat.RedBeatScheduler"]
+    celery_app.start(argv)
 
 
 @app.command()

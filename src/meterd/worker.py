@@ -98,6 +98,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "options": {"expires": NOTIFY_DISPATCH_INTERVAL * 2},
             },
         },
+        # Beat with the RedBeat scheduler (``meterd beat --redbeat``, docker-compose.yml)
+        # keeps its schedule in Redis behind a lock: a second beat waits instead of
+        # scheduling everything twice.
+        "redbeat_redis_url": None if settings.is_embedded_redis else settings.redis_url,
+        "redbeat_key_prefix": f"{settings.redis_prefix}:redbeat:",
+        "redbeat_lock_timeout": max(30, int(settings.flush_interval * 6)),
         "worker_hijack_root_logger": False,
         "enable_utc": True,
         "timezone": "UTC",
