@@ -255,6 +255,15 @@ def keys_revoke(key_id: str) -> None:
 
 
 @app.command()
+def dev(host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Worker, beat and API in one process tree on the embedded default; Ctrl-C
+    stops them and flushes everything to the database."""
+    from meterd.dev import run_dev
+
+    raise typer.Exit(run_dev(get_settings(), host, port, console))
+
+
+@app.command()
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="one JSON document, for scripts")] = False,
     watch: Annotated[bool, typer.Option("--watch", help="refresh until Ctrl-C")] = False,
