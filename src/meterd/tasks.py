@@ -58,7 +58,36 @@ def ingest_batch(self: Task, events: Any = None, *args: Any, **kwargs: Any) -> d
     counts = dict(report.counts)
     _quietly(runtime.stats.record_ingest, counts, len(batch), time.perf_counter() - started)
     log.info("ingest_batch", task_id=self.request.id, retries=self.request.retries, **counts)
+    _log_dead_letters(self.request.id, batch, report.outcomes, report.reasons)
     return counts
+
+
+#: Dead-lettered events logged one by one per batch (the rest are only counted).
+MAX_EVENT_LOG_LINES = 20
+
+
+def _log_dead_letters(
+    task_id: str | None, batch: list[Any], outcomes: list[Any], reasons: list[str | None]
+) -> None:
+    """One line per dead-lettered event (event id, source, outcome, why), capped."""
+    logged = 0
+    for payload, outcome, reason in zip(batch, outcomes, reasons, strict=True):
+        if not outcome.is_dead_letter:
+            continue
+        if logged == MAX_EVENT_LOG_LINES:
+            log.warning("event.dead_lettered.more", task_id=task_id)
+            return
+        event_id = payload.get("id") if isinstance(payload, dict) else None
+        source = payload.get("source") if isinstance(payload, dict) else None
+        log.warning(
+            "event.dead_lettered",
+            task_id=task_id,
+            event_id=str(event_id)[:200] if event_id is not None else None,
+            source=str(source)[:200] if source is not None else None,
+            outcome=outcome.value,
+            reason=reason,
+        )
+        logged += 1
 
 
 def _quietly(record: Any, *args: Any) -> None:
