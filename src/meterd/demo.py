@@ -1,8 +1,8 @@
 """``meterd demo``: sample data and a stream of events through a real worker.
 
 It runs the whole metering loop on whatever the settings point at (by default
-the embedded SQLite file and bundled Redis): create a feature and
-entitlements, start a `celery worker` subprocess, publish events in batches
+the embedded SQLite file and bundled Redis): create a feature, a plan and
+entitlements from it, start a `celery worker` subprocess, publish events in batches
 (with re-sent duplicates), wait until every event is counted, flush, and show
 the balances, checking them against what was sent.
 """
@@ -27,16 +27,18 @@ from rich.table import Table
 from sqlalchemy.exc import IntegrityError
 
 from meterd.domain import FeatureType
+from meterd.plans import TermUnit
 from meterd.producer import chunked, usage_event
 from meterd.quantity import from_micros, to_micros
 from meterd.runtime import Runtime
-from meterd.services.catalog import NewEntitlement
+from meterd.services.catalog import NewPlan
 from meterd.storage.repository import NotFoundError
 from meterd.timeutil import utcnow
 from meterd.worker import create_app, worker_command
 
 ORG = "demo"
 FEATURE = "api_calls"
+PLAN = "demo-monthly"
 
 
 @dataclass(frozen=True)
@@ -55,23 +57,36 @@ def ensure_catalog(rt: Runtime, plan: DemoPlan) -> list[str]:
         rt.repository.feature_by_key(ORG, FEATURE)
     except NotFoundError:
         rt.catalog.create_feature(ORG, FEATURE, now=now, type=FeatureType.FEATURE, units="calls")
+    template = _ensure_plan(rt, plan.quantity)
     customers = [f"customer-{i:03d}" for i in range(plan.customers)]
     for customer in customers:
         if rt.balance.balances(ORG, customer, FEATURE, now):
             continue
         with contextlib.suppress(IntegrityError):  # a concurrent demo created it
-            rt.catalog.create_entitlement(
-                NewEntitlement(
-                    org=ORG,
-                    customer_id=customer,
-                    feature=FEATURE,
-                    quantity=plan.quantity,
-                    starts_at=now - timedelta(days=1),
-                    ends_at=now + timedelta(days=30),
-                ),
-                now,
-            )
+            rt.catalog.entitlement_from_plan(ORG, template, customer, now - timedelta(days=1), now)
     return customers
+
+
+def _ensure_plan(rt: Runtime, quantity: Decimal) -> uuid.UUID:
+    """The demo's plan: the quantity for a month, auto-renewing, in family "demo"."""
+    for existing in rt.catalog.plans.all_of(ORG):
+        if existing.key == PLAN:
+            return existing.id
+    created = rt.catalog.create_plan(
+        NewPlan(
+            org=ORG,
+            key=PLAN,
+            feature=FEATURE,
+            quantity=quantity,
+            display_name="Demo monthly",
+            term_value=1,
+            term_unit=TermUnit.MONTH,
+            auto_renew=True,
+            families=("demo",),
+        ),
+        utcnow(),
+    )
+    return created.id
 
 
 def consumed_micros(rt: Runtime, customers: list[str]) -> int:
