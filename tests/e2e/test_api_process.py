@@ -98,3 +98,35 @@ def test_events_posted_over_http_are_counted_by_a_real_worker(
         return str(httpx.get(url, headers={"x-api-key": token}).json()["consumed"])
 
     wait_until(lambda: consumed() == "6", 60, lambda: f"consumed 6, have {consumed()}")
+
+
+def test_the_client_over_http_reports_rejected_events_and_counts_the_rest(
+    api_base: str, e2e_runtime: Runtime, worker: WorkerProcess
+) -> None:
+
+    from meterd.client import HttpTransport, MeterdClient
+    from meterd.services.catalog import NewEntitlement
+    from meterd.timeutil import utcnow
+
+    now = utcnow()
+    e2e_runtime.catalog.create_entitlement(
+        NewEntitlement(org="acme", customer_id="h-1", feature="api_calls", quantity=None,
+                       starts_at=now - timedelta(days=1), ends_at=None),
+        now,
+    )  # fmt: skip
+    token, _ = e2e_runtime.keys_service.create("acme", [Permission.ALL], NOW)
+    rejected: list[dict[str, object]] = []
+    transport = HttpTransport(api_base, token, on_rejected=rejected.extend)
+    worker.start()
+    with MeterdClient(transport, org="acme", source="http-client", batch_size=50) as client:
+        for i in range(120):
+            client.record("h-1", "api_calls", "0.25", event_id=f"hc-{i}")
+        client.record("h-1", "no such feature!", 1)  # refused by the API's validation
+    assert client.stats.sent == 121 and client.stats.failed == 0
+    assert len(rejected) == 1 and rejected[0]["status"] == "invalid"
+    url = api_base + "/v1/customers/h-1/features/api_calls"
+    wait_until(
+        lambda: httpx.get(url, headers={"x-api-key": token}).json()["consumed"] == "30",
+        60,
+        "120 x 0.25 counted",
+    )
