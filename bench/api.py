@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.services.keys import Permission
 from meterd.storage.database import make_engine
-from meterd.testing import event, wait_until
+from meterd.testing import event, free_port, wait_until
 from meterd.timeutil import utcnow
 
 PG = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -51,12 +50,6 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     p50 = statistics.median(ordered)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
     return p50 * 1000, p99 * 1000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def load(

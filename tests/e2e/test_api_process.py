@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,18 +13,12 @@ import pytest
 
 from meterd.runtime import Runtime
 from meterd.services.keys import Permission
-from meterd.testing import wait_until
+from meterd.testing import free_port, wait_until
 
 from ..conftest import NOW
 from .conftest import WorkerProcess
 
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _up(base: str) -> bool:
@@ -37,7 +30,7 @@ def _up(base: str) -> bool:
 
 @pytest.fixture
 def api_base(e2e_env: dict[str, str]) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "meterd.cli", "api", "--port", str(port)],
         env=e2e_env,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,20 +14,14 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from meterd.testing import event, wait_until
+from meterd.testing import event, free_port, wait_until
 from meterd.timeutil import utcnow
 
 pytestmark = pytest.mark.e2e
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_meterd_dev_serves_counts_and_flushes_on_ctrl_c(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         key: value for key, value in os.environ.items() if not key.startswith("METERD_")
     }  # the embedded default, in a fresh directory

@@ -4,7 +4,6 @@ counted is lost, and the batch that failed is retried without counting twice."""
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -19,7 +18,7 @@ from redis.retry import Retry
 
 from meterd.runtime import Runtime
 from meterd.storage.repository import SqlRepository
-from meterd.testing import event
+from meterd.testing import event, free_port
 from meterd.timeutil import utcnow
 
 from ..conftest import NOW
@@ -27,12 +26,6 @@ from ..helpers import flushed_total
 from .test_worker_exactness import grant_customers
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OwnRedis:

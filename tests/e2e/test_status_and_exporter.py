@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from datetime import timedelta
@@ -18,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from meterd.ops import gather
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
-from meterd.testing import event, wait_until
+from meterd.testing import event, free_port, wait_until
 from meterd.timeutil import utcnow
 
 from .conftest import WorkerProcess
@@ -74,16 +73,10 @@ def test_status_sees_a_worker_and_its_throughput(
     assert status.events_total["accepted"] == 2000
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_the_worker_exports_prometheus_metrics(
     e2e_env: dict[str, str], e2e_runtime: Runtime, producer_app: Celery, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     worker = WorkerProcess({**e2e_env, "METERD_METRICS_PORT": str(port)}, tmp_path / "w.log")
     worker.start()
     try:

@@ -23,8 +23,6 @@ from meterd.domain import (
     BillingType,
     ContractMode,
     EffectiveState,
-    EntitlementView,
-    Period,
     Status,
 )
 from meterd.filters import FilterError, Kind, parse_filters
@@ -35,7 +33,8 @@ from meterd.runtime import Runtime
 from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import ENTITLEMENT_COLUMNS, ENTITLEMENT_SORTS, EntitlementListing
-from meterd.storage.models import Entitlement, UsagePeriod
+from meterd.storage.models import Entitlement
+from meterd.storage.repository import entitlement_view
 from meterd.timeutil import isoformat, utcnow
 
 router = APIRouter(prefix="/v1", tags=["entitlements"])
@@ -92,21 +91,6 @@ def _t(value: datetime | None) -> str | None:
     return None if value is None else isoformat(value)
 
 
-def view_of(ent: Entitlement, periods: list[UsagePeriod]) -> EntitlementView:
-    return EntitlementView(
-        id=ent.id,
-        number=ent.number,
-        priority=ent.priority,
-        status=Status(ent.status),
-        billing_type=BillingType(ent.billing_type),
-        quantity=ent.quantity,
-        starts_at=ent.starts_at,
-        ends_at=ent.ends_at,
-        grace_until=ent.grace_until,
-        periods=tuple(Period(p.period_start, p.period_end, p.quantity) for p in periods),
-    )
-
-
 def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> EntitlementOut:
     return EntitlementOut(
         id=ent.id,
@@ -145,7 +129,7 @@ def with_balances(
     """Each (entitlement, feature key) with its real-time balance, read at once."""
     listing = EntitlementListing(runtime.repository.sessions)
     periods = listing.periods_of([ent.id for ent, _ in rows])
-    views = [view_of(ent, periods[ent.id]) for ent, _ in rows]
+    views = [entitlement_view(ent, periods[ent.id]) for ent, _ in rows]
     balances = runtime.balance.balances_of(views, utcnow())
     return [(ent, feature, balances[ent.id]) for ent, feature in rows]
 

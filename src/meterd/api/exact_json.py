@@ -7,6 +7,7 @@ exact Decimal support; the native API writes quantities as decimal strings.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import simplejson
@@ -20,3 +21,11 @@ class ExactJSONResponse(Response):
         return simplejson.dumps(
             content, use_decimal=True, separators=(",", ":"), ensure_ascii=False
         ).encode("utf-8")
+
+
+def exact_number(value: Decimal | None) -> int | Decimal | None:
+    """A quantity as an exact JSON number: an int when whole, else the decimal."""
+    if value is None:
+        return None
+    normal = value.normalize()
+    return int(normal) if normal == normal.to_integral_value() else normal

@@ -31,7 +31,7 @@ from pydantic import BaseModel
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.entitlements import with_balances
 from meterd.api.errors import ApiError
-from meterd.api.exact_json import ExactJSONResponse
+from meterd.api.exact_json import ExactJSONResponse, exact_number
 from meterd.domain import CUSTOMER_ID_MAX, Balance, BillingType, Status
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import EntitlementListing
@@ -76,13 +76,6 @@ class TenantEntitlement(BaseModel):
     remaining: int | None
 
 
-def _number(value: Decimal | None) -> int | Decimal | None:
-    if value is None:
-        return None
-    normal = value.normalize()
-    return int(normal) if normal == normal.to_integral_value() else normal
-
-
 def _date(moment: Any) -> str | None:
     return None if moment is None else str(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
@@ -99,8 +92,8 @@ def _block(ent: Entitlement, balance: Balance) -> dict[str, Any]:
     return {
         "startDate": _date(ent.starts_at),
         "endDate": _date(ent.ends_at),
-        "quantity": _number(balance.quantity),
-        "consumed": _number(balance.consumed),
+        "quantity": exact_number(balance.quantity),
+        "consumed": exact_number(balance.consumed),
     }
 
 
@@ -152,18 +145,18 @@ def tenant_entitlement(
         "usersBillingType": ent.billing_type,
         "startDate": _date(ent.starts_at),
         "endDate": _date(ent.ends_at),
-        "quantity": _number(balance.quantity),
-        "consumed": _number(balance.consumed),
+        "quantity": exact_number(balance.quantity),
+        "consumed": exact_number(balance.consumed),
     }
     if type is EntitlementType.USERS:
-        body["remaining"] = _number(balance.remaining)
+        body["remaining"] = exact_number(balance.remaining)
     for ent_b, feature, bal in rows:
         name = BLOCKS.get(feature.key)
         if name is not None and name not in body:
             block = _block(ent_b, bal)
             if name == "smsVoice":
-                block["allotment"] = _number(ent_b.allotment)
-                block["renewalQuantity"] = _number(ent_b.renewal_quantity)
+                block["allotment"] = exact_number(ent_b.allotment)
+                block["renewalQuantity"] = exact_number(ent_b.renewal_quantity)
             body[name] = block
     proofing = [(e, b) for e, f, b in rows if f.key == ID_PROOFING]
     if proofing:
@@ -181,6 +174,6 @@ def _proofing(ent: Entitlement, balance: Balance) -> dict[str, Any]:
         "billingType": ent.billing_type,
         "startDate": _date(ent.starts_at),
         "endDate": _date(ent.ends_at),
-        "quantity": _number(balance.quantity),
-        "consumed": _number(consumed),
+        "quantity": exact_number(balance.quantity),
+        "consumed": exact_number(consumed),
     }

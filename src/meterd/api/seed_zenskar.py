@@ -35,7 +35,7 @@ from pydantic import BaseModel
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.entitlements import with_balances
 from meterd.api.errors import ApiError
-from meterd.api.exact_json import ExactJSONResponse
+from meterd.api.exact_json import ExactJSONResponse, exact_number
 from meterd.domain import CUSTOMER_ID_MAX, Status
 from meterd.filters import Filter, FilterError, Kind, Op, parse_filters
 from meterd.paging import Cursor, CursorError, decode, encode
@@ -99,12 +99,6 @@ class _Group:
     total_quantity: Decimal = Decimal(0)
     total_quantity_used: Decimal = Decimal(0)
     total_expired_entitlements: int = 0
-
-
-def _number(value: Decimal) -> int | Decimal:
-    """An exact JSON number: an int when whole, else the decimal itself."""
-    normal = value.normalize()
-    return int(normal) if normal == normal.to_integral_value() else normal
 
 
 def _zulu(moment: Any) -> str:
@@ -188,8 +182,8 @@ def unique_entitlements(
                     "product_id": str(g.feature.product_id) if g.feature.product_id else None,
                     "created_at": _zulu(g.feature.created_at),
                 },
-                "total_quantity": _number(g.total_quantity),
-                "total_quantity_used": _number(g.total_quantity_used),
+                "total_quantity": exact_number(g.total_quantity),
+                "total_quantity_used": exact_number(g.total_quantity_used),
                 "total_expired_entitlements": g.total_expired_entitlements,
             }
             for g in results

@@ -611,7 +611,7 @@ class SqlRepository:
         for ent, feature_key in rows:
             own = periods.get(ent.id, [])
             views, flushed = result[(ent.org_id, ent.customer_id, feature_key)]
-            views.append(_view(ent, own))
+            views.append(entitlement_view(ent, own))
             for period in own:
                 if period.consumed:
                     flushed[period_field(ent.id, period.period_start)] = to_micros(period.consumed)
@@ -875,8 +875,10 @@ def transition_notification(row: dict[str, Any], due: DueEntitlement) -> NewNoti
     )
 
 
-def _view(ent: Any, periods: Sequence[Any]) -> EntitlementView:
-    """An EntitlementView from a row of ``_VIEW_COLUMNS`` and its ``_PERIOD_COLUMNS`` rows."""
+def entitlement_view(ent: Any, periods: Sequence[Any]) -> EntitlementView:
+    """An EntitlementView from an entitlement (an ORM row, or a row of
+    ``_VIEW_COLUMNS``) and its usage periods (rows with period_start, period_end,
+    quantity)."""
     return EntitlementView(
         id=ent.id,
         number=ent.number,
@@ -894,5 +896,6 @@ def _view(ent: Any, periods: Sequence[Any]) -> EntitlementView:
 __all__ = [
     "NotFoundError",
     "SqlRepository",
+    "entitlement_view",
     "parse_period_field",
 ]
