@@ -157,3 +157,26 @@ def test_cli_purges_only_replayed_letters_unless_told_and_asks_first(cli_env: No
     assert "purged 1" in invoke("dlq", "purge", "--yes")
     assert rt.dead_letters.count() == 1  # the junk, never replayed, is kept
     assert "purged 1" in invoke("dlq", "purge", "--include-unreplayed", "--yes")
+
+
+def test_the_status_view_shows_every_number_and_the_errors() -> None:
+    from rich.console import Console
+
+    from meterd.cli import _status_view
+    from meterd.ops import QueueDepth, Status
+
+    status = Status(
+        queues=[QueueDepth("meterd.ingest", 12, 3), QueueDepth("meterd.flush", None, None)],
+        flush_lag_seconds=4.25,
+        dead_letters={"invalid": 2},
+        events_total={"accepted": 1500},
+        events_per_second=250.0,
+        workers=["w1@host"],
+        errors=["queues: ConnectionError: down"],
+    )
+    console = Console(record=True, width=120)
+    console.print(_status_view(status))
+    text = console.export_text()
+    for expected in ("meterd.ingest", "12", "4.2 s", "250", "w1@host", "dead letters invalid",
+                     "events accepted", "1,500", "ConnectionError", "?"):  # fmt: skip
+        assert expected in text, expected
