@@ -44,6 +44,17 @@ _TITLES = {
 }
 
 
+#: meterd's own errors, and the status each one answers with (the message is the detail).
+DOMAIN_ERRORS: dict[type[Exception], int] = {
+    NotFoundError: 404,
+    StaleVersionError: 409,
+    TransitionRefused: 409,
+    DuplicateError: 409,
+    CatalogError: 400,
+    QuantityError: 400,
+}
+
+
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -75,26 +86,10 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail))
 
-    @app.exception_handler(NotFoundError)
-    async def _not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        return problem(404, str(exc))
+    async def _domain(_: Request, exc: Exception) -> JSONResponse:
+        # By the class hierarchy, as Starlette chose the handler (subclasses included).
+        status = next(DOMAIN_ERRORS[c] for c in type(exc).__mro__ if c in DOMAIN_ERRORS)
+        return problem(status, str(exc))
 
-    @app.exception_handler(StaleVersionError)
-    async def _stale(_: Request, exc: StaleVersionError) -> JSONResponse:
-        return problem(409, str(exc))
-
-    @app.exception_handler(TransitionRefused)
-    async def _refused(_: Request, exc: TransitionRefused) -> JSONResponse:
-        return problem(409, str(exc))
-
-    @app.exception_handler(CatalogError)
-    async def _catalog(_: Request, exc: CatalogError) -> JSONResponse:
-        return problem(400, str(exc))
-
-    @app.exception_handler(DuplicateError)
-    async def _duplicate(_: Request, exc: DuplicateError) -> JSONResponse:
-        return problem(409, str(exc))
-
-    @app.exception_handler(QuantityError)
-    async def _quantity(_: Request, exc: QuantityError) -> JSONResponse:
-        return problem(400, str(exc))
+    for error in DOMAIN_ERRORS:
+        app.add_exception_handler(error, _domain)
