@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.models import DeadLetter
 
 
@@ -79,7 +80,7 @@ class DeadLetterStore:
             ]
             if rows:
                 # Two workers may dead-letter the same redelivered event at once.
-                s.execute(_insert_ignoring_conflicts(s, DeadLetter, "fingerprint"), rows)
+                insert_ignoring_duplicates(s, DeadLetter, rows, ["fingerprint"])
         return len(by_print) - len(known)
 
     @staticmethod
@@ -174,13 +175,3 @@ class DeadLetterStore:
                     .where(DeadLetter.id == dl_id)
                     .values(replayed_at=now, replay_outcome=outcome)
                 )
-
-
-def _insert_ignoring_conflicts(s: Session, model: Any, column: str) -> Any:
-    if s.get_bind().dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(model).on_conflict_do_nothing(index_elements=[column])
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(model).on_conflict_do_nothing(index_elements=[column])
