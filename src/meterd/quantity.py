@@ -71,6 +71,11 @@ def format_quantity(value: Decimal) -> str:
     return text
 
 
+def format_optional_quantity(value: Decimal | None) -> str | None:
+    """``format_quantity``, with None (unlimited, unset) kept as None."""
+    return None if value is None else format_quantity(value)
+
+
 def parse_quantity_micros(value: object) -> int:
     """``to_micros(parse_quantity(value))``, with a fast path for plain decimal strings."""
     if isinstance(value, str):

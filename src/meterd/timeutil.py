@@ -39,6 +39,15 @@ def isoformat(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def isoformat_or_none(moment: datetime | None) -> str | None:
+    return None if moment is None else isoformat(moment)
+
+
+def isoformat_seconds(moment: datetime | None) -> str | None:
+    """UTC to the second with a ``Z`` (the seed pages' form), None kept as None."""
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def as_utc(moment: datetime) -> datetime:
     """Attach UTC to a naive datetime read back from SQLite; convert aware ones."""
     if moment.tzinfo is None:

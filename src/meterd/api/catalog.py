@@ -13,7 +13,7 @@ from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import ApiError
 from meterd.domain import FEATURE_KEY_PATTERN, BillingType, ContractMode, FeatureType
 from meterd.plans import TermUnit
-from meterd.quantity import format_quantity
+from meterd.quantity import format_optional_quantity
 from meterd.services.catalog import NewPlan
 from meterd.services.keys import Permission, Principal
 from meterd.storage.models import Feature, Plan
@@ -151,10 +151,6 @@ class PlanOut(BaseModel):
     created_at: str
 
 
-def _q(value: Decimal | None) -> str | None:
-    return None if value is None else format_quantity(value)
-
-
 def plan_out(plan: Plan) -> PlanOut:
     return PlanOut(
         id=plan.id,
@@ -162,7 +158,7 @@ def plan_out(plan: Plan) -> PlanOut:
         display_name=plan.display_name,
         description=plan.description,
         feature_id=plan.feature_id,
-        quantity=_q(plan.quantity),
+        quantity=format_optional_quantity(plan.quantity),
         billing_type=BillingType(plan.billing_type),
         contract_mode=ContractMode(plan.contract_mode),
         term_value=plan.term_value,
@@ -171,7 +167,7 @@ def plan_out(plan: Plan) -> PlanOut:
         condition_family=plan.condition_family,
         grace_days=plan.grace_days,
         auto_renew=plan.auto_renew,
-        renewal_quantity=_q(plan.renewal_quantity),
+        renewal_quantity=format_optional_quantity(plan.renewal_quantity),
         families=[
             PlanFamilyOut(id=f.id, key=f.key, display_name=f.display_name) for f in plan.families
         ],

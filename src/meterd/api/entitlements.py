@@ -28,14 +28,14 @@ from meterd.domain import (
 from meterd.filters import FilterError, Kind, parse_filters
 from meterd.lifecycle import OperatorAction
 from meterd.paging import CursorError, decode, encode
-from meterd.quantity import format_quantity
+from meterd.quantity import format_optional_quantity, format_quantity
 from meterd.runtime import Runtime
 from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import ENTITLEMENT_COLUMNS, ENTITLEMENT_SORTS, EntitlementListing
 from meterd.storage.models import Entitlement
 from meterd.storage.repository import entitlement_view
-from meterd.timeutil import isoformat, utcnow
+from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
 router = APIRouter(prefix="/v1", tags=["entitlements"])
 
@@ -83,14 +83,6 @@ class EntitlementPage(BaseModel):
     total_count: int
 
 
-def _q(value: Decimal | None) -> str | None:
-    return None if value is None else format_quantity(value)
-
-
-def _t(value: datetime | None) -> str | None:
-    return None if value is None else isoformat(value)
-
-
 def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> EntitlementOut:
     return EntitlementOut(
         id=ent.id,
@@ -99,9 +91,9 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
         feature=feature,
         plan_id=ent.plan_id,
         contract_id=ent.contract_id,
-        quantity=_q(balance.quantity),
+        quantity=format_optional_quantity(balance.quantity),
         consumed=format_quantity(balance.consumed),
-        remaining=_q(balance.remaining),
+        remaining=format_optional_quantity(balance.remaining),
         overage=format_quantity(balance.overage),
         period_start=isoformat(balance.period_start),
         billing_type=BillingType(ent.billing_type),
@@ -110,13 +102,13 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
         effective_state=balance.state,
         priority=ent.priority,
         starts_at=isoformat(ent.starts_at),
-        ends_at=_t(ent.ends_at),
-        grace_until=_t(ent.grace_until),
+        ends_at=isoformat_or_none(ent.ends_at),
+        grace_until=isoformat_or_none(ent.grace_until),
         issued_at=isoformat(ent.issued_at),
         auto_renew=ent.auto_renew,
-        renewal_quantity=_q(ent.renewal_quantity),
+        renewal_quantity=format_optional_quantity(ent.renewal_quantity),
         parent_id=ent.parent_id,
-        allotment=_q(ent.allotment),
+        allotment=format_optional_quantity(ent.allotment),
         row_version=ent.row_version,
         created_at=isoformat(ent.created_at),
         updated_at=isoformat(ent.updated_at),
@@ -374,8 +366,8 @@ def periods(entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> l
     return [
         PeriodOut(
             period_start=isoformat(p.period_start),
-            period_end=_t(p.period_end),
-            quantity=_q(p.quantity),
+            period_end=isoformat_or_none(p.period_end),
+            quantity=format_optional_quantity(p.quantity),
             consumed=format_quantity(p.consumed),
         )
         for p in runtime.repository.consumption_by_period(entitlement_id)

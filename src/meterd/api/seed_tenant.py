@@ -36,6 +36,7 @@ from meterd.domain import CUSTOMER_ID_MAX, Balance, BillingType, Status
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import EntitlementListing
 from meterd.storage.models import Entitlement, Feature
+from meterd.timeutil import isoformat_seconds
 
 router = APIRouter(tags=["seed: tenant entitlements"])
 
@@ -76,10 +77,6 @@ class TenantEntitlement(BaseModel):
     remaining: int | None
 
 
-def _date(moment: Any) -> str | None:
-    return None if moment is None else str(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
-
-
 def _status(status: str) -> str:
     if status in (Status.ACTIVE.value, Status.GRACE.value):
         return "ACTIVE"
@@ -90,8 +87,8 @@ def _status(status: str) -> str:
 
 def _block(ent: Entitlement, balance: Balance) -> dict[str, Any]:
     return {
-        "startDate": _date(ent.starts_at),
-        "endDate": _date(ent.ends_at),
+        "startDate": isoformat_seconds(ent.starts_at),
+        "endDate": isoformat_seconds(ent.ends_at),
         "quantity": exact_number(balance.quantity),
         "consumed": exact_number(balance.consumed),
     }
@@ -143,8 +140,8 @@ def tenant_entitlement(
         "status": _status(ent.status),
         "contractMode": ent.contract_mode,
         "usersBillingType": ent.billing_type,
-        "startDate": _date(ent.starts_at),
-        "endDate": _date(ent.ends_at),
+        "startDate": isoformat_seconds(ent.starts_at),
+        "endDate": isoformat_seconds(ent.ends_at),
         "quantity": exact_number(balance.quantity),
         "consumed": exact_number(balance.consumed),
     }
@@ -172,8 +169,8 @@ def _proofing(ent: Entitlement, balance: Balance) -> dict[str, Any]:
         )
     return {
         "billingType": ent.billing_type,
-        "startDate": _date(ent.starts_at),
-        "endDate": _date(ent.ends_at),
+        "startDate": isoformat_seconds(ent.starts_at),
+        "endDate": isoformat_seconds(ent.ends_at),
         "quantity": exact_number(balance.quantity),
         "consumed": exact_number(consumed),
     }

@@ -41,7 +41,7 @@ from meterd.plans import TermUnit
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import contains_pattern
 from meterd.storage.models import Entitlement, Feature, Plan, PlanFamily, plan_family_links
-from meterd.timeutil import as_utc
+from meterd.timeutil import as_utc, isoformat_or_none
 
 router = APIRouter(tags=["seed: workspace runtime entitlements"])
 
@@ -95,10 +95,6 @@ class RuntimeEntitlementList(BaseModel):
 def _envelope(data: Any, errors: list[dict[str, Any]], status: int = 200) -> JSONResponse:
     body = {"Data": data, "Errors": errors, "Warnings": [], "Success": not errors}
     return JSONResponse(body, status_code=status)
-
-
-def _utc(moment: datetime | None) -> str | None:
-    return None if moment is None else as_utc(moment).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class _Params:
@@ -303,10 +299,10 @@ def _row(
         },
         "Status": STATUS_CODES[Status(ent.status)],
         "EffectiveState": STATE_CODES[state],
-        "StartsAtUtc": _utc(ent.starts_at),
-        "EndsAtUtc": _utc(ent.ends_at),
-        "GraceUntilUtc": _utc(ent.grace_until),
-        "IssuedAtUtc": _utc(ent.issued_at),
+        "StartsAtUtc": isoformat_or_none(ent.starts_at),
+        "EndsAtUtc": isoformat_or_none(ent.ends_at),
+        "GraceUntilUtc": isoformat_or_none(ent.grace_until),
+        "IssuedAtUtc": isoformat_or_none(ent.issued_at),
         "IssuedByUserId": None,
         "ResourceCount": 1,
         "BeneficiaryCount": 1,

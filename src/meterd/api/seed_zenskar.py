@@ -42,6 +42,7 @@ from meterd.paging import Cursor, CursorError, decode, encode
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import EntitlementListing
 from meterd.storage.models import Feature
+from meterd.timeutil import isoformat_seconds
 
 router = APIRouter(tags=["seed: Zenskar"])
 
@@ -99,10 +100,6 @@ class _Group:
     total_quantity: Decimal = Decimal(0)
     total_quantity_used: Decimal = Decimal(0)
     total_expired_entitlements: int = 0
-
-
-def _zulu(moment: Any) -> str:
-    return str(moment.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 def _matches(value: Any, f: Filter) -> bool:
@@ -180,7 +177,7 @@ def unique_entitlements(
                     "units": g.feature.units,
                     "is_active": g.feature.is_active,
                     "product_id": str(g.feature.product_id) if g.feature.product_id else None,
-                    "created_at": _zulu(g.feature.created_at),
+                    "created_at": isoformat_seconds(g.feature.created_at),
                 },
                 "total_quantity": exact_number(g.total_quantity),
                 "total_quantity_used": exact_number(g.total_quantity_used),

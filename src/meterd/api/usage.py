@@ -18,7 +18,7 @@ from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import ApiError
 from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, Balance, EffectiveState
 from meterd.events import InvalidEvent, parse_event
-from meterd.quantity import format_quantity
+from meterd.quantity import format_optional_quantity, format_quantity
 from meterd.runtime import Runtime
 from meterd.services.keys import Permission, Principal
 from meterd.services.reserve import Reservation
@@ -60,10 +60,6 @@ class FeatureValue(BaseModel):
     entitlements: list[EntitlementValue]
 
 
-def _q(value: Decimal | None) -> str | None:
-    return None if value is None else format_quantity(value)
-
-
 def feature_value(customer_id: str, feature: str, balances: list[Balance]) -> FeatureValue:
     usable = [b for b in balances if b.usable]
     open_ = [b for b in usable if b.state is not EffectiveState.EXHAUSTED]
@@ -85,17 +81,17 @@ def feature_value(customer_id: str, feature: str, balances: list[Balance]) -> Fe
         feature=feature,
         has_access=bool(open_),
         state=state,
-        quantity=_q(quantity),
+        quantity=format_optional_quantity(quantity),
         consumed=format_quantity(consumed),
-        remaining=_q(remaining),
+        remaining=format_optional_quantity(remaining),
         overage=format_quantity(overage),
         entitlements=[
             EntitlementValue(
                 entitlement_id=b.entitlement_id,
                 period_start=isoformat(b.period_start),
-                quantity=_q(b.quantity),
+                quantity=format_optional_quantity(b.quantity),
                 consumed=format_quantity(b.consumed),
-                remaining=_q(b.remaining),
+                remaining=format_optional_quantity(b.remaining),
                 overage=format_quantity(b.overage),
                 state=b.state,
                 usable=b.usable,
