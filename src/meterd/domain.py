@@ -15,6 +15,11 @@ from enum import StrEnum
 ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FEATURE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 CUSTOMER_ID_MAX = 128
+#: Identifiers and search terms (customer ids, event ids, sources): no control
+#: characters. PostgreSQL text refuses NUL, and a newline in an id is never intended.
+PRINTABLE_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+#: Free text (names, descriptions, reasons): anything but NUL.
+NO_NUL_PATTERN = r"^[^\x00]*$"
 _MICRO = Decimal("0.000001")
 
 

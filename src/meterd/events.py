@@ -24,7 +24,7 @@ from pydantic import (
     ValidationError,
 )
 
-from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, ORG_ID_PATTERN
+from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, ORG_ID_PATTERN, PRINTABLE_PATTERN
 from meterd.quantity import QuantityError, parse_quantity_micros
 from meterd.timeutil import epoch_micros
 
@@ -44,10 +44,9 @@ def _aware_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
-#: Identifiers end up in Redis keys and SQL text: no control characters (PostgreSQL
-#: refuses NUL in text, and a newline in an id is never intended).
-_PRINTABLE = r"^[^\x00-\x1f\x7f]+$"
-NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=512, pattern=_PRINTABLE)]
+NonEmpty = Annotated[
+    str, StringConstraints(min_length=1, max_length=512, pattern=PRINTABLE_PATTERN)
+]
 
 
 class UsageData(BaseModel):
@@ -69,7 +68,7 @@ class CloudUsageEvent(BaseModel):
     source: NonEmpty
     type: Literal["meterd.usage"]
     subject: Annotated[
-        str, StringConstraints(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=_PRINTABLE)
+        str, StringConstraints(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
     ]
     org: Annotated[str, StringConstraints(pattern=ORG_ID_PATTERN.pattern)]
     time: Annotated[datetime, AfterValidator(_aware_utc)] | None = None

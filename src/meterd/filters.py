@@ -10,6 +10,7 @@ its own whitelist, and values are always bound parameters.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ class Kind(StrEnum):
     INTEGER = "integer"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ORDERED = frozenset({Kind.DATETIME, Kind.DECIMAL, Kind.INTEGER})
 _MAX_IN = 500
 
@@ -74,6 +76,8 @@ def _parse_value(kind: Kind, raw: str, name: str) -> Any:
         raise FilterError(f"{name}: {raw[:60]!r} is not a valid {kind.value}") from None
     if len(raw) > 200:
         raise FilterError(f"{name}: value too long")
+    if _CONTROL.search(raw):
+        raise FilterError(f"{name}: control characters are not allowed")
     return raw
 
 

@@ -11,7 +11,13 @@ from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import ApiError
-from meterd.domain import FEATURE_KEY_PATTERN, BillingType, ContractMode, FeatureType
+from meterd.domain import (
+    FEATURE_KEY_PATTERN,
+    NO_NUL_PATTERN,
+    BillingType,
+    ContractMode,
+    FeatureType,
+)
 from meterd.plans import TermUnit
 from meterd.quantity import format_optional_quantity
 from meterd.services.catalog import NewPlan
@@ -29,10 +35,10 @@ DecimalText = Annotated[str, Field(pattern=r"^\d+(\.\d{1,6})?$")]
 
 class FeatureIn(BaseModel):
     key: Key
-    name: str | None = Field(default=None, max_length=200)
-    description: str = Field(default="", max_length=2000)
+    name: str | None = Field(default=None, max_length=200, pattern=NO_NUL_PATTERN)
+    description: str = Field(default="", max_length=2000, pattern=NO_NUL_PATTERN)
     type: FeatureType = FeatureType.FEATURE
-    units: str = Field(default="", max_length=64)
+    units: str = Field(default="", max_length=64, pattern=NO_NUL_PATTERN)
     product_id: uuid.UUID | None = None
 
 
@@ -91,9 +97,9 @@ class FeaturePatch(BaseModel):
     """Fields left out stay as they are. ``is_active: false`` retires a feature (its
     entitlements and history stay; there is no hard delete)."""
 
-    name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=2000)
-    units: str | None = Field(default=None, max_length=64)
+    name: str | None = Field(default=None, min_length=1, max_length=200, pattern=NO_NUL_PATTERN)
+    description: str | None = Field(default=None, max_length=2000, pattern=NO_NUL_PATTERN)
+    units: str | None = Field(default=None, max_length=64, pattern=NO_NUL_PATTERN)
     is_active: bool | None = None
 
 
@@ -111,8 +117,8 @@ class PlanIn(BaseModel):
     key: Key
     feature: Key
     quantity: DecimalText | None = Field(default=None, description="null: unlimited")
-    display_name: str = Field(default="", max_length=200)
-    description: str = Field(default="", max_length=2000)
+    display_name: str = Field(default="", max_length=200, pattern=NO_NUL_PATTERN)
+    description: str = Field(default="", max_length=2000, pattern=NO_NUL_PATTERN)
     billing_type: BillingType = BillingType.PRE_PAID
     contract_mode: ContractMode = ContractMode.PRODUCTION
     term_value: int | None = Field(default=None, ge=1, le=10_000)
@@ -208,8 +214,10 @@ class PlanPatch(BaseModel):
     Terms are fixed once entitlements exist: make a new plan for new terms."""
 
     row_version: int
-    display_name: str | None = Field(default=None, min_length=1, max_length=200)
-    description: str | None = Field(default=None, max_length=2000)
+    display_name: str | None = Field(
+        default=None, min_length=1, max_length=200, pattern=NO_NUL_PATTERN
+    )
+    description: str | None = Field(default=None, max_length=2000, pattern=NO_NUL_PATTERN)
     is_active: bool | None = None
 
 

@@ -19,6 +19,8 @@ from meterd.api.errors import ApiError
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
+    NO_NUL_PATTERN,
+    PRINTABLE_PATTERN,
     Balance,
     BillingType,
     ContractMode,
@@ -148,7 +150,7 @@ def list_entitlements(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     sort_key: Annotated[str, Query()] = "number",
     sort_type: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
-    search: Annotated[str | None, Query(max_length=200)] = None,
+    search: Annotated[str | None, Query(max_length=200, pattern=PRINTABLE_PATTERN)] = None,
 ) -> EntitlementPage:
     """Filters: every field below with the operators ``__neq``, ``__gt``, ``__gte``,
     ``__lt``, ``__lte``, ``__in`` (comma-separated), ``__isnull``; plus
@@ -199,7 +201,7 @@ class EntitlementIn(BaseModel):
     """Either ``feature`` (and the terms below), or ``plan_id``: the plan then gives
     feature, quantity, term, grace, renewal, billing type and contract mode."""
 
-    customer_id: str = Field(min_length=1, max_length=CUSTOMER_ID_MAX)
+    customer_id: str = Field(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
     feature: str | None = Field(default=None, pattern=FEATURE_KEY_PATTERN.pattern)
     quantity: DecimalText | None = Field(default=None, description="null: unlimited")
     starts_at: datetime | None = Field(default=None, description="default: now")
@@ -210,7 +212,7 @@ class EntitlementIn(BaseModel):
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     auto_renew: bool = False
     renewal_quantity: DecimalText | None = None
-    contract_id: str | None = Field(default=None, max_length=128)
+    contract_id: str | None = Field(default=None, max_length=128, pattern=PRINTABLE_PATTERN)
     plan_id: uuid.UUID | None = None
 
 
@@ -297,7 +299,7 @@ def _decimal(value: str | None) -> Decimal | None:
 
 
 class StatusChange(BaseModel):
-    reason: str = Field(default="", max_length=500)
+    reason: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
     row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
 
 

@@ -32,7 +32,7 @@ from meterd.api.auth import RuntimeDep, require
 from meterd.api.entitlements import with_balances
 from meterd.api.errors import ApiError
 from meterd.api.exact_json import ExactJSONResponse, exact_number
-from meterd.domain import CUSTOMER_ID_MAX, Balance, BillingType, Status
+from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Balance, BillingType, Status
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import EntitlementListing
 from meterd.storage.models import Entitlement, Feature
@@ -114,7 +114,9 @@ def _pick(rows: list[tuple[Entitlement, Feature, Balance]]) -> tuple[Entitlement
     responses={404: {"description": "no entitlement of that type"}},
 )
 def tenant_entitlement(
-    tenantid: Annotated[str, Path(min_length=1, max_length=CUSTOMER_ID_MAX)],
+    tenantid: Annotated[
+        str, Path(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
+    ],
     type: EntitlementType,
     runtime: RuntimeDep,
     caller: Annotated[Principal, Depends(require(Permission.SPENTITLEMENTS_VIEW))],

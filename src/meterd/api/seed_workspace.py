@@ -25,6 +25,7 @@ define; meterd fixes them as follows):
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -36,7 +37,7 @@ from sqlalchemy import and_, exists, func, or_, select
 
 from meterd.api.auth import RuntimeDep, require_allowing_query_token
 from meterd.api.entitlements import with_balances
-from meterd.domain import EffectiveState, FeatureType, Status
+from meterd.domain import PRINTABLE_PATTERN, EffectiveState, FeatureType, Status
 from meterd.plans import TermUnit
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import contains_pattern
@@ -64,6 +65,7 @@ MODEL_TYPES = {
     FeatureType.TRANSACTIONS: 2,
     FeatureType.CREDITS: 3,
 }
+PRINTABLE = re.compile(PRINTABLE_PATTERN)
 ROW_VERSION_NAMESPACE = uuid.UUID("6f1d3a52-5d0c-4a53-9a63-3c9a2b1e7c10")
 
 PARAMS = {
@@ -114,6 +116,8 @@ class _Params:
             return None
         if len(found[-1]) > 200:
             raise ParameterError(name, f"{name} is too long")
+        if not PRINTABLE.fullmatch(found[-1]):
+            raise ParameterError(name, f"{name} must not contain control characters")
         return found[-1]
 
     def one_uuid(self, name: str) -> uuid.UUID | None:

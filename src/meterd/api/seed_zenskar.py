@@ -36,7 +36,7 @@ from meterd.api.auth import RuntimeDep, require
 from meterd.api.entitlements import with_balances
 from meterd.api.errors import ApiError
 from meterd.api.exact_json import ExactJSONResponse, exact_number
-from meterd.domain import CUSTOMER_ID_MAX, Status
+from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Status
 from meterd.filters import Filter, FilterError, Kind, Op, parse_filters
 from meterd.paging import Cursor, CursorError, decode, encode
 from meterd.services.keys import Permission, Principal
@@ -137,7 +137,9 @@ def _sort_value(group: _Group, key: str) -> Any:
 )
 def unique_entitlements(
     request: Request,
-    customer_id: Annotated[str, Path(min_length=1, max_length=CUSTOMER_ID_MAX)],
+    customer_id: Annotated[
+        str, Path(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
+    ],
     runtime: RuntimeDep,
     caller: Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))],
     organisation: Annotated[str, Header(max_length=64)],
@@ -145,7 +147,7 @@ def unique_entitlements(
     limit: Annotated[int | None, Query(ge=1, le=200)] = None,
     sort_key: Annotated[str | None, Query()] = None,
     sort_type: Annotated[str | None, Query(pattern="^(asc|desc)$")] = None,
-    search: Annotated[str | None, Query(max_length=200)] = None,
+    search: Annotated[str | None, Query(max_length=200, pattern=PRINTABLE_PATTERN)] = None,
 ) -> ExactJSONResponse:
     """List unique entitlements for customer (Zenskar-compatible)."""
     if organisation != caller.org:

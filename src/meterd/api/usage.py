@@ -16,7 +16,13 @@ from pydantic import BaseModel, Field, StringConstraints
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import ApiError
-from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, Balance, EffectiveState
+from meterd.domain import (
+    CUSTOMER_ID_MAX,
+    FEATURE_KEY_PATTERN,
+    PRINTABLE_PATTERN,
+    Balance,
+    EffectiveState,
+)
 from meterd.events import InvalidEvent, parse_event
 from meterd.quantity import format_optional_quantity, format_quantity
 from meterd.runtime import Runtime
@@ -27,7 +33,9 @@ from meterd.timeutil import isoformat, utcnow
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
-CustomerId = Annotated[str, Path(min_length=1, max_length=CUSTOMER_ID_MAX)]
+CustomerId = Annotated[
+    str, Path(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
+]
 FeatureKey = Annotated[str, Path(pattern=FEATURE_KEY_PATTERN.pattern)]
 Decimal_ = Annotated[str, StringConstraints(pattern=r"^-?\d+(\.\d+)?$")]
 
