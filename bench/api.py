@@ -30,7 +30,7 @@ import httpx
 import redis
 import sqlalchemy as sa
 
-from meterd.api.usage import feature_value, live_balances
+from meterd.api.usage import feature_value
 from meterd.config import Settings
 from meterd.domain import Balance
 from meterd.migrate import upgrade
@@ -124,7 +124,7 @@ def main() -> None:
         token, _ = rt.keys_service.create("bench", [Permission.ALL], now)
 
         def live() -> list[Balance]:
-            return live_balances(rt, "bench", "hot", "api_calls")
+            return rt.balance.current("bench", "hot", "api_calls", utcnow())
 
         def database() -> list[Balance]:
             return rt.balance.balances("bench", "hot", "api_calls", utcnow())

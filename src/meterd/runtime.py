@@ -115,6 +115,7 @@ class Runtime:
             self.counters,
             self.repository,
             late_window=timedelta(seconds=self.settings.late_window),
+            resolution=self.resolution,
         )
 
     @cached_property

@@ -117,22 +117,8 @@ def get_feature_value(
     caller: Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))],
 ) -> FeatureValue:
     """Real-time value: flushed consumption plus what is still pending in Redis."""
-    return feature_value(
-        customer_id, feature, live_balances(runtime, caller.org, customer_id, feature)
-    )
-
-
-def live_balances(runtime: Runtime, org: str, customer_id: str, feature: str) -> list[Balance]:
-    """From Redis alone when the customer's data is cached (load it if not); the
-    database read is the fallback."""
-    now = utcnow()
-    found = runtime.balance.live(org, customer_id, feature, now)
-    if found is None:
-        runtime.resolution.fill([(org, customer_id, feature)], now)
-        found = runtime.balance.live(org, customer_id, feature, now)
-    if found is None:
-        found = runtime.balance.balances(org, customer_id, feature, now)
-    return found
+    balances = runtime.balance.current(caller.org, customer_id, feature, utcnow())
+    return feature_value(customer_id, feature, balances)
 
 
 class ReserveRequest(BaseModel):
@@ -182,7 +168,7 @@ def reserve(
         ),
         now,
     )
-    balances = live_balances(runtime, caller.org, customer_id, feature)
+    balances = runtime.balance.current(caller.org, customer_id, feature, now)
     return ReserveResponse(
         granted=outcome.granted,
         outcome=outcome.value,

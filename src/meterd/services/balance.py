@@ -20,6 +20,7 @@ from typing import Any
 from meterd.domain import Balance, BillingType, EntitlementView, Status, effective_state
 from meterd.keys import period_field
 from meterd.quantity import from_micros
+from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
 from meterd.storage.repository import SqlRepository
 from meterd.timeutil import epoch_micros, from_epoch_micros, month_start
@@ -51,11 +52,27 @@ def current_period(view: EntitlementView, now: datetime) -> tuple[datetime, Deci
 
 class BalanceService:
     def __init__(
-        self, counters: CounterStore, repository: SqlRepository, *, late_window: timedelta
+        self,
+        counters: CounterStore,
+        repository: SqlRepository,
+        *,
+        late_window: timedelta,
+        resolution: ResolutionCache | None = None,
     ) -> None:
         self.counters = counters
         self.repository = repository
         self.late_window = late_window
+        #: Loads a customer's resolution data when ``current`` finds it uncached.
+        self.resolution = resolution
+
+    def current(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance]:
+        """From Redis alone when the customer's data is cached (loaded first if it is
+        not); the database read is the fallback."""
+        found = self.live(org, customer, feature, now)
+        if found is None and self.resolution is not None:
+            self.resolution.fill([(org, customer, feature)], now)
+            found = self.live(org, customer, feature, now)
+        return found if found is not None else self.balances(org, customer, feature, now)
 
     def consumed(self, periods: list[PeriodKey]) -> dict[PeriodKey, tuple[int, int]]:
         """(flushed, not yet flushed) micro-units of each period, consistent."""
