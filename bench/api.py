@@ -22,27 +22,19 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
 import httpx
-import redis
-import sqlalchemy as sa
 
 from meterd.api.usage import feature_value
-from meterd.config import Settings
 from meterd.domain import Balance
-from meterd.migrate import upgrade
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.services.keys import Permission
-from meterd.storage.database import make_engine
-from meterd.testing import event, free_port, wait_until
+from meterd.testing import answers, event, free_port, wait_until
 from meterd.timeutil import utcnow
-
-PG = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+from scratch import scratch_settings
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -88,123 +80,97 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="per HTTP scenario")
     args = parser.parse_args()
 
-    name = f"meterd_bench_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG.rsplit("/", 1)[0] + "/" + name
-    prefix = f"bench-api-{uuid.uuid4().hex[:6]}"
-    server: subprocess.Popen[bytes] | None = None
-    try:
-        upgrade(url)
-        settings = Settings(
-            database_url=url,
-            redis_url=REDIS_URL,
-            redis_prefix=prefix,
-            _env_file=None,  # type: ignore[call-arg]
-        )
-        rt = Runtime.from_settings(settings)
-        now = utcnow()
-        rt.catalog.create_org("bench", "bench", now)
-        rt.catalog.create_feature("bench", "api_calls", now=now)
-        rt.catalog.create_entitlement(
-            NewEntitlement(
-                org="bench",
-                customer_id="hot",
-                feature="api_calls",
-                quantity=Decimal(10**9),
-                starts_at=now,
-                ends_at=None,
-            ),
-            now,
-        )
-        rt.ingest.ingest([event("hot", "5", org="bench", event_id="a", time=now)], now=now)
-        rt.flush.flush_all(now)
-        rt.ingest.ingest([event("hot", "2", org="bench", event_id="b", time=now)], now=now)
-        token, _ = rt.keys_service.create("bench", [Permission.ALL], now)
+    with scratch_settings("api") as settings:
+        server: subprocess.Popen[bytes] | None = None
+        try:
+            rt = Runtime.from_settings(settings)
+            now = utcnow()
+            rt.catalog.create_org("bench", "bench", now)
+            rt.catalog.create_feature("bench", "api_calls", now=now)
+            rt.catalog.create_entitlement(
+                NewEntitlement(
+                    org="bench",
+                    customer_id="hot",
+                    feature="api_calls",
+                    quantity=Decimal(10**9),
+                    starts_at=now,
+                    ends_at=None,
+                ),
+                now,
+            )
+            rt.ingest.ingest([event("hot", "5", org="bench", event_id="a", time=now)], now=now)
+            rt.flush.flush_all(now)
+            rt.ingest.ingest([event("hot", "2", org="bench", event_id="b", time=now)], now=now)
+            token, _ = rt.keys_service.create("bench", [Permission.ALL], now)
 
-        def live() -> list[Balance]:
-            return rt.balance.current("bench", "hot", "api_calls", utcnow())
+            def live() -> list[Balance]:
+                return rt.balance.current("bench", "hot", "api_calls", utcnow())
 
-        def database() -> list[Balance]:
-            return rt.balance.balances("bench", "hot", "api_calls", utcnow())
+            def database() -> list[Balance]:
+                return rt.balance.balances("bench", "hot", "api_calls", utcnow())
 
-        in_process = {}
-        for label, read in (
-            ("live (Redis only, what the route does)", live),
-            ("database + Redis (the fallback)", database),
-        ):
-            timings = []
-            for _ in range(args.calls):
-                start = time.perf_counter()
-                feature_value("hot", "api_calls", read())
-                timings.append(time.perf_counter() - start)
-            in_process[label] = percentiles(timings)
+            in_process = {}
+            for label, read in (
+                ("live (Redis only, what the route does)", live),
+                ("database + Redis (the fallback)", database),
+            ):
+                timings = []
+                for _ in range(args.calls):
+                    start = time.perf_counter()
+                    feature_value("hot", "api_calls", read())
+                    timings.append(time.perf_counter() - start)
+                in_process[label] = percentiles(timings)
 
-        port = free_port()
-        env = {
-            **os.environ,
-            "METERD_DATABASE_URL": url,
-            "METERD_REDIS_URL": REDIS_URL,
-            "METERD_REDIS_PREFIX": prefix,
-        }
-        server = subprocess.Popen(
-            [sys.executable, "-m", "meterd.cli", "api", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
-        wait_until(lambda: _up(base), 30, "the API to start")
-        headers = {"x-api-key": token}
-        value_path = "/v1/customers/hot/features/api_calls"
+            port = free_port()
+            env = {
+                **os.environ,
+                "METERD_DATABASE_URL": settings.database_url,
+                "METERD_REDIS_URL": settings.redis_url,
+                "METERD_REDIS_PREFIX": settings.redis_prefix,
+            }
+            server = subprocess.Popen(
+                [sys.executable, "-m", "meterd.cli", "api", "--port", str(port)],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            base = f"http://127.0.0.1:{port}"
+            wait_until(lambda: answers(base + "/healthz"), 30, "the API to start")
+            headers = {"x-api-key": token}
+            value_path = "/v1/customers/hot/features/api_calls"
 
-        def value(client: httpx.Client, _: str) -> None:
-            client.get(value_path).raise_for_status()
+            def value(client: httpx.Client, _: str) -> None:
+                client.get(value_path).raise_for_status()
 
-        def reserve(client: httpx.Client, key: str) -> None:
-            body = {"quantity": "1", "idempotency_key": key}
-            response = client.post(value_path + "/reserve", json=body)
-            response.raise_for_status()
-            assert response.json()["granted"]
+            def reserve(client: httpx.Client, key: str) -> None:
+                body = {"quantity": "1", "idempotency_key": key}
+                response = client.post(value_path + "/reserve", json=body)
+                response.raise_for_status()
+                assert response.json()["granted"]
 
-        load(base, headers, 4, 1.0, value)  # warm up connections and caches
-        value_rps, value_lat = load(base, headers, args.clients, args.seconds, value)
-        reserve_rps, reserve_lat = load(base, headers, args.clients, args.seconds, reserve)
+            load(base, headers, 4, 1.0, value)  # warm up connections and caches
+            value_rps, value_lat = load(base, headers, args.clients, args.seconds, value)
+            reserve_rps, reserve_lat = load(base, headers, args.clients, args.seconds, reserve)
 
-        print(f"\nin-process value (no HTTP), {args.calls:,} calls each:\n")
-        print("| read | p50 ms | p99 ms |")
-        print("|---|---:|---:|")
-        for label, (p50, p99) in in_process.items():
-            print(f"| {label} | {p50:.2f} | {p99:.2f} |")
-        print(f"\nHTTP over loopback, 1 uvicorn worker, {args.clients} client threads:\n")
-        print("| endpoint | requests/s | p50 ms | p99 ms |")
-        print("|---|---:|---:|---:|")
-        for label, rps, lat in (
-            ("GET value", value_rps, value_lat),
-            ("POST reserve", reserve_rps, reserve_lat),
-        ):
-            p50, p99 = percentiles(lat)
-            print(f"| {label} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |")
-        rt.close()
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=10)
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _up(base: str) -> bool:
-    try:
-        return httpx.get(base + "/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+            print(f"\nin-process value (no HTTP), {args.calls:,} calls each:\n")
+            print("| read | p50 ms | p99 ms |")
+            print("|---|---:|---:|")
+            for label, (p50, p99) in in_process.items():
+                print(f"| {label} | {p50:.2f} | {p99:.2f} |")
+            print(f"\nHTTP over loopback, 1 uvicorn worker, {args.clients} client threads:\n")
+            print("| endpoint | requests/s | p50 ms | p99 ms |")
+            print("|---|---:|---:|---:|")
+            for label, rps, lat in (
+                ("GET value", value_rps, value_lat),
+                ("POST reserve", reserve_rps, reserve_lat),
+            ):
+                p50, p99 = percentiles(lat)
+                print(f"| {label} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |")
+            rt.close()
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=10)
 
 
 if __name__ == "__main__":

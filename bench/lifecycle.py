@@ -14,22 +14,14 @@ what is due, not the table size.
 from __future__ import annotations
 
 import argparse
-import os
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-import redis
 import sqlalchemy as sa
 
-from meterd.config import Settings
-from meterd.migrate import upgrade
 from meterd.runtime import Runtime
-from meterd.storage.database import make_engine
 from meterd.timeutil import utcnow
-
-PG = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+from scratch import scratch_settings
 
 FILL = """
 INSERT INTO entitlements (id, org_id, number, customer_id, feature_id, quantity, billing_type,
@@ -70,20 +62,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="lifecycle jobs running at once")
     args = parser.parse_args()
 
-    name = f"meterd_bench_{uuid.uuid4().hex[:8]}"
-    admin = make_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = PG.rsplit("/", 1)[0] + "/" + name
-    prefix = f"bench-lc-{uuid.uuid4().hex[:6]}"
-    try:
-        upgrade(url)
-        settings = Settings(
-            database_url=url,
-            redis_url=REDIS_URL,
-            redis_prefix=prefix,
-            _env_file=None,  # type: ignore[call-arg]
-        )
+    with scratch_settings("lc") as settings:
         rt = Runtime.from_settings(settings)
         now = utcnow()
         rt.catalog.create_org("bench", "bench", now)
@@ -107,14 +86,6 @@ def main() -> None:
             print(f"| {args.rows:,} | {due:,} | {args.jobs} | {n:,} | {s:.2f} | {n / s:,.0f} |")
         print(f"\n{args.due:,} due / {args.small_due:,} due: time ratio {big_s / small_s:.1f}x")
         rt.close()
-    finally:
-        client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=5000))
-        for i in range(0, len(keys), 1000):
-            client.delete(*keys[i : i + 1000])
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

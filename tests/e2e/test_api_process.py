@@ -13,19 +13,12 @@ import pytest
 
 from meterd.runtime import Runtime
 from meterd.services.keys import Permission
-from meterd.testing import free_port, wait_until
+from meterd.testing import answers, free_port, wait_until
 
 from ..conftest import NOW
 from .conftest import WorkerProcess
 
 pytestmark = pytest.mark.e2e
-
-
-def _up(base: str) -> bool:
-    try:
-        return httpx.get(base + "/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture
@@ -39,7 +32,7 @@ def api_base(e2e_env: dict[str, str]) -> Iterator[str]:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_until(lambda: _up(base), 30, "meterd api to answer")
+        wait_until(lambda: answers(base + "/healthz"), 30, "meterd api to answer")
         yield base
     finally:
         proc.terminate()

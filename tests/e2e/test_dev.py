@@ -14,7 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from meterd.testing import event, free_port, wait_until
+from meterd.testing import answers, event, free_port, wait_until
 from meterd.timeutil import utcnow
 
 pytestmark = pytest.mark.e2e
@@ -40,13 +40,7 @@ def test_meterd_dev_serves_counts_and_flushes_on_ctrl_c(tmp_path: Path) -> None:
         key = next(line.strip() for line in lines if line.strip().startswith("mk_"))
         assert any(f"{base}/docs" in line for line in lines)
 
-        def up() -> bool:
-            try:
-                return httpx.get(base + "/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_until(up, 60, "the dev API")
+        wait_until(lambda: answers(base + "/readyz"), 60, "the dev API")
         headers = {"x-api-key": key}
         httpx.post(base + "/v1/features", json={"key": "api_calls"}, headers=headers)
         body = {"customer_id": "c-1", "feature": "api_calls", "quantity": "100"}
