@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -841,22 +841,9 @@ _PERIOD_COLUMNS = (
 
 
 def _due_of(ent: Entitlement, feature: str) -> DueEntitlement:
-    return DueEntitlement(
-        id=ent.id,
-        org_id=ent.org_id,
-        customer_id=ent.customer_id,
-        feature=feature,
-        status=ent.status,
-        starts_at=ent.starts_at,
-        ends_at=ent.ends_at,
-        grace_until=ent.grace_until,
-        row_version=ent.row_version,
-        next_period_at=ent.next_period_at,
-        auto_renew=ent.auto_renew,
-        contract_mode=ent.contract_mode,
-        quantity=ent.quantity,
-        renewal_quantity=ent.renewal_quantity,
-    )
+    """A DueEntitlement of an ORM row: every field but the feature key has its column."""
+    columns = {f.name: getattr(ent, f.name) for f in fields(DueEntitlement) if f.name != "feature"}
+    return DueEntitlement(feature=feature, **columns)
 
 
 def transition_notification(row: dict[str, Any], due: DueEntitlement) -> NewNotification:
