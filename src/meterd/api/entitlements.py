@@ -27,9 +27,9 @@ from meterd.domain import (
     EffectiveState,
     Status,
 )
-from meterd.filters import FilterError, Kind, parse_filters
+from meterd.filters import Kind, parse_filters
 from meterd.lifecycle import OperatorAction
-from meterd.paging import CursorError, decode, encode
+from meterd.paging import decode, encode
 from meterd.quantity import format_optional_quantity, format_quantity
 from meterd.runtime import Runtime
 from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
@@ -159,13 +159,10 @@ def list_entitlements(
     if sort_key not in ENTITLEMENT_SORTS:
         raise ApiError(400, f"sort_key must be one of {', '.join(sorted(ENTITLEMENT_SORTS))}")
     sort = f"{sort_key}:{sort_type}"
-    try:
-        params = list(request.query_params.multi_items())
-        fields = {**ENTITLEMENT_FILTERS, "quantity_used": Kind.DECIMAL}
-        filters = parse_filters(params, fields, reserved=LIST_PARAMS)
-        page_cursor = decode(cursor, sort) if cursor else None
-    except (FilterError, CursorError) as exc:
-        raise ApiError(400, str(exc)) from None
+    params = list(request.query_params.multi_items())
+    fields = {**ENTITLEMENT_FILTERS, "quantity_used": Kind.DECIMAL}
+    filters = parse_filters(params, fields, reserved=LIST_PARAMS)
+    page_cursor = decode(cursor, sort) if cursor else None
     used = [f for f in filters if f.field == "quantity_used"]
     plain = [f for f in filters if f.field != "quantity_used"]
     listing = EntitlementListing(runtime.repository.sessions)

@@ -14,7 +14,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from meterd.filters import FilterError
 from meterd.lifecycle import TransitionRefused
+from meterd.paging import CursorError
 from meterd.quantity import QuantityError
 from meterd.services.catalog import CatalogError
 from meterd.storage.repository import DuplicateError, NotFoundError, StaleVersionError
@@ -52,6 +54,8 @@ DOMAIN_ERRORS: dict[type[Exception], int] = {
     DuplicateError: 409,
     CatalogError: 400,
     QuantityError: 400,
+    FilterError: 400,
+    CursorError: 400,
 }
 
 

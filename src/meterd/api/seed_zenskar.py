@@ -37,8 +37,8 @@ from meterd.api.entitlements import with_balances
 from meterd.api.errors import ApiError
 from meterd.api.exact_json import ExactJSONResponse, exact_number
 from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Status
-from meterd.filters import Filter, FilterError, Kind, Op, parse_filters
-from meterd.paging import Cursor, CursorError, decode, encode
+from meterd.filters import Filter, Kind, Op, parse_filters
+from meterd.paging import Cursor, decode, encode
 from meterd.services.keys import Permission, Principal
 from meterd.storage.listing import EntitlementListing
 from meterd.storage.models import Feature
@@ -157,11 +157,8 @@ def unique_entitlements(
         raise ApiError(400, f"sort_key must be one of {', '.join(SORT_KEYS)}")
     descending = sort_type == "desc"
     sort = f"{key}:{'desc' if descending else 'asc'}"
-    try:
-        filters = parse_filters(request.query_params.multi_items(), FIELDS, reserved=RESERVED)
-        page_cursor = decode(cursor, sort) if cursor else None
-    except (FilterError, CursorError) as exc:
-        raise ApiError(400, str(exc)) from None
+    filters = parse_filters(request.query_params.multi_items(), FIELDS, reserved=RESERVED)
+    page_cursor = decode(cursor, sort) if cursor else None
 
     groups = _groups(runtime, caller.org, customer_id, filters, search)
     ordered = sorted(groups, key=lambda g: (_sort_value(g, key), str(g.feature.id)))
