@@ -30,8 +30,8 @@ import httpx
 from meterd.api.usage import feature_value
 from meterd.domain import Balance
 from meterd.runtime import Runtime
+from meterd.services.api_keys import Permission
 from meterd.services.catalog import NewEntitlement
-from meterd.services.keys import Permission
 from meterd.testing import answers, event, free_port, wait_until
 from meterd.timeutil import utcnow
 from scratch import scratch_settings
@@ -101,7 +101,7 @@ def main() -> None:
             rt.ingest.ingest([event("hot", "5", org="bench", event_id="a", time=now)], now=now)
             rt.flush.flush_all(now)
             rt.ingest.ingest([event("hot", "2", org="bench", event_id="b", time=now)], now=now)
-            token, _ = rt.keys_service.create("bench", [Permission.ALL], now)
+            token, _ = rt.api_keys.create("bench", [Permission.ALL], now)
 
             def live() -> list[Balance]:
                 return rt.balance.current("bench", "hot", "api_calls", utcnow())

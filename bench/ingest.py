@@ -31,6 +31,7 @@ from typing import Any
 
 import redis
 
+from meterd.celery_config import INGEST_QUEUE, create_app, worker_command
 from meterd.config import Settings
 from meterd.events import UsageEvent, parse_event
 from meterd.migrate import upgrade
@@ -38,7 +39,6 @@ from meterd.producer import publish_batches, usage_event
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.timeutil import utcnow
-from meterd.worker import INGEST_QUEUE, create_app, worker_command
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 
@@ -96,7 +96,7 @@ def make_events(org: str, n: int, customers: int, skew: float = 0.0) -> list[dic
 def counted(rt: Runtime, customers: int) -> int:
     pipe = rt.redis.pipeline(transaction=False)
     for c in range(customers):
-        pipe.hvals(rt.keys.used(rt.settings.redis_prefix, f"c{c}"))
+        pipe.hvals(rt.redis_keys.used(rt.settings.redis_prefix, f"c{c}"))
     return sum(int(v) for values in pipe.execute() for v in values) // 10**6
 
 

@@ -68,14 +68,14 @@ def main() -> None:
         rt.catalog.create_org("bench", "bench", now)
         feature = rt.catalog.create_feature("bench", "api_calls", now=now)
         start = time.perf_counter()
-        with rt.repository.engine.begin() as conn:
+        with rt.database.engine.begin() as conn:
             params = {"feature_id": feature.id, "now": now, "due": args.due, "rows": args.rows}
             conn.execute(sa.text(FILL), params)
             conn.execute(sa.text("ANALYZE entitlements"))
         print(f"filled {args.rows:,} entitlements in {time.perf_counter() - start:.1f}s")
 
         big_s, big_n = timed_advance(rt, args.batch_size, args.jobs)
-        with rt.repository.engine.begin() as conn:
+        with rt.database.engine.begin() as conn:
             conn.execute(sa.text(MAKE_DUE_AGAIN), {"now": utcnow(), "due": args.small_due})
         small_s, small_n = timed_advance(rt, args.batch_size, args.jobs)
 

@@ -22,9 +22,8 @@ import sqlalchemy as sa
 from meterd.config import Settings
 from meterd.migrate import upgrade
 from meterd.runtime import Runtime
-from meterd.storage.database import make_engine, make_session_factory
+from meterd.storage.database import Database, make_engine
 from meterd.storage.models import Base
-from meterd.storage.repository import SqlRepository
 
 BACKEND = os.environ.get("METERD_TEST_BACKEND", "default")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -82,13 +81,13 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def repository(database_url: str) -> Iterator[SqlRepository]:
-    engine = make_engine(database_url)
-    yield SqlRepository(engine, make_session_factory(engine))
-    with engine.begin() as conn:
+def database(database_url: str) -> Iterator[Database]:
+    db = Database.connect(database_url)
+    yield db
+    with db.engine.begin() as conn:
         for table in reversed(Base.metadata.sorted_tables):
             conn.execute(table.delete())
-    engine.dispose()
+    db.dispose()
 
 
 @pytest.fixture
@@ -123,9 +122,9 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
 
 
 @pytest.fixture
-def runtime(settings: Settings, redis_client: redis.Redis, repository: SqlRepository) -> Runtime:
+def runtime(settings: Settings, redis_client: redis.Redis, database: Database) -> Runtime:
     """Stores and services wired as in production, over the test backend."""
-    rt = Runtime(settings=settings, redis=redis_client, repository=repository)
+    rt = Runtime(settings=settings, redis=redis_client, database=database)
     rt.catalog.create_org("acme", "Acme", NOW)
     rt.catalog.create_feature("acme", "api_calls", now=NOW, units="calls")
     return rt

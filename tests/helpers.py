@@ -58,5 +58,5 @@ def _all_periods(rt: Runtime) -> list[Decimal]:
 
     from meterd.storage.models import UsagePeriod
 
-    with rt.repository.sessions() as s:
+    with rt.database.sessions() as s:
         return list(s.scalars(select(UsagePeriod.consumed)))

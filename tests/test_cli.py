@@ -112,7 +112,7 @@ def test_cli_issues_a_key_that_authenticates_and_revokes_it(cli_env: None) -> No
     invoke("org", "create", "acme")
     out = invoke("keys", "create", "--org", "acme", "--permission", "ENTITLEMENTS:VIEW")
     token = out.strip().splitlines()[-1]
-    keys = runtime_module.get_runtime().keys_service
+    keys = runtime_module.get_runtime().api_keys
     principal = keys.authenticate(token)
     assert principal is not None and principal.org == "acme"
     key_id = token.split("_")[1]

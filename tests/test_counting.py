@@ -142,10 +142,10 @@ def test_usage_in_grace_counts_on_the_last_period(runtime: Runtime) -> None:
     ends = NOW - timedelta(days=1)
     ent = grant(runtime, ends_at=ends, grace=timedelta(days=3))
     assert ingest(runtime, event(time=NOW)) == [Outcome.ACCEPTED]
-    periods = runtime.repository.consumption_by_period(ent.id)
+    periods = runtime.usage.periods_of(ent.id)
     assert len(periods) == 1
     runtime.flush.flush_all(NOW)
-    assert runtime.repository.consumption_by_period(ent.id)[0].consumed == Decimal(1)
+    assert runtime.usage.periods_of(ent.id)[0].consumed == Decimal(1)
 
 
 def test_suspended_entitlement_refuses_usage(runtime: Runtime) -> None:
@@ -153,7 +153,7 @@ def test_suspended_entitlement_refuses_usage(runtime: Runtime) -> None:
     from meterd.storage.models import Entitlement
 
     ent = grant(runtime)
-    with runtime.repository.sessions.begin() as s:
+    with runtime.database.sessions.begin() as s:
         row = s.get(Entitlement, ent.id)
         assert row is not None
         row.status = Status.SUSPENDED.value
@@ -187,7 +187,7 @@ def test_pay_per_use_counts_per_calendar_month(runtime: Runtime) -> None:
     ingest(runtime, event(event_id="oct", time=october, quantity="7"))
     ingest(runtime, event(event_id="nov", time=NOW, quantity="5"))
     runtime.flush.flush_all(NOW)
-    periods = runtime.repository.consumption_by_period(ent.id)
+    periods = runtime.usage.periods_of(ent.id)
     # September (the month of starts_at) opened with the entitlement; the flush opens
     # a month on its first usage if the lifecycle job has not opened it yet.
     assert [(p.period_start.month, p.consumed) for p in periods] == [
@@ -212,7 +212,7 @@ def test_late_event_after_a_month_change_lands_in_the_old_month(runtime: Runtime
         Outcome.ACCEPTED
     ]
     runtime.flush.flush_all(NOW)
-    periods = runtime.repository.consumption_by_period(ent.id)
+    periods = runtime.usage.periods_of(ent.id)
     assert [(p.period_start.month, p.consumed) for p in periods] == [
         (9, Decimal(0)),
         (10, Decimal(3)),
@@ -229,7 +229,7 @@ def test_late_event_after_a_renewal_lands_in_the_old_period(runtime: Runtime) ->
         Outcome.ACCEPTED
     ]
     runtime.flush.flush_all(NOW)
-    periods = runtime.repository.consumption_by_period(ent.id)
+    periods = runtime.usage.periods_of(ent.id)
     assert [(p.quantity, p.consumed) for p in periods] == [
         (Decimal(10), Decimal(1)),
         (Decimal(20), Decimal(4)),
@@ -246,7 +246,7 @@ def test_resolution_data_is_loaded_after_it_expired(runtime: Runtime) -> None:
     ent = grant(runtime)
     ingest(runtime, event(event_id="a", quantity="2"))
     runtime.flush.flush_all(NOW)
-    runtime.redis.delete(runtime.keys.resolution("acme", "cust-1", "api_calls"))
+    runtime.redis.delete(runtime.redis_keys.resolution("acme", "cust-1", "api_calls"))
     assert ingest(runtime, event(event_id="b", quantity="3")) == [Outcome.ACCEPTED]
     assert consumed(runtime) == {str(ent.id): Decimal(5)}
 
@@ -257,7 +257,7 @@ def test_lost_redis_totals_are_reseeded_from_the_database(runtime: Runtime) -> N
     ingest(runtime, event(event_id="a", quantity="8"))
     runtime.flush.flush_all(NOW)
     # Redis restarted without persistence: every key is gone, the database has 8.
-    for key in runtime.redis.scan_iter(match=runtime.keys.all_pattern):
+    for key in runtime.redis.scan_iter(match=runtime.redis_keys.all_pattern):
         runtime.redis.delete(key)
     ingest(runtime, event(event_id="b", quantity="5"))
     assert consumed(runtime) == {str(soon.id): Decimal(10), str(late.id): Decimal(3)}

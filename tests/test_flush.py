@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from meterd.runtime import Runtime
 from meterd.services.flush import FlushService
 from meterd.storage.database import make_engine, make_session_factory
-from meterd.storage.repository import SqlRepository
+from meterd.storage.usage import UsageStore
 from meterd.testing import event
 
 from .conftest import NOW
@@ -23,7 +23,7 @@ def test_flush_moves_pending_into_the_period(runtime: Runtime) -> None:
     runtime.ingest.ingest([event(quantity="2.5")], now=NOW)
     report = runtime.flush.flush_once(NOW)
     assert report.applied and report.total_micros == 2_500_000
-    assert runtime.repository.consumption_by_period(ent.id)[0].consumed == Decimal("2.5")
+    assert runtime.usage.periods_of(ent.id)[0].consumed == Decimal("2.5")
     assert runtime.counters.pending_fields() == {}
 
 
@@ -61,7 +61,7 @@ def test_flush_that_died_after_the_commit_is_not_applied_again(runtime: Runtime)
     runtime.ingest.ingest([event(quantity="3")], now=NOW)
     batch = runtime.counters.begin_flush("committed-then-died")
     assert batch is not None
-    runtime.repository.apply_flush_batch(batch, runtime.counters.read_flush_batch().deltas, NOW)
+    runtime.usage.apply_flush_batch(batch, runtime.counters.read_flush_batch().deltas, NOW)
     # ... the process died here, before end_flush. The read must not count it twice:
     assert list(consumed(runtime).values()) == [Decimal(3)]
     report = runtime.flush.flush_once(NOW)
@@ -77,7 +77,7 @@ def test_flush_with_the_database_down_keeps_the_batch(runtime: Runtime) -> None:
         "postgresql://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
     )
     broken = FlushService(
-        runtime.counters, SqlRepository(dead_engine, make_session_factory(dead_engine))
+        runtime.counters, UsageStore(make_session_factory(dead_engine))
     )
     with pytest.raises(sa.exc.OperationalError):
         broken.flush_once(NOW)
@@ -93,8 +93,8 @@ def test_the_same_batch_applied_twice_counts_once(runtime: Runtime) -> None:
     batch = runtime.counters.begin_flush("twice")
     assert batch is not None
     deltas = runtime.counters.read_flush_batch().deltas
-    assert runtime.repository.apply_flush_batch(batch, deltas, NOW) is True
-    assert runtime.repository.apply_flush_batch(batch, deltas, NOW) is False
+    assert runtime.usage.apply_flush_batch(batch, deltas, NOW) is True
+    assert runtime.usage.apply_flush_batch(batch, deltas, NOW) is False
     assert flushed_total(runtime) == Decimal(3)
 
 
@@ -158,10 +158,10 @@ def test_read_retries_when_a_flush_moves_pending_mid_read(runtime: Runtime) -> N
 
     ent = grant(runtime)
     runtime.ingest.ingest([event(quantity="5")], now=NOW)
-    real = runtime.repository
+    real = runtime.usage
     calls = 0
 
-    class FlushingMidRead(SqlRepository):
+    class FlushingMidRead(UsageStore):
         def flushed_consumption(self, keys, batch_id):  # type: ignore[no-untyped-def]
             nonlocal calls
             calls += 1
@@ -171,11 +171,12 @@ def test_read_retries_when_a_flush_moves_pending_mid_read(runtime: Runtime) -> N
 
     racing = BalanceService(
         runtime.counters,
-        FlushingMidRead(real.engine, real.sessions),
+        FlushingMidRead(real.sessions),
+        runtime.resolution_views,
         late_window=runtime.balance.late_window,
     )
     ((flushed, pending),) = racing.consumed(
-        [(ent.id, runtime.repository.consumption_by_period(ent.id)[0].period_start)]
+        [(ent.id, runtime.usage.periods_of(ent.id)[0].period_start)]
     ).values()
     assert flushed + pending == 5_000_000
     assert calls == 2

@@ -10,11 +10,11 @@ import pytest
 from sqlalchemy import func, select
 
 from meterd.domain import BillingType, Outcome, Status
+from meterd.errors import StaleVersionError
 from meterd.lifecycle import OperatorAction, TransitionRefused
 from meterd.runtime import Runtime
 from meterd.services.catalog import CatalogError
 from meterd.storage.models import Entitlement, EntitlementTransition
-from meterd.storage.repository import StaleVersionError
 from meterd.testing import event
 
 from .conftest import NOW
@@ -22,11 +22,11 @@ from .helpers import grant
 
 
 def status_of(rt: Runtime, entitlement_id: object) -> str:
-    return rt.repository.entitlement(entitlement_id).status  # type: ignore[arg-type]
+    return rt.entitlements.get(entitlement_id).status  # type: ignore[arg-type]
 
 
 def transition_count(rt: Runtime) -> int:
-    with rt.repository.sessions() as s:
+    with rt.database.sessions() as s:
         return int(s.scalar(select(func.count()).select_from(EntitlementTransition)) or 0)
 
 
@@ -37,7 +37,7 @@ def test_pending_entitlement_is_activated_at_starts_at(runtime: Runtime) -> None
     report = runtime.lifecycle.advance(NOW + timedelta(hours=1))
     assert report.transitions == 1
     assert status_of(runtime, ent.id) == Status.ACTIVE
-    (step,) = runtime.repository.transitions(ent.id)
+    (step,) = runtime.transitions.history(ent.id)
     assert (step.from_status, step.to_status, step.at) == ("PENDING", "ACTIVE", ent.starts_at)
     assert step.job_run_id == report.job_run_id and step.reason
 
@@ -49,7 +49,7 @@ def test_expiry_with_grace_passes_through_grace(runtime: Runtime) -> None:
     assert status_of(runtime, ent.id) == Status.GRACE
     runtime.lifecycle.advance(ends + timedelta(days=2))
     assert status_of(runtime, ent.id) == Status.EXPIRED
-    steps = [(t.from_status, t.to_status) for t in runtime.repository.transitions(ent.id)]
+    steps = [(t.from_status, t.to_status) for t in runtime.transitions.history(ent.id)]
     assert steps == [("ACTIVE", "GRACE"), ("GRACE", "EXPIRED")]
 
 
@@ -68,7 +68,7 @@ def test_a_missed_day_catches_up_every_transition_in_order(runtime: Runtime) -> 
     )
     report = runtime.lifecycle.advance_all(NOW + timedelta(days=1))
     assert report.transitions == 3
-    steps = runtime.repository.transitions(ent.id)
+    steps = runtime.transitions.history(ent.id)
     assert [(t.to_status, t.at) for t in steps] == [
         ("ACTIVE", start),
         ("GRACE", start + timedelta(hours=2)),
@@ -80,7 +80,7 @@ def test_operator_states_are_left_alone(runtime: Runtime) -> None:
     from meterd.storage.models import Entitlement
 
     ent = grant(runtime, ends_at=NOW + timedelta(days=1))
-    with runtime.repository.sessions.begin() as s:
+    with runtime.database.sessions.begin() as s:
         row = s.get(Entitlement, ent.id)
         assert row is not None
         row.status = Status.SUSPENDED.value
@@ -163,14 +163,14 @@ def test_auto_renew_opens_the_next_term_with_the_renewal_quantity(runtime: Runti
     ent = renewing(runtime, renewal_quantity=Decimal(25))
     report = runtime.lifecycle.advance(TERM_END)
     assert report.by_target == {"ACTIVE": 1}
-    row = runtime.repository.entitlement(ent.id)
+    row = runtime.entitlements.get(ent.id)
     assert (row.status, row.ends_at) == ("ACTIVE", TERM_END + timedelta(days=30))
-    periods = runtime.repository.consumption_by_period(ent.id)
+    periods = runtime.usage.periods_of(ent.id)
     assert [(p.period_start, p.period_end, p.quantity) for p in periods] == [
         (TERM_END - timedelta(days=30), TERM_END, Decimal(10)),
         (TERM_END, TERM_END + timedelta(days=30), Decimal(25)),
     ]
-    (step,) = runtime.repository.transitions(ent.id)
+    (step,) = runtime.transitions.history(ent.id)
     assert (step.from_status, step.to_status, step.reason) == ("ACTIVE", "ACTIVE", "renewed")
 
 
@@ -179,7 +179,7 @@ def test_a_trial_does_not_renew_it_ends(runtime: Runtime) -> None:
 
     ent = renewing(runtime, contract_mode=ContractMode.TRIAL)
     runtime.lifecycle.advance(TERM_END)
-    assert runtime.repository.entitlement(ent.id).status == "EXPIRED"
+    assert runtime.entitlements.get(ent.id).status == "EXPIRED"
 
 
 def test_usage_pending_for_the_closed_term_lands_in_it_after_renewal(runtime: Runtime) -> None:
@@ -200,16 +200,16 @@ def test_usage_pending_for_the_closed_term_lands_in_it_after_renewal(runtime: Ru
         now=TERM_END + timedelta(minutes=10),
     )
     runtime.flush.flush_all(TERM_END + timedelta(minutes=10))
-    periods = runtime.repository.consumption_by_period(ent.id)
+    periods = runtime.usage.periods_of(ent.id)
     assert [p.consumed for p in periods] == [Decimal(6), Decimal(1)]
 
 
 def test_missed_renewals_open_every_term(runtime: Runtime) -> None:
     ent = renewing(runtime)
     runtime.lifecycle.advance(TERM_END + timedelta(days=65))
-    periods = runtime.repository.consumption_by_period(ent.id)
+    periods = runtime.usage.periods_of(ent.id)
     assert len(periods) == 4  # the original term and three renewals
-    assert runtime.repository.entitlement(ent.id).ends_at == TERM_END + timedelta(days=90)
+    assert runtime.entitlements.get(ent.id).ends_at == TERM_END + timedelta(days=90)
 
 
 # -- PAY_PER_USE calendar months ---------------------------------------------------------
@@ -218,7 +218,7 @@ DECEMBER = datetime(2026, 12, 1, tzinfo=UTC)
 
 
 def months_of(rt: Runtime, entitlement_id: object) -> list[tuple[int, Decimal]]:
-    periods = rt.repository.consumption_by_period(entitlement_id)  # type: ignore[arg-type]
+    periods = rt.usage.periods_of(entitlement_id)  # type: ignore[arg-type]
     return [(p.period_start.month, p.consumed) for p in periods]
 
 
@@ -233,7 +233,7 @@ def test_pay_per_use_opens_each_calendar_month_ahead_of_usage(runtime: Runtime) 
     report = runtime.lifecycle.advance(DECEMBER)
     assert report.transitions == 1
     assert months_of(runtime, ent.id) == [(11, Decimal(0)), (12, Decimal(0))]
-    (step,) = runtime.repository.transitions(ent.id)
+    (step,) = runtime.transitions.history(ent.id)
     assert (step.from_status, step.to_status, step.at) == ("ACTIVE", "ACTIVE", DECEMBER)
     assert runtime.lifecycle.advance(DECEMBER + timedelta(days=1)).transitions == 0
 
@@ -263,7 +263,7 @@ def test_a_suspended_entitlement_refuses_usage_at_once(runtime: Runtime) -> None
     ent = grant(runtime)
     runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW, reason="unpaid invoice")
     assert runtime.ingest.ingest([event(event_id="a")], now=NOW).outcomes == [Outcome.SUSPENDED]
-    (step,) = runtime.repository.transitions(ent.id)
+    (step,) = runtime.transitions.history(ent.id)
     assert (step.from_status, step.to_status, step.reason, step.job_run_id) == (
         "ACTIVE",
         "SUSPENDED",
@@ -285,7 +285,7 @@ def test_resuming_restores_usage_and_the_job_catches_up_what_fell_due(runtime: R
         Outcome.ACCEPTED
     ]
     runtime.lifecycle.advance(later)
-    steps = [(t.from_status, t.to_status, t.at) for t in runtime.repository.transitions(ent.id)]
+    steps = [(t.from_status, t.to_status, t.at) for t in runtime.transitions.history(ent.id)]
     assert steps[-1] == ("ACTIVE", "EXPIRED", ends)
 
 

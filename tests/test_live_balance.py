@@ -74,14 +74,14 @@ def test_live_judges_grace_and_expiry_by_the_clock(runtime: Runtime) -> None:
 
 def test_live_is_none_when_the_customer_is_not_cached(runtime: Runtime) -> None:
     grant(runtime)
-    runtime.redis.delete(runtime.keys.resolution("acme", "cust-1", "api_calls"))
+    runtime.redis.delete(runtime.redis_keys.resolution("acme", "cust-1", "api_calls"))
     assert runtime.balance.live("acme", "cust-1", "api_calls", NOW) is None
 
 
 def test_current_loads_an_uncached_customer_and_then_reads_live(runtime: Runtime) -> None:
     grant(runtime, quantity="10")
     use(runtime, "3", "a")
-    key = runtime.keys.resolution("acme", "cust-1", "api_calls")
+    key = runtime.redis_keys.resolution("acme", "cust-1", "api_calls")
     runtime.redis.delete(key)
     (balance,) = runtime.balance.current("acme", "cust-1", "api_calls", NOW)
     assert balance.consumed == Decimal("3.000000")

@@ -6,10 +6,10 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
+from meterd.celery_config import FLUSH_QUEUE, INGEST_QUEUE, celery_config
 from meterd.config import Settings
 from meterd.storage.database import make_engine
 from meterd.storage.models import Base
-from meterd.worker import FLUSH_QUEUE, INGEST_QUEUE, celery_config
 
 
 def test_migrations_match_the_models(database_url: str) -> None:

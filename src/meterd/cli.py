@@ -3,19 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import uuid
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+import uvicorn
+from rich.console import Console, Group
+from rich.live import Live
 from rich.table import Table
 
+from meterd import embedded
+from meterd.celery_config import QUEUES, celery_command, create_app
 from meterd.config import get_settings
+from meterd.demo import DemoPlan, run_demo
+from meterd.dev import run_dev
 from meterd.domain import BillingType, ContractMode, FeatureType
+from meterd.errors import MeterdError, UnavailableError
+from meterd.lifecycle import OperatorAction
+from meterd.migrate import upgrade
+from meterd.ops import gather
+from meterd.producer import publish_batches
 from meterd.runtime import get_runtime
+from meterd.services.api_keys import Permission
+from meterd.services.catalog import NewEntitlement
 from meterd.timeutil import as_utc, utcnow
 
 app = typer.Typer(
@@ -40,14 +55,31 @@ console = Console()
 def _when(value: str | None, default: datetime | None) -> datetime | None:
     if value is None:
         return default
-    return as_utc(datetime.fromisoformat(value))
+    try:
+        return as_utc(datetime.fromisoformat(value))
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an ISO 8601 date-time") from None
+
+
+def _uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a UUID") from None
+
+
+def _decimal(value: str | None) -> Decimal | None:
+    if value is None:
+        return None
+    try:
+        return Decimal(value)
+    except InvalidOperation:
+        raise typer.BadParameter(f"{value!r} is not a decimal number") from None
 
 
 @db_app.command("upgrade")
 def db_upgrade(revision: str = "head") -> None:
     """Create or migrate the database schema (Alembic)."""
-    from meterd.migrate import upgrade
-
     url = get_settings().database_url
     upgrade(url, revision)
     console.print(f"database at [bold]{url}[/bold] is at revision {revision}")
@@ -56,15 +88,18 @@ def db_upgrade(revision: str = "head") -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 2,
-    queues: Annotated[
-        str, typer.Option("-Q", "--queues")
-    ] = "meterd.ingest,meterd.flush,meterd.lifecycle,meterd.notify",
+    queues: Annotated[str, typer.Option("-Q", "--queues")] = ",".join(QUEUES),
     loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "info",
 ) -> None:
-    """Run a Celery worker for the meterd queues."""
-    from meterd.worker import app as celery_app
+    """Run a Celery worker for the meterd queues (this process becomes
+    ``celery -A meterd.worker:app worker``)."""
+    _become(celery_command("worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel))
 
-    celery_app.worker_main(["worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel])
+
+def _become(argv: list[str]) -> None:
+    """Replace this process with ``argv``: signals and the pid are the worker's own."""
+    sys.stdout.flush()
+    os.execv(argv[0], argv)
 
 
 @app.command()
@@ -75,12 +110,10 @@ def beat(
     ] = False,
 ) -> None:
     """Run Celery beat: flush, lifecycle and notification dispatch on schedule."""
-    from meterd.worker import app as celery_app
-
     argv = ["beat", "-l", loglevel]
     if redbeat:
         argv += ["-S", "redbeat.RedBeatScheduler"]
-    celery_app.start(argv)
+    _become(celery_command(*argv))
 
 
 @app.command()
@@ -99,13 +132,10 @@ def publish(
     batch_size: int = 500,
 ) -> None:
     """Publish CloudEvents usage events to meterd.ingest_batch in batches."""
-    from meterd.producer import publish_batches
-    from meterd.worker import app as celery_app
-
     text = sys.stdin.read() if path is None or str(path) == "-" else path.read_text()
     payload = json.loads(text)
     events = payload if isinstance(payload, list) else [payload]
-    messages = publish_batches(celery_app, events, batch_size)
+    messages = publish_batches(create_app(get_settings()), events, batch_size)
     console.print(f"published {len(events)} event(s) in {messages} message(s)")
 
 
@@ -142,15 +172,13 @@ def entitlement_create(
     priority: int = 0,
     grace_days: int = 0,
 ) -> None:
-    from meterd.services.catalog import NewEntitlement
-
     now = utcnow()
     ent = get_runtime().catalog.create_entitlement(
         NewEntitlement(
             org=org,
             customer_id=customer,
             feature=feature,
-            quantity=Decimal(quantity) if quantity is not None else None,
+            quantity=_decimal(quantity),
             starts_at=_when(starts, now) or now,
             ends_at=_when(ends, None),
             billing_type=billing_type,
@@ -164,12 +192,8 @@ def entitlement_create(
 
 
 def _change_status(entitlement_id: str, action: str, reason: str, version: int | None) -> None:
-    import uuid
-
-    from meterd.lifecycle import OperatorAction
-
     ent = get_runtime().catalog.change_status(
-        uuid.UUID(entitlement_id),
+        _uuid(entitlement_id),
         OperatorAction(action),
         utcnow(),
         reason=reason,
@@ -234,13 +258,11 @@ def keys_create(
     name: str = "",
 ) -> None:
     """Issue an API key. The key is printed once; only its hash is stored."""
-    from meterd.services.keys import Permission
-
     try:
         permissions = [Permission(p) for p in permission]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    token, row = get_runtime().keys_service.create(org, permissions, utcnow(), name=name)
+    token, row = get_runtime().api_keys.create(org, permissions, utcnow(), name=name)
     console.print(f"key {row.id} for {org} ({row.permissions}):")
     print(token)
 
@@ -248,7 +270,7 @@ def keys_create(
 @keys_app.command("revoke")
 def keys_revoke(key_id: str) -> None:
     """Revoke a key (it stops working within seconds)."""
-    if not get_runtime().keys_service.revoke(key_id, utcnow()):
+    if not get_runtime().api_keys.revoke(key_id, utcnow()):
         console.print(f"[red]no active key {key_id}[/red]")
         raise typer.Exit(1)
     console.print(f"key {key_id} revoked")
@@ -258,8 +280,6 @@ def keys_revoke(key_id: str) -> None:
 def dev(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Worker, beat and API in one process tree on the embedded default; Ctrl-C
     stops them and flushes everything to the database."""
-    from meterd.dev import run_dev
-
     raise typer.Exit(run_dev(get_settings(), host, port, console))
 
 
@@ -270,9 +290,7 @@ def status(
     sample: Annotated[float, typer.Option(help="seconds to measure events/s over")] = 1.0,
 ) -> None:
     """Queues (ready and unacked), flush lag, dead letters, events/s, workers alive."""
-    from meterd.ops import gather
-    from meterd.worker import app as celery_app
-
+    celery_app = create_app(get_settings())
     rt = get_runtime()
     if as_json:
         typer.echo(json.dumps(gather(rt, celery_app, sample_seconds=sample).as_json(), indent=2))
@@ -280,8 +298,6 @@ def status(
     if not watch:
         console.print(_status_view(gather(rt, celery_app, sample_seconds=sample)))
         return
-    from rich.live import Live
-
     with Live(console=console, auto_refresh=False) as live:
         try:
             while True:
@@ -292,8 +308,6 @@ def status(
 
 
 def _status_view(st: Any) -> Any:
-    from rich.console import Group
-
     queues = Table(title="queues")
     for column in ("queue", "ready", "unacked"):
         queues.add_column(column, justify="right" if column != "queue" else "left")
@@ -324,8 +338,6 @@ def _n(value: int | None) -> str:
 @app.command()
 def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
     """Serve the HTTP API (OpenAPI at /docs)."""
-    import uvicorn
-
     uvicorn.run("meterd.api.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 
@@ -419,9 +431,7 @@ def dlq_list(
 @dlq_app.command("show")
 def dlq_show(dead_letter_id: str) -> None:
     """One dead letter in full: reason, detail, the original payload, replay state."""
-    import uuid
-
-    letter = get_runtime().dead_letters.get(uuid.UUID(dead_letter_id))
+    letter = get_runtime().dead_letters.get(_uuid(dead_letter_id))
     if letter is None:
         console.print(f"[red]no dead letter {dead_letter_id}[/red]")
         raise typer.Exit(1)
@@ -494,9 +504,6 @@ def demo(
     batch_size: int = 500,
 ) -> None:
     """Create sample data and push a stream of events through a real worker."""
-    from meterd.demo import DemoPlan, run_demo
-    from meterd.migrate import upgrade
-
     settings = get_settings()
     upgrade(settings.database_url)
     console.print(
@@ -510,22 +517,23 @@ def demo(
         )
     finally:
         if settings.is_embedded_redis:
-            from meterd import embedded
-
             embedded.stop(settings.redis_url)  # its AOF keeps the counts for next time
     raise typer.Exit(0 if ok else 1)
 
 
-def main() -> None:
-    from meterd.lifecycle import TransitionRefused
-    from meterd.services.catalog import CatalogError
-    from meterd.storage.repository import NotFoundError, StaleVersionError
+#: Exit status of a command refused by meterd (not found, conflict, invalid).
+EXIT_REFUSED = 2
+#: Exit status when a store did not answer: the same command may work later
+#: (EX_TEMPFAIL of sysexits.h).
+EXIT_UNAVAILABLE = 75
 
+
+def main() -> None:
     try:
         app()
-    except (CatalogError, TransitionRefused, NotFoundError, StaleVersionError, ValueError) as exc:
+    except MeterdError as exc:
         console.print(f"[red]error:[/red] {exc}")
-        sys.exit(2)
+        sys.exit(EXIT_UNAVAILABLE if isinstance(exc, UnavailableError) else EXIT_REFUSED)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -34,6 +34,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
+from meterd.celery_config import INGEST_QUEUE, INGEST_TASK, create_app
+from meterd.config import get_settings
+from meterd.errors import UnavailableError
 from meterd.ids import uuid7
 from meterd.producer import usage_event
 from meterd.quantity import parse_quantity
@@ -46,19 +49,19 @@ class Transport(Protocol):
         """Deliver a batch or raise."""
 
 
-class BufferFullError(RuntimeError):
+class BufferFullError(UnavailableError):
     """The buffer stayed full for ``block_timeout`` seconds: the sender cannot keep up."""
 
 
 class CeleryTransport:
     """Publishes ``meterd.ingest_batch`` tasks (one per batch) with a Celery app."""
 
-    def __init__(self, app: Any, queue: str = "meterd.ingest") -> None:
+    def __init__(self, app: Any, queue: str = INGEST_QUEUE) -> None:
         self.app = app
         self.queue = queue
 
     def send(self, events: list[Event]) -> None:
-        self.app.send_task("meterd.ingest_batch", args=[events], queue=self.queue)
+        self.app.send_task(INGEST_TASK, args=[events], queue=self.queue)
 
 
 class HttpTransport:
@@ -142,9 +145,7 @@ class MeterdClient:
     def over_celery(cls, *, org: str, source: str, app: Any = None, **options: Any) -> MeterdClient:
         """A client publishing with meterd's Celery app (``METERD_BROKER_URL``) or yours."""
         if app is None:
-            from meterd.worker import app as meterd_app
-
-            app = meterd_app
+            app = create_app(get_settings())
         return cls(CeleryTransport(app), org=org, source=source, **options)
 
     @classmethod

@@ -26,15 +26,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from sqlalchemy.exc import IntegrityError
 
+from meterd.celery_config import INGEST_TASK, create_app, worker_command
 from meterd.domain import FeatureType
+from meterd.errors import NotFoundError
 from meterd.plans import TermUnit
 from meterd.producer import chunked, usage_event
 from meterd.quantity import from_micros, to_micros
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewPlan
-from meterd.storage.repository import NotFoundError
 from meterd.timeutil import utcnow
-from meterd.worker import create_app, worker_command
 
 ORG = "demo"
 FEATURE = "api_calls"
@@ -54,7 +54,7 @@ def ensure_catalog(rt: Runtime, plan: DemoPlan) -> list[str]:
     now = utcnow()
     rt.catalog.create_org(ORG, "Demo organisation", now)
     try:
-        rt.repository.feature_by_key(ORG, FEATURE)
+        rt.catalog.feature(ORG, FEATURE)
     except NotFoundError:
         rt.catalog.create_feature(ORG, FEATURE, now=now, type=FeatureType.FEATURE, units="calls")
     template = _ensure_plan(rt, plan.quantity)
@@ -69,7 +69,7 @@ def ensure_catalog(rt: Runtime, plan: DemoPlan) -> list[str]:
 
 def _ensure_plan(rt: Runtime, quantity: Decimal) -> uuid.UUID:
     """The demo's plan: the quantity for a month, auto-renewing, in family "demo"."""
-    for existing in rt.catalog.plans.all_of(ORG):
+    for existing in rt.catalog.plans_of(ORG):
         if existing.key == PLAN:
             return existing.id
     created = rt.catalog.create_plan(
@@ -138,7 +138,7 @@ def run_demo(rt: Runtime, plan: DemoPlan, console: Console) -> bool:
             sent = progress.add_task("publishing events", total=len(stream))
             with app.producer_or_acquire() as producer:
                 for batch in chunked(stream, plan.batch_size):
-                    app.send_task("meterd.ingest_batch", args=[batch], producer=producer)
+                    app.send_task(INGEST_TASK, args=[batch], producer=producer)
                     progress.advance(sent, len(batch))
             counted = progress.add_task("counting (units)", total=int(from_micros(expected)))
             deadline = time.monotonic() + 300

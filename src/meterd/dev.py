@@ -21,12 +21,12 @@ from pathlib import Path
 from rich.console import Console
 
 from meterd import embedded
+from meterd.celery_config import QUEUES, celery_command, worker_command
 from meterd.config import Settings
 from meterd.migrate import upgrade
 from meterd.runtime import Runtime
-from meterd.services.keys import Permission
+from meterd.services.api_keys import Permission
 from meterd.timeutil import utcnow
-from meterd.worker import QUEUES, worker_command
 
 DEV_ORG = "dev"
 
@@ -63,7 +63,7 @@ def run_dev(settings: Settings, host: str, port: int, console: Console) -> int:
     rt = Runtime.from_settings(settings)
     now = utcnow()
     rt.catalog.create_org(DEV_ORG, "meterd dev", now)
-    token, _ = rt.keys_service.create(DEV_ORG, [Permission.ALL], now, name="meterd dev")
+    token, _ = rt.api_keys.create(DEV_ORG, [Permission.ALL], now, name="meterd dev")
 
     tree = DevTree()
     exe = sys.executable
@@ -72,8 +72,7 @@ def run_dev(settings: Settings, host: str, port: int, console: Console) -> int:
     )
     tree.start(
         "beat",
-        [exe, "-m", "celery", "-A", "meterd.worker:app", "beat", "-l", "info",
-         "-s", str(state / "celerybeat-schedule")],
+        celery_command("beat", "-l", "info", "-s", str(state / "celerybeat-schedule")),
         state / "dev-beat.log",
     )  # fmt: skip
     tree.start(

@@ -76,16 +76,6 @@ class Outcome(StrEnum):
         return self not in (Outcome.ACCEPTED, Outcome.DUPLICATE)
 
 
-#: The one-letter codes the ingest Lua script returns, and their outcomes.
-OUTCOME_CODES: dict[str, Outcome] = {
-    "a": Outcome.ACCEPTED,
-    "d": Outcome.DUPLICATE,
-    "n": Outcome.NO_ENTITLEMENT,
-    "l": Outcome.LATE,
-    "s": Outcome.SUSPENDED,
-}
-
-
 @dataclass(frozen=True, slots=True)
 class Period:
     """One usage period of an entitlement: ``[start, end)``; ``end`` None = open."""

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from meterd.domain import ContractMode, Status
+from meterd.errors import ConflictError
 from meterd.notifications import PERIOD_OPENED_REASON
 from meterd.timeutil import next_month_start
 
@@ -139,7 +140,7 @@ class OperatorAction(StrEnum):
     TERMINATE = "terminate"
 
 
-class TransitionRefused(ValueError):
+class TransitionRefused(ConflictError):
     """An operator action that the entitlement's status does not allow."""
 
 

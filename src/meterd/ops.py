@@ -15,9 +15,9 @@ from typing import Any
 
 from celery import Celery
 
+from meterd.celery_config import QUEUES
 from meterd.runtime import Runtime
 from meterd.timeutil import epoch_micros, utcnow
-from meterd.worker import QUEUES
 
 
 @dataclass(slots=True)
@@ -74,6 +74,18 @@ def _amqp_depth(channel: Any, queue: str) -> QueueDepth:
     except ChannelError:
         return QueueDepth(queue, 0, None)
     return QueueDepth(queue, int(declared.message_count), None)
+
+
+def readiness(runtime: Runtime) -> dict[str, str]:
+    """ "ok" or "down" for the database and for Redis (each checked on its own)."""
+    checks = {}
+    for name, ping in (("database", runtime.database.ping), ("redis", runtime.redis.ping)):
+        try:
+            ping()
+            checks[name] = "ok"
+        except Exception:
+            checks[name] = "down"
+    return checks
 
 
 def flush_lag_seconds(runtime: Runtime) -> float | None:

@@ -18,8 +18,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from meterd.errors import InvalidError
 
-class CursorError(ValueError):
+
+class CursorError(InvalidError):
     """A cursor that cannot be used."""
 
 

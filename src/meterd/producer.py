@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-INGEST_TASK = "meterd.ingest_batch"
+from meterd.celery_config import INGEST_TASK
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
+from meterd.errors import InvalidError
+
 SCALE = 6
 MICROS_PER_UNIT: int = 10**SCALE
 MAX_MICROS: int = 2**53 - 1
@@ -19,7 +21,7 @@ _QUANTUM = Decimal(1).scaleb(-SCALE)
 _PLAIN = re.compile(r"(\d{1,15})(?:\.(\d{1,6}))?")
 
 
-class QuantityError(ValueError):
+class QuantityError(InvalidError):
     """A quantity that cannot be counted exactly."""
 
 

@@ -2,7 +2,8 @@
 
 Edges (Celery tasks, CLI, API) ask ``get_runtime()`` for what they need; tests
 build a ``Runtime`` around fakeredis or a real server. Celery workers fork, so
-the runtime is created lazily in each child, never inherited.
+the runtime is created lazily in each child, never inherited. Each service is
+handed only the stores it uses.
 """
 
 from __future__ import annotations
@@ -15,27 +16,43 @@ from datetime import timedelta
 from functools import cached_property
 
 import redis
+from sqlalchemy.exc import DBAPIError
 
 from meterd import embedded
 from meterd.config import Settings, get_settings
-from meterd.keys import Keys
+from meterd.redis_keys import RedisKeys
+from meterd.services.api_keys import ApiKeyService
 from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
+from meterd.services.counting import UsageCounter
 from meterd.services.flush import FlushService
 from meterd.services.ingest import IngestService
-from meterd.services.keys import KeyService
+from meterd.services.intake import EventIntake
 from meterd.services.lifecycle import LifecycleService
 from meterd.services.notify import HttpWebhookSender, NotificationService
+from meterd.services.queries import EntitlementQueries
 from meterd.services.replay import DeadLetterReplay
 from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.counters import CounterStore
-from meterd.storage.database import make_engine, make_session_factory
+from meterd.storage.database import Database
 from meterd.storage.dead_letters import DeadLetterStore
+from meterd.storage.entitlements import EntitlementStore
+from meterd.storage.features import FeatureStore
+from meterd.storage.listing import EntitlementListing
 from meterd.storage.notifications import NotificationStore
-from meterd.storage.repository import SqlRepository
+from meterd.storage.organisations import OrganisationStore
+from meterd.storage.plans import PlanStore
+from meterd.storage.resolution_views import ResolutionViewStore
 from meterd.storage.stats import StatsStore
+from meterd.storage.transitions import TransitionStore
+from meterd.storage.usage import UsageStore
+
+#: Errors the drivers raise when a store fails to answer. The edges treat them like
+#: ``meterd.errors.UnavailableError``: the tasks retry them with backoff, the API
+#: answers 503 with Retry-After.
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, DBAPIError)
 
 
 def redis_client_for(settings: Settings) -> redis.Redis:
@@ -49,57 +66,111 @@ def redis_client_for(settings: Settings) -> redis.Redis:
 class Runtime:
     settings: Settings
     redis: redis.Redis
-    repository: SqlRepository
+    database: Database
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:
-        engine = make_engine(settings.database_url)
         return cls(
             settings=settings,
             redis=redis_client_for(settings),
-            repository=SqlRepository(engine, make_session_factory(engine)),
+            database=Database.connect(settings.database_url),
         )
 
+    @property
+    def late_window(self) -> timedelta:
+        return timedelta(seconds=self.settings.late_window)
+
+    # -- stores ---------------------------------------------------------------------
+
     @cached_property
-    def keys(self) -> Keys:
-        return Keys(self.settings.redis_prefix)
+    def redis_keys(self) -> RedisKeys:
+        return RedisKeys(self.settings.redis_prefix)
 
     @cached_property
     def counters(self) -> CounterStore:
         return CounterStore(
             self.redis,
-            self.keys,
+            self.redis_keys,
             dedupe_ttl=timedelta(seconds=self.settings.dedupe_ttl),
-            late_window=timedelta(seconds=self.settings.late_window),
+            late_window=self.late_window,
         )
+
+    @cached_property
+    def stats(self) -> StatsStore:
+        return StatsStore(self.redis, self.redis_keys)
+
+    @cached_property
+    def organisations(self) -> OrganisationStore:
+        return OrganisationStore(self.database.sessions)
+
+    @cached_property
+    def features(self) -> FeatureStore:
+        return FeatureStore(self.database.sessions)
+
+    @cached_property
+    def entitlements(self) -> EntitlementStore:
+        return EntitlementStore(self.database.sessions)
+
+    @cached_property
+    def plans(self) -> PlanStore:
+        return PlanStore(self.database.sessions)
+
+    @cached_property
+    def transitions(self) -> TransitionStore:
+        return TransitionStore(self.database.sessions)
+
+    @cached_property
+    def resolution_views(self) -> ResolutionViewStore:
+        return ResolutionViewStore(self.database.sessions)
+
+    @cached_property
+    def usage(self) -> UsageStore:
+        return UsageStore(self.database.sessions)
+
+    @cached_property
+    def listing(self) -> EntitlementListing:
+        return EntitlementListing(self.database.sessions)
+
+    @cached_property
+    def dead_letters(self) -> DeadLetterStore:
+        return DeadLetterStore(self.database.sessions)
+
+    @cached_property
+    def notification_store(self) -> NotificationStore:
+        return NotificationStore(self.database.sessions)
+
+    # -- services -------------------------------------------------------------------
 
     @cached_property
     def resolution(self) -> ResolutionCache:
         return ResolutionCache(
             self.counters,
-            self.repository,
+            self.resolution_views,
             ttl_seconds=self.settings.resolution_ttl,
-            late_window=timedelta(seconds=self.settings.late_window),
+            late_window=self.late_window,
         )
 
     @cached_property
-    def dead_letters(self) -> DeadLetterStore:
-        return DeadLetterStore(self.repository.sessions)
+    def counting(self) -> UsageCounter:
+        return UsageCounter(self.counters, self.resolution)
 
     @cached_property
     def ingest(self) -> IngestService:
         return IngestService(
-            self.counters,
+            self.counting,
             self.dead_letters,
-            self.resolution,
             chunk_size=self.settings.batch_size,
-            late_window=timedelta(seconds=self.settings.late_window),
+            late_window=self.late_window,
             future_skew=timedelta(seconds=self.settings.future_skew),
         )
 
     @cached_property
-    def lifecycle(self) -> LifecycleService:
-        return LifecycleService(self.repository, self.resolution)
+    def intake(self) -> EventIntake:
+        return EventIntake(self.dead_letters)
+
+    @cached_property
+    def reserve(self) -> ReserveService:
+        return ReserveService(self.counting)
 
     @cached_property
     def replay(self) -> DeadLetterReplay:
@@ -107,20 +178,38 @@ class Runtime:
 
     @cached_property
     def flush(self) -> FlushService:
-        return FlushService(self.counters, self.repository)
+        return FlushService(self.counters, self.usage)
 
     @cached_property
     def balance(self) -> BalanceService:
         return BalanceService(
             self.counters,
-            self.repository,
-            late_window=timedelta(seconds=self.settings.late_window),
+            self.usage,
+            self.resolution_views,
+            late_window=self.late_window,
             resolution=self.resolution,
         )
 
     @cached_property
-    def notification_store(self) -> NotificationStore:
-        return NotificationStore(self.repository.sessions)
+    def lifecycle(self) -> LifecycleService:
+        return LifecycleService(self.transitions, self.resolution)
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        return Catalog(
+            self.organisations,
+            self.features,
+            self.entitlements,
+            self.plans,
+            self.transitions,
+            self.resolution,
+        )
+
+    @cached_property
+    def queries(self) -> EntitlementQueries:
+        return EntitlementQueries(
+            self.listing, self.entitlements, self.usage, self.transitions, self.balance
+        )
 
     @cached_property
     def notifications(self) -> NotificationService:
@@ -131,24 +220,12 @@ class Runtime:
         )
 
     @cached_property
-    def stats(self) -> StatsStore:
-        return StatsStore(self.redis, self.keys)
-
-    @cached_property
-    def keys_service(self) -> KeyService:
-        return KeyService(ApiKeyStore(self.repository.sessions))
-
-    @cached_property
-    def reserve(self) -> ReserveService:
-        return ReserveService(self.counters, self.resolution)
-
-    @cached_property
-    def catalog(self) -> Catalog:
-        return Catalog(self.repository, self.resolution)
+    def api_keys(self) -> ApiKeyService:
+        return ApiKeyService(ApiKeyStore(self.database.sessions))
 
     def close(self) -> None:
         self.redis.close()
-        self.repository.engine.dispose()
+        self.database.dispose()
 
 
 _lock = threading.Lock()

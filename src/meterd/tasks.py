@@ -3,8 +3,10 @@
 ``meterd.ingest_batch`` accepts anything a producer in any language might
 send: a list of events, one event, or something malformed. Malformed input is
 dead-lettered, never raised, so a bad message cannot crash or wedge a worker.
-Transient store errors retry with backoff, forever: a valid event is never
-dropped because Redis or the database blinked.
+Unavailable stores (``meterd.errors.UnavailableError``, and the drivers' own
+errors) retry with backoff, forever: a valid event is never dropped because
+Redis or the database blinked. Every other kind of error is a decision, not a
+blip, and is never retried.
 """
 
 from __future__ import annotations
@@ -12,18 +14,24 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import redis
 from celery import Task
-from sqlalchemy.exc import DBAPIError
 
+from meterd.celery_config import (
+    DISPATCH_NOTIFICATIONS_TASK,
+    FLUSH_TASK,
+    INGEST_TASK,
+    LIFECYCLE_ADVANCE_TASK,
+    NOTIFY_QUEUE,
+    NOTIFY_TASK,
+)
+from meterd.errors import UnavailableError
 from meterd.logs import get_logger
-from meterd.runtime import get_runtime
-from meterd.services.ingest import IngestError
-from meterd.storage.counters import CounterStoreError
+from meterd.runtime import STORE_ERRORS, get_runtime
 from meterd.timeutil import utcnow
-from meterd.worker import NOTIFY_QUEUE, app
+from meterd.worker import app
 
-TRANSIENT_ERRORS = (IngestError, CounterStoreError, redis.RedisError, DBAPIError)
+#: What the tasks retry: the unavailable kind, and driver errors not yet wrapped in it.
+RETRY_ON: tuple[type[Exception], ...] = (UnavailableError, *STORE_ERRORS)
 log = get_logger("meterd.tasks")
 
 
@@ -42,9 +50,9 @@ def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
 
 
 @app.task(
-    name="meterd.ingest_batch",
+    name=INGEST_TASK,
     bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
+    autoretry_for=RETRY_ON,
     retry_backoff=True,
     retry_backoff_max=60,
     retry_jitter=True,
@@ -100,14 +108,14 @@ def _quietly(record: Any, *args: Any) -> None:
 
 def publish_notifications(payloads: list[dict[str, Any]]) -> None:
     """Publish one ``meterd.notify`` task carrying a batch of notification payloads."""
-    app.send_task("meterd.notify", args=[payloads], queue=NOTIFY_QUEUE)
+    app.send_task(NOTIFY_TASK, args=[payloads], queue=NOTIFY_QUEUE)
 
 
 def dispatch_notifications() -> int:
     return get_runtime().notifications.dispatch(utcnow(), publish_notifications)
 
 
-@app.task(name="meterd.flush", bind=True)
+@app.task(name=FLUSH_TASK, bind=True)
 def flush(self: Task) -> dict[str, int]:
     runtime = get_runtime()
     started = time.perf_counter()
@@ -128,7 +136,7 @@ def flush(self: Task) -> dict[str, int]:
     return summary
 
 
-@app.task(name="meterd.lifecycle.advance", bind=True)
+@app.task(name=LIFECYCLE_ADVANCE_TASK, bind=True)
 def lifecycle_advance(self: Task) -> dict[str, int]:
     """Apply every status transition that fell due (activation, grace, expiry)."""
     runtime = get_runtime()
@@ -151,7 +159,7 @@ def lifecycle_advance(self: Task) -> dict[str, int]:
     }
 
 
-@app.task(name="meterd.lifecycle.dispatch_notifications", bind=True)
+@app.task(name=DISPATCH_NOTIFICATIONS_TASK, bind=True)
 def lifecycle_dispatch_notifications(self: Task) -> dict[str, int]:
     """Publish notifications that are due: webhook retries and expired leases."""
     published = dispatch_notifications()
@@ -175,9 +183,9 @@ def notification_payloads(notifications: Any) -> list[dict[str, Any]]:
 
 
 @app.task(
-    name="meterd.notify",
+    name=NOTIFY_TASK,
     bind=True,
-    autoretry_for=TRANSIENT_ERRORS,
+    autoretry_for=RETRY_ON,
     retry_backoff=True,
     retry_backoff_max=60,
     max_retries=None,

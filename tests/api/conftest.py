@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from meterd.api.app import create_app
 from meterd.runtime import Runtime
-from meterd.services.keys import Permission
+from meterd.services.api_keys import Permission
 
 from ..conftest import NOW
 
@@ -45,7 +45,7 @@ def client(runtime: Runtime, published: Published) -> Iterator[TestClient]:
 
 
 def key_for(runtime: Runtime, org: str, *permissions: Permission) -> dict[str, str]:
-    token, _ = runtime.keys_service.create(org, list(permissions or [Permission.ALL]), NOW)
+    token, _ = runtime.api_keys.create(org, list(permissions or [Permission.ALL]), NOW)
     return {"x-api-key": token}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from meterd.runtime import Runtime
-from meterd.services.keys import Permission
+from meterd.services.api_keys import Permission
 
 from .conftest import key_for
 

@@ -241,7 +241,7 @@ def test_periods_list_the_history(
 
 
 def test_managing_needs_the_manage_permission(client: TestClient, runtime: Runtime) -> None:
-    from meterd.services.keys import Permission
+    from meterd.services.api_keys import Permission
 
     from .conftest import key_for
 

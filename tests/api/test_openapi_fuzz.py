@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from meterd.api.app import create_app
 from meterd.runtime import Runtime
-from meterd.services.keys import Permission
+from meterd.services.api_keys import Permission
 
 from ..conftest import NOW
 from ..helpers import grant
@@ -31,7 +31,7 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 @pytest.fixture(autouse=True)
 def _wire_app(runtime: Runtime) -> Iterator[None]:
     grant(runtime, quantity="10")
-    token, _ = runtime.keys_service.create("acme", [Permission.ALL], NOW)
+    token, _ = runtime.api_keys.create("acme", [Permission.ALL], NOW)
     _wired.update(runtime=runtime, token=token)
     yield
     _wired.clear()

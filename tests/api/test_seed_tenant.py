@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from meterd.domain import BillingType, ContractMode, FeatureType
 from meterd.runtime import Runtime
-from meterd.services.keys import Permission
+from meterd.services.api_keys import Permission
 from meterd.testing import event
 from meterd.timeutil import utcnow
 

@@ -57,7 +57,7 @@ def test_the_response_has_the_seed_shape_field_by_field(
     assert set(body) == {"results", "next", "previous", "total_count"}
     assert body["total_count"] == 2 and body["next"] is None and body["previous"] is None
     api_calls, seats = body["results"]  # sorted by name: api_calls, Seats
-    feature = runtime.repository.feature_by_key("acme", "api_calls")
+    feature = runtime.features.by_key("acme", "api_calls")
     assert api_calls == {
         "entitlement": {
             "id": str(feature.id),
@@ -93,7 +93,7 @@ def test_filters_apply_to_the_grants_before_summing(
     assert (only["total_quantity"], only["total_expired_entitlements"]) == (15, 1)
     body = get(client, zenskar(acme), quantity_used__gt="1")
     assert [r["entitlement"]["name"] for r in body["results"]] == ["Seats"]
-    seats = runtime.repository.feature_by_key("acme", "seats")
+    seats = runtime.features.by_key("acme", "seats")
     body = get(client, zenskar(acme), entitlement__in=str(seats.id))
     assert [r["entitlement"]["name"] for r in body["results"]] == ["Seats"]
     assert get(client, zenskar(acme), contract_id__isnull="false")["results"] == []

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from meterd.domain import BillingType, Outcome
 from meterd.runtime import Runtime
-from meterd.services.keys import Permission
+from meterd.services.api_keys import Permission
 from meterd.testing import event
 from meterd.timeutil import utcnow
 
@@ -77,9 +77,9 @@ def test_a_key_without_the_permission_is_403(client: TestClient, runtime: Runtim
 
 
 def test_a_revoked_key_stops_working(client: TestClient, runtime: Runtime) -> None:
-    token, row = runtime.keys_service.create("acme", [Permission.ALL], utcnow())
-    runtime.keys_service.revoke(row.id, utcnow())
-    runtime.keys_service._cache.clear()  # as after CACHE_SECONDS
+    token, row = runtime.api_keys.create("acme", [Permission.ALL], utcnow())
+    runtime.api_keys.revoke(row.id, utcnow())
+    runtime.api_keys._cache.clear()  # as after CACHE_SECONDS
     assert client.get(VALUE, headers={"x-api-key": token}).status_code == 401
 
 

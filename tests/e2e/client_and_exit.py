@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
+from meterd.celery_config import create_app
 from meterd.client import MeterdClient
 from meterd.config import get_settings
-from meterd.worker import create_app
 
 count = int(sys.argv[1])
 client = MeterdClient.over_celery(

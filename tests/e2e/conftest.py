@@ -20,10 +20,10 @@ import pytest
 import redis
 from celery import Celery
 
+from meterd.celery_config import FLUSH_QUEUE, INGEST_QUEUE, create_app, worker_command
 from meterd.config import Settings
 from meterd.runtime import Runtime
-from meterd.storage.repository import SqlRepository
-from meterd.worker import FLUSH_QUEUE, INGEST_QUEUE, create_app, worker_command
+from meterd.storage.database import Database
 
 from ..conftest import NOW, REAL_REDIS_URL, delete_keys, real_redis_client, require
 
@@ -147,11 +147,11 @@ def e2e_settings(e2e_env: dict[str, str]) -> Settings:
 
 
 @pytest.fixture
-def e2e_runtime(e2e_settings: Settings, repository: SqlRepository) -> Iterator[Runtime]:
+def e2e_runtime(e2e_settings: Settings, database: Database) -> Iterator[Runtime]:
     rt = Runtime(
         settings=e2e_settings,
         redis=redis.Redis.from_url(REAL_REDIS_URL),
-        repository=repository,
+        database=database,
     )
     rt.catalog.create_org("acme", "Acme", NOW)
     rt.catalog.create_feature("acme", "api_calls", now=NOW)

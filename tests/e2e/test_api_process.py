@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from meterd.runtime import Runtime
-from meterd.services.keys import Permission
+from meterd.services.api_keys import Permission
 from meterd.testing import answers, free_port, wait_until
 
 from ..conftest import NOW
@@ -46,7 +46,7 @@ def test_meterd_api_serves_health_the_spec_and_authenticated_reads(
     spec = httpx.get(api_base + "/openapi.json").json()
     assert "/v1/customers/{customer_id}/features/{feature}/reserve" in spec["paths"]
     assert httpx.get(api_base + "/docs").status_code == 200
-    token, _ = e2e_runtime.keys_service.create("acme", [Permission.ENTITLEMENTS_VIEW], NOW)
+    token, _ = e2e_runtime.api_keys.create("acme", [Permission.ENTITLEMENTS_VIEW], NOW)
     url = api_base + "/v1/customers/c-1/features/api_calls"
     assert httpx.get(url).status_code == 401
     response = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
@@ -70,7 +70,7 @@ def test_events_posted_over_http_are_counted_by_a_real_worker(
         ),
         now,
     )  # fmt: skip
-    token, _ = e2e_runtime.keys_service.create("acme", [Permission.ALL], NOW)
+    token, _ = e2e_runtime.api_keys.create("acme", [Permission.ALL], NOW)
     headers = {"x-api-key": token, "content-type": "application/cloudevents-batch+json"}
     batch = [event("c-1", "1.5", event_id=f"h-{i}", time=now) for i in range(4)]
     for e in batch:
@@ -100,7 +100,7 @@ def test_the_client_over_http_reports_rejected_events_and_counts_the_rest(
                        starts_at=now - timedelta(days=1), ends_at=None),
         now,
     )  # fmt: skip
-    token, _ = e2e_runtime.keys_service.create("acme", [Permission.ALL], NOW)
+    token, _ = e2e_runtime.api_keys.create("acme", [Permission.ALL], NOW)
     rejected: list[dict[str, object]] = []
     transport = HttpTransport(api_base, token, on_rejected=rejected.extend)
     worker.start()

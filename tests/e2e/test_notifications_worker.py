@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
+from meterd.celery_config import FLUSH_QUEUE, INGEST_QUEUE, NOTIFY_QUEUE
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import event, wait_until
 from meterd.timeutil import utcnow
-from meterd.worker import FLUSH_QUEUE, INGEST_QUEUE, NOTIFY_QUEUE
 
 from ..test_notifications import Receiver
 from .conftest import WorkerProcess

@@ -17,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from meterd.runtime import Runtime
-from meterd.storage.repository import SqlRepository
+from meterd.storage.database import Database
 from meterd.testing import event, free_port
 from meterd.timeutil import utcnow
 
@@ -77,14 +77,14 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
 def test_redis_killed_with_aof_loses_no_counted_event(
     own_redis: OwnRedis,
     e2e_settings,
-    repository: SqlRepository,  # type: ignore[no-untyped-def]
+    database: Database,  # type: ignore[no-untyped-def]
 ) -> None:
     rt = Runtime(
         settings=e2e_settings,
         # No client-side retries: the failed batch must come back the way a Celery
         # redelivery brings it, through the loop below.
         redis=redis.Redis(port=own_redis.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)),
-        repository=repository,
+        database=database,
     )
     rt.catalog.create_org("acme", "Acme", NOW)
     rt.catalog.create_feature("acme", "api_calls", now=NOW)

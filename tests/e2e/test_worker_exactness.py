@@ -89,7 +89,7 @@ def greedy_fill(total: int, limits: list[int]) -> list[int]:
 def counted_total(rt: Runtime, customers: int) -> int:
     total = 0
     for c in range(customers):
-        total += sum(int(v) for v in rt.redis.hvals(rt.keys.used("acme", f"cust-{c}")))
+        total += sum(int(v) for v in rt.redis.hvals(rt.redis_keys.used("acme", f"cust-{c}")))
     return total
 
 
@@ -100,9 +100,7 @@ def assert_exact(rt: Runtime, grants: dict[str, list[Any]], expected: dict[str, 
         limits = [to_micros(e.quantity) for e in ents]
         want = greedy_fill(expected.get(customer, 0), limits)
         got = [
-            to_micros(
-                sum((p.consumed for p in rt.repository.consumption_by_period(e.id)), Decimal(0))
-            )
+            to_micros(sum((p.consumed for p in rt.usage.periods_of(e.id)), Decimal(0)))
             for e in ents
         ]
         assert got == want, f"{customer}: database has {got}, expected {want}"

@@ -7,12 +7,13 @@ it wires the production ones.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
 
-from meterd import __version__
+from meterd import __version__, celery_config
 from meterd.api import (
     catalog,
     entitlements,
@@ -23,28 +24,30 @@ from meterd.api import (
     seed_zenskar,
     usage,
 )
+from meterd.celery_config import INGEST_QUEUE, INGEST_TASK
+from meterd.config import get_settings
 from meterd.runtime import Runtime, get_runtime
+from meterd.services.intake import Publisher
 
 
-def celery_publisher() -> Callable[[list[dict[str, Any]]], None]:
+@functools.cache
+def _meterd_celery_app() -> Any:
+    """meterd's Celery app for this process, built on first use (publishing only)."""
+    return celery_config.create_app(get_settings())
+
+
+def celery_publisher() -> Publisher:
     """Publishes a batch of events as one ``meterd.ingest_batch`` message."""
-    from meterd.worker import INGEST_QUEUE, app
 
     def publish(events: list[dict[str, Any]]) -> None:
-        app.send_task("meterd.ingest_batch", args=[events], queue=INGEST_QUEUE)
+        _meterd_celery_app().send_task(INGEST_TASK, args=[events], queue=INGEST_QUEUE)
 
     return publish
 
 
-def _meterd_celery_app() -> Any:
-    from meterd.worker import app
-
-    return app
-
-
 def create_app(
     runtime_factory: Callable[[], Runtime] = get_runtime,
-    publish_events: Callable[[list[dict[str, Any]]], None] | None = None,
+    publish_events: Publisher | None = None,
     celery_app: Callable[[], Any] | None = None,
 ) -> FastAPI:
     app = FastAPI(

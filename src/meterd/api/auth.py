@@ -13,9 +13,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Query, Request
 
-from meterd.api.errors import ApiError
+from meterd.api.errors import HttpError
 from meterd.runtime import Runtime
-from meterd.services.keys import Permission, Principal
+from meterd.services.api_keys import Permission, Principal
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -35,7 +35,7 @@ def _token(x_api_key: str | None, authorization: str | None, access_token: str |
             return value.strip()
     if access_token:
         return access_token.strip()
-    raise ApiError(
+    raise HttpError(
         401,
         "an API key is required (x-api-key or Authorization: Bearer)",
         headers={"WWW-Authenticate": "Bearer"},
@@ -43,11 +43,11 @@ def _token(x_api_key: str | None, authorization: str | None, access_token: str |
 
 
 def _principal(runtime: Runtime, token: str, permission: Permission) -> Principal:
-    principal = runtime.keys_service.authenticate(token)
+    principal = runtime.api_keys.authenticate(token)
     if principal is None:
-        raise ApiError(401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+        raise HttpError(401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
     if not principal.may(permission):
-        raise ApiError(403, f"the API key lacks the {permission.value} permission")
+        raise HttpError(403, f"the API key lacks the {permission.value} permission")
     return principal
 
 

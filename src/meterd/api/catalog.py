@@ -10,7 +10,6 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.errors import ApiError
 from meterd.domain import (
     FEATURE_KEY_PATTERN,
     NO_NUL_PATTERN,
@@ -20,9 +19,9 @@ from meterd.domain import (
 )
 from meterd.plans import TermUnit
 from meterd.quantity import format_optional_quantity
+from meterd.services.api_keys import Permission, Principal
 from meterd.services.catalog import NewPlan
-from meterd.services.keys import Permission, Principal
-from meterd.storage.models import Feature, Plan
+from meterd.services.records import Feature, Plan
 from meterd.timeutil import isoformat, utcnow
 
 router = APIRouter(prefix="/v1", tags=["catalog"])
@@ -85,12 +84,12 @@ def create_feature(body: FeatureIn, runtime: RuntimeDep, caller: Manager) -> Fea
 
 @router.get("/features", response_model=list[FeatureOut])
 def list_features(runtime: RuntimeDep, caller: Viewer) -> list[FeatureOut]:
-    return [feature_out(f) for f in runtime.repository.features(caller.org)]
+    return [feature_out(f) for f in runtime.catalog.features_of(caller.org)]
 
 
 @router.get("/features/{key}", response_model=FeatureOut)
 def get_feature(key: Key, runtime: RuntimeDep, caller: Viewer) -> FeatureOut:
-    return feature_out(runtime.repository.feature_by_key(caller.org, key))
+    return feature_out(runtime.catalog.feature(caller.org, key))
 
 
 class FeaturePatch(BaseModel):
@@ -108,9 +107,7 @@ def change_feature(
     key: Key, body: FeaturePatch, runtime: RuntimeDep, caller: Manager
 ) -> FeatureOut:
     values = body.model_dump(exclude_none=True)
-    if not values:
-        raise ApiError(400, "nothing to change")
-    return feature_out(runtime.repository.update_feature(caller.org, key, values))
+    return feature_out(runtime.catalog.change_feature(caller.org, key, values))
 
 
 class PlanIn(BaseModel):
@@ -226,16 +223,14 @@ def change_plan(
     plan_id: uuid.UUID, body: PlanPatch, runtime: RuntimeDep, caller: Manager
 ) -> PlanOut:
     values = body.model_dump(exclude_none=True, exclude={"row_version"})
-    if not values:
-        raise ApiError(400, "nothing to change")
-    return plan_out(runtime.catalog.plans.update(caller.org, plan_id, body.row_version, values))
+    return plan_out(runtime.catalog.change_plan(caller.org, plan_id, body.row_version, values))
 
 
 @router.get("/plans", response_model=list[PlanOut])
 def list_plans(runtime: RuntimeDep, caller: Viewer) -> list[PlanOut]:
-    return [plan_out(p) for p in runtime.catalog.plans.all_of(caller.org)]
+    return [plan_out(p) for p in runtime.catalog.plans_of(caller.org)]
 
 
 @router.get("/plans/{plan_id}", response_model=PlanOut)
 def get_plan(plan_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> PlanOut:
-    return plan_out(runtime.catalog.plans.get(caller.org, plan_id))
+    return plan_out(runtime.catalog.plan(caller.org, plan_id))

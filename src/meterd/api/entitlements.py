@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.errors import ApiError
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
@@ -27,16 +26,16 @@ from meterd.domain import (
     EffectiveState,
     Status,
 )
+from meterd.errors import InvalidError
 from meterd.filters import Kind, parse_filters
 from meterd.lifecycle import OperatorAction
 from meterd.paging import decode, encode
 from meterd.quantity import format_optional_quantity, format_quantity
 from meterd.runtime import Runtime
+from meterd.services.api_keys import Permission, Principal
 from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
-from meterd.services.keys import Permission, Principal
-from meterd.storage.listing import ENTITLEMENT_COLUMNS, ENTITLEMENT_SORTS, EntitlementListing
-from meterd.storage.models import Entitlement
-from meterd.storage.repository import entitlement_view
+from meterd.services.queries import ENTITLEMENT_FILTERS, ENTITLEMENT_SORT_KEYS
+from meterd.services.records import Entitlement
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
 router = APIRouter(prefix="/v1", tags=["entitlements"])
@@ -117,30 +116,6 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
     )
 
 
-def with_balances(
-    runtime: Runtime, rows: list[tuple[Entitlement, str]]
-) -> list[tuple[Entitlement, str, Balance]]:
-    """Each (entitlement, feature key) with its real-time balance, read at once."""
-    listing = EntitlementListing(runtime.repository.sessions)
-    periods = listing.periods_of([ent.id for ent, _ in rows])
-    views = [entitlement_view(ent, periods[ent.id]) for ent, _ in rows]
-    balances = runtime.balance.balances_of(views, utcnow())
-    return [(ent, feature, balances[ent.id]) for ent, feature in rows]
-
-
-def owned(
-    runtime: Runtime, caller: Principal, entitlement_id: uuid.UUID
-) -> tuple[Entitlement, str]:
-    """The entitlement and its feature key, if it belongs to the caller's org (else 404)."""
-    ent = runtime.repository.find_entitlement(entitlement_id)
-    if ent is None or ent[0].org_id != caller.org:
-        raise ApiError(404, f"entitlement {entitlement_id} not found")
-    return ent
-
-
-ENTITLEMENT_FILTERS = {name: kind for name, (kind, _) in ENTITLEMENT_COLUMNS.items()}
-
-
 @router.get("/entitlements", response_model=EntitlementPage)
 def list_entitlements(
     request: Request,
@@ -156,8 +131,8 @@ def list_entitlements(
     ``__lt``, ``__lte``, ``__in`` (comma-separated), ``__isnull``; plus
     ``quantity_used`` (flushed consumption). ``search`` matches customer id,
     feature key or contract id. Pages by opaque ``cursor`` (``next``/``previous``)."""
-    if sort_key not in ENTITLEMENT_SORTS:
-        raise ApiError(400, f"sort_key must be one of {', '.join(sorted(ENTITLEMENT_SORTS))}")
+    if sort_key not in ENTITLEMENT_SORT_KEYS:
+        raise InvalidError(f"sort_key must be one of {', '.join(sorted(ENTITLEMENT_SORT_KEYS))}")
     sort = f"{sort_key}:{sort_type}"
     params = list(request.query_params.multi_items())
     fields = {**ENTITLEMENT_FILTERS, "quantity_used": Kind.DECIMAL}
@@ -165,20 +140,19 @@ def list_entitlements(
     page_cursor = decode(cursor, sort) if cursor else None
     used = [f for f in filters if f.field == "quantity_used"]
     plain = [f for f in filters if f.field != "quantity_used"]
-    listing = EntitlementListing(runtime.repository.sessions)
-    page = listing.page(
+    page = runtime.queries.page(
         caller.org,
         plain,
         sort=sort_key,
         descending=sort_type == "desc",
         cursor=page_cursor,
         limit=limit,
+        now=utcnow(),
         quantity_used=used,
         search=search,
     )
-    rows = with_balances(runtime, [(row[0], row[1]) for row in page.rows])
     return EntitlementPage(
-        results=[entitlement_out(*row) for row in rows],
+        results=[entitlement_out(*row) for row in page.rows],
         next=encode(page.next) if page.next else None,
         previous=encode(page.previous) if page.previous else None,
         total_count=page.total,
@@ -189,9 +163,7 @@ def list_entitlements(
 def get_entitlement(
     entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer
 ) -> EntitlementOut:
-    ent, feature = owned(runtime, caller, entitlement_id)
-    ((_, _, balance),) = with_balances(runtime, [(ent, feature)])
-    return entitlement_out(ent, feature, balance)
+    return entitlement_out(*runtime.queries.get(caller.org, entitlement_id, utcnow()))
 
 
 class EntitlementIn(BaseModel):
@@ -215,7 +187,7 @@ class EntitlementIn(BaseModel):
 
 def _aware(value: datetime | None, name: str) -> datetime | None:
     if value is not None and value.tzinfo is None:
-        raise ApiError(400, f"{name} must carry a timezone, e.g. 2026-11-22T10:00:00Z")
+        raise InvalidError(f"{name} must carry a timezone, e.g. 2026-11-22T10:00:00Z")
     return value
 
 
@@ -235,7 +207,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
         )
         return get_entitlement(from_plan.id, runtime, caller)
     if body.feature is None:
-        raise ApiError(400, "give a feature, or a plan_id")
+        raise InvalidError("give a feature, or a plan_id")
     ent = runtime.catalog.create_entitlement(
         NewEntitlement(
             org=caller.org,
@@ -307,7 +279,7 @@ def _change(
     runtime: Runtime,
     caller: Principal,
 ) -> EntitlementOut:
-    owned(runtime, caller, entitlement_id)
+    runtime.queries.owned(caller.org, entitlement_id)
     change = body or StatusChange()
     runtime.catalog.change_status(
         entitlement_id,
@@ -361,7 +333,6 @@ class PeriodOut(BaseModel):
 
 @router.get("/entitlements/{entitlement_id}/periods", response_model=list[PeriodOut])
 def periods(entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> list[PeriodOut]:
-    owned(runtime, caller, entitlement_id)
     return [
         PeriodOut(
             period_start=isoformat(p.period_start),
@@ -369,7 +340,7 @@ def periods(entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> l
             quantity=format_optional_quantity(p.quantity),
             consumed=format_quantity(p.consumed),
         )
-        for p in runtime.repository.consumption_by_period(entitlement_id)
+        for p in runtime.queries.periods(caller.org, entitlement_id)
     ]
 
 
@@ -386,7 +357,6 @@ class TransitionOut(BaseModel):
 def transitions(
     entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer
 ) -> list[TransitionOut]:
-    owned(runtime, caller, entitlement_id)
     return [
         TransitionOut(
             from_status=t.from_status,
@@ -396,5 +366,5 @@ def transitions(
             reason=t.reason,
             job_run_id=t.job_run_id,
         )
-        for t in runtime.repository.transitions(entitlement_id)
+        for t in runtime.queries.history(caller.org, entitlement_id)
     ]

@@ -1,8 +1,11 @@
-"""Errors as RFC 9457 problem details, and the handlers that map meterd's errors to them.
+"""Errors as RFC 9457 problem details, and the one table that maps meterd's errors
+to HTTP statuses.
 
 Every error body is ``{"type", "title", "status", "detail"}`` with
 ``application/problem+json``; validation errors become 400 (not FastAPI's 422)
-with one line per bad field, so a client sees exactly what to fix.
+with one line per bad field, so a client sees exactly what to fix. meterd's own
+errors are answered by their kind (``meterd.errors``), never by their class:
+a new error class needs no change here.
 """
 
 from __future__ import annotations
@@ -14,18 +17,21 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from meterd.filters import FilterError
-from meterd.lifecycle import TransitionRefused
-from meterd.paging import CursorError
-from meterd.quantity import QuantityError
-from meterd.services.catalog import CatalogError
-from meterd.storage.repository import DuplicateError, NotFoundError, StaleVersionError
+from meterd.errors import (
+    ConflictError,
+    InvalidError,
+    MeterdError,
+    NotFoundError,
+    UnavailableError,
+)
+from meterd.runtime import STORE_ERRORS
 
 PROBLEM = "application/problem+json"
 
 
-class ApiError(Exception):
-    """An error with its HTTP status, raised by routes and dependencies."""
+class HttpError(MeterdError):
+    """An answer of the HTTP edge itself, with its status (401, 403, 415, ...):
+    about the request as HTTP, not about meterd's data."""
 
     def __init__(self, status: int, detail: str, *, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
@@ -41,22 +47,25 @@ _TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    413: "Content Too Large",
     415: "Unsupported Media Type",
     503: "Service Unavailable",
 }
 
-
-#: meterd's own errors, and the status each one answers with (the message is the detail).
-DOMAIN_ERRORS: dict[type[Exception], int] = {
+#: The status of each kind of meterd error (the message is the detail).
+KIND_STATUS: dict[type[MeterdError], int] = {
     NotFoundError: 404,
-    StaleVersionError: 409,
-    TransitionRefused: 409,
-    DuplicateError: 409,
-    CatalogError: 400,
-    QuantityError: 400,
-    FilterError: 400,
-    CursorError: 400,
+    ConflictError: 409,
+    InvalidError: 400,
+    UnavailableError: 503,
 }
+
+
+def status_of(error: MeterdError) -> int:
+    """The HTTP status of one of meterd's errors (500 only for a class of no kind)."""
+    if isinstance(error, HttpError):
+        return error.status
+    return next((s for kind, s in KIND_STATUS.items() if isinstance(error, kind)), 500)
 
 
 def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -69,6 +78,10 @@ def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
+def unavailable(detail: str, retry_after: int = UnavailableError.retry_after) -> JSONResponse:
+    return problem(503, detail, {"Retry-After": str(retry_after)})
+
+
 def describe_validation(exc: RequestValidationError) -> str:
     lines = []
     for error in exc.errors():
@@ -78,9 +91,20 @@ def describe_validation(exc: RequestValidationError) -> str:
 
 
 def install(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return problem(exc.status, exc.detail, exc.headers)
+    @app.exception_handler(MeterdError)
+    async def _meterd(_: Request, exc: MeterdError) -> JSONResponse:
+        if isinstance(exc, HttpError):
+            return problem(exc.status, exc.detail, exc.headers)
+        if isinstance(exc, UnavailableError):
+            return unavailable(str(exc), exc.retry_after)
+        return problem(status_of(exc), str(exc))
+
+    async def _store_down(_: Request, exc: Exception) -> JSONResponse:
+        # A driver error no store wrapped: the store did not answer, try again.
+        return unavailable(f"a store did not answer ({type(exc).__name__}); try again")
+
+    for error in STORE_ERRORS:
+        app.add_exception_handler(error, _store_down)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -89,11 +113,3 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return problem(exc.status_code, str(exc.detail))
-
-    async def _domain(_: Request, exc: Exception) -> JSONResponse:
-        # By the class hierarchy, as Starlette chose the handler (subclasses included).
-        status = next(DOMAIN_ERRORS[c] for c in type(exc).__mro__ if c in DOMAIN_ERRORS)
-        return problem(status, str(exc))
-
-    for error in DOMAIN_ERRORS:
-        app.add_exception_handler(error, _domain)

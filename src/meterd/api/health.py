@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import text
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.services.keys import Permission, Principal
+from meterd.metrics import CONTENT_TYPE, registry_for, render
+from meterd.ops import readiness
+from meterd.services.api_keys import Permission, Principal
 
 router = APIRouter(tags=["health"])
 
@@ -23,16 +24,7 @@ def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={503: {"description": "a dependency is down"}})
 def readyz(runtime: RuntimeDep) -> JSONResponse:
     """The database and Redis both answer."""
-    checks = {"database": "ok", "redis": "ok"}
-    try:
-        with runtime.repository.engine.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception:
-        checks["database"] = "down"
-    try:
-        runtime.redis.ping()
-    except Exception:
-        checks["redis"] = "down"
+    checks = readiness(runtime)
     ready = all(v == "ok" for v in checks.values())
     return JSONResponse(
         {"status": "ok" if ready else "unavailable", "checks": checks},
@@ -47,8 +39,6 @@ def metrics(
 ) -> Response:
     """Prometheus metrics (cluster-wide; needs ``METRICS:VIEW``, an operator's
     permission). Scrape with ``authorization: {credentials: <key>}``."""
-    from meterd.metrics import CONTENT_TYPE, registry_for, render
-
     registry = getattr(request.app.state, "metrics_registry", None)
     if registry is None:
         state = request.app.state

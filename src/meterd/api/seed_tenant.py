@@ -29,14 +29,12 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.entitlements import with_balances
-from meterd.api.errors import ApiError
 from meterd.api.exact_json import ExactJSONResponse, exact_number
 from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Balance, BillingType, Status
-from meterd.services.keys import Permission, Principal
-from meterd.storage.listing import EntitlementListing
-from meterd.storage.models import Entitlement, Feature
-from meterd.timeutil import isoformat_seconds
+from meterd.errors import NotFoundError
+from meterd.services.api_keys import Permission, Principal
+from meterd.services.records import Entitlement, Feature
+from meterd.timeutil import isoformat_seconds, utcnow
 
 router = APIRouter(tags=["seed: tenant entitlements"])
 
@@ -122,16 +120,10 @@ def tenant_entitlement(
     caller: Annotated[Principal, Depends(require(Permission.SPENTITLEMENTS_VIEW))],
 ) -> ExactJSONResponse:
     """Get the specified entitlement for a tenant."""
-    listing = EntitlementListing(runtime.repository.sessions)
-    grants = listing.grants_of_customer(caller.org, tenantid, [], 10_000)
-    balances = {
-        ent.id: balance
-        for ent, _, balance in with_balances(runtime, [(e, f.key) for e, f in grants])
-    }
-    rows = [(e, f, balances[e.id]) for e, f in grants]
+    rows = runtime.queries.grants_of_customer(caller.org, tenantid, [], 10_000, utcnow())
     main = _pick([row for row in rows if row[1].type == type.value])
     if main is None:
-        raise ApiError(404, f"tenant {tenantid} has no {type.value} entitlement")
+        raise NotFoundError(f"{type.value} entitlement of tenant", tenantid)
     ent, balance = main
     body: dict[str, Any] = {
         "id": str(ent.id),

@@ -33,16 +33,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
-from sqlalchemy import and_, exists, func, or_, select
 
 from meterd.api.auth import RuntimeDep, require_allowing_query_token
-from meterd.api.entitlements import with_balances
 from meterd.domain import PRINTABLE_PATTERN, EffectiveState, FeatureType, Status
+from meterd.errors import InvalidError
+from meterd.filters import WorkspaceFilters
 from meterd.plans import TermUnit
-from meterd.services.keys import Permission, Principal
-from meterd.storage.listing import contains_pattern
-from meterd.storage.models import Entitlement, Feature, Plan, PlanFamily, plan_family_links
-from meterd.timeutil import as_utc, isoformat_or_none
+from meterd.services.api_keys import Permission, Principal
+from meterd.services.queries import WorkspaceItem
+from meterd.timeutil import as_utc, isoformat_or_none, utcnow
 
 router = APIRouter(tags=["seed: workspace runtime entitlements"])
 
@@ -79,7 +78,7 @@ PARAMS = {
 }  # fmt: skip
 
 
-class ParameterError(ValueError):
+class ParameterError(InvalidError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(message)
         self.field = field
@@ -156,69 +155,35 @@ class _Params:
             raise ParameterError(name, f"{name} must be an ISO 8601 date-time") from None
 
 
-def _conditions(p: _Params, org: str) -> list[Any]:
-    return [Entitlement.org_id == org, *_plan_conditions(p), *_entitlement_conditions(p)]
-
-
-def _plan_conditions(p: _Params) -> list[Any]:
-    """Filters on the linked plan (entitlements without one never match them)."""
-    where: list[Any] = []
-    if (plan := p.one_uuid("PlanId")) is not None:
-        where.append(Entitlement.plan_id == plan)
-    if families := p.many_uuids("PlanFamilyIds"):
-        where.append(
-            exists(
-                select(plan_family_links.c.plan_id).where(
-                    plan_family_links.c.plan_id == Entitlement.plan_id,
-                    plan_family_links.c.family_id.in_(families),
-                )
-            )
-        )
-    if (family := p.integer("ConditionFamily", range(0, 4))) is not None:
-        where.append(Plan.condition_family == family)
-    if (kind := p.integer("TermKind", range(0, 4))) is not None:
-        where.append(Plan.term_kind == kind)
-    if (value := p.integer("TermValue")) is not None:
-        where.append(Plan.term_value == value)
-    if (unit := p.integer("TermUnit", range(0, 3))) is not None:
-        where.append(Plan.term_unit == list(TermUnit)[unit].value)
-    if (policy := p.text("RenewalPolicyId")) is not None:
-        if policy not in ("auto_renew", "none"):
-            raise ParameterError("RenewalPolicyId", "RenewalPolicyId must be auto_renew or none")
-        where.append(Plan.auto_renew.is_(policy == "auto_renew"))
-    return where
-
-
-def _entitlement_conditions(p: _Params) -> list[Any]:
-    where: list[Any] = []
-    if (model := p.one_uuid("ModelId")) is not None:
-        where.append(Entitlement.feature_id == model)
-    if (role := p.text("OwnerPartyRoleId")) is not None and role != "customer":
-        where.append(Entitlement.id.is_(None))  # meterd's only owner role is "customer"
-    if (owner := p.text("OwnerEntityInstanceId")) is not None:
-        where.append(Entitlement.customer_id == owner)
-    if (status := p.integer("Status", range(0, 7))) is not None:
-        by_code = {c: s.value for s, c in STATUS_CODES.items()}
-        where.append(Entitlement.status == by_code.get(status, "-"))
-    bounds = (
-        ("StartsFromUtc", Entitlement.starts_at.__ge__),
-        ("StartsToUtc", Entitlement.starts_at.__le__),
-        ("EndsFromUtc", Entitlement.ends_at.__ge__),
-        ("EndsToUtc", Entitlement.ends_at.__le__),
+def workspace_filters(p: _Params) -> WorkspaceFilters:
+    """The page's filters, typed (a bad value is a ``ParameterError``)."""
+    unit = p.integer("TermUnit", range(0, 3))
+    policy = p.text("RenewalPolicyId")
+    if policy is not None and policy not in ("auto_renew", "none"):
+        raise ParameterError("RenewalPolicyId", "RenewalPolicyId must be auto_renew or none")
+    role = p.text("OwnerPartyRoleId")
+    status = p.integer("Status", range(0, 7))
+    by_code = {c: s.value for s, c in STATUS_CODES.items()}
+    return WorkspaceFilters(
+        plan_id=p.one_uuid("PlanId"),
+        plan_family_ids=tuple(p.many_uuids("PlanFamilyIds")),
+        condition_family=p.integer("ConditionFamily", range(0, 4)),
+        term_kind=p.integer("TermKind", range(0, 4)),
+        term_value=p.integer("TermValue"),
+        term_unit=list(TermUnit)[unit].value if unit is not None else None,
+        auto_renew=None if policy is None else policy == "auto_renew",
+        model_id=p.one_uuid("ModelId"),
+        # meterd's only owner role is "customer".
+        owner_role_matches=role is None or role == "customer",
+        owner=p.text("OwnerEntityInstanceId"),
+        status=by_code.get(status) if status is not None else None,
+        status_matches_nothing=status is not None and status not in by_code,
+        starts_from=p.moment("StartsFromUtc"),
+        starts_to=p.moment("StartsToUtc"),
+        ends_from=p.moment("EndsFromUtc"),
+        ends_to=p.moment("EndsToUtc"),
+        search=p.text("Search"),
     )
-    for name, compare in bounds:
-        if (moment := p.moment(name)) is not None:
-            where.append(compare(moment))
-    if (search := p.text("Search")) is not None:
-        pattern = contains_pattern(search)
-        where.append(
-            or_(
-                Plan.display_name.ilike(pattern, escape="\\"),
-                Feature.name.ilike(pattern, escape="\\"),
-                Entitlement.customer_id.ilike(pattern, escape="\\"),
-            )
-        )
-    return where
 
 
 @router.get(
@@ -244,7 +209,7 @@ def runtime_entitlements(
             raise ParameterError("Page", "Page is one-based: 1 or more")
         if not 1 <= size <= 200:
             raise ParameterError("PageSize", "PageSize must be 1..200")
-        where = _conditions(params, caller.org)
+        filters = workspace_filters(params)
     except ParameterError as exc:
         error = {
             "Code": "InvalidParameter",
@@ -256,37 +221,14 @@ def runtime_entitlements(
             "Severity": 2,
         }
         return _envelope(None, [error], status=400)
-    base = (
-        select(Entitlement, Feature, Plan)
-        .join(Feature, Feature.id == Entitlement.feature_id)
-        .outerjoin(Plan, and_(Plan.id == Entitlement.plan_id, Plan.org_id == Entitlement.org_id))
-        .where(*where)
-    )
-    with runtime.repository.sessions() as s:
-        total = int(s.scalar(select(func.count()).select_from(base.subquery())) or 0)
-        rows = list(
-            s.execute(base.order_by(Entitlement.number).offset((page - 1) * size).limit(size))
-        )
-        families = {plan.id: list(plan.families) for _, _, plan in rows if plan is not None}
-        s.expunge_all()
-    balances = {
-        ent.id: balance
-        for ent, _, balance in with_balances(runtime, [(e, f.key) for e, f, _ in rows])
-    }
-    items = [
-        _row(ent, feature, plan, families, balances[ent.id].state) for ent, feature, plan in rows
-    ]
+    found, total = runtime.queries.workspace_page(caller.org, filters, page, size, utcnow())
+    items = [_row(item) for item in found]
     data = {"Items": items, "TotalCount": total, "Page": page, "PageSize": size}
     return _envelope(data, [])
 
 
-def _row(
-    ent: Entitlement,
-    feature: Feature,
-    plan: Plan | None,
-    families: dict[uuid.UUID, list[PlanFamily]],
-    state: EffectiveState,
-) -> dict[str, Any]:
+def _row(item: WorkspaceItem) -> dict[str, Any]:
+    ent, feature, plan = item.entitlement, item.feature, item.plan
     return {
         "Id": str(ent.id),
         "EntitlementNumber": ent.number,
@@ -302,7 +244,7 @@ def _row(
             "DisplayName": ent.customer_id,
         },
         "Status": STATUS_CODES[Status(ent.status)],
-        "EffectiveState": STATE_CODES[state],
+        "EffectiveState": STATE_CODES[item.balance.state],
         "StartsAtUtc": isoformat_or_none(ent.starts_at),
         "EndsAtUtc": isoformat_or_none(ent.ends_at),
         "GraceUntilUtc": isoformat_or_none(ent.grace_until),
@@ -319,7 +261,7 @@ def _row(
                 "SortOrder": f.sort_order,
                 "IsActive": f.is_active,
             }
-            for f in (families.get(plan.id, []) if plan else [])
+            for f in item.families
         ],
         "RowVersion": str(uuid.uuid5(ROW_VERSION_NAMESPACE, f"{ent.id}:{ent.row_version}")),
     }

@@ -33,16 +33,15 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from pydantic import BaseModel
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.entitlements import with_balances
-from meterd.api.errors import ApiError
+from meterd.api.errors import HttpError
 from meterd.api.exact_json import ExactJSONResponse, exact_number
 from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Status
+from meterd.errors import InvalidError
 from meterd.filters import Filter, Kind, Op, parse_filters
 from meterd.paging import Cursor, decode, encode
-from meterd.services.keys import Permission, Principal
-from meterd.storage.listing import EntitlementListing
-from meterd.storage.models import Feature
-from meterd.timeutil import isoformat_seconds
+from meterd.services.api_keys import Permission, Principal
+from meterd.services.records import Feature
+from meterd.timeutil import isoformat_seconds, utcnow
 
 router = APIRouter(tags=["seed: Zenskar"])
 
@@ -151,10 +150,10 @@ def unique_entitlements(
 ) -> ExactJSONResponse:
     """List unique entitlements for customer (Zenskar-compatible)."""
     if organisation != caller.org:
-        raise ApiError(403, "the organisation header does not match the API key")
+        raise HttpError(403, "the organisation header does not match the API key")
     key = sort_key or "name"
     if key not in SORT_KEYS:
-        raise ApiError(400, f"sort_key must be one of {', '.join(SORT_KEYS)}")
+        raise InvalidError(f"sort_key must be one of {', '.join(SORT_KEYS)}")
     descending = sort_type == "desc"
     sort = f"{key}:{'desc' if descending else 'asc'}"
     filters = parse_filters(request.query_params.multi_items(), FIELDS, reserved=RESERVED)
@@ -200,14 +199,14 @@ def _groups(
         if f.field != "quantity_used"
     ]
     used_filters = [f for f in filters if f.field == "quantity_used"]
-    listing = EntitlementListing(runtime.repository.sessions)
-    grants = listing.grants_of_customer(org, customer_id, grant_filters, MAX_GRANTS + 1, search)
+    grants = runtime.queries.grants_of_customer(
+        org, customer_id, grant_filters, MAX_GRANTS + 1, utcnow(), search
+    )
     if len(grants) > MAX_GRANTS:
-        raise ApiError(400, f"the customer has more than {MAX_GRANTS} matching grants: filter more")
-    rows = with_balances(runtime, [(ent, feature.key) for ent, feature in grants])
-    features = {feature.id: feature for _, feature in grants}
+        raise InvalidError(f"the customer has more than {MAX_GRANTS} matching grants: filter more")
+    features = {feature.id: feature for _, feature, _ in grants}
     groups: dict[uuid.UUID, _Group] = {}
-    for ent, _, balance in rows:
+    for ent, _, balance in grants:
         if not all(_matches(balance.consumed, f) for f in used_filters):
             continue
         group = groups.setdefault(ent.feature_id, _Group(features[ent.feature_id]))
@@ -226,7 +225,7 @@ def _page(
         start, end = 0, limit
     else:
         if cursor.row_id not in ids:
-            raise ApiError(400, "the cursor no longer matches a result: start from the first page")
+            raise InvalidError("the cursor no longer matches a result: start from the first page")
         boundary = ids.index(cursor.row_id)
         if cursor.forward:
             start, end = boundary + 1, boundary + 1 + limit

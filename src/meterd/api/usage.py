@@ -6,16 +6,14 @@ Quantities travel as exact decimal strings ("12.5"), never as floats.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.errors import ApiError
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
@@ -23,12 +21,11 @@ from meterd.domain import (
     Balance,
     EffectiveState,
 )
-from meterd.events import InvalidEvent, parse_event
+from meterd.errors import InvalidError
 from meterd.quantity import format_optional_quantity, format_quantity
-from meterd.runtime import Runtime
-from meterd.services.keys import Permission, Principal
+from meterd.services.api_keys import Permission, Principal
+from meterd.services.intake import IntakeReport, Publisher
 from meterd.services.reserve import Reservation
-from meterd.storage.dead_letters import DeadLetterRecord
 from meterd.timeutil import isoformat, utcnow
 
 router = APIRouter(prefix="/v1", tags=["usage"])
@@ -39,8 +36,6 @@ CustomerId = Annotated[
 FeatureKey = Annotated[str, Path(pattern=FEATURE_KEY_PATTERN.pattern)]
 Decimal_ = Annotated[str, StringConstraints(pattern=r"^-?\d+(\.\d+)?$")]
 
-#: Events per ``meterd.ingest_batch`` message published by ``POST /v1/events``.
-EVENTS_PER_MESSAGE = 500
 #: Events one ``POST /v1/events`` may carry.
 MAX_EVENTS_PER_REQUEST = 10_000
 
@@ -155,7 +150,7 @@ def reserve(
     quantity; never takes a PRE_PAID entitlement over its quantity."""
     key = body.idempotency_key or idempotency_key
     if not key:
-        raise ApiError(400, "an idempotency key is required (body or Idempotency-Key header)")
+        raise InvalidError("an idempotency key is required (body or Idempotency-Key header)")
     now = utcnow()
     outcome = runtime.reserve.reserve(
         Reservation(
@@ -190,9 +185,6 @@ class EventsAccepted(BaseModel):
     results: list[EventResult]
 
 
-Publisher = Callable[[list[dict[str, Any]]], None]
-
-
 @router.post("/events", status_code=202, response_model=EventsAccepted)
 async def post_events(
     request: Request,
@@ -206,55 +198,20 @@ async def post_events(
     try:
         body = await request.json()
     except ValueError:
-        raise ApiError(400, "the body is not JSON") from None
+        raise InvalidError("the body is not JSON") from None
     events = body if isinstance(body, list) else [body]
     if len(events) > MAX_EVENTS_PER_REQUEST:
-        raise ApiError(400, f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+        raise InvalidError(f"at most {MAX_EVENTS_PER_REQUEST} events per request")
     publish: Publisher = request.app.state.publish_events
     # Validation, publishing and dead-lettering block: keep them off the event loop.
-    return await run_in_threadpool(accept_events, events, caller.org, runtime, publish)
-
-
-def accept_events(
-    events: list[Any], org: str, runtime: Runtime, publish: Publisher
-) -> EventsAccepted:
-    now = utcnow()
-    results: list[EventResult] = []
-    queued: list[dict[str, Any]] = []
-    dead: list[DeadLetterRecord] = []
-    for index, payload in enumerate(events):
-        event_id = payload.get("id") if isinstance(payload, dict) else None
-        reason = _org_mismatch(payload, org)
-        parsed = (
-            InvalidEvent(payload, reason)
-            if reason
-            else parse_event(payload, received_at=now, org=org)
-        )
-        if isinstance(parsed, InvalidEvent):
-            results.append(
-                EventResult(
-                    index=index,
-                    id=event_id if isinstance(event_id, str) else None,
-                    status="invalid",
-                    reason=parsed.reason,
-                )
-            )
-            dead.append(
-                DeadLetterRecord(
-                    reason="invalid", detail=parsed.reason, payload=payload, org_id=org
-                )
-            )
-            continue
-        queued.append({**payload, "org": org})
-        results.append(EventResult(index=index, id=parsed.id, status="queued"))
-    for start in range(0, len(queued), EVENTS_PER_MESSAGE):
-        publish(queued[start : start + EVENTS_PER_MESSAGE])
-    if dead:
-        runtime.dead_letters.add(dead, now)
-    return EventsAccepted(queued=len(queued), invalid=len(dead), results=results)
-
-
-def _org_mismatch(payload: Any, org: str) -> str | None:
-    if isinstance(payload, dict) and "org" in payload and payload["org"] != org:
-        return f"org {str(payload['org'])[:64]!r} does not match the API key's org"
-    return None
+    report: IntakeReport = await run_in_threadpool(
+        runtime.intake.accept, events, caller.org, utcnow(), publish
+    )
+    return EventsAccepted(
+        queued=report.queued,
+        invalid=report.invalid,
+        results=[
+            EventResult(index=r.index, id=r.id, status=r.status, reason=r.reason)
+            for r in report.results
+        ],
+    )

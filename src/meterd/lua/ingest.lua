@@ -24,10 +24,16 @@ batch only, and a redelivered event is a duplicate that moves nothing.
 A dedupe marker lives max(ARGV[3], event time + late window - now): as long as
 the event could still be accepted, so a redelivery can never count it twice.
 
-Returns one character per event: a accepted, d duplicate, l late, s suspended,
-n no entitlement, m resolution data missing (the caller loads it and retries
-that event; nothing was written for it), x no room (strict only: nothing was
-counted, and the marker is removed so a retry is judged afresh).
+Returns one character per event (ScriptCode in storage/counters.py):
+  a  accepted
+  d  duplicate
+  l  late
+  s  suspended
+  n  no entitlement
+  m  missing resolution data: nothing was written for the event; the caller
+     loads the data and counts the event again
+  x  no room (strict only): nothing was counted, and the marker is removed so a
+     retry is judged afresh
 
 Strict mode (the synchronous reserve call): an event is counted only if the
 room its PRE_PAID entitlements have left covers it whole (unlimited and

@@ -18,11 +18,13 @@ from decimal import Decimal
 from typing import Any
 
 from meterd.domain import Balance, BillingType, EntitlementView, Status, effective_state
-from meterd.keys import period_field
+from meterd.errors import UnavailableError
 from meterd.quantity import from_micros
+from meterd.redis_keys import period_field
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
-from meterd.storage.repository import SqlRepository
+from meterd.storage.resolution_views import ResolutionViewStore
+from meterd.storage.usage import UsageStore
 from meterd.timeutil import epoch_micros, from_epoch_micros, month_start
 
 #: A flush starts every few seconds, so a second attempt nearly always succeeds; the
@@ -30,7 +32,7 @@ from meterd.timeutil import epoch_micros, from_epoch_micros, month_start
 _MAX_ATTEMPTS = 50
 
 
-class BalanceError(RuntimeError):
+class BalanceError(UnavailableError):
     """Flushes kept racing the read; try again."""
 
 
@@ -54,13 +56,15 @@ class BalanceService:
     def __init__(
         self,
         counters: CounterStore,
-        repository: SqlRepository,
+        usage: UsageStore,
+        views: ResolutionViewStore,
         *,
         late_window: timedelta,
         resolution: ResolutionCache | None = None,
     ) -> None:
         self.counters = counters
-        self.repository = repository
+        self.usage = usage
+        self.views = views
         self.late_window = late_window
         #: Loads a customer's resolution data when ``current`` finds it uncached.
         self.resolution = resolution
@@ -81,7 +85,7 @@ class BalanceService:
             if attempt >= 2:
                 time.sleep(random.uniform(0, 0.001 * attempt))  # step out of a flush's way
             snap = self.counters.pending_snapshot(fields)
-            flushed, committed = self.repository.flushed_consumption(periods, snap.inflight_batch)
+            flushed, committed = self.usage.flushed_consumption(periods, snap.inflight_batch)
             if self.counters.flush_epoch() != snap.epoch:
                 continue  # a flush began while we read: pending moved, read again
             result = {}
@@ -94,7 +98,7 @@ class BalanceService:
     def balances(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance]:
         """The current period of each of the customer's entitlements for a feature."""
         key = (org, customer, feature)
-        views, _ = self.repository.resolution_views([key], usable_after=now - self.late_window)[key]
+        views, _ = self.views.views([key], usable_after=now - self.late_window)[key]
         found = self.balances_of(views, now)
         return [found[view.id] for view in views]
 

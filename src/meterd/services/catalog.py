@@ -20,16 +20,20 @@ from meterd.domain import (
     FeatureType,
     Status,
 )
+from meterd.errors import InvalidError, NotFoundError
 from meterd.lifecycle import OperatorAction, extend_term, operator_transition
 from meterd.plans import TermUnit, condition_family, term_end, term_kind
 from meterd.services.resolution import ResolutionCache
+from meterd.storage.entitlements import EntitlementStore
+from meterd.storage.features import FeatureStore
 from meterd.storage.models import Entitlement, Feature, Plan, UsagePeriod
+from meterd.storage.organisations import OrganisationStore
 from meterd.storage.plans import PlanStore
-from meterd.storage.repository import NotFoundError, SqlRepository
+from meterd.storage.transitions import TransitionStore
 from meterd.timeutil import month_start, next_month_start
 
 
-class CatalogError(ValueError):
+class CatalogError(InvalidError):
     """A request to the catalog that cannot be carried out as asked."""
 
 
@@ -97,15 +101,40 @@ def initial_status(starts_at: datetime, ends_at: datetime | None, now: datetime)
 
 
 class Catalog:
-    def __init__(self, repository: SqlRepository, resolution: ResolutionCache) -> None:
-        self.repository = repository
+    def __init__(
+        self,
+        organisations: OrganisationStore,
+        features: FeatureStore,
+        entitlements: EntitlementStore,
+        plans: PlanStore,
+        transitions: TransitionStore,
+        resolution: ResolutionCache,
+    ) -> None:
+        self.organisations = organisations
+        self.features = features
+        self.entitlements = entitlements
+        self.plans = plans
+        self.transitions = transitions
         self.resolution = resolution
-        self.plans = PlanStore(repository.sessions)
 
     def create_org(self, org_id: str, name: str | None, now: datetime) -> None:
         if not ORG_ID_PATTERN.match(org_id):
             raise CatalogError("org id must be 1-64 characters of A-Z a-z 0-9 _ . -")
-        self.repository.ensure_org(org_id, name or org_id, now)
+        self.organisations.ensure(org_id, name or org_id, now)
+
+    # -- features -------------------------------------------------------------------
+
+    def feature(self, org: str, key: str) -> Feature:
+        return self.features.by_key(org, key)
+
+    def features_of(self, org: str) -> list[Feature]:
+        return self.features.all_of(org)
+
+    def change_feature(self, org: str, key: str, values: dict[str, Any]) -> Feature:
+        """Rename, describe, or retire (``is_active``) a feature."""
+        if not values:
+            raise CatalogError("nothing to change")
+        return self.features.update(org, key, values)
 
     def create_feature(
         self,
@@ -121,7 +150,7 @@ class Catalog:
     ) -> Feature:
         if not FEATURE_KEY_PATTERN.match(key):
             raise CatalogError("feature key must be 1-64 characters of A-Z a-z 0-9 _ . -")
-        return self.repository.add_feature(
+        return self.features.add(
             Feature(
                 org_id=org,
                 key=key,
@@ -147,7 +176,7 @@ class Catalog:
                 "a PAY_PER_USE entitlement counts per calendar month and cannot auto-renew; "
                 "leave ends_at open or extend it"
             )
-        feature = self.repository.feature_by_key(spec.org, spec.feature)
+        feature = self.features.by_key(spec.org, spec.feature)
         grace_until = spec.ends_at + spec.grace if spec.ends_at and spec.grace else None
         ent = Entitlement(
             org_id=spec.org,
@@ -190,7 +219,7 @@ class Catalog:
             )
             ent.next_period_at = next_month_start(spec.starts_at)
         periods = [first]
-        self.repository.add_entitlement(ent, periods)
+        self.entitlements.add(ent, periods)
         self.resolution.refresh([(spec.org, spec.customer_id, spec.feature)], now)
         return ent
 
@@ -207,7 +236,7 @@ class Catalog:
             raise CatalogError("a PAY_PER_USE plan counts per calendar month and cannot auto-renew")
         if not FEATURE_KEY_PATTERN.match(spec.key):
             raise CatalogError("plan key must be 1-64 characters of A-Z a-z 0-9 _ . -")
-        feature = self.repository.feature_by_key(spec.org, spec.feature)
+        feature = self.features.by_key(spec.org, spec.feature)
         plan = Plan(
             org_id=spec.org,
             key=spec.key,
@@ -235,6 +264,21 @@ class Catalog:
             if not FEATURE_KEY_PATTERN.match(key):
                 raise CatalogError("plan family keys must be 1-64 characters of A-Z a-z 0-9 _ . -")
         return self.plans.add(plan, spec.families)
+
+    def plan(self, org: str, plan_id: uuid.UUID) -> Plan:
+        return self.plans.get(org, plan_id)
+
+    def plans_of(self, org: str) -> list[Plan]:
+        return self.plans.all_of(org)
+
+    def change_plan(
+        self, org: str, plan_id: uuid.UUID, expected_version: int, values: dict[str, Any]
+    ) -> Plan:
+        """Display fields and ``is_active`` (a retired plan makes no new entitlements),
+        if the plan is still at ``expected_version``."""
+        if not values:
+            raise CatalogError("nothing to change")
+        return self.plans.update(org, plan_id, expected_version, values)
 
     def entitlement_from_plan(
         self,
@@ -283,7 +327,7 @@ class Catalog:
         row is still at ``change.row_version``. A new quantity applies to the current
         period (earlier periods keep theirs); a new end moves the grace period along
         and ends the current PRE_PAID period there. Ingest sees it at once."""
-        found = self.repository.find_entitlement(entitlement_id)
+        found = self.entitlements.with_feature(entitlement_id)
         if found is None or found[0].org_id != org:
             raise NotFoundError("entitlement", entitlement_id)
         ent, feature = found
@@ -314,7 +358,7 @@ class Catalog:
                 period["period_end"] = ends_at
         if not values:
             raise CatalogError("nothing to change")
-        self.repository.update_entitlement(
+        self.entitlements.update(
             org, entitlement_id, change.row_version, values, current_period=period, now=now
         )
         self.resolution.refresh([(org, ent.customer_id, feature)], now)
@@ -332,7 +376,7 @@ class Catalog:
         """Suspend, resume or terminate an entitlement (see
         ``meterd.lifecycle.operator_transition``), recorded in the audit trail with a
         notification; ingest sees the new status at once."""
-        ent, feature = self.repository.apply_operator_step(
+        ent, feature = self.transitions.apply_operator_step(
             entitlement_id,
             lambda status, starts_at: operator_transition(action, status, starts_at, now, reason),
             expected_version=expected_version,
@@ -352,8 +396,8 @@ class Catalog:
     ) -> None:
         """Open a new usage period of a PRE_PAID entitlement (as a renewal does);
         earlier periods keep their usage, and late events still land in them."""
-        org, customer, feature = self.repository.customers_of(entitlement_id)
-        self.repository.add_period(
+        org, customer, feature = self.entitlements.owner_of(entitlement_id)
+        self.entitlements.add_period(
             UsagePeriod(
                 org_id=org,
                 entitlement_id=entitlement_id,

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from meterd.storage.counters import CounterStore
-from meterd.storage.repository import SqlRepository
+from meterd.storage.usage import UsageStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,18 +41,16 @@ class FlushReport:
 
 
 class FlushService:
-    def __init__(self, counters: CounterStore, repository: SqlRepository) -> None:
+    def __init__(self, counters: CounterStore, usage: UsageStore) -> None:
         self.counters = counters
-        self.repository = repository
+        self.usage = usage
 
     def flush_once(self, now: datetime) -> FlushReport:
         batch_id = self.counters.begin_flush(uuid.uuid4().hex)
         if batch_id is None:
             return FlushReport(None, 0, 0, applied=False)
         content = self.counters.read_flush_batch()
-        applied = self.repository.apply_flush_batch(
-            batch_id, content.deltas, now, content.crossings
-        )
+        applied = self.usage.apply_flush_batch(batch_id, content.deltas, now, content.crossings)
         self.counters.end_flush(batch_id)
         return FlushReport(
             batch_id,

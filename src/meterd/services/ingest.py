@@ -15,17 +15,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from meterd.domain import OUTCOME_CODES, Outcome
+from meterd.domain import Outcome
 from meterd.events import InvalidEvent, UsageEvent, parse_event
-from meterd.services.resolution import ResolutionCache
-from meterd.storage.counters import MISSING_RESOLUTION, CounterStore
+from meterd.services.counting import UsageCounter
+from meterd.storage.counters import ScriptCode
 from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
 
-_MAX_RESOLUTION_ROUNDS = 3
-
-
-class IngestError(RuntimeError):
-    """The batch could not be counted now (a store is unreachable): retry it."""
+#: The outcome of each code a (non-strict) count can answer.
+OUTCOMES: dict[ScriptCode, Outcome] = {
+    ScriptCode.ACCEPTED: Outcome.ACCEPTED,
+    ScriptCode.DUPLICATE: Outcome.DUPLICATE,
+    ScriptCode.NO_ENTITLEMENT: Outcome.NO_ENTITLEMENT,
+    ScriptCode.LATE: Outcome.LATE,
+    ScriptCode.SUSPENDED: Outcome.SUSPENDED,
+}
 
 
 @dataclass(slots=True)
@@ -44,17 +47,15 @@ class IngestReport:
 class IngestService:
     def __init__(
         self,
-        counters: CounterStore,
+        counting: UsageCounter,
         dead_letters: DeadLetterStore,
-        resolution: ResolutionCache,
         *,
         chunk_size: int,
         late_window: timedelta,
         future_skew: timedelta,
     ) -> None:
-        self.counters = counters
+        self.counting = counting
         self.dead_letters = dead_letters
-        self.resolution = resolution
         self.chunk_size = chunk_size
         self.late_window = late_window
         self.future_skew = future_skew
@@ -98,22 +99,11 @@ class IngestService:
         reasons: list[str | None],
         now: datetime,
     ) -> None:
-        todo = chunk
-        for _ in range(_MAX_RESOLUTION_ROUNDS):
-            codes = self.counters.add_batch([event for _, event in todo], now=now)
-            missed = []
-            for (index, event), code in zip(todo, codes, strict=True):
-                if code == MISSING_RESOLUTION:
-                    missed.append((index, event))
-                else:
-                    outcome = OUTCOME_CODES[code]
-                    outcomes[index] = outcome
-                    reasons[index] = self._reason(outcome, event)
-            if not missed:
-                return
-            self.resolution.fill({(e.org, e.customer, e.feature) for _, e in missed}, now)
-            todo = missed
-        raise IngestError("resolution data kept disappearing from Redis; retry the batch")
+        codes = self.counting.count([event for _, event in chunk], now)
+        for (index, event), code in zip(chunk, codes, strict=True):
+            outcome = OUTCOMES[code]
+            outcomes[index] = outcome
+            reasons[index] = self._reason(outcome, event)
 
     def _reason(self, outcome: Outcome, event: UsageEvent) -> str | None:
         if outcome is Outcome.NO_ENTITLEMENT:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from meterd.services.resolution import ResolutionCache
-from meterd.storage.repository import SqlRepository
+from meterd.storage.transitions import TransitionStore
 
 
 @dataclass(slots=True)
@@ -37,8 +37,8 @@ class LifecycleReport:
 
 
 class LifecycleService:
-    def __init__(self, repository: SqlRepository, resolution: ResolutionCache) -> None:
-        self.repository = repository
+    def __init__(self, transitions: TransitionStore, resolution: ResolutionCache) -> None:
+        self.transitions = transitions
         self.resolution = resolution
 
     def advance(
@@ -46,7 +46,7 @@ class LifecycleService:
     ) -> LifecycleReport:
         """Apply what is due, at most ``batch_size`` entitlements (call again for more)."""
         report = LifecycleReport(job_run_id=job_run_id or uuid.uuid4().hex)
-        batch = self.repository.advance_due(now, batch_size, report.job_run_id)
+        batch = self.transitions.advance_due(now, batch_size, report.job_run_id)
         report.lost_races = batch.lost_races
         report.seen = batch.seen
         renewed: set[tuple[str, str, str]] = set()

@@ -20,11 +20,10 @@ from enum import StrEnum
 
 from meterd.events import UsageEvent
 from meterd.quantity import parse_quantity, to_micros
-from meterd.services.resolution import ResolutionCache
-from meterd.storage.counters import MISSING_RESOLUTION, NO_ROOM, CounterStore
+from meterd.services.counting import UsageCounter
+from meterd.storage.counters import ScriptCode
 
 RESERVE_SOURCE = "meterd.reserve"
-_MAX_RESOLUTION_ROUNDS = 3
 
 
 class ReserveOutcome(StrEnum):
@@ -40,17 +39,15 @@ class ReserveOutcome(StrEnum):
         return self in (ReserveOutcome.GRANTED, ReserveOutcome.ALREADY_GRANTED)
 
 
-_CODES = {
-    "a": ReserveOutcome.GRANTED,
-    "d": ReserveOutcome.ALREADY_GRANTED,
-    NO_ROOM: ReserveOutcome.DENIED,
-    "n": ReserveOutcome.NO_ENTITLEMENT,
-    "s": ReserveOutcome.SUSPENDED,
+#: The outcome of each code a strict count can answer (a reservation is never late:
+#: it is timed now).
+OUTCOMES: dict[ScriptCode, ReserveOutcome] = {
+    ScriptCode.ACCEPTED: ReserveOutcome.GRANTED,
+    ScriptCode.DUPLICATE: ReserveOutcome.ALREADY_GRANTED,
+    ScriptCode.NO_ROOM: ReserveOutcome.DENIED,
+    ScriptCode.NO_ENTITLEMENT: ReserveOutcome.NO_ENTITLEMENT,
+    ScriptCode.SUSPENDED: ReserveOutcome.SUSPENDED,
 }
-
-
-class ReserveError(RuntimeError):
-    """The reservation could not be decided now (resolution data kept vanishing)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +61,8 @@ class Reservation:
 
 
 class ReserveService:
-    def __init__(self, counters: CounterStore, resolution: ResolutionCache) -> None:
-        self.counters = counters
-        self.resolution = resolution
+    def __init__(self, counting: UsageCounter) -> None:
+        self.counting = counting
 
     def reserve(self, request: Reservation, now: datetime) -> ReserveOutcome:
         quantity = parse_quantity(request.quantity)
@@ -80,9 +76,5 @@ class ReserveService:
             quantity_micros=to_micros(quantity),
             entitlement_id=request.entitlement_id,
         )
-        for _ in range(_MAX_RESOLUTION_ROUNDS):
-            code = self.counters.add_batch([event], now=now, strict=True)
-            if code != MISSING_RESOLUTION:
-                return _CODES[code]
-            self.resolution.fill([(event.org, event.customer, event.feature)], now)
-        raise ReserveError("resolution data kept disappearing from Redis; retry")
+        (code,) = self.counting.count([event], now, strict=True)
+        return OUTCOMES[code]

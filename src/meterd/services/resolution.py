@@ -11,10 +11,8 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from meterd.storage.counters import CounterStore
-from meterd.storage.repository import SqlRepository
 from meterd.storage.resolution import encode_resolution
-
-CustomerFeature = tuple[str, str, str]  # (org, customer, feature key)
+from meterd.storage.resolution_views import CustomerFeature, ResolutionViewStore
 
 #: A customer without entitlements is cached briefly, so a flood of events for an
 #: unknown customer does not query the database for every batch.
@@ -25,13 +23,13 @@ class ResolutionCache:
     def __init__(
         self,
         counters: CounterStore,
-        repository: SqlRepository,
+        views: ResolutionViewStore,
         *,
         ttl_seconds: int,
         late_window: timedelta,
     ) -> None:
         self.counters = counters
-        self.repository = repository
+        self.views = views
         self.ttl_seconds = ttl_seconds
         self.late_window = late_window
 
@@ -44,7 +42,7 @@ class ResolutionCache:
         self._store(wanted, now, replace=True)
 
     def _store(self, wanted: Iterable[CustomerFeature], now: datetime, *, replace: bool) -> None:
-        loaded = self.repository.resolution_views(wanted, usable_after=now - self.late_window)
+        loaded = self.views.views(wanted, usable_after=now - self.late_window)
         # Totals are seeded (HSETNX) before the entry that makes them reachable is set.
         self.counters.store_resolutions(
             [

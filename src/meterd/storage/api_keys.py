@@ -9,8 +9,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from meterd.errors import NotFoundError
 from meterd.storage.models import ApiKey
-from meterd.storage.repository import NotFoundError
 
 
 @dataclass(frozen=True, slots=True)

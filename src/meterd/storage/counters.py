@@ -11,22 +11,39 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from importlib import resources
 from typing import Any, cast
 
 import redis
 
+from meterd.errors import UnavailableError
 from meterd.events import UsageEvent
-from meterd.keys import Keys
 from meterd.notifications import CROSSING_FIELD_PREFIX, Crossing
+from meterd.redis_keys import RedisKeys
 from meterd.timeutil import epoch_micros, month_start
 
-MISSING_RESOLUTION = "m"
-#: Outcome code of a strict (reserving) event that did not fit: nothing was counted.
-NO_ROOM = "x"
+
+class ScriptCode(StrEnum):
+    """The code ``ingest.lua`` returns for each event: one character, named once here
+    (the script's header lists the same codes; a test holds the two together)."""
+
+    ACCEPTED = "a"
+    DUPLICATE = "d"
+    LATE = "l"
+    SUSPENDED = "s"
+    NO_ENTITLEMENT = "n"
+    #: The customer's resolution data is not cached: nothing was written for the
+    #: event; load the data and count it again.
+    MISSING_RESOLUTION = "m"
+    #: Strict (a reservation) only: the room left does not cover it; nothing counted.
+    NO_ROOM = "x"
 
 
-class CounterStoreError(RuntimeError):
+_BY_CHARACTER = {code.value: code for code in ScriptCode}
+
+
+class CounterStoreError(UnavailableError):
     """Redis could not be reached or refused a command."""
 
 
@@ -59,7 +76,7 @@ class CounterStore:
     def __init__(
         self,
         client: redis.Redis,
-        keys: Keys,
+        keys: RedisKeys,
         *,
         dedupe_ttl: timedelta,
         late_window: timedelta,
@@ -78,17 +95,17 @@ class CounterStore:
 
     def add_batch(
         self, events: Sequence[UsageEvent], *, now: datetime, strict: bool = False
-    ) -> str:
-        """Count a batch in one script call; returns one outcome code per event.
+    ) -> list[ScriptCode]:
+        """Count a batch in one script call; returns the code of each event.
 
-        Code ``m`` means the customer's resolution data was not cached: nothing
-        was written for that event and the caller should load it and retry.
-        ``strict`` (a reservation): an event that does not fit in the room its
-        PRE_PAID entitlements have left is refused whole (code ``x``) instead of
-        being counted as overage.
+        ``MISSING_RESOLUTION`` means the customer's resolution data was not cached:
+        nothing was written for that event and the caller should load it and retry
+        (``services.counting.UsageCounter`` does). ``strict`` (a reservation): an
+        event that does not fit in the room its PRE_PAID entitlements have left is
+        refused whole (``NO_ROOM``) instead of being counted as overage.
         """
         if not events:
-            return ""
+            return []
         keys: list[str] = [self.keys.pending, self.keys.pending_since]
         args: list[str | int] = [
             epoch_micros(now),
@@ -123,7 +140,8 @@ class CounterStore:
             result = self._ingest(keys=keys, args=args)
         except redis.RedisError as exc:
             raise CounterStoreError(f"counting a batch failed: {exc}") from exc
-        return result.decode() if isinstance(result, bytes) else str(result)
+        text = result.decode() if isinstance(result, bytes) else str(result)
+        return [_BY_CHARACTER[c] for c in text]
 
     def store_resolutions(
         self,

@@ -1,11 +1,16 @@
-"""Engines and sessions for PostgreSQL (production) and SQLite (embedded)."""
+"""Engines and sessions for PostgreSQL (production) and SQLite (embedded).
+
+``Database`` is the one handle the stores share: each store takes its session
+factory and opens its own short transaction per method.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert
+from sqlalchemy import Engine, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,6 +39,31 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """An engine and its session factory (one per process)."""
+
+    engine: Engine
+    sessions: sessionmaker[Session]
+
+    @classmethod
+    def connect(cls, url: str, **kwargs: Any) -> Database:
+        engine = make_engine(url, **kwargs)
+        return cls(engine, make_session_factory(engine))
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def ping(self) -> None:
+        """Raises if the database does not answer."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
 
 
 def insert_ignoring_duplicates(

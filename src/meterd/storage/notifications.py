@@ -1,6 +1,6 @@
 """The notifications table: an outbox written in the transaction of what it announces.
 
-``insert_notifications`` runs inside the repository's flush and lifecycle
+``insert_notifications`` runs inside the usage store's flush and the transition store's
 transactions. ``NotificationStore`` is the dispatcher's side: claim what is due
 for publishing (a lease, so a notification whose consumer died is published
 again) and record how each webhook delivery went.

@@ -9,8 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from meterd.errors import DuplicateError, NotFoundError, StaleVersionError
 from meterd.storage.models import Feature, Plan, PlanFamily
-from meterd.storage.repository import DuplicateError, NotFoundError, StaleVersionError
 
 
 class PlanStore:

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from datetime import datetime
 
 from meterd.domain import BillingType, EntitlementView, Status
-from meterd.keys import period_field
 from meterd.quantity import to_micros
+from meterd.redis_keys import period_field
 from meterd.timeutil import epoch_micros
 
 _FAR_FUTURE = 2**62

@@ -21,7 +21,7 @@ from typing import cast
 
 import redis
 
-from meterd.keys import Keys
+from meterd.redis_keys import RedisKeys
 
 #: Bucket bounds (upper, inclusive) of the histograms meterd keeps.
 BUCKETS: dict[str, tuple[float, ...]] = {
@@ -39,7 +39,7 @@ class Histogram:
 
 
 class StatsStore:
-    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
         self.client = client
         self.keys = keys
 

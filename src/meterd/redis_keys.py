@@ -38,7 +38,7 @@ def period_field(entitlement_id: uuid.UUID, period_start: datetime) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Keys:
+class RedisKeys:
     prefix: str
 
     def tag(self, org: str, customer: str) -> str:

@@ -1,7 +1,7 @@
 """API keys: issue them, and turn a presented key into the org and permissions it grants.
 
 A key reads ``mk_<id>_<secret>``: the id finds the row, the SHA-256 of the whole
-key must match (compared in constant time). Keys carry 192 random bits, so a
+key must match (compared in constant time). RedisKeys carry 192 random bits, so a
 slow password hash would add latency without adding safety. Verified keys are
 remembered for a few seconds per process (a revoked key stops working within
 ``CACHE_SECONDS``), which keeps authentication off the database on hot paths.
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
+from meterd.errors import InvalidError
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.models import ApiKey
 
@@ -40,7 +41,7 @@ class Permission(StrEnum):
     ALL = "*"
 
 
-class ApiKeyError(ValueError):
+class ApiKeyError(InvalidError):
     """A key that cannot be issued as asked."""
 
 
@@ -60,7 +61,7 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-class KeyService:
+class ApiKeyService:
     def __init__(self, store: ApiKeyStore) -> None:
         self.store = store
         self._cache: dict[str, tuple[float, Principal]] = {}

@@ -1,0 +1,165 @@
+"""The read side the API serves: entitlements with their real-time balances, list
+pages, the seed listings, periods and the audit trail, always within one org.
+
+An entitlement of another org is answered exactly like one that does not exist
+(``NotFoundError``), so ids of other orgs cannot be probed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from meterd.domain import Balance
+from meterd.errors import NotFoundError
+from meterd.filters import Filter, Kind, WorkspaceFilters
+from meterd.paging import Cursor
+from meterd.services.balance import BalanceService
+from meterd.storage.entitlements import EntitlementStore
+from meterd.storage.listing import (
+    ENTITLEMENT_COLUMNS,
+    ENTITLEMENT_SORTS,
+    EntitlementListing,
+    Page,
+)
+from meterd.storage.models import (
+    Entitlement,
+    EntitlementTransition,
+    Feature,
+    Plan,
+    PlanFamily,
+    UsagePeriod,
+)
+from meterd.storage.resolution_views import entitlement_view
+from meterd.storage.transitions import TransitionStore
+from meterd.storage.usage import UsageStore
+
+#: Filterable fields of the entitlement list, and the type of each.
+ENTITLEMENT_FILTERS: dict[str, Kind] = {
+    name: kind for name, (kind, _) in ENTITLEMENT_COLUMNS.items()
+}
+#: Sort keys of the entitlement list.
+ENTITLEMENT_SORT_KEYS: frozenset[str] = frozenset(ENTITLEMENT_SORTS)
+
+WithBalance = tuple[Entitlement, str, Balance]
+
+
+@dataclass(frozen=True, slots=True)
+class BalancedPage:
+    """A page of entitlements, each with its feature key and real-time balance."""
+
+    rows: list[WithBalance]
+    next: Cursor | None
+    previous: Cursor | None
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceItem:
+    entitlement: Entitlement
+    feature: Feature
+    plan: Plan | None
+    families: list[PlanFamily]
+    balance: Balance
+
+
+class EntitlementQueries:
+    def __init__(
+        self,
+        listing: EntitlementListing,
+        entitlements: EntitlementStore,
+        usage: UsageStore,
+        transitions: TransitionStore,
+        balance: BalanceService,
+    ) -> None:
+        self.listing = listing
+        self.entitlements = entitlements
+        self.usage = usage
+        self.transitions = transitions
+        self.balance = balance
+
+    def owned(self, org: str, entitlement_id: uuid.UUID) -> tuple[Entitlement, str]:
+        """The entitlement and its feature key, if it belongs to ``org``."""
+        found = self.entitlements.with_feature(entitlement_id)
+        if found is None or found[0].org_id != org:
+            raise NotFoundError("entitlement", entitlement_id)
+        return found
+
+    def get(self, org: str, entitlement_id: uuid.UUID, now: datetime) -> WithBalance:
+        ((ent, feature, balance),) = self.with_balances([self.owned(org, entitlement_id)], now)
+        return ent, feature, balance
+
+    def with_balances(
+        self, rows: Sequence[tuple[Entitlement, str]], now: datetime
+    ) -> list[WithBalance]:
+        """Each (entitlement, feature key) with its real-time balance, read at once."""
+        periods = self.listing.periods_of([ent.id for ent, _ in rows])
+        views = [entitlement_view(ent, periods[ent.id]) for ent, _ in rows]
+        balances = self.balance.balances_of(views, now)
+        return [(ent, feature, balances[ent.id]) for ent, feature in rows]
+
+    def page(
+        self,
+        org: str,
+        filters: Sequence[Filter],
+        *,
+        sort: str,
+        descending: bool,
+        cursor: Cursor | None,
+        limit: int,
+        now: datetime,
+        quantity_used: Sequence[Filter] = (),
+        search: str | None = None,
+    ) -> BalancedPage:
+        page: Page = self.listing.page(
+            org,
+            filters,
+            sort=sort,
+            descending=descending,
+            cursor=cursor,
+            limit=limit,
+            quantity_used=quantity_used,
+            search=search,
+        )
+        rows = self.with_balances([(row[0], row[1]) for row in page.rows], now)
+        return BalancedPage(rows, page.next, page.previous, page.total)
+
+    def grants_of_customer(
+        self,
+        org: str,
+        customer_id: str,
+        filters: Sequence[Filter],
+        limit: int,
+        now: datetime,
+        search: str | None = None,
+    ) -> list[tuple[Entitlement, Feature, Balance]]:
+        """A customer's entitlements with their features and balances (filters on the
+        grants; ``search`` on the feature's key, name or description)."""
+        grants = self.listing.grants_of_customer(org, customer_id, filters, limit, search)
+        balanced = self.with_balances([(ent, feature.key) for ent, feature in grants], now)
+        return [
+            (ent, feature, balance)
+            for (ent, feature), (_, _, balance) in zip(grants, balanced, strict=True)
+        ]
+
+    def workspace_page(
+        self, org: str, filters: WorkspaceFilters, page: int, size: int, now: datetime
+    ) -> tuple[list[WorkspaceItem], int]:
+        """One page of the workspace seed listing, and the total matching."""
+        rows, total = self.listing.workspace_page(org, filters, page, size)
+        balanced = self.with_balances([(ent, feature.key) for ent, feature, _, _ in rows], now)
+        items = [
+            WorkspaceItem(ent, feature, plan, families, balance)
+            for (ent, feature, plan, families), (_, _, balance) in zip(rows, balanced, strict=True)
+        ]
+        return items, total
+
+    def periods(self, org: str, entitlement_id: uuid.UUID) -> list[UsagePeriod]:
+        self.owned(org, entitlement_id)
+        return self.usage.periods_of(entitlement_id)
+
+    def history(self, org: str, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
+        self.owned(org, entitlement_id)
+        return self.transitions.history(entitlement_id)

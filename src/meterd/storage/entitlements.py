@@ -1,0 +1,143 @@
+"""Entitlements and their usage periods at rest: create, read, change.
+
+Status changes do not happen here: the clock's and the operator's steps are
+audited, so they live in ``storage/transitions.py``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from meterd.errors import NotFoundError, StaleVersionError
+from meterd.lifecycle import extend_term
+from meterd.storage.models import Entitlement, Feature, Organisation, UsagePeriod
+
+
+class EntitlementStore:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def add(self, ent: Entitlement, periods: Sequence[UsagePeriod]) -> Entitlement:
+        """Insert an entitlement with the next number of its org, and its periods."""
+        with self.sessions.begin() as s:
+            number = s.execute(
+                update(Organisation)
+                .where(Organisation.id == ent.org_id)
+                .values(last_entitlement_number=Organisation.last_entitlement_number + 1)
+                .returning(Organisation.last_entitlement_number)
+            ).scalar_one_or_none()
+            if number is None:
+                raise NotFoundError("organisation", ent.org_id)
+            ent.number = number
+            s.add(ent)
+            s.flush()
+            for period in periods:
+                period.entitlement_id = ent.id
+                period.org_id = ent.org_id
+                s.add(period)
+        return ent
+
+    def add_period(self, period: UsagePeriod) -> None:
+        """Add a period; the entitlement's term grows to cover it (grace moves along)."""
+        with self.sessions.begin() as s:
+            ent = s.get(Entitlement, period.entitlement_id)
+            if ent is None:
+                raise NotFoundError("entitlement", period.entitlement_id)
+            s.add(period)
+            if ent.ends_at is not None and (
+                period.period_end is None or period.period_end > ent.ends_at
+            ):
+                ent.ends_at, ent.grace_until = extend_term(
+                    ent.ends_at, ent.grace_until, period.period_end
+                )
+                ent.updated_at = period.updated_at
+
+    def get(self, entitlement_id: uuid.UUID) -> Entitlement:
+        with self.sessions() as s:
+            ent = s.get(Entitlement, entitlement_id)
+        if ent is None:
+            raise NotFoundError("entitlement", entitlement_id)
+        return ent
+
+    def with_feature(self, entitlement_id: uuid.UUID) -> tuple[Entitlement, str] | None:
+        """The entitlement and its feature key, or None."""
+        stmt = (
+            select(Entitlement, Feature.key)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(Entitlement.id == entitlement_id)
+        )
+        with self.sessions() as s:
+            row = s.execute(stmt).one_or_none()
+            if row is None:
+                return None
+            s.expunge(row[0])
+            return row[0], row[1]
+
+    def owner_of(self, entitlement_id: uuid.UUID) -> tuple[str, str, str]:
+        """(org, customer, feature key) of an entitlement."""
+        stmt = (
+            select(Entitlement.org_id, Entitlement.customer_id, Feature.key)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(Entitlement.id == entitlement_id)
+        )
+        with self.sessions() as s:
+            row = s.execute(stmt).one_or_none()
+        if row is None:
+            raise NotFoundError("entitlement", entitlement_id)
+        return row[0], row[1], row[2]
+
+    def update(
+        self,
+        org: str,
+        entitlement_id: uuid.UUID,
+        expected_version: int,
+        values: dict[str, Any],
+        *,
+        current_period: dict[str, Any],
+        now: datetime,
+    ) -> None:
+        """Change an entitlement if it is still at ``expected_version`` (else
+        ``StaleVersionError``), and the period containing ``now`` with it."""
+        with self.sessions.begin() as s:
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(Entitlement)
+                .where(
+                    Entitlement.id == entitlement_id,
+                    Entitlement.org_id == org,
+                    Entitlement.row_version == expected_version,
+                )
+                .values(**values, row_version=expected_version + 1, updated_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                raise self._why_not_updated(s, org, entitlement_id, expected_version)
+            if current_period:
+                s.execute(
+                    update(UsagePeriod)
+                    .where(
+                        UsagePeriod.entitlement_id == entitlement_id,
+                        UsagePeriod.period_start <= now,
+                        or_(UsagePeriod.period_end.is_(None), UsagePeriod.period_end > now),
+                    )
+                    .values(**current_period, updated_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+
+    @staticmethod
+    def _why_not_updated(
+        s: Session, org: str, entitlement_id: uuid.UUID, expected_version: int
+    ) -> NotFoundError | StaleVersionError:
+        row = s.execute(
+            select(Entitlement.row_version).where(
+                Entitlement.id == entitlement_id, Entitlement.org_id == org
+            )
+        ).first()
+        if row is None:
+            return NotFoundError("entitlement", entitlement_id)
+        return StaleVersionError(entitlement_id, expected_version, row[0])

@@ -1,0 +1,20 @@
+"""Organisations at rest: the tenant every other row belongs to."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from meterd.storage.models import Organisation
+
+
+class OrganisationStore:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def ensure(self, org_id: str, name: str, now: datetime) -> None:
+        """Create the organisation unless it exists (creating twice is harmless)."""
+        with self.sessions.begin() as s:
+            if s.get(Organisation, org_id) is None:
+                s.add(Organisation(id=org_id, name=name, created_at=now))

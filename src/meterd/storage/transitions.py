@@ -1,0 +1,406 @@
+"""Status transitions at rest: the lifecycle job's batches, operator actions, and
+the audit trail (``entitlement_transitions``) with a notification per step.
+
+Every step is written in the transaction that moves the entitlement, so the
+audit trail, the notification and the new status are committed together or
+not at all. Two writers never apply the same step twice: on PostgreSQL the
+rows are claimed with ``FOR UPDATE SKIP LOCKED``; on SQLite (one writer at a
+time) each row moves by compare-and-set on (status, row_version).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import CursorResult, and_, bindparam, func, select, text, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from meterd.domain import Status
+from meterd.errors import NotFoundError, StaleVersionError
+from meterd.ids import uuid7
+from meterd.lifecycle import (
+    Transition,
+    due_transitions,
+    extend_term,
+    next_period_after,
+    renews,
+)
+from meterd.notifications import (
+    NewNotification,
+    envelope,
+    transition_data,
+    transition_notification_id,
+    transition_type,
+)
+from meterd.storage.database import bulk_insert, insert_ignoring_duplicates
+from meterd.storage.models import (
+    Entitlement,
+    EntitlementTransition,
+    Feature,
+    UsagePeriod,
+    UtcDateTime,
+)
+from meterd.storage.notifications import insert_notifications
+
+
+@dataclass(frozen=True, slots=True)
+class DueEntitlement:
+    """What the lifecycle job needs of an entitlement with a transition due."""
+
+    id: uuid.UUID
+    org_id: str
+    customer_id: str
+    feature: str
+    status: str
+    starts_at: datetime
+    ends_at: datetime | None
+    grace_until: datetime | None
+    row_version: int
+    next_period_at: datetime | None
+    auto_renew: bool
+    contract_mode: str
+    quantity: Decimal | None
+    renewal_quantity: Decimal | None
+
+
+Chain = tuple[DueEntitlement, list[Transition]]
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleBatch:
+    """What one ``advance_due`` call applied."""
+
+    applied: list[Chain]
+    #: Entitlements another job moved between this job's read and its write (SQLite).
+    lost_races: int
+    #: Entitlements found due (a batch that found none means the work is done).
+    seen: int
+
+
+class TransitionStore:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def advance_due(self, now: datetime, limit: int, job_run_id: str) -> LifecycleBatch:
+        """Claim up to ``limit`` entitlements with a clock transition due, move each
+        along its chain (``meterd.lifecycle.due_transitions``) and record every step,
+        all in one transaction.
+
+        Finding the work takes four index range scans (status + the instant that
+        falls due), so it follows what is due, not the table size. Each renewal and
+        each PAY_PER_USE month opens its usage period; earlier periods keep their
+        usage and late events.
+        """
+        with self.sessions.begin() as s:
+            locking = s.get_bind().dialect.name == "postgresql"
+            due = _claim_due(s, now, limit, lock=locking)
+            wanted = _chains(s, due, now)
+            if locking:
+                _move_claimed(s, wanted, now)
+                moved = wanted
+            else:
+                moved = [(d, c) for d, c in wanted if _move_one(s, d, c, now)]
+            _record(s, moved, job_run_id, now)
+        return LifecycleBatch(applied=moved, lost_races=len(wanted) - len(moved), seen=len(due))
+
+    def apply_operator_step(
+        self,
+        entitlement_id: uuid.UUID,
+        decide: Callable[[Status, datetime], Transition],
+        *,
+        expected_version: int | None,
+        actor: str,
+        now: datetime,
+    ) -> tuple[Entitlement, str]:
+        """Apply the step ``decide(status, starts_at)`` returns to one entitlement and
+        record it with its notification, in one transaction; returns the updated row
+        and its feature key. The row is locked (PostgreSQL) or moved by
+        compare-and-set (SQLite), so a racing lifecycle job or operator never has
+        its change overwritten. ``expected_version``: refuse if the row moved on."""
+        with self.sessions.begin() as s:
+            ent, feature = _lock_one(s, entitlement_id)
+            if expected_version is not None and ent.row_version != expected_version:
+                raise StaleVersionError(entitlement_id, expected_version, ent.row_version)
+            step = decide(Status(ent.status), ent.starts_at)
+            result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(Entitlement)
+                .where(
+                    Entitlement.id == ent.id,
+                    Entitlement.status == ent.status,
+                    Entitlement.row_version == ent.row_version,
+                )
+                .values(
+                    status=step.to_status.value,
+                    row_version=ent.row_version + 1,
+                    updated_at=now,
+                    next_period_at=None
+                    if step.to_status is Status.TERMINATED
+                    else ent.next_period_at,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            if result.rowcount != 1:
+                raise StaleVersionError(entitlement_id, ent.row_version, ent.row_version + 1)
+            _record(s, [(_due_of(ent, feature), [step])], actor, now)
+            s.flush()
+            s.refresh(ent)
+            s.expunge(ent)
+        return ent, feature
+
+    def history(self, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
+        """The audit trail of one entitlement, oldest first."""
+        with self.sessions() as s:
+            return list(
+                s.scalars(
+                    select(EntitlementTransition)
+                    .where(EntitlementTransition.entitlement_id == entitlement_id)
+                    .order_by(EntitlementTransition.at)
+                )
+            )
+
+
+def _lock_one(s: Session, entitlement_id: uuid.UUID) -> tuple[Entitlement, str]:
+    stmt = (
+        select(Entitlement, Feature.key)
+        .join(Feature, Feature.id == Entitlement.feature_id)
+        .where(Entitlement.id == entitlement_id)
+    )
+    if s.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(of=Entitlement)
+    found = s.execute(stmt).one_or_none()
+    if found is None:
+        raise NotFoundError("entitlement", entitlement_id)
+    return found[0], found[1]
+
+
+def _claim_due(s: Session, now: datetime, limit: int, *, lock: bool) -> list[DueEntitlement]:
+    """Up to ``limit`` entitlements with a step due, one index range scan per kind of
+    step; claimed with ``FOR UPDATE SKIP LOCKED`` when ``lock`` (PostgreSQL), so
+    jobs running at once split the work and never wait on each other."""
+    due_conditions = [
+        and_(Entitlement.status == Status.PENDING.value, Entitlement.starts_at <= now),
+        and_(Entitlement.status == Status.ACTIVE.value, Entitlement.ends_at <= now),
+        and_(Entitlement.status == Status.GRACE.value, Entitlement.grace_until <= now),
+        and_(
+            Entitlement.next_period_at <= now,
+            Entitlement.status.in_([Status.ACTIVE.value, Status.GRACE.value]),
+        ),
+    ]
+    rows: dict[uuid.UUID, DueEntitlement] = {}
+    for condition in due_conditions:
+        stmt = (
+            select(*_DUE_COLUMNS)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(condition)
+            .limit(limit - len(rows))
+        )
+        if lock:
+            stmt = stmt.with_for_update(of=Entitlement, skip_locked=True)
+        for row in s.execute(stmt):
+            rows.setdefault(row.id, DueEntitlement(**row._mapping))
+        if len(rows) >= limit:
+            break
+    return list(rows.values())
+
+
+def _chains(s: Session, due: Sequence[DueEntitlement], now: datetime) -> list[Chain]:
+    """Each due entitlement with the steps that fell due (those with any)."""
+    terms = _latest_period_lengths(s, [d.id for d in due if renews(d.auto_renew, d.contract_mode)])
+    chains = []
+    for d in due:
+        chain = due_transitions(
+            Status(d.status),
+            d.starts_at,
+            d.ends_at,
+            d.grace_until,
+            now,
+            terms.get(d.id),
+            d.next_period_at,
+        )
+        if chain:
+            chains.append((d, chain))
+    return chains
+
+
+def _record(s: Session, moved: Sequence[Chain], job_run_id: str, now: datetime) -> None:
+    """The audit rows, their notifications, and the periods renewals and months open."""
+    periods = [
+        {
+            "id": uuid7(),
+            "org_id": due.org_id,
+            "entitlement_id": due.id,
+            "period_start": step.at,
+            "period_end": step.renewal_end or step.month_end,
+            "quantity": due.renewal_quantity
+            if step.renewal_end is not None and due.renewal_quantity is not None
+            else due.quantity,
+            "consumed": Decimal(0),
+            "updated_at": now,
+        }
+        for due, chain in moved
+        for step in chain
+        if step.renewal_end is not None or step.month_end is not None
+    ]
+    audit: list[dict[str, Any]] = []
+    notifications: list[NewNotification] = []
+    for due, chain in moved:
+        for step in chain:
+            row = {
+                "id": uuid7(),
+                "org_id": due.org_id,
+                "entitlement_id": due.id,
+                "from_status": step.from_status.value,
+                "to_status": step.to_status.value,
+                "at": step.at,
+                "recorded_at": now,
+                "reason": step.reason,
+                "job_run_id": job_run_id,
+            }
+            audit.append(row)
+            notifications.append(transition_notification(row, due))
+    # A month's period may exist already: a flush opens it on first usage.
+    insert_ignoring_duplicates(s, UsagePeriod, periods, ["entitlement_id", "period_start"])
+    bulk_insert(s, EntitlementTransition, audit)
+    insert_notifications(s, notifications, now, fresh=True)
+
+
+def _new_term(due: DueEntitlement, chain: Sequence[Transition]) -> tuple[Any, Any]:
+    """(ends_at, grace_until) after the chain's renewals, or (None, None) if none."""
+    renewals = [step.renewal_end for step in chain if step.renewal_end is not None]
+    if not renewals or due.ends_at is None:
+        return None, None
+    return extend_term(due.ends_at, due.grace_until, renewals[-1])
+
+
+def _move_one(s: Session, due: DueEntitlement, chain: Sequence[Transition], now: datetime) -> bool:
+    """Compare-and-set one entitlement along its chain (SQLite)."""
+    values: dict[str, Any] = {
+        "status": chain[-1].to_status.value,
+        "row_version": due.row_version + 1,
+        "updated_at": now,
+        "next_period_at": next_period_after(list(chain), due.next_period_at),
+    }
+    ends_at, grace_until = _new_term(due, chain)
+    if ends_at is not None:
+        values["ends_at"] = ends_at
+        values["grace_until"] = grace_until
+    result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+        update(Entitlement)
+        .where(
+            Entitlement.id == due.id,
+            Entitlement.status == due.status,
+            Entitlement.row_version == due.row_version,
+        )
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(result.rowcount == 1)
+
+
+def _move_claimed(s: Session, wanted: Sequence[Chain], now: datetime) -> None:
+    """Move rows this transaction holds locked, with one statement (PostgreSQL)."""
+    if not wanted:
+        return
+    params = []
+    for due, chain in wanted:
+        ends_at, grace_until = _new_term(due, chain)
+        params.append(
+            {
+                "b_id": due.id,
+                "b_status": chain[-1].to_status.value,
+                "b_version": due.row_version + 1,
+                "b_ends": ends_at if ends_at is not None else due.ends_at,
+                "b_grace": grace_until if ends_at is not None else due.grace_until,
+                "b_next_period": next_period_after(chain, due.next_period_at),
+            }
+        )
+    # One statement joining arrays (six parameters, whatever the batch size):
+    # cheaper to parse and plan than thousands of statements or a VALUES list.
+    columns = ("b_id", "b_status", "b_version", "b_ends", "b_grace", "b_next_period")
+    arrays = {c: [p[c] for p in params] for c in columns}
+    s.execute(_UPDATE_CLAIMED, {**arrays, "b_now": now})
+
+
+def _latest_period_lengths(
+    s: Session, entitlement_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, timedelta]:
+    """Length of each entitlement's most recent period (a renewal repeats it); open
+    periods are left out. One query for the whole batch."""
+    if not entitlement_ids:
+        return {}
+    latest = (
+        select(
+            UsagePeriod.entitlement_id,
+            func.max(UsagePeriod.period_start).label("period_start"),
+        )
+        .where(UsagePeriod.entitlement_id.in_(entitlement_ids))
+        .group_by(UsagePeriod.entitlement_id)
+        .subquery()
+    )
+    stmt = select(
+        UsagePeriod.entitlement_id, UsagePeriod.period_start, UsagePeriod.period_end
+    ).join(
+        latest,
+        and_(
+            UsagePeriod.entitlement_id == latest.c.entitlement_id,
+            UsagePeriod.period_start == latest.c.period_start,
+        ),
+    )
+    return {ent_id: end - start for ent_id, start, end in s.execute(stmt) if end is not None}
+
+
+_UPDATE_CLAIMED = text(
+    """
+    UPDATE entitlements AS e
+    SET status = v.status, row_version = v.version, ends_at = v.ends_at,
+        grace_until = v.grace_until, next_period_at = v.next_period_at, updated_at = :b_now
+    FROM unnest(CAST(:b_id AS uuid[]), CAST(:b_status AS varchar[]),
+                CAST(:b_version AS integer[]), CAST(:b_ends AS timestamptz[]),
+                CAST(:b_grace AS timestamptz[]), CAST(:b_next_period AS timestamptz[]))
+        AS v(id, status, version, ends_at, grace_until, next_period_at)
+    WHERE e.id = v.id
+    """
+).bindparams(bindparam("b_now", type_=UtcDateTime()))
+_DUE_COLUMNS = (
+    Entitlement.id,
+    Entitlement.org_id,
+    Entitlement.customer_id,
+    Feature.key.label("feature"),
+    Entitlement.status,
+    Entitlement.starts_at,
+    Entitlement.ends_at,
+    Entitlement.grace_until,
+    Entitlement.row_version,
+    Entitlement.next_period_at,
+    Entitlement.auto_renew,
+    Entitlement.contract_mode,
+    Entitlement.quantity,
+    Entitlement.renewal_quantity,
+)
+
+
+def _due_of(ent: Entitlement, feature: str) -> DueEntitlement:
+    """A DueEntitlement of an ORM row: every field but the feature key has its column."""
+    columns = {f.name: getattr(ent, f.name) for f in fields(DueEntitlement) if f.name != "feature"}
+    return DueEntitlement(feature=feature, **columns)
+
+
+def transition_notification(row: dict[str, Any], due: DueEntitlement) -> NewNotification:
+    """The notification of one audit row (as inserted into entitlement_transitions)."""
+    return envelope(
+        notification_id=transition_notification_id(row["id"]),
+        kind=transition_type(row["from_status"], row["to_status"], row["reason"]),
+        org=row["org_id"],
+        customer_id=due.customer_id,
+        feature=due.feature,
+        entitlement_id=due.id,
+        occurred_at=row["at"],
+        data=transition_data(
+            row["from_status"], row["to_status"], row["reason"], row["job_run_id"]
+        ),
+    )

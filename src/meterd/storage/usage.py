@@ -1,0 +1,210 @@
+"""Usage at rest: consumption per period, and the flush that adds to it exactly once.
+
+A flush batch is applied in one transaction that inserts its id into
+``flush_batches`` first: a second flush of the same batch blocks on that
+primary key until the first commits, then fails, so a batch is never added
+twice (see ``services/flush.py`` for the whole protocol).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, exists, literal, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from meterd.domain import BillingType
+from meterd.errors import NotFoundError
+from meterd.notifications import (
+    Crossing,
+    NewNotification,
+    NotificationType,
+    envelope,
+    threshold_data,
+)
+from meterd.quantity import from_micros, to_micros
+from meterd.storage.database import insert_ignoring_duplicates
+from meterd.storage.models import Entitlement, Feature, FlushBatch, UsagePeriod
+from meterd.storage.notifications import insert_notifications
+from meterd.timeutil import from_epoch_micros, next_month_start
+
+PeriodKey = tuple[uuid.UUID, datetime]
+
+
+def parse_period_field(field: str) -> PeriodKey:
+    """(entitlement id, period start) of a ``<ent hex>:<start us>`` hash field."""
+    ent_hex, start = field.split(":", 1)
+    return uuid.UUID(hex=ent_hex), from_epoch_micros(int(start))
+
+
+class UsageStore:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def apply_flush_batch(
+        self,
+        batch_id: str,
+        deltas: dict[str, int],
+        now: datetime,
+        crossings: Sequence[Crossing] = (),
+    ) -> bool:
+        """Add a flush batch to the usage periods, exactly once, with a notification
+        for each threshold crossing it carries. Returns False if the batch was
+        applied before."""
+        parsed = sorted((parse_period_field(f), micros) for f, micros in deltas.items() if micros)
+        total = sum(micros for _, micros in parsed)
+        try:
+            with self.sessions.begin() as s:
+                s.add(
+                    FlushBatch(
+                        id=batch_id, committed_at=now, periods=len(parsed), total=from_micros(total)
+                    )
+                )
+                s.flush()
+                _ensure_periods(s, [key for key, _ in parsed], now)
+                _add_consumption(s, parsed, now)
+                if crossings:
+                    insert_notifications(s, _crossing_payloads(s, crossings), now)
+        except IntegrityError:
+            if self.batch_committed(batch_id):
+                return False
+            raise
+        return True
+
+    def batch_committed(self, batch_id: str) -> bool:
+        with self.sessions() as s:
+            return s.get(FlushBatch, batch_id) is not None
+
+    def flushed_consumption(
+        self, keys: Sequence[PeriodKey], batch_id: str | None
+    ) -> tuple[dict[PeriodKey, int], bool]:
+        """Flushed micro-units per period, and whether ``batch_id`` is committed,
+        read in one statement so both come from the same snapshot."""
+        committed: Any = (
+            exists(select(FlushBatch.id).where(FlushBatch.id == batch_id))
+            if batch_id
+            else literal(False)
+        )
+        stmt = select(
+            UsagePeriod.entitlement_id,
+            UsagePeriod.period_start,
+            UsagePeriod.consumed,
+            committed.label("committed"),
+        ).where(tuple_(UsagePeriod.entitlement_id, UsagePeriod.period_start).in_(keys))
+        with self.sessions() as s:
+            rows = s.execute(stmt).all()
+            if rows:
+                return {(r[0], r[1]): to_micros(r[2]) for r in rows}, bool(rows[0][3])
+            return {}, bool(s.execute(select(committed)).scalar())
+
+    def periods_of(self, entitlement_id: uuid.UUID) -> list[UsagePeriod]:
+        """Every usage period of an entitlement, oldest first."""
+        with self.sessions() as s:
+            return list(
+                s.scalars(
+                    select(UsagePeriod)
+                    .where(UsagePeriod.entitlement_id == entitlement_id)
+                    .order_by(UsagePeriod.period_start)
+                )
+            )
+
+
+def _add_consumption(s: Session, parsed: Sequence[tuple[PeriodKey, int]], now: datetime) -> None:
+    if not parsed:
+        return
+    table = UsagePeriod.__table__
+    s.execute(
+        update(table)  # type: ignore[arg-type]
+        .where(
+            table.c.entitlement_id == bindparam("e_id"),
+            table.c.period_start == bindparam("p_start"),
+        )
+        .values(
+            consumed=table.c.consumed + bindparam("delta", type_=UsagePeriod.consumed.type),
+            updated_at=bindparam("now", type_=UsagePeriod.updated_at.type),
+        ),
+        [{"e_id": e, "p_start": p, "delta": from_micros(m), "now": now} for (e, p), m in parsed],
+    )
+
+
+def _crossing_payloads(s: Session, crossings: Sequence[Crossing]) -> list[NewNotification]:
+    ids = {c.entitlement_id for c in crossings}
+    rows = s.execute(
+        select(
+            UsagePeriod.entitlement_id,
+            UsagePeriod.period_start,
+            UsagePeriod.quantity,
+            Entitlement.org_id,
+            Entitlement.customer_id,
+            Feature.key,
+        )
+        .join(Entitlement, Entitlement.id == UsagePeriod.entitlement_id)
+        .join(Feature, Feature.id == Entitlement.feature_id)
+        .where(UsagePeriod.entitlement_id.in_(ids))
+    ).all()
+    by_period = {(r.entitlement_id, r.period_start): r for r in rows}
+    payloads = []
+    for crossing in crossings:
+        row = by_period.get((crossing.entitlement_id, crossing.period_start))
+        if row is None or row.quantity is None:
+            continue  # not a limited PRE_PAID period (cannot happen: ingest.lua checks)
+        payloads.append(
+            envelope(
+                notification_id=crossing.notification_id,
+                kind=NotificationType.THRESHOLD_CROSSED,
+                org=row.org_id,
+                customer_id=row.customer_id,
+                feature=row.key,
+                entitlement_id=crossing.entitlement_id,
+                occurred_at=crossing.at,
+                data=threshold_data(crossing, to_micros(row.quantity)),
+            )
+        )
+    return payloads
+
+
+def _ensure_periods(s: Session, keys: Sequence[PeriodKey], now: datetime) -> None:
+    """Create the usage period rows a batch touches that do not exist yet
+    (PAY_PER_USE months open on their first usage)."""
+    if not keys:
+        return
+    existing = {
+        (row[0], row[1])
+        for row in s.execute(
+            select(UsagePeriod.entitlement_id, UsagePeriod.period_start).where(
+                tuple_(UsagePeriod.entitlement_id, UsagePeriod.period_start).in_(keys)
+            )
+        )
+    }
+    missing = [k for k in keys if k not in existing]
+    if not missing:
+        return
+    ents = {
+        e.id: e
+        for e in s.scalars(select(Entitlement).where(Entitlement.id.in_({e for e, _ in missing})))
+    }
+    rows = []
+    for ent_id, start in missing:
+        ent = ents.get(ent_id)
+        if ent is None:
+            raise NotFoundError("entitlement", ent_id)
+        end = next_month_start(start) if ent.billing_type == BillingType.PAY_PER_USE else None
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "org_id": ent.org_id,
+                "entitlement_id": ent_id,
+                "period_start": start,
+                "period_end": end,
+                "quantity": ent.quantity,
+                "consumed": Decimal(0),
+                "updated_at": now,
+            }
+        )
+    # The lifecycle job may open the same month at the same time.
+    insert_ignoring_duplicates(s, UsagePeriod, rows, ["entitlement_id", "period_start"])
