@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from meterd import runtime as runtime_module
-from meterd.cli import app
+from meterd.cli import EXIT_REFUSED, EXIT_UNAVAILABLE, app, main
 from meterd.config import get_settings
+from meterd.services.balance import BalanceError
 from meterd.testing import event
 from meterd.timeutil import utcnow
 
@@ -180,3 +181,32 @@ def test_the_status_view_shows_every_number_and_the_errors() -> None:
     for expected in ("meterd.ingest", "12", "4.2 s", "250", "w1@host", "dead letters invalid",
                      "events accepted", "1,500", "ConnectionError", "?"):  # fmt: skip
         assert expected in text, expected
+
+
+def run_main(monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
+    """Exit status of ``meterd <args>`` through ``main`` (which maps errors by kind)."""
+    monkeypatch.setattr("sys.argv", ["meterd", *args])
+    with pytest.raises(SystemExit) as stopped:
+        main()
+    return int(stopped.value.code or 0)
+
+
+def test_a_refused_command_exits_2_with_the_reason(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", "nope") == EXIT_REFUSED
+    assert "feature" in capsys.readouterr().out
+
+
+def test_a_store_that_does_not_answer_exits_75_to_say_try_again(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    invoke("db", "upgrade")
+
+    def down(*_: object, **__: object) -> None:
+        raise BalanceError("flushes kept racing the read")
+
+    monkeypatch.setattr(runtime_module.get_runtime().balance, "balances", down)
+    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE

@@ -76,9 +76,7 @@ def test_flush_with_the_database_down_keeps_the_batch(runtime: Runtime) -> None:
     dead_engine = make_engine(
         "postgresql://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
     )
-    broken = FlushService(
-        runtime.counters, UsageStore(make_session_factory(dead_engine))
-    )
+    broken = FlushService(runtime.counters, UsageStore(make_session_factory(dead_engine)))
     with pytest.raises(sa.exc.OperationalError):
         broken.flush_once(NOW)
     assert runtime.counters.pending_fields() != {}

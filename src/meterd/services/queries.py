@@ -17,20 +17,20 @@ from meterd.errors import NotFoundError
 from meterd.filters import Filter, Kind, WorkspaceFilters
 from meterd.paging import Cursor
 from meterd.services.balance import BalanceService
-from meterd.storage.entitlements import EntitlementStore
-from meterd.storage.listing import (
-    ENTITLEMENT_COLUMNS,
-    ENTITLEMENT_SORTS,
-    EntitlementListing,
-    Page,
-)
-from meterd.storage.models import (
+from meterd.services.records import (
     Entitlement,
     EntitlementTransition,
     Feature,
     Plan,
     PlanFamily,
     UsagePeriod,
+)
+from meterd.storage.entitlements import EntitlementStore
+from meterd.storage.listing import (
+    ENTITLEMENT_COLUMNS,
+    ENTITLEMENT_SORTS,
+    EntitlementListing,
+    Page,
 )
 from meterd.storage.resolution_views import entitlement_view
 from meterd.storage.transitions import TransitionStore

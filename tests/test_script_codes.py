@@ -1,0 +1,38 @@
+"""ingest.lua's return codes are named once, in ScriptCode, and match its header."""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+
+from meterd.services.ingest import OUTCOMES as INGEST_OUTCOMES
+from meterd.services.reserve import OUTCOMES as RESERVE_OUTCOMES
+from meterd.storage.counters import ScriptCode
+
+
+def header_codes() -> dict[str, str]:
+    text = resources.files("meterd").joinpath("lua", "ingest.lua").read_text("utf-8")
+    header = text.split("]]", 1)[0]
+    block = header.split("Returns one character per event", 1)[1]
+    return dict(re.findall(r"^  ([a-z])  (\w[\w ]*)", block, flags=re.MULTILINE))
+
+
+def test_the_lua_header_lists_exactly_the_script_codes() -> None:
+    assert set(header_codes()) == {code.value for code in ScriptCode}
+
+
+def test_each_code_is_named_in_the_header_as_in_the_enum() -> None:
+    for character, words in header_codes().items():
+        name = ScriptCode(character).name.lower().replace("_", " ")
+        assert words.strip().startswith(name), (character, words)
+
+
+def test_ingest_has_an_outcome_for_every_final_code_of_a_usage_count() -> None:
+    final = set(ScriptCode) - {ScriptCode.MISSING_RESOLUTION, ScriptCode.NO_ROOM}
+    assert set(INGEST_OUTCOMES) == final
+
+
+def test_reserve_has_an_outcome_for_every_final_code_of_a_strict_count() -> None:
+    # A reservation is timed now, so it is never late.
+    final = set(ScriptCode) - {ScriptCode.MISSING_RESOLUTION, ScriptCode.LATE}
+    assert set(RESERVE_OUTCOMES) == final
