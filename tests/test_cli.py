@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,10 @@ def test_cli_replays_dead_letters(cli_env: None) -> None:
     invoke("feature", "create", "acme", "api_calls")
     rt = runtime_module.get_runtime()
     rt.ingest.ingest([event(customer="c-9", quantity="3")], now=utcnow())
-    invoke("entitlement", "create", "acme", "c-9", "api_calls", "--quantity", "10")
+    # Replay keeps the event's time: the entitlement must cover it.
+    starts = (utcnow() - timedelta(hours=1)).isoformat()
+    invoke("entitlement", "create", "acme", "c-9", "api_calls", "--quantity", "10",
+           "--starts", starts)  # fmt: skip
     summary = json.loads(invoke("dlq", "replay", "--json"))
     assert summary == {"replayed": 1, "still_dead": 0, "outcomes": {"accepted": 1}}
     (row,) = json.loads(invoke("balance", "acme", "c-9", "api_calls", "--json"))
@@ -151,7 +155,9 @@ def test_cli_purges_only_replayed_letters_unless_told_and_asks_first(cli_env: No
     invoke("feature", "create", "acme", "api_calls")
     rt = runtime_module.get_runtime()
     rt.ingest.ingest([event(customer="c-9", quantity="3"), {"junk": True}], now=utcnow())
-    invoke("entitlement", "create", "acme", "c-9", "api_calls", "--quantity", "10")
+    starts = (utcnow() - timedelta(hours=1)).isoformat()
+    invoke("entitlement", "create", "acme", "c-9", "api_calls", "--quantity", "10",
+           "--starts", starts)  # fmt: skip
     invoke("dlq", "replay")  # the no_entitlement letter is settled; the junk stays
     asked = runner.invoke(app, ["dlq", "purge"])
     assert asked.exit_code == 1 and "1 dead letter(s) match" in asked.output

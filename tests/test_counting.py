@@ -149,15 +149,10 @@ def test_usage_in_grace_counts_on_the_last_period(runtime: Runtime) -> None:
 
 
 def test_suspended_entitlement_refuses_usage(runtime: Runtime) -> None:
-    from meterd.domain import Status
-    from meterd.storage.models import Entitlement
+    from meterd.lifecycle import OperatorAction
 
     ent = grant(runtime)
-    with runtime.database.sessions.begin() as s:
-        row = s.get(Entitlement, ent.id)
-        assert row is not None
-        row.status = Status.SUSPENDED.value
-    runtime.resolution.refresh([("acme", "cust-1", "api_calls")], NOW)
+    runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW - timedelta(minutes=1))
     assert ingest(runtime, event()) == [Outcome.SUSPENDED]
 
 

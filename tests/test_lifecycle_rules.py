@@ -6,8 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from meterd.domain import Status
+from meterd.domain import Renewal, Status
 from meterd.lifecycle import Transition, due_transitions, next_period_after, next_transition
+from meterd.terms import Term
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = datetime(2026, 12, 1, tzinfo=UTC)
@@ -65,13 +66,15 @@ MONTH = timedelta(days=30)
 
 
 def test_renewing_entitlement_stays_active_and_opens_the_next_term_at_ends_at() -> None:
-    assert due_transitions(Status.ACTIVE, START, END, None, END - US, MONTH) == []
-    (step,) = due_transitions(Status.ACTIVE, START, END, None, END, MONTH)
+    renewal = Renewal(anchor=END - MONTH, term=Term(length=MONTH), quantity=None)
+    assert due_transitions(Status.ACTIVE, START, END, None, END - US, renewal) == []
+    (step,) = due_transitions(Status.ACTIVE, START, END, None, END, renewal)
     assert (step.to_status, step.at, step.renewal_end) == (Status.ACTIVE, END, END + MONTH)
 
 
 def test_missed_renewals_catch_up_one_term_at_a_time() -> None:
-    chain = due_transitions(Status.ACTIVE, START, END, None, END + 2 * MONTH, MONTH)
+    renewal = Renewal(anchor=END - MONTH, term=Term(length=MONTH), quantity=None)
+    chain = due_transitions(Status.ACTIVE, START, END, None, END + 2 * MONTH, renewal)
     assert [(t.at, t.renewal_end) for t in chain] == [
         (END, END + MONTH),
         (END + MONTH, END + 2 * MONTH),

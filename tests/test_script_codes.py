@@ -28,11 +28,16 @@ def test_each_code_is_named_in_the_header_as_in_the_enum() -> None:
 
 
 def test_ingest_has_an_outcome_for_every_final_code_of_a_usage_count() -> None:
-    final = set(ScriptCode) - {ScriptCode.MISSING_RESOLUTION, ScriptCode.NO_ROOM}
+    strict_only = {ScriptCode.NO_ROOM, ScriptCode.CONFLICT}
+    final = set(ScriptCode) - {ScriptCode.MISSING_RESOLUTION} - strict_only
     assert set(INGEST_OUTCOMES) == final
 
 
 def test_reserve_has_an_outcome_for_every_final_code_of_a_strict_count() -> None:
-    # A reservation is timed now, so it is never late.
-    final = set(ScriptCode) - {ScriptCode.MISSING_RESOLUTION, ScriptCode.LATE}
+    # A reservation is timed now, so it is never late; a conflict is raised (409).
+    final = set(ScriptCode) - {
+        ScriptCode.MISSING_RESOLUTION,
+        ScriptCode.LATE,
+        ScriptCode.CONFLICT,
+    }
     assert set(RESERVE_OUTCOMES) == final

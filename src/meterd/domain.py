@@ -12,6 +12,8 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from meterd.terms import Term
+
 ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FEATURE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 CUSTOMER_ID_MAX = 128
@@ -86,23 +88,51 @@ class Period:
 
 
 @dataclass(frozen=True, slots=True)
+class Renewal:
+    """How an auto-renewing entitlement renews: term after term from its anchor."""
+
+    anchor: datetime
+    term: Term
+    #: The quantity of each renewed period (None: unlimited).
+    quantity: Decimal | None
+
+
+#: A suspension: from when, to when (None: still suspended).
+Suspension = tuple[datetime, datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
 class EntitlementView:
-    """What the counter store needs to know to route usage to an entitlement."""
+    """What routing usage to an entitlement, and judging its state at any instant,
+    need to know of it (see ``meterd.lifecycle.status_at`` and ``period_at``)."""
 
     id: uuid.UUID
     number: int
     priority: int
+    #: As last recorded (by the lifecycle job or an operator); the state at an
+    #: instant is ``lifecycle.status_at``, which never waits for the job.
     status: Status
     billing_type: BillingType
     quantity: Decimal | None
     starts_at: datetime
+    #: The end of the term as stored: for a renewing entitlement, the end of the
+    #: last term the job opened (the current one may be later).
     ends_at: datetime | None
     grace_until: datetime | None
     periods: tuple[Period, ...] = field(default=())
+    renewal: Renewal | None = None
+    suspensions: tuple[Suspension, ...] = ()
+    terminated_at: datetime | None = None
 
     @property
     def usable_until(self) -> datetime | None:
-        """Usage counts up to here: the end of grace, else the end of the term."""
+        """Usage timed before this counts (None: open): the end of grace, else the end
+        of the term; a renewing entitlement never ends, unless terminated."""
+        if self.terminated_at is not None:
+            end = None if self.renewal else self.grace_until or self.ends_at
+            return self.terminated_at if end is None else min(end, self.terminated_at)
+        if self.renewal is not None:
+            return None
         return self.grace_until or self.ends_at
 
 
@@ -126,12 +156,16 @@ class Balance:
 
     entitlement_id: uuid.UUID
     period_start: datetime
+    #: The end of the current period (None: open-ended).
+    period_end: datetime | None
     quantity: Decimal | None
     consumed: Decimal
     #: The split of ``consumed`` between the database and Redis; None when the read
     #: came from Redis's running totals alone (``BalanceService.live``).
     flushed: Decimal | None
     pending: Decimal | None
+    #: The status at the instant of the read (from the clock, never waiting for a job).
+    status: Status = Status.ACTIVE
     state: EffectiveState = EffectiveState.ACTIVE
     #: Usage at this instant would count on it (inside its window, not suspended).
     usable: bool = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -24,9 +24,15 @@ from pydantic import (
     ValidationError,
 )
 
-from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, ORG_ID_PATTERN, PRINTABLE_PATTERN
+from meterd.domain import (
+    CUSTOMER_ID_MAX,
+    FEATURE_KEY_PATTERN,
+    ORG_ID_PATTERN,
+    PRINTABLE_PATTERN,
+    Outcome,
+)
 from meterd.quantity import QuantityError, parse_quantity_micros
-from meterd.timeutil import epoch_micros
+from meterd.timeutil import epoch_micros, isoformat
 
 USAGE_EVENT_TYPE = "meterd.usage"
 
@@ -108,6 +114,33 @@ def _describe(exc: ValidationError) -> str:
         where = ".".join(str(p) for p in error["loc"]) or "event"
         parts.append(f"{where}: {error['msg']}")
     return "; ".join(parts)
+
+
+def time_verdict(
+    event: UsageEvent, now: datetime, *, future_skew: timedelta, late_window: timedelta
+) -> tuple[Outcome, str] | None:
+    """The worker's time rules, for any hop to apply at once: an event timed beyond
+    the producers' clock skew is invalid; one older than the late window is late.
+    None: its time is acceptable."""
+    if event.time > now + future_skew:
+        return Outcome.INVALID, (
+            f"time {event.time.isoformat()} is in the future (beyond clock skew)"
+        )
+    if event.time < now - late_window:
+        days = late_window.total_seconds() / 86400
+        return Outcome.LATE, (
+            f"event time {event.time.isoformat()} is older than the late window ({days:g} days)"
+        )
+    return None
+
+
+def with_time(payload: Any, event: UsageEvent) -> Any:
+    """The payload with the event's time written in, if it had none: the first hop
+    that sees an event stamps its receive time, and every later hop (the queue, a
+    dead letter, a replay) keeps it."""
+    if isinstance(payload, dict) and payload.get("time") is None:
+        return {**payload, "time": isoformat(event.time)}
+    return payload
 
 
 def parse_event(

@@ -6,28 +6,21 @@ plan's own fields so they can never contradict it:
 
 * ``TermKind``: 0 OPEN_ENDED (no term), 1 FIXED (a term, no renewal),
   2 RENEWING (a term with auto-renew), 3 TRIAL (a TRIAL contract with a term).
-* ``TermUnit``: 0 DAY, 1 MONTH, 2 YEAR (with ``term_value``).
+* ``TermUnit``: 0 DAY, 1 MONTH, 2 YEAR, 3 WEEK (with ``term_value``; see ``meterd.terms``).
 * ``ConditionFamily``: 0 UNLIMITED (no quantity), 1 QUANTITY (a PRE_PAID
   quantity), 2 METERED (PAY_PER_USE), 3 TRIAL_QUANTITY (a TRIAL with a quantity).
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
-from enum import IntEnum, StrEnum
+from enum import IntEnum
 
 from meterd.domain import BillingType, ContractMode
+from meterd.terms import Term, TermUnit
 
-
-class TermUnit(StrEnum):
-    DAY = "DAY"
-    MONTH = "MONTH"
-    YEAR = "YEAR"
-
-    @property
-    def code(self) -> int:
-        return list(TermUnit).index(self)
+__all__ = ["ConditionFamily", "TermKind", "TermUnit", "condition_family", "term_end", "term_kind"]
 
 
 class TermKind(IntEnum):
@@ -66,24 +59,8 @@ def condition_family(
     return ConditionFamily.QUANTITY
 
 
-def add_months(moment: datetime, months: int) -> datetime:
-    """``moment`` plus whole calendar months, the day clamped to the month's length."""
-    index = moment.month - 1 + months
-    year, month = moment.year + index // 12, index % 12 + 1
-    for day in (moment.day, 30, 29, 28):
-        try:
-            return moment.replace(year=year, month=month, day=day)
-        except ValueError:
-            continue
-    raise ValueError("unreachable")  # pragma: no cover
-
-
 def term_end(starts_at: datetime, value: int | None, unit: TermUnit | None) -> datetime | None:
     """The end of a term of ``value`` ``unit``s from ``starts_at`` (None: open-ended)."""
     if unit is None or value is None:
         return None
-    if unit is TermUnit.DAY:
-        return starts_at + timedelta(days=value)
-    if unit is TermUnit.MONTH:
-        return add_months(starts_at, value)
-    return add_months(starts_at, 12 * value)
+    return Term.of(value, unit).start(starts_at, 1)

@@ -166,7 +166,11 @@ class Runtime:
 
     @cached_property
     def intake(self) -> EventIntake:
-        return EventIntake(self.dead_letters)
+        return EventIntake(
+            self.dead_letters,
+            future_skew=timedelta(seconds=self.settings.future_skew),
+            late_window=self.late_window,
+        )
 
     @cached_property
     def reserve(self) -> ReserveService:
@@ -192,7 +196,7 @@ class Runtime:
 
     @cached_property
     def lifecycle(self) -> LifecycleService:
-        return LifecycleService(self.transitions, self.resolution)
+        return LifecycleService(self.transitions)
 
     @cached_property
     def catalog(self) -> Catalog:

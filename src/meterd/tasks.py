@@ -64,7 +64,12 @@ def ingest_batch(self: Task, events: Any = None, *args: Any, **kwargs: Any) -> d
     started = time.perf_counter()
     report = runtime.ingest.ingest(batch, now=utcnow())
     counts = dict(report.counts)
-    _quietly(runtime.stats.record_ingest, counts, len(batch), time.perf_counter() - started)
+    _quietly(
+        runtime.stats.record_ingest,
+        report.decided_before_counting,
+        len(batch),
+        time.perf_counter() - started,
+    )
     log.info("ingest_batch", task_id=self.request.id, retries=self.request.retries, **counts)
     _log_dead_letters(self.request.id, batch, report.outcomes, report.reasons)
     return counts

@@ -175,13 +175,13 @@ def reserve(
 class EventResult(BaseModel):
     index: int
     id: str | None
-    status: str = Field(description="queued or invalid")
+    status: str = Field(description="queued, or not: invalid or late (dead-lettered)")
     reason: str | None = None
 
 
 class EventsAccepted(BaseModel):
     queued: int
-    invalid: int
+    invalid: int = Field(description="events not queued (invalid or late)")
     results: list[EventResult]
 
 

@@ -2,9 +2,10 @@
 
 KEYS[1]                 pending hash: "<ent>:<period>" -> micro-units not yet flushed
 KEYS[2]                 pending since: when the pending hash got its first write (epoch us)
-KEYS[3i]                dedupe marker of event i        (string, expires)
-KEYS[3i + 1]            resolution data of event i      (string, JSON, see resolution.py)
-KEYS[3i + 2]            used hash of event i's customer "<ent>:<period>" -> micro-units
+KEYS[3]                 event stats hash: outcome -> events (usage only, not reservations)
+KEYS[3i + 1]            dedupe marker of event i        (string, expires)
+KEYS[3i + 2]            resolution data of event i      (string, JSON, see resolution.py)
+KEYS[3i + 3]            used hash of event i's customer "<ent>:<period>" -> micro-units
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 minimum dedupe marker lifetime, milliseconds
@@ -23,6 +24,16 @@ batch only, and a redelivered event is a duplicate that moves nothing.
 
 A dedupe marker lives max(ARGV[3], event time + late window - now): as long as
 the event could still be accepted, so a redelivery can never count it twice.
+A reservation's marker holds "<quantity>:<target>": the same idempotency key
+asked again with other parameters is a conflict (code c), not a duplicate.
+
+Which entitlement, which period (meterd.lifecycle.status_at and period_at in
+Python are the same rules): an entitlement takes usage timed at ts when
+starts <= ts < usable until ("u": the end of grace or of the term, or the
+termination; -1 open) and ts lies in none of its suspensions ("x"); the
+period is the stored one containing ts, else for a renewing entitlement ("r")
+the term of the calendar containing ts (starting where the stored periods
+end, if that is later), else the last stored one (grace).
 
 Returns one character per event (ScriptCode in storage/counters.py):
   a  accepted
@@ -34,6 +45,11 @@ Returns one character per event (ScriptCode in storage/counters.py):
      loads the data and counts the event again
   x  no room (strict only): nothing was counted, and the marker is removed so a
      retry is judged afresh
+  c  conflict (strict only): the idempotency key was granted for other parameters
+
+The event stats hash (KEYS[3]) counts every final outcome of a usage batch in
+the same atomic step as the counts, so metrics never disagree with the
+database, whatever dies afterwards.
 
 Strict mode (the synchronous reserve call): an event is counted only if the
 room its PRE_PAID entitlements have left covers it whole (unlimited and
@@ -53,11 +69,12 @@ All numbers stay below 2^53, so Lua's doubles hold them exactly.
 
 local pending_key = KEYS[1]
 local pending_since_key = KEYS[2]
+local stats_key = KEYS[3]
 local now_us = tonumber(ARGV[1])
 local late_window_us = tonumber(ARGV[2])
 local min_dedupe_ms = tonumber(ARGV[3])
 local strict = ARGV[4] == "1"
-local n_events = (#KEYS - 2) / 3
+local n_events = (#KEYS - 3) / 3
 local decoded = {}
 local out = {}
 -- used_key -> field -> { base value read from Redis (or false), delta of this batch }
@@ -93,23 +110,106 @@ local function used_value(used_key, field)
   return entry[1] + entry[2]
 end
 
--- The hash field and limit of the period of entitlement e that contains ts.
+-- Calendar arithmetic on epoch microseconds (meterd/terms.py in Lua): days since
+-- the epoch <-> (year, month, day), proleptic Gregorian (H. Hinnant's algorithms).
+local DAY_US = 86400000000
+
+local function civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
+    - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp < 10 and mp + 3 or mp - 9
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+local function days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m > 2 and m - 3 or m + 9
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+local function days_in_month(y, m)
+  if m == 2 then
+    if (y % 4 == 0 and y % 100 ~= 0) or y % 400 == 0 then return 29 end
+    return 28
+  end
+  if m == 4 or m == 6 or m == 9 or m == 11 then return 30 end
+  return 31
+end
+
+-- anchor plus whole calendar months, the day clamped to the month's length
+local function add_months(anchor, months)
+  local days = math.floor(anchor / DAY_US)
+  local y, m, d = civil_from_days(days)
+  local index = m - 1 + months
+  local ny, nm = y + math.floor(index / 12), index % 12 + 1
+  local last = days_in_month(ny, nm)
+  if d > last then d = last end
+  return days_from_civil(ny, nm, d) * DAY_US + (anchor - days * DAY_US)
+end
+
+-- r = { "m", months, anchor, limit } or { "d", duration us, anchor, limit }
+local function term_start(r, k)
+  if r[1] == "m" then return add_months(r[3], k * r[2]) end
+  return r[3] + k * r[2]
+end
+
+-- the k with term_start(k) <= ts < term_start(k + 1)
+local function term_index(r, ts)
+  local k
+  if r[1] == "m" then
+    local ay, am = civil_from_days(math.floor(r[3] / DAY_US))
+    local ty, tm = civil_from_days(math.floor(ts / DAY_US))
+    k = math.floor(((ty - ay) * 12 + tm - am) / r[2])
+  else
+    k = math.floor((ts - r[3]) / r[2])
+  end
+  while term_start(r, k) > ts do k = k - 1 end
+  while term_start(r, k + 1) <= ts do k = k + 1 end
+  return k
+end
+
+-- The hash field, limit and whether PRE_PAID of the period of e containing ts.
 local function period_of(e, ts, month)
   if e.b == "U" then
     return e.i .. ":" .. month, e.q, false
   end
-  local last = nil
+  local latest = nil
   for _, p in ipairs(e.p) do
-    if p[1] <= ts and (p[2] < 0 or ts < p[2]) then
-      return p[4], p[3], true
-    end
-    last = p
+    if p[1] <= ts and (latest == nil or p[1] > latest[1]) then latest = p end
   end
-  -- In grace (past the end of the last period, before grace_until): the last period.
-  if last ~= nil and last[2] >= 0 and ts >= last[2] then
-    return last[4], last[3], true
+  if latest ~= nil and (latest[2] < 0 or ts < latest[2]) then
+    return latest[4], latest[3], true
+  end
+  local r = e.r
+  if r ~= nil and ts >= e.s then
+    local start = term_start(r, term_index(r, ts))
+    if latest ~= nil and latest[2] > start then start = latest[2] end
+    return e.i .. ":" .. int_str(start), r[4], true
+  end
+  if latest ~= nil then
+    return latest[4], latest[3], true -- in grace: the last period
   end
   return nil, nil, false
+end
+
+local function suspended_at(e, ts)
+  if e.x == nil then return false end
+  for _, span in ipairs(e.x) do
+    if span[1] <= ts and (span[2] < 0 or ts < span[2]) then return true end
+  end
+  return false
 end
 
 local function room_of(used_key, c)
@@ -168,7 +268,7 @@ local function resolve(resolution_key, used_key, ts, month, qty, target)
   local suspended = false
   for _, e in ipairs(res) do
     if (target == "" or e.i == target) and e.s <= ts and (e.u < 0 or ts < e.u) then
-      if e.t == "S" then
+      if suspended_at(e, ts) then
         suspended = true
       else
         local field, limit, prepaid = period_of(e, ts, month)
@@ -189,25 +289,40 @@ local function resolve(resolution_key, used_key, ts, month, qty, target)
   return "a"
 end
 
+local outcomes = {}
+local OUTCOME_NAMES = { a = "accepted", d = "duplicate", l = "late", s = "suspended",
+  n = "no_entitlement" }
+
 for i = 1, n_events do
-  local dedupe_key = KEYS[3 * i]
+  local dedupe_key = KEYS[3 * i + 1]
   local base = 4 * i
   local ts = tonumber(ARGV[base + 1])
   local dedupe_ms = math.floor((ts + late_window_us - now_us) / 1000)
   if dedupe_ms < min_dedupe_ms then dedupe_ms = min_dedupe_ms end
+  local marker = strict and (ARGV[base + 3] .. ":" .. ARGV[base + 4]) or "1"
   local code
-  if not redis.call("SET", dedupe_key, "1", "NX", "PX", int_str(dedupe_ms)) then
-    code = "d"
+  if not redis.call("SET", dedupe_key, marker, "NX", "PX", int_str(dedupe_ms)) then
+    if strict and redis.call("GET", dedupe_key) ~= marker then
+      code = "c"
+    else
+      code = "d"
+    end
   elseif ts < now_us - late_window_us then
     code = "l"
   else
-    code = resolve(KEYS[3 * i + 1], KEYS[3 * i + 2], ts, ARGV[base + 2], tonumber(ARGV[base + 3]),
+    code = resolve(KEYS[3 * i + 2], KEYS[3 * i + 3], ts, ARGV[base + 2], tonumber(ARGV[base + 3]),
       ARGV[base + 4])
   end
-  if code ~= "a" and code ~= "d" then
+  if code ~= "a" and code ~= "d" and code ~= "c" then
     redis.call("DEL", dedupe_key) -- not counted: a later delivery may still count it
   end
   out[i] = code
+  if not strict and OUTCOME_NAMES[code] ~= nil then
+    outcomes[code] = (outcomes[code] or 0) + 1
+  end
+end
+for code, n in pairs(outcomes) do
+  redis.call("HINCRBY", stats_key, OUTCOME_NAMES[code], n)
 end
 
 -- The smallest consumption that is at least pct% of limit, in exact integer steps

@@ -8,24 +8,22 @@ in-flight batch is committed), and retry if a new flush began in between.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from decimal import Decimal
-from typing import Any
 
-from meterd.domain import Balance, BillingType, EntitlementView, Status, effective_state
+from meterd.domain import Balance, EntitlementView, Period, Status, effective_state
 from meterd.errors import UnavailableError
+from meterd.lifecycle import period_at, status_at
 from meterd.quantity import from_micros
 from meterd.redis_keys import period_field
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
+from meterd.storage.resolution import decode_resolution
 from meterd.storage.resolution_views import ResolutionViewStore
 from meterd.storage.usage import UsageStore
-from meterd.timeutil import epoch_micros, from_epoch_micros, month_start
 
 #: A flush starts every few seconds, so a second attempt nearly always succeeds; the
 #: bound matters only when flushes run back to back (tests, a flush backlog).
@@ -39,17 +37,38 @@ class BalanceError(UnavailableError):
 PeriodKey = tuple[uuid.UUID, datetime]
 
 
-def current_period(view: EntitlementView, now: datetime) -> tuple[datetime, Decimal | None]:
-    """(period start, period quantity) of the period of ``view`` containing ``now``."""
-    if view.billing_type is BillingType.PAY_PER_USE:
-        return month_start(now), view.quantity
-    chosen = None
-    for period in sorted(view.periods, key=lambda p: p.start):
-        if period.start <= now:
-            chosen = period
-    if chosen is None:
-        return view.starts_at, view.quantity
-    return chosen.start, chosen.quantity
+def current_period(view: EntitlementView, now: datetime) -> Period:
+    """The period of ``view`` containing ``now``; before it starts, its first one."""
+    found = period_at(view, now)
+    if found is not None:
+        return found
+    first = min(view.periods, key=lambda p: p.start, default=None)
+    return first or Period(view.starts_at, view.ends_at, view.quantity)
+
+
+def balance_of(
+    view: EntitlementView,
+    now: datetime,
+    period: Period,
+    consumed: int,
+    split: tuple[int, int] | None,
+) -> Balance:
+    """The balance of ``view`` at ``now``: ``consumed`` micro-units of ``period``
+    (``split``: flushed and pending, when read from both stores)."""
+    status = status_at(view, now)
+    used = from_micros(consumed)
+    return Balance(
+        entitlement_id=view.id,
+        period_start=period.start,
+        period_end=period.end,
+        quantity=period.quantity,
+        consumed=used,
+        flushed=from_micros(split[0]) if split else None,
+        pending=from_micros(split[1]) if split else None,
+        status=status,
+        state=effective_state(status, view.billing_type, period.quantity, used),
+        usable=status in (Status.ACTIVE, Status.GRACE),
+    )
 
 
 class BalanceService:
@@ -109,29 +128,14 @@ class BalanceService:
         raw = self.counters.resolution_entry(org, customer, feature)
         if raw is None:
             return None
-        entries: list[dict[str, Any]] = json.loads(raw)
-        now_us = epoch_micros(now)
-        periods = [_live_period(entry, now, now_us) for entry in entries]
-        totals = self.counters.live_totals(org, customer, [field for field, _, _ in periods])
-        result = []
-        for entry, (field, start, limit) in zip(entries, periods, strict=True):
-            status = _live_status(entry, now_us)
-            billing = BillingType.PAY_PER_USE if entry["b"] == "U" else BillingType.PRE_PAID
-            quantity = from_micros(limit) if limit >= 0 else None
-            consumed = from_micros(totals[field])
-            result.append(
-                Balance(
-                    entitlement_id=uuid.UUID(hex=entry["i"]),
-                    period_start=from_epoch_micros(start),
-                    quantity=quantity,
-                    consumed=consumed,
-                    flushed=None,
-                    pending=None,
-                    state=effective_state(status, billing, quantity, consumed),
-                    usable=status in (Status.ACTIVE, Status.GRACE),
-                )
-            )
-        return result
+        views = decode_resolution(raw)
+        periods = [current_period(view, now) for view in views]
+        fields = [period_field(v.id, p.start) for v, p in zip(views, periods, strict=True)]
+        totals = self.counters.live_totals(org, customer, fields)
+        return [
+            balance_of(view, now, period, totals[field], None)
+            for view, period, field in zip(views, periods, fields, strict=True)
+        ]
 
     def balances_of(
         self, views: Sequence[EntitlementView], now: datetime
@@ -139,57 +143,10 @@ class BalanceService:
         """The current (or, once ended, the last) period of each entitlement, read
         in one consistent snapshot."""
         current = {view.id: current_period(view, now) for view in views}
-        values = self.consumed([(view.id, current[view.id][0]) for view in views])
+        values = self.consumed([(view.id, current[view.id].start) for view in views])
         result = {}
         for view in views:
-            start, quantity = current[view.id]
-            flushed, pending = values[(view.id, start)]
-            consumed = from_micros(flushed + pending)
-            result[view.id] = Balance(
-                entitlement_id=view.id,
-                period_start=start,
-                quantity=quantity,
-                consumed=consumed,
-                flushed=from_micros(flushed),
-                pending=from_micros(pending),
-                state=effective_state(view.status, view.billing_type, quantity, consumed),
-                usable=_usable(view, now),
-            )
+            period = current[view.id]
+            flushed, pending = values[(view.id, period.start)]
+            result[view.id] = balance_of(view, now, period, flushed + pending, (flushed, pending))
         return result
-
-
-def _live_status(entry: dict[str, Any], now_us: int) -> Status:
-    """The status the clock gives an entry of the resolution data (the stored one may
-    lag by a lifecycle interval; SUSPENDED is stored)."""
-    if entry["t"] == "S":
-        return Status.SUSPENDED
-    if now_us < entry["s"]:
-        return Status.PENDING
-    until, ends = entry["u"], entry.get("e", entry["u"])
-    if until >= 0 and now_us >= until:
-        return Status.EXPIRED
-    if ends >= 0 and now_us >= ends:
-        return Status.GRACE
-    return Status.ACTIVE
-
-
-def _live_period(entry: dict[str, Any], now: datetime, now_us: int) -> tuple[str, int, int]:
-    """(field, period start us, limit micros or -1) of the entry's current period."""
-    if entry["b"] == "U":
-        start = epoch_micros(month_start(now))
-        return f"{entry['i']}:{start}", start, entry["q"]
-    chosen = entry["p"][0] if entry["p"] else None
-    for period in entry["p"]:
-        if period[0] <= now_us:
-            chosen = period
-    if chosen is None:
-        return f"{entry['i']}:{entry['s']}", entry["s"], entry["q"]
-    return chosen[3], chosen[0], chosen[2]
-
-
-def _usable(view: EntitlementView, now: datetime) -> bool:
-    """Judged by the clock, like ingest: right even before the lifecycle job runs."""
-    if view.status in (Status.SUSPENDED, Status.TERMINATED):
-        return False
-    until = view.usable_until
-    return view.starts_at <= now and (until is None or now < until)

@@ -20,7 +20,7 @@ from meterd.domain import (
     FeatureType,
     Status,
 )
-from meterd.errors import InvalidError, NotFoundError
+from meterd.errors import InvalidError, StaleVersionError
 from meterd.lifecycle import OperatorAction, extend_term, operator_transition
 from meterd.plans import TermUnit, condition_family, term_end, term_kind
 from meterd.services.resolution import ResolutionCache
@@ -30,6 +30,7 @@ from meterd.storage.models import Entitlement, Feature, Plan, UsagePeriod
 from meterd.storage.organisations import OrganisationStore
 from meterd.storage.plans import PlanStore
 from meterd.storage.transitions import TransitionStore
+from meterd.terms import Term
 from meterd.timeutil import month_start, next_month_start
 
 
@@ -52,6 +53,7 @@ class EntitlementChange:
     ends_at: datetime | None = UNSET
     priority: int | None = None
     contract_mode: ContractMode | None = None
+    auto_renew: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +92,32 @@ class NewEntitlement:
     plan_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = None
     allotment: Decimal | None = None
+    #: The term it renews by; None: from ``starts_at`` to ``ends_at`` (whole calendar
+    #: months when that is one, else the exact duration).
+    term: Term | None = None
 
 
-def initial_status(starts_at: datetime, ends_at: datetime | None, now: datetime) -> Status:
-    if now < starts_at:
-        return Status.PENDING
-    if ends_at is not None and now >= ends_at:
-        return Status.EXPIRED
-    return Status.ACTIVE
+def term_columns(term: Term | None, anchor: datetime | None) -> dict[str, Any]:
+    """The entitlement columns that hold a term and its anchor."""
+    if term is None or anchor is None:
+        return {"term_months": None, "term_micros": None, "term_anchor": None}
+    micros = term.length // timedelta(microseconds=1)
+    return {
+        "term_months": term.months or None,
+        "term_micros": micros or None,
+        "term_anchor": anchor,
+    }
+
+
+def _term_of(spec: NewEntitlement) -> Term | None:
+    """The term an entitlement renews by (only auto-renewing ones need one)."""
+    if not spec.auto_renew:
+        return None
+    if spec.term is not None:
+        return spec.term
+    if spec.ends_at is None:
+        raise CatalogError("an auto-renewing entitlement needs ends_at (or a term) to renew by")
+    return Term.between(spec.starts_at, spec.ends_at)
 
 
 class Catalog:
@@ -176,8 +196,12 @@ class Catalog:
                 "a PAY_PER_USE entitlement counts per calendar month and cannot auto-renew; "
                 "leave ends_at open or extend it"
             )
+        term = _term_of(spec)
+        ends_at = spec.ends_at
+        if term is not None and ends_at is None:
+            ends_at = term.start(spec.starts_at, 1)
         feature = self.features.by_key(spec.org, spec.feature)
-        grace_until = spec.ends_at + spec.grace if spec.ends_at and spec.grace else None
+        grace_until = ends_at + spec.grace if ends_at and spec.grace else None
         ent = Entitlement(
             org_id=spec.org,
             customer_id=spec.customer_id,
@@ -187,10 +211,12 @@ class Catalog:
             quantity=spec.quantity,
             billing_type=spec.billing_type.value,
             contract_mode=spec.contract_mode.value,
-            status=initial_status(spec.starts_at, spec.ends_at, now).value,
+            # What the clock says beyond this (grace, renewals, expiry) is settled, with
+            # its audit rows, right after the insert.
+            status=(Status.PENDING if now < spec.starts_at else Status.ACTIVE).value,
             priority=spec.priority,
             starts_at=spec.starts_at,
-            ends_at=spec.ends_at,
+            ends_at=ends_at,
             grace_until=grace_until,
             issued_at=now,
             auto_renew=spec.auto_renew,
@@ -199,11 +225,12 @@ class Catalog:
             allotment=spec.allotment,
             created_at=now,
             updated_at=now,
+            **term_columns(term, spec.starts_at),
         )
         if spec.billing_type is BillingType.PRE_PAID:
             first = UsagePeriod(
                 period_start=spec.starts_at,
-                period_end=spec.ends_at,
+                period_end=ends_at,
                 quantity=spec.quantity,
                 consumed=Decimal(0),
                 updated_at=now,
@@ -218,10 +245,10 @@ class Catalog:
                 updated_at=now,
             )
             ent.next_period_at = next_month_start(spec.starts_at)
-        periods = [first]
-        self.entitlements.add(ent, periods)
+        self.entitlements.add(ent, [first])
+        self.transitions.settle(ent.id, now, actor="created")
         self.resolution.refresh([(spec.org, spec.customer_id, spec.feature)], now)
-        return ent
+        return self.entitlements.get(ent.id)
 
     def create_plan(self, spec: NewPlan, now: datetime) -> Plan:
         if spec.quantity is not None and spec.quantity < 0:
@@ -323,44 +350,26 @@ class Catalog:
         change: EntitlementChange,
         now: datetime,
     ) -> None:
-        """Change quantity, renewal quantity, priority, contract mode or end, if the
-        row is still at ``change.row_version``. A new quantity applies to the current
-        period (earlier periods keep theirs); a new end moves the grace period along
-        and ends the current PRE_PAID period there. Ingest sees it at once."""
-        found = self.entitlements.with_feature(entitlement_id)
-        if found is None or found[0].org_id != org:
-            raise NotFoundError("entitlement", entitlement_id)
-        ent, feature = found
-        values: dict[str, Any] = {}
-        period: dict[str, Any] = {}
-        if change.quantity is not UNSET:
-            quantity = change.quantity
-            if quantity is not None and quantity < 0:
-                raise CatalogError("quantity must not be negative")
-            values["quantity"] = quantity
-            period["quantity"] = quantity
-        if change.renewal_quantity is not UNSET:
-            values["renewal_quantity"] = change.renewal_quantity
-        if change.priority is not None:
-            values["priority"] = change.priority
-        if change.contract_mode is not None:
-            values["contract_mode"] = change.contract_mode.value
-        if change.ends_at is not UNSET:
-            ends_at = change.ends_at
-            if ends_at is not None and ends_at <= ent.starts_at:
-                raise CatalogError("ends_at must be after starts_at")
-            values["ends_at"], values["grace_until"] = (
-                extend_term(ent.ends_at, ent.grace_until, ends_at)
-                if ent.ends_at is not None
-                else (ends_at, None)
-            )
-            if ent.billing_type == BillingType.PRE_PAID.value:
-                period["period_end"] = ends_at
-        if not values:
-            raise CatalogError("nothing to change")
-        self.entitlements.update(
-            org, entitlement_id, change.row_version, values, current_period=period, now=now
-        )
+        """Change quantity, renewal quantity, priority, contract mode, auto-renew or
+        end, if the row is still at ``change.row_version``, in one transaction: the
+        recorded status is first brought up to the clock (renewals the job has not
+        recorded yet open their periods), then changed, then settled again (an end
+        moved later reopens an EXPIRED entitlement, with its audit row). A new
+        quantity applies to the current period (earlier periods keep theirs); a new
+        end moves the grace period along and ends the current PRE_PAID period
+        there. Ingest sees it at once."""
+        with self.entitlements.transaction() as s:
+            ent, feature = self.entitlements.locked(s, org, entitlement_id)
+            if ent.row_version != change.row_version:
+                raise StaleVersionError(entitlement_id, change.row_version, ent.row_version)
+            self.transitions.settle(entitlement_id, now, actor="changed", session=s)
+            ent, feature = self.entitlements.locked(s, org, entitlement_id)
+            values, period = _changed_values(ent, change)
+            self.entitlements.update(
+                org, entitlement_id, ent.row_version, values,
+                current_period=period, now=now, session=s,
+            )  # fmt: skip
+            self.transitions.settle(entitlement_id, now, actor="changed", session=s)
         self.resolution.refresh([(org, ent.customer_id, feature)], now)
 
     def change_status(
@@ -383,6 +392,8 @@ class Catalog:
             actor=actor,
             now=now,
         )
+        if self.transitions.settle(entitlement_id, now, actor=actor):
+            ent = self.entitlements.get(entitlement_id)
         self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
         return ent
 
@@ -409,3 +420,62 @@ class Catalog:
             )
         )
         self.resolution.refresh([(org, customer, feature)], now)
+
+
+def _changed_values(
+    ent: Entitlement, change: EntitlementChange
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(entitlement columns, current period columns) a change sets."""
+    values: dict[str, Any] = {}
+    period: dict[str, Any] = {}
+    if change.quantity is not UNSET:
+        if change.quantity is not None and change.quantity < 0:
+            raise CatalogError("quantity must not be negative")
+        values["quantity"] = period["quantity"] = change.quantity
+    if change.renewal_quantity is not UNSET:
+        values["renewal_quantity"] = change.renewal_quantity
+    if change.priority is not None:
+        values["priority"] = change.priority
+    if change.contract_mode is not None:
+        values["contract_mode"] = change.contract_mode.value
+    if change.auto_renew is not None:
+        values.update(_auto_renew_values(ent, change.auto_renew))
+    if change.ends_at is not UNSET:
+        values.update(_end_values(ent, change.ends_at, values.get("auto_renew", ent.auto_renew)))
+        if ent.billing_type == BillingType.PRE_PAID.value:
+            period["period_end"] = change.ends_at
+    if not values:
+        raise CatalogError("nothing to change")
+    return values, period
+
+
+def _auto_renew_values(ent: Entitlement, auto_renew: bool) -> dict[str, Any]:
+    """Turning auto-renew off ends the entitlement with its current term (the
+    recorded end, once settled); turning it on renews by the term it had, else by
+    its first term (start to end)."""
+    if not auto_renew:
+        return {"auto_renew": False}
+    if ent.billing_type == BillingType.PAY_PER_USE.value:
+        raise CatalogError("a PAY_PER_USE entitlement counts per calendar month and cannot renew")
+    if ent.term_anchor is not None:
+        return {"auto_renew": True}
+    if ent.ends_at is None:
+        raise CatalogError("give the entitlement an end first: its term runs from start to end")
+    return {
+        "auto_renew": True,
+        **term_columns(Term.between(ent.starts_at, ent.ends_at), ent.starts_at),
+    }
+
+
+def _end_values(ent: Entitlement, ends_at: datetime | None, renewing: bool) -> dict[str, Any]:
+    if renewing and ent.contract_mode != ContractMode.TRIAL.value:
+        raise CatalogError(
+            "an auto-renewing entitlement ends with its terms on the calendar; "
+            "turn auto_renew off to end it, or change its term"
+        )
+    if ends_at is not None and ends_at <= ent.starts_at:
+        raise CatalogError("ends_at must be after starts_at")
+    if ent.ends_at is None:
+        return {"ends_at": ends_at, "grace_until": None}
+    new_end, grace_until = extend_term(ent.ends_at, ent.grace_until, ends_at)
+    return {"ends_at": new_end, "grace_until": grace_until}

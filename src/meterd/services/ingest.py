@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from meterd.domain import Outcome
-from meterd.events import InvalidEvent, UsageEvent, parse_event
+from meterd.events import InvalidEvent, UsageEvent, parse_event, time_verdict, with_time
 from meterd.services.counting import UsageCounter
 from meterd.storage.counters import ScriptCode
 from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
@@ -39,6 +39,9 @@ class IngestReport:
     reasons: list[str | None]
     dead_lettered: int = 0
     counts: Counter[str] = field(default_factory=Counter)
+    #: The outcomes decided here, before the script (invalid, and events judged by
+    #: their time); the script counts the others in the step that decides them.
+    decided_before_counting: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self.counts = Counter(o.value for o in self.outcomes)
@@ -68,18 +71,20 @@ class IngestService:
         valid: list[tuple[int, UsageEvent]] = []
         for index, payload in enumerate(payloads):
             parsed = parse_event(payload, received_at=now, org=org)
-            if isinstance(parsed, UsageEvent) and parsed.time > now + self.future_skew:
-                parsed = InvalidEvent(
-                    payload, f"time {parsed.time.isoformat()} is in the future (beyond clock skew)"
-                )
             if isinstance(parsed, InvalidEvent):
-                outcomes[index] = Outcome.INVALID
-                reasons[index] = parsed.reason
-            else:
-                valid.append((index, parsed))
+                outcomes[index], reasons[index] = Outcome.INVALID, parsed.reason
+                continue
+            verdict = time_verdict(
+                parsed, now, future_skew=self.future_skew, late_window=self.late_window
+            )
+            if verdict is not None:
+                outcomes[index], reasons[index] = verdict
+            valid.append((index, parsed))
 
-        for start in range(0, len(valid), self.chunk_size):
-            self._count(valid[start : start + self.chunk_size], outcomes, reasons, now)
+        early = list(outcomes)
+        countable = [(i, event) for i, event in valid if outcomes[i] is None]
+        for start in range(0, len(countable), self.chunk_size):
+            self._count(countable[start : start + self.chunk_size], outcomes, reasons, now)
 
         final = [o if o is not None else Outcome.INVALID for o in outcomes]
         by_index = dict(valid)
@@ -89,6 +94,7 @@ class IngestService:
             if final[i].is_dead_letter
         ]
         report = IngestReport(outcomes=final, reasons=reasons)
+        report.decided_before_counting = Counter(o.value for o in early if o is not None)
         report.dead_lettered = self.dead_letters.add(dead, now) if dead else 0
         return report
 
@@ -133,7 +139,8 @@ def _dead_letter(
     return DeadLetterRecord(
         reason=outcome.value,
         detail=reason or outcome.value,
-        payload=payload,
+        # Timed as received, so a replay judges it by when it happened.
+        payload=with_time(payload, event) if event is not None else payload,
         org_id=event.org if event else (org or _maybe_str(payload, "org")),
         source=event.source if event else None,
         event_id=event.id if event else None,

@@ -2,18 +2,24 @@
 dead-letter the rest (replayable), and report every event's fate by index.
 
 The events are published under the API key's org; an event naming another org
-is invalid. Publishing is handed in (``publish``), so this service knows
-nothing of Celery: the API wires meterd's Celery app.
+is invalid. Time is settled here, at receipt: an event without ``time`` is
+stamped with the receive time before it is queued (so how long it waits in
+the queue never changes which period or entitlement counts it), and the
+worker's time rules apply at once: beyond the clock skew is ``invalid``, older
+than the late window is ``late`` (both dead-lettered and reported). Publishing
+is handed in (``publish``), so this service knows nothing of Celery: the API
+wires meterd's Celery app.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from meterd.events import InvalidEvent, parse_event
+from meterd.domain import Outcome
+from meterd.events import InvalidEvent, parse_event, time_verdict, with_time
 from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
 
 #: Valid events are published in messages of at most this many events.
@@ -26,7 +32,7 @@ Publisher = Callable[[list[dict[str, Any]]], None]
 class IntakeResult:
     index: int
     id: str | None
-    #: "queued" or "invalid".
+    #: "queued", or why not: "invalid" or "late" (dead-lettered).
     status: str
     reason: str | None = None
 
@@ -39,8 +45,12 @@ class IntakeReport:
 
 
 class EventIntake:
-    def __init__(self, dead_letters: DeadLetterStore) -> None:
+    def __init__(
+        self, dead_letters: DeadLetterStore, *, future_skew: timedelta, late_window: timedelta
+    ) -> None:
         self.dead_letters = dead_letters
+        self.future_skew = future_skew
+        self.late_window = late_window
 
     def accept(
         self, events: Sequence[Any], org: str, now: datetime, publish: Publisher
@@ -55,24 +65,33 @@ class EventIntake:
                 if reason
                 else parse_event(payload, received_at=now, org=org)
             )
+            refused: tuple[Outcome, str] | None
             if isinstance(parsed, InvalidEvent):
                 event_id = payload.get("id") if isinstance(payload, dict) else None
-                report.results.append(
-                    IntakeResult(
-                        index,
-                        event_id if isinstance(event_id, str) else None,
-                        "invalid",
-                        parsed.reason,
-                    )
+                refused = (Outcome.INVALID, parsed.reason)
+                event_id = event_id if isinstance(event_id, str) else None
+            else:
+                payload = with_time(payload, parsed)
+                refused = time_verdict(
+                    parsed, now, future_skew=self.future_skew, late_window=self.late_window
                 )
+                event_id = parsed.id
+            if refused is not None:
+                outcome, why = refused
+                report.results.append(IntakeResult(index, event_id, outcome.value, why))
                 dead.append(
                     DeadLetterRecord(
-                        reason="invalid", detail=parsed.reason, payload=payload, org_id=org
+                        reason=outcome.value,
+                        detail=why,
+                        payload=payload,
+                        org_id=org,
+                        source=None if isinstance(parsed, InvalidEvent) else parsed.source,
+                        event_id=event_id if not isinstance(parsed, InvalidEvent) else None,
                     )
                 )
                 continue
             queued.append({**payload, "org": org})
-            report.results.append(IntakeResult(index, parsed.id, "queued"))
+            report.results.append(IntakeResult(index, event_id, "queued"))
         for start in range(0, len(queued), EVENTS_PER_MESSAGE):
             publish(queued[start : start + EVENTS_PER_MESSAGE])
         if dead:

@@ -1,18 +1,19 @@
-"""Lifecycle: apply the clock's status transitions in bounded batches, with an audit trail.
+"""Lifecycle: record the clock's status transitions in bounded batches, with an audit trail.
+
+What an entitlement may be used for at an instant never waits for this job:
+``meterd.lifecycle.status_at`` and ``period_at`` derive it from the calendar,
+and ingest, reserve and every read use them. The job *records* what fell due
+(activation, grace, expiry, renewals, PAY_PER_USE months): the audit rows,
+their notifications, the stored status the lists filter on, and the period
+rows renewals open (ingest opens the same rows itself when usage arrives
+first; both insert-or-ignore).
 
 Safe to run twice at once (two beats, two workers): every entitlement moves by
 compare-and-set, so a transition is applied and recorded once. A run that
 follows a long outage catches up: every transition that fell due is applied
-in order (see ``meterd.lifecycle``), renewals included: each opens its own
-usage period, so usage still pending in Redis for the closed period lands
-there when it is flushed.
-
-Ingest decides eligibility by the event time against the entitlement's window
-(starts_at, ends_at, grace_until), which the resolution data in Redis already
-holds; so activation, grace and expiry change nothing ingest reads, and they
-are right in Redis the instant they fall due, before this job runs. A renewal
-does change it (a new period, a new end): after the commit, the resolution data
-of every renewed customer is replaced, so ingest sees the new term at once.
+in order, each stamped with the instant it fell due. Nothing it does changes
+what ingest reads (the resolution data holds the term and computes renewals),
+so it refreshes no cache.
 """
 
 from __future__ import annotations
@@ -21,8 +22,11 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from meterd.services.resolution import ResolutionCache
-from meterd.storage.transitions import TransitionStore
+from meterd.storage.transitions import Chain, TransitionStore
+
+#: A dry run looks at this many due entitlements at most (nothing is applied, so
+#: batches cannot move on: the same rows would be found again).
+DRY_RUN_LIMIT = 10_000
 
 
 @dataclass(slots=True)
@@ -34,43 +38,56 @@ class LifecycleReport:
     #: Entitlements found due, including those whose chain turned out empty.
     seen: int = 0
     by_target: dict[str, int] = field(default_factory=dict)
+    #: What was applied (or, on a dry run, would be), in order.
+    applied: list[Chain] = field(default_factory=list)
+    dry_run: bool = False
+
+    def add(self, other: LifecycleReport) -> None:
+        self.transitions += other.transitions
+        self.entitlements += other.entitlements
+        self.lost_races += other.lost_races
+        self.seen += other.seen
+        self.applied += other.applied
+        for target, n in other.by_target.items():
+            self.by_target[target] = self.by_target.get(target, 0) + n
 
 
 class LifecycleService:
-    def __init__(self, transitions: TransitionStore, resolution: ResolutionCache) -> None:
+    def __init__(self, transitions: TransitionStore) -> None:
         self.transitions = transitions
-        self.resolution = resolution
 
     def advance(
-        self, now: datetime, *, batch_size: int = 1000, job_run_id: str | None = None
+        self,
+        now: datetime,
+        *,
+        batch_size: int = 1000,
+        job_run_id: str | None = None,
+        dry_run: bool = False,
     ) -> LifecycleReport:
-        """Apply what is due, at most ``batch_size`` entitlements (call again for more)."""
-        report = LifecycleReport(job_run_id=job_run_id or uuid.uuid4().hex)
-        batch = self.transitions.advance_due(now, batch_size, report.job_run_id)
+        """Apply what is due, at most ``batch_size`` entitlements (call again for more);
+        ``dry_run``: find and compute it all, apply nothing."""
+        report = LifecycleReport(job_run_id=job_run_id or uuid.uuid4().hex, dry_run=dry_run)
+        batch = self.transitions.advance_due(now, batch_size, report.job_run_id, dry_run=dry_run)
         report.lost_races = batch.lost_races
         report.seen = batch.seen
-        renewed: set[tuple[str, str, str]] = set()
-        for due, chain in batch.applied:
+        report.applied = batch.applied
+        for _, chain in batch.applied:
             report.entitlements += 1
             report.transitions += len(chain)
             target = chain[-1].to_status.value
             report.by_target[target] = report.by_target.get(target, 0) + 1
-            if any(step.renewal_end is not None for step in chain):
-                renewed.add((due.org_id, due.customer_id, due.feature))
-        if renewed:
-            self.resolution.refresh(renewed, now)
         return report
 
-    def advance_all(self, now: datetime, *, batch_size: int = 1000) -> LifecycleReport:
-        """Advance batch after batch until nothing is due (one job run id for all)."""
+    def advance_all(
+        self, now: datetime, *, batch_size: int = 1000, dry_run: bool = False
+    ) -> LifecycleReport:
+        """Advance batch after batch until nothing is due (one job run id for all).
+        A dry run looks at one batch of up to ``DRY_RUN_LIMIT``."""
+        if dry_run:
+            return self.advance(now, batch_size=DRY_RUN_LIMIT, dry_run=True)
         total = LifecycleReport(job_run_id=uuid.uuid4().hex)
         while True:
             report = self.advance(now, batch_size=batch_size, job_run_id=total.job_run_id)
-            total.transitions += report.transitions
-            total.entitlements += report.entitlements
-            total.lost_races += report.lost_races
-            total.seen += report.seen
-            for target, n in report.by_target.items():
-                total.by_target[target] = total.by_target.get(target, 0) + n
+            total.add(report)
             if report.seen == 0 or report.entitlements + report.lost_races == 0:
                 return total

@@ -15,9 +15,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
+from typing import Any
 
+from meterd.events import UsageEvent, parse_event, with_time
 from meterd.services.ingest import IngestService
 from meterd.storage.dead_letters import DeadLetterStore
+from meterd.storage.models import DeadLetter
 
 
 @dataclass(slots=True)
@@ -53,9 +56,7 @@ class DeadLetterReplay:
             sorted(letters, key=lambda dl: dl.org_id or ""), key=lambda dl: dl.org_id
         ):
             batch = list(group)
-            result = self.ingest.ingest(
-                [json.loads(dl.payload) for dl in batch], now=now, org=org_id
-            )
+            result = self.ingest.ingest([_timed(dl) for dl in batch], now=now, org=org_id)
             for letter, outcome in zip(batch, result.outcomes, strict=True):
                 report.outcomes[outcome.value] += 1
                 if outcome.value == letter.reason:
@@ -64,3 +65,12 @@ class DeadLetterReplay:
                     settled[letter.id] = outcome.value
         self.dead_letters.mark_replayed(settled, now)
         return report
+
+
+def _timed(letter: DeadLetter) -> Any:
+    """The letter's event, timed when it was received if it carried no time (letters
+    stored before ingest stamped them): a replay never re-times an event. A payload
+    that is no valid event is replayed as it was."""
+    payload = json.loads(letter.payload)
+    parsed = parse_event(payload, received_at=letter.received_at, org=letter.org_id)
+    return with_time(payload, parsed) if isinstance(parsed, UsageEvent) else payload

@@ -4,10 +4,14 @@ A reservation is counted by the same Lua script as usage events, in strict
 mode: it takes room from the customer's entitlements in burn-down order and is
 refused whole if that room does not cover it, so a PRE_PAID entitlement is
 never taken over its quantity, however many callers race (Redis runs the script
-atomically). The idempotency key is the event id under the source
-``meterd.reserve``: a retried call with the same key is answered from the
-dedupe marker and consumes nothing more. A refused call leaves no marker, so a
-retry is judged afresh.
+atomically).
+
+The idempotency key is scoped to (org, customer, feature): the same key for
+another customer or feature is another reservation. A retried call with the
+same key and the same quantity (and target) is answered from the marker and
+consumes nothing more (``already_granted``); the same key with another
+quantity or target is a conflict (409), never a grant. A refused call leaves
+no marker, so a retry is judged afresh.
 """
 
 from __future__ import annotations
@@ -18,12 +22,23 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
+from meterd.errors import ConflictError
 from meterd.events import UsageEvent
 from meterd.quantity import parse_quantity, to_micros
 from meterd.services.counting import UsageCounter
 from meterd.storage.counters import ScriptCode
 
 RESERVE_SOURCE = "meterd.reserve"
+
+
+class ReservationConflictError(ConflictError):
+    """The idempotency key was granted before for another quantity or entitlement."""
+
+
+def marker_id(customer_id: str, feature: str, idempotency_key: str) -> str:
+    """The dedupe id of a reservation: the key within its customer and feature (the
+    customer id is length-prefixed, feature keys have no colon: no two collide)."""
+    return f"{len(customer_id)}:{customer_id}:{feature}:{idempotency_key}"
 
 
 class ReserveOutcome(StrEnum):
@@ -71,10 +86,16 @@ class ReserveService:
             customer=request.customer_id,
             feature=request.feature,
             source=RESERVE_SOURCE,
-            id=request.idempotency_key,
+            id=marker_id(request.customer_id, request.feature, request.idempotency_key),
             time=now,
             quantity_micros=to_micros(quantity),
             entitlement_id=request.entitlement_id,
         )
         (code,) = self.counting.count([event], now, strict=True)
+        if code is ScriptCode.CONFLICT:
+            raise ReservationConflictError(
+                f"idempotency key {request.idempotency_key!r} was granted for another "
+                f"quantity or entitlement of {request.customer_id!r} / {request.feature!r}; "
+                "a retry must ask exactly the same, a new reservation needs a new key"
+            )
         return OUTCOMES[code]

@@ -38,6 +38,8 @@ class ScriptCode(StrEnum):
     MISSING_RESOLUTION = "m"
     #: Strict (a reservation) only: the room left does not cover it; nothing counted.
     NO_ROOM = "x"
+    #: Strict only: the idempotency key was granted for other parameters.
+    CONFLICT = "c"
 
 
 _BY_CHARACTER = {code.value: code for code in ScriptCode}
@@ -106,7 +108,7 @@ class CounterStore:
         """
         if not events:
             return []
-        keys: list[str] = [self.keys.pending, self.keys.pending_since]
+        keys: list[str] = [self.keys.pending, self.keys.pending_since, self.keys.stats("events")]
         args: list[str | int] = [
             epoch_micros(now),
             self._late_window_us,

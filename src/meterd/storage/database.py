@@ -6,7 +6,8 @@ factory and opens its own short transaction per method.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,17 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+@contextmanager
+def within(sessions: sessionmaker[Session], session: Session | None) -> Iterator[Session]:
+    """The caller's session, whose transaction the caller owns; else a new
+    transaction, committed when the block ends."""
+    if session is not None:
+        yield session
+        return
+    with sessions.begin() as s:
+        yield s
 
 
 def insert_ignoring_duplicates(

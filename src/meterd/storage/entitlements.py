@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.errors import NotFoundError, StaleVersionError
 from meterd.lifecycle import extend_term
+from meterd.storage.database import within
 from meterd.storage.models import Entitlement, Feature, Organisation, UsagePeriod
 
 
@@ -92,6 +93,27 @@ class EntitlementStore:
             raise NotFoundError("entitlement", entitlement_id)
         return row[0], row[1], row[2]
 
+    def transaction(self) -> Any:
+        """A transaction for several writes to be atomic: hand its session to the
+        methods that take one (``update``, ``locked``, ``TransitionStore.settle``)."""
+        return self.sessions.begin()
+
+    def locked(self, s: Session, org: str, entitlement_id: uuid.UUID) -> tuple[Entitlement, str]:
+        """The entitlement of ``org`` and its feature key, locked until ``s`` ends
+        (PostgreSQL; SQLite has one writer at a time)."""
+        stmt = (
+            select(Entitlement, Feature.key)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(Entitlement.id == entitlement_id, Entitlement.org_id == org)
+            .execution_options(populate_existing=True)
+        )
+        if s.get_bind().dialect.name == "postgresql":
+            stmt = stmt.with_for_update(of=Entitlement)
+        found = s.execute(stmt).one_or_none()
+        if found is None:
+            raise NotFoundError("entitlement", entitlement_id)
+        return found[0], found[1]
+
     def update(
         self,
         org: str,
@@ -101,10 +123,11 @@ class EntitlementStore:
         *,
         current_period: dict[str, Any],
         now: datetime,
+        session: Session | None = None,
     ) -> None:
         """Change an entitlement if it is still at ``expected_version`` (else
         ``StaleVersionError``), and the period containing ``now`` with it."""
-        with self.sessions.begin() as s:
+        with within(self.sessions, session) as s:
             result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                 update(Entitlement)
                 .where(

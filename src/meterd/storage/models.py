@@ -115,6 +115,13 @@ class Feature(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
+#: Renewing entitlements recorded EXPIRED or GRACE: the lifecycle job settles them.
+LAPSED_RENEWING_SQL = (
+    "status IN ('EXPIRED', 'GRACE') AND auto_renew AND contract_mode <> 'TRIAL' "
+    "AND term_anchor IS NOT NULL AND billing_type = 'PRE_PAID'"
+)
+
+
 class Entitlement(Base):
     __tablename__ = "entitlements"
     __table_args__ = (
@@ -130,6 +137,13 @@ class Entitlement(Base):
             "next_period_at",
             postgresql_where=text("next_period_at IS NOT NULL"),
             sqlite_where=text("next_period_at IS NOT NULL"),
+        ),
+        # Only renewing rows recorded as lapsed are in it (none, once the job ran).
+        Index(
+            "ix_entitlements_lapsed_renewing",
+            "status",
+            postgresql_where=text(LAPSED_RENEWING_SQL),
+            sqlite_where=text(LAPSED_RENEWING_SQL),
         ),
     )
 
@@ -160,6 +174,14 @@ class Entitlement(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     #: PAY_PER_USE: the start of the next calendar month to open (None: nothing to open).
     next_period_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: The term an auto-renewing entitlement renews by (``meterd.terms.Term``): calendar
+    #: months, or an exact duration in microseconds (one of the two; None: no term).
+    term_months: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    term_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    #: Term k starts at ``term_anchor + k * term`` (the original start).
+    term_anchor: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: When an operator terminated it: usage timed before still counts.
+    terminated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
 

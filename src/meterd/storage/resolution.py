@@ -4,62 +4,130 @@ The JSON written to ``P:res:{tag}:<feature>`` is a list of the customer's
 entitlements for that feature, already in burn-down order (lowest priority,
 then soonest end, then oldest), each as::
 
-    {"i": id hex, "s": starts (epoch us), "u": usable until (epoch us, -1 = open),
-     "e": ends_at (epoch us, -1 = open; before "u" when a grace period follows),
-     "t": "A" usable or "S" suspended, "b": "P" pre-paid or "U" pay-per-use,
-     "q": quantity (micro-units, -1 = unlimited),
-     "p": [[start, end (-1 = open), limit (-1 = unlimited), field], ...]}
+    {"i": id hex, "s": starts (epoch us),
+     "u": usable until (epoch us, -1 = open): the end of grace, else of the
+          term; a renewing entitlement has none; a termination cuts it,
+     "e": ends_at (epoch us, -1 = open), "g": grace_until (-1 = none),
+     "b": "P" pre-paid or "U" pay-per-use, "q": quantity (micro-units, -1 = unlimited),
+     "p": [[start, end (-1 = open), limit (-1 = unlimited), field], ...] stored periods,
+     "r": ["m", months, anchor, limit] or ["d", duration us, anchor, limit]
+          (renewing only: term k starts at anchor + k terms; limit of renewed periods),
+     "x": [[from, to (-1 = still)], ...] suspensions,
+     "z": terminated at (epoch us, -1 = not terminated)}
 
-Terminated entitlements are left out: usage for them is ``no_entitlement``.
+``decode_resolution`` reads it back into the same ``EntitlementView`` the
+database gives, so the live read judges state and period with the very
+functions the rest of meterd uses (``meterd.lifecycle``).
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
-from meterd.domain import BillingType, EntitlementView, Status
-from meterd.quantity import to_micros
+from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status
+from meterd.quantity import from_micros, to_micros
 from meterd.redis_keys import period_field
-from meterd.timeutil import epoch_micros
+from meterd.terms import Term
+from meterd.timeutil import epoch_micros, from_epoch_micros
 
 _FAR_FUTURE = 2**62
 
 
 def burn_down_order(view: EntitlementView) -> tuple[int, int, int]:
-    ends = epoch_micros(view.ends_at) if view.ends_at else _FAR_FUTURE
+    ends = epoch_micros(view.ends_at) if view.ends_at and view.renewal is None else _FAR_FUTURE
     return (view.priority, ends, view.number)
 
 
-def _micros_or_open(moment: datetime | None) -> int:
+def _us(moment: datetime | None) -> int:
     return epoch_micros(moment) if moment is not None else -1
 
 
+def _limit(quantity: Any) -> int:
+    return to_micros(quantity) if quantity is not None else -1
+
+
+def _renewal(renewal: Renewal) -> list[Any]:
+    term = renewal.term
+    if term.months:
+        return ["m", term.months, epoch_micros(renewal.anchor), _limit(renewal.quantity)]
+    length = term.length // timedelta(microseconds=1)
+    return ["d", length, epoch_micros(renewal.anchor), _limit(renewal.quantity)]
+
+
+def encode_view(view: EntitlementView) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "i": view.id.hex,
+        "s": epoch_micros(view.starts_at),
+        "u": _us(view.usable_until),
+        "e": _us(view.ends_at),
+        "g": _us(view.grace_until),
+        "b": "U" if view.billing_type is BillingType.PAY_PER_USE else "P",
+        "q": _limit(view.quantity),
+        "p": [
+            [epoch_micros(p.start), _us(p.end), _limit(p.quantity), period_field(view.id, p.start)]
+            for p in sorted(view.periods, key=lambda p: p.start)
+        ],
+        "z": _us(view.terminated_at),
+    }
+    if view.renewal is not None:
+        entry["r"] = _renewal(view.renewal)
+    if view.suspensions:
+        entry["x"] = [[epoch_micros(start), _us(end)] for start, end in view.suspensions]
+    return entry
+
+
 def encode_resolution(views: Iterable[EntitlementView]) -> str:
-    entries = []
-    for view in sorted(views, key=burn_down_order):
-        if view.status is Status.TERMINATED:
-            continue
-        quantity = to_micros(view.quantity) if view.quantity is not None else -1
-        entries.append(
-            {
-                "i": view.id.hex,
-                "s": epoch_micros(view.starts_at),
-                "u": _micros_or_open(view.usable_until),
-                "e": _micros_or_open(view.ends_at),
-                "t": "S" if view.status is Status.SUSPENDED else "A",
-                "b": "U" if view.billing_type is BillingType.PAY_PER_USE else "P",
-                "q": quantity,
-                "p": [
-                    [
-                        epoch_micros(p.start),
-                        _micros_or_open(p.end),
-                        to_micros(p.quantity) if p.quantity is not None else -1,
-                        period_field(view.id, p.start),
-                    ]
-                    for p in sorted(view.periods, key=lambda p: p.start)
-                ],
-            }
-        )
-    return json.dumps(entries, separators=(",", ":"))
+    return json.dumps(
+        [encode_view(view) for view in sorted(views, key=burn_down_order)],
+        separators=(",", ":"),
+    )
+
+
+def _moment(us: int) -> datetime | None:
+    return None if us < 0 else from_epoch_micros(us)
+
+
+def _quantity(micros: int) -> Any:
+    return None if micros < 0 else from_micros(micros)
+
+
+def _decoded_renewal(raw: list[Any] | None) -> Renewal | None:
+    if raw is None:
+        return None
+    kind, value, anchor, limit = raw
+    term = Term(months=value) if kind == "m" else Term(length=timedelta(microseconds=value))
+    return Renewal(from_epoch_micros(anchor), term, _quantity(limit))
+
+
+def decode_view(entry: dict[str, Any]) -> EntitlementView:
+    """An EntitlementView of one entry (burn-down order is the list's order, so
+    ``number`` and ``priority`` come back as 0; ``status`` is only a placeholder:
+    judge the state with ``lifecycle.status_at``)."""
+    return EntitlementView(
+        id=uuid.UUID(hex=entry["i"]),
+        number=0,
+        priority=0,
+        status=Status.ACTIVE,
+        billing_type=BillingType.PAY_PER_USE if entry["b"] == "U" else BillingType.PRE_PAID,
+        quantity=_quantity(entry["q"]),
+        starts_at=from_epoch_micros(entry["s"]),
+        ends_at=_moment(entry["e"]),
+        grace_until=_moment(entry["g"]),
+        periods=tuple(
+            Period(from_epoch_micros(start), _moment(end), _quantity(limit))
+            for start, end, limit, _ in entry["p"]
+        ),
+        renewal=_decoded_renewal(entry.get("r")),
+        suspensions=tuple(
+            (from_epoch_micros(start), _moment(end)) for start, end in entry.get("x", ())
+        ),
+        terminated_at=_moment(entry.get("z", -1)),
+    )
+
+
+def decode_resolution(raw: str) -> list[EntitlementView]:
+    return [decode_view(entry) for entry in json.loads(raw)]

@@ -1,21 +1,30 @@
 """Resolution views: what ingest needs to know of a customer's entitlements for a
 feature, read from the database (``storage/resolution.py`` encodes them for Redis).
+
+A view carries everything the state at an instant depends on
+(``meterd.lifecycle.status_at``): dates, term and renewal, and the operator's
+suspensions and termination from the audit trail. Periods that ended before
+the late window are left out (late events older than it are refused anyway),
+but the last one is always kept: grace counts on it, and a renewing
+entitlement's next term starts where it ends.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.domain import BillingType, EntitlementView, Period, Status
+from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status, Suspension
+from meterd.lifecycle import renews
 from meterd.quantity import to_micros
 from meterd.redis_keys import period_field
-from meterd.storage.models import Entitlement, Feature, UsagePeriod
+from meterd.storage.models import Entitlement, EntitlementTransition, Feature, UsagePeriod
+from meterd.terms import Term
 
 CustomerFeature = tuple[str, str, str]  # (org, customer, feature key)
 #: The views of a customer and feature, and the flushed micro-units of their periods.
@@ -38,11 +47,13 @@ class ResolutionViewStore:
             return result
         with self.sessions() as s:
             rows = _candidates(s, wanted, usable_after)
-            periods = _periods_of(s, [ent.id for ent, _ in rows])
+            ids = [ent.id for ent, _ in rows]
+            periods = _periods_of(s, ids)
+            suspensions = suspensions_of(s, ids)
         for ent, feature_key in rows:
-            own = periods.get(ent.id, [])
+            own = _recent(periods.get(ent.id, []), usable_after)
             views, flushed = result[(ent.org_id, ent.customer_id, feature_key)]
-            views.append(entitlement_view(ent, own))
+            views.append(entitlement_view(ent, own, suspensions.get(ent.id, ())))
             for period in own:
                 if period.consumed:
                     flushed[period_field(ent.id, period.period_start)] = to_micros(period.consumed)
@@ -58,6 +69,13 @@ def _candidates(
     usable = or_(
         func.coalesce(Entitlement.grace_until, Entitlement.ends_at).is_(None),
         func.coalesce(Entitlement.grace_until, Entitlement.ends_at) > usable_after,
+        # A renewing entitlement never ends (its stored end may lag the calendar).
+        and_(Entitlement.auto_renew.is_(True), Entitlement.term_anchor.is_not(None)),
+    )
+    # Usage timed before a termination still counts, within the late window.
+    not_gone = or_(
+        Entitlement.status != Status.TERMINATED.value,
+        Entitlement.terminated_at > usable_after,
     )
     asked = set(wanted)
     rows = []
@@ -72,7 +90,7 @@ def _candidates(
                 Entitlement.org_id == org,
                 Entitlement.customer_id.in_({k[1] for k in keys_of_org}),
                 Feature.key.in_({k[2] for k in keys_of_org}),
-                Entitlement.status != Status.TERMINATED.value,
+                not_gone,
                 usable,
             )
         ).all()
@@ -80,6 +98,46 @@ def _candidates(
             (row, row.key) for row in candidates if (row.org_id, row.customer_id, row.key) in asked
         ]
     return rows
+
+
+def _recent(periods: list[Any], usable_after: datetime) -> list[Any]:
+    """The periods usage at or after ``usable_after`` can land in, and the last one."""
+    if not periods:
+        return periods
+    last = max(periods, key=lambda p: p.period_start)
+    return [p for p in periods if p is last or p.period_end is None or p.period_end > usable_after]
+
+
+def suspensions_of(s: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[Suspension, ...]]:
+    """Each entitlement's suspensions, from the audit trail: a step to SUSPENDED opens
+    one, the step out of it closes it (an open one: still suspended)."""
+    found: dict[uuid.UUID, list[Suspension]] = {}
+    if not ids:
+        return {}
+    suspended = Status.SUSPENDED.value
+    steps = s.execute(
+        select(
+            EntitlementTransition.entitlement_id,
+            EntitlementTransition.from_status,
+            EntitlementTransition.to_status,
+            EntitlementTransition.at,
+        )
+        .where(
+            EntitlementTransition.entitlement_id.in_(ids),
+            or_(
+                EntitlementTransition.to_status == suspended,
+                EntitlementTransition.from_status == suspended,
+            ),
+        )
+        .order_by(EntitlementTransition.entitlement_id, EntitlementTransition.at)
+    )
+    for ent_id, _, to_status, at in steps:
+        own = found.setdefault(ent_id, [])
+        if to_status == suspended:
+            own.append((at, None))
+        elif own and own[-1][1] is None:
+            own[-1] = (own[-1][0], at)
+    return {ent_id: tuple(spans) for ent_id, spans in found.items()}
 
 
 def _periods_of(s: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
@@ -104,6 +162,13 @@ _VIEW_COLUMNS = (
     Entitlement.starts_at,
     Entitlement.ends_at,
     Entitlement.grace_until,
+    Entitlement.auto_renew,
+    Entitlement.contract_mode,
+    Entitlement.renewal_quantity,
+    Entitlement.term_months,
+    Entitlement.term_micros,
+    Entitlement.term_anchor,
+    Entitlement.terminated_at,
 )
 _PERIOD_COLUMNS = (
     UsagePeriod.entitlement_id,
@@ -114,10 +179,29 @@ _PERIOD_COLUMNS = (
 )
 
 
-def entitlement_view(ent: Any, periods: Sequence[Any]) -> EntitlementView:
+def renewal_of(ent: Any) -> Renewal | None:
+    """How an entitlement (an ORM row, or a row with the term columns) renews, or None
+    if it does not: not auto-renewing, a trial, pay-per-use, or without a term."""
+    if not renews(ent.auto_renew, ent.contract_mode) or ent.term_anchor is None:
+        return None
+    if ent.billing_type == BillingType.PAY_PER_USE.value:
+        return None
+    if ent.term_months:
+        term = Term(months=ent.term_months)
+    elif ent.term_micros:
+        term = Term(length=timedelta(microseconds=ent.term_micros))
+    else:
+        return None
+    quantity = ent.renewal_quantity if ent.renewal_quantity is not None else ent.quantity
+    return Renewal(ent.term_anchor, term, quantity)
+
+
+def entitlement_view(
+    ent: Any, periods: Sequence[Any], suspensions: tuple[Suspension, ...] = ()
+) -> EntitlementView:
     """An EntitlementView from an entitlement (an ORM row, or a row of
-    ``_VIEW_COLUMNS``) and its usage periods (rows with period_start, period_end,
-    quantity)."""
+    ``_VIEW_COLUMNS``), its usage periods (rows with period_start, period_end,
+    quantity) and its suspensions (``suspensions_of``)."""
     return EntitlementView(
         id=ent.id,
         number=ent.number,
@@ -129,4 +213,7 @@ def entitlement_view(ent: Any, periods: Sequence[Any]) -> EntitlementView:
         ends_at=ent.ends_at,
         grace_until=ent.grace_until,
         periods=tuple(Period(p.period_start, p.period_end, p.quantity) for p in periods),
+        renewal=renewal_of(ent),
+        suspensions=suspensions,
+        terminated_at=ent.terminated_at,
     )

@@ -44,6 +44,10 @@ class StatsStore:
         self.keys = keys
 
     def record_ingest(self, outcomes: Mapping[str, int], size: int, seconds: float) -> None:
+        """Record a batch: the outcomes decided before counting (invalid events, and
+        events judged by their time) and its timings. The outcomes of counted events
+        are added by ``ingest.lua`` in the step that decides them, so the numbers
+        agree with the counts even when a worker dies right after."""
         pipe = self.client.pipeline(transaction=False)
         events = self.keys.stats("events")
         for outcome, n in outcomes.items():

@@ -11,13 +11,14 @@ time) each row moves by compare-and-set on (status, row_version).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, bindparam, func, select, text, update
+from sqlalchemy import CursorResult, and_, bindparam, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import Status
@@ -28,7 +29,6 @@ from meterd.lifecycle import (
     due_transitions,
     extend_term,
     next_period_after,
-    renews,
 )
 from meterd.notifications import (
     NewNotification,
@@ -37,7 +37,7 @@ from meterd.notifications import (
     transition_notification_id,
     transition_type,
 )
-from meterd.storage.database import bulk_insert, insert_ignoring_duplicates
+from meterd.storage.database import bulk_insert, insert_ignoring_duplicates, within
 from meterd.storage.models import (
     Entitlement,
     EntitlementTransition,
@@ -46,6 +46,7 @@ from meterd.storage.models import (
     UtcDateTime,
 )
 from meterd.storage.notifications import insert_notifications
+from meterd.storage.resolution_views import renewal_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +67,10 @@ class DueEntitlement:
     contract_mode: str
     quantity: Decimal | None
     renewal_quantity: Decimal | None
+    billing_type: str
+    term_months: int | None
+    term_micros: int | None
+    term_anchor: datetime | None
 
 
 Chain = tuple[DueEntitlement, list[Transition]]
@@ -86,20 +91,37 @@ class TransitionStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
 
-    def advance_due(self, now: datetime, limit: int, job_run_id: str) -> LifecycleBatch:
+    @contextmanager
+    def _transaction(self, *, dry_run: bool) -> Iterator[Session]:
+        """One transaction, committed, or rolled back whole on a dry run."""
+        with self.sessions() as s:
+            s.begin()
+            try:
+                yield s
+            except BaseException:
+                s.rollback()
+                raise
+            if dry_run:
+                s.rollback()
+            else:
+                s.commit()
+
+    def advance_due(
+        self, now: datetime, limit: int, job_run_id: str, *, dry_run: bool = False
+    ) -> LifecycleBatch:
         """Claim up to ``limit`` entitlements with a clock transition due, move each
         along its chain (``meterd.lifecycle.due_transitions``) and record every step,
-        all in one transaction.
+        all in one transaction (rolled back on a ``dry_run``: what it would do).
 
-        Finding the work takes four index range scans (status + the instant that
+        Finding the work takes a few index range scans (status + the instant that
         falls due), so it follows what is due, not the table size. Each renewal and
         each PAY_PER_USE month opens its usage period; earlier periods keep their
         usage and late events.
         """
-        with self.sessions.begin() as s:
+        with self._transaction(dry_run=dry_run) as s:
             locking = s.get_bind().dialect.name == "postgresql"
             due = _claim_due(s, now, limit, lock=locking)
-            wanted = _chains(s, due, now)
+            wanted = _chains(due, now)
             if locking:
                 _move_claimed(s, wanted, now)
                 moved = wanted
@@ -107,6 +129,36 @@ class TransitionStore:
                 moved = [(d, c) for d, c in wanted if _move_one(s, d, c, now)]
             _record(s, moved, job_run_id, now)
         return LifecycleBatch(applied=moved, lost_races=len(wanted) - len(moved), seen=len(due))
+
+    def settle(
+        self,
+        entitlement_id: uuid.UUID,
+        now: datetime,
+        actor: str,
+        *,
+        session: Session | None = None,
+    ) -> list[Transition]:
+        """Bring one entitlement's recorded status up to the clock now (after it was
+        created or changed): every step that fell due, stamped when it fell due,
+        with its audit row and the periods renewals open. Returns the steps.
+        ``session``: do it in the caller's transaction."""
+        with within(self.sessions, session) as s:
+            stmt = (
+                select(*_DUE_COLUMNS)
+                .join(Feature, Feature.id == Entitlement.feature_id)
+                .where(Entitlement.id == entitlement_id)
+            )
+            if s.get_bind().dialect.name == "postgresql":
+                stmt = stmt.with_for_update(of=Entitlement)
+            row = s.execute(stmt).one_or_none()
+            if row is None:
+                raise NotFoundError("entitlement", entitlement_id)
+            moved = [
+                (d, c) for d, c in _chains([DueEntitlement(**row._mapping)], now)
+                if _move_one(s, d, c, now)
+            ]  # fmt: skip
+            _record(s, moved, actor, now)
+        return moved[0][1] if moved else []
 
     def apply_operator_step(
         self,
@@ -141,6 +193,7 @@ class TransitionStore:
                     next_period_at=None
                     if step.to_status is Status.TERMINATED
                     else ent.next_period_at,
+                    terminated_at=now if step.to_status is Status.TERMINATED else ent.terminated_at,
                 )
                 .execution_options(synchronize_session=False)
             )
@@ -182,14 +235,21 @@ def _claim_due(s: Session, now: datetime, limit: int, *, lock: bool) -> list[Due
     """Up to ``limit`` entitlements with a step due, one index range scan per kind of
     step; claimed with ``FOR UPDATE SKIP LOCKED`` when ``lock`` (PostgreSQL), so
     jobs running at once split the work and never wait on each other."""
+    expired, grace = Status.EXPIRED.value, Status.GRACE.value
     due_conditions = [
         and_(Entitlement.status == Status.PENDING.value, Entitlement.starts_at <= now),
         and_(Entitlement.status == Status.ACTIVE.value, Entitlement.ends_at <= now),
-        and_(Entitlement.status == Status.GRACE.value, Entitlement.grace_until <= now),
+        and_(Entitlement.status == grace, Entitlement.grace_until <= now),
         and_(
             Entitlement.next_period_at <= now,
-            Entitlement.status.in_([Status.ACTIVE.value, Status.GRACE.value]),
+            Entitlement.status.in_([Status.ACTIVE.value, grace]),
         ),
+        # Reopened: the end moved later after it was recorded EXPIRED or GRACE (a
+        # change settles at once; this catches one whose settling was cut short).
+        and_(Entitlement.status.in_([expired, grace]), Entitlement.ends_at > now),
+        and_(Entitlement.status == expired, Entitlement.grace_until > now),
+        # Renewing, yet recorded as lapsed (before renewals were on the calendar).
+        LAPSED_RENEWING,
     ]
     rows: dict[uuid.UUID, DueEntitlement] = {}
     for condition in due_conditions:
@@ -208,9 +268,8 @@ def _claim_due(s: Session, now: datetime, limit: int, *, lock: bool) -> list[Due
     return list(rows.values())
 
 
-def _chains(s: Session, due: Sequence[DueEntitlement], now: datetime) -> list[Chain]:
+def _chains(due: Sequence[DueEntitlement], now: datetime) -> list[Chain]:
     """Each due entitlement with the steps that fell due (those with any)."""
-    terms = _latest_period_lengths(s, [d.id for d in due if renews(d.auto_renew, d.contract_mode)])
     chains = []
     for d in due:
         chain = due_transitions(
@@ -219,7 +278,7 @@ def _chains(s: Session, due: Sequence[DueEntitlement], now: datetime) -> list[Ch
             d.ends_at,
             d.grace_until,
             now,
-            terms.get(d.id),
+            renewal_of(d),
             d.next_period_at,
         )
         if chain:
@@ -326,34 +385,6 @@ def _move_claimed(s: Session, wanted: Sequence[Chain], now: datetime) -> None:
     s.execute(_UPDATE_CLAIMED, {**arrays, "b_now": now})
 
 
-def _latest_period_lengths(
-    s: Session, entitlement_ids: Sequence[uuid.UUID]
-) -> dict[uuid.UUID, timedelta]:
-    """Length of each entitlement's most recent period (a renewal repeats it); open
-    periods are left out. One query for the whole batch."""
-    if not entitlement_ids:
-        return {}
-    latest = (
-        select(
-            UsagePeriod.entitlement_id,
-            func.max(UsagePeriod.period_start).label("period_start"),
-        )
-        .where(UsagePeriod.entitlement_id.in_(entitlement_ids))
-        .group_by(UsagePeriod.entitlement_id)
-        .subquery()
-    )
-    stmt = select(
-        UsagePeriod.entitlement_id, UsagePeriod.period_start, UsagePeriod.period_end
-    ).join(
-        latest,
-        and_(
-            UsagePeriod.entitlement_id == latest.c.entitlement_id,
-            UsagePeriod.period_start == latest.c.period_start,
-        ),
-    )
-    return {ent_id: end - start for ent_id, start, end in s.execute(stmt) if end is not None}
-
-
 _UPDATE_CLAIMED = text(
     """
     UPDATE entitlements AS e
@@ -381,6 +412,18 @@ _DUE_COLUMNS = (
     Entitlement.contract_mode,
     Entitlement.quantity,
     Entitlement.renewal_quantity,
+    Entitlement.billing_type,
+    Entitlement.term_months,
+    Entitlement.term_micros,
+    Entitlement.term_anchor,
+)
+#: Renewing entitlements recorded EXPIRED or GRACE (a partial index holds just them).
+LAPSED_RENEWING = and_(
+    Entitlement.status.in_([Status.EXPIRED.value, Status.GRACE.value]),
+    Entitlement.auto_renew.is_(True),
+    Entitlement.contract_mode != "TRIAL",
+    Entitlement.term_anchor.is_not(None),
+    Entitlement.billing_type == "PRE_PAID",
 )
 
 

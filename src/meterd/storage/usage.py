@@ -31,6 +31,7 @@ from meterd.quantity import from_micros, to_micros
 from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.models import Entitlement, Feature, FlushBatch, UsagePeriod
 from meterd.storage.notifications import insert_notifications
+from meterd.storage.resolution_views import renewal_of
 from meterd.timeutil import from_epoch_micros, next_month_start
 
 PeriodKey = tuple[uuid.UUID, datetime]
@@ -168,6 +169,17 @@ def _crossing_payloads(s: Session, crossings: Sequence[Crossing]) -> list[NewNot
     return payloads
 
 
+def _new_period(ent: Entitlement, start: datetime) -> tuple[datetime | None, Any]:
+    """(end, quantity) of a period ingest opened at ``start``: a PAY_PER_USE month, or
+    a renewing entitlement's term on the calendar (``lifecycle.period_at``)."""
+    if ent.billing_type == BillingType.PAY_PER_USE:
+        return next_month_start(start), ent.quantity
+    renewal = renewal_of(ent)
+    if renewal is not None:
+        return renewal.term.end_after(renewal.anchor, start), renewal.quantity
+    return None, ent.quantity
+
+
 def _ensure_periods(s: Session, keys: Sequence[PeriodKey], now: datetime) -> None:
     """Create the usage period rows a batch touches that do not exist yet
     (PAY_PER_USE months open on their first usage)."""
@@ -193,7 +205,7 @@ def _ensure_periods(s: Session, keys: Sequence[PeriodKey], now: datetime) -> Non
         ent = ents.get(ent_id)
         if ent is None:
             raise NotFoundError("entitlement", ent_id)
-        end = next_month_start(start) if ent.billing_type == BillingType.PAY_PER_USE else None
+        end, quantity = _new_period(ent, start)
         rows.append(
             {
                 "id": uuid.uuid4(),
@@ -201,7 +213,7 @@ def _ensure_periods(s: Session, keys: Sequence[PeriodKey], now: datetime) -> Non
                 "entitlement_id": ent_id,
                 "period_start": start,
                 "period_end": end,
-                "quantity": ent.quantity,
+                "quantity": quantity,
                 "consumed": Decimal(0),
                 "updated_at": now,
             }
