@@ -42,12 +42,16 @@ feature_app = typer.Typer(help="Features.", no_args_is_help=True)
 entitlement_app = typer.Typer(help="Entitlements.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: events that were not counted.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (stored hashed, scoped to one org).", no_args_is_help=True)
+lifecycle_app = typer.Typer(
+    help="The lifecycle job: record what the clock made due.", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(org_app, name="org")
 app.add_typer(feature_app, name="feature")
 app.add_typer(entitlement_app, name="entitlement")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(keys_app, name="keys")
+app.add_typer(lifecycle_app, name="lifecycle")
 
 console = Console()
 
@@ -228,6 +232,47 @@ def entitlement_terminate(
 ) -> None:
     """Terminate (final): no more usage counts on it."""
     _change_status(entitlement_id, "terminate", reason, version)
+
+
+@lifecycle_app.command("run")
+def lifecycle_run(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show what is due; apply and record nothing")
+    ] = False,
+    show: Annotated[int, typer.Option(help="transitions listed at most")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run the lifecycle job now: record every transition that fell due (activation,
+    grace, expiry, renewals, months), with its audit row, as beat would."""
+    report = get_runtime().lifecycle.advance_all(utcnow(), dry_run=dry_run)
+    steps = [
+        {
+            "entitlement_id": str(due.id),
+            "customer": due.customer_id,
+            "feature": due.feature,
+            "from": step.from_status.value,
+            "to": step.to_status.value,
+            "at": step.at.isoformat(),
+            "reason": step.reason,
+        }
+        for due, chain in report.applied
+        for step in chain
+    ]
+    if as_json:
+        summary = {"dry_run": dry_run, "transitions": report.transitions, "steps": steps[:show]}
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    table = Table(title="would apply" if dry_run else "applied")
+    for column in ("entitlement_id", "customer", "feature", "from", "to", "at", "reason"):
+        table.add_column(column)
+    for row in steps[:show]:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    verb = "would record" if dry_run else "recorded"
+    console.print(
+        f"{verb} {report.transitions} transition(s) of {report.entitlements} entitlement(s)"
+        + (f"; {len(steps) - show} not listed" if len(steps) > show else "")
+    )
 
 
 @org_app.command("webhook")

@@ -166,6 +166,10 @@ class Balance:
     pending: Decimal | None
     #: The status at the instant of the read (from the clock, never waiting for a job).
     status: Status = Status.ACTIVE
+    #: The end of the current term and of its grace, at the instant of the read (a
+    #: renewing entitlement's move with each renewal, recorded or not).
+    ends_at: datetime | None = None
+    grace_until: datetime | None = None
     state: EffectiveState = EffectiveState.ACTIVE
     #: Usage at this instant would count on it (inside its window, not suspended).
     usable: bool = True

@@ -36,6 +36,7 @@ from meterd.services.api_keys import Permission, Principal
 from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
 from meterd.services.queries import ENTITLEMENT_FILTERS, ENTITLEMENT_SORT_KEYS
 from meterd.services.records import Entitlement
+from meterd.terms import Term, TermUnit
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
 router = APIRouter(prefix="/v1", tags=["entitlements"])
@@ -61,11 +62,11 @@ class EntitlementOut(BaseModel):
     period_start: str
     billing_type: BillingType
     contract_mode: ContractMode
-    status: Status
+    status: Status = Field(description="at this instant, from the calendar")
     effective_state: EffectiveState
     priority: int
     starts_at: str
-    ends_at: str | None
+    ends_at: str | None = Field(description="of the current term (a renewing one: this term)")
     grace_until: str | None
     issued_at: str
     auto_renew: bool
@@ -99,12 +100,12 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
         period_start=isoformat(balance.period_start),
         billing_type=BillingType(ent.billing_type),
         contract_mode=ContractMode(ent.contract_mode),
-        status=Status(ent.status),
+        status=balance.status,
         effective_state=balance.state,
         priority=ent.priority,
         starts_at=isoformat(ent.starts_at),
-        ends_at=isoformat_or_none(ent.ends_at),
-        grace_until=isoformat_or_none(ent.grace_until),
+        ends_at=isoformat_or_none(balance.ends_at),
+        grace_until=isoformat_or_none(balance.grace_until),
         issued_at=isoformat(ent.issued_at),
         auto_renew=ent.auto_renew,
         renewal_quantity=format_optional_quantity(ent.renewal_quantity),
@@ -180,6 +181,12 @@ class EntitlementIn(BaseModel):
     contract_mode: ContractMode = ContractMode.PRODUCTION
     priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
     auto_renew: bool = False
+    term_value: int | None = Field(
+        default=None, ge=1, le=10_000, description="with term_unit: the term it renews by"
+    )
+    term_unit: TermUnit | None = Field(
+        default=None, description="default: starts_at to ends_at (whole months if it is)"
+    )
     renewal_quantity: DecimalText | None = None
     contract_id: str | None = Field(default=None, max_length=128, pattern=PRINTABLE_PATTERN)
     plan_id: uuid.UUID | None = None
@@ -221,6 +228,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             priority=body.priority,
             grace=timedelta(days=body.grace_days) if body.grace_days else None,
             auto_renew=body.auto_renew,
+            term=_term(body.term_value, body.term_unit),
             renewal_quantity=Decimal(body.renewal_quantity)
             if body.renewal_quantity is not None
             else None,
@@ -242,6 +250,9 @@ class EntitlementPatch(BaseModel):
     ends_at: datetime | None = None
     priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
     contract_mode: ContractMode | None = None
+    auto_renew: bool | None = Field(
+        default=None, description="false: it ends with its current term; true: it renews"
+    )
 
 
 @router.patch("/entitlements/{entitlement_id}", response_model=EntitlementOut)
@@ -258,9 +269,16 @@ def change_entitlement(
         ends_at=_aware(body.ends_at, "ends_at") if "ends_at" in given else UNSET,
         priority=body.priority,
         contract_mode=body.contract_mode,
+        auto_renew=body.auto_renew,
     )
     runtime.catalog.update_entitlement(caller.org, entitlement_id, change, utcnow())
     return get_entitlement(entitlement_id, runtime, caller)
+
+
+def _term(value: int | None, unit: TermUnit | None) -> Term | None:
+    if (value is None) != (unit is None):
+        raise InvalidError("give term_value and term_unit together (or neither)")
+    return Term.of(value, unit) if value is not None and unit is not None else None
 
 
 def _decimal(value: str | None) -> Decimal | None:

@@ -157,7 +157,7 @@ class _Params:
 
 def workspace_filters(p: _Params) -> WorkspaceFilters:
     """The page's filters, typed (a bad value is a ``ParameterError``)."""
-    unit = p.integer("TermUnit", range(0, 3))
+    unit = p.integer("TermUnit", range(0, len(TermUnit)))
     policy = p.text("RenewalPolicyId")
     if policy is not None and policy not in ("auto_renew", "none"):
         raise ParameterError("RenewalPolicyId", "RenewalPolicyId must be auto_renew or none")
@@ -243,11 +243,11 @@ def _row(item: WorkspaceItem) -> dict[str, Any]:
             "EntityInstanceId": ent.customer_id,
             "DisplayName": ent.customer_id,
         },
-        "Status": STATUS_CODES[Status(ent.status)],
+        "Status": STATUS_CODES[item.balance.status],
         "EffectiveState": STATE_CODES[item.balance.state],
         "StartsAtUtc": isoformat_or_none(ent.starts_at),
-        "EndsAtUtc": isoformat_or_none(ent.ends_at),
-        "GraceUntilUtc": isoformat_or_none(ent.grace_until),
+        "EndsAtUtc": isoformat_or_none(item.balance.ends_at),
+        "GraceUntilUtc": isoformat_or_none(item.balance.grace_until),
         "IssuedAtUtc": isoformat_or_none(ent.issued_at),
         "IssuedByUserId": None,
         "ResourceCount": 1,

@@ -212,7 +212,7 @@ def _groups(
         group = groups.setdefault(ent.feature_id, _Group(features[ent.feature_id]))
         group.total_quantity += balance.quantity or Decimal(0)
         group.total_quantity_used += balance.consumed
-        group.total_expired_entitlements += ent.status == Status.EXPIRED.value
+        group.total_expired_entitlements += balance.status is Status.EXPIRED
     return list(groups.values())
 
 

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from meterd.domain import Balance, EntitlementView, Period, Status, effective_state
 from meterd.errors import UnavailableError
-from meterd.lifecycle import period_at, status_at
+from meterd.lifecycle import extend_term, period_at, status_at
 from meterd.quantity import from_micros
 from meterd.redis_keys import period_field
 from meterd.services.resolution import ResolutionCache
@@ -57,6 +57,9 @@ def balance_of(
     (``split``: flushed and pending, when read from both stores)."""
     status = status_at(view, now)
     used = from_micros(consumed)
+    ends_at, grace_until = view.ends_at, view.grace_until
+    if view.renewal is not None and period.end is not None and period.start <= now:
+        ends_at, grace_until = extend_term(view.ends_at, view.grace_until, period.end)
     return Balance(
         entitlement_id=view.id,
         period_start=period.start,
@@ -66,6 +69,8 @@ def balance_of(
         flushed=from_micros(split[0]) if split else None,
         pending=from_micros(split[1]) if split else None,
         status=status,
+        ends_at=ends_at,
+        grace_until=grace_until,
         state=effective_state(status, view.billing_type, period.quantity, used),
         usable=status in (Status.ACTIVE, Status.GRACE),
     )

@@ -369,7 +369,7 @@ class Catalog:
                 org, entitlement_id, ent.row_version, values,
                 current_period=period, now=now, session=s,
             )  # fmt: skip
-            self.transitions.settle(entitlement_id, now, actor="changed", session=s)
+            self.transitions.settle(entitlement_id, now, actor="changed", session=s, caused_at=now)
         self.resolution.refresh([(org, ent.customer_id, feature)], now)
 
     def change_status(

@@ -95,8 +95,12 @@ class EntitlementQueries:
         self, rows: Sequence[tuple[Entitlement, str]], now: datetime
     ) -> list[WithBalance]:
         """Each (entitlement, feature key) with its real-time balance, read at once."""
-        periods = self.listing.periods_of([ent.id for ent, _ in rows])
-        views = [entitlement_view(ent, periods[ent.id]) for ent, _ in rows]
+        ids = [ent.id for ent, _ in rows]
+        periods = self.listing.periods_of(ids)
+        suspensions = self.listing.suspensions_of(ids)
+        views = [
+            entitlement_view(ent, periods[ent.id], suspensions.get(ent.id, ())) for ent, _ in rows
+        ]
         balances = self.balance.balances_of(views, now)
         return [(ent, feature, balances[ent.id]) for ent, feature in rows]
 
@@ -120,6 +124,7 @@ class EntitlementQueries:
             descending=descending,
             cursor=cursor,
             limit=limit,
+            now=now,
             quantity_used=quantity_used,
             search=search,
         )
@@ -137,7 +142,7 @@ class EntitlementQueries:
     ) -> list[tuple[Entitlement, Feature, Balance]]:
         """A customer's entitlements with their features and balances (filters on the
         grants; ``search`` on the feature's key, name or description)."""
-        grants = self.listing.grants_of_customer(org, customer_id, filters, limit, search)
+        grants = self.listing.grants_of_customer(org, customer_id, filters, limit, now, search)
         balanced = self.with_balances([(ent, feature.key) for ent, feature in grants], now)
         return [
             (ent, feature, balance)
@@ -148,7 +153,7 @@ class EntitlementQueries:
         self, org: str, filters: WorkspaceFilters, page: int, size: int, now: datetime
     ) -> tuple[list[WorkspaceItem], int]:
         """One page of the workspace seed listing, and the total matching."""
-        rows, total = self.listing.workspace_page(org, filters, page, size)
+        rows, total = self.listing.workspace_page(org, filters, page, size, now)
         balanced = self.with_balances([(ent, feature.key) for ent, feature, _, _ in rows], now)
         items = [
             WorkspaceItem(ent, feature, plan, families, balance)

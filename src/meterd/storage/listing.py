@@ -11,11 +11,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, case, exists, func, literal, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from meterd.domain import Status, Suspension
 from meterd.filters import Filter, Kind, Op, WorkspaceFilters
 from meterd.paging import Cursor
 from meterd.storage.models import (
@@ -26,6 +28,7 @@ from meterd.storage.models import (
     UsagePeriod,
     plan_family_links,
 )
+from meterd.storage.resolution_views import suspensions_of
 
 #: A row of the workspace page: the entitlement, its feature, its plan (if any) and
 #: the plan's families.
@@ -53,6 +56,33 @@ ENTITLEMENT_COLUMNS: dict[str, tuple[Kind, Any]] = {
     "grace_until": (Kind.DATETIME, Entitlement.grace_until),
     "parent_id": (Kind.UUID, Entitlement.parent_id),
 }
+
+
+def status_at(now: datetime) -> ColumnElement[str]:
+    """The status at ``now``, in SQL: ``meterd.lifecycle.status_at`` for filtering
+    (an operator's suspension or termination is recorded at once; the clock's
+    steps are derived from the dates, so a filter never waits for the job)."""
+    s = Status
+    renewing = and_(
+        Entitlement.auto_renew.is_(True),
+        Entitlement.contract_mode != "TRIAL",
+        Entitlement.term_anchor.is_not(None),
+        Entitlement.billing_type == "PRE_PAID",
+    )
+    return case(
+        (Entitlement.status.in_([s.SUSPENDED.value, s.TERMINATED.value]), Entitlement.status),
+        (Entitlement.starts_at > now, literal(s.PENDING.value)),
+        (renewing, literal(s.ACTIVE.value)),
+        (or_(Entitlement.ends_at.is_(None), Entitlement.ends_at > now), literal(s.ACTIVE.value)),
+        (Entitlement.grace_until > now, literal(s.GRACE.value)),
+        else_=literal(s.EXPIRED.value),
+    )
+
+
+def columns_at(now: datetime) -> dict[str, tuple[Kind, Any]]:
+    """The filterable columns, ``status`` judged at ``now``."""
+    return {**ENTITLEMENT_COLUMNS, "status": (Kind.STRING, status_at(now))}
+
 
 #: Flushed consumption over all of an entitlement's periods (``quantity_used``
 #: filters read the database: at most one flush interval behind).
@@ -185,6 +215,7 @@ class EntitlementListing:
         descending: bool,
         cursor: Cursor | None,
         limit: int,
+        now: datetime,
         quantity_used: Sequence[Filter] = (),
         search: str | None = None,
     ) -> Page:
@@ -194,7 +225,7 @@ class EntitlementListing:
             .join(Feature, Feature.id == Entitlement.feature_id)
             .where(Entitlement.org_id == org)
         )
-        stmt = apply_filters(stmt, filters, ENTITLEMENT_COLUMNS)
+        stmt = apply_filters(stmt, filters, columns_at(now))
         for f in quantity_used:
             stmt = stmt.where(condition(QUANTITY_USED, f))
         if search:
@@ -234,6 +265,7 @@ class EntitlementListing:
         customer_id: str,
         filters: Sequence[Filter],
         limit: int,
+        now: datetime,
         search: str | None = None,
     ) -> list[tuple[Entitlement, Feature]]:
         """A customer's entitlements with their features (filters on the grants;
@@ -243,7 +275,7 @@ class EntitlementListing:
             .join(Feature, Feature.id == Entitlement.feature_id)
             .where(Entitlement.org_id == org, Entitlement.customer_id == customer_id)
         )
-        stmt = apply_filters(stmt, filters, ENTITLEMENT_COLUMNS)
+        stmt = apply_filters(stmt, filters, columns_at(now))
         if search:
             pattern = contains_pattern(search)
             stmt = stmt.where(
@@ -264,6 +296,11 @@ class EntitlementListing:
                     s.expunge(feature)
         return rows
 
+    def suspensions_of(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[Suspension, ...]]:
+        """Each entitlement's suspensions (from the audit trail)."""
+        with self.sessions() as s:
+            return suspensions_of(s, ids)
+
     def periods_of(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[UsagePeriod]]:
         result: dict[uuid.UUID, list[UsagePeriod]] = {i: [] for i in ids}
         if not ids:
@@ -278,7 +315,7 @@ class EntitlementListing:
         return result
 
     def workspace_page(
-        self, org: str, filters: WorkspaceFilters, page: int, size: int
+        self, org: str, filters: WorkspaceFilters, page: int, size: int, now: datetime
     ) -> tuple[list[WorkspaceRow], int]:
         """One page (1-based, by entitlement number) of the workspace seed listing,
         and the number of rows matching in all."""
@@ -291,7 +328,7 @@ class EntitlementListing:
             .where(
                 Entitlement.org_id == org,
                 *_workspace_plan_conditions(filters),
-                *_workspace_conditions(filters),
+                *_workspace_conditions(filters, now),
             )
         )
         with self.sessions() as s:
@@ -333,7 +370,7 @@ def _workspace_plan_conditions(f: WorkspaceFilters) -> list[Any]:
     return where
 
 
-def _workspace_conditions(f: WorkspaceFilters) -> list[Any]:
+def _workspace_conditions(f: WorkspaceFilters, now: datetime) -> list[Any]:
     where: list[Any] = []
     if f.model_id is not None:
         where.append(Entitlement.feature_id == f.model_id)
@@ -342,7 +379,7 @@ def _workspace_conditions(f: WorkspaceFilters) -> list[Any]:
     if f.owner is not None:
         where.append(Entitlement.customer_id == f.owner)
     if f.status is not None:
-        where.append(Entitlement.status == f.status)
+        where.append(status_at(now) == f.status)
     bounds = (
         (f.starts_from, Entitlement.starts_at.__ge__),
         (f.starts_to, Entitlement.starts_at.__le__),

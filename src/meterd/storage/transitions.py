@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -137,11 +137,15 @@ class TransitionStore:
         actor: str,
         *,
         session: Session | None = None,
+        caused_at: datetime | None = None,
     ) -> list[Transition]:
         """Bring one entitlement's recorded status up to the clock now (after it was
         created or changed): every step that fell due, stamped when it fell due,
         with its audit row and the periods renewals open. Returns the steps.
-        ``session``: do it in the caller's transaction."""
+        ``caused_at``: the steps are due to a change made then (an end moved into
+        the past ends it then, not at the new end, which had not come while it was
+        still the old one); renewals keep their boundaries. ``session``: do it in
+        the caller's transaction."""
         with within(self.sessions, session) as s:
             stmt = (
                 select(*_DUE_COLUMNS)
@@ -154,7 +158,7 @@ class TransitionStore:
             if row is None:
                 raise NotFoundError("entitlement", entitlement_id)
             moved = [
-                (d, c) for d, c in _chains([DueEntitlement(**row._mapping)], now)
+                (d, c) for d, c in _chains([DueEntitlement(**row._mapping)], now, caused_at)
                 if _move_one(s, d, c, now)
             ]  # fmt: skip
             _record(s, moved, actor, now)
@@ -268,8 +272,11 @@ def _claim_due(s: Session, now: datetime, limit: int, *, lock: bool) -> list[Due
     return list(rows.values())
 
 
-def _chains(due: Sequence[DueEntitlement], now: datetime) -> list[Chain]:
-    """Each due entitlement with the steps that fell due (those with any)."""
+def _chains(
+    due: Sequence[DueEntitlement], now: datetime, caused_at: datetime | None = None
+) -> list[Chain]:
+    """Each due entitlement with the steps that fell due (those with any); status
+    steps no earlier than ``caused_at`` when a change made them due."""
     chains = []
     for d in due:
         chain = due_transitions(
@@ -281,9 +288,17 @@ def _chains(due: Sequence[DueEntitlement], now: datetime) -> list[Chain]:
             renewal_of(d),
             d.next_period_at,
         )
+        if chain and caused_at is not None:
+            chain = [_not_before(step, caused_at) for step in chain]
         if chain:
             chains.append((d, chain))
     return chains
+
+
+def _not_before(step: Transition, moment: datetime) -> Transition:
+    if step.renewal_end is not None or step.month_end is not None or step.at >= moment:
+        return step
+    return replace(step, at=moment)
 
 
 def _record(s: Session, moved: Sequence[Chain], job_run_id: str, now: datetime) -> None:
