@@ -3,9 +3,12 @@
 How meterd's model maps onto the page:
 
 * ``tenantid`` is a meterd customer id (in the caller's org); ``type`` (``USERS``
-  or ``TRANSACTIONS``) is a feature type. The entitlement shown is the
-  customer's entitlement for a feature of that type that usage would burn first
-  right now, else the most recently issued one; 404 if there is none.
+  or ``TRANSACTIONS``) is a feature type. The main entitlement comes only from
+  the customer's grants of features of that type, leaving out the features that
+  fill a sub-block (below); 404 if there is none. Of those, the one shown is the
+  one usage would burn right now (``services.queries.choose_for_usage``): the
+  first usable grant in burn-down order that still has room, else the last
+  usable one (where overage lands), else the most recently issued.
 * ``status``: ACTIVE and GRACE show ``ACTIVE``, TERMINATED ``TERMINATED``,
   anything else ``INACTIVE``. ``contractMode`` and ``billingType`` are meterd's.
   ``quantity``, ``consumed`` and ``remaining`` are real time (current period).
@@ -14,8 +17,10 @@ How meterd's model maps onto the page:
   features with these keys: ``sms_voice`` (smsVoice), ``flash_pass``
   (flashPass), ``fleet_management`` (fleetManagement), ``pay_to_print``
   (payToPrint), ``printer``, ``issuance``, ``id_proofing`` (idProofing, a list).
-  A block is left out when the customer has no such entitlement. As the page
-  says, idProofing's ``consumed`` is a percentage of the quantity for PRE_PAID.
+  Each block (and idProofing's one item) is chosen by the same rule as the main
+  entitlement. A block is left out when the customer has no such entitlement.
+  As the page says, idProofing's ``consumed`` is a percentage of the quantity for
+  PRE_PAID.
 * Requires the ``SPENTITLEMENTS:VIEW`` permission.
 """
 
@@ -33,7 +38,8 @@ from meterd.api.exact_json import ExactJSONResponse, exact_number
 from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Balance, BillingType, Status
 from meterd.errors import NotFoundError
 from meterd.services.api_keys import Permission, Principal
-from meterd.services.records import Entitlement, Feature
+from meterd.services.queries import choose_for_usage
+from meterd.services.records import Entitlement
 from meterd.timeutil import isoformat_seconds, utcnow
 
 router = APIRouter(tags=["seed: tenant entitlements"])
@@ -54,6 +60,8 @@ BLOCKS = {
     "issuance": "issuance",
 }
 ID_PROOFING = "id_proofing"
+#: Features that fill a sub-block never give the main entitlement, whatever their type.
+SUB_BLOCK_FEATURES = frozenset(BLOCKS) | {ID_PROOFING}
 
 
 class TenantEntitlement(BaseModel):
@@ -92,19 +100,6 @@ def _block(ent: Entitlement, balance: Balance) -> dict[str, Any]:
     }
 
 
-def _pick(rows: list[tuple[Entitlement, Feature, Balance]]) -> tuple[Entitlement, Balance] | None:
-    usable = [(e, b) for e, _, b in rows if b.usable]
-    if usable:
-        usable.sort(
-            key=lambda eb: (eb[0].priority, eb[0].ends_at is None, eb[0].ends_at, eb[0].number)
-        )
-        return usable[0]
-    if rows:
-        ent, _, balance = max(rows, key=lambda row: row[0].number)
-        return ent, balance
-    return None
-
-
 @router.get(
     "/api/web/v4/tenants/{tenantid}/entitlements/{type}",
     response_model=TenantEntitlement,
@@ -121,10 +116,12 @@ def tenant_entitlement(
 ) -> ExactJSONResponse:
     """Get the specified entitlement for a tenant."""
     rows = runtime.queries.grants_of_customer(caller.org, tenantid, [], 10_000, utcnow())
-    main = _pick([row for row in rows if row[1].type == type.value])
+    main = choose_for_usage(
+        [row for row in rows if row[1].type == type.value and row[1].key not in SUB_BLOCK_FEATURES]
+    )
     if main is None:
         raise NotFoundError(f"{type.value} entitlement of tenant", tenantid)
-    ent, balance = main
+    ent, _, balance = main
     body: dict[str, Any] = {
         "id": str(ent.id),
         "entitlementId": str(ent.id),
@@ -141,17 +138,18 @@ def tenant_entitlement(
     }
     if type is EntitlementType.USERS:
         body["remaining"] = exact_number(balance.remaining)
-    for ent_b, feature, bal in rows:
-        name = BLOCKS.get(feature.key)
-        if name is not None and name not in body:
+    for key, name in BLOCKS.items():
+        chosen = choose_for_usage([row for row in rows if row[1].key == key])
+        if chosen is not None:
+            ent_b, _, bal = chosen
             block = _block(ent_b, bal)
             if name == "smsVoice":
                 block["allotment"] = exact_number(ent_b.allotment)
                 block["renewalQuantity"] = exact_number(ent_b.renewal_quantity)
             body[name] = block
-    proofing = [(e, b) for e, f, b in rows if f.key == ID_PROOFING]
-    if proofing:
-        body["idProofing"] = [_proofing(e, b) for e, b in proofing]
+    proofing = choose_for_usage([row for row in rows if row[1].key == ID_PROOFING])
+    if proofing is not None:
+        body["idProofing"] = [_proofing(proofing[0], proofing[2])]
     return ExactJSONResponse(body)
 
 
