@@ -7,7 +7,7 @@ the database commit, so the next ingested event already sees it.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -52,6 +52,9 @@ class EntitlementChange:
     ends_at: datetime | None = UNSET
     priority: int | None = None
     contract_mode: ContractMode | None = None
+    allotment: Decimal | None = UNSET
+    #: Replaces the whole object ({} clears it).
+    attributes: dict[str, Any] = UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +93,8 @@ class NewEntitlement:
     plan_id: uuid.UUID | None = None
     parent_id: uuid.UUID | None = None
     allotment: Decimal | None = None
+    #: The tenant page's own fields (a JSON object, validated by the API).
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def initial_status(starts_at: datetime, ends_at: datetime | None, now: datetime) -> Status:
@@ -197,6 +202,7 @@ class Catalog:
             renewal_quantity=spec.renewal_quantity,
             parent_id=spec.parent_id,
             allotment=spec.allotment,
+            attributes=dict(spec.attributes),
             created_at=now,
             updated_at=now,
         )
@@ -345,6 +351,10 @@ class Catalog:
             values["priority"] = change.priority
         if change.contract_mode is not None:
             values["contract_mode"] = change.contract_mode.value
+        if change.allotment is not UNSET:
+            values["allotment"] = change.allotment
+        if change.attributes is not UNSET:
+            values["attributes"] = dict(change.attributes)
         if change.ends_at is not UNSET:
             ends_at = change.ends_at
             if ends_at is not None and ends_at <= ent.starts_at:

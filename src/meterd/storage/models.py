@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -160,6 +161,11 @@ class Entitlement(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     #: PAY_PER_USE: the start of the next calendar month to open (None: nothing to open).
     next_period_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: The tenant page's own fields (faceRecognitionType, serviceBundles, addOn, ...),
+    #: a JSON object under the page's names; validated at the API edge. {} for none.
+    attributes: Mapped[dict[str, Any]] = mapped_column(
+        JSON, default=dict, server_default=text("'{}'")
+    )
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
 
