@@ -9,18 +9,31 @@ How meterd's model maps onto the page:
   one usage would burn right now (``services.queries.choose_for_usage``): the
   first usable grant in burn-down order that still has room, else the last
   usable one (where overage lands), else the most recently issued.
-* ``status``: ACTIVE and GRACE show ``ACTIVE``, TERMINATED ``TERMINATED``,
-  anything else ``INACTIVE``. ``contractMode`` and ``billingType`` are meterd's.
-  ``quantity``, ``consumed`` and ``remaining`` are real time (current period).
-  An unlimited grant shows ``quantity: null``; an open-ended one ``endDate: null``.
+* Main fields: ``id`` and ``entitlementId`` (the entitlement id),
+  ``customerId``, ``contractNumber`` (contract_id), ``type``, ``status``
+  (ACTIVE and GRACE show ``ACTIVE``, TERMINATED ``TERMINATED``, anything else
+  ``INACTIVE``), ``contractMode``, ``usersBillingType`` (billing_type),
+  ``startDate``, ``endDate``, and real-time ``quantity``, ``consumed`` and (USERS
+  only) ``remaining`` of the current period. An unlimited grant shows
+  ``quantity: null``. ``endDate`` is required by the page, so an open-ended grant
+  shows ``9999-12-31T23:59:59Z`` (``OPEN_ENDED``), here and in every block.
+* The page's fields meterd has no column for are the entitlement's
+  ``attributes`` (``TenantAttributes``, under the page's names): the main grant's
+  ``smartLoginEnabled``, ``additionalFeatures`` and ``userBundles``; the issuance
+  grant's ``serviceBundles`` (always returned, ``[]`` when unset: the page
+  requires it) and ``addOn``, the fleet_management and pay_to_print grants'
+  ``addOn``; each id_proofing grant's ``faceRecognitionType``. Unset ones are
+  left out.
 * Sub-entitlement blocks come from the same customer's entitlements for
-  features with these keys: ``sms_voice`` (smsVoice), ``flash_pass``
-  (flashPass), ``fleet_management`` (fleetManagement), ``pay_to_print``
-  (payToPrint), ``printer``, ``issuance``, ``id_proofing`` (idProofing, a list).
-  Each block (and idProofing's one item) is chosen by the same rule as the main
-  entitlement. A block is left out when the customer has no such entitlement.
-  As the page says, idProofing's ``consumed`` is a percentage of the quantity for
-  PRE_PAID.
+  features with these keys: ``sms_voice`` (smsVoice, with ``allotment`` and
+  ``renewalQuantity``), ``flash_pass`` (flashPass), ``fleet_management``
+  (fleetManagement), ``pay_to_print`` (payToPrint), ``printer``, ``issuance``,
+  ``id_proofing`` (idProofing, a list of one). Each is chosen by the same rule as
+  the main entitlement. A block is left out when the customer has no such
+  entitlement. As the page says, idProofing's ``consumed`` is a percentage of
+  the quantity for PRE_PAID, and issuance's ``startDate``, ``endDate`` and
+  ``quantity`` are not returned for PRODUCTION (the issuance grant's own
+  contract mode).
 * Requires the ``SPENTITLEMENTS:VIEW`` permission.
 """
 
@@ -35,7 +48,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONResponse, exact_number
-from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Balance, BillingType, Status
+from meterd.domain import (
+    CUSTOMER_ID_MAX,
+    PRINTABLE_PATTERN,
+    Balance,
+    BillingType,
+    ContractMode,
+    Status,
+)
 from meterd.errors import NotFoundError
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.queries import choose_for_usage
@@ -133,9 +153,53 @@ class TenantAttributes(BaseModel):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+#: What ``endDate`` shows for an open-ended grant: the page requires a date-time, so
+#: "no end" is the last second a date-time can name (it sorts after every real end).
+OPEN_ENDED = "9999-12-31T23:59:59Z"
+#: The blocks whose grant's ``addOn`` attribute is shown.
+ADD_ON_BLOCKS = frozenset({"fleetManagement", "issuance", "payToPrint"})
+#: The main grant's attributes shown at the top level.
+MAIN_ATTRIBUTES = frozenset({"additionalFeatures", "smartLoginEnabled", "userBundles"})
+#: Issuance fields the page returns for a trial only.
+ISSUANCE_TRIAL_ONLY = ("startDate", "endDate", "quantity")
+
+Number = int | float
+
+
+class Block(BaseModel):
+    """A sub-entitlement block (flashPass, printer; the others add to it)."""
+
+    startDate: str | None = None
+    endDate: str | None = None
+    quantity: Number | None = None
+    consumed: Number | None = None
+
+
+class SmsVoiceBlock(Block):
+    allotment: Number | None = None
+    renewalQuantity: Number | None = None
+
+
+class AddOnBlock(Block):
+    addOn: str | None = None
+
+
+class IssuanceBlock(AddOnBlock):
+    serviceBundles: list[Bundle]
+
+
+class IdProofingItem(BaseModel):
+    billingType: BillingType
+    startDate: str
+    endDate: str
+    quantity: Number | None
+    consumed: Number | None = Field(description="percent of the quantity for PRE_PAID")
+    faceRecognitionType: FaceRecognitionType | None = None
+
+
 class TenantEntitlement(BaseModel):
-    """The documented shape (blocks are objects of startDate, endDate, quantity,
-    consumed and, for smsVoice, allotment and renewalQuantity)."""
+    """The documented shape. Optional fields and blocks are left out when meterd has
+    nothing for them."""
 
     id: str
     entitlementId: str
@@ -146,10 +210,20 @@ class TenantEntitlement(BaseModel):
     contractMode: str
     usersBillingType: str
     startDate: str
-    endDate: str | None
-    quantity: int | None
-    consumed: int | float
-    remaining: int | None
+    endDate: str = Field(description=f"{OPEN_ENDED} for an open-ended grant")
+    quantity: Number | None = Field(description="null: unlimited")
+    consumed: Number
+    remaining: Number | None = Field(default=None, description="USERS only")
+    smartLoginEnabled: bool | None = None
+    additionalFeatures: AdditionalFeatures | None = None
+    userBundles: list[Bundle] | None = None
+    smsVoice: SmsVoiceBlock | None = None
+    flashPass: Block | None = None
+    fleetManagement: AddOnBlock | None = None
+    payToPrint: AddOnBlock | None = None
+    printer: Block | None = None
+    issuance: IssuanceBlock | None = None
+    idProofing: list[IdProofingItem] | None = None
 
 
 def _status(status: str) -> str:
@@ -160,13 +234,12 @@ def _status(status: str) -> str:
     return "INACTIVE"
 
 
-def _block(ent: Entitlement, balance: Balance) -> dict[str, Any]:
-    return {
-        "startDate": isoformat_seconds(ent.starts_at),
-        "endDate": isoformat_seconds(ent.ends_at),
-        "quantity": exact_number(balance.quantity),
-        "consumed": exact_number(balance.consumed),
-    }
+def _end_date(ent: Entitlement) -> str:
+    return isoformat_seconds(ent.ends_at) or OPEN_ENDED
+
+
+def _attributes(ent: Entitlement) -> TenantAttributes:
+    return TenantAttributes.model_validate(ent.attributes)
 
 
 @router.get(
@@ -190,7 +263,18 @@ def tenant_entitlement(
     )
     if main is None:
         raise NotFoundError(f"{type.value} entitlement of tenant", tenantid)
-    ent, _, balance = main
+    body = _main(main[0], main[2], type)
+    for key, name in BLOCKS.items():
+        chosen = choose_for_usage([row for row in rows if row[1].key == key])
+        if chosen is not None:
+            body[name] = _block(name, chosen[0], chosen[2])
+    proofing = choose_for_usage([row for row in rows if row[1].key == ID_PROOFING])
+    if proofing is not None:
+        body["idProofing"] = [_proofing(proofing[0], proofing[2])]
+    return ExactJSONResponse(body)
+
+
+def _main(ent: Entitlement, balance: Balance, type: EntitlementType) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": str(ent.id),
         "entitlementId": str(ent.id),
@@ -201,25 +285,40 @@ def tenant_entitlement(
         "contractMode": ent.contract_mode,
         "usersBillingType": ent.billing_type,
         "startDate": isoformat_seconds(ent.starts_at),
-        "endDate": isoformat_seconds(ent.ends_at),
+        "endDate": _end_date(ent),
         "quantity": exact_number(balance.quantity),
         "consumed": exact_number(balance.consumed),
     }
     if type is EntitlementType.USERS:
         body["remaining"] = exact_number(balance.remaining)
-    for key, name in BLOCKS.items():
-        chosen = choose_for_usage([row for row in rows if row[1].key == key])
-        if chosen is not None:
-            ent_b, _, bal = chosen
-            block = _block(ent_b, bal)
-            if name == "smsVoice":
-                block["allotment"] = exact_number(ent_b.allotment)
-                block["renewalQuantity"] = exact_number(ent_b.renewal_quantity)
-            body[name] = block
-    proofing = choose_for_usage([row for row in rows if row[1].key == ID_PROOFING])
-    if proofing is not None:
-        body["idProofing"] = [_proofing(proofing[0], proofing[2])]
-    return ExactJSONResponse(body)
+    body.update(
+        _attributes(ent).model_dump(mode="json", exclude_none=True, include=set(MAIN_ATTRIBUTES))
+    )
+    return body
+
+
+def _block(name: str, ent: Entitlement, balance: Balance) -> dict[str, Any]:
+    attributes = _attributes(ent)
+    block: dict[str, Any] = {
+        "startDate": isoformat_seconds(ent.starts_at),
+        "endDate": _end_date(ent),
+        "quantity": exact_number(balance.quantity),
+        "consumed": exact_number(balance.consumed),
+    }
+    if name == "smsVoice":
+        block["allotment"] = exact_number(ent.allotment)
+        block["renewalQuantity"] = exact_number(ent.renewal_quantity)
+    if name in ADD_ON_BLOCKS and attributes.addOn is not None:
+        block["addOn"] = attributes.addOn
+    if name == "issuance":
+        block["serviceBundles"] = [
+            bundle.model_dump(mode="json", exclude_none=True)
+            for bundle in attributes.serviceBundles or []
+        ]
+        if ent.contract_mode == ContractMode.PRODUCTION.value:
+            for trial_only in ISSUANCE_TRIAL_ONLY:
+                del block[trial_only]
+    return block
 
 
 def _proofing(ent: Entitlement, balance: Balance) -> dict[str, Any]:
@@ -228,10 +327,14 @@ def _proofing(ent: Entitlement, balance: Balance) -> dict[str, Any]:
         consumed = (balance.consumed * 100 / balance.quantity).quantize(
             Decimal(1), rounding=ROUND_HALF_UP
         )
-    return {
+    item = {
         "billingType": ent.billing_type,
         "startDate": isoformat_seconds(ent.starts_at),
-        "endDate": isoformat_seconds(ent.ends_at),
+        "endDate": _end_date(ent),
         "quantity": exact_number(balance.quantity),
         "consumed": exact_number(consumed),
     }
+    face = _attributes(ent).faceRecognitionType
+    if face is not None:
+        item["faceRecognitionType"] = face.value
+    return item
