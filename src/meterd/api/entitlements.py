@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.seed_tenant import TenantAttributes
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
@@ -73,6 +74,7 @@ class EntitlementOut(BaseModel):
     renewal_quantity: str | None
     parent_id: uuid.UUID | None
     allotment: str | None
+    attributes: TenantAttributes = Field(description="the tenant page's own fields")
     row_version: int
     created_at: str
     updated_at: str
@@ -111,6 +113,7 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
         renewal_quantity=format_optional_quantity(ent.renewal_quantity),
         parent_id=ent.parent_id,
         allotment=format_optional_quantity(ent.allotment),
+        attributes=TenantAttributes.model_validate(ent.attributes),
         row_version=ent.row_version,
         created_at=isoformat(ent.created_at),
         updated_at=isoformat(ent.updated_at),
@@ -190,6 +193,12 @@ class EntitlementIn(BaseModel):
     renewal_quantity: DecimalText | None = None
     contract_id: str | None = Field(default=None, max_length=128, pattern=PRINTABLE_PATTERN)
     plan_id: uuid.UUID | None = None
+    allotment: DecimalText | None = Field(
+        default=None, description="what a parent may allot to child customers"
+    )
+    attributes: TenantAttributes | None = Field(
+        default=None, description="the tenant page's own fields, under the page's names"
+    )
 
 
 def _aware(value: datetime | None, name: str) -> datetime | None:
@@ -203,6 +212,11 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
     now = utcnow()
     starts_at = _aware(body.starts_at, "starts_at") or now
     if body.plan_id is not None:
+        if body.allotment is not None or body.attributes is not None:
+            raise InvalidError(
+                "allotment and attributes are not taken with a plan_id: "
+                "PATCH them onto the new entitlement"
+            )
         from_plan = runtime.catalog.entitlement_from_plan(
             caller.org,
             body.plan_id,
@@ -234,6 +248,8 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             else None,
             contract_id=body.contract_id,
             plan_id=body.plan_id,
+            allotment=_decimal(body.allotment),
+            attributes=body.attributes.stored() if body.attributes is not None else {},
         ),
         now,
     )
@@ -241,8 +257,9 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
 
 
 class EntitlementPatch(BaseModel):
-    """Fields left out stay as they are; ``null`` clears quantity (unlimited) or
-    ends_at (open-ended)."""
+    """Fields left out stay as they are; ``null`` clears quantity (unlimited),
+    ends_at (open-ended), allotment or attributes. ``attributes`` replaces the whole
+    object."""
 
     row_version: int = Field(description="the row_version you read: 409 if it moved on")
     quantity: DecimalText | None = None
@@ -253,14 +270,17 @@ class EntitlementPatch(BaseModel):
     auto_renew: bool | None = Field(
         default=None, description="false: it ends with its current term; true: it renews"
     )
+    allotment: DecimalText | None = None
+    attributes: TenantAttributes | None = None
 
 
 @router.patch("/entitlements/{entitlement_id}", response_model=EntitlementOut)
 def change_entitlement(
     entitlement_id: uuid.UUID, body: EntitlementPatch, runtime: RuntimeDep, caller: Manager
 ) -> EntitlementOut:
-    """Change quantity (the current period's), renewal quantity, end, priority or
-    contract mode (TRIAL -> PRODUCTION makes an auto-renewing trial renew)."""
+    """Change quantity (the current period's), renewal quantity, end, priority,
+    allotment, attributes or contract mode (TRIAL -> PRODUCTION makes an
+    auto-renewing trial renew)."""
     given = body.model_fields_set
     change = EntitlementChange(
         row_version=body.row_version,
@@ -270,6 +290,10 @@ def change_entitlement(
         priority=body.priority,
         contract_mode=body.contract_mode,
         auto_renew=body.auto_renew,
+        allotment=_decimal(body.allotment) if "allotment" in given else UNSET,
+        attributes=(body.attributes.stored() if body.attributes is not None else {})
+        if "attributes" in given
+        else UNSET,
     )
     runtime.catalog.update_entitlement(caller.org, entitlement_id, change, utcnow())
     return get_entitlement(entitlement_id, runtime, caller)

@@ -3,19 +3,37 @@
 How meterd's model maps onto the page:
 
 * ``tenantid`` is a meterd customer id (in the caller's org); ``type`` (``USERS``
-  or ``TRANSACTIONS``) is a feature type. The entitlement shown is the
-  customer's entitlement for a feature of that type that usage would burn first
-  right now, else the most recently issued one; 404 if there is none.
-* ``status``: ACTIVE and GRACE show ``ACTIVE``, TERMINATED ``TERMINATED``,
-  anything else ``INACTIVE``. ``contractMode`` and ``billingType`` are meterd's.
-  ``quantity``, ``consumed`` and ``remaining`` are real time (current period).
-  An unlimited grant shows ``quantity: null``; an open-ended one ``endDate: null``.
+  or ``TRANSACTIONS``) is a feature type. The main entitlement comes only from
+  the customer's grants of features of that type, leaving out the features that
+  fill a sub-block (below); 404 if there is none. Of those, the one shown is the
+  one usage would burn right now (``services.queries.choose_for_usage``): the
+  first usable grant in burn-down order that still has room, else the last
+  usable one (where overage lands), else the most recently issued.
+* Main fields: ``id`` and ``entitlementId`` (the entitlement id),
+  ``customerId``, ``contractNumber`` (contract_id), ``type``, ``status``
+  (ACTIVE and GRACE show ``ACTIVE``, TERMINATED ``TERMINATED``, anything else
+  ``INACTIVE``), ``contractMode``, ``usersBillingType`` (billing_type),
+  ``startDate``, ``endDate``, and real-time ``quantity``, ``consumed`` and (USERS
+  only) ``remaining`` of the current period. An unlimited grant shows
+  ``quantity: null``. ``endDate`` is required by the page, so an open-ended grant
+  shows ``9999-12-31T23:59:59Z`` (``OPEN_ENDED``), here and in every block.
+* The page's fields meterd has no column for are the entitlement's
+  ``attributes`` (``TenantAttributes``, under the page's names): the main grant's
+  ``smartLoginEnabled``, ``additionalFeatures`` and ``userBundles``; the issuance
+  grant's ``serviceBundles`` (always returned, ``[]`` when unset: the page
+  requires it) and ``addOn``, the fleet_management and pay_to_print grants'
+  ``addOn``; each id_proofing grant's ``faceRecognitionType``. Unset ones are
+  left out.
 * Sub-entitlement blocks come from the same customer's entitlements for
-  features with these keys: ``sms_voice`` (smsVoice), ``flash_pass``
-  (flashPass), ``fleet_management`` (fleetManagement), ``pay_to_print``
-  (payToPrint), ``printer``, ``issuance``, ``id_proofing`` (idProofing, a list).
-  A block is left out when the customer has no such entitlement. As the page
-  says, idProofing's ``consumed`` is a percentage of the quantity for PRE_PAID.
+  features with these keys: ``sms_voice`` (smsVoice, with ``allotment`` and
+  ``renewalQuantity``), ``flash_pass`` (flashPass), ``fleet_management``
+  (fleetManagement), ``pay_to_print`` (payToPrint), ``printer``, ``issuance``,
+  ``id_proofing`` (idProofing, a list of one). Each is chosen by the same rule as
+  the main entitlement. A block is left out when the customer has no such
+  entitlement. As the page says, idProofing's ``consumed`` is a percentage of
+  the quantity for PRE_PAID, and issuance's ``startDate``, ``endDate`` and
+  ``quantity`` are not returned for PRODUCTION (the issuance grant's own
+  contract mode).
 * Requires the ``SPENTITLEMENTS:VIEW`` permission.
 """
 
@@ -26,14 +44,22 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONResponse, exact_number
-from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Balance, BillingType, Status
+from meterd.domain import (
+    CUSTOMER_ID_MAX,
+    PRINTABLE_PATTERN,
+    Balance,
+    BillingType,
+    ContractMode,
+    Status,
+)
 from meterd.errors import NotFoundError
 from meterd.services.api_keys import Permission, Principal
-from meterd.services.records import Entitlement, Feature
+from meterd.services.queries import choose_for_usage
+from meterd.services.records import Entitlement
 from meterd.timeutil import isoformat_seconds, utcnow
 
 router = APIRouter(tags=["seed: tenant entitlements"])
@@ -54,11 +80,126 @@ BLOCKS = {
     "issuance": "issuance",
 }
 ID_PROOFING = "id_proofing"
+#: Features that fill a sub-block never give the main entitlement, whatever their type.
+SUB_BLOCK_FEATURES = frozenset(BLOCKS) | {ID_PROOFING}
+
+
+class BundleType(StrEnum):
+    ADVANCED = "ADVANCED"
+    ESSENTIALS = "ESSENTIALS"
+    PROFESSIONAL = "PROFESSIONAL"
+    API = "API"
+    STANDARD = "STANDARD"
+    PLUS = "PLUS"
+    PREMIUM = "PREMIUM"
+    CONSUMER = "CONSUMER"
+
+
+class FaceRecognitionType(StrEnum):
+    ENHANCED = "ENHANCED"
+    STANDARD = "STANDARD"
+
+
+SeedText = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE_PATTERN)]
+Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
+
+
+class Bundle(BaseModel):
+    """A service or user bundle, as the page has it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bundleType: BundleType
+    rank: Int32 | None = None
+    usageReportId: SeedText | None = None
+
+
+class AdditionalFeatures(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enhancedGeoLocation: bool | None = None
+
+
+class TenantAttributes(BaseModel):
+    """The page's fields meterd has no column for, kept on an entitlement as one JSON
+    object (``attributes``) under the page's own names. Each is shown where the page
+    has it, from the grant that fills that part of the page; set elsewhere, it is kept
+    and not shown."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    faceRecognitionType: FaceRecognitionType | None = Field(
+        default=None, description="id_proofing grants: idProofing[].faceRecognitionType"
+    )
+    serviceBundles: list[Bundle] | None = Field(
+        default=None, max_length=50, description="the issuance grant: issuance.serviceBundles"
+    )
+    addOn: SeedText | None = Field(
+        default=None,
+        description="issuance, fleet_management and pay_to_print grants: the block's addOn",
+    )
+    additionalFeatures: AdditionalFeatures | None = Field(
+        default=None, description="the main (USERS or TRANSACTIONS) grant"
+    )
+    smartLoginEnabled: bool | None = Field(
+        default=None, description="the main (USERS or TRANSACTIONS) grant"
+    )
+    userBundles: list[Bundle] | None = Field(
+        default=None, max_length=50, description="the main (USERS or TRANSACTIONS) grant"
+    )
+
+    def stored(self) -> dict[str, Any]:
+        """The JSON object to store: only the fields given."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+#: What ``endDate`` shows for an open-ended grant: the page requires a date-time, so
+#: "no end" is the last second a date-time can name (it sorts after every real end).
+OPEN_ENDED = "9999-12-31T23:59:59Z"
+#: The blocks whose grant's ``addOn`` attribute is shown.
+ADD_ON_BLOCKS = frozenset({"fleetManagement", "issuance", "payToPrint"})
+#: The main grant's attributes shown at the top level.
+MAIN_ATTRIBUTES = frozenset({"additionalFeatures", "smartLoginEnabled", "userBundles"})
+#: Issuance fields the page returns for a trial only.
+ISSUANCE_TRIAL_ONLY = ("startDate", "endDate", "quantity")
+
+Number = int | float
+
+
+class Block(BaseModel):
+    """A sub-entitlement block (flashPass, printer; the others add to it)."""
+
+    startDate: str | None = None
+    endDate: str | None = None
+    quantity: Number | None = None
+    consumed: Number | None = None
+
+
+class SmsVoiceBlock(Block):
+    allotment: Number | None = None
+    renewalQuantity: Number | None = None
+
+
+class AddOnBlock(Block):
+    addOn: str | None = None
+
+
+class IssuanceBlock(AddOnBlock):
+    serviceBundles: list[Bundle]
+
+
+class IdProofingItem(BaseModel):
+    billingType: BillingType
+    startDate: str
+    endDate: str
+    quantity: Number | None
+    consumed: Number | None = Field(description="percent of the quantity for PRE_PAID")
+    faceRecognitionType: FaceRecognitionType | None = None
 
 
 class TenantEntitlement(BaseModel):
-    """The documented shape (blocks are objects of startDate, endDate, quantity,
-    consumed and, for smsVoice, allotment and renewalQuantity)."""
+    """The documented shape. Optional fields and blocks are left out when meterd has
+    nothing for them."""
 
     id: str
     entitlementId: str
@@ -69,40 +210,38 @@ class TenantEntitlement(BaseModel):
     contractMode: str
     usersBillingType: str
     startDate: str
-    endDate: str | None
-    quantity: int | None
-    consumed: int | float
-    remaining: int | None
+    endDate: str = Field(description=f"{OPEN_ENDED} for an open-ended grant")
+    quantity: Number | None = Field(description="null: unlimited")
+    consumed: Number
+    remaining: Number | None = Field(default=None, description="USERS only")
+    smartLoginEnabled: bool | None = None
+    additionalFeatures: AdditionalFeatures | None = None
+    userBundles: list[Bundle] | None = None
+    smsVoice: SmsVoiceBlock | None = None
+    flashPass: Block | None = None
+    fleetManagement: AddOnBlock | None = None
+    payToPrint: AddOnBlock | None = None
+    printer: Block | None = None
+    issuance: IssuanceBlock | None = None
+    idProofing: list[IdProofingItem] | None = None
 
 
-def _status(status: str) -> str:
-    if status in (Status.ACTIVE.value, Status.GRACE.value):
+def _status(status: Status) -> str:
+    """The page's status of the status now (from the clock, like every read)."""
+    if status in (Status.ACTIVE, Status.GRACE):
         return "ACTIVE"
-    if status == Status.TERMINATED.value:
+    if status is Status.TERMINATED:
         return "TERMINATED"
     return "INACTIVE"
 
 
-def _block(ent: Entitlement, balance: Balance) -> dict[str, Any]:
-    return {
-        "startDate": isoformat_seconds(ent.starts_at),
-        "endDate": isoformat_seconds(ent.ends_at),
-        "quantity": exact_number(balance.quantity),
-        "consumed": exact_number(balance.consumed),
-    }
+def _end_date(balance: Balance) -> str:
+    """The end of the current term (a renewing grant: this term's)."""
+    return isoformat_seconds(balance.ends_at) or OPEN_ENDED
 
 
-def _pick(rows: list[tuple[Entitlement, Feature, Balance]]) -> tuple[Entitlement, Balance] | None:
-    usable = [(e, b) for e, _, b in rows if b.usable]
-    if usable:
-        usable.sort(
-            key=lambda eb: (eb[0].priority, eb[0].ends_at is None, eb[0].ends_at, eb[0].number)
-        )
-        return usable[0]
-    if rows:
-        ent, _, balance = max(rows, key=lambda row: row[0].number)
-        return ent, balance
-    return None
+def _attributes(ent: Entitlement) -> TenantAttributes:
+    return TenantAttributes.model_validate(ent.attributes)
 
 
 @router.get(
@@ -121,38 +260,67 @@ def tenant_entitlement(
 ) -> ExactJSONResponse:
     """Get the specified entitlement for a tenant."""
     rows = runtime.queries.grants_of_customer(caller.org, tenantid, [], 10_000, utcnow())
-    main = _pick([row for row in rows if row[1].type == type.value])
+    main = choose_for_usage(
+        [row for row in rows if row[1].type == type.value and row[1].key not in SUB_BLOCK_FEATURES]
+    )
     if main is None:
         raise NotFoundError(f"{type.value} entitlement of tenant", tenantid)
-    ent, balance = main
+    body = _main(main[0], main[2], type)
+    for key, name in BLOCKS.items():
+        chosen = choose_for_usage([row for row in rows if row[1].key == key])
+        if chosen is not None:
+            body[name] = _block(name, chosen[0], chosen[2])
+    proofing = choose_for_usage([row for row in rows if row[1].key == ID_PROOFING])
+    if proofing is not None:
+        body["idProofing"] = [_proofing(proofing[0], proofing[2])]
+    return ExactJSONResponse(body)
+
+
+def _main(ent: Entitlement, balance: Balance, type: EntitlementType) -> dict[str, Any]:
     body: dict[str, Any] = {
         "id": str(ent.id),
         "entitlementId": str(ent.id),
         "customerId": ent.customer_id,
         "contractNumber": ent.contract_id,
         "type": type.value,
-        "status": _status(ent.status),
+        "status": _status(balance.status),
         "contractMode": ent.contract_mode,
         "usersBillingType": ent.billing_type,
         "startDate": isoformat_seconds(ent.starts_at),
-        "endDate": isoformat_seconds(ent.ends_at),
+        "endDate": _end_date(balance),
         "quantity": exact_number(balance.quantity),
         "consumed": exact_number(balance.consumed),
     }
     if type is EntitlementType.USERS:
         body["remaining"] = exact_number(balance.remaining)
-    for ent_b, feature, bal in rows:
-        name = BLOCKS.get(feature.key)
-        if name is not None and name not in body:
-            block = _block(ent_b, bal)
-            if name == "smsVoice":
-                block["allotment"] = exact_number(ent_b.allotment)
-                block["renewalQuantity"] = exact_number(ent_b.renewal_quantity)
-            body[name] = block
-    proofing = [(e, b) for e, f, b in rows if f.key == ID_PROOFING]
-    if proofing:
-        body["idProofing"] = [_proofing(e, b) for e, b in proofing]
-    return ExactJSONResponse(body)
+    body.update(
+        _attributes(ent).model_dump(mode="json", exclude_none=True, include=set(MAIN_ATTRIBUTES))
+    )
+    return body
+
+
+def _block(name: str, ent: Entitlement, balance: Balance) -> dict[str, Any]:
+    attributes = _attributes(ent)
+    block: dict[str, Any] = {
+        "startDate": isoformat_seconds(ent.starts_at),
+        "endDate": _end_date(balance),
+        "quantity": exact_number(balance.quantity),
+        "consumed": exact_number(balance.consumed),
+    }
+    if name == "smsVoice":
+        block["allotment"] = exact_number(ent.allotment)
+        block["renewalQuantity"] = exact_number(ent.renewal_quantity)
+    if name in ADD_ON_BLOCKS and attributes.addOn is not None:
+        block["addOn"] = attributes.addOn
+    if name == "issuance":
+        block["serviceBundles"] = [
+            bundle.model_dump(mode="json", exclude_none=True)
+            for bundle in attributes.serviceBundles or []
+        ]
+        if ent.contract_mode == ContractMode.PRODUCTION.value:
+            for trial_only in ISSUANCE_TRIAL_ONLY:
+                del block[trial_only]
+    return block
 
 
 def _proofing(ent: Entitlement, balance: Balance) -> dict[str, Any]:
@@ -161,10 +329,14 @@ def _proofing(ent: Entitlement, balance: Balance) -> dict[str, Any]:
         consumed = (balance.consumed * 100 / balance.quantity).quantize(
             Decimal(1), rounding=ROUND_HALF_UP
         )
-    return {
+    item = {
         "billingType": ent.billing_type,
         "startDate": isoformat_seconds(ent.starts_at),
-        "endDate": isoformat_seconds(ent.ends_at),
+        "endDate": _end_date(balance),
         "quantity": exact_number(balance.quantity),
         "consumed": exact_number(consumed),
     }
+    face = _attributes(ent).faceRecognitionType
+    if face is not None:
+        item["faceRecognitionType"] = face.value
+    return item

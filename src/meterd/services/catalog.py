@@ -7,7 +7,7 @@ the database commit, so the next ingested event already sees it.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -54,6 +54,9 @@ class EntitlementChange:
     priority: int | None = None
     contract_mode: ContractMode | None = None
     auto_renew: bool | None = None
+    allotment: Decimal | None = UNSET
+    #: Replaces the whole object ({} clears it).
+    attributes: dict[str, Any] = UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,8 @@ class NewEntitlement:
     #: The term it renews by; None: from ``starts_at`` to ``ends_at`` (whole calendar
     #: months when that is one, else the exact duration).
     term: Term | None = None
+    #: The tenant page's own fields (a JSON object, validated by the API).
+    attributes: dict[str, Any] = field(default_factory=dict)
 
 
 def term_columns(term: Term | None, anchor: datetime | None) -> dict[str, Any]:
@@ -223,6 +228,7 @@ class Catalog:
             renewal_quantity=spec.renewal_quantity,
             parent_id=spec.parent_id,
             allotment=spec.allotment,
+            attributes=dict(spec.attributes),
             created_at=now,
             updated_at=now,
             **term_columns(term, spec.starts_at),
@@ -438,6 +444,10 @@ def _changed_values(
         values["priority"] = change.priority
     if change.contract_mode is not None:
         values["contract_mode"] = change.contract_mode.value
+    if change.allotment is not UNSET:
+        values["allotment"] = change.allotment
+    if change.attributes is not UNSET:
+        values["attributes"] = dict(change.attributes)
     if change.auto_renew is not None:
         values.update(_auto_renew_values(ent, change.auto_renew))
     if change.ends_at is not UNSET:

@@ -32,6 +32,7 @@ from meterd.storage.listing import (
     EntitlementListing,
     Page,
 )
+from meterd.storage.resolution import burn_down_order
 from meterd.storage.resolution_views import entitlement_view
 from meterd.storage.transitions import TransitionStore
 from meterd.storage.usage import UsageStore
@@ -44,6 +45,44 @@ ENTITLEMENT_FILTERS: dict[str, Kind] = {
 ENTITLEMENT_SORT_KEYS: frozenset[str] = frozenset(ENTITLEMENT_SORTS)
 
 WithBalance = tuple[Entitlement, str, Balance]
+Grant = tuple[Entitlement, Feature, Balance]
+
+
+def has_room(balance: Balance) -> bool:
+    """Usage would still fit in the current period: unlimited, or consumed below the
+    quantity (what ingest.lua calls room: the period's limit minus its usage)."""
+    return balance.quantity is None or balance.consumed < balance.quantity
+
+
+def choose_for_usage(rows: Sequence[Grant]) -> Grant | None:
+    """The grant usage would burn right now, chosen exactly as burn-down does.
+
+    Burn-down (ingest.lua) walks the usable grants (``Balance.usable``: inside their
+    window at the balances' instant, not suspended or terminated) in
+    ``burn_down_order`` (lowest priority, soonest end with open-ended last, oldest
+    number) and lets each take the room its current period has left; whatever is left
+    after the last one lands there as overage. So the grant the next unit of usage
+    burns is:
+
+    1. the first usable grant in burn-down order that still has room;
+    2. else the last usable one in that order (where overage lands);
+    3. else, when nothing is usable (all pending, ended, suspended or terminated),
+       the most recently issued grant (highest number), so there is still one to show;
+    4. None for no rows.
+
+    Burn-down works per feature; given grants of several features, the rule runs
+    over them as one list.
+    """
+    usable = sorted(
+        (row for row in rows if row[2].usable),
+        key=lambda row: burn_down_order(entitlement_view(row[0], ())),
+    )
+    for row in usable:
+        if has_room(row[2]):
+            return row
+    if usable:
+        return usable[-1]
+    return max(rows, key=lambda row: row[0].number, default=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Boolean,
     Column,
@@ -182,6 +183,11 @@ class Entitlement(Base):
     term_anchor: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     #: When an operator terminated it: usage timed before still counts.
     terminated_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: The tenant page's own fields (faceRecognitionType, serviceBundles, addOn, ...),
+    #: a JSON object under the page's names; validated at the API edge. {} for none.
+    attributes: Mapped[dict[str, Any]] = mapped_column(
+        JSON, default=dict, server_default=text("'{}'")
+    )
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
 

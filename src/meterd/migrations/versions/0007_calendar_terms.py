@@ -1,7 +1,7 @@
 """calendar terms: each entitlement's term and anchor; when it was terminated
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-11-23 12:00:00
 
 Existing auto-renewing entitlements keep their anchor (their original start)
@@ -22,7 +22,7 @@ import meterd.storage.models
 from meterd.terms import Term, TermUnit
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
