@@ -210,3 +210,75 @@ def test_a_store_that_does_not_answer_exits_75_to_say_try_again(
 
     monkeypatch.setattr(runtime_module.get_runtime().balance, "balances", down)
     assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE
+
+
+def use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Point the CLI at another database (as METERD_DATABASE_URL would)."""
+    monkeypatch.setenv("METERD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    runtime_module.reset_runtime()
+
+
+NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("org", "create", "acme"),
+        ("feature", "create", "acme", "api_calls"),
+        ("balance", "acme", "c-1", "api_calls"),
+        ("dlq", "list"),
+        ("db", "upgrade"),
+    ],
+    ids=" ".join,
+)
+def test_a_database_that_does_not_answer_exits_75_with_one_line(
+    cli_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: tuple[str, ...],
+) -> None:
+    use_database(monkeypatch, NO_DATABASE)
+    assert run_main(monkeypatch, *command) == EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert out.startswith("error: the database did not answer: ") and "Connection refused" in out
+    assert out.count("\n") == 1, out
+
+
+def test_redis_that_does_not_answer_exits_75_with_one_line(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls")
+    invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "10")
+    monkeypatch.setattr(
+        runtime_module, "redis_client_for", lambda _s: redis.Redis.from_url("redis://127.0.0.1:1")
+    )
+    runtime_module.reset_runtime()
+    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert out.startswith("error: Redis did not answer: ") and out.count("\n") == 1, out
+
+
+def test_an_error_message_longer_than_the_terminal_stays_on_one_line(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    feature = "f" * 64
+    assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", feature) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert len(out) > 90 and out.count("\n") == 1 and feature in out, out
+
+
+def test_an_error_message_is_printed_as_text_not_as_markup(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", "[red]x") == EXIT_REFUSED
+    assert "'[red]x'" in capsys.readouterr().out

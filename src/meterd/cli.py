@@ -11,11 +11,15 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
+import kombu.exceptions
+import redis
 import typer
 import uvicorn
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from meterd import embedded
 from meterd.celery_config import QUEUES, celery_command, create_app
@@ -28,7 +32,7 @@ from meterd.lifecycle import OperatorAction
 from meterd.migrate import upgrade
 from meterd.ops import gather
 from meterd.producer import publish_batches
-from meterd.runtime import get_runtime
+from meterd.runtime import STORE_ERRORS, get_runtime
 from meterd.services.api_keys import Permission
 from meterd.services.catalog import NewEntitlement
 from meterd.timeutil import as_utc, utcnow
@@ -528,12 +532,42 @@ EXIT_REFUSED = 2
 EXIT_UNAVAILABLE = 75
 
 
+#: What a driver raises when a store or the broker did not answer: the command may
+#: work later, so it exits like ``UnavailableError``.
+UNANSWERED_ERRORS: tuple[type[Exception], ...] = (*STORE_ERRORS, kombu.exceptions.OperationalError)
+
+
+def unanswered_message(exc: Exception) -> str:
+    """One line: which store, whether it did not answer (down, unreachable) or
+    answered with an error, and the first line of the driver's own message."""
+    detail: BaseException = exc
+    if isinstance(exc, DBAPIError):
+        store, detail = "the database", exc.orig if exc.orig is not None else exc
+        answered = not isinstance(exc, (OperationalError, InterfaceError))
+    elif isinstance(exc, redis.RedisError):
+        store = "Redis"
+        answered = not isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+    else:
+        store, answered = "the broker", False
+    first_line = next((line.strip() for line in str(detail).splitlines() if line.strip()), "")
+    reason = first_line[:200] or type(detail).__name__
+    return f"{store} {'failed' if answered else 'did not answer'}: {reason}"
+
+
+def _print_error(message: str) -> None:
+    """The error as one line, whatever the terminal's width (no markup in the text)."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+
+
 def main() -> None:
     try:
         app()
     except MeterdError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _print_error(str(exc))
         sys.exit(EXIT_UNAVAILABLE if isinstance(exc, UnavailableError) else EXIT_REFUSED)
+    except UNANSWERED_ERRORS as exc:
+        _print_error(unanswered_message(exc))
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 if __name__ == "__main__":  # pragma: no cover
