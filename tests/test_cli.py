@@ -282,3 +282,48 @@ def test_an_error_message_is_printed_as_text_not_as_markup(
     invoke("org", "create", "acme")
     assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", "[red]x") == EXIT_REFUSED
     assert "'[red]x'" in capsys.readouterr().out
+
+
+def catalog_with_a_feature() -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls")
+
+
+@pytest.mark.parametrize("quantity", ["abc", "NaN", "1e400", "0.0000001", "-1", "1,5", " 1", ""])
+def test_entitlement_create_refuses_a_quantity_outside_the_api_grammar_in_one_line(
+    cli_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    quantity: str,
+) -> None:
+    catalog_with_a_feature()
+    capsys.readouterr()
+    command = ("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", quantity)
+    assert run_main(monkeypatch, *command) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: quantity {quantity!r} is not a decimal like 10 or 0.5"), out
+    assert out.count("\n") == 1, out
+    assert json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json")) == []
+
+
+def test_entitlement_create_refuses_a_quantity_too_large_to_count_exactly(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalog_with_a_feature()
+    capsys.readouterr()
+    command = ("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "9" * 30)
+    assert run_main(monkeypatch, *command) == EXIT_REFUSED
+    assert "is too large to count exactly" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("quantity", "stored"), [("10", "10.000000"), ("0.000001", "0.000001"), ("0", "0.000000")]
+)
+def test_entitlement_create_takes_a_quantity_in_the_api_grammar(
+    cli_env: None, quantity: str, stored: str
+) -> None:
+    catalog_with_a_feature()
+    invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", quantity)
+    (row,) = json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json"))
+    assert row["quantity"] == stored

@@ -7,7 +7,6 @@ import os
 import sys
 import uuid
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +31,7 @@ from meterd.lifecycle import OperatorAction
 from meterd.migrate import upgrade
 from meterd.ops import gather
 from meterd.producer import publish_batches
+from meterd.quantity import parse_decimal_text
 from meterd.runtime import STORE_ERRORS, get_runtime
 from meterd.services.api_keys import Permission
 from meterd.services.catalog import NewEntitlement
@@ -70,15 +70,6 @@ def _uuid(value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a UUID") from None
-
-
-def _decimal(value: str | None) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        return Decimal(value)
-    except InvalidOperation:
-        raise typer.BadParameter(f"{value!r} is not a decimal number") from None
 
 
 @db_app.command("upgrade")
@@ -168,7 +159,9 @@ def entitlement_create(
     org: str,
     customer: str,
     feature: str,
-    quantity: Annotated[str | None, typer.Option(help="omit for unlimited")] = None,
+    quantity: Annotated[
+        str | None, typer.Option(help="a decimal like 10 or 0.5; omit for unlimited")
+    ] = None,
     starts: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
     ends: Annotated[str | None, typer.Option(help="ISO 8601; default open-ended")] = None,
     billing_type: BillingType = BillingType.PRE_PAID,
@@ -176,13 +169,14 @@ def entitlement_create(
     priority: int = 0,
     grace_days: int = 0,
 ) -> None:
+    granted = None if quantity is None else parse_decimal_text(quantity)
     now = utcnow()
     ent = get_runtime().catalog.create_entitlement(
         NewEntitlement(
             org=org,
             customer_id=customer,
             feature=feature,
-            quantity=_decimal(quantity),
+            quantity=granted,
             starts_at=_when(starts, now) or now,
             ends_at=_when(ends, None),
             billing_type=billing_type,
