@@ -327,3 +327,103 @@ def test_entitlement_create_takes_a_quantity_in_the_api_grammar(
     invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", quantity)
     (row,) = json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json"))
     assert row["quantity"] == stored
+
+
+def test_publish_of_a_missing_file_exits_2_with_one_line(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(monkeypatch, "publish", "/nonexistent.json") == EXIT_REFUSED
+    assert capsys.readouterr().out == "error: events file /nonexistent.json not found\n"
+
+
+def test_publish_of_a_file_that_is_not_json_exits_2_with_one_line(
+    cli_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "events.json"
+    path.write_text("specversion: 1.0\n")
+    assert run_main(monkeypatch, "publish", str(path)) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: {path} is not JSON: Expecting value") and out.count("\n") == 1
+
+
+def test_publish_of_a_file_that_is_not_text_exits_2_with_one_line(
+    cli_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "events.bin"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    assert run_main(monkeypatch, "publish", str(path)) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: {path} is not JSON: ") and out.count("\n") == 1
+
+
+def test_publish_of_a_path_that_cannot_be_read_exits_2_with_one_line(
+    cli_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_main(monkeypatch, "publish", str(tmp_path)) == EXIT_REFUSED
+    assert capsys.readouterr().out == f"error: cannot read {tmp_path}: Is a directory\n"
+
+
+def publish_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, payload: object
+) -> list[dict[str, object]]:
+    """Run ``meterd publish`` on ``payload`` as a file; returns what it handed the broker."""
+    sent: list[dict[str, object]] = []
+
+    def fake_publish(_app: object, events: list[dict[str, object]], _size: int) -> int:
+        sent.extend(events)
+        return 1
+
+    monkeypatch.setattr("meterd.cli.publish_batches", fake_publish)
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps(payload))
+    invoke("publish", str(path))
+    return sent
+
+
+def test_publish_stamps_the_receive_time_on_each_event_without_one(
+    cli_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import datetime
+
+    untimed = event(customer="c-1", quantity="1", event_id="e-1")
+    assert "time" not in untimed
+    null_time = {**event(customer="c-1", quantity="1", event_id="e-2"), "time": None}
+    before = utcnow()
+    sent = publish_file(monkeypatch, tmp_path, [untimed, null_time])
+    after = utcnow()
+    stamps = [str(e["time"]) for e in sent]
+    assert all(s.endswith("Z") for s in stamps), stamps  # RFC 3339, UTC
+    times = [datetime.fromisoformat(s) for s in stamps]
+    assert all(before <= t <= after for t in times) and times[0] == times[1]
+
+
+def test_publish_keeps_the_time_an_event_carries(
+    cli_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed = {**event(customer="c-1", quantity="1"), "time": "2026-11-22T10:00:00+01:00"}
+    (sent,) = publish_file(monkeypatch, tmp_path, timed)
+    assert sent == timed
+
+
+def test_publish_with_the_broker_down_exits_75_with_one_line(
+    cli_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("METERD_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps([event(customer="c-1", quantity="1")]))
+    assert run_main(monkeypatch, "publish", str(path)) == EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert out.startswith("error: the broker did not answer: ") and out.count("\n") == 1, out

@@ -26,11 +26,11 @@ from meterd.config import get_settings
 from meterd.demo import DemoPlan, run_demo
 from meterd.dev import run_dev
 from meterd.domain import BillingType, ContractMode, FeatureType
-from meterd.errors import MeterdError, UnavailableError
+from meterd.errors import InvalidError, MeterdError, NotFoundError, UnavailableError
 from meterd.lifecycle import OperatorAction
 from meterd.migrate import upgrade
 from meterd.ops import gather
-from meterd.producer import publish_batches
+from meterd.producer import publish_batches, stamp_receive_time
 from meterd.quantity import parse_decimal_text
 from meterd.runtime import STORE_ERRORS, get_runtime
 from meterd.services.api_keys import Permission
@@ -126,12 +126,29 @@ def publish(
     ] = None,
     batch_size: int = 500,
 ) -> None:
-    """Publish CloudEvents usage events to meterd.ingest_batch in batches."""
-    text = sys.stdin.read() if path is None or str(path) == "-" else path.read_text()
-    payload = json.loads(text)
-    events = payload if isinstance(payload, list) else [payload]
+    """Publish CloudEvents usage events to meterd.ingest_batch in batches. An event
+    without ``time`` is stamped with the time the file was read (RFC 3339, UTC)."""
+    payload = _read_json(path)
+    received_at = utcnow()
+    events = stamp_receive_time(payload if isinstance(payload, list) else [payload], received_at)
     messages = publish_batches(create_app(get_settings()), events, batch_size)
     console.print(f"published {len(events)} event(s) in {messages} message(s)")
+
+
+def _read_json(path: Path | None) -> Any:
+    """The JSON document in ``path`` (stdin for None or ``-``); a file that cannot be
+    read or is not JSON is refused with one line."""
+    from_stdin = path is None or str(path) == "-"
+    name = "stdin" if from_stdin else str(path)
+    try:
+        text = sys.stdin.read() if from_stdin or path is None else path.read_text("utf-8")
+        return json.loads(text)
+    except FileNotFoundError:
+        raise NotFoundError("events file", name) from None
+    except OSError as exc:
+        raise InvalidError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidError(f"{name} is not JSON: {exc}") from None
 
 
 @org_app.command("create")
