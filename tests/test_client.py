@@ -130,3 +130,28 @@ def test_an_event_id_given_by_the_caller_is_kept() -> None:
     with client_over(transport) as client:
         assert client.record("c-1", "api_calls", 1, event_id="req-81") == "req-81"
     assert transport.batches[0][0]["id"] == "req-81"
+
+
+def test_record_stamps_the_receive_time_on_an_event_without_one() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from meterd.timeutil import utcnow
+
+    transport = FakeTransport()
+    before = utcnow()
+    with client_over(transport) as client:
+        client.record("c-1", "api_calls", 1)
+    after = utcnow()
+    stamped = datetime.fromisoformat(transport.batches[0][0]["time"])
+    assert stamped.utcoffset() == timedelta(0)  # RFC 3339 in UTC
+    assert before <= stamped.astimezone(UTC) <= after
+
+
+def test_record_keeps_the_time_the_caller_gives() -> None:
+    from datetime import datetime
+
+    transport = FakeTransport()
+    when = datetime.fromisoformat("2026-11-22T10:00:00+01:00")
+    with client_over(transport) as client:
+        client.record("c-1", "api_calls", 1, time=when)
+    assert transport.batches[0][0]["time"] == "2026-11-22T10:00:00+01:00"
