@@ -427,3 +427,24 @@ def test_publish_with_the_broker_down_exits_75_with_one_line(
     assert run_main(monkeypatch, "publish", str(path)) == EXIT_UNAVAILABLE
     out = capsys.readouterr().out
     assert out.startswith("error: the broker did not answer: ") and out.count("\n") == 1, out
+
+
+@pytest.fixture
+def backend_cli(runtime: runtime_module.Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI over the test backend's runtime (SQLite, or PostgreSQL with
+    METERD_TEST_BACKEND=real), which has org acme and feature api_calls."""
+    monkeypatch.setattr("meterd.cli.get_runtime", lambda: runtime)
+
+
+def test_feature_create_in_an_org_that_does_not_exist_says_so(
+    backend_cli: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(monkeypatch, "feature", "create", "noorg", "x") == EXIT_REFUSED
+    assert capsys.readouterr().out == "error: organisation noorg not found\n"
+
+
+def test_feature_create_with_a_key_taken_in_the_org_says_it_exists(
+    backend_cli: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(monkeypatch, "feature", "create", "acme", "api_calls") == EXIT_REFUSED
+    assert capsys.readouterr().out == "error: feature 'api_calls' exists in org acme\n"
