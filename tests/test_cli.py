@@ -216,3 +216,241 @@ def test_a_store_that_does_not_answer_exits_75_to_say_try_again(
 
     monkeypatch.setattr(runtime_module.get_runtime().balance, "balances", down)
     assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE
+
+
+def use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Point the CLI at another database (as METERD_DATABASE_URL would)."""
+    monkeypatch.setenv("METERD_DATABASE_URL", url)
+    get_settings.cache_clear()
+    runtime_module.reset_runtime()
+
+
+NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("org", "create", "acme"),
+        ("feature", "create", "acme", "api_calls"),
+        ("balance", "acme", "c-1", "api_calls"),
+        ("dlq", "list"),
+        ("db", "upgrade"),
+    ],
+    ids=" ".join,
+)
+def test_a_database_that_does_not_answer_exits_75_with_one_line(
+    cli_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: tuple[str, ...],
+) -> None:
+    use_database(monkeypatch, NO_DATABASE)
+    assert run_main(monkeypatch, *command) == EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert out.startswith("error: the database did not answer: ") and "Connection refused" in out
+    assert out.count("\n") == 1, out
+
+
+def test_redis_that_does_not_answer_exits_75_with_one_line(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import redis
+
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls")
+    invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "10")
+    monkeypatch.setattr(
+        runtime_module, "redis_client_for", lambda _s: redis.Redis.from_url("redis://127.0.0.1:1")
+    )
+    runtime_module.reset_runtime()
+    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert out.startswith("error: Redis did not answer: ") and out.count("\n") == 1, out
+
+
+def test_an_error_message_longer_than_the_terminal_stays_on_one_line(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    feature = "f" * 64
+    assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", feature) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert len(out) > 90 and out.count("\n") == 1 and feature in out, out
+
+
+def test_an_error_message_is_printed_as_text_not_as_markup(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", "[red]x") == EXIT_REFUSED
+    assert "'[red]x'" in capsys.readouterr().out
+
+
+def catalog_with_a_feature() -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls")
+
+
+@pytest.mark.parametrize("quantity", ["abc", "NaN", "1e400", "0.0000001", "-1", "1,5", " 1", ""])
+def test_entitlement_create_refuses_a_quantity_outside_the_api_grammar_in_one_line(
+    cli_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    quantity: str,
+) -> None:
+    catalog_with_a_feature()
+    capsys.readouterr()
+    command = ("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", quantity)
+    assert run_main(monkeypatch, *command) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: quantity {quantity!r} is not a decimal like 10 or 0.5"), out
+    assert out.count("\n") == 1, out
+    assert json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json")) == []
+
+
+def test_entitlement_create_refuses_a_quantity_too_large_to_count_exactly(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    catalog_with_a_feature()
+    capsys.readouterr()
+    command = ("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "9" * 30)
+    assert run_main(monkeypatch, *command) == EXIT_REFUSED
+    assert "is too large to count exactly" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("quantity", "stored"), [("10", "10.000000"), ("0.000001", "0.000001"), ("0", "0.000000")]
+)
+def test_entitlement_create_takes_a_quantity_in_the_api_grammar(
+    cli_env: None, quantity: str, stored: str
+) -> None:
+    catalog_with_a_feature()
+    invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", quantity)
+    (row,) = json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json"))
+    assert row["quantity"] == stored
+
+
+def test_publish_of_a_missing_file_exits_2_with_one_line(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(monkeypatch, "publish", "/nonexistent.json") == EXIT_REFUSED
+    assert capsys.readouterr().out == "error: events file /nonexistent.json not found\n"
+
+
+def test_publish_of_a_file_that_is_not_json_exits_2_with_one_line(
+    cli_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "events.json"
+    path.write_text("specversion: 1.0\n")
+    assert run_main(monkeypatch, "publish", str(path)) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: {path} is not JSON: Expecting value") and out.count("\n") == 1
+
+
+def test_publish_of_a_file_that_is_not_text_exits_2_with_one_line(
+    cli_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "events.bin"
+    path.write_bytes(b"\xff\xfe\x00binary")
+    assert run_main(monkeypatch, "publish", str(path)) == EXIT_REFUSED
+    out = capsys.readouterr().out
+    assert out.startswith(f"error: {path} is not JSON: ") and out.count("\n") == 1
+
+
+def test_publish_of_a_path_that_cannot_be_read_exits_2_with_one_line(
+    cli_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run_main(monkeypatch, "publish", str(tmp_path)) == EXIT_REFUSED
+    assert capsys.readouterr().out == f"error: cannot read {tmp_path}: Is a directory\n"
+
+
+def publish_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, payload: object
+) -> list[dict[str, object]]:
+    """Run ``meterd publish`` on ``payload`` as a file; returns what it handed the broker."""
+    sent: list[dict[str, object]] = []
+
+    def fake_publish(_app: object, events: list[dict[str, object]], _size: int) -> int:
+        sent.extend(events)
+        return 1
+
+    monkeypatch.setattr("meterd.cli.publish_batches", fake_publish)
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps(payload))
+    invoke("publish", str(path))
+    return sent
+
+
+def test_publish_stamps_the_receive_time_on_each_event_without_one(
+    cli_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from datetime import datetime
+
+    untimed = event(customer="c-1", quantity="1", event_id="e-1")
+    assert "time" not in untimed
+    null_time = {**event(customer="c-1", quantity="1", event_id="e-2"), "time": None}
+    before = utcnow()
+    sent = publish_file(monkeypatch, tmp_path, [untimed, null_time])
+    after = utcnow()
+    stamps = [str(e["time"]) for e in sent]
+    assert all(s.endswith("Z") for s in stamps), stamps  # RFC 3339, UTC
+    times = [datetime.fromisoformat(s) for s in stamps]
+    assert all(before <= t <= after for t in times) and times[0] == times[1]
+
+
+def test_publish_keeps_the_time_an_event_carries(
+    cli_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    timed = {**event(customer="c-1", quantity="1"), "time": "2026-11-22T10:00:00+01:00"}
+    (sent,) = publish_file(monkeypatch, tmp_path, timed)
+    assert sent == timed
+
+
+def test_publish_with_the_broker_down_exits_75_with_one_line(
+    cli_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("METERD_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    path = tmp_path / "events.json"
+    path.write_text(json.dumps([event(customer="c-1", quantity="1")]))
+    assert run_main(monkeypatch, "publish", str(path)) == EXIT_UNAVAILABLE
+    out = capsys.readouterr().out
+    assert out.startswith("error: the broker did not answer: ") and out.count("\n") == 1, out
+
+
+@pytest.fixture
+def backend_cli(runtime: runtime_module.Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI over the test backend's runtime (SQLite, or PostgreSQL with
+    METERD_TEST_BACKEND=real), which has org acme and feature api_calls."""
+    monkeypatch.setattr("meterd.cli.get_runtime", lambda: runtime)
+
+
+def test_feature_create_in_an_org_that_does_not_exist_says_so(
+    backend_cli: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(monkeypatch, "feature", "create", "noorg", "x") == EXIT_REFUSED
+    assert capsys.readouterr().out == "error: organisation noorg not found\n"
+
+
+def test_feature_create_with_a_key_taken_in_the_org_says_it_exists(
+    backend_cli: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(monkeypatch, "feature", "create", "acme", "api_calls") == EXIT_REFUSED
+    assert capsys.readouterr().out == "error: feature 'api_calls' exists in org acme\n"

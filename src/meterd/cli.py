@@ -7,15 +7,18 @@ import os
 import sys
 import uuid
 from datetime import datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Annotated, Any
 
+import kombu.exceptions
+import redis
 import typer
 import uvicorn
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from meterd import embedded
 from meterd.celery_config import QUEUES, celery_command, create_app
@@ -23,12 +26,13 @@ from meterd.config import get_settings
 from meterd.demo import DemoPlan, run_demo
 from meterd.dev import run_dev
 from meterd.domain import BillingType, ContractMode, FeatureType
-from meterd.errors import MeterdError, UnavailableError
+from meterd.errors import InvalidError, MeterdError, NotFoundError, UnavailableError
 from meterd.lifecycle import OperatorAction
 from meterd.migrate import upgrade
 from meterd.ops import gather
-from meterd.producer import publish_batches
-from meterd.runtime import get_runtime
+from meterd.producer import publish_batches, stamp_receive_time
+from meterd.quantity import parse_decimal_text
+from meterd.runtime import STORE_ERRORS, get_runtime
 from meterd.services.api_keys import Permission
 from meterd.services.catalog import NewEntitlement
 from meterd.timeutil import as_utc, utcnow
@@ -70,15 +74,6 @@ def _uuid(value: str) -> uuid.UUID:
         return uuid.UUID(value)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a UUID") from None
-
-
-def _decimal(value: str | None) -> Decimal | None:
-    if value is None:
-        return None
-    try:
-        return Decimal(value)
-    except InvalidOperation:
-        raise typer.BadParameter(f"{value!r} is not a decimal number") from None
 
 
 @db_app.command("upgrade")
@@ -135,12 +130,29 @@ def publish(
     ] = None,
     batch_size: int = 500,
 ) -> None:
-    """Publish CloudEvents usage events to meterd.ingest_batch in batches."""
-    text = sys.stdin.read() if path is None or str(path) == "-" else path.read_text()
-    payload = json.loads(text)
-    events = payload if isinstance(payload, list) else [payload]
+    """Publish CloudEvents usage events to meterd.ingest_batch in batches. An event
+    without ``time`` is stamped with the time the file was read (RFC 3339, UTC)."""
+    payload = _read_json(path)
+    received_at = utcnow()
+    events = stamp_receive_time(payload if isinstance(payload, list) else [payload], received_at)
     messages = publish_batches(create_app(get_settings()), events, batch_size)
     console.print(f"published {len(events)} event(s) in {messages} message(s)")
+
+
+def _read_json(path: Path | None) -> Any:
+    """The JSON document in ``path`` (stdin for None or ``-``); a file that cannot be
+    read or is not JSON is refused with one line."""
+    from_stdin = path is None or str(path) == "-"
+    name = "stdin" if from_stdin else str(path)
+    try:
+        text = sys.stdin.read() if from_stdin or path is None else path.read_text("utf-8")
+        return json.loads(text)
+    except FileNotFoundError:
+        raise NotFoundError("events file", name) from None
+    except OSError as exc:
+        raise InvalidError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise InvalidError(f"{name} is not JSON: {exc}") from None
 
 
 @org_app.command("create")
@@ -168,7 +180,9 @@ def entitlement_create(
     org: str,
     customer: str,
     feature: str,
-    quantity: Annotated[str | None, typer.Option(help="omit for unlimited")] = None,
+    quantity: Annotated[
+        str | None, typer.Option(help="a decimal like 10 or 0.5; omit for unlimited")
+    ] = None,
     starts: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
     ends: Annotated[str | None, typer.Option(help="ISO 8601; default open-ended")] = None,
     billing_type: BillingType = BillingType.PRE_PAID,
@@ -176,13 +190,14 @@ def entitlement_create(
     priority: int = 0,
     grace_days: int = 0,
 ) -> None:
+    granted = None if quantity is None else parse_decimal_text(quantity)
     now = utcnow()
     ent = get_runtime().catalog.create_entitlement(
         NewEntitlement(
             org=org,
             customer_id=customer,
             feature=feature,
-            quantity=_decimal(quantity),
+            quantity=granted,
             starts_at=_when(starts, now) or now,
             ends_at=_when(ends, None),
             billing_type=billing_type,
@@ -573,12 +588,42 @@ EXIT_REFUSED = 2
 EXIT_UNAVAILABLE = 75
 
 
+#: What a driver raises when a store or the broker did not answer: the command may
+#: work later, so it exits like ``UnavailableError``.
+UNANSWERED_ERRORS: tuple[type[Exception], ...] = (*STORE_ERRORS, kombu.exceptions.OperationalError)
+
+
+def unanswered_message(exc: Exception) -> str:
+    """One line: which store, whether it did not answer (down, unreachable) or
+    answered with an error, and the first line of the driver's own message."""
+    detail: BaseException = exc
+    if isinstance(exc, DBAPIError):
+        store, detail = "the database", exc.orig if exc.orig is not None else exc
+        answered = not isinstance(exc, (OperationalError, InterfaceError))
+    elif isinstance(exc, redis.RedisError):
+        store = "Redis"
+        answered = not isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
+    else:
+        store, answered = "the broker", False
+    first_line = next((line.strip() for line in str(detail).splitlines() if line.strip()), "")
+    reason = first_line[:200] or type(detail).__name__
+    return f"{store} {'failed' if answered else 'did not answer'}: {reason}"
+
+
+def _print_error(message: str) -> None:
+    """The error as one line, whatever the terminal's width (no markup in the text)."""
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+
+
 def main() -> None:
     try:
         app()
     except MeterdError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        _print_error(str(exc))
         sys.exit(EXIT_UNAVAILABLE if isinstance(exc, UnavailableError) else EXIT_REFUSED)
+    except UNANSWERED_ERRORS as exc:
+        _print_error(unanswered_message(exc))
+        sys.exit(EXIT_UNAVAILABLE)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,12 @@
   ``flush_interval`` seconds have passed, retrying a failed send with backoff
   (``max_retries`` times) before reporting it to ``on_error`` and counting it in
   ``stats.failed``.
+* Events the receiver refuses for good are not retried (sending them again
+  cannot help): a ``SendRefusedError`` from the transport, such as the events
+  the HTTP API reports ``invalid`` (it dead-letters them) or a 401/403 for the
+  whole batch. They are counted in ``stats.failed``, logged (logger
+  ``meterd.client``) and handed to ``on_error`` with the error, which lists each
+  event's reason; the rest of the batch counts as sent.
 * A full buffer (``max_buffered``) makes ``record`` wait at most
   ``block_timeout`` seconds for room, then raise ``BufferFullError``: the caller
   decides, nothing is dropped silently.
@@ -24,6 +30,8 @@
 from __future__ import annotations
 
 import atexit
+import json
+import logging
 import threading
 import time
 import weakref
@@ -36,21 +44,35 @@ from typing import Any, Protocol
 
 from meterd.celery_config import INGEST_QUEUE, INGEST_TASK, create_app
 from meterd.config import get_settings
-from meterd.errors import UnavailableError
+from meterd.errors import InvalidError, UnavailableError
 from meterd.ids import uuid7
 from meterd.producer import usage_event
 from meterd.quantity import parse_quantity
 
 Event = dict[str, Any]
 
+log = logging.getLogger("meterd.client")
+
 
 class Transport(Protocol):
     def send(self, events: list[Event]) -> None:
-        """Deliver a batch or raise."""
+        """Deliver a batch or raise: ``SendRefusedError`` for events refused for
+        good (reported at once), anything else to have the batch retried."""
 
 
 class BufferFullError(UnavailableError):
     """The buffer stayed full for ``block_timeout`` seconds: the sender cannot keep up."""
+
+
+class SendRefusedError(InvalidError):
+    """The receiver refused ``events`` for good, so the client does not retry them.
+    ``reasons`` holds one reason per refused event; the other events of the batch,
+    if any, were accepted."""
+
+    def __init__(self, message: str, events: list[Event], reasons: list[str]) -> None:
+        super().__init__(message)
+        self.events = events
+        self.reasons = reasons
 
 
 class CeleryTransport:
@@ -66,8 +88,21 @@ class CeleryTransport:
 
 class HttpTransport:
     """POSTs batches to ``/v1/events`` of a meterd API (the org comes from the key).
-    Events the API reports invalid are handed to ``on_rejected``; they are
-    dead-lettered server-side and retrying would not help."""
+
+    Events the API reports ``invalid`` in its 202 answer are dead-lettered there;
+    sending them again would not help, so ``send`` raises ``SendRefusedError`` for
+    them (the client counts them failed and reports them to its ``on_error``). A
+    401 or 403 (a wrong key, or one without ``EVENTS:WRITE``) refuses the whole
+    batch the same way. Anything else that fails (5xx, connection errors) raises
+    as it is, and the client retries it with the same event ids.
+
+    ``on_rejected``, if given, is called first with the API's result entries for
+    the invalid events (kept for callers that passed it; ``on_error`` sees the
+    same events).
+    """
+
+    #: Statuses that retrying cannot change.
+    REFUSED_STATUSES = frozenset({401, 403})
 
     def __init__(
         self,
@@ -87,13 +122,39 @@ class HttpTransport:
         self.on_rejected = on_rejected
 
     def send(self, events: list[Event]) -> None:
-        import json
-
         response = self.client.post("/v1/events", content=json.dumps(events))
+        if response.status_code in self.REFUSED_STATUSES:
+            reason = f"HTTP {response.status_code} {_problem(response)}"
+            raise SendRefusedError(
+                f"the API refused the batch ({reason}); check the API key and that it "
+                "has EVENTS:WRITE",
+                events,
+                [reason] * len(events),
+            )
         response.raise_for_status()
         rejected = [r for r in response.json()["results"] if r["status"] != "queued"]
-        if rejected and self.on_rejected is not None:
+        if not rejected:
+            return
+        if self.on_rejected is not None:
             self.on_rejected(rejected)
+        refused = [events[r["index"]] for r in rejected]
+        reasons = [str(r.get("reason") or r["status"]) for r in rejected]
+        shown = "; ".join(f"{e.get('id')}: {why}" for e, why in zip(refused, reasons, strict=True))
+        raise SendRefusedError(
+            f"the API refused {len(refused)} of {len(events)} event(s) as invalid "
+            f"(dead-lettered there): {shown[:500]}",
+            refused,
+            reasons,
+        )
+
+
+def _problem(response: Any) -> str:
+    """The ``detail`` of an error answer (problem details or FastAPI's), else its phrase."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    return str(detail)[:200] if detail else str(response.reason_phrase)
 
 
 @dataclass
@@ -257,11 +318,16 @@ class MeterdClient:
         for attempt in range(self.max_retries + 1):
             try:
                 self.transport.send(batch)
+            except SendRefusedError as exc:  # for good: retrying cannot help
+                accepted = len(batch) - len(exc.events)
+                if accepted > 0:
+                    self.stats.sent += accepted
+                    self.stats.batches += 1
+                self._failed(exc, exc.events)
+                return
             except Exception as exc:
                 if attempt == self.max_retries:
-                    self.stats.failed += len(batch)
-                    if self.on_error is not None:
-                        self.on_error(exc, batch)
+                    self._failed(exc, batch)
                     return
                 self.stats.retries += 1
                 time.sleep(min(self.retry_backoff * 2**attempt, 5.0))
@@ -269,6 +335,13 @@ class MeterdClient:
                 self.stats.sent += len(batch)
                 self.stats.batches += 1
                 return
+
+    def _failed(self, exc: Exception, events: list[Event]) -> None:
+        """Count, log and report events that will not be delivered."""
+        self.stats.failed += len(events)
+        log.error("%d usage event(s) not delivered: %s: %s", len(events), type(exc).__name__, exc)
+        if self.on_error is not None:
+            self.on_error(exc, events)
 
 
 def _now() -> datetime:

@@ -3,9 +3,9 @@
 SQLite file and the bundled Redis (``.meterd/``) unless the environment says
 otherwise; no server to install. It migrates the database, creates an org
 ``dev`` with a key that may do everything, starts the three processes, prints
-where to look, and on Ctrl-C stops them in order (API and beat first, then
-the worker, which finishes its tasks) and flushes every pending count to the
-database before it exits.
+where to look, and on Ctrl-C or SIGTERM stops them in order (API and beat
+first, then the worker, which finishes its tasks), flushes every pending count
+to the database and stops the embedded Redis before it exits (status 0).
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from rich.console import Console
 
@@ -56,30 +59,103 @@ class DevTree:
             proc.wait(timeout=10)
 
 
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (``kill``, a supervisor, ``docker stop``) both ask
+    for the ordered stop. The handler only records the signal: it never raises into
+    the code it interrupts, so a signal during start-up, or a second one while the
+    children are being stopped, cannot cut the stop short and orphan a child."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
+
+    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+        if self.received is None:
+            self.received = signal.Signals(signum)
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def run_dev(settings: Settings, host: str, port: int, console: Console) -> int:
+    """Run until SIGINT or SIGTERM (exit status 0) or until a child exits (1); either
+    way stop API, beat and worker in that order, flush, and stop the embedded Redis."""
+    with StopSignals() as stop:
+        return _run_dev(settings, host, port, console, stop)
+
+
+def _run_dev(settings: Settings, host: str, port: int, console: Console, stop: StopSignals) -> int:
     state = Path(".meterd")
     state.mkdir(exist_ok=True)
     upgrade(settings.database_url)
     rt = Runtime.from_settings(settings)
-    now = utcnow()
-    rt.catalog.create_org(DEV_ORG, "meterd dev", now)
-    token, _ = rt.api_keys.create(DEV_ORG, [Permission.ALL], now, name="meterd dev")
+    try:
+        now = utcnow()
+        rt.catalog.create_org(DEV_ORG, "meterd dev", now)
+        token, _ = rt.api_keys.create(DEV_ORG, [Permission.ALL], now, name="meterd dev")
+        tree = DevTree()
+        try:
+            _start_and_wait(tree, settings, host, port, token, console, stop)
+        finally:
+            why = stop.received.name if stop.received else _exited(tree)
+            console.print(f"\nstopping ({why})")
+            tree.stop("api")
+            tree.stop("beat")
+            tree.stop("worker", timeout=60)  # warm shutdown: running tasks finish
+        reports = rt.flush.flush_all(utcnow(), max_batches=1000)
+        flushed = sum(r.periods for r in reports)
+        console.print(
+            f"flushed {len(reports)} batch(es), {flushed} period(s): everything is in the database"
+        )
+    finally:
+        rt.close()
+        if settings.is_embedded_redis:
+            embedded.stop(settings.redis_url)  # its AOF keeps the data for the next run
+    return 0 if stop.received else 1
 
-    tree = DevTree()
+
+def _exited(tree: DevTree) -> str:
+    dead = [n for n in tree.processes if n not in tree.alive()]
+    return f"{', '.join(dead)} exited" if dead else "start-up failed"
+
+
+def _start_and_wait(
+    tree: DevTree,
+    settings: Settings,
+    host: str,
+    port: int,
+    token: str,
+    console: Console,
+    stop: StopSignals,
+) -> None:
+    """Start worker, beat and API (none once a stop was asked for), print where to
+    look, and wait until a stop signal or until one of them exits."""
+    state = Path(".meterd")
     exe = sys.executable
-    tree.start(
-        "worker", worker_command(QUEUES, concurrency=2, loglevel="info"), state / "dev-worker.log"
-    )
-    tree.start(
-        "beat",
-        celery_command("beat", "-l", "info", "-s", str(state / "celerybeat-schedule")),
-        state / "dev-beat.log",
-    )  # fmt: skip
-    tree.start(
-        "api",
-        [exe, "-m", "meterd.cli", "api", "--host", host, "--port", str(port)],
-        state / "dev-api.log",
-    )
+    children = {
+        "worker": (worker_command(QUEUES, concurrency=2, loglevel="info"), "dev-worker.log"),
+        "beat": (
+            celery_command("beat", "-l", "info", "-s", str(state / "celerybeat-schedule")),
+            "dev-beat.log",
+        ),
+        "api": (
+            [exe, "-m", "meterd.cli", "api", "--host", host, "--port", str(port)],
+            "dev-api.log",
+        ),
+    }
+    for name, (argv, log) in children.items():
+        if stop.received:
+            return
+        tree.start(name, argv, state / log)
     base = f"http://{host}:{port}"
     console.print(f"[bold]meterd dev[/bold] on {settings.database_url} and {settings.redis_url}")
     console.print(f"  API       {base}  (OpenAPI docs: {base}/docs)")
@@ -88,24 +164,5 @@ def run_dev(settings: Settings, host: str, port: int, console: Console) -> int:
     print(f"  {token}", flush=True)
     console.print("  logs      .meterd/dev-{worker,beat,api}.log")
     console.print("  try       meterd demo   |   meterd status --watch   |   Ctrl-C to stop")
-
-    interrupted = False
-    try:
-        while len(tree.alive()) == 3:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        interrupted = True
-    dead = [n for n in ("worker", "beat", "api") if n not in tree.alive()]
-    console.print("\nstopping" + ("" if interrupted else f" ({', '.join(dead)} exited)"))
-    tree.stop("api")
-    tree.stop("beat")
-    tree.stop("worker", timeout=60)  # warm shutdown: running tasks finish
-    reports = rt.flush.flush_all(utcnow(), max_batches=1000)
-    flushed = sum(r.periods for r in reports)
-    console.print(
-        f"flushed {len(reports)} batch(es), {flushed} period(s): everything is in the database"
-    )
-    rt.close()
-    if settings.is_embedded_redis:
-        embedded.stop(settings.redis_url)  # its AOF keeps the data for the next run
-    return 0 if interrupted else 1
+    while stop.received is None and len(tree.alive()) == len(children):
+        time.sleep(0.2)

@@ -7,12 +7,14 @@ it sends one message per batch (never one per event).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from itertools import islice
 from typing import Any
 
 from celery import Celery
 
 from meterd.celery_config import INGEST_TASK
+from meterd.timeutil import isoformat
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -48,6 +50,17 @@ def usage_event(
     if time:
         event["time"] = time
     return event
+
+
+def stamp_receive_time(events: Iterable[Any], received_at: datetime) -> list[Any]:
+    """The events, each one without ``time`` (absent or null) given ``received_at``
+    (RFC 3339, UTC), as the first hop that sees an event must do. Events that
+    carry a time, and payloads that are not objects, are passed on unchanged; the
+    caller's dicts are not modified."""
+    stamp = isoformat(received_at)
+    return [
+        {**e, "time": stamp} if isinstance(e, dict) and e.get("time") is None else e for e in events
+    ]
 
 
 def publish_batches(app: Celery, events: Iterable[dict[str, Any]], batch_size: int) -> int:

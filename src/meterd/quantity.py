@@ -19,6 +19,11 @@ MAX_MICROS: int = 2**53 - 1
 _QUANTUM = Decimal(1).scaleb(-SCALE)
 #: Plain decimals ("12", "0.5"): the common case, parsed without Decimal arithmetic.
 _PLAIN = re.compile(r"(\d{1,15})(?:\.(\d{1,6}))?")
+#: The grammar of a decimal typed by a person or an API client for a quantity an
+#: entitlement or plan grants: ASCII digits, an optional point and 1-6 fractional
+#: digits; no sign, no exponent, no NaN or infinity (the API's ``DecimalText``).
+DECIMAL_TEXT_PATTERN = r"^\d+(\.\d{1,6})?$"
+_DECIMAL_TEXT = re.compile(DECIMAL_TEXT_PATTERN, re.ASCII)
 
 
 class QuantityError(InvalidError):
@@ -52,6 +57,25 @@ def parse_quantity(value: object) -> Decimal:
     if to_micros(dec) > MAX_MICROS:
         raise QuantityError("quantity is too large to count exactly")
     return dec
+
+
+def parse_decimal_text(text: str, what: str = "quantity") -> Decimal:
+    """Parse a granted quantity as text (``DECIMAL_TEXT_PATTERN``): ``"10"``,
+    ``"0.5"``, ``"0"``. Refuses anything else with a ``QuantityError`` that says
+    what is wrong, and a value too large to count exactly (over ``MAX_MICROS``
+    micro-units). Usage events keep their own parser (``parse_quantity``)."""
+    if _DECIMAL_TEXT.fullmatch(text) is None:
+        raise QuantityError(
+            f"{what} {text[:40]!r} is not a decimal like 10 or 0.5"
+            f" (digits, at most {SCALE} after the point, no sign or exponent)"
+        )
+    value = Decimal(text)
+    if to_micros(value) > MAX_MICROS:
+        raise QuantityError(
+            f"{what} {text[:40]!r} is too large to count exactly"
+            f" (at most {format_quantity(from_micros(MAX_MICROS))})"
+        )
+    return value
 
 
 def to_micros(value: Decimal) -> int:

@@ -108,7 +108,7 @@ def test_the_client_over_http_reports_rejected_events_and_counts_the_rest(
         for i in range(120):
             client.record("h-1", "api_calls", "0.25", event_id=f"hc-{i}")
         client.record("h-1", "no such feature!", 1)  # refused by the API's validation
-    assert client.stats.sent == 121 and client.stats.failed == 0
+    assert client.stats.sent == 120 and client.stats.failed == 1  # invalid: not sent
     assert len(rejected) == 1 and rejected[0]["status"] == "invalid"
     url = api_base + "/v1/customers/h-1/features/api_calls"
     wait_until(

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.errors import DuplicateError, NotFoundError
-from meterd.storage.models import Feature
+from meterd.storage.models import Feature, Organisation
 
 
 class FeatureStore:
@@ -17,8 +17,14 @@ class FeatureStore:
         self.sessions = sessions
 
     def add(self, feature: Feature) -> Feature:
+        """Insert a feature. An org that does not exist is a ``NotFoundError``: it is
+        looked up in the same transaction, so the only integrity error left is
+        the key taken in the org (``DuplicateError``). Organisations are never
+        deleted, so the org cannot vanish between the two."""
         try:
             with self.sessions.begin() as s:
+                if s.get(Organisation, feature.org_id) is None:
+                    raise NotFoundError("organisation", feature.org_id)
                 s.add(feature)
         except IntegrityError:
             raise DuplicateError(
