@@ -317,3 +317,20 @@ def test_an_operator_action_is_notified(runtime: Runtime) -> None:
     runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW)
     (note,) = runtime.notification_store.all_for(ent.id)
     assert note.type == "entitlement.status_changed"
+
+
+def test_the_lapsed_renewing_scan_reads_only_its_partial_index(runtime: Runtime) -> None:
+    """The job looks for renewing entitlements recorded as lapsed on every run: the
+    query must match the partial index's predicate, or PostgreSQL would read every
+    EXPIRED row each time (the planner cannot prove `auto_renew IS true` implies
+    `auto_renew`)."""
+    from meterd.storage.transitions import LAPSED_RENEWING
+
+    if runtime.database.dialect != "postgresql":
+        pytest.skip("a PostgreSQL planner property (runs in the real configuration)")
+    query = select(Entitlement.id).where(LAPSED_RENEWING)
+    sql = str(query.compile(runtime.database.engine))
+    with runtime.database.engine.begin() as conn:
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        plan = "\n".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + sql))
+    assert "ix_entitlements_lapsed_renewing" in plan, plan

@@ -18,7 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import CursorResult, and_, bindparam, select, text, update
+from sqlalchemy import ColumnElement, CursorResult, and_, bindparam, select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import Status
@@ -39,6 +39,7 @@ from meterd.notifications import (
 )
 from meterd.storage.database import bulk_insert, insert_ignoring_duplicates, within
 from meterd.storage.models import (
+    LAPSED_RENEWING_SQL,
     Entitlement,
     EntitlementTransition,
     Feature,
@@ -432,14 +433,9 @@ _DUE_COLUMNS = (
     Entitlement.term_micros,
     Entitlement.term_anchor,
 )
-#: Renewing entitlements recorded EXPIRED or GRACE (a partial index holds just them).
-LAPSED_RENEWING = and_(
-    Entitlement.status.in_([Status.EXPIRED.value, Status.GRACE.value]),
-    Entitlement.auto_renew.is_(True),
-    Entitlement.contract_mode != "TRIAL",
-    Entitlement.term_anchor.is_not(None),
-    Entitlement.billing_type == "PRE_PAID",
-)
+#: Renewing entitlements recorded EXPIRED or GRACE: the partial index's own predicate,
+#: word for word, so the planner proves the query matches it and reads only that index.
+LAPSED_RENEWING: ColumnElement[bool] = and_(text(LAPSED_RENEWING_SQL))
 
 
 def _due_of(ent: Entitlement, feature: str) -> DueEntitlement:
