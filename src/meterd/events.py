@@ -47,7 +47,10 @@ def _quantity_micros(value: object) -> int:
 def _aware_utc(value: datetime) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("time must carry a timezone (RFC 3339), e.g. 2026-11-22T10:00:00Z")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time is out of range: in UTC it must fall in years 1 to 9999") from None
 
 
 NonEmpty = Annotated[

@@ -3,7 +3,10 @@
 
 Each route declares its filterable fields and their types; a parameter that is
 not a known field with a known operator, or a value that does not parse as the
-field's type, is a ``FilterError`` (400 with a message naming it). Parsed
+field's type, is a ``FilterError`` (400 with a message naming it). So is a value
+outside what meterd stores on every backend: a date-time outside years 1 to 9999
+once in UTC, an integer outside 64 bits, a decimal above ``MAX_QUANTITY`` or with
+more than 6 fractional digits (it could only match by rounding). Parsed
 filters name fields, never columns: the storage layer maps them to columns from
 its own whitelist, and values are always bound parameters.
 """
@@ -14,12 +17,13 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any
 
 from meterd.errors import InvalidError
+from meterd.quantity import SCALE
 from meterd.timeutil import as_utc
 
 
@@ -46,9 +50,30 @@ class Kind(StrEnum):
     INTEGER = "integer"
 
 
+#: The Python type of each kind's values (what a parsed filter, or a sort value, holds).
+VALUE_TYPES: dict[Kind, type] = {
+    Kind.UUID: uuid.UUID,
+    Kind.DATETIME: datetime,
+    Kind.DECIMAL: Decimal,
+    Kind.STRING: str,
+    Kind.INTEGER: int,
+}
+
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 ORDERED = frozenset({Kind.DATETIME, Kind.DECIMAL, Kind.INTEGER})
-_MAX_IN = 500
+MAX_IN = 500
+_MAX_LENGTH = 200
+
+#: Integers are BIGINT columns on every backend.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: The largest quantity meterd stores on every backend: PostgreSQL's Numeric(38, 6)
+#: holds more, but SQLite stores integer micro-units in a 64-bit integer.
+MAX_QUANTITY = Decimal(INT64_MAX).scaleb(-SCALE)
+_QUANTUM = Decimal(1).scaleb(-SCALE)
+#: Every date-time filter, in UTC, falls within what Python (and so meterd) represents.
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+DATETIME_RANGE = " and ".join(m.isoformat().replace("+00:00", "Z") for m in (EARLIEST, LATEST))
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,24 +84,72 @@ class Filter:
     value: Any
 
 
+def parse_datetime(raw: str, name: str) -> datetime:
+    """An ISO 8601 date-time in UTC (naive: taken as UTC). One that falls outside
+    years 1 to 9999 once converted to UTC is out of range, not a server error."""
+    try:
+        moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise FilterError(f"{name}: {raw[:60]!r} is not a valid datetime") from None
+    try:
+        return as_utc(moment)
+    except OverflowError:
+        raise FilterError(
+            f"{name}: {raw[:60]!r} is out of range: in UTC it must fall between {DATETIME_RANGE}"
+        ) from None
+
+
+def parse_decimal(raw: str, name: str) -> Decimal:
+    """A finite decimal that meterd can store exactly: at most 6 fractional digits
+    (a seventh could only match by rounding) and at most ``MAX_QUANTITY``."""
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        value = Decimal("NaN")
+    if not value.is_finite():
+        raise FilterError(f"{name}: {raw[:60]!r} is not a valid decimal")
+    if abs(value) > MAX_QUANTITY:
+        raise FilterError(
+            f"{name}: {raw[:60]!r} is out of range: quantities are at most {MAX_QUANTITY}"
+            " (the largest meterd stores)"
+        )
+    if value != value.quantize(_QUANTUM):
+        raise FilterError(
+            f"{name}: {raw[:60]!r} has more than {SCALE} fractional digits:"
+            f" quantities are exact to {_QUANTUM}, so it would only match by rounding"
+        )
+    return value
+
+
+def parse_integer(raw: str, name: str) -> int:
+    """A 64-bit integer (what every integer column holds)."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise FilterError(f"{name}: {raw[:60]!r} is not a valid integer") from None
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise FilterError(
+            f"{name}: {raw[:60]!r} is out of range: integers are 64-bit,"
+            f" from {INT64_MIN} to {INT64_MAX}"
+        )
+    return value
+
+
 def _parse_value(kind: Kind, raw: str, name: str) -> Any:
     raw = raw.strip()
-    try:
-        if kind is Kind.UUID:
+    if len(raw) > _MAX_LENGTH:
+        raise FilterError(f"{name}: value too long (at most {_MAX_LENGTH} characters)")
+    if kind is Kind.UUID:
+        try:
             return uuid.UUID(raw)
-        if kind is Kind.DATETIME:
-            return as_utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
-        if kind is Kind.DECIMAL:
-            value = Decimal(raw)
-            if not value.is_finite():
-                raise InvalidOperation
-            return value
-        if kind is Kind.INTEGER:
-            return int(raw)
-    except (ValueError, InvalidOperation):
-        raise FilterError(f"{name}: {raw[:60]!r} is not a valid {kind.value}") from None
-    if len(raw) > 200:
-        raise FilterError(f"{name}: value too long")
+        except ValueError:
+            raise FilterError(f"{name}: {raw[:60]!r} is not a valid uuid") from None
+    if kind is Kind.DATETIME:
+        return parse_datetime(raw, name)
+    if kind is Kind.DECIMAL:
+        return parse_decimal(raw, name)
+    if kind is Kind.INTEGER:
+        return parse_integer(raw, name)
     if _CONTROL.search(raw):
         raise FilterError(f"{name}: control characters are not allowed")
     return raw
@@ -120,8 +193,8 @@ def parse_filters(
             filters.append(Filter(field, op, _parse_bool(raw, name)))
         elif op is Op.IN:
             items = [item for item in raw.split(",") if item.strip()]
-            if not items or len(items) > _MAX_IN:
-                raise FilterError(f"{name}: give 1 to {_MAX_IN} comma-separated values")
+            if not items or len(items) > MAX_IN:
+                raise FilterError(f"{name}: give 1 to {MAX_IN} comma-separated values")
             filters.append(Filter(field, op, tuple(_parse_value(kind, i, name) for i in items)))
         else:
             filters.append(Filter(field, op, _parse_value(kind, raw, name)))

@@ -19,6 +19,7 @@ from meterd.api import (
     entitlements,
     errors,
     health,
+    openapi,
     seed_tenant,
     seed_workspace,
     seed_zenskar,
@@ -50,7 +51,7 @@ def create_app(
     publish_events: Publisher | None = None,
     celery_app: Callable[[], Any] | None = None,
 ) -> FastAPI:
-    app = FastAPI(
+    app = openapi.MeterdAPI(
         title="meterd",
         version=__version__,
         description="Real-time entitlement balances, atomic reserve, event intake, "

@@ -14,8 +14,9 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from meterd.api.errors import HttpError
-from meterd.runtime import Runtime
-from meterd.services.api_keys import Permission, Principal
+from meterd.errors import UnavailableError
+from meterd.runtime import STORE_ERRORS, Runtime
+from meterd.services.api_keys import KeyCheckUnavailable, Permission, Principal
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -42,8 +43,27 @@ def _token(x_api_key: str | None, authorization: str | None, access_token: str |
     )
 
 
+#: What the key store raises when the database does not answer.
+_KEY_STORE_DOWN: tuple[type[Exception], ...] = (UnavailableError, *STORE_ERRORS)
+
+
+def _authenticate(runtime: Runtime, token: str) -> Principal | None:
+    """The key's principal; with the database down, a key verified in the last few
+    minutes is still accepted (value and reserve keep answering from Redis), and any
+    other key is 503, not 401: it may be valid."""
+    try:
+        return runtime.api_keys.authenticate(token)
+    except _KEY_STORE_DOWN as exc:
+        principal = runtime.api_keys.remembered(token)
+        if principal is None:
+            raise KeyCheckUnavailable(
+                "the API key cannot be checked now: the database did not answer; try again"
+            ) from exc
+        return principal
+
+
 def _principal(runtime: Runtime, token: str, permission: Permission) -> Principal:
-    principal = runtime.api_keys.authenticate(token)
+    principal = _authenticate(runtime, token)
     if principal is None:
         raise HttpError(401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
     if not principal.may(permission):

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.inputs import MAX_TERM_YEARS, QuantityText
 from meterd.domain import (
     FEATURE_KEY_PATTERN,
     NO_NUL_PATTERN,
@@ -17,6 +18,7 @@ from meterd.domain import (
     ContractMode,
     FeatureType,
 )
+from meterd.errors import InvalidError
 from meterd.plans import TermUnit
 from meterd.quantity import format_optional_quantity
 from meterd.services.api_keys import Permission, Principal
@@ -29,7 +31,6 @@ router = APIRouter(prefix="/v1", tags=["catalog"])
 Viewer = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))]
 Manager = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_MANAGE))]
 Key = Annotated[str, Field(pattern=FEATURE_KEY_PATTERN.pattern)]
-DecimalText = Annotated[str, Field(pattern=r"^\d+(\.\d{1,6})?$")]
 
 
 class FeatureIn(BaseModel):
@@ -113,7 +114,7 @@ def change_feature(
 class PlanIn(BaseModel):
     key: Key
     feature: Key
-    quantity: DecimalText | None = Field(default=None, description="null: unlimited")
+    quantity: QuantityText | None = Field(default=None, description="null: unlimited")
     display_name: str = Field(default="", max_length=200, pattern=NO_NUL_PATTERN)
     description: str = Field(default="", max_length=2000, pattern=NO_NUL_PATTERN)
     billing_type: BillingType = BillingType.PRE_PAID
@@ -122,7 +123,7 @@ class PlanIn(BaseModel):
     term_unit: TermUnit | None = None
     grace_days: int = Field(default=0, ge=0, le=3650)
     auto_renew: bool = False
-    renewal_quantity: DecimalText | None = None
+    renewal_quantity: QuantityText | None = None
     families: list[Key] = Field(default_factory=list, max_length=50)
 
 
@@ -182,6 +183,8 @@ def plan_out(plan: Plan) -> PlanOut:
 
 @router.post("/plans", status_code=201, response_model=PlanOut)
 def create_plan(body: PlanIn, runtime: RuntimeDep, caller: Manager) -> PlanOut:
+    if body.term_unit is TermUnit.YEAR and (body.term_value or 0) > MAX_TERM_YEARS:
+        raise InvalidError(f"term_value: a term is at most {MAX_TERM_YEARS} years")
     plan = runtime.catalog.create_plan(
         NewPlan(
             org=caller.org,

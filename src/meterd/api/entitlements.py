@@ -15,6 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.inputs import MAX_TERM_YEARS, QuantityText, moment
+from meterd.api.openapi import filter_parameters
 from meterd.api.seed_tenant import TenantAttributes
 from meterd.domain import (
     CUSTOMER_ID_MAX,
@@ -28,7 +30,7 @@ from meterd.domain import (
     Status,
 )
 from meterd.errors import InvalidError
-from meterd.filters import Kind, parse_filters
+from meterd.filters import VALUE_TYPES, Kind, parse_filters
 from meterd.lifecycle import OperatorAction
 from meterd.paging import decode, encode
 from meterd.quantity import format_optional_quantity, format_quantity
@@ -44,9 +46,10 @@ router = APIRouter(prefix="/v1", tags=["entitlements"])
 
 Viewer = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))]
 Manager = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_MANAGE))]
-DecimalText = Annotated[str, Field(pattern=r"^\d+(\.\d{1,6})?$")]
 
 LIST_PARAMS = ("cursor", "limit", "sort_key", "sort_type", "search")
+#: The list's filterable fields: the entitlement's, and its flushed consumption.
+LIST_FILTERS = {**ENTITLEMENT_FILTERS, "quantity_used": Kind.DECIMAL}
 
 
 class EntitlementOut(BaseModel):
@@ -120,14 +123,20 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
     )
 
 
-@router.get("/entitlements", response_model=EntitlementPage)
+@router.get(
+    "/entitlements",
+    response_model=EntitlementPage,
+    openapi_extra={"parameters": filter_parameters(LIST_FILTERS)},
+)
 def list_entitlements(
     request: Request,
     runtime: RuntimeDep,
     caller: Viewer,
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    sort_key: Annotated[str, Query()] = "number",
+    sort_key: Annotated[
+        str, Query(json_schema_extra={"enum": sorted(ENTITLEMENT_SORT_KEYS)})
+    ] = "number",
     sort_type: Annotated[str, Query(pattern="^(asc|desc)$")] = "asc",
     search: Annotated[str | None, Query(max_length=200, pattern=PRINTABLE_PATTERN)] = None,
 ) -> EntitlementPage:
@@ -139,9 +148,9 @@ def list_entitlements(
         raise InvalidError(f"sort_key must be one of {', '.join(sorted(ENTITLEMENT_SORT_KEYS))}")
     sort = f"{sort_key}:{sort_type}"
     params = list(request.query_params.multi_items())
-    fields = {**ENTITLEMENT_FILTERS, "quantity_used": Kind.DECIMAL}
-    filters = parse_filters(params, fields, reserved=LIST_PARAMS)
-    page_cursor = decode(cursor, sort) if cursor else None
+    filters = parse_filters(params, LIST_FILTERS, reserved=LIST_PARAMS)
+    value_type = VALUE_TYPES[ENTITLEMENT_FILTERS[sort_key]]
+    page_cursor = decode(cursor, sort, value_type) if cursor else None
     used = [f for f in filters if f.field == "quantity_used"]
     plain = [f for f in filters if f.field != "quantity_used"]
     page = runtime.queries.page(
@@ -176,7 +185,7 @@ class EntitlementIn(BaseModel):
 
     customer_id: str = Field(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
     feature: str | None = Field(default=None, pattern=FEATURE_KEY_PATTERN.pattern)
-    quantity: DecimalText | None = Field(default=None, description="null: unlimited")
+    quantity: QuantityText | None = Field(default=None, description="null: unlimited")
     starts_at: datetime | None = Field(default=None, description="default: now")
     ends_at: datetime | None = None
     grace_days: int = Field(default=0, ge=0, le=3650)
@@ -190,10 +199,10 @@ class EntitlementIn(BaseModel):
     term_unit: TermUnit | None = Field(
         default=None, description="default: starts_at to ends_at (whole months if it is)"
     )
-    renewal_quantity: DecimalText | None = None
+    renewal_quantity: QuantityText | None = None
     contract_id: str | None = Field(default=None, max_length=128, pattern=PRINTABLE_PATTERN)
     plan_id: uuid.UUID | None = None
-    allotment: DecimalText | None = Field(
+    allotment: QuantityText | None = Field(
         default=None, description="what a parent may allot to child customers"
     )
     attributes: TenantAttributes | None = Field(
@@ -201,16 +210,10 @@ class EntitlementIn(BaseModel):
     )
 
 
-def _aware(value: datetime | None, name: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        raise InvalidError(f"{name} must carry a timezone, e.g. 2026-11-22T10:00:00Z")
-    return value
-
-
 @router.post("/entitlements", status_code=201, response_model=EntitlementOut)
 def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager) -> EntitlementOut:
     now = utcnow()
-    starts_at = _aware(body.starts_at, "starts_at") or now
+    starts_at = moment(body.starts_at, "starts_at") or now
     if body.plan_id is not None:
         if body.allotment is not None or body.attributes is not None:
             raise InvalidError(
@@ -236,7 +239,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             feature=body.feature,
             quantity=Decimal(body.quantity) if body.quantity is not None else None,
             starts_at=starts_at,
-            ends_at=_aware(body.ends_at, "ends_at"),
+            ends_at=moment(body.ends_at, "ends_at"),
             billing_type=body.billing_type,
             contract_mode=body.contract_mode,
             priority=body.priority,
@@ -262,15 +265,15 @@ class EntitlementPatch(BaseModel):
     object."""
 
     row_version: int = Field(description="the row_version you read: 409 if it moved on")
-    quantity: DecimalText | None = None
-    renewal_quantity: DecimalText | None = None
+    quantity: QuantityText | None = None
+    renewal_quantity: QuantityText | None = None
     ends_at: datetime | None = None
     priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
     contract_mode: ContractMode | None = None
     auto_renew: bool | None = Field(
         default=None, description="false: it ends with its current term; true: it renews"
     )
-    allotment: DecimalText | None = None
+    allotment: QuantityText | None = None
     attributes: TenantAttributes | None = None
 
 
@@ -286,7 +289,7 @@ def change_entitlement(
         row_version=body.row_version,
         quantity=_decimal(body.quantity) if "quantity" in given else UNSET,
         renewal_quantity=_decimal(body.renewal_quantity) if "renewal_quantity" in given else UNSET,
-        ends_at=_aware(body.ends_at, "ends_at") if "ends_at" in given else UNSET,
+        ends_at=moment(body.ends_at, "ends_at") if "ends_at" in given else UNSET,
         priority=body.priority,
         contract_mode=body.contract_mode,
         auto_renew=body.auto_renew,
@@ -302,6 +305,8 @@ def change_entitlement(
 def _term(value: int | None, unit: TermUnit | None) -> Term | None:
     if (value is None) != (unit is None):
         raise InvalidError("give term_value and term_unit together (or neither)")
+    if unit is TermUnit.YEAR and (value or 0) > MAX_TERM_YEARS:
+        raise InvalidError(f"term_value: a term is at most {MAX_TERM_YEARS} years")
     return Term.of(value, unit) if value is not None and unit is not None else None
 
 

@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from meterd.api.auth import RuntimeDep, require_allowing_query_token
 from meterd.domain import PRINTABLE_PATTERN, EffectiveState, FeatureType, Status
 from meterd.errors import InvalidError
-from meterd.filters import WorkspaceFilters
+from meterd.filters import DATETIME_RANGE, WorkspaceFilters
 from meterd.plans import TermUnit
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.queries import WorkspaceItem
@@ -66,16 +66,72 @@ MODEL_TYPES = {
 }
 PRINTABLE = re.compile(PRINTABLE_PATTERN)
 ROW_VERSION_NAMESPACE = uuid.UUID("6f1d3a52-5d0c-4a53-9a63-3c9a2b1e7c10")
+#: The page types its integers as int32; pages are 1-based, of at most 200 rows.
+INT32 = range(-(2**31), 2**31)
+PAGES = range(1, 2**31)
+PAGE_SIZES = range(1, 201)
 
-PARAMS = {
-    name.lower(): name
-    for name in (
-        "ModelId", "PlanId", "PlanFamilyIds", "ConditionFamily", "TermKind", "TermValue",
-        "TermUnit", "RenewalPolicyId", "OwnerPartyRoleId", "OwnerEntityInstanceId", "Status",
-        "StartsFromUtc", "StartsToUtc", "EndsFromUtc", "EndsToUtc", "Search", "Page",
-        "PageSize", "access_token",
-    )
-}  # fmt: skip
+
+def _int32(description: str, *values: int, minimum: int = INT32.start) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "format": "int32"}
+    schema |= {"enum": list(values)} if values else {"minimum": minimum, "maximum": INT32.stop - 1}
+    return {"schema": schema, "description": description}
+
+
+def _text(description: str, **schema: Any) -> dict[str, Any]:
+    return {
+        "schema": {"type": "string", "maxLength": 200, "pattern": PRINTABLE_PATTERN, **schema},
+        "description": description,
+    }
+
+
+def _uuid(description: str) -> dict[str, Any]:
+    return {"schema": {"type": "string", "format": "uuid"}, "description": description}
+
+
+def _date(description: str) -> dict[str, Any]:
+    schema = {"type": "string", "format": "date-time"}
+    return {"schema": schema, "description": f"{description} (in UTC between {DATETIME_RANGE})"}
+
+
+#: The page's query parameters by their canonical names, as documented in the
+#: OpenAPI spec (``access_token`` is the auth dependency's). Names match
+#: case-insensitively; ``_Params`` parses the raw query string.
+PARAMETERS: dict[str, dict[str, Any]] = {
+    "ModelId": _uuid("Optional entitlement model (meterd feature) filter."),
+    "PlanId": _uuid("Optional entitlement plan filter."),
+    "PlanFamilyIds": {
+        "schema": {"type": "array", "maxItems": 200, "items": {"type": "string", "format": "uuid"}},
+        "description": "Optional plan family ids that at least one linked plan family must "
+        "match (repeated, or comma-separated).",
+    },
+    "ConditionFamily": _int32(
+        "0 UNLIMITED, 1 QUANTITY, 2 METERED, 3 TRIAL_QUANTITY (of the linked plan).", 0, 1, 2, 3
+    ),
+    "TermKind": _int32(
+        "0 OPEN_ENDED, 1 FIXED, 2 RENEWING, 3 TRIAL (of the linked plan).", 0, 1, 2, 3
+    ),
+    "TermValue": _int32("Optional term value of the linked plan, paired with TermKind."),
+    "TermUnit": _int32("0 DAY, 1 MONTH, 2 YEAR (of the linked plan).", 0, 1, 2),
+    "RenewalPolicyId": _text("The linked plan's renewal policy.", enum=["auto_renew", "none"]),
+    "OwnerPartyRoleId": _text("Optional owner party role filter (meterd's only role: customer)."),
+    "OwnerEntityInstanceId": _text("Optional owner (customer id) filter."),
+    "Status": _int32(
+        "0 PENDING, 1 ACTIVE, 2 GRACE, 3 EXPIRED, 4 SUSPENDED, 5 TERMINATED (6 matches nothing).",
+        *range(0, 7),
+    ),
+    "StartsFromUtc": _date("Optional inclusive start boundary"),
+    "StartsToUtc": _date("Optional inclusive start boundary end"),
+    "EndsFromUtc": _date("Optional inclusive end boundary"),
+    "EndsToUtc": _date("Optional inclusive end boundary end"),
+    "Search": _text("Optional text matched against plan, model and owner names."),
+    "Page": _int32("One-based page number (default 1).", minimum=PAGES.start),
+    "PageSize": {
+        "schema": {"type": "integer", "format": "int32", "minimum": 1, "maximum": 200},
+        "description": "Requested page size (default 20, at most 200).",
+    },
+}
+PARAMS = {name.lower(): name for name in (*PARAMETERS, "access_token")}
 
 
 class ParameterError(InvalidError):
@@ -133,7 +189,8 @@ class _Params:
         except ValueError:
             raise ParameterError(name, f"{name} must be UUIDs") from None
 
-    def integer(self, name: str, allowed: range | None = None) -> int | None:
+    def integer(self, name: str, allowed: range = INT32) -> int | None:
+        """An integer within ``allowed`` (the page types every integer as an int32)."""
         raw = self.text(name)
         if raw is None:
             return None
@@ -141,7 +198,11 @@ class _Params:
             value = int(raw)
         except ValueError:
             raise ParameterError(name, f"{name} must be an integer") from None
-        if allowed is not None and value not in allowed:
+        if value not in allowed:
+            if allowed == INT32:
+                raise ParameterError(
+                    name, f"{name} must be a 32-bit integer ({INT32.start}..{INT32.stop - 1})"
+                )
             raise ParameterError(name, f"{name} must be one of {allowed.start}..{allowed.stop - 1}")
         return value
 
@@ -150,9 +211,15 @@ class _Params:
         if raw is None:
             return None
         try:
-            return as_utc(datetime.fromisoformat(raw.replace("Z", "+00:00")))
+            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
             raise ParameterError(name, f"{name} must be an ISO 8601 date-time") from None
+        try:
+            return as_utc(moment)
+        except OverflowError:
+            raise ParameterError(
+                name, f"{name} is out of range: in UTC it must fall between {DATETIME_RANGE}"
+            ) from None
 
 
 def workspace_filters(p: _Params) -> WorkspaceFilters:
@@ -189,7 +256,19 @@ def workspace_filters(p: _Params) -> WorkspaceFilters:
 @router.get(
     "/api/workspace/entitlement-operations/entitlements",
     response_model=RuntimeEntitlementList,
-    responses={403: {"description": "problem details"}},
+    responses={
+        400: {
+            "model": RuntimeEntitlementList,
+            "description": "a bad parameter: the envelope's Errors name it (Success false)",
+        },
+        403: {"description": "problem details"},
+    },
+    openapi_extra={
+        "parameters": [
+            {"name": name, "in": "query", "required": False, **spec}
+            for name, spec in PARAMETERS.items()
+        ]
+    },
 )
 def runtime_entitlements(
     request: Request,
@@ -205,10 +284,10 @@ def runtime_entitlements(
         size = params.integer("PageSize")
         page = 1 if page is None else page
         size = 20 if size is None else size
-        if page < 1:
-            raise ParameterError("Page", "Page is one-based: 1 or more")
-        if not 1 <= size <= 200:
-            raise ParameterError("PageSize", "PageSize must be 1..200")
+        if page not in PAGES:
+            raise ParameterError("Page", f"Page is one-based: 1..{PAGES.stop - 1}")
+        if size not in PAGE_SIZES:
+            raise ParameterError("PageSize", f"PageSize must be 1..{PAGE_SIZES.stop - 1}")
         filters = workspace_filters(params)
     except ParameterError as exc:
         error = {

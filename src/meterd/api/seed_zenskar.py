@@ -35,6 +35,7 @@ from pydantic import BaseModel
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import HttpError
 from meterd.api.exact_json import ExactJSONResponse, exact_number
+from meterd.api.openapi import filter_parameters
 from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Status
 from meterd.errors import InvalidError
 from meterd.filters import Filter, Kind, Op, parse_filters
@@ -133,6 +134,7 @@ def _sort_value(group: _Group, key: str) -> Any:
     "/entitlements/customer/unique/{customer_id}",
     response_model=UniqueEntitlementsPage,
     response_class=ExactJSONResponse,
+    openapi_extra={"parameters": filter_parameters(FIELDS)},
 )
 def unique_entitlements(
     request: Request,
@@ -144,7 +146,7 @@ def unique_entitlements(
     organisation: Annotated[str, Header(max_length=64)],
     cursor: Annotated[str | None, Query(max_length=2000)] = None,
     limit: Annotated[int | None, Query(ge=1, le=200)] = None,
-    sort_key: Annotated[str | None, Query()] = None,
+    sort_key: Annotated[str | None, Query(json_schema_extra={"enum": list(SORT_KEYS)})] = None,
     sort_type: Annotated[str | None, Query(pattern="^(asc|desc)$")] = None,
     search: Annotated[str | None, Query(max_length=200, pattern=PRINTABLE_PATTERN)] = None,
 ) -> ExactJSONResponse:

@@ -3,8 +3,15 @@
 A key reads ``mk_<id>_<secret>``: the id finds the row, the SHA-256 of the whole
 key must match (compared in constant time). RedisKeys carry 192 random bits, so a
 slow password hash would add latency without adding safety. Verified keys are
-remembered for a few seconds per process (a revoked key stops working within
-``CACHE_SECONDS``), which keeps authentication off the database on hot paths.
+remembered per process:
+
+* for ``CACHE_SECONDS`` they are trusted without asking the database (a revoked
+  key stops working within that time), which keeps authentication off the
+  database on hot paths;
+* for ``REMEMBER_SECONDS`` after their last verification, ``remembered`` still
+  names their principal, for the edge to use when the database does not answer:
+  the value and reserve routes, which read Redis alone, keep serving the callers
+  they served a moment ago. A key found unknown or revoked is forgotten at once.
 """
 
 from __future__ import annotations
@@ -15,15 +22,18 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from meterd.errors import InvalidError
+from meterd.errors import InvalidError, UnavailableError
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.models import ApiKey
 
 CACHE_SECONDS = 10.0
+REMEMBER_SECONDS = 300.0
+_MAX_REMEMBERED = 10_000
 _KEY = re.compile(r"^mk_([0-9a-f]{16})_([A-Za-z0-9_-]{32})$")
 
 
@@ -45,6 +55,11 @@ class ApiKeyError(InvalidError):
     """A key that cannot be issued as asked."""
 
 
+class KeyCheckUnavailable(UnavailableError):
+    """The database did not answer, and the key was not verified recently enough to
+    be accepted without it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who is calling: one org, some permissions."""
@@ -62,8 +77,10 @@ def _digest(token: str) -> str:
 
 
 class ApiKeyService:
-    def __init__(self, store: ApiKeyStore) -> None:
+    def __init__(self, store: ApiKeyStore, clock: Callable[[], float] = time.monotonic) -> None:
         self.store = store
+        self.clock = clock
+        #: SHA-256 of a key -> (when it was last verified against the store, its principal).
         self._cache: dict[str, tuple[float, Principal]] = {}
         self._lock = threading.Lock()
 
@@ -88,27 +105,51 @@ class ApiKeyService:
 
     def authenticate(self, token: str) -> Principal | None:
         """The principal a key grants, or None for anything else (unknown, revoked,
-        malformed): callers answer 401 without saying which."""
+        malformed): callers answer 401 without saying which. Raises what the store
+        raises when the database does not answer (see ``remembered``)."""
         match = _KEY.match(token)
         if match is None:
             return None
         digest = _digest(token)
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
-            cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+            verified = self._cache.get(digest)
+        if verified is not None and now - verified[0] < CACHE_SECONDS:
+            return verified[1]
         stored = self.store.find(match.group(1))
-        if stored is None or stored.revoked:
-            return None
-        if not hmac.compare_digest(stored.secret_hash, digest):
+        if stored is None or stored.revoked or not hmac.compare_digest(stored.secret_hash, digest):
+            with self._lock:
+                self._cache.pop(digest, None)
             return None
         principal = Principal(stored.org_id, stored.id, stored.permissions)
         with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + CACHE_SECONDS, principal)
+            if len(self._cache) >= _MAX_REMEMBERED:
+                self._forget_older_than(now - REMEMBER_SECONDS)
+            self._cache[digest] = (now, principal)
         return principal
 
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of a key verified within the last ``REMEMBER_SECONDS``, without
+        asking the database: for when it does not answer. None for any other key."""
+        if _KEY.match(token) is None:
+            return None
+        with self._lock:
+            verified = self._cache.get(_digest(token))
+        if verified is None or self.clock() - verified[0] >= REMEMBER_SECONDS:
+            return None
+        return verified[1]
+
+    def _forget_older_than(self, moment: float) -> None:
+        stale = [digest for digest, (at, _) in self._cache.items() if at < moment]
+        for digest in stale:
+            del self._cache[digest]
+        if len(self._cache) >= _MAX_REMEMBERED:
+            self._cache.clear()
+
     def revoke(self, key_id: str, now: datetime) -> bool:
-        return self.store.revoke(key_id, now)
+        """Revoke a key; this process forgets it at once (others within ``CACHE_SECONDS``)."""
+        revoked = self.store.revoke(key_id, now)
+        with self._lock:
+            for digest in [d for d, (_, p) in self._cache.items() if p.key_id == key_id]:
+                del self._cache[digest]
+        return revoked
