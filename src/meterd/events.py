@@ -10,7 +10,8 @@ dead-lettered while the rest of its batch is counted.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -97,6 +98,8 @@ class UsageEvent:
     time: datetime
     quantity_micros: int
     entitlement_id: uuid.UUID | None
+    #: The event's ``data`` as sent (kept in the event log for meters over raw events).
+    data: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def time_micros(self) -> int:
@@ -169,4 +172,5 @@ def parse_event(
         time=event.time or received_at,
         quantity_micros=event.data.quantity,
         entitlement_id=event.data.entitlement_id,
+        data=payload["data"],
     )

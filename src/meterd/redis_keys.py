@@ -10,7 +10,13 @@ colons).
 ===============================  ======  =====================================================
 key                              type    holds
 ===============================  ======  =====================================================
-``P:dd:{org}:<n>:<src>:<id>``    string  dedupe marker of an accepted event (expires)
+``P:dm:<g>``                     hash    marker generation g: level, split pointer, markers
+``P:dm:<g>:<shard>``             set     marker digests (integers: kept as an intset)
+``P:dm:generations``             zset    the marker generations that exist
+``P:events``                     hash    ``<org>:<n>:<src>:<id>`` -> record of an accepted
+                                         event not yet in the event log
+``P:flush:events``               hash    the same, renamed while a flush is in flight
+``P:flush:seq``                  string  bumped when a flush begins and when it ends
 ``P:res:{tag}:<feature>``        string  JSON resolution data: the customer's entitlements
 ``P:used:{tag}``                 hash    ``<ent>:<period>`` -> consumed micro-units (all time)
 ``P:pending``                    hash    ``<ent>:<period>`` -> micro-units not yet in the DB
@@ -44,8 +50,25 @@ class RedisKeys:
     def tag(self, org: str, customer: str) -> str:
         return f"{{{org}:{len(customer)}:{customer}}}"
 
-    def dedupe(self, org: str, source: str, event_id: str) -> str:
-        return f"{self.prefix}:dd:{{{org}}}:{len(source)}:{source}:{event_id}"
+    @property
+    def marker_prefix(self) -> str:
+        return f"{self.prefix}:dm:"
+
+    @property
+    def marker_generations(self) -> str:
+        return f"{self.prefix}:dm:generations"
+
+    @property
+    def pending_events(self) -> str:
+        return f"{self.prefix}:events"
+
+    @property
+    def flush_events(self) -> str:
+        return f"{self.prefix}:flush:events"
+
+    @property
+    def flush_seq(self) -> str:
+        return f"{self.prefix}:flush:seq"
 
     def resolution(self, org: str, customer: str, feature: str) -> str:
         return f"{self.prefix}:res:{self.tag(org, customer)}:{feature}"

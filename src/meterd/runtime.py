@@ -39,6 +39,7 @@ from meterd.storage.counters import CounterStore
 from meterd.storage.database import Database
 from meterd.storage.dead_letters import DeadLetterStore
 from meterd.storage.entitlements import EntitlementStore
+from meterd.storage.event_log import EventLog
 from meterd.storage.features import FeatureStore
 from meterd.storage.listing import EntitlementListing
 from meterd.storage.notifications import NotificationStore
@@ -91,8 +92,10 @@ class Runtime:
         return CounterStore(
             self.redis,
             self.redis_keys,
-            dedupe_ttl=timedelta(seconds=self.settings.dedupe_ttl),
+            hot_window=timedelta(seconds=self.settings.dedupe_ttl),
             late_window=self.late_window,
+            future_skew=timedelta(seconds=self.settings.future_skew),
+            max_waiting_events=self.settings.max_waiting_events,
         )
 
     @cached_property
@@ -124,8 +127,12 @@ class Runtime:
         return ResolutionViewStore(self.database.sessions)
 
     @cached_property
+    def event_log(self) -> EventLog:
+        return EventLog(self.database.sessions, self.database.dialect)
+
+    @cached_property
     def usage(self) -> UsageStore:
-        return UsageStore(self.database.sessions)
+        return UsageStore(self.database.sessions, self.event_log)
 
     @cached_property
     def listing(self) -> EntitlementListing:
@@ -152,7 +159,7 @@ class Runtime:
 
     @cached_property
     def counting(self) -> UsageCounter:
-        return UsageCounter(self.counters, self.resolution)
+        return UsageCounter(self.counters, self.resolution, self.event_log)
 
     @cached_property
     def ingest(self) -> IngestService:

@@ -3,6 +3,8 @@
 KEYS[1]  inflight batch id (string)
 KEYS[2]  flush batch hash
 KEYS[3]  batch since (epoch us of the batch's first write)
+KEYS[4]  flush events (the records of the batch's events)
+KEYS[5]  flush sequence
 ARGV[1]  id of the batch the caller committed
 
 Returns 1 if the batch was removed, 0 if another batch is in flight (a
@@ -12,10 +14,13 @@ concurrent flush already finished this one and started the next).
 local inflight_key = KEYS[1]
 local batch_key = KEYS[2]
 local batch_since_key = KEYS[3]
+local batch_events_key = KEYS[4]
+local seq_key = KEYS[5]
 local batch_id = ARGV[1]
 
 if redis.call("GET", inflight_key) == batch_id then
-  redis.call("DEL", batch_key, inflight_key, batch_since_key)
+  redis.call("UNLINK", batch_key, inflight_key, batch_since_key, batch_events_key)
+  redis.call("INCR", seq_key)
   return 1
 end
 return 0

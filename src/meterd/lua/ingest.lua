@@ -3,17 +3,54 @@
 KEYS[1]                 pending hash: "<ent>:<period>" -> micro-units not yet flushed
 KEYS[2]                 pending since: when the pending hash got its first write (epoch us)
 KEYS[3]                 event stats hash: outcome -> events (usage only, not reservations)
-KEYS[3i + 1]            dedupe marker of event i        (string, expires)
-KEYS[3i + 2]            resolution data of event i      (string, JSON, see resolution.py)
-KEYS[3i + 3]            used hash of event i's customer "<ent>:<period>" -> micro-units
+KEYS[4]                 pending events hash: event key -> record (the event log's rows to be)
+KEYS[5]                 the same, renamed for the flush in flight
+KEYS[6]                 flush sequence (bumped when a flush begins and when it ends)
+KEYS[7]                 marker generations (sorted set: generation -> generation)
+KEYS[2i + 6]            resolution data of event i      (string, JSON, see resolution.py)
+KEYS[2i + 7]            used hash of event i's customer "<ent>:<period>" -> micro-units
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
-ARGV[3]                 minimum dedupe marker lifetime, milliseconds
+ARGV[3]                 hot window, microseconds: how long a marker is kept after acceptance
 ARGV[4]                 "1": strict (a reservation), "0": usage (overage allowed)
-ARGV[4i + 1]            event time, epoch microseconds
-ARGV[4i + 2]            start of the UTC month of the event time, epoch microseconds
-ARGV[4i + 3]            quantity, integer micro-units (> 0)
-ARGV[4i + 4]            target entitlement id (hex) or ""
+ARGV[5]                 "" : first look; else the flush sequence the caller read before it
+                        searched the event log for these events (a confirmed call)
+ARGV[6]                 length of a marker generation, microseconds
+ARGV[7]                 marker key prefix ("<prefix>:dm:")
+ARGV[8]                 future skew, microseconds
+ARGV[9]                 most events that may wait for a flush (backpressure)
+ARGV[7i + 3]            event time, epoch microseconds
+ARGV[7i + 4]            start of the UTC month of the event time, epoch microseconds
+ARGV[7i + 5]            quantity, integer micro-units (> 0)
+ARGV[7i + 6]            target entitlement id (hex) or ""
+ARGV[7i + 7]            event key "<org>:<len>:<source>:<id>" (the pending events field)
+ARGV[7i + 8]            marker digest: an integer below 2^52, as decimal text
+ARGV[7i + 9]            the event's record (JSON) for the log
+
+Dedupe in two tiers (docs/architecture.md, "Dedupe"). The invariant: an accepted
+event is found by its marker, in the pending events (KEYS[4], KEYS[5]), or in the
+event log.
+* Markers: the digest of every accepted event goes into the marker generation of
+  its acceptance time (generations of ARGV[6]; kept while any acceptance in them
+  is younger than the hot window). A generation is a linear hash of integer sets
+  of at most ~2 x LOAD members each, so Redis keeps every set as an intset: 8
+  bytes a marker. Generations older than the hot window are deleted a bounded
+  number of keys per call.
+* First look: an event older than the hot window (minus the future skew: a
+  redelivery carries the event's time, so its first acceptance was at most that
+  long ago) may have lost its marker: code k, the caller searches the log. A
+  marker miss means no acceptance within the hot window: the event is new. A
+  marker hit is confirmed by the pending events (d), else code k (the original
+  was flushed, or the digest collided: the log decides). Nothing is ever called
+  a duplicate on a digest alone.
+* Confirmed call: the caller found none of these events in the log after
+  reading the flush sequence ARGV[5]. If a flush began or ended since (the
+  sequence moved), every event answers r (look again); else an event in the
+  pending events is a duplicate and any other is new.
+
+An accepted event's record is stored in the pending events as
+"<quantity>:<target>\t<record JSON>\t<field>=<micros>,..." (what it was
+counted on); the flush writes it to the log with the counts.
 
 Threshold crossings: when a PRE_PAID period's consumption goes from below 80%
 (or 100%) of its limit to at or above it, the field "n:<ent>:<period>:<pct>" of
@@ -22,10 +59,8 @@ to the database with the counts, where it becomes a notification (once: its id
 is the primary key). Consumption only grows, so each crossing happens in one
 batch only, and a redelivered event is a duplicate that moves nothing.
 
-A dedupe marker lives max(ARGV[3], event time + late window - now): as long as
-the event could still be accepted, so a redelivery can never count it twice.
-A reservation's marker holds "<quantity>:<target>": the same idempotency key
-asked again with other parameters is a conflict (code c), not a duplicate.
+A reservation's record starts with "<quantity>:<target>": the same idempotency
+key asked again with other parameters is a conflict (code c), not a duplicate.
 
 Which entitlement, which period (meterd.lifecycle.status_at and period_at in
 Python are the same rules): an entitlement takes usage timed at ts when
@@ -43,9 +78,13 @@ Returns one character per event (ScriptCode in storage/counters.py):
   n  no entitlement
   m  missing resolution data: nothing was written for the event; the caller
      loads the data and counts the event again
-  x  no room (strict only): nothing was counted, and the marker is removed so a
+  x  no room (strict only): nothing was counted and no marker written, so a
      retry is judged afresh
   c  conflict (strict only): the idempotency key was granted for other parameters
+  k  confirm: the event may have been accepted before; nothing was written, the
+     caller searches the event log and makes a confirmed call
+  r  retry (confirmed call): a flush began or ended since the caller's search
+  b  backpressure: too many events wait for a flush; nothing was written
 
 The event stats hash (KEYS[3]) counts every final outcome of a usage batch in
 the same atomic step as the counts, so metrics never disagree with the
@@ -55,8 +94,9 @@ Strict mode (the synchronous reserve call): an event is counted only if the
 room its PRE_PAID entitlements have left covers it whole (unlimited and
 PAY_PER_USE entitlements have unbounded room); it never creates overage.
 
-Cost: Redis spends its time per redis.call, so each event costs one SET NX
-(the dedupe marker, undone if the event is not accepted); resolution data is
+Cost: Redis spends its time per redis.call, so each event costs one
+SISMEMBER per live marker generation, one SADD and one HSET (its record) when
+accepted; resolution data is
 read and decoded once per customer and feature; and the counters are summed
 in Lua and written once per touched field at the end of the batch.
 
@@ -70,11 +110,21 @@ All numbers stay below 2^53, so Lua's doubles hold them exactly.
 local pending_key = KEYS[1]
 local pending_since_key = KEYS[2]
 local stats_key = KEYS[3]
+local events_key = KEYS[4]
+local batch_events_key = KEYS[5]
+local flush_seq_key = KEYS[6]
+local generations_key = KEYS[7]
 local now_us = tonumber(ARGV[1])
 local late_window_us = tonumber(ARGV[2])
-local min_dedupe_ms = tonumber(ARGV[3])
+local hot_us = tonumber(ARGV[3])
 local strict = ARGV[4] == "1"
-local n_events = (#KEYS - 3) / 3
+local confirmed = ARGV[5] ~= ""
+local generation_us = tonumber(ARGV[6])
+local marker_prefix = ARGV[7]
+local skew_us = tonumber(ARGV[8])
+local max_waiting = tonumber(ARGV[9])
+local n_events = (#KEYS - 7) / 2
+local EVENT_ARGS = 7
 local decoded = {}
 local out = {}
 -- used_key -> field -> { base value read from Redis (or false), delta of this batch }
@@ -83,9 +133,95 @@ local pending = {}
 -- field -> limit of a PRE_PAID period (for threshold crossings)
 local prepaid_limits = {}
 local THRESHOLDS = { 80, 100 }
+-- "<field>=<micros>" of the event being counted (its record's last part)
+local allocation = {}
 
 local function int_str(n)
   return string.format("%.0f", n)
+end
+
+-- Markers: one linear hash of integer sets per generation of acceptance times.
+-- A generation's meta hash holds L (level), p (split pointer) and n (markers);
+-- its sets are "<meta key>:<shard>", shards 0 .. 2^L + p - 1.
+local LOAD = 200 -- markers per set on average; at most ~2 x LOAD before a split
+local current_generation = math.floor(now_us / generation_us)
+local oldest_live = math.floor((now_us - hot_us) / generation_us)
+local metas = {}
+
+local function meta(g)
+  local m = metas[g]
+  if m == nil then
+    local key = marker_prefix .. int_str(g)
+    local v = redis.call("HMGET", key, "L", "p", "n")
+    m = { key = key, L = tonumber(v[1] or "0"), p = tonumber(v[2] or "0"),
+      n = tonumber(v[3] or "0"), added = 0 }
+    metas[g] = m
+  end
+  return m
+end
+
+local function shard_key(m, digest)
+  local a = digest % (2 ^ m.L)
+  if a < m.p then a = digest % (2 ^ (m.L + 1)) end
+  return m.key .. ":" .. int_str(a)
+end
+
+local function marker_hit(digest, text)
+  for g = current_generation, oldest_live, -1 do -- newest first: redeliveries are recent
+    local m = meta(g)
+    if m.n > 0 and redis.call("SISMEMBER", shard_key(m, digest), text) == 1 then
+      return true
+    end
+  end
+  return false
+end
+
+local function split(m)
+  local bit = 2 ^ m.L
+  local old = m.key .. ":" .. int_str(m.p)
+  local new = m.key .. ":" .. int_str(m.p + bit)
+  for _, v in ipairs(redis.call("SMEMBERS", old)) do
+    if math.floor(tonumber(v) / bit) % 2 == 1 then
+      redis.call("SMOVE", old, new, v)
+    end
+  end
+  m.p = m.p + 1
+  if m.p == bit then
+    m.L = m.L + 1
+    m.p = 0
+  end
+end
+
+local function add_marker(digest, text)
+  local m = meta(current_generation)
+  if redis.call("SADD", shard_key(m, digest), text) == 1 then
+    m.n = m.n + 1
+    m.added = m.added + 1
+    while m.n > LOAD * (2 ^ m.L + m.p) do split(m) end
+  end
+end
+
+-- Delete a bounded number of sets of generations past the hot window.
+local function expire_generations(budget)
+  local dead = redis.call("ZRANGEBYSCORE", generations_key, "-inf", "(" .. int_str(oldest_live),
+    "LIMIT", 0, 1)
+  if #dead == 0 then return end
+  local key = marker_prefix .. dead[1]
+  local v = redis.call("HMGET", key, "L", "p")
+  local shards = 2 ^ tonumber(v[1] or "0") + tonumber(v[2] or "0")
+  local left = tonumber(redis.call("HGET", key, "left") or int_str(shards))
+  local doomed = {}
+  while left > 0 and #doomed < budget do
+    left = left - 1
+    doomed[#doomed + 1] = key .. ":" .. int_str(left)
+  end
+  if #doomed > 0 then redis.call("UNLINK", unpack(doomed)) end
+  if left == 0 then
+    redis.call("UNLINK", key)
+    redis.call("ZREM", generations_key, dead[1])
+  else
+    redis.call("HSET", key, "left", int_str(left))
+  end
 end
 
 local function used_entry(used_key, field)
@@ -232,6 +368,7 @@ local function fits(used_key, cands, qty)
 end
 
 local function count(used_key, cands, qty)
+  allocation = {}
   local left = qty
   for j, c in ipairs(cands) do
     local take = left
@@ -247,13 +384,14 @@ local function count(used_key, cands, qty)
       local entry = used_entry(used_key, c[1])
       entry[2] = entry[2] + take
       pending[c[1]] = (pending[c[1]] or 0) + take
+      allocation[#allocation + 1] = c[1] .. "=" .. int_str(take)
       left = left - take
     end
     if left <= 0 then break end
   end
 end
 
--- The outcome of one event whose dedupe marker was just set.
+-- The outcome of one event judged new (not a duplicate, not late).
 local function resolve(resolution_key, used_key, ts, month, qty, target)
   local res = decoded[resolution_key]
   if res == nil then
@@ -293,28 +431,53 @@ local outcomes = {}
 local OUTCOME_NAMES = { a = "accepted", d = "duplicate", l = "late", s = "suspended",
   n = "no_entitlement" }
 
-for i = 1, n_events do
-  local dedupe_key = KEYS[3 * i + 1]
-  local base = 4 * i
-  local ts = tonumber(ARGV[base + 1])
-  local dedupe_ms = math.floor((ts + late_window_us - now_us) / 1000)
-  if dedupe_ms < min_dedupe_ms then dedupe_ms = min_dedupe_ms end
-  local marker = strict and (ARGV[base + 3] .. ":" .. ARGV[base + 4]) or "1"
-  local code
-  if not redis.call("SET", dedupe_key, marker, "NX", "PX", int_str(dedupe_ms)) then
-    if strict and redis.call("GET", dedupe_key) ~= marker then
-      code = "c"
-    else
-      code = "d"
-    end
-  elseif ts < now_us - late_window_us then
-    code = "l"
-  else
-    code = resolve(KEYS[3 * i + 2], KEYS[3 * i + 3], ts, ARGV[base + 2], tonumber(ARGV[base + 3]),
-      ARGV[base + 4])
+local function all(code)
+  return string.rep(code, n_events)
+end
+
+if confirmed and (redis.call("GET", flush_seq_key) or "0") ~= ARGV[5] then
+  return all("r")
+end
+if redis.call("HLEN", events_key) + redis.call("HLEN", batch_events_key) >= max_waiting then
+  return all("b")
+end
+expire_generations(64)
+
+-- d or c for an event whose record waits for a flush; nil if none does.
+local function waiting(event_key, signature)
+  local record = redis.call("HGET", events_key, event_key)
+    or redis.call("HGET", batch_events_key, event_key)
+  if not record then return nil end
+  if strict and string.sub(record, 1, #signature + 1) ~= signature .. "\t" then
+    return "c"
   end
-  if code ~= "a" and code ~= "d" and code ~= "c" then
-    redis.call("DEL", dedupe_key) -- not counted: a later delivery may still count it
+  return "d"
+end
+
+for i = 1, n_events do
+  local base = EVENT_ARGS * i + 2
+  local ts = tonumber(ARGV[base + 1])
+  local qty_text, target = ARGV[base + 3], ARGV[base + 4]
+  local event_key, digest_text = ARGV[base + 5], ARGV[base + 6]
+  local digest = tonumber(digest_text)
+  local signature = qty_text .. ":" .. target
+  local code
+  if ts < now_us - late_window_us then
+    code = "l"
+  elseif confirmed then
+    code = waiting(event_key, signature)
+  elseif ts < now_us - hot_us + skew_us then
+    code = "k" -- its marker may be gone: the log decides
+  elseif marker_hit(digest, digest_text) then
+    code = waiting(event_key, signature) or "k"
+  end
+  if code == nil then
+    code = resolve(KEYS[2 * i + 6], KEYS[2 * i + 7], ts, ARGV[base + 2], tonumber(qty_text), target)
+    if code == "a" then
+      add_marker(digest, digest_text)
+      redis.call("HSET", events_key, event_key,
+        signature .. "\t" .. ARGV[base + 7] .. "\t" .. table.concat(allocation, ","))
+    end
   end
   out[i] = code
   if not strict and OUTCOME_NAMES[code] ~= nil then
@@ -323,6 +486,16 @@ for i = 1, n_events do
 end
 for code, n in pairs(outcomes) do
   redis.call("HINCRBY", stats_key, OUTCOME_NAMES[code], n)
+end
+
+-- A generation is kept while an acceptance in it is younger than the hot window;
+-- its keys carry no TTL (expire_generations deletes them), its meta records where
+-- its sets are.
+for g, m in pairs(metas) do
+  if m.added > 0 then
+    redis.call("HSET", m.key, "L", int_str(m.L), "p", int_str(m.p), "n", int_str(m.n))
+    redis.call("ZADD", generations_key, int_str(g), int_str(g))
+  end
 end
 
 -- The smallest consumption that is at least pct% of limit, in exact integer steps

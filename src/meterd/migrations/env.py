@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from meterd.storage.database import make_engine
-from meterd.storage.models import Base
+from meterd.storage.models import Base, compared_in_schema
 
 config = context.config
 target_metadata = Base.metadata
@@ -26,7 +26,10 @@ def run_migrations_online() -> None:
     engine = make_engine(config.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as connection:
         context.configure(
-            connection=connection, target_metadata=target_metadata, render_as_batch=True
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            include_name=compared_in_schema,
         )
         with context.begin_transaction():
             context.run_migrations()

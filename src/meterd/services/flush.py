@@ -5,8 +5,9 @@ The protocol (see docs/architecture.md for each crash point):
 1. ``begin_flush`` atomically renames the pending hash into the batch hash
    under a fresh batch id, or returns the batch a crashed flush left behind.
 2. The batch is added to the usage periods in one database transaction that
-   also inserts the batch id; a batch id already present means a previous
-   flush committed it, and it is not added again.
+   also inserts the batch id and writes the batch's events to the event log; a
+   batch id already present means a previous flush committed it, and it is not
+   added again.
    Threshold crossings that ingest recorded in the pending hash travel with the
    counts and become notification rows in that same transaction.
 3. ``end_flush`` deletes the batch from Redis.
@@ -34,6 +35,8 @@ class FlushReport:
     applied: bool
     #: Threshold crossings recorded as notifications by this flush.
     crossings: int = 0
+    #: Events written to the event log by this flush.
+    events: int = 0
 
     @property
     def empty(self) -> bool:
@@ -50,7 +53,9 @@ class FlushService:
         if batch_id is None:
             return FlushReport(None, 0, 0, applied=False)
         content = self.counters.read_flush_batch()
-        applied = self.usage.apply_flush_batch(batch_id, content.deltas, now, content.crossings)
+        applied = self.usage.apply_flush_batch(
+            batch_id, content.deltas, now, content.crossings, content.events
+        )
         self.counters.end_flush(batch_id)
         return FlushReport(
             batch_id,
@@ -58,6 +63,7 @@ class FlushService:
             sum(content.deltas.values()),
             applied=applied,
             crossings=len(content.crossings) if applied else 0,
+            events=len(content.events) if applied else 0,
         )
 
     def flush_all(self, now: datetime, max_batches: int = 10) -> list[FlushReport]:

@@ -8,6 +8,7 @@ in ``meterd/lua/*.lua`` and are registered once.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,6 +19,14 @@ from typing import Any, cast
 import redis
 
 from meterd.errors import UnavailableError
+from meterd.event_records import (
+    MARKER_BITS,
+    EventRecord,
+    event_key,
+    marker_digest,
+    parse_pending_record,
+    record_json,
+)
 from meterd.events import UsageEvent
 from meterd.notifications import CROSSING_FIELD_PREFIX, Crossing
 from meterd.redis_keys import RedisKeys
@@ -40,6 +49,16 @@ class ScriptCode(StrEnum):
     NO_ROOM = "x"
     #: Strict only: the idempotency key was granted for other parameters.
     CONFLICT = "c"
+    #: The event may have been accepted before (its marker may be gone, or it hit a
+    #: marker of an event already flushed): search the event log, then make a
+    #: confirmed call. Nothing was written.
+    CONFIRM = "k"
+    #: Confirmed call only: a flush began or ended since the caller read the flush
+    #: sequence; search again.
+    RETRY = "r"
+    #: Too many events wait for a flush (the database is down or slow); nothing
+    #: was written. Retry later.
+    BACKPRESSURE = "b"
 
 
 _BY_CHARACTER = {code.value: code for code in ScriptCode}
@@ -49,17 +68,34 @@ class CounterStoreError(UnavailableError):
     """Redis could not be reached or refused a command."""
 
 
+def _micros(span: timedelta) -> int:
+    return int(span.total_seconds() * 1_000_000)
+
+
 def _load_script(name: str) -> str:
     return resources.files("meterd").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
 class FlushBatchContent:
-    """A flush batch: micro-units per period field, and the threshold crossings
-    recorded with them (see ingest.lua)."""
+    """A flush batch: micro-units per period field, the threshold crossings
+    recorded with them, and the records of the events counted (see ingest.lua)."""
 
     deltas: dict[str, int]
     crossings: list[Crossing]
+    events: list[EventRecord] = dataclasses.field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class MarkerFigures:
+    """What the dedupe markers hold now (for status and metrics)."""
+
+    generations: int
+    markers: int
+    sets: int
+    #: Redis's own MEMORY USAGE of a sample of the sets, scaled to all; None when
+    #: the server does not answer MEMORY USAGE.
+    bytes: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,14 +116,31 @@ class CounterStore:
         client: redis.Redis,
         keys: RedisKeys,
         *,
-        dedupe_ttl: timedelta,
+        hot_window: timedelta,
         late_window: timedelta,
+        future_skew: timedelta = timedelta(minutes=5),
+        max_waiting_events: int = 5_000_000,
+        marker_generations: int = 4,
+        marker_bits: int = MARKER_BITS,
     ) -> None:
+        """``hot_window``: how long a marker is kept after its event's acceptance;
+        older events are checked against the event log. A marker generation is
+        ``hot_window / marker_generations`` long: more generations keep less past
+        the hot window but cost a lookup each. ``max_waiting_events``: how many
+        accepted events may wait for a flush before ingest refuses more (the
+        records stay in Redis until the database has them)."""
+        if hot_window <= future_skew:
+            raise ValueError("the hot window must be longer than the future skew")
         self.client = client
         self.keys = keys
-        self.dedupe_ttl = dedupe_ttl
+        self.hot_window = hot_window
         self.late_window = late_window
-        self._late_window_us = int(late_window.total_seconds()) * 1_000_000
+        self.max_waiting_events = max_waiting_events
+        self.marker_bits = marker_bits
+        self._late_window_us = _micros(late_window)
+        self._hot_us = _micros(hot_window)
+        self._skew_us = _micros(future_skew)
+        self._generation_us = max(self._hot_us // marker_generations, 1)
         self._ingest = client.register_script(_load_script("ingest.lua"))
         self._flush_begin = client.register_script(_load_script("flush_begin.lua"))
         self._flush_end = client.register_script(_load_script("flush_end.lua"))
@@ -96,47 +149,65 @@ class CounterStore:
     # -- ingest ---------------------------------------------------------------
 
     def add_batch(
-        self, events: Sequence[UsageEvent], *, now: datetime, strict: bool = False
+        self,
+        events: Sequence[UsageEvent],
+        *,
+        now: datetime,
+        strict: bool = False,
+        confirmed_seq: int | None = None,
     ) -> list[ScriptCode]:
         """Count a batch in one script call; returns the code of each event.
 
         ``MISSING_RESOLUTION`` means the customer's resolution data was not cached:
-        nothing was written for that event and the caller should load it and retry
-        (``services.counting.UsageCounter`` does). ``strict`` (a reservation): an
-        event that does not fit in the room its PRE_PAID entitlements have left is
-        refused whole (``NO_ROOM``) instead of being counted as overage.
+        nothing was written for that event and the caller should load it and retry.
+        ``CONFIRM`` means the event log must be searched first: the caller then
+        calls again with ``confirmed_seq`` (the flush sequence read before the
+        search) for the events it did not find. ``services.counting.UsageCounter``
+        does both. ``strict`` (a reservation): an event that does not fit in the
+        room its PRE_PAID entitlements have left is refused whole (``NO_ROOM``)
+        instead of being counted as overage.
         """
         if not events:
             return []
-        keys: list[str] = [self.keys.pending, self.keys.pending_since, self.keys.stats("events")]
+        k = self.keys
+        keys: list[str] = [
+            k.pending,
+            k.pending_since,
+            k.stats("events"),
+            k.pending_events,
+            k.flush_events,
+            k.flush_seq,
+            k.marker_generations,
+        ]
         args: list[str | int] = [
             epoch_micros(now),
             self._late_window_us,
-            max(int(self.dedupe_ttl.total_seconds() * 1000), 1),
+            self._hot_us,
             1 if strict else 0,
+            "" if confirmed_seq is None else confirmed_seq,
+            self._generation_us,
+            k.marker_prefix,
+            self._skew_us,
+            self.max_waiting_events,
         ]
         months: dict[tuple[int, int], int] = {}
-        dedupe_key, resolution_key, used_key = (
-            self.keys.dedupe,
-            self.keys.resolution,
-            self.keys.used,
-        )
+        resolution_key, used_key = k.resolution, k.used
         for event in events:
             org, customer = event.org, event.customer
-            keys += (
-                dedupe_key(org, event.source, event.id),
-                resolution_key(org, customer, event.feature),
-                used_key(org, customer),
-            )
+            keys += (resolution_key(org, customer, event.feature), used_key(org, customer))
             when = event.time
             month = months.get((when.year, when.month))
             if month is None:
                 month = months[(when.year, when.month)] = epoch_micros(month_start(when))
+            key = event_key(org, event.source, event.id)
             args += (
                 epoch_micros(when),
                 month,
                 event.quantity_micros,
                 event.entitlement_id.hex if event.entitlement_id else "",
+                key,
+                marker_digest(key, self.marker_bits),
+                record_json(customer, event.feature, when, now, event.data),
             )
         try:
             result = self._ingest(keys=keys, args=args)
@@ -144,6 +215,10 @@ class CounterStore:
             raise CounterStoreError(f"counting a batch failed: {exc}") from exc
         text = result.decode() if isinstance(result, bytes) else str(result)
         return [_BY_CHARACTER[c] for c in text]
+
+    def flush_seq(self) -> int:
+        """The flush sequence: read it before searching the event log (see add_batch)."""
+        return int(self.client.get(self.keys.flush_seq) or 0)
 
     def store_resolutions(
         self,
@@ -182,6 +257,9 @@ class CounterStore:
                 k.flush_epoch,
                 k.pending_since,
                 k.flush_batch_since,
+                k.pending_events,
+                k.flush_events,
+                k.flush_seq,
             ],
             args=[new_batch_id],
         )
@@ -193,18 +271,27 @@ class CounterStore:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.flush_batch))
         content = FlushBatchContent({}, [])
         for raw_field, value in raw.items():
-            field = raw_field.decode()
-            if field.startswith(CROSSING_FIELD_PREFIX):
-                content.crossings.append(Crossing.parse(field, value.decode()))
+            name = raw_field.decode()
+            if name.startswith(CROSSING_FIELD_PREFIX):
+                content.crossings.append(Crossing.parse(name, value.decode()))
             else:
-                content.deltas[field] = int(value)
+                content.deltas[name] = int(value)
+        for key, record in self.client.hscan_iter(self.keys.flush_events, count=2000):
+            content.events.append(parse_pending_record(key.decode(), record.decode()))
         return content
 
     def end_flush(self, batch_id: str) -> bool:
         k = self.keys
         return bool(
             self._flush_end(
-                keys=[k.flush_inflight, k.flush_batch, k.flush_batch_since], args=[batch_id]
+                keys=[
+                    k.flush_inflight,
+                    k.flush_batch,
+                    k.flush_batch_since,
+                    k.flush_events,
+                    k.flush_seq,
+                ],
+                args=[batch_id],
             )
         )
 
@@ -260,3 +347,45 @@ class CounterStore:
             for field, value in raw.items():
                 total[field.decode()] = total.get(field.decode(), 0) + int(value)
         return total
+
+    def waiting_events(self) -> int:
+        """Accepted events not yet in the event log (pending and in flight)."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hlen(self.keys.pending_events)
+        pipe.hlen(self.keys.flush_events)
+        return sum(int(n) for n in pipe.execute())
+
+    def marker_figures(self, sample: int = 20) -> MarkerFigures:
+        """Marker generations, markers and sets now, and their memory (sampled)."""
+        generations = [
+            g.decode()
+            for g in cast(list[bytes], self.client.zrange(self.keys.marker_generations, 0, -1))
+        ]
+        markers = sets = 0
+        sample_keys: list[str] = []
+        for g in generations:
+            meta = cast(
+                list[bytes | None],
+                self.client.hmget(f"{self.keys.marker_prefix}{g}", ["L", "p", "n", "left"]),
+            )
+            level, split, count, left = (int(v) if v is not None else None for v in meta)
+            shards = 2 ** (level or 0) + (split or 0)
+            shards = left if left is not None else shards
+            if left is None:  # a dead generation being deleted holds no live markers
+                markers += count or 0
+            sets += shards
+            step = max(shards // max(sample // max(len(generations), 1), 1), 1)
+            sample_keys += [f"{self.keys.marker_prefix}{g}:{i}" for i in range(0, shards, step)]
+        sample_keys = sample_keys[:sample]
+        size: int | None = None
+        if sample_keys and sets:
+            try:
+                used = [self.client.memory_usage(key) for key in sample_keys]
+            except redis.ResponseError:
+                used = []
+            present = [u for u in used if u]
+            if present:
+                size = int(sum(present) / len(present) * sets)
+        elif not sets:
+            size = 0
+        return MarkerFigures(len(generations), markers, sets, size)

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import BillingType
 from meterd.errors import NotFoundError
+from meterd.event_records import EventRecord
 from meterd.notifications import (
     Crossing,
     NewNotification,
@@ -29,6 +30,7 @@ from meterd.notifications import (
 )
 from meterd.quantity import from_micros, to_micros
 from meterd.storage.database import insert_ignoring_duplicates
+from meterd.storage.event_log import EventLog
 from meterd.storage.models import Entitlement, Feature, FlushBatch, UsagePeriod
 from meterd.storage.notifications import insert_notifications
 from meterd.storage.resolution_views import renewal_of
@@ -44,8 +46,9 @@ def parse_period_field(field: str) -> PeriodKey:
 
 
 class UsageStore:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, sessions: sessionmaker[Session], event_log: EventLog) -> None:
         self.sessions = sessions
+        self.event_log = event_log
 
     def apply_flush_batch(
         self,
@@ -53,10 +56,11 @@ class UsageStore:
         deltas: dict[str, int],
         now: datetime,
         crossings: Sequence[Crossing] = (),
+        events: Sequence[EventRecord] = (),
     ) -> bool:
         """Add a flush batch to the usage periods, exactly once, with a notification
-        for each threshold crossing it carries. Returns False if the batch was
-        applied before."""
+        for each threshold crossing it carries and the records of its events in the
+        event log. Returns False if the batch was applied before."""
         parsed = sorted((parse_period_field(f), micros) for f, micros in deltas.items() if micros)
         total = sum(micros for _, micros in parsed)
         try:
@@ -71,6 +75,7 @@ class UsageStore:
                 _add_consumption(s, parsed, now)
                 if crossings:
                     insert_notifications(s, _crossing_payloads(s, crossings), now)
+                self.event_log.append(s, batch_id, events)
         except IntegrityError:
             if self.batch_committed(batch_id):
                 return False

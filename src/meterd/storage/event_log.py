@@ -1,0 +1,337 @@
+"""The event log: every accepted event, durably, behind one interface.
+
+The flush appends a batch's events in the transaction that adds their counts
+(``UsageStore.apply_flush_batch``), with the quarter-hour usage rollups; ingest
+searches it for events whose dedupe marker may be gone; the API reads it
+("explain my bill") and the rollups (usage over time).
+
+PostgreSQL: ``event_log`` is partitioned by event time, a partition a day,
+written with COPY; ``maintain`` creates partitions ahead and drops the ones past
+the retention (a DROP, no vacuum). SQLite: one plain table, old rows deleted.
+
+This class is the line a column store (ClickHouse and the like) would take over
+when one PostgreSQL is outgrown: ``append`` would write there (keeping the
+transaction's exactly-once through the flush batch id), ``find`` and ``page``
+would read there; the counters and periods stay in SQL.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, text, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from meterd.event_records import EventRecord
+from meterd.quantity import from_micros
+from meterd.storage.models import EventLogRow, UsageRollup
+
+QUARTER = timedelta(minutes=15)
+#: Identity of an event: (org, source, id).
+EventIdentity = tuple[str, str, str]
+_COLUMNS = (
+    "org_id", "source", "event_id", "part", "event_time", "customer_id", "feature",
+    "entitlement_id", "period_start", "quantity", "event_quantity", "target_id",
+    "received_at", "data", "batch_id",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedEvent:
+    """What the log knows of an event found by its identity (to tell a duplicate
+    from a reservation key reused with other parameters)."""
+
+    quantity_micros: int
+    target: uuid.UUID | None
+
+
+@dataclass(frozen=True, slots=True)
+class LogFigures:
+    rows: int
+    #: The oldest partition's day (PostgreSQL) or the oldest event's time (SQLite).
+    oldest: datetime | None
+    partitions: int
+    bytes: int | None
+
+
+def quarter_of(when: datetime) -> datetime:
+    return when.replace(minute=when.minute - when.minute % 15, second=0, microsecond=0)
+
+
+def partition_name(day: date) -> str:
+    return f"event_log_p{day:%Y%m%d}"
+
+
+class EventLog:
+    def __init__(self, sessions: sessionmaker[Session], dialect: str) -> None:
+        self.sessions = sessions
+        self.dialect = dialect
+        self._partitions: set[date] = set()
+
+    # -- write (the flush) ------------------------------------------------------
+
+    def append(self, s: Session, batch_id: str, records: Sequence[EventRecord]) -> int:
+        """Write the records and add them to the rollups, in the caller's
+        transaction. Returns the rows written."""
+        rows = list(_rows(batch_id, records))
+        if not rows:
+            return 0
+        if self.dialect == "postgresql":
+            self._ensure_partitions(s, {r["event_time"].date() for r in rows})
+            _copy(s, rows)
+        else:
+            s.execute(insert(EventLogRow), rows)
+        self._add_rollups(s, rows)
+        return len(rows)
+
+    def _add_rollups(self, s: Session, rows: Sequence[dict[str, Any]]) -> None:
+        sums: dict[tuple[uuid.UUID, datetime], list[Any]] = {}
+        for r in rows:
+            key = (r["entitlement_id"], quarter_of(r["event_time"]))
+            entry = sums.get(key)
+            if entry is None:
+                sums[key] = [r["org_id"], r["customer_id"], r["feature"], r["quantity"], 1]
+            else:
+                entry[3] += r["quantity"]
+                entry[4] += 1
+        values = [
+            {
+                "entitlement_id": ent,
+                "bucket_start": bucket,
+                "org_id": org,
+                "customer_id": customer,
+                "feature": feature,
+                "quantity": qty,
+                "events": n,
+            }
+            for (ent, bucket), (org, customer, feature, qty, n) in sorted(sums.items())
+        ]
+        dialect_insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = dialect_insert(UsageRollup)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["entitlement_id", "bucket_start"],
+            set_={
+                "quantity": UsageRollup.quantity + stmt.excluded.quantity,
+                "events": UsageRollup.events + stmt.excluded.events,
+            },
+        )
+        s.execute(stmt, values)
+
+    def _ensure_partitions(self, s: Session, days: Iterable[date]) -> None:
+        missing = sorted(set(days) - self._partitions)
+        if missing:
+            create_partitions(s, missing)
+            self._partitions.update(missing)
+
+    # -- read -------------------------------------------------------------------
+
+    def find(self, identities: Sequence[EventIdentity]) -> dict[EventIdentity, LoggedEvent]:
+        """The logged events among ``identities`` (one indexed query per 500)."""
+        found: dict[EventIdentity, LoggedEvent] = {}
+        unique = sorted(set(identities))
+        with self.sessions() as s:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start : start + 500]
+                rows = s.execute(
+                    select(
+                        EventLogRow.org_id,
+                        EventLogRow.source,
+                        EventLogRow.event_id,
+                        EventLogRow.event_quantity,
+                        EventLogRow.target_id,
+                    ).where(
+                        tuple_(EventLogRow.org_id, EventLogRow.source, EventLogRow.event_id).in_(
+                            chunk
+                        ),
+                        EventLogRow.part == 0,
+                    )
+                ).all()
+                for org, source, event_id, quantity, target in rows:
+                    found[(org, source, event_id)] = LoggedEvent(
+                        int(Decimal(quantity) * 1_000_000), target
+                    )
+        return found
+
+    def page(
+        self,
+        org: str,
+        customer: str,
+        *,
+        feature: str | None,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, str, str, int] | None,
+        limit: int,
+    ) -> list[EventLogRow]:
+        """The customer's logged event parts with start <= time < end, in (time,
+        source, id, part) order, after the cursor position ``after``."""
+        stmt = select(EventLogRow).where(
+            EventLogRow.org_id == org,
+            EventLogRow.customer_id == customer,
+            EventLogRow.event_time >= start,
+            EventLogRow.event_time < end,
+        )
+        if feature is not None:
+            stmt = stmt.where(EventLogRow.feature == feature)
+        if after is not None:
+            order = (
+                EventLogRow.event_time,
+                EventLogRow.source,
+                EventLogRow.event_id,
+                EventLogRow.part,
+            )
+            stmt = stmt.where(tuple_(*order) > tuple_(*after))
+        stmt = stmt.order_by(
+            EventLogRow.event_time, EventLogRow.source, EventLogRow.event_id, EventLogRow.part
+        ).limit(limit)
+        with self.sessions() as s:
+            return list(s.scalars(stmt))
+
+    def rollups(
+        self,
+        org: str,
+        *,
+        customer: str | None,
+        feature: str | None,
+        start: datetime,
+        end: datetime,
+    ) -> list[UsageRollup]:
+        """The quarter-hour rollups with start <= bucket < end."""
+        stmt = select(UsageRollup).where(
+            UsageRollup.org_id == org,
+            UsageRollup.bucket_start >= start,
+            UsageRollup.bucket_start < end,
+        )
+        if customer is not None:
+            stmt = stmt.where(UsageRollup.customer_id == customer)
+        if feature is not None:
+            stmt = stmt.where(UsageRollup.feature == feature)
+        with self.sessions() as s:
+            return list(s.scalars(stmt.order_by(UsageRollup.bucket_start)))
+
+    def sums_by_period(self) -> dict[tuple[uuid.UUID, datetime], Decimal]:
+        """Total logged quantity per (entitlement, period start): for checks that the
+        log and ``usage_periods`` agree."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(
+                    EventLogRow.entitlement_id,
+                    EventLogRow.period_start,
+                    func.sum(EventLogRow.quantity),
+                ).group_by(EventLogRow.entitlement_id, EventLogRow.period_start)
+            ).all()
+        # sum() keeps the column's type: Decimal on both backends.
+        return {(e, p): Decimal(total) for e, p, total in rows}
+
+    # -- retention (beat) -------------------------------------------------------
+
+    def maintain(
+        self, now: datetime, *, retention: timedelta, ahead_days: int = 7
+    ) -> tuple[int, int]:
+        """Create partitions from the retention's start to ``ahead_days`` ahead and
+        drop (or, on SQLite, delete) what is older than the retention. Returns
+        (partitions created, partitions dropped or rows deleted)."""
+        cutoff = now - retention
+        with self.sessions.begin() as s:
+            if self.dialect != "postgresql":
+                result = s.execute(delete(EventLogRow).where(EventLogRow.event_time < cutoff))
+                return 0, int(result.rowcount or 0)  # type: ignore[attr-defined]
+            existing = existing_partitions(s)
+            wanted = {
+                cutoff.date() + timedelta(days=i)
+                for i in range((now.date() - cutoff.date()).days + ahead_days + 1)
+            }
+            created = sorted(wanted - set(existing))
+            create_partitions(s, created)
+            dropped = [d for d in existing if d + timedelta(days=1) <= cutoff.date()]
+            for day in dropped:
+                s.execute(text(f'DROP TABLE IF EXISTS "{partition_name(day)}"'))
+        self._partitions = set(existing) | set(created) - set(dropped)
+        return len(created), len(dropped)
+
+    def figures(self) -> LogFigures:
+        with self.sessions() as s:
+            if self.dialect != "postgresql":
+                rows, oldest = s.execute(
+                    select(func.count(), func.min(EventLogRow.event_time))
+                ).one()
+                return LogFigures(int(rows), oldest, 0, None)
+            days = existing_partitions(s)
+            estimate = s.execute(
+                text(
+                    "SELECT coalesce(sum(greatest(c.reltuples, 0)), 0)::bigint, "
+                    "coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint "
+                    "FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                    "WHERE i.inhparent = 'event_log'::regclass"
+                )
+            ).one()
+        first = datetime.combine(days[0], datetime.min.time(), UTC) if days else None
+        return LogFigures(int(estimate[0]), first, len(days), int(estimate[1]))
+
+
+def existing_partitions(s: Session) -> list[date]:
+    names = s.execute(
+        text(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "WHERE i.inhparent = 'event_log'::regclass"
+        )
+    ).scalars()
+    return sorted(datetime.strptime(n.removeprefix("event_log_p"), "%Y%m%d").date() for n in names)
+
+
+def create_partitions(s: Session, days: Sequence[date]) -> None:
+    """Create the day partitions (if missing), serialised by an advisory lock: two
+    flushes or the beat job may want the same day at once."""
+    if not days:
+        return
+    s.execute(text("SELECT pg_advisory_xact_lock(hashtext('meterd.event_log.partitions'))"))
+    for day in days:
+        upper = day + timedelta(days=1)
+        s.execute(
+            text(
+                f'CREATE TABLE IF NOT EXISTS "{partition_name(day)}" PARTITION OF event_log '
+                f"FOR VALUES FROM ('{day.isoformat()} 00:00:00+00') "
+                f"TO ('{upper.isoformat()} 00:00:00+00')"
+            )
+        )
+
+
+def _rows(batch_id: str, records: Sequence[EventRecord]) -> Iterable[dict[str, Any]]:
+    for r in records:
+        event_quantity = from_micros(r.quantity_micros)
+        for part, allocation in enumerate(r.allocations):
+            yield {
+                "org_id": r.org,
+                "source": r.source,
+                "event_id": r.id,
+                "part": part,
+                "event_time": r.time,
+                "customer_id": r.customer,
+                "feature": r.feature,
+                "entitlement_id": allocation.entitlement_id,
+                "period_start": allocation.period_start,
+                "quantity": from_micros(allocation.micros),
+                "event_quantity": event_quantity,
+                "target_id": r.target,
+                "received_at": r.received_at,
+                "data": r.data if part == 0 else None,
+                "batch_id": batch_id,
+            }
+
+
+def _copy(s: Session, rows: Sequence[dict[str, Any]]) -> None:
+    """COPY the rows into the log on the session's own connection (its transaction)."""
+    raw: Any = s.connection().connection.driver_connection
+    statement = f"COPY event_log ({', '.join(_COLUMNS)}) FROM STDIN"
+    with raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for r in rows:
+            copy.write_row(
+                [json.dumps(r[c]) if c == "data" and r[c] is not None else r[c] for c in _COLUMNS]
+            )
