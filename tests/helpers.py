@@ -60,3 +60,22 @@ def _all_periods(rt: Runtime) -> list[Decimal]:
 
     with rt.database.sessions() as s:
         return list(s.scalars(select(UsagePeriod.consumed)))
+
+
+def assert_log_matches_periods(rt: Runtime) -> None:
+    """The event log and ``usage_periods`` hold the same usage: for every period with
+    consumption, the sum of its logged event parts is its consumption, and the log
+    holds nothing for any other period."""
+    from sqlalchemy import select
+
+    from meterd.storage.models import UsagePeriod
+
+    with rt.database.sessions() as s:
+        periods = {
+            (e, p): c
+            for e, p, c in s.execute(
+                select(UsagePeriod.entitlement_id, UsagePeriod.period_start, UsagePeriod.consumed)
+            )
+            if c
+        }
+    assert rt.event_log.sums_by_period() == periods

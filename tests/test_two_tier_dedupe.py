@@ -76,6 +76,17 @@ def test_a_redelivery_after_the_hot_window_and_the_flush_is_found_in_the_log(
     assert total(unlimited) == 1
 
 
+def test_the_same_id_from_another_source_after_the_hot_window_is_a_new_event(
+    unlimited: Runtime,
+) -> None:
+    outcomes(unlimited, event(event_id="x", time=NOW, source="a"))
+    unlimited.flush.flush_all(NOW)
+    later = NOW + 10 * DAY
+    redelivered = [event(event_id="x", time=NOW, source=s) for s in ("a", "b")]
+    assert outcomes(unlimited, *redelivered, now=later) == [Outcome.DUPLICATE, Outcome.ACCEPTED]
+    assert total(unlimited) == 2
+
+
 def test_a_flush_stalled_longer_than_the_hot_window_counts_nothing_twice(
     unlimited: Runtime,
 ) -> None:

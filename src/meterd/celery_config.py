@@ -38,6 +38,9 @@ FLUSH_TASK = "meterd.flush"
 LIFECYCLE_ADVANCE_TASK = "meterd.lifecycle.advance"
 DISPATCH_NOTIFICATIONS_TASK = "meterd.lifecycle.dispatch_notifications"
 NOTIFY_TASK = "meterd.notify"
+#: Creates the event log's partitions ahead and drops those past the retention.
+EVENT_LOG_MAINTAIN_TASK = "meterd.lifecycle.event_log_maintain"
+EVENT_LOG_MAINTAIN_INTERVAL = 3600.0
 
 #: How often beat publishes due notifications (webhook retries, expired leases);
 #: new ones are published at once by the flush or lifecycle run that made them.
@@ -91,6 +94,11 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
             "task": DISPATCH_NOTIFICATIONS_TASK,
             "schedule": NOTIFY_DISPATCH_INTERVAL,
             "options": {"expires": NOTIFY_DISPATCH_INTERVAL * 2},
+        },
+        EVENT_LOG_MAINTAIN_TASK: {
+            "task": EVENT_LOG_MAINTAIN_TASK,
+            "schedule": EVENT_LOG_MAINTAIN_INTERVAL,
+            "options": {"expires": EVENT_LOG_MAINTAIN_INTERVAL},
         },
     }
 

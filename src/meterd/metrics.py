@@ -17,6 +17,12 @@ metric                                        type       labels
 ``meterd_dead_letters``                       gauge      ``reason`` (not yet replayed)
 ``meterd_lifecycle_transitions_total``        counter    ``to``
 ``meterd_notification_failures_total``        counter
+``meterd_dedupe_markers``                     gauge      (markers in Redis, hot window)
+``meterd_dedupe_marker_bytes``                gauge      (Redis memory of the markers)
+``meterd_events_waiting``                     gauge      (accepted, not yet in the log)
+``meterd_event_log_rows``                     gauge      (PostgreSQL: estimate)
+``meterd_event_log_bytes``                    gauge      (on disk; PostgreSQL only)
+``meterd_event_log_oldest_timestamp_seconds`` gauge      (oldest partition or event)
 ``meterd_scrape_errors``                      gauge      (parts that could not be read)
 ============================================  =========  ==================================
 """
@@ -24,6 +30,7 @@ metric                                        type       labels
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -35,7 +42,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from meterd.ops import flush_lag_seconds, queue_depths
+from meterd.ops import Storage, flush_lag_seconds, queue_depths, storage_figures
 from meterd.runtime import Runtime
 from meterd.storage.stats import BUCKETS
 
@@ -110,8 +117,31 @@ class MeterdCollector(Collector):
         except Exception:
             errors += 1
 
+        try:
+            yield from _storage_gauges(storage_figures(rt))
+        except Exception:
+            errors += 1
+
         yield GaugeMetricFamily(
             "meterd_scrape_errors", "Parts of this scrape that could not be read", value=errors
+        )
+
+
+def _storage_gauges(store: Storage) -> Iterator[Metric]:
+    for name, help_text, value in (
+        ("meterd_dedupe_markers", "Dedupe markers in Redis", store.markers),
+        ("meterd_dedupe_marker_bytes", "Redis memory of the markers", store.marker_bytes),
+        ("meterd_events_waiting", "Accepted events not yet in the log", store.waiting_events),
+        ("meterd_event_log_rows", "Rows of the event log", store.log_rows),
+        ("meterd_event_log_bytes", "Event log on disk", store.log_bytes),
+    ):
+        if value is not None:
+            yield GaugeMetricFamily(name, help_text, value=value)
+    if store.log_oldest is not None:
+        yield GaugeMetricFamily(
+            "meterd_event_log_oldest_timestamp_seconds",
+            "Oldest partition (or event) of the event log",
+            value=datetime.fromisoformat(store.log_oldest).timestamp(),
         )
 
 

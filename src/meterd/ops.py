@@ -31,6 +31,44 @@ class QueueDepth:
 
 
 @dataclass(slots=True)
+class Storage:
+    """What the dedupe markers, the waiting events and the event log hold."""
+
+    #: Markers in Redis (events accepted within the hot window), their sets, and
+    #: Redis's MEMORY USAGE of them (sampled; None if the server does not say).
+    markers: int | None = None
+    marker_sets: int | None = None
+    marker_bytes: int | None = None
+    #: Accepted events waiting in Redis for a flush into the log.
+    waiting_events: int | None = None
+    #: Rows of the event log (PostgreSQL: the planner's estimate), its partitions,
+    #: the oldest partition's day (or oldest event, SQLite), its bytes on disk.
+    log_rows: int | None = None
+    log_partitions: int | None = None
+    log_oldest: str | None = None
+    log_bytes: int | None = None
+
+
+def storage_figures(runtime: Runtime) -> Storage:
+    figures = Storage()
+    markers = runtime.counters.marker_figures()
+    figures.markers, figures.marker_sets, figures.marker_bytes = (
+        markers.markers,
+        markers.sets,
+        markers.bytes,
+    )
+    figures.waiting_events = runtime.counters.waiting_events()
+    log = runtime.event_log.figures()
+    figures.log_rows, figures.log_partitions, figures.log_bytes = (
+        log.rows,
+        log.partitions,
+        log.bytes,
+    )
+    figures.log_oldest = log.oldest.isoformat() if log.oldest else None
+    return figures
+
+
+@dataclass(slots=True)
 class Status:
     queues: list[QueueDepth]
     #: Seconds since the oldest write not yet in the database (None: all flushed).
@@ -40,6 +78,7 @@ class Status:
     #: Accepted events per second over the sample (None when not sampled).
     events_per_second: float | None
     workers: list[str] | None
+    storage: Storage = field(default_factory=Storage)
     errors: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -115,6 +154,7 @@ def gather(
     workers = attempt("workers", lambda: sorted(_ping(app, ping_timeout)))
     lag = attempt("flush lag", lambda: flush_lag_seconds(runtime))
     dead = attempt("dead letters", runtime.dead_letters.count_by_reason) or {}
+    storage = attempt("storage", lambda: storage_figures(runtime)) or Storage()
     rate = None
     if sample_seconds > 0:
         time.sleep(max(0.0, sample_seconds - (time.monotonic() - started)))
@@ -130,6 +170,7 @@ def gather(
         events_total=events_before,
         events_per_second=rate,
         workers=workers,
+        storage=storage,
         errors=errors,
     )
 

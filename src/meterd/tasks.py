@@ -12,12 +12,14 @@ blip, and is never retried.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from celery import Task
 
 from meterd.celery_config import (
     DISPATCH_NOTIFICATIONS_TASK,
+    EVENT_LOG_MAINTAIN_TASK,
     FLUSH_TASK,
     INGEST_TASK,
     LIFECYCLE_ADVANCE_TASK,
@@ -162,6 +164,17 @@ def lifecycle_advance(self: Task) -> dict[str, int]:
         "lost_races": report.lost_races,
         "notifications": published,
     }
+
+
+@app.task(name=EVENT_LOG_MAINTAIN_TASK, bind=True)
+def event_log_maintain(self: Task) -> dict[str, int]:
+    """Create the event log's partitions ahead; drop what is past the retention."""
+    runtime = get_runtime()
+    retention = timedelta(seconds=runtime.settings.retention_seconds)
+    created, dropped = runtime.event_log.maintain(utcnow(), retention=retention)
+    if created or dropped:
+        log.info("event_log.maintain", task_id=self.request.id, created=created, dropped=dropped)
+    return {"created": created, "dropped": dropped}
 
 
 @app.task(name=DISPATCH_NOTIFICATIONS_TASK, bind=True)

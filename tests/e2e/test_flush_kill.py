@@ -14,7 +14,7 @@ from meterd.runtime import Runtime
 from meterd.testing import event
 from meterd.timeutil import utcnow
 
-from ..helpers import flushed_total
+from ..helpers import assert_log_matches_periods, flushed_total
 from .test_worker_exactness import grant_customers
 
 pytestmark = pytest.mark.e2e
@@ -71,3 +71,4 @@ def test_flush_killed_before_and_after_commit_counts_exactly(
     assert flushed_total(rt) == Decimal("50.000050")
     assert rt.counters.pending_fields() == {}
     assert live_total(rt) == Decimal("50.000050")
+    assert_log_matches_periods(rt)

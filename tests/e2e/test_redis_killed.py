@@ -22,7 +22,7 @@ from meterd.testing import event, free_port
 from meterd.timeutil import utcnow
 
 from ..conftest import NOW
-from ..helpers import flushed_total
+from ..helpers import assert_log_matches_periods, flushed_total
 from .test_worker_exactness import grant_customers
 
 pytestmark = pytest.mark.e2e
@@ -124,4 +124,5 @@ def test_redis_killed_with_aof_loses_no_counted_event(
     expected = Decimal("1.5") * 100 * len(batches)
     rt.flush.flush_all(utcnow(), max_batches=100)
     assert flushed_total(rt) == expected
+    assert_log_matches_periods(rt)
     rt.redis.close()

@@ -20,6 +20,7 @@ from meterd.services.catalog import NewEntitlement
 from meterd.testing import event, wait_until
 from meterd.timeutil import utcnow
 
+from ..helpers import assert_log_matches_periods
 from ..test_dead_letters import malformed
 from .conftest import WorkerProcess, queue_depth
 
@@ -109,6 +110,7 @@ def assert_exact(rt: Runtime, grants: dict[str, list[Any]], expected: dict[str, 
             for b in rt.balance.balances("acme", customer, "api_calls", utcnow())
         }
         assert [to_micros(live[e.id]) for e in ents] == want
+    assert_log_matches_periods(rt)
 
 
 def test_100k_events_with_10_percent_duplicates_are_counted_exactly(
