@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -454,3 +454,47 @@ def test_feature_create_with_a_key_taken_in_the_org_says_it_exists(
 ) -> None:
     assert run_main(monkeypatch, "feature", "create", "acme", "api_calls") == EXIT_REFUSED
     assert capsys.readouterr().out == "error: feature 'api_calls' exists in org acme\n"
+
+
+def counted_usage(*events: tuple[str, str]) -> None:
+    """Count (time, quantity) events for c-1 and flush them into the event log."""
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "acme", "api_calls")
+    invoke("entitlement", "create", "acme", "c-1", "api_calls", "--starts", "2026-01-01T00:00Z")
+    rt = runtime_module.get_runtime()
+    batch = [
+        event(customer="c-1", quantity=q, event_id=f"u{n}", time=datetime.fromisoformat(t))
+        for n, (t, q) in enumerate(events)
+    ]
+    rt.ingest.ingest(batch, now=utcnow())
+    invoke("flush")
+
+
+def test_usage_draws_a_bar_per_window_with_the_exact_quantity(cli_env: None) -> None:
+    counted_usage(
+        ("2026-11-20T10:00Z", "2.5"), ("2026-11-20T11:00Z", "1"), ("2026-11-21T09:00Z", "5")
+    )
+    out = invoke("usage", "acme", "c-1", "--from", "2026-11-20T00:00Z", "--to", "2026-11-22T00:00Z")
+    day_20, day_21 = out.strip().splitlines()
+    assert day_20.startswith("2026-11-20") and "3.5" in day_20 and "2 events" in day_20
+    assert day_21.startswith("2026-11-21") and "5" in day_21 and "█" * 40 in day_21
+
+
+def test_usage_as_csv_has_one_row_per_window_in_the_time_zone(cli_env: None) -> None:
+    counted_usage(("2026-11-20T23:30Z", "1"), ("2026-11-21T00:30Z", "2"))
+    out = invoke(
+        "usage", "acme", "--from", "2026-11-20T00:00Z", "--to", "2026-11-22T00:00Z",
+        "--tz", "Asia/Kolkata", "--csv",
+    )  # fmt: skip
+    header, *rows = out.strip().splitlines()
+    assert header.startswith("window_start,window_end")
+    assert [r.split(",")[5] for r in rows] == ["3"]  # both on Nov 21 in Kolkata (+05:30)
+
+
+def test_usage_with_an_unknown_time_zone_exits_2_with_the_reason(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    invoke("db", "upgrade")
+    assert run_main(monkeypatch, "usage", "acme", "--tz", "Mars/Olympus") == EXIT_REFUSED
+    assert "unknown time zone 'Mars/Olympus'" in capsys.readouterr().out

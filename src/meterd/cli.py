@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
-from meterd import embedded
+from meterd import embedded, usage_chart
 from meterd.celery_config import QUEUES, celery_command, create_app
 from meterd.config import get_settings
 from meterd.demo import DemoPlan, run_demo
@@ -35,6 +35,7 @@ from meterd.quantity import parse_decimal_text
 from meterd.runtime import STORE_ERRORS, get_runtime
 from meterd.services.api_keys import Permission
 from meterd.services.catalog import NewEntitlement
+from meterd.services.usage_report import Window, parse_group_by, time_zone
 from meterd.timeutil import as_utc, utcnow
 
 app = typer.Typer(
@@ -386,6 +387,16 @@ def _status_view(st: Any) -> Any:
         summary.add_row(f"events {outcome}", f"{n:,}")
     for reason, n in sorted(st.dead_letters.items()):
         summary.add_row(f"dead letters {reason}", f"{n:,}")
+    store = st.storage
+    summary.add_row(
+        "dedupe markers (hot window)", f"{_n(store.markers)} in {_n(store.marker_sets)} sets"
+    )
+    summary.add_row("dedupe marker memory", _bytes(store.marker_bytes))
+    summary.add_row("events waiting for the log", _n(store.waiting_events))
+    summary.add_row("event log rows", _n(store.log_rows))
+    summary.add_row("event log partitions", _n(store.log_partitions))
+    summary.add_row("event log oldest", store.log_oldest or "-")
+    summary.add_row("event log on disk", _bytes(store.log_bytes))
     for error in st.errors:
         summary.add_row("[red]error[/red]", error)
     return Group(summary, queues)
@@ -393,6 +404,60 @@ def _status_view(st: Any) -> Any:
 
 def _n(value: int | None) -> str:
     return "?" if value is None else f"{value:,}"
+
+
+def _bytes(value: int | None) -> str:
+    if value is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024  # type: ignore[assignment]
+    return f"{value} B"  # pragma: no cover
+
+
+@app.command()
+def usage(
+    org: str,
+    customer: Annotated[str | None, typer.Argument(help="all customers when left out")] = None,
+    feature: Annotated[str | None, typer.Option(help="one feature (default: all)")] = None,
+    start: Annotated[
+        str | None, typer.Option("--from", help="RFC 3339; default: 30 days ago")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--to", help="RFC 3339; default: now")] = None,
+    window: Annotated[str, typer.Option(help="HOUR, DAY or MONTH")] = "DAY",
+    tz: Annotated[str, typer.Option(help="IANA time zone of the windows")] = "UTC",
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="comma-separated: customer, feature, entitlement")
+    ] = "",
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout, for spreadsheets")] = False,
+) -> None:
+    """Usage over time from the event log: a bar per window, exact quantities."""
+    zone = time_zone(tz)
+    groups = parse_group_by(group_by)
+    try:
+        kind = Window(window.upper())
+    except ValueError:
+        raise InvalidError(f"window: {window!r} is not one of HOUR, DAY, MONTH") from None
+    now = utcnow()
+    rows = get_runtime().usage_report.usage(
+        org,
+        customer=customer,
+        feature=feature,
+        start=_when(start, now - timedelta(days=30)) or now,
+        end=_when(end, now) or now,
+        window=kind,
+        tz=zone,
+        group_by=groups,
+    )
+    if as_csv:
+        typer.echo(usage_chart.to_csv(rows), nl=False)
+        return
+    if not rows:
+        console.print("no usage in that range")
+        return
+    for line in usage_chart.chart(rows):
+        typer.echo(line)  # not through rich: a chart line must never wrap
 
 
 @app.command()

@@ -34,6 +34,7 @@ from meterd.services.queries import EntitlementQueries
 from meterd.services.replay import DeadLetterReplay
 from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
+from meterd.services.usage_report import UsageReport
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import Database
@@ -221,6 +222,10 @@ class Runtime:
         return EntitlementQueries(
             self.listing, self.entitlements, self.usage, self.transitions, self.balance
         )
+
+    @cached_property
+    def usage_report(self) -> UsageReport:
+        return UsageReport(self.event_log)
 
     @cached_property
     def notifications(self) -> NotificationService:

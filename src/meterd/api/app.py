@@ -24,6 +24,7 @@ from meterd.api import (
     seed_workspace,
     seed_zenskar,
     usage,
+    usage_history,
 )
 from meterd.celery_config import INGEST_QUEUE, INGEST_TASK
 from meterd.config import get_settings
@@ -63,6 +64,7 @@ def create_app(
     errors.install(app)
     app.include_router(health.router)
     app.include_router(usage.router)
+    app.include_router(usage_history.router)
     app.include_router(catalog.router)
     app.include_router(entitlements.router)
     app.include_router(seed_zenskar.router)
