@@ -10,6 +10,19 @@ key prefix per scenario, removed afterwards):
 * ceiling: the same Lua script driven directly from this one Python process
            with pre-validated events (no broker, no validation, no worker).
 
+Then two rows for the late path, after the others (so they do not change them),
+with the dedupe service (``UsageCounter.count``, one process, pre-validated
+events, chunks of --batch-size):
+
+* hot:     events timed now (a marker miss means new);
+* late:    events timed more than the hot window ago (METERD_DEDUPE_TTL): each
+           chunk is searched in the event log, then counted in a confirmed
+           call. The log holds the hot row's events (flushed, untimed) first,
+           and on PostgreSQL a partition a day for the whole retention (each
+           partition's key index is probed per id); measured as just written,
+           then again after ANALYZE (the planner's statistics decide how
+           PostgreSQL runs the search).
+
     python bench/ingest.py                      # defaults: 200k events, 1000 customers
     python bench/ingest.py --events 500000 --concurrency 2
 """
@@ -27,7 +40,7 @@ import time
 import uuid
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -38,12 +51,15 @@ from meterd.migrate import upgrade
 from meterd.producer import publish_batches, usage_event
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
+from meterd.storage.counters import ScriptCode
 from meterd.timeutil import utcnow
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 
-def make_runtime(database_url: str, prefix: str, customers: int) -> Runtime:
+def make_runtime(
+    database_url: str, prefix: str, customers: int, starts_ago: timedelta = timedelta(days=1)
+) -> Runtime:
     settings = Settings(
         database_url=database_url,
         redis_url=REDIS_URL,
@@ -63,7 +79,7 @@ def make_runtime(database_url: str, prefix: str, customers: int) -> Runtime:
                 customer_id=f"c{c}",
                 feature="api_calls",
                 quantity=Decimal(10**6),
-                starts_at=now - timedelta(days=1),
+                starts_at=now - starts_ago,
                 ends_at=now + timedelta(days=30),
             ),
             now,
@@ -136,13 +152,14 @@ def run_worker_scenario(
                 raise RuntimeError("worker did not start")
             time.sleep(0.05)
         target = len(warm) + len(events)
-        # Poll cheaply (DBSIZE is O(1); every accepted event adds one dedupe marker) so
-        # the measurement does not steal Redis time from the worker; confirm exactly.
-        keys_before = rt.redis.dbsize()
+        # Poll cheaply (one HGET of the accepted count, which the ingest script bumps
+        # with the counts; markers are no longer one key each, so DBSIZE cannot tell)
+        # so the measurement does not steal Redis time from the worker; confirm exactly.
+        stats_key = rt.redis_keys.stats("events")
         start = time.perf_counter()
         publish_batches(app, events, batch_size)
         published = time.perf_counter() - start
-        while rt.redis.dbsize() < keys_before + len(events) - 10:
+        while int(cast(bytes | None, rt.redis.hget(stats_key, "accepted")) or 0) < target:
             time.sleep(0.005)
         while counted(rt, customers) < target:
             time.sleep(0.005)
@@ -165,6 +182,57 @@ def run_ceiling(rt: Runtime, events: list[dict[str, Any]], batch_size: int) -> f
     return len(valid) / (time.perf_counter() - start)
 
 
+def run_counting(
+    rt: Runtime, events: list[dict[str, Any]], batch_size: int, age: timedelta
+) -> float:
+    """Events/s of ``UsageCounter.count`` (the dedupe service: log search included)
+    for events timed ``age`` ago, every one of them accepted."""
+    now = utcnow()
+    when = now - age
+    parsed = [parse_event(e, received_at=when) for e in events]
+    valid = [p for p in parsed if isinstance(p, UsageEvent)]
+    start = time.perf_counter()
+    accepted = 0
+    for i in range(0, len(valid), batch_size):
+        codes = rt.counting.count(valid[i : i + batch_size], now)
+        accepted += sum(code is ScriptCode.ACCEPTED for code in codes)
+    rate = len(valid) / (time.perf_counter() - start)
+    if accepted != len(events):
+        raise RuntimeError(f"{accepted:,} of {len(events):,} events accepted")
+    return rate
+
+
+def late_scenario(args: argparse.Namespace, db: str) -> tuple[float, float, float]:
+    """(hot, late, late after ANALYZE) events/s of the dedupe service, on one runtime."""
+    prefix = f"bench-late-{uuid.uuid4().hex[:6]}"
+    rt = make_runtime(db, prefix, args.customers, starts_ago=timedelta(days=3))
+    try:
+        n = args.late_events
+        events = make_events(prefix, n, args.customers, args.skew)
+        print(f"hot (counting service): {n:,} events ...", file=sys.stderr)
+        hot = run_counting(rt, events, args.batch_size, timedelta(0))
+        rt.flush.flush_all(utcnow())  # the log now holds the hot row's events
+        # As in production: a partition a day for the whole retention (the beat
+        # job's work), each probed by the log search.
+        rt.event_log.maintain(utcnow(), retention=timedelta(seconds=rt.settings.retention_seconds))
+        print(f"  log partitions: {rt.event_log.figures().partitions}", file=sys.stderr)
+        age = rt.counters.hot_window + timedelta(hours=1)
+        rates = []
+        for label in ("fresh", "analyzed"):
+            if label == "analyzed":  # what autovacuum does within a minute or so
+                with rt.database.engine.begin() as conn:
+                    conn.exec_driver_sql("ANALYZE event_log")
+            late_events = [dict(e, id=f"late-{label}-{i}") for i, e in enumerate(events)]
+            print(
+                f"late (older than the hot window, {label} log): {n:,} events ...", file=sys.stderr
+            )
+            rates.append(run_counting(rt, late_events, args.batch_size, age))
+        return hot, rates[0], rates[1]
+    finally:
+        cleanup(rt)
+        rt.close()
+
+
 def scenario(name: str, args: argparse.Namespace, db: str, n: int, batch: int | None) -> float:
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     rt = make_runtime(db, prefix, args.customers)
@@ -185,6 +253,9 @@ def main() -> None:
     )
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--naive-events", type=int, default=10_000)
+    parser.add_argument(
+        "--late-events", type=int, default=50_000, help="events of the hot and late rows"
+    )
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=2)
@@ -205,7 +276,11 @@ def main() -> None:
             "naive (one task per event)": scenario("naive", args, db, args.naive_events, 1),
             "ceiling (Lua script, one process)": scenario("ceiling", args, db, args.events, None),
         }
+        hot, late, late_analyzed = late_scenario(args, db)
     meterd, naive, ceiling = rates.values()
+    rates["hot (counting service, one process)"] = hot
+    rates["late (older than the hot window: log searched; log just written)"] = late
+    rates["late (the same, after ANALYZE event_log)"] = late_analyzed
     print()
     print("| scenario | events/s |")
     print("|---|---:|")
@@ -214,6 +289,10 @@ def main() -> None:
     print()
     print(f"meterd / naive   = {meterd / naive:.1f}x")
     print(f"meterd / ceiling = {meterd / ceiling:.2f}")
+    print(
+        f"late / hot       = {late / hot:.2f} (log just written), "
+        f"{late_analyzed / hot:.2f} (after ANALYZE)"
+    )
 
 
 if __name__ == "__main__":
