@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from meterd.celery_config import EVENT_LOG_MAINTAIN_TASK, celery_config
 from meterd.config import Settings
+from meterd.domain import Outcome
 from meterd.metrics import registry_for, render
 from meterd.ops import storage_figures
 from meterd.runtime import Runtime
@@ -87,6 +88,35 @@ def test_a_day_the_maintenance_dropped_is_created_again_for_an_event_of_that_day
         "acme", "cust-1", feature=None, start=NOW - 90 * DAY, end=NOW + DAY, after=None, limit=9
     )
     assert [r.event_id for r in rows] == ["back"]
+
+
+def test_only_whole_expired_partitions_are_dropped(runtime: Runtime) -> None:
+    if runtime.database.dialect != "postgresql":
+        pytest.skip("partitions are PostgreSQL's (SQLite deletes rows by time)")
+    grant(runtime, quantity=None, starts_at=NOW - 60 * DAY, ends_at=None)
+    cutoff = NOW - 5 * DAY  # 10:00 on its day
+    runtime.ingest.ingest(
+        [
+            event(event_id="day-before", time=cutoff - 11 * timedelta(hours=1)),
+            event(event_id="same-day-older", time=cutoff - timedelta(hours=1)),
+            event(event_id="kept", time=cutoff + timedelta(hours=1)),
+        ],
+        now=NOW,
+    )
+    runtime.flush.flush_all(NOW)
+    runtime.event_log.maintain(NOW, retention=5 * DAY)
+    rows = runtime.event_log.page(
+        "acme", "cust-1", feature=None, start=NOW - 90 * DAY, end=NOW + DAY, after=None, limit=9
+    )
+    # The cutoff's own day is not wholly past the retention: its partition stays.
+    assert [r.event_id for r in rows] == ["same-day-older", "kept"]
+
+
+def test_an_event_older_than_the_retention_is_late(runtime: Runtime) -> None:
+    grant(runtime, quantity=None, starts_at=NOW - 90 * DAY, ends_at=None)
+    retention = timedelta(seconds=runtime.settings.retention_seconds)
+    result = runtime.ingest.ingest([event(event_id="old", time=NOW - retention)], now=NOW)
+    assert result.outcomes == [Outcome.LATE]
 
 
 def test_status_and_metrics_show_markers_waiting_events_and_the_log(runtime: Runtime) -> None:
