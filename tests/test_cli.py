@@ -498,3 +498,16 @@ def test_usage_with_an_unknown_time_zone_exits_2_with_the_reason(
     invoke("db", "upgrade")
     assert run_main(monkeypatch, "usage", "acme", "--tz", "Mars/Olympus") == EXIT_REFUSED
     assert "unknown time zone 'Mars/Olympus'" in capsys.readouterr().out
+
+
+def test_worker_takes_a_node_name_so_two_workers_on_one_host_differ(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[list[str]] = []
+    monkeypatch.setattr("meterd.cli._become", started.append)
+    invoke("worker", "-n", "ingest1@%h", "-Q", "meterd.ingest")
+    invoke("worker", "--hostname", "ingest2@%h", "-Q", "meterd.ingest")
+    invoke("worker", "-Q", "meterd.ingest")
+    first, second, default = started
+    assert first[-2:] == ["-n", "ingest1@%h"] and second[-2:] == ["-n", "ingest2@%h"]
+    assert "-n" not in default

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import kombu.exceptions
+import kombu.pools
 import redis
 import typer
 import uvicorn
@@ -32,7 +33,7 @@ from meterd.migrate import upgrade
 from meterd.ops import gather
 from meterd.producer import publish_batches, stamp_receive_time
 from meterd.quantity import parse_decimal_text
-from meterd.runtime import STORE_ERRORS, get_runtime
+from meterd.runtime import STORE_ERRORS, get_runtime, reset_runtime
 from meterd.services.api_keys import Permission
 from meterd.services.catalog import NewEntitlement
 from meterd.services.usage_report import Window, parse_group_by, time_zone
@@ -47,6 +48,9 @@ feature_app = typer.Typer(help="Features.", no_args_is_help=True)
 entitlement_app = typer.Typer(help="Entitlements.", no_args_is_help=True)
 dlq_app = typer.Typer(help="Dead letters: events that were not counted.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (stored hashed, scoped to one org).", no_args_is_help=True)
+embedded_app = typer.Typer(
+    help="The embedded Redis of the default settings (embedded://DIR).", no_args_is_help=True
+)
 lifecycle_app = typer.Typer(
     help="The lifecycle job: record what the clock made due.", no_args_is_help=True
 )
@@ -57,6 +61,7 @@ app.add_typer(entitlement_app, name="entitlement")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(keys_app, name="keys")
 app.add_typer(lifecycle_app, name="lifecycle")
+app.add_typer(embedded_app, name="embedded")
 
 console = Console()
 
@@ -90,10 +95,18 @@ def worker(
     concurrency: Annotated[int, typer.Option("-c", "--concurrency")] = 2,
     queues: Annotated[str, typer.Option("-Q", "--queues")] = ",".join(QUEUES),
     loglevel: Annotated[str, typer.Option("-l", "--loglevel")] = "info",
+    hostname: Annotated[
+        str | None,
+        typer.Option(
+            "-n", "--hostname", help="Celery node name, e.g. ingest1@%h (unique per worker)"
+        ),
+    ] = None,
 ) -> None:
     """Run a Celery worker for the meterd queues (this process becomes
-    ``celery -A meterd.worker:app worker``)."""
-    _become(celery_command("worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel))
+    ``celery -A meterd.worker:app worker``). Two workers on one host need
+    different ``--hostname``s: Celery tells nodes apart by name."""
+    argv = celery_command("worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel)
+    _become(argv + (["-n", hostname] if hostname else []))
 
 
 def _become(argv: list[str]) -> None:
@@ -136,7 +149,8 @@ def publish(
     payload = _read_json(path)
     received_at = utcnow()
     events = stamp_receive_time(payload if isinstance(payload, list) else [payload], received_at)
-    messages = publish_batches(create_app(get_settings()), events, batch_size)
+    with create_app(get_settings()) as celery_app:
+        messages = publish_batches(celery_app, events, batch_size)
     console.print(f"published {len(events)} event(s) in {messages} message(s)")
 
 
@@ -351,7 +365,11 @@ def status(
     sample: Annotated[float, typer.Option(help="seconds to measure events/s over")] = 1.0,
 ) -> None:
     """Queues (ready and unacked), flush lag, dead letters, events/s, workers alive."""
-    celery_app = create_app(get_settings())
+    with create_app(get_settings()) as celery_app:
+        _show_status(celery_app, as_json=as_json, watch=watch, sample=sample)
+
+
+def _show_status(celery_app: Any, *, as_json: bool, watch: bool, sample: float) -> None:
     rt = get_runtime()
     if as_json:
         typer.echo(json.dumps(gather(rt, celery_app, sample_seconds=sample).as_json(), indent=2))
@@ -646,6 +664,35 @@ def demo(
     raise typer.Exit(0 if ok else 1)
 
 
+def _embedded_url() -> str:
+    url = get_settings().redis_url
+    if not url.startswith("embedded://"):
+        raise InvalidError(f"METERD_REDIS_URL is {url!r}, not the embedded server")
+    return url
+
+
+@embedded_app.command("status")
+def embedded_status() -> None:
+    """Whether the embedded redis-server runs, where, and how many clients it has."""
+    url = _embedded_url()
+    where = embedded.embedded_dir(url)
+    if not embedded.running(url):
+        console.print(f"not running ({where})")
+        return
+    console.print(f"running ({where}): {embedded.clients(url)} client(s) connected")
+
+
+@embedded_app.command("stop")
+def embedded_stop() -> None:
+    """Stop the embedded redis-server (its AOF keeps the counts for the next start)."""
+    url = _embedded_url()
+    if not embedded.running(url):
+        console.print("not running")
+        return
+    embedded.stop(url)
+    console.print("stopped" if not embedded.running(url) else "still running: see redis.log")
+
+
 #: Exit status of a command refused by meterd (not found, conflict, invalid).
 EXIT_REFUSED = 2
 #: Exit status when a store did not answer: the same command may work later
@@ -680,6 +727,25 @@ def _print_error(message: str) -> None:
     console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
 
 
+def _release_embedded_redis() -> None:
+    """Leave no server behind: stop the embedded Redis if this command started it
+    and no other process uses it; otherwise say that it keeps running."""
+    try:
+        url = get_settings().redis_url
+    except ValueError:  # settings that do not parse: nothing was started
+        return
+    if not url.startswith("embedded://") or not embedded.started_here(url):
+        return
+    reset_runtime()  # our own connections are not "another process"
+    kombu.pools.reset()  # type: ignore[no-untyped-call]  # nor Celery's pooled broker connections
+    if embedded.release(url):
+        console.print(
+            f"the embedded redis-server ({embedded.embedded_dir(url)}) keeps running: "
+            "other processes use it. Stop it with `meterd embedded stop`.",
+            soft_wrap=True,
+        )
+
+
 def main() -> None:
     try:
         app()
@@ -689,6 +755,8 @@ def main() -> None:
     except UNANSWERED_ERRORS as exc:
         _print_error(unanswered_message(exc))
         sys.exit(EXIT_UNAVAILABLE)
+    finally:
+        _release_embedded_redis()
 
 
 if __name__ == "__main__":  # pragma: no cover

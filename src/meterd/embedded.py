@@ -5,6 +5,11 @@ starts one redis-server for that directory, with AOF and ``appendfsync
 always`` so no acknowledged count is lost, listening on a unix socket in the
 directory. Every process of ``meterd dev`` (worker, beat, API, CLI) finds the
 same server through its pid file; the first one starts it.
+
+A short command (``meterd balance``, ``meterd status``...) that had to start the
+server stops it again when it ends, unless another process uses it by then
+(``release``); ``meterd embedded status`` and ``meterd embedded stop`` show and
+stop a server left running. Its AOF keeps the counts for the next start.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from pathlib import Path
 import redis
 
 _START_TIMEOUT_SECONDS = 10.0
+#: The directories whose server this process started.
+_started_here: set[Path] = set()
 
 
 def _binary() -> str:
@@ -94,12 +101,50 @@ def ensure_running(url: str) -> str:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"embedded redis did not start; see {directory}/redis.log")
                 time.sleep(0.05)
+            _started_here.add(directory)
     return socket_url(url)
 
 
+def started_here(url: str) -> bool:
+    """Whether this process started the embedded server of ``url``."""
+    return embedded_dir(url) in _started_here
+
+
+def running(url: str) -> bool:
+    return _alive(embedded_dir(url) / "redis.sock")
+
+
+def clients(url: str) -> int:
+    """Connections to the embedded server other than the one asking (0 if it is down)."""
+    sock = embedded_dir(url) / "redis.sock"
+    if not _alive(sock):
+        return 0
+    client = redis.Redis(unix_socket_path=str(sock), socket_timeout=2)
+    try:
+        return max(0, len(client.client_list()) - 1)
+    finally:
+        client.close()
+
+
+def release(url: str) -> bool:
+    """Stop the server if this process started it and no other process is connected
+    (the caller closes its own connections first). Returns whether it still runs."""
+    directory = embedded_dir(url)
+    if directory not in _started_here:
+        return running(url)
+    _started_here.discard(directory)
+    if clients(url) > 0:
+        return True
+    stop(url)
+    return running(url)
+
+
 def stop(url: str) -> None:
-    """Shut the embedded server down (it writes its AOF first)."""
+    """Shut the embedded server down (it writes its AOF first) and wait until it is."""
     sock = embedded_dir(url) / "redis.sock"
     if _alive(sock):
         with contextlib.suppress(redis.ConnectionError):
             redis.Redis(unix_socket_path=str(sock)).shutdown()
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while _alive(sock) and time.monotonic() < deadline:
+        time.sleep(0.05)
