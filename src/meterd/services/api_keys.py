@@ -19,7 +19,10 @@ key and process, never once per request; a failed write is retried a minute late
 
 ``RateLimiter`` takes a token from the key's bucket in Redis per request. Redis
 not answering lets the request through (fail open: the counting path has its own
-protections), logged at most every ``_WARN_SECONDS`` and counted in ``unchecked``.
+protections), logged at most every ``_WARN_SECONDS`` and counted in ``unchecked``;
+for ``OPEN_SECONDS`` after a failure it does not ask Redis at all, so an outage
+slows one request per process every few seconds, not every request (the client
+retries a refused connection for seconds).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ CACHE_SECONDS = 10.0
 REMEMBER_SECONDS = 300.0
 #: How often (at most) one process writes a key's last use.
 TOUCH_SECONDS = 60.0
+#: After Redis failed to answer the rate limit, requests go through unchecked this long.
+OPEN_SECONDS = 5.0
 _WARN_SECONDS = 10.0
 _MAX_REMEMBERED = 10_000
 _KEY = re.compile(r"^mk_([0-9a-f]{16})_([A-Za-z0-9_-]{32})$")
@@ -406,6 +411,7 @@ class RateLimiter:
         #: Requests let through unchecked because Redis did not answer (this process).
         self.unchecked = 0
         self._warned_at: float | None = None
+        self._failed_at: float | None = None
         self._lock = threading.Lock()
 
     def check(self, principal: Principal) -> None:
@@ -413,11 +419,19 @@ class RateLimiter:
         limit = principal.rate_limit
         if limit is None:
             return
+        with self._lock:
+            failed_at = self._failed_at
+            if failed_at is not None and self.clock() - failed_at < OPEN_SECONDS:
+                self.unchecked += 1
+                return
         try:
             take = self.store.take(principal.key_id, limit.rate, limit.burst)
         except RateLimitStoreError as exc:
             self._fail_open(exc)
             return
+        if failed_at is not None:
+            with self._lock:
+                self._failed_at = None
         if not take.allowed:
             retry_after = max(1, -(-take.wait_micros // 1_000_000))
             raise RateLimited(principal.key_id, limit, retry_after)
@@ -425,6 +439,7 @@ class RateLimiter:
     def _fail_open(self, exc: RateLimitStoreError) -> None:
         now = self.clock()
         with self._lock:
+            self._failed_at = now
             self.unchecked += 1
             warn = self._warned_at is None or now - self._warned_at >= _WARN_SECONDS
             if warn:
