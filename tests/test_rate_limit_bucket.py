@@ -77,6 +77,15 @@ def test_a_clock_behind_the_bucket_refills_nothing(buckets: RateLimitStore, cloc
     assert not buckets.take("k1", rate=1, burst=1).allowed
 
 
+def test_a_clock_behind_the_bucket_takes_nothing_but_the_token(
+    buckets: RateLimitStore, clock: Clock
+) -> None:
+    """Another API replica whose clock lags (time passed in, not the server's)."""
+    assert buckets.take("k1", rate=1, burst=3).remaining == 2
+    clock.advance(-30)
+    assert [buckets.take("k1", rate=1, burst=3).allowed for _ in range(3)] == [True, True, False]
+
+
 def test_keys_have_buckets_of_their_own(buckets: RateLimitStore) -> None:
     buckets.take("k1", rate=1, burst=1)
     assert not buckets.take("k1", rate=1, burst=1).allowed

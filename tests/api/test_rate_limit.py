@@ -65,6 +65,16 @@ def test_a_key_over_its_burst_is_429_with_retry_after_and_a_clear_problem(
     assert "rate limit of 1 requests a second (burst 3)" in body["detail"]
 
 
+def test_retry_after_is_at_least_one_second_even_when_the_token_is_near(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=1)
+    client.get(FEATURES, headers=headers)
+    clock.advance(0.7)
+    response = client.get(FEATURES, headers=headers)
+    assert (response.status_code, response.headers["retry-after"]) == (429, "1")
+
+
 def test_tokens_come_back_over_time(client: TestClient, runtime: Runtime, clock: Clock) -> None:
     headers = key(runtime, rate_limit=2, rate_burst=2)
     assert statuses(client, headers, 3) == [200, 200, 429]
