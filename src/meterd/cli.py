@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -34,10 +35,10 @@ from meterd.ops import gather
 from meterd.producer import publish_batches, stamp_receive_time
 from meterd.quantity import parse_decimal_text
 from meterd.runtime import STORE_ERRORS, get_runtime, reset_runtime
-from meterd.services.api_keys import Permission
+from meterd.services.api_keys import KeyInfo, Permission
 from meterd.services.catalog import NewEntitlement
 from meterd.services.usage_report import Window, parse_group_by, time_zone
-from meterd.timeutil import as_utc, utcnow
+from meterd.timeutil import as_utc, isoformat, isoformat_or_none, isoformat_seconds, utcnow
 
 app = typer.Typer(
     help="meterd: asynchronous usage metering for entitlements.", no_args_is_help=True
@@ -320,26 +321,115 @@ def org_webhook(
     console.print(f"webhook of {org}: {url or 'none'}")
 
 
+_PERMISSIONS_HELP = ", ".join(p.value for p in Permission) + "; repeat for several"
+
+
+def _limit_text(key: KeyInfo) -> str:
+    if key.limit is None:
+        return "unlimited"
+    own = "" if key.rate_limit is None and key.rate_burst is None else " (own)"
+    return f"{key.limit.rate}/s burst {key.limit.burst}{own}"
+
+
 @keys_app.command("create")
 def keys_create(
     org: Annotated[str, typer.Option(help="the org the key acts for")],
-    permission: Annotated[
-        list[str],
-        typer.Option(
-            help="ENTITLEMENTS:VIEW, ENTITLEMENTS:MANAGE, EVENTS:WRITE, "
-            "USAGE:RESERVE, SPENTITLEMENTS:VIEW or *; repeat for several"
-        ),
-    ],
+    permission: Annotated[list[str], typer.Option(help=_PERMISSIONS_HELP)],
     name: str = "",
+    expires_at: Annotated[
+        str | None, typer.Option(help="RFC 3339; the key is refused after it")
+    ] = None,
+    rate_limit: Annotated[
+        int | None,
+        typer.Option(help="requests a second; 0: unlimited; default METERD_API_RATE_LIMIT"),
+    ] = None,
+    burst: Annotated[int | None, typer.Option(help="bucket size; default twice the rate")] = None,
 ) -> None:
     """Issue an API key. The key is printed once; only its hash is stored."""
     try:
         permissions = [Permission(p) for p in permission]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    token, row = get_runtime().api_keys.create(org, permissions, utcnow(), name=name)
+    token, row = get_runtime().api_keys.create(
+        org,
+        permissions,
+        utcnow(),
+        name=name,
+        expires_at=_when(expires_at, None),
+        rate_limit=rate_limit,
+        rate_burst=burst,
+    )
     console.print(f"key {row.id} for {org} ({row.permissions}):")
     print(token)
+
+
+@keys_app.command("list")
+def keys_list(org: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The org's keys: never their secrets. Last use is written about once a minute."""
+    keys = get_runtime().api_keys.list(org)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                [
+                    {
+                        **dataclasses.asdict(k),
+                        **{
+                            f: isoformat_or_none(getattr(k, f))
+                            for f in ("created_at", "last_used_at", "expires_at", "revoked_at")
+                        },
+                    }
+                    for k in keys
+                ],
+                indent=2,
+            )
+        )
+        return
+    table = Table(title=f"API keys of {org}")
+    for column in ("id", "name", "status", "permissions", "last used", "expires", "limit"):
+        table.add_column(column)
+    for k in keys:
+        table.add_row(
+            k.id,
+            escape(k.name),
+            k.status,
+            " ".join(k.permissions),
+            isoformat_seconds(k.last_used_at) or "never",
+            isoformat_seconds(k.expires_at) or "never",
+            _limit_text(k),
+        )
+    console.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    old_valid_until: Annotated[
+        str, typer.Option(help="RFC 3339: the old key keeps working until then")
+    ],
+    expires_at: Annotated[str | None, typer.Option(help="the new key's expiry")] = None,
+) -> None:
+    """A new key with the same org, name, permissions and limits; the old one keeps
+    working until --old-valid-until. The new key is printed once."""
+    until = _when(old_valid_until, None)
+    assert until is not None
+    token, row = get_runtime().api_keys.rotate(
+        key_id, until, utcnow(), expires_at=_when(expires_at, None)
+    )
+    console.print(f"key {row.id} replaces {key_id} (which works until {isoformat(until)}):")
+    print(token)
+
+
+@keys_app.command("limit")
+def keys_limit(
+    key_id: str,
+    rate_limit: Annotated[
+        int | None, typer.Option(help="requests a second; 0: unlimited; omit: the default")
+    ] = None,
+    burst: Annotated[int | None, typer.Option(help="bucket size; omit: the default")] = None,
+) -> None:
+    """Set a key's own rate limit (other API processes apply it within seconds)."""
+    get_runtime().api_keys.set_limits(key_id, rate_limit, burst)
+    console.print(_limit_text(get_runtime().api_keys.get(key_id)) + f" for key {key_id}")
 
 
 @keys_app.command("revoke")

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     #: from 10 s up to an hour between them.
     webhook_max_attempts: int = Field(default=10, ge=1, le=50)
 
+    #: Requests a second per API key (token bucket in Redis) for keys without their own
+    #: limit; 0: unlimited. At most 1,000,000.
+    api_rate_limit: int = Field(default=1000, ge=0, le=1_000_000)
+    #: Bucket size of those keys; None: twice the rate.
+    api_burst: int | None = Field(default=None, ge=1, le=1_000_000)
+
     #: Port of the worker's Prometheus exporter (served by the worker's main process);
     #: None: no exporter (the API's /metrics serves the same numbers).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)

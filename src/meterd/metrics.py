@@ -23,6 +23,7 @@ metric                                        type       labels
 ``meterd_event_log_rows``                     gauge      (PostgreSQL: estimate)
 ``meterd_event_log_bytes``                    gauge      (on disk; PostgreSQL only)
 ``meterd_event_log_oldest_timestamp_seconds`` gauge      (oldest partition or event)
+``meterd_rate_limit_unchecked_total``         counter    (this process: Redis did not answer)
 ``meterd_scrape_errors``                      gauge      (parts that could not be read)
 ============================================  =========  ==================================
 """
@@ -121,6 +122,12 @@ class MeterdCollector(Collector):
             yield from _storage_gauges(storage_figures(rt))
         except Exception:
             errors += 1
+
+        yield CounterMetricFamily(
+            "meterd_rate_limit_unchecked",
+            "API requests let through unchecked: Redis did not answer the rate limit",
+            value=rt.rate_limiter.unchecked,
+        )
 
         yield GaugeMetricFamily(
             "meterd_scrape_errors", "Parts of this scrape that could not be read", value=errors

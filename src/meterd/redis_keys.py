@@ -26,6 +26,8 @@ key                              type    holds
 ``P:pending:since``              string  epoch us of the pending hash's first write (flush lag)
 ``P:flush:batch:since``          string  the same, for the batch in flight
 ``P:stats:*``                    hash    counters and histograms for metrics (see stats.py)
+``P:rl:<key id>``                hash    an API key's token bucket: ``t`` last refill (epoch
+                                         us), ``m`` micro-tokens; expires once full again
 ===============================  ======  =====================================================
 """
 
@@ -102,6 +104,10 @@ class RedisKeys:
     @property
     def flush_epoch(self) -> str:
         return f"{self.prefix}:flush:epoch"
+
+    def rate_limit(self, key_id: str) -> str:
+        """An API key's token bucket (key ids are 16 hex digits)."""
+        return f"{self.prefix}:rl:{key_id}"
 
     @property
     def all_pattern(self) -> str:

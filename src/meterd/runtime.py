@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 from meterd import embedded
 from meterd.config import Settings, get_settings
 from meterd.redis_keys import RedisKeys
-from meterd.services.api_keys import ApiKeyService
+from meterd.services.api_keys import ApiKeyService, RateLimiter
 from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.counting import UsageCounter
@@ -46,6 +46,7 @@ from meterd.storage.listing import EntitlementListing
 from meterd.storage.notifications import NotificationStore
 from meterd.storage.organisations import OrganisationStore
 from meterd.storage.plans import PlanStore
+from meterd.storage.rate_limits import RateLimitStore
 from meterd.storage.resolution_views import ResolutionViewStore
 from meterd.storage.stats import StatsStore
 from meterd.storage.transitions import TransitionStore
@@ -237,7 +238,19 @@ class Runtime:
 
     @cached_property
     def api_keys(self) -> ApiKeyService:
-        return ApiKeyService(ApiKeyStore(self.database.sessions))
+        return ApiKeyService(
+            ApiKeyStore(self.database.sessions),
+            default_rate=self.settings.api_rate_limit,
+            default_burst=self.settings.api_burst,
+        )
+
+    @cached_property
+    def rate_limits(self) -> RateLimitStore:
+        return RateLimitStore(self.redis, self.redis_keys)
+
+    @cached_property
+    def rate_limiter(self) -> RateLimiter:
+        return RateLimiter(self.rate_limits)
 
     def close(self) -> None:
         self.redis.close()

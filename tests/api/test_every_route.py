@@ -46,10 +46,13 @@ def concrete(path: str, ids: dict[str, str]) -> str:
         .replace("{key}", "api_calls")
         .replace("{tenantid}", "cust-1")
         .replace("{type}", "USERS")
+        .replace("{key_id}", ids.get("key", "0" * 16))
     )
 
 
 def body_for(path: str) -> Any:
+    if path.endswith("/rotate"):
+        return {"old_valid_until": "2099-01-01T00:00:00Z"}
     if path.endswith("/reserve"):
         return {"quantity": "1", "idempotency_key": "steal"}
     if "{entitlement_id}" in path:
@@ -71,7 +74,7 @@ def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dic
     ).json()
     now = utcnow()
     runtime.ingest.ingest([event(quantity="4", event_id="u", time=now)], now=now)
-    return {"entitlement": str(ent.id), "plan": plan["id"]}
+    return {"entitlement": str(ent.id), "plan": plan["id"], "key": acme["x-api-key"].split("_")[1]}
 
 
 ROUTES = routes()
@@ -107,11 +110,11 @@ def test_no_route_lets_another_org_read_or_change_this_orgs_data(
     headers = {**globex, "organisation": "globex"}
     response = client.request(method, url, json=body_for(path), headers=headers)
     assert response.status_code < 500
-    if "{entitlement_id}" in path or "{plan_id}" in path:
+    if "{entitlement_id}" in path or "{plan_id}" in path or "{key_id}" in path:
         # Another org's id is answered exactly like an id that does not exist.
         assert response.status_code == 404, (method, url, response.text[:300])
     if response.status_code < 400:  # an error body may echo the id the caller sent
-        for secret in (acme_data["entitlement"], acme_data["plan"]):
+        for secret in (acme_data["entitlement"], acme_data["plan"], acme_data["key"]):
             assert secret not in response.text, (method, url, response.text[:300])
     assert snapshot(client, acme) == before, (method, url)
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from meterd import __version__, celery_config
 from meterd.api import (
+    api_keys,
     catalog,
     entitlements,
     errors,
@@ -70,4 +71,5 @@ def create_app(
     app.include_router(seed_zenskar.router)
     app.include_router(seed_tenant.router)
     app.include_router(seed_workspace.router)
+    app.include_router(api_keys.router)
     return app

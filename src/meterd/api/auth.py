@@ -4,6 +4,10 @@ A key is taken from ``x-api-key``, or ``Authorization: Bearer <key>``, or (only
 where a route allows it, for clients that cannot set headers) the
 ``access_token`` query parameter. The key's org is the caller's org: routes
 read and write nothing else, whatever ids a request carries.
+
+Every authenticated request then takes a token from its key's bucket (before the
+permission check: a key hammering a route it may not call is load all the same);
+an empty bucket is 429 with ``Retry-After``. An expired key is 401 saying so.
 """
 
 from __future__ import annotations
@@ -16,7 +20,13 @@ from fastapi import Depends, Header, Query, Request
 from meterd.api.errors import HttpError
 from meterd.errors import UnavailableError
 from meterd.runtime import STORE_ERRORS, Runtime
-from meterd.services.api_keys import KeyCheckUnavailable, Permission, Principal
+from meterd.services.api_keys import (
+    ApiKeyExpired,
+    KeyCheckUnavailable,
+    Permission,
+    Principal,
+    RateLimited,
+)
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -63,9 +73,16 @@ def _authenticate(runtime: Runtime, token: str) -> Principal | None:
 
 
 def _principal(runtime: Runtime, token: str, permission: Permission) -> Principal:
-    principal = _authenticate(runtime, token)
+    try:
+        principal = _authenticate(runtime, token)
+    except ApiKeyExpired as exc:
+        raise HttpError(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     if principal is None:
         raise HttpError(401, "the API key is not valid", headers={"WWW-Authenticate": "Bearer"})
+    try:
+        runtime.rate_limiter.check(principal)
+    except RateLimited as exc:
+        raise HttpError(429, str(exc), headers={"Retry-After": str(exc.retry_after)}) from None
     if not principal.may(permission):
         raise HttpError(403, f"the API key lacks the {permission.value} permission")
     return principal

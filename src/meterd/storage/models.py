@@ -380,6 +380,16 @@ class ApiKey(Base):
     permissions: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: After this moment the key is refused (401); None: never.
+    expires_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: When the key last authenticated, written at most once a minute per process.
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    #: Requests a second (token bucket refill); None: ``METERD_API_RATE_LIMIT``; 0: unlimited.
+    rate_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: Bucket size; None: ``METERD_API_BURST``, else twice the rate.
+    rate_burst: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The key this one replaced (``meterd keys rotate``).
+    rotated_from: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 plan_family_links = Table(

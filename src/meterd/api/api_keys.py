@@ -1,0 +1,100 @@
+"""API keys of the caller's org: list them (never a secret) and rotate one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import BaseModel, Field
+
+from meterd.api.auth import RuntimeDep, require
+from meterd.api.errors import HttpError
+from meterd.api.inputs import moment
+from meterd.services.api_keys import KeyInfo, Permission, Principal
+from meterd.timeutil import isoformat, isoformat_or_none, utcnow
+
+router = APIRouter(prefix="/v1", tags=["api keys"])
+
+Viewer = Annotated[Principal, Depends(require(Permission.KEYS_VIEW))]
+Manager = Annotated[Principal, Depends(require(Permission.KEYS_MANAGE))]
+KeyId = Annotated[str, Path(pattern=r"^[0-9a-f]{16}$", description="the key's id (16 hex)")]
+
+
+class LimitOut(BaseModel):
+    rate: int = Field(description="requests a second")
+    burst: int = Field(description="requests at once, at most")
+
+
+class ApiKeyOut(BaseModel):
+    """Everything about a key but its secret (and the secret's hash)."""
+
+    id: str
+    name: str
+    prefix: str = Field(description="the public start of the key, mk_<id>_")
+    permissions: list[str]
+    status: str = Field(description="active, expired or revoked")
+    created_at: str
+    last_used_at: str | None = Field(description="to the minute, about")
+    expires_at: str | None
+    revoked_at: str | None
+    rate_limit: int | None = Field(description="the key's own rate; null: the default; 0: none")
+    rate_burst: int | None = Field(description="the key's own burst; null: the default")
+    limit: LimitOut | None = Field(description="the limit that applies; null: unlimited")
+    rotated_from: str | None
+
+
+def key_out(key: KeyInfo) -> ApiKeyOut:
+    return ApiKeyOut(
+        id=key.id,
+        name=key.name,
+        prefix=key.prefix,
+        permissions=key.permissions,
+        status=key.status,
+        created_at=isoformat(key.created_at),
+        last_used_at=isoformat_or_none(key.last_used_at),
+        expires_at=isoformat_or_none(key.expires_at),
+        revoked_at=isoformat_or_none(key.revoked_at),
+        rate_limit=key.rate_limit,
+        rate_burst=key.rate_burst,
+        limit=None if key.limit is None else LimitOut(rate=key.limit.rate, burst=key.limit.burst),
+        rotated_from=key.rotated_from,
+    )
+
+
+@router.get("/api-keys", response_model=list[ApiKeyOut])
+def list_api_keys(runtime: RuntimeDep, caller: Viewer) -> list[ApiKeyOut]:
+    return [key_out(k) for k in runtime.api_keys.list(caller.org)]
+
+
+class RotateIn(BaseModel):
+    old_valid_until: datetime = Field(
+        description="RFC 3339 with a timezone: the old key works until then"
+    )
+    expires_at: datetime | None = Field(default=None, description="the new key's; null: never")
+
+
+class RotatedOut(ApiKeyOut):
+    key: str = Field(description="the new key: shown once, never stored")
+
+
+@router.post("/api-keys/{key_id}/rotate", status_code=201, response_model=RotatedOut)
+def rotate_api_key(
+    key_id: KeyId, body: RotateIn, runtime: RuntimeDep, caller: Manager
+) -> RotatedOut:
+    """A new key with the same org, name, permissions and limits; the old one keeps
+    working until ``old_valid_until``. Only a key holding no permission the caller
+    lacks may be rotated (else a key manager could mint itself a broader key)."""
+    old = runtime.api_keys.get(key_id, caller.org)
+    if not caller.holds_all(frozenset(old.permissions)):
+        raise HttpError(403, f"the API key {key_id} holds permissions the caller lacks")
+    old_valid_until = moment(body.old_valid_until, "old_valid_until")
+    assert old_valid_until is not None
+    token, row = runtime.api_keys.rotate(
+        key_id,
+        old_valid_until,
+        utcnow(),
+        org=caller.org,
+        expires_at=moment(body.expires_at, "expires_at"),
+    )
+    return RotatedOut(key=token, **key_out(runtime.api_keys.get(row.id)).model_dump())
