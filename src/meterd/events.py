@@ -181,29 +181,46 @@ def shape_problem(payload: Any) -> str | None:
     Unicode (a lone surrogate, which no store or encoder takes), a number that is not
     JSON (NaN, infinity), or a value that is no JSON value at all (what kombu's JSON
     revives from ``__type__`` objects). The answer names the field. Iterative: a
-    payload of any depth costs no recursion."""
+    payload of any depth costs no recursion. The size is measured exactly (encoded)
+    only when a cheap upper bound from the walk does not already prove it small."""
+    if not isinstance(payload, (dict, list)):
+        problem = _leaf_problem(payload)
+        return None if problem is None else f"event: {problem}"
+    bound = 2  # an upper bound of the payload's size as JSON
     stack: list[tuple[Any, int, _Path]] = [(payload, 1, None)]
     while stack:
         value, depth, where = stack.pop()
-        if isinstance(value, dict):
-            if depth > MAX_EVENT_DEPTH:
-                return f"{_path(where)}: nested deeper than {MAX_EVENT_DEPTH} levels"
-            for key, item in value.items():
-                if not isinstance(key, str) or not _is_text(key):
+        if depth > MAX_EVENT_DEPTH:
+            return f"{_path(where)}: nested deeper than {MAX_EVENT_DEPTH} levels"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                if not key.isascii() and not _is_text(key):
                     return f"{_path((where, key))}: a key must be valid Unicode text"
+                bound += 6 * len(key) + 4  # escaped at worst, quotes, colon, comma
+            if isinstance(item, str):
+                if not item.isascii() and not _is_text(item):
+                    return f"{_path((where, key))}: text is not valid Unicode (a lone surrogate)"
+                bound += 6 * len(item) + 3
+            elif isinstance(item, (dict, list)):
+                bound += 3
                 stack.append((item, depth + 1, (where, key)))
-        elif isinstance(value, list):
-            if depth > MAX_EVENT_DEPTH:
-                return f"{_path(where)}: nested deeper than {MAX_EVENT_DEPTH} levels"
-            stack.extend((item, depth + 1, (where, i)) for i, item in enumerate(value))
-        elif (problem := _leaf_problem(value)) is not None:
-            return f"{_path(where)}: {problem}"
+            elif (problem := _leaf_problem(item)) is not None:
+                return f"{_path((where, key))}: {problem}"
+            else:
+                bound += _NUMBER_BYTES if not isinstance(item, int) else 5 + item.bit_length()
+    if bound <= MAX_EVENT_BYTES:
+        return None
     size = _json_size(payload)
     if size > MAX_EVENT_BYTES:
         data = payload.get("data") if isinstance(payload, dict) else None
         part = "data" if data is not None and _json_size(data) > MAX_EVENT_BYTES // 2 else "event"
         return f"{part}: the event is {size:,} bytes as JSON, at most {MAX_EVENT_BYTES:,}"
     return None
+
+
+#: The longest JSON text of a float, ``null`` or a boolean (``-1.2345678901234567e-308``).
+_NUMBER_BYTES = 25
 
 
 def _leaf_problem(value: Any) -> str | None:

@@ -144,7 +144,7 @@ def test_deeply_nested_json_to_post_events_is_a_400_not_a_500(
     detail = problem_of(post(client, acme, body), 400)
     assert detail == (
         f"the body nests arrays and objects deeper than {MAX_JSON_DEPTH} levels"
-        " (or its brackets do not match)"
+        " (or does not close them)"
     )
 
 
