@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -99,6 +100,20 @@ def test_record_refuses_a_bad_quantity_at_once() -> None:
     with pytest.raises(QuantityError):
         client.record("c-1", "api_calls", "-1")
     client.close()
+
+
+@pytest.mark.parametrize("quantity", ["\uff11", "1_000", " 2 ", "1e1", "+1", "NaN"])
+def test_record_refuses_a_quantity_outside_the_grammar(quantity: str) -> None:
+    with client_over(FakeTransport()) as client, pytest.raises(QuantityError):
+        client.record("c-1", "api_calls", quantity)
+
+
+def test_record_sends_a_decimal_as_plain_text_never_an_exponent() -> None:
+    transport = FakeTransport()
+    with client_over(transport) as client:
+        client.record("c-1", "api_calls", Decimal("1E+3"))
+        client.record("c-1", "api_calls", Decimal("2.500"))
+    assert [e["data"]["quantity"] for e in transport.batches[0]] == ["1000", "2.5"]
 
 
 def test_a_full_buffer_is_refused_after_a_short_wait_not_dropped() -> None:

@@ -24,8 +24,37 @@ json_values = st.recursive(
     max_leaves=8,
 )
 
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+#: What a Celery message can carry that no HTTP body could (issue 13): nesting past
+#: the limit (or past any decoder), huge text, text that is not Unicode, NaN, objects
+#: kombu's JSON revives from ``__type__``.
+hostile = st.one_of(
+    st.integers(min_value=15, max_value=3000).map(_nested),
+    st.integers(min_value=60_000, max_value=70_000).map("x".__mul__),
+    st.sampled_from(["\ud800", "a\udfff", "\x00", float("nan"), float("inf")]),
+    st.builds(uuid.uuid4),
+    st.decimals(allow_nan=False, places=2),
+)
+#: Quantities that Python's Decimal takes and the grammar refuses.
+CONFUSABLE = ["\uff11", "\u0663", "1_000", " 2 ", "1e1", "+1", "0x10", "Infinity", "1."]
+
 #: Malformed events of many kinds: garbage, and valid events with one field broken.
 malformed = st.one_of(
+    st.builds(
+        lambda key, value: {**event(event_id="bad"), "data": {**event()["data"], key: value}},
+        st.text(max_size=5),
+        hostile,
+    ),
+    st.builds(
+        lambda key, value: {**event(event_id="bad"), key: value}, st.text(max_size=5), hostile
+    ),
     json_values.filter(lambda v: not isinstance(v, dict)),
     st.builds(
         lambda key, value: {**event(event_id="bad"), key: value},
@@ -37,7 +66,7 @@ malformed = st.one_of(
             **event(event_id="bad"),
             "data": {"feature": "api_calls", "quantity": value},
         },
-        json_values | st.sampled_from(["-1", "0", "1e400", "0.0000001", "NaN", "1,5"]),
+        json_values | st.sampled_from(["-1", "0", "1e400", "0.0000001", "NaN", "1,5", *CONFUSABLE]),
     ),
     st.builds(lambda: {k: v for k, v in event(event_id="bad").items() if k != "subject"}),
 )

@@ -47,7 +47,7 @@ from meterd.config import get_settings
 from meterd.errors import InvalidError, UnavailableError
 from meterd.ids import uuid7
 from meterd.producer import usage_event
-from meterd.quantity import parse_quantity
+from meterd.quantity import format_quantity, parse_quantity
 
 Event = dict[str, Any]
 
@@ -227,12 +227,14 @@ class MeterdClient:
     ) -> str:
         """Buffer one usage event; returns its id (pass your own for idempotency
         across processes, e.g. a request id)."""
-        parse_quantity(quantity)  # refuse a bad quantity here, not in a dead letter
+        # Refuse a bad quantity here, not in a dead letter; send it as plain text
+        # (Decimal("1E+3") is 1000, and "1E+3" is not in the grammar).
+        text = format_quantity(parse_quantity(quantity))
         event = usage_event(
             org=self.org,
             customer=customer,
             feature=feature,
-            quantity=str(quantity),
+            quantity=text,
             event_id=event_id or uuid7().hex,
             source=self.source,
             time=(time or _now()).isoformat(),

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     resolution_ttl: int = Field(default=3600, gt=0)
     #: How far in the future an event's ``time`` may lie (clock skew of producers).
     future_skew: int = Field(default=300, ge=0)
+    #: The largest HTTP request body, counted while it is read (413 past it): room
+    #: for a batch of 10,000 events of about 1 KiB each.
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
 
     #: Seconds a webhook call may take before it counts as failed.
     webhook_timeout: float = Field(default=5.0, gt=0)

@@ -9,6 +9,9 @@ dead-lettered while the rest of its batch is counted.
 
 from __future__ import annotations
 
+import json
+import math
+import reprlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +40,20 @@ from meterd.timeutil import epoch_micros, isoformat
 
 USAGE_EVENT_TYPE = "meterd.usage"
 
+#: How deep an event may nest objects and arrays (the event object is level 1, its
+#: ``data`` level 2): deeper is refused before validation, so no decoder, encoder or
+#: validator down the line recurses into it.
+MAX_EVENT_DEPTH = 16
+#: An event's size as compact UTF-8 JSON, ``data`` and extension attributes included.
+MAX_EVENT_BYTES = 64 * 1024
+#: The longest ``id`` and ``source`` (the customer in ``subject``: ``CUSTOMER_ID_MAX``).
+MAX_ID_LENGTH = 512
+#: What a dead letter keeps of an event refused for its size or shape (``stand_in``).
+_EXCERPT = reprlib.Repr()
+_EXCERPT.maxlevel, _EXCERPT.maxstring, _EXCERPT.maxother = 4, 200, 200
+_EXCERPT.maxdict = _EXCERPT.maxlist = 20
+_EXCERPT_CHARS = 2000
+
 
 def _quantity_micros(value: object) -> int:
     try:
@@ -55,7 +72,7 @@ def _aware_utc(value: datetime) -> datetime:
 
 
 NonEmpty = Annotated[
-    str, StringConstraints(min_length=1, max_length=512, pattern=PRINTABLE_PATTERN)
+    str, StringConstraints(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTABLE_PATTERN)
 ]
 
 
@@ -82,7 +99,9 @@ class CloudUsageEvent(BaseModel):
     ]
     org: Annotated[str, StringConstraints(pattern=ORG_ID_PATTERN.pattern)]
     time: Annotated[datetime, AfterValidator(_aware_utc)] | None = None
-    datacontenttype: str | None = Field(default=None, pattern=r"^application/(.+\+)?json")
+    datacontenttype: str | None = Field(
+        default=None, max_length=128, pattern=r"^application/(.+\+)?json"
+    )
     data: UsageData
 
 
@@ -149,12 +168,137 @@ def with_time(payload: Any, event: UsageEvent) -> Any:
     return payload
 
 
+def _name(key: object) -> str:
+    """A key as a path segment: itself if short and plain, else a short repr."""
+    if isinstance(key, str) and key.isascii() and key.isprintable() and len(key) <= 40:
+        return key
+    return repr(key if not isinstance(key, str) else key[:40])
+
+
+def shape_problem(payload: Any) -> str | None:
+    """Why an event cannot be carried as it is (None: it can): nested deeper than
+    ``MAX_EVENT_DEPTH``, larger than ``MAX_EVENT_BYTES`` as JSON, text that is not
+    Unicode (a lone surrogate, which no store or encoder takes), a number that is not
+    JSON (NaN, infinity), or a value that is no JSON value at all (what kombu's JSON
+    revives from ``__type__`` objects). The answer names the field. Iterative: a
+    payload of any depth costs no recursion. The size is measured exactly (encoded)
+    only when a cheap upper bound from the walk does not already prove it small."""
+    if not isinstance(payload, (dict, list)):
+        problem = _leaf_problem(payload)
+        return None if problem is None else f"event: {problem}"
+    bound = 2  # an upper bound of the payload's size as JSON
+    stack: list[tuple[Any, int, _Path]] = [(payload, 1, None)]
+    while stack:
+        value, depth, where = stack.pop()
+        if depth > MAX_EVENT_DEPTH:
+            return f"{_path(where)}: nested deeper than {MAX_EVENT_DEPTH} levels"
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                if not key.isascii() and not _is_text(key):
+                    return f"{_path((where, key))}: a key must be valid Unicode text"
+                bound += 6 * len(key) + 4  # escaped at worst, quotes, colon, comma
+            if isinstance(item, str):
+                if not item.isascii() and not _is_text(item):
+                    return f"{_path((where, key))}: text is not valid Unicode (a lone surrogate)"
+                bound += 6 * len(item) + 3
+            elif isinstance(item, (dict, list)):
+                bound += 3
+                stack.append((item, depth + 1, (where, key)))
+            elif (problem := _leaf_problem(item)) is not None:
+                return f"{_path((where, key))}: {problem}"
+            else:
+                bound += _NUMBER_BYTES if not isinstance(item, int) else 5 + item.bit_length()
+    if bound <= MAX_EVENT_BYTES:
+        return None
+    size = _json_size(payload)
+    if size > MAX_EVENT_BYTES:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        part = "data" if data is not None and _json_size(data) > MAX_EVENT_BYTES // 2 else "event"
+        return f"{part}: the event is {size:,} bytes as JSON, at most {MAX_EVENT_BYTES:,}"
+    return None
+
+
+#: The longest JSON text of a float, ``null`` or a boolean (``-1.2345678901234567e-308``).
+_NUMBER_BYTES = 25
+
+
+def _leaf_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return None if _is_text(value) else "text is not valid Unicode (a lone surrogate)"
+    if isinstance(value, float):
+        return None if math.isfinite(value) else "NaN and infinities are not JSON numbers"
+    if value is None or isinstance(value, (bool, int)):
+        return None
+    return f"not a JSON value ({type(value).__name__})"
+
+
+#: Where a value sits in an event: (the parent's path, a key or an index), None at the top.
+_Path = tuple[Any, str | int] | None
+
+
+def _path(where: _Path) -> str:
+    """A path like ``data.tags[3]`` (built only when a problem is reported)."""
+    segments: list[str] = []
+    while where is not None:
+        where, key = where
+        if isinstance(key, int):
+            segments.append(f"[{key}]")
+        else:
+            segments.append(f".{_name(key)}")
+    return "".join(reversed(segments)).lstrip(".") or "event"
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+
+
+def is_short_text(value: object) -> bool:
+    """Whether ``value`` is text that may be echoed back or stored as an id: a string
+    of at most ``MAX_ID_LENGTH`` characters that is valid Unicode."""
+    return isinstance(value, str) and len(value) <= MAX_ID_LENGTH and _is_text(value)
+
+
+def _is_text(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def stand_in(payload: Any, reason: str) -> dict[str, Any]:
+    """What a dead letter keeps of an event refused for its shape: its id and source
+    (if they are short text), why, and a bounded excerpt; never the payload itself,
+    which no encoder may be able to write."""
+    kept: dict[str, Any] = {"meterd_not_kept": reason}
+    if isinstance(payload, dict):
+        for key in ("id", "source", "subject", "org"):
+            value = payload.get(key)
+            if is_short_text(value):
+                kept[key] = value
+    kept["excerpt"] = _EXCERPT.repr(payload)[:_EXCERPT_CHARS]
+    return kept
+
+
+def dead_letter_payload(payload: Any) -> Any:
+    """The payload as a dead letter may keep it: itself, or its ``stand_in`` if its
+    shape is refused (too deep, too large, not encodable)."""
+    problem = shape_problem(payload)
+    return payload if problem is None else stand_in(payload, problem)
+
+
 def parse_event(
     payload: Any, *, received_at: datetime, org: str | None = None
 ) -> UsageEvent | InvalidEvent:
     """Validate one CloudEvent. ``org`` (from an API key) overrides the attribute."""
     if not isinstance(payload, dict):
         return InvalidEvent(payload, f"event must be a JSON object, got {type(payload).__name__}")
+    problem = shape_problem(payload)
+    if problem is not None:
+        return InvalidEvent(stand_in(payload, problem), problem)
     if org is not None:
         payload = {**payload, "org": org}
     try:

@@ -15,12 +15,16 @@ each test wires it to that test's runtime and key.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from meterd.api.app import create_app
 from meterd.runtime import Runtime
@@ -76,3 +80,86 @@ def test_no_generated_request_gets_a_server_error(case: Any) -> None:
     assert response.status_code < 500, where
     if response.status_code >= 400:
         assert message_of(case.path, response).strip(), where
+
+
+# -- hostile input (issue 13): what no schema generates -------------------------------------
+
+
+def _operations(*methods: str) -> list[tuple[str, str]]:
+    """The spec's operations of these methods, with their path parameters filled in."""
+    return sorted(
+        (method.upper(), re.sub(r"\{[^}]+\}", "00000000-0000-0000-0000-000000000000", path))
+        for path, item in app.openapi()["paths"].items()
+        for method in item
+        if method in methods
+    )
+
+
+CONFUSABLE = ["\uff11", "\u0663", "1_000", " 2 ", "1e1", "+1", "0x10", "NaN", "Infinity"]
+_text = st.one_of(
+    st.sampled_from(CONFUSABLE),
+    st.sampled_from([1_000, 100_000]).map("x".__mul__),
+    st.sampled_from(["\x00", "a\x00b", "\ud800", "\u202e", "\ufeff1"]),
+)
+_event = {
+    "specversion": "1.0",
+    "id": "e",
+    "source": "s",
+    "type": "meterd.usage",
+    "subject": "c",
+    "data": {"feature": "api_calls", "quantity": "1"},
+}
+_fields = ["quantity", "customer_id", "feature", "key", "id", "source", "subject", "reason"]
+_json_body = st.one_of(
+    st.builds(lambda key, value: {key: value}, st.sampled_from(_fields), _text),
+    st.builds(lambda key, value: {**_event, key: value}, st.sampled_from(_fields), _text),
+    st.builds(lambda value: {**_event, "data": {"feature": "api_calls", "quantity": value}}, _text),
+).map(lambda body: json.dumps(body).encode())
+_depth = st.sampled_from([33, 999, 5_000, 100_000])
+#: Bodies no schema generates: nesting past any decoder, invalid UTF-8, NUL bytes,
+#: NaN, huge, broken or confusable strings in the fields routes read.
+hostile_body = st.one_of(
+    _depth.map(lambda n: b"[" * n),
+    _depth.map(lambda n: b"[" * n + b"]" * n),
+    _depth.map(lambda n: b'{"a":' * n + b"1" + b"}" * n),
+    st.binary(max_size=100),
+    st.sampled_from([b'{"quantity": NaN}', b'{"quantity": 1e1}', b"\xff\xfe{}", b"{\x00}"]),
+    _json_body,
+)
+hostile_query = st.one_of(
+    st.sampled_from(["%00", "%ff", "%ed%a0%80", "%c3%28", "%EF%BC%91"]),
+    st.sampled_from([201, 20_000]).map("q".__mul__),
+)
+PARAMETERS = ["customer", "customer_id", "search", "feature", "quantity", "Search", "limit"]
+HEADERS = {"organisation": "acme", "content-type": "application/json"}
+_hostile = settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@_hostile
+@given(operation=st.sampled_from(_operations("post", "patch", "put")), body=hostile_body)
+def test_hostile_bodies_never_get_a_server_error(operation: tuple[str, str], body: bytes) -> None:
+    method, path = operation
+    with TestClient(app, raise_server_exceptions=False) as client:
+        headers = {**HEADERS, "x-api-key": _wired["token"]}
+        response = client.request(method, path, content=body, headers=headers)
+    assert response.status_code < 500, (method, path, body[:100], response.text[:300])
+
+
+@_hostile
+@given(
+    operation=st.sampled_from(_operations("get", "delete")),
+    parameter=st.sampled_from(PARAMETERS),
+    value=hostile_query,
+)
+def test_hostile_query_strings_never_get_a_server_error(
+    operation: tuple[str, str], parameter: str, value: str
+) -> None:
+    method, path = operation
+    with TestClient(app, raise_server_exceptions=False) as client:
+        headers = {**HEADERS, "x-api-key": _wired["token"]}
+        response = client.request(method, f"{path}?{parameter}={value}", headers=headers)
+    assert response.status_code < 500, (method, path, value[:100], response.text[:300])

@@ -27,6 +27,7 @@ from meterd.api import (
     usage,
     usage_history,
 )
+from meterd.api.body_limit import InputLimits
 from meterd.celery_config import INGEST_QUEUE, INGEST_TASK
 from meterd.config import get_settings
 from meterd.runtime import Runtime, get_runtime
@@ -52,6 +53,7 @@ def create_app(
     runtime_factory: Callable[[], Runtime] = get_runtime,
     publish_events: Publisher | None = None,
     celery_app: Callable[[], Any] | None = None,
+    max_body_bytes: int | None = None,
 ) -> FastAPI:
     app = openapi.MeterdAPI(
         title="meterd",
@@ -63,6 +65,9 @@ def create_app(
     app.state.publish_events = publish_events or celery_publisher()
     app.state.celery_app = celery_app or _meterd_celery_app
     errors.install(app)
+    if max_body_bytes is None:
+        max_body_bytes = get_settings().max_body_bytes
+    app.add_middleware(InputLimits, max_body_bytes=max_body_bytes)
     app.include_router(health.router)
     app.include_router(usage.router)
     app.include_router(usage_history.router)

@@ -1,17 +1,42 @@
-"""JSON responses that carry decimals exactly.
+"""JSON that carries decimals exactly, both ways.
 
 FastAPI would turn a Decimal into a float (0.1 + 0.2 problems, and digits lost
 past 15). The seed APIs want numbers, so those are written with simplejson's
 exact Decimal support; the native API writes quantities as decimal strings.
+Event bodies are read with ``loads_exact``: each non-integer number keeps its
+literal text (``quantity.JsonNumber``), and ``NaN``/``Infinity``, which Python's
+decoder takes but JSON does not have, are refused.
 """
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any
 
 import simplejson
 from fastapi.responses import Response
+
+from meterd.errors import InvalidError
+from meterd.quantity import JsonNumber
+
+
+def _no_constant(name: str) -> Any:
+    raise InvalidError(f"the body is not JSON: {name} is not a JSON value")
+
+
+def loads_exact(body: bytes) -> Any:
+    """Decode a request body (UTF-8 JSON). Raises ``InvalidError`` with what is wrong.
+    Nesting is bounded before this runs (``body_limit``); RecursionError is caught
+    all the same."""
+    try:
+        return json.loads(body, parse_float=JsonNumber.from_literal, parse_constant=_no_constant)
+    except InvalidError:
+        raise
+    except json.JSONDecodeError as exc:
+        raise InvalidError(f"the body is not JSON: {exc.msg} at character {exc.pos}") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4,300 digits, say
+        raise InvalidError(f"the body is not JSON: {str(exc)[:200]}") from None
 
 
 class ExactJSONResponse(Response):

@@ -11,9 +11,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, Field, StringConstraints
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.exact_json import loads_exact
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
@@ -22,7 +23,13 @@ from meterd.domain import (
     EffectiveState,
 )
 from meterd.errors import InvalidError
-from meterd.quantity import format_optional_quantity, format_quantity
+from meterd.quantity import (
+    DECIMAL_TEXT_PATTERN,
+    MAX_QUANTITY_TEXT,
+    format_optional_quantity,
+    format_quantity,
+    parse_quantity,
+)
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.intake import IntakeReport, Publisher
 from meterd.services.reserve import Reservation
@@ -116,8 +123,17 @@ def get_feature_value(
     return feature_value(customer_id, feature, balances)
 
 
+def _positive_quantity(text: str) -> str:
+    parse_quantity(text)  # the one grammar, positive, within what the counters hold
+    return text
+
+
 class ReserveRequest(BaseModel):
-    quantity: Decimal_ = Field(description="a positive decimal, at most 6 fractional digits")
+    quantity: Annotated[
+        str,
+        Field(pattern=DECIMAL_TEXT_PATTERN, max_length=MAX_QUANTITY_TEXT),
+        AfterValidator(_positive_quantity),
+    ] = Field(description="a positive decimal, at most 6 fractional digits")
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
@@ -195,10 +211,7 @@ async def post_events(
     (``application/cloudevents-batch+json`` or a JSON array). Each event is
     validated now: valid ones are queued to ``meterd.ingest_batch`` under the
     key's org, invalid ones are dead-lettered (replayable) and reported."""
-    try:
-        body = await request.json()
-    except ValueError:
-        raise InvalidError("the body is not JSON") from None
+    body = loads_exact(await request.body())
     events = body if isinstance(body, list) else [body]
     if len(events) > MAX_EVENTS_PER_REQUEST:
         raise InvalidError(f"at most {MAX_EVENTS_PER_REQUEST} events per request")

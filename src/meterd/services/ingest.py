@@ -16,7 +16,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from meterd.domain import Outcome
-from meterd.events import InvalidEvent, UsageEvent, parse_event, time_verdict, with_time
+from meterd.events import (
+    InvalidEvent,
+    UsageEvent,
+    dead_letter_payload,
+    parse_event,
+    time_verdict,
+    with_time,
+)
 from meterd.services.counting import UsageCounter
 from meterd.storage.counters import ScriptCode
 from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
@@ -139,8 +146,9 @@ def _dead_letter(
     return DeadLetterRecord(
         reason=outcome.value,
         detail=reason or outcome.value,
-        # Timed as received, so a replay judges it by when it happened.
-        payload=with_time(payload, event) if event is not None else payload,
+        # Timed as received, so a replay judges it by when it happened; an event
+        # refused for its shape (too deep, too large) is kept as a stand-in.
+        payload=with_time(payload, event) if event is not None else dead_letter_payload(payload),
         org_id=event.org if event else (org or _maybe_str(payload, "org")),
         source=event.source if event else None,
         event_id=event.id if event else None,

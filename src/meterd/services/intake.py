@@ -19,7 +19,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from meterd.domain import Outcome
-from meterd.events import InvalidEvent, parse_event, time_verdict, with_time
+from meterd.events import (
+    InvalidEvent,
+    dead_letter_payload,
+    is_short_text,
+    parse_event,
+    time_verdict,
+    with_time,
+)
 from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
 
 #: Valid events are published in messages of at most this many events.
@@ -69,7 +76,7 @@ class EventIntake:
             if isinstance(parsed, InvalidEvent):
                 event_id = payload.get("id") if isinstance(payload, dict) else None
                 refused = (Outcome.INVALID, parsed.reason)
-                event_id = event_id if isinstance(event_id, str) else None
+                event_id = event_id if is_short_text(event_id) else None
             else:
                 payload = with_time(payload, parsed)
                 refused = time_verdict(
@@ -83,7 +90,7 @@ class EventIntake:
                     DeadLetterRecord(
                         reason=outcome.value,
                         detail=why,
-                        payload=payload,
+                        payload=dead_letter_payload(payload),
                         org_id=org,
                         source=None if isinstance(parsed, InvalidEvent) else parsed.source,
                         event_id=event_id if not isinstance(parsed, InvalidEvent) else None,
