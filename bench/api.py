@@ -127,6 +127,7 @@ def main() -> None:
                 "METERD_DATABASE_URL": settings.database_url,
                 "METERD_REDIS_URL": settings.redis_url,
                 "METERD_REDIS_PREFIX": settings.redis_prefix,
+                "METERD_UNSAFE_REDIS": "1",  # the machine's Redis has no AOF
             }
             server = subprocess.Popen(
                 [sys.executable, "-m", "meterd.cli", "api", "--port", str(port)],

@@ -133,6 +133,7 @@ def run_worker_scenario(
         "METERD_BROKER_URL": REDIS_URL,
         "METERD_BROKER_KEY_PREFIX": rt.settings.broker_key_prefix,
         "METERD_REDIS_PREFIX": rt.settings.redis_prefix,
+        "METERD_UNSAFE_REDIS": "1",  # the machine's Redis has no AOF
     }
     worker = subprocess.Popen(
         worker_command((INGEST_QUEUE,), concurrency),

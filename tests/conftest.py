@@ -117,6 +117,10 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
         redis_url=REAL_REDIS_URL,
         redis_prefix=redis_prefix,
         batch_size=100,
+        # The machine's shared Redis runs without AOF (see PITFALLS): it fails the
+        # safety check, so the real configuration runs as METERD_UNSAFE_REDIS=1 would.
+        # fakeredis passes the check as a test double.
+        unsafe_redis=BACKEND == "real",
         _env_file=None,  # type: ignore[call-arg]
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,6 +39,7 @@ from meterd.runtime import STORE_ERRORS, get_runtime, reset_runtime
 from meterd.services.api_keys import KeyInfo, Permission
 from meterd.services.catalog import NewEntitlement
 from meterd.services.usage_report import Window, parse_group_by, time_zone
+from meterd.storage.redis_safety import check_redis, enforce
 from meterd.timeutil import as_utc, isoformat, isoformat_or_none, isoformat_seconds, utcnow
 
 app = typer.Typer(
@@ -505,6 +507,13 @@ def _status_view(st: Any) -> Any:
     summary.add_row("event log partitions", _n(store.log_partitions))
     summary.add_row("event log oldest", store.log_oldest or "-")
     summary.add_row("event log on disk", _bytes(store.log_bytes))
+    safety = st.redis_safety
+    colour = "green" if safety.state == "safe" else "red"
+    summary.add_row("redis safety", f"[{colour}]{safety.state}[/{colour}] ({safety.source or '-'})")
+    for problem in safety.problems:
+        summary.add_row(f"[{colour}]redis unsafe[/{colour}]", escape(str(problem)))
+    for warning in safety.warnings:
+        summary.add_row("[yellow]redis warning[/yellow]", escape(warning))
     for error in st.errors:
         summary.add_row("[red]error[/red]", error)
     return Group(summary, queues)
@@ -570,7 +579,11 @@ def usage(
 
 @app.command()
 def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Serve the HTTP API (OpenAPI at /docs)."""
+    """Serve the HTTP API (OpenAPI at /docs); refuses an unsafe counter Redis."""
+    with contextlib.suppress(*STORE_ERRORS):  # not answering yet: /readyz will say
+        rt = get_runtime()  # the app checks again at start (and warns if allowed)
+        report = check_redis(rt.redis, operator_verified=rt.settings.redis_safety_verified)
+        enforce(report, allow_unsafe=rt.settings.unsafe_redis)  # one-line error, exit 2
     uvicorn.run("meterd.api.app:create_app", factory=True, host=host, port=port, workers=workers)
 
 

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
     #: None: no exporter (the API's /metrics serves the same numbers).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
+    #: Run on a counter Redis that fails the safety check (evicting, or without AOF):
+    #: start anyway, warn loudly, report it in /readyz, status and metrics.
+    unsafe_redis: bool = False
+    #: The operator checked ``maxmemory-policy noeviction`` and AOF where meterd cannot
+    #: read them (managed Redis hiding CONFIG and INFO); never excuses a wrong value.
+    redis_safety_verified: bool = False
+
     @field_validator("database_url", "redis_url")
     @classmethod
     def _not_blank(cls, value: str) -> str:

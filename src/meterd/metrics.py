@@ -24,6 +24,10 @@ metric                                        type       labels
 ``meterd_event_log_bytes``                    gauge      (on disk; PostgreSQL only)
 ``meterd_event_log_oldest_timestamp_seconds`` gauge      (oldest partition or event)
 ``meterd_rate_limit_unchecked_total``         counter    (this process: Redis did not answer)
+``meterd_redis_unsafe``                       gauge      (1: the counter Redis fails the
+                                                         safety check; only runs with
+                                                         ``METERD_UNSAFE_REDIS=1``)
+``meterd_redis_unsafe_setting``               gauge      ``setting``, ``found`` (1 each)
 ``meterd_scrape_errors``                      gauge      (parts that could not be read)
 ============================================  =========  ==================================
 """
@@ -43,7 +47,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from meterd.ops import Storage, flush_lag_seconds, queue_depths, storage_figures
+from meterd.ops import (
+    SAFE,
+    UNKNOWN,
+    RedisSafetyState,
+    Storage,
+    flush_lag_seconds,
+    queue_depths,
+    redis_safety,
+    storage_figures,
+)
 from meterd.runtime import Runtime
 from meterd.storage.stats import BUCKETS
 
@@ -129,9 +142,31 @@ class MeterdCollector(Collector):
             value=rt.rate_limiter.unchecked,
         )
 
+        safety = redis_safety(rt)
+        if safety.state == UNKNOWN:
+            errors += 1
+        else:
+            yield from _safety_gauges(safety)
+
         yield GaugeMetricFamily(
             "meterd_scrape_errors", "Parts of this scrape that could not be read", value=errors
         )
+
+
+def _safety_gauges(safety: RedisSafetyState) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "meterd_redis_unsafe",
+        "1 if the counter Redis may evict or lose counts (see meterd_redis_unsafe_setting)",
+        value=0 if safety.state == SAFE else 1,
+    )
+    settings = GaugeMetricFamily(
+        "meterd_redis_unsafe_setting",
+        "A setting that makes the counter Redis unsafe, and its value",
+        labels=["setting", "found"],
+    )
+    for problem in safety.problems:
+        settings.add_metric([problem.setting, problem.found], 1)
+    yield settings
 
 
 def _storage_gauges(store: Storage) -> Iterator[Metric]:

@@ -13,11 +13,17 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import redis
 from celery import Celery
 
 from meterd.celery_config import QUEUES
+from meterd.config import Settings
+from meterd.logs import get_logger
 from meterd.runtime import Runtime
+from meterd.storage.redis_safety import Problem, RedisSafety, check_redis, enforce
 from meterd.timeutil import epoch_micros, utcnow
+
+log = get_logger("meterd.ops")
 
 
 @dataclass(slots=True)
@@ -68,6 +74,66 @@ def storage_figures(runtime: Runtime) -> Storage:
     return figures
 
 
+#: States of the counter Redis's safety check (``RedisSafetyState.state``).
+SAFE, UNSAFE, UNSAFE_ALLOWED, UNKNOWN = "safe", "unsafe", "unsafe_allowed", "unknown"
+
+
+@dataclass(slots=True)
+class RedisSafetyState:
+    """The counter Redis's safety as /readyz, ``meterd status`` and metrics show it.
+
+    ``state``: ``safe``; ``unsafe`` (meterd refuses to start on it: not ready);
+    ``unsafe_allowed`` (``METERD_UNSAFE_REDIS=1``: ready, with the problems listed);
+    ``unknown`` (Redis did not answer; the ping check says so too)."""
+
+    state: str
+    #: How the settings were read (CONFIG GET, INFO, fakeredis).
+    source: str | None = None
+    problems: list[Problem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def redis_safety(runtime: Runtime) -> RedisSafetyState:
+    """Check the counter Redis now (a few CONFIG GETs: cheap enough for every look)."""
+    settings = runtime.settings
+    try:
+        report = check_redis(runtime.redis, operator_verified=settings.redis_safety_verified)
+    except redis.RedisError as exc:
+        return RedisSafetyState(UNKNOWN, warnings=[f"Redis did not answer: {exc}"[:300]])
+    state = SAFE if report.safe else UNSAFE_ALLOWED if settings.unsafe_redis else UNSAFE
+    return RedisSafetyState(state, report.source, list(report.problems), list(report.warnings))
+
+
+def refuse_unsafe_redis(
+    client: redis.Redis, settings: Settings, *, who: str, wait_seconds: float = 0.0
+) -> RedisSafety:
+    """The check at the start of a worker, beat or API process.
+
+    Raises ``UnsafeRedisError`` (its message says what to set) for an unsafe Redis
+    unless ``METERD_UNSAFE_REDIS=1``, which logs a loud warning instead. A Redis that
+    does not answer is retried for ``wait_seconds``, then its error is raised."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            report = check_redis(client, operator_verified=settings.redis_safety_verified)
+            break
+        except (redis.ConnectionError, redis.TimeoutError):
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+    enforce(report, allow_unsafe=settings.unsafe_redis)
+    if not report.safe:
+        log.warning(
+            "COUNTING ON AN UNSAFE REDIS: counts can be lost or doubled "
+            "(started anyway: METERD_UNSAFE_REDIS=1)",
+            process=who,
+            redis=report.describe(),
+        )
+    for warning in report.warnings:
+        log.warning("redis safety", process=who, warning=warning)
+    return report
+
+
 @dataclass(slots=True)
 class Status:
     queues: list[QueueDepth]
@@ -79,6 +145,7 @@ class Status:
     events_per_second: float | None
     workers: list[str] | None
     storage: Storage = field(default_factory=Storage)
+    redis_safety: RedisSafetyState = field(default_factory=lambda: RedisSafetyState(UNKNOWN))
     errors: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -155,6 +222,7 @@ def gather(
     lag = attempt("flush lag", lambda: flush_lag_seconds(runtime))
     dead = attempt("dead letters", runtime.dead_letters.count_by_reason) or {}
     storage = attempt("storage", lambda: storage_figures(runtime)) or Storage()
+    safety = redis_safety(runtime)
     rate = None
     if sample_seconds > 0:
         time.sleep(max(0.0, sample_seconds - (time.monotonic() - started)))
@@ -171,6 +239,7 @@ def gather(
         events_per_second=rate,
         workers=workers,
         storage=storage,
+        redis_safety=safety,
         errors=errors,
     )
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery.signals import beat_init, celeryd_init, worker_ready
 
 from meterd import embedded
 from meterd.celery_config import create_app
 from meterd.config import get_settings
-from meterd.logs import configure_logging
+from meterd.errors import MeterdError
+from meterd.logs import configure_logging, get_logger
 from meterd.metrics import serve
-from meterd.runtime import get_runtime
+from meterd.ops import refuse_unsafe_redis
+from meterd.runtime import get_runtime, redis_client_for
 
 app = create_app(get_settings())
 
@@ -31,6 +34,35 @@ def _start_embedded_redis(**_: Any) -> None:
     configure_logging(settings.log_format)
     if settings.is_embedded_redis:
         embedded.ensure_running(settings.redis_url)
+
+
+#: Exit status of a worker or beat refused for an unsafe Redis (EX_CONFIG of sysexits.h).
+EXIT_UNSAFE_REDIS = 78
+#: Exit status when the counter Redis did not answer at start (EX_TEMPFAIL).
+EXIT_REDIS_UNANSWERED = 75
+#: How long a starting worker or beat waits for the counter Redis to answer.
+REDIS_START_WAIT_SECONDS = 30.0
+
+
+@celeryd_init.connect
+@beat_init.connect
+def _refuse_unsafe_redis(sender: Any = None, **_: Any) -> None:
+    """A worker or beat does not start on an evicting or non-persistent counter Redis
+    (``meterd.storage.redis_safety``), nor on one that does not answer within
+    ``REDIS_START_WAIT_SECONDS``: it exits with the reason. Celery swallows
+    exceptions of signal handlers, so this exits with ``SystemExit`` after logging why."""
+    who = "worker" if isinstance(sender, str) else "beat"  # the worker sends its hostname
+    settings = get_settings()
+    client = redis_client_for(settings)
+    try:
+        refuse_unsafe_redis(client, settings, who=who, wait_seconds=REDIS_START_WAIT_SECONDS)
+    except (MeterdError, redis.RedisError) as exc:
+        unanswered = isinstance(exc, redis.RedisError)
+        reason = f"the counter Redis did not answer: {exc}" if unanswered else str(exc)
+        get_logger("meterd.worker").critical(f"{who} not started", reason=reason)
+        raise SystemExit(EXIT_REDIS_UNANSWERED if unanswered else EXIT_UNSAFE_REDIS) from exc
+    finally:
+        client.close()
 
 
 @worker_ready.connect

@@ -55,7 +55,7 @@ WORKSPACE_NAMES = [
 def spec() -> dict[str, Any]:
     from meterd.api.app import create_app
 
-    app = create_app(lambda: None)  # type: ignore[arg-type, return-value]
+    app = create_app(lambda: None, check_redis=False)  # type: ignore[arg-type, return-value]
     with TestClient(app) as client:
         document: dict[str, Any] = client.get("/openapi.json").json()
     return document

@@ -124,6 +124,8 @@ def e2e_env(database_url: str, redis_prefix: str, broker_url: str) -> Iterator[d
         "METERD_BROKER_URL": broker_url,
         "METERD_BROKER_KEY_PREFIX": broker_prefix,
         "METERD_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT),
+        # The machine's shared Redis has no AOF: workers, beat and the API would refuse it.
+        "METERD_UNSAFE_REDIS": "1",
     }
     yield env
     delete_keys(client, f"{redis_prefix}:*")
@@ -142,6 +144,7 @@ def e2e_settings(e2e_env: dict[str, str]) -> Settings:
         broker_url=e2e_env["METERD_BROKER_URL"],
         broker_key_prefix=e2e_env["METERD_BROKER_KEY_PREFIX"],
         visibility_timeout=VISIBILITY_TIMEOUT,
+        unsafe_redis=True,
         _env_file=None,  # type: ignore[call-arg]
     )
 

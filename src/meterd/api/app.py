@@ -7,8 +7,9 @@ it wires the production ones.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -30,7 +31,9 @@ from meterd.api import (
 from meterd.api.body_limit import InputLimits
 from meterd.celery_config import INGEST_QUEUE, INGEST_TASK
 from meterd.config import get_settings
-from meterd.runtime import Runtime, get_runtime
+from meterd.logs import get_logger
+from meterd.ops import refuse_unsafe_redis
+from meterd.runtime import STORE_ERRORS, Runtime, get_runtime
 from meterd.services.intake import Publisher
 
 
@@ -49,18 +52,40 @@ def celery_publisher() -> Publisher:
     return publish
 
 
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """At start: refuse an unsafe counter Redis (``UnsafeRedisError`` names what to
+    set; the server exits). A Redis that does not answer yet does not stop the API:
+    /readyz reports it, and checks its safety on every call."""
+    if app.state.check_redis:
+        runtime = app.state.runtime_factory()
+        try:
+            refuse_unsafe_redis(runtime.redis, runtime.settings, who="api")
+        except STORE_ERRORS as exc:
+            get_logger("meterd.api").warning(
+                "redis safety not checked at start: Redis did not answer", error=str(exc)
+            )
+    yield
+
+
 def create_app(
     runtime_factory: Callable[[], Runtime] = get_runtime,
     publish_events: Publisher | None = None,
     celery_app: Callable[[], Any] | None = None,
     max_body_bytes: int | None = None,
+    *,
+    check_redis: bool = True,
 ) -> FastAPI:
+    """The API; ``check_redis=False`` skips the start-up Redis safety check (for
+    apps built around a stand-in runtime that has no Redis)."""
     app = openapi.MeterdAPI(
         title="meterd",
         version=__version__,
         description="Real-time entitlement balances, atomic reserve, event intake, "
         "and the seed-compatible read endpoints.",
+        lifespan=_lifespan,
     )
+    app.state.check_redis = check_redis
     app.state.runtime_factory = runtime_factory
     app.state.publish_events = publish_events or celery_publisher()
     app.state.celery_app = celery_app or _meterd_celery_app

@@ -1,7 +1,9 @@
-"""Liveness and readiness: unauthenticated, and they reveal nothing but up or down."""
+"""Liveness and readiness: unauthenticated, and they reveal nothing but up or down,
+and the names and values of the counter Redis's settings that make it unsafe."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
@@ -9,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.metrics import CONTENT_TYPE, registry_for, render
-from meterd.ops import readiness
+from meterd.ops import UNSAFE, readiness, redis_safety
 from meterd.services.api_keys import Permission, Principal
 
 router = APIRouter(tags=["health"])
@@ -21,13 +23,20 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "a dependency is down"}})
+@router.get("/readyz", responses={503: {"description": "a dependency is down, or Redis is unsafe"}})
 def readyz(runtime: RuntimeDep) -> JSONResponse:
-    """The database and Redis both answer."""
+    """The database and Redis both answer, and the counter Redis is safe
+    (``redis_safety.state``: ``safe``, or ``unsafe_allowed`` with
+    ``METERD_UNSAFE_REDIS=1``: ready, its problems listed; ``unsafe``: not ready)."""
     checks = readiness(runtime)
-    ready = all(v == "ok" for v in checks.values())
+    safety = redis_safety(runtime)
+    ready = all(v == "ok" for v in checks.values()) and safety.state != UNSAFE
     return JSONResponse(
-        {"status": "ok" if ready else "unavailable", "checks": checks},
+        {
+            "status": "ok" if ready else "unavailable",
+            "checks": checks,
+            "redis_safety": asdict(safety),
+        },
         status_code=200 if ready else 503,
     )
 
