@@ -289,6 +289,21 @@ def test_resuming_restores_usage_and_the_job_catches_up_what_fell_due(runtime: R
     assert steps[-1] == ("ACTIVE", "EXPIRED", ends)
 
 
+def test_resuming_an_entitlement_suspended_in_its_grace_returns_it_to_grace(
+    runtime: Runtime,
+) -> None:
+    ends = NOW - timedelta(days=1)
+    ent = grant(runtime, starts_at=NOW - timedelta(days=10), ends_at=ends, grace=timedelta(days=5))
+    assert status_of(runtime, ent.id) == Status.GRACE
+    runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW)
+    resumed = runtime.catalog.change_status(ent.id, OperatorAction.RESUME, NOW + timedelta(hours=1))
+    assert resumed.status == Status.GRACE
+    steps = [(t.from_status, t.to_status) for t in runtime.transitions.history(ent.id)]
+    assert steps[-2:] == [("GRACE", "SUSPENDED"), ("SUSPENDED", "GRACE")]
+    runtime.lifecycle.advance(ends + timedelta(days=6))
+    assert status_of(runtime, ent.id) == Status.EXPIRED
+
+
 def test_a_terminated_entitlement_is_final(runtime: Runtime) -> None:
     ent = grant(runtime, ends_at=NOW + timedelta(days=1))
     runtime.catalog.change_status(ent.id, OperatorAction.TERMINATE, NOW)

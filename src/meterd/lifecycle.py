@@ -233,15 +233,21 @@ class TransitionRefused(ConflictError):
 
 
 def operator_transition(
-    action: OperatorAction, status: Status, starts_at: datetime, now: datetime, reason: str
+    action: OperatorAction,
+    status: Status,
+    starts_at: datetime,
+    now: datetime,
+    reason: str,
+    suspended_from: Status | None = None,
 ) -> Transition:
     """The step an operator action takes, effective ``now``.
 
     Suspend: PENDING, ACTIVE or GRACE -> SUSPENDED (usage is refused). Resume:
-    SUSPENDED -> ACTIVE (PENDING before ``starts_at``); whatever the clock did
-    meanwhile (an end, a renewal, a month) the lifecycle job then catches up,
-    stamped when it fell due. Terminate: anything but TERMINATED -> TERMINATED,
-    which is final.
+    SUSPENDED -> the status it was suspended from: GRACE stays GRACE (its term
+    had ended, and that step is already in the audit trail), otherwise ACTIVE
+    (PENDING before ``starts_at``); whatever the clock did meanwhile (an end, a
+    renewal, a month) is then caught up, stamped when it fell due. Terminate:
+    anything but TERMINATED -> TERMINATED, which is final.
     """
     if action is OperatorAction.SUSPEND:
         if status not in (Status.PENDING, Status.ACTIVE, Status.GRACE):
@@ -250,7 +256,10 @@ def operator_transition(
     if action is OperatorAction.RESUME:
         if status is not Status.SUSPENDED:
             raise TransitionRefused(f"cannot resume an entitlement that is {status.value}")
-        target = Status.ACTIVE if now >= starts_at else Status.PENDING
+        if suspended_from is Status.GRACE:
+            target = Status.GRACE
+        else:
+            target = Status.ACTIVE if now >= starts_at else Status.PENDING
         return Transition(status, target, now, reason or "resumed by an operator")
     if status is Status.TERMINATED:
         raise TransitionRefused("the entitlement is already terminated (final)")

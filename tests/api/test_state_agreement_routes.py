@@ -132,6 +132,7 @@ def routes_agree(
 @example(scenario=scenario(starts=-30, ends=-2, grace_days=1))
 @example(scenario=scenario(starts=-45, ends=-15, grace_days=0, auto_renew=True))
 @example(scenario=scenario(starts=-5, ends=5, actions=("suspend",)))
+@example(scenario=scenario(starts=-10, ends=-1, grace_days=5, actions=("suspend", "resume")))
 @example(scenario=scenario(starts=-5, ends=5, actions=("terminate",)))
 @example(scenario=scenario(starts=3, ends=10))
 def test_every_route_shows_the_state_functions_status_with_and_without_the_job(

@@ -393,7 +393,9 @@ class Catalog:
         notification; ingest sees the new status at once."""
         ent, feature = self.transitions.apply_operator_step(
             entitlement_id,
-            lambda status, starts_at: operator_transition(action, status, starts_at, now, reason),
+            lambda status, starts_at, suspended_from: operator_transition(
+                action, status, starts_at, now, reason, suspended_from
+            ),
             expected_version=expected_version,
             actor=actor,
             now=now,

@@ -168,7 +168,7 @@ class TransitionStore:
     def apply_operator_step(
         self,
         entitlement_id: uuid.UUID,
-        decide: Callable[[Status, datetime], Transition],
+        decide: Callable[[Status, datetime, Status | None], Transition],
         *,
         expected_version: int | None,
         actor: str,
@@ -183,7 +183,7 @@ class TransitionStore:
             ent, feature = _lock_one(s, entitlement_id)
             if expected_version is not None and ent.row_version != expected_version:
                 raise StaleVersionError(entitlement_id, expected_version, ent.row_version)
-            step = decide(Status(ent.status), ent.starts_at)
+            step = decide(Status(ent.status), ent.starts_at, _suspended_from(s, ent))
             result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                 update(Entitlement)
                 .where(
@@ -220,6 +220,23 @@ class TransitionStore:
                     .order_by(EntitlementTransition.at)
                 )
             )
+
+
+def _suspended_from(s: Session, ent: Entitlement) -> Status | None:
+    """The status a SUSPENDED entitlement was suspended from (its latest step into
+    SUSPENDED in the audit trail); None when it is not suspended."""
+    if ent.status != Status.SUSPENDED.value:
+        return None
+    found = s.execute(
+        select(EntitlementTransition.from_status)
+        .where(
+            EntitlementTransition.entitlement_id == ent.id,
+            EntitlementTransition.to_status == Status.SUSPENDED.value,
+        )
+        .order_by(EntitlementTransition.at.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return None if found is None else Status(found)
 
 
 def _lock_one(s: Session, entitlement_id: uuid.UUID) -> tuple[Entitlement, str]:
