@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -99,15 +99,20 @@ def parse_datetime(raw: str, name: str) -> datetime:
         ) from None
 
 
+#: The filter grammar of a quantity: the API's decimal grammar, a sign allowed
+#: (``quantity__gt=-1``). Not Python's: no ``1_000``, ``1e3``, `` 2 `` or non-ASCII digits.
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?", re.ASCII)
+
+
 def parse_decimal(raw: str, name: str) -> Decimal:
     """A finite decimal that meterd can store exactly: at most 6 fractional digits
     (a seventh could only match by rounding) and at most ``MAX_QUANTITY``."""
-    try:
-        value = Decimal(raw)
-    except InvalidOperation:
-        value = Decimal("NaN")
-    if not value.is_finite():
-        raise FilterError(f"{name}: {raw[:60]!r} is not a valid decimal")
+    if len(raw) > 64 or _PLAIN_DECIMAL.fullmatch(raw) is None:
+        raise FilterError(
+            f"{name}: {raw[:60]!r} is not a valid decimal: ASCII digits with one optional"
+            " point and an optional leading minus (no exponent, spaces or separators)"
+        )
+    value = Decimal(raw)
     if abs(value) > MAX_QUANTITY:
         raise FilterError(
             f"{name}: {raw[:60]!r} is out of range: quantities are at most {MAX_QUANTITY}"
