@@ -462,6 +462,8 @@ class SoakConfig:
     #: Only to see the soak catch a loss: the counter Redis without AOF.
     redis_aof: bool = True
     keep: bool = False
+    #: Where to write the timeline CSV (a row per 10 s); None: not written.
+    timeline: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -545,6 +547,8 @@ class SoakReport:
     drained: bool = False
     drain_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
+    #: CSV, a row per 10 s of the run (see ``Soak.timeline``).
+    timeline: str = ""
 
     @property
     def exact(self) -> bool:
@@ -609,7 +613,8 @@ class SoakReport:
                 f"{dead:,} ({reasons})",
             ),
             (
-                "duplicates seen by ingest (re-sends and redeliveries)",
+                "duplicate outcomes answered by the ingest script (stats; not those a log "
+                "search found)",
                 f"{self.outcomes.get('duplicate', 0):,}",
             ),
             ("**lost**", f"**{self.lost:,}**"),
@@ -670,6 +675,11 @@ class Soak:
         self.db_up = True
         self.db_back_at = 0.0
         self.lag_samples: list[tuple[float, float, bool]] = []
+        #: (monotonic time, events accepted so far, ingest queue messages ready)
+        self.timeline_samples: list[tuple[float, int, int | None]] = []
+        self.probe_samples: list[tuple[float, float]] = []  # (sent at, latency)
+        self.fault_times: list[tuple[float, str]] = []
+        self.started_at = 0.0
         self.errors: list[str] = []
         self.max_stream = Stream("soak-max", cfg.customers)
         self.max_sent = 0
@@ -838,14 +848,22 @@ class Soak:
                     return
                 time.sleep(0.02)
             self.report.latencies.append(time.monotonic() - sent_at)
+            self.probe_samples.append((sent_at, time.monotonic() - sent_at))
             self.stopping.wait(max(0.0, cfg.probe_every - (time.monotonic() - began)))
 
     def monitor_loop(self) -> None:
-        """Samples the flush lag; restarts a worker that exited by itself."""
+        """Samples the flush lag (and, for the timeline, the events counted and the
+        ingest queue); restarts a worker that exited by itself."""
+        tick = 0
         while not self.monitor_stop.is_set():
             with contextlib.suppress(redis.RedisError):
                 lag = flush_lag_seconds(self.rt) or 0.0
                 self.lag_samples.append((time.monotonic(), lag, self.db_up))
+            if tick % 4 == 0:
+                with contextlib.suppress(Exception):
+                    ready = queue_depths(self.app, (INGEST_QUEUE,))[0].ready
+                    self.timeline_samples.append((time.monotonic(), self.accepted(), ready))
+            tick += 1
             with self.lock:
                 for p in self.processes:
                     if not p.alive():
@@ -863,6 +881,7 @@ class Soak:
             if self.stopping.wait(max(0.0, start + at - time.monotonic())):
                 break
             say(f"  fault at {at:.0f} s: {action}")
+            self.fault_times.append((time.monotonic(), action))
             try:
                 if action == "kill worker":
                     with self.lock:
@@ -938,7 +957,7 @@ class Soak:
         threads = [self.monitor, threading.Thread(target=self.probe_loop, daemon=True)]
         for t in threads:
             t.start()
-        start = time.monotonic()
+        start = self.started_at = time.monotonic()
         producers = self.start_producers(max(rate - probe_rate, 1.0))
         faults = threading.Thread(target=self.fault_loop, args=(start,), daemon=True)
         faults.start()
@@ -1080,6 +1099,35 @@ class Soak:
             if t - back > margin:
                 r.max_lag_db_up = max(r.max_lag_db_up, lag)
 
+    def timeline(self, step: float = 10.0) -> str:
+        """Per ``step`` seconds of the run: events counted per second, messages waiting
+        in the ingest queue, the maximum flush lag, the slowest probe sent in it, and
+        the faults applied (W worker kill, R Redis kill, D database stop, U up again)."""
+        letters = {"kill worker": "W", "kill redis": "R", "stop database": "D"}
+        letters["start database"] = "U"
+        lines = ["t (s),counted/s,queue (msgs),max lag (s),slowest probe (s),faults"]
+        t0 = self.started_at
+        end = max((t for t, *_ in self.timeline_samples), default=t0)
+        at = t0
+        while at < end:
+            upto = at + step
+            window = [s for s in self.timeline_samples if at <= s[0] < upto]
+            before = [s for s in self.timeline_samples if s[0] < at]
+            counted = ""
+            if window and before:
+                (t1, a1, _), (t2, a2, _) = before[-1], window[-1]
+                counted = f"{(a2 - a1) / (t2 - t1):.0f}"
+            queue = max((s[2] for s in window if s[2] is not None), default=None)
+            lags = [lag for t, lag, _ in self.lag_samples if at <= t < upto]
+            probes = [lat for t, lat in self.probe_samples if at <= t < upto]
+            faults = "".join(letters[a] for t, a in self.fault_times if at <= t < upto)
+            lines.append(
+                f"{at - t0:.0f},{counted},{'' if queue is None else queue},"
+                f"{max(lags, default=0.0):.1f},{f'{max(probes):.2f}' if probes else ''},{faults}"
+            )
+            at = upto
+        return "\n".join(lines)
+
     def run(self) -> SoakReport:
         cfg = self.cfg
         try:
@@ -1102,6 +1150,7 @@ class Soak:
                 p.stop()
             self.check(expected)
             self.lag_figures()
+            self.report.timeline = self.timeline()
             self.report.problems += self.errors
             return self.report
         finally:
@@ -1157,7 +1206,7 @@ def parse_args(argv: list[str] | None) -> SoakConfig:
             else:
                 parser.add_argument(flag, action="store_true", help="keep the run's directory")
         else:
-            kind = float if name == "rate" else type(value)
+            kind = {"rate": float, "timeline": str}.get(name, type(value))
             parser.add_argument(flag, type=kind, default=value, metavar=name.upper())
     return SoakConfig(**vars(parser.parse_args(argv)))
 
@@ -1169,6 +1218,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cfg = parse_args(argv)
     report = run_soak(cfg)
+    if cfg.timeline:
+        Path(cfg.timeline).write_text(report.timeline + "\n")
     print()
     print(
         f"Soak under faults, {time.strftime('%Y-%m-%d')}: "

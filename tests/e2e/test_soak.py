@@ -42,6 +42,7 @@ def test_a_minute_under_worker_redis_and_database_kills_loses_nothing_and_counts
 ) -> None:
     report = soak.run_soak(ci_config)
     print(report.table())
+    print(report.timeline)
 
     assert report.faults == {"kill worker": 3, "kill redis": 1, "stop database": 1}, (
         "every fault must have been applied"
