@@ -87,6 +87,17 @@ def test_the_same_id_from_another_source_after_the_hot_window_is_a_new_event(
     assert total(unlimited) == 2
 
 
+def test_a_duplicate_found_in_the_log_is_counted_in_the_stats_once(unlimited: Runtime) -> None:
+    """The script counts the outcomes it decides; one the log search decides is
+    reported for the task to record (``decided_before_counting``)."""
+    outcomes(unlimited, event(event_id="x", time=NOW))
+    unlimited.flush.flush_all(NOW)
+    report = unlimited.ingest.ingest([event(event_id="x", time=NOW)], now=NOW + 10 * DAY)
+    assert report.outcomes == [Outcome.DUPLICATE]
+    unlimited.stats.record_ingest(report.decided_before_counting, 1, 0.0)  # as the task does
+    assert unlimited.stats.events() == {"accepted": 1, "duplicate": 1}
+
+
 def test_a_flush_stalled_longer_than_the_hot_window_counts_nothing_twice(
     unlimited: Runtime,
 ) -> None:

@@ -65,10 +65,16 @@ class UsageCounter:
         self.log = log
 
     def count(
-        self, events: Sequence[UsageEvent], now: datetime, *, strict: bool = False
+        self,
+        events: Sequence[UsageEvent],
+        now: datetime,
+        *,
+        strict: bool = False,
+        decided_by_log: list[int] | None = None,
     ) -> list[ScriptCode]:
         """The code of each event (never MISSING_RESOLUTION, CONFIRM or RETRY), in
-        input order."""
+        input order. ``decided_by_log`` gets the indices whose code the log search
+        decided (the script's stats do not count those)."""
         codes: list[ScriptCode] = [ScriptCode.CONFIRM] * len(events)
         confirm = self._count(events, list(range(len(events))), codes, now, strict, None)
         for _ in range(MAX_CONFIRM_ROUNDS):
@@ -85,6 +91,8 @@ class UsageCounter:
                     unseen.append(i)
                 else:
                     codes[i] = self._logged_code(events[i], logged, strict)
+                    if decided_by_log is not None:
+                        decided_by_log.append(i)
             confirm = self._count(events, unseen, codes, now, strict, seq)
         if confirm:
             raise ConfirmUnavailableError("flushes kept moving events during the log search")

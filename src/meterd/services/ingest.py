@@ -46,8 +46,9 @@ class IngestReport:
     reasons: list[str | None]
     dead_lettered: int = 0
     counts: Counter[str] = field(default_factory=Counter)
-    #: The outcomes decided here, before the script (invalid, and events judged by
-    #: their time); the script counts the others in the step that decides them.
+    #: The outcomes decided outside the script (invalid, events judged by their
+    #: time, duplicates found in the event log), which the caller adds to the
+    #: stats; the script counts the others in the step that decides them.
     decided_before_counting: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -89,9 +90,11 @@ class IngestService:
             valid.append((index, parsed))
 
         early = list(outcomes)
+        from_log: Counter[str] = Counter()
         countable = [(i, event) for i, event in valid if outcomes[i] is None]
         for start in range(0, len(countable), self.chunk_size):
-            self._count(countable[start : start + self.chunk_size], outcomes, reasons, now)
+            chunk = countable[start : start + self.chunk_size]
+            self._count(chunk, outcomes, reasons, now, from_log)
 
         final = [o if o is not None else Outcome.INVALID for o in outcomes]
         by_index = dict(valid)
@@ -101,7 +104,7 @@ class IngestService:
             if final[i].is_dead_letter
         ]
         report = IngestReport(outcomes=final, reasons=reasons)
-        report.decided_before_counting = Counter(o.value for o in early if o is not None)
+        report.decided_before_counting = Counter(o.value for o in early if o is not None) + from_log
         report.dead_lettered = self.dead_letters.add(dead, now) if dead else 0
         return report
 
@@ -111,8 +114,11 @@ class IngestService:
         outcomes: list[Outcome | None],
         reasons: list[str | None],
         now: datetime,
+        from_log: Counter[str],
     ) -> None:
-        codes = self.counting.count([event for _, event in chunk], now)
+        decided: list[int] = []
+        codes = self.counting.count([event for _, event in chunk], now, decided_by_log=decided)
+        from_log.update(OUTCOMES[codes[i]].value for i in decided)
         for (index, event), code in zip(chunk, codes, strict=True):
             outcome = OUTCOMES[code]
             outcomes[index] = outcome
