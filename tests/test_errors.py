@@ -1,4 +1,4 @@
-"""meterd's errors: one family of four kinds, and each edge answers by the kind."""
+"""meterd's errors: one family of six kinds, and each edge answers by the kind."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from meterd.errors import (
     InvalidError,
     MeterdError,
     NotFoundError,
+    RateLimitedError,
+    UnauthorizedError,
     UnavailableError,
     kind_of,
 )
@@ -61,7 +63,14 @@ def test_every_exception_class_is_of_exactly_one_kind_or_the_http_edge(
 
 @pytest.mark.parametrize(
     ("kind", "status"),
-    [(NotFoundError, 404), (ConflictError, 409), (InvalidError, 400), (UnavailableError, 503)],
+    [
+        (NotFoundError, 404),
+        (ConflictError, 409),
+        (InvalidError, 400),
+        (UnavailableError, 503),
+        (UnauthorizedError, 401),
+        (RateLimitedError, 429),
+    ],
 )
 def test_each_kind_has_its_http_status(kind: type[MeterdError], status: int) -> None:
     error = kind("thing", "x") if kind is NotFoundError else kind("why")  # type: ignore[call-arg]

@@ -780,9 +780,9 @@ def embedded_status() -> None:
     url = _embedded_url()
     where = embedded.embedded_dir(url)
     if not embedded.running(url):
-        console.print(f"not running ({where})")
+        console.print(f"not running ({where})", soft_wrap=True)
         return
-    console.print(f"running ({where}): {embedded.clients(url)} client(s) connected")
+    console.print(f"running ({where}): {embedded.clients(url)} client(s) connected", soft_wrap=True)
 
 
 @embedded_app.command("stop")

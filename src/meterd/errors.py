@@ -1,4 +1,4 @@
-"""meterd's errors: one family, four kinds.
+"""meterd's errors: one family, six kinds.
 
 Every exception meterd raises on purpose is a ``MeterdError`` of exactly one
 kind, and the edges decide by the kind, never by the class:
@@ -10,6 +10,10 @@ kind                  meaning                             HTTP            Celery
 ``ConflictError``     the state forbids it, or moved on   409             not retried
 ``InvalidError``      the request itself is wrong         400             not retried
 ``UnavailableError``  a store could not answer now        503 + Retry-    retried with backoff
+                                                          After
+``UnauthorizedError`` the caller's credentials do not     401             (API only)
+                      hold (an expired API key)
+``RateLimitedError``  the caller is over its rate limit   429 + Retry-    (API only)
                                                           After
 ====================  ==================================  ==============  =====================
 
@@ -54,6 +58,17 @@ class UnavailableError(MeterdError):
     retry_after: int = 1
 
 
+class UnauthorizedError(MeterdError):
+    """The caller's credentials do not hold (a key past its expiry)."""
+
+
+class RateLimitedError(MeterdError):
+    """The caller asks faster than its limit allows; ``retry_after`` seconds until
+    it may ask again."""
+
+    retry_after: int = 1
+
+
 class StaleVersionError(ConflictError):
     """The row changed since the caller read it (optimistic concurrency on row_version)."""
 
@@ -73,6 +88,8 @@ KINDS: tuple[type[MeterdError], ...] = (
     ConflictError,
     InvalidError,
     UnavailableError,
+    UnauthorizedError,
+    RateLimitedError,
 )
 
 

@@ -22,6 +22,8 @@ from meterd.errors import (
     InvalidError,
     MeterdError,
     NotFoundError,
+    RateLimitedError,
+    UnauthorizedError,
     UnavailableError,
 )
 from meterd.runtime import STORE_ERRORS
@@ -59,6 +61,8 @@ KIND_STATUS: dict[type[MeterdError], int] = {
     ConflictError: 409,
     InvalidError: 400,
     UnavailableError: 503,
+    UnauthorizedError: 401,
+    RateLimitedError: 429,
 }
 
 
@@ -98,6 +102,10 @@ def install(app: FastAPI) -> None:
             return problem(exc.status, exc.detail, exc.headers)
         if isinstance(exc, UnavailableError):
             return unavailable(str(exc), exc.retry_after)
+        if isinstance(exc, UnauthorizedError):
+            return problem(401, str(exc), {"WWW-Authenticate": "Bearer"})
+        if isinstance(exc, RateLimitedError):
+            return problem(429, str(exc), {"Retry-After": str(exc.retry_after)})
         return problem(status_of(exc), str(exc))
 
     async def _store_down(_: Request, exc: Exception) -> JSONResponse:

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from meterd.errors import InvalidError, MeterdError, UnavailableError
+from meterd.errors import InvalidError, RateLimitedError, UnauthorizedError, UnavailableError
 from meterd.logs import get_logger
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.models import ApiKey
@@ -83,7 +83,7 @@ class KeyCheckUnavailable(UnavailableError):
     be accepted without it."""
 
 
-class ApiKeyExpired(MeterdError):
+class ApiKeyExpired(UnauthorizedError):
     """A genuine key past its ``expires_at`` (the API answers 401 saying so)."""
 
     def __init__(self, key_id: str, expires_at: datetime) -> None:
@@ -92,7 +92,7 @@ class ApiKeyExpired(MeterdError):
         self.expires_at = expires_at
 
 
-class RateLimited(MeterdError):
+class RateLimited(RateLimitedError):
     """The key's bucket is empty (the API answers 429 with Retry-After)."""
 
     def __init__(self, key_id: str, limit: RateLimit, retry_after: int) -> None:
