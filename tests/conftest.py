@@ -19,7 +19,8 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from meterd.config import Settings
+from meterd import runtime as runtime_module
+from meterd.config import Settings, get_settings
 from meterd.migrate import upgrade
 from meterd.runtime import Runtime
 from meterd.storage.database import Database, make_engine
@@ -132,3 +133,23 @@ def runtime(settings: Settings, redis_client: redis.Redis, database: Database) -
     rt.catalog.create_org("acme", "Acme", NOW)
     rt.catalog.create_feature("acme", "api_calls", now=NOW, units="calls")
     return rt
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_prefix: str) -> Iterator[None]:
+    """The CLI's settings from the environment: a SQLite file and one fakeredis
+    server for every runtime the commands build."""
+    import fakeredis
+
+    monkeypatch.setenv("METERD_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("METERD_REDIS_URL", "redis://fake:6379/0")
+    monkeypatch.setenv("METERD_REDIS_PREFIX", redis_prefix)
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr(
+        runtime_module, "redis_client_for", lambda _s: fakeredis.FakeRedis(server=server)
+    )
+    get_settings.cache_clear()
+    runtime_module.reset_runtime()
+    yield
+    runtime_module.reset_runtime()
+    get_settings.cache_clear()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +15,6 @@ from typer.testing import CliRunner
 
 from meterd import runtime as runtime_module
 from meterd.cli import app as cli_app
-from meterd.config import get_settings
 from meterd.runtime import Runtime
 from meterd.services.api_keys import TOUCH_SECONDS, ApiKeyError, Permission
 from meterd.timeutil import isoformat, utcnow
@@ -253,19 +251,7 @@ runner = CliRunner()
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_prefix: str) -> Iterator[Any]:
-    import fakeredis
-
-    monkeypatch.setenv("METERD_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.setenv("METERD_REDIS_URL", "redis://fake:6379/0")
-    monkeypatch.setenv("METERD_REDIS_PREFIX", redis_prefix)
-    server = fakeredis.FakeServer()
-    monkeypatch.setattr(
-        runtime_module, "redis_client_for", lambda _s: fakeredis.FakeRedis(server=server)
-    )
-    get_settings.cache_clear()
-    runtime_module.reset_runtime()
-
+def cli(cli_env: None) -> Any:
     def invoke(*args: str) -> str:
         result = runner.invoke(cli_app, list(args), catch_exceptions=False)
         assert result.exit_code == 0, result.output
@@ -273,9 +259,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_prefix: str) -> I
 
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    yield invoke
-    runtime_module.reset_runtime()
-    get_settings.cache_clear()
+    return invoke
 
 
 def test_cli_lists_keys_without_their_secrets(cli: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -18,24 +17,6 @@ from meterd.testing import event
 from meterd.timeutil import utcnow
 
 runner = CliRunner()
-
-
-@pytest.fixture
-def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_prefix: str) -> Iterator[None]:
-    import fakeredis
-
-    monkeypatch.setenv("METERD_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
-    monkeypatch.setenv("METERD_REDIS_URL", "redis://fake:6379/0")
-    monkeypatch.setenv("METERD_REDIS_PREFIX", redis_prefix)
-    server = fakeredis.FakeServer()
-    monkeypatch.setattr(
-        runtime_module, "redis_client_for", lambda _s: fakeredis.FakeRedis(server=server)
-    )
-    get_settings.cache_clear()
-    runtime_module.reset_runtime()
-    yield
-    runtime_module.reset_runtime()
-    get_settings.cache_clear()
 
 
 def invoke(*args: str) -> str:
