@@ -43,30 +43,13 @@ from meterd.config import Settings
 from meterd.migrate import upgrade
 from meterd.producer import usage_event
 from meterd.runtime import Runtime
-from meterd.services.catalog import NewEntitlement
 from meterd.timeutil import isoformat, utcnow
-from scratch import REDIS_URL, scratch_settings
+from scratch import REDIS_URL, scratch_settings, unlimited_customers
 
 ORG = "bench"
 FEATURE = "api_calls"
 #: Default retention of the log: the late window (35 days) plus a day (Settings).
 RETENTION_DAYS = round(Settings.model_fields["late_window"].default / 86400) + 1
-
-
-def setup(rt: Runtime, customers: int, now: datetime) -> None:
-    rt.catalog.create_org(ORG, ORG, now)
-    rt.catalog.create_feature(ORG, FEATURE, now=now)
-    for c in range(customers):
-        rt.catalog.create_entitlement(
-            NewEntitlement(
-                org=ORG,
-                customer_id=f"c{c}",
-                feature=FEATURE,
-                quantity=None,  # unlimited
-                starts_at=now - timedelta(days=2),
-            ),
-            now,
-        )
 
 
 def make_events(
@@ -232,7 +215,7 @@ def sqlite_run(settings: Settings, args: argparse.Namespace, tmp: str) -> dict[s
         settings.model_copy(update={"database_url": url, "redis_prefix": prefix})
     )
     try:
-        setup(rt, args.customers, utcnow())
+        unlimited_customers(rt, ORG, FEATURE, args.customers, utcnow())
         flush = flush_path(rt, args, args.sqlite_events)
         raw: Any = rt.database.engine.raw_connection()
         try:
@@ -306,7 +289,7 @@ def main() -> None:
     with scratch_settings("elog") as settings, tempfile.TemporaryDirectory() as tmp:
         url = settings.database_url
         rt = Runtime.from_settings(settings)
-        setup(rt, args.customers, utcnow())
+        unlimited_customers(rt, ORG, FEATURE, args.customers, utcnow())
         print(f"flush: {args.events:,} events in rounds of {args.per_flush:,} ...", file=sys.stderr)
         flush = flush_path(rt, args, args.events)
         rt.close()

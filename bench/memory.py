@@ -47,10 +47,10 @@ from meterd.config import Settings
 from meterd.migrate import upgrade
 from meterd.producer import usage_event
 from meterd.runtime import Runtime
-from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import Database
 from meterd.testing import free_port
 from meterd.timeutil import isoformat, utcnow
+from scratch import unlimited_customers
 
 ORG = "acme"
 SOURCE = "bench"
@@ -115,22 +115,6 @@ def make_runtime(client: redis.Redis, db_url: str, prefix: str, hot_window: time
         _env_file=None,  # type: ignore[call-arg]
     )
     return Runtime(settings=settings, redis=client, database=Database.connect(db_url))
-
-
-def setup_catalog(rt: Runtime, customers: int, now: datetime) -> None:
-    rt.catalog.create_org(ORG, ORG, now)
-    rt.catalog.create_feature(ORG, FEATURE, now=now)
-    for c in range(customers):
-        rt.catalog.create_entitlement(
-            NewEntitlement(
-                org=ORG,
-                customer_id=f"c{c}",
-                feature=FEATURE,
-                quantity=None,  # unlimited
-                starts_at=now - timedelta(days=2),
-            ),
-            now,
-        )
 
 
 class EventMaker:
@@ -534,7 +518,7 @@ def main() -> None:
         }
         now = utcnow()
         rt = make_runtime(client, db, "meterd", DEFAULT_HOT_WINDOW)
-        setup_catalog(rt, args.customers, now - timedelta(days=1))
+        unlimited_customers(rt, ORG, FEATURE, args.customers, now - timedelta(days=1))
         maker = EventMaker(args.customers, args.uuid_ids)
 
         a = bytes_per_marker(rt, client, maker, args, now)

@@ -1,5 +1,6 @@
 """Scratch stores for the benchmarks: a fresh PostgreSQL database (migrated) and a
-Redis key prefix (db 11), both removed afterwards, whatever happens."""
+Redis key prefix (db 11), both removed afterwards, whatever happens; and the
+catalog most benchmarks count against."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 
 import redis
 import sqlalchemy as sa
 
 from meterd.config import Settings
 from meterd.migrate import upgrade
+from meterd.runtime import Runtime
+from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import make_engine
 
 PG = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -45,3 +49,21 @@ def scratch_settings(label: str) -> Iterator[Settings]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def unlimited_customers(rt: Runtime, org: str, feature: str, customers: int, now: datetime) -> None:
+    """An org, a feature and customers ``c0`` .. ``c<customers-1>`` with an unlimited
+    grant each, started two days before ``now``."""
+    rt.catalog.create_org(org, org, now)
+    rt.catalog.create_feature(org, feature, now=now)
+    for c in range(customers):
+        rt.catalog.create_entitlement(
+            NewEntitlement(
+                org=org,
+                customer_id=f"c{c}",
+                feature=feature,
+                quantity=None,  # unlimited
+                starts_at=now - timedelta(days=2),
+            ),
+            now,
+        )
