@@ -79,3 +79,16 @@ def assert_log_matches_periods(rt: Runtime) -> None:
             if c
         }
     assert rt.event_log.sums_by_period() == periods
+
+
+class Clock:
+    """A clock moved by hand (for stores that take a ``clock`` callable)."""
+
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)

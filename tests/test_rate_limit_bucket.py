@@ -4,7 +4,6 @@ arithmetic, refill by elapsed time, one clock that never runs backwards for a bu
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
 
 import pytest
 import redis
@@ -12,18 +11,7 @@ import redis
 from meterd.redis_keys import RedisKeys
 from meterd.storage.rate_limits import MAX_BURST, MAX_RATE, RateLimitStore
 
-from .conftest import NOW
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
+from .helpers import Clock
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ over the limit, tokens back with time, limits per key, and requests go through
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,21 +17,9 @@ from meterd.storage.rate_limits import RateLimitStore
 from meterd.testing import free_port
 
 from ..conftest import NOW
+from ..helpers import Clock
 
 FEATURES = "/v1/features"
-
-
-class Clock:
-    """The buckets' clock, moved by hand."""
-
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture
