@@ -768,10 +768,10 @@ def demo(
 
 
 def _embedded_url() -> str:
-    url = get_settings().redis_url
-    if not url.startswith("embedded://"):
-        raise InvalidError(f"METERD_REDIS_URL is {url!r}, not the embedded server")
-    return url
+    settings = get_settings()
+    if not settings.is_embedded_redis:
+        raise InvalidError(f"METERD_REDIS_URL is {settings.redis_url!r}, not the embedded server")
+    return settings.redis_url
 
 
 @embedded_app.command("status")
@@ -834,10 +834,11 @@ def _release_embedded_redis() -> None:
     """Leave no server behind: stop the embedded Redis if this command started it
     and no other process uses it; otherwise say that it keeps running."""
     try:
-        url = get_settings().redis_url
+        settings = get_settings()
     except ValueError:  # settings that do not parse: nothing was started
         return
-    if not url.startswith("embedded://") or not embedded.started_here(url):
+    url = settings.redis_url
+    if not settings.is_embedded_redis or not embedded.started_here(url):
         return
     reset_runtime()  # our own connections are not "another process"
     kombu.pools.reset()  # type: ignore[no-untyped-call]  # nor Celery's pooled broker connections
