@@ -56,22 +56,18 @@ class Storage:
 
 
 def storage_figures(runtime: Runtime) -> Storage:
-    figures = Storage()
     markers = runtime.counters.marker_figures()
-    figures.markers, figures.marker_sets, figures.marker_bytes = (
-        markers.markers,
-        markers.sets,
-        markers.bytes,
-    )
-    figures.waiting_events = runtime.counters.waiting_events()
     log = runtime.event_log.figures()
-    figures.log_rows, figures.log_partitions, figures.log_bytes = (
-        log.rows,
-        log.partitions,
-        log.bytes,
+    return Storage(
+        markers=markers.markers,
+        marker_sets=markers.sets,
+        marker_bytes=markers.bytes,
+        waiting_events=runtime.counters.waiting_events(),
+        log_rows=log.rows,
+        log_partitions=log.partitions,
+        log_oldest=log.oldest.isoformat() if log.oldest else None,
+        log_bytes=log.bytes,
     )
-    figures.log_oldest = log.oldest.isoformat() if log.oldest else None
-    return figures
 
 
 #: States of the counter Redis's safety check (``RedisSafetyState.state``).
