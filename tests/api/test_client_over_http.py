@@ -19,7 +19,10 @@ Reported = list[tuple[Exception, list[dict[str, Any]]]]
 
 
 def http_client(
-    test_client: TestClient, headers: dict[str, str], reported: Reported
+    test_client: TestClient,
+    headers: dict[str, str],
+    reported: Reported,
+    retry_backoff: float = 0.5,
 ) -> MeterdClient:
     transport = HttpTransport(str(test_client.base_url), headers["x-api-key"])
     test_client.headers.update(transport.client.headers)  # the key and the batch media type
@@ -31,7 +34,7 @@ def http_client(
         batch_size=10,
         flush_interval=60.0,
         max_retries=3,
-        retry_backoff=0.5,
+        retry_backoff=retry_backoff,
         on_error=lambda exc, events: reported.append((exc, events)),
     )
 
@@ -72,10 +75,12 @@ def test_a_batch_the_api_refuses_for_its_key_is_reported_at_once(
         else key_for(runtime, "acme", *permissions)
     )
     reported: Reported = []
-    producer = http_client(client, headers, reported)
+    # A retry would wait 60 s, so close() finishing within its deadline shows there was
+    # none; the deadline is wide because a loaded CI machine made 0.4 s too tight.
+    producer = http_client(client, headers, reported, retry_backoff=60.0)
     producer.record("c-1", "api_calls", 1)
     producer.record("c-1", "api_calls", 2)
-    assert producer.close(0.4)  # no retry: a backoff of 0.5 s would miss this deadline
+    assert producer.close(20)
     assert (producer.stats.sent, producer.stats.failed, producer.stats.retries) == (0, 2, 0)
     ((exc, events),) = reported
     assert f"HTTP {status}" in str(exc) and len(events) == 2
