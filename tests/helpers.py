@@ -38,6 +38,13 @@ def grant(
     )
 
 
+def detail_of(response: Any) -> str:
+    """The ``detail`` of an API answer that must be a 400."""
+    assert response.status_code == 400, response.text
+    detail: str = response.json()["detail"]
+    return detail
+
+
 def consumed(rt: Runtime, customer: str = "cust-1", *, now: datetime = NOW) -> dict[str, Decimal]:
     """Real-time consumed of each of the customer's entitlements, by entitlement id."""
     return {

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from meterd.client import BufferFullError, MeterdClient, SendRefusedError
+from meterd.errors import InvalidError
 from meterd.quantity import QuantityError
 from meterd.testing import wait_until
 
@@ -320,4 +321,30 @@ def test_a_connection_error_over_http_is_retried_with_the_same_event_ids() -> No
     assert client.flush(5)
     assert [[e["id"] for e in post] for post in api.posts] == [ids, ids]
     assert (client.stats.sent, client.stats.retries) == (3, 1)
+    client.close()
+
+
+def test_a_raw_event_is_batched_with_its_type_and_data() -> None:
+    transport = FakeTransport()
+    client = client_over(transport)
+    data = {"model": "gpt-4o", "usage": {"input_tokens": 1200, "output_tokens": 300}}
+    event_id = client.record_event("c-1", "llm.request", data)
+    client.record("c-1", "api_calls", 1)
+    assert client.flush(5)
+    raw, usage = transport.batches[0]
+    assert (raw["id"], raw["type"], raw["subject"], raw["data"]) == (
+        event_id,
+        "llm.request",
+        "c-1",
+        data,
+    )
+    assert usage["type"] == "meterd.usage"
+    client.close()
+
+
+@pytest.mark.parametrize("event_type", ["meterd.usage", "not a type", ""])
+def test_a_raw_event_type_the_meters_cannot_read_is_refused_at_once(event_type: str) -> None:
+    client = client_over(FakeTransport())
+    with pytest.raises((ValueError, InvalidError)):
+        client.record_event("c-1", event_type, {})
     client.close()

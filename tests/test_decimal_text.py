@@ -37,7 +37,7 @@ def test_parse_decimal_text_refuses_anything_else(text: str) -> None:
 
 def test_parse_decimal_text_refuses_a_quantity_too_large_to_count_exactly() -> None:
     with pytest.raises(QuantityError, match="too large to count exactly"):
-        parse_decimal_text("9007199255")
+        parse_decimal_text("9007199254740992")
 
 
 def test_parse_decimal_text_names_what_it_parses() -> None:

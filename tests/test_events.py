@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from meterd.events import InvalidEvent, UsageEvent, parse_event
+from meterd.events import InvalidEvent, RawEvent, UsageEvent, parse_event
 from meterd.testing import event
 
 from .conftest import NOW
@@ -17,10 +18,11 @@ def parse(payload: Any, **kwargs: Any) -> UsageEvent | InvalidEvent:
     return parse_event(payload, received_at=NOW, **kwargs)
 
 
-def test_valid_event_is_parsed_into_micro_units() -> None:
+def test_valid_event_is_parsed_into_an_exact_decimal() -> None:
     parsed = parse(event(quantity="1.25", time=NOW))
     assert isinstance(parsed, UsageEvent)
-    assert (parsed.org, parsed.customer, parsed.quantity_micros) == ("acme", "cust-1", 1_250_000)
+    assert (parsed.org, parsed.customer, parsed.quantity) == ("acme", "cust-1", Decimal("1.25"))
+    assert parsed.units == 1_250_000
 
 
 def test_event_without_time_is_timed_at_receipt() -> None:
@@ -44,7 +46,7 @@ def test_entitlement_id_is_optional_and_must_be_a_uuid() -> None:
     ("change", "mentions"),
     [
         ({"specversion": "0.3"}, "specversion"),
-        ({"type": "com.example.other"}, "type"),
+        ({"type": "not a type"}, "type"),
         ({"subject": ""}, "subject"),
         ({"subject": "x" * 129}, "subject"),
         ({"org": "a:b"}, "org"),
@@ -68,3 +70,15 @@ def test_invalid_event_says_what_is_wrong(change: dict[str, Any], mentions: str)
 @pytest.mark.parametrize("payload", [None, 42, "text", [event()], b"bytes"])
 def test_non_object_is_invalid(payload: Any) -> None:
     assert isinstance(parse(payload), InvalidEvent)
+
+
+def test_an_event_of_another_type_is_a_raw_event_for_the_meters() -> None:
+    parsed = parse({**event(), "type": "llm.request", "data": {"model": "gpt-4o"}})
+    assert isinstance(parsed, RawEvent)
+    assert (parsed.type, parsed.data) == ("llm.request", {"model": "gpt-4o"})
+
+
+def test_a_raw_event_needs_data_as_an_object() -> None:
+    parsed = parse({**event(), "type": "llm.request", "data": [1]})
+    assert isinstance(parsed, InvalidEvent)
+    assert "data" in parsed.reason

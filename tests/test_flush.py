@@ -176,7 +176,7 @@ def test_read_retries_when_a_flush_moves_pending_mid_read(runtime: Runtime) -> N
         late_window=runtime.balance.late_window,
     )
     ((flushed, pending),) = racing.consumed(
-        [(ent.id, runtime.usage.periods_of(ent.id)[0].period_start)]
+        [(ent.id, runtime.usage.periods_of(ent.id)[0].period_start)], [6]
     ).values()
     assert flushed + pending == 5_000_000
     assert calls == 2

@@ -54,7 +54,7 @@ def reads_agree(rt: Runtime, customer: str, ent_id: uuid.UUID, at: object) -> St
     ent = rt.entitlements.get(ent_id)
     with rt.database.sessions() as s:
         suspensions = suspensions_of(s, [ent_id]).get(ent_id, ())
-    view = entitlement_view(ent, rt.usage.periods_of(ent_id), suspensions)
+    view = entitlement_view(ent, rt.usage.periods_of(ent_id), suspensions, scale=6)
     clock = status_at(view, at)  # type: ignore[arg-type]
     ((_, _, listed),) = rt.queries.with_balances([(ent, "api_calls")], at)  # type: ignore[arg-type]
     assert listed.status == clock, (listed.status, clock)

@@ -157,7 +157,7 @@ def test_ingest_lua_lands_usage_in_the_term_python_computes(
     )
     usage = UsageEvent(
         org="acme", customer=customer, feature="api_calls", source="t",
-        id=uuid.uuid4().hex, time=moment, quantity_micros=1, entitlement_id=None,
+        id=uuid.uuid4().hex, time=moment, quantity=Decimal("0.000001"), entitlement_id=None,
     )  # fmt: skip
     # Judged "now" = the event time, so it is never late or in the future.
     assert runtime.counters.add_batch([usage], now=moment) == [ScriptCode.ACCEPTED]

@@ -222,10 +222,11 @@ def test_a_bound_inside_a_quarter_hour_takes_that_whole_quarter(
 
 
 def test_quantities_are_summed_exactly_to_the_micro_unit(runtime: Runtime, unlimited: Any) -> None:
+    """Up to the exact bound of a scale-6 counter (9007199254.740991), to the last digit."""
     use(runtime, *[(f"2026-11-20T10:0{n}:00+00:00", "0.000001") for n in range(7)])
-    use(runtime, ("2026-11-20T11:00:00+00:00", "9007199254.740991", {"event_id": "big"}))
+    use(runtime, ("2026-11-20T11:00:00+00:00", "9007199254.740984", {"event_id": "big"}))
     [row] = usage(runtime, "2026-11-20T00:00:00+00:00", "2026-11-21T00:00:00+00:00")
-    assert row.quantity == Decimal("9007199254.740998")
+    assert row.quantity == Decimal("9007199254.740991")
     assert row.events == 8
 
 

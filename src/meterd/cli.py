@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 import uuid
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from meterd.celery_config import QUEUES, celery_command, create_app
 from meterd.config import get_settings
 from meterd.demo import DemoPlan, run_demo
 from meterd.dev import run_dev
-from meterd.domain import BillingType, ContractMode, FeatureType
+from meterd.domain import Aggregation, BillingType, ContractMode, FeatureType
 from meterd.errors import InvalidError, MeterdError, NotFoundError, UnavailableError
 from meterd.lifecycle import OperatorAction
 from meterd.migrate import upgrade
@@ -179,6 +180,39 @@ def org_create(org: str, name: str | None = None) -> None:
     console.print(f"organisation {org} ready")
 
 
+_INTEGER = re.compile(r"^-?[0-9]{1,16}$")
+
+
+def _dimensions(pairs: list[str] | None, option: str) -> dict[str, Any] | None:
+    """``key=value`` pairs as dimension filters (checked by the catalog): a value is
+    an integer if it reads as one, a boolean for ``true``/``false``, else text."""
+    if not pairs:
+        return None
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise InvalidError(f"{option} {pair[:80]!r} must be key=value, e.g. model=gpt-4o")
+        if key in found:
+            raise InvalidError(f"{option} names {key[:80]!r} twice")
+        value: Any = text
+        if _INTEGER.match(text):
+            value = int(text)
+        elif text in ("true", "false"):
+            value = text == "true"
+        found[key] = value
+    return found
+
+
+_MeterFilter = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--meter-filter",
+        help="count only raw events whose data has this value: key=value (repeatable)",
+    ),
+]
+
+
 @feature_app.command("create")
 def feature_create(
     org: str,
@@ -186,9 +220,37 @@ def feature_create(
     name: str | None = None,
     units: str = "",
     type: FeatureType = FeatureType.FEATURE,
+    scale: Annotated[
+        int, typer.Option(help="fractional digits counted, 0-6; fixed at creation")
+    ] = 6,
+    aggregation: Annotated[
+        str,
+        typer.Option(help=f"one of {', '.join(a.value for a in Aggregation)}; fixed at creation"),
+    ] = Aggregation.SUM.value,
+    event_type: Annotated[
+        str | None,
+        typer.Option(help="the CloudEvents type of raw events metered (default: meterd.usage)"),
+    ] = None,
+    value_property: Annotated[
+        str | None,
+        typer.Option(help="the data property holding the value, e.g. usage.input_tokens"),
+    ] = None,
+    meter_filter: _MeterFilter = None,
 ) -> None:
+    """Create a feature; how it is metered (scale, aggregation, event type, value
+    property, meter filters) is fixed at creation."""
     feature = get_runtime().catalog.create_feature(
-        org, key, now=utcnow(), name=name, units=units, type=type
+        org,
+        key,
+        now=utcnow(),
+        name=name,
+        units=units,
+        type=type,
+        scale=scale,
+        aggregation=aggregation,
+        event_type=event_type,
+        value_property=value_property,
+        meter_filters=_dimensions(meter_filter, "--meter-filter"),
     )
     console.print(f"feature {feature.key} ({feature.id}) created")
 
@@ -207,6 +269,14 @@ def entitlement_create(
     contract_mode: ContractMode = ContractMode.PRODUCTION,
     priority: int = 0,
     grace_days: int = 0,
+    filter: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="dimension: only usage whose data has this value counts on it:"
+            " key=value (repeatable); fixed at creation",
+        ),
+    ] = None,
 ) -> None:
     granted = None if quantity is None else parse_decimal_text(quantity)
     now = utcnow()
@@ -222,6 +292,7 @@ def entitlement_create(
             contract_mode=contract_mode,
             priority=priority,
             grace=timedelta(days=grace_days) if grace_days else None,
+            filters=_dimensions(filter, "--filter"),
         ),
         now,
     )

@@ -46,6 +46,7 @@ from meterd.celery_config import INGEST_QUEUE, INGEST_TASK, create_app
 from meterd.config import get_settings
 from meterd.errors import InvalidError, UnavailableError
 from meterd.ids import uuid7
+from meterd.meters import USAGE_EVENT_TYPE, check_event_type
 from meterd.producer import usage_event
 from meterd.quantity import format_quantity, parse_quantity
 
@@ -240,6 +241,39 @@ class MeterdClient:
             time=(time or _now()).isoformat(),
             entitlement_id=entitlement_id,
         )
+        return self._buffered(event)
+
+    def record_event(
+        self,
+        customer: str,
+        type: str,
+        data: dict[str, Any],
+        *,
+        event_id: str | None = None,
+        time: datetime | None = None,
+    ) -> str:
+        """Buffer one raw event (any CloudEvents ``type`` but ``meterd.usage``): the
+        features whose meters read that type count it, e.g. ``llm.request`` with
+        ``{"model": "gpt-4o", "usage": {"input_tokens": 1200}}`` (docs/meters.md).
+        Returns its id."""
+        if type == USAGE_EVENT_TYPE:
+            raise ValueError("a meterd.usage event is recorded with record()")
+        check_event_type(type)
+        if not isinstance(data, dict):
+            raise ValueError("data must be a JSON object")
+        event = {
+            "specversion": "1.0",
+            "id": event_id or uuid7().hex,
+            "source": self.source,
+            "type": type,
+            "subject": customer,
+            "org": self.org,
+            "time": (time or _now()).isoformat(),
+            "data": data,
+        }
+        return self._buffered(event)
+
+    def _buffered(self, event: dict[str, Any]) -> str:
         deadline = _monotonic() + self.block_timeout
         with self._lock:
             if self._closed:

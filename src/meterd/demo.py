@@ -2,9 +2,11 @@
 
 It runs the whole metering loop on whatever the settings point at (by default
 the embedded SQLite file and bundled Redis): create a feature, a plan and
-entitlements from it, start a `celery worker` subprocess, publish events in batches
-(with re-sent duplicates), wait until every event is counted, flush, and show
-the balances, checking them against what was sent.
+entitlements from it, and a token meter (``input_tokens`` and ``output_tokens``
+over raw ``llm.request`` events, each event feeding both), start a `celery
+worker` subprocess, publish events in batches (with re-sent duplicates), wait
+until every event is counted, flush, and show the balances, checking them
+against what was sent.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -31,14 +34,18 @@ from meterd.domain import FeatureType
 from meterd.errors import NotFoundError
 from meterd.plans import TermUnit
 from meterd.producer import chunked, usage_event
-from meterd.quantity import from_micros, to_micros
+from meterd.quantity import format_quantity, from_micros, to_micros
 from meterd.runtime import Runtime
-from meterd.services.catalog import NewPlan
-from meterd.timeutil import utcnow
+from meterd.services.catalog import NewEntitlement, NewPlan
+from meterd.timeutil import isoformat, utcnow
 
 ORG = "demo"
 FEATURE = "api_calls"
 PLAN = "demo-monthly"
+#: The token meter: each llm.request event feeds both features.
+TOKEN_EVENT = "llm.request"
+TOKEN_FEATURES = {"input_tokens": "usage.input_tokens", "output_tokens": "usage.output_tokens"}
+MODELS = ("gpt-4o", "gpt-4o-mini", "claude-sonnet")
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,9 @@ class DemoPlan:
     batch_size: int = 500
     duplicate_share: float = 0.05
     quantity: Decimal = Decimal(2000)
+    #: llm.request events (on top of ``events``), and each customer's token grants
+    llm_requests: int = 5_000
+    tokens: Decimal = Decimal(5_000_000)
 
 
 def ensure_catalog(rt: Runtime, plan: DemoPlan) -> list[str]:
@@ -58,12 +68,39 @@ def ensure_catalog(rt: Runtime, plan: DemoPlan) -> list[str]:
     except NotFoundError:
         rt.catalog.create_feature(ORG, FEATURE, now=now, type=FeatureType.FEATURE, units="calls")
     template = _ensure_plan(rt, plan.quantity)
+    for key, path in TOKEN_FEATURES.items():
+        try:
+            rt.catalog.feature(ORG, key)
+        except NotFoundError:
+            rt.catalog.create_feature(
+                ORG,
+                key,
+                now=now,
+                units="tokens",
+                scale=0,
+                event_type=TOKEN_EVENT,
+                value_property=path,
+            )
     customers = [f"customer-{i:03d}" for i in range(plan.customers)]
     for customer in customers:
-        if rt.balance.balances(ORG, customer, FEATURE, now):
-            continue
-        with contextlib.suppress(IntegrityError):  # a concurrent demo created it
-            rt.catalog.entitlement_from_plan(ORG, template, customer, now - timedelta(days=1), now)
+        if not rt.balance.balances(ORG, customer, FEATURE, now):
+            with contextlib.suppress(IntegrityError):  # a concurrent demo created it
+                rt.catalog.entitlement_from_plan(
+                    ORG, template, customer, now - timedelta(days=1), now
+                )
+        for key in TOKEN_FEATURES:
+            if not rt.balance.balances(ORG, customer, key, now):
+                rt.catalog.create_entitlement(
+                    NewEntitlement(
+                        org=ORG,
+                        customer_id=customer,
+                        feature=key,
+                        quantity=plan.tokens,
+                        starts_at=now - timedelta(days=1),
+                        ends_at=None,
+                    ),
+                    now,
+                )
     return customers
 
 
@@ -96,6 +133,37 @@ def consumed_micros(rt: Runtime, customers: list[str]) -> int:
     )
 
 
+def consumed_tokens(rt: Runtime, customers: list[str]) -> dict[str, Decimal]:
+    now = utcnow()
+    return {
+        key: sum(
+            (b.consumed for c in customers for b in rt.balance.balances(ORG, c, key, now)),
+            Decimal(0),
+        )
+        for key in TOKEN_FEATURES
+    }
+
+
+def llm_request(run: str, i: int, customer: str, rng: random.Random) -> dict[str, Any]:
+    """A raw event as an LLM gateway would send it: the meters read its token counts."""
+    return {
+        "specversion": "1.0",
+        "id": f"{run}-llm-{i}",
+        "source": "meterd-demo-gateway",
+        "type": TOKEN_EVENT,
+        "subject": customer,
+        "org": ORG,
+        "time": isoformat(utcnow()),
+        "data": {
+            "model": rng.choice(MODELS),
+            "usage": {
+                "input_tokens": rng.randrange(20, 4000),
+                "output_tokens": rng.randrange(1, 900),
+            },
+        },
+    }
+
+
 def start_worker(log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
@@ -111,6 +179,7 @@ def run_demo(rt: Runtime, plan: DemoPlan, console: Console) -> bool:
     """Returns True if the database ended with exactly what was published."""
     customers = ensure_catalog(rt, plan)
     before = consumed_micros(rt, customers)
+    tokens_before = consumed_tokens(rt, customers)
     rng = random.Random()
     run = uuid.uuid4().hex[:8]
     events = [
@@ -125,7 +194,13 @@ def run_demo(rt: Runtime, plan: DemoPlan, console: Console) -> bool:
         for i in range(plan.events)
     ]
     expected = sum(to_micros(Decimal(e["data"]["quantity"])) for e in events)
-    stream = events + [rng.choice(events) for _ in range(int(plan.events * plan.duplicate_share))]
+    requests = [llm_request(run, i, rng.choice(customers), rng) for i in range(plan.llm_requests)]
+    expected_tokens = {
+        key: sum((Decimal(r["data"]["usage"][path.split(".")[1]]) for r in requests), Decimal(0))
+        for key, path in TOKEN_FEATURES.items()
+    }
+    events += requests
+    stream = events + [rng.choice(events) for _ in range(int(len(events) * plan.duplicate_share))]
     rng.shuffle(stream)
 
     app = create_app(rt.settings)
@@ -149,6 +224,12 @@ def run_demo(rt: Runtime, plan: DemoPlan, console: Console) -> bool:
                     return False
                 time.sleep(0.2)
             progress.update(counted, completed=int(from_micros(expected)))
+            deadline = time.monotonic() + 120
+            while tokens_counted(rt, customers, tokens_before) != expected_tokens:
+                if time.monotonic() > deadline or worker.poll() is not None:
+                    console.print("[red]the worker stopped counting tokens[/red]")
+                    return False
+                time.sleep(0.2)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
@@ -156,14 +237,42 @@ def run_demo(rt: Runtime, plan: DemoPlan, console: Console) -> bool:
 
     rt.flush.flush_all(utcnow(), max_batches=100)
     show_balances(rt, customers, console)
+    show_tokens(rt, customers, console)
     total = consumed_micros(rt, customers) - before
-    exact = total == expected
+    tokens = tokens_counted(rt, customers, tokens_before)
+    exact = total == expected and tokens == expected_tokens
     verdict = "[green]exact[/green]" if exact else "[red]MISMATCH[/red]"
     console.print(
-        f"published {len(stream):,} events ({len(stream) - len(events):,} re-sent duplicates); "
-        f"counted {from_micros(total)} of {from_micros(expected)} units: {verdict}"
+        f"published {len(stream):,} events ({len(stream) - len(events):,} re-sent duplicates,"
+        f" {plan.llm_requests:,} llm.request events feeding two token meters); counted"
+        f" {from_micros(total)} of {from_micros(expected)} {FEATURE} units, "
+        + ", ".join(f"{tokens[k]} of {expected_tokens[k]} {k}" for k in TOKEN_FEATURES)
+        + f": {verdict}"
     )
     return exact
+
+
+def tokens_counted(
+    rt: Runtime, customers: list[str], before: dict[str, Decimal]
+) -> dict[str, Decimal]:
+    now_counted = consumed_tokens(rt, customers)
+    return {key: now_counted[key] - before[key] for key in TOKEN_FEATURES}
+
+
+def show_tokens(rt: Runtime, customers: list[str], console: Console) -> None:
+    table = Table(title=f"{ORG} / token meter over {TOKEN_EVENT} events")
+    for column in ("customer", *(f"{k} used / granted" for k in TOKEN_FEATURES)):
+        table.add_column(column, justify="right" if column != "customer" else "left")
+    now = utcnow()
+    for customer in customers[:5]:
+        cells = []
+        for key in TOKEN_FEATURES:
+            balances = rt.balance.balances(ORG, customer, key, now)
+            used = sum((b.consumed for b in balances), Decimal(0))
+            granted = sum((b.quantity or Decimal(0) for b in balances), Decimal(0))
+            cells.append(f"{format_quantity(used)} / {format_quantity(granted)}")
+        table.add_row(customer, *cells)
+    console.print(table)
 
 
 def show_balances(rt: Runtime, customers: list[str], console: Console) -> None:

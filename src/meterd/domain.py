@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -78,6 +79,34 @@ class Outcome(StrEnum):
         return self not in (Outcome.ACCEPTED, Outcome.DUPLICATE)
 
 
+class Aggregation(StrEnum):
+    """How a feature's events make its consumption in a period (``meterd.meters``).
+
+    SUM adds quantities; COUNT counts events; UNIQUE_COUNT counts distinct values
+    of a property; MAX keeps the peak value; LATEST the value of the latest event
+    by event time. MAX and LATEST are gauges: their consumption is a level, not a
+    running total."""
+
+    SUM = "SUM"
+    COUNT = "COUNT"
+    UNIQUE_COUNT = "UNIQUE_COUNT"
+    MAX = "MAX"
+    LATEST = "LATEST"
+
+    @property
+    def is_gauge(self) -> bool:
+        return self in (Aggregation.MAX, Aggregation.LATEST)
+
+    @property
+    def reservable(self) -> bool:
+        """Only additive aggregations can be reserved ahead (the reserve call)."""
+        return self in (Aggregation.SUM, Aggregation.COUNT)
+
+
+#: A dimension filter: event ``data`` property (dotted path) -> the value it must have.
+Dimensions = Mapping[str, str | int | bool]
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
     """One usage period of an entitlement: ``[start, end)``; ``end`` None = open."""
@@ -123,6 +152,10 @@ class EntitlementView:
     renewal: Renewal | None = None
     suspensions: tuple[Suspension, ...] = ()
     terminated_at: datetime | None = None
+    #: The feature's scale: counters hold integers of 10^-scale units.
+    scale: int = 6
+    #: Dimensions: only usage whose ``data`` has these values counts on it (None: all).
+    filters: Dimensions | None = None
 
     @property
     def usable_until(self) -> datetime | None:
@@ -173,6 +206,8 @@ class Balance:
     state: EffectiveState = EffectiveState.ACTIVE
     #: Usage at this instant would count on it (inside its window, not suspended).
     usable: bool = True
+    #: The entitlement's dimensions (None: it takes all usage of its feature).
+    filters: Dimensions | None = None
 
     @property
     def remaining(self) -> Decimal | None:

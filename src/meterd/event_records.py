@@ -28,11 +28,13 @@ MARKER_BITS = 52
 
 @dataclass(frozen=True, slots=True)
 class Allocation:
-    """The part of an event counted on one period of one entitlement."""
+    """The part of an event counted on one period of one entitlement: integer units
+    of the feature's scale (negative when a LATEST level fell; zero when the event
+    moved no counter)."""
 
     entitlement_id: uuid.UUID
     period_start: datetime
-    micros: int
+    units: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,9 @@ class EventRecord:
     customer: str
     feature: str
     time: datetime
-    quantity_micros: int
+    #: The event's value in integer units of its feature's ``scale``.
+    units: int
+    scale: int
     #: The entitlement the event asked for (``data.entitlement_id``), if any.
     target: uuid.UUID | None
     #: When a worker accepted it.
@@ -80,6 +84,7 @@ def record_json(
     time: datetime,
     received_at: datetime,
     data: Mapping[str, Any],
+    scale: int = 6,
 ) -> str:
     """The JSON part of a pending record (no tab or newline: JSON escapes them)."""
     return json.dumps(
@@ -88,6 +93,7 @@ def record_json(
             "f": feature,
             "t": epoch_micros(time),
             "r": epoch_micros(received_at),
+            "k": scale,
             "d": data,
         },
         separators=(",", ":"),
@@ -102,9 +108,9 @@ def parse_pending_record(key: str, record: str) -> EventRecord:
     org, source, event_id = split_event_key(key)
     parts = []
     for item in allocations.split(",") if allocations else ():
-        field, micros = item.split("=", 1)
+        field, units = item.split("=", 1)
         ent_hex, start = field.split(":", 1)
-        parts.append(Allocation(uuid.UUID(hex=ent_hex), from_epoch_micros(int(start)), int(micros)))
+        parts.append(Allocation(uuid.UUID(hex=ent_hex), from_epoch_micros(int(start)), int(units)))
     return EventRecord(
         org=org,
         source=source,
@@ -112,7 +118,8 @@ def parse_pending_record(key: str, record: str) -> EventRecord:
         customer=fields["c"],
         feature=fields["f"],
         time=from_epoch_micros(int(fields["t"])),
-        quantity_micros=int(quantity),
+        units=int(quantity),
+        scale=int(fields.get("k", 6)),
         target=uuid.UUID(hex=target) if target else None,
         received_at=from_epoch_micros(int(fields["r"])),
         data=fields["d"],

@@ -1,10 +1,13 @@
-"""Usage events: CloudEvents 1.0 (structured JSON) validated into ``UsageEvent``.
+"""Events: CloudEvents 1.0 (structured JSON) validated into ``UsageEvent`` or ``RawEvent``.
 
-A usage event names its customer in ``subject``, its organisation in the
-``org`` extension attribute, and carries ``data.feature`` and
-``data.quantity``. Parsing never raises for bad input: it returns an
-``InvalidEvent`` with a human-readable reason, so one bad event can be
-dead-lettered while the rest of its batch is counted.
+Every event names its customer in ``subject`` and its organisation in the
+``org`` extension attribute. A usage event (``type: meterd.usage``) carries
+``data.feature`` and ``data.quantity``; an event of any other type is a raw
+event, which the meters over its type read (``meterd.meters``,
+``services/meters.py`` turns it into the ``UsageEvent`` items they count).
+Parsing never raises for bad input: it returns an ``InvalidEvent`` with a
+human-readable reason, so one bad event can be dead-lettered while the rest of
+its batch is counted.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -33,12 +37,14 @@ from meterd.domain import (
     FEATURE_KEY_PATTERN,
     ORG_ID_PATTERN,
     PRINTABLE_PATTERN,
+    Aggregation,
     Outcome,
 )
-from meterd.quantity import QuantityError, parse_quantity_micros
+from meterd.meters import EVENT_TYPE_PATTERN, USAGE_EVENT_TYPE
+from meterd.quantity import QuantityError, parse_event_quantity, to_units
 from meterd.timeutil import epoch_micros, isoformat
 
-USAGE_EVENT_TYPE = "meterd.usage"
+__all__ = ["USAGE_EVENT_TYPE", "InvalidEvent", "RawEvent", "UsageEvent", "parse_event"]
 
 #: How deep an event may nest objects and arrays (the event object is level 1, its
 #: ``data`` level 2): deeper is refused before validation, so no decoder, encoder or
@@ -55,9 +61,9 @@ _EXCERPT.maxdict = _EXCERPT.maxlist = 20
 _EXCERPT_CHARS = 2000
 
 
-def _quantity_micros(value: object) -> int:
+def _quantity(value: object) -> Decimal:
     try:
-        return parse_quantity_micros(value)
+        return parse_event_quantity(value)
     except QuantityError as exc:
         raise ValueError(str(exc)) from None
 
@@ -80,20 +86,20 @@ class UsageData(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     feature: Annotated[str, StringConstraints(pattern=FEATURE_KEY_PATTERN.pattern)]
-    #: The quantity in integer micro-units (the wire value is a decimal string or number).
-    quantity: Annotated[int, BeforeValidator(_quantity_micros)]
+    #: The exact quantity (the wire value is a decimal string or number).
+    quantity: Annotated[Decimal, BeforeValidator(_quantity)]
     entitlement_id: uuid.UUID | None = None
 
 
-class CloudUsageEvent(BaseModel):
-    """The wire shape of one usage event."""
+class CloudEventEnvelope(BaseModel):
+    """The wire shape of one event; ``data`` is read by its type."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     specversion: Literal["1.0"]
     id: NonEmpty
     source: NonEmpty
-    type: Literal["meterd.usage"]
+    type: Annotated[str, StringConstraints(pattern=EVENT_TYPE_PATTERN)]
     subject: Annotated[
         str, StringConstraints(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
     ]
@@ -102,12 +108,20 @@ class CloudUsageEvent(BaseModel):
     datacontenttype: str | None = Field(
         default=None, max_length=128, pattern=r"^application/(.+\+)?json"
     )
-    data: UsageData
+    data: dict[str, Any]
+
+
+class CloudUsageEvent(CloudEventEnvelope):
+    """The wire shape of a usage event: validated in one pass, ``data`` included."""
+
+    type: Literal["meterd.usage"]
+    data: UsageData  # type: ignore[assignment]
 
 
 @dataclass(frozen=True, slots=True)
 class UsageEvent:
-    """A validated usage event, ready to be counted."""
+    """What is counted: a validated usage event, or one item of a raw event (what it
+    feeds one feature with; ``id`` is then ``meters.item_id(event id, feature)``)."""
 
     org: str
     customer: str
@@ -115,14 +129,39 @@ class UsageEvent:
     source: str
     id: str
     time: datetime
-    quantity_micros: int
+    #: The value counted: the quantity (SUM, MAX, LATEST), or 1 (COUNT, UNIQUE_COUNT).
+    quantity: Decimal
     entitlement_id: uuid.UUID | None
-    #: The event's ``data`` as sent (kept in the event log for meters over raw events).
+    #: The event's ``data`` as sent (kept in the event log; dimensions match on it).
     data: Mapping[str, Any] = field(default_factory=dict)
+    aggregation: Aggregation = Aggregation.SUM
+    #: The feature's scale: the quantity is counted as integer 10^-scale units.
+    scale: int = 6
+    #: UNIQUE_COUNT: the distinct value (as JSON text) this event counts once a period.
+    unique_value: str | None = None
 
     @property
     def time_micros(self) -> int:
         return epoch_micros(self.time)
+
+    @property
+    def units(self) -> int:
+        """The quantity in integer 10^-scale units (``QuantityError`` if it has more
+        fractional digits than the scale)."""
+        return to_units(self.quantity, self.scale)
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """A validated event of a type other than ``meterd.usage``: meters read it."""
+
+    org: str
+    customer: str
+    source: str
+    id: str
+    type: str
+    time: datetime
+    data: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +181,7 @@ def _describe(exc: ValidationError) -> str:
 
 
 def time_verdict(
-    event: UsageEvent, now: datetime, *, future_skew: timedelta, late_window: timedelta
+    event: UsageEvent | RawEvent, now: datetime, *, future_skew: timedelta, late_window: timedelta
 ) -> tuple[Outcome, str] | None:
     """The worker's time rules, for any hop to apply at once: an event timed beyond
     the producers' clock skew is invalid; one older than the late window is late.
@@ -159,7 +198,7 @@ def time_verdict(
     return None
 
 
-def with_time(payload: Any, event: UsageEvent) -> Any:
+def with_time(payload: Any, event: UsageEvent | RawEvent) -> Any:
     """The payload with the event's time written in, if it had none: the first hop
     that sees an event stamps its receive time, and every later hop (the queue, a
     dead letter, a replay) keeps it."""
@@ -292,7 +331,7 @@ def dead_letter_payload(payload: Any) -> Any:
 
 def parse_event(
     payload: Any, *, received_at: datetime, org: str | None = None
-) -> UsageEvent | InvalidEvent:
+) -> UsageEvent | RawEvent | InvalidEvent:
     """Validate one CloudEvent. ``org`` (from an API key) overrides the attribute."""
     if not isinstance(payload, dict):
         return InvalidEvent(payload, f"event must be a JSON object, got {type(payload).__name__}")
@@ -301,20 +340,33 @@ def parse_event(
         return InvalidEvent(stand_in(payload, problem), problem)
     if org is not None:
         payload = {**payload, "org": org}
+    usage = payload.get("type") == USAGE_EVENT_TYPE
+    model = CloudUsageEvent if usage else CloudEventEnvelope  # usage: data in the same pass
     try:
-        event = CloudUsageEvent.model_validate(payload)
+        event = model.model_validate(payload)
     except ValidationError as exc:
         return InvalidEvent(payload, _describe(exc))
     except (TypeError, ValueError, RecursionError) as exc:  # pragma: no cover - defensive
         return InvalidEvent(payload, f"event could not be read: {exc}")
-    return UsageEvent(
+    time = event.time or received_at
+    if isinstance(event, CloudUsageEvent):
+        return UsageEvent(
+            org=event.org,
+            customer=event.subject,
+            feature=event.data.feature,
+            source=event.source,
+            id=event.id,
+            time=time,
+            quantity=event.data.quantity,
+            entitlement_id=event.data.entitlement_id,
+            data=payload["data"],
+        )
+    return RawEvent(
         org=event.org,
         customer=event.subject,
-        feature=event.data.feature,
         source=event.source,
         id=event.id,
-        time=event.time or received_at,
-        quantity_micros=event.data.quantity,
-        entitlement_id=event.data.entitlement_id,
+        type=event.type,
+        time=time,
         data=payload["data"],
     )

@@ -23,7 +23,7 @@ from enum import StrEnum
 from typing import Any
 
 from meterd.errors import InvalidError
-from meterd.quantity import SCALE
+from meterd.quantity import LARGEST, SCALE
 from meterd.timeutil import as_utc
 
 
@@ -66,9 +66,9 @@ _MAX_LENGTH = 200
 
 #: Integers are BIGINT columns on every backend.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-#: The largest quantity meterd stores on every backend: PostgreSQL's Numeric(38, 6)
-#: holds more, but SQLite stores integer micro-units in a 64-bit integer.
-MAX_QUANTITY = Decimal(INT64_MAX).scaleb(-SCALE)
+#: The largest quantity meterd counts or grants (``quantity.LARGEST``: 2^53 - 1 at
+#: scale 0); both backends store more, no row holds more.
+MAX_QUANTITY = LARGEST
 _QUANTUM = Decimal(1).scaleb(-SCALE)
 #: Every date-time filter, in UTC, falls within what Python (and so meterd) represents.
 EARLIEST = datetime.min.replace(tzinfo=UTC)

@@ -30,10 +30,11 @@ import hashlib
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from meterd.quantity import format_quantity, from_micros
+from meterd.quantity import format_quantity, from_units
 from meterd.timeutil import from_epoch_micros, isoformat
 
 #: Percentages of a PRE_PAID quantity whose crossing is announced (see ingest.lua).
@@ -67,11 +68,12 @@ class Crossing:
     period_start: datetime
     percent: int
     at: datetime
-    consumed_micros: int
+    #: Integer units of the feature's scale.
+    consumed_units: int
 
     @classmethod
     def parse(cls, field: str, value: str) -> Crossing:
-        """From ``n:<ent hex>:<period start us>:<pct>`` -> ``<at us>:<consumed micros>``."""
+        """From ``n:<ent hex>:<period start us>:<pct>`` -> ``<at us>:<consumed units>``."""
         _, ent, start, pct = field.split(":")
         at, consumed = value.split(":")
         return cls(
@@ -137,12 +139,12 @@ def envelope(
     return NewNotification(entitlement_id, occurred_at, payload)
 
 
-def threshold_data(crossing: Crossing, quantity_micros: int) -> dict[str, Any]:
+def threshold_data(crossing: Crossing, quantity: Decimal, scale: int) -> dict[str, Any]:
     return {
         "threshold_percent": crossing.percent,
         "period_start": isoformat(crossing.period_start),
-        "quantity": format_quantity(from_micros(quantity_micros)),
-        "consumed": format_quantity(from_micros(crossing.consumed_micros)),
+        "quantity": format_quantity(quantity),
+        "consumed": format_quantity(from_units(crossing.consumed_units, scale)),
     }
 
 

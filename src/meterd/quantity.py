@@ -1,22 +1,32 @@
-"""Exact quantities: decimals at the edges, integer micro-units inside.
+"""Exact quantities: decimals at the edges, integer units of a feature's scale inside.
 
-Redis counters and Lua arithmetic work on integers. A Lua number is an IEEE
-double, exact for integers up to 2**53, so one counter holds at most
-``MAX_MICROS`` micro-units (about 9 billion units); an event that would not fit
-is rejected as invalid rather than rounded.
+A feature declares its scale: how many fractional digits it counts (0-6, 6 by
+default). Redis counters and Lua arithmetic hold integers of 10^-scale units.
+A Lua number is an IEEE double, exact for integers up to 2**53 - 1
+(``MAX_UNITS``), so a counter holds at most ``max_quantity(scale)``:
+9,007,199,254,740,991 units at scale 0, 9,007,199,254,740.991 at scale 3,
+9,007,199,254.740991 at scale 6. A value that would not fit is refused with that
+bound, never rounded. Both databases hold more (``storage/exact.py`` for SQLite).
 """
 
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Context, Decimal, InvalidOperation
 
 from meterd.errors import InvalidError
 
 SCALE = 6
-MICROS_PER_UNIT: int = 10**SCALE
 MAX_MICROS: int = 2**53 - 1
+#: The largest integer a counter holds exactly, in 10^-scale units (Lua's doubles).
+MAX_UNITS: int = 2**53 - 1
+#: The largest quantity any feature counts exactly (``MAX_UNITS`` at scale 0): what
+#: the grammar admits before a feature's scale is known.
+LARGEST = Decimal(MAX_UNITS)
 _QUANTUM = Decimal(1).scaleb(-SCALE)
+_POWERS: list[int] = [10**k for k in range(SCALE + 1)]
+#: Wide enough for every Numeric(38, 6) value: the default context keeps 28 digits.
+EXACT = Context(prec=80, traps=[InvalidOperation])
 #: The one grammar of a decimal quantity, wherever it enters (events, reserve, grants,
 #: plans, the CLI, the client): ASCII digits, an optional point and 1-6 fractional
 #: digits. No sign, no exponent, no spaces, no ``_`` separators, no other digits
@@ -108,39 +118,47 @@ def parse_quantity(value: object) -> Decimal:
     exponent = dec.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -SCALE and dec != dec.quantize(_QUANTUM):
         raise QuantityError(f"quantity has more than {SCALE} fractional digits")
-    if to_micros(dec) > MAX_MICROS:
+    if dec > LARGEST:
         raise QuantityError(
-            "quantity is too large to count exactly"
-            f" (at most {format_quantity(from_micros(MAX_MICROS))})"
+            f"quantity is too large to count exactly (at most {LARGEST} at scale 0)"
         )
     return dec
+
+
+def parse_meter_value(value: object) -> Decimal:
+    """A value a meter reads from a raw event: ``parse_quantity``, and zero too (an
+    LLM request with no cached tokens, a gauge that reads empty)."""
+    if (value == 0 and not isinstance(value, bool)) or value in ("0", "0.0"):
+        return Decimal(0)
+    if isinstance(value, str) and _DECIMAL_TEXT.fullmatch(value) and not value.strip("0."):
+        return Decimal(0)
+    return parse_quantity(value)
 
 
 def parse_decimal_text(text: str, what: str = "quantity") -> Decimal:
     """Parse a granted quantity as text (``DECIMAL_TEXT_PATTERN``): ``"10"``,
     ``"0.5"``, ``"0"``. Refuses anything else with a ``QuantityError`` that says
-    what is wrong, and a value too large to count exactly (over ``MAX_MICROS``
-    micro-units). Usage events keep their own parser (``parse_quantity``: positive,
-    and JSON numbers too)."""
+    what is wrong, and a value no feature could count exactly (over ``LARGEST``;
+    its feature's scale may bound it lower: ``check_scaled``). Usage events keep
+    their own parser (``parse_quantity``: positive, and JSON numbers too)."""
     if len(text) > MAX_QUANTITY_TEXT or _DECIMAL_TEXT.fullmatch(text) is None:
         raise QuantityError(f"{what} {text[:MAX_QUANTITY_TEXT]!r} is not {_GRAMMAR}")
     value = Decimal(text)
-    if to_micros(value) > MAX_MICROS:
+    if value > LARGEST:
         raise QuantityError(
-            f"{what} {text[:40]!r} is too large to count exactly"
-            f" (at most {format_quantity(from_micros(MAX_MICROS))})"
+            f"{what} {text[:40]!r} is too large to count exactly (at most {LARGEST} at scale 0)"
         )
     return value
 
 
 def to_micros(value: Decimal) -> int:
     """Decimal units to integer micro-units (the value must already be exact)."""
-    return int(value.scaleb(SCALE).to_integral_exact())
+    return int(value.scaleb(SCALE, context=EXACT).to_integral_exact(context=EXACT))
 
 
 def from_micros(micros: int) -> Decimal:
     """Integer micro-units to a Decimal with six fractional digits."""
-    return Decimal(micros).scaleb(-SCALE).quantize(_QUANTUM)
+    return Decimal(micros).scaleb(-SCALE, context=EXACT).quantize(_QUANTUM, context=EXACT)
 
 
 def format_quantity(value: Decimal) -> str:
@@ -157,16 +175,47 @@ def format_optional_quantity(value: Decimal | None) -> str | None:
     return None if value is None else format_quantity(value)
 
 
-def parse_quantity_micros(value: object) -> int:
-    """``to_micros(parse_quantity(value))``, with a fast path for plain decimal strings."""
-    if isinstance(value, str):
-        match = _PLAIN.fullmatch(value)
-        if match is not None:
-            whole: str = match.group(1)
-            fraction: str | None = match.group(2)
-            micros = int(whole) * MICROS_PER_UNIT + (
-                int(fraction.ljust(SCALE, "0")) if fraction else 0
-            )
-            if 0 < micros <= MAX_MICROS:
-                return micros
-    return to_micros(parse_quantity(value))
+def parse_event_quantity(value: object) -> Decimal:
+    """``parse_quantity`` with a fast path for short plain decimal strings (the
+    common case: ``"1"``, ``"12.5"``): the grammar is the regular expression's."""
+    if isinstance(value, str) and _PLAIN.fullmatch(value) is not None and value.strip("0."):
+        return Decimal(value)
+    return parse_quantity(value)
+
+
+def max_quantity(scale: int) -> Decimal:
+    """The most one counter or limit of a feature of ``scale`` holds exactly."""
+    return from_units(MAX_UNITS, scale)
+
+
+def to_units(value: Decimal, scale: int) -> int:
+    """A decimal quantity as integer 10^-scale units; raises ``QuantityError`` if it
+    has more fractional digits than the scale keeps (never rounds). Exact rational
+    arithmetic on the value's integer ratio (a power of ten below it)."""
+    numerator, denominator = value.as_integer_ratio()
+    units: int
+    rest: int
+    units, rest = divmod(numerator * _POWERS[scale], denominator)
+    if rest:
+        raise QuantityError(
+            f"quantity {format_quantity(value)} has more fractional digits than its feature"
+            f" counts (scale {scale}: at most {scale} after the point)"
+        )
+    return units
+
+
+def from_units(units: int, scale: int) -> Decimal:
+    """Integer 10^-scale units as a Decimal with six fractional digits."""
+    return Decimal(units).scaleb(-scale, context=EXACT).quantize(_QUANTUM, context=EXACT)
+
+
+def check_scaled(value: Decimal, scale: int, what: str = "quantity") -> int:
+    """``value`` in 10^-scale units, refused with a ``QuantityError`` that says why if
+    it has too many fractional digits or passes ``max_quantity(scale)``."""
+    units = to_units(value, scale)
+    if units > MAX_UNITS:
+        raise QuantityError(
+            f"{what} {format_quantity(value)} is more than a counter of this feature holds"
+            f" exactly (scale {scale}: at most {format_quantity(max_quantity(scale))})"
+        )
+    return units

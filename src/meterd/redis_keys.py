@@ -61,6 +61,12 @@ class RedisKeys:
         return f"{self.prefix}:dm:generations"
 
     @property
+    def big_counters(self) -> str:
+        """The running-total fields above 2^52 units (ingest.lua reads only these
+        before checking that a count stays within 2^53 - 1)."""
+        return f"{self.prefix}:used:big"
+
+    @property
     def pending_events(self) -> str:
         return f"{self.prefix}:events"
 

@@ -29,6 +29,7 @@ from meterd.services.flush import FlushService
 from meterd.services.ingest import IngestService
 from meterd.services.intake import EventIntake
 from meterd.services.lifecycle import LifecycleService
+from meterd.services.meters import MeterCatalog
 from meterd.services.notify import HttpWebhookSender, NotificationService
 from meterd.services.queries import EntitlementQueries
 from meterd.services.replay import DeadLetterReplay
@@ -43,6 +44,7 @@ from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.event_log import EventLog
 from meterd.storage.features import FeatureStore
 from meterd.storage.listing import EntitlementListing
+from meterd.storage.meters import MeterStore
 from meterd.storage.notifications import NotificationStore
 from meterd.storage.organisations import OrganisationStore
 from meterd.storage.plans import PlanStore
@@ -99,6 +101,10 @@ class Runtime:
             future_skew=timedelta(seconds=self.settings.future_skew),
             max_waiting_events=self.settings.max_waiting_events,
         )
+
+    @cached_property
+    def meters(self) -> MeterCatalog:
+        return MeterCatalog(MeterStore(self.database.sessions).meters_of)
 
     @cached_property
     def stats(self) -> StatsStore:
@@ -168,6 +174,7 @@ class Runtime:
         return IngestService(
             self.counting,
             self.dead_letters,
+            self.meters,
             chunk_size=self.settings.batch_size,
             late_window=self.late_window,
             future_skew=timedelta(seconds=self.settings.future_skew),
@@ -183,7 +190,7 @@ class Runtime:
 
     @cached_property
     def reserve(self) -> ReserveService:
-        return ReserveService(self.counting)
+        return ReserveService(self.counting, self.meters)
 
     @cached_property
     def replay(self) -> DeadLetterReplay:

@@ -121,7 +121,9 @@ def test_the_workspace_page_has_the_seed_envelope_and_row_shape(
         "ModelType", "EntitlementPlanId", "EntitlementPlanDisplayName", "Owner", "Status",
         "EffectiveState", "StartsAtUtc", "EndsAtUtc", "GraceUntilUtc", "IssuedAtUtc",
         "IssuedByUserId", "ResourceCount", "BeneficiaryCount", "PlanFamilies", "RowVersion",
+        "Filters",
     }  # fmt: skip
+    assert first["Filters"] is None
     assert first["Id"] == made["a"]["id"] and first["EntitlementNumber"] == 1
     assert (first["EntitlementModelDisplayName"], first["ModelType"]) == ("Seats", 1)
     assert first["EntitlementPlanDisplayName"] == "Pro yearly"

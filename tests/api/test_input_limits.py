@@ -257,7 +257,7 @@ def test_a_json_number_in_plain_form_is_queued(
         ({"source": "s" * 513}, "source: String should have at most 512 characters"),
         ({"subject": "c" * 129}, "subject: String should have at most 128 characters"),
         ({"org": "o" * 65}, "does not match the API key's org"),
-        ({"type": "t" * 10_000}, "type: Input should be 'meterd.usage'"),
+        ({"type": "t" * 10_000}, "type: String should match pattern"),
         ({"datacontenttype": "application/json" + " " * 200}, "datacontenttype: String should"),
         ({"data": {"feature": "f" * 65, "quantity": "1"}}, "data.feature: String should match"),
         ({"data": {"feature": "api_calls", "quantity": "1" * 41}}, "data.quantity"),

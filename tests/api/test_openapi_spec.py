@@ -109,7 +109,7 @@ def test_filter_parameters_carry_their_types_and_bounds(spec: dict[str, Any]) ->
     assert native["status__in"]["schema"]["type"] == "string"
     assert native["customer"]["schema"]["maxLength"] == 200
     quantity = parameters(spec, ZENSKAR)["quantity__gte"]["schema"]
-    assert (quantity["type"], quantity["maximum"]) == ("number", 9223372036854.775)
+    assert (quantity["type"], quantity["maximum"]) == ("number", 9007199254740991)
     assert parameters(spec, ZENSKAR)["sort_key"]["schema"]["enum"] == [
         "id", "name", "created_at", "total_quantity", "total_quantity_used",
         "total_expired_entitlements",

@@ -72,6 +72,7 @@ def test_the_response_has_the_seed_shape_field_by_field(
         "total_quantity": 15,
         "total_quantity_used": 0.3,
         "total_expired_entitlements": 1,
+        "filters": [],
     }
     assert (seats["entitlement"]["entitlement_type"], seats["total_quantity_used"]) == ("Users", 2)
 

@@ -74,7 +74,7 @@ def clock_status(runtime: Runtime, ent_id: str) -> Status:
     ent = runtime.entitlements.get(uuid.UUID(ent_id))
     with runtime.database.sessions() as s:
         suspensions = suspensions_of(s, [ent.id]).get(ent.id, ())
-    view = entitlement_view(ent, runtime.usage.periods_of(ent.id), suspensions)
+    view = entitlement_view(ent, runtime.usage.periods_of(ent.id), suspensions, scale=6)
     return status_at(view, utcnow())
 
 

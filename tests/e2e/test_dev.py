@@ -14,6 +14,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from meterd.storage.exact import decode_micros
 from meterd.testing import answers, event, free_port, wait_until
 from meterd.timeutil import utcnow
 
@@ -93,9 +94,9 @@ def run_dev_until(sig: signal.Signals, tmp_path: Path) -> tuple[int, str, dict[i
 def flushed_micros(tmp_path: Path) -> int:
     engine = sa.create_engine(f"sqlite:///{tmp_path / 'meterd.db'}")
     with engine.connect() as conn:
-        total = conn.execute(sa.text("SELECT SUM(consumed) FROM usage_periods")).scalar()
+        values = conn.execute(sa.text("SELECT consumed FROM usage_periods")).scalars().all()
     engine.dispose()
-    return int(total or 0)  # micro-units on SQLite
+    return sum(decode_micros(v) for v in values)  # exact BLOBs on SQLite (storage/exact.py)
 
 
 def assert_stopped_in_order_and_flushed(

@@ -7,13 +7,14 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.inputs import MAX_TERM_YEARS, QuantityText
+from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText
 from meterd.domain import (
     FEATURE_KEY_PATTERN,
     NO_NUL_PATTERN,
+    Aggregation,
     BillingType,
     ContractMode,
     FeatureType,
@@ -22,7 +23,7 @@ from meterd.errors import InvalidError
 from meterd.plans import TermUnit
 from meterd.quantity import format_optional_quantity
 from meterd.services.api_keys import Permission, Principal
-from meterd.services.catalog import NewPlan
+from meterd.services.catalog import METER_FIELDS, NewPlan
 from meterd.services.records import Feature, Plan
 from meterd.timeutil import isoformat, utcnow
 
@@ -40,6 +41,29 @@ class FeatureIn(BaseModel):
     type: FeatureType = FeatureType.FEATURE
     units: str = Field(default="", max_length=64, pattern=NO_NUL_PATTERN)
     product_id: uuid.UUID | None = None
+    scale: StrictInt = Field(
+        default=6,
+        description="fractional digits counted, 0-6 (a counter holds integers of"
+        " 10^-scale units); fixed at creation",
+    )
+    aggregation: Aggregation = Field(
+        default=Aggregation.SUM, description="how events make consumption; fixed at creation"
+    )
+    event_type: str | None = Field(
+        default=None,
+        max_length=128,
+        description="the CloudEvents type of the raw events metered (null: meterd.usage"
+        " events naming the feature); fixed at creation",
+    )
+    value_property: str | None = Field(
+        default=None,
+        max_length=200,
+        description="the data property (dotted path, e.g. usage.input_tokens) holding the"
+        " value; fixed at creation",
+    )
+    meter_filters: Dimensions | None = Field(
+        default=None, description="raw events counted only with these data values"
+    )
 
 
 class FeatureOut(BaseModel):
@@ -52,6 +76,11 @@ class FeatureOut(BaseModel):
     product_id: uuid.UUID | None
     is_active: bool
     created_at: str
+    scale: int = Field(description="fractional digits counted (0-6)")
+    aggregation: Aggregation
+    event_type: str | None = Field(description="null: meterd.usage events naming the feature")
+    value_property: str | None = Field(description="dotted path into data")
+    meter_filters: dict[str, StrictStr | StrictInt | StrictBool] | None
 
 
 def feature_out(feature: Feature) -> FeatureOut:
@@ -65,6 +94,11 @@ def feature_out(feature: Feature) -> FeatureOut:
         product_id=feature.product_id,
         is_active=feature.is_active,
         created_at=isoformat(feature.created_at),
+        scale=feature.scale,
+        aggregation=Aggregation(feature.aggregation),
+        event_type=feature.event_type,
+        value_property=feature.value_property,
+        meter_filters=feature.meter_filters or None,
     )
 
 
@@ -79,6 +113,11 @@ def create_feature(body: FeatureIn, runtime: RuntimeDep, caller: Manager) -> Fea
         units=body.units,
         description=body.description,
         product_id=body.product_id,
+        scale=body.scale,
+        aggregation=body.aggregation,
+        event_type=body.event_type,
+        value_property=body.value_property,
+        meter_filters=body.meter_filters,
     )
     return feature_out(feature)
 
@@ -93,6 +132,9 @@ def get_feature(key: Key, runtime: RuntimeDep, caller: Viewer) -> FeatureOut:
     return feature_out(runtime.catalog.feature(caller.org, key))
 
 
+_FIXED = "fixed at creation: a value other than the stored one is refused"
+
+
 class FeaturePatch(BaseModel):
     """Fields left out stay as they are. ``is_active: false`` retires a feature (its
     entitlements and history stay; there is no hard delete)."""
@@ -101,13 +143,21 @@ class FeaturePatch(BaseModel):
     description: str | None = Field(default=None, max_length=2000, pattern=NO_NUL_PATTERN)
     units: str | None = Field(default=None, max_length=64, pattern=NO_NUL_PATTERN)
     is_active: bool | None = None
+    scale: StrictInt | None = Field(default=None, description=_FIXED)
+    aggregation: Aggregation | None = Field(default=None, description=_FIXED)
+    event_type: str | None = Field(default=None, max_length=128, description=_FIXED)
+    value_property: str | None = Field(default=None, max_length=200, description=_FIXED)
+    meter_filters: Dimensions | None = Field(default=None, description=_FIXED)
 
 
 @router.patch("/features/{key}", response_model=FeatureOut)
 def change_feature(
     key: Key, body: FeaturePatch, runtime: RuntimeDep, caller: Manager
 ) -> FeatureOut:
-    values = body.model_dump(exclude_none=True)
+    """How the feature is metered (scale, aggregation, event_type, value_property,
+    meter_filters) is fixed: a value other than the stored one is refused (400)."""
+    values = body.model_dump(exclude_none=True, exclude=set(METER_FIELDS))
+    values |= {name: getattr(body, name) for name in METER_FIELDS if name in body.model_fields_set}
     return feature_out(runtime.catalog.change_feature(caller.org, key, values))
 
 

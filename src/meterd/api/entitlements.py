@@ -12,10 +12,10 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.inputs import MAX_TERM_YEARS, QuantityText, moment
+from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, moment
 from meterd.api.openapi import filter_parameters
 from meterd.api.seed_tenant import TenantAttributes
 from meterd.domain import (
@@ -78,6 +78,10 @@ class EntitlementOut(BaseModel):
     parent_id: uuid.UUID | None
     allotment: str | None
     attributes: TenantAttributes = Field(description="the tenant page's own fields")
+    filters: dict[str, StrictStr | StrictInt | StrictBool] | None = Field(
+        description="dimensions: only usage whose data has these values counts on it"
+        " (null: all usage of the feature)"
+    )
     row_version: int
     created_at: str
     updated_at: str
@@ -117,6 +121,7 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
         parent_id=ent.parent_id,
         allotment=format_optional_quantity(ent.allotment),
         attributes=TenantAttributes.model_validate(ent.attributes),
+        filters=ent.filters or None,
         row_version=ent.row_version,
         created_at=isoformat(ent.created_at),
         updated_at=isoformat(ent.updated_at),
@@ -208,6 +213,11 @@ class EntitlementIn(BaseModel):
     attributes: TenantAttributes | None = Field(
         default=None, description="the tenant page's own fields, under the page's names"
     )
+    filters: Dimensions | None = Field(
+        default=None,
+        description="dimensions: only usage whose data has these values counts on it"
+        " (e.g. a limit per model); fixed at creation",
+    )
 
 
 @router.post("/entitlements", status_code=201, response_model=EntitlementOut)
@@ -228,6 +238,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             now,
             contract_id=body.contract_id,
             priority=body.priority,
+            filters=body.filters,
         )
         return get_entitlement(from_plan.id, runtime, caller)
     if body.feature is None:
@@ -253,6 +264,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             plan_id=body.plan_id,
             allotment=_decimal(body.allotment),
             attributes=body.attributes.stored() if body.attributes is not None else {},
+            filters=body.filters,
         ),
         now,
     )
@@ -275,6 +287,9 @@ class EntitlementPatch(BaseModel):
     )
     allotment: QuantityText | None = None
     attributes: TenantAttributes | None = None
+    filters: Dimensions | None = Field(
+        default=None, description="fixed at creation: other dimensions are refused (400)"
+    )
 
 
 @router.patch("/entitlements/{entitlement_id}", response_model=EntitlementOut)
@@ -297,6 +312,7 @@ def change_entitlement(
         attributes=(body.attributes.stored() if body.attributes is not None else {})
         if "attributes" in given
         else UNSET,
+        filters=body.filters if "filters" in given else UNSET,
     )
     runtime.catalog.update_entitlement(caller.org, entitlement_id, change, utcnow())
     return get_entitlement(entitlement_id, runtime, caller)

@@ -2,7 +2,8 @@
 derives from them still a date.
 
 * Granted quantities: plain decimals of at most 6 fractional digits, at most
-  ``quantity.MAX_MICROS`` micro-units (what the counting script holds exactly).
+  ``quantity.LARGEST`` (what a scale-0 counter holds exactly; the feature's scale
+  may bound them lower: ``Catalog.check_grant``).
 * Date-times: with a timezone, and in UTC from ``EARLIEST`` up to (not
   including) ``BODY_LATEST``, the start of year 9000: meterd derives later dates
   from them (a grace period of up to 10 years, the next calendar month, a plan's
@@ -15,7 +16,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.errors import InvalidError
 from meterd.filters import EARLIEST
@@ -38,11 +39,25 @@ def _countable(text: str) -> str:
 
 
 #: A granted quantity in a body: a plain decimal (``DECIMAL_TEXT_PATTERN``) that
-#: meterd counts exactly (at most ``MAX_MICROS`` micro-units), as the CLI takes it.
+#: meterd counts exactly (at most ``quantity.LARGEST``), as the CLI takes it.
 QuantityText = Annotated[
     str,
     Field(pattern=DECIMAL_TEXT_PATTERN, max_length=40),
     AfterValidator(_countable),
+]
+
+
+#: Dimension filters in a body (``meterd.meters.check_dimensions`` checks them
+#: further): event ``data`` property (a dotted path) -> the value it must have, text,
+#: an integer or a boolean.
+Dimensions = Annotated[
+    dict[str, StrictStr | StrictInt | StrictBool],
+    Field(
+        max_length=16,
+        description="data property (dotted path, e.g. model or region.zone) -> the value"
+        " it must equal: text, an integer or a boolean",
+        examples=[{"model": "gpt-4o"}],
+    ),
 ]
 
 

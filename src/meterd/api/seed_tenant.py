@@ -34,6 +34,9 @@ How meterd's model maps onto the page:
   the quantity for PRE_PAID, and issuance's ``startDate``, ``endDate`` and
   ``quantity`` are not returned for PRODUCTION (the issuance grant's own
   contract mode).
+* ``filters`` (meterd's own field): the dimensions of the grant shown, on the
+  main entitlement, each block and each idProofing item; left out when the grant
+  has none.
 * Requires the ``SPENTITLEMENTS:VIEW`` permission.
 """
 
@@ -44,7 +47,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONResponse, exact_number
@@ -164,6 +167,9 @@ MAIN_ATTRIBUTES = frozenset({"additionalFeatures", "smartLoginEnabled", "userBun
 ISSUANCE_TRIAL_ONLY = ("startDate", "endDate", "quantity")
 
 Number = int | float
+#: A grant's dimensions, as shown (``filters``).
+Filters = dict[str, StrictStr | StrictInt | StrictBool]
+_FILTERS = "meterd: the grant's dimensions (left out when it has none)"
 
 
 class Block(BaseModel):
@@ -173,6 +179,7 @@ class Block(BaseModel):
     endDate: str | None = None
     quantity: Number | None = None
     consumed: Number | None = None
+    filters: Filters | None = Field(default=None, description=_FILTERS)
 
 
 class SmsVoiceBlock(Block):
@@ -195,6 +202,7 @@ class IdProofingItem(BaseModel):
     quantity: Number | None
     consumed: Number | None = Field(description="percent of the quantity for PRE_PAID")
     faceRecognitionType: FaceRecognitionType | None = None
+    filters: Filters | None = Field(default=None, description=_FILTERS)
 
 
 class TenantEntitlement(BaseModel):
@@ -224,6 +232,7 @@ class TenantEntitlement(BaseModel):
     printer: Block | None = None
     issuance: IssuanceBlock | None = None
     idProofing: list[IdProofingItem] | None = None
+    filters: Filters | None = Field(default=None, description=_FILTERS)
 
 
 def _status(status: Status) -> str:
@@ -296,7 +305,14 @@ def _main(ent: Entitlement, balance: Balance, type: EntitlementType) -> dict[str
     body.update(
         _attributes(ent).model_dump(mode="json", exclude_none=True, include=set(MAIN_ATTRIBUTES))
     )
+    _add_filters(body, ent)
     return body
+
+
+def _add_filters(part: dict[str, Any], ent: Entitlement) -> None:
+    """The grant's dimensions, if it has any (``filters``)."""
+    if ent.filters:
+        part["filters"] = dict(ent.filters)
 
 
 def _block(name: str, ent: Entitlement, balance: Balance) -> dict[str, Any]:
@@ -320,6 +336,7 @@ def _block(name: str, ent: Entitlement, balance: Balance) -> dict[str, Any]:
         if ent.contract_mode == ContractMode.PRODUCTION.value:
             for trial_only in ISSUANCE_TRIAL_ONLY:
                 del block[trial_only]
+    _add_filters(block, ent)
     return block
 
 
@@ -339,4 +356,5 @@ def _proofing(ent: Entitlement, balance: Balance) -> dict[str, Any]:
     face = _attributes(ent).faceRecognitionType
     if face is not None:
         item["faceRecognitionType"] = face.value
+    _add_filters(item, ent)
     return item

@@ -18,6 +18,8 @@ define; meterd fixes them as follows):
   ``BeneficiaryCount`` 1 (the customer).
 * ``Page`` (1-based) and ``PageSize`` (default 20, at most 200) page by
   ``EntitlementNumber``. Parameter names are matched case-insensitively.
+* ``Filters`` (meterd's own field): the entitlement's dimensions, an object of
+  data property -> value (null: none).
 * Auth: ``Authorization: Bearer <key>``, ``x-api-key`` or ``access_token``;
   a missing permission is 403 as problem details, a bad parameter 400 in the
   ``Data``/``Errors``/``Warnings``/``Success`` envelope.
@@ -343,4 +345,5 @@ def _row(item: WorkspaceItem) -> dict[str, Any]:
             for f in item.families
         ],
         "RowVersion": str(uuid.uuid5(ROW_VERSION_NAMESPACE, f"{ent.id}:{ent.row_version}")),
+        "Filters": dict(ent.filters) if ent.filters else None,
     }

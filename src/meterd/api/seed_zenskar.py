@@ -19,18 +19,21 @@ How meterd's model maps onto the page:
 * Headers ``x-api-key`` and ``organisation`` (must name the key's org).
 * ``customer_id`` is any meterd customer id (the page types it as a UUID).
 * Numbers are JSON numbers, written exactly (never through a float).
+* ``filters`` (meterd's own field): the distinct dimensions of the grants summed,
+  in the order first met (a grant without dimensions adds none; ``[]``: none of
+  them has any). The sums cover every grant whatever its dimensions.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import HttpError
@@ -85,6 +88,9 @@ class EntitlementCustomerSumResponseSchema(BaseModel):
     total_quantity: float
     total_quantity_used: float
     total_expired_entitlements: int
+    filters: list[dict[str, StrictStr | StrictInt | StrictBool]] = Field(
+        description="meterd: the distinct dimensions of the grants summed ([]: none)"
+    )
 
 
 class UniqueEntitlementsPage(BaseModel):
@@ -100,6 +106,7 @@ class _Group:
     total_quantity: Decimal = Decimal(0)
     total_quantity_used: Decimal = Decimal(0)
     total_expired_entitlements: int = 0
+    filters: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _matches(value: Any, f: Filter) -> bool:
@@ -182,6 +189,7 @@ def unique_entitlements(
                 "total_quantity": exact_number(g.total_quantity),
                 "total_quantity_used": exact_number(g.total_quantity_used),
                 "total_expired_entitlements": g.total_expired_entitlements,
+                "filters": g.filters,
             }
             for g in results
         ],
@@ -215,6 +223,8 @@ def _groups(
         group.total_quantity += balance.quantity or Decimal(0)
         group.total_quantity_used += balance.consumed
         group.total_expired_entitlements += balance.status is Status.EXPIRED
+        if ent.filters and ent.filters not in group.filters:
+            group.filters.append(dict(ent.filters))
     return list(groups.values())
 
 

@@ -11,7 +11,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AfterValidator, BaseModel, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    StringConstraints,
+)
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import loads_exact
@@ -56,6 +64,9 @@ class EntitlementValue(BaseModel):
     overage: Decimal_
     state: EffectiveState
     usable: bool
+    filters: dict[str, StrictStr | StrictInt | StrictBool] | None = Field(
+        default=None, description="the entitlement's dimensions (null: all usage counts on it)"
+    )
 
 
 class FeatureValue(BaseModel):
@@ -70,7 +81,12 @@ class FeatureValue(BaseModel):
     entitlements: list[EntitlementValue]
 
 
-def feature_value(customer_id: str, feature: str, balances: list[Balance]) -> FeatureValue:
+def feature_value(
+    customer_id: str,
+    feature: str,
+    balances: list[Balance],
+) -> FeatureValue:
+    """The value of ``balances`` (each entitlement with its dimension filters)."""
     usable = [b for b in balances if b.usable]
     open_ = [b for b in usable if b.state is not EffectiveState.EXHAUSTED]
     if open_:
@@ -105,6 +121,7 @@ def feature_value(customer_id: str, feature: str, balances: list[Balance]) -> Fe
                 overage=format_quantity(b.overage),
                 state=b.state,
                 usable=b.usable,
+                filters=dict(b.filters) if b.filters else None,
             )
             for b in balances
         ],

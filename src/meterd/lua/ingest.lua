@@ -7,8 +7,9 @@ KEYS[4]                 pending events hash: event key -> record (the event log'
 KEYS[5]                 the same, renamed for the flush in flight
 KEYS[6]                 flush sequence (bumped when a flush begins and when it ends)
 KEYS[7]                 marker generations (sorted set: generation -> generation)
-KEYS[2i + 6]            resolution data of event i      (string, JSON, see resolution.py)
-KEYS[2i + 7]            used hash of event i's customer "<ent>:<period>" -> micro-units
+KEYS[8]                 big counters: the used fields above 2^52 units (a set)
+KEYS[2i + 7]            resolution data of event i      (string, JSON, see resolution.py)
+KEYS[2i + 8]            used hash of event i's customer "<ent>:<period>" -> units
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 hot window, microseconds: how long a marker is kept after acceptance
@@ -19,13 +20,16 @@ ARGV[6]                 length of a marker generation, microseconds
 ARGV[7]                 marker key prefix ("<prefix>:dm:")
 ARGV[8]                 future skew, microseconds
 ARGV[9]                 most events that may wait for a flush (backpressure)
-ARGV[7i + 3]            event time, epoch microseconds
-ARGV[7i + 4]            start of the UTC month of the event time, epoch microseconds
-ARGV[7i + 5]            quantity, integer micro-units (> 0)
-ARGV[7i + 6]            target entitlement id (hex) or ""
-ARGV[7i + 7]            event key "<org>:<len>:<source>:<id>" (the pending events field)
-ARGV[7i + 8]            marker digest: an integer below 2^52, as decimal text
-ARGV[7i + 9]            the event's record (JSON) for the log
+ARGV[8i + 2]            event time, epoch microseconds
+ARGV[8i + 3]            start of the UTC month of the event time, epoch microseconds
+ARGV[8i + 4]            value, integer units of the feature's scale (10^-scale; >= 0)
+ARGV[8i + 5]            target entitlement id (hex) or ""
+ARGV[8i + 6]            event key "<org>:<len>:<source>:<id>" (the pending events field)
+ARGV[8i + 7]            marker digest: an integer below 2^52, as decimal text
+ARGV[8i + 8]            the event's record (JSON) for the log
+ARGV[8i + 9]            aggregation: "S" sum (and count), "M" max, "L" latest, or
+                        "U" followed by the distinct value (JSON text) of a unique
+                        count (meterd.domain.Aggregation)
 
 Dedupe in two tiers (docs/architecture.md, "Dedupe"). The invariant: an accepted
 event is found by its marker, in the pending events (KEYS[4], KEYS[5]), or in the
@@ -85,6 +89,8 @@ Returns one character per event (ScriptCode in storage/counters.py):
      caller searches the event log and makes a confirmed call
   r  retry (confirmed call): a flush began or ended since the caller's search
   b  backpressure: too many events wait for a flush; nothing was written
+  o  out of range: counting it would carry a counter past what it holds exactly
+     (2^53 - 1 units of its scale); nothing was written
 
 The event stats hash (KEYS[3]) counts every final outcome of a usage batch in
 the same atomic step as the counts, so metrics never disagree with the
@@ -123,8 +129,24 @@ local generation_us = tonumber(ARGV[6])
 local marker_prefix = ARGV[7]
 local skew_us = tonumber(ARGV[8])
 local max_waiting = tonumber(ARGV[9])
-local n_events = (#KEYS - 7) / 2
-local EVENT_ARGS = 7
+local big_key = KEYS[8]
+local n_events = (#KEYS - 8) / 2
+local EVENT_ARGS = 8
+-- The most units a counter holds exactly (Lua numbers are doubles), at any scale.
+local MAX_UNITS = 9007199254740991
+-- A running total above BIG is listed in big_key (by the HINCRBY that passes it, or
+-- by the loader that seeds it): one not listed is at most BIG, so a count that adds
+-- at most MAX_UNITS - BIG to it needs no read to stay exact.
+local BIG = 4503599627370496 -- 2^52
+local big = nil
+
+local function is_big(field)
+  if big == nil then
+    big = {}
+    for _, f in ipairs(redis.call("SMEMBERS", big_key)) do big[f] = true end
+  end
+  return big[field] == true
+end
 local decoded = {}
 local out = {}
 -- used_key -> field -> { base value read from Redis (or false), delta of this batch }
@@ -316,28 +338,30 @@ local function term_index(r, ts)
   return k
 end
 
--- The hash field, limit and whether PRE_PAID of the period of e containing ts.
+-- The hash field, limit, whether PRE_PAID, and end (-1: open) of the period of e
+-- containing ts.
 local function period_of(e, ts, month)
   if e.b == "U" then
-    return e.i .. ":" .. month, e.q, false
+    return e.i .. ":" .. month, e.q, false, add_months(tonumber(month), 1)
   end
   local latest = nil
   for _, p in ipairs(e.p) do
     if p[1] <= ts and (latest == nil or p[1] > latest[1]) then latest = p end
   end
   if latest ~= nil and (latest[2] < 0 or ts < latest[2]) then
-    return latest[4], latest[3], true
+    return latest[4], latest[3], true, latest[2]
   end
   local r = e.r
   if r ~= nil and ts >= e.s then
-    local start = term_start(r, term_index(r, ts))
+    local k = term_index(r, ts)
+    local start = term_start(r, k)
     if latest ~= nil and latest[2] > start then start = latest[2] end
-    return e.i .. ":" .. int_str(start), r[4], true
+    return e.i .. ":" .. int_str(start), r[4], true, term_start(r, k + 1)
   end
   if latest ~= nil then
-    return latest[4], latest[3], true -- in grace: the last period
+    return latest[4], latest[3], true, latest[2] -- in grace: the last period
   end
-  return nil, nil, false
+  return nil, nil, false, nil
 end
 
 local function suspended_at(e, ts)
@@ -367,8 +391,16 @@ local function fits(used_key, cands, qty)
   return false
 end
 
+local function add_to(used_key, field, delta)
+  if delta == 0 then return end
+  local entry = used_entry(used_key, field)
+  entry[2] = entry[2] + delta
+  pending[field] = (pending[field] or 0) + delta
+  allocation[#allocation + 1] = field .. "=" .. int_str(delta)
+end
+
+-- SUM: burn qty down the candidates (what exceeds every limit lands on the last).
 local function count(used_key, cands, qty)
-  allocation = {}
   local left = qty
   for j, c in ipairs(cands) do
     local take = left
@@ -381,18 +413,85 @@ local function count(used_key, cands, qty)
       if room < take then take = room end
     end
     if take > 0 then
-      local entry = used_entry(used_key, c[1])
-      entry[2] = entry[2] + take
-      pending[c[1]] = (pending[c[1]] or 0) + take
-      allocation[#allocation + 1] = c[1] .. "=" .. int_str(take)
+      add_to(used_key, c[1], take)
       left = left - take
     end
     if left <= 0 then break end
   end
 end
 
--- The outcome of one event judged new (not a duplicate, not late).
-local function resolve(resolution_key, used_key, ts, month, qty, target)
+-- MAX and LATEST: the consumption is a level, shared down the candidates like a
+-- sum (each takes up to its limit, the last the rest); each share moves to its
+-- new value (a LATEST level may fall).
+local function level_sum(used_key, cands)
+  local total = 0
+  for _, c in ipairs(cands) do total = total + used_value(used_key, c[1]) end
+  return total
+end
+
+local function set_level(used_key, cands, level)
+  local left = level
+  for j, c in ipairs(cands) do
+    local share = left
+    if j < #cands and c[2] >= 0 and c[2] < share then share = c[2] end
+    add_to(used_key, c[1], share - used_value(used_key, c[1]))
+    left = left - share
+  end
+end
+
+-- LATEST: whether (ts, key) is later than the latest event of any candidate's
+-- period (ties by event key, so the order of arrival never matters).
+local function latest_wins(used_key, cands, ts, key)
+  for _, c in ipairs(cands) do
+    local seen = redis.call("HGET", used_key, "t:" .. c[1])
+    if seen then
+      local tab = string.find(seen, "\t", 1, true)
+      local seen_ts = tonumber(string.sub(seen, 1, tab - 1))
+      if seen_ts > ts or (seen_ts == ts and string.sub(seen, tab + 1) >= key) then
+        return false
+      end
+    end
+  end
+  return true
+end
+
+-- UNIQUE_COUNT: the set of values counted in one period, kept until the period
+-- (and late events into it) can no longer take usage.
+local function unique_key(used_key, field)
+  return used_key .. ":u:" .. field
+end
+
+local function seen_value(used_key, cands, value)
+  for _, c in ipairs(cands) do
+    if redis.call("SISMEMBER", unique_key(used_key, c[1]), value) == 1 then return true end
+  end
+  return false
+end
+
+-- Dimensions: an entitlement with filters ("f": path -> value) takes only usage
+-- whose event data has those values (meterd.meters.matches; JSON scalars).
+local data_of = {}
+local function dims_match(e, i, record)
+  if e.f == nil then return true end
+  local data = data_of[i]
+  if data == nil then
+    data = cjson.decode(record).d
+    data_of[i] = data
+  end
+  for path, wanted in pairs(e.f) do
+    local v = data
+    for segment in string.gmatch(path, "[^.]+") do
+      if type(v) ~= "table" then v = nil break end
+      v = v[segment]
+    end
+    if v == nil or type(v) ~= type(wanted) or v ~= wanted then return false end
+  end
+  return true
+end
+
+-- The outcome of one event judged new (not a duplicate, not late). ev: the event's
+-- ts, month, qty, target, key, agg, value, record and index (one table, reused).
+local function resolve(resolution_key, used_key, ev)
   local res = decoded[resolution_key]
   if res == nil then
     local raw = redis.call("GET", resolution_key)
@@ -402,16 +501,20 @@ local function resolve(resolution_key, used_key, ts, month, qty, target)
     res = cjson.decode(raw)
     decoded[resolution_key] = res
   end
+  local ts, qty = ev.ts, ev.qty
   local cands = {}
+  local ends = ev.agg == "U" and {} or nil
   local suspended = false
   for _, e in ipairs(res) do
-    if (target == "" or e.i == target) and e.s <= ts and (e.u < 0 or ts < e.u) then
+    if (ev.target == "" or e.i == ev.target) and e.s <= ts and (e.u < 0 or ts < e.u)
+      and dims_match(e, ev.index, ev.record) then
       if suspended_at(e, ts) then
         suspended = true
       else
-        local field, limit, prepaid = period_of(e, ts, month)
+        local field, limit, prepaid, period_end = period_of(e, ts, ev.month)
         if field ~= nil then
           cands[#cands + 1] = { field, limit, prepaid }
+          if ends then ends[#cands] = period_end end
           if prepaid and limit > 0 then prepaid_limits[field] = limit end
         end
       end
@@ -420,10 +523,58 @@ local function resolve(resolution_key, used_key, ts, month, qty, target)
   if #cands == 0 then
     return suspended and "s" or "n"
   end
+  allocation = {}
+  local agg = ev.agg
+  if agg == "U" and seen_value(used_key, cands, ev.value) then
+    qty = 0
+  elseif agg == "M" then
+    local level = level_sum(used_key, cands)
+    if qty <= level then qty = 0 end
+  elseif agg == "L" and not latest_wins(used_key, cands, ts, ev.key) then
+    agg = "-"
+  end
+  -- Exact bound: no counter may pass what a double holds exactly (nor the database).
+  -- A sum may add qty to any candidate; a level never puts more than qty on one.
+  if agg == "M" or agg == "L" then
+    if qty > MAX_UNITS then return "o" end
+  else
+    for _, c in ipairs(cands) do
+      local entry = used_entry(used_key, c[1])
+      if entry[1] ~= false or entry[2] + qty > MAX_UNITS - BIG or is_big(c[1]) then
+        if used_value(used_key, c[1]) + qty > MAX_UNITS then return "o" end
+      end
+    end
+  end
   if strict and not fits(used_key, cands, qty) then
     return "x"
   end
-  count(used_key, cands, qty)
+  if agg == "S" or agg == "U" then
+    count(used_key, cands, qty)
+    if agg == "U" and qty > 0 then
+      -- the value belongs to the period that took it (the first allocation's)
+      local field = string.match(allocation[1], "^(.*)=")
+      local key = unique_key(used_key, field)
+      redis.call("SADD", key, ev.value)
+      for j, c in ipairs(cands) do
+        if c[1] == field and ends[j] >= 0 then
+          local until_us = math.max(ends[j], ts) + late_window_us + DAY_US
+          redis.call("PEXPIREAT", key, int_str(math.floor(until_us / 1000)))
+        end
+      end
+    end
+  elseif agg == "M" and qty > 0 then
+    set_level(used_key, cands, qty)
+  elseif agg == "L" then
+    set_level(used_key, cands, qty)
+    for _, c in ipairs(cands) do
+      redis.call("HSET", used_key, "t:" .. c[1], int_str(ts) .. "\t" .. ev.key)
+    end
+  end
+  if #allocation == 0 then
+    -- accepted without moving a counter (a value seen, a level not passed, an
+    -- older LATEST, a zero): the log still keeps it, on the first candidate
+    allocation[1] = cands[1][1] .. "=0"
+  end
   return "a"
 end
 
@@ -454,8 +605,9 @@ local function waiting(event_key, signature)
   return "d"
 end
 
+local ev = {}
 for i = 1, n_events do
-  local base = EVENT_ARGS * i + 2
+  local base = EVENT_ARGS * i + 1
   local ts = tonumber(ARGV[base + 1])
   local qty_text, target = ARGV[base + 3], ARGV[base + 4]
   local event_key, digest_text = ARGV[base + 5], ARGV[base + 6]
@@ -472,11 +624,15 @@ for i = 1, n_events do
     code = waiting(event_key, signature) or "k"
   end
   if code == nil then
-    code = resolve(KEYS[2 * i + 6], KEYS[2 * i + 7], ts, ARGV[base + 2], tonumber(qty_text), target)
+    local agg = ARGV[base + 8]
+    ev.index, ev.ts, ev.month, ev.qty, ev.target = i, ts, ARGV[base + 2], tonumber(qty_text), target
+    ev.key, ev.record = event_key, ARGV[base + 7]
+    ev.agg, ev.value = string.sub(agg, 1, 1), string.sub(agg, 2)
+    code = resolve(KEYS[2 * i + 7], KEYS[2 * i + 8], ev)
     if code == "a" then
       add_marker(digest, digest_text)
       redis.call("HSET", events_key, event_key,
-        signature .. "\t" .. ARGV[base + 7] .. "\t" .. table.concat(allocation, ","))
+        signature .. "\t" .. ev.record .. "\t" .. table.concat(allocation, ","))
     end
   end
   out[i] = code
@@ -520,16 +676,19 @@ end
 
 for used_key, fields in pairs(used) do
   for field, entry in pairs(fields) do
-    if entry[2] > 0 then
+    if entry[2] ~= 0 then
       local after = tonumber(redis.call("HINCRBY", used_key, field, int_str(entry[2])))
+      if after > BIG then redis.call("SADD", big_key, field) end
       note_crossings(field, after - entry[2], after)
     end
   end
 end
 local wrote = false
 for field, delta in pairs(pending) do
-  redis.call("HINCRBY", pending_key, field, int_str(delta))
-  wrote = true
+  if delta ~= 0 then
+    redis.call("HINCRBY", pending_key, field, int_str(delta))
+    wrote = true
+  end
 end
 if wrote then
   -- The flush lag is measured from the first write a pending hash got.

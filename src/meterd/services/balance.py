@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from meterd.domain import Balance, EntitlementView, Period, Status, effective_state
 from meterd.errors import UnavailableError
 from meterd.lifecycle import extend_term, period_at, status_at
-from meterd.quantity import from_micros
+from meterd.quantity import from_units, to_units
 from meterd.redis_keys import period_field
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
@@ -53,10 +53,11 @@ def balance_of(
     consumed: int,
     split: tuple[int, int] | None,
 ) -> Balance:
-    """The balance of ``view`` at ``now``: ``consumed`` micro-units of ``period``
-    (``split``: flushed and pending, when read from both stores)."""
+    """The balance of ``view`` at ``now``: ``consumed`` units (of its feature's scale)
+    of ``period`` (``split``: flushed and pending, when read from both stores)."""
     status = status_at(view, now)
-    used = from_micros(consumed)
+    scale = view.scale
+    used = from_units(consumed, scale)
     ends_at, grace_until = view.ends_at, view.grace_until
     if view.renewal is not None and period.end is not None and period.start <= now:
         ends_at, grace_until = extend_term(view.ends_at, view.grace_until, period.end)
@@ -66,13 +67,14 @@ def balance_of(
         period_end=period.end,
         quantity=period.quantity,
         consumed=used,
-        flushed=from_micros(split[0]) if split else None,
-        pending=from_micros(split[1]) if split else None,
+        flushed=from_units(split[0], scale) if split else None,
+        pending=from_units(split[1], scale) if split else None,
         status=status,
         ends_at=ends_at,
         grace_until=grace_until,
         state=effective_state(status, view.billing_type, period.quantity, used),
         usable=status in (Status.ACTIVE, Status.GRACE),
+        filters=view.filters,
     )
 
 
@@ -102,8 +104,11 @@ class BalanceService:
             found = self.live(org, customer, feature, now)
         return found if found is not None else self.balances(org, customer, feature, now)
 
-    def consumed(self, periods: list[PeriodKey]) -> dict[PeriodKey, tuple[int, int]]:
-        """(flushed, not yet flushed) micro-units of each period, consistent."""
+    def consumed(
+        self, periods: list[PeriodKey], scales: list[int]
+    ) -> dict[PeriodKey, tuple[int, int]]:
+        """(flushed, not yet flushed) units of each period (of the scale given for
+        it), consistent."""
         fields = [period_field(e, s) for e, s in periods]
         for attempt in range(_MAX_ATTEMPTS):
             if attempt >= 2:
@@ -113,9 +118,10 @@ class BalanceService:
             if self.counters.flush_epoch() != snap.epoch:
                 continue  # a flush began while we read: pending moved, read again
             result = {}
-            for key, field in zip(periods, fields, strict=True):
+            for key, field, scale in zip(periods, fields, scales, strict=True):
                 unflushed = snap.pending[field] + (0 if committed else snap.inflight[field])
-                result[key] = (flushed.get(key, 0), unflushed)
+                done = flushed.get(key)
+                result[key] = (0 if done is None else to_units(done, scale), unflushed)
             return result
         raise BalanceError("flushes kept racing the read")
 
@@ -148,7 +154,9 @@ class BalanceService:
         """The current (or, once ended, the last) period of each entitlement, read
         in one consistent snapshot."""
         current = {view.id: current_period(view, now) for view in views}
-        values = self.consumed([(view.id, current[view.id].start) for view in views])
+        values = self.consumed(
+            [(view.id, current[view.id].start) for view in views], [view.scale for view in views]
+        )
         result = {}
         for view in views:
             period = current[view.id]

@@ -6,7 +6,9 @@ the database commit, so the next ingested event already sees it.
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,6 +17,7 @@ from typing import Any
 from meterd.domain import (
     FEATURE_KEY_PATTERN,
     ORG_ID_PATTERN,
+    Aggregation,
     BillingType,
     ContractMode,
     FeatureType,
@@ -22,7 +25,9 @@ from meterd.domain import (
 )
 from meterd.errors import InvalidError, StaleVersionError
 from meterd.lifecycle import OperatorAction, extend_term, operator_transition
+from meterd.meters import check_dimensions, check_meter, parse_path, path_text
 from meterd.plans import TermUnit, condition_family, term_end, term_kind
+from meterd.quantity import QuantityError, check_scaled
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.features import FeatureStore
@@ -57,6 +62,8 @@ class EntitlementChange:
     allotment: Decimal | None = UNSET
     #: Replaces the whole object ({} clears it).
     attributes: dict[str, Any] = UNSET
+    #: Dimensions are fixed at creation: given, they must be the ones stored.
+    filters: Mapping[str, Any] | None = UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +107,14 @@ class NewEntitlement:
     term: Term | None = None
     #: The tenant page's own fields (a JSON object, validated by the API).
     attributes: dict[str, Any] = field(default_factory=dict)
+    #: Dimensions (``meterd.meters.check_dimensions``): only usage whose ``data`` has
+    #: these values counts on it. None or {}: all usage of the feature.
+    filters: Mapping[str, Any] | None = None
+
+
+#: How a feature is metered: fixed at creation (its counters' units and meaning
+#: depend on them).
+METER_FIELDS = ("scale", "aggregation", "event_type", "value_property", "meter_filters")
 
 
 def term_columns(term: Term | None, anchor: datetime | None) -> dict[str, Any]:
@@ -156,10 +171,32 @@ class Catalog:
         return self.features.all_of(org)
 
     def change_feature(self, org: str, key: str, values: dict[str, Any]) -> Feature:
-        """Rename, describe, or retire (``is_active``) a feature."""
+        """Rename, describe, or retire (``is_active``) a feature. How it is metered
+        (``METER_FIELDS``) is fixed: given, each must be what is stored (a change is
+        refused; a value equal to the stored one changes nothing)."""
         if not values:
             raise CatalogError("nothing to change")
+        values = dict(values)
+        metered = {name: values.pop(name) for name in METER_FIELDS if name in values}
+        if metered:
+            self._refuse_meter_change(self.features.by_key(org, key), metered)
+            if not values:
+                return self.features.by_key(org, key)
         return self.features.update(org, key, values)
+
+    @staticmethod
+    def _refuse_meter_change(feature: Feature, given: dict[str, Any]) -> None:
+        changed = [
+            name
+            for name, value in given.items()
+            if _meter_value(name, value) != _meter_value(name, getattr(feature, name))
+        ]
+        if changed:
+            raise CatalogError(
+                f"{', '.join(changed)} of feature {feature.key!r} cannot change: how a"
+                " feature is metered is fixed at creation (its counters depend on it);"
+                " create a new feature to change how it is metered"
+            )
 
     def create_feature(
         self,
@@ -172,9 +209,24 @@ class Catalog:
         units: str = "",
         description: str = "",
         product_id: uuid.UUID | None = None,
+        scale: int = 6,
+        aggregation: Aggregation | str = Aggregation.SUM,
+        event_type: str | None = None,
+        value_property: str | None = None,
+        meter_filters: Mapping[str, Any] | None = None,
     ) -> Feature:
+        """A feature, metered as ``meterd.meters.check_meter`` allows (a definition
+        that cannot be counted is refused with the reason)."""
         if not FEATURE_KEY_PATTERN.match(key):
             raise CatalogError("feature key must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        meter = check_meter(
+            feature=key,
+            aggregation=str(aggregation),
+            scale=scale,
+            event_type=event_type,
+            value_property=value_property,
+            filters=meter_filters,
+        )
         return self.features.add(
             Feature(
                 org_id=org,
@@ -186,8 +238,28 @@ class Catalog:
                 product_id=product_id,
                 is_active=True,
                 created_at=now,
+                scale=meter.scale,
+                aggregation=meter.aggregation.value,
+                event_type=meter.event_type,
+                value_property=path_text(meter.value_property) if meter.value_property else None,
+                meter_filters=dict(meter.filters) if meter.filters else None,
             )
         )
+
+    def check_grant(self, feature: Feature, **quantities: Decimal | None) -> None:
+        """Each quantity given (by its field name) fits ``feature``'s scale: no more
+        fractional digits than it counts, within what a counter at that scale holds
+        exactly (``quantity.check_scaled``)."""
+        for name, value in quantities.items():
+            if value is None or value is UNSET:
+                continue
+            try:
+                check_scaled(value, feature.scale, name)
+            except QuantityError as exc:
+                # Too many fractional digits is reported as "quantity ...": name the field.
+                if str(exc).startswith(f"{name} "):
+                    raise
+                raise QuantityError(f"{name}: {exc}") from None
 
     def create_entitlement(self, spec: NewEntitlement, now: datetime) -> Entitlement:
         if spec.quantity is not None and spec.quantity < 0:
@@ -206,6 +278,13 @@ class Catalog:
         if term is not None and ends_at is None:
             ends_at = term.start(spec.starts_at, 1)
         feature = self.features.by_key(spec.org, spec.feature)
+        self.check_grant(
+            feature,
+            quantity=spec.quantity,
+            renewal_quantity=spec.renewal_quantity,
+            allotment=spec.allotment,
+        )
+        filters = check_dimensions(spec.filters, "filters") if spec.filters is not None else None
         grace_until = ends_at + spec.grace if ends_at and spec.grace else None
         ent = Entitlement(
             org_id=spec.org,
@@ -229,6 +308,7 @@ class Catalog:
             parent_id=spec.parent_id,
             allotment=spec.allotment,
             attributes=dict(spec.attributes),
+            filters=filters or None,
             created_at=now,
             updated_at=now,
             **term_columns(term, spec.starts_at),
@@ -270,6 +350,7 @@ class Catalog:
         if not FEATURE_KEY_PATTERN.match(spec.key):
             raise CatalogError("plan key must be 1-64 characters of A-Z a-z 0-9 _ . -")
         feature = self.features.by_key(spec.org, spec.feature)
+        self.check_grant(feature, quantity=spec.quantity, renewal_quantity=spec.renewal_quantity)
         plan = Plan(
             org_id=spec.org,
             key=spec.key,
@@ -323,8 +404,10 @@ class Catalog:
         *,
         contract_id: str | None = None,
         priority: int = 0,
+        filters: Mapping[str, Any] | None = None,
     ) -> Entitlement:
-        """An entitlement with the plan's feature, quantity, term, grace and renewal."""
+        """An entitlement with the plan's feature, quantity, term, grace and renewal
+        (plans carry no dimensions: ``filters`` gives the entitlement's, if any)."""
         plan = self.plans.get(org, plan_id)
         if not plan.is_active:
             raise CatalogError(f"plan {plan.key} is retired: no new entitlements from it")
@@ -345,6 +428,7 @@ class Catalog:
                 renewal_quantity=plan.renewal_quantity,
                 contract_id=contract_id,
                 plan_id=plan.id,
+                filters=filters,
             ),
             now,
         )
@@ -370,6 +454,14 @@ class Catalog:
                 raise StaleVersionError(entitlement_id, change.row_version, ent.row_version)
             self.transitions.settle(entitlement_id, now, actor="changed", session=s)
             ent, feature = self.entitlements.locked(s, org, entitlement_id)
+            scaled = s.get(Feature, ent.feature_id)
+            assert scaled is not None  # features are never deleted
+            self.check_grant(
+                scaled,
+                quantity=change.quantity,
+                renewal_quantity=change.renewal_quantity,
+                allotment=change.allotment,
+            )
             values, period = _changed_values(ent, change)
             self.entitlements.update(
                 org, entitlement_id, ent.row_version, values,
@@ -430,6 +522,33 @@ class Catalog:
         self.resolution.refresh([(org, customer, feature)], now)
 
 
+_INVALID = object()
+
+
+def _meter_value(name: str, value: Any) -> Any:
+    """A meter field's value in its stored form, to compare (``_INVALID`` if it is
+    not one: never equal to a stored value)."""
+    if value is None:
+        return None
+    try:
+        if name == "value_property":
+            return path_text(parse_path(value, name))
+        if name == "meter_filters":
+            checked = check_dimensions(value, name)
+            return json.dumps(checked, sort_keys=True) if checked else None
+    except InvalidError:
+        return _INVALID
+    if name == "scale":
+        return value if isinstance(value, int) and not isinstance(value, bool) else _INVALID
+    return str(value)
+
+
+def _dimensions(filters: Mapping[str, Any] | None) -> str | None:
+    """Dimensions in a comparable form (``1`` is not ``true``; {} is none)."""
+    checked = check_dimensions(filters, "filters") if filters is not None else None
+    return json.dumps(checked, sort_keys=True) if checked else None
+
+
 def _changed_values(
     ent: Entitlement, change: EntitlementChange
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -450,6 +569,11 @@ def _changed_values(
         values["allotment"] = change.allotment
     if change.attributes is not UNSET:
         values["attributes"] = dict(change.attributes)
+    if change.filters is not UNSET and _dimensions(change.filters) != _dimensions(ent.filters):
+        raise CatalogError(
+            "filters (dimensions) of an entitlement are fixed at creation: terminate it"
+            " and create another to count other usage"
+        )
     if change.auto_renew is not None:
         values.update(_auto_renew_values(ent, change.auto_renew))
     if change.ends_at is not UNSET:

@@ -100,9 +100,7 @@ class UsageCounter:
 
     @staticmethod
     def _logged_code(event: UsageEvent, logged: LoggedEvent, strict: bool) -> ScriptCode:
-        if strict and (
-            logged.quantity_micros != event.quantity_micros or logged.target != event.entitlement_id
-        ):
+        if strict and (logged.quantity != event.quantity or logged.target != event.entitlement_id):
             return ScriptCode.CONFLICT
         return ScriptCode.DUPLICATE
 

@@ -1,10 +1,13 @@
-"""Ingest: validate a batch of usage events, count the valid ones, dead-letter the rest.
+"""Ingest: validate a batch of events, count the valid ones, dead-letter the rest.
 
 One bad event never blocks its batch: validation happens per event, counting
-is one atomic script call per chunk, and every event gets an outcome. The
-counts are written before the dead letters, so a crash between the two only
-repeats the dead-lettering on redelivery (dead letters are idempotent by
-fingerprint and the counted events come back as duplicates).
+is one atomic script call per chunk, and every event gets an outcome. An event
+is counted as the items it feeds its features with (``services/meters.py``:
+one for a usage event, one per matching meter for a raw event); its outcome
+is combined from its items' (``combined_outcome``). The counts are written
+before the dead letters, so a crash between the two only repeats the
+dead-lettering on redelivery (dead letters are idempotent by fingerprint and
+the counted items come back as duplicates).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from meterd.domain import Outcome
 from meterd.events import (
     InvalidEvent,
+    RawEvent,
     UsageEvent,
     dead_letter_payload,
     parse_event,
@@ -25,6 +29,7 @@ from meterd.events import (
     with_time,
 )
 from meterd.services.counting import UsageCounter
+from meterd.services.meters import MeterCatalog, OrgMeters, combined_outcome, items_of
 from meterd.storage.counters import ScriptCode
 from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
 
@@ -35,6 +40,7 @@ OUTCOMES: dict[ScriptCode, Outcome] = {
     ScriptCode.NO_ENTITLEMENT: Outcome.NO_ENTITLEMENT,
     ScriptCode.LATE: Outcome.LATE,
     ScriptCode.SUSPENDED: Outcome.SUSPENDED,
+    ScriptCode.OUT_OF_RANGE: Outcome.INVALID,
 }
 
 
@@ -60,6 +66,7 @@ class IngestService:
         self,
         counting: UsageCounter,
         dead_letters: DeadLetterStore,
+        meters: MeterCatalog,
         *,
         chunk_size: int,
         late_window: timedelta,
@@ -67,6 +74,7 @@ class IngestService:
     ) -> None:
         self.counting = counting
         self.dead_letters = dead_letters
+        self.meters = meters
         self.chunk_size = chunk_size
         self.late_window = late_window
         self.future_skew = future_skew
@@ -76,55 +84,78 @@ class IngestService:
     ) -> IngestReport:
         outcomes: list[Outcome | None] = [None] * len(payloads)
         reasons: list[str | None] = [None] * len(payloads)
-        valid: list[tuple[int, UsageEvent]] = []
+        parsed_at: dict[int, UsageEvent | RawEvent] = {}
+        #: per event: the outcome and reason of each of its items
+        results: dict[int, list[tuple[Outcome, str | None, str]]] = {}
+        items: list[tuple[int, UsageEvent]] = []
+        decided = Counter[str]()
+        meters: dict[str, OrgMeters] = {}
+        refreshed: set[str] = set()
         for index, payload in enumerate(payloads):
             parsed = parse_event(payload, received_at=now, org=org)
             if isinstance(parsed, InvalidEvent):
                 outcomes[index], reasons[index] = Outcome.INVALID, parsed.reason
                 continue
+            parsed_at[index] = parsed
             verdict = time_verdict(
                 parsed, now, future_skew=self.future_skew, late_window=self.late_window
             )
             if verdict is not None:
                 outcomes[index], reasons[index] = verdict
-            valid.append((index, parsed))
+                continue
+            org_meters = meters.get(parsed.org)
+            if org_meters is None:
+                org_meters = meters[parsed.org] = self.meters.of(parsed.org)
+            if not org_meters.knows(parsed) and parsed.org not in refreshed:
+                # a feature created since the list was read (at most once a batch)
+                org_meters = meters[parsed.org] = self.meters.refresh(parsed.org)
+                refreshed.add(parsed.org)
+            results[index] = []
+            for item in items_of(parsed, org_meters):
+                if isinstance(item, UsageEvent):
+                    items.append((index, item))
+                else:
+                    results[index].append((item[0], item[1], ""))
+                    decided[item[0].value] += 1
+        decided.update(o.value for o in outcomes if o is not None)
 
-        early = list(outcomes)
-        from_log: Counter[str] = Counter()
-        countable = [(i, event) for i, event in valid if outcomes[i] is None]
-        for start in range(0, len(countable), self.chunk_size):
-            chunk = countable[start : start + self.chunk_size]
-            self._count(chunk, outcomes, reasons, now, from_log)
+        for start in range(0, len(items), self.chunk_size):
+            chunk = items[start : start + self.chunk_size]
+            self._count(chunk, results, now, decided)
+        for index, item_results in results.items():
+            outcomes[index], reasons[index] = _combined(item_results)
 
         final = [o if o is not None else Outcome.INVALID for o in outcomes]
-        by_index = dict(valid)
         dead = [
-            _dead_letter(payloads[i], final[i], reasons[i], by_index.get(i), org)
+            _dead_letter(payloads[i], final[i], reasons[i], parsed_at.get(i), org)
             for i in range(len(payloads))
             if final[i].is_dead_letter
         ]
         report = IngestReport(outcomes=final, reasons=reasons)
-        report.decided_before_counting = Counter(o.value for o in early if o is not None) + from_log
+        report.decided_before_counting = decided
         report.dead_lettered = self.dead_letters.add(dead, now) if dead else 0
         return report
 
     def _count(
         self,
         chunk: list[tuple[int, UsageEvent]],
-        outcomes: list[Outcome | None],
-        reasons: list[str | None],
+        results: dict[int, list[tuple[Outcome, str | None, str]]],
         now: datetime,
-        from_log: Counter[str],
+        decided: Counter[str],
     ) -> None:
-        decided: list[int] = []
-        codes = self.counting.count([event for _, event in chunk], now, decided_by_log=decided)
-        from_log.update(OUTCOMES[codes[i]].value for i in decided)
-        for (index, event), code in zip(chunk, codes, strict=True):
+        from_log: list[int] = []
+        codes = self.counting.count([item for _, item in chunk], now, decided_by_log=from_log)
+        decided.update(OUTCOMES[codes[i]].value for i in from_log)
+        for (index, item), code in zip(chunk, codes, strict=True):
             outcome = OUTCOMES[code]
-            outcomes[index] = outcome
-            reasons[index] = self._reason(outcome, event)
+            results[index].append((outcome, self._reason(outcome, item, code), item.feature))
 
-    def _reason(self, outcome: Outcome, event: UsageEvent) -> str | None:
+    def _reason(self, outcome: Outcome, event: UsageEvent, code: ScriptCode) -> str | None:
+        if code is ScriptCode.OUT_OF_RANGE:
+            return (
+                f"counting {event.quantity} would carry a counter of feature {event.feature!r}"
+                " past what it holds exactly (see the bounds of its scale in docs/meters.md)"
+            )
         if outcome is Outcome.NO_ENTITLEMENT:
             return (
                 f"customer {event.customer!r} has no usable entitlement for feature "
@@ -142,11 +173,27 @@ class IngestService:
         return None
 
 
+def _combined(item_results: list[tuple[Outcome, str | None, str]]) -> tuple[Outcome, str | None]:
+    """An event's outcome and reason from its items' (one item: its own)."""
+    if len(item_results) == 1:
+        return item_results[0][0], item_results[0][1]
+    outcome = combined_outcome([o for o, _, _ in item_results])
+    if not outcome.is_dead_letter:
+        return outcome, None
+    parts = []
+    for item_outcome, reason, feature in item_results:
+        if item_outcome.is_dead_letter:
+            parts.append(reason or item_outcome.value)
+        else:
+            parts.append(f"feature {feature!r}: {item_outcome.value}")
+    return outcome, "; ".join(parts)
+
+
 def _dead_letter(
     payload: Any,
     outcome: Outcome,
     reason: str | None,
-    event: UsageEvent | None,
+    event: UsageEvent | RawEvent | None,
     org: str | None,
 ) -> DeadLetterRecord:
     return DeadLetterRecord(

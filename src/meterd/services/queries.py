@@ -75,7 +75,7 @@ def choose_for_usage(rows: Sequence[Grant]) -> Grant | None:
     """
     usable = sorted(
         (row for row in rows if row[2].usable),
-        key=lambda row: burn_down_order(entitlement_view(row[0], ())),
+        key=lambda row: burn_down_order(entitlement_view(row[0], (), scale=6)),  # order only
     )
     for row in usable:
         if has_room(row[2]):
@@ -137,8 +137,12 @@ class EntitlementQueries:
         ids = [ent.id for ent, _ in rows]
         periods = self.listing.periods_of(ids)
         suspensions = self.listing.suspensions_of(ids)
+        scales = self.listing.feature_scales({ent.feature_id for ent, _ in rows})
         views = [
-            entitlement_view(ent, periods[ent.id], suspensions.get(ent.id, ())) for ent, _ in rows
+            entitlement_view(
+                ent, periods[ent.id], suspensions.get(ent.id, ()), scale=scales[ent.feature_id]
+            )
+            for ent, _ in rows
         ]
         balances = self.balance.balances_of(views, now)
         return [(ent, feature, balances[ent.id]) for ent, feature in rows]

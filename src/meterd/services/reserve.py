@@ -22,10 +22,11 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from meterd.errors import ConflictError
+from meterd.errors import ConflictError, InvalidError
 from meterd.events import UsageEvent
-from meterd.quantity import parse_quantity, to_micros
+from meterd.quantity import parse_quantity, to_units
 from meterd.services.counting import UsageCounter
+from meterd.services.meters import MeterCatalog
 from meterd.storage.counters import ScriptCode
 
 RESERVE_SOURCE = "meterd.reserve"
@@ -60,6 +61,8 @@ OUTCOMES: dict[ScriptCode, ReserveOutcome] = {
     ScriptCode.ACCEPTED: ReserveOutcome.GRANTED,
     ScriptCode.DUPLICATE: ReserveOutcome.ALREADY_GRANTED,
     ScriptCode.NO_ROOM: ReserveOutcome.DENIED,
+    #: The counter cannot hold more exactly: nothing can be granted.
+    ScriptCode.OUT_OF_RANGE: ReserveOutcome.DENIED,
     ScriptCode.NO_ENTITLEMENT: ReserveOutcome.NO_ENTITLEMENT,
     ScriptCode.SUSPENDED: ReserveOutcome.SUSPENDED,
 }
@@ -76,11 +79,26 @@ class Reservation:
 
 
 class ReserveService:
-    def __init__(self, counting: UsageCounter) -> None:
+    def __init__(self, counting: UsageCounter, meters: MeterCatalog) -> None:
         self.counting = counting
+        self.meters = meters
 
     def reserve(self, request: Reservation, now: datetime) -> ReserveOutcome:
+        """Reserve on a SUM or COUNT feature (a level or a distinct count cannot be
+        taken ahead: refused as invalid). A reservation carries no event data, so
+        it counts only on entitlements without dimension filters."""
         quantity = parse_quantity(request.quantity)
+        meters = self.meters.of(request.org)
+        meter = meters.by_feature.get(request.feature)
+        if meter is None:  # a feature created since the list was read
+            meter = self.meters.refresh(request.org).by_feature.get(request.feature)
+        scale = 6 if meter is None else meter.scale
+        if meter is not None and not meter.aggregation.reservable:
+            raise InvalidError(
+                f"feature {request.feature!r} counts {meter.aggregation.value}: only SUM and"
+                " COUNT features can be reserved"
+            )
+        to_units(quantity, scale)  # more fractional digits than the feature counts: refused
         event = UsageEvent(
             org=request.org,
             customer=request.customer_id,
@@ -88,8 +106,9 @@ class ReserveService:
             source=RESERVE_SOURCE,
             id=marker_id(request.customer_id, request.feature, request.idempotency_key),
             time=now,
-            quantity_micros=to_micros(quantity),
+            quantity=quantity,
             entitlement_id=request.entitlement_id,
+            scale=scale,
         )
         (code,) = self.counting.count([event], now, strict=True)
         if code is ScriptCode.CONFLICT:

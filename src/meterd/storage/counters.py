@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import redis
 
+from meterd.domain import Aggregation
 from meterd.errors import UnavailableError
 from meterd.event_records import (
     MARKER_BITS,
@@ -59,9 +60,23 @@ class ScriptCode(StrEnum):
     #: Too many events wait for a flush (the database is down or slow); nothing
     #: was written. Retry later.
     BACKPRESSURE = "b"
+    #: Counting it would carry a counter past what it holds exactly (``MAX_UNITS``
+    #: of the feature's scale); nothing was written. The event is invalid.
+    OUT_OF_RANGE = "o"
 
 
 _BY_CHARACTER = {code.value: code for code in ScriptCode}
+#: A running total above this many units is listed in ``RedisKeys.big_counters``
+#: (ingest.lua's BIG: its bound check reads only those).
+BIG_COUNTER = 2**52
+#: How ingest.lua names each aggregation (COUNT is a sum of ones).
+_AGGREGATION_CODES = {
+    Aggregation.SUM: "S",
+    Aggregation.COUNT: "S",
+    Aggregation.UNIQUE_COUNT: "U",
+    Aggregation.MAX: "M",
+    Aggregation.LATEST: "L",
+}
 
 
 class CounterStoreError(UnavailableError):
@@ -178,6 +193,7 @@ class CounterStore:
             k.flush_events,
             k.flush_seq,
             k.marker_generations,
+            k.big_counters,
         ]
         args: list[str | int] = [
             epoch_micros(now),
@@ -203,11 +219,12 @@ class CounterStore:
             args += (
                 epoch_micros(when),
                 month,
-                event.quantity_micros,
+                event.units,
                 event.entitlement_id.hex if event.entitlement_id else "",
                 key,
                 marker_digest(key, self.marker_bits),
-                record_json(customer, event.feature, when, now, event.data),
+                record_json(customer, event.feature, when, now, event.data, event.scale),
+                _AGGREGATION_CODES[event.aggregation] + (event.unique_value or ""),
             )
         try:
             result = self._ingest(keys=keys, args=args)
@@ -228,7 +245,7 @@ class CounterStore:
     ) -> None:
         """Cache resolution data, with the running totals it needs, in one round trip.
 
-        Each entry: (org, customer, feature, payload, ttl seconds, flushed micros by
+        Each entry: (org, customer, feature, payload, ttl seconds, flushed units by
         field). Totals are seeded with HSETNX: a period with pending usage always has
         a ``used`` entry (the ingest script writes both), so a live total is never
         overwritten by a stale one. ``replace=False`` only fills a missing entry:
@@ -239,8 +256,10 @@ class CounterStore:
         pipe = self.client.pipeline(transaction=False)
         for org, customer, feature, payload, ttl, flushed in entries:
             used_key = self.keys.used(org, customer)
-            for field, micros in flushed.items():
-                pipe.hsetnx(used_key, field, micros)
+            for field, units in flushed.items():
+                pipe.hsetnx(used_key, field, units)
+                if units > BIG_COUNTER:
+                    pipe.sadd(self.keys.big_counters, field)  # ingest.lua reads these
             pipe.set(self.keys.resolution(org, customer, feature), payload, ex=ttl, nx=not replace)
         pipe.execute()
 

@@ -15,6 +15,8 @@ from sqlalchemy import Engine, create_engine, event, insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from meterd.storage import exact
+
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine with the settings each backend needs for concurrent workers."""
@@ -31,6 +33,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+            exact.register(dbapi_connection)  # exact decimals as BLOBs: storage/exact.py
 
         return engine
     if url.startswith("postgresql://"):

@@ -30,7 +30,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.event_records import EventRecord
-from meterd.quantity import from_micros
+from meterd.quantity import from_units
+from meterd.storage.exact import exact_add, exact_sum
 from meterd.storage.models import EventLogRow, UsageRollup
 
 QUARTER = timedelta(minutes=15)
@@ -48,7 +49,7 @@ class LoggedEvent:
     """What the log knows of an event found by its identity (to tell a duplicate
     from a reservation key reused with other parameters)."""
 
-    quantity_micros: int
+    quantity: Decimal
     target: uuid.UUID | None
 
 
@@ -118,7 +119,9 @@ class EventLog:
         stmt = stmt.on_conflict_do_update(
             index_elements=["entitlement_id", "bucket_start"],
             set_={
-                "quantity": UsageRollup.quantity + stmt.excluded.quantity,
+                "quantity": exact_add(
+                    UsageRollup.quantity, stmt.excluded.quantity, UsageRollup.quantity.type
+                ),
                 "events": UsageRollup.events + stmt.excluded.events,
             },
         )
@@ -159,9 +162,7 @@ class EventLog:
                         )
                     ).all()
                     for event_id, quantity, target in rows:
-                        found[(org, source, event_id)] = LoggedEvent(
-                            int(Decimal(quantity) * 1_000_000), target
-                        )
+                        found[(org, source, event_id)] = LoggedEvent(Decimal(quantity), target)
         return found
 
     def page(
@@ -231,7 +232,7 @@ class EventLog:
                 select(
                     EventLogRow.entitlement_id,
                     EventLogRow.period_start,
-                    func.sum(EventLogRow.quantity),
+                    exact_sum(EventLogRow.quantity, EventLogRow.quantity.type),
                 ).group_by(EventLogRow.entitlement_id, EventLogRow.period_start)
             ).all()
         # sum() keeps the column's type: Decimal on both backends.
@@ -312,7 +313,7 @@ def create_partitions(s: Session, days: Sequence[date]) -> None:
 
 def _rows(batch_id: str, records: Sequence[EventRecord]) -> Iterable[dict[str, Any]]:
     for r in records:
-        event_quantity = from_micros(r.quantity_micros)
+        event_quantity = from_units(r.units, r.scale)
         for part, allocation in enumerate(r.allocations):
             yield {
                 "org_id": r.org,
@@ -324,7 +325,7 @@ def _rows(batch_id: str, records: Sequence[EventRecord]) -> Iterable[dict[str, A
                 "feature": r.feature,
                 "entitlement_id": allocation.entitlement_id,
                 "period_start": allocation.period_start,
-                "quantity": from_micros(allocation.micros),
+                "quantity": from_units(allocation.units, r.scale),
                 "event_quantity": event_quantity,
                 "target_id": r.target,
                 "received_at": r.received_at,

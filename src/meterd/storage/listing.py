@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, exists, func, literal, or_, select
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from meterd.domain import Status, Suspension
 from meterd.filters import Filter, Kind, Op, WorkspaceFilters
 from meterd.paging import Cursor
+from meterd.storage.exact import exact_sum
 from meterd.storage.models import (
     Entitlement,
     Feature,
@@ -87,7 +89,12 @@ def columns_at(now: datetime) -> dict[str, tuple[Kind, Any]]:
 #: Flushed consumption over all of an entitlement's periods (``quantity_used``
 #: filters read the database: at most one flush interval behind).
 QUANTITY_USED = (
-    select(func.coalesce(func.sum(UsagePeriod.consumed), 0))
+    select(
+        func.coalesce(
+            exact_sum(UsagePeriod.consumed, UsagePeriod.consumed.type),
+            literal(Decimal(0), UsagePeriod.consumed.type),
+        )
+    )
     .where(UsagePeriod.entitlement_id == Entitlement.id)
     .correlate(Entitlement)
     .scalar_subquery()
@@ -300,6 +307,16 @@ class EntitlementListing:
         """Each entitlement's suspensions (from the audit trail)."""
         with self.sessions() as s:
             return suspensions_of(s, ids)
+
+    def feature_scales(self, feature_ids: set[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """The scale of each feature (what its counters' units are)."""
+        if not feature_ids:
+            return {}
+        with self.sessions() as s:
+            rows = s.execute(
+                select(Feature.id, Feature.scale).where(Feature.id.in_(feature_ids))
+            ).all()
+        return {feature_id: scale for feature_id, scale in rows}
 
     def periods_of(self, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[UsagePeriod]]:
         result: dict[uuid.UUID, list[UsagePeriod]] = {i: [] for i in ids}

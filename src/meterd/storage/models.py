@@ -37,11 +37,15 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeEngine
 
 from meterd.quantity import from_micros, to_micros
+from meterd.storage.exact import decode_micros, encode_micros
 from meterd.timeutil import as_utc
 
 
 class ExactDecimal(TypeDecorator[Decimal]):
-    """Decimal with six fractional digits, stored exactly on every backend."""
+    """Decimal with six fractional digits, stored exactly on every backend:
+    ``Numeric(38, 6)`` on PostgreSQL, a 16-byte offset-binary BLOB of micro-units
+    on SQLite (``storage/exact.py``; the column is declared BIGINT there, and
+    SQLite keeps a BLOB as it is, whatever the column's declared type)."""
 
     impl = Numeric(38, 6)
     cache_ok = True
@@ -55,14 +59,14 @@ class ExactDecimal(TypeDecorator[Decimal]):
         if value is None:
             return None
         if dialect.name == "sqlite":
-            return to_micros(Decimal(value))
+            return encode_micros(to_micros(Decimal(value)))
         return Decimal(value)
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
         if value is None:
             return None
         if dialect.name == "sqlite":
-            return from_micros(int(value))
+            return from_micros(decode_micros(value))
         return Decimal(value).quantize(Decimal("0.000001"))
 
 
@@ -114,6 +118,18 @@ class Feature(Base):
     product_id: Mapped[uuid.UUID | None] = mapped_column(Uuid, nullable=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    #: Fractional digits counted (0-6): counters hold integers of 10^-scale units.
+    #: Fixed at creation (the counters' units depend on it).
+    scale: Mapped[int] = mapped_column(Integer, default=6, server_default=text("6"))
+    #: ``domain.Aggregation``; fixed at creation.
+    aggregation: Mapped[str] = mapped_column(String(16), default="SUM", server_default="SUM")
+    #: The meter over raw events (``meterd.meters``): the CloudEvents ``type`` it reads,
+    #: the ``data`` property holding the value (dotted path; None for COUNT), and
+    #: equality filters on other properties. No event type: only ``meterd.usage``
+    #: events naming the feature feed it.
+    event_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    value_property: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    meter_filters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 #: Renewing entitlements recorded EXPIRED or GRACE: the lifecycle job settles them.
@@ -188,6 +204,9 @@ class Entitlement(Base):
     attributes: Mapped[dict[str, Any]] = mapped_column(
         JSON, default=dict, server_default=text("'{}'")
     )
+    #: Dimensions (``domain.Dimensions``): only usage whose event ``data`` has these
+    #: property values counts on it, e.g. ``{"model": "gpt-4o"}`` (None: all usage).
+    filters: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __mapper_args__ = {"version_id_col": row_version}  # noqa: RUF012
 

@@ -163,43 +163,40 @@ def _info_section(client: redis.Redis, section: str) -> dict[str, Any]:
         return {}
 
 
+#: What the counter Redis must be set to, and how to fix each (in the order reported).
+_REQUIRED_SETTINGS = (
+    (
+        "maxmemory-policy",
+        REQUIRED_POLICY,
+        "set `maxmemory-policy noeviction` (CONFIG SET maxmemory-policy noeviction, "
+        "and in redis.conf or the managed offer's parameters so a restart keeps it); "
+        "an evicting Redis drops dedupe markers and counts redeliveries twice",
+    ),
+    (
+        "appendonly",
+        "yes",
+        "set `appendonly yes` (CONFIG SET appendonly yes, and in redis.conf so a "
+        "restart keeps it; `appendfsync always` for zero loss); without AOF a Redis "
+        "restart loses every count not yet flushed to the database",
+    ),
+)
+
+
 def _judge(
     server: str, source: str, found: dict[str, str | None], operator_verified: bool
 ) -> RedisSafety:
     problems: list[Problem] = []
     warnings: list[str] = []
-    policy = found["maxmemory-policy"]
-    if policy is None:
-        if operator_verified:
-            warnings.append(_taken_on_trust("maxmemory-policy", "noeviction"))
-        else:
-            problems.append(_unverified("maxmemory-policy", "noeviction"))
-    elif policy != REQUIRED_POLICY:
-        problems.append(
-            Problem(
-                "maxmemory-policy",
-                policy,
-                "set `maxmemory-policy noeviction` (CONFIG SET maxmemory-policy noeviction, "
-                "and in redis.conf or the managed offer's parameters so a restart keeps it); "
-                "an evicting Redis drops dedupe markers and counts redeliveries twice",
-            )
-        )
+    for setting, required, fix in _REQUIRED_SETTINGS:
+        value = found[setting]
+        if value is None:
+            if operator_verified:
+                warnings.append(_taken_on_trust(setting, required))
+            else:
+                problems.append(_unverified(setting, required))
+        elif value != required:
+            problems.append(Problem(setting, value, fix))
     aof = found["appendonly"]
-    if aof is None:
-        if operator_verified:
-            warnings.append(_taken_on_trust("appendonly", "yes"))
-        else:
-            problems.append(_unverified("appendonly", "yes"))
-    elif aof != "yes":
-        problems.append(
-            Problem(
-                "appendonly",
-                aof,
-                "set `appendonly yes` (CONFIG SET appendonly yes, and in redis.conf so a "
-                "restart keeps it; `appendfsync always` for zero loss); without AOF a Redis "
-                "restart loses every count not yet flushed to the database",
-            )
-        )
     fsync = found["appendfsync"]
     if aof == "yes" and fsync in _FSYNC_WARNINGS:
         warnings.append(_FSYNC_WARNINGS[fsync])

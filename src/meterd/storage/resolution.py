@@ -8,7 +8,10 @@ then soonest end, then oldest), each as::
      "u": usable until (epoch us, -1 = open): the end of grace, else of the
           term; a renewing entitlement has none; a termination cuts it,
      "e": ends_at (epoch us, -1 = open), "g": grace_until (-1 = none),
-     "b": "P" pre-paid or "U" pay-per-use, "q": quantity (micro-units, -1 = unlimited),
+     "b": "P" pre-paid or "U" pay-per-use,
+     "q": quantity (integer units of the feature's scale "k", -1 = unlimited),
+     "k": the feature's scale (0-6; limits and counters are in 10^-k units),
+     "f": {path: value} dimension filters (absent: none; meterd.meters.matches),
      "p": [[start, end (-1 = open), limit (-1 = unlimited), field], ...] stored periods,
      "r": ["m", months, anchor, limit] or ["d", duration us, anchor, limit]
           (renewing only: term k starts at anchor + k terms; limit of renewed periods),
@@ -29,7 +32,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status
-from meterd.quantity import from_micros, to_micros
+from meterd.quantity import from_units, to_units
 from meterd.redis_keys import period_field
 from meterd.terms import Term
 from meterd.timeutil import epoch_micros, from_epoch_micros
@@ -46,16 +49,17 @@ def _us(moment: datetime | None) -> int:
     return epoch_micros(moment) if moment is not None else -1
 
 
-def _limit(quantity: Any) -> int:
-    return to_micros(quantity) if quantity is not None else -1
+def _limit(quantity: Any, scale: int) -> int:
+    return to_units(quantity, scale) if quantity is not None else -1
 
 
-def _renewal(renewal: Renewal) -> list[Any]:
+def _renewal(renewal: Renewal, scale: int) -> list[Any]:
     term = renewal.term
+    limit = _limit(renewal.quantity, scale)
     if term.months:
-        return ["m", term.months, epoch_micros(renewal.anchor), _limit(renewal.quantity)]
+        return ["m", term.months, epoch_micros(renewal.anchor), limit]
     length = term.length // timedelta(microseconds=1)
-    return ["d", length, epoch_micros(renewal.anchor), _limit(renewal.quantity)]
+    return ["d", length, epoch_micros(renewal.anchor), limit]
 
 
 def encode_view(view: EntitlementView) -> dict[str, Any]:
@@ -66,15 +70,23 @@ def encode_view(view: EntitlementView) -> dict[str, Any]:
         "e": _us(view.ends_at),
         "g": _us(view.grace_until),
         "b": "U" if view.billing_type is BillingType.PAY_PER_USE else "P",
-        "q": _limit(view.quantity),
+        "q": _limit(view.quantity, view.scale),
         "p": [
-            [epoch_micros(p.start), _us(p.end), _limit(p.quantity), period_field(view.id, p.start)]
+            [
+                epoch_micros(p.start),
+                _us(p.end),
+                _limit(p.quantity, view.scale),
+                period_field(view.id, p.start),
+            ]
             for p in sorted(view.periods, key=lambda p: p.start)
         ],
         "z": _us(view.terminated_at),
+        "k": view.scale,
     }
+    if view.filters:
+        entry["f"] = dict(view.filters)
     if view.renewal is not None:
-        entry["r"] = _renewal(view.renewal)
+        entry["r"] = _renewal(view.renewal, view.scale)
     if view.suspensions:
         entry["x"] = [[epoch_micros(start), _us(end)] for start, end in view.suspensions]
     return entry
@@ -91,41 +103,44 @@ def _moment(us: int) -> datetime | None:
     return None if us < 0 else from_epoch_micros(us)
 
 
-def _quantity(micros: int) -> Any:
-    return None if micros < 0 else from_micros(micros)
+def _quantity(units: int, scale: int) -> Any:
+    return None if units < 0 else from_units(units, scale)
 
 
-def _decoded_renewal(raw: list[Any] | None) -> Renewal | None:
+def _decoded_renewal(raw: list[Any] | None, scale: int) -> Renewal | None:
     if raw is None:
         return None
     kind, value, anchor, limit = raw
     term = Term(months=value) if kind == "m" else Term(length=timedelta(microseconds=value))
-    return Renewal(from_epoch_micros(anchor), term, _quantity(limit))
+    return Renewal(from_epoch_micros(anchor), term, _quantity(limit, scale))
 
 
 def decode_view(entry: dict[str, Any]) -> EntitlementView:
     """An EntitlementView of one entry (burn-down order is the list's order, so
     ``number`` and ``priority`` come back as 0; ``status`` is only a placeholder:
     judge the state with ``lifecycle.status_at``)."""
+    scale = entry.get("k", 6)
     return EntitlementView(
         id=uuid.UUID(hex=entry["i"]),
         number=0,
         priority=0,
         status=Status.ACTIVE,
         billing_type=BillingType.PAY_PER_USE if entry["b"] == "U" else BillingType.PRE_PAID,
-        quantity=_quantity(entry["q"]),
+        quantity=_quantity(entry["q"], scale),
         starts_at=from_epoch_micros(entry["s"]),
         ends_at=_moment(entry["e"]),
         grace_until=_moment(entry["g"]),
         periods=tuple(
-            Period(from_epoch_micros(start), _moment(end), _quantity(limit))
+            Period(from_epoch_micros(start), _moment(end), _quantity(limit, scale))
             for start, end, limit, _ in entry["p"]
         ),
-        renewal=_decoded_renewal(entry.get("r")),
+        renewal=_decoded_renewal(entry.get("r"), scale),
         suspensions=tuple(
             (from_epoch_micros(start), _moment(end)) for start, end in entry.get("x", ())
         ),
         terminated_at=_moment(entry.get("z", -1)),
+        scale=scale,
+        filters=entry.get("f"),
     )
 
 

@@ -21,13 +21,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status, Suspension
 from meterd.lifecycle import renews
-from meterd.quantity import to_micros
+from meterd.quantity import to_units
 from meterd.redis_keys import period_field
 from meterd.storage.models import Entitlement, EntitlementTransition, Feature, UsagePeriod
 from meterd.terms import Term
 
 CustomerFeature = tuple[str, str, str]  # (org, customer, feature key)
-#: The views of a customer and feature, and the flushed micro-units of their periods.
+#: The views of a customer and feature, and the flushed units of their periods.
 ResolutionView = tuple[list[EntitlementView], dict[str, int]]
 
 
@@ -56,7 +56,8 @@ class ResolutionViewStore:
             views.append(entitlement_view(ent, own, suspensions.get(ent.id, ())))
             for period in own:
                 if period.consumed:
-                    flushed[period_field(ent.id, period.period_start)] = to_micros(period.consumed)
+                    field = period_field(ent.id, period.period_start)
+                    flushed[field] = to_units(period.consumed, ent.scale)
         return result
 
 
@@ -84,7 +85,7 @@ def _candidates(
         # thousands of tuples is planned far worse by PostgreSQL. Plain columns, not
         # ORM objects: this runs for every customer a lifecycle batch touches.
         candidates = s.execute(
-            select(*_VIEW_COLUMNS, Feature.key)
+            select(*_VIEW_COLUMNS, Feature.key, Feature.scale)
             .join(Feature, Feature.id == Entitlement.feature_id)
             .where(
                 Entitlement.org_id == org,
@@ -169,6 +170,7 @@ _VIEW_COLUMNS = (
     Entitlement.term_micros,
     Entitlement.term_anchor,
     Entitlement.terminated_at,
+    Entitlement.filters,
 )
 _PERIOD_COLUMNS = (
     UsagePeriod.entitlement_id,
@@ -197,11 +199,16 @@ def renewal_of(ent: Any) -> Renewal | None:
 
 
 def entitlement_view(
-    ent: Any, periods: Sequence[Any], suspensions: tuple[Suspension, ...] = ()
+    ent: Any,
+    periods: Sequence[Any],
+    suspensions: tuple[Suspension, ...] = (),
+    *,
+    scale: int | None = None,
 ) -> EntitlementView:
     """An EntitlementView from an entitlement (an ORM row, or a row of
-    ``_VIEW_COLUMNS``), its usage periods (rows with period_start, period_end,
-    quantity) and its suspensions (``suspensions_of``)."""
+    ``_VIEW_COLUMNS`` with its feature's ``scale``), its usage periods (rows with
+    period_start, period_end, quantity) and its suspensions (``suspensions_of``).
+    An ORM row has no scale: pass its feature's."""
     return EntitlementView(
         id=ent.id,
         number=ent.number,
@@ -216,4 +223,6 @@ def entitlement_view(
         renewal=renewal_of(ent),
         suspensions=suspensions,
         terminated_at=ent.terminated_at,
+        scale=ent.scale if scale is None else scale,
+        filters=ent.filters or None,
     )

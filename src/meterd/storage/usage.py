@@ -28,9 +28,10 @@ from meterd.notifications import (
     envelope,
     threshold_data,
 )
-from meterd.quantity import from_micros, to_micros
+from meterd.quantity import from_units
 from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.event_log import EventLog
+from meterd.storage.exact import exact_add
 from meterd.storage.models import Entitlement, Feature, FlushBatch, UsagePeriod
 from meterd.storage.notifications import insert_notifications
 from meterd.storage.resolution_views import renewal_of
@@ -61,20 +62,18 @@ class UsageStore:
         """Add a flush batch to the usage periods, exactly once, with a notification
         for each threshold crossing it carries and the records of its events in the
         event log. Returns False if the batch was applied before."""
-        parsed = sorted((parse_period_field(f), micros) for f, micros in deltas.items() if micros)
-        total = sum(micros for _, micros in parsed)
+        keys = sorted((parse_period_field(f), units) for f, units in deltas.items() if units)
         try:
             with self.sessions.begin() as s:
-                s.add(
-                    FlushBatch(
-                        id=batch_id, committed_at=now, periods=len(parsed), total=from_micros(total)
-                    )
-                )
+                scales = _scales_of(s, {e for (e, _), _ in keys})
+                parsed = [(key, from_units(units, scales[key[0]])) for key, units in keys]
+                total = sum((amount for _, amount in parsed), Decimal(0))
+                s.add(FlushBatch(id=batch_id, committed_at=now, periods=len(parsed), total=total))
                 s.flush()
                 _ensure_periods(s, [key for key, _ in parsed], now)
                 _add_consumption(s, parsed, now)
                 if crossings:
-                    insert_notifications(s, _crossing_payloads(s, crossings), now)
+                    insert_notifications(s, _crossing_payloads(s, crossings, scales), now)
                 self.event_log.append(s, batch_id, events)
         except IntegrityError:
             if self.batch_committed(batch_id):
@@ -88,8 +87,8 @@ class UsageStore:
 
     def flushed_consumption(
         self, keys: Sequence[PeriodKey], batch_id: str | None
-    ) -> tuple[dict[PeriodKey, int], bool]:
-        """Flushed micro-units per period, and whether ``batch_id`` is committed,
+    ) -> tuple[dict[PeriodKey, Decimal], bool]:
+        """Flushed consumption per period, and whether ``batch_id`` is committed,
         read in one statement so both come from the same snapshot."""
         committed: Any = (
             exists(select(FlushBatch.id).where(FlushBatch.id == batch_id))
@@ -105,7 +104,7 @@ class UsageStore:
         with self.sessions() as s:
             rows = s.execute(stmt).all()
             if rows:
-                return {(r[0], r[1]): to_micros(r[2]) for r in rows}, bool(rows[0][3])
+                return {(r[0], r[1]): r[2] for r in rows}, bool(rows[0][3])
             return {}, bool(s.execute(select(committed)).scalar())
 
     def periods_of(self, entitlement_id: uuid.UUID) -> list[UsagePeriod]:
@@ -120,7 +119,23 @@ class UsageStore:
             )
 
 
-def _add_consumption(s: Session, parsed: Sequence[tuple[PeriodKey, int]], now: datetime) -> None:
+def _scales_of(s: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """The scale of each entitlement's feature: what its counters' units are."""
+    scales: dict[uuid.UUID, int] = {}
+    ordered = sorted(ids)
+    for start in range(0, len(ordered), 1000):
+        rows = s.execute(
+            select(Entitlement.id, Feature.scale)
+            .join(Feature, Feature.id == Entitlement.feature_id)
+            .where(Entitlement.id.in_(ordered[start : start + 1000]))
+        ).all()
+        scales.update({ent_id: scale for ent_id, scale in rows})
+    return scales
+
+
+def _add_consumption(
+    s: Session, parsed: Sequence[tuple[PeriodKey, Decimal]], now: datetime
+) -> None:
     if not parsed:
         return
     table = UsagePeriod.__table__
@@ -131,14 +146,20 @@ def _add_consumption(s: Session, parsed: Sequence[tuple[PeriodKey, int]], now: d
             table.c.period_start == bindparam("p_start"),
         )
         .values(
-            consumed=table.c.consumed + bindparam("delta", type_=UsagePeriod.consumed.type),
+            consumed=exact_add(
+                table.c.consumed,
+                bindparam("delta", type_=UsagePeriod.consumed.type),
+                UsagePeriod.consumed.type,
+            ),
             updated_at=bindparam("now", type_=UsagePeriod.updated_at.type),
         ),
-        [{"e_id": e, "p_start": p, "delta": from_micros(m), "now": now} for (e, p), m in parsed],
+        [{"e_id": e, "p_start": p, "delta": amount, "now": now} for (e, p), amount in parsed],
     )
 
 
-def _crossing_payloads(s: Session, crossings: Sequence[Crossing]) -> list[NewNotification]:
+def _crossing_payloads(
+    s: Session, crossings: Sequence[Crossing], scales: dict[uuid.UUID, int]
+) -> list[NewNotification]:
     ids = {c.entitlement_id for c in crossings}
     rows = s.execute(
         select(
@@ -168,7 +189,7 @@ def _crossing_payloads(s: Session, crossings: Sequence[Crossing]) -> list[NewNot
                 feature=row.key,
                 entitlement_id=crossing.entitlement_id,
                 occurred_at=crossing.at,
-                data=threshold_data(crossing, to_micros(row.quantity)),
+                data=threshold_data(crossing, row.quantity, scales.get(crossing.entitlement_id, 6)),
             )
         )
     return payloads

@@ -1,0 +1,230 @@
+"""Turning events into the items meters count (see ``meterd.meters``).
+
+A usage event (``meterd.usage``) is one item of the feature it names, read by
+that feature's aggregation. A raw event becomes one item per feature whose
+meter reads its type and whose filters its ``data`` matches. Each item is a
+``UsageEvent``: counted, deduplicated and logged on its own. An event's
+outcome is decided from its items' (``combined_outcome``).
+
+The meters of an org are read from the database and kept ``ttl`` in each
+process. A meter never changes once created (its scale and aggregation are
+fixed), so the only way a cached list can be wrong is by missing a feature
+created since: an event naming a feature or type the list does not know has
+the list read again first (``OrgMeters.knows``), so it is never counted with
+the defaults (a scale-0 feature counted at scale 6 would count each unit a
+million times).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from decimal import Decimal
+
+from meterd.domain import Aggregation, Outcome
+from meterd.errors import InvalidError
+from meterd.events import RawEvent, UsageEvent
+from meterd.meters import MISSING, Meter, item_id, lookup, matches, path_text
+from meterd.quantity import SCALE, QuantityError, parse_meter_value, to_units
+
+#: What one item of an event came to: the item to count, or its outcome and why.
+ItemResult = UsageEvent | tuple[Outcome, str]
+
+_ONE = Decimal(1)
+
+
+@dataclass(frozen=True, slots=True)
+class OrgMeters:
+    """One org's meters, by the event type they read and by feature."""
+
+    by_type: dict[str, list[Meter]] = field(default_factory=dict)
+    by_feature: dict[str, Meter] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, meters: Sequence[Meter]) -> OrgMeters:
+        by_type: dict[str, list[Meter]] = {}
+        for meter in meters:
+            if meter.event_type is not None:
+                by_type.setdefault(meter.event_type, []).append(meter)
+        return cls(by_type, {m.feature: m for m in meters})
+
+    def knows(self, event: UsageEvent | RawEvent) -> bool:
+        """Whether the feature or type the event names has a meter in this list."""
+        if isinstance(event, UsageEvent):
+            return event.feature in self.by_feature
+        return event.type in self.by_type
+
+
+class MeterCatalog:
+    """The meters of each org, loaded on first use and kept ``ttl``."""
+
+    def __init__(
+        self,
+        load: Callable[[str], Sequence[Meter]],
+        *,
+        ttl: timedelta = timedelta(seconds=10),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._load = load
+        self._ttl = ttl.total_seconds()
+        self._clock = clock
+        self._cache: dict[str, tuple[float, OrgMeters]] = {}
+        self._lock = threading.Lock()
+
+    def of(self, org: str) -> OrgMeters:
+        now = self._clock()
+        with self._lock:
+            cached = self._cache.get(org)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        return self.refresh(org)
+
+    def refresh(self, org: str) -> OrgMeters:
+        """The org's meters read from the database now (and kept)."""
+        now = self._clock()
+        meters = OrgMeters.of(self._load(org))
+        with self._lock:
+            self._cache[org] = (now, meters)
+        return meters
+
+    def forget(self, org: str | None = None) -> None:
+        """Read the meters again on next use (after a feature was created or changed)."""
+        with self._lock:
+            if org is None:
+                self._cache.clear()
+            else:
+                self._cache.pop(org, None)
+
+
+def items_of(event: UsageEvent | RawEvent, meters: OrgMeters) -> list[ItemResult]:
+    """The items ``event`` feeds, or the outcome of each item that cannot be counted.
+    A raw event no meter reads is one ``invalid`` result; one whose data matches
+    none of the meters of its type is one ``no_entitlement`` result."""
+    if isinstance(event, UsageEvent):
+        meter = meters.by_feature.get(event.feature)
+        return [_usage_item(event, meter) if meter is not None else event]
+    candidates = meters.by_type.get(event.type)
+    if not candidates:
+        return [
+            (
+                Outcome.INVALID,
+                f"no feature meters events of type {event.type!r}"
+                " (create one with event_type, then replay this event)",
+            )
+        ]
+    chosen = [m for m in candidates if matches(event.data, m.filters)]
+    if not chosen:
+        names = ", ".join(sorted(m.feature for m in candidates))
+        return [
+            (
+                Outcome.NO_ENTITLEMENT,
+                f"the data of this {event.type!r} event matches the filters of none of"
+                f" the features that meter its type ({names})",
+            )
+        ]
+    return [_raw_item(event, meter) for meter in chosen]
+
+
+def _usage_item(event: UsageEvent, meter: Meter) -> ItemResult:
+    agg = meter.aggregation
+    if agg is Aggregation.SUM and meter.scale == event.scale:
+        return _checked(event)  # the common case, as parsed
+    unique = None
+    quantity = event.quantity
+    if agg is Aggregation.COUNT:
+        quantity = _ONE
+    elif agg is Aggregation.UNIQUE_COUNT:
+        assert meter.value_property is not None  # check_meter requires it
+        found = _distinct(event.data, meter.value_property, meter.feature)
+        if isinstance(found, tuple):
+            return found
+        unique, quantity = found, _ONE
+    item = replace(
+        event, quantity=quantity, aggregation=agg, scale=meter.scale, unique_value=unique
+    )
+    return _checked(item)
+
+
+def _raw_item(event: RawEvent, meter: Meter) -> ItemResult:
+    agg = meter.aggregation
+    unique = None
+    if agg is Aggregation.COUNT:
+        quantity = _ONE
+    else:
+        assert meter.value_property is not None  # check_meter requires it
+        if agg is Aggregation.UNIQUE_COUNT:
+            found = _distinct(event.data, meter.value_property, meter.feature)
+            if isinstance(found, tuple):
+                return found
+            unique, quantity = found, _ONE
+        else:
+            value = lookup(event.data, meter.value_property)
+            where = f"data.{path_text(meter.value_property)}"
+            if value is MISSING:
+                return Outcome.INVALID, f"{where} is missing (feature {meter.feature!r} reads it)"
+            try:
+                quantity = parse_meter_value(value)
+            except InvalidError as exc:
+                return Outcome.INVALID, f"{where} (feature {meter.feature!r}): {exc}"
+    item = UsageEvent(
+        org=event.org,
+        customer=event.customer,
+        feature=meter.feature,
+        source=event.source,
+        id=item_id(event.id, meter.feature),
+        time=event.time,
+        quantity=quantity,
+        entitlement_id=None,
+        data=event.data,
+        aggregation=agg,
+        scale=meter.scale,
+        unique_value=unique,
+    )
+    return _checked(item)
+
+
+def _distinct(data: object, path: tuple[str, ...], feature: str) -> str | tuple[Outcome, str]:
+    """The distinct value a UNIQUE_COUNT item counts, as canonical JSON text."""
+    value = lookup(data, path)
+    where = f"data.{path_text(path)}"
+    if value is MISSING:
+        return Outcome.INVALID, f"{where} is missing (feature {feature!r} counts its values)"
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return Outcome.INVALID, (
+            f"{where} must be text or an integer (feature {feature!r} counts distinct values)"
+        )
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _checked(item: UsageEvent) -> ItemResult:
+    if item.scale == SCALE:
+        return item  # the grammar admits at most six fractional digits
+    try:
+        to_units(item.quantity, item.scale)
+    except QuantityError as exc:
+        return Outcome.INVALID, f"feature {item.feature!r}: {exc}"
+    return item
+
+
+#: Which outcome an event shows when its items differ: one that needs attention
+#: (dead-lettered) first, then accepted, then duplicate.
+_PRECEDENCE = (
+    Outcome.INVALID,
+    Outcome.LATE,
+    Outcome.SUSPENDED,
+    Outcome.NO_ENTITLEMENT,
+    Outcome.ACCEPTED,
+    Outcome.DUPLICATE,
+)
+
+
+def combined_outcome(outcomes: Sequence[Outcome]) -> Outcome:
+    """The outcome of an event from its items': the first of ``_PRECEDENCE`` any of
+    them has. An event with an item to dead-letter is dead-lettered whole: its
+    replay counts the items not counted yet, and the others come back duplicates."""
+    present = set(outcomes)
+    return next(o for o in _PRECEDENCE if o in present)

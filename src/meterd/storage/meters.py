@@ -1,0 +1,40 @@
+"""The meters of an org, read from its features (``meterd.meters.Meter``)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from meterd.domain import Aggregation
+from meterd.meters import Meter, check_dimensions, parse_path
+from meterd.storage.models import Feature
+
+
+class MeterStore:
+    def __init__(self, sessions: sessionmaker[Session]) -> None:
+        self.sessions = sessions
+
+    def meters_of(self, org_id: str) -> list[Meter]:
+        """Every feature of the org as a ``Meter`` (retired ones too: usage timed
+        while they were active may still arrive)."""
+        stmt = select(
+            Feature.key,
+            Feature.aggregation,
+            Feature.scale,
+            Feature.event_type,
+            Feature.value_property,
+            Feature.meter_filters,
+        ).where(Feature.org_id == org_id)
+        with self.sessions() as s:
+            rows = s.execute(stmt).all()
+        return [
+            Meter(
+                feature=key,
+                aggregation=Aggregation(aggregation),
+                scale=scale,
+                event_type=event_type,
+                value_property=parse_path(path) if path else None,
+                filters=check_dimensions(filters) if filters else None,
+            )
+            for key, aggregation, scale, event_type, path, filters in rows
+        ]

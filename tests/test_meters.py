@@ -1,0 +1,458 @@
+"""Meters over raw events, the five aggregations, dimensions and feature scales,
+through the ingest service, the Lua script and the flush (the test backend)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from meterd.domain import BillingType, Outcome
+from meterd.runtime import Runtime
+from meterd.testing import event
+
+from .conftest import NOW
+from .helpers import assert_log_matches_periods, grant
+
+
+def meter(rt: Runtime, key: str, **columns: Any) -> None:
+    """A feature with its meter (the catalog's checks are tested at the API)."""
+    rt.catalog.create_feature("acme", key, now=NOW, **columns)
+    rt.meters.forget()
+
+
+def grant_for(rt: Runtime, feature: str, quantity: str, filters: dict[str, Any]) -> Any:
+    """A grant with dimension filters."""
+    return grant(rt, feature=feature, quantity=quantity, filters=filters)
+
+
+def raw(
+    data: dict[str, Any],
+    *,
+    event_id: str = "req-1",
+    customer: str = "cust-1",
+    type_: str = "llm.request",
+    time: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "gateway",
+        "type": type_,
+        "subject": customer,
+        "org": "acme",
+        "time": (time or NOW).isoformat(),
+        "data": data,
+    }
+
+
+def ingest(rt: Runtime, *events: dict[str, Any], now: datetime = NOW) -> list[Outcome]:
+    return rt.ingest.ingest(list(events), now=now).outcomes
+
+
+def consumed(rt: Runtime, feature: str, customer: str = "cust-1") -> list[Decimal]:
+    return [b.consumed for b in rt.balance.current("acme", customer, feature, NOW)]
+
+
+def flushed(rt: Runtime, feature: str, customer: str = "cust-1") -> list[Decimal]:
+    rt.flush.flush_all(NOW)
+    return [b.consumed for b in rt.balance.balances("acme", customer, feature, NOW)]
+
+
+@pytest.fixture
+def tokens(runtime: Runtime) -> Runtime:
+    """input_tokens and output_tokens, SUM meters over llm.request events."""
+    for key, path in (("input_tokens", "usage.input"), ("output_tokens", "usage.output")):
+        meter(runtime, key, scale=0, event_type="llm.request", value_property=path)
+        grant(runtime, feature=key, quantity="1000000")
+    return runtime
+
+
+def request(tokens_in: int, tokens_out: int, **kwargs: Any) -> dict[str, Any]:
+    return raw({"model": "gpt-4o", "usage": {"input": tokens_in, "output": tokens_out}}, **kwargs)
+
+
+# -- meters over raw events --------------------------------------------------------
+
+
+def test_one_raw_event_feeds_every_feature_whose_meter_reads_its_type(tokens: Runtime) -> None:
+    assert ingest(tokens, request(120, 30)) == [Outcome.ACCEPTED]
+    assert consumed(tokens, "input_tokens") == [Decimal(120)]
+    assert consumed(tokens, "output_tokens") == [Decimal(30)]
+
+
+def test_a_redelivered_raw_event_counts_nothing_more(tokens: Runtime) -> None:
+    ingest(tokens, request(120, 30))
+    assert ingest(tokens, request(120, 30)) == [Outcome.DUPLICATE]
+    assert (flushed(tokens, "input_tokens"), flushed(tokens, "output_tokens")) == (
+        [Decimal(120)],
+        [Decimal(30)],
+    )
+
+
+def test_each_item_of_a_raw_event_is_logged_under_its_feature(tokens: Runtime) -> None:
+    ingest(tokens, request(120, 30))
+    tokens.flush.flush_all(NOW)
+    assert_log_matches_periods(tokens)
+    found = tokens.event_log.find(
+        [
+            ("acme", "gateway", "req-1\x1finput_tokens"),
+            ("acme", "gateway", "req-1\x1foutput_tokens"),
+        ]
+    )
+    assert {k[2]: v.quantity for k, v in found.items()} == {
+        "req-1\x1finput_tokens": Decimal(120),
+        "req-1\x1foutput_tokens": Decimal(30),
+    }
+
+
+def test_a_raw_event_no_meter_reads_is_invalid_and_dead_lettered(tokens: Runtime) -> None:
+    report = tokens.ingest.ingest([raw({}, type_="com.example.page_view")], now=NOW)
+    assert report.outcomes == [Outcome.INVALID]
+    assert "no feature meters events of type 'com.example.page_view'" in (report.reasons[0] or "")
+    assert report.dead_lettered == 1
+
+
+def test_a_raw_event_missing_the_value_is_invalid_with_the_property_named(tokens: Runtime) -> None:
+    report = tokens.ingest.ingest([raw({"usage": {"input": 5}})], now=NOW)
+    assert report.outcomes == [Outcome.INVALID]
+    assert "data.usage.output is missing" in (report.reasons[0] or "")
+    assert consumed(tokens, "input_tokens") == [Decimal(5)]
+
+
+def test_replaying_a_partly_counted_raw_event_counts_only_the_missing_item(
+    tokens: Runtime,
+) -> None:
+    meter(tokens, "cached_tokens", scale=0, event_type="llm.request", value_property="usage.cached")
+    first = tokens.ingest.ingest([raw({"usage": {"input": 5, "output": 1, "cached": 2}})], now=NOW)
+    assert first.outcomes == [Outcome.NO_ENTITLEMENT]  # no grant of cached_tokens yet
+    grant(tokens, feature="cached_tokens", quantity="100")
+    report = tokens.replay.replay(now=NOW, org="acme")
+    assert report.outcomes == {"accepted": 1}
+    assert consumed(tokens, "input_tokens") == [Decimal(5)]
+    assert consumed(tokens, "cached_tokens") == [Decimal(2)]
+
+
+def test_meter_filters_choose_which_events_a_feature_counts(runtime: Runtime) -> None:
+    meter(
+        runtime,
+        "gpt4o_tokens",
+        scale=0,
+        event_type="llm.request",
+        value_property="tokens",
+        meter_filters={"model": "gpt-4o"},
+    )
+    grant(runtime, feature="gpt4o_tokens", quantity="1000")
+    outcomes = ingest(
+        runtime,
+        raw({"model": "gpt-4o", "tokens": 7}, event_id="a"),
+        raw({"model": "gpt-4o-mini", "tokens": 9}, event_id="b"),
+    )
+    assert outcomes == [Outcome.ACCEPTED, Outcome.NO_ENTITLEMENT]
+    assert consumed(runtime, "gpt4o_tokens") == [Decimal(7)]
+
+
+def test_a_usage_event_still_counts_on_a_metered_feature(tokens: Runtime) -> None:
+    assert ingest(tokens, event(feature="input_tokens", quantity="40")) == [Outcome.ACCEPTED]
+    assert consumed(tokens, "input_tokens") == [Decimal(40)]
+
+
+# -- dimensions ----------------------------------------------------------------------
+
+
+def test_an_entitlement_with_filters_takes_only_the_usage_it_names(runtime: Runtime) -> None:
+    meter(runtime, "tokens", scale=0, event_type="llm.request", value_property="tokens")
+    big = grant_for(runtime, "tokens", "1000", {"model": "gpt-4o"})
+    small = grant_for(runtime, "tokens", "50", {"model": "gpt-4o-mini"})
+    ingest(
+        runtime,
+        raw({"model": "gpt-4o", "tokens": 300}, event_id="a"),
+        raw({"model": "gpt-4o-mini", "tokens": 20}, event_id="b"),
+        raw({"model": "gpt-4o-mini", "tokens": 40}, event_id="c"),
+    )
+    by_id = {
+        b.entitlement_id: b.consumed
+        for b in runtime.balance.current("acme", "cust-1", "tokens", NOW)
+    }
+    assert by_id == {big.id: Decimal(300), small.id: Decimal(60)}  # 10 over: overage
+
+
+def test_usage_matching_no_entitlements_filters_has_no_entitlement(runtime: Runtime) -> None:
+    meter(runtime, "tokens", scale=0, event_type="llm.request", value_property="tokens")
+    grant_for(runtime, "tokens", "1000", {"model": "gpt-4o"})
+    assert ingest(runtime, raw({"model": "claude", "tokens": 3})) == [Outcome.NO_ENTITLEMENT]
+
+
+def test_a_dimension_compares_json_kinds_exactly(runtime: Runtime) -> None:
+    meter(runtime, "calls", scale=0, event_type="api.call", aggregation="COUNT")
+    grant_for(runtime, "calls", "10", {"tier": 2})
+    outcomes = ingest(
+        runtime,
+        raw({"tier": 2}, type_="api.call", event_id="a"),
+        raw({"tier": "2"}, type_="api.call", event_id="b"),
+    )
+    assert outcomes == [Outcome.ACCEPTED, Outcome.NO_ENTITLEMENT]
+
+
+# -- aggregations --------------------------------------------------------------------
+
+
+def test_count_counts_one_per_event_whatever_its_value(runtime: Runtime) -> None:
+    meter(runtime, "requests", scale=0, event_type="llm.request", aggregation="COUNT")
+    grant(runtime, feature="requests", quantity="10")
+    ingest(runtime, *(raw({"tokens": 500}, event_id=f"r{i}") for i in range(3)))
+    assert consumed(runtime, "requests") == [Decimal(3)]
+
+
+@pytest.fixture
+def users(runtime: Runtime) -> Runtime:
+    meter(
+        runtime,
+        "active_users",
+        scale=0,
+        event_type="login",
+        aggregation="UNIQUE_COUNT",
+        value_property="user",
+    )
+    grant(runtime, feature="active_users", quantity="3")
+    return runtime
+
+
+def login(user: str | int, event_id: str, **kwargs: Any) -> dict[str, Any]:
+    return raw({"user": user}, type_="login", event_id=event_id, **kwargs)
+
+
+def test_unique_count_counts_each_value_once_a_period(users: Runtime) -> None:
+    outcomes = ingest(users, login("ann", "1"), login("bob", "2"), login("ann", "3"))
+    assert outcomes == [Outcome.ACCEPTED] * 3
+    assert flushed(users, "active_users") == [Decimal(2)]
+    assert_log_matches_periods(users)
+
+
+def test_unique_count_tells_text_from_numbers(users: Runtime) -> None:
+    ingest(users, login("7", "1"), login(7, "2"))
+    assert consumed(users, "active_users") == [Decimal(2)]
+
+
+def test_unique_count_counts_a_value_again_in_the_next_period(runtime: Runtime) -> None:
+    meter(
+        runtime,
+        "active_users",
+        scale=0,
+        event_type="login",
+        aggregation="UNIQUE_COUNT",
+        value_property="user",
+    )
+    grant(
+        runtime,
+        feature="active_users",
+        quantity=None,
+        billing_type=BillingType.PAY_PER_USE,
+        starts_at=NOW - timedelta(days=60),
+    )
+    last_month = NOW - timedelta(days=30)
+    ingest(runtime, login("ann", "1", time=last_month), login("ann", "2"))
+    runtime.flush.flush_all(NOW)
+    periods = runtime.usage.periods_of(
+        runtime.balance.current("acme", "cust-1", "active_users", NOW)[0].entitlement_id
+    )
+    by_month = {p.period_start.month: p.consumed for p in periods}
+    assert (by_month[10], by_month[11]) == (Decimal(1), Decimal(1))
+
+
+@pytest.fixture
+def storage(runtime: Runtime) -> Runtime:
+    meter(
+        runtime,
+        "storage_gb",
+        scale=3,
+        event_type="storage.sample",
+        aggregation="MAX",
+        value_property="gb",
+    )
+    return runtime
+
+
+def sample(gb: str, event_id: str, **kwargs: Any) -> dict[str, Any]:
+    return raw({"gb": gb}, type_="storage.sample", event_id=event_id, **kwargs)
+
+
+def test_max_keeps_the_peak_of_the_period(storage: Runtime) -> None:
+    grant(storage, feature="storage_gb", quantity="100")
+    ingest(storage, sample("5.5", "1"), sample("9.25", "2"), sample("7", "3"))
+    assert flushed(storage, "storage_gb") == [Decimal("9.25")]
+    assert_log_matches_periods(storage)
+
+
+def test_a_peak_spreads_down_the_grants_like_a_sum(storage: Runtime) -> None:
+    base = grant(storage, feature="storage_gb", quantity="10", priority=0)
+    extra = grant(storage, feature="storage_gb", quantity="50", priority=1)
+    ingest(storage, sample("4", "1"), sample("25", "2"), sample("12", "3"))
+    by_id = {
+        b.entitlement_id: b.consumed
+        for b in storage.balance.current("acme", "cust-1", "storage_gb", NOW)
+    }
+    assert by_id == {base.id: Decimal(10), extra.id: Decimal(15)}
+
+
+@pytest.fixture
+def seats(runtime: Runtime) -> Runtime:
+    meter(
+        runtime,
+        "seats",
+        scale=0,
+        event_type="seats.count",
+        aggregation="LATEST",
+        value_property="n",
+    )
+    grant(runtime, feature="seats", quantity="50")
+    return runtime
+
+
+def seat_count(n: int, event_id: str, minutes_ago: int) -> dict[str, Any]:
+    return raw(
+        {"n": n},
+        type_="seats.count",
+        event_id=event_id,
+        time=NOW - timedelta(minutes=minutes_ago),
+    )
+
+
+def test_latest_keeps_the_value_of_the_latest_event_by_time(seats: Runtime) -> None:
+    ingest(seats, seat_count(12, "b", minutes_ago=5), seat_count(30, "a", minutes_ago=10))
+    assert consumed(seats, "seats") == [Decimal(12)]
+
+
+def test_a_latest_level_may_fall_and_the_flush_keeps_it_exact(seats: Runtime) -> None:
+    ingest(seats, seat_count(30, "a", minutes_ago=10))
+    seats.flush.flush_all(NOW)
+    ingest(seats, seat_count(8, "b", minutes_ago=5))
+    assert flushed(seats, "seats") == [Decimal(8)]
+    assert_log_matches_periods(seats)
+
+
+# -- scales and exact bounds -------------------------------------------------------
+
+
+def test_a_scale_0_feature_refuses_a_fraction(tokens: Runtime) -> None:
+    report = tokens.ingest.ingest([event(feature="input_tokens", quantity="1.5")], now=NOW)
+    assert report.outcomes == [Outcome.INVALID]
+    assert "scale 0" in (report.reasons[0] or "")
+
+
+def test_a_scale_0_counter_holds_large_integers_exactly(runtime: Runtime) -> None:
+    meter(runtime, "bytes", scale=0)
+    grant(runtime, feature="bytes", quantity=None, billing_type=BillingType.PAY_PER_USE)
+    big = "4000000000000000"  # 4 x 10^15
+    ingest(runtime, *(event(feature="bytes", quantity=big, event_id=f"e{i}") for i in range(2)))
+    ingest(runtime, *(event(feature="bytes", quantity="1", event_id=f"one{i}") for i in range(3)))
+    expected = 2 * Decimal(big) + 3
+    assert consumed(runtime, "bytes") == [expected]
+    assert flushed(runtime, "bytes") == [expected]
+
+
+def test_past_the_exact_bound_an_event_is_refused_never_rounded(runtime: Runtime) -> None:
+    """The issue's example: at scale 6, 9007199254.740991 is the whole counter."""
+    grant(runtime, quantity=None, billing_type=BillingType.PAY_PER_USE)
+    report = runtime.ingest.ingest(
+        [
+            event(quantity="9007199254.740991", event_id="a"),
+            event(quantity="9007199254.740991", event_id="b"),
+            event(quantity="0.000001", event_id="c"),
+        ],
+        now=NOW,
+    )
+    assert report.outcomes == [Outcome.ACCEPTED, Outcome.INVALID, Outcome.INVALID]
+    assert "past what it holds exactly" in (report.reasons[1] or "")
+    assert flushed(runtime, "api_calls") == [Decimal("9007199254.740991")]
+
+
+# -- reserve -----------------------------------------------------------------------
+
+
+def test_a_gauge_cannot_be_reserved(storage: Runtime) -> None:
+    from meterd.errors import InvalidError
+    from meterd.services.reserve import Reservation
+
+    grant(storage, feature="storage_gb", quantity="100")
+    with pytest.raises(InvalidError, match="only SUM and COUNT"):
+        storage.reserve.reserve(
+            Reservation("acme", "cust-1", "storage_gb", Decimal(1), "key-1"), NOW
+        )
+
+
+def test_a_count_past_the_bound_of_a_big_counter_is_refused_in_a_later_batch(
+    runtime: Runtime,
+) -> None:
+    meter(runtime, "bytes", scale=0)
+    grant(runtime, feature="bytes", quantity=None, billing_type=BillingType.PAY_PER_USE)
+    assert ingest(runtime, event(feature="bytes", quantity="5000000000000000")) == [
+        Outcome.ACCEPTED
+    ]
+    later = event(feature="bytes", quantity="4100000000000000", event_id="e2")
+    assert ingest(runtime, later) == [Outcome.INVALID]
+    assert flushed(runtime, "bytes") == [Decimal("5000000000000000")]
+
+
+def test_a_big_counter_reloaded_from_the_database_still_bounds_the_count(
+    runtime: Runtime,
+) -> None:
+    meter(runtime, "bytes", scale=0)
+    grant(runtime, feature="bytes", quantity=None, billing_type=BillingType.PAY_PER_USE)
+    ingest(runtime, event(feature="bytes", quantity="5000000000000000"))
+    runtime.flush.flush_all(NOW)
+    keys = runtime.redis_keys
+    runtime.redis.delete(keys.used("acme", "cust-1"), keys.big_counters)
+    runtime.redis.delete(keys.resolution("acme", "cust-1", "bytes"))  # reloaded and seeded
+    later = event(feature="bytes", quantity="4100000000000000", event_id="e2")
+    assert ingest(runtime, later) == [Outcome.INVALID]
+    assert ingest(runtime, event(feature="bytes", quantity="7", event_id="e3")) == [
+        Outcome.ACCEPTED
+    ]
+    assert consumed(runtime, "bytes") == [Decimal("5000000000000007")]
+
+
+def test_a_feature_created_after_the_meters_were_read_counts_at_its_own_scale(
+    runtime: Runtime,
+) -> None:
+    """The worker's meters are cached; one it has not seen is read at once, never
+    counted with the defaults (a scale-0 feature counted as scale 6 would count
+    each unit a million times)."""
+    grant(runtime, quantity=None, billing_type=BillingType.PAY_PER_USE)
+    ingest(runtime, event(event_id="warm"))  # the org's meters are now cached
+    runtime.catalog.create_feature("acme", "bytes", now=NOW, scale=0)
+    grant(runtime, feature="bytes", quantity="10")
+    assert ingest(runtime, event(feature="bytes", quantity="3", event_id="b1")) == [
+        Outcome.ACCEPTED
+    ]
+    assert flushed(runtime, "bytes") == [Decimal(3)]
+
+
+def test_a_meter_created_after_the_meters_were_read_reads_its_raw_events_at_once(
+    runtime: Runtime,
+) -> None:
+    grant(runtime, quantity=None, billing_type=BillingType.PAY_PER_USE)
+    ingest(runtime, event(event_id="warm"))
+    runtime.catalog.create_feature(
+        "acme", "tokens", now=NOW, scale=0, event_type="llm.request", value_property="n"
+    )
+    grant(runtime, feature="tokens", quantity="100")
+    assert ingest(runtime, raw({"n": 7})) == [Outcome.ACCEPTED]
+    assert consumed(runtime, "tokens") == [Decimal(7)]
+
+
+def test_a_reservation_on_a_feature_created_after_the_meters_were_read_uses_its_scale(
+    runtime: Runtime,
+) -> None:
+    from meterd.services.reserve import Reservation, ReserveOutcome
+
+    grant(runtime, quantity="100")
+    warm = Reservation("acme", "cust-1", "api_calls", Decimal(1), "warm")
+    runtime.reserve.reserve(warm, NOW)  # the org's meters are now cached
+    runtime.catalog.create_feature("acme", "seats", now=NOW, scale=0)
+    grant(runtime, feature="seats", quantity="10")
+    seats = Reservation("acme", "cust-1", "seats", Decimal(3), "k1")
+    assert runtime.reserve.reserve(seats, NOW) is ReserveOutcome.GRANTED
+    assert consumed(runtime, "seats") == [Decimal(3)]
