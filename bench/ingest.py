@@ -9,6 +9,10 @@ key prefix per scenario, removed afterwards):
 * naive:   the same worker, one Celery task per event (batch size 1).
 * ceiling: the same Lua script driven directly from this one Python process
            with pre-validated events (no broker, no validation, no worker).
+* tokens:  the meterd row's worker and batches, with raw ``llm.request`` events
+           that each feed two SUM meters (input and output tokens, scale 0):
+           two counted items an event, so its ratio to the meterd row is what a
+           two-feature meter costs.
 
 Then two rows for the late path, after the others (so they do not change them),
 with the dedupe service (``UsageCounter.count``, one process, pre-validated
@@ -57,8 +61,16 @@ from meterd.timeutil import utcnow
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 
+TOKEN_FEATURES = {"input_tokens": "usage.input", "output_tokens": "usage.output"}
+
+
 def make_runtime(
-    database_url: str, prefix: str, customers: int, starts_ago: timedelta = timedelta(days=1)
+    database_url: str,
+    prefix: str,
+    customers: int,
+    starts_ago: timedelta = timedelta(days=1),
+    *,
+    tokens: bool = False,
 ) -> Runtime:
     settings = Settings(
         database_url=database_url,
@@ -71,21 +83,31 @@ def make_runtime(
     rt = Runtime.from_settings(settings)
     now = utcnow()
     rt.catalog.create_org(prefix, prefix, now)
+    features = ["api_calls"]
     rt.catalog.create_feature(prefix, "api_calls", now=now)
-    for c in range(customers):
-        rt.catalog.create_entitlement(
-            NewEntitlement(
-                org=prefix,
-                customer_id=f"c{c}",
-                feature="api_calls",
-                quantity=Decimal(10**6),
-                starts_at=now - starts_ago,
-                ends_at=now + timedelta(days=30),
-            ),
-            now,
-        )
+    if tokens:
+        features = list(TOKEN_FEATURES)
+        for key, path in TOKEN_FEATURES.items():
+            rt.catalog.create_feature(
+                prefix, key, now=now, scale=0, event_type="llm.request", value_property=path
+            )
+    for feature in features:
+        for c in range(customers):
+            rt.catalog.create_entitlement(
+                NewEntitlement(
+                    org=prefix,
+                    customer_id=f"c{c}",
+                    feature=feature,
+                    quantity=Decimal(10**9),
+                    starts_at=now - starts_ago,
+                    ends_at=now + timedelta(days=30),
+                ),
+                now,
+            )
     # Warm the resolution cache as a running system would have it.
-    rt.resolution.refresh([(prefix, f"c{c}", "api_calls") for c in range(customers)], now)
+    rt.resolution.refresh(
+        [(prefix, f"c{c}", feature) for c in range(customers) for feature in features], now
+    )
     return rt
 
 
@@ -109,6 +131,26 @@ def make_events(org: str, n: int, customers: int, skew: float = 0.0) -> list[dic
     ]
 
 
+def make_token_events(org: str, n: int, customers: int) -> list[dict[str, Any]]:
+    """LLM requests: each feeds input_tokens and output_tokens."""
+    rng = random.Random(7)
+    return [
+        {
+            "specversion": "1.0",
+            "id": f"r{i}",
+            "source": "bench",
+            "type": "llm.request",
+            "subject": f"c{rng.randrange(customers)}",
+            "org": org,
+            "data": {
+                "model": "gpt-4o",
+                "usage": {"input": rng.randrange(1, 4000), "output": rng.randrange(1, 800)},
+            },
+        }
+        for i in range(n)
+    ]
+
+
 def counted(rt: Runtime, customers: int) -> int:
     pipe = rt.redis.pipeline(transaction=False)
     for c in range(customers):
@@ -124,7 +166,12 @@ def cleanup(rt: Runtime) -> None:
 
 
 def run_worker_scenario(
-    rt: Runtime, events: list[dict[str, Any]], batch_size: int, concurrency: int, customers: int
+    rt: Runtime,
+    events: list[dict[str, Any]],
+    batch_size: int,
+    concurrency: int,
+    customers: int,
+    items_per_event: int = 1,
 ) -> float:
     env = {
         **os.environ,
@@ -147,8 +194,13 @@ def run_worker_scenario(
         # Warm-up: the worker is up and its children have connections.
         warm = [dict(e, id=f"warm-{i}") for i, e in enumerate(events[: concurrency * 4])]
         publish_batches(app, warm, 1)
+        stats_key = rt.redis_keys.stats("events")
+
+        def accepted() -> int:
+            return int(cast(bytes | None, rt.redis.hget(stats_key, "accepted")) or 0)
+
         deadline = time.monotonic() + 60
-        while counted(rt, customers) < len(warm):
+        while accepted() < len(warm) * items_per_event:
             if time.monotonic() > deadline:
                 raise RuntimeError("worker did not start")
             time.sleep(0.05)
@@ -156,13 +208,12 @@ def run_worker_scenario(
         # Poll cheaply (one HGET of the accepted count, which the ingest script bumps
         # with the counts; markers are no longer one key each, so DBSIZE cannot tell)
         # so the measurement does not steal Redis time from the worker; confirm exactly.
-        stats_key = rt.redis_keys.stats("events")
         start = time.perf_counter()
         publish_batches(app, events, batch_size)
         published = time.perf_counter() - start
-        while int(cast(bytes | None, rt.redis.hget(stats_key, "accepted")) or 0) < target:
+        while accepted() < target * items_per_event:
             time.sleep(0.005)
-        while counted(rt, customers) < target:
+        while items_per_event == 1 and counted(rt, customers) < target:
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
         print(f"  published in {published:.2f}s, counted in {elapsed:.2f}s", file=sys.stderr)
@@ -236,10 +287,15 @@ def late_scenario(args: argparse.Namespace, db: str) -> tuple[float, float, floa
 
 def scenario(name: str, args: argparse.Namespace, db: str, n: int, batch: int | None) -> float:
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
-    rt = make_runtime(db, prefix, args.customers)
+    tokens = name == "tokens"
+    rt = make_runtime(db, prefix, args.customers, tokens=tokens)
     try:
-        events = make_events(prefix, n, args.customers, args.skew)
         print(f"{name}: {n:,} events ...", file=sys.stderr)
+        if tokens:
+            events = make_token_events(prefix, n, args.customers)
+            assert batch is not None
+            return run_worker_scenario(rt, events, batch, args.concurrency, args.customers, 2)
+        events = make_events(prefix, n, args.customers, args.skew)
         if batch is None:
             return run_ceiling(rt, events, args.batch_size)
         return run_worker_scenario(rt, events, batch, args.concurrency, args.customers)
@@ -276,9 +332,12 @@ def main() -> None:
             ),
             "naive (one task per event)": scenario("naive", args, db, args.naive_events, 1),
             "ceiling (Lua script, one process)": scenario("ceiling", args, db, args.events, None),
+            "tokens (llm.request -> input + output tokens, real worker)": scenario(
+                "tokens", args, db, args.events, args.batch_size
+            ),
         }
         hot, late, late_analyzed = late_scenario(args, db)
-    meterd, naive, ceiling = rates.values()
+    meterd, naive, ceiling, tokens = rates.values()
     rates["hot (counting service, one process)"] = hot
     rates["late (older than the hot window: log searched; log just written)"] = late
     rates["late (the same, after ANALYZE event_log)"] = late_analyzed
@@ -290,6 +349,7 @@ def main() -> None:
     print()
     print(f"meterd / naive   = {meterd / naive:.1f}x")
     print(f"meterd / ceiling = {meterd / ceiling:.2f}")
+    print(f"tokens / meterd  = {tokens / meterd:.2f} (events/s; each token event is 2 items)")
     print(
         f"late / hot       = {late / hot:.2f} (log just written), "
         f"{late_analyzed / hot:.2f} (after ANALYZE)"

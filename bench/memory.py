@@ -19,6 +19,11 @@ b. steady state: a sustained --rate events per simulated second over
    30 h).
 c. bytes per waiting event (accepted, not yet flushed: the ``:events`` hash),
    and what the default backpressure cap (METERD_MAX_WAITING_EVENTS) holds.
+d. bytes per distinct value of a UNIQUE_COUNT period (the sets that remember
+   which values a period counted): --distinct logins with distinct user ids,
+   MEMORY USAGE of the sets over the values, beside the values' own length.
+   The sets are bounded by the distinct values of the periods still open to
+   events (the current one and those within the late window).
 
     python bench/memory.py                  # 200k events, 1000 customers, 5 hot windows
     python bench/memory.py --quick          # a small run (about 20 s)
@@ -47,6 +52,7 @@ from meterd.config import Settings
 from meterd.migrate import upgrade
 from meterd.producer import usage_event
 from meterd.runtime import Runtime
+from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import Database
 from meterd.testing import free_port
 from meterd.timeutil import isoformat, utcnow
@@ -295,6 +301,55 @@ def bytes_per_waiting_event(
     }
 
 
+# -- (d) UNIQUE_COUNT sets -----------------------------------------------------------------
+
+
+def bytes_per_distinct_value(
+    rt: Runtime, client: redis.Redis, customers: int, n: int, now: datetime
+) -> dict[str, float]:
+    """Memory of the sets of counted values, per distinct value."""
+    for c in range(customers):
+        rt.catalog.create_entitlement(
+            NewEntitlement(
+                org=ORG,
+                customer_id=f"c{c}",
+                feature="active_users",
+                quantity=None,
+                starts_at=now - timedelta(days=2),
+            ),
+            now,
+        )
+    rt.meters.forget()
+    rng = random.Random(11)
+    stamp = isoformat(now)
+    value_chars = 0
+    for start in range(0, n, 10_000):
+        batch = []
+        for i in range(start, min(start + 10_000, n)):
+            user = f"user-{uuid.UUID(int=rng.getrandbits(128), version=4)}"
+            value_chars += len(user) + 2  # as JSON text, quoted
+            batch.append(
+                {
+                    "specversion": "1.0",
+                    "id": f"login-{i}",
+                    "source": SOURCE,
+                    "type": "login",
+                    "subject": f"c{i % customers}",
+                    "org": ORG,
+                    "time": stamp,
+                    "data": {"user": user},
+                }
+            )
+        ingest(rt, batch, now)
+        flush(rt, now)
+    keys = list(client.scan_iter(match=f"{rt.settings.redis_prefix}:used:*:u:*", count=5000))
+    members = sum(int(client.scard(k)) for k in keys)
+    if members != n:
+        raise RuntimeError(f"{members:,} values remembered, {n:,} sent")
+    usage = sum(int(client.memory_usage(k, samples=0) or 0) for k in keys)
+    return {"sets": len(keys), "per_value": usage / n, "value_chars": value_chars / n}
+
+
 # -- (b) steady state over simulated time -----------------------------------------------
 
 
@@ -364,6 +419,7 @@ def print_report(
     naive: tuple[float, float, str],
     c: dict[str, float],
     steady: list[dict[str, Any]],
+    d: dict[str, float],
 ) -> None:
     print()
     print(
@@ -479,6 +535,19 @@ def print_report(
         f"| normal: {scale:,} events/s, flushed every {flush_s} s (~2 x {flush_s} s waiting) "
         f"| {mib(2 * flush_s * scale * c['per_event'])} |"
     )
+    print()
+    print("(d) UNIQUE_COUNT: the sets of values each period counted")
+    print()
+    print("| figure | value |")
+    print("|---|---:|")
+    print(f"| sets (one per customer and period) | {int(d['sets']):,} |")
+    print(f"| B/distinct value (MEMORY USAGE of the sets) | {d['per_value']:.1f} |")
+    print(f"| the value itself (JSON text, chars) | {d['value_chars']:.0f} |")
+    print(f"| sets / values = {d['per_value'] / d['value_chars']:.2f} x the values' own length |")
+    print(
+        "| bound | distinct values x periods still open to events"
+        " (current + within the late window) |"
+    )
 
 
 def rt_hot(args: argparse.Namespace) -> str:
@@ -493,6 +562,7 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=1000)
     parser.add_argument("--flush-every", type=int, default=20_000, help="(a) events per flush")
     parser.add_argument("--waiting", type=int, default=50_000, help="(c) events left waiting")
+    parser.add_argument("--distinct", type=int, default=100_000, help="(d) distinct values")
     parser.add_argument("--rate", type=float, default=50, help="(b) events per simulated second")
     parser.add_argument("--hot-windows", type=int, default=5, help="(b) simulated hot windows")
     parser.add_argument("--step", type=float, default=10, help="(b) simulated seconds per call")
@@ -504,7 +574,7 @@ def main() -> None:
     args = parser.parse_args()
     args.hot_window_hours = 1.0
     if args.quick:
-        args.events, args.waiting, args.customers = 30_000, 10_000, 200
+        args.events, args.waiting, args.customers, args.distinct = 30_000, 10_000, 200, 20_000
         args.rate, args.hot_windows = 10, 3
 
     with tempfile.TemporaryDirectory() as tmp, private_redis(args.redis_server) as client:
@@ -528,6 +598,17 @@ def main() -> None:
         )
         print(f"(c) {args.waiting:,} events left waiting ...", file=sys.stderr)
         c = bytes_per_waiting_event(rt, client, maker, args.waiting, now)
+        print(f"(d) {args.distinct:,} distinct values (UNIQUE_COUNT) ...", file=sys.stderr)
+        rt.catalog.create_feature(
+            ORG,
+            "active_users",
+            now=now,
+            scale=0,
+            aggregation="UNIQUE_COUNT",
+            event_type="login",
+            value_property="user",
+        )
+        d = bytes_per_distinct_value(rt, client, args.customers, args.distinct, now)
 
         client.flushall()
         hot = timedelta(hours=args.hot_window_hours)
@@ -535,7 +616,7 @@ def main() -> None:
         steady = steady_state(rt_b, client, maker, args)
         rt_b.database.dispose()
         rt.database.dispose()
-    print_report(args, server, a, naive, c, steady)
+    print_report(args, server, a, naive, c, steady, d)
 
 
 if __name__ == "__main__":

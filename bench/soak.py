@@ -726,7 +726,7 @@ class Soak:
                     org=ORG,
                     customer_id=customer,
                     feature=FEATURE,
-                    quantity=Decimal(10**12),  # never split across entitlements
+                    quantity=Decimal(10**9),  # never split across entitlements
                     starts_at=now - timedelta(days=3),
                     ends_at=now + timedelta(days=30),
                 ),
