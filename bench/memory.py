@@ -319,7 +319,6 @@ def bytes_per_distinct_value(
             ),
             now,
         )
-    rt.meters.forget()
     rng = random.Random(11)
     stamp = isoformat(now)
     value_chars = 0

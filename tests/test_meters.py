@@ -20,7 +20,6 @@ from .helpers import assert_log_matches_periods, grant
 def meter(rt: Runtime, key: str, **columns: Any) -> None:
     """A feature with its meter (the catalog's checks are tested at the API)."""
     rt.catalog.create_feature("acme", key, now=NOW, **columns)
-    rt.meters.forget()
 
 
 def grant_for(rt: Runtime, feature: str, quantity: str, filters: dict[str, Any]) -> Any:
@@ -441,6 +440,19 @@ def test_a_meter_created_after_the_meters_were_read_reads_its_raw_events_at_once
     grant(runtime, feature="tokens", quantity="100")
     assert ingest(runtime, raw({"n": 7})) == [Outcome.ACCEPTED]
     assert consumed(runtime, "tokens") == [Decimal(7)]
+
+
+def test_a_second_meter_for_a_known_event_type_counts_from_the_next_batch(
+    tokens: Runtime,
+) -> None:
+    """The worker already reads llm.request events with two meters; a third is found
+    by the org's meters version, not only when the kept list expires."""
+    assert ingest(tokens, request(10, 20, event_id="before")) == [Outcome.ACCEPTED]
+    meter(tokens, "requests", aggregation="COUNT", event_type="llm.request")
+    grant(tokens, feature="requests", quantity="100")
+    assert ingest(tokens, request(1, 2, event_id="after")) == [Outcome.ACCEPTED]
+    assert consumed(tokens, "requests") == [Decimal(1)]
+    assert consumed(tokens, "input_tokens") == [Decimal(11)]
 
 
 def test_a_reservation_on_a_feature_created_after_the_meters_were_read_uses_its_scale(

@@ -28,6 +28,8 @@ key                              type    holds
 ``P:stats:*``                    hash    counters and histograms for metrics (see stats.py)
 ``P:rl:<key id>``                hash    an API key's token bucket: ``t`` last refill (epoch
                                          us), ``m`` micro-tokens; expires once full again
+``P:meters:versions``            hash    ``<org>`` -> bumped each time a feature (a meter) of
+                                         the org is created: workers read it again
 ===============================  ======  =====================================================
 """
 
@@ -110,6 +112,10 @@ class RedisKeys:
     @property
     def flush_epoch(self) -> str:
         return f"{self.prefix}:flush:epoch"
+
+    @property
+    def meter_versions(self) -> str:
+        return f"{self.prefix}:meters:versions"
 
     def rate_limit(self, key_id: str) -> str:
         """An API key's token bucket (key ids are 16 hex digits)."""

@@ -44,6 +44,7 @@ from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.event_log import EventLog
 from meterd.storage.features import FeatureStore
 from meterd.storage.listing import EntitlementListing
+from meterd.storage.meter_versions import MeterVersions
 from meterd.storage.meters import MeterStore
 from meterd.storage.notifications import NotificationStore
 from meterd.storage.organisations import OrganisationStore
@@ -104,7 +105,13 @@ class Runtime:
 
     @cached_property
     def meters(self) -> MeterCatalog:
-        return MeterCatalog(MeterStore(self.database.sessions).meters_of)
+        return MeterCatalog(
+            MeterStore(self.database.sessions).meters_of, version=self.meter_versions.current
+        )
+
+    @cached_property
+    def meter_versions(self) -> MeterVersions:
+        return MeterVersions(self.redis, self.redis_keys)
 
     @cached_property
     def stats(self) -> StatsStore:
@@ -223,6 +230,7 @@ class Runtime:
             self.plans,
             self.transitions,
             self.resolution,
+            self.meter_versions,
         )
 
     @cached_property

@@ -53,7 +53,6 @@ def define_meters(rt: Runtime, customers: int) -> None:
                 ),
                 now,
             )
-    rt.meters.forget()
 
 
 def make_stream(

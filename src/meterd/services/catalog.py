@@ -31,6 +31,7 @@ from meterd.quantity import QuantityError, check_scaled
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.features import FeatureStore
+from meterd.storage.meter_versions import MeterVersions
 from meterd.storage.models import Entitlement, Feature, Plan, UsagePeriod
 from meterd.storage.organisations import OrganisationStore
 from meterd.storage.plans import PlanStore
@@ -149,6 +150,7 @@ class Catalog:
         plans: PlanStore,
         transitions: TransitionStore,
         resolution: ResolutionCache,
+        meter_versions: MeterVersions,
     ) -> None:
         self.organisations = organisations
         self.features = features
@@ -156,6 +158,7 @@ class Catalog:
         self.plans = plans
         self.transitions = transitions
         self.resolution = resolution
+        self.meter_versions = meter_versions
 
     def create_org(self, org_id: str, name: str | None, now: datetime) -> None:
         if not ORG_ID_PATTERN.match(org_id):
@@ -227,7 +230,7 @@ class Catalog:
             value_property=value_property,
             filters=meter_filters,
         )
-        return self.features.add(
+        feature = self.features.add(
             Feature(
                 org_id=org,
                 key=key,
@@ -245,6 +248,13 @@ class Catalog:
                 meter_filters=dict(meter.filters) if meter.filters else None,
             )
         )
+        # After the commit, so a worker that reads the new version finds the meter.
+        # If Redis cannot be reached the error goes to the caller (as for the
+        # resolution refresh after a grant) and the feature stands: workers find
+        # its meter at once for events naming it, and otherwise within the 10 s
+        # their kept list lasts.
+        self.meter_versions.bump(org)
+        return feature
 
     def check_grant(self, feature: Feature, **quantities: Decimal | None) -> None:
         """Each quantity given (by its field name) fits ``feature``'s scale: no more

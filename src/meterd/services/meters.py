@@ -6,13 +6,22 @@ meter reads its type and whose filters its ``data`` matches. Each item is a
 ``UsageEvent``: counted, deduplicated and logged on its own. An event's
 outcome is decided from its items' (``combined_outcome``).
 
-The meters of an org are read from the database and kept ``ttl`` in each
-process. A meter never changes once created (its scale and aggregation are
-fixed), so the only way a cached list can be wrong is by missing a feature
-created since: an event naming a feature or type the list does not know has
-the list read again first (``OrgMeters.knows``), so it is never counted with
-the defaults (a scale-0 feature counted at scale 6 would count each unit a
-million times).
+The meters of an org are read from the database and kept in each process. A
+meter never changes once created (its scale and aggregation are fixed), so the
+only way a kept list can be wrong is by missing a feature created since. Two
+checks close that:
+
+- the org's meters version (``storage.meter_versions``), bumped after each
+  feature is created and compared once a batch: a second meter for an event
+  type the list already knows is used from the first batch read after its
+  creation was acknowledged (without it, events would not feed it until the
+  list expired, and nothing would say so);
+- an event naming a feature or type the list does not know has the list read
+  again first (``OrgMeters.knows``), so it is never counted with the defaults
+  (a scale-0 feature counted at scale 6 would count each unit a million
+  times), even if the bump was lost.
+
+The list also expires after ``ttl``: the last resort if a bump failed.
 """
 
 from __future__ import annotations
@@ -59,45 +68,72 @@ class OrgMeters:
         return event.type in self.by_type
 
 
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    read_at: float
+    version: int | None
+    meters: OrgMeters
+
+
 class MeterCatalog:
-    """The meters of each org, loaded on first use and kept ``ttl``."""
+    """The meters of each org, loaded on first use and kept until the org's meters
+    version changes or ``ttl`` passes."""
 
     def __init__(
         self,
         load: Callable[[str], Sequence[Meter]],
         *,
+        version: Callable[[str], int] | None = None,
         ttl: timedelta = timedelta(seconds=10),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._load = load
+        self._version = version
         self._ttl = ttl.total_seconds()
         self._clock = clock
-        self._cache: dict[str, tuple[float, OrgMeters]] = {}
+        self._cache: dict[str, _Kept] = {}
         self._lock = threading.Lock()
 
     def of(self, org: str) -> OrgMeters:
+        """The org's meters: the kept list if its version is current (one Redis read)."""
         now = self._clock()
+        version = self._current_version(org)
         with self._lock:
-            cached = self._cache.get(org)
-        if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
-        return self.refresh(org)
+            kept = self._cache.get(org)
+        if kept is not None and kept.version == version and now - kept.read_at < self._ttl:
+            return kept.meters
+        return self._read(org, now, version)
 
     def refresh(self, org: str) -> OrgMeters:
         """The org's meters read from the database now (and kept)."""
-        now = self._clock()
-        meters = OrgMeters.of(self._load(org))
-        with self._lock:
-            self._cache[org] = (now, meters)
-        return meters
+        return self._read(org, self._clock(), self._current_version(org))
 
     def forget(self, org: str | None = None) -> None:
-        """Read the meters again on next use (after a feature was created or changed)."""
+        """Read the meters again on next use."""
         with self._lock:
             if org is None:
                 self._cache.clear()
             else:
                 self._cache.pop(org, None)
+
+    def _current_version(self, org: str) -> int | None:
+        if self._version is None:
+            return None
+        try:
+            return self._version(org)
+        except Exception:
+            # Unread, the version cannot vouch for the kept list: read it again
+            # once the store answers (the caller sees the error and retries).
+            self.forget(org)
+            raise
+
+    def _read(self, org: str, now: float, version: int | None) -> OrgMeters:
+        # The version is read before the meters: a meter created in between makes
+        # the next check read them once more, never keeps a list that lacks it.
+        meters = OrgMeters.of(self._load(org))
+        with self._lock:
+            self._cache[org] = _Kept(now, version, meters)
+        return meters
 
 
 def items_of(event: UsageEvent | RawEvent, meters: OrgMeters) -> list[ItemResult]:
