@@ -93,8 +93,8 @@ def test_the_same_batch_applied_twice_counts_once(runtime: Runtime) -> None:
     batch = runtime.counters.begin_flush("twice")
     assert batch is not None
     deltas = runtime.counters.read_flush_batch().deltas
-    assert runtime.usage.apply_flush_batch(batch, deltas, NOW) is True
-    assert runtime.usage.apply_flush_batch(batch, deltas, NOW) is False
+    assert runtime.usage.apply_flush_batch(batch, deltas, NOW).applied is True
+    assert runtime.usage.apply_flush_batch(batch, deltas, NOW).applied is False
     assert flushed_total(runtime) == Decimal(3)
 
 

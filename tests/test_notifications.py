@@ -113,8 +113,8 @@ def test_a_flush_batch_applied_twice_records_its_crossing_once(runtime: Runtime)
     content = runtime.counters.read_flush_batch()
     assert len(content.crossings) == 1
     repo = runtime.usage
-    assert repo.apply_flush_batch(batch, content.deltas, NOW, content.crossings) is True
-    assert repo.apply_flush_batch(batch, content.deltas, NOW, content.crossings) is False
+    assert repo.apply_flush_batch(batch, content.deltas, NOW, content.crossings).applied is True
+    assert repo.apply_flush_batch(batch, content.deltas, NOW, content.crossings).applied is False
     assert crossings(runtime, ent.id) == [80]
 
 

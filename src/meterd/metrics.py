@@ -17,6 +17,9 @@ metric                                        type       labels
 ``meterd_dead_letters``                       gauge      ``reason`` (not yet replayed)
 ``meterd_lifecycle_transitions_total``        counter    ``to``
 ``meterd_notification_failures_total``        counter
+``meterd_counted_twice_total``                counter    (events a flush found logged
+                                                         already: their Redis dedupe
+                                                         markers were lost)
 ``meterd_dedupe_markers``                     gauge      (markers in Redis, hot window)
 ``meterd_dedupe_marker_bytes``                gauge      (Redis memory of the markers)
 ``meterd_events_waiting``                     gauge      (accepted, not yet in the log)
@@ -98,6 +101,13 @@ class MeterdCollector(Collector):
             "meterd_notification_failures",
             "Webhook calls that failed",
             value=rt.stats.notification_failures(),
+        )
+
+        yield CounterMetricFamily(
+            "meterd_counted_twice",
+            "Events counted again after Redis lost their dedupe markers, found and taken"
+            " back by the flush",
+            value=rt.stats.counted_twice(),
         )
 
         try:

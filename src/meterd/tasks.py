@@ -135,7 +135,16 @@ def flush(self: Task) -> dict[str, int]:
         "micros": sum(r.total_micros for r in reports),
         "resumed": sum(1 for r in reports if not r.applied),
         "crossings": sum(r.crossings for r in reports),
+        "counted_twice": sum(r.counted_twice for r in reports),
     }
+    if summary["counted_twice"]:
+        _quietly(runtime.stats.record_counted_twice, summary["counted_twice"])
+        log.warning(
+            "flush found events counted twice (their Redis dedupe markers were lost: is"
+            " the counter Redis running without AOF?); left out of the database and taken"
+            " back off the Redis counters",
+            events=summary["counted_twice"],
+        )
     if summary["crossings"]:
         summary["notifications"] = dispatch_notifications()
     if reports:

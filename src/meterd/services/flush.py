@@ -12,6 +12,10 @@ The protocol (see docs/architecture.md for each crash point):
    counts and become notification rows in that same transaction.
 3. ``end_flush`` deletes the batch from Redis.
 
+An event the log already held (a Redis without AOF lost its marker and counted
+its redelivery) is left out of step 2 and its units are taken back off the
+Redis counters in step 3, with the batch's removal.
+
 A crash before 2 commits leaves the batch in Redis for the next flush; a crash
 after 2 leaves a batch the database already has, which step 2 recognises.
 """
@@ -37,6 +41,9 @@ class FlushReport:
     crossings: int = 0
     #: Events written to the event log by this flush.
     events: int = 0
+    #: Events of the batch the log already held (counted twice by a Redis that
+    #: lost their dedupe markers): left out, their units taken back.
+    counted_twice: int = 0
 
     @property
     def empty(self) -> bool:
@@ -53,17 +60,19 @@ class FlushService:
         if batch_id is None:
             return FlushReport(None, 0, 0, applied=False)
         content = self.counters.read_flush_batch()
-        applied = self.usage.apply_flush_batch(
+        result = self.usage.apply_flush_batch(
             batch_id, content.deltas, now, content.crossings, content.events
         )
-        self.counters.end_flush(batch_id)
+        self.counters.end_flush(batch_id, counted_twice=result.duplicates)
+        applied = result.applied
         return FlushReport(
             batch_id,
             len(content.deltas),
             sum(content.deltas.values()),
             applied=applied,
             crossings=len(content.crossings) if applied else 0,
-            events=len(content.events) if applied else 0,
+            events=len(content.events) - len(result.duplicates) if applied else 0,
+            counted_twice=len(result.duplicates),
         )
 
     def flush_all(self, now: datetime, max_batches: int = 10) -> list[FlushReport]:

@@ -30,7 +30,7 @@ from meterd.event_records import (
 )
 from meterd.events import UsageEvent
 from meterd.notifications import CROSSING_FIELD_PREFIX, Crossing
-from meterd.redis_keys import RedisKeys
+from meterd.redis_keys import RedisKeys, period_field
 from meterd.timeutil import epoch_micros, month_start
 
 
@@ -299,8 +299,21 @@ class CounterStore:
             content.events.append(parse_pending_record(key.decode(), record.decode()))
         return content
 
-    def end_flush(self, batch_id: str) -> bool:
+    def end_flush(self, batch_id: str, counted_twice: Sequence[EventRecord] = ()) -> bool:
+        """Forget the batch the database now holds, and take the units of the events
+        it found ``counted_twice`` back off the consumed counters, in one step."""
         k = self.keys
+        used_keys: dict[str, int] = {}
+        taken: dict[tuple[int, str], int] = {}
+        for record in counted_twice:
+            index = used_keys.setdefault(k.used(record.org, record.customer), len(used_keys) + 1)
+            for part in record.allocations:
+                name = period_field(part.entitlement_id, part.period_start)
+                taken[(index, name)] = taken.get((index, name), 0) - part.units
+        args: list[str | int] = [batch_id]
+        for (index, name), units in taken.items():
+            if units:
+                args += [index, name, units]
         return bool(
             self._flush_end(
                 keys=[
@@ -309,8 +322,9 @@ class CounterStore:
                     k.flush_batch_since,
                     k.flush_events,
                     k.flush_seq,
+                    *used_keys,
                 ],
-                args=[batch_id],
+                args=args,
             )
         )
 

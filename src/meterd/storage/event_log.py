@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.event_records import EventRecord
@@ -35,6 +36,8 @@ from meterd.storage.exact import exact_add, exact_sum
 from meterd.storage.models import EventLogRow, UsageRollup
 
 QUARTER = timedelta(minutes=15)
+#: PostgreSQL's SQLSTATE for a duplicate key.
+_UNIQUE_VIOLATION = "23505"
 #: Identity of an event: (org, source, id).
 EventIdentity = tuple[str, str, str]
 _COLUMNS = (
@@ -51,6 +54,8 @@ class LoggedEvent:
 
     quantity: Decimal
     target: uuid.UUID | None
+    #: The flush batch that wrote it.
+    batch_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +159,7 @@ class EventLog:
                             EventLogRow.event_id,
                             EventLogRow.event_quantity,
                             EventLogRow.target_id,
+                            EventLogRow.batch_id,
                         ).where(
                             EventLogRow.org_id == org,
                             EventLogRow.source == source,
@@ -161,8 +167,10 @@ class EventLog:
                             EventLogRow.part == 0,
                         )
                     ).all()
-                    for event_id, quantity, target in rows:
-                        found[(org, source, event_id)] = LoggedEvent(Decimal(quantity), target)
+                    for event_id, quantity, target, batch_id in rows:
+                        found[(org, source, event_id)] = LoggedEvent(
+                            Decimal(quantity), target, batch_id
+                        )
         return found
 
     def page(
@@ -335,11 +343,21 @@ def _rows(batch_id: str, records: Sequence[EventRecord]) -> Iterable[dict[str, A
 
 
 def _copy(s: Session, rows: Sequence[dict[str, Any]]) -> None:
-    """COPY the rows into the log on the session's own connection (its transaction)."""
+    """COPY the rows into the log on the session's own connection (its transaction).
+    A row already logged raises ``IntegrityError`` as an INSERT would (COPY runs on
+    the driver's cursor, whose errors SQLAlchemy does not wrap)."""
     raw: Any = s.connection().connection.driver_connection
     statement = f"COPY event_log ({', '.join(_COLUMNS)}) FROM STDIN"
-    with raw.cursor() as cursor, cursor.copy(statement) as copy:
-        for r in rows:
-            copy.write_row(
-                [json.dumps(r[c]) if c == "data" and r[c] is not None else r[c] for c in _COLUMNS]
-            )
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for r in rows:
+                copy.write_row(
+                    [
+                        json.dumps(r[c]) if c == "data" and r[c] is not None else r[c]
+                        for c in _COLUMNS
+                    ]
+                )
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+            raise IntegrityError(statement, None, exc) from exc
+        raise

@@ -11,6 +11,7 @@ turns these into Prometheus metrics.
 ``P:stats:h:<name>``               hash  "le=<bound>" -> observations <= bound, "count", "sum_us"
 ``P:stats:transitions``            hash  target status -> transitions applied
 ``P:stats:notification_failures``  string  failed webhook calls
+``P:stats:counted_twice``          string  events a flush found already in the event log
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ class StatsStore:
 
     def notification_failures(self) -> int:
         raw = self.client.get(self.keys.stats("notification_failures"))
+        return int(cast(bytes, raw)) if raw is not None else 0
+
+    def record_counted_twice(self, n: int) -> None:
+        if n:
+            self.client.incrby(self.keys.stats("counted_twice"), n)
+
+    def counted_twice(self) -> int:
+        raw = self.client.get(self.keys.stats("counted_twice"))
         return int(cast(bytes, raw)) if raw is not None else 0
 
     def histogram(self, name: str) -> Histogram:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -29,6 +30,7 @@ from meterd.notifications import (
     threshold_data,
 )
 from meterd.quantity import from_units
+from meterd.redis_keys import period_field
 from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.event_log import EventLog
 from meterd.storage.exact import exact_add
@@ -46,6 +48,28 @@ def parse_period_field(field: str) -> PeriodKey:
     return uuid.UUID(hex=ent_hex), from_epoch_micros(int(start))
 
 
+@dataclass(frozen=True, slots=True)
+class AppliedBatch:
+    """What applying a flush batch did."""
+
+    #: False when the database had the batch already (a flush that crashed after
+    #: its commit).
+    applied: bool
+    #: Events of the batch the event log held from an earlier batch, left out of
+    #: the counts and the log (see ``UsageStore.apply_flush_batch``).
+    duplicates: tuple[EventRecord, ...] = ()
+
+
+def _without(deltas: dict[str, int], events: Sequence[EventRecord]) -> dict[str, int]:
+    """The batch's deltas less what ``events`` added to them."""
+    left = dict(deltas)
+    for record in events:
+        for part in record.allocations:
+            name = period_field(part.entitlement_id, part.period_start)
+            left[name] = left.get(name, 0) - part.units
+    return left
+
+
 class UsageStore:
     def __init__(self, sessions: sessionmaker[Session], event_log: EventLog) -> None:
         self.sessions = sessions
@@ -58,28 +82,73 @@ class UsageStore:
         now: datetime,
         crossings: Sequence[Crossing] = (),
         events: Sequence[EventRecord] = (),
-    ) -> bool:
+    ) -> AppliedBatch:
         """Add a flush batch to the usage periods, exactly once, with a notification
         for each threshold crossing it carries and the records of its events in the
-        event log. Returns False if the batch was applied before."""
-        keys = sorted((parse_period_field(f), units) for f, units in deltas.items() if units)
+        event log.
+
+        An event the log already holds from an earlier batch was counted twice: a
+        Redis that lost its dedupe markers (no AOF, or the last second of
+        ``appendfsync everysec``) took its redelivery for a new event. Its row
+        would break the log's key and stop every flush after it, so the batch is
+        applied again without it and without its units, and it is returned for
+        the caller to take its units back off the Redis counters. This is found
+        only when the log refuses a row (an event redelivered with its own time,
+        as every meterd producer does): checking every batch would cost a log
+        search per event."""
         try:
-            with self.sessions.begin() as s:
-                scales = _scales_of(s, {e for (e, _), _ in keys})
-                parsed = [(key, from_units(units, scales[key[0]])) for key, units in keys]
-                total = sum((amount for _, amount in parsed), Decimal(0))
-                s.add(FlushBatch(id=batch_id, committed_at=now, periods=len(parsed), total=total))
-                s.flush()
-                _ensure_periods(s, [key for key, _ in parsed], now)
-                _add_consumption(s, parsed, now)
-                if crossings:
-                    insert_notifications(s, _crossing_payloads(s, crossings, scales), now)
-                self.event_log.append(s, batch_id, events)
+            self._apply(batch_id, deltas, now, crossings, events)
+            return AppliedBatch(True)
         except IntegrityError:
             if self.batch_committed(batch_id):
-                return False
-            raise
-        return True
+                return AppliedBatch(False, self._logged_before(batch_id, events))
+            duplicates = self._logged_before(batch_id, events)
+            if not duplicates:
+                raise
+        left_out = {(r.org, r.source, r.id) for r in duplicates}
+        self._apply(
+            batch_id,
+            _without(deltas, duplicates),
+            now,
+            crossings,
+            [r for r in events if (r.org, r.source, r.id) not in left_out],
+        )
+        return AppliedBatch(True, duplicates)
+
+    def _apply(
+        self,
+        batch_id: str,
+        deltas: dict[str, int],
+        now: datetime,
+        crossings: Sequence[Crossing],
+        events: Sequence[EventRecord],
+    ) -> None:
+        keys = sorted((parse_period_field(f), units) for f, units in deltas.items() if units)
+        with self.sessions.begin() as s:
+            scales = _scales_of(s, {e for (e, _), _ in keys})
+            parsed = [(key, from_units(units, scales[key[0]])) for key, units in keys]
+            total = sum((amount for _, amount in parsed), Decimal(0))
+            s.add(FlushBatch(id=batch_id, committed_at=now, periods=len(parsed), total=total))
+            s.flush()
+            _ensure_periods(s, [key for key, _ in parsed], now)
+            _add_consumption(s, parsed, now)
+            if crossings:
+                insert_notifications(s, _crossing_payloads(s, crossings, scales), now)
+            self.event_log.append(s, batch_id, events)
+
+    def _logged_before(
+        self, batch_id: str, events: Sequence[EventRecord]
+    ) -> tuple[EventRecord, ...]:
+        """The events the log holds from a batch other than ``batch_id``."""
+        if not events:
+            return ()
+        found = self.event_log.find([(r.org, r.source, r.id) for r in events])
+        return tuple(
+            r
+            for r in events
+            if (logged := found.get((r.org, r.source, r.id))) is not None
+            and logged.batch_id != batch_id
+        )
 
     def batch_committed(self, batch_id: str) -> bool:
         with self.sessions() as s:
