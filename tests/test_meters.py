@@ -382,6 +382,66 @@ def test_a_gauge_cannot_be_reserved(storage: Runtime) -> None:
         )
 
 
+def reserve_with(rt: Runtime, key: str, quantity: str, data: dict[str, Any] | None) -> Any:
+    from meterd.services.reserve import Reservation
+
+    request = Reservation("acme", "cust-1", "api_calls", Decimal(quantity), key, data=data)
+    return rt.reserve.reserve(request, NOW)
+
+
+@pytest.fixture
+def per_model(runtime: Runtime) -> Runtime:
+    """10 api_calls for gpt-4o, 5 for o3 (dimension filters on ``model``)."""
+    grant_for(runtime, "api_calls", "10", {"model": "gpt-4o"})
+    grant_for(runtime, "api_calls", "5", {"model": "o3"})
+    return runtime
+
+
+def test_a_reservation_takes_room_from_the_grant_its_data_matches(per_model: Runtime) -> None:
+    from meterd.services.reserve import ReserveOutcome
+
+    assert reserve_with(per_model, "k1", "4", {"model": "o3"}) is ReserveOutcome.GRANTED
+    assert sorted(consumed(per_model, "api_calls")) == [Decimal(0), Decimal(4)]
+
+
+def test_a_reservation_past_the_room_of_its_dimension_is_denied(per_model: Runtime) -> None:
+    """The gpt-4o grant has room, but the reservation is for o3."""
+    from meterd.services.reserve import ReserveOutcome
+
+    assert reserve_with(per_model, "k1", "6", {"model": "o3"}) is ReserveOutcome.DENIED
+
+
+def test_a_reservation_without_data_matches_no_grant_with_filters(per_model: Runtime) -> None:
+    from meterd.services.reserve import ReserveOutcome
+
+    assert reserve_with(per_model, "k1", "1", None) is ReserveOutcome.NO_ENTITLEMENT
+
+
+def test_a_reservations_data_is_kept_in_the_event_log(per_model: Runtime) -> None:
+    reserve_with(per_model, "k1", "2", {"model": "gpt-4o", "request": "r-9"})
+    per_model.flush.flush_all(NOW)
+    page = per_model.usage_report.events(
+        "acme",
+        "cust-1",
+        feature="api_calls",
+        start=NOW,
+        end=NOW + timedelta(seconds=1),
+        cursor=None,
+        limit=10,
+    )
+    assert [e.data for e in page.events] == [{"model": "gpt-4o", "request": "r-9"}]
+
+
+def test_reservation_data_nested_too_deep_is_refused(per_model: Runtime) -> None:
+    from meterd.errors import InvalidError
+
+    deep: dict[str, Any] = {}
+    for _ in range(20):
+        deep = {"x": deep}
+    with pytest.raises(InvalidError, match="nested deeper"):
+        reserve_with(per_model, "k1", "1", deep)
+
+
 def test_a_count_past_the_bound_of_a_big_counter_is_refused_in_a_later_batch(
     runtime: Runtime,
 ) -> None:

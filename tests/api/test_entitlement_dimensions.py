@@ -79,6 +79,33 @@ def test_filters_are_shown_by_the_reserve_response(
     assert entitlement["filters"] == FILTERS
 
 
+def test_a_reservation_with_data_is_taken_by_the_grant_its_data_matches(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    gpt = created(client, acme, filters={"model": "gpt-4o"})
+    o3 = created(client, acme, filters={"model": "o3"})
+    response = client.post(
+        "/v1/customers/cust-1/features/api_calls/reserve",
+        json={"quantity": "3", "idempotency_key": "k-1", "data": {"model": "o3"}},
+        headers=acme,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["outcome"] == "granted"
+    used = {e["entitlement_id"]: e["consumed"] for e in response.json()["value"]["entitlements"]}
+    assert used == {gpt["id"]: "0", o3["id"]: "3"}
+
+
+def test_reservation_data_must_be_an_object(client: TestClient, acme: dict[str, str]) -> None:
+    created(client, acme, filters={"model": "o3"})
+    response = client.post(
+        "/v1/customers/cust-1/features/api_calls/reserve",
+        json={"quantity": "3", "idempotency_key": "k-1", "data": ["o3"]},
+        headers=acme,
+    )
+    assert response.status_code == 400, response.text
+    assert detail_of(response).startswith("data:")
+
+
 def test_the_zenskar_page_shows_the_distinct_filters_of_the_grants_summed(
     client: TestClient, acme: dict[str, str]
 ) -> None:

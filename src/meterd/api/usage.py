@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
@@ -159,6 +159,12 @@ class ReserveRequest(BaseModel):
         description="or the Idempotency-Key header; a retry with it consumes nothing more",
     )
     entitlement_id: uuid.UUID | None = None
+    data: dict[str, Any] | None = Field(
+        default=None,
+        description="event data matched against the dimension filters of the customer's"
+        ' entitlements (`{"model": "gpt-4o"}`), as a usage event\'s `data`; an entitlement'
+        " with filters takes the reservation only if the data matches them",
+    )
 
 
 class ReserveResponse(BaseModel):
@@ -193,6 +199,7 @@ def reserve(
             quantity=Decimal(body.quantity),
             idempotency_key=key,
             entitlement_id=body.entitlement_id,
+            data=body.data,
         ),
         now,
     )

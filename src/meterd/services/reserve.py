@@ -17,13 +17,15 @@ no marker, so a retry is judged afresh.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 from meterd.errors import ConflictError, InvalidError
-from meterd.events import UsageEvent
+from meterd.events import UsageEvent, shape_problem
 from meterd.quantity import parse_quantity, to_units
 from meterd.services.counting import UsageCounter
 from meterd.services.meters import MeterCatalog
@@ -76,6 +78,9 @@ class Reservation:
     quantity: Decimal
     idempotency_key: str
     entitlement_id: uuid.UUID | None = None
+    #: Event data the grants' dimension filters are matched against (``{"model":
+    #: "gpt-4o"}``), as a usage event's ``data``; kept in the event log.
+    data: Mapping[str, Any] | None = None
 
 
 class ReserveService:
@@ -85,9 +90,14 @@ class ReserveService:
 
     def reserve(self, request: Reservation, now: datetime) -> ReserveOutcome:
         """Reserve on a SUM or COUNT feature (a level or a distinct count cannot be
-        taken ahead: refused as invalid). A reservation carries no event data, so
-        it counts only on entitlements without dimension filters."""
+        taken ahead: refused as invalid). Entitlements with dimension filters take
+        it only if its ``data`` matches them, as for a usage event. The idempotency
+        key names the reservation: a retry is answered from the first grant
+        whatever data it carries."""
         quantity = parse_quantity(request.quantity)
+        data = dict(request.data) if request.data is not None else {}
+        if (problem := shape_problem({"data": data})) is not None:
+            raise InvalidError(problem)
         meters = self.meters.of(request.org)
         meter = meters.by_feature.get(request.feature)
         if meter is None:  # a feature created since the list was read
@@ -108,6 +118,7 @@ class ReserveService:
             time=now,
             quantity=quantity,
             entitlement_id=request.entitlement_id,
+            data=data,
             scale=scale,
         )
         (code,) = self.counting.count([event], now, strict=True)
