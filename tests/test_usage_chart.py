@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from meterd.usage_chart import bar, chart, to_csv
 
@@ -17,6 +18,7 @@ class Row:
     customer_id: str | None = None
     feature: str | None = None
     entitlement_id: str | None = None
+    filters: dict[str, Any] | None = None
 
 
 def test_the_largest_window_fills_the_width_and_others_are_proportional() -> None:
@@ -41,6 +43,13 @@ def test_each_line_shows_the_exact_quantity_and_events() -> None:
 def test_csv_has_a_header_and_a_row_per_window_with_exact_decimals() -> None:
     text = to_csv([Row("a", "b", Decimal("12.500000"), 3, customer_id="c1")])
     assert text.splitlines() == [
-        "window_start,window_end,customer_id,feature,entitlement_id,quantity,events",
-        "a,b,c1,,,12.5,3",  # as the API writes it: no trailing zeros
+        "window_start,window_end,customer_id,feature,entitlement_id,quantity,events,filters",
+        "a,b,c1,,,12.5,3,",  # as the API writes it: no trailing zeros
     ]
+
+
+def test_an_entitlements_filters_are_in_its_label_and_its_csv_row() -> None:
+    row = Row("a", "b", Decimal(7), 2, entitlement_id="e1", filters={"model": "o3", "tier": 2})
+    (line,) = chart([row])
+    assert 'e1  model="o3" tier=2' in line
+    assert to_csv([row]).splitlines()[1] == 'a,b,,,e1,7,2,"{""model"": ""o3"", ""tier"": 2}"'

@@ -43,12 +43,15 @@ def at(text: str) -> datetime:
 
 
 def use(rt: Runtime, *events: tuple[str, str] | tuple[str, str, dict[str, Any]]) -> None:
-    """Count events ``(time, quantity[, event() options])`` and flush them to the log."""
-    batch = [
-        event(**{"quantity": quantity, "event_id": f"e{n}", "time": at(time), **options})
-        for n, (time, quantity, *extra) in enumerate(events)
-        for options in (extra[0] if extra else {},)
-    ]
+    """Count events ``(time, quantity[, event() options, or "data" to add])`` and flush
+    them to the log."""
+    batch = []
+    for n, (time, quantity, *extra) in enumerate(events):
+        options = dict(extra[0]) if extra else {}
+        more = options.pop("data", {})
+        payload = event(**{"quantity": quantity, "event_id": f"e{n}", "time": at(time), **options})
+        payload["data"].update(more)
+        batch.append(payload)
     assert rt.ingest.ingest(batch, now=NOW).outcomes == [Outcome.ACCEPTED] * len(batch)
     rt.flush.flush_all(NOW)
 
@@ -305,6 +308,39 @@ def test_group_by_entitlement_names_its_customer_and_feature(
         (20, "cust-1", "api_calls", unlimited.id, "2.000000"),
         (20, "cust-1", "api_calls", first.id, "3.000000"),
     ]
+
+
+def test_group_by_entitlement_shows_the_dimension_filters_of_each_grant(
+    runtime: Runtime,
+) -> None:
+    """Per-model grants: usage by entitlement reads as usage per model."""
+    gpt = grant(runtime, quantity=None, starts_at=OCT_1, ends_at=None, filters={"model": "gpt"})
+    o3 = grant(runtime, quantity=None, starts_at=OCT_1, ends_at=None, filters={"model": "o3"})
+    use(
+        runtime,
+        ("2026-11-20T10:00:00+00:00", "5", {"data": {"model": "gpt"}}),
+        ("2026-11-20T11:00:00+00:00", "2", {"data": {"model": "o3"}}),
+    )
+    rows = usage(
+        runtime,
+        "2026-11-20T00:00:00+00:00",
+        "2026-11-21T00:00:00+00:00",
+        group_by=[GroupBy.ENTITLEMENT],
+    )
+    shown = {(r.entitlement_id, str(r.quantity)): r.filters for r in rows}
+    assert shown == {(gpt.id, "5.000000"): {"model": "gpt"}, (o3.id, "2.000000"): {"model": "o3"}}
+
+
+def test_rows_not_grouped_by_entitlement_carry_no_filters(runtime: Runtime) -> None:
+    grant(runtime, quantity=None, starts_at=OCT_1, ends_at=None, filters={"model": "gpt"})
+    use(runtime, ("2026-11-20T10:00:00+00:00", "5", {"data": {"model": "gpt"}}))
+    rows = usage(
+        runtime,
+        "2026-11-20T00:00:00+00:00",
+        "2026-11-21T00:00:00+00:00",
+        group_by=[GroupBy.CUSTOMER],
+    )
+    assert [r.filters for r in rows] == [None]
 
 
 @pytest.mark.usefixtures("two_customers_two_features")

@@ -241,7 +241,7 @@ class Runtime:
 
     @cached_property
     def usage_report(self) -> UsageReport:
-        return UsageReport(self.event_log)
+        return UsageReport(self.event_log, self.entitlements.filters_of)
 
     @cached_property
     def notifications(self) -> NotificationService:

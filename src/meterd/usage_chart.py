@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from meterd.quantity import format_quantity
 
@@ -21,6 +22,7 @@ CSV_COLUMNS = (
     "entitlement_id",
     "quantity",
     "events",
+    "filters",
 )
 
 
@@ -39,6 +41,8 @@ class Row(Protocol):
     def quantity(self) -> Decimal: ...
     @property
     def events(self) -> int: ...
+    @property
+    def filters(self) -> Mapping[str, Any] | None: ...
 
 
 def bar(quantity: Decimal, largest: Decimal, width: int) -> str:
@@ -56,6 +60,8 @@ def label(row: Row) -> str:
     for extra in (row.customer_id, row.feature, row.entitlement_id):
         if extra is not None:
             parts.append(str(extra))
+    if row.filters:
+        parts.append(" ".join(f"{k}={json.dumps(v)}" for k, v in sorted(row.filters.items())))
     return "  ".join(parts)
 
 
@@ -88,6 +94,7 @@ def to_csv(rows: Sequence[Row]) -> str:
             [
                 _text(r.window_start), _text(r.window_end), r.customer_id or "", r.feature or "",
                 r.entitlement_id or "", format_quantity(r.quantity), r.events,
+                json.dumps(dict(r.filters), sort_keys=True) if r.filters else "",
             ]
         )  # fmt: skip
     return out.getvalue()

@@ -161,6 +161,21 @@ def test_usage_group_by_entitlement_carries_its_customer_and_feature(
     )
 
 
+def test_usage_group_by_entitlement_shows_each_grants_filters(
+    client: TestClient, runtime: Runtime, acme: dict[str, str]
+) -> None:
+    o3 = grant(runtime, quantity=None, starts_at=OCT_1, ends_at=None, filters={"model": "o3"})
+    plain = grant(runtime, quantity=None, starts_at=OCT_1, ends_at=None, priority=5)
+    counted = event(quantity="4", event_id="m1", time=datetime(2026, 11, 20, 10, tzinfo=UTC))
+    counted["data"]["model"] = "o3"
+    other = event(quantity="1", event_id="m2", time=datetime(2026, 11, 20, 11, tzinfo=UTC))
+    assert runtime.ingest.ingest([counted, other], now=NOW).outcomes == [Outcome.ACCEPTED] * 2
+    runtime.flush.flush_all(NOW)
+    rows = get_usage(client, acme, **DAY_20, group_by="entitlement")["data"]
+    shown = {w["entitlement_id"]: (w["quantity"], w.get("filters")) for w in rows}
+    assert shown == {str(o3.id): ("4", {"model": "o3"}), str(plain.id): ("1", None)}
+
+
 def test_the_sum_of_usage_over_the_range_is_the_consumed_total_of_the_value_read(
     client: TestClient, runtime: Runtime, acme: dict[str, str]
 ) -> None:

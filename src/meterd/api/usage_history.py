@@ -104,6 +104,10 @@ class UsageWindow(BaseModel):
     )
     quantity: str = Field(description="exact decimal")
     events: int = Field(description="event parts counted")
+    filters: dict[str, Any] | None = Field(
+        default=None,
+        description="grouped by entitlement: its dimension filters, if it has any",
+    )
 
 
 class UsageHistory(BaseModel):
@@ -123,6 +127,7 @@ def usage_window(row: UsageRow) -> UsageWindow:
         entitlement_id=row.entitlement_id,
         quantity=format_quantity(row.quantity),
         events=row.events,
+        filters=dict(row.filters) if row.filters else None,
     )
 
 

@@ -25,7 +25,8 @@ DST change is simply 23 or 25 hours of them.
   memory is bounded by the answer, not by the rows read).
 * **Groups.** ``group_by`` splits each window by customer, feature or
   entitlement (an entitlement belongs to one customer and one feature, so its
-  rows carry both). Rows are sorted by window, then customer, feature,
+  rows carry both, and its dimension filters: grants per model read as usage
+  per model). Rows are sorted by window, then customer, feature,
   entitlement.
 
 ``events`` pages the event log: each logged part of the customer's events with
@@ -43,7 +44,7 @@ import re
 import uuid
 import zoneinfo
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
@@ -102,6 +103,9 @@ class UsageRow:
     entitlement_id: uuid.UUID | None
     quantity: Decimal
     events: int
+    #: Grouped by entitlement: its dimension filters (``{"model": "gpt-4o"}``), if
+    #: any, so per-model grants read as usage per model.
+    filters: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +174,13 @@ def parse_group_by(text: str | None) -> list[GroupBy]:
 
 
 class UsageReport:
-    def __init__(self, log: EventLog) -> None:
+    def __init__(
+        self,
+        log: EventLog,
+        filters_of: Callable[[Collection[uuid.UUID]], Mapping[uuid.UUID, Mapping[str, Any]]],
+    ) -> None:
         self.log = log
+        self.filters_of = filters_of
 
     def usage(
         self,
@@ -216,6 +225,9 @@ class UsageReport:
             else:
                 entry[1] += Decimal(r.quantity)
                 entry[2] += int(r.events)
+        filters = (
+            self.filters_of({group[2] for group, _, _ in sums.values()}) if by_entitlement else {}
+        )
         return [
             UsageRow(
                 window_start=bounds[key[0]].astimezone(tz),
@@ -225,6 +237,7 @@ class UsageReport:
                 entitlement_id=group[2],
                 quantity=quantity,
                 events=events,
+                filters=filters.get(group[2]),
             )
             for key, (group, quantity, events) in sorted(sums.items())
         ]

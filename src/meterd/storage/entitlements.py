@@ -7,7 +7,7 @@ audited, so they live in ``storage/transitions.py``.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -79,6 +79,19 @@ class EntitlementStore:
                 return None
             s.expunge(row[0])
             return row[0], row[1]
+
+    def filters_of(self, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, dict[str, Any]]:
+        """The dimension filters of those of ``ids`` that have any."""
+        found: dict[uuid.UUID, dict[str, Any]] = {}
+        ordered = sorted(ids)
+        with self.sessions() as s:
+            for start in range(0, len(ordered), 500):
+                chunk = ordered[start : start + 500]
+                stmt = select(Entitlement.id, Entitlement.filters).where(Entitlement.id.in_(chunk))
+                for ent_id, filters in s.execute(stmt):
+                    if filters:
+                        found[ent_id] = dict(filters)
+        return found
 
     def owner_of(self, entitlement_id: uuid.UUID) -> tuple[str, str, str]:
         """(org, customer, feature key) of an entitlement."""
