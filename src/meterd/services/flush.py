@@ -12,9 +12,9 @@ The protocol (see docs/architecture.md for each crash point):
    counts and become notification rows in that same transaction.
 3. ``end_flush`` deletes the batch from Redis.
 
-An event the log already held (a Redis without AOF lost its marker and counted
-its redelivery) is left out of step 2 and its units are taken back off the
-Redis counters in step 3, with the batch's removal.
+An event the log already held is left out of step 2. If it was accepted again
+(a Redis without AOF lost its marker and counted its redelivery), its units are
+taken back off the Redis counters in step 3, with the batch's removal.
 
 A crash before 2 commits leaves the batch in Redis for the next flush; a crash
 after 2 leaves a batch the database already has, which step 2 recognises.
@@ -41,8 +41,10 @@ class FlushReport:
     crossings: int = 0
     #: Events written to the event log by this flush.
     events: int = 0
-    #: Events of the batch the log already held (counted twice by a Redis that
-    #: lost their dedupe markers): left out, their units taken back.
+    #: Events of the batch the log already held, left out (``AppliedBatch``) ...
+    left_out: int = 0
+    #: ... of which accepted again by a Redis that lost their dedupe markers:
+    #: their units taken back off the Redis totals.
     counted_twice: int = 0
 
     @property
@@ -63,7 +65,7 @@ class FlushService:
         result = self.usage.apply_flush_batch(
             batch_id, content.deltas, now, content.crossings, content.events
         )
-        self.counters.end_flush(batch_id, counted_twice=result.duplicates)
+        self.counters.end_flush(batch_id, counted_twice=result.counted_twice)
         applied = result.applied
         return FlushReport(
             batch_id,
@@ -71,8 +73,9 @@ class FlushService:
             sum(content.deltas.values()),
             applied=applied,
             crossings=len(content.crossings) if applied else 0,
-            events=len(content.events) - len(result.duplicates) if applied else 0,
-            counted_twice=len(result.duplicates),
+            events=len(content.events) - len(result.left_out) if applied else 0,
+            counted_twice=len(result.counted_twice),
+            left_out=len(result.left_out),
         )
 
     def flush_all(self, now: datetime, max_batches: int = 10) -> list[FlushReport]:

@@ -25,7 +25,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, tuple_
+from sqlalchemy import delete, event, func, insert, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -54,8 +54,9 @@ class LoggedEvent:
 
     quantity: Decimal
     target: uuid.UUID | None
-    #: The flush batch that wrote it.
+    #: The flush batch that wrote it, and when a worker accepted it.
     batch_id: str = ""
+    received_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,10 +134,16 @@ class EventLog:
         s.execute(stmt, values)
 
     def _ensure_partitions(self, s: Session, days: Iterable[date]) -> None:
+        """Create the missing day partitions in the caller's transaction. They are
+        remembered only once it commits: a rolled-back flush takes its CREATEs with
+        it, and a cache that kept them would skip them for good (every later COPY of
+        that day failing with "no partition of relation event_log found for row")."""
         missing = sorted(set(days) - self._partitions)
         if missing:
             create_partitions(s, missing)
-            self._partitions.update(missing)
+            event.listen(
+                s, "after_commit", lambda _session: self._partitions.update(missing), once=True
+            )
 
     # -- read -------------------------------------------------------------------
 
@@ -160,6 +167,7 @@ class EventLog:
                             EventLogRow.event_quantity,
                             EventLogRow.target_id,
                             EventLogRow.batch_id,
+                            EventLogRow.received_at,
                         ).where(
                             EventLogRow.org_id == org,
                             EventLogRow.source == source,
@@ -167,9 +175,9 @@ class EventLog:
                             EventLogRow.part == 0,
                         )
                     ).all()
-                    for event_id, quantity, target, batch_id in rows:
+                    for event_id, quantity, target, batch_id, received_at in rows:
                         found[(org, source, event_id)] = LoggedEvent(
-                            Decimal(quantity), target, batch_id
+                            Decimal(quantity), target, batch_id, received_at
                         )
         return found
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -29,7 +29,7 @@ from meterd.notifications import (
     envelope,
     threshold_data,
 )
-from meterd.quantity import from_units
+from meterd.quantity import from_units, to_units
 from meterd.redis_keys import period_field
 from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.event_log import EventLog
@@ -57,7 +57,10 @@ class AppliedBatch:
     applied: bool
     #: Events of the batch the event log held from an earlier batch, left out of
     #: the counts and the log (see ``UsageStore.apply_flush_batch``).
-    duplicates: tuple[EventRecord, ...] = ()
+    left_out: tuple[EventRecord, ...] = ()
+    #: Those of ``left_out`` accepted a second time (another ``received_at``):
+    #: their units were added to the Redis totals twice and must be taken back.
+    counted_twice: tuple[EventRecord, ...] = ()
 
 
 def _without(deltas: dict[str, int], events: Sequence[EventRecord]) -> dict[str, int]:
@@ -68,6 +71,10 @@ def _without(deltas: dict[str, int], events: Sequence[EventRecord]) -> dict[str,
             name = period_field(part.entitlement_id, part.period_start)
             left[name] = left.get(name, 0) - part.units
     return left
+
+
+def _periods_of(events: Sequence[EventRecord]) -> frozenset[PeriodKey]:
+    return frozenset((p.entitlement_id, p.period_start) for r in events for p in r.allocations)
 
 
 class UsageStore:
@@ -87,33 +94,42 @@ class UsageStore:
         for each threshold crossing it carries and the records of its events in the
         event log.
 
-        An event the log already holds from an earlier batch was counted twice: a
-        Redis that lost its dedupe markers (no AOF, or the last second of
-        ``appendfsync everysec``) took its redelivery for a new event. Its row
-        would break the log's key and stop every flush after it, so the batch is
-        applied again without it and without its units, and it is returned for
-        the caller to take its units back off the Redis counters. This is found
-        only when the log refuses a row (an event redelivered with its own time,
-        as every meterd producer does): checking every batch would cost a log
-        search per event."""
+        An event the log already holds from an earlier batch must not be added
+        again. Two ways lead there, told apart by when a worker accepted it:
+
+        * accepted again (another ``received_at``): a Redis that lost its dedupe
+          markers (no AOF) took a redelivery for a new event, and its units are in
+          the Redis totals twice; it is returned in ``counted_twice`` for the
+          caller to take them back;
+        * the same acceptance (the same ``received_at``): a Redis restored from a
+          snapshot older than the flush that logged it (RDB, or the last second
+          of ``appendfsync everysec``) holds it again, once in its totals.
+
+        Either way its row would break the log's key and stop every flush after
+        it, so the batch is applied again without it and its units, and a
+        threshold crossing on a period it touched is kept only if the committed
+        consumption reaches the threshold. This is found only when the log
+        refuses a row (a redelivery carries its event's time, as every meterd
+        producer does): checking every batch would cost a log search per event."""
         try:
             self._apply(batch_id, deltas, now, crossings, events)
             return AppliedBatch(True)
         except IntegrityError:
             if self.batch_committed(batch_id):
-                return AppliedBatch(False, self._logged_before(batch_id, events))
-            duplicates = self._logged_before(batch_id, events)
-            if not duplicates:
+                return AppliedBatch(False, *self._logged_before(batch_id, events))
+            left_out, counted_twice = self._logged_before(batch_id, events)
+            if not left_out:
                 raise
-        left_out = {(r.org, r.source, r.id) for r in duplicates}
+        skipped = {(r.org, r.source, r.id) for r in left_out}
         self._apply(
             batch_id,
-            _without(deltas, duplicates),
+            _without(deltas, left_out),
             now,
             crossings,
-            [r for r in events if (r.org, r.source, r.id) not in left_out],
+            [r for r in events if (r.org, r.source, r.id) not in skipped],
+            recheck=_periods_of(left_out),
         )
-        return AppliedBatch(True, duplicates)
+        return AppliedBatch(True, left_out, counted_twice)
 
     def _apply(
         self,
@@ -122,6 +138,7 @@ class UsageStore:
         now: datetime,
         crossings: Sequence[Crossing],
         events: Sequence[EventRecord],
+        recheck: frozenset[PeriodKey] = frozenset(),
     ) -> None:
         keys = sorted((parse_period_field(f), units) for f, units in deltas.items() if units)
         with self.sessions.begin() as s:
@@ -133,22 +150,28 @@ class UsageStore:
             _ensure_periods(s, [key for key, _ in parsed], now)
             _add_consumption(s, parsed, now)
             if crossings:
-                insert_notifications(s, _crossing_payloads(s, crossings, scales), now)
+                payloads = _crossing_payloads(s, crossings, scales, recheck)
+                insert_notifications(s, payloads, now)
             self.event_log.append(s, batch_id, events)
 
     def _logged_before(
         self, batch_id: str, events: Sequence[EventRecord]
-    ) -> tuple[EventRecord, ...]:
-        """The events the log holds from a batch other than ``batch_id``."""
+    ) -> tuple[tuple[EventRecord, ...], tuple[EventRecord, ...]]:
+        """The events the log holds from a batch other than ``batch_id``, and those
+        of them accepted again (``AppliedBatch``)."""
         if not events:
-            return ()
+            return (), ()
         found = self.event_log.find([(r.org, r.source, r.id) for r in events])
-        return tuple(
-            r
-            for r in events
-            if (logged := found.get((r.org, r.source, r.id))) is not None
-            and logged.batch_id != batch_id
-        )
+        left_out: list[EventRecord] = []
+        again: list[EventRecord] = []
+        for r in events:
+            logged = found.get((r.org, r.source, r.id))
+            if logged is None or logged.batch_id == batch_id:
+                continue
+            left_out.append(r)
+            if logged.received_at != r.received_at:
+                again.append(r)
+        return tuple(left_out), tuple(again)
 
     def batch_committed(self, batch_id: str) -> bool:
         with self.sessions() as s:
@@ -227,14 +250,21 @@ def _add_consumption(
 
 
 def _crossing_payloads(
-    s: Session, crossings: Sequence[Crossing], scales: dict[uuid.UUID, int]
+    s: Session,
+    crossings: Sequence[Crossing],
+    scales: dict[uuid.UUID, int],
+    recheck: frozenset[PeriodKey] = frozenset(),
 ) -> list[NewNotification]:
+    """The notifications of ``crossings``. On a period in ``recheck`` (units left out
+    of the batch after Redis counted them) a crossing stands only if the consumption
+    just written reaches its threshold, and reports that consumption."""
     ids = {c.entitlement_id for c in crossings}
     rows = s.execute(
         select(
             UsagePeriod.entitlement_id,
             UsagePeriod.period_start,
             UsagePeriod.quantity,
+            UsagePeriod.consumed,
             Entitlement.org_id,
             Entitlement.customer_id,
             Feature.key,
@@ -249,6 +279,12 @@ def _crossing_payloads(
         row = by_period.get((crossing.entitlement_id, crossing.period_start))
         if row is None or row.quantity is None:
             continue  # not a limited PRE_PAID period (cannot happen: ingest.lua checks)
+        if (crossing.entitlement_id, crossing.period_start) in recheck:
+            consumed = Decimal(row.consumed)
+            if consumed * 100 < row.quantity * crossing.percent:
+                continue  # crossed only by units counted twice
+            scale = scales.get(crossing.entitlement_id, 6)
+            crossing = replace(crossing, consumed_units=to_units(consumed, scale))
         payloads.append(
             envelope(
                 notification_id=crossing.notification_id,
