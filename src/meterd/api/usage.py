@@ -145,6 +145,12 @@ def _positive_quantity(text: str) -> str:
     return text
 
 
+#: An idempotency key, in the body or the header: printable ASCII, at most 200
+#: (a reservation's log id must fit ``event_log.event_id``).
+IDEMPOTENCY_KEY_MAX = 200
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
+
+
 class ReserveRequest(BaseModel):
     quantity: Annotated[
         str,
@@ -154,8 +160,8 @@ class ReserveRequest(BaseModel):
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,
-        max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
+        max_length=IDEMPOTENCY_KEY_MAX,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
         description="or the Idempotency-Key header; a retry with it consumes nothing more",
     )
     entitlement_id: uuid.UUID | None = None
@@ -183,7 +189,15 @@ def reserve(
     body: ReserveRequest,
     runtime: RuntimeDep,
     caller: Annotated[Principal, Depends(require(Permission.USAGE_RESERVE))],
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=IDEMPOTENCY_KEY_MAX,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+        ),
+    ] = None,
 ) -> ReserveResponse:
     """Atomic check-and-consume: granted only if the customer's room covers the
     quantity; never takes a PRE_PAID entitlement over its quantity."""

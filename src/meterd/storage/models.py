@@ -40,6 +40,11 @@ from meterd.quantity import from_micros, to_micros
 from meterd.storage.exact import decode_micros, encode_micros
 from meterd.timeutil import as_utc
 
+#: The longest id the event log holds: an event id (512, ``events.MAX_ID_LENGTH``),
+#: U+001F and a feature key (64) for a raw event's item; a reservation's
+#: ``<n>:<customer>:<feature>:<idempotency key>`` is at most 398 (migration 0012).
+LOGGED_ID_LENGTH = 600
+
 
 class ExactDecimal(TypeDecorator[Decimal]):
     """Decimal with six fractional digits, stored exactly on every backend:
@@ -284,7 +289,8 @@ class EventLogRow(Base):
 
     org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     source: Mapped[str] = mapped_column(String(512), primary_key=True)
-    event_id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    #: An event's id, or an item's (``meters.item_id``: id, U+001F, feature key).
+    event_id: Mapped[str] = mapped_column(String(LOGGED_ID_LENGTH), primary_key=True)
     part: Mapped[int] = mapped_column(Integer, primary_key=True)
     event_time: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
     customer_id: Mapped[str] = mapped_column(String(128))
