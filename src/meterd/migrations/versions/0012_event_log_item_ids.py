@@ -9,7 +9,8 @@ event feeds a feature with is logged as ``<id>`` U+001F ``<feature>`` (a feature
 key is at most 64), so up to 577. At 512 the COPY of such a row failed on
 PostgreSQL, and with it every later flush. Widening a varchar is a catalog
 change on PostgreSQL (no table rewrite; the partitions follow their parent).
-SQLite does not enforce the length: nothing to do there.
+SQLite does not enforce the length, but its declared schema is kept the same as
+the models': the table is copied (no foreign key points at the log).
 """
 
 from __future__ import annotations
@@ -24,23 +25,19 @@ depends_on = None
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "postgresql":
-        op.alter_column(
-            "event_log",
-            "event_id",
-            type_=sa.String(length=600),
-            existing_type=sa.String(length=512),
-            existing_nullable=False,
-        )
+    _resize(512, 600)
 
 
 def downgrade() -> None:
-    # Fails (as it should) while an id longer than 512 characters is logged.
-    if op.get_bind().dialect.name == "postgresql":
-        op.alter_column(
-            "event_log",
+    # On PostgreSQL this fails (as it should) while a longer id is logged.
+    _resize(600, 512)
+
+
+def _resize(old: int, new: int) -> None:
+    with op.batch_alter_table("event_log") as table:  # ALTER on PostgreSQL, a copy on SQLite
+        table.alter_column(
             "event_id",
-            type_=sa.String(length=512),
-            existing_type=sa.String(length=600),
+            type_=sa.String(length=new),
+            existing_type=sa.String(length=old),
             existing_nullable=False,
         )
