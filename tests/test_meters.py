@@ -368,6 +368,34 @@ def test_past_the_exact_bound_an_event_is_refused_never_rounded(runtime: Runtime
     assert flushed(runtime, "api_calls") == [Decimal("9007199254.740991")]
 
 
+def test_a_sum_the_first_grant_takes_whole_is_not_refused_for_a_big_counter_it_never_touches(
+    runtime: Runtime,
+) -> None:
+    """B (unlimited, burned last) holds 2^53 - 3 units; A (limit 10, burned first) has
+    all its room. 5 units land on A alone and are counted; 15 would put 5 on B, past
+    its bound, and are refused whole (the check once refused both, for B)."""
+    meter(runtime, "bytes", scale=0)
+    b = grant(runtime, quantity=None, feature="bytes", priority=1)
+    top = 2**53 - 3
+    assert ingest(runtime, event(feature="bytes", quantity=str(top), event_id="fill")) == [
+        Outcome.ACCEPTED
+    ]
+    a = grant(runtime, quantity="10", feature="bytes", priority=0)
+    report = runtime.ingest.ingest(
+        [
+            event(feature="bytes", quantity="15", event_id="past"),
+            event(feature="bytes", quantity="5", event_id="small"),
+        ],
+        now=NOW,
+    )
+    assert report.outcomes == [Outcome.INVALID, Outcome.ACCEPTED], report.reasons
+    by_id = {
+        x.entitlement_id: x.consumed
+        for x in runtime.balance.current("acme", "cust-1", "bytes", NOW)
+    }
+    assert by_id == {a.id: Decimal(5), b.id: Decimal(top)}
+
+
 # -- reserve -----------------------------------------------------------------------
 
 

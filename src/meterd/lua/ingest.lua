@@ -9,7 +9,10 @@ KEYS[6]                 flush sequence (bumped when a flush begins and when it e
 KEYS[7]                 marker generations (sorted set: generation -> generation)
 KEYS[8]                 big counters: the used fields above 2^52 units (a set)
 KEYS[2i + 7]            resolution data of event i      (string, JSON, see resolution.py)
-KEYS[2i + 8]            used hash of event i's customer "<ent>:<period>" -> units
+KEYS[2i + 8]            used hash of event i's customer "<ent>:<period>" -> units, and
+                        "t:<ent>:<period>" -> "<ts>\t<event key>" of the period's latest
+                        LATEST sample; "<this key>:u:<ent>:<period>": the set of the
+                        values a UNIQUE_COUNT period counted
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 hot window, microseconds: how long a marker is kept after acceptance
@@ -63,6 +66,7 @@ to the database with the counts, where it becomes a notification (once: its id
 is the primary key). Consumption only grows, so each crossing happens in one
 batch only, and a redelivered event is a duplicate that moves nothing.
 
+
 A reservation's record starts with "<quantity>:<target>": the same idempotency
 key asked again with other parameters is a conflict (code c), not a duplicate.
 
@@ -104,13 +108,28 @@ Cost: Redis spends its time per redis.call, so each event costs one
 SISMEMBER per live marker generation, one SADD and one HSET (its record) when
 accepted; resolution data is
 read and decoded once per customer and feature; and the counters are summed
-in Lua and written once per touched field at the end of the batch.
+in Lua and written once per touched field at the end of the batch. A counter is
+read (HGET) once a batch where the burn-down or a level needs its value; the
+last candidate of a sum is read only near the exact bound. A LATEST event reads
+each candidate period's latest sample once a batch; they are written once at its
+end. A UNIQUE_COUNT event costs a SISMEMBER per candidate, and a new value an
+SADD (and an expiry, if its period ends). Dimension filters decode the event's
+record once, only for events reaching an entitlement with filters.
 
 Burn-down: the resolution data lists the customer's entitlements for the
-feature already in order (priority, soonest end, oldest). Each usable one
-takes what room it has left in the period containing the event time; what is
-left after the last one is counted on the last one, where it shows as overage.
-All numbers stay below 2^53, so Lua's doubles hold them exactly.
+feature already in order (priority, soonest end, oldest). The candidates of an
+event are the usable ones at its time, each with the period containing that time.
+* SUM, COUNT, UNIQUE_COUNT (a new value is one unit): each candidate takes what
+  room it has left; what is left after the last one is counted on the last one,
+  where it shows as overage. A counted value goes into the set of the period
+  that took it; a value in the set of any candidate's period counts nothing.
+* MAX, LATEST: the sample is a level shared down its candidates (each takes up
+  to its limit, the last the rest), and each candidate's period judges its own
+  share: MAX keeps the largest share any sample gave it, LATEST its share of the
+  latest sample (time, then event key) it took. So a period's figure is a
+  function of the events and the grants, never of arrival order or batching.
+All numbers stay below 2^53, so Lua's doubles hold them exactly: an event is
+refused (o) only if a counter it would move would pass that bound.
 ]]
 
 local pending_key = KEYS[1]
@@ -379,18 +398,6 @@ local function room_of(used_key, c)
   return room
 end
 
--- Strict: whether the candidates' room covers qty (nil room: unbounded).
-local function fits(used_key, cands, qty)
-  local total = 0
-  for _, c in ipairs(cands) do
-    local room = room_of(used_key, c)
-    if room == nil then return true end
-    total = total + room
-    if total >= qty then return true end
-  end
-  return false
-end
-
 local function add_to(used_key, field, delta)
   if delta == 0 then return end
   local entry = used_entry(used_key, field)
@@ -399,10 +406,12 @@ local function add_to(used_key, field, delta)
   allocation[#allocation + 1] = field .. "=" .. int_str(delta)
 end
 
--- SUM: burn qty down the candidates (what exceeds every limit lands on the last).
-local function count(used_key, cands, qty)
+-- SUM: burn qty down the candidates (what exceeds every limit lands on the last):
+-- the units each candidate would take (moves[j]), and what no room took (strict).
+local function plan_sum(used_key, cands, qty, moves)
   local left = qty
   for j, c in ipairs(cands) do
+    if left <= 0 then break end
     local take = left
     if strict then
       local room = room_of(used_key, c)
@@ -413,46 +422,51 @@ local function count(used_key, cands, qty)
       if room < take then take = room end
     end
     if take > 0 then
-      add_to(used_key, c[1], take)
+      moves[j] = take
       left = left - take
     end
-    if left <= 0 then break end
   end
+  return left
 end
 
--- MAX and LATEST: the consumption is a level, shared down the candidates like a
--- sum (each takes up to its limit, the last the rest); each share moves to its
--- new value (a LATEST level may fall).
-local function level_sum(used_key, cands)
-  local total = 0
-  for _, c in ipairs(cands) do total = total + used_value(used_key, c[1]) end
-  return total
-end
-
-local function set_level(used_key, cands, level)
+-- MAX and LATEST: a sample's value is a level, shared down the candidates live at
+-- its time like a sum (each takes up to its limit, the last the rest). Each
+-- candidate's period judges the sample on its own share: MAX keeps the largest
+-- share any sample gave it, LATEST its share of the latest sample it took (by
+-- event time, ties by event key). A period's figure is then a function of the
+-- events and the grants, never of their order of arrival or of the batching.
+local function level_share(cands, j, level)
   local left = level
-  for j, c in ipairs(cands) do
-    local share = left
-    if j < #cands and c[2] >= 0 and c[2] < share then share = c[2] end
-    add_to(used_key, c[1], share - used_value(used_key, c[1]))
-    left = left - share
+  for k = 1, j - 1 do
+    local limit = cands[k][2]
+    if limit < 0 or limit >= left then return 0 end -- unlimited, or room for it all
+    left = left - limit
   end
+  local limit = cands[j][2]
+  if j < #cands and limit >= 0 and limit < left then return limit end
+  return left
 end
 
--- LATEST: whether (ts, key) is later than the latest event of any candidate's
--- period (ties by event key, so the order of arrival never matters).
-local function latest_wins(used_key, cands, ts, key)
-  for _, c in ipairs(cands) do
-    local seen = redis.call("HGET", used_key, "t:" .. c[1])
-    if seen then
-      local tab = string.find(seen, "\t", 1, true)
-      local seen_ts = tonumber(string.sub(seen, 1, tab - 1))
-      if seen_ts > ts or (seen_ts == ts and string.sub(seen, tab + 1) >= key) then
-        return false
-      end
-    end
+-- LATEST: the latest sample each period took, { ts, event key } or false, read
+-- once a batch ("t:<field>" in the used hash: "<ts>\t<key>") and written at its end.
+local latest = {}
+local function latest_of(used_key, field)
+  local fields = latest[used_key]
+  if fields == nil then
+    fields = {}
+    latest[used_key] = fields
   end
-  return true
+  local seen = fields[field]
+  if seen == nil then
+    seen = false
+    local text = redis.call("HGET", used_key, "t:" .. field)
+    if text then
+      local tab = string.find(text, "\t", 1, true)
+      seen = { tonumber(string.sub(text, 1, tab - 1)), string.sub(text, tab + 1) }
+    end
+    fields[field] = seen
+  end
+  return seen
 end
 
 -- UNIQUE_COUNT: the set of values counted in one period, kept until the period
@@ -503,7 +517,8 @@ local function resolve(resolution_key, used_key, ev)
   end
   local ts, qty = ev.ts, ev.qty
   local cands = {}
-  local ends = ev.agg == "U" and {} or nil
+  local agg = ev.agg
+  local keeps = agg == "U" and {} or nil
   local suspended = false
   for _, e in ipairs(res) do
     if (ev.target == "" or e.i == ev.target) and e.s <= ts and (e.u < 0 or ts < e.u)
@@ -514,7 +529,7 @@ local function resolve(resolution_key, used_key, ev)
         local field, limit, prepaid, period_end = period_of(e, ts, ev.month)
         if field ~= nil then
           cands[#cands + 1] = { field, limit, prepaid }
-          if ends then ends[#cands] = period_end end
+          if keeps then keeps[#cands] = period_end end
           if prepaid and limit > 0 then prepaid_limits[field] = limit end
         end
       end
@@ -524,50 +539,65 @@ local function resolve(resolution_key, used_key, ev)
     return suspended and "s" or "n"
   end
   allocation = {}
-  local agg = ev.agg
-  if agg == "U" and seen_value(used_key, cands, ev.value) then
-    qty = 0
+  -- moves[j]: what candidate j's counter moves by; nothing is written before the
+  -- checks below pass
+  local moves = {}
+  local later = nil
+  local left = 0
+  local counted = false
+  if agg == "S" or (agg == "U" and not seen_value(used_key, cands, ev.value)) then
+    counted = true
+    left = plan_sum(used_key, cands, qty, moves)
   elseif agg == "M" then
-    local level = level_sum(used_key, cands)
-    if qty <= level then qty = 0 end
-  elseif agg == "L" and not latest_wins(used_key, cands, ts, ev.key) then
-    agg = "-"
+    for j, c in ipairs(cands) do
+      local delta = level_share(cands, j, qty) - used_value(used_key, c[1])
+      if delta > 0 then moves[j] = delta end
+    end
+  elseif agg == "L" then
+    later = {}
+    for j, c in ipairs(cands) do
+      local seen = latest_of(used_key, c[1])
+      if not seen or ts > seen[1] or (ts == seen[1] and ev.key > seen[2]) then
+        later[j] = true
+        moves[j] = level_share(cands, j, qty) - used_value(used_key, c[1])
+      end
+    end
   end
   -- Exact bound: no counter may pass what a double holds exactly (nor the database).
-  -- A sum may add qty to any candidate; a level never puts more than qty on one.
-  if agg == "M" or agg == "L" then
-    if qty > MAX_UNITS then return "o" end
-  else
-    for _, c in ipairs(cands) do
+  -- Only the units that move count: a counter not read yet and not listed as big is
+  -- at most BIG, so a small move needs no read.
+  for j, c in ipairs(cands) do
+    local delta = moves[j]
+    if delta ~= nil and delta > 0 then
       local entry = used_entry(used_key, c[1])
-      if entry[1] ~= false or entry[2] + qty > MAX_UNITS - BIG or is_big(c[1]) then
-        if used_value(used_key, c[1]) + qty > MAX_UNITS then return "o" end
+      if entry[1] ~= false or entry[2] + delta > MAX_UNITS - BIG or is_big(c[1]) then
+        if used_value(used_key, c[1]) + delta > MAX_UNITS then return "o" end
       end
     end
   end
-  if strict and not fits(used_key, cands, qty) then
+  if strict and left > 0 then
     return "x"
   end
-  if agg == "S" or agg == "U" then
-    count(used_key, cands, qty)
-    if agg == "U" and qty > 0 then
-      -- the value belongs to the period that took it (the first allocation's)
-      local field = string.match(allocation[1], "^(.*)=")
-      local key = unique_key(used_key, field)
-      redis.call("SADD", key, ev.value)
-      for j, c in ipairs(cands) do
-        if c[1] == field and ends[j] >= 0 then
-          local until_us = math.max(ends[j], ts) + late_window_us + DAY_US
+  for j, c in ipairs(cands) do
+    if moves[j] ~= nil then add_to(used_key, c[1], moves[j]) end
+  end
+  if later ~= nil then
+    local fields = latest[used_key]
+    for j in pairs(later) do
+      fields[cands[j][1]] = { ts, ev.key, true }
+    end
+  elseif agg == "U" and counted then
+    -- the value belongs to the period that took it (the first share's)
+    for j, c in ipairs(cands) do
+      if moves[j] ~= nil then
+        local key = unique_key(used_key, c[1])
+        redis.call("SADD", key, ev.value)
+        if keeps[j] >= 0 then
+          local until_us = math.max(keeps[j], ts) + late_window_us + DAY_US
           redis.call("PEXPIREAT", key, int_str(math.floor(until_us / 1000)))
         end
+        break
       end
-    end
-  elseif agg == "M" and qty > 0 then
-    set_level(used_key, cands, qty)
-  elseif agg == "L" then
-    set_level(used_key, cands, qty)
-    for _, c in ipairs(cands) do
-      redis.call("HSET", used_key, "t:" .. c[1], int_str(ts) .. "\t" .. ev.key)
     end
   end
   if #allocation == 0 then
@@ -682,6 +712,16 @@ for used_key, fields in pairs(used) do
       note_crossings(field, after - entry[2], after)
     end
   end
+end
+for used_key, fields in pairs(latest) do
+  local args = {}
+  for field, seen in pairs(fields) do
+    if seen and seen[3] then
+      args[#args + 1] = "t:" .. field
+      args[#args + 1] = int_str(seen[1]) .. "\t" .. seen[2]
+    end
+  end
+  if #args > 0 then redis.call("HSET", used_key, unpack(args)) end
 end
 local wrote = false
 for field, delta in pairs(pending) do
