@@ -3,6 +3,7 @@ through the ingest service, the Lua script and the flush (the test backend)."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -330,6 +331,52 @@ def test_a_latest_level_may_fall_and_the_flush_keeps_it_exact(seats: Runtime) ->
     ingest(seats, seat_count(8, "b", minutes_ago=5))
     assert flushed(seats, "seats") == [Decimal(8)]
     assert_log_matches_periods(seats)
+
+
+def _crossings(rt: Runtime, entitlement_id: Any) -> list[tuple[int, str]]:
+    return sorted(
+        (n["threshold_percent"], n["consumed"])
+        for n in (
+            json.loads(x.payload)["data"]
+            for x in rt.notification_store.all_for(entitlement_id)
+            if x.type == "entitlement.threshold_crossed"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        [(60, 10), (10, 5)],  # up past the limit, then down
+        [(10, 15), (60, 10), (10, 5)],  # from 10, up and back to 10: no net change
+    ],
+)
+def test_a_latest_level_that_passes_the_limit_notifies_whatever_the_batching(
+    runtime: Runtime, samples: list[tuple[int, int]]
+) -> None:
+    """Seats 60 of 50, then 10 again: sent one event a batch, 80% and 100% notify;
+    sent in one batch, the script judged the batch's net change and none did."""
+    meter(
+        runtime, "seats", scale=0, event_type="seats.count", aggregation="LATEST",
+        value_property="n",
+    )  # fmt: skip
+    results = []
+    for customer, batches in (
+        ("one-a-batch", [[s] for s in samples]),
+        ("one-batch", [samples]),
+    ):
+        ent = grant(runtime, customer, "50", feature="seats")
+        for batch in batches:
+            payloads = [
+                raw({"n": n}, type_="seats.count", event_id=f"{customer}-{ago}",
+                    customer=customer, time=NOW - timedelta(minutes=ago))
+                for n, ago in batch
+            ]  # fmt: skip
+            ingest(runtime, *payloads)
+        runtime.flush.flush_all(NOW)
+        results.append(_crossings(runtime, ent.id))
+    assert results[0] == [(80, "60"), (100, "60")]
+    assert results[1] == results[0]
 
 
 # -- scales and exact bounds -------------------------------------------------------

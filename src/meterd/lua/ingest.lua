@@ -61,11 +61,13 @@ counted on); the flush writes it to the log with the counts.
 
 Threshold crossings: when a PRE_PAID period's consumption goes from below 80%
 (or 100%) of its limit to at or above it, the field "n:<ent>:<period>:<pct>" of
-the pending hash is set (HSETNX) to "<now>:<consumed after>". The flush moves it
-to the database with the counts, where it becomes a notification (once: its id
-is the primary key). Consumption only grows, so each crossing happens in one
-batch only, and a redelivered event is a duplicate that moves nothing.
-
+the pending hash is set (HSETNX) to "<now>:<consumed>", consumed being the highest
+the batch carried the counter. A batch is judged from its counter before it to
+that highest point, so a LATEST level that rose past a threshold and fell back
+within one batch notifies as it would have in two. The flush moves the field to
+the database with the counts, where it becomes a notification (once: its id is
+the primary key, so a level that falls and rises again in a period notifies
+once), and a redelivered event is a duplicate that moves nothing.
 
 A reservation's record starts with "<quantity>:<target>": the same idempotency
 key asked again with other parameters is a conflict (code c), not a duplicate.
@@ -273,7 +275,7 @@ local function used_entry(used_key, field)
   end
   local entry = fields[field]
   if entry == nil then
-    entry = { false, 0 }
+    entry = { false, 0, 0 }
     fields[field] = entry
   end
   return entry
@@ -402,6 +404,9 @@ local function add_to(used_key, field, delta)
   if delta == 0 then return end
   local entry = used_entry(used_key, field)
   entry[2] = entry[2] + delta
+  -- the highest this batch carried the counter (a LATEST level may fall again):
+  -- threshold crossings are judged on it, so they never depend on the batching
+  if entry[2] > entry[3] then entry[3] = entry[2] end
   pending[field] = (pending[field] or 0) + delta
   allocation[#allocation + 1] = field .. "=" .. int_str(delta)
 end
@@ -693,13 +698,14 @@ local function threshold_point(limit, pct)
   return pct * q + math.ceil(pct * r / 100)
 end
 
-local function note_crossings(field, before, after)
+-- before: the consumption before the batch; peak: the highest the batch carried it.
+local function note_crossings(field, before, peak)
   local limit = prepaid_limits[field]
   if limit == nil then return end
   for _, pct in ipairs(THRESHOLDS) do
     local point = threshold_point(limit, pct)
-    if before < point and after >= point then
-      redis.call("HSETNX", pending_key, "n:" .. field .. ":" .. pct, ARGV[1] .. ":" .. int_str(after))
+    if before < point and peak >= point then
+      redis.call("HSETNX", pending_key, "n:" .. field .. ":" .. pct, ARGV[1] .. ":" .. int_str(peak))
     end
   end
 end
@@ -709,7 +715,12 @@ for used_key, fields in pairs(used) do
     if entry[2] ~= 0 then
       local after = tonumber(redis.call("HINCRBY", used_key, field, int_str(entry[2])))
       if after > BIG then redis.call("SADD", big_key, field) end
-      note_crossings(field, after - entry[2], after)
+      local before = after - entry[2]
+      note_crossings(field, before, before + entry[3])
+    elseif entry[3] > 0 and prepaid_limits[field] ~= nil then
+      -- a LATEST level that rose and fell back within the batch
+      local before = used_value(used_key, field)
+      note_crossings(field, before, before + entry[3])
     end
   end
 end
