@@ -4,7 +4,7 @@ through the ingest service, the Lua script and the flush (the test backend)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +12,9 @@ import pytest
 
 from meterd.domain import BillingType, Outcome
 from meterd.runtime import Runtime
+from meterd.services.catalog import EntitlementChange
 from meterd.testing import event
+from meterd.timeutil import epoch_micros
 
 from .conftest import NOW
 from .helpers import assert_log_matches_periods, grant
@@ -260,6 +262,78 @@ def test_unique_count_counts_a_value_again_in_the_next_period(runtime: Runtime) 
     )
     by_month = {p.period_start.month: p.consumed for p in periods}
     assert (by_month[10], by_month[11]) == (Decimal(1), Decimal(1))
+
+
+def _unique_set(rt: Runtime, ent: Any, customer: str = "cust-1") -> tuple[str, datetime]:
+    """The Redis key of the UNIQUE_COUNT set of an entitlement's current period, and
+    that period's end."""
+    (balance,) = rt.balance.current("acme", customer, "active_users", NOW)
+    assert balance.entitlement_id == ent.id
+    field = f"{ent.id.hex}:{epoch_micros(balance.period_start)}"
+    return f"{rt.redis_keys.used('acme', customer)}:u:{field}", balance.period_end
+
+
+def _set_expires(rt: Runtime, key: str) -> datetime | None:
+    """When a set expires (None: never); it must exist."""
+    assert rt.redis.sismember(key, json.dumps("ann"))
+    ttl_ms = rt.redis.pttl(key)
+    if ttl_ms == -1:
+        return None
+    return datetime.now(UTC) + timedelta(milliseconds=ttl_ms)
+
+
+def _kept_long_enough(rt: Runtime, expires: datetime | None, usable_until: datetime) -> bool:
+    """Kept a day past the late window of the last moment its period takes usage (a
+    minute's slack for the wall clock the TTL is read against)."""
+    late = timedelta(seconds=rt.settings.late_window)
+    return expires is None or expires >= usable_until + late + timedelta(days=1, minutes=-1)
+
+
+@pytest.mark.parametrize("new_end", [NOW + timedelta(days=100), None])
+def test_a_unique_set_follows_its_period_when_the_entitlement_is_extended(
+    runtime: Runtime, new_end: datetime | None
+) -> None:
+    """docs: "Each set is deleted a day after its period's late window ends". The set
+    got its expiry from the period's end (NOW+20d) when ann was counted; extending the
+    entitlement moves that same period's end, and the set must follow it (it kept
+    its old expiry, after which ann counted again in the same period). Made open, the
+    period's set stays."""
+    meter(
+        runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
+        value_property="user",
+    )  # fmt: skip
+    ent = grant(runtime, feature="active_users", quantity="100")  # NOW-10d .. NOW+20d
+    assert ingest(runtime, login("ann", "l1")) == [Outcome.ACCEPTED]
+    runtime.catalog.update_entitlement(
+        "acme", ent.id, EntitlementChange(row_version=ent.row_version, ends_at=new_end), NOW
+    )
+    key, period_end = _unique_set(runtime, ent)
+    assert period_end == new_end  # the same period, now longer (or open)
+    expires = _set_expires(runtime, key)
+    if new_end is None:
+        assert expires is None
+    else:
+        assert _kept_long_enough(runtime, expires, new_end), expires
+
+
+def test_a_unique_set_of_a_period_in_grace_is_kept_while_it_takes_usage(
+    runtime: Runtime,
+) -> None:
+    """Ended a day ago with 60 days of grace: the last period takes usage until the
+    grace ends, so its set must outlive it (it expired a day after the late window of
+    the latest value counted, and ann could count twice in the one period)."""
+    meter(
+        runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
+        value_property="user",
+    )  # fmt: skip
+    ent = grant(
+        runtime, feature="active_users", quantity="100",
+        ends_at=NOW - timedelta(days=1), grace=timedelta(days=60),
+    )  # fmt: skip
+    assert ingest(runtime, login("ann", "l1")) == [Outcome.ACCEPTED]
+    key, _ = _unique_set(runtime, ent)
+    expires = _set_expires(runtime, key)
+    assert _kept_long_enough(runtime, expires, NOW + timedelta(days=59)), expires
 
 
 @pytest.fixture

@@ -115,8 +115,8 @@ read (HGET) once a batch where the burn-down or a level needs its value; the
 last candidate of a sum is read only near the exact bound. A LATEST event reads
 each candidate period's latest sample once a batch; they are written once at its
 end. A UNIQUE_COUNT event costs a SISMEMBER per candidate, and a new value an
-SADD (and an expiry, if its period ends). Dimension filters decode the event's
-record once, only for events reaching an entitlement with filters.
+SADD and an expiry. Dimension filters decode the event's record
+once, only for events reaching an entitlement with filters.
 
 Burn-down: the resolution data lists the customer's entitlements for the
 feature already in order (priority, soonest end, oldest). The candidates of an
@@ -359,28 +359,34 @@ local function term_index(r, ts)
   return k
 end
 
--- The hash field, limit, whether PRE_PAID, and end (-1: open) of the period of e
--- containing ts.
+-- The hash field, limit and whether PRE_PAID of the period of e containing ts, and
+-- until when that period can take usage (-1: open): its end, or for the last stored
+-- period of an entitlement that does not renew, the end of its usable window (grace).
 local function period_of(e, ts, month)
   if e.b == "U" then
     return e.i .. ":" .. month, e.q, false, add_months(tonumber(month), 1)
   end
-  local latest = nil
+  local latest, last = nil, nil
   for _, p in ipairs(e.p) do
     if p[1] <= ts and (latest == nil or p[1] > latest[1]) then latest = p end
-  end
-  if latest ~= nil and (latest[2] < 0 or ts < latest[2]) then
-    return latest[4], latest[3], true, latest[2]
+    if last == nil or p[1] > last[1] then last = p end
   end
   local r = e.r
+  if latest ~= nil and (latest[2] < 0 or ts < latest[2]) then
+    local keep = latest[2]
+    if r == nil and latest == last and keep >= 0 then
+      keep = e.u < 0 and -1 or math.max(keep, e.u)
+    end
+    return latest[4], latest[3], true, keep
+  end
   if r ~= nil and ts >= e.s then
     local k = term_index(r, ts)
     local start = term_start(r, k)
     if latest ~= nil and latest[2] > start then start = latest[2] end
     return e.i .. ":" .. int_str(start), r[4], true, term_start(r, k + 1)
   end
-  if latest ~= nil then
-    return latest[4], latest[3], true, latest[2] -- in grace: the last period
+  if latest ~= nil then -- in grace: the last period
+    return latest[4], latest[3], true, e.u < 0 and -1 or math.max(latest[2], e.u)
   end
   return nil, nil, false, nil
 end
@@ -531,10 +537,10 @@ local function resolve(resolution_key, used_key, ev)
       if suspended_at(e, ts) then
         suspended = true
       else
-        local field, limit, prepaid, period_end = period_of(e, ts, ev.month)
+        local field, limit, prepaid, keep = period_of(e, ts, ev.month)
         if field ~= nil then
           cands[#cands + 1] = { field, limit, prepaid }
-          if keeps then keeps[#cands] = period_end end
+          if keeps then keeps[#cands] = keep end
           if prepaid and limit > 0 then prepaid_limits[field] = limit end
         end
       end
@@ -592,14 +598,16 @@ local function resolve(resolution_key, used_key, ev)
       fields[cands[j][1]] = { ts, ev.key, true }
     end
   elseif agg == "U" and counted then
-    -- the value belongs to the period that took it (the first share's)
+    -- the value belongs to the period that took it (the first share's), its set
+    -- kept until that period takes no more usage
     for j, c in ipairs(cands) do
       if moves[j] ~= nil then
         local key = unique_key(used_key, c[1])
         redis.call("SADD", key, ev.value)
-        if keeps[j] >= 0 then
-          local until_us = math.max(keeps[j], ts) + late_window_us + DAY_US
-          redis.call("PEXPIREAT", key, int_str(math.floor(until_us / 1000)))
+        if keeps[j] < 0 then
+          redis.call("PERSIST", key)
+        else
+          redis.call("PEXPIREAT", key, int_str(math.floor((keeps[j] + late_window_us + DAY_US) / 1000)))
         end
         break
       end
