@@ -336,6 +336,39 @@ def test_a_unique_set_of_a_period_in_grace_is_kept_while_it_takes_usage(
     assert _kept_long_enough(runtime, expires, NOW + timedelta(days=59)), expires
 
 
+def test_a_unique_value_counts_once_in_the_periods_of_every_grant_that_took_it(
+    runtime: Runtime,
+) -> None:
+    """A (limit 5) ended an hour ago, B (limit 5) runs on; ann logs in two hours ago
+    (A and B are candidates) and half an hour ago (B alone). Counted on A first, she
+    went into A's set only and B counted her again, though both logins lie in B's
+    period. A counted value now goes into the set of every candidate: she counts
+    once whatever the order. Which grant she lands on follows the order of arrival,
+    as any unit of a burn-down does (docs/meters.md)."""
+    meter(
+        runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
+        value_property="user",
+    )  # fmt: skip
+    results = []
+    for customer, order in (("in-order", (120, 30)), ("newest-first", (30, 120))):
+        a = grant(
+            runtime, customer, "5", feature="active_users", priority=0,
+            ends_at=NOW - timedelta(hours=1),
+        )  # fmt: skip
+        b = grant(runtime, customer, "5", feature="active_users", priority=1)
+        for ago in order:
+            payload = login(
+                "ann", f"{customer}-{ago}", customer=customer, time=NOW - timedelta(minutes=ago)
+            )
+            assert ingest(runtime, payload) == [Outcome.ACCEPTED]
+        live = {
+            x.entitlement_id: x.consumed
+            for x in runtime.balance.current("acme", customer, "active_users", NOW)
+        }
+        results.append([live[a.id], live[b.id]])
+    assert results == [[Decimal(1), Decimal(0)], [Decimal(0), Decimal(1)]]
+
+
 @pytest.fixture
 def storage(runtime: Runtime) -> Runtime:
     meter(

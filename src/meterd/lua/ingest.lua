@@ -115,7 +115,7 @@ read (HGET) once a batch where the burn-down or a level needs its value; the
 last candidate of a sum is read only near the exact bound. A LATEST event reads
 each candidate period's latest sample once a batch; they are written once at its
 end. A UNIQUE_COUNT event costs a SISMEMBER per candidate, and a new value an
-SADD and an expiry. Dimension filters decode the event's record
+SADD and an expiry per candidate. Dimension filters decode the event's record
 once, only for events reaching an entitlement with filters.
 
 Burn-down: the resolution data lists the customer's entitlements for the
@@ -123,8 +123,8 @@ feature already in order (priority, soonest end, oldest). The candidates of an
 event are the usable ones at its time, each with the period containing that time.
 * SUM, COUNT, UNIQUE_COUNT (a new value is one unit): each candidate takes what
   room it has left; what is left after the last one is counted on the last one,
-  where it shows as overage. A counted value goes into the set of the period
-  that took it; a value in the set of any candidate's period counts nothing.
+  where it shows as overage. A counted value goes into the set of every
+  candidate's period; a value in any of them counts nothing.
 * MAX, LATEST: the sample is a level shared down its candidates (each takes up
   to its limit, the last the rest), and each candidate's period judges its own
   share: MAX keeps the largest share any sample gave it, LATEST its share of the
@@ -598,18 +598,15 @@ local function resolve(resolution_key, used_key, ev)
       fields[cands[j][1]] = { ts, ev.key, true }
     end
   elseif agg == "U" and counted then
-    -- the value belongs to the period that took it (the first share's), its set
-    -- kept until that period takes no more usage
+    -- a counted value belongs to the period of every candidate (so no grant's period
+    -- ever counts it twice), each set kept until its period takes no more usage
     for j, c in ipairs(cands) do
-      if moves[j] ~= nil then
-        local key = unique_key(used_key, c[1])
-        redis.call("SADD", key, ev.value)
-        if keeps[j] < 0 then
-          redis.call("PERSIST", key)
-        else
-          redis.call("PEXPIREAT", key, int_str(math.floor((keeps[j] + late_window_us + DAY_US) / 1000)))
-        end
-        break
+      local key = unique_key(used_key, c[1])
+      redis.call("SADD", key, ev.value)
+      if keeps[j] < 0 then
+        redis.call("PERSIST", key)
+      else
+        redis.call("PEXPIREAT", key, int_str(math.floor((keeps[j] + late_window_us + DAY_US) / 1000)))
       end
     end
   end
