@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from meterd.domain import BillingType, Outcome
+from meterd.meters import matches
 from meterd.runtime import Runtime
 from meterd.services.catalog import EntitlementChange
 from meterd.testing import event
@@ -196,6 +197,65 @@ def test_a_dimension_compares_json_kinds_exactly(runtime: Runtime) -> None:
         raw({"tier": "2"}, type_="api.call", event_id="b"),
     )
     assert outcomes == [Outcome.ACCEPTED, Outcome.NO_ENTITLEMENT]
+
+
+def test_entitlement_filters_refuse_a_float_as_meters_matches_does(runtime: Runtime) -> None:
+    """meters.matches refuses a float for an integer filter (docs: no matching on
+    floats); the script's copy read 2.0 through cjson as 2 and matched it."""
+    meter(runtime, "calls", scale=0, event_type="api.call", aggregation="COUNT")
+    grant_for(runtime, "calls", "10", {"tier": 2})
+    assert not matches({"tier": 2.0}, {"tier": 2})
+    assert ingest(runtime, raw({"tier": 2.0}, type_="api.call")) == [Outcome.NO_ENTITLEMENT]
+
+
+def test_a_meter_filter_and_an_entitlement_filter_agree_on_the_same_event(
+    runtime: Runtime,
+) -> None:
+    meter(
+        runtime, "by_meter", scale=0, aggregation="COUNT", event_type="m.call",
+        meter_filters={"tier": 2},
+    )  # fmt: skip
+    grant(runtime, feature="by_meter", quantity="10")
+    meter(runtime, "by_grant", scale=0, aggregation="COUNT", event_type="g.call")
+    grant_for(runtime, "by_grant", "10", {"tier": 2})
+    for n, tier in enumerate((2, 2.0, "2", True)):
+        data = {"tier": tier}
+        by_meter = ingest(runtime, raw(data, type_="m.call", event_id=f"m{n}"))
+        by_grant = ingest(runtime, raw(data, type_="g.call", event_id=f"g{n}"))
+        assert by_meter == by_grant, data
+
+
+#: Events whose data holds floats (and text that looks like them) beside the values
+#: filtered on: the script tells an integer from a float at the filtered path only.
+_KINDS: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    ({"tier": 2, "score": 2.0}, {"tier": 2}),
+    ({"score": 2.0, "tier": 2}, {"tier": 2}),
+    ({"meta": {"tier": 2.0}, "tier": 2}, {"tier": 2}),
+    ({"tier": 2.0, "meta": {"tier": 2}}, {"meta.tier": 2}),
+    ({"tier": 2, "meta": {"tier": 2.0}}, {"meta.tier": 2}),
+    ({"note": 'v2.0 "tier":2.0 \\', "tier": 2}, {"tier": 2}),
+    ({"note": "x\\", "tier": 2.5, "list": [1.0, {"tier": 2}]}, {"tier": 2}),
+    ({"list": [2.0, {"a": [3.5]}], "a": {"b": {"c": -7}}}, {"a.b.c": -7}),
+    ({"a": {"b": {"c": -7.0}}}, {"a.b.c": -7}),
+    ({"zero": -0.0}, {"zero": 0}),
+    ({"zero": 0, "x": 1e300}, {"zero": 0}),
+    ({"big": 1e16, "tier": 2}, {"big": 10**15, "tier": 2}),
+    ({"flag": True, "f": 1.5}, {"flag": True}),
+    ({"t\u00e9": 2.0, "tier": 2}, {"tier": 2}),
+    ({"tier": 2, "unicode": "caf\u00e9 2.0"}, {"tier": 2, "unicode": "caf\u00e9 2.0"}),
+    ({"a": {}, "b": [], "tier": 3.0, "c": {"tier": 3}}, {"c.tier": 3}),
+    ({"a": {}, "tier": 3}, {"a.tier": 3}),
+]
+
+
+@pytest.mark.parametrize(("data", "filters"), _KINDS)
+def test_an_entitlement_filter_matches_as_meters_matches_does(
+    runtime: Runtime, data: dict[str, Any], filters: dict[str, Any]
+) -> None:
+    meter(runtime, "calls", scale=0, event_type="api.call", aggregation="COUNT")
+    grant_for(runtime, "calls", "10", filters)
+    expected = Outcome.ACCEPTED if matches(data, filters) else Outcome.NO_ENTITLEMENT
+    assert ingest(runtime, raw(data, type_="api.call")) == [expected]
 
 
 # -- aggregations --------------------------------------------------------------------
