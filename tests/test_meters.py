@@ -3,15 +3,19 @@ through the ingest service, the Lua script and the flush (the test backend)."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import json
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from meterd.domain import BillingType, Outcome
+from meterd.meters import matches
 from meterd.runtime import Runtime
+from meterd.services.catalog import EntitlementChange
 from meterd.testing import event
+from meterd.timeutil import epoch_micros
 
 from .conftest import NOW
 from .helpers import assert_log_matches_periods, grant
@@ -195,6 +199,65 @@ def test_a_dimension_compares_json_kinds_exactly(runtime: Runtime) -> None:
     assert outcomes == [Outcome.ACCEPTED, Outcome.NO_ENTITLEMENT]
 
 
+def test_entitlement_filters_refuse_a_float_as_meters_matches_does(runtime: Runtime) -> None:
+    """meters.matches refuses a float for an integer filter (docs: no matching on
+    floats); the script's copy read 2.0 through cjson as 2 and matched it."""
+    meter(runtime, "calls", scale=0, event_type="api.call", aggregation="COUNT")
+    grant_for(runtime, "calls", "10", {"tier": 2})
+    assert not matches({"tier": 2.0}, {"tier": 2})
+    assert ingest(runtime, raw({"tier": 2.0}, type_="api.call")) == [Outcome.NO_ENTITLEMENT]
+
+
+def test_a_meter_filter_and_an_entitlement_filter_agree_on_the_same_event(
+    runtime: Runtime,
+) -> None:
+    meter(
+        runtime, "by_meter", scale=0, aggregation="COUNT", event_type="m.call",
+        meter_filters={"tier": 2},
+    )  # fmt: skip
+    grant(runtime, feature="by_meter", quantity="10")
+    meter(runtime, "by_grant", scale=0, aggregation="COUNT", event_type="g.call")
+    grant_for(runtime, "by_grant", "10", {"tier": 2})
+    for n, tier in enumerate((2, 2.0, "2", True)):
+        data = {"tier": tier}
+        by_meter = ingest(runtime, raw(data, type_="m.call", event_id=f"m{n}"))
+        by_grant = ingest(runtime, raw(data, type_="g.call", event_id=f"g{n}"))
+        assert by_meter == by_grant, data
+
+
+#: Events whose data holds floats (and text that looks like them) beside the values
+#: filtered on: the script tells an integer from a float at the filtered path only.
+_KINDS: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    ({"tier": 2, "score": 2.0}, {"tier": 2}),
+    ({"score": 2.0, "tier": 2}, {"tier": 2}),
+    ({"meta": {"tier": 2.0}, "tier": 2}, {"tier": 2}),
+    ({"tier": 2.0, "meta": {"tier": 2}}, {"meta.tier": 2}),
+    ({"tier": 2, "meta": {"tier": 2.0}}, {"meta.tier": 2}),
+    ({"note": 'v2.0 "tier":2.0 \\', "tier": 2}, {"tier": 2}),
+    ({"note": "x\\", "tier": 2.5, "list": [1.0, {"tier": 2}]}, {"tier": 2}),
+    ({"list": [2.0, {"a": [3.5]}], "a": {"b": {"c": -7}}}, {"a.b.c": -7}),
+    ({"a": {"b": {"c": -7.0}}}, {"a.b.c": -7}),
+    ({"zero": -0.0}, {"zero": 0}),
+    ({"zero": 0, "x": 1e300}, {"zero": 0}),
+    ({"big": 1e16, "tier": 2}, {"big": 10**15, "tier": 2}),
+    ({"flag": True, "f": 1.5}, {"flag": True}),
+    ({"t\u00e9": 2.0, "tier": 2}, {"tier": 2}),
+    ({"tier": 2, "unicode": "caf\u00e9 2.0"}, {"tier": 2, "unicode": "caf\u00e9 2.0"}),
+    ({"a": {}, "b": [], "tier": 3.0, "c": {"tier": 3}}, {"c.tier": 3}),
+    ({"a": {}, "tier": 3}, {"a.tier": 3}),
+]
+
+
+@pytest.mark.parametrize(("data", "filters"), _KINDS)
+def test_an_entitlement_filter_matches_as_meters_matches_does(
+    runtime: Runtime, data: dict[str, Any], filters: dict[str, Any]
+) -> None:
+    meter(runtime, "calls", scale=0, event_type="api.call", aggregation="COUNT")
+    grant_for(runtime, "calls", "10", filters)
+    expected = Outcome.ACCEPTED if matches(data, filters) else Outcome.NO_ENTITLEMENT
+    assert ingest(runtime, raw(data, type_="api.call")) == [expected]
+
+
 # -- aggregations --------------------------------------------------------------------
 
 
@@ -259,6 +322,111 @@ def test_unique_count_counts_a_value_again_in_the_next_period(runtime: Runtime) 
     )
     by_month = {p.period_start.month: p.consumed for p in periods}
     assert (by_month[10], by_month[11]) == (Decimal(1), Decimal(1))
+
+
+def _unique_set(rt: Runtime, ent: Any, customer: str = "cust-1") -> tuple[str, datetime]:
+    """The Redis key of the UNIQUE_COUNT set of an entitlement's current period, and
+    that period's end."""
+    (balance,) = rt.balance.current("acme", customer, "active_users", NOW)
+    assert balance.entitlement_id == ent.id
+    field = f"{ent.id.hex}:{epoch_micros(balance.period_start)}"
+    return f"{rt.redis_keys.used('acme', customer)}:u:{field}", balance.period_end
+
+
+def _set_expires(rt: Runtime, key: str) -> datetime | None:
+    """When a set expires (None: never); it must exist."""
+    assert rt.redis.sismember(key, json.dumps("ann"))
+    ttl_ms = rt.redis.pttl(key)
+    if ttl_ms == -1:
+        return None
+    return datetime.now(UTC) + timedelta(milliseconds=ttl_ms)
+
+
+def _kept_long_enough(rt: Runtime, expires: datetime | None, usable_until: datetime) -> bool:
+    """Kept a day past the late window of the last moment its period takes usage (a
+    minute's slack for the wall clock the TTL is read against)."""
+    late = timedelta(seconds=rt.settings.late_window)
+    return expires is None or expires >= usable_until + late + timedelta(days=1, minutes=-1)
+
+
+@pytest.mark.parametrize("new_end", [NOW + timedelta(days=100), None])
+def test_a_unique_set_follows_its_period_when_the_entitlement_is_extended(
+    runtime: Runtime, new_end: datetime | None
+) -> None:
+    """docs: "Each set is deleted a day after its period's late window ends". The set
+    got its expiry from the period's end (NOW+20d) when ann was counted; extending the
+    entitlement moves that same period's end, and the set must follow it (it kept
+    its old expiry, after which ann counted again in the same period). Made open, the
+    period's set stays."""
+    meter(
+        runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
+        value_property="user",
+    )  # fmt: skip
+    ent = grant(runtime, feature="active_users", quantity="100")  # NOW-10d .. NOW+20d
+    assert ingest(runtime, login("ann", "l1")) == [Outcome.ACCEPTED]
+    runtime.catalog.update_entitlement(
+        "acme", ent.id, EntitlementChange(row_version=ent.row_version, ends_at=new_end), NOW
+    )
+    key, period_end = _unique_set(runtime, ent)
+    assert period_end == new_end  # the same period, now longer (or open)
+    expires = _set_expires(runtime, key)
+    if new_end is None:
+        assert expires is None
+    else:
+        assert _kept_long_enough(runtime, expires, new_end), expires
+
+
+def test_a_unique_set_of_a_period_in_grace_is_kept_while_it_takes_usage(
+    runtime: Runtime,
+) -> None:
+    """Ended a day ago with 60 days of grace: the last period takes usage until the
+    grace ends, so its set must outlive it (it expired a day after the late window of
+    the latest value counted, and ann could count twice in the one period)."""
+    meter(
+        runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
+        value_property="user",
+    )  # fmt: skip
+    ent = grant(
+        runtime, feature="active_users", quantity="100",
+        ends_at=NOW - timedelta(days=1), grace=timedelta(days=60),
+    )  # fmt: skip
+    assert ingest(runtime, login("ann", "l1")) == [Outcome.ACCEPTED]
+    key, _ = _unique_set(runtime, ent)
+    expires = _set_expires(runtime, key)
+    assert _kept_long_enough(runtime, expires, NOW + timedelta(days=59)), expires
+
+
+def test_a_unique_value_counts_once_in_the_periods_of_every_grant_that_took_it(
+    runtime: Runtime,
+) -> None:
+    """A (limit 5) ended an hour ago, B (limit 5) runs on; ann logs in two hours ago
+    (A and B are candidates) and half an hour ago (B alone). Counted on A first, she
+    went into A's set only and B counted her again, though both logins lie in B's
+    period. A counted value now goes into the set of every candidate: she counts
+    once whatever the order. Which grant she lands on follows the order of arrival,
+    as any unit of a burn-down does (docs/meters.md)."""
+    meter(
+        runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
+        value_property="user",
+    )  # fmt: skip
+    results = []
+    for customer, order in (("in-order", (120, 30)), ("newest-first", (30, 120))):
+        a = grant(
+            runtime, customer, "5", feature="active_users", priority=0,
+            ends_at=NOW - timedelta(hours=1),
+        )  # fmt: skip
+        b = grant(runtime, customer, "5", feature="active_users", priority=1)
+        for ago in order:
+            payload = login(
+                "ann", f"{customer}-{ago}", customer=customer, time=NOW - timedelta(minutes=ago)
+            )
+            assert ingest(runtime, payload) == [Outcome.ACCEPTED]
+        live = {
+            x.entitlement_id: x.consumed
+            for x in runtime.balance.current("acme", customer, "active_users", NOW)
+        }
+        results.append([live[a.id], live[b.id]])
+    assert results == [[Decimal(1), Decimal(0)], [Decimal(0), Decimal(1)]]
 
 
 @pytest.fixture
@@ -332,6 +500,52 @@ def test_a_latest_level_may_fall_and_the_flush_keeps_it_exact(seats: Runtime) ->
     assert_log_matches_periods(seats)
 
 
+def _crossings(rt: Runtime, entitlement_id: Any) -> list[tuple[int, str]]:
+    return sorted(
+        (n["threshold_percent"], n["consumed"])
+        for n in (
+            json.loads(x.payload)["data"]
+            for x in rt.notification_store.all_for(entitlement_id)
+            if x.type == "entitlement.threshold_crossed"
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    "samples",
+    [
+        [(60, 10), (10, 5)],  # up past the limit, then down
+        [(10, 15), (60, 10), (10, 5)],  # from 10, up and back to 10: no net change
+    ],
+)
+def test_a_latest_level_that_passes_the_limit_notifies_whatever_the_batching(
+    runtime: Runtime, samples: list[tuple[int, int]]
+) -> None:
+    """Seats 60 of 50, then 10 again: sent one event a batch, 80% and 100% notify;
+    sent in one batch, the script judged the batch's net change and none did."""
+    meter(
+        runtime, "seats", scale=0, event_type="seats.count", aggregation="LATEST",
+        value_property="n",
+    )  # fmt: skip
+    results = []
+    for customer, batches in (
+        ("one-a-batch", [[s] for s in samples]),
+        ("one-batch", [samples]),
+    ):
+        ent = grant(runtime, customer, "50", feature="seats")
+        for batch in batches:
+            payloads = [
+                raw({"n": n}, type_="seats.count", event_id=f"{customer}-{ago}",
+                    customer=customer, time=NOW - timedelta(minutes=ago))
+                for n, ago in batch
+            ]  # fmt: skip
+            ingest(runtime, *payloads)
+        runtime.flush.flush_all(NOW)
+        results.append(_crossings(runtime, ent.id))
+    assert results[0] == [(80, "60"), (100, "60")]
+    assert results[1] == results[0]
+
+
 # -- scales and exact bounds -------------------------------------------------------
 
 
@@ -366,6 +580,34 @@ def test_past_the_exact_bound_an_event_is_refused_never_rounded(runtime: Runtime
     assert report.outcomes == [Outcome.ACCEPTED, Outcome.INVALID, Outcome.INVALID]
     assert "past what it holds exactly" in (report.reasons[1] or "")
     assert flushed(runtime, "api_calls") == [Decimal("9007199254.740991")]
+
+
+def test_a_sum_the_first_grant_takes_whole_is_not_refused_for_a_big_counter_it_never_touches(
+    runtime: Runtime,
+) -> None:
+    """B (unlimited, burned last) holds 2^53 - 3 units; A (limit 10, burned first) has
+    all its room. 5 units land on A alone and are counted; 15 would put 5 on B, past
+    its bound, and are refused whole (the check once refused both, for B)."""
+    meter(runtime, "bytes", scale=0)
+    b = grant(runtime, quantity=None, feature="bytes", priority=1)
+    top = 2**53 - 3
+    assert ingest(runtime, event(feature="bytes", quantity=str(top), event_id="fill")) == [
+        Outcome.ACCEPTED
+    ]
+    a = grant(runtime, quantity="10", feature="bytes", priority=0)
+    report = runtime.ingest.ingest(
+        [
+            event(feature="bytes", quantity="15", event_id="past"),
+            event(feature="bytes", quantity="5", event_id="small"),
+        ],
+        now=NOW,
+    )
+    assert report.outcomes == [Outcome.INVALID, Outcome.ACCEPTED], report.reasons
+    by_id = {
+        x.entitlement_id: x.consumed
+        for x in runtime.balance.current("acme", "cust-1", "bytes", NOW)
+    }
+    assert by_id == {a.id: Decimal(5), b.id: Decimal(top)}
 
 
 # -- reserve -----------------------------------------------------------------------

@@ -9,7 +9,10 @@ KEYS[6]                 flush sequence (bumped when a flush begins and when it e
 KEYS[7]                 marker generations (sorted set: generation -> generation)
 KEYS[8]                 big counters: the used fields above 2^52 units (a set)
 KEYS[2i + 7]            resolution data of event i      (string, JSON, see resolution.py)
-KEYS[2i + 8]            used hash of event i's customer "<ent>:<period>" -> units
+KEYS[2i + 8]            used hash of event i's customer "<ent>:<period>" -> units, and
+                        "t:<ent>:<period>" -> "<ts>\t<event key>" of the period's latest
+                        LATEST sample; "<this key>:u:<ent>:<period>": the set of the
+                        values a UNIQUE_COUNT period counted
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 hot window, microseconds: how long a marker is kept after acceptance
@@ -58,10 +61,13 @@ counted on); the flush writes it to the log with the counts.
 
 Threshold crossings: when a PRE_PAID period's consumption goes from below 80%
 (or 100%) of its limit to at or above it, the field "n:<ent>:<period>:<pct>" of
-the pending hash is set (HSETNX) to "<now>:<consumed after>". The flush moves it
-to the database with the counts, where it becomes a notification (once: its id
-is the primary key). Consumption only grows, so each crossing happens in one
-batch only, and a redelivered event is a duplicate that moves nothing.
+the pending hash is set (HSETNX) to "<now>:<consumed>", consumed being the highest
+the batch carried the counter. A batch is judged from its counter before it to
+that highest point, so a LATEST level that rose past a threshold and fell back
+within one batch notifies as it would have in two. The flush moves the field to
+the database with the counts, where it becomes a notification (once: its id is
+the primary key, so a level that falls and rises again in a period notifies
+once), and a redelivered event is a duplicate that moves nothing.
 
 A reservation's record starts with "<quantity>:<target>": the same idempotency
 key asked again with other parameters is a conflict (code c), not a duplicate.
@@ -104,13 +110,28 @@ Cost: Redis spends its time per redis.call, so each event costs one
 SISMEMBER per live marker generation, one SADD and one HSET (its record) when
 accepted; resolution data is
 read and decoded once per customer and feature; and the counters are summed
-in Lua and written once per touched field at the end of the batch.
+in Lua and written once per touched field at the end of the batch. A counter is
+read (HGET) once a batch where the burn-down or a level needs its value; the
+last candidate of a sum is read only near the exact bound. A LATEST event reads
+each candidate period's latest sample once a batch; they are written once at its
+end. A UNIQUE_COUNT event costs a SISMEMBER per candidate, and a new value an
+SADD and an expiry per candidate. Dimension filters decode the event's record
+once, only for events reaching an entitlement with filters.
 
 Burn-down: the resolution data lists the customer's entitlements for the
-feature already in order (priority, soonest end, oldest). Each usable one
-takes what room it has left in the period containing the event time; what is
-left after the last one is counted on the last one, where it shows as overage.
-All numbers stay below 2^53, so Lua's doubles hold them exactly.
+feature already in order (priority, soonest end, oldest). The candidates of an
+event are the usable ones at its time, each with the period containing that time.
+* SUM, COUNT, UNIQUE_COUNT (a new value is one unit): each candidate takes what
+  room it has left; what is left after the last one is counted on the last one,
+  where it shows as overage. A counted value goes into the set of every
+  candidate's period; a value in any of them counts nothing.
+* MAX, LATEST: the sample is a level shared down its candidates (each takes up
+  to its limit, the last the rest), and each candidate's period judges its own
+  share: MAX keeps the largest share any sample gave it, LATEST its share of the
+  latest sample (time, then event key) it took. So a period's figure is a
+  function of the events and the grants, never of arrival order or batching.
+All numbers stay below 2^53, so Lua's doubles hold them exactly: an event is
+refused (o) only if a counter it would move would pass that bound.
 ]]
 
 local pending_key = KEYS[1]
@@ -254,7 +275,7 @@ local function used_entry(used_key, field)
   end
   local entry = fields[field]
   if entry == nil then
-    entry = { false, 0 }
+    entry = { false, 0, 0 }
     fields[field] = entry
   end
   return entry
@@ -338,28 +359,34 @@ local function term_index(r, ts)
   return k
 end
 
--- The hash field, limit, whether PRE_PAID, and end (-1: open) of the period of e
--- containing ts.
+-- The hash field, limit and whether PRE_PAID of the period of e containing ts, and
+-- until when that period can take usage (-1: open): its end, or for the last stored
+-- period of an entitlement that does not renew, the end of its usable window (grace).
 local function period_of(e, ts, month)
   if e.b == "U" then
     return e.i .. ":" .. month, e.q, false, add_months(tonumber(month), 1)
   end
-  local latest = nil
+  local latest, last = nil, nil
   for _, p in ipairs(e.p) do
     if p[1] <= ts and (latest == nil or p[1] > latest[1]) then latest = p end
-  end
-  if latest ~= nil and (latest[2] < 0 or ts < latest[2]) then
-    return latest[4], latest[3], true, latest[2]
+    if last == nil or p[1] > last[1] then last = p end
   end
   local r = e.r
+  if latest ~= nil and (latest[2] < 0 or ts < latest[2]) then
+    local keep = latest[2]
+    if r == nil and latest == last and keep >= 0 then
+      keep = e.u < 0 and -1 or math.max(keep, e.u)
+    end
+    return latest[4], latest[3], true, keep
+  end
   if r ~= nil and ts >= e.s then
     local k = term_index(r, ts)
     local start = term_start(r, k)
     if latest ~= nil and latest[2] > start then start = latest[2] end
     return e.i .. ":" .. int_str(start), r[4], true, term_start(r, k + 1)
   end
-  if latest ~= nil then
-    return latest[4], latest[3], true, latest[2] -- in grace: the last period
+  if latest ~= nil then -- in grace: the last period
+    return latest[4], latest[3], true, e.u < 0 and -1 or math.max(latest[2], e.u)
   end
   return nil, nil, false, nil
 end
@@ -379,30 +406,23 @@ local function room_of(used_key, c)
   return room
 end
 
--- Strict: whether the candidates' room covers qty (nil room: unbounded).
-local function fits(used_key, cands, qty)
-  local total = 0
-  for _, c in ipairs(cands) do
-    local room = room_of(used_key, c)
-    if room == nil then return true end
-    total = total + room
-    if total >= qty then return true end
-  end
-  return false
-end
-
 local function add_to(used_key, field, delta)
   if delta == 0 then return end
   local entry = used_entry(used_key, field)
   entry[2] = entry[2] + delta
+  -- the highest this batch carried the counter (a LATEST level may fall again):
+  -- threshold crossings are judged on it, so they never depend on the batching
+  if entry[2] > entry[3] then entry[3] = entry[2] end
   pending[field] = (pending[field] or 0) + delta
   allocation[#allocation + 1] = field .. "=" .. int_str(delta)
 end
 
--- SUM: burn qty down the candidates (what exceeds every limit lands on the last).
-local function count(used_key, cands, qty)
+-- SUM: burn qty down the candidates (what exceeds every limit lands on the last):
+-- the units each candidate would take (moves[j]), and what no room took (strict).
+local function plan_sum(used_key, cands, qty, moves)
   local left = qty
   for j, c in ipairs(cands) do
+    if left <= 0 then break end
     local take = left
     if strict then
       local room = room_of(used_key, c)
@@ -413,46 +433,51 @@ local function count(used_key, cands, qty)
       if room < take then take = room end
     end
     if take > 0 then
-      add_to(used_key, c[1], take)
+      moves[j] = take
       left = left - take
     end
-    if left <= 0 then break end
   end
+  return left
 end
 
--- MAX and LATEST: the consumption is a level, shared down the candidates like a
--- sum (each takes up to its limit, the last the rest); each share moves to its
--- new value (a LATEST level may fall).
-local function level_sum(used_key, cands)
-  local total = 0
-  for _, c in ipairs(cands) do total = total + used_value(used_key, c[1]) end
-  return total
-end
-
-local function set_level(used_key, cands, level)
+-- MAX and LATEST: a sample's value is a level, shared down the candidates live at
+-- its time like a sum (each takes up to its limit, the last the rest). Each
+-- candidate's period judges the sample on its own share: MAX keeps the largest
+-- share any sample gave it, LATEST its share of the latest sample it took (by
+-- event time, ties by event key). A period's figure is then a function of the
+-- events and the grants, never of their order of arrival or of the batching.
+local function level_share(cands, j, level)
   local left = level
-  for j, c in ipairs(cands) do
-    local share = left
-    if j < #cands and c[2] >= 0 and c[2] < share then share = c[2] end
-    add_to(used_key, c[1], share - used_value(used_key, c[1]))
-    left = left - share
+  for k = 1, j - 1 do
+    local limit = cands[k][2]
+    if limit < 0 or limit >= left then return 0 end -- unlimited, or room for it all
+    left = left - limit
   end
+  local limit = cands[j][2]
+  if j < #cands and limit >= 0 and limit < left then return limit end
+  return left
 end
 
--- LATEST: whether (ts, key) is later than the latest event of any candidate's
--- period (ties by event key, so the order of arrival never matters).
-local function latest_wins(used_key, cands, ts, key)
-  for _, c in ipairs(cands) do
-    local seen = redis.call("HGET", used_key, "t:" .. c[1])
-    if seen then
-      local tab = string.find(seen, "\t", 1, true)
-      local seen_ts = tonumber(string.sub(seen, 1, tab - 1))
-      if seen_ts > ts or (seen_ts == ts and string.sub(seen, tab + 1) >= key) then
-        return false
-      end
-    end
+-- LATEST: the latest sample each period took, { ts, event key } or false, read
+-- once a batch ("t:<field>" in the used hash: "<ts>\t<key>") and written at its end.
+local latest = {}
+local function latest_of(used_key, field)
+  local fields = latest[used_key]
+  if fields == nil then
+    fields = {}
+    latest[used_key] = fields
   end
-  return true
+  local seen = fields[field]
+  if seen == nil then
+    seen = false
+    local text = redis.call("HGET", used_key, "t:" .. field)
+    if text then
+      local tab = string.find(text, "\t", 1, true)
+      seen = { tonumber(string.sub(text, 1, tab - 1)), string.sub(text, tab + 1) }
+    end
+    fields[field] = seen
+  end
+  return seen
 end
 
 -- UNIQUE_COUNT: the set of values counted in one period, kept until the period
@@ -468,23 +493,87 @@ local function seen_value(used_key, cands, value)
   return false
 end
 
+-- The literal text of the value at data path segs in a record (JSON as
+-- event_records.record_json writes it: no spaces, object keys unique), or nil.
+local function skip_string(text, pos)
+  local p = pos + 1
+  while true do
+    local q = string.find(text, '["\\]', p)
+    if string.byte(text, q) == 92 then p = q + 2 else return q + 1 end
+  end
+end
+
+local function skip_value(text, pos)
+  local b = string.byte(text, pos)
+  if b == 34 then return skip_string(text, pos) end
+  if b == 123 or b == 91 then
+    local depth, p = 0, pos
+    while true do
+      local q = string.find(text, '[][{}"]', p)
+      b = string.byte(text, q)
+      if b == 34 then
+        p = skip_string(text, q)
+      else
+        depth = depth + ((b == 123 or b == 91) and 1 or -1)
+        p = q + 1
+        if depth == 0 then return p end
+      end
+    end
+  end
+  return (string.find(text, "[,}%]]", pos))
+end
+
+local function literal_at(text, pos, segs, i)
+  if string.byte(text, pos) ~= 123 or string.byte(text, pos + 1) == 125 then return nil end
+  local p = pos + 1
+  while true do
+    local after = skip_string(text, p)
+    local value_pos = after + 1 -- past the colon
+    if string.sub(text, p + 1, after - 2) == segs[i] then
+      if i == #segs then
+        return string.sub(text, value_pos, skip_value(text, value_pos) - 1)
+      end
+      return literal_at(text, value_pos, segs, i + 1)
+    end
+    p = skip_value(text, value_pos)
+    if string.byte(text, p) ~= 44 then return nil end
+    p = p + 1
+  end
+end
+
 -- Dimensions: an entitlement with filters ("f": path -> value) takes only usage
--- whose event data has those values (meterd.meters.matches; JSON scalars).
+-- whose event data has those values (meterd.meters.matches): JSON scalars of the
+-- same kind, so a number matches only if the event wrote an integer (cjson reads
+-- 2.0 as 2: the record's text tells them apart, read only when a number matches).
 local data_of = {}
 local function dims_match(e, i, record)
   if e.f == nil then return true end
   local data = data_of[i]
   if data == nil then
-    data = cjson.decode(record).d
+    -- floats: whether the record holds one anywhere (nil: not looked yet);
+    -- integer: path -> whether the number there was written as an integer
+    data = { d = cjson.decode(record).d, floats = nil, integer = {} }
     data_of[i] = data
   end
   for path, wanted in pairs(e.f) do
-    local v = data
+    local v = data.d
     for segment in string.gmatch(path, "[^.]+") do
       if type(v) ~= "table" then v = nil break end
       v = v[segment]
     end
     if v == nil or type(v) ~= type(wanted) or v ~= wanted then return false end
+    if type(v) == "number" then
+      if data.floats == nil then data.floats = string.find(record, "%d[.eE]") ~= nil end
+      local integer = not data.floats or data.integer[path]
+      if integer == nil then
+        local segs = { "d" }
+        for segment in string.gmatch(path, "[^.]+") do segs[#segs + 1] = segment end
+        local literal = literal_at(record, 1, segs, 1)
+        integer = literal ~= nil and string.find(literal, "[.eE]") == nil
+        data.integer[path] = integer
+      end
+      if not integer then return false end
+    end
   end
   return true
 end
@@ -503,7 +592,8 @@ local function resolve(resolution_key, used_key, ev)
   end
   local ts, qty = ev.ts, ev.qty
   local cands = {}
-  local ends = ev.agg == "U" and {} or nil
+  local agg = ev.agg
+  local keeps = agg == "U" and {} or nil
   local suspended = false
   for _, e in ipairs(res) do
     if (ev.target == "" or e.i == ev.target) and e.s <= ts and (e.u < 0 or ts < e.u)
@@ -511,10 +601,10 @@ local function resolve(resolution_key, used_key, ev)
       if suspended_at(e, ts) then
         suspended = true
       else
-        local field, limit, prepaid, period_end = period_of(e, ts, ev.month)
+        local field, limit, prepaid, keep = period_of(e, ts, ev.month)
         if field ~= nil then
           cands[#cands + 1] = { field, limit, prepaid }
-          if ends then ends[#cands] = period_end end
+          if keeps then keeps[#cands] = keep end
           if prepaid and limit > 0 then prepaid_limits[field] = limit end
         end
       end
@@ -524,50 +614,64 @@ local function resolve(resolution_key, used_key, ev)
     return suspended and "s" or "n"
   end
   allocation = {}
-  local agg = ev.agg
-  if agg == "U" and seen_value(used_key, cands, ev.value) then
-    qty = 0
+  -- moves[j]: what candidate j's counter moves by; nothing is written before the
+  -- checks below pass
+  local moves = {}
+  local later = nil
+  local left = 0
+  local counted = false
+  if agg == "S" or (agg == "U" and not seen_value(used_key, cands, ev.value)) then
+    counted = true
+    left = plan_sum(used_key, cands, qty, moves)
   elseif agg == "M" then
-    local level = level_sum(used_key, cands)
-    if qty <= level then qty = 0 end
-  elseif agg == "L" and not latest_wins(used_key, cands, ts, ev.key) then
-    agg = "-"
+    for j, c in ipairs(cands) do
+      local delta = level_share(cands, j, qty) - used_value(used_key, c[1])
+      if delta > 0 then moves[j] = delta end
+    end
+  elseif agg == "L" then
+    later = {}
+    for j, c in ipairs(cands) do
+      local seen = latest_of(used_key, c[1])
+      if not seen or ts > seen[1] or (ts == seen[1] and ev.key > seen[2]) then
+        later[j] = true
+        moves[j] = level_share(cands, j, qty) - used_value(used_key, c[1])
+      end
+    end
   end
   -- Exact bound: no counter may pass what a double holds exactly (nor the database).
-  -- A sum may add qty to any candidate; a level never puts more than qty on one.
-  if agg == "M" or agg == "L" then
-    if qty > MAX_UNITS then return "o" end
-  else
-    for _, c in ipairs(cands) do
+  -- Only the units that move count: a counter not read yet and not listed as big is
+  -- at most BIG, so a small move needs no read.
+  for j, c in ipairs(cands) do
+    local delta = moves[j]
+    if delta ~= nil and delta > 0 then
       local entry = used_entry(used_key, c[1])
-      if entry[1] ~= false or entry[2] + qty > MAX_UNITS - BIG or is_big(c[1]) then
-        if used_value(used_key, c[1]) + qty > MAX_UNITS then return "o" end
+      if entry[1] ~= false or entry[2] + delta > MAX_UNITS - BIG or is_big(c[1]) then
+        if used_value(used_key, c[1]) + delta > MAX_UNITS then return "o" end
       end
     end
   end
-  if strict and not fits(used_key, cands, qty) then
+  if strict and left > 0 then
     return "x"
   end
-  if agg == "S" or agg == "U" then
-    count(used_key, cands, qty)
-    if agg == "U" and qty > 0 then
-      -- the value belongs to the period that took it (the first allocation's)
-      local field = string.match(allocation[1], "^(.*)=")
-      local key = unique_key(used_key, field)
-      redis.call("SADD", key, ev.value)
-      for j, c in ipairs(cands) do
-        if c[1] == field and ends[j] >= 0 then
-          local until_us = math.max(ends[j], ts) + late_window_us + DAY_US
-          redis.call("PEXPIREAT", key, int_str(math.floor(until_us / 1000)))
-        end
-      end
+  for j, c in ipairs(cands) do
+    if moves[j] ~= nil then add_to(used_key, c[1], moves[j]) end
+  end
+  if later ~= nil then
+    local fields = latest[used_key]
+    for j in pairs(later) do
+      fields[cands[j][1]] = { ts, ev.key, true }
     end
-  elseif agg == "M" and qty > 0 then
-    set_level(used_key, cands, qty)
-  elseif agg == "L" then
-    set_level(used_key, cands, qty)
-    for _, c in ipairs(cands) do
-      redis.call("HSET", used_key, "t:" .. c[1], int_str(ts) .. "\t" .. ev.key)
+  elseif agg == "U" and counted then
+    -- a counted value belongs to the period of every candidate (so no grant's period
+    -- ever counts it twice), each set kept until its period takes no more usage
+    for j, c in ipairs(cands) do
+      local key = unique_key(used_key, c[1])
+      redis.call("SADD", key, ev.value)
+      if keeps[j] < 0 then
+        redis.call("PERSIST", key)
+      else
+        redis.call("PEXPIREAT", key, int_str(math.floor((keeps[j] + late_window_us + DAY_US) / 1000)))
+      end
     end
   end
   if #allocation == 0 then
@@ -663,13 +767,14 @@ local function threshold_point(limit, pct)
   return pct * q + math.ceil(pct * r / 100)
 end
 
-local function note_crossings(field, before, after)
+-- before: the consumption before the batch; peak: the highest the batch carried it.
+local function note_crossings(field, before, peak)
   local limit = prepaid_limits[field]
   if limit == nil then return end
   for _, pct in ipairs(THRESHOLDS) do
     local point = threshold_point(limit, pct)
-    if before < point and after >= point then
-      redis.call("HSETNX", pending_key, "n:" .. field .. ":" .. pct, ARGV[1] .. ":" .. int_str(after))
+    if before < point and peak >= point then
+      redis.call("HSETNX", pending_key, "n:" .. field .. ":" .. pct, ARGV[1] .. ":" .. int_str(peak))
     end
   end
 end
@@ -679,9 +784,24 @@ for used_key, fields in pairs(used) do
     if entry[2] ~= 0 then
       local after = tonumber(redis.call("HINCRBY", used_key, field, int_str(entry[2])))
       if after > BIG then redis.call("SADD", big_key, field) end
-      note_crossings(field, after - entry[2], after)
+      local before = after - entry[2]
+      note_crossings(field, before, before + entry[3])
+    elseif entry[3] > 0 and prepaid_limits[field] ~= nil then
+      -- a LATEST level that rose and fell back within the batch
+      local before = used_value(used_key, field)
+      note_crossings(field, before, before + entry[3])
     end
   end
+end
+for used_key, fields in pairs(latest) do
+  local args = {}
+  for field, seen in pairs(fields) do
+    if seen and seen[3] then
+      args[#args + 1] = "t:" .. field
+      args[#args + 1] = int_str(seen[1]) .. "\t" .. seen[2]
+    end
+  end
+  if #args > 0 then redis.call("HSET", used_key, unpack(args)) end
 end
 local wrote = false
 for field, delta in pairs(pending) do

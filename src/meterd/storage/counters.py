@@ -9,6 +9,7 @@ in ``meterd/lua/*.lua`` and are registered once.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -77,6 +78,9 @@ _AGGREGATION_CODES = {
     Aggregation.MAX: "M",
     Aggregation.LATEST: "L",
 }
+
+
+_DAY_US = 86_400_000_000
 
 
 class CounterStoreError(UnavailableError):
@@ -261,7 +265,28 @@ class CounterStore:
                 if units > BIG_COUNTER:
                     pipe.sadd(self.keys.big_counters, field)  # ingest.lua reads these
             pipe.set(self.keys.resolution(org, customer, feature), payload, ex=ttl, nx=not replace)
+            if replace:
+                self._rearm_unique_sets(pipe, used_key, payload)
         pipe.execute()
+
+    def _rearm_unique_sets(self, pipe: Any, used_key: str, payload: str) -> None:
+        """Re-arm the expiry of the UNIQUE_COUNT sets of the stored periods (a no-op
+        where a period has none) from the data just written: a change may have moved
+        a period's end or the end of its grace (ingest.lua's period_of computes the
+        same "kept until" when it writes a set). Only writers re-arm: a loader's data
+        may be older than the entry it leaves in place."""
+        for entry in json.loads(payload):
+            periods = entry["p"]
+            last = max((p[0] for p in periods), default=None)
+            for start, end, _, field in periods:
+                keep = end
+                if end >= 0 and "r" not in entry and start == last:
+                    keep = -1 if entry["u"] < 0 else max(end, entry["u"])
+                key = f"{used_key}:u:{field}"
+                if keep < 0:
+                    pipe.persist(key)
+                else:
+                    pipe.pexpireat(key, (keep + self._late_window_us + _DAY_US) // 1000)
 
     # -- flush ----------------------------------------------------------------
 
