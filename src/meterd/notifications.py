@@ -12,9 +12,11 @@ and the body of a webhook POST)::
      "data": {...}}                    # per type, below
 
 ``entitlement.threshold_crossed``: ``threshold_percent`` (80 or 100),
-``period_start``, ``quantity`` (the period's limit), ``consumed`` (the
-consumption after the ingest batch that crossed it, so it may be past the
-threshold), quantities as exact decimal strings.
+``period_start``, ``quantity`` (the period's limit), ``consumed`` (the highest
+consumption the ingest batch that crossed it reached, so it may be past the
+threshold; a LATEST level may have fallen again by the batch's end; the
+consumption written when the flush left out events counted twice), quantities as
+exact decimal strings.
 
 ``entitlement.status_changed`` / ``renewed`` / ``period_opened``: ``from_status``,
 ``to_status``, ``reason``, ``job_run_id``.
