@@ -2,7 +2,7 @@
 
 Starts its own `redis-server` on a free port (no persistence; killed at the end)
 so that `INFO memory` sees nothing but meterd, and a temporary SQLite database
-for the flushes (the database is not what is measured here). Four figures, in
+for the flushes (the database is not what is measured here). Five figures, in
 one run:
 
 a. bytes per marker: --events events (1 each, --customers customers with an
@@ -24,6 +24,12 @@ d. bytes per distinct value of a UNIQUE_COUNT period (the sets that remember
    MEMORY USAGE of the sets over the values, beside the values' own length.
    The sets are bounded by the distinct values of the periods still open to
    events (the current one and those within the late window).
+e. bytes per LATEST period: one gauge sample per customer on a LATEST grant and,
+   as the reference in the same run, one usage event per customer on a SUM grant
+   of its own; MEMORY USAGE of the customers' totals hashes before and after
+   each. A LATEST period keeps its level and a marker of its latest sample
+   (``t:<field>``: time and event key), a SUM period its total alone. Bounded
+   by the customers' LATEST periods still open to events.
 
     python bench/memory.py                  # 200k events, 1000 customers, 5 hot windows
     python bench/memory.py --quick          # a small run (about 20 s)
@@ -349,6 +355,60 @@ def bytes_per_distinct_value(
     return {"sets": len(keys), "per_value": usage / n, "value_chars": value_chars / n}
 
 
+# -- (e) LATEST period markers ---------------------------------------------------------
+
+
+def used_hash_bytes(client: redis.Redis, rt: Runtime, customers: int) -> int:
+    keys = [rt.redis_keys.used(ORG, f"c{c}") for c in range(customers)]
+    return sum(int(client.memory_usage(k, samples=0) or 0) for k in keys)
+
+
+def bytes_per_latest_period(
+    rt: Runtime, client: redis.Redis, customers: int, now: datetime
+) -> dict[str, float]:
+    """Growth of the customers' totals hashes per period: a SUM period (the
+    reference), then a LATEST period (level + marker of the latest sample)."""
+    stamp = isoformat(now)
+    growth: dict[str, float] = {}
+    for feature, aggregation in (("sum_meter", "SUM"), ("gauge", "LATEST")):
+        rt.catalog.create_feature(ORG, feature, now=now, scale=0, aggregation=aggregation)
+        for c in range(customers):
+            rt.catalog.create_entitlement(
+                NewEntitlement(
+                    org=ORG,
+                    customer_id=f"c{c}",
+                    feature=feature,
+                    quantity=None,
+                    starts_at=now - timedelta(days=2),
+                ),
+                now,
+            )
+        before = used_hash_bytes(client, rt, customers)
+        batch = [
+            usage_event(
+                org=ORG,
+                customer=f"c{c}",
+                feature=feature,
+                quantity=str(1000 + c),
+                event_id=f"{feature}-{c}",
+                source=SOURCE,
+                time=stamp,
+            )
+            for c in range(customers)
+        ]
+        ingest(rt, batch, now)
+        flush(rt, now)
+        growth[aggregation] = (used_hash_bytes(client, rt, customers) - before) / customers
+    used = rt.redis_keys.used(ORG, "c0")
+    fields = cast(list[bytes], client.hkeys(used))
+    marker = cast(bytes | None, client.hget(used, next(f for f in fields if f.startswith(b"t:"))))
+    return {
+        "sum": growth["SUM"],
+        "latest": growth["LATEST"],
+        "marker_chars": len(marker or b""),
+    }
+
+
 # -- (b) steady state over simulated time -----------------------------------------------
 
 
@@ -419,6 +479,7 @@ def print_report(
     c: dict[str, float],
     steady: list[dict[str, Any]],
     d: dict[str, float],
+    e: dict[str, float],
 ) -> None:
     print()
     print(
@@ -547,6 +608,16 @@ def print_report(
         "| bound | distinct values x periods still open to events"
         " (current + within the late window) |"
     )
+    print()
+    print("(e) LATEST: a period's level and the marker of its latest sample (t:<field>)")
+    print()
+    print("| figure | value |")
+    print("|---|---:|")
+    print(f"| B/SUM period (the reference: its total alone) | {e['sum']:.1f} |")
+    print(f"| B/LATEST period (level + marker) | {e['latest']:.1f} |")
+    print(f"| the marker's value (time and event key, chars) | {e['marker_chars']:.0f} |")
+    print(f"| LATEST / SUM = {e['latest'] / e['sum']:.2f} x |")
+    print("| bound | LATEST periods still open to events, one marker each |")
 
 
 def rt_hot(args: argparse.Namespace) -> str:
@@ -608,6 +679,8 @@ def main() -> None:
             value_property="user",
         )
         d = bytes_per_distinct_value(rt, client, args.customers, args.distinct, now)
+        print(f"(e) LATEST periods of {args.customers:,} customers ...", file=sys.stderr)
+        e = bytes_per_latest_period(rt, client, args.customers, now)
 
         client.flushall()
         hot = timedelta(hours=args.hot_window_hours)
@@ -615,7 +688,7 @@ def main() -> None:
         steady = steady_state(rt_b, client, maker, args)
         rt_b.database.dispose()
         rt.database.dispose()
-    print_report(args, server, a, naive, c, steady, d)
+    print_report(args, server, a, naive, c, steady, d, e)
 
 
 if __name__ == "__main__":
