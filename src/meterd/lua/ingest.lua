@@ -267,12 +267,18 @@ local function expire_generations(budget)
   end
 end
 
-local function used_entry(used_key, field)
-  local fields = used[used_key]
-  if fields == nil then
-    fields = {}
-    used[used_key] = fields
+-- The table under key in t, created empty the first time.
+local function table_at(t, key)
+  local inner = t[key]
+  if inner == nil then
+    inner = {}
+    t[key] = inner
   end
+  return inner
+end
+
+local function used_entry(used_key, field)
+  local fields = table_at(used, used_key)
   local entry = fields[field]
   if entry == nil then
     entry = { false, 0, 0 }
@@ -462,11 +468,7 @@ end
 -- once a batch ("t:<field>" in the used hash: "<ts>\t<key>") and written at its end.
 local latest = {}
 local function latest_of(used_key, field)
-  local fields = latest[used_key]
-  if fields == nil then
-    fields = {}
-    latest[used_key] = fields
-  end
+  local fields = table_at(latest, used_key)
   local seen = fields[field]
   if seen == nil then
     seen = false
