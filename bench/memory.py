@@ -58,11 +58,10 @@ from meterd.config import Settings
 from meterd.migrate import upgrade
 from meterd.producer import usage_event
 from meterd.runtime import Runtime
-from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import Database
 from meterd.testing import free_port
 from meterd.timeutil import isoformat, utcnow
-from scratch import unlimited_customers
+from scratch import unlimited_customers, unlimited_grants
 
 ORG = "acme"
 SOURCE = "bench"
@@ -314,17 +313,7 @@ def bytes_per_distinct_value(
     rt: Runtime, client: redis.Redis, customers: int, n: int, now: datetime
 ) -> dict[str, float]:
     """Memory of the sets of counted values, per distinct value."""
-    for c in range(customers):
-        rt.catalog.create_entitlement(
-            NewEntitlement(
-                org=ORG,
-                customer_id=f"c{c}",
-                feature="active_users",
-                quantity=None,
-                starts_at=now - timedelta(days=2),
-            ),
-            now,
-        )
+    unlimited_grants(rt, ORG, "active_users", customers, now)
     rng = random.Random(11)
     stamp = isoformat(now)
     value_chars = 0
@@ -372,17 +361,7 @@ def bytes_per_latest_period(
     growth: dict[str, float] = {}
     for feature, aggregation in (("sum_meter", "SUM"), ("gauge", "LATEST")):
         rt.catalog.create_feature(ORG, feature, now=now, scale=0, aggregation=aggregation)
-        for c in range(customers):
-            rt.catalog.create_entitlement(
-                NewEntitlement(
-                    org=ORG,
-                    customer_id=f"c{c}",
-                    feature=feature,
-                    quantity=None,
-                    starts_at=now - timedelta(days=2),
-                ),
-                now,
-            )
+        unlimited_grants(rt, ORG, feature, customers, now)
         before = used_hash_bytes(client, rt, customers)
         batch = [
             usage_event(

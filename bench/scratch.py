@@ -56,6 +56,12 @@ def unlimited_customers(rt: Runtime, org: str, feature: str, customers: int, now
     grant each, started two days before ``now``."""
     rt.catalog.create_org(org, org, now)
     rt.catalog.create_feature(org, feature, now=now)
+    unlimited_grants(rt, org, feature, customers, now)
+
+
+def unlimited_grants(rt: Runtime, org: str, feature: str, customers: int, now: datetime) -> None:
+    """Customers ``c0`` .. ``c<customers-1>`` of an existing feature, an unlimited
+    grant each, started two days before ``now``."""
     for c in range(customers):
         rt.catalog.create_entitlement(
             NewEntitlement(
