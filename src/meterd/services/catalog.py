@@ -456,8 +456,9 @@ class Catalog:
         recorded yet open their periods), then changed, then settled again (an end
         moved later reopens an EXPIRED entitlement, with its audit row). A new
         quantity applies to the current period (earlier periods keep theirs); a new
-        end moves the grace period along and ends the current PRE_PAID period
-        there. Ingest sees it at once."""
+        end moves the grace period along and ends the last PRE_PAID period there
+        (the one usage up to the end lands in, also when the entitlement was
+        EXPIRED or in GRACE). Ingest sees it at once."""
         with self.entitlements.transaction() as s:
             ent, feature = self.entitlements.locked(s, org, entitlement_id)
             if ent.row_version != change.row_version:
@@ -477,6 +478,10 @@ class Catalog:
                 org, entitlement_id, ent.row_version, values,
                 current_period=period, now=now, session=s,
             )  # fmt: skip
+            if "ends_at" in values and ent.billing_type == BillingType.PRE_PAID.value:
+                # The term's last period takes usage up to the end (also an EXPIRED or
+                # GRACE one reopened: no period contains now): it ends there too.
+                self.entitlements.move_last_period_end(s, entitlement_id, values["ends_at"], now)
             self.transitions.settle(entitlement_id, now, actor="changed", session=s, caused_at=now)
         self.resolution.refresh([(org, ent.customer_id, feature)], now)
 
@@ -588,8 +593,6 @@ def _changed_values(
         values.update(_auto_renew_values(ent, change.auto_renew))
     if change.ends_at is not UNSET:
         values.update(_end_values(ent, change.ends_at, values.get("auto_renew", ent.auto_renew)))
-        if ent.billing_type == BillingType.PRE_PAID.value:
-            period["period_end"] = change.ends_at
     if not values:
         raise CatalogError("nothing to change")
     return values, period

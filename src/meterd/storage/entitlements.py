@@ -165,6 +165,28 @@ class EntitlementStore:
                     .execution_options(synchronize_session=False)
                 )
 
+    def move_last_period_end(
+        self, s: Session, entitlement_id: uuid.UUID, end: datetime | None, now: datetime
+    ) -> None:
+        """End the entitlement's last period (the latest start) at ``end`` (None: open),
+        in the transaction of ``s``: usage after the earlier periods, up to the end of
+        the term, lands in it (``meterd.lifecycle.period_at``). A period that starts
+        at or after ``end`` keeps its end (nothing can land in it any more)."""
+        last = s.execute(
+            select(UsagePeriod.id, UsagePeriod.period_start)
+            .where(UsagePeriod.entitlement_id == entitlement_id)
+            .order_by(UsagePeriod.period_start.desc())
+            .limit(1)
+        ).first()
+        if last is None or (end is not None and end <= last.period_start):
+            return
+        s.execute(
+            update(UsagePeriod)
+            .where(UsagePeriod.id == last.id)
+            .values(period_end=end, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
     @staticmethod
     def _why_not_updated(
         s: Session, org: str, entitlement_id: uuid.UUID, expected_version: int
