@@ -297,7 +297,9 @@ end
 
 -- Calendar arithmetic on epoch microseconds (meterd/terms.py in Lua): days since
 -- the epoch <-> (year, month, day), proleptic Gregorian (H. Hinnant's algorithms).
+-- Instants before 1970 are negative: only OPEN (-1) means "no end".
 local DAY_US = 86400000000
+local OPEN = -1
 
 local function civil_from_days(z)
   z = z + 719468
@@ -333,28 +335,48 @@ local function days_in_month(y, m)
   return 31
 end
 
--- anchor plus whole calendar months, the day clamped to the month's length
-local function add_months(anchor, months)
-  local days = math.floor(anchor / DAY_US)
+-- (days since the epoch, microseconds of the day) plus whole calendar months, the
+-- day clamped to the month's length, in epoch microseconds
+local function add_months_to_day(days, time_of_day, months)
   local y, m, d = civil_from_days(days)
   local index = m - 1 + months
   local ny, nm = y + math.floor(index / 12), index % 12 + 1
   local last = days_in_month(ny, nm)
   if d > last then d = last end
-  return days_from_civil(ny, nm, d) * DAY_US + (anchor - days * DAY_US)
+  return days_from_civil(ny, nm, d) * DAY_US + time_of_day
 end
 
--- r = { "m", months, anchor, limit } or { "d", duration us, anchor, limit }
+-- anchor (epoch microseconds, exact only from 1685 to 2255) plus whole months
+local function add_months(anchor, months)
+  local days = math.floor(anchor / DAY_US)
+  return add_months_to_day(days, anchor - days * DAY_US, months)
+end
+
+-- r = { "m", months, anchor, limit, anchor day, anchor time of day }
+--  or { "d", duration us, anchor, limit }. The anchor of a monthly term is also
+-- whole days and microseconds (exact in a double however old it is; entries
+-- written before they were there lack them); that of a term of days is a boundary
+-- near the present (storage/resolution.py), so anchor + k terms is exact.
+local function anchor_day(r)
+  if r[5] ~= nil then return r[5], r[6] end
+  local days = math.floor(r[3] / DAY_US)
+  return days, r[3] - days * DAY_US
+end
+
 local function term_start(r, k)
-  if r[1] == "m" then return add_months(r[3], k * r[2]) end
+  if r[1] == "m" then
+    local days, time_of_day = anchor_day(r)
+    return add_months_to_day(days, time_of_day, k * r[2])
+  end
   return r[3] + k * r[2]
 end
 
--- the k with term_start(k) <= ts < term_start(k + 1)
+-- the k with term_start(k) <= ts < term_start(k + 1): a constant number of steps,
+-- however many terms lie between the anchor and ts
 local function term_index(r, ts)
   local k
   if r[1] == "m" then
-    local ay, am = civil_from_days(math.floor(r[3] / DAY_US))
+    local ay, am = civil_from_days((anchor_day(r)))
     local ty, tm = civil_from_days(math.floor(ts / DAY_US))
     k = math.floor(((ty - ay) * 12 + tm - am) / r[2])
   else
@@ -378,10 +400,10 @@ local function period_of(e, ts, month)
     if last == nil or p[1] > last[1] then last = p end
   end
   local r = e.r
-  if latest ~= nil and (latest[2] < 0 or ts < latest[2]) then
+  if latest ~= nil and (latest[2] == OPEN or ts < latest[2]) then
     local keep = latest[2]
-    if r == nil and latest == last and keep >= 0 then
-      keep = e.u < 0 and -1 or math.max(keep, e.u)
+    if r == nil and latest == last and keep ~= OPEN then
+      keep = e.u == OPEN and OPEN or math.max(keep, e.u)
     end
     return latest[4], latest[3], true, keep
   end
@@ -392,7 +414,7 @@ local function period_of(e, ts, month)
     return e.i .. ":" .. int_str(start), r[4], true, term_start(r, k + 1)
   end
   if latest ~= nil then -- in grace: the last period
-    return latest[4], latest[3], true, e.u < 0 and -1 or math.max(latest[2], e.u)
+    return latest[4], latest[3], true, e.u == OPEN and OPEN or math.max(latest[2], e.u)
   end
   return nil, nil, false, nil
 end
@@ -400,7 +422,7 @@ end
 local function suspended_at(e, ts)
   if e.x == nil then return false end
   for _, span in ipairs(e.x) do
-    if span[1] <= ts and (span[2] < 0 or ts < span[2]) then return true end
+    if span[1] <= ts and (span[2] == OPEN or ts < span[2]) then return true end
   end
   return false
 end
@@ -598,7 +620,7 @@ local function resolve(resolution_key, used_key, ev)
   local keeps = agg == "U" and {} or nil
   local suspended = false
   for _, e in ipairs(res) do
-    if (ev.target == "" or e.i == ev.target) and e.s <= ts and (e.u < 0 or ts < e.u)
+    if (ev.target == "" or e.i == ev.target) and e.s <= ts and (e.u == OPEN or ts < e.u)
       and dims_match(e, ev.index, ev.record) then
       if suspended_at(e, ts) then
         suspended = true
@@ -669,7 +691,7 @@ local function resolve(resolution_key, used_key, ev)
     for j, c in ipairs(cands) do
       local key = unique_key(used_key, c[1])
       redis.call("SADD", key, ev.value)
-      if keeps[j] < 0 then
+      if keeps[j] == OPEN then
         redis.call("PERSIST", key)
       else
         redis.call("PEXPIREAT", key, int_str(math.floor((keeps[j] + late_window_us + DAY_US) / 1000)))

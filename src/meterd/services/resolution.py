@@ -50,7 +50,7 @@ class ResolutionCache:
                     org,
                     customer,
                     feature,
-                    encode_resolution(views),
+                    encode_resolution(views, near=now),
                     self.ttl_seconds if views else min(EMPTY_TTL_SECONDS, self.ttl_seconds),
                     flushed,
                 )

@@ -13,10 +13,20 @@ then soonest end, then oldest), each as::
      "k": the feature's scale (0-6; limits and counters are in 10^-k units),
      "f": {path: value} dimension filters (absent: none; meterd.meters.matches),
      "p": [[start, end (-1 = open), limit (-1 = unlimited), field], ...] stored periods,
-     "r": ["m", months, anchor, limit] or ["d", duration us, anchor, limit]
+     "r": ["m", months, anchor, limit, anchor day, anchor time of day us]
+          or ["d", duration us, anchor, limit]
           (renewing only: term k starts at anchor + k terms; limit of renewed periods),
      "x": [[from, to (-1 = still)], ...] suspensions,
      "z": terminated at (epoch us, -1 = not terminated)}
+
+Lua numbers are doubles, exact for integers up to 2^53 (epoch microseconds of
+years 1685 to 2255): a term's arithmetic in ``ingest.lua`` stays there. A
+monthly term's anchor also goes as whole days since the epoch and microseconds
+of the day (both small); a term of days is anchored on its boundary at or
+before a recent instant (the same boundaries: term k of the one is
+term k + n of the other), so an anchor in year 1 with microseconds, or a term
+of an hour and 7 microseconds, gives the boundaries Python gives (the cache
+anchors it near the instant it writes the entry).
 
 ``decode_resolution`` reads it back into the same ``EntitlementView`` the
 database gives, so the live read judges state and period with the very
@@ -53,16 +63,27 @@ def _limit(quantity: Any, scale: int) -> int:
     return to_units(quantity, scale) if quantity is not None else -1
 
 
-def _renewal(renewal: Renewal, scale: int) -> list[Any]:
+def _renewal(view: EntitlementView, renewal: Renewal, near: datetime | None) -> list[Any]:
     term = renewal.term
-    limit = _limit(renewal.quantity, scale)
+    limit = _limit(renewal.quantity, view.scale)
+    anchor = epoch_micros(renewal.anchor)
     if term.months:
-        return ["m", term.months, epoch_micros(renewal.anchor), limit]
-    length = term.length // timedelta(microseconds=1)
-    return ["d", length, epoch_micros(renewal.anchor), limit]
+        day, time_of_day = divmod(anchor, _DAY_US)
+        return ["m", term.months, anchor, limit, day, time_of_day]
+    # The boundary at or before ``near`` (default: the latest stored period): close
+    # to the instants ingest judges, so Lua's doubles hold every boundary exactly.
+    if near is None:
+        near = max((p.start for p in view.periods), default=view.starts_at)
+    rebased = term.start(renewal.anchor, term.index_at(renewal.anchor, near))
+    return ["d", term.length // timedelta(microseconds=1), epoch_micros(rebased), limit]
 
 
-def encode_view(view: EntitlementView) -> dict[str, Any]:
+_DAY_US = 86_400_000_000
+
+
+def encode_view(view: EntitlementView, near: datetime | None = None) -> dict[str, Any]:
+    """The entry of one view; ``near``: an instant close to those ingest will judge
+    with it (now), where a renewing term of days is anchored."""
     entry: dict[str, Any] = {
         "i": view.id.hex,
         "s": epoch_micros(view.starts_at),
@@ -86,21 +107,22 @@ def encode_view(view: EntitlementView) -> dict[str, Any]:
     if view.filters:
         entry["f"] = dict(view.filters)
     if view.renewal is not None:
-        entry["r"] = _renewal(view.renewal, view.scale)
+        entry["r"] = _renewal(view, view.renewal, near)
     if view.suspensions:
         entry["x"] = [[epoch_micros(start), _us(end)] for start, end in view.suspensions]
     return entry
 
 
-def encode_resolution(views: Iterable[EntitlementView]) -> str:
+def encode_resolution(views: Iterable[EntitlementView], near: datetime | None = None) -> str:
     return json.dumps(
-        [encode_view(view) for view in sorted(views, key=burn_down_order)],
+        [encode_view(view, near) for view in sorted(views, key=burn_down_order)],
         separators=(",", ":"),
     )
 
 
 def _moment(us: int) -> datetime | None:
-    return None if us < 0 else from_epoch_micros(us)
+    """-1 is "none"; other negative values are instants before 1970."""
+    return None if us == -1 else from_epoch_micros(us)
 
 
 def _quantity(units: int, scale: int) -> Any:
@@ -110,7 +132,7 @@ def _quantity(units: int, scale: int) -> Any:
 def _decoded_renewal(raw: list[Any] | None, scale: int) -> Renewal | None:
     if raw is None:
         return None
-    kind, value, anchor, limit = raw
+    kind, value, anchor, limit = raw[:4]
     term = Term(months=value) if kind == "m" else Term(length=timedelta(microseconds=value))
     return Renewal(from_epoch_micros(anchor), term, _quantity(limit, scale))
 
