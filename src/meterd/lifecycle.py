@@ -21,21 +21,43 @@ usable. SUSPENDED and TERMINATED are set by an operator and never left by the
 clock (TERMINATED is final). A job that missed runs (beat down for a day) catches
 up: every transition that fell due is applied in order, each stamped with the
 instant it fell due, not the instant the job ran.
+
+**A catch-up is bounded** (``due_transitions``): however far back the missed
+terms go (a grant backdated to year 1 with a 1-day term has 740,000 of them),
+one call records at most ``MAX_CAUGHT_UP_TERMS`` renewals (or PAY_PER_USE
+months) one by one, the most recent ones; the terms before them, and every term
+that ended before the late window (no event can be counted in it any more), are
+one *summary* step (``Transition.summarised``): one audit row that says how many
+terms it stands for and from when to when, and no period row. A late event in a
+summarised term still lands in that term (``period_at`` reads the calendar past
+the stored periods), and ingest opens its period row. The work is a constant
+number of calendar computations (``Term.index_at``), not one per term.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from meterd.domain import BillingType, ContractMode, EntitlementView, Period, Renewal, Status
 from meterd.errors import ConflictError
 from meterd.notifications import PERIOD_OPENED_REASON
-from meterd.timeutil import month_start, next_month_start
+from meterd.terms import add_months
+from meterd.timeutil import isoformat, month_start, next_month_start
 
 RENEWED_REASON = "renewed"
 EXTENDED_REASON = "term extended"
+
+#: One call (a request's settling, or the lifecycle job for one entitlement) records
+#: at most this many renewals or PAY_PER_USE months one by one, each with its audit
+#: row and period; older ones are one summary step. 50 covers the default late
+#: window (35 days) of a 1-DAY term: every term an event can still land in.
+MAX_CAUGHT_UP_TERMS = 50
+
+#: The shortest term an entitlement renews by: a term of a microsecond would renew
+#: a million times a second (one period row and audit row each).
+MIN_RENEWING_TERM = timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +70,21 @@ class Transition:
     renewal_end: datetime | None = None
     #: Set when a PAY_PER_USE month opens: its period runs from ``at`` to here.
     month_end: datetime | None = None
+    #: A summary step of a catch-up: it stands for this many renewals (or months) in a
+    #: row, the first due at ``at``, the last ending at ``renewal_end`` (``month_end``),
+    #: recorded as one audit row with no period of their own. 0: an ordinary step.
+    summarised: int = 0
+
+    @property
+    def opens_period(self) -> bool:
+        """Whether recording the step opens a usage period (a renewal or a month that
+        is not a summary)."""
+        return (self.renewal_end is not None or self.month_end is not None) and not self.summarised
+
+    @property
+    def renews(self) -> bool:
+        """A renewal or a month opened (the status stays), summary or not."""
+        return self.renewal_end is not None or self.month_end is not None
 
 
 def renews(auto_renew: bool, contract_mode: str) -> bool:
@@ -195,14 +232,29 @@ def due_transitions(
     now: datetime,
     renewal: Renewal | None = None,
     next_period_at: datetime | None = None,
+    *,
+    history_before: datetime | None = None,
+    max_terms: int = MAX_CAUGHT_UP_TERMS,
 ) -> list[Transition]:
-    """Every transition due at ``now``, in order (several after missed runs)."""
+    """Every transition due at ``now``, in order (several after missed runs).
+
+    Renewals and PAY_PER_USE months that fell due in a row are listed one by one
+    only for the ``max_terms`` most recent ones whose term ends after
+    ``history_before`` (the start of the late window: None, no such limit); the
+    ones before are one summary step. So the chain has at most ``max_terms + 1``
+    renewals, or twice that of months (while ACTIVE, then in GRACE), and a few
+    status steps, whatever the dates; computing it costs as much."""
     chain: list[Transition] = []
     while (
         step := next_transition(
             status, starts_at, ends_at, grace_until, now, renewal, next_period_at
         )
     ) is not None:
+        if step.renewal_end is not None and renewal is not None:
+            step = _summarised_renewals(step, renewal, now, history_before, max_terms)
+        elif step.month_end is not None:
+            own_end = ends_at if status is Status.ACTIVE else grace_until
+            step = _summarised_months(step, own_end, now, history_before, max_terms)
         chain.append(step)
         status = step.to_status
         if step.renewal_end is not None:
@@ -210,6 +262,91 @@ def due_transitions(
         if step.month_end is not None:
             next_period_at = step.month_end
     return chain
+
+
+def _to_summarise(due: int, history: int, max_terms: int) -> int:
+    """How many of ``due`` steps in a row to summarise: the ``history`` ones whose
+    terms ended before the late window, and all but the ``max_terms`` latest."""
+    return max(min(history, due), due - max(max_terms, 1), 0)
+
+
+def _summarised_renewals(
+    step: Transition,
+    renewal: Renewal,
+    now: datetime,
+    history_before: datetime | None,
+    max_terms: int,
+) -> Transition:
+    """``step`` (the first of the renewals due in a row), or a summary of it and the
+    ones after it that are not to be listed one by one.
+
+    The renewals due: ``step`` (at the recorded end, to boundary ``j0``), then one at
+    each boundary ``j0 .. k_now`` (the term containing ``now``); the i-th of them
+    opens the term ending at boundary ``j0 + i``."""
+    term, anchor = renewal.term, renewal.anchor
+    j0 = term.index_at(anchor, step.at) + 1
+    due = 1 + max(term.index_at(anchor, now) - j0 + 1, 0)
+    history = 0
+    if history_before is not None:
+        history = max(term.index_at(anchor, history_before) - j0 + 1, 0)
+    skipped = _to_summarise(due, history, max_terms)
+    if not skipped:
+        return step
+    last_end = term.start(anchor, j0 + skipped - 1)
+    return Transition(
+        step.from_status,
+        step.to_status,
+        step.at,
+        f"{RENEWED_REASON} {skipped:,} times from {isoformat(step.at)} to"
+        f" {isoformat(last_end)} {_in_one_step(max_terms)}",
+        renewal_end=last_end,
+        summarised=skipped,
+    )
+
+
+def _summarised_months(
+    step: Transition,
+    own_end: datetime | None,
+    now: datetime,
+    history_before: datetime | None,
+    max_terms: int,
+) -> Transition:
+    """``step`` (the first of the PAY_PER_USE months due in a row), or a summary of it
+    and the ones after it that are not to be listed one by one. Months open while
+    the status lasts: each month starting at or before ``now`` and before
+    ``own_end``."""
+    first = step.at
+    last_due = now if own_end is None else min(now, own_end - _US)
+    due = _months_between(first, month_start(last_due)) + 1
+    history = 0
+    if history_before is not None:
+        history = max(_months_between(first, month_start(history_before)), 0)
+    skipped = _to_summarise(due, history, max_terms)
+    if not skipped:
+        return step
+    last_end = add_months(first, skipped)
+    return replace(
+        step,
+        reason=f"{PERIOD_OPENED_REASON}: {skipped:,} months from {isoformat(first)} to"
+        f" {isoformat(last_end)} {_in_one_step(max_terms)}",
+        month_end=last_end,
+        summarised=skipped,
+    )
+
+
+_US = timedelta(microseconds=1)
+
+
+def _in_one_step(max_terms: int) -> str:
+    return (
+        "in one step (terms that ended before the late window, or before the"
+        f" {max_terms} latest, get no period row of their own)"
+    )
+
+
+def _months_between(first: datetime, later: datetime) -> int:
+    """Whole calendar months from month start ``first`` to month start ``later``."""
+    return (later.year - first.year) * 12 + later.month - first.month
 
 
 def next_period_after(chain: list[Transition], current: datetime | None) -> datetime | None:

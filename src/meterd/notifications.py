@@ -21,6 +21,16 @@ exact decimal strings.
 ``entitlement.status_changed`` / ``renewed`` / ``period_opened``: ``from_status``,
 ``to_status``, ``reason``, ``job_run_id``.
 
+Renewals (and PAY_PER_USE months) recorded together are announced once: a
+backdated grant, a lifecycle run after missed runs or a resume that catches up
+several terms sends ONE ``renewed`` (``period_opened``) notification, of the
+last of them, whose ``data`` adds ``caught_up``: ``terms`` (how many renewals or
+months it stands for), ``summarised`` (how many of them are one summary audit
+row with no period row: those that ended before the late window, or beyond the
+50 latest), ``first_at`` (when the first fell due) and ``until`` (where the
+last term recorded ends: the current term's end, when it is still running).
+One renewal alone is notified as before, without ``caught_up``.
+
 A crossing is recorded once per (entitlement, period, threshold) and a
 transition once per step, so each notification exists once; delivery to the
 queue and to a webhook is at least once, and receivers dedupe on ``id``.
@@ -99,7 +109,7 @@ def transition_notification_id(transition_id: uuid.UUID) -> str:
 def transition_type(from_status: str, to_status: str, reason: str) -> NotificationType:
     if from_status != to_status:
         return NotificationType.STATUS_CHANGED
-    if reason == PERIOD_OPENED_REASON:
+    if reason.startswith(PERIOD_OPENED_REASON):  # also a summary of several months
         return NotificationType.PERIOD_OPENED
     return NotificationType.RENEWED
 
@@ -158,4 +168,18 @@ def transition_data(
         "to_status": to_status,
         "reason": reason,
         "job_run_id": job_run_id,
+    }
+
+
+def catch_up_data(
+    *, terms: int, summarised: int, first_at: datetime, until: datetime
+) -> dict[str, Any]:
+    """The ``caught_up`` part of the one notification of several renewals (or months)."""
+    return {
+        "caught_up": {
+            "terms": terms,
+            "summarised": summarised,
+            "first_at": isoformat(first_at),
+            "until": isoformat(until),
+        }
     }

@@ -135,7 +135,7 @@ class Runtime:
 
     @cached_property
     def transitions(self) -> TransitionStore:
-        return TransitionStore(self.database.sessions)
+        return TransitionStore(self.database.sessions, late_window=self.late_window)
 
     @cached_property
     def resolution_views(self) -> ResolutionViewStore:

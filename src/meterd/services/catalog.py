@@ -24,7 +24,12 @@ from meterd.domain import (
     Status,
 )
 from meterd.errors import InvalidError, StaleVersionError
-from meterd.lifecycle import OperatorAction, extend_term, operator_transition
+from meterd.lifecycle import (
+    MIN_RENEWING_TERM,
+    OperatorAction,
+    extend_term,
+    operator_transition,
+)
 from meterd.meters import check_dimensions, check_meter, parse_path, path_text
 from meterd.plans import TermUnit, condition_family, term_end, term_kind
 from meterd.quantity import QuantityError, check_scaled
@@ -135,10 +140,21 @@ def _term_of(spec: NewEntitlement) -> Term | None:
     if not spec.auto_renew:
         return None
     if spec.term is not None:
-        return spec.term
+        return _renewing(spec.term)
     if spec.ends_at is None:
         raise CatalogError("an auto-renewing entitlement needs ends_at (or a term) to renew by")
-    return Term.between(spec.starts_at, spec.ends_at)
+    return _renewing(Term.between(spec.starts_at, spec.ends_at))
+
+
+def _renewing(term: Term) -> Term:
+    """``term``, if an entitlement may renew by it: at least ``MIN_RENEWING_TERM``."""
+    if not term.months and term.length < MIN_RENEWING_TERM:
+        raise CatalogError(
+            "an auto-renewing entitlement's term (starts_at to ends_at, or term_value and"
+            f" term_unit) must be at least {MIN_RENEWING_TERM // timedelta(hours=1)} hour:"
+            " each term opens a period"
+        )
+    return term
 
 
 class Catalog:
@@ -612,7 +628,7 @@ def _auto_renew_values(ent: Entitlement, auto_renew: bool) -> dict[str, Any]:
         raise CatalogError("give the entitlement an end first: its term runs from start to end")
     return {
         "auto_renew": True,
-        **term_columns(Term.between(ent.starts_at, ent.ends_at), ent.starts_at),
+        **term_columns(_renewing(Term.between(ent.starts_at, ent.ends_at)), ent.starts_at),
     }
 
 

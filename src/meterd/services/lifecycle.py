@@ -8,6 +8,11 @@ their notifications, the stored status the lists filter on, and the period
 rows renewals open (ingest opens the same rows itself when usage arrives
 first; both insert-or-ignore).
 
+Bounded: a batch is at most ``batch_size`` entitlements and
+``storage.transitions.MAX_STEPS_PER_BATCH`` steps in one transaction (each
+entitlement's chain at most about 50 listed terms: older ones are one summary
+step), and a run at most ``MAX_BATCHES_PER_RUN`` batches.
+
 Safe to run twice at once (two beats, two workers): every entitlement moves by
 compare-and-set, so a transition is applied and recorded once. A run that
 follows a long outage catches up: every transition that fell due is applied
@@ -28,6 +33,11 @@ from meterd.storage.transitions import Chain, TransitionStore
 #: batches cannot move on: the same rows would be found again).
 DRY_RUN_LIMIT = 10_000
 
+#: One run applies at most this many batches (transactions); what is still due then
+#: waits for the next run (beat runs the job every METERD_LIFECYCLE_INTERVAL).
+#: Nothing a reader sees waits for it: state is a function of the clock.
+MAX_BATCHES_PER_RUN = 100
+
 
 @dataclass(slots=True)
 class LifecycleReport:
@@ -41,6 +51,8 @@ class LifecycleReport:
     #: What was applied (or, on a dry run, would be), in order.
     applied: list[Chain] = field(default_factory=list)
     dry_run: bool = False
+    #: The run stopped at its last allowed batch: more may be due (the next run does it).
+    more_due: bool = False
 
     def add(self, other: LifecycleReport) -> None:
         self.transitions += other.transitions
@@ -79,15 +91,23 @@ class LifecycleService:
         return report
 
     def advance_all(
-        self, now: datetime, *, batch_size: int = 1000, dry_run: bool = False
+        self,
+        now: datetime,
+        *,
+        batch_size: int = 1000,
+        dry_run: bool = False,
+        max_batches: int = MAX_BATCHES_PER_RUN,
     ) -> LifecycleReport:
-        """Advance batch after batch until nothing is due (one job run id for all).
+        """Advance batch after batch until nothing is due, at most ``max_batches``
+        batches (one job run id for all; ``more_due`` says the next run has work).
         A dry run looks at one batch of up to ``DRY_RUN_LIMIT``."""
         if dry_run:
             return self.advance(now, batch_size=DRY_RUN_LIMIT, dry_run=True)
         total = LifecycleReport(job_run_id=uuid.uuid4().hex)
-        while True:
+        for _ in range(max_batches):
             report = self.advance(now, batch_size=batch_size, job_run_id=total.job_run_id)
             total.add(report)
             if report.seen == 0 or report.entitlements + report.lost_races == 0:
                 return total
+        total.more_due = True
+        return total

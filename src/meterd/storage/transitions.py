@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -32,6 +32,7 @@ from meterd.lifecycle import (
 )
 from meterd.notifications import (
     NewNotification,
+    catch_up_data,
     envelope,
     transition_data,
     transition_notification_id,
@@ -88,9 +89,24 @@ class LifecycleBatch:
     seen: int
 
 
+#: What the stores assume when not told: the default ``METERD_LATE_WINDOW``.
+DEFAULT_LATE_WINDOW = timedelta(days=35)
+
+#: The steps one lifecycle batch records at most (audit rows; each opens at most one
+#: period and sends at most one notification), whatever its entitlement count: a
+#: batch of entitlements that each catch up 50 terms records fewer of them, and the
+#: rest stay due for the next batch.
+MAX_STEPS_PER_BATCH = 10_000
+
+
 class TransitionStore:
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], *, late_window: timedelta = DEFAULT_LATE_WINDOW
+    ) -> None:
         self.sessions = sessions
+        #: Terms that ended before ``now - late_window`` can take no event any more: a
+        #: catch-up summarises them (``meterd.lifecycle.due_transitions``).
+        self.late_window = late_window
 
     @contextmanager
     def _transaction(self, *, dry_run: bool) -> Iterator[Session]:
@@ -117,12 +133,14 @@ class TransitionStore:
         Finding the work takes a few index range scans (status + the instant that
         falls due), so it follows what is due, not the table size. Each renewal and
         each PAY_PER_USE month opens its usage period; earlier periods keep their
-        usage and late events.
+        usage and late events. Bounded: each chain by ``due_transitions`` (at most
+        about 50 listed terms, older ones summarised), the batch by
+        ``MAX_STEPS_PER_BATCH`` steps (entitlements past it stay due).
         """
         with self._transaction(dry_run=dry_run) as s:
             locking = s.get_bind().dialect.name == "postgresql"
             due = _claim_due(s, now, limit, lock=locking)
-            wanted = _chains(due, now)
+            wanted = _within_budget(_chains(due, now, self.late_window), MAX_STEPS_PER_BATCH)
             if locking:
                 _move_claimed(s, wanted, now)
                 moved = wanted
@@ -159,7 +177,10 @@ class TransitionStore:
             if row is None:
                 raise NotFoundError("entitlement", entitlement_id)
             moved = [
-                (d, c) for d, c in _chains([DueEntitlement(**row._mapping)], now, caused_at)
+                (d, c)
+                for d, c in _chains(
+                    [DueEntitlement(**row._mapping)], now, self.late_window, caused_at
+                )
                 if _move_one(s, d, c, now)
             ]  # fmt: skip
             _record(s, moved, actor, now)
@@ -291,10 +312,14 @@ def _claim_due(s: Session, now: datetime, limit: int, *, lock: bool) -> list[Due
 
 
 def _chains(
-    due: Sequence[DueEntitlement], now: datetime, caused_at: datetime | None = None
+    due: Sequence[DueEntitlement],
+    now: datetime,
+    late_window: timedelta,
+    caused_at: datetime | None = None,
 ) -> list[Chain]:
     """Each due entitlement with the steps that fell due (those with any); status
-    steps no earlier than ``caused_at`` when a change made them due."""
+    steps no earlier than ``caused_at`` when a change made them due. Terms that ended
+    before the late window are summarised, so each chain is bounded."""
     chains = []
     for d in due:
         chain = due_transitions(
@@ -305,12 +330,25 @@ def _chains(
             now,
             renewal_of(d),
             d.next_period_at,
+            history_before=now - late_window,
         )
         if chain and caused_at is not None:
             chain = [_not_before(step, caused_at) for step in chain]
         if chain:
             chains.append((d, chain))
     return chains
+
+
+def _within_budget(chains: list[Chain], max_steps: int) -> list[Chain]:
+    """The first chains whose steps add up to at most ``max_steps`` (at least one)."""
+    taken: list[Chain] = []
+    steps = 0
+    for due, chain in chains:
+        if taken and steps + len(chain) > max_steps:
+            break
+        taken.append((due, chain))
+        steps += len(chain)
+    return taken
 
 
 def _not_before(step: Transition, moment: datetime) -> Transition:
@@ -320,7 +358,15 @@ def _not_before(step: Transition, moment: datetime) -> Transition:
 
 
 def _record(s: Session, moved: Sequence[Chain], job_run_id: str, now: datetime) -> None:
-    """The audit rows, their notifications, and the periods renewals and months open."""
+    """The audit rows, their notifications, and the periods renewals and months open
+    (a summary step opens none).
+
+    Every status change is notified. The renewals (or months) of one chain are
+    notified once: a single one as itself, several (a catch-up: a backdated grant,
+    missed job runs, a resume) as one notification of the last, whose ``data``
+    says how many terms it stands for (``meterd.notifications.catch_up_data``).
+    So a backdated grant sends one notification for its history, not one per term.
+    """
     periods = [
         {
             "id": uuid7(),
@@ -336,11 +382,12 @@ def _record(s: Session, moved: Sequence[Chain], job_run_id: str, now: datetime) 
         }
         for due, chain in moved
         for step in chain
-        if step.renewal_end is not None or step.month_end is not None
+        if step.opens_period
     ]
     audit: list[dict[str, Any]] = []
     notifications: list[NewNotification] = []
     for due, chain in moved:
+        renewed: list[tuple[dict[str, Any], Transition]] = []
         for step in chain:
             row = {
                 "id": uuid7(),
@@ -354,7 +401,12 @@ def _record(s: Session, moved: Sequence[Chain], job_run_id: str, now: datetime) 
                 "job_run_id": job_run_id,
             }
             audit.append(row)
-            notifications.append(transition_notification(row, due))
+            if step.renews:
+                renewed.append((row, step))
+            else:
+                notifications.append(transition_notification(row, due))
+        if renewed:
+            notifications.append(_renewals_notification(renewed, due))
     # A month's period may exist already: a flush opens it on first usage.
     insert_ignoring_duplicates(s, UsagePeriod, periods, ["entitlement_id", "period_start"])
     bulk_insert(s, EntitlementTransition, audit)
@@ -461,8 +513,28 @@ def _due_of(ent: Entitlement, feature: str) -> DueEntitlement:
     return DueEntitlement(feature=feature, **columns)
 
 
-def transition_notification(row: dict[str, Any], due: DueEntitlement) -> NewNotification:
-    """The notification of one audit row (as inserted into entitlement_transitions)."""
+def _renewals_notification(
+    renewed: Sequence[tuple[dict[str, Any], Transition]], due: DueEntitlement
+) -> NewNotification:
+    """One notification for the renewals (or months) one chain recorded: the last
+    one's, with the catch-up in its data when there were several."""
+    last_row, last_step = renewed[-1]
+    if len(renewed) == 1 and not last_step.summarised:
+        return transition_notification(last_row, due)
+    terms = sum(step.summarised or 1 for _, step in renewed)
+    summarised = sum(step.summarised for _, step in renewed)
+    until = last_step.renewal_end or last_step.month_end
+    assert until is not None  # a renewal or a month
+    data = catch_up_data(terms=terms, summarised=summarised, first_at=renewed[0][1].at, until=until)
+    return transition_notification(last_row, due, extra=data)
+
+
+def transition_notification(
+    row: dict[str, Any], due: DueEntitlement, *, extra: dict[str, Any] | None = None
+) -> NewNotification:
+    """The notification of one audit row (as inserted into entitlement_transitions);
+    ``extra``: more fields for its ``data``."""
+    data = transition_data(row["from_status"], row["to_status"], row["reason"], row["job_run_id"])
     return envelope(
         notification_id=transition_notification_id(row["id"]),
         kind=transition_type(row["from_status"], row["to_status"], row["reason"]),
@@ -471,7 +543,5 @@ def transition_notification(row: dict[str, Any], due: DueEntitlement) -> NewNoti
         feature=due.feature,
         entitlement_id=due.id,
         occurred_at=row["at"],
-        data=transition_data(
-            row["from_status"], row["to_status"], row["reason"], row["job_run_id"]
-        ),
+        data={**data, **(extra or {})},
     )
