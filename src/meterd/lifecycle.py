@@ -76,15 +76,15 @@ class Transition:
     summarised: int = 0
 
     @property
-    def opens_period(self) -> bool:
-        """Whether recording the step opens a usage period (a renewal or a month that
-        is not a summary)."""
-        return (self.renewal_end is not None or self.month_end is not None) and not self.summarised
+    def opens_term(self) -> bool:
+        """A renewal or a PAY_PER_USE month (the status stays), or a summary of them."""
+        return self.renewal_end is not None or self.month_end is not None
 
     @property
-    def renews(self) -> bool:
-        """A renewal or a month opened (the status stays), summary or not."""
-        return self.renewal_end is not None or self.month_end is not None
+    def opens_period(self) -> bool:
+        """Whether recording the step opens a usage period: it opens one term, not a
+        summary of several."""
+        return self.opens_term and not self.summarised
 
 
 def renews(auto_renew: bool, contract_mode: str) -> bool:

@@ -401,7 +401,7 @@ def _record(s: Session, moved: Sequence[Chain], job_run_id: str, now: datetime) 
                 "job_run_id": job_run_id,
             }
             audit.append(row)
-            if step.renews:
+            if step.opens_term:
                 renewed.append((row, step))
             else:
                 notifications.append(transition_notification(row, due))
