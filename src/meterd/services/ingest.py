@@ -80,8 +80,17 @@ class IngestService:
         self.future_skew = future_skew
 
     def ingest(
-        self, payloads: Sequence[Any], *, now: datetime, org: str | None = None
+        self,
+        payloads: Sequence[Any],
+        *,
+        now: datetime,
+        org: str | None = None,
+        replay: bool = False,
     ) -> IngestReport:
+        """Count ``payloads`` (each gets an outcome). A raw event feeds the meters of
+        its type created by its time; ``replay`` (an operator's replay of dead
+        letters, ``services.replay``) feeds every meter of its type that exists
+        now."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         reasons: list[str | None] = [None] * len(payloads)
         parsed_at: dict[int, UsageEvent | RawEvent] = {}
@@ -111,7 +120,7 @@ class IngestService:
                 org_meters = meters[parsed.org] = self.meters.refresh(parsed.org)
                 refreshed.add(parsed.org)
             results[index] = []
-            for item in items_of(parsed, org_meters):
+            for item in items_of(parsed, org_meters, every_meter=replay):
                 if isinstance(item, UsageEvent):
                     items.append((index, item))
                 else:

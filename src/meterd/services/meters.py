@@ -2,9 +2,19 @@
 
 A usage event (``meterd.usage``) is one item of the feature it names, read by
 that feature's aggregation. A raw event becomes one item per feature whose
-meter reads its type and whose filters its ``data`` matches. Each item is a
-``UsageEvent``: counted, deduplicated and logged on its own. An event's
-outcome is decided from its items' (``combined_outcome``).
+meter reads its type, started by the event's time (``Meter.starts_by``), and
+whose filters its ``data`` matches. Each item is a ``UsageEvent``: counted,
+deduplicated and logged on its own. An event's outcome is decided from its
+items' (``combined_outcome``).
+
+A meter starts at its feature's creation, by event time: a raw event timed
+before it does not feed it. Items are deduplicated each on its own, so without
+this a redelivery of an event accepted before the meter existed would be new
+to the meter's dedupe and count for it. The rule is a function of stored facts
+(the event's time, the feature's ``created_at``), whichever worker sees the
+event and whenever. One exception: an operator's replay of dead letters
+(``every_meter``) counts an event for every meter that exists at the replay, as
+a dead letter is an event never fully counted (docs/meters.md).
 
 The meters of an org are read from the database and kept in each process. A
 meter never changes once created (its scale and aggregation are fixed), so the
@@ -31,7 +41,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from meterd.domain import Aggregation, Outcome
@@ -52,14 +62,20 @@ class OrgMeters:
 
     by_type: dict[str, list[Meter]] = field(default_factory=dict)
     by_feature: dict[str, Meter] = field(default_factory=dict)
+    #: The creation of the newest meter of each type: a raw event timed at or after
+    #: it feeds every meter of its type (no meter to check one by one).
+    newest: dict[str, datetime] = field(default_factory=dict)
 
     @classmethod
     def of(cls, meters: Sequence[Meter]) -> OrgMeters:
         by_type: dict[str, list[Meter]] = {}
+        newest: dict[str, datetime] = {}
         for meter in meters:
             if meter.event_type is not None:
                 by_type.setdefault(meter.event_type, []).append(meter)
-        return cls(by_type, {m.feature: m for m in meters})
+                if (created := meter.created_at) is not None:
+                    newest[meter.event_type] = max(newest.get(meter.event_type, created), created)
+        return cls(by_type, {m.feature: m for m in meters}, newest)
 
     def knows(self, event: UsageEvent | RawEvent) -> bool:
         """Whether the feature or type the event names has a meter in this list."""
@@ -136,10 +152,15 @@ class MeterCatalog:
         return meters
 
 
-def items_of(event: UsageEvent | RawEvent, meters: OrgMeters) -> list[ItemResult]:
+def items_of(
+    event: UsageEvent | RawEvent, meters: OrgMeters, *, every_meter: bool = False
+) -> list[ItemResult]:
     """The items ``event`` feeds, or the outcome of each item that cannot be counted.
-    A raw event no meter reads is one ``invalid`` result; one whose data matches
-    none of the meters of its type is one ``no_entitlement`` result."""
+    A raw event feeds the meters of its type created at or before its time, or
+    with ``every_meter`` (an operator's replay of a dead letter) every meter of its
+    type. A raw event no meter reads (at its time) is one ``invalid`` result; one
+    whose data matches none of the meters of its type is one ``no_entitlement``
+    result."""
     if isinstance(event, UsageEvent):
         meter = meters.by_feature.get(event.feature)
         return [_usage_item(event, meter) if meter is not None else event]
@@ -152,6 +173,19 @@ def items_of(event: UsageEvent | RawEvent, meters: OrgMeters) -> list[ItemResult
                 " (create one with event_type, then replay this event)",
             )
         ]
+    newest = meters.newest.get(event.type)
+    if not every_meter and newest is not None and event.time < newest:
+        candidates = [m for m in candidates if m.starts_by(event.time)]
+        if not candidates:
+            return [
+                (
+                    Outcome.INVALID,
+                    f"no feature metered events of type {event.type!r} at"
+                    f" {event.time.isoformat()}: the features that meter them were created"
+                    " later (a meter starts at its creation; replay this event to count it"
+                    " for them)",
+                )
+            ]
     chosen = [m for m in candidates if matches(event.data, m.filters)]
     if not chosen:
         names = ", ".join(sorted(m.feature for m in candidates))

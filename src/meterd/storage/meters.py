@@ -16,7 +16,7 @@ class MeterStore:
 
     def meters_of(self, org_id: str) -> list[Meter]:
         """Every feature of the org as a ``Meter`` (retired ones too: usage timed
-        while they were active may still arrive)."""
+        while they were active may still arrive), with its creation time."""
         stmt = select(
             Feature.key,
             Feature.aggregation,
@@ -24,6 +24,7 @@ class MeterStore:
             Feature.event_type,
             Feature.value_property,
             Feature.meter_filters,
+            Feature.created_at,
         ).where(Feature.org_id == org_id)
         with self.sessions() as s:
             rows = s.execute(stmt).all()
@@ -35,6 +36,7 @@ class MeterStore:
                 event_type=event_type,
                 value_property=parse_path(path) if path else None,
                 filters=check_dimensions(filters) if filters else None,
+                created_at=created_at,
             )
-            for key, aggregation, scale, event_type, path, filters in rows
+            for key, aggregation, scale, event_type, path, filters, created_at in rows
         ]
