@@ -90,7 +90,10 @@ class IngestService:
         """Count ``payloads`` (each gets an outcome). A raw event feeds the meters of
         its type created by its time; ``replay`` (an operator's replay of dead
         letters, ``services.replay``) feeds every meter of its type that exists
-        now."""
+        now. The org's meters come from the catalog: a list kept from before is
+        used while the database does not answer, unless a meter may have been
+        created since or an event names a feature or type it lacks (then the
+        store's error is raised and the batch is retried)."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         reasons: list[str | None] = [None] * len(payloads)
         parsed_at: dict[int, UsageEvent | RawEvent] = {}

@@ -32,6 +32,13 @@ checks close that:
   times), even if the bump was lost.
 
 The list also expires after ``ttl``: the last resort if a bump failed.
+
+Stale beats unavailable: when the database does not answer, a kept list whose
+version still holds (only its ``ttl`` passed) is used for another ``ttl``, so
+ingest and reserve go on counting from Redis through a database outage. A list
+whose version moved, or could not be read, may lack a new meter: ``of`` then
+raises (the batch is retried). A single meter is another matter: a kept one is
+right whatever the version (``meter``, all reserve needs).
 """
 
 from __future__ import annotations
@@ -45,8 +52,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 from meterd.domain import Aggregation, Outcome
-from meterd.errors import InvalidError
+from meterd.errors import InvalidError, UnavailableError
 from meterd.events import RawEvent, UsageEvent
+from meterd.logs import get_logger
 from meterd.meters import MISSING, Meter, item_id, lookup, matches, path_text
 from meterd.quantity import SCALE, QuantityError, parse_meter_value, to_units
 
@@ -89,11 +97,15 @@ class _Kept:
     read_at: float
     version: int | None
     meters: OrgMeters
+    #: False once the version could not be read: whether a meter was created since
+    #: is unknown, so ``of`` reads the list again before using it whole; each of
+    #: its meters is still right (``meter``).
+    vouched: bool = True
 
 
 class MeterCatalog:
     """The meters of each org, loaded on first use and kept until the org's meters
-    version changes or ``ttl`` passes."""
+    version changes or ``ttl`` passes (longer while the database does not answer)."""
 
     def __init__(
         self,
@@ -111,14 +123,44 @@ class MeterCatalog:
         self._lock = threading.Lock()
 
     def of(self, org: str) -> OrgMeters:
-        """The org's meters: the kept list if its version is current (one Redis read)."""
+        """The org's meters, complete as of the org's meters version: the kept list
+        if its version is current (one Redis read), else read from the database.
+        If the database does not answer, the kept list is used as long as its
+        version holds; raises what the stores raise otherwise."""
         now = self._clock()
         version = self._current_version(org)
-        with self._lock:
-            kept = self._cache.get(org)
-        if kept is not None and kept.version == version and now - kept.read_at < self._ttl:
+        kept = self._kept(org)
+        current = kept is not None and kept.vouched and kept.version == version
+        if kept is not None and current and now - kept.read_at < self._ttl:
             return kept.meters
-        return self._read(org, now, version)
+        try:
+            return self._read(org, now, version)
+        except UnavailableError:
+            if kept is None or not current:
+                raise  # the kept list may lack a meter created since: not used whole
+            # Only its age is against it: nobody created a meter since (the version
+            # says so), and meters never change. Kept for another ttl, so a database
+            # that hangs is not asked at every batch.
+            with self._lock:
+                if self._cache.get(org) is kept:  # not replaced by a read meanwhile
+                    self._cache[org] = replace(kept, read_at=now)
+            get_logger(__name__).warning(
+                "meters kept: the database did not answer; counting with the list read"
+                " before (no meter was created since)",
+                org=org,
+                read_seconds_ago=round(now - kept.read_at),
+            )
+            return kept.meters
+
+    def meter(self, org: str, feature: str) -> Meter | None:
+        """The feature's meter, or None if the org has no such feature. A meter never
+        changes once created, so a kept one is used whatever its list's age or
+        version (no store is read); a feature the kept list lacks has the list read
+        again (raises if the database does not answer)."""
+        kept = self._kept(org)
+        if kept is not None and (found := kept.meters.by_feature.get(feature)) is not None:
+            return found
+        return self.refresh(org).by_feature.get(feature)
 
     def refresh(self, org: str) -> OrgMeters:
         """The org's meters read from the database now (and kept)."""
@@ -132,6 +174,10 @@ class MeterCatalog:
             else:
                 self._cache.pop(org, None)
 
+    def _kept(self, org: str) -> _Kept | None:
+        with self._lock:
+            return self._cache.get(org)
+
     def _current_version(self, org: str) -> int | None:
         if self._version is None:
             return None
@@ -139,8 +185,11 @@ class MeterCatalog:
             return self._version(org)
         except Exception:
             # Unread, the version cannot vouch for the kept list: read it again
-            # once the store answers (the caller sees the error and retries).
-            self.forget(org)
+            # before using it whole (the caller sees the error and retries).
+            with self._lock:
+                kept = self._cache.get(org)
+                if kept is not None:
+                    self._cache[org] = replace(kept, vouched=False)
             raise
 
     def _read(self, org: str, now: float, version: int | None) -> OrgMeters:

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import Aggregation
+from meterd.errors import UnavailableError
 from meterd.meters import Meter, check_dimensions, parse_path
 from meterd.storage.models import Feature
+
+
+class MeterStoreUnavailable(UnavailableError):
+    """The database did not answer while the meters were read. Callers that keep a
+    list read before (``services.meters.MeterCatalog``) may go on with it."""
 
 
 class MeterStore:
@@ -26,8 +33,14 @@ class MeterStore:
             Feature.meter_filters,
             Feature.created_at,
         ).where(Feature.org_id == org_id)
-        with self.sessions() as s:
-            rows = s.execute(stmt).all()
+        try:
+            with self.sessions() as s:
+                rows = s.execute(stmt).all()
+        except DBAPIError as exc:
+            raise MeterStoreUnavailable(
+                f"the meters of org {org_id!r} could not be read: the database did not"
+                f" answer ({type(exc).__name__}); try again"
+            ) from exc
         return [
             Meter(
                 feature=key,
