@@ -137,7 +137,7 @@ def test_every_aggregation_matches_the_reference_model(
     runtime.catalog.create_feature(
         "acme",
         feature,
-        now=NOW,
+        now=NOW - timedelta(days=365),  # before every event (a meter starts at its creation)
         scale=0,
         aggregation=aggregation,
         event_type="model.event",

@@ -95,7 +95,7 @@ def _feature(rt: Runtime, aggregation: Aggregation | str) -> str:
     rt.catalog.create_feature(
         "acme",
         key,
-        now=NOW,
+        now=NOW - timedelta(days=365),  # before every event (a meter starts at its creation)
         scale=0,
         aggregation=aggregation,
         event_type="gauge.sample",

@@ -1,5 +1,6 @@
 """How a worker keeps an org's meters: read once, read again when the org's meters
-version changes, cannot be read, or the list expires (``services.meters``)."""
+version changes, cannot be read, or the list expires (``services.meters``; through
+a database outage: test_meter_catalog_outage.py)."""
 
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ def test_a_version_the_store_lost_has_the_meters_read_again(
     assert loads.count == 2
 
 
-def test_a_version_that_cannot_be_read_drops_the_kept_meters(
+def test_a_version_that_cannot_be_read_has_the_meters_read_again(
     catalog: MeterCatalog, loads: Loads, versions: Versions
 ) -> None:
     catalog.of("acme")

@@ -20,10 +20,14 @@ from meterd.timeutil import epoch_micros
 from .conftest import NOW
 from .helpers import assert_log_matches_periods, grant
 
+#: When the features of these tests are created: before every event they send (a
+#: meter counts raw events timed at or after its creation; tests/test_meter_start.py).
+CREATED = NOW - timedelta(days=365)
+
 
 def meter(rt: Runtime, key: str, **columns: Any) -> None:
     """A feature with its meter (the catalog's checks are tested at the API)."""
-    rt.catalog.create_feature("acme", key, now=NOW, **columns)
+    rt.catalog.create_feature("acme", key, now=CREATED, **columns)
 
 
 def grant_for(rt: Runtime, feature: str, quantity: str, filters: dict[str, Any]) -> Any:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from meterd.domain import Aggregation
@@ -153,6 +154,17 @@ class Meter:
     #: nothing for COUNT).
     value_property: tuple[str, ...] | None = None
     filters: Mapping[str, DimensionValue] | None = None
+    #: When the feature was created: a raw event timed before it does not feed the
+    #: meter (a meter starts at its creation, so a redelivery of an event accepted
+    #: before it existed never counts for it), unless an operator replays the event
+    #: from the dead letters (``starts_by``). None: no start (a meter not read from
+    #: the database).
+    created_at: datetime | None = None
+
+    def starts_by(self, time: datetime) -> bool:
+        """Whether raw events timed ``time`` feed this meter (it was created at or
+        before that time)."""
+        return self.created_at is None or self.created_at <= time
 
 
 def check_meter(

@@ -80,8 +80,20 @@ class IngestService:
         self.future_skew = future_skew
 
     def ingest(
-        self, payloads: Sequence[Any], *, now: datetime, org: str | None = None
+        self,
+        payloads: Sequence[Any],
+        *,
+        now: datetime,
+        org: str | None = None,
+        replay: bool = False,
     ) -> IngestReport:
+        """Count ``payloads`` (each gets an outcome). A raw event feeds the meters of
+        its type created by its time; ``replay`` (an operator's replay of dead
+        letters, ``services.replay``) feeds every meter of its type that exists
+        now. The org's meters come from the catalog: a list kept from before is
+        used while the database does not answer, unless a meter may have been
+        created since or an event names a feature or type it lacks (then the
+        store's error is raised and the batch is retried)."""
         outcomes: list[Outcome | None] = [None] * len(payloads)
         reasons: list[str | None] = [None] * len(payloads)
         parsed_at: dict[int, UsageEvent | RawEvent] = {}
@@ -111,7 +123,7 @@ class IngestService:
                 org_meters = meters[parsed.org] = self.meters.refresh(parsed.org)
                 refreshed.add(parsed.org)
             results[index] = []
-            for item in items_of(parsed, org_meters):
+            for item in items_of(parsed, org_meters, every_meter=replay):
                 if isinstance(item, UsageEvent):
                     items.append((index, item))
                 else:

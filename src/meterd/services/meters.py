@@ -2,9 +2,19 @@
 
 A usage event (``meterd.usage``) is one item of the feature it names, read by
 that feature's aggregation. A raw event becomes one item per feature whose
-meter reads its type and whose filters its ``data`` matches. Each item is a
-``UsageEvent``: counted, deduplicated and logged on its own. An event's
-outcome is decided from its items' (``combined_outcome``).
+meter reads its type, started by the event's time (``Meter.starts_by``), and
+whose filters its ``data`` matches. Each item is a ``UsageEvent``: counted,
+deduplicated and logged on its own. An event's outcome is decided from its
+items' (``combined_outcome``).
+
+A meter starts at its feature's creation, by event time: a raw event timed
+before it does not feed it. Items are deduplicated each on its own, so without
+this a redelivery of an event accepted before the meter existed would be new
+to the meter's dedupe and count for it. The rule is a function of stored facts
+(the event's time, the feature's ``created_at``), whichever worker sees the
+event and whenever. One exception: an operator's replay of dead letters
+(``every_meter``) counts an event for every meter that exists at the replay, as
+a dead letter is an event never fully counted (docs/meters.md).
 
 The meters of an org are read from the database and kept in each process. A
 meter never changes once created (its scale and aggregation are fixed), so the
@@ -22,6 +32,13 @@ checks close that:
   times), even if the bump was lost.
 
 The list also expires after ``ttl``: the last resort if a bump failed.
+
+Stale beats unavailable: when the database does not answer, a kept list whose
+version still holds (only its ``ttl`` passed) is used for another ``ttl``, so
+ingest and reserve go on counting from Redis through a database outage. A list
+whose version moved, or could not be read, may lack a new meter: ``of`` then
+raises (the batch is retried). A single meter is another matter: a kept one is
+right whatever the version (``meter``, all reserve needs).
 """
 
 from __future__ import annotations
@@ -31,12 +48,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from meterd.domain import Aggregation, Outcome
-from meterd.errors import InvalidError
+from meterd.errors import InvalidError, UnavailableError
 from meterd.events import RawEvent, UsageEvent
+from meterd.logs import get_logger
 from meterd.meters import MISSING, Meter, item_id, lookup, matches, path_text
 from meterd.quantity import SCALE, QuantityError, parse_meter_value, to_units
 
@@ -52,14 +70,20 @@ class OrgMeters:
 
     by_type: dict[str, list[Meter]] = field(default_factory=dict)
     by_feature: dict[str, Meter] = field(default_factory=dict)
+    #: The creation of the newest meter of each type: a raw event timed at or after
+    #: it feeds every meter of its type (no meter to check one by one).
+    newest: dict[str, datetime] = field(default_factory=dict)
 
     @classmethod
     def of(cls, meters: Sequence[Meter]) -> OrgMeters:
         by_type: dict[str, list[Meter]] = {}
+        newest: dict[str, datetime] = {}
         for meter in meters:
             if meter.event_type is not None:
                 by_type.setdefault(meter.event_type, []).append(meter)
-        return cls(by_type, {m.feature: m for m in meters})
+                if (created := meter.created_at) is not None:
+                    newest[meter.event_type] = max(newest.get(meter.event_type, created), created)
+        return cls(by_type, {m.feature: m for m in meters}, newest)
 
     def knows(self, event: UsageEvent | RawEvent) -> bool:
         """Whether the feature or type the event names has a meter in this list."""
@@ -73,11 +97,15 @@ class _Kept:
     read_at: float
     version: int | None
     meters: OrgMeters
+    #: False once the version could not be read: whether a meter was created since
+    #: is unknown, so ``of`` reads the list again before using it whole; each of
+    #: its meters is still right (``meter``).
+    vouched: bool = True
 
 
 class MeterCatalog:
     """The meters of each org, loaded on first use and kept until the org's meters
-    version changes or ``ttl`` passes."""
+    version changes or ``ttl`` passes (longer while the database does not answer)."""
 
     def __init__(
         self,
@@ -95,14 +123,44 @@ class MeterCatalog:
         self._lock = threading.Lock()
 
     def of(self, org: str) -> OrgMeters:
-        """The org's meters: the kept list if its version is current (one Redis read)."""
+        """The org's meters, complete as of the org's meters version: the kept list
+        if its version is current (one Redis read), else read from the database.
+        If the database does not answer, the kept list is used as long as its
+        version holds; raises what the stores raise otherwise."""
         now = self._clock()
         version = self._current_version(org)
-        with self._lock:
-            kept = self._cache.get(org)
-        if kept is not None and kept.version == version and now - kept.read_at < self._ttl:
+        kept = self._kept(org)
+        current = kept is not None and kept.vouched and kept.version == version
+        if kept is not None and current and now - kept.read_at < self._ttl:
             return kept.meters
-        return self._read(org, now, version)
+        try:
+            return self._read(org, now, version)
+        except UnavailableError:
+            if kept is None or not current:
+                raise  # the kept list may lack a meter created since: not used whole
+            # Only its age is against it: nobody created a meter since (the version
+            # says so), and meters never change. Kept for another ttl, so a database
+            # that hangs is not asked at every batch.
+            with self._lock:
+                if self._cache.get(org) is kept:  # not replaced by a read meanwhile
+                    self._cache[org] = replace(kept, read_at=now)
+            get_logger(__name__).warning(
+                "meters kept: the database did not answer; counting with the list read"
+                " before (no meter was created since)",
+                org=org,
+                read_seconds_ago=round(now - kept.read_at),
+            )
+            return kept.meters
+
+    def meter(self, org: str, feature: str) -> Meter | None:
+        """The feature's meter, or None if the org has no such feature. A meter never
+        changes once created, so a kept one is used whatever its list's age or
+        version (no store is read); a feature the kept list lacks has the list read
+        again (raises if the database does not answer)."""
+        kept = self._kept(org)
+        if kept is not None and (found := kept.meters.by_feature.get(feature)) is not None:
+            return found
+        return self.refresh(org).by_feature.get(feature)
 
     def refresh(self, org: str) -> OrgMeters:
         """The org's meters read from the database now (and kept)."""
@@ -116,6 +174,10 @@ class MeterCatalog:
             else:
                 self._cache.pop(org, None)
 
+    def _kept(self, org: str) -> _Kept | None:
+        with self._lock:
+            return self._cache.get(org)
+
     def _current_version(self, org: str) -> int | None:
         if self._version is None:
             return None
@@ -123,8 +185,11 @@ class MeterCatalog:
             return self._version(org)
         except Exception:
             # Unread, the version cannot vouch for the kept list: read it again
-            # once the store answers (the caller sees the error and retries).
-            self.forget(org)
+            # before using it whole (the caller sees the error and retries).
+            with self._lock:
+                kept = self._cache.get(org)
+                if kept is not None:
+                    self._cache[org] = replace(kept, vouched=False)
             raise
 
     def _read(self, org: str, now: float, version: int | None) -> OrgMeters:
@@ -136,10 +201,15 @@ class MeterCatalog:
         return meters
 
 
-def items_of(event: UsageEvent | RawEvent, meters: OrgMeters) -> list[ItemResult]:
+def items_of(
+    event: UsageEvent | RawEvent, meters: OrgMeters, *, every_meter: bool = False
+) -> list[ItemResult]:
     """The items ``event`` feeds, or the outcome of each item that cannot be counted.
-    A raw event no meter reads is one ``invalid`` result; one whose data matches
-    none of the meters of its type is one ``no_entitlement`` result."""
+    A raw event feeds the meters of its type created at or before its time, or
+    with ``every_meter`` (an operator's replay of a dead letter) every meter of its
+    type. A raw event no meter reads (at its time) is one ``invalid`` result; one
+    whose data matches none of the meters of its type is one ``no_entitlement``
+    result."""
     if isinstance(event, UsageEvent):
         meter = meters.by_feature.get(event.feature)
         return [_usage_item(event, meter) if meter is not None else event]
@@ -152,6 +222,19 @@ def items_of(event: UsageEvent | RawEvent, meters: OrgMeters) -> list[ItemResult
                 " (create one with event_type, then replay this event)",
             )
         ]
+    newest = meters.newest.get(event.type)
+    if not every_meter and newest is not None and event.time < newest:
+        candidates = [m for m in candidates if m.starts_by(event.time)]
+        if not candidates:
+            return [
+                (
+                    Outcome.INVALID,
+                    f"no feature metered events of type {event.type!r} at"
+                    f" {event.time.isoformat()}: the features that meter them were created"
+                    " later (a meter starts at its creation; replay this event to count it"
+                    " for them)",
+                )
+            ]
     chosen = [m for m in candidates if matches(event.data, m.filters)]
     if not chosen:
         names = ", ".join(sorted(m.feature for m in candidates))

@@ -5,6 +5,13 @@ marker, so replaying twice (or from two places at once) counts it once. A
 letter is marked replayed when its event was counted, was already counted,
 or failed for another reason (that failure is a new letter); a letter whose
 event fails for the same reason again stays listed.
+
+A replayed raw event feeds every meter of its type that exists at the replay,
+also those created after its time (a sent event does not: a meter starts at its
+creation). A dead letter is an event never fully counted, and its replay is an
+operator's explicit act, so an event dead-lettered because no meter read its
+type counts once the meter exists; the items counted before come back
+duplicates.
 """
 
 from __future__ import annotations
@@ -56,7 +63,9 @@ class DeadLetterReplay:
             sorted(letters, key=lambda dl: dl.org_id or ""), key=lambda dl: dl.org_id
         ):
             batch = list(group)
-            result = self.ingest.ingest([_timed(dl) for dl in batch], now=now, org=org_id)
+            result = self.ingest.ingest(
+                [_timed(dl) for dl in batch], now=now, org=org_id, replay=True
+            )
             for letter, outcome in zip(batch, result.outcomes, strict=True):
                 report.outcomes[outcome.value] += 1
                 if outcome.value == letter.reason:

@@ -12,6 +12,13 @@ same key and the same quantity (and target) is answered from the marker and
 consumes nothing more (``already_granted``); the same key with another
 quantity or target is a conflict (409), never a grant. A refused call leaves
 no marker, so a retry is judged afresh.
+
+Through a database outage reserve answers from Redis: the customer's
+resolution data is there, and the feature's meter is kept in the process
+(``MeterCatalog.meter``: a meter never changes, so a kept one is right however
+old). It needs the database only for a feature the process has not read, a
+customer not cached in Redis, and a retried key whose grant was flushed (the
+event log tells ``already_granted`` from a conflict).
 """
 
 from __future__ import annotations
@@ -98,10 +105,10 @@ class ReserveService:
         data = dict(request.data) if request.data is not None else {}
         if (problem := shape_problem({"data": data})) is not None:
             raise InvalidError(problem)
-        meters = self.meters.of(request.org)
-        meter = meters.by_feature.get(request.feature)
-        if meter is None:  # a feature created since the list was read
-            meter = self.meters.refresh(request.org).by_feature.get(request.feature)
+        # A kept meter is right whatever its age (meters never change): reserve reads
+        # no store but Redis for a feature the process knows, also while the
+        # database does not answer. An unknown feature reads the meters again.
+        meter = self.meters.meter(request.org, request.feature)
         scale = 6 if meter is None else meter.scale
         if meter is not None and not meter.aggregation.reservable:
             raise InvalidError(

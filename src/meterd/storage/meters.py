@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import Aggregation
+from meterd.errors import UnavailableError
 from meterd.meters import Meter, check_dimensions, parse_path
 from meterd.storage.models import Feature
+
+
+class MeterStoreUnavailable(UnavailableError):
+    """The database did not answer while the meters were read. Callers that keep a
+    list read before (``services.meters.MeterCatalog``) may go on with it."""
 
 
 class MeterStore:
@@ -16,7 +23,7 @@ class MeterStore:
 
     def meters_of(self, org_id: str) -> list[Meter]:
         """Every feature of the org as a ``Meter`` (retired ones too: usage timed
-        while they were active may still arrive)."""
+        while they were active may still arrive), with its creation time."""
         stmt = select(
             Feature.key,
             Feature.aggregation,
@@ -24,9 +31,16 @@ class MeterStore:
             Feature.event_type,
             Feature.value_property,
             Feature.meter_filters,
+            Feature.created_at,
         ).where(Feature.org_id == org_id)
-        with self.sessions() as s:
-            rows = s.execute(stmt).all()
+        try:
+            with self.sessions() as s:
+                rows = s.execute(stmt).all()
+        except DBAPIError as exc:
+            raise MeterStoreUnavailable(
+                f"the meters of org {org_id!r} could not be read: the database did not"
+                f" answer ({type(exc).__name__}); try again"
+            ) from exc
         return [
             Meter(
                 feature=key,
@@ -35,6 +49,7 @@ class MeterStore:
                 event_type=event_type,
                 value_property=parse_path(path) if path else None,
                 filters=check_dimensions(filters) if filters else None,
+                created_at=created_at,
             )
-            for key, aggregation, scale, event_type, path, filters in rows
+            for key, aggregation, scale, event_type, path, filters, created_at in rows
         ]
