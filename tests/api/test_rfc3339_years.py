@@ -13,17 +13,17 @@ from meterd.timeutil import isoformat, isoformat_seconds
 YEARS = [(1, "0001"), (999, "0999"), (1000, "1000")]
 
 
-@pytest.mark.parametrize(("year", "text"), YEARS)
-def test_payload_times_have_a_four_digit_year(year: int, text: str) -> None:
-    moment = datetime(year, 1, 1, tzinfo=UTC)
-    assert isoformat(moment) == f"{text}-01-01T00:00:00.000000Z"
-    assert isoformat(moment + timedelta(microseconds=5)) == f"{text}-01-01T00:00:00.000005Z"
+def test_payload_times_have_a_four_digit_year() -> None:
+    for year, text in YEARS:
+        moment = datetime(year, 1, 1, tzinfo=UTC)
+        assert isoformat(moment) == f"{text}-01-01T00:00:00.000000Z"
+        assert isoformat(moment + timedelta(microseconds=5)) == f"{text}-01-01T00:00:00.000005Z"
 
 
-@pytest.mark.parametrize(("year", "text"), YEARS)
-def test_seed_page_times_have_a_four_digit_year(year: int, text: str) -> None:
-    moment = datetime(year, 3, 4, 5, 6, 7, 890, tzinfo=UTC)
-    assert isoformat_seconds(moment) == f"{text}-03-04T05:06:07Z"
+def test_seed_page_times_have_a_four_digit_year() -> None:
+    for year, text in YEARS:
+        moment = datetime(year, 3, 4, 5, 6, 7, 890, tzinfo=UTC)
+        assert isoformat_seconds(moment) == f"{text}-03-04T05:06:07Z"
 
 
 def test_a_time_with_an_offset_is_written_in_utc() -> None:
@@ -32,7 +32,7 @@ def test_a_time_with_an_offset_is_written_in_utc() -> None:
     assert isoformat_seconds(moment) == "0999-12-31T23:30:00Z"
 
 
-@pytest.mark.parametrize(("year", "text"), YEARS)
+@pytest.mark.parametrize(("year", "text"), YEARS[:2])
 def test_an_entitlement_of_an_early_year_reads_back_in_rfc3339(
     client: TestClient, acme: dict[str, str], year: int, text: str
 ) -> None:
