@@ -10,11 +10,12 @@ from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import HttpError
-from meterd.api.inputs import moment
+from meterd.api.exact_json import ExactJSONRoute
+from meterd.api.inputs import RequestBody, moment
 from meterd.services.api_keys import KeyInfo, Permission, Principal
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
-router = APIRouter(prefix="/v1", tags=["api keys"])
+router = APIRouter(prefix="/v1", tags=["api keys"], route_class=ExactJSONRoute)
 
 Viewer = Annotated[Principal, Depends(require(Permission.KEYS_VIEW))]
 Manager = Annotated[Principal, Depends(require(Permission.KEYS_MANAGE))]
@@ -67,7 +68,7 @@ def list_api_keys(runtime: RuntimeDep, caller: Viewer) -> list[ApiKeyOut]:
     return [key_out(k) for k in runtime.api_keys.list(caller.org)]
 
 
-class RotateIn(BaseModel):
+class RotateIn(RequestBody):
     old_valid_until: datetime = Field(
         description="RFC 3339 with a timezone: the old key works until then"
     )

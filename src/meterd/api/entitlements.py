@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, moment
+from meterd.api.exact_json import ExactJSONRoute
+from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody, moment
 from meterd.api.openapi import filter_parameters
 from meterd.api.seed_tenant import TenantAttributes
 from meterd.domain import (
@@ -42,7 +43,7 @@ from meterd.services.records import Entitlement
 from meterd.terms import Term, TermUnit
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
-router = APIRouter(prefix="/v1", tags=["entitlements"])
+router = APIRouter(prefix="/v1", tags=["entitlements"], route_class=ExactJSONRoute)
 
 Viewer = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))]
 Manager = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_MANAGE))]
@@ -184,7 +185,7 @@ def get_entitlement(
     return entitlement_out(*runtime.queries.get(caller.org, entitlement_id, utcnow()))
 
 
-class EntitlementIn(BaseModel):
+class EntitlementIn(RequestBody):
     """Either ``feature`` (and the terms below), or ``plan_id``: the plan then gives
     feature, quantity, term, grace, renewal, billing type and contract mode."""
 
@@ -271,7 +272,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
     return get_entitlement(ent.id, runtime, caller)
 
 
-class EntitlementPatch(BaseModel):
+class EntitlementPatch(RequestBody):
     """Fields left out stay as they are; ``null`` clears quantity (unlimited),
     ends_at (open-ended), allotment or attributes. ``attributes`` replaces the whole
     object."""
@@ -330,7 +331,7 @@ def _decimal(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
 
 
-class StatusChange(BaseModel):
+class StatusChange(RequestBody):
     reason: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
     row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
 
