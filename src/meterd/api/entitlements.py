@@ -392,19 +392,23 @@ class PeriodOut(BaseModel):
     period_start: str
     period_end: str | None
     quantity: str | None
-    consumed: str = Field(description="flushed to the database")
+    consumed: str = Field(
+        description="real time: flushed plus not yet flushed, as the value read counts it"
+    )
 
 
 @router.get("/entitlements/{entitlement_id}/periods", response_model=list[PeriodOut])
 def periods(entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> list[PeriodOut]:
+    """Every period, oldest first, with its consumption in real time (the same figure
+    as the value read and ``GET /v1/entitlements/{id}``, before and after a flush)."""
     return [
         PeriodOut(
-            period_start=isoformat(p.period_start),
-            period_end=isoformat_or_none(p.period_end),
-            quantity=format_optional_quantity(p.quantity),
+            period_start=isoformat(p.period.start),
+            period_end=isoformat_or_none(p.period.end),
+            quantity=format_optional_quantity(p.period.quantity),
             consumed=format_quantity(p.consumed),
         )
-        for p in runtime.queries.periods(caller.org, entitlement_id)
+        for p in runtime.queries.periods(caller.org, entitlement_id, utcnow())
     ]
 
 
