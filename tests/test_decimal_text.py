@@ -46,9 +46,9 @@ def test_parse_decimal_text_names_what_it_parses() -> None:
 
 
 def test_the_api_validates_entitlement_quantities_with_the_same_grammar() -> None:
-    from meterd.api.inputs import QuantityText
+    from meterd.api.inputs import PositiveQuantityText, QuantityText
 
-    for annotated in (QuantityText,):
-        field, _ = annotated.__metadata__
+    for annotated in (QuantityText, PositiveQuantityText):
+        field = annotated.__metadata__[0]
         (pattern,) = [m.pattern for m in field.metadata if hasattr(m, "pattern")]
         assert pattern == DECIMAL_TEXT_PATTERN

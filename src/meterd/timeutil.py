@@ -35,8 +35,12 @@ def next_month_start(moment: datetime) -> datetime:
 
 
 def isoformat(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds and a ``Z``, the form every payload uses."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """RFC 3339 in UTC with microseconds and a ``Z``, the form every payload uses.
+
+    Built from ``datetime.isoformat``, never ``strftime``: glibc's ``%Y`` writes year
+    1 as ``1``, not the four digits RFC 3339 requires (``0001``)."""
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
 
 
 def isoformat_or_none(moment: datetime | None) -> str | None:
@@ -45,7 +49,9 @@ def isoformat_or_none(moment: datetime | None) -> str | None:
 
 def isoformat_seconds(moment: datetime | None) -> str | None:
     """UTC to the second with a ``Z`` (the seed pages' form), None kept as None."""
-    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="seconds") + "Z"
 
 
 def as_utc(moment: datetime) -> datetime:

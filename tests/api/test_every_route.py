@@ -55,10 +55,14 @@ def body_for(path: str) -> Any:
         return {"old_valid_until": "2099-01-01T00:00:00Z"}
     if path.endswith("/reserve"):
         return {"quantity": "1", "idempotency_key": "steal"}
+    if path.endswith(("/suspend", "/resume", "/terminate")):
+        return {"reason": "stolen"}
     if "{entitlement_id}" in path:
         return {"row_version": 1, "quantity": "999"}
-    if "{plan_id}" in path or "{key}" in path:
-        return {"row_version": 1, "is_active": False, "name": "stolen"}
+    if "{plan_id}" in path:
+        return {"row_version": 1, "is_active": False, "display_name": "stolen"}
+    if "{key}" in path:
+        return {"is_active": False, "name": "stolen"}
     return BODIES.get(path)
 
 

@@ -10,11 +10,12 @@ from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import HttpError
-from meterd.api.inputs import moment
-from meterd.services.api_keys import KeyInfo, Permission, Principal
+from meterd.api.exact_json import ExactJSONRoute
+from meterd.api.inputs import RequestBody, moment
+from meterd.services.api_keys import NEVER, KeyInfo, Permission, Principal
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
-router = APIRouter(prefix="/v1", tags=["api keys"])
+router = APIRouter(prefix="/v1", tags=["api keys"], route_class=ExactJSONRoute)
 
 Viewer = Annotated[Principal, Depends(require(Permission.KEYS_VIEW))]
 Manager = Annotated[Principal, Depends(require(Permission.KEYS_MANAGE))]
@@ -67,11 +68,23 @@ def list_api_keys(runtime: RuntimeDep, caller: Viewer) -> list[ApiKeyOut]:
     return [key_out(k) for k in runtime.api_keys.list(caller.org)]
 
 
-class RotateIn(BaseModel):
+class RotateIn(RequestBody):
     old_valid_until: datetime = Field(
         description="RFC 3339 with a timezone: the old key works until then"
     )
-    expires_at: datetime | None = Field(default=None, description="the new key's; null: never")
+    expires_at: datetime | None = Field(
+        default=None,
+        description="the new key's expiry, at the latest that of the old key and of the"
+        " caller's key; left out: that latest (never, if neither expires); null: never"
+        " (400 unless neither expires)",
+    )
+    permissions: list[Permission] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=len(Permission),
+        description="the new key's, among the old key's (400 for one it lacks);"
+        " left out: the old key's",
+    )
 
 
 class RotatedOut(ApiKeyOut):
@@ -82,19 +95,24 @@ class RotatedOut(ApiKeyOut):
 def rotate_api_key(
     key_id: KeyId, body: RotateIn, runtime: RuntimeDep, caller: Manager
 ) -> RotatedOut:
-    """A new key with the same org, name, permissions and limits; the old one keeps
-    working until ``old_valid_until``. Only a key holding no permission the caller
-    lacks may be rotated (else a key manager could mint itself a broader key)."""
+    """A new key with the same org, name, limits and permissions (or fewer); the old
+    one keeps working until ``old_valid_until``. Only a key holding no permission the
+    caller lacks may be rotated (else a key manager could mint itself a broader key),
+    and the new key outlives neither the old key nor the caller's (else a key about
+    to expire could rotate itself into one that never does): 400 naming the bound."""
     old = runtime.api_keys.get(key_id, caller.org)
     if not caller.holds_all(frozenset(old.permissions)):
         raise HttpError(403, f"the API key {key_id} holds permissions the caller lacks")
     old_valid_until = moment(body.old_valid_until, "old_valid_until")
     assert old_valid_until is not None
+    never = "expires_at" in body.model_fields_set and body.expires_at is None
     token, row = runtime.api_keys.rotate(
         key_id,
         old_valid_until,
         utcnow(),
         org=caller.org,
-        expires_at=moment(body.expires_at, "expires_at"),
+        expires_at=NEVER if never else moment(body.expires_at, "expires_at"),
+        permissions=body.permissions,
+        by=caller.key_id,
     )
     return RotatedOut(key=token, **key_out(runtime.api_keys.get(row.id)).model_dump())

@@ -10,7 +10,8 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText
+from meterd.api.exact_json import ExactJSONRoute
+from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody
 from meterd.domain import (
     FEATURE_KEY_PATTERN,
     NO_NUL_PATTERN,
@@ -27,14 +28,14 @@ from meterd.services.catalog import METER_FIELDS, NewPlan
 from meterd.services.records import Feature, Plan
 from meterd.timeutil import isoformat, utcnow
 
-router = APIRouter(prefix="/v1", tags=["catalog"])
+router = APIRouter(prefix="/v1", tags=["catalog"], route_class=ExactJSONRoute)
 
 Viewer = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))]
 Manager = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_MANAGE))]
 Key = Annotated[str, Field(pattern=FEATURE_KEY_PATTERN.pattern)]
 
 
-class FeatureIn(BaseModel):
+class FeatureIn(RequestBody):
     key: Key
     name: str | None = Field(default=None, max_length=200, pattern=NO_NUL_PATTERN)
     description: str = Field(default="", max_length=2000, pattern=NO_NUL_PATTERN)
@@ -135,7 +136,7 @@ def get_feature(key: Key, runtime: RuntimeDep, caller: Viewer) -> FeatureOut:
 _FIXED = "fixed at creation: a value other than the stored one is refused"
 
 
-class FeaturePatch(BaseModel):
+class FeaturePatch(RequestBody):
     """Fields left out stay as they are. ``is_active: false`` retires a feature (its
     entitlements and history stay; there is no hard delete)."""
 
@@ -161,7 +162,7 @@ def change_feature(
     return feature_out(runtime.catalog.change_feature(caller.org, key, values))
 
 
-class PlanIn(BaseModel):
+class PlanIn(RequestBody):
     key: Key
     feature: Key
     quantity: QuantityText | None = Field(default=None, description="null: unlimited")
@@ -259,7 +260,7 @@ def create_plan(body: PlanIn, runtime: RuntimeDep, caller: Manager) -> PlanOut:
     return plan_out(plan)
 
 
-class PlanPatch(BaseModel):
+class PlanPatch(RequestBody):
     """Display fields and ``is_active`` (retire a plan: no new entitlements from it).
     Terms are fixed once entitlements exist: make a new plan for new terms."""
 

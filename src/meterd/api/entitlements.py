@@ -15,7 +15,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, moment
+from meterd.api.exact_json import ExactJSONRoute
+from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody, moment
 from meterd.api.openapi import filter_parameters
 from meterd.api.seed_tenant import TenantAttributes
 from meterd.domain import (
@@ -42,7 +43,7 @@ from meterd.services.records import Entitlement
 from meterd.terms import Term, TermUnit
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
-router = APIRouter(prefix="/v1", tags=["entitlements"])
+router = APIRouter(prefix="/v1", tags=["entitlements"], route_class=ExactJSONRoute)
 
 Viewer = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))]
 Manager = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_MANAGE))]
@@ -184,7 +185,7 @@ def get_entitlement(
     return entitlement_out(*runtime.queries.get(caller.org, entitlement_id, utcnow()))
 
 
-class EntitlementIn(BaseModel):
+class EntitlementIn(RequestBody):
     """Either ``feature`` (and the terms below), or ``plan_id``: the plan then gives
     feature, quantity, term, grace, renewal, billing type and contract mode."""
 
@@ -271,7 +272,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
     return get_entitlement(ent.id, runtime, caller)
 
 
-class EntitlementPatch(BaseModel):
+class EntitlementPatch(RequestBody):
     """Fields left out stay as they are; ``null`` clears quantity (unlimited),
     ends_at (open-ended), allotment or attributes. ``attributes`` replaces the whole
     object."""
@@ -330,7 +331,7 @@ def _decimal(value: str | None) -> Decimal | None:
     return None if value is None else Decimal(value)
 
 
-class StatusChange(BaseModel):
+class StatusChange(RequestBody):
     reason: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
     row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
 
@@ -391,19 +392,23 @@ class PeriodOut(BaseModel):
     period_start: str
     period_end: str | None
     quantity: str | None
-    consumed: str = Field(description="flushed to the database")
+    consumed: str = Field(
+        description="real time: flushed plus not yet flushed, as the value read counts it"
+    )
 
 
 @router.get("/entitlements/{entitlement_id}/periods", response_model=list[PeriodOut])
 def periods(entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> list[PeriodOut]:
+    """Every period, oldest first, with its consumption in real time (the same figure
+    as the value read and ``GET /v1/entitlements/{id}``, before and after a flush)."""
     return [
         PeriodOut(
-            period_start=isoformat(p.period_start),
-            period_end=isoformat_or_none(p.period_end),
-            quantity=format_optional_quantity(p.quantity),
+            period_start=isoformat(p.period.start),
+            period_end=isoformat_or_none(p.period.end),
+            quantity=format_optional_quantity(p.period.quantity),
             consumed=format_quantity(p.consumed),
         )
-        for p in runtime.queries.periods(caller.org, entitlement_id)
+        for p in runtime.queries.periods(caller.org, entitlement_id, utcnow())
     ]
 
 

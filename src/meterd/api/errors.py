@@ -91,7 +91,10 @@ def describe_validation(exc: RequestValidationError) -> str:
     lines = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
-        lines.append(f"{where}: {error.get('msg', 'invalid')}")
+        if error.get("type") == "extra_forbidden":
+            lines.append(f"{where}: unknown field (check its spelling; nothing was changed)")
+        else:
+            lines.append(f"{where}: {error.get('msg', 'invalid')}")
     return "; ".join(lines) or "invalid request"
 
 

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.exact_json import ExactJSONRoute
 from meterd.metrics import CONTENT_TYPE, registry_for, render
 from meterd.ops import UNSAFE, readiness, redis_safety
 from meterd.services.api_keys import Permission, Principal
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=ExactJSONRoute)
 
 
 @router.get("/healthz")

@@ -1,9 +1,14 @@
 """Bounds on request bodies: values every backend stores, and every date meterd
 derives from them still a date.
 
+* Every body model is a ``RequestBody``: a field meterd does not know is a 400
+  naming it, never silently dropped (a misspelt reserve option would otherwise
+  consume at once, an option of a later version be left out without a word).
 * Granted quantities: plain decimals of at most 6 fractional digits, at most
   ``quantity.LARGEST`` (what a scale-0 counter holds exactly; the feature's scale
-  may bound them lower: ``Catalog.check_grant``).
+  may bound them lower: ``Catalog.check_grant``), as text or as a JSON number
+  judged by its literal text (``exact_json``), so ``0.1`` is exact and ``1e3``
+  refused as it would be in a string.
 * Date-times: with a timezone, and in UTC from ``EARLIEST`` up to (not
   including) ``BODY_LATEST``, the start of year 9000: meterd derives later dates
   from them (a grace period of up to 10 years, the next calendar month, a plan's
@@ -13,15 +18,36 @@ derives from them still a date.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+)
 
 from meterd.errors import InvalidError
 from meterd.filters import EARLIEST
-from meterd.quantity import DECIMAL_TEXT_PATTERN, parse_decimal_text
+from meterd.quantity import (
+    DECIMAL_TEXT_PATTERN,
+    MAX_QUANTITY_TEXT,
+    SCALE,
+    JsonNumber,
+    QuantityError,
+    parse_decimal_text,
+    parse_quantity,
+)
 from meterd.timeutil import as_utc
+
+_DECIMAL_TEXT = re.compile(DECIMAL_TEXT_PATTERN)
 
 BODY_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 #: A plan's term in years, at most (terms in months and days are bounded by
@@ -33,17 +59,82 @@ BODY_RANGE = (
 )
 
 
+class RequestBody(BaseModel):
+    """A JSON body meterd defines. A field it does not know is refused (400 naming
+    it: ``errors.describe_validation``), as Stripe answers "Received unknown
+    parameter": a misspelt option must not be dropped in silence."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+def _number_as_text(value: Any) -> Any:
+    """A quantity sent as a JSON number, as the text it was sent as; text as it is.
+
+    The body was decoded by ``exact_json.loads_exact``: an integer is a Python int,
+    any other number a ``JsonNumber`` that keeps its literal. So a number is judged
+    exactly as the same digits in a string would be (``0.1`` is the decimal 0.1,
+    never the float nearest it), by the grammar, bounds and scale of quantities;
+    an exponent (``1e3``) or a sign is refused, as in a string."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if isinstance(value, int):
+        text = str(value)
+    else:  # a float not from the API's decoder (a Python caller): its shortest form
+        text = value.text if isinstance(value, JsonNumber) else repr(value)
+    if _DECIMAL_TEXT.fullmatch(text) is None:
+        raise QuantityError(
+            f"quantity {text[:MAX_QUANTITY_TEXT]} is not a plain decimal number: ASCII"
+            f" digits, at most {SCALE} after the point, no sign or exponent"
+            " (write 1000, not 1e3)"
+        )
+    return text
+
+
 def _countable(text: str) -> str:
     parse_decimal_text(text)  # the grammar, and the bound the counters hold exactly
     return text
 
 
-#: A granted quantity in a body: a plain decimal (``DECIMAL_TEXT_PATTERN``) that
-#: meterd counts exactly (at most ``quantity.LARGEST``), as the CLI takes it.
+def _positive(text: str) -> str:
+    parse_quantity(text)  # the one grammar, positive, within what the counters hold
+    return text
+
+
+def _quantity_schema(description: str, minimum: dict[str, int]) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": DECIMAL_TEXT_PATTERN, "maxLength": MAX_QUANTITY_TEXT},
+                {"type": "number", **minimum},
+            ],
+            "description": description,
+        }
+    )
+
+
+_NUMBER_RULE = (
+    'a decimal as a string (`"12.5"`) or a JSON number (`12.5`), read exactly as'
+    f" written: ASCII digits, at most {SCALE} after the point, no sign or exponent"
+)
+
+#: A granted quantity in a body (``0`` included): a plain decimal
+#: (``DECIMAL_TEXT_PATTERN``) that meterd counts exactly (at most
+#: ``quantity.LARGEST``), as the CLI takes it, as text or as a JSON number.
 QuantityText = Annotated[
     str,
-    Field(pattern=DECIMAL_TEXT_PATTERN, max_length=40),
+    Field(pattern=DECIMAL_TEXT_PATTERN, max_length=MAX_QUANTITY_TEXT),
+    BeforeValidator(_number_as_text),
     AfterValidator(_countable),
+    _quantity_schema(_NUMBER_RULE, {"minimum": 0}),
+]
+
+#: A quantity to consume (reserve): a ``QuantityText`` above zero.
+PositiveQuantityText = Annotated[
+    str,
+    Field(pattern=DECIMAL_TEXT_PATTERN, max_length=MAX_QUANTITY_TEXT),
+    BeforeValidator(_number_as_text),
+    AfterValidator(_positive),
+    _quantity_schema(_NUMBER_RULE + ", above zero", {"exclusiveMinimum": 0}),
 ]
 
 

@@ -50,7 +50,7 @@ from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.exact_json import ExactJSONResponse, exact_number
+from meterd.api.exact_json import ExactJSONResponse, ExactJSONRoute, exact_number
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     PRINTABLE_PATTERN,
@@ -65,7 +65,7 @@ from meterd.services.queries import choose_for_usage
 from meterd.services.records import Entitlement
 from meterd.timeutil import isoformat_seconds, utcnow
 
-router = APIRouter(tags=["seed: tenant entitlements"])
+router = APIRouter(tags=["seed: tenant entitlements"], route_class=ExactJSONRoute)
 
 
 class EntitlementType(StrEnum):

@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from meterd.api.auth import RuntimeDep, require_allowing_query_token
+from meterd.api.exact_json import ExactJSONRoute
 from meterd.domain import PRINTABLE_PATTERN, EffectiveState, FeatureType, Status
 from meterd.errors import InvalidError
 from meterd.filters import DATETIME_RANGE, WorkspaceFilters
@@ -45,7 +46,7 @@ from meterd.services.api_keys import Permission, Principal
 from meterd.services.queries import WorkspaceItem
 from meterd.timeutil import as_utc, isoformat_or_none, utcnow
 
-router = APIRouter(tags=["seed: workspace runtime entitlements"])
+router = APIRouter(tags=["seed: workspace runtime entitlements"], route_class=ExactJSONRoute)
 
 STATUS_CODES = {
     Status.PENDING: 0,

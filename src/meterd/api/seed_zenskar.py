@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import HttpError
-from meterd.api.exact_json import ExactJSONResponse, exact_number
+from meterd.api.exact_json import ExactJSONResponse, ExactJSONRoute, exact_number
 from meterd.api.openapi import filter_parameters
 from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Status
 from meterd.errors import InvalidError
@@ -47,7 +47,7 @@ from meterd.services.api_keys import Permission, Principal
 from meterd.services.records import Feature
 from meterd.timeutil import isoformat_seconds, utcnow
 
-router = APIRouter(tags=["seed: Zenskar"])
+router = APIRouter(tags=["seed: Zenskar"], route_class=ExactJSONRoute)
 
 FIELDS = {
     "id": Kind.UUID,

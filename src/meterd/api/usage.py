@@ -12,7 +12,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import (
-    AfterValidator,
     BaseModel,
     Field,
     StrictBool,
@@ -22,7 +21,8 @@ from pydantic import (
 )
 
 from meterd.api.auth import RuntimeDep, require
-from meterd.api.exact_json import loads_exact
+from meterd.api.exact_json import ExactJSONRoute, loads_exact
+from meterd.api.inputs import PositiveQuantityText, RequestBody
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
@@ -32,18 +32,15 @@ from meterd.domain import (
 )
 from meterd.errors import InvalidError
 from meterd.quantity import (
-    DECIMAL_TEXT_PATTERN,
-    MAX_QUANTITY_TEXT,
     format_optional_quantity,
     format_quantity,
-    parse_quantity,
 )
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.intake import IntakeReport, Publisher
 from meterd.services.reserve import Reservation
 from meterd.timeutil import isoformat, utcnow
 
-router = APIRouter(prefix="/v1", tags=["usage"])
+router = APIRouter(prefix="/v1", tags=["usage"], route_class=ExactJSONRoute)
 
 CustomerId = Annotated[
     str, Path(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
@@ -140,23 +137,17 @@ def get_feature_value(
     return feature_value(customer_id, feature, balances)
 
 
-def _positive_quantity(text: str) -> str:
-    parse_quantity(text)  # the one grammar, positive, within what the counters hold
-    return text
-
-
 #: An idempotency key, in the body or the header: printable ASCII, at most 200
 #: (a reservation's log id must fit ``event_log.event_id``).
 IDEMPOTENCY_KEY_MAX = 200
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"
 
 
-class ReserveRequest(BaseModel):
-    quantity: Annotated[
-        str,
-        Field(pattern=DECIMAL_TEXT_PATTERN, max_length=MAX_QUANTITY_TEXT),
-        AfterValidator(_positive_quantity),
-    ] = Field(description="a positive decimal, at most 6 fractional digits")
+class ReserveRequest(RequestBody):
+    quantity: PositiveQuantityText = Field(
+        description="a positive decimal, at most the feature's scale of fractional digits"
+        " (6 at most): a string or a JSON number, read exactly as written"
+    )
     idempotency_key: str | None = Field(
         default=None,
         min_length=1,

@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.exact_json import ExactJSONRoute
 from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, PRINTABLE_PATTERN
 from meterd.errors import InvalidError
 from meterd.quantity import format_quantity
@@ -33,7 +34,7 @@ from meterd.services.usage_report import (
 )
 from meterd.timeutil import isoformat
 
-router = APIRouter(prefix="/v1", tags=["usage history"])
+router = APIRouter(prefix="/v1", tags=["usage history"], route_class=ExactJSONRoute)
 
 Viewer = Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))]
 

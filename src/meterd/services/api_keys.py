@@ -33,12 +33,18 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from meterd.errors import InvalidError, RateLimitedError, UnauthorizedError, UnavailableError
+from meterd.errors import (
+    ConflictError,
+    InvalidError,
+    RateLimitedError,
+    UnauthorizedError,
+    UnavailableError,
+)
 from meterd.logs import get_logger
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.models import ApiKey
@@ -76,6 +82,18 @@ class Permission(StrEnum):
 
 class ApiKeyError(InvalidError):
     """A key that cannot be issued as asked."""
+
+
+class _Never:
+    """``NEVER``: a new key asked never to expire (``None`` asks for the default)."""
+
+    def __repr__(self) -> str:
+        return "NEVER"
+
+
+#: Asks ``ApiKeyService.rotate`` for a key that never expires, which only a key
+#: that never expires itself may be replaced by.
+NEVER = _Never()
 
 
 class KeyCheckUnavailable(UnavailableError):
@@ -175,6 +193,69 @@ def _check_limits(rate_limit: int | None, rate_burst: int | None) -> None:
         raise ApiKeyError(f"the rate limit must lie in 0..{MAX_RATE} (0: unlimited)")
     if rate_burst is not None and not 1 <= rate_burst <= MAX_BURST:
         raise ApiKeyError(f"the burst must lie in 1..{MAX_BURST}")
+
+
+def _check_rotatable(old: ApiKey, now: datetime) -> None:
+    if old.revoked_at is not None:
+        raise ConflictError(f"API key {old.id} is revoked: issue a new key instead")
+    if old.expires_at is not None and old.expires_at <= now:
+        raise ConflictError(f"API key {old.id} has expired: issue a new key instead")
+
+
+def _within(
+    held: frozenset[str], asked: Collection[Permission] | None, key_id: str
+) -> frozenset[str]:
+    """The permissions a key replacing one that holds ``held`` gets: ``asked`` (None:
+    the same), refused if it holds one the old key lacks."""
+    if asked is None:
+        return held
+    wanted = frozenset(p.value for p in asked)
+    if not wanted:
+        raise ApiKeyError("a key needs at least one permission")
+    beyond = set() if Permission.ALL.value in held else wanted - held
+    if beyond:
+        raise ApiKeyError(
+            f"the new key cannot outrank the API key {key_id} it replaces, which does not"
+            f" hold {', '.join(sorted(beyond))}"
+        )
+    return wanted
+
+
+@dataclass(frozen=True, slots=True)
+class _Ceiling:
+    """The latest a new key may expire, and whose expiry that is."""
+
+    at: datetime
+    whose: str
+
+
+def _ceiling(old: ApiKey, creator: ApiKey | None) -> _Ceiling | None:
+    """The earliest expiry of the key replaced and of the key rotating it (None:
+    neither expires)."""
+    bounds = []
+    if old.expires_at is not None:
+        bounds.append(_Ceiling(old.expires_at, f"the API key {old.id} it replaces"))
+    if creator is not None and creator.expires_at is not None:
+        bounds.append(_Ceiling(creator.expires_at, f"the API key {creator.id} that rotates it"))
+    return min(bounds, key=lambda bound: bound.at, default=None)
+
+
+def _expiry(asked: datetime | _Never | None, ceiling: _Ceiling | None) -> datetime | None:
+    """The new key's expiry: ``asked`` (None: the latest allowed), within ``ceiling``."""
+    if ceiling is None:
+        return asked if isinstance(asked, datetime) else None
+    if asked is None:
+        return ceiling.at
+    if isinstance(asked, _Never) or asked > ceiling.at:
+        wanted = (
+            "never to expire" if isinstance(asked, _Never) else f"to expire at {asked.isoformat()}"
+        )
+        raise ApiKeyError(
+            f"the new key cannot outlive {ceiling.whose}, which expires at"
+            f" {ceiling.at.isoformat()}: it was asked {wanted}; ask for that time or"
+            " earlier, or leave expires_at out to take it"
+        )
+    return asked
 
 
 def _digest(token: str) -> str:
@@ -380,24 +461,37 @@ class ApiKeyService:
         now: datetime,
         *,
         org: str | None = None,
-        expires_at: datetime | None = None,
+        expires_at: datetime | _Never | None = None,
+        permissions: Collection[Permission] | None = None,
+        by: str | None = None,
     ) -> tuple[str, ApiKey]:
-        """A new key with the old one's org, name, permissions and limits; the old key
-        keeps working until ``old_valid_until`` (or its own earlier expiry). The new
-        key expires at ``expires_at`` (None: never). Returns the new token, once."""
+        """A new key with the old one's org, name, limits and permissions (or fewer:
+        ``permissions``); the old key keeps working until ``old_valid_until`` (or its
+        own earlier expiry). Returns the new token, once.
+
+        The new key never outlives nor outranks the key it replaces, nor the key
+        ``by`` that rotates it (over the API: the caller's), else a key about to
+        expire could mint itself a lasting one. So it expires by the earliest of
+        their expiries, and by default then (``expires_at`` None); a later
+        ``expires_at``, ``NEVER`` while one of them expires, or a permission the old
+        key lacks is an ``ApiKeyError`` naming the bound."""
         if old_valid_until < now:
             raise ApiKeyError(
                 "the old key's end lies in the past; to end it now, revoke it instead"
             )
-        if expires_at is not None and expires_at <= now:
+        if isinstance(expires_at, datetime) and expires_at <= now:
             raise ApiKeyError("the new key cannot expire in the past")
         old = self.store.get(key_id, org)
-        token, row = self._new_row(old.org_id, old.name, old.permissions, now)
+        _check_rotatable(old, now)
+        held = frozenset(old.permissions.split())
+        granted = " ".join(sorted(_within(held, permissions, old.id)))
+        ceiling = _ceiling(old, None if by is None else self.store.get(by, old.org_id))
+        token, row = self._new_row(old.org_id, old.name, granted, now)
         row.rate_limit = old.rate_limit
         row.rate_burst = old.rate_burst
-        row.expires_at = expires_at
+        row.expires_at = _expiry(expires_at, ceiling)
         row.rotated_from = old.id
-        self.store.rotate(old.id, row, old_valid_until, now)
+        self.store.rotate(old.id, row, old_valid_until, now, creator_id=by)
         self._forget_key(old.id)
         return token, row
 

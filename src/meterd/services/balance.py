@@ -4,6 +4,10 @@ Redis and the database cannot be read in one snapshot, so the read is
 optimistic: read Redis atomically (pending, the batch in flight and the flush
 epoch), then the database in one statement (flushed values and whether the
 in-flight batch is committed), and retry if a new flush began in between.
+
+The usage history (``history``: every period of an entitlement) is read the same
+way for the periods that can still hold unflushed usage, so it agrees with the
+value read before and after a flush.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from meterd.domain import Balance, EntitlementView, Period, Status, effective_state
 from meterd.errors import UnavailableError
@@ -24,6 +30,7 @@ from meterd.storage.counters import CounterStore
 from meterd.storage.resolution import decode_resolution
 from meterd.storage.resolution_views import ResolutionViewStore
 from meterd.storage.usage import UsageStore
+from meterd.timeutil import from_epoch_micros
 
 #: A flush starts every few seconds, so a second attempt nearly always succeeds; the
 #: bound matters only when flushes run back to back (tests, a flush backlog).
@@ -35,6 +42,41 @@ class BalanceError(UnavailableError):
 
 
 PeriodKey = tuple[uuid.UUID, datetime]
+
+#: The most periods ``periods_open_since`` walks: a 1-DAY term over a late window
+#: (or a flush stalled) of almost three years. The current period is always read.
+MAX_OPEN_PERIODS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodUsage:
+    """One period of an entitlement's usage history, in real time."""
+
+    period: Period
+    #: Flushed plus not yet flushed, as every other read counts it.
+    consumed: Decimal
+
+
+def periods_open_since(view: EntitlementView, since: datetime, now: datetime) -> list[Period]:
+    """The periods of ``view`` (stored or on the calendar) that contain an instant of
+    ``[since, now]``: where usage accepted since ``since`` may have landed. At most
+    ``MAX_OPEN_PERIODS``, oldest first."""
+    found: list[Period] = []
+    moment = since
+    while len(found) < MAX_OPEN_PERIODS:
+        period = period_at(view, moment)
+        if period is None:  # before the first period: go to where it starts
+            starts = [p.start for p in view.periods] or [view.starts_at]
+            first = min(starts)
+            if first <= moment or first > now:
+                break
+            moment = first
+            continue
+        found.append(period)
+        if period.end is None or period.end > now or period.end <= moment:
+            break
+        moment = period.end
+    return found
 
 
 def current_period(view: EntitlementView, now: datetime) -> Period:
@@ -124,6 +166,46 @@ class BalanceService:
                 result[key] = (0 if done is None else to_units(done, scale), unflushed)
             return result
         raise BalanceError("flushes kept racing the read")
+
+    def unflushed_since(self, now: datetime) -> datetime:
+        """The earliest event time usage not yet flushed can carry: ingest takes events
+        at most ``late_window`` old, so the oldest write still outside the database
+        (or ``now``, when everything is flushed) less the late window."""
+        oldest = self.counters.flush_lag_since()
+        written = now if oldest is None else min(now, from_epoch_micros(oldest))
+        return written - self.late_window
+
+    def history(
+        self, view: EntitlementView, stored: Sequence[tuple[Period, Decimal]], now: datetime
+    ) -> list[PeriodUsage]:
+        """Every period of ``view`` with its real-time consumption, oldest first.
+
+        ``stored``: the periods the database holds, with their flushed consumption.
+        Those that may still hold unflushed usage (ending after ``unflushed_since``),
+        the periods on the calendar usage may have opened since then without the
+        flush having written them yet, and the current period are read with
+        ``consumed`` (flushed and pending in one consistent read); a period on the
+        calendar is shown once it has usage, or when it is the current one."""
+        since = self.unflushed_since(now)
+        current = current_period(view, now)
+        live: dict[datetime, Period] = {p.start: p for p in periods_open_since(view, since, now)}
+        live[current.start] = current
+        flushed_only: list[tuple[Period, Decimal]] = []
+        for period, flushed in stored:
+            if period.end is None or period.end > since:
+                live[period.start] = period
+            else:  # ended before any unflushed usage could land in it
+                live.pop(period.start, None)
+                flushed_only.append((period, flushed))
+        starts = sorted(live)
+        values = self.consumed([(view.id, start) for start in starts], [view.scale] * len(starts))
+        stored_starts = {period.start for period, _ in stored}
+        result = [PeriodUsage(period, flushed) for period, flushed in flushed_only]
+        for start in starts:
+            units = sum(values[(view.id, start)])
+            if start in stored_starts or units or start == current.start:
+                result.append(PeriodUsage(live[start], from_units(units, view.scale)))
+        return sorted(result, key=lambda usage: usage.period.start)
 
     def balances(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance]:
         """The current period of each of the customer's entitlements for a feature."""

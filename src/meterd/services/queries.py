@@ -1,5 +1,6 @@
 """The read side the API serves: entitlements with their real-time balances, list
-pages, the seed listings, periods and the audit trail, always within one org.
+pages, the seed listings, periods (real time too) and the audit trail, always
+within one org.
 
 An entitlement of another org is answered exactly like one that does not exist
 (``NotFoundError``), so ids of other orgs cannot be probed.
@@ -12,18 +13,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from meterd.domain import Balance
+from meterd.domain import Balance, Period
 from meterd.errors import NotFoundError
 from meterd.filters import Filter, Kind, WorkspaceFilters
 from meterd.paging import Cursor
-from meterd.services.balance import BalanceService
+from meterd.services.balance import BalanceService, PeriodUsage
 from meterd.services.records import (
     Entitlement,
     EntitlementTransition,
     Feature,
     Plan,
     PlanFamily,
-    UsagePeriod,
 )
 from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.listing import (
@@ -204,9 +204,16 @@ class EntitlementQueries:
         ]
         return items, total
 
-    def periods(self, org: str, entitlement_id: uuid.UUID) -> list[UsagePeriod]:
-        self.owned(org, entitlement_id)
-        return self.usage.periods_of(entitlement_id)
+    def periods(self, org: str, entitlement_id: uuid.UUID, now: datetime) -> list[PeriodUsage]:
+        """The entitlement's usage history, each period with its real-time consumption
+        (flushed and not yet flushed, as the value read: ``BalanceService.history``)."""
+        ent, _ = self.owned(org, entitlement_id)
+        stored = self.usage.periods_of(entitlement_id)
+        scale = self.listing.feature_scales({ent.feature_id})[ent.feature_id]
+        suspensions = self.listing.suspensions_of([ent.id]).get(ent.id, ())
+        view = entitlement_view(ent, stored, suspensions, scale=scale)
+        flushed = [(Period(p.period_start, p.period_end, p.quantity), p.consumed) for p in stored]
+        return self.balance.history(view, flushed, now)
 
     def history(self, org: str, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
         self.owned(org, entitlement_id)

@@ -109,9 +109,21 @@ class ApiKeyStore:
             if getattr(result, "rowcount", 0) != 1:
                 raise NotFoundError("API key", key_id)
 
-    def rotate(self, old_id: str, new: ApiKey, old_valid_until: datetime, now: datetime) -> None:
+    def rotate(
+        self,
+        old_id: str,
+        new: ApiKey,
+        old_valid_until: datetime,
+        now: datetime,
+        *,
+        creator_id: str | None = None,
+    ) -> None:
         """Add ``new`` and end ``old_id`` at ``old_valid_until`` (or earlier, if it already
-        expires earlier), in one transaction; a revoked or expired old key is a conflict."""
+        expires earlier), in one transaction; a revoked or expired old key is a conflict.
+
+        With both rows locked, ``new`` must expire by the old key's expiry and by that
+        of ``creator_id`` (the key rotating it): a rotation of either committed since
+        the caller read them (which ends it sooner) is a conflict, not a way past it."""
         with self.sessions.begin() as s:
             old = s.get(ApiKey, old_id, with_for_update=True)
             if old is None:
@@ -120,6 +132,20 @@ class ApiKeyStore:
                 raise ConflictError(f"API key {old_id} is revoked: issue a new key instead")
             if old.expires_at is not None and old.expires_at <= now:
                 raise ConflictError(f"API key {old_id} has expired: issue a new key instead")
+            bounds = [old]
+            if creator_id is not None and creator_id != old_id:
+                creator = s.get(ApiKey, creator_id, with_for_update=True)
+                if creator is None:
+                    raise NotFoundError("API key", creator_id)
+                bounds.append(creator)
+            for key in bounds:
+                if key.expires_at is not None and (
+                    new.expires_at is None or new.expires_at > key.expires_at
+                ):
+                    raise ConflictError(
+                        f"API key {key.id} now expires at {key.expires_at.isoformat()}, before"
+                        " the new key would: it changed meanwhile; rotate again"
+                    )
             if old.expires_at is None or old_valid_until < old.expires_at:
                 old.expires_at = old_valid_until
             s.add(new)
