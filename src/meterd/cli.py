@@ -26,7 +26,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from meterd import embedded, usage_chart
 from meterd.celery_config import QUEUES, celery_command, create_app
-from meterd.config import get_settings
+from meterd.config import SettingsError, get_settings, redact_url
 from meterd.demo import DemoPlan, run_demo
 from meterd.dev import run_dev
 from meterd.domain import Aggregation, BillingType, ContractMode, FeatureType
@@ -91,7 +91,7 @@ def db_upgrade(revision: str = "head") -> None:
     """Create or migrate the database schema (Alembic)."""
     url = get_settings().database_url
     upgrade(url, revision)
-    console.print(f"database at [bold]{url}[/bold] is at revision {revision}")
+    console.print(f"database at [bold]{escape(redact_url(url))}[/bold] is at revision {revision}")
 
 
 @app.command()
@@ -109,6 +109,7 @@ def worker(
     """Run a Celery worker for the meterd queues (this process becomes
     ``celery -A meterd.worker:app worker``). Two workers on one host need
     different ``--hostname``s: Celery tells nodes apart by name."""
+    get_settings()  # bad settings: one line here, not a traceback from celery
     argv = celery_command("worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel)
     _become(argv + (["-n", hostname] if hostname else []))
 
@@ -127,6 +128,7 @@ def beat(
     ] = False,
 ) -> None:
     """Run Celery beat: flush, lifecycle and notification dispatch on schedule."""
+    get_settings()  # bad settings: one line here, not a traceback from celery
     argv = ["beat", "-l", loglevel]
     if redbeat:
         argv += ["-S", "redbeat.RedBeatScheduler"]
@@ -391,7 +393,7 @@ def org_webhook(
     if not get_runtime().notification_store.set_webhook(org, url, secret):
         console.print(f"[red]no organisation {org}[/red]")
         raise typer.Exit(1)
-    console.print(f"webhook of {org}: {url or 'none'}")
+    console.print(f"webhook of {org}: {escape(redact_url(url or 'none'))}")
 
 
 _PERMISSIONS_HELP = ", ".join(p.value for p in Permission) + "; repeat for several"
@@ -824,7 +826,8 @@ def demo(
     settings = get_settings()
     upgrade(settings.database_url)
     console.print(
-        f"[bold]meterd demo[/bold]: database {settings.database_url}, redis {settings.redis_url}"
+        f"[bold]meterd demo[/bold]: database {escape(redact_url(settings.database_url))}, "
+        f"redis {escape(redact_url(settings.redis_url))}"
     )
     try:
         ok = run_demo(
@@ -841,7 +844,9 @@ def demo(
 def _embedded_url() -> str:
     settings = get_settings()
     if not settings.is_embedded_redis:
-        raise InvalidError(f"METERD_REDIS_URL is {settings.redis_url!r}, not the embedded server")
+        raise InvalidError(
+            f"METERD_REDIS_URL is {redact_url(settings.redis_url)!r}, not the embedded server"
+        )
     return settings.redis_url
 
 
@@ -897,8 +902,9 @@ def unanswered_message(exc: Exception) -> str:
 
 
 def _print_error(message: str) -> None:
-    """The error as one line, whatever the terminal's width (no markup in the text)."""
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    """The error as one line, whatever the terminal's width (no markup in the text), with
+    the password of any URL in it masked (a driver's message may quote its URL)."""
+    console.print(f"[red]error:[/red] {escape(redact_url(message))}", soft_wrap=True)
 
 
 def _release_embedded_redis() -> None:
@@ -906,7 +912,7 @@ def _release_embedded_redis() -> None:
     and no other process uses it; otherwise say that it keeps running."""
     try:
         settings = get_settings()
-    except ValueError:  # settings that do not parse: nothing was started
+    except SettingsError:  # settings that do not parse: nothing was started
         return
     url = settings.redis_url
     if not settings.is_embedded_redis or not embedded.started_here(url):
@@ -924,6 +930,10 @@ def _release_embedded_redis() -> None:
 def main() -> None:
     try:
         app()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            _print_error(problem)
+        sys.exit(EXIT_REFUSED)
     except MeterdError as exc:
         _print_error(str(exc))
         sys.exit(EXIT_UNAVAILABLE if isinstance(exc, UnavailableError) else EXIT_REFUSED)

@@ -22,10 +22,11 @@ from types import FrameType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from meterd import embedded
 from meterd.celery_config import QUEUES, celery_command, worker_command
-from meterd.config import Settings
+from meterd.config import Settings, redact_url
 from meterd.migrate import upgrade
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
@@ -157,7 +158,10 @@ def _start_and_wait(
             return
         tree.start(name, argv, state / log)
     base = f"http://{host}:{port}"
-    console.print(f"[bold]meterd dev[/bold] on {settings.database_url} and {settings.redis_url}")
+    console.print(
+        f"[bold]meterd dev[/bold] on {escape(redact_url(settings.database_url))}"
+        f" and {escape(redact_url(settings.redis_url))}"
+    )
     console.print(f"  API       {base}  (OpenAPI docs: {base}/docs)")
     console.print(f"  metrics   {base}/metrics")
     console.print(f"  org       {DEV_ORG}, API key (shown once):")
