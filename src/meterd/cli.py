@@ -829,15 +829,13 @@ def demo(
         f"[bold]meterd demo[/bold]: database {escape(redact_url(settings.database_url))}, "
         f"redis {escape(redact_url(settings.redis_url))}"
     )
-    try:
-        ok = run_demo(
-            get_runtime(),
-            DemoPlan(customers=customers, events=events, batch_size=batch_size),
-            console,
-        )
-    finally:
-        if settings.is_embedded_redis:
-            embedded.stop(settings.redis_url)  # its AOF keeps the counts for next time
+    ok = run_demo(
+        get_runtime(),
+        DemoPlan(customers=customers, events=events, batch_size=batch_size),
+        console,
+    )
+    # The embedded Redis: stopped on the way out only if this demo started it (``main``);
+    # one `meterd dev` started stays up for dev.
     raise typer.Exit(0 if ok else 1)
 
 
@@ -858,7 +856,20 @@ def embedded_status() -> None:
     if not embedded.running(url):
         console.print(f"not running ({where})", soft_wrap=True)
         return
-    console.print(f"running ({where}): {embedded.clients(url)} client(s) connected", soft_wrap=True)
+    console.print(
+        f"running ({where}): {embedded.clients(url)} client(s) connected; {_owner_text(url)}",
+        soft_wrap=True,
+    )
+
+
+def _owner_text(url: str) -> str:
+    starter = embedded.owner(url)
+    if starter is None:
+        return "no starter recorded: the next meterd command done with it stops it"
+    who = f"started by {starter.command or 'a process'} (pid {starter.pid})"
+    if starter.alive():
+        return f"{who}, which stops it when it ends"
+    return f"{who}, which is gone: the next meterd command done with it stops it"
 
 
 @embedded_app.command("stop")
@@ -868,8 +879,18 @@ def embedded_stop() -> None:
     if not embedded.running(url):
         console.print("not running")
         return
+    starter = embedded.owner(url)
     embedded.stop(url)
-    console.print("stopped" if not embedded.running(url) else "still running: see redis.log")
+    if embedded.running(url):
+        console.print("still running: see redis.log")
+        return
+    console.print("stopped")
+    if starter is not None and starter.alive() and not starter.is_this_process():
+        console.print(
+            f"{starter.command or 'the process'} (pid {starter.pid}) started it and still runs:"
+            " it cannot count until it is restarted",
+            soft_wrap=True,
+        )
 
 
 #: Exit status of a command refused by meterd (not found, conflict, invalid).
@@ -908,21 +929,24 @@ def _print_error(message: str) -> None:
 
 
 def _release_embedded_redis() -> None:
-    """Leave no server behind: stop the embedded Redis if this command started it
-    and no other process uses it; otherwise say that it keeps running."""
+    """Leave no server behind: stop the embedded Redis if this command started it (or
+    used one whose starter is gone) and no other process uses it, and say so when it
+    keeps running. A server another live process started (`meterd dev`) is left alone."""
     try:
         settings = get_settings()
     except SettingsError:  # settings that do not parse: nothing was started
         return
     url = settings.redis_url
-    if not settings.is_embedded_redis or not embedded.started_here(url):
+    if not settings.is_embedded_redis or not embedded.used_here(url):
         return
+    ours = embedded.ours_to_stop(url)  # started here, or its starter is gone
     reset_runtime()  # our own connections are not "another process"
     kombu.pools.reset()  # type: ignore[no-untyped-call]  # nor Celery's pooled broker connections
-    if embedded.release(url):
+    if embedded.release(url) and ours:
         console.print(
             f"the embedded redis-server ({embedded.embedded_dir(url)}) keeps running: "
-            "other processes use it. Stop it with `meterd embedded stop`.",
+            "other processes use it. The next meterd command done with it stops it, "
+            "or `meterd embedded stop`.",
             soft_wrap=True,
         )
 

@@ -5,7 +5,9 @@ otherwise; no server to install. It migrates the database, creates an org
 ``dev`` with a key that may do everything, starts the three processes, prints
 where to look, and on Ctrl-C or SIGTERM stops them in order (API and beat
 first, then the worker, which finishes its tasks), flushes every pending count
-to the database and stops the embedded Redis before it exits (status 0).
+to the database and stops the embedded Redis it started before it exits
+(status 0). A server another process started stays up; one dev started stays
+up while another process (``meterd demo``) still uses it.
 """
 
 from __future__ import annotations
@@ -120,8 +122,20 @@ def _run_dev(settings: Settings, host: str, port: int, console: Console, stop: S
     finally:
         rt.close()
         if settings.is_embedded_redis:
-            embedded.stop(settings.redis_url)  # its AOF keeps the data for the next run
+            _release_embedded_redis(settings.redis_url, console)
     return 0 if stop.received else 1
+
+
+def _release_embedded_redis(url: str, console: Console) -> None:
+    """Stop the embedded Redis if dev started it and no one else uses it (its AOF keeps
+    the data for the next run); a server another process started stays up."""
+    ours = embedded.ours_to_stop(url)
+    if embedded.release(url) and ours:
+        console.print(
+            f"the embedded redis-server ({embedded.embedded_dir(url)}) keeps running: another"
+            " process (meterd demo?) uses it; the next meterd command done with it stops it",
+            soft_wrap=True,
+        )
 
 
 def _exited(tree: DevTree) -> str:
