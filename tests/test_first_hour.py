@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +23,9 @@ from meterd.cli import EXIT_REFUSED, main
 from meterd.config import Settings, get_settings
 from meterd.logs import configure_logging, get_logger
 from meterd.runtime import Runtime
+from meterd.services.api_keys import Permission
+
+from .conftest import NOW
 
 PASSWORD = "s3cret-Pa55"
 
@@ -216,7 +221,7 @@ def test_dev_prints_its_urls_with_their_passwords_masked() -> None:
     )
     console = Console(record=True, width=200)
     _start_and_wait(
-        NothingStarted(), with_passwords, "127.0.0.1", 8000, "mk_x_y", console,
+        NothingStarted(), with_passwords, "127.0.0.1", 8000, ("mk_x_y", False), console,
         StopSignals(),
     )  # fmt: skip
     shown = console.export_text()
@@ -253,3 +258,70 @@ def test_a_url_logged_has_its_password_masked(capfd: pytest.CaptureFixture[str])
     assert PASSWORD not in json.dumps(line)
     assert line["url"] == "postgresql://meterd:***@db/meterd"
     assert line["event"] == "cannot reach postgresql://meterd:***@db/meterd"
+
+
+# -- meterd dev keeps one key --------------------------------------------------------
+
+
+def active_dev_keys(runtime: Runtime) -> list[str]:
+    keys = runtime.api_keys.list("dev")
+    return [k.id for k in keys if k.name == "meterd dev" and k.status == "active"]
+
+
+def test_dev_reuses_the_key_it_recorded(runtime: Runtime, tmp_path: Path) -> None:
+    from meterd.dev import dev_key
+
+    runtime.catalog.create_org("dev", "meterd dev", NOW)
+    key_file = tmp_path / ".meterd" / "dev-key"
+    first, reused_first = dev_key(runtime.api_keys, key_file, NOW)
+    second, reused_second = dev_key(runtime.api_keys, key_file, NOW)
+    assert (reused_first, reused_second) == (False, True)
+    assert second == first and key_file.read_text().strip() == first
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    principal = runtime.api_keys.authenticate(first)
+    assert principal is not None and principal.may(Permission.ALL)
+    assert active_dev_keys(runtime) == [principal.key_id]
+
+
+def test_dev_revokes_the_keys_earlier_starts_minted(runtime: Runtime, tmp_path: Path) -> None:
+    from meterd.dev import dev_key
+
+    runtime.catalog.create_org("dev", "meterd dev", NOW)
+    earlier = [
+        runtime.api_keys.create("dev", [Permission.ALL], NOW, name="meterd dev")[0]
+        for _ in range(3)
+    ]
+    other, _ = runtime.api_keys.create("dev", [Permission.ALL], NOW, name="my script")
+    token, _ = dev_key(runtime.api_keys, tmp_path / "dev-key", NOW)
+    assert token not in earlier
+    runtime.api_keys._cache.clear()
+    assert [runtime.api_keys.authenticate(t) for t in earlier] == [None, None, None]
+    assert runtime.api_keys.authenticate(other) is not None, "a key of another name stays"
+    assert len(active_dev_keys(runtime)) == 1
+
+
+def test_a_recorded_dev_key_revoked_meanwhile_is_replaced(runtime: Runtime, tmp_path: Path) -> None:
+    from meterd.dev import dev_key
+
+    runtime.catalog.create_org("dev", "meterd dev", NOW)
+    key_file = tmp_path / "dev-key"
+    first, _ = dev_key(runtime.api_keys, key_file, NOW)
+    runtime.api_keys.revoke(first.split("_")[1], NOW)
+    second, reused = dev_key(runtime.api_keys, key_file, NOW)
+    assert not reused and second != first and key_file.read_text().strip() == second
+    assert len(active_dev_keys(runtime)) == 1
+
+
+# -- a taken port ---------------------------------------------------------------------
+
+
+def test_api_on_a_taken_port_says_so_in_one_line(
+    cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert run_main(monkeypatch, "api", "--port", str(port)) == EXIT_REFUSED
+    out = one_error_line(capsys.readouterr().out)
+    assert f"port {port} on 127.0.0.1 is already in use" in out and "--port" in out

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import sys
 import uuid
 from datetime import datetime, timedelta
@@ -28,7 +29,7 @@ from meterd import embedded, usage_chart
 from meterd.celery_config import QUEUES, celery_command, create_app
 from meterd.config import SettingsError, get_settings, redact_url
 from meterd.demo import DemoPlan, run_demo
-from meterd.dev import run_dev
+from meterd.dev import check_port_free, run_dev
 from meterd.domain import Aggregation, BillingType, ContractMode, FeatureType
 from meterd.errors import InvalidError, MeterdError, NotFoundError, UnavailableError
 from meterd.lifecycle import OperatorAction
@@ -650,14 +651,35 @@ def usage(
         typer.echo(line)  # not through rich: a chart line must never wrap
 
 
+class _Terminated(Exception):
+    """SIGTERM reached the API process: stop like on Ctrl-C."""
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
 @app.command()
 def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Serve the HTTP API (OpenAPI at /docs); refuses an unsafe counter Redis."""
-    with contextlib.suppress(*STORE_ERRORS):  # not answering yet: /readyz will say
-        rt = get_runtime()  # the app checks again at start (and warns if allowed)
-        report = check_redis(rt.redis, operator_verified=rt.settings.redis_safety_verified)
-        enforce(report, allow_unsafe=rt.settings.unsafe_redis)  # one-line error, exit 2
-    uvicorn.run("meterd.api.app:create_app", factory=True, host=host, port=port, workers=workers)
+    """Serve the HTTP API (OpenAPI at /docs); refuses an unsafe counter Redis. Ctrl-C or
+    SIGTERM stop it gracefully (exit 0), and with it the embedded Redis it started."""
+    get_settings()  # bad settings first, then the port: each in one line
+    check_port_free(host, port)
+    # uvicorn shuts down on SIGINT/SIGTERM, then raises the signal again: SIGTERM's
+    # default action would end the process before ``main`` stops the embedded Redis.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with contextlib.suppress(*STORE_ERRORS):  # not answering yet: /readyz will say
+            rt = get_runtime()  # the app checks again at start (and warns if allowed)
+            report = check_redis(rt.redis, operator_verified=rt.settings.redis_safety_verified)
+            enforce(report, allow_unsafe=rt.settings.unsafe_redis)  # one-line error, exit 2
+        uvicorn.run(
+            "meterd.api.app:create_app", factory=True, host=host, port=port, workers=workers
+        )
+    except (KeyboardInterrupt, _Terminated):
+        pass  # uvicorn has stopped serving; ``main`` stops what this process started
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from meterd import embedded
 from meterd.migrate import upgrade
@@ -125,3 +127,67 @@ def test_a_redis_whose_starter_is_gone_is_stopped_by_the_next_command_done_with_
         assert not embedded.running(url), "the orphan was stopped"
     finally:
         embedded.stop(url)
+
+
+def stop_api_with(directory: Path, sig: signal.Signals) -> None:
+    """Start `meterd api` in ``directory``, stop it with ``sig`` once it answers, and check
+    that it stopped cleanly and took the embedded Redis it started with it."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [METERD, "api", "--port", str(port)], cwd=directory, env=newcomer_env(),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/healthz"), 90, "meterd api")
+        assert embedded.running(embedded_url(directory)), "the API started the embedded Redis"
+    finally:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, f"{sig.name}: {out}"
+    assert "Traceback" not in out and "Aborted" not in out, out
+    assert not embedded.running(embedded_url(directory)), f"{sig.name}: {out}"
+    assert processes_in(directory) == {}
+
+
+def test_api_stopped_by_sigterm_or_ctrl_c_stops_the_embedded_redis_it_started(
+    tmp_path: Path,
+) -> None:
+    upgrade(f"sqlite:///{tmp_path / 'meterd.db'}")  # as `meterd db upgrade` there
+    stop_api_with(tmp_path, signal.SIGTERM)
+    stop_api_with(tmp_path, signal.SIGINT)
+
+
+def test_dev_on_a_taken_port_says_so_in_one_line_before_anything_starts(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = meterd(tmp_path, "dev", "--port", str(port), timeout=120)
+    out = done.stdout + done.stderr
+    assert done.returncode == 2, out
+    assert out.count("\n") == 1, out
+    assert f"error: port {port} on 127.0.0.1 is already in use" in out and "--port" in out
+    assert "mk_" not in out, "no key was minted"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "nothing was created or started"
+
+
+def active_keys_of_dev(directory: Path) -> int:
+    engine = sa.create_engine(f"sqlite:///{directory / 'meterd.db'}")
+    with engine.connect() as conn:
+        count = conn.execute(
+            sa.text("SELECT count(*) FROM api_keys WHERE org_id = 'dev' AND revoked_at IS NULL")
+        ).scalar_one()
+    engine.dispose()
+    return int(count)
+
+
+def test_dev_restarted_shows_the_same_key_and_keeps_one_alive(tmp_path: Path) -> None:
+    keys = []
+    for _ in range(2):
+        with running_dev(tmp_path) as dev:
+            keys.append(dev.key)
+            out = dev.stop()
+        assert dev.proc.returncode == 0, out
+    assert keys[0] == keys[1]
+    assert "the same as last time" in out
+    assert active_keys_of_dev(tmp_path) == 1
