@@ -260,6 +260,64 @@ def test_a_url_logged_has_its_password_masked(capfd: pytest.CaptureFixture[str])
     assert line["event"] == "cannot reach postgresql://meterd:***@db/meterd"
 
 
+# -- a command run where there is no database ----------------------------------------
+
+
+@pytest.fixture
+def elsewhere(cli_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A directory without a database, the current one, on the default relative URL."""
+    directory = tmp_path / "elsewhere"
+    directory.mkdir()
+    monkeypatch.chdir(directory)
+    monkeypatch.setenv("METERD_DATABASE_URL", "sqlite:///meterd.db")
+    get_settings.cache_clear()
+    yield directory
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("balance", "acme", "c-1", "api_calls"),
+        ("org", "create", "acme"),
+        ("keys", "list", "acme"),
+        ("dlq", "list"),
+        ("flush",),
+        ("status",),
+    ],
+    ids=" ".join,
+)
+def test_a_command_run_where_there_is_no_database_says_where_it_looked_and_creates_none(
+    elsewhere: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: tuple[str, ...],
+) -> None:
+    assert run_main(monkeypatch, *command) == EXIT_REFUSED
+    out = one_error_line(capsys.readouterr().out)
+    assert f"there is no meterd database at {elsewhere / 'meterd.db'}" in out
+    assert "relative to the current directory" in out and "meterd db upgrade" in out
+    assert list(elsewhere.iterdir()) == [], "nothing is created where the command ran"
+
+
+def test_a_command_on_an_empty_database_says_it_holds_no_schema(
+    elsewhere: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (elsewhere / "meterd.db").touch()
+    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_REFUSED
+    out = one_error_line(capsys.readouterr().out)
+    assert f"the database sqlite:///meterd.db ({elsewhere / 'meterd.db'}) is empty" in out
+    assert "meterd db upgrade" in out
+
+
+def test_after_db_upgrade_the_same_command_works(
+    elsewhere: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_REFUSED
+    assert run_main(monkeypatch, "db", "upgrade") == 0
+    assert run_main(monkeypatch, "org", "create", "acme") == 0
+    assert "organisation acme ready" in capsys.readouterr().out
+
+
 # -- meterd dev keeps one key --------------------------------------------------------
 
 

@@ -31,13 +31,20 @@ from meterd.config import SettingsError, get_settings, redact_url
 from meterd.demo import DemoPlan, run_demo
 from meterd.dev import check_port_free, run_dev
 from meterd.domain import Aggregation, BillingType, ContractMode, FeatureType
-from meterd.errors import InvalidError, MeterdError, NotFoundError, UnavailableError
+from meterd.errors import (
+    ConflictError,
+    InvalidError,
+    MeterdError,
+    NotFoundError,
+    UnavailableError,
+)
 from meterd.lifecycle import OperatorAction
-from meterd.migrate import upgrade
+from meterd.migrate import schema_problem, upgrade
 from meterd.ops import gather
 from meterd.producer import publish_batches, stamp_receive_time
 from meterd.quantity import parse_decimal_text
-from meterd.runtime import STORE_ERRORS, get_runtime, reset_runtime
+from meterd.runtime import STORE_ERRORS, Runtime, reset_runtime
+from meterd.runtime import get_runtime as shared_runtime
 from meterd.services.api_keys import KeyInfo, Permission
 from meterd.services.catalog import NewEntitlement
 from meterd.services.usage_report import Window, parse_group_by, time_zone
@@ -69,6 +76,23 @@ app.add_typer(lifecycle_app, name="lifecycle")
 app.add_typer(embedded_app, name="embedded")
 
 console = Console()
+
+#: Database URLs this process found holding meterd's schema.
+_databases_ready: set[str] = set()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, once its database is known to hold meterd's schema: a
+    command run in the wrong directory (the default ``sqlite:///meterd.db`` is relative
+    to it) says where it looked and what to do, instead of creating an empty database
+    and failing on "no such table"."""
+    url = get_settings().database_url
+    if url not in _databases_ready:
+        problem = schema_problem(url)
+        if problem is not None:
+            raise ConflictError(problem)
+        _databases_ready.add(url)
+    return shared_runtime()
 
 
 def _when(value: str | None, default: datetime | None) -> datetime | None:
