@@ -39,9 +39,9 @@ def schema_problem(database_url: str) -> str | None:
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         path = Path(url.database)
         if not url.query.get("uri") and not path.exists():
-            setting = f"METERD_DATABASE_URL {shown}"
+            setting = f"METERD_DATABASE_URL is {shown}"
             if not path.is_absolute():
-                setting += f", relative to the current directory {Path.cwd()}"
+                setting += f", a path relative to the current directory {Path.cwd()}"
             return f"there is no meterd database at {path.resolve()} ({setting}): {_SET_UP}"
         shown = f"{shown} ({path.resolve()})"
     engine = make_engine(database_url)
