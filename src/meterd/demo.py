@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy.exc import IntegrityError
 
 from meterd.celery_config import INGEST_TASK, create_app, worker_command
+from meterd.config import redact_url
 from meterd.domain import FeatureType
 from meterd.errors import NotFoundError
 from meterd.plans import TermUnit
@@ -276,7 +278,8 @@ def show_tokens(rt: Runtime, customers: list[str], console: Console) -> None:
 
 
 def show_balances(rt: Runtime, customers: list[str], console: Console) -> None:
-    table = Table(title=f"{ORG} / {FEATURE} (flushed to {rt.settings.database_url})")
+    where = escape(redact_url(rt.settings.database_url))
+    table = Table(title=f"{ORG} / {FEATURE} (flushed to {where})")
     for column in ("customer", "quantity", "consumed", "remaining", "overage"):
         table.add_column(column, justify="right" if column != "customer" else "left")
     now = utcnow()

@@ -1,37 +1,113 @@
 """``meterd dev``: worker, beat and API in one process tree on the embedded default.
 
 SQLite file and the bundled Redis (``.meterd/``) unless the environment says
-otherwise; no server to install. It migrates the database, creates an org
-``dev`` with a key that may do everything, starts the three processes, prints
+otherwise; no server to install. It checks that the API's port is free (before
+anything else: a taken port is one line, no key, nothing started), migrates
+the database, creates an org ``dev`` with a key that may do everything (one
+key, kept in ``.meterd/dev-key`` and reused at every start while it is valid;
+any other ``meterd dev`` key is revoked), starts the three processes, prints
 where to look, and on Ctrl-C or SIGTERM stops them in order (API and beat
 first, then the worker, which finishes its tasks), flushes every pending count
-to the database and stops the embedded Redis before it exits (status 0).
+to the database and stops the embedded Redis it started before it exits
+(status 0). A server another process started stays up; one dev started stays
+up while another process (``meterd demo``) still uses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from meterd import embedded
 from meterd.celery_config import QUEUES, celery_command, worker_command
-from meterd.config import Settings
+from meterd.config import Settings, redact_url
+from meterd.errors import ConflictError, InvalidError, UnauthorizedError
 from meterd.migrate import upgrade
 from meterd.runtime import Runtime
-from meterd.services.api_keys import Permission
+from meterd.services.api_keys import ApiKeyService, Permission
 from meterd.timeutil import utcnow
 
 DEV_ORG = "dev"
+#: The name of dev's key: at most one key of this name is active in org ``dev``.
+DEV_KEY_NAME = "meterd dev"
+STATE = Path(".meterd")
+#: Where dev keeps its key between starts (readable by the owner only).
+DEV_KEY_FILE = STATE / "dev-key"
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, in one line, a port the API could not listen on, before anything starts.
+    Binds as uvicorn does (``SO_REUSEADDR``, so a port in TIME_WAIT counts as free)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConflictError(
+                f"port {port} on {host} is already in use (another `meterd dev` or"
+                f" `meterd api`?): stop that process, or choose another port with --port"
+            ) from None
+        reason = exc.strerror or str(exc)
+        raise InvalidError(f"cannot listen on {host} port {port}: {reason}") from None
+
+
+def dev_key(keys: ApiKeyService, key_file: Path, now: datetime) -> tuple[str, bool]:
+    """The key of org ``dev`` that may do everything: the one recorded in ``key_file``
+    while it is still valid, else a new one (recorded there). Every other active
+    ``meterd dev`` key is revoked, so at most one is alive. Returns the key and
+    whether it was reused."""
+    token = _read_key(key_file)
+    kept: str | None = None
+    if token is not None:
+        with contextlib.suppress(UnauthorizedError):  # expired: replaced below
+            principal = keys.authenticate(token)
+            if principal and principal.org == DEV_ORG and principal.may(Permission.ALL):
+                kept = principal.key_id
+    reused = kept is not None
+    if token is None or kept is None:
+        token, row = keys.create(DEV_ORG, [Permission.ALL], now, name=DEV_KEY_NAME)
+        kept = row.id
+        _write_key(key_file, token)
+    for key in keys.list(DEV_ORG):
+        if key.name == DEV_KEY_NAME and key.status == "active" and key.id != kept:
+            keys.revoke(key.id, now)
+    return token, reused
+
+
+def _read_key(key_file: Path) -> str | None:
+    try:
+        return key_file.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _write_key(key_file: Path, token: str) -> None:
+    """Write the key readable by its owner only, replacing any earlier one at once."""
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    temporary = key_file.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as out:
+        out.write(token + "\n")
+    os.replace(temporary, key_file)
 
 
 @dataclass
@@ -94,17 +170,17 @@ def run_dev(settings: Settings, host: str, port: int, console: Console) -> int:
 
 
 def _run_dev(settings: Settings, host: str, port: int, console: Console, stop: StopSignals) -> int:
-    state = Path(".meterd")
-    state.mkdir(exist_ok=True)
+    check_port_free(host, port)
+    STATE.mkdir(exist_ok=True)
     upgrade(settings.database_url)
     rt = Runtime.from_settings(settings)
     try:
         now = utcnow()
         rt.catalog.create_org(DEV_ORG, "meterd dev", now)
-        token, _ = rt.api_keys.create(DEV_ORG, [Permission.ALL], now, name="meterd dev")
+        token, reused = dev_key(rt.api_keys, DEV_KEY_FILE, now)
         tree = DevTree()
         try:
-            _start_and_wait(tree, settings, host, port, token, console, stop)
+            _start_and_wait(tree, settings, host, port, (token, reused), console, stop)
         finally:
             why = stop.received.name if stop.received else _exited(tree)
             console.print(f"\nstopping ({why})")
@@ -119,13 +195,27 @@ def _run_dev(settings: Settings, host: str, port: int, console: Console, stop: S
     finally:
         rt.close()
         if settings.is_embedded_redis:
-            embedded.stop(settings.redis_url)  # its AOF keeps the data for the next run
+            _release_embedded_redis(settings.redis_url, console)
     return 0 if stop.received else 1
+
+
+def _release_embedded_redis(url: str, console: Console) -> None:
+    """Stop the embedded Redis if dev started it and no one else uses it (its AOF keeps
+    the data for the next run); a server another process started stays up."""
+    ours = embedded.ours_to_stop(url)
+    if embedded.release(url) and ours:
+        console.print(
+            f"the embedded redis-server ({embedded.embedded_dir(url)}) keeps running: another"
+            " process (meterd demo?) uses it; the next meterd command done with it stops it",
+            soft_wrap=True,
+        )
 
 
 def _exited(tree: DevTree) -> str:
     dead = [n for n in tree.processes if n not in tree.alive()]
-    return f"{', '.join(dead)} exited" if dead else "start-up failed"
+    if not dead:
+        return "start-up failed"
+    return ", ".join(f"{name} exited: see {STATE / f'dev-{name}.log'}" for name in dead)
 
 
 def _start_and_wait(
@@ -133,18 +223,17 @@ def _start_and_wait(
     settings: Settings,
     host: str,
     port: int,
-    token: str,
+    key: tuple[str, bool],
     console: Console,
     stop: StopSignals,
 ) -> None:
     """Start worker, beat and API (none once a stop was asked for), print where to
     look, and wait until a stop signal or until one of them exits."""
-    state = Path(".meterd")
     exe = sys.executable
     children = {
         "worker": (worker_command(QUEUES, concurrency=2, loglevel="info"), "dev-worker.log"),
         "beat": (
-            celery_command("beat", "-l", "info", "-s", str(state / "celerybeat-schedule")),
+            celery_command("beat", "-l", "info", "-s", str(STATE / "celerybeat-schedule")),
             "dev-beat.log",
         ),
         "api": (
@@ -155,12 +244,17 @@ def _start_and_wait(
     for name, (argv, log) in children.items():
         if stop.received:
             return
-        tree.start(name, argv, state / log)
+        tree.start(name, argv, STATE / log)
     base = f"http://{host}:{port}"
-    console.print(f"[bold]meterd dev[/bold] on {settings.database_url} and {settings.redis_url}")
+    console.print(
+        f"[bold]meterd dev[/bold] on {escape(redact_url(settings.database_url))}"
+        f" and {escape(redact_url(settings.redis_url))}"
+    )
     console.print(f"  API       {base}  (OpenAPI docs: {base}/docs)")
     console.print(f"  metrics   {base}/metrics")
-    console.print(f"  org       {DEV_ORG}, API key (shown once):")
+    token, reused = key
+    age = "the same as last time" if reused else "new"
+    console.print(f"  org       {DEV_ORG}, API key ({age}; in {DEV_KEY_FILE}):", soft_wrap=True)
     print(f"  {token}", flush=True)
     console.print("  logs      .meterd/dev-{worker,beat,api}.log")
     console.print("  try       meterd demo   |   meterd status --watch   |   Ctrl-C to stop")

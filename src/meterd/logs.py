@@ -7,6 +7,16 @@ import sys
 
 import structlog
 
+from meterd.config import redact_url
+
+
+def _mask_url_passwords(
+    _logger: object, _method: str, event: structlog.types.EventDict
+) -> structlog.types.EventDict:
+    """No password of a URL reaches a log line (a database, Redis or broker URL in a
+    message or an exception's text): every text value is shown as ``redact_url`` does."""
+    return {key: redact_url(v) if isinstance(v, str) else v for key, v in event.items()}
+
 
 def configure_logging(fmt: str = "console", level: int = logging.INFO) -> None:
     renderer: structlog.types.Processor = (
@@ -19,6 +29,7 @@ def configure_logging(fmt: str = "console", level: int = logging.INFO) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _mask_url_passwords,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),

@@ -37,6 +37,7 @@ def test_a_command_that_started_the_embedded_redis_stops_it_when_done(tmp_path: 
 
 
 def test_a_command_leaves_running_a_server_it_did_not_start(tmp_path: Path) -> None:
+    assert meterd(tmp_path, "db", "upgrade").returncode == 0  # status needs a database
     url = f"embedded://{tmp_path / '.meterd'}"
     embedded.ensure_running(url)  # as `meterd dev` or a worker would have
     try:
