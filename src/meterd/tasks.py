@@ -18,6 +18,7 @@ from typing import Any
 from celery import Task
 
 from meterd.celery_config import (
+    DEAD_LETTER_MESSAGE_TASK,
     DISPATCH_NOTIFICATIONS_TASK,
     EVENT_LOG_MAINTAIN_TASK,
     FLUSH_TASK,
@@ -75,6 +76,22 @@ def ingest_batch(self: Task, events: Any = None, *args: Any, **kwargs: Any) -> d
     log.info("ingest_batch", task_id=self.request.id, retries=self.request.retries, **counts)
     _log_dead_letters(self.request.id, batch, report.outcomes, report.reasons)
     return counts
+
+
+@app.task(
+    name=DEAD_LETTER_MESSAGE_TASK,
+    bind=True,
+    autoretry_for=RETRY_ON,
+    retry_backoff=True,
+    retry_backoff_max=60,
+    retry_jitter=True,
+    max_retries=None,
+)
+def dead_letter_message(self: Task, record: Any = None) -> dict[str, int]:
+    """Store a message no task could read as a dead letter (``meterd.message_guard``
+    turns such a message into this task, so it is acknowledged only once stored)."""
+    stored = get_runtime().ingest.dead_letter_message(record, utcnow())
+    return {"dead_lettered": stored}
 
 
 #: Dead-lettered events logged one by one per batch (the rest are only counted).

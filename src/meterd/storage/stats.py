@@ -12,6 +12,7 @@ turns these into Prometheus metrics.
 ``P:stats:transitions``            hash  target status -> transitions applied
 ``P:stats:notification_failures``  string  failed webhook calls
 ``P:stats:counted_twice``          string  events a flush found already in the event log
+``P:stats:unreadable``             hash  kind -> messages no task could read as sent
 """
 
 from __future__ import annotations
@@ -100,6 +101,14 @@ class StatsStore:
     def record_counted_twice(self, n: int) -> None:
         if n:
             self.client.incrby(self.keys.stats("counted_twice"), n)
+
+    def record_unreadable(self, kind: str) -> None:
+        """One message a worker could not read as sent (``meterd.message_guard``)."""
+        self.client.hincrby(self.keys.stats("unreadable"), kind, 1)
+
+    def unreadable(self) -> dict[str, int]:
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.stats("unreadable")))
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     def counted_twice(self) -> int:
         raw = self.client.get(self.keys.stats("counted_twice"))
