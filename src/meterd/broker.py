@@ -13,6 +13,9 @@ until a message arrives and only rotates it inside the same list (nothing
 leaves the queue), then the next poll pops with the script. Other queues are
 looked at at least every ``brpop_timeout`` seconds (1 s).
 
+A Redis that refuses writes (``maxmemory`` reached) counts as a lost
+connection here, so a worker waits it out instead of exiting.
+
 Workers and producers configured by meterd use it for ``redis://`` and
 ``redis+socket://`` broker URLs (``reliable_url`` rewrites the scheme to the
 alias registered here). Producers elsewhere need nothing special: the
@@ -33,6 +36,7 @@ from typing import Any
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
+from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError
 
 _POP_SCRIPT = resources.files("meterd").joinpath("lua", "broker_pop.lua").read_text("utf-8")
 
@@ -154,6 +158,18 @@ def readable_envelope(item: bytes | str, queue: str) -> dict[str, Any]:
 
 class ReliableRedisTransport(kombu_redis.Transport):
     Channel = ReliableChannel
+    #: A Redis that refuses writes (at ``maxmemory``: taking, acknowledging or
+    #: restoring a message; a replica made read-only by a failover) is waited out
+    #: like a lost connection: Celery's consumer reconnects with backoff, and an
+    #: acknowledgement that failed is logged (the message comes back after the
+    #: visibility timeout; redelivery is harmless), instead of the worker stopping
+    #: with "Unrecoverable error".
+    connection_errors = (
+        *kombu_redis.Transport.connection_errors,
+        OutOfMemoryError,
+        ExecAbortError,
+        ReadOnlyError,
+    )
 
 
 SCHEME = "meterd-redis"

@@ -23,6 +23,9 @@ metric                                        type       labels
 ``meterd_unreadable_messages_total``          counter    ``kind`` (messages a worker could
                                                          not read as sent: dead-lettered,
                                                          read as a batch, or dropped)
+``meterd_store_unavailable_total``            counter    ``task`` (tries that found Redis or
+                                                         the database unavailable: each
+                                                         waits with backoff, then again)
 ``meterd_dedupe_markers``                     gauge      (markers in Redis, hot window)
 ``meterd_dedupe_marker_bytes``                gauge      (Redis memory of the markers)
 ``meterd_events_waiting``                     gauge      (accepted, not yet in the log)
@@ -179,6 +182,16 @@ def _counters(stats: StatsStore) -> Iterator[Metric]:
     for kind, n in sorted(stats.unreadable().items()):
         unreadable.add_metric([kind], n)
     yield unreadable
+
+    waits = CounterMetricFamily(
+        "meterd_store_unavailable",
+        "Tries of a task that found Redis or the database unavailable (each waits with"
+        " backoff and tries again; the message is never dropped)",
+        labels=["task"],
+    )
+    for task, n in sorted(stats.store_unavailable().items()):
+        waits.add_metric([task], n)
+    yield waits
 
 
 def _safety_gauges(safety: RedisSafetyState) -> Iterator[Metric]:

@@ -13,6 +13,7 @@ turns these into Prometheus metrics.
 ``P:stats:notification_failures``  string  failed webhook calls
 ``P:stats:counted_twice``          string  events a flush found already in the event log
 ``P:stats:unreadable``             hash  kind -> messages no task could read as sent
+``P:stats:store_unavailable``      hash  task -> tries that found a store unavailable
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ class StatsStore:
 
     def unreadable(self) -> dict[str, int]:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.stats("unreadable")))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def record_store_unavailable(self, task: str) -> None:
+        """A task's try found Redis or the database unavailable (recorded when Redis
+        takes it: a full or absent Redis shows in the logs and the queue depth)."""
+        self.client.hincrby(self.keys.stats("store_unavailable"), task, 1)
+
+    def store_unavailable(self) -> dict[str, int]:
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.stats("store_unavailable")))
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def counted_twice(self) -> int:
