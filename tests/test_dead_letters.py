@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -153,3 +154,22 @@ def test_a_letter_that_fails_again_for_the_same_reason_stays_listed(runtime: Run
     report = runtime.replay.replay(now=NOW)
     assert (report.replayed, report.still_dead) == (1, 1)
     assert runtime.dead_letters.count_by_reason() == {"no_entitlement": 1}
+
+
+def test_an_unreadable_message_is_kept_once_as_an_invalid_dead_letter(runtime: Runtime) -> None:
+    record = {"kind": "not_json", "reason": "the message body is not JSON", "body": "{{{"}
+    assert runtime.ingest.dead_letter_message(record, NOW) == 1
+    assert runtime.ingest.dead_letter_message(dict(record), NOW) == 0  # redelivered
+    (letter,) = runtime.dead_letters.find()
+    assert letter.reason == "invalid"
+    assert letter.detail == "unreadable message: the message body is not JSON"
+    assert json.loads(letter.payload) == {"unreadable_message": record}
+
+
+def test_a_dead_letter_message_task_without_a_record_keeps_what_it_was_given(
+    runtime: Runtime,
+) -> None:
+    runtime.ingest.dead_letter_message(["not", "a", "record"], NOW)
+    (letter,) = runtime.dead_letters.find()
+    assert letter.detail == "unreadable message: a dead_letter_message task without a record"
+    assert json.loads(letter.payload) == {"unreadable_message": {"record": ["not", "a", "record"]}}

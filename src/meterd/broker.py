@@ -13,6 +13,9 @@ until a message arrives and only rotates it inside the same list (nothing
 leaves the queue), then the next poll pops with the script. Other queues are
 looked at at least every ``brpop_timeout`` seconds (1 s).
 
+A Redis that refuses writes (``maxmemory`` reached) counts as a lost
+connection here, so a worker waits it out instead of exiting.
+
 Workers and producers configured by meterd use it for ``redis://`` and
 ``redis+socket://`` broker URLs (``reliable_url`` rewrites the scheme to the
 alias registered here). Producers elsewhere need nothing special: the
@@ -21,7 +24,11 @@ messages and queues are kombu's.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import time
+import uuid
 from importlib import resources
 from queue import Empty
 from typing import Any
@@ -29,7 +36,7 @@ from typing import Any
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
-from kombu.utils.json import loads
+from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError
 
 _POP_SCRIPT = resources.files("meterd").joinpath("lua", "broker_pop.lua").read_text("utf-8")
 
@@ -79,15 +86,90 @@ class ReliableChannel(kombu_redis.Channel):
                 dest = dest.removeprefix(self.global_keyprefix)
             dest = dest.rsplit(self.sep, 1)[0]
             self._queue_cycle.rotate(dest)
-            self.connection._deliver(loads(bytes_to_str(item)), dest)
+            self.connection._deliver(readable_envelope(item, dest), dest)
             return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
 
 
+#: The content type of an item that was not a kombu message at all (``readable_envelope``).
+UNREADABLE_CONTENT_TYPE = "application/x-meterd-unreadable"
+
+
+def _is_envelope(payload: Any) -> bool:
+    """Whether kombu can make a message of ``payload`` without raising."""
+    if not isinstance(payload, dict):
+        return False
+    properties = payload.get("properties")
+    if not isinstance(properties, dict) or not isinstance(properties.get("delivery_tag"), str):
+        return False
+    info = properties.get("delivery_info")
+    if not isinstance(info, dict) or not {"exchange", "routing_key"} <= info.keys():
+        return False
+    if not isinstance(payload.get("headers", {}), dict | None):
+        return False
+    body, encoding = payload.get("body"), properties.get("body_encoding")
+    if body is None:
+        return True
+    if not isinstance(body, str) or encoding not in (None, "utf-8", "base64"):
+        return False
+    if encoding == "base64":
+        try:
+            base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            return False
+    return True
+
+
+def readable_envelope(item: bytes | str, queue: str) -> dict[str, Any]:
+    """The kombu message an item of a queue list is, read as plain JSON (no kombu type
+    revival). An item kombu could not make a message of (pushed by hand: not JSON,
+    no delivery tag, a body that does not decode) becomes a stand-in message whose
+    body is the item itself, so that it is dead-lettered like any unreadable message
+    instead of stopping the worker. An item without a delivery tag is not recorded
+    as unacknowledged by ``broker_pop.lua``, so a worker killed between taking it
+    and recording the stand-in loses it."""
+    try:
+        payload = json.loads(item)
+    except (ValueError, RecursionError):
+        payload = None
+    if _is_envelope(payload):
+        return payload  # type: ignore[no-any-return]
+    # broker_pop.lua recorded it as unacked under the tag it carried, if any: keep
+    # that tag, so the stand-in's acknowledgement removes the record.
+    properties = payload.get("properties") if isinstance(payload, dict) else None
+    tag = properties.get("delivery_tag") if isinstance(properties, dict) else None
+    raw = item if isinstance(item, bytes) else item.encode("utf-8", "surrogatepass")
+    return {
+        "body": base64.b64encode(raw).decode("ascii"),
+        "content-encoding": "binary",
+        "content-type": UNREADABLE_CONTENT_TYPE,
+        "headers": {},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": tag if isinstance(tag, str) else str(uuid.uuid4()),
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "delivery_mode": 2,
+            "priority": 0,
+        },
+    }
+
+
 class ReliableRedisTransport(kombu_redis.Transport):
     Channel = ReliableChannel
+    #: A Redis that refuses writes (at ``maxmemory``: taking, acknowledging or
+    #: restoring a message; a replica made read-only by a failover) is waited out
+    #: like a lost connection: Celery's consumer reconnects with backoff, and an
+    #: acknowledgement that failed is logged (the message comes back after the
+    #: visibility timeout; redelivery is harmless), instead of the worker stopping
+    #: with "Unrecoverable error".
+    connection_errors = (
+        *kombu_redis.Transport.connection_errors,
+        OutOfMemoryError,
+        ExecAbortError,
+        ReadOnlyError,
+    )
 
 
 SCHEME = "meterd-redis"

@@ -38,6 +38,8 @@ FLUSH_TASK = "meterd.flush"
 LIFECYCLE_ADVANCE_TASK = "meterd.lifecycle.advance"
 DISPATCH_NOTIFICATIONS_TASK = "meterd.lifecycle.dispatch_notifications"
 NOTIFY_TASK = "meterd.notify"
+#: Stores a message no task could read as a dead letter (``meterd.message_guard``).
+DEAD_LETTER_MESSAGE_TASK = "meterd.dead_letter_message"
 #: Creates the event log's partitions ahead and drops those past the retention.
 EVENT_LOG_MAINTAIN_TASK = "meterd.lifecycle.event_log_maintain"
 EVENT_LOG_MAINTAIN_INTERVAL = 3600.0
@@ -118,6 +120,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": INGEST_QUEUE,
         "task_routes": {
             INGEST_TASK: {"queue": INGEST_QUEUE},
+            DEAD_LETTER_MESSAGE_TASK: {"queue": INGEST_QUEUE},
             FLUSH_TASK: {"queue": FLUSH_QUEUE},
             "meterd.lifecycle.*": {"queue": LIFECYCLE_QUEUE},
             NOTIFY_TASK: {"queue": NOTIFY_QUEUE},
@@ -130,6 +133,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "redbeat_key_prefix": f"{settings.redis_prefix}:redbeat:",
         "redbeat_lock_timeout": max(30, int(settings.flush_interval * 6)),
         "worker_hijack_root_logger": False,
+        # Every message is read by meterd before Celery parses it: none can stop a
+        # worker or be dropped unseen (``meterd.message_guard``).
+        "worker_consumer": "meterd.message_guard:GuardedConsumer",
+        "meterd_max_message_bytes": settings.max_message_bytes,
         "enable_utc": True,
         "timezone": "UTC",
     }

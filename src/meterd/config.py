@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     #: The largest HTTP request body, counted while it is read (413 past it): room
     #: for a batch of 10,000 events of about 1 KiB each.
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    #: The largest Celery message a worker reads; a larger one is dead-lettered (its
+    #: first 64 KiB kept): room for a batch of 500 events of 64 KiB each.
+    max_message_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024)
 
     #: Seconds a webhook call may take before it counts as failed.
     webhook_timeout: float = Field(default=5.0, gt=0)

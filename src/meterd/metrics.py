@@ -20,6 +20,12 @@ metric                                        type       labels
 ``meterd_counted_twice_total``                counter    (events a flush found logged
                                                          already: their Redis dedupe
                                                          markers were lost)
+``meterd_unreadable_messages_total``          counter    ``kind`` (messages a worker could
+                                                         not read as sent: dead-lettered,
+                                                         read as a batch, or dropped)
+``meterd_store_unavailable_total``            counter    ``task`` (tries that found Redis or
+                                                         the database unavailable: each
+                                                         waits with backoff, then again)
 ``meterd_dedupe_markers``                     gauge      (markers in Redis, hot window)
 ``meterd_dedupe_marker_bytes``                gauge      (Redis memory of the markers)
 ``meterd_events_waiting``                     gauge      (accepted, not yet in the log)
@@ -61,7 +67,7 @@ from meterd.ops import (
     storage_figures,
 )
 from meterd.runtime import Runtime
-from meterd.storage.stats import BUCKETS
+from meterd.storage.stats import BUCKETS, StatsStore
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -75,40 +81,7 @@ class MeterdCollector(Collector):
         rt = self.runtime()
         errors = 0
 
-        events = CounterMetricFamily("meterd_events", "Usage events by outcome", labels=["outcome"])
-        for outcome, n in sorted(rt.stats.events().items()):
-            events.add_metric([outcome], n)
-        yield events
-
-        for name in BUCKETS:
-            hist = rt.stats.histogram(name)
-            family = HistogramMetricFamily(f"meterd_{name}", _HELP[name])
-            family.add_metric(
-                [],
-                [(_bound(b), c) for b, c in hist.buckets],
-                sum_value=hist.total,
-            )
-            yield family
-
-        transitions = CounterMetricFamily(
-            "meterd_lifecycle_transitions", "Lifecycle transitions applied", labels=["to"]
-        )
-        for target, n in sorted(rt.stats.transitions().items()):
-            transitions.add_metric([target], n)
-        yield transitions
-
-        yield CounterMetricFamily(
-            "meterd_notification_failures",
-            "Webhook calls that failed",
-            value=rt.stats.notification_failures(),
-        )
-
-        yield CounterMetricFamily(
-            "meterd_counted_twice",
-            "Events counted again after Redis lost their dedupe markers, found and taken"
-            " back by the flush",
-            value=rt.stats.counted_twice(),
-        )
+        yield from _counters(rt.stats)
 
         try:
             lag = flush_lag_seconds(rt) or 0.0
@@ -161,6 +134,64 @@ class MeterdCollector(Collector):
         yield GaugeMetricFamily(
             "meterd_scrape_errors", "Parts of this scrape that could not be read", value=errors
         )
+
+
+def _counters(stats: StatsStore) -> Iterator[Metric]:
+    """The counters and histograms kept in Redis by every worker (``StatsStore``)."""
+    events = CounterMetricFamily("meterd_events", "Usage events by outcome", labels=["outcome"])
+    for outcome, n in sorted(stats.events().items()):
+        events.add_metric([outcome], n)
+    yield events
+
+    for name in BUCKETS:
+        hist = stats.histogram(name)
+        family = HistogramMetricFamily(f"meterd_{name}", _HELP[name])
+        family.add_metric(
+            [],
+            [(_bound(b), c) for b, c in hist.buckets],
+            sum_value=hist.total,
+        )
+        yield family
+
+    transitions = CounterMetricFamily(
+        "meterd_lifecycle_transitions", "Lifecycle transitions applied", labels=["to"]
+    )
+    for target, n in sorted(stats.transitions().items()):
+        transitions.add_metric([target], n)
+    yield transitions
+
+    yield CounterMetricFamily(
+        "meterd_notification_failures",
+        "Webhook calls that failed",
+        value=stats.notification_failures(),
+    )
+
+    yield CounterMetricFamily(
+        "meterd_counted_twice",
+        "Events counted again after Redis lost their dedupe markers, found and taken"
+        " back by the flush",
+        value=stats.counted_twice(),
+    )
+
+    unreadable = CounterMetricFamily(
+        "meterd_unreadable_messages",
+        "Messages a worker could not read as sent: dead-lettered whole (by kind),"
+        " read as a batch of payloads, or dropped",
+        labels=["kind"],
+    )
+    for kind, n in sorted(stats.unreadable().items()):
+        unreadable.add_metric([kind], n)
+    yield unreadable
+
+    waits = CounterMetricFamily(
+        "meterd_store_unavailable",
+        "Tries of a task that found Redis or the database unavailable (each waits with"
+        " backoff and tries again; the message is never dropped)",
+        labels=["task"],
+    )
+    for task, n in sorted(stats.store_unavailable().items()):
+        waits.add_metric([task], n)
+    yield waits
 
 
 def _safety_gauges(safety: RedisSafetyState) -> Iterator[Metric]:

@@ -2,22 +2,28 @@
 
 ``meterd.ingest_batch`` accepts anything a producer in any language might
 send: a list of events, one event, or something malformed. Malformed input is
-dead-lettered, never raised, so a bad message cannot crash or wedge a worker.
-Unavailable stores (``meterd.errors.UnavailableError``, and the drivers' own
-errors) retry with backoff, forever: a valid event is never dropped because
-Redis or the database blinked. Every other kind of error is a decision, not a
+dead-lettered, never raised, so a bad message cannot crash or wedge a worker
+(a message Celery itself could not read never reaches a task: see
+``meterd.message_guard``). Unavailable stores (``meterd.errors.UnavailableError``,
+and the drivers' own errors) are waited out with backoff, forever
+(``until_stores_answer``): a valid event is never dropped because Redis or the
+database blinked, or filled up. Every other kind of error is a decision, not a
 blip, and is never retried.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from celery import Task
+from celery.exceptions import Reject
+from celery.utils.time import get_exponential_backoff_interval
 
 from meterd.celery_config import (
+    DEAD_LETTER_MESSAGE_TASK,
     DISPATCH_NOTIFICATIONS_TASK,
     EVENT_LOG_MAINTAIN_TASK,
     FLUSH_TASK,
@@ -35,6 +41,53 @@ from meterd.worker import app
 #: What the tasks retry: the unavailable kind, and driver errors not yet wrapped in it.
 RETRY_ON: tuple[type[Exception], ...] = (UnavailableError, *STORE_ERRORS)
 log = get_logger("meterd.tasks")
+#: The longest wait between two tries of a task whose store is unavailable.
+MAX_BACKOFF_SECONDS = 60
+#: The shortest wait in place (a jittered backoff can come out near zero).
+MIN_WAIT_SECONDS = 0.5
+
+T = TypeVar("T")
+
+
+def until_stores_answer(task: Task, work: Callable[[], T]) -> T:
+    """``work()``, tried until no store is unavailable.
+
+    While Redis or the database does not answer (``RETRY_ON``), the message goes
+    back to the broker as a retry with backoff: Celery publishes it again and
+    acknowledges this delivery, which frees the pool process (the flush that makes
+    room in Redis may need it). When the broker cannot take the retry either (it is
+    the same Redis, full or down), Celery would reject the message and so lose it;
+    instead the task keeps the message, unacknowledged, waits here with the same
+    backoff and tries the work again. A worker killed meanwhile loses nothing: the
+    broker redelivers the message, and counting it again is harmless."""
+    tries = 0
+    while True:
+        try:
+            return work()
+        except RETRY_ON as exc:
+            _quietly(get_runtime().stats.record_store_unavailable, task.name)
+            delay = get_exponential_backoff_interval(
+                factor=1,
+                retries=task.request.retries + tries,
+                maximum=MAX_BACKOFF_SECONDS,
+                full_jitter=True,
+            )
+            try:
+                raise task.retry(exc=exc, countdown=delay, max_retries=None) from exc
+            except Reject:
+                tries += 1
+                wait = max(delay, MIN_WAIT_SECONDS)
+                log.warning(
+                    "store.unavailable.waiting",
+                    task=task.name,
+                    task_id=task.request.id,
+                    tries=tries,
+                    wait_seconds=round(wait, 2),
+                    error=str(exc)[:300],
+                    reason="a store is unavailable and the broker took no retry: the message"
+                    " is kept and the work tried again here",
+                )
+                time.sleep(wait)
 
 
 def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
@@ -51,20 +104,12 @@ def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) ->
     return batch
 
 
-@app.task(
-    name=INGEST_TASK,
-    bind=True,
-    autoretry_for=RETRY_ON,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    retry_jitter=True,
-    max_retries=None,
-)
+@app.task(name=INGEST_TASK, bind=True, max_retries=None)
 def ingest_batch(self: Task, events: Any = None, *args: Any, **kwargs: Any) -> dict[str, int]:
     runtime = get_runtime()
     batch = as_event_list(events, args, kwargs)
     started = time.perf_counter()
-    report = runtime.ingest.ingest(batch, now=utcnow())
+    report = until_stores_answer(self, lambda: runtime.ingest.ingest(batch, now=utcnow()))
     counts = dict(report.counts)
     _quietly(
         runtime.stats.record_ingest,
@@ -75,6 +120,15 @@ def ingest_batch(self: Task, events: Any = None, *args: Any, **kwargs: Any) -> d
     log.info("ingest_batch", task_id=self.request.id, retries=self.request.retries, **counts)
     _log_dead_letters(self.request.id, batch, report.outcomes, report.reasons)
     return counts
+
+
+@app.task(name=DEAD_LETTER_MESSAGE_TASK, bind=True, max_retries=None)
+def dead_letter_message(self: Task, record: Any = None) -> dict[str, int]:
+    """Store a message no task could read as a dead letter (``meterd.message_guard``
+    turns such a message into this task, so it is acknowledged only once stored)."""
+    ingest = get_runtime().ingest
+    stored = until_stores_answer(self, lambda: ingest.dead_letter_message(record, utcnow()))
+    return {"dead_lettered": stored}
 
 
 #: Dead-lettered events logged one by one per batch (the rest are only counted).
@@ -209,18 +263,12 @@ def notification_payloads(notifications: Any) -> list[dict[str, Any]]:
     return good
 
 
-@app.task(
-    name=NOTIFY_TASK,
-    bind=True,
-    autoretry_for=RETRY_ON,
-    retry_backoff=True,
-    retry_backoff_max=60,
-    max_retries=None,
-)
+@app.task(name=NOTIFY_TASK, bind=True, max_retries=None)
 def notify(self: Task, notifications: Any = None) -> dict[str, int]:
     """Deliver a batch of notifications to the webhooks of their orgs."""
     runtime = get_runtime()
-    report = runtime.notifications.deliver(notification_payloads(notifications), utcnow())
+    payloads = notification_payloads(notifications)
+    report = until_stores_answer(self, lambda: runtime.notifications.deliver(payloads, utcnow()))
     _quietly(runtime.stats.record_notification_failures, report.failed_attempts)
     summary = {
         "delivered": report.delivered,

@@ -18,11 +18,26 @@ from meterd.celery_config import create_app
 from meterd.config import get_settings
 from meterd.errors import MeterdError
 from meterd.logs import configure_logging, get_logger
+from meterd.message_guard import install_worker_codecs
 from meterd.metrics import serve
 from meterd.ops import refuse_unsafe_redis
 from meterd.runtime import get_runtime, redis_client_for
 
 app = create_app(get_settings())
+# The worker reads JSON as sent, and decompresses within the size bound, in its
+# main process and in the pool it forks.
+install_worker_codecs(get_settings().max_message_bytes)
+
+
+def _count_unreadable(kind: str) -> None:
+    """``meterd_unreadable_messages_total``: never fails the message it counts."""
+    try:
+        get_runtime().stats.record_unreadable(kind)
+    except Exception:
+        get_logger("meterd.worker").warning("metrics.record_failed", exc_info=True)
+
+
+app.conf.meterd_on_unreadable = _count_unreadable
 
 
 @celeryd_init.connect

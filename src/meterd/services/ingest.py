@@ -148,6 +148,20 @@ class IngestService:
         report.dead_lettered = self.dead_letters.add(dead, now) if dead else 0
         return report
 
+    def dead_letter_message(self, record: Any, now: datetime) -> int:
+        """Keep a message no task could read (``meterd.message_guard`` made ``record``
+        of it: the reason, the raw body, its headers) as an ``invalid`` dead letter.
+        Idempotent: the same message is kept once. Returns how many were new."""
+        if isinstance(record, dict) and isinstance(record.get("reason"), str):
+            detail = f"unreadable message: {record['reason'][:1000]}"
+        else:
+            detail = "unreadable message: a dead_letter_message task without a record"
+            record = dead_letter_payload({"record": record})
+        letter = DeadLetterRecord(
+            reason=Outcome.INVALID.value, detail=detail, payload={"unreadable_message": record}
+        )
+        return self.dead_letters.add([letter], now)
+
     def _count(
         self,
         chunk: list[tuple[int, UsageEvent]],

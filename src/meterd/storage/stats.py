@@ -12,6 +12,8 @@ turns these into Prometheus metrics.
 ``P:stats:transitions``            hash  target status -> transitions applied
 ``P:stats:notification_failures``  string  failed webhook calls
 ``P:stats:counted_twice``          string  events a flush found already in the event log
+``P:stats:unreadable``             hash  kind -> messages no task could read as sent
+``P:stats:store_unavailable``      hash  task -> tries that found a store unavailable
 """
 
 from __future__ import annotations
@@ -100,6 +102,23 @@ class StatsStore:
     def record_counted_twice(self, n: int) -> None:
         if n:
             self.client.incrby(self.keys.stats("counted_twice"), n)
+
+    def record_unreadable(self, kind: str) -> None:
+        """One message a worker could not read as sent (``meterd.message_guard``)."""
+        self.client.hincrby(self.keys.stats("unreadable"), kind, 1)
+
+    def unreadable(self) -> dict[str, int]:
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.stats("unreadable")))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def record_store_unavailable(self, task: str) -> None:
+        """A task's try found Redis or the database unavailable (recorded when Redis
+        takes it: a full or absent Redis shows in the logs and the queue depth)."""
+        self.client.hincrby(self.keys.stats("store_unavailable"), task, 1)
+
+    def store_unavailable(self) -> dict[str, int]:
+        raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.stats("store_unavailable")))
+        return {k.decode(): int(v) for k, v in raw.items()}
 
     def counted_twice(self) -> int:
         raw = self.client.get(self.keys.stats("counted_twice"))
