@@ -675,12 +675,9 @@ def usage(
         typer.echo(line)  # not through rich: a chart line must never wrap
 
 
-class _Terminated(Exception):
-    """SIGTERM reached the API process: stop like on Ctrl-C."""
-
-
 def _terminated(_signum: int, _frame: object) -> None:
-    raise _Terminated
+    """SIGTERM reached the API process: stop as on Ctrl-C."""
+    raise KeyboardInterrupt
 
 
 @app.command()
@@ -700,7 +697,7 @@ def api(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
         uvicorn.run(
             "meterd.api.app:create_app", factory=True, host=host, port=port, workers=workers
         )
-    except (KeyboardInterrupt, _Terminated):
+    except KeyboardInterrupt:
         pass  # uvicorn has stopped serving; ``main`` stops what this process started
     finally:
         signal.signal(signal.SIGTERM, previous)

