@@ -1,0 +1,44 @@
+"""Review of issue 20 (item 7): ``/periods`` shows the same figures before and after a
+flush, also for usage that landed in the next term: an event may be timed up to
+``METERD_FUTURE_SKEW`` (5 minutes) ahead, so near a boundary it is counted in a
+period the lifecycle job has not opened yet, and the flush then stores it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi.testclient import TestClient
+
+from meterd.domain import Outcome
+from meterd.runtime import Runtime
+from meterd.testing import event
+from meterd.timeutil import isoformat, utcnow
+
+
+def periods(client: TestClient, acme: dict[str, str], ent_id: str) -> list[tuple[str, str]]:
+    response = client.get(f"/v1/entitlements/{ent_id}/periods", headers=acme)
+    assert response.status_code == 200, response.text
+    return [(p["period_start"], p["consumed"]) for p in response.json()]
+
+
+def test_usage_timed_in_the_next_term_shows_in_periods_before_the_flush_as_after(
+    client: TestClient, runtime: Runtime, acme: dict[str, str]
+) -> None:
+    now = utcnow()
+    boundary = now + timedelta(minutes=2)  # the current daily term ends in 2 minutes
+    body = {
+        "customer_id": "cust-1", "feature": "api_calls", "quantity": "10",
+        "starts_at": isoformat(boundary - timedelta(days=1)),
+        "auto_renew": True, "term_value": 1, "term_unit": "DAY",
+    }  # fmt: skip
+    response = client.post("/v1/entitlements", json=body, headers=acme)
+    assert response.status_code == 201, response.text
+    ent_id = response.json()["id"]
+
+    ahead = event(quantity="3", event_id="ahead", time=now + timedelta(minutes=4))
+    assert runtime.ingest.ingest([ahead], now=now).outcomes == [Outcome.ACCEPTED]
+    before = periods(client, acme, ent_id)
+    runtime.flush.flush_all(utcnow())
+    after = periods(client, acme, ent_id)
+    assert after[-1] == (isoformat(boundary), "3")
+    assert before == after
