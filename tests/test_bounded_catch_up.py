@@ -216,6 +216,7 @@ def test_turning_auto_renew_on_for_a_grant_ended_in_1900_is_bounded(runtime: Run
     assert_listed_back_to_the_late_window(runtime, ent)
     assert [n["type"] for n in notes(runtime, ent)] == [
         "entitlement.status_changed",  # expired at its end, when created
+        "entitlement.status_changed",  # reopened: EXPIRED -> ACTIVE, a summary
         "entitlement.renewed",
     ]
 

@@ -29,7 +29,11 @@ months it stands for), ``summarised`` (how many of them are one summary audit
 row with no period row: those that ended before the late window, or beyond the
 50 latest), ``first_at`` (when the first fell due) and ``until`` (where the
 last term recorded ends: the current term's end, when it is still running).
-One renewal alone is notified as before, without ``caught_up``.
+One renewal alone is notified as before, without ``caught_up``. A renewal that
+changes the status (a renewing grant recorded EXPIRED or GRACE reopens by
+renewing) is a status change: it is announced on its own as
+``entitlement.status_changed`` (with ``caught_up`` when it is a summary), and
+the renewals after it as above.
 
 A crossing is recorded once per (entitlement, period, threshold) and a
 transition once per step, so each notification exists once; delivery to the

@@ -214,6 +214,7 @@ class Runtime:
             self.usage,
             self.resolution_views,
             late_window=self.late_window,
+            future_skew=timedelta(seconds=self.settings.future_skew),
             resolution=self.resolution,
         )
 

@@ -16,7 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
@@ -57,10 +57,12 @@ class PeriodUsage:
     consumed: Decimal
 
 
-def periods_open_since(view: EntitlementView, since: datetime, now: datetime) -> list[Period]:
+def periods_open_since(view: EntitlementView, since: datetime, until: datetime) -> list[Period]:
     """The periods of ``view`` (stored or on the calendar) that contain an instant of
-    ``[since, now]``: where usage accepted since ``since`` may have landed. At most
-    ``MAX_OPEN_PERIODS``, oldest first."""
+    ``[since, until]``: where usage accepted since ``since`` may have landed. At most
+    ``MAX_OPEN_PERIODS``, oldest first. Each step looks only at the stored periods
+    that can contain such an instant (``_open_at``), not at the whole history."""
+    view = replace(view, periods=_open_at(view.periods, since))
     found: list[Period] = []
     moment = since
     while len(found) < MAX_OPEN_PERIODS:
@@ -68,15 +70,23 @@ def periods_open_since(view: EntitlementView, since: datetime, now: datetime) ->
         if period is None:  # before the first period: go to where it starts
             starts = [p.start for p in view.periods] or [view.starts_at]
             first = min(starts)
-            if first <= moment or first > now:
+            if first <= moment or first > until:
                 break
             moment = first
             continue
         found.append(period)
-        if period.end is None or period.end > now or period.end <= moment:
+        if period.end is None or period.end > until or period.end <= moment:
             break
         moment = period.end
     return found
+
+
+def _open_at(periods: Sequence[Period], since: datetime) -> tuple[Period, ...]:
+    """The periods ``period_at`` chooses among for an instant at or after ``since``:
+    those that end after it, and the latest that starts by it (usage after its end
+    may still land in it: grace; a renewing term starts where it ends)."""
+    latest = max((p for p in periods if p.start <= since), key=lambda p: p.start, default=None)
+    return tuple(p for p in periods if p is latest or p.end is None or p.end > since)
 
 
 def current_period(view: EntitlementView, now: datetime) -> Period:
@@ -128,12 +138,16 @@ class BalanceService:
         views: ResolutionViewStore,
         *,
         late_window: timedelta,
+        future_skew: timedelta = timedelta(0),
         resolution: ResolutionCache | None = None,
     ) -> None:
         self.counters = counters
         self.usage = usage
         self.views = views
         self.late_window = late_window
+        #: How far ahead of its write an event may be timed: usage not yet flushed
+        #: may lie in a period that starts up to this long after now.
+        self.future_skew = future_skew
         #: Loads a customer's resolution data when ``current`` finds it uncached.
         self.resolution = resolution
 
@@ -183,12 +197,14 @@ class BalanceService:
         ``stored``: the periods the database holds, with their flushed consumption.
         Those that may still hold unflushed usage (ending after ``unflushed_since``),
         the periods on the calendar usage may have opened since then without the
-        flush having written them yet, and the current period are read with
-        ``consumed`` (flushed and pending in one consistent read); a period on the
-        calendar is shown once it has usage, or when it is the current one."""
+        flush having written them yet (up to ``future_skew`` ahead: an event timed
+        in the next term), and the current period are read with ``consumed``
+        (flushed and pending in one consistent read); a period on the calendar is
+        shown once it has usage, or when it is the current one."""
         since = self.unflushed_since(now)
         current = current_period(view, now)
-        live: dict[datetime, Period] = {p.start: p for p in periods_open_since(view, since, now)}
+        open_periods = periods_open_since(view, since, now + self.future_skew)
+        live: dict[datetime, Period] = {p.start: p for p in open_periods}
         live[current.start] = current
         flushed_only: list[tuple[Period, Decimal]] = []
         for period, flushed in stored:

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status, Suspension
 from meterd.lifecycle import renews
@@ -48,7 +48,7 @@ class ResolutionViewStore:
         with self.sessions() as s:
             rows = _candidates(s, wanted, usable_after)
             ids = [ent.id for ent, _ in rows]
-            periods = _periods_of(s, ids)
+            periods = _periods_of(s, ids, usable_after)
             suspensions = suspensions_of(s, ids)
         for ent, feature_key in rows:
             own = _recent(periods.get(ent.id, []), usable_after)
@@ -141,12 +141,30 @@ def suspensions_of(s: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tupl
     return {ent_id: tuple(spans) for ent_id, spans in found.items()}
 
 
-def _periods_of(s: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Any]]:
+def _periods_of(
+    s: Session, ids: Sequence[uuid.UUID], usable_after: datetime
+) -> dict[uuid.UUID, list[Any]]:
+    """The periods ``_recent`` keeps, read as such: those ending after
+    ``usable_after`` and each entitlement's last (an index lookup on
+    ``(entitlement_id, period_start)``), not its whole history (a renewing hourly
+    grant stores 8,760 periods a year)."""
     periods: dict[uuid.UUID, list[Any]] = {}
     if ids:
-        for period in s.execute(
-            select(*_PERIOD_COLUMNS).where(UsagePeriod.entitlement_id.in_(ids))
-        ):
+        later = aliased(UsagePeriod)
+        last_start = (
+            select(func.max(later.period_start))
+            .where(later.entitlement_id == UsagePeriod.entitlement_id)
+            .scalar_subquery()
+        )
+        stmt = select(*_PERIOD_COLUMNS).where(
+            UsagePeriod.entitlement_id.in_(ids),
+            or_(
+                UsagePeriod.period_end.is_(None),
+                UsagePeriod.period_end > usable_after,
+                UsagePeriod.period_start == last_start,
+            ),
+        )
+        for period in s.execute(stmt):
             periods.setdefault(period.entitlement_id, []).append(period)
     return periods
 

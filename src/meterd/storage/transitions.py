@@ -361,11 +361,14 @@ def _record(s: Session, moved: Sequence[Chain], job_run_id: str, now: datetime) 
     """The audit rows, their notifications, and the periods renewals and months open
     (a summary step opens none).
 
-    Every status change is notified. The renewals (or months) of one chain are
-    notified once: a single one as itself, several (a catch-up: a backdated grant,
-    missed job runs, a resume) as one notification of the last, whose ``data``
-    says how many terms it stands for (``meterd.notifications.catch_up_data``).
-    So a backdated grant sends one notification for its history, not one per term.
+    Every status change is notified on its own, also a renewal that changes the
+    status (a renewing grant recorded EXPIRED or GRACE reopens by renewing; a
+    summary step says how many terms it stands for). The renewals (or months) that
+    keep the status are notified once a chain: a single one as itself, several (a
+    catch-up: a backdated grant, missed job runs, a resume) as one notification of
+    the last, whose ``data`` says how many terms it stands for
+    (``meterd.notifications.catch_up_data``). So a backdated grant sends one
+    notification for its history, not one per term.
     """
     periods = [
         {
@@ -401,10 +404,10 @@ def _record(s: Session, moved: Sequence[Chain], job_run_id: str, now: datetime) 
                 "job_run_id": job_run_id,
             }
             audit.append(row)
-            if step.opens_term:
+            if step.opens_term and step.from_status is step.to_status:
                 renewed.append((row, step))
-            else:
-                notifications.append(transition_notification(row, due))
+            else:  # a status change, also one that renews (a lapsed grant reopened)
+                notifications.append(_renewals_notification([(row, step)], due))
         if renewed:
             notifications.append(_renewals_notification(renewed, due))
     # A month's period may exist already: a flush opens it on first usage.
@@ -517,7 +520,8 @@ def _renewals_notification(
     renewed: Sequence[tuple[dict[str, Any], Transition]], due: DueEntitlement
 ) -> NewNotification:
     """One notification for the renewals (or months) one chain recorded: the last
-    one's, with the catch-up in its data when there were several."""
+    one's, with the catch-up in its data when there were several (or it is a
+    summary). A step that is not a renewal or a month is notified as itself."""
     last_row, last_step = renewed[-1]
     if len(renewed) == 1 and not last_step.summarised:
         return transition_notification(last_row, due)
