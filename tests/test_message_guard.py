@@ -25,7 +25,10 @@ from meterd.message_guard import (
     sanitised_headers,
     unreadable_record,
 )
+from meterd.events import InvalidEvent, parse_event
 from meterd.quantity import JsonNumber
+from meterd.testing import event
+from meterd.timeutil import utcnow
 
 
 def ingest_batch(events: Any = None, *args: Any, **kwargs: Any) -> None:
@@ -262,3 +265,13 @@ def test_a_compressed_body_is_read_up_to_the_size_bound() -> None:
     assert compression.decompress(zlib.compress(b"x" * MAX), "application/x-gzip") == b"x" * MAX
     with pytest.raises(ValueError, match="decompresses to more than"):
         compression.decompress(zlib.compress(b"x" * (MAX + 1)), "zlib")
+
+
+def test_a_quantity_sent_with_an_exponent_is_judged_by_its_literal() -> None:
+    """kombu decoded ``1e1`` into the float 10.0, which counted as 10."""
+    body = json.dumps([[[event()]], {}, {}]).replace('"quantity": "1"', '"quantity": 1e1')
+    verdict = read(body)
+    assert isinstance(verdict, Readable)
+    (decoded,) = verdict.body[0][0]
+    parsed = parse_event(decoded, received_at=utcnow())
+    assert isinstance(parsed, InvalidEvent) and "without an exponent" in parsed.reason

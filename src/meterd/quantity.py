@@ -68,19 +68,27 @@ class JsonNumber(float):
         return number
 
 
-def _float_text(value: float) -> str:
-    """The decimal text of a JSON number decoded as a float: its literal if the
-    decoder kept it, else its shortest ``repr``; refused past what a float keeps."""
-    text = value.text if isinstance(value, JsonNumber) else repr(value)
+def json_number_text(value: int | float, *, float_digits: int | None = MAX_FLOAT_DIGITS) -> str:
+    """The decimal text of a number as sent: an integer's digits, a ``JsonNumber``'s
+    literal (what the API and the worker decode JSON into), or a plain float's
+    shortest ``repr`` (a Python caller's). Refused: text outside the grammar (a
+    sign, an exponent), and a non-integer of more than ``float_digits``
+    significant digits, what a float keeps exactly: an event may pass through a
+    float on its way (the API publishes it to the broker with kombu's encoder).
+    ``float_digits=None``: the literal is used as it is (a request body's)."""
+    if isinstance(value, int):
+        text = str(value)
+    else:
+        text = value.text if isinstance(value, JsonNumber) else repr(value)
+        if float_digits is not None and len(text.replace(".", "").lstrip("0")) > float_digits:
+            raise QuantityError(
+                f"quantity {text[:MAX_QUANTITY_TEXT]!r} has more than {float_digits}"
+                " significant digits, more than a JSON number keeps exactly: send it as a string"
+            )
     if _DECIMAL_TEXT.fullmatch(text) is None:
         raise QuantityError(
-            f"quantity {text[:MAX_QUANTITY_TEXT]!r} is not {_GRAMMAR}; "
-            "as a JSON number, write it without an exponent"
-        )
-    if len(text.replace(".", "").lstrip("0")) > MAX_FLOAT_DIGITS:
-        raise QuantityError(
-            f"quantity {text[:MAX_QUANTITY_TEXT]!r} has more than {MAX_FLOAT_DIGITS}"
-            " significant digits, more than a JSON number keeps exactly: send it as a string"
+            f"quantity {text[:MAX_QUANTITY_TEXT]!r} is not {_GRAMMAR}: no sign or exponent"
+            " (as a JSON number, write it without an exponent: 1000, not 1e3)"
         )
     return text
 
@@ -93,7 +101,7 @@ def _checked_text(text: str) -> Decimal:
 
 def parse_quantity(value: object) -> Decimal:
     """Parse a positive quantity: text in ``DECIMAL_TEXT_PATTERN``, a JSON integer, or
-    a JSON number in plain form (no exponent) with at most 15 significant digits.
+    a JSON number in plain form (no exponent; ``json_number_text``).
 
     A float is read through its decimal text (its literal, or its shortest ``repr``:
     ``0.1`` stays ``0.1``), never through binary arithmetic. A ``Decimal`` (from
@@ -104,7 +112,7 @@ def parse_quantity(value: object) -> Decimal:
     if isinstance(value, str):
         dec = _checked_text(value)
     elif isinstance(value, float):
-        dec = Decimal(_float_text(value))
+        dec = Decimal(json_number_text(value))
     elif isinstance(value, int):
         dec = Decimal(value)
     elif isinstance(value, Decimal):

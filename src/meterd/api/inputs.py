@@ -18,7 +18,6 @@ derives from them still a date.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -40,14 +39,11 @@ from meterd.quantity import (
     DECIMAL_TEXT_PATTERN,
     MAX_QUANTITY_TEXT,
     SCALE,
-    JsonNumber,
-    QuantityError,
+    json_number_text,
     parse_decimal_text,
     parse_quantity,
 )
 from meterd.timeutil import as_utc
-
-_DECIMAL_TEXT = re.compile(DECIMAL_TEXT_PATTERN)
 
 BODY_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 #: A plan's term in years, at most (terms in months and days are bounded by
@@ -77,17 +73,7 @@ def _number_as_text(value: Any) -> Any:
     an exponent (``1e3``) or a sign is refused, as in a string."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value
-    if isinstance(value, int):
-        text = str(value)
-    else:  # a float not from the API's decoder (a Python caller): its shortest form
-        text = value.text if isinstance(value, JsonNumber) else repr(value)
-    if _DECIMAL_TEXT.fullmatch(text) is None:
-        raise QuantityError(
-            f"quantity {text[:MAX_QUANTITY_TEXT]} is not a plain decimal number: ASCII"
-            f" digits, at most {SCALE} after the point, no sign or exponent"
-            " (write 1000, not 1e3)"
-        )
-    return text
+    return json_number_text(value, float_digits=None)
 
 
 def _countable(text: str) -> str:
