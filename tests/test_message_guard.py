@@ -14,6 +14,7 @@ import pytest
 from kombu import compression, serialization
 
 from meterd.celery_config import DEAD_LETTER_MESSAGE_TASK, FLUSH_TASK, INGEST_TASK
+from meterd.events import InvalidEvent, parse_event
 from meterd.message_guard import (
     EXCERPT_BYTES,
     Readable,
@@ -25,7 +26,6 @@ from meterd.message_guard import (
     sanitised_headers,
     unreadable_record,
 )
-from meterd.events import InvalidEvent, parse_event
 from meterd.quantity import JsonNumber
 from meterd.testing import event
 from meterd.timeutil import utcnow
