@@ -17,6 +17,7 @@ from functools import cached_property
 
 import redis
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from meterd import embedded
 from meterd.config import Settings, get_settings
@@ -58,7 +59,7 @@ from meterd.storage.usage import UsageStore
 #: Errors the drivers raise when a store fails to answer. The edges treat them like
 #: ``meterd.errors.UnavailableError``: the tasks retry them with backoff, the API
 #: answers 503 with Retry-After.
-STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, DBAPIError)
+STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, DBAPIError, PoolTimeoutError)
 
 
 def redis_client_for(settings: Settings) -> redis.Redis:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.domain import Aggregation
@@ -36,7 +37,7 @@ class MeterStore:
         try:
             with self.sessions() as s:
                 rows = s.execute(stmt).all()
-        except DBAPIError as exc:
+        except (DBAPIError, PoolTimeoutError) as exc:  # a hung database: the pool times out
             raise MeterStoreUnavailable(
                 f"the meters of org {org_id!r} could not be read: the database did not"
                 f" answer ({type(exc).__name__}); try again"
