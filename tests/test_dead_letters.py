@@ -173,3 +173,27 @@ def test_a_dead_letter_message_task_without_a_record_keeps_what_it_was_given(
     (letter,) = runtime.dead_letters.find()
     assert letter.detail == "unreadable message: a dead_letter_message task without a record"
     assert json.loads(letter.payload) == {"unreadable_message": {"record": ["not", "a", "record"]}}
+
+
+def test_a_redelivered_unreadable_message_is_kept_once_whatever_headers_kombu_added(
+    runtime: Runtime,
+) -> None:
+    """kombu's Redis transport adds ``redelivered`` to the headers of a restored message;
+    the soak found such messages dead-lettered twice."""
+    from meterd.message_guard import unreadable_record
+
+    class Message:
+        body = b"{{{ not json"
+        content_type = "application/json"
+        content_encoding = "utf-8"
+
+        def __init__(self, headers: dict[str, Any]) -> None:
+            self.headers = headers
+
+    first = Message({"task": "meterd.ingest_batch", "id": "t-1"})
+    again = Message({"task": "meterd.ingest_batch", "id": "t-1", "redelivered": True})
+    other = Message({"task": "meterd.ingest_batch", "id": "t-2"})
+    for message in (first, again, other):
+        record = unreadable_record(message, "not_json", "not JSON", "meterd.ingest")
+        runtime.ingest.dead_letter_message(record, NOW)
+    assert runtime.dead_letters.count_by_reason() == {"invalid": 2}

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from meterd.domain import Outcome
-from meterd.logs import configure_logging
+from meterd.logs import configure_logging, get_logger
 from meterd.tasks import MAX_EVENT_LOG_LINES, _log_dead_letters
 
 
@@ -42,3 +42,21 @@ def test_a_flood_of_bad_events_is_capped(capfd: pytest.CaptureFixture[str]) -> N
     logged = lines(capfd.readouterr().err)
     assert len(logged) == MAX_EVENT_LOG_LINES + 1
     assert logged[-1]["event"] == "event.dead_lettered.more"
+
+
+def test_a_logged_exception_shows_no_local_variables(capfd: pytest.CaptureFixture[str]) -> None:
+    """Rich's tracebacks showed every frame's locals: a secret, or a batch of events
+    (seconds to render in a worker's main process while Redis was full)."""
+    configure_logging("console")
+
+    def fail() -> None:
+        api_key = "mk_secret_that_must_not_be_logged"  # noqa: F841
+        raise RuntimeError("boom")
+
+    try:
+        fail()
+    except RuntimeError:
+        get_logger("meterd.test").warning("failed", exc_info=True)
+    err = capfd.readouterr().err
+    assert "RuntimeError: boom" in err
+    assert "mk_secret_that_must_not_be_logged" not in err

@@ -335,8 +335,13 @@ def unreadable_record(message: Any, kind: str, reason: str, queue: str | None) -
     except UnicodeDecodeError:
         excerpt, excerpt_encoding = base64.b64encode(head).decode("ascii"), "base64"
     headers = message.headers if isinstance(message.headers, Mapping) else {}
+    task_id = headers.get("id")
     return {
         "kind": kind,
+        # What makes the message itself: its task id (if it has a usable one) and
+        # its body; a redelivered copy (kombu adds a ``redelivered`` header) is the
+        # same message and dead-lettered once (``IngestService.dead_letter_message``).
+        "message_id": task_id if isinstance(task_id, str) and len(task_id) <= 255 else None,
         "reason": reason,
         "queue": queue,
         "bytes": len(raw),

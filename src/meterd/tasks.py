@@ -163,8 +163,8 @@ def _quietly(record: Any, *args: Any) -> None:
     """Metrics never fail the work they measure (the batch is counted already)."""
     try:
         record(*args)
-    except Exception:
-        log.warning("metrics.record_failed", exc_info=True)
+    except Exception as exc:  # expected while Redis is full or away: no traceback each time
+        log.warning("metrics.record_failed", error=repr(exc)[:300])
 
 
 def publish_notifications(payloads: list[dict[str, Any]]) -> None:

@@ -33,8 +33,8 @@ def _count_unreadable(kind: str) -> None:
     """``meterd_unreadable_messages_total``: never fails the message it counts."""
     try:
         get_runtime().stats.record_unreadable(kind)
-    except Exception:
-        get_logger("meterd.worker").warning("metrics.record_failed", exc_info=True)
+    except Exception as exc:  # expected while Redis is full or away: no traceback each time
+        get_logger("meterd.worker").warning("metrics.record_failed", error=repr(exc)[:300])
 
 
 app.conf.meterd_on_unreadable = _count_unreadable

@@ -12,6 +12,7 @@ the counted items come back as duplicates).
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -152,13 +153,22 @@ class IngestService:
         """Keep a message no task could read (``meterd.message_guard`` made ``record``
         of it: the reason, the raw body, its headers) as an ``invalid`` dead letter.
         Idempotent: the same message is kept once. Returns how many were new."""
+        identity = None
         if isinstance(record, dict) and isinstance(record.get("reason"), str):
             detail = f"unreadable message: {record['reason'][:1000]}"
+            # One letter per message, whatever headers a redelivery added.
+            identity = json.dumps(
+                [record.get(key) for key in ("kind", "sha256", "message_id", "queue")],
+                default=str,
+            )
         else:
             detail = "unreadable message: a dead_letter_message task without a record"
             record = dead_letter_payload({"record": record})
         letter = DeadLetterRecord(
-            reason=Outcome.INVALID.value, detail=detail, payload={"unreadable_message": record}
+            reason=Outcome.INVALID.value,
+            detail=detail,
+            payload={"unreadable_message": record},
+            identity=identity,
         )
         return self.dead_letters.add([letter], now)
 

@@ -1,7 +1,8 @@
 """The dead-letter store: events that were not counted, with why, for listing and replay.
 
 Storing is idempotent: a record's fingerprint is (reason, org, source, id), or
-the raw payload for an event without a usable identity, so a redelivered
+its ``identity`` (an unreadable message's digest and task id), or the raw
+payload for an event without a usable identity, so a redelivered
 batch dead-letters each of its events once, even from two workers at once.
 """
 
@@ -30,9 +31,14 @@ class DeadLetterRecord:
     org_id: str | None = None
     source: str | None = None
     event_id: str | None = None
+    #: What identifies a letter without an event identity, if not its whole payload
+    #: (an unreadable message: its body's digest and task id, not its headers).
+    identity: str | None = None
 
     def fingerprint(self) -> str:
-        if self.source is not None and self.event_id is not None:
+        if self.identity is not None:
+            basis = json.dumps([self.reason, self.identity])
+        elif self.source is not None and self.event_id is not None:
             basis = json.dumps([self.reason, self.org_id, self.source, self.event_id])
         else:
             basis = json.dumps([self.reason, _payload_text(self.payload)])
