@@ -764,8 +764,8 @@ class SoakReport:
     poison_events: int = 0
     #: Dead letters traced back to a poison message, per label (distinct messages).
     poison_letters: dict[str, int] = field(default_factory=dict)
-    #: Dead letters of a poison message stored more than once.
-    poison_letters_doubled: int = 0
+    #: Dead letters of a poison message stored more than once, per label.
+    poison_letters_doubled: dict[str, int] = field(default_factory=dict)
     #: ``StatsStore.unreadable()``: ``meterd_unreadable_messages_total`` per kind.
     unreadable_stats: dict[str, int] = field(default_factory=dict)
     #: Items pushed raw onto the list and never dead-lettered: taken by a worker
@@ -942,6 +942,8 @@ class SoakReport:
                 became = "-"
             else:
                 became = f"{self.poison_letters.get(kind.label, 0):,} dead letters"
+                if twice := self.poison_letters_doubled.get(kind.label, 0):
+                    became += f" (and {twice} stored again)"
             must = {
                 "counted": "its events counted",
                 "nothing": "nothing (no events; logged, counted by the metric)",
@@ -962,8 +964,8 @@ class SoakReport:
         lines += [
             "",
             f"Valid events inside poison messages (in the expected totals): "
-            f"{self.poison_events:,}. Dead letters of one poison message stored twice: "
-            f"{self.poison_letters_doubled}. Items pushed raw and lost to a SIGKILL "
+            f"{self.poison_events:,}. Dead letters of one poison message stored again: "
+            f"{sum(self.poison_letters_doubled.values())}. Items pushed raw and lost to a SIGKILL "
             f"(documented): {self.raw_lost}. `meterd_unreadable_messages_total` per kind "
             f"(sent): {stats or '-'}.",
         ]
@@ -980,6 +982,9 @@ LOG_PATTERNS = (
     "message.unreadable",
     "message.read_as_batch",
 )
+
+#: How a line of a rich traceback (the console log format's) starts.
+TRACEBACK_FRAME = ("│", "╭", "╰")
 
 
 # -- the harness ---------------------------------------------------------------------
@@ -1581,9 +1586,11 @@ class Soak:
     ) -> None:
         r = self.report
         r.poison_letters = {label: len(seen) for label, seen in marks.items() if seen}
-        r.poison_letters_doubled = sum(letters.values()) - sum(r.poison_letters.values())
-        if r.poison_letters_doubled:
-            r.problems.append(f"{r.poison_letters_doubled} poison messages dead-lettered twice")
+        r.poison_letters_doubled = {
+            label: n - len(marks[label]) for label, n in letters.items() if n > len(marks[label])
+        }
+        for label, n in r.poison_letters_doubled.items():
+            r.problems.append(f"{label}: {n} poison messages dead-lettered again")
         for what, n in strays.items():
             r.problems.append(f"{n} dead letters: {what}")
         for kind in POISON_KINDS:
@@ -1629,6 +1636,8 @@ class Soak:
                 continue
             with open(path, encoding="utf-8", errors="replace") as log:
                 for line in log:
+                    if line.startswith(TRACEBACK_FRAME):  # the source lines of a traceback
+                        continue
                     for pattern in LOG_PATTERNS:
                         found[pattern] += pattern in line
         return {pattern: found[pattern] for pattern in LOG_PATTERNS}
