@@ -12,6 +12,9 @@ owns:
 * the broker: the machine's Redis (db 11, a fresh key prefix, removed
   afterwards). It is not a fault target: a broker that loses messages loses
   events whatever meterd does (run RabbitMQ or a persistent Redis).
+  ``--broker-on-counter-redis`` puts it on the counter Redis (db 1) instead, the
+  embedded default's shape: then it is killed and filled with it, and every
+  publisher retries until the broker takes its message (a re-send is harmless).
 
 The run:
 
@@ -26,16 +29,35 @@ The run:
    a pure function of (stream, sequence number), so the harness knows exactly
    what was sent from each producer's count; each producer also reports its own
    totals, which must agree.
+   Beside them, a poison message every ``--poison-every`` s, cycling through
+   ``POISON_KINDS``: bodies that are no Celery envelope (``{"a": 1}``, ``null``,
+   a string, a bare list of events), a batch with one kombu-tagged event, bodies
+   that are not JSON or not UTF-8, pickle and YAML, no task header, an unknown
+   task, a gzip header over a body that is not, a message over the workers'
+   METERD_MAX_MESSAGE_BYTES (``--max-message-bytes``) and garbage LPUSHed raw
+   onto the queue list. Each carries ``poison-<kind>-<n>``; the valid events
+   inside them are a stream of their own, in the expected totals.
 3. Faults, on a schedule: the ingest worker SIGKILLed (process group) and
    restarted every ``--worker-kill-every`` s; the counter Redis kill -9ed and
    restarted on the same directory every ``--redis-kill-every`` s; the
    database stopped with ``pg_ctl stop -m immediate`` for ``--db-down`` s every
-   ``--db-stop-every`` s. A supervisor restarts any worker that exits by itself.
+   ``--db-stop-every`` s; the counter Redis made full once (``maxmemory`` just
+   under its ``used_memory`` at ``--redis-full-at`` s, 67.5% into the run unless
+   given, back to 0 after
+   ``--redis-full-for`` s; the writes it refused from ``INFO errorstats``). A
+   supervisor restarts any worker that exits by itself: such an exit (one not
+   caused by the harness's SIGKILLs, so caused by input or a store fault) fails
+   the run, and so does "Unrecoverable error" in a worker or beat log.
 4. The producers stop; the harness waits for the drain (everything counted,
    flushed, dead-lettered and the ingest queue empty), then checks every event:
    each one the producers sent (and not past the late window) is in the event
    log exactly once with its quantity and customer; ``usage_periods``, the log
-   and the live Redis totals all equal the expected total.
+   and the live Redis totals all equal the expected total. Every dead letter is
+   either ``late`` (one per event sent past the late window) or traced to its
+   poison message, as the kind it must become, once; every poison message that
+   must leave one did (an item pushed raw and taken by a worker SIGKILLed before
+   it is stored is lost, as documented: counted apart);
+   ``meterd_unreadable_messages_total`` is checked per kind against what was sent.
 
 Ingest latency is measured with probes: every ``--probe-every`` s a batch of
 ``--probe-size`` events for a customer of its own is published into the same
@@ -43,21 +65,25 @@ ingest queue (behind the producers' batches); the latency is the time from its
 publish until its count is visible in Redis (the used totals of that customer),
 one probe in flight at a time.
 
-Exits 1 if anything was lost or double-counted (or the run did not drain).
+Exits 1 if anything was lost or double-counted, a poison message did not end as
+it must, a worker exited by itself, or the run did not drain.
 
     python bench/soak.py                         # 10 minutes, faults every 30 s
-    python bench/soak.py --minutes 1 --rate 2000
+    python bench/soak.py --minutes 1 --rate 2000 --redis-full-for 10
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import glob
 import json
 import math
 import os
+import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -76,6 +102,8 @@ from pathlib import Path
 from typing import Any, cast
 
 import redis
+from kombu import Producer
+from kombu.exceptions import OperationalError
 from sqlalchemy import func, select
 
 from meterd.celery_config import (
@@ -89,12 +117,12 @@ from meterd.celery_config import (
 from meterd.config import Settings
 from meterd.migrate import upgrade
 from meterd.ops import flush_lag_seconds, queue_depths
-from meterd.producer import publish_batches, usage_event
+from meterd.producer import chunked, usage_event
 from meterd.quantity import to_micros
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import Database
-from meterd.storage.models import EventLogRow, UsagePeriod
+from meterd.storage.models import DeadLetter, EventLogRow, UsagePeriod
 from meterd.testing import free_port
 from meterd.timeutil import isoformat, utcnow
 
@@ -196,6 +224,169 @@ class Expected:
         self.masks[stream.name] = (stream, mask)
 
 
+RETRY_POLICY = {"max_retries": 3, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 2}
+#: What a publish to a broker that is killed or full raises (kombu's retry gives up
+#: after one reconnection on a Redis transport).
+PUBLISH_ERRORS = (OperationalError, redis.RedisError, OSError)
+
+
+def until_published(publish: Callable[[], None]) -> None:
+    """``publish()``, again until the broker takes the message (a broker on the
+    counter Redis is killed and filled with it): a message published twice is
+    harmless, its events are counted once."""
+    while True:
+        try:
+            publish()
+            return
+        except PUBLISH_ERRORS:
+            time.sleep(0.5)
+
+
+def send_batch(app: Any, batch: list[dict[str, Any]]) -> None:
+    def publish() -> None:
+        with app.producer_or_acquire() as producer:
+            app.send_task(
+                INGEST_TASK, args=[batch], producer=producer, retry=True, retry_policy=RETRY_POLICY
+            )
+
+    until_published(publish)
+
+
+def send_batches(app: Any, events: list[dict[str, Any]], batch_size: int) -> None:
+    for batch in chunked(events, batch_size):
+        send_batch(app, batch)
+
+
+# -- poison: messages no task can read as sent --------------------------------------
+
+
+@dataclass(frozen=True)
+class PoisonKind:
+    """A kind of poison message the harness publishes, and what it must end as:
+    ``counted`` (its events are in the expected totals), ``nothing`` (logged and
+    counted by the metric only), ``event letter`` (one ``invalid`` dead letter for
+    the payload it carried) or ``letter:<kind>`` (an unreadable-message dead letter
+    of that kind, the raw message kept). ``stat`` is the kind it counts under in
+    ``meterd_unreadable_messages_total`` (None: a readable message, not counted)."""
+
+    label: str
+    what: str
+    becomes: str
+    stat: str | None
+
+
+POISON_KINDS = (
+    PoisonKind("object", '`{"a": 1, ...}` as the body', "event letter", "rewritten_batch"),
+    PoisonKind("null", "`null` as the body", "nothing", "rewritten_batch"),
+    PoisonKind("string", "a JSON string as the body", "event letter", "rewritten_batch"),
+    PoisonKind("bare_events", "a list of 5 events, no envelope", "counted", "rewritten_batch"),
+    PoisonKind(
+        "tagged_batch",
+        '20 events, one carrying `{"__type__": "uuid", "__value__": "x"}`',
+        "counted",
+        None,
+    ),
+    PoisonKind("not_json", "a body that is not JSON", "letter:not_json", "not_json"),
+    PoisonKind("binary", "binary bytes (not UTF-8)", "letter:not_json", "not_json"),
+    PoisonKind("pickle", "`application/x-python-serialize`", "letter:content_type", "content_type"),
+    PoisonKind("yaml", "`application/x-yaml`", "letter:content_type", "content_type"),
+    PoisonKind("no_task", "no `task` header", "letter:no_task", "no_task"),
+    PoisonKind(
+        "unknown_task", "a task name meterd does not have", "letter:unknown_task", "unknown_task"
+    ),
+    PoisonKind(
+        "gzip_garbage",
+        "`compression: gzip`, a body that is not",
+        "letter:undecodable",
+        "undecodable",
+    ),
+    PoisonKind("too_large", "over METERD_MAX_MESSAGE_BYTES", "letter:too_large", "too_large"),
+    PoisonKind(
+        "raw_push", "garbage bytes LPUSHed onto the queue list", "letter:no_task", "no_task"
+    ),
+)
+POISON_BY_LABEL = {kind.label: kind for kind in POISON_KINDS}
+#: Every poison message carries ``poison-<label>-<n>``, so its dead letter is
+#: distinct and traced back to it.
+POISON_MARK = re.compile(rb"poison-([a-z_]+)-(\d+)")
+
+
+@dataclass
+class PoisonMessage:
+    """A raw message to publish (``raw_push``: an item to push onto the queue list)."""
+
+    body: bytes | str
+    headers: dict[str, Any]
+    content_type: str = "application/json"
+    content_encoding: str = "utf-8"
+    raw_push: bool = False
+
+
+def poison_message(
+    label: str, n: int, events: Callable[[int], list[dict[str, Any]]], max_bytes: int
+) -> PoisonMessage:
+    """Poison message ``n`` of kind ``label``; ``events(k)`` gives the next ``k``
+    events of the poison stream (counted, so in the expected totals)."""
+    mark = f"poison-{label}-{n}"
+    task = {"task": INGEST_TASK, "id": mark, "lang": "py"}
+    match label:
+        case "object":
+            return PoisonMessage(json.dumps({"a": 1, "mark": mark}), task)
+        case "null":
+            return PoisonMessage("null", task)
+        case "string":
+            return PoisonMessage(json.dumps(mark), task)
+        case "bare_events":
+            return PoisonMessage(json.dumps(events(5)), task)
+        case "tagged_batch":
+            batch = events(20)
+            batch[n % 20]["data"]["user_text"] = {"__type__": "uuid", "__value__": "x"}
+            return PoisonMessage(json.dumps([[batch], {}, {}]), task)
+        case "too_large":
+            padding = "x" * (max_bytes + 64 * 1024)
+            return PoisonMessage(json.dumps([[[{"mark": mark, "padding": padding}]], {}, {}]), task)
+    return unreadable_poison(label, mark, task)
+
+
+def unreadable_poison(label: str, mark: str, task: dict[str, Any]) -> PoisonMessage:
+    """The poison messages that are no JSON task message at all."""
+    empty_args = json.dumps([[], {"mark": mark}, {}])
+    match label:
+        case "not_json":
+            return PoisonMessage(f"{{{{{{ {mark} is not json", task)
+        case "binary":
+            return PoisonMessage(b"\xff\xfe\x00" + mark.encode() + b"\x80\x81", task)
+        case "pickle":
+            body = pickle.dumps((mark, 1))
+            return PoisonMessage(body, task, "application/x-python-serialize", "binary")
+        case "yaml":
+            return PoisonMessage(f"- mark: {mark}\n", task, "application/x-yaml")
+        case "no_task":
+            return PoisonMessage(empty_args, {"id": mark, "lang": "py"})
+        case "unknown_task":
+            return PoisonMessage(empty_args, {**task, "task": "meterd.no_such_task"})
+        case "gzip_garbage":
+            headers = {**task, "compression": "application/x-gzip"}
+            return PoisonMessage(f"{mark} is not gzip".encode(), headers)
+        case "raw_push":
+            return PoisonMessage(b"\x00" + mark.encode() + b" garbage \xff", {}, raw_push=True)
+    raise ValueError(f"no poison kind {label!r}")
+
+
+def poison_mark(payload_text: str) -> tuple[str, int] | None:
+    """The (label, n) of the poison message a dead letter came from, if any (a body
+    the letter keeps in base64 is decoded first)."""
+    found = POISON_MARK.search(payload_text.encode("utf-8", "surrogatepass"))
+    if found is None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            record = json.loads(payload_text)["unreadable_message"]
+            if record.get("body_encoding") == "base64":
+                found = POISON_MARK.search(base64.b64decode(record["body"]))
+    if found is None:
+        return None
+    return found.group(1).decode(), int(found.group(2))
+
+
 # -- producers: separate processes -------------------------------------------------
 
 
@@ -216,37 +407,36 @@ def run_producer(spec: dict[str, Any]) -> None:
     kinds: Counter[str] = Counter()
     by_customer: Counter[str] = Counter()
     start = time.monotonic()
-    with app.producer_or_acquire() as producer:
-        while not stop.is_set() and (now := time.monotonic()) < start + spec["seconds"]:
-            due = rate * (now - start) - events
-            if due < batch_size:
-                time.sleep(min(0.05, (batch_size - due) / rate))
+    while not stop.is_set() and (now := time.monotonic()) < start + spec["seconds"]:
+        due = rate * (now - start) - events
+        if due < batch_size:
+            time.sleep(min(0.05, (batch_size - due) / rate))
+            continue
+        stamp = utcnow()
+        batch = []
+        for _ in range(batch_size):
+            if recent and rng.random() < spec["duplicate_share"]:
+                # A re-send: mostly of a recent event (still waiting for a flush,
+                # or just flushed), sometimes of one sent long ago.
+                pool = old if old and rng.random() < 0.2 else recent
+                batch.append(pool[rng.randrange(len(pool))])
+                duplicates += 1
                 continue
-            stamp = utcnow()
-            batch = []
-            for _ in range(batch_size):
-                if recent and rng.random() < spec["duplicate_share"]:
-                    # A re-send: mostly of a recent event (still waiting for a flush,
-                    # or just flushed), sometimes of one sent long ago.
-                    pool = old if old and rng.random() < 0.2 else recent
-                    batch.append(pool[rng.randrange(len(pool))])
-                    duplicates += 1
-                    continue
-                event = stream.payload(seq, stamp, dedupe_ttl, late_window)
-                customer, quantity, kind = stream.plan(seq)
-                kinds[kind] += 1
-                if kind != TOO_LATE:
-                    by_customer[customer] += to_micros(Decimal(quantity))
-                recent.append(event)
-                if len(old) < 5000:
-                    old.append(event)
-                elif (slot := rng.randrange(seq + 1)) < 5000:
-                    old[slot] = event
-                batch.append(event)
-                seq += 1
-            app.send_task(INGEST_TASK, args=[batch], producer=producer)
-            events += len(batch)
-            messages += 1
+            event = stream.payload(seq, stamp, dedupe_ttl, late_window)
+            customer, quantity, kind = stream.plan(seq)
+            kinds[kind] += 1
+            if kind != TOO_LATE:
+                by_customer[customer] += to_micros(Decimal(quantity))
+            recent.append(event)
+            if len(old) < 5000:
+                old.append(event)
+            elif (slot := rng.randrange(seq + 1)) < 5000:
+                old[slot] = event
+            batch.append(event)
+            seq += 1
+        send_batch(app, batch)
+        events += len(batch)
+        messages += 1
     record = {
         "stream": spec["stream"]["name"],
         "unique": seq,
@@ -458,7 +648,21 @@ class SoakConfig:
     dedupe_ttl: int = 3600
     late_window: int = 6 * 3600
     drain_timeout: float = 300.0
+    #: A poison message every this many seconds, cycling through ``POISON_KINDS``
+    #: (0: none).
+    poison_every: float = 0.5
+    #: METERD_MAX_MESSAGE_BYTES of the workers (the ``too_large`` poison is just over).
+    max_message_bytes: int = 4 * 1024 * 1024
+    #: The counter Redis made full (``maxmemory`` just under ``used_memory``) at this
+    #: second of the run, for ``redis_full_for`` s (0: never). None: at 67.5% of the
+    #: run (405 s of 600: clear of the default Redis kills and database stops, with
+    #: a worker kill inside).
+    redis_full_at: float | None = None
+    redis_full_for: float = 25.0
     broker_url: str = BROKER_URL
+    #: The broker on the counter Redis (db 1) instead of ``broker_url``: killed and
+    #: filled with it, as on the embedded default.
+    broker_on_counter_redis: bool = False
     #: Only to see the soak catch a loss: the counter Redis without AOF.
     redis_aof: bool = True
     keep: bool = False
@@ -485,12 +689,17 @@ class SoakConfig:
         actions += [
             (t + self.db_down, "start database") for t, a in actions if a == "stop database"
         ]
+        full_at = 0.675 * self.seconds if self.redis_full_at is None else self.redis_full_at
+        if self.redis_full_for > 0 and 0 < full_at < self.seconds:
+            actions.append((full_at, "fill redis"))
+            actions.append((min(full_at + self.redis_full_for, self.seconds), "free redis"))
         return sorted(actions)
 
 
 def ci_config(broker_url: str = BROKER_URL) -> SoakConfig:
     """The 60-second version CI runs: a fixed modest rate (no measuring), the worker
-    killed every 15 s, one Redis kill, one 10-s database stop."""
+    killed every 15 s, one Redis kill, one 10-s database stop, the counter Redis
+    full for 9 s (a worker kill inside), poison messages twice a second."""
     return SoakConfig(
         minutes=1.0,
         rate=1500.0,
@@ -506,6 +715,9 @@ def ci_config(broker_url: str = BROKER_URL) -> SoakConfig:
         flush_interval=2.0,
         visibility_timeout=10,
         drain_timeout=90.0,
+        max_message_bytes=1024 * 1024,
+        redis_full_at=43.0,
+        redis_full_for=9.0,
         broker_url=broker_url,
     )
 
@@ -543,7 +755,26 @@ class SoakReport:
     faults: dict[str, int] = field(default_factory=dict)
     redis_restart_seconds: list[float] = field(default_factory=list)
     db_start_seconds: list[float] = field(default_factory=list)
+    #: Workers that exited by themselves (not by the harness's SIGKILL) and were
+    #: restarted: exits caused by input or by a store fault; the run fails on any.
     restarts_after_exit: int = 0
+    #: Poison messages published, per ``PoisonKind.label``.
+    poison_sent: dict[str, int] = field(default_factory=dict)
+    #: Valid events inside poison messages (part of the expected totals).
+    poison_events: int = 0
+    #: Dead letters traced back to a poison message, per label (distinct messages).
+    poison_letters: dict[str, int] = field(default_factory=dict)
+    #: Dead letters of a poison message stored more than once, per label.
+    poison_letters_doubled: dict[str, int] = field(default_factory=dict)
+    #: ``StatsStore.unreadable()``: ``meterd_unreadable_messages_total`` per kind.
+    unreadable_stats: dict[str, int] = field(default_factory=dict)
+    #: Items pushed raw onto the list and never dead-lettered: taken by a worker
+    #: SIGKILLed before it stored them (no delivery tag: documented as lost).
+    raw_lost: int = 0
+    #: Episodes of a full counter Redis: when, how long, the limit, the writes refused.
+    redis_full: list[dict[str, Any]] = field(default_factory=list)
+    #: Lines of the worker and beat logs, per pattern of ``LOG_PATTERNS``.
+    log_lines: dict[str, int] = field(default_factory=dict)
     drained: bool = False
     drain_seconds: float = 0.0
     problems: list[str] = field(default_factory=list)
@@ -653,12 +884,107 @@ class SoakReport:
                 + ", ".join(f"{s:.1f} s" for s in self.db_start_seconds)
                 + ")",
             ),
-            ("worker restarts after exiting by itself", str(self.restarts_after_exit)),
+            *self.full_rows(),
+            (
+                "**worker restarts caused by input** (exits not caused by the harness's SIGKILLs)",
+                f"**{self.restarts_after_exit}**",
+            ),
+            (
+                '"Unrecoverable error" in the worker and beat logs',
+                str(self.log_lines.get("Unrecoverable error", 0)),
+            ),
             ("drained after the producers stopped", drained),
         ]
         lines = ["| figure | value |", "|---|---:|"]
         lines += [f"| {name} | {value} |" for name, value in rows]
+        if self.poison_sent:
+            lines += ["", self.poison_table()]
         return "\n".join(lines)
+
+    def full_rows(self) -> list[tuple[str, str]]:
+        mib = 1024 * 1024
+        rows = []
+        for episode in self.redis_full:
+            rows.append(
+                (
+                    "faults: counter Redis full (`maxmemory` just under `used_memory`)",
+                    f"at {episode['at']:.0f} s for {episode['seconds']:.0f} s "
+                    f"(maxmemory {episode['maxmemory'] / mib:.1f} MiB, used "
+                    f"{episode['used'] / mib:.1f} MiB){episode.get('note', '')}",
+                )
+            )
+            rows.append(
+                (
+                    "writes the full Redis refused (`INFO errorstats` OOM)",
+                    f"{episode['refused']:,}",
+                )
+            )
+        if self.redis_full:
+            logged = ", ".join(
+                f'"{name}" {self.log_lines.get(name, 0):,}'
+                for name in ("command not allowed when used memory", "store.unavailable.waiting",
+                             "Connection to broker lost", "metrics.record_failed")
+            )  # fmt: skip
+            rows.append(("worker and beat log lines, whole run", logged))
+        return rows
+
+    def poison_table(self) -> str:
+        """Per kind of poison message: sent, what it must become, what it became."""
+        lines = [
+            "| poison message | sent | must become | became |",
+            "|---|---:|---|---:|",
+        ]
+        for kind in POISON_KINDS:
+            sent = self.poison_sent.get(kind.label, 0)
+            if kind.becomes == "counted":
+                became = "counted (in the totals above)"
+            elif kind.becomes == "nothing":
+                became = "-"
+            else:
+                became = f"{self.poison_letters.get(kind.label, 0):,} dead letters"
+                if twice := self.poison_letters_doubled.get(kind.label, 0):
+                    became += f" (and {twice} stored again)"
+            must = {
+                "counted": "its events counted",
+                "nothing": "nothing (no events; logged, counted by the metric)",
+                "event letter": "one `invalid` dead letter (the payload it carried)",
+            }.get(kind.becomes, f"a dead letter of the raw message, `{kind.becomes[7:]}`")
+            lines.append(f"| {kind.what} | {sent:,} | {must} | {became} |")
+        total = sum(self.poison_sent.values())
+        letters = sum(self.poison_letters.values())
+        lines.append(f"| **all** | **{total:,}** | | **{letters:,} dead letters** |")
+        want: Counter[str] = Counter()
+        for kind in POISON_KINDS:
+            if kind.stat is not None:
+                want[kind.stat] += self.poison_sent.get(kind.label, 0)
+        stats = ", ".join(
+            f"{k} {self.unreadable_stats.get(k, 0):,} ({want.get(k, 0):,})"
+            for k in sorted(want.keys() | self.unreadable_stats.keys())
+        )
+        lines += [
+            "",
+            f"Valid events inside poison messages (in the expected totals): "
+            f"{self.poison_events:,}. Dead letters of one poison message stored again: "
+            f"{sum(self.poison_letters_doubled.values())}. Items pushed raw and lost to a SIGKILL "
+            f"(documented): {self.raw_lost}. `meterd_unreadable_messages_total` per kind "
+            f"(sent): {stats or '-'}.",
+        ]
+        return "\n".join(lines)
+
+
+#: What the harness counts in the worker and beat logs.
+LOG_PATTERNS = (
+    "Unrecoverable error",
+    "command not allowed when used memory",  # a refused write that surfaced in a log
+    "store.unavailable.waiting",
+    "Connection to broker lost",
+    "metrics.record_failed",
+    "message.unreadable",
+    "message.read_as_batch",
+)
+
+#: How a line of a rich traceback (the console log format's) starts.
+TRACEBACK_FRAME = ("│", "╭", "╰")
 
 
 # -- the harness ---------------------------------------------------------------------
@@ -685,6 +1011,9 @@ class Soak:
         self.max_sent = 0
         self.probe_stream = Stream("soak-probe", 0)
         self.probe_sent = 0
+        self.poison_stream = Stream("soak-poison", cfg.customers)
+        self.poison_sent = 0  # events of the poison stream sent
+        self.full: dict[str, Any] | None = None  # the full-Redis episode under way
 
     # setup -----------------------------------------------------------------------
 
@@ -696,16 +1025,21 @@ class Soak:
         self.pg.init()
         self.pg.start()
         upgrade(self.pg.url)
+        self.broker_url = (
+            f"redis://127.0.0.1:{self.redis.port}/1" if cfg.broker_on_counter_redis
+            else cfg.broker_url
+        )  # fmt: skip
         self.settings = Settings(
             database_url=self.pg.url,
             redis_url=self.redis.url,
-            broker_url=cfg.broker_url,
+            broker_url=self.broker_url,
             broker_key_prefix=f"soak-{uuid.uuid4().hex[:8]}-q:",
             redis_prefix="soak",
             flush_interval=cfg.flush_interval,
             visibility_timeout=cfg.visibility_timeout,
             dedupe_ttl=cfg.dedupe_ttl,
             late_window=cfg.late_window,
+            max_message_bytes=cfg.max_message_bytes,
             _env_file=None,  # type: ignore[call-arg]
         )
         self.rt = Runtime(
@@ -748,6 +1082,7 @@ class Soak:
             "METERD_VISIBILITY_TIMEOUT": str(s.visibility_timeout),
             "METERD_DEDUPE_TTL": str(s.dedupe_ttl),
             "METERD_LATE_WINDOW": str(s.late_window),
+            "METERD_MAX_MESSAGE_BYTES": str(s.max_message_bytes),
             **({} if self.cfg.redis_aof else {"METERD_UNSAFE_REDIS": "1"}),
         }
 
@@ -801,7 +1136,7 @@ class Soak:
             for i in range(n)
         ]
         self.max_sent += n
-        publish_batches(self.app, events, cfg.batch_size)
+        send_batches(self.app, events, cfg.batch_size)
 
     def warm_up(self) -> None:
         self.publish_max_stream(1)
@@ -837,7 +1172,7 @@ class Soak:
             self.probe_sent += cfg.probe_size
             want = self.probe_sent * 1_000_000
             sent_at = time.monotonic()
-            publish_batches(self.app, batch, cfg.probe_size)
+            send_batches(self.app, batch, cfg.probe_size)
             while True:
                 try:
                     if self.live_micros([PROBE_CUSTOMER]) >= want:
@@ -850,6 +1185,105 @@ class Soak:
             self.report.latencies.append(time.monotonic() - sent_at)
             self.probe_samples.append((sent_at, time.monotonic() - sent_at))
             self.stopping.wait(max(0.0, cfg.probe_every - (time.monotonic() - began)))
+
+    def poison_events(self, k: int) -> list[dict[str, Any]]:
+        """The next ``k`` events of the poison stream (counted, like any sent)."""
+        cfg, stamp = self.cfg, utcnow()
+        events = [
+            self.poison_stream.payload(self.poison_sent + i, stamp, cfg.dedupe_ttl, cfg.late_window)
+            for i in range(k)
+        ]
+        self.poison_sent += k
+        return events
+
+    def poison_loop(self) -> None:
+        """A poison message every ``poison_every`` s, cycling through the kinds."""
+        cfg, report = self.cfg, self.report
+        sent: Counter[str] = Counter()
+        broker = redis.Redis.from_url(self.broker_url, socket_timeout=10)
+        at = time.monotonic()
+        while not self.stopping.is_set():
+            kind = POISON_KINDS[sum(sent.values()) % len(POISON_KINDS)]
+            message = poison_message(
+                kind.label, sent[kind.label], self.poison_events, cfg.max_message_bytes
+            )
+            until_published(lambda: self.publish_raw(message, broker))  # noqa: B023
+            sent[kind.label] += 1
+            report.poison_sent = dict(sent)
+            at += cfg.poison_every
+            self.stopping.wait(max(0.0, at - time.monotonic()))
+        broker.close()
+        report.poison_events = self.poison_sent
+
+    def publish_raw(self, message: PoisonMessage, broker: redis.Redis) -> None:
+        """Publish ``message`` as it is, with kombu (or push it onto the queue list)."""
+        if message.raw_push:
+            broker.lpush(self.settings.broker_key_prefix + INGEST_QUEUE, message.body)
+            return
+        with self.app.connection_for_write() as conn:
+            Producer(conn).publish(
+                message.body,
+                routing_key=INGEST_QUEUE,
+                exchange="",
+                headers=message.headers,
+                content_type=message.content_type,
+                content_encoding=message.content_encoding,
+                serializer=None,
+                retry=True,
+                retry_policy=RETRY_POLICY,
+                declare=[self.app.amqp.queues[INGEST_QUEUE]],
+            )
+
+    def refused_writes(self) -> int:
+        """Commands the counter Redis refused for ``maxmemory`` since it started."""
+        stats = self.rt.redis.info("errorstats")
+        oom = stats.get("errorstat_OOM", {})
+        return int(oom.get("count", 0) if isinstance(oom, dict) else 0)
+
+    def fill_redis(self, at: float) -> None:
+        """``maxmemory`` just under what the counter Redis uses: every write that may
+        grow memory is refused (``OOM command not allowed``), reads and deletions go on."""
+        client = self.rt.redis
+        used = int(client.info("memory")["used_memory"])
+        limit = max(1, used - 1024 * 1024)
+        probes = 0
+        while True:
+            client.config_set("maxmemory", limit)
+            probes += 1
+            try:
+                client.set(f"{self.settings.redis_prefix}:soak-fill-probe", "x" * 1024)
+            except redis.exceptions.OutOfMemoryError:
+                break
+            client.delete(f"{self.settings.redis_prefix}:soak-fill-probe")
+            if limit == 1:
+                raise RuntimeError("the counter Redis took a write at maxmemory 1")
+            limit = max(1, limit - 1024 * 1024)
+        self.full = {
+            "at": at,
+            "started": time.monotonic(),
+            "used": used,
+            "maxmemory": limit,
+            "refused_before": self.refused_writes(),
+        }
+
+    def free_redis(self, note: str = "") -> None:
+        """``maxmemory`` back to 0 (no limit); the episode's figures into the report."""
+        full, self.full = self.full, None
+        if full is None:
+            return
+        if not note:
+            self.rt.redis.config_set("maxmemory", 0)
+        refused = self.refused_writes() - full["refused_before"] if not note else 0
+        self.report.redis_full.append(
+            {
+                "at": full["at"],
+                "seconds": time.monotonic() - full["started"],
+                "used": full["used"],
+                "maxmemory": full["maxmemory"],
+                "refused": refused,
+                "note": note,
+            }
+        )
 
     def monitor_loop(self) -> None:
         """Samples the flush lag (and, for the timeline, the events counted and the
@@ -883,35 +1317,47 @@ class Soak:
             say(f"  fault at {at:.0f} s: {action}")
             self.fault_times.append((time.monotonic(), action))
             try:
-                if action == "kill worker":
-                    with self.lock:
-                        self.ingest.kill()
-                        self.ingest.start()
-                elif action == "kill redis":
-                    killed = time.monotonic()
-                    self.redis.kill()
-                    time.sleep(self.cfg.redis_down)
-                    self.redis.start()
-                    self.report.redis_restart_seconds.append(time.monotonic() - killed)
-                elif action == "stop database":
-                    self.db_up = False
-                    self.pg.stop_hard()
-                elif action == "start database":
-                    self.report.db_start_seconds.append(self.pg.start())
-                    self.db_up, self.db_back_at = True, time.monotonic()
-                if action != "start database":
+                self.apply(action, at)
+                if action not in ("start database", "free redis"):
                     faults[action] += 1
             except Exception as exc:  # a fault that could not be applied is a problem
                 self.errors.append(f"{action} at {at:.0f} s: {exc}")
         if not self.db_up:  # the run ended inside a stop
             self.report.db_start_seconds.append(self.pg.start())
             self.db_up = True
+        if self.full is not None:  # the run ended inside a full Redis
+            self.free_redis()
         self.report.faults = dict(faults)
+
+    def apply(self, action: str, at: float) -> None:
+        """Apply one fault of the schedule (``at``: its second in the run)."""
+        if action == "kill worker":
+            with self.lock:
+                self.ingest.kill()
+                self.ingest.start()
+        elif action == "kill redis":
+            if self.full is not None:  # a restart forgets maxmemory
+                self.free_redis(" (cut short by a Redis kill)")
+            killed = time.monotonic()
+            self.redis.kill()
+            time.sleep(self.cfg.redis_down)
+            self.redis.start()
+            self.report.redis_restart_seconds.append(time.monotonic() - killed)
+        elif action == "stop database":
+            self.db_up = False
+            self.pg.stop_hard()
+        elif action == "start database":
+            self.report.db_start_seconds.append(self.pg.start())
+            self.db_up, self.db_back_at = True, time.monotonic()
+        elif action == "fill redis":
+            self.fill_redis(at)
+        elif action == "free redis":
+            self.free_redis()
 
     def start_producers(self, rate: float) -> list[tuple[subprocess.Popen[bytes], Path]]:
         cfg = self.cfg
         settings = {
-            "broker_url": cfg.broker_url,
+            "broker_url": self.broker_url,
             "broker_key_prefix": self.settings.broker_key_prefix,
             "redis_url": self.settings.redis_url,
             "redis_prefix": self.settings.redis_prefix,
@@ -961,11 +1407,18 @@ class Soak:
         producers = self.start_producers(max(rate - probe_rate, 1.0))
         faults = threading.Thread(target=self.fault_loop, args=(start,), daemon=True)
         faults.start()
+        poison = threading.Thread(target=self.poison_loop, daemon=True)
+        if cfg.poison_every > 0:
+            poison.start()
         for proc, _ in producers:
             proc.wait(timeout=cfg.seconds + 120)
         self.report.seconds = time.monotonic() - start  # replaced by the producers' own
         self.stopping.set()
         faults.join(timeout=180)
+        if cfg.poison_every > 0:
+            poison.join(timeout=180)
+            if poison.is_alive():
+                raise RuntimeError("the poison publisher did not stop")
         threads[1].join(timeout=cfg.drain_timeout)
         self.report.sent_events = self.probe_sent
         records = []
@@ -980,6 +1433,7 @@ class Soak:
         expected = Expected()
         expected.add(self.max_stream, self.max_sent)
         expected.add(self.probe_stream, self.probe_sent)
+        expected.add(self.poison_stream, self.poison_sent)
         for record in records:
             stream = Stream(record["stream"], cfg.customers, cfg.late_share, cfg.too_late_share)
             mine = Expected()
@@ -995,7 +1449,17 @@ class Soak:
         r.sent_unique = sum(len(mask) for _, mask in expected.masks.values())
         r.sent_late, r.sent_too_late = expected.late, expected.too_late
         r.expected_micros = expected.micros
+        r.sent_events += self.poison_sent
         return expected
+
+    def poison_letters_due(self) -> int:
+        """Dead letters the poison messages must leave (raw pushes aside: a worker
+        SIGKILLed after taking one loses it, as documented)."""
+        return sum(
+            n
+            for label, n in self.report.poison_sent.items()
+            if POISON_BY_LABEL[label].becomes not in ("counted", "nothing") and label != "raw_push"
+        )
 
     def drain(self, expected: Expected) -> None:
         say("draining ...")
@@ -1020,7 +1484,7 @@ class Soak:
                 and state.get("lag", 0) is None
                 and state.get("ready") == 0
                 and state.get("unacked") == 0
-                and state.get("dead", -1) >= expected.too_late
+                and state.get("dead", -1) >= expected.too_late + self.poison_letters_due()
             )
             calm = calm + 1 if done else 0
             if calm >= 3:
@@ -1077,12 +1541,106 @@ class Soak:
         customers = [f"c{c}" for c in range(self.cfg.customers)] + [PROBE_CUSTOMER]
         r.counted_live_micros = self.live_micros(customers)
         r.dead_letters = rt.dead_letters.count_by_reason()
-        if r.dead_letters != ({"late": expected.too_late} if expected.too_late else {}):
+        if r.dead_letters.get("late", 0) != expected.too_late:
             r.problems.append(
                 f"dead letters {r.dead_letters}, expected late: {expected.too_late} "
                 "(one per event sent past the late window)"
             )
+        self.check_poison()
         r.outcomes = rt.stats.events()
+
+    def check_poison(self) -> None:
+        """Every dead letter other than ``late`` must come from a poison message, as
+        the kind it must become, once; every poison message that must leave one did."""
+        marks: dict[str, set[int]] = {label: set() for label in POISON_BY_LABEL}
+        letters: Counter[str] = Counter()
+        strays: Counter[str] = Counter()
+        query = select(DeadLetter.reason, DeadLetter.payload).where(DeadLetter.reason != "late")
+        with self.rt.database.engine.connect() as conn:
+            for reason, payload in conn.execute(query):
+                found = poison_mark(payload)
+                kind = POISON_BY_LABEL.get(found[0]) if found else None
+                if found is None or kind is None:
+                    strays[f"{reason}: no poison message's"] += 1
+                    continue
+                try:
+                    record = json.loads(payload)
+                    unreadable = isinstance(record, dict) and "unreadable_message" in record
+                    became = (
+                        f"letter:{record['unreadable_message']['kind']}"
+                        if unreadable
+                        else "event letter"
+                    )
+                except (ValueError, KeyError, TypeError):
+                    became = "?"
+                if reason != "invalid" or became != kind.becomes:
+                    strays[f"{kind.label} became {reason} {became}, not {kind.becomes}"] += 1
+                    continue
+                letters[kind.label] += 1
+                marks[kind.label].add(found[1])
+        self.judge_poison_letters(marks, letters, strays)
+        self.check_unreadable_stats()
+
+    def judge_poison_letters(
+        self, marks: dict[str, set[int]], letters: Counter[str], strays: Counter[str]
+    ) -> None:
+        r = self.report
+        r.poison_letters = {label: len(seen) for label, seen in marks.items() if seen}
+        r.poison_letters_doubled = {
+            label: n - len(marks[label]) for label, n in letters.items() if n > len(marks[label])
+        }
+        for label, n in r.poison_letters_doubled.items():
+            r.problems.append(f"{label}: {n} poison messages dead-lettered again")
+        for what, n in strays.items():
+            r.problems.append(f"{n} dead letters: {what}")
+        for kind in POISON_KINDS:
+            sent = r.poison_sent.get(kind.label, 0)
+            if kind.becomes in ("counted", "nothing"):
+                continue
+            found = r.poison_letters.get(kind.label, 0)
+            beyond = marks[kind.label] - set(range(sent))
+            if beyond:
+                r.problems.append(f"{kind.label}: dead letters of messages never sent")
+            if kind.label == "raw_push" and found <= sent:
+                r.raw_lost = sent - found
+            elif found != sent:
+                r.problems.append(f"{kind.label}: {sent} sent, {found} dead-lettered")
+
+    def check_unreadable_stats(self) -> None:
+        """``meterd_unreadable_messages_total`` per kind against what was sent."""
+        r = self.report
+        r.unreadable_stats = self.rt.stats.unreadable()
+        want: Counter[str] = Counter()
+        for kind in POISON_KINDS:
+            if kind.stat is not None:
+                want[kind.stat] += r.poison_sent.get(kind.label, 0)
+        # A message read again after a SIGKILL is counted again; a count the full
+        # (or killed) Redis refused is logged "metrics.record_failed" instead.
+        refused = self.log_lines().get("metrics.record_failed", 0)
+        for stat, n in want.items():
+            short = n - r.unreadable_stats.get(stat, 0)
+            if short > refused + (r.raw_lost if stat == "no_task" else 0):
+                r.problems.append(
+                    f"meterd_unreadable_messages_total{{kind={stat}}}: "
+                    f"{r.unreadable_stats.get(stat, 0)}, {n} sent"
+                )
+        for stat in r.unreadable_stats.keys() - want.keys():
+            r.problems.append(f"unreadable messages of kind {stat}: none was sent")
+
+    def log_lines(self) -> dict[str, int]:
+        """Lines of the worker and beat logs matching each of ``LOG_PATTERNS``."""
+        found: Counter[str] = Counter()
+        for name in ("ingest.log", "flush.log", "beat.log"):
+            path = self.root / name
+            if not path.exists():
+                continue
+            with open(path, encoding="utf-8", errors="replace") as log:
+                for line in log:
+                    if line.startswith(TRACEBACK_FRAME):  # the source lines of a traceback
+                        continue
+                    for pattern in LOG_PATTERNS:
+                        found[pattern] += pattern in line
+        return {pattern: found[pattern] for pattern in LOG_PATTERNS}
 
     def lag_figures(self) -> None:
         """The maximum lag, and the maximum over samples taken while the database was
@@ -1102,9 +1660,10 @@ class Soak:
     def timeline(self, step: float = 10.0) -> str:
         """Per ``step`` seconds of the run: events counted per second, messages waiting
         in the ingest queue, the maximum flush lag, the slowest probe sent in it, and
-        the faults applied (W worker kill, R Redis kill, D database stop, U up again)."""
+        the faults applied (W worker kill, R Redis kill, D database stop, U up again,
+        F counter Redis full, E room again)."""
         letters = {"kill worker": "W", "kill redis": "R", "stop database": "D"}
-        letters["start database"] = "U"
+        letters |= {"start database": "U", "fill redis": "F", "free redis": "E"}
         lines = ["t (s),counted/s,queue (msgs),max lag (s),slowest probe (s),faults"]
         t0 = self.started_at
         end = max((t for t, *_ in self.timeline_samples), default=t0)
@@ -1148,7 +1707,14 @@ class Soak:
             self.report.used_memory_end, self.report.used_memory_peak = self.used_memory()
             for p in self.processes:
                 p.stop()
+            self.report.log_lines = self.log_lines()
             self.check(expected)
+            if self.report.restarts_after_exit:
+                self.report.problems.append(
+                    f"{self.report.restarts_after_exit} worker exits not caused by the harness"
+                )
+            if self.report.log_lines.get("Unrecoverable error"):
+                self.report.problems.append('"Unrecoverable error" in a worker log')
             self.lag_figures()
             self.report.timeline = self.timeline()
             self.report.problems += self.errors
@@ -1165,7 +1731,7 @@ class Soak:
             p.stop()
         if hasattr(self, "app"):
             with contextlib.suppress(Exception):
-                client = redis.Redis.from_url(self.cfg.broker_url)
+                client = redis.Redis.from_url(self.broker_url)
                 keys = list(client.scan_iter(match=f"{self.settings.broker_key_prefix}*"))
                 for i in range(0, len(keys), 500):
                     client.delete(*keys[i : i + 500])
@@ -1204,9 +1770,14 @@ def parse_args(argv: list[str] | None) -> SoakConfig:
                     help="the counter Redis without AOF: only to see the soak catch a loss",
                 )
             else:
-                parser.add_argument(flag, action="store_true", help="keep the run's directory")
+                helps = {
+                    "keep": "keep the run's directory",
+                    "broker_on_counter_redis": "the broker on the counter Redis (db 1): killed"
+                    " and filled with it, as on the embedded default",
+                }
+                parser.add_argument(flag, action="store_true", help=helps[name])
         else:
-            kind = {"rate": float, "timeline": str}.get(name, type(value))
+            kind = {"rate": float, "redis_full_at": float, "timeline": str}.get(name, type(value))
             parser.add_argument(flag, type=kind, default=value, metavar=name.upper())
     return SoakConfig(**vars(parser.parse_args(argv)))
 
