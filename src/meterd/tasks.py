@@ -13,6 +13,7 @@ blip, and is never retried.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -176,7 +177,31 @@ def dispatch_notifications() -> int:
     return get_runtime().notifications.dispatch(utcnow(), publish_notifications)
 
 
+def skipped_while_a_store_is_away(job: Callable[..., dict[str, int]]) -> Callable[..., Any]:
+    """A beat job whose store does not answer skips this run with one warning line
+    (beat runs it again at the next tick, and every job is idempotent), instead of a
+    traceback logged as an unexpected failure at every tick of an outage."""
+
+    @functools.wraps(job)
+    def run(self: Task, *args: Any, **kwargs: Any) -> dict[str, int]:
+        try:
+            return job(self, *args, **kwargs)
+        except RETRY_ON as exc:
+            _quietly(get_runtime().stats.record_store_unavailable, self.name)
+            log.warning(
+                "job.skipped",
+                task=self.name,
+                task_id=self.request.id,
+                error=repr(exc)[:300],
+                reason="a store is unavailable: the next scheduled run tries again",
+            )
+            return {"skipped": 1}
+
+    return run
+
+
 @app.task(name=FLUSH_TASK, bind=True)
+@skipped_while_a_store_is_away
 def flush(self: Task) -> dict[str, int]:
     runtime = get_runtime()
     started = time.perf_counter()
@@ -207,6 +232,7 @@ def flush(self: Task) -> dict[str, int]:
 
 
 @app.task(name=LIFECYCLE_ADVANCE_TASK, bind=True)
+@skipped_while_a_store_is_away
 def lifecycle_advance(self: Task) -> dict[str, int]:
     """Apply every status transition that fell due (activation, grace, expiry)."""
     runtime = get_runtime()
@@ -230,6 +256,7 @@ def lifecycle_advance(self: Task) -> dict[str, int]:
 
 
 @app.task(name=EVENT_LOG_MAINTAIN_TASK, bind=True)
+@skipped_while_a_store_is_away
 def event_log_maintain(self: Task) -> dict[str, int]:
     """Create the event log's partitions ahead; drop what is past the retention."""
     runtime = get_runtime()
@@ -241,6 +268,7 @@ def event_log_maintain(self: Task) -> dict[str, int]:
 
 
 @app.task(name=DISPATCH_NOTIFICATIONS_TASK, bind=True)
+@skipped_while_a_store_is_away
 def lifecycle_dispatch_notifications(self: Task) -> dict[str, int]:
     """Publish notifications that are due: webhook retries and expired leases."""
     published = dispatch_notifications()

@@ -1,0 +1,47 @@
+"""A beat job whose store does not answer skips its run with one warning line (the next
+tick runs it again; every job is idempotent), never a traceback at every tick."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from meterd import tasks
+from meterd.logs import configure_logging
+from meterd.runtime import Runtime
+
+
+class Down:
+    def __getattr__(self, name: str) -> Any:
+        def fail(*args: Any, **kwargs: Any) -> Any:
+            raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+        return fail
+
+
+@pytest.mark.parametrize(
+    ("job", "service"),
+    [
+        (tasks.flush, "flush"),
+        (tasks.lifecycle_advance, "lifecycle"),
+        (tasks.event_log_maintain, "event_log"),
+        (tasks.lifecycle_dispatch_notifications, "notifications"),
+    ],
+)
+def test_a_job_whose_database_is_down_skips_its_run_with_a_warning(
+    runtime: Runtime,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    job: Any,
+    service: str,
+) -> None:
+    configure_logging("console")
+    monkeypatch.setattr(runtime, service, Down())
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    assert job.run() == {"skipped": 1}
+    err = capfd.readouterr().err
+    assert "job.skipped" in err and "connection refused" in err
+    assert "Traceback" not in err
+    assert runtime.stats.store_unavailable() == {job.name: 1}
