@@ -29,6 +29,7 @@ from meterd.celery_config import (
     FLUSH_TASK,
     INGEST_TASK,
     LIFECYCLE_ADVANCE_TASK,
+    MAX_BACKOFF_SECONDS,
     NOTIFY_QUEUE,
     NOTIFY_TASK,
 )
@@ -41,8 +42,6 @@ from meterd.worker import app
 #: What the tasks retry: the unavailable kind, and driver errors not yet wrapped in it.
 RETRY_ON: tuple[type[Exception], ...] = (UnavailableError, *STORE_ERRORS)
 log = get_logger("meterd.tasks")
-#: The longest wait between two tries of a task whose store is unavailable.
-MAX_BACKOFF_SECONDS = 60
 #: The shortest wait in place (a jittered backoff can come out near zero).
 MIN_WAIT_SECONDS = 0.5
 
