@@ -1,21 +1,28 @@
-"""Headers the guard let through that Celery reads to lose or hold a batch.
+"""Messages the guard's review found lost or held.
 
-Found in review: Celery's strategy and its pool act on ``timelimit`` and
-``eta`` after the guard has passed the message on, where a failure is logged
-and the message acknowledged (the batch lost), or held in the worker's memory.
+Celery's strategy and its pool act on ``timelimit`` and ``eta`` after the guard
+has passed the message on, where a failure is logged and the message
+acknowledged (the batch lost), or held in the worker's memory. kombu's Redis
+transport reads a message a dead worker held with type revival, after the guard.
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import time
+import uuid
 from typing import Any
 
 import pytest
+import redis
 from celery import Celery
 
+from meterd.celery_config import INGEST_QUEUE, INGEST_TASK
 from meterd.runtime import Runtime
 from meterd.testing import event
 
-from .conftest import WorkerProcess
+from .conftest import BROKER_URL, WorkerProcess
 from .test_poison_messages import CUSTOMER, Publisher, counted, settle, unacked
 from .test_worker_exactness import grant_customers
 
@@ -83,3 +90,67 @@ def test_an_eta_a_producer_sets_neither_loses_nor_holds_its_batch(
     settle(counting, producer_app, publisher, letters=0)
     assert counted(counting) == publisher.valid
     assert worker.alive() and worker.pid == pid
+
+
+def held_by_a_killed_worker(
+    env: dict[str, str], body: list[Any], headers: dict[str, Any] | None, age: float
+) -> None:
+    """Record a message as kombu's Redis transport does for one a worker took and then
+    died holding (``broker_pop.lua``): in the unacked hash and index, ``age`` seconds old."""
+    tag = str(uuid.uuid4())
+    message = {
+        "body": base64.b64encode(json.dumps(body).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": tag,
+            "delivery_info": {"exchange": "", "routing_key": INGEST_QUEUE},
+            "delivery_mode": 2,
+            "priority": 0,
+        },
+    }
+    prefix = env["METERD_BROKER_KEY_PREFIX"]
+    client = redis.Redis.from_url(BROKER_URL)
+    client.hset(prefix + "unacked", tag, json.dumps([message, "", INGEST_QUEUE]))
+    client.zadd(prefix + "unacked_index", {tag: time.time() - age})
+    client.close()
+
+
+def ingest_headers(**extra: Any) -> dict[str, Any]:
+    return {"task": INGEST_TASK, "id": str(uuid.uuid4()), "lang": "py", **extra}
+
+
+def test_messages_a_killed_worker_held_come_back_beside_one_with_a_kombu_tag_in_a_header(
+    counting: Runtime, producer_app: Celery, worker: WorkerProcess, publisher: Publisher
+) -> None:
+    """kombu's visibility-timeout sweep read the unacked record with type revival: a
+    header ``{"__type__": "uuid", "__value__": "x"}`` raised there at every sweep, so
+    neither that message nor any held longer than it ever came back."""
+    older = [event(customer=CUSTOMER, event_id=f"old-{j}", source="review") for j in range(4)]
+    held_by_a_killed_worker(worker.env, [[older], {}, {}], ingest_headers(), age=120)
+    tagged = [event(customer=CUSTOMER, event_id=f"tag-{j}", source="review") for j in range(3)]
+    poison = ingest_headers(note={"__type__": "uuid", "__value__": "x"})
+    held_by_a_killed_worker(worker.env, [[tagged], {}, {}], poison, age=60)
+    publisher.valid += 7
+    worker.start()
+    pid = worker.pid
+    settle(counting, producer_app, publisher, letters=0)
+    assert counted(counting) == publisher.valid
+    assert worker.alive() and worker.pid == pid
+    assert unacked(worker.env) == 0
+
+
+def test_a_message_with_null_headers_a_killed_worker_held_comes_back_as_a_dead_letter(
+    counting: Runtime, producer_app: Celery, worker: WorkerProcess, publisher: Publisher
+) -> None:
+    """kombu's sweep failed to mark it redelivered ("Could not restore message") and
+    removed it from the unacked records anyway: gone, not even a dead letter."""
+    held_by_a_killed_worker(worker.env, [[[]], {}, {}], None, age=60)
+    worker.start()
+    publisher.valid_batch()
+    settle(counting, producer_app, publisher, letters=1)
+    (letter,) = counting.dead_letters.find(limit=10)
+    assert letter.detail.startswith("unreadable message: not a Celery task message")
+    assert unacked(worker.env) == 0
