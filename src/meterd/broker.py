@@ -145,6 +145,39 @@ class ReliableChannel(kombu_redis.Channel):
             self._in_poll = None
             self._flush_brpop_reauth()
 
+    def _receive_one(self, c: Any) -> bool | None:
+        """A broadcast (Celery's remote control: a Redis channel anyone who can publish
+        to the broker can PUBLISH to) read as plain JSON; one that is no kombu message
+        is logged and dropped. kombu's own read revives type tags and hands on anything
+        that decodes, and the worker exited on it ("Unrecoverable error")."""
+        try:
+            response = c.parse_response()
+        except self.connection_errors:
+            self._in_listen = None
+            raise
+        if not isinstance(response, list | tuple):
+            return None
+        payload = self._handle_message(c, response)
+        if not bytes_to_str(payload["type"]).endswith("message") or not payload["data"]:
+            return None
+        channel = bytes_to_str(payload["channel"])
+        if channel[0] == "/":
+            _, _, channel = channel.partition(".")
+        try:
+            message = json.loads(payload["data"])
+        except (ValueError, RecursionError):
+            message = None
+        if not _is_envelope(message):
+            log.warning(
+                "broadcast.dropped",
+                channel=channel[:200],
+                reason="not a kombu message",
+                data=repr(payload["data"][:200]),
+            )
+            raise Empty()
+        delivered: bool = self._deliver_fanout_message(message, channel.split("/", 1)[0])
+        return delivered
+
 
 #: The content type of an item that was not a kombu message at all (``readable_envelope``).
 UNREADABLE_CONTENT_TYPE = "application/x-meterd-unreadable"
