@@ -3,12 +3,17 @@ tests/e2e/test_review_worker.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import pytest
+from kombu import compression, serialization
 
 from meterd.celery_config import FLUSH_TASK, INGEST_TASK
-from meterd.message_guard import sanitised_headers
+from meterd.message_guard import install_worker_codecs, sanitised_headers
+from meterd.quantity import parse_quantity
 
 
 @pytest.mark.parametrize("task", [INGEST_TASK, FLUSH_TASK])
@@ -31,3 +36,41 @@ def test_an_eta_further_ahead_than_a_retry_waits_is_dropped() -> None:
     assert sanitised_headers({"id": "t", "eta": soon}, INGEST_TASK)["eta"] == soon
     far = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     assert "eta" not in sanitised_headers({"id": "t", "eta": far}, INGEST_TASK)
+
+
+@pytest.fixture
+def worker_codecs() -> Iterator[None]:
+    """The worker's JSON codec in this process, for one test (kombu's afterwards)."""
+    registry = serialization.registry
+    saved = (dict(registry._encoders), dict(registry._decoders))
+    saved_compression = (dict(compression._encoders), dict(compression._decoders))
+    install_worker_codecs(1024 * 1024)
+    yield
+    registry._encoders.clear()
+    registry._encoders.update(saved[0])
+    registry._decoders.clear()
+    registry._decoders.update(saved[1])
+    compression._encoders.clear()
+    compression._encoders.update(saved_compression[0])
+    compression._decoders.clear()
+    compression._decoders.update(saved_compression[1])
+
+
+def republished(value: Any) -> Any:
+    """``value`` as the next worker reads it after Celery publishes it again (a retry)."""
+    content_type, encoding, body = serialization.dumps(value, serializer="json")
+    return serialization.loads(body, content_type, encoding)
+
+
+@pytest.mark.usefixtures("worker_codecs")
+@pytest.mark.parametrize("literal", ["0.00001", "0.00005"])
+def test_a_json_number_quantity_counts_the_same_after_its_batch_is_retried(literal: str) -> None:
+    """The worker reads a JSON number with its literal text (``0.00001``), but a retry
+    publishes the batch again as the float's repr (``1e-05``), which the next try
+    refuses ("write it without an exponent"): an event counted on a first try is
+    dead-lettered after a database outage, and a replay refuses it again."""
+    body = f'[[[{{"quantity": {literal}}}]], {{}}, null]'.encode()
+    first = serialization.loads(body, "application/json", "utf-8")
+    assert parse_quantity(first[0][0][0]["quantity"]) == Decimal(literal)
+    again = republished(first)
+    assert parse_quantity(again[0][0][0]["quantity"]) == Decimal(literal)
