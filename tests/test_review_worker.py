@@ -6,14 +6,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from celery.exceptions import Reject
 from kombu import compression, serialization
+from redis.exceptions import OutOfMemoryError
 
+from meterd import tasks
 from meterd.celery_config import FLUSH_TASK, INGEST_TASK
 from meterd.message_guard import install_worker_codecs, sanitised_headers
 from meterd.quantity import parse_quantity
+from meterd.runtime import Runtime
 
 
 @pytest.mark.parametrize("task", [INGEST_TASK, FLUSH_TASK])
@@ -74,3 +79,40 @@ def test_a_json_number_quantity_counts_the_same_after_its_batch_is_retried(liter
     assert parse_quantity(first[0][0][0]["quantity"]) == Decimal(literal)
     again = republished(first)
     assert parse_quantity(again[0][0][0]["quantity"]) == Decimal(literal)
+
+
+def test_tries_a_full_redis_refused_to_count_are_counted_once_it_takes_them(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``meterd_store_unavailable_total`` is kept in the Redis that was full: each
+    try's count was refused and lost, so a Redis-full wait never showed in it, even
+    once Redis had room again."""
+    full = True
+    hincrby = runtime.stats.client.hincrby
+
+    def refused_while_full(*args: Any, **kwargs: Any) -> Any:
+        if full:
+            raise OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'.")
+        return hincrby(*args, **kwargs)
+
+    def retry(**_: Any) -> Any:
+        raise Reject("the broker (the same full Redis) took no retry", requeue=False)
+
+    tries = 0
+
+    def work() -> str:
+        nonlocal full, tries
+        tries += 1
+        if tries < 3:
+            raise OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'.")
+        full = False
+        return "counted"
+
+    monkeypatch.setattr(runtime.stats.client, "hincrby", refused_while_full)
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    monkeypatch.setattr(tasks.time, "sleep", lambda _: None)
+    task = SimpleNamespace(
+        name=INGEST_TASK, request=SimpleNamespace(retries=0, id="t-1"), retry=retry
+    )
+    assert tasks.until_stores_answer(task, work) == "counted"  # type: ignore[arg-type]
+    assert runtime.stats.store_unavailable() == {INGEST_TASK: 2}
