@@ -16,7 +16,12 @@ from redis.exceptions import OutOfMemoryError
 
 from meterd import tasks
 from meterd.celery_config import FLUSH_TASK, INGEST_TASK
-from meterd.message_guard import install_worker_codecs, sanitised_headers
+from meterd.message_guard import (
+    MessageGuard,
+    install_worker_codecs,
+    plain_json_loads,
+    sanitised_headers,
+)
 from meterd.quantity import parse_quantity
 from meterd.runtime import Runtime
 
@@ -116,3 +121,24 @@ def test_tries_a_full_redis_refused_to_count_are_counted_once_it_takes_them(
     )
     assert tasks.until_stores_answer(task, work) == "counted"  # type: ignore[arg-type]
     assert runtime.stats.store_unavailable() == {INGEST_TASK: 2}
+
+
+def _ingest_batch(events: Any = None, *args: Any, **kwargs: Any) -> None:
+    """The shape of ``meterd.tasks.ingest_batch``."""
+
+
+def test_a_json_number_quantity_counts_the_same_in_a_batch_the_guard_rewrites() -> None:
+    """A bare list of events is rewritten into an envelope for the pool, written with
+    kombu's JSON: ``0.00001`` reaches the task as ``1e-05`` and is refused."""
+    guard = MessageGuard({INGEST_TASK: SimpleNamespace(run=_ingest_batch)}, max_bytes=1 << 20)
+    message = SimpleNamespace(
+        headers={"task": INGEST_TASK, "id": "t-1"},
+        body=b'[{"quantity": 0.00001}]',
+        content_type="application/json",
+        content_encoding="utf-8",
+        delivery_info={"routing_key": "meterd.ingest"},
+    )
+    handed: list[Any] = []
+    guard.take(message, lambda m: handed.append(plain_json_loads(m.body)), ())
+    (body,) = handed  # what the pool decodes
+    assert parse_quantity(body[0][0][0]["quantity"]) == Decimal("0.00001")
