@@ -191,3 +191,32 @@ def test_a_broadcast_that_is_no_kombu_message_does_not_stop_the_worker(
     assert counted(counting) == publisher.valid
     assert producer_app.control.ping(timeout=5)  # remote control still answers
     assert worker.alive() and worker.pid == pid
+
+
+def test_a_held_record_too_deep_to_read_back_is_dropped_and_older_ones_come_back(
+    counting: Runtime, producer_app: Celery, worker: WorkerProcess, publisher: Publisher
+) -> None:
+    """A record nested deeper than Python's JSON reads (Lua's cjson took it) made
+    kombu's sweep raise RecursionError: the worker exited at every start. (Such an
+    item was dead-lettered whole when taken, as a stand-in under a new tag; this is
+    the record ``broker_pop.lua`` kept under its own tag.)"""
+    older = [event(customer=CUSTOMER, event_id=f"old-{j}", source="review") for j in range(4)]
+    held_by_a_killed_worker(worker.env, [[older], {}, {}], ingest_headers(), age=120)
+    tag = str(uuid.uuid4())
+    deep = (
+        '[{"body": null, "headers": {"deep": ' + "[" * 5000 + "]" * 5000 + '}, "properties":'
+        f' {{"delivery_tag": "{tag}", "delivery_info": {{"exchange": "", "routing_key":'
+        f' "{INGEST_QUEUE}"}}}}}}, "", "{INGEST_QUEUE}"]'
+    )
+    prefix = worker.env["METERD_BROKER_KEY_PREFIX"]
+    client = redis.Redis.from_url(BROKER_URL)
+    client.hset(prefix + "unacked", tag, deep)
+    client.zadd(prefix + "unacked_index", {tag: time.time() - 60})
+    client.close()
+    publisher.valid += 4
+    worker.start()
+    pid = worker.pid
+    settle(counting, producer_app, publisher, letters=0)
+    assert counted(counting) == publisher.valid
+    assert worker.alive() and worker.pid == pid
+    assert unacked(worker.env) == 0
