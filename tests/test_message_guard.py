@@ -191,7 +191,6 @@ def test_only_the_headers_celery_reads_are_kept_each_of_its_type() -> None:
         "id": "t",
         "retries": 2,
         "eta": "2026-01-01T00:00:00+00:00",
-        "timelimit": [None, 30],
     }
 
 

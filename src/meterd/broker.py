@@ -20,6 +20,9 @@ Workers and producers configured by meterd use it for ``redis://`` and
 ``redis+socket://`` broker URLs (``reliable_url`` rewrites the scheme to the
 alias registered here). Producers elsewhere need nothing special: the
 messages and queues are kombu's.
+
+A held message is read back as plain JSON (``ReliableQoS``), as it was read when
+taken (``readable_envelope``): kombu's type revival never sees a producer's JSON.
 """
 
 from __future__ import annotations
@@ -38,10 +41,60 @@ from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError
 
+from meterd.logs import get_logger
+
+log = get_logger("meterd.broker")
 _POP_SCRIPT = resources.files("meterd").joinpath("lua", "broker_pop.lua").read_text("utf-8")
 
 
+class ReliableQoS(kombu_redis.QoS):
+    """kombu's record of unacknowledged messages, read back as plain JSON.
+
+    kombu reads a held message back (the visibility-timeout sweep for a dead
+    worker's messages, a closing channel for its prefetched ones) with type
+    revival: a producer's header ``{"__type__": "uuid", "__value__": "x"}``
+    raised there and stopped the worker at every start ("Unrecoverable error"),
+    and a message whose headers are null could not be marked redelivered and
+    was dropped ("Could not restore message")."""
+
+    def restore_by_tag(self, tag: Any, client: Any = None, leftmost: bool = False) -> None:
+        def restore_transaction(pipe: Any) -> None:
+            held = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if not held:
+                return
+            record = held_record(held)
+            if record is None:
+                log.critical(
+                    "message.dropped",
+                    reason="a held message's record is not JSON meterd can read back",
+                    record=repr(held[:200]),
+                )
+                return
+            self.channel._do_restore_message(*record, pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as conn:
+            conn.transaction(restore_transaction, self.unacked_key)
+
+
+def held_record(held: bytes | str) -> tuple[dict[str, Any], Any, Any] | None:
+    """A record of kombu's unacked hash, ``[message, exchange, routing key]``, as plain
+    JSON, its message's headers a dict (kombu marks the message redelivered there; a
+    message taken with other headers is dead-lettered, so it loses nothing it needs)."""
+    try:
+        message, exchange, routing_key = json.loads(held)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if not isinstance(message, dict):
+        return None
+    if not isinstance(message.get("headers"), dict):
+        message["headers"] = {}
+    return message, exchange, routing_key
+
+
 class ReliableChannel(kombu_redis.Channel):
+    QoS = ReliableQoS
     _waiting = False  # the last poll found every queue empty: block before the next
 
     def _prefixed(self, key: str) -> str:
@@ -91,6 +144,39 @@ class ReliableChannel(kombu_redis.Channel):
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _receive_one(self, c: Any) -> bool | None:
+        """A broadcast (Celery's remote control: a Redis channel anyone who can publish
+        to the broker can PUBLISH to) read as plain JSON; one that is no kombu message
+        is logged and dropped. kombu's own read revives type tags and hands on anything
+        that decodes, and the worker exited on it ("Unrecoverable error")."""
+        try:
+            response = c.parse_response()
+        except self.connection_errors:
+            self._in_listen = None
+            raise
+        if not isinstance(response, list | tuple):
+            return None
+        payload = self._handle_message(c, response)
+        if not bytes_to_str(payload["type"]).endswith("message") or not payload["data"]:
+            return None
+        channel = bytes_to_str(payload["channel"])
+        if channel[0] == "/":
+            _, _, channel = channel.partition(".")
+        try:
+            message = json.loads(payload["data"])
+        except (ValueError, RecursionError):
+            message = None
+        if not _is_envelope(message):
+            log.warning(
+                "broadcast.dropped",
+                channel=channel[:200],
+                reason="not a kombu message",
+                data=repr(payload["data"][:200]),
+            )
+            raise Empty()
+        delivered: bool = self._deliver_fanout_message(message, channel.split("/", 1)[0])
+        return delivered
 
 
 #: The content type of an item that was not a kombu message at all (``readable_envelope``).

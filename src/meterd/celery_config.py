@@ -38,6 +38,9 @@ FLUSH_TASK = "meterd.flush"
 LIFECYCLE_ADVANCE_TASK = "meterd.lifecycle.advance"
 DISPATCH_NOTIFICATIONS_TASK = "meterd.lifecycle.dispatch_notifications"
 NOTIFY_TASK = "meterd.notify"
+#: The longest wait between two tries of a task whose store is unavailable: a
+#: retry's ``eta`` is at most this far ahead (``message_guard`` drops a further one).
+MAX_BACKOFF_SECONDS = 60
 #: Stores a message no task could read as a dead letter (``meterd.message_guard``).
 DEAD_LETTER_MESSAGE_TASK = "meterd.dead_letter_message"
 #: Creates the event log's partitions ahead and drops those past the retention.

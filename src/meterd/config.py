@@ -222,13 +222,19 @@ def _expectation(message: str) -> str:
 #: ``scheme://user:password@``; the password runs to the last ``@`` of the word, as
 #: SQLAlchemy reads it (it may hold ``/``, ``?``, ``#``): better masked too much than too little.
 _PASSWORD_IN_AUTHORITY = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s'\"]*):[^\s'\"]*@")
-_PASSWORD_IN_QUERY = re.compile(r"([?&](?:password|passwd|pass|pwd)=)[^&#\s]*", re.IGNORECASE)
+_PASSWORD_IN_QUERY = re.compile(
+    r"([?&](?:ssl)?(?:password|passwd|pass|pwd)=)[^&#\s]*", re.IGNORECASE
+)
+#: A text that is one URL and nothing else (a setting's value): its password runs from
+#: the user's ``:`` to the ``@``, quotes and spaces included, as SQLAlchemy reads it.
+_PASSWORD_OF_ONE_URL = re.compile(r"\A([A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*):[^@]*@(?=\S*\Z)")
 
 
 def redact_url(text: str) -> str:
     """``text`` with the password of every URL in it masked (``user:***@host``, and a
     ``password=`` query parameter), as SQLAlchemy's ``hide_password`` shows it: for
     anything meterd prints or logs. Works on a URL and on a line that contains URLs."""
+    text = _PASSWORD_OF_ONE_URL.sub(r"\1:***@", text)
     text = _PASSWORD_IN_AUTHORITY.sub(r"\1:***@", text)
     return _PASSWORD_IN_QUERY.sub(r"\1***", text)
 

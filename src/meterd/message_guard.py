@@ -50,14 +50,17 @@ import uuid
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from celery.utils.time import maybe_iso8601, maybe_make_aware
+from celery.utils.time import timezone as celery_timezone
 from celery.worker.consumer import Consumer
 from kombu import compression, serialization
+from kombu.asynchronous.timer import to_timestamp
 from kombu.utils.json import dumps as kombu_dumps
 
-from meterd.celery_config import DEAD_LETTER_MESSAGE_TASK, INGEST_TASK
+from meterd.celery_config import DEAD_LETTER_MESSAGE_TASK, INGEST_TASK, MAX_BACKOFF_SECONDS
 from meterd.errors import InvalidError
 from meterd.logs import get_logger
 from meterd.quantity import JsonNumber
@@ -67,6 +70,9 @@ log = get_logger("meterd.message_guard")
 #: What a dead letter keeps of the body of a message over the size bound (of any
 #: other unreadable message it keeps the whole body).
 EXCERPT_BYTES = 64 * 1024
+#: How far ahead an ``eta`` may be (twice the longest wait of meterd's own retries:
+#: room for clocks that disagree).
+MAX_ETA_AHEAD_SECONDS = 2 * MAX_BACKOFF_SECONDS
 #: The content types meterd reads (Celery's JSON; kombu sends this one).
 JSON_CONTENT_TYPES = frozenset({"application/json"})
 #: The encodings a JSON body may declare (none means UTF-8).
@@ -167,26 +173,33 @@ def _text(value: Any, limit: int = 200) -> str:
     return repr(value)[:limit]
 
 
-def _is_timestamp(value: Any) -> bool:
+def _celery_time(value: Any) -> datetime | None:
+    """An ``eta`` or ``expires`` header as Celery reads it (dateutil's ``isoparse``,
+    made aware, then a timestamp in the system's zone), or None where Celery would
+    refuse it: a refused ``eta`` or ``expires`` is logged and the message dropped."""
     if not isinstance(value, str):
-        return False
+        return None
     try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True
+        parsed: datetime = maybe_make_aware(maybe_iso8601(value))
+        to_timestamp(celery_timezone.to_system(parsed))
+    except (AttributeError, ValueError, TypeError, OverflowError):
+        return None
+    return parsed
 
 
-def _is_time_limit(value: Any) -> bool:
-    return (
-        isinstance(value, list | tuple)
-        and len(value) == 2
-        and all(v is None or (isinstance(v, int | float) and not isinstance(v, bool) and v > 0)
-                for v in value)
-    )  # fmt: skip
+def _is_eta(value: Any) -> bool:
+    """An ``eta`` Celery can read, at most ``MAX_ETA_AHEAD_SECONDS`` ahead: meterd's own
+    retries wait no longer. A further one (a producer's) would hold the message in the
+    worker's memory, redelivered after every visibility timeout: it is dropped and the
+    task runs now."""
+    when = _celery_time(value)
+    ahead = timedelta(seconds=MAX_ETA_AHEAD_SECONDS)
+    return when is not None and when <= datetime.now(UTC) + ahead
 
 
-#: The headers Celery reads, and what each must be; any other header is dropped.
+#: The headers Celery reads, and what each must be; any other header is dropped. No
+#: ``timelimit``: meterd's tasks have none, and a producer's would stop a batch midway
+#: (a soft limit fails the task, a hard one kills the pool process) and acknowledge it.
 _HEADER_CHECKS: dict[str, Callable[[Any], bool]] = {
     "lang": lambda v: isinstance(v, str),
     "root_id": lambda v: v is None or isinstance(v, str),
@@ -196,9 +209,8 @@ _HEADER_CHECKS: dict[str, Callable[[Any], bool]] = {
     "argsrepr": lambda v: isinstance(v, str),
     "kwargsrepr": lambda v: isinstance(v, str),
     "retries": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1_000_000,
-    "eta": _is_timestamp,
-    "expires": _is_timestamp,
-    "timelimit": _is_time_limit,
+    "eta": _is_eta,
+    "expires": lambda v: _celery_time(v) is not None,
     "ignore_result": lambda v: isinstance(v, bool),
 }
 

@@ -30,6 +30,7 @@ from meterd.celery_config import (
     FLUSH_TASK,
     INGEST_TASK,
     LIFECYCLE_ADVANCE_TASK,
+    MAX_BACKOFF_SECONDS,
     NOTIFY_QUEUE,
     NOTIFY_TASK,
 )
@@ -42,8 +43,6 @@ from meterd.worker import app
 #: What the tasks retry: the unavailable kind, and driver errors not yet wrapped in it.
 RETRY_ON: tuple[type[Exception], ...] = (UnavailableError, *STORE_ERRORS)
 log = get_logger("meterd.tasks")
-#: The longest wait between two tries of a task whose store is unavailable.
-MAX_BACKOFF_SECONDS = 60
 #: The shortest wait in place (a jittered backoff can come out near zero).
 MIN_WAIT_SECONDS = 0.5
 
@@ -62,11 +61,12 @@ def until_stores_answer(task: Task, work: Callable[[], T]) -> T:
     backoff and tries the work again. A worker killed meanwhile loses nothing: the
     broker redelivers the message, and counting it again is harmless."""
     tries = 0
+    uncounted = 0
     while True:
         try:
-            return work()
+            result = work()
         except RETRY_ON as exc:
-            _quietly(get_runtime().stats.record_store_unavailable, task.name)
+            uncounted = _count_waits(task.name, uncounted + 1)
             delay = get_exponential_backoff_interval(
                 factor=1,
                 retries=task.request.retries + tries,
@@ -89,6 +89,22 @@ def until_stores_answer(task: Task, work: Callable[[], T]) -> T:
                     " is kept and the work tried again here",
                 )
                 time.sleep(wait)
+        else:
+            _count_waits(task.name, uncounted)
+            return result
+
+
+def _count_waits(task_name: str, tries: int) -> int:
+    """Count ``tries`` that found a store unavailable (``meterd_store_unavailable_total``);
+    returns how many are still uncounted. The counter lives in Redis: a full or absent
+    Redis refuses it, so a task waiting in place counts its tries once Redis takes them."""
+    if not tries:
+        return 0
+    try:
+        get_runtime().stats.record_store_unavailable(task_name, tries)
+    except Exception:
+        return tries
+    return 0
 
 
 def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:

@@ -111,10 +111,10 @@ class StatsStore:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.stats("unreadable")))
         return {k.decode(): int(v) for k, v in raw.items()}
 
-    def record_store_unavailable(self, task: str) -> None:
-        """A task's try found Redis or the database unavailable (recorded when Redis
-        takes it: a full or absent Redis shows in the logs and the queue depth)."""
-        self.client.hincrby(self.keys.stats("store_unavailable"), task, 1)
+    def record_store_unavailable(self, task: str, tries: int = 1) -> None:
+        """Tries of a task that found Redis or the database unavailable (a full or
+        absent Redis refuses the count: the task adds it once Redis takes it)."""
+        self.client.hincrby(self.keys.stats("store_unavailable"), task, tries)
 
     def store_unavailable(self) -> dict[str, int]:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.stats("store_unavailable")))
