@@ -21,7 +21,6 @@ from meterd.message_guard import (
     Unreadable,
     as_ingest_envelope,
     install_worker_codecs,
-    plain_json_loads,
     read_task_message,
     sanitised_headers,
     unreadable_record,
@@ -29,6 +28,7 @@ from meterd.message_guard import (
 from meterd.quantity import JsonNumber
 from meterd.testing import event
 from meterd.timeutil import utcnow
+from meterd.wire_json import plain_loads
 
 
 def ingest_batch(events: Any = None, *args: Any, **kwargs: Any) -> None:
@@ -74,13 +74,13 @@ def test_kombu_type_tags_are_read_as_the_objects_they_are() -> None:
 
 
 def test_non_integer_numbers_keep_their_literal_text() -> None:
-    value = plain_json_loads(b'{"quantity": 0.1000000000000000055511151231257827}')
+    value = plain_loads(b'{"quantity": 0.1000000000000000055511151231257827}')
     assert isinstance(value["quantity"], JsonNumber)
     assert value["quantity"].text == "0.1000000000000000055511151231257827"
 
 
 def test_nan_and_infinity_are_kept_as_text_so_only_their_event_is_refused() -> None:
-    assert plain_json_loads("[NaN, Infinity, -Infinity]") == ["NaN", "Infinity", "-Infinity"]
+    assert plain_loads("[NaN, Infinity, -Infinity]") == ["NaN", "Infinity", "-Infinity"]
 
 
 @pytest.mark.parametrize(

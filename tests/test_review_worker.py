@@ -19,11 +19,11 @@ from meterd.celery_config import FLUSH_TASK, INGEST_TASK
 from meterd.message_guard import (
     MessageGuard,
     install_worker_codecs,
-    plain_json_loads,
     sanitised_headers,
 )
 from meterd.quantity import parse_quantity
 from meterd.runtime import Runtime
+from meterd.wire_json import plain_loads
 
 
 @pytest.mark.parametrize("task", [INGEST_TASK, FLUSH_TASK])
@@ -139,6 +139,6 @@ def test_a_json_number_quantity_counts_the_same_in_a_batch_the_guard_rewrites() 
         delivery_info={"routing_key": "meterd.ingest"},
     )
     handed: list[Any] = []
-    guard.take(message, lambda m: handed.append(plain_json_loads(m.body)), ())
+    guard.take(message, lambda m: handed.append(plain_loads(m.body)), ())
     (body,) = handed  # what the pool decodes
     assert parse_quantity(body[0][0][0]["quantity"]) == Decimal("0.00001")

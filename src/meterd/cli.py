@@ -50,6 +50,7 @@ from meterd.services.catalog import NewEntitlement
 from meterd.services.usage_report import Window, parse_group_by, time_zone
 from meterd.storage.redis_safety import check_redis, enforce
 from meterd.timeutil import as_utc, isoformat, isoformat_or_none, isoformat_seconds, utcnow
+from meterd.wire_json import install_json_codec, plain_loads
 
 app = typer.Typer(
     help="meterd: asynchronous usage metering for entitlements.", no_args_is_help=True
@@ -180,6 +181,7 @@ def publish(
     payload = _read_json(path)
     received_at = utcnow()
     events = stamp_receive_time(payload if isinstance(payload, list) else [payload], received_at)
+    install_json_codec(plain_decoding=False)  # each number published as the file wrote it
     with create_app(get_settings()) as celery_app:
         messages = publish_batches(celery_app, events, batch_size)
     console.print(f"published {len(events)} event(s) in {messages} message(s)")
@@ -192,12 +194,12 @@ def _read_json(path: Path | None) -> Any:
     name = "stdin" if from_stdin else str(path)
     try:
         text = sys.stdin.read() if from_stdin or path is None else path.read_text("utf-8")
-        return json.loads(text)
+        return plain_loads(text)  # numbers with their literal text, as the API reads them
     except FileNotFoundError:
         raise NotFoundError("events file", name) from None
     except OSError as exc:
         raise InvalidError(f"cannot read {name}: {exc.strerror or exc}") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+    except ValueError as exc:  # UnreadableJson, UnicodeDecodeError
         raise InvalidError(f"{name} is not JSON: {exc}") from None
 
 

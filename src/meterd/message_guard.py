@@ -44,7 +44,6 @@ import base64
 import bz2
 import hashlib
 import inspect
-import json
 import lzma
 import uuid
 import zlib
@@ -56,14 +55,12 @@ from typing import Any
 from celery.utils.time import maybe_iso8601, maybe_make_aware
 from celery.utils.time import timezone as celery_timezone
 from celery.worker.consumer import Consumer
-from kombu import compression, serialization
+from kombu import compression
 from kombu.asynchronous.timer import to_timestamp
-from kombu.utils.json import dumps as kombu_dumps
 
 from meterd.celery_config import DEAD_LETTER_MESSAGE_TASK, INGEST_TASK, MAX_BACKOFF_SECONDS
-from meterd.errors import InvalidError
 from meterd.logs import get_logger
-from meterd.quantity import JsonNumber
+from meterd.wire_json import UnreadableJson, exact_dumps, install_json_codec, plain_loads
 
 log = get_logger("meterd.message_guard")
 
@@ -90,40 +87,14 @@ UNDECODABLE = "undecodable"
 REWRITTEN_BATCH = "rewritten_batch"
 
 
-class UnreadableJson(InvalidError):
-    """A body that is not JSON: not UTF-8, not JSON syntax, or nested too deep."""
-
-
-def _constant(name: str) -> str:
-    """``NaN`` and ``Infinity`` are not JSON: kept as their text, so the one
-    event carrying them is refused for its value, not the message for its syntax."""
-    return name
-
-
-def plain_json_loads(data: bytes | str) -> Any:
-    """JSON as sent: objects stay dicts (no kombu type revival) and non-integer
-    numbers keep their literal text (``quantity.JsonNumber``), as the HTTP API
-    reads them."""
-    try:
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        return json.loads(text, parse_float=JsonNumber.from_literal, parse_constant=_constant)
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
-        raise UnreadableJson(str(exc)[:300]) from None
-
-
 def install_worker_codecs(max_bytes: int) -> None:
-    """How this process and the pool it forks read message bodies: ``application/json``
-    with ``plain_json_loads`` (encoding stays kombu's), and compressed bodies only up
+    """How this process and the pool it forks read and write message bodies: JSON as
+    sent (``wire_json``: numbers exact both ways, no kombu type revival), and
+    compressed bodies only up
     to ``max_bytes`` once decompressed (kombu would inflate a small bomb into
     gigabytes before any check; a body over the bound, or in a compression meterd
     does not read, is dead-lettered as undecodable)."""
-    serialization.register(
-        "json",
-        kombu_dumps,
-        plain_json_loads,
-        content_type="application/json",
-        content_encoding="utf-8",
-    )
+    install_json_codec(plain_decoding=True)
     bounded: dict[str, Callable[[], Any]] = {
         "application/x-gzip": zlib.decompressobj,
         "application/x-bz2": bz2.BZ2Decompressor,
@@ -311,7 +282,7 @@ def read_task_message(
             " meterd reads JSON (application/json, utf-8)",
         )
     try:
-        decoded = plain_json_loads(body)
+        decoded = plain_loads(body)
     except UnreadableJson as exc:
         return Unreadable(NOT_JSON, f"the message body is not JSON: {exc}")
     kept = sanitised_headers(headers, task)
@@ -383,7 +354,7 @@ def _rewrite(message: Any, headers: dict[str, Any], body: list[Any]) -> None:
     """Make ``message`` a well-formed JSON task message in place (its delivery tag, and
     so its acknowledgement, stay the original's)."""
     message.headers = headers
-    message.body = kombu_dumps(body).encode("utf-8")
+    message.body = exact_dumps(body).encode("utf-8")
     message.content_type = "application/json"
     message.content_encoding = "utf-8"
     message._decoded_cache = body
@@ -531,6 +502,5 @@ __all__ = [
     "Readable",
     "Unreadable",
     "install_worker_codecs",
-    "plain_json_loads",
     "read_task_message",
 ]

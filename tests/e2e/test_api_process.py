@@ -116,3 +116,43 @@ def test_the_client_over_http_reports_rejected_events_and_counts_the_rest(
         60,
         "120 x 0.25 counted",
     )
+
+
+def test_a_json_number_quantity_the_api_takes_is_counted_exactly_by_the_worker(
+    api_base: str, e2e_runtime: Runtime, worker: WorkerProcess
+) -> None:
+    """The API read ``0.00001`` exactly but published it with kombu's JSON, as the
+    float's repr ``1e-05``, which the worker refused (202, then a dead letter)."""
+    from decimal import Decimal
+
+    from meterd.services.catalog import NewEntitlement
+    from meterd.testing import event
+    from meterd.timeutil import utcnow
+
+    now = utcnow()
+    e2e_runtime.catalog.create_entitlement(
+        NewEntitlement(
+            org="acme", customer_id="c-1", feature="api_calls", quantity=Decimal(100),
+            starts_at=now - timedelta(days=1), ends_at=None,
+        ),
+        now,
+    )  # fmt: skip
+    token, _ = e2e_runtime.api_keys.create("acme", [Permission.ALL], NOW)
+    headers = {"x-api-key": token, "content-type": "application/cloudevents-batch+json"}
+    batch = [event("c-1", "1", event_id=f"n-{i}", time=now) for i in range(3)]
+    for e in batch:
+        del e["org"]
+    body = json.dumps(batch).replace('"quantity": "1"', '"quantity": 0.00001')
+    worker.start()
+    response = httpx.post(api_base + "/v1/events", content=body, headers=headers)
+    assert response.status_code == 202 and response.json()["queued"] == 3
+
+    def consumed() -> Decimal:
+        return sum(
+            (b.consumed for b in e2e_runtime.balance.balances("acme", "c-1", "api_calls", now)),
+            Decimal(0),
+        )
+
+    wait_until(lambda: consumed() >= Decimal("0.00003"), 30, lambda: f"counted {consumed()}")
+    assert consumed() == Decimal("0.00003")
+    assert e2e_runtime.dead_letters.find() == []

@@ -35,11 +35,14 @@ from meterd.logs import get_logger
 from meterd.ops import refuse_unsafe_redis
 from meterd.runtime import STORE_ERRORS, Runtime, get_runtime
 from meterd.services.intake import Publisher
+from meterd.wire_json import install_json_codec
 
 
 @functools.cache
 def _meterd_celery_app() -> Any:
-    """meterd's Celery app for this process, built on first use (publishing only)."""
+    """meterd's Celery app for this process, built on first use (publishing only),
+    writing each number of an event as it was sent (``wire_json``)."""
+    install_json_codec(plain_decoding=False)
     return celery_config.create_app(get_settings())
 
 
