@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import stat
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -339,6 +340,21 @@ def test_dev_reuses_the_key_it_recorded(runtime: Runtime, tmp_path: Path) -> Non
     principal = runtime.api_keys.authenticate(first)
     assert principal is not None and principal.may(Permission.ALL)
     assert active_dev_keys(runtime) == [principal.key_id]
+
+
+def test_the_state_directory_holding_the_dev_key_is_ignored_by_git(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    """``.meterd/`` sits in the user's project and holds a full-access key."""
+    from meterd.dev import dev_key
+
+    runtime.catalog.create_org("dev", "meterd dev", NOW)
+    dev_key(runtime.api_keys, tmp_path / ".meterd" / "dev-key", NOW)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    ignored = subprocess.run(
+        ["git", "-C", str(tmp_path), "check-ignore", "-q", ".meterd/dev-key"], check=False
+    )
+    assert ignored.returncode == 0
 
 
 def test_dev_revokes_the_keys_earlier_starts_minted(runtime: Runtime, tmp_path: Path) -> None:

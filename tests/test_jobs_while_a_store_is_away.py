@@ -45,3 +45,12 @@ def test_a_job_whose_database_is_down_skips_its_run_with_a_warning(
     assert "job.skipped" in err and "connection refused" in err
     assert "Traceback" not in err
     assert runtime.stats.store_unavailable() == {job.name: 1}
+
+
+def test_malformed_payloads_of_a_notify_message_are_counted_as_they_are_dropped(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tasks, "get_runtime", lambda: runtime)
+    good = {"id": "n-1", "org": "acme"}
+    assert tasks.notification_payloads([good, "junk", {"id": 5}]) == [good]
+    assert runtime.stats.unreadable() == {"notification": 2}

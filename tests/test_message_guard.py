@@ -274,3 +274,8 @@ def test_a_quantity_sent_with_an_exponent_is_judged_by_its_literal() -> None:
     (decoded,) = verdict.body[0][0]
     parsed = parse_event(decoded, received_at=utcnow())
     assert isinstance(parsed, InvalidEvent) and "without an exponent" in parsed.reason
+
+
+def test_a_header_text_longer_than_its_bound_is_dropped() -> None:
+    kept = sanitised_headers({"id": "t", "argsrepr": "x" * 2000, "origin": "o"}, FLUSH_TASK)
+    assert kept == {"id": "t", "task": FLUSH_TASK, "origin": "o"}

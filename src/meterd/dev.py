@@ -100,7 +100,7 @@ def _read_key(key_file: Path) -> str | None:
 
 def _write_key(key_file: Path, token: str) -> None:
     """Write the key readable by its owner only, replacing any earlier one at once."""
-    key_file.parent.mkdir(parents=True, exist_ok=True)
+    embedded.make_state_dir(key_file.parent)
     temporary = key_file.with_suffix(".tmp")
     with contextlib.suppress(FileNotFoundError):
         temporary.unlink()
@@ -171,7 +171,7 @@ def run_dev(settings: Settings, host: str, port: int, console: Console) -> int:
 
 def _run_dev(settings: Settings, host: str, port: int, console: Console, stop: StopSignals) -> int:
     check_port_free(host, port)
-    STATE.mkdir(exist_ok=True)
+    embedded.make_state_dir(STATE)
     upgrade(settings.database_url)
     rt = Runtime.from_settings(settings)
     try:

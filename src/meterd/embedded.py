@@ -135,10 +135,20 @@ def _alive(sock: Path) -> bool:
         return False
 
 
+def make_state_dir(directory: Path) -> Path:
+    """The directory of meterd's local state (the embedded server's files, the dev
+    key), made if missing, with a ``.gitignore`` of ``*``: it holds a full-access
+    key and data, and sits in the user's project directory by default."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ignore = directory / ".gitignore"
+    if not ignore.exists():
+        ignore.write_text("# meterd's local state: a dev API key and data, never committed\n*\n")
+    return directory
+
+
 def ensure_running(url: str) -> str:
     """Start the embedded server if it is not running; returns its ``unix://`` URL."""
-    directory = embedded_dir(url)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = make_state_dir(embedded_dir(url))
     sock = directory / "redis.sock"
     _used_here.add(directory)
     if _alive(sock):

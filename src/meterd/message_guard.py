@@ -47,7 +47,7 @@ import inspect
 import lzma
 import uuid
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -168,17 +168,22 @@ def _is_eta(value: Any) -> bool:
     return when is not None and when <= datetime.now(UTC) + ahead
 
 
+def _short(value: Any, limit: int) -> bool:
+    """Text of at most ``limit`` characters (a header is kept in memory and logs)."""
+    return isinstance(value, str) and len(value) <= limit
+
+
 #: The headers Celery reads, and what each must be; any other header is dropped. No
 #: ``timelimit``: meterd's tasks have none, and a producer's would stop a batch midway
 #: (a soft limit fails the task, a hard one kills the pool process) and acknowledge it.
 _HEADER_CHECKS: dict[str, Callable[[Any], bool]] = {
-    "lang": lambda v: isinstance(v, str),
-    "root_id": lambda v: v is None or isinstance(v, str),
-    "parent_id": lambda v: v is None or isinstance(v, str),
-    "group": lambda v: v is None or isinstance(v, str),
-    "origin": lambda v: isinstance(v, str),
-    "argsrepr": lambda v: isinstance(v, str),
-    "kwargsrepr": lambda v: isinstance(v, str),
+    "lang": lambda v: _short(v, 32),
+    "root_id": lambda v: v is None or _short(v, 255),
+    "parent_id": lambda v: v is None or _short(v, 255),
+    "group": lambda v: v is None or _short(v, 255),
+    "origin": lambda v: _short(v, 255),
+    "argsrepr": lambda v: _short(v, 1024),
+    "kwargsrepr": lambda v: _short(v, 1024),
     "retries": lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1_000_000,
     "eta": _is_eta,
     "expires": lambda v: _celery_time(v) is not None,
@@ -227,24 +232,30 @@ def _fits(run: Callable[..., Any], args: list[Any], kwargs: dict[str, Any]) -> b
 _EMBED: dict[str, Any] = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
+def ingest_payloads(args: Sequence[Any], kwargs: Mapping[str, Any]) -> list[Any]:
+    """The payloads an ingest message's arguments carry: each positional argument's
+    items (a list) or itself (``None``: nothing), then ``events=``'s, and any other
+    keyword arguments as one payload that says so (dead-lettered)."""
+    payloads: list[Any] = []
+    for arg in args:
+        payloads.extend(arg if isinstance(arg, list) else [] if arg is None else [arg])
+    extra = dict(kwargs)
+    if "events" in extra:
+        events = extra.pop("events")
+        payloads.extend(events if isinstance(events, list) else [events])
+    if extra:
+        payloads.append({"unexpected task keyword arguments": sorted(extra)})
+    return payloads
+
+
 def as_ingest_envelope(body: Any) -> list[Any]:
     """An ingest message's body, whatever it was, as ``[[payloads], {}, embed]``:
     a body that is not an envelope is the batch itself (one payload if it is not a
-    list); an envelope's arguments are all payloads, and keyword arguments one
-    payload that says so."""
+    list); an envelope's arguments are all payloads (``ingest_payloads``)."""
     if not _is_envelope(body):
         payloads = body if isinstance(body, list) else [] if body is None else [body]
         return [[payloads], {}, dict(_EMBED)]
-    args, kwargs = body[0], body[1]
-    payloads = []
-    for arg in args:
-        payloads.extend(arg if isinstance(arg, list) else [] if arg is None else [arg])
-    if "events" in kwargs:
-        events = kwargs.pop("events")
-        payloads.extend(events if isinstance(events, list) else [events])
-    if kwargs:
-        payloads.append({"unexpected task keyword arguments": sorted(kwargs)})
-    return [[payloads], {}, body[2] or dict(_EMBED)]
+    return [[ingest_payloads(body[0], body[1])], {}, body[2] or dict(_EMBED)]
 
 
 def read_task_message(

@@ -36,6 +36,7 @@ from meterd.celery_config import (
 )
 from meterd.errors import UnavailableError
 from meterd.logs import get_logger
+from meterd.message_guard import ingest_payloads
 from meterd.runtime import STORE_ERRORS, get_runtime
 from meterd.timeutil import utcnow
 from meterd.worker import app
@@ -108,17 +109,9 @@ def _count_waits(task_name: str, tries: int) -> int:
 
 
 def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
-    """Whatever arrived, as a list of payloads to validate one by one."""
-    if isinstance(events, list):
-        batch = list(events)
-    elif events is None:
-        batch = []
-    else:
-        batch = [events]
-    batch.extend(args)
-    if kwargs:
-        batch.append({"unexpected task keyword arguments": sorted(kwargs)})
-    return batch
+    """Whatever arrived, as a list of payloads to validate one by one (the guard's
+    rule: ``message_guard.ingest_payloads``)."""
+    return ingest_payloads((events, *args), kwargs)
 
 
 @app.task(name=INGEST_TASK, bind=True, max_retries=None)
@@ -295,7 +288,10 @@ def lifecycle_dispatch_notifications(self: Task) -> dict[str, int]:
 
 def notification_payloads(notifications: Any) -> list[dict[str, Any]]:
     """The well-formed payloads of a ``meterd.notify`` message (meterd publishes a
-    list of them; anything else is logged and dropped: there is nothing to count)."""
+    list of them; anything else is logged, counted in
+    ``meterd_unreadable_messages_total{kind="notification"}`` and dropped: a
+    notification is also in the outbox, from where the dispatcher publishes it
+    again if it is due)."""
     items = notifications if isinstance(notifications, list) else [notifications]
     good = [
         n
@@ -304,6 +300,7 @@ def notification_payloads(notifications: Any) -> list[dict[str, Any]]:
     ]
     if len(good) != len(items):
         log.warning("notify.malformed", dropped=len(items) - len(good))
+        _quietly(get_runtime().stats.record_unreadable, "notification", len(items) - len(good))
     return good
 
 

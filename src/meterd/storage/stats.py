@@ -103,9 +103,10 @@ class StatsStore:
         if n:
             self.client.incrby(self.keys.stats("counted_twice"), n)
 
-    def record_unreadable(self, kind: str) -> None:
-        """One message a worker could not read as sent (``meterd.message_guard``)."""
-        self.client.hincrby(self.keys.stats("unreadable"), kind, 1)
+    def record_unreadable(self, kind: str, n: int = 1) -> None:
+        """Messages (or payloads of one) a worker could not read as sent
+        (``meterd.message_guard``; ``notification``: a notify payload dropped)."""
+        self.client.hincrby(self.keys.stats("unreadable"), kind, n)
 
     def unreadable(self) -> dict[str, int]:
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.stats("unreadable")))
