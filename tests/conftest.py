@@ -31,6 +31,16 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 REAL_REDIS_URL = os.environ.get("METERD_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
 REAL_PG_URL = os.environ.get("METERD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
+#: The tests' frozen clock: the services take ``now``, and tests pass NOW. Two things
+#: do not run on it, so a test that mixes them with NOW passes only until some date:
+#: * the API, the CLI and the workers read the real clock: for them an event dated NOW
+#:   is late 35 days after NOW, and a grant ending at NOW+20d has ended;
+#: * Redis, real or fake, expires a key by its own clock: a UNIQUE_COUNT set expires
+#:   at an absolute time (a day after its period's late window), so a set dated from
+#:   NOW is deleted as it is written once that time has passed.
+#: Date such a test from the real clock (``utcnow()``; ``helpers.grant(..., now=...)``
+#: records a grant as created then), and run the suite with the clock moved ahead:
+#: ``.ci/clock-ahead +365d python -m pytest`` (CI does).
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 
 

@@ -21,8 +21,12 @@ def grant(
     *,
     starts_at: datetime = NOW - timedelta(days=10),
     ends_at: datetime | None = NOW + timedelta(days=20),
+    now: datetime = NOW,
     **extra: Any,
 ) -> Entitlement:
+    """An entitlement created at ``now``: the tests' frozen NOW, or, for a grant dated
+    from the real clock (read through the API, which uses it), ``utcnow()``: its status
+    is recorded as of ``now``."""
     return rt.catalog.create_entitlement(
         NewEntitlement(
             org=extra.pop("org", "acme"),
@@ -34,7 +38,7 @@ def grant(
             billing_type=extra.pop("billing_type", BillingType.PRE_PAID),
             **extra,
         ),
-        NOW,
+        now,
     )
 
 

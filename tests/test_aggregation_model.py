@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 
 from meterd.domain import Aggregation
 from meterd.runtime import Runtime
+from meterd.timeutil import utcnow
 
-from .conftest import NOW
 from .helpers import grant
 
 LATE = timedelta(days=36)  # beyond the default late window of 35 days
@@ -85,8 +85,8 @@ METERS = {
 }
 
 
-def payload(customer: str, sent: Sent) -> dict[str, Any]:
-    when = NOW - (LATE if sent.minutes_ago < 0 else timedelta(minutes=sent.minutes_ago))
+def payload(customer: str, sent: Sent, now: datetime) -> dict[str, Any]:
+    when = now - (LATE if sent.minutes_ago < 0 else timedelta(minutes=sent.minutes_ago))
     value: Any = sent.value if sent.value % 2 else str(sent.value)  # numbers and text
     return {
         "specversion": "1.0",
@@ -130,6 +130,9 @@ def test_every_aggregation_matches_the_reference_model(
     cuts: list[int],
     flush_at_cuts: bool,
 ) -> None:
+    # Dated from the real clock, not the tests' NOW: a UNIQUE_COUNT set expires at an
+    # absolute time that Redis compares with its own clock (see tests/conftest.py).
+    now = utcnow()
     # one redelivery of an id sends what its first delivery sent (as producers do)
     firsts: dict[str, Sent] = {}
     deliveries = [firsts.setdefault(s.id, s) for s in sent]
@@ -137,7 +140,7 @@ def test_every_aggregation_matches_the_reference_model(
     runtime.catalog.create_feature(
         "acme",
         feature,
-        now=NOW - timedelta(days=365),  # before every event (a meter starts at its creation)
+        now=now - timedelta(days=365),  # before every event (a meter starts at its creation)
         scale=0,
         aggregation=aggregation,
         event_type="model.event",
@@ -151,26 +154,29 @@ def test_every_aggregation_matches_the_reference_model(
             None if limit is None else str(limit),
             feature=feature,
             priority=position,
+            starts_at=now - timedelta(days=10),
+            ends_at=now + timedelta(days=20),
+            now=now,
         )
         for position, limit in enumerate(limits)
     ]
     # delivered in batches split at ``cuts``, with a flush between them or not
     bounds = sorted({0, len(deliveries), *(c for c in cuts if c < len(deliveries))})
     for start, end in itertools.pairwise(bounds):
-        batch = [payload(customer, s) for s in deliveries[start:end]]
-        runtime.ingest.ingest(batch, now=NOW)
+        batch = [payload(customer, s, now) for s in deliveries[start:end]]
+        runtime.ingest.ingest(batch, now=now)
         if flush_at_cuts:
-            runtime.flush.flush_all(NOW)
+            runtime.flush.flush_all(now)
 
     expected = [Decimal(v) for v in reference(aggregation, deliveries, limits)]
     live = {
         b.entitlement_id: b.consumed
-        for b in runtime.balance.current("acme", customer, feature, NOW)
+        for b in runtime.balance.current("acme", customer, feature, now)
     }
     assert [live[e.id] for e in ents] == expected
-    runtime.flush.flush_all(NOW)
+    runtime.flush.flush_all(now)
     stored = {
         b.entitlement_id: b.consumed
-        for b in runtime.balance.balances("acme", customer, feature, NOW)
+        for b in runtime.balance.balances("acme", customer, feature, now)
     }
     assert [stored[e.id] for e in ents] == expected

@@ -437,6 +437,17 @@ def test_feature_create_with_a_key_taken_in_the_org_says_it_exists(
     assert capsys.readouterr().out == "error: feature 'api_calls' exists in org acme\n"
 
 
+def days_ago(days: int) -> datetime:
+    """Midnight (UTC) ``days`` days before today: usage older than the late window
+    (35 days) is refused, so usage read back is dated relative to today."""
+    return utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=days)
+
+
+def at(day: datetime, clock: str) -> str:
+    """``day`` at ``clock`` (HH:MM) UTC, as the CLI and the events write it."""
+    return f"{day:%Y-%m-%d}T{clock}Z"
+
+
 def counted_usage(*events: tuple[str, str]) -> None:
     """Count (time, quantity) events for c-1 and flush them into the event log."""
     invoke("db", "upgrade")
@@ -453,24 +464,28 @@ def counted_usage(*events: tuple[str, str]) -> None:
 
 
 def test_usage_draws_a_bar_per_window_with_the_exact_quantity(cli_env: None) -> None:
+    first, second, third = days_ago(2), days_ago(1), days_ago(0)
     counted_usage(
-        ("2026-11-20T10:00Z", "2.5"), ("2026-11-20T11:00Z", "1"), ("2026-11-21T09:00Z", "5")
+        (at(first, "10:00"), "2.5"), (at(first, "11:00"), "1"), (at(second, "09:00"), "5")
     )
-    out = invoke("usage", "acme", "c-1", "--from", "2026-11-20T00:00Z", "--to", "2026-11-22T00:00Z")
-    day_20, day_21 = out.strip().splitlines()
-    assert day_20.startswith("2026-11-20") and "3.5" in day_20 and "2 events" in day_20
-    assert day_21.startswith("2026-11-21") and "5" in day_21 and "█" * 40 in day_21
+    out = invoke("usage", "acme", "c-1", "--from", at(first, "00:00"), "--to", at(third, "00:00"))
+    first_line, second_line = out.strip().splitlines()
+    assert first_line.startswith(f"{first:%Y-%m-%d}") and "3.5" in first_line
+    assert "2 events" in first_line
+    assert second_line.startswith(f"{second:%Y-%m-%d}") and "5" in second_line
+    assert "█" * 40 in second_line
 
 
 def test_usage_as_csv_has_one_row_per_window_in_the_time_zone(cli_env: None) -> None:
-    counted_usage(("2026-11-20T23:30Z", "1"), ("2026-11-21T00:30Z", "2"))
+    first, second, third = days_ago(2), days_ago(1), days_ago(0)
+    counted_usage((at(first, "23:30"), "1"), (at(second, "00:30"), "2"))
     out = invoke(
-        "usage", "acme", "--from", "2026-11-20T00:00Z", "--to", "2026-11-22T00:00Z",
+        "usage", "acme", "--from", at(first, "00:00"), "--to", at(third, "00:00"),
         "--tz", "Asia/Kolkata", "--csv",
     )  # fmt: skip
     header, *rows = out.strip().splitlines()
     assert header.startswith("window_start,window_end")
-    assert [r.split(",")[5] for r in rows] == ["3"]  # both on Nov 21 in Kolkata (+05:30)
+    assert [r.split(",")[5] for r in rows] == ["3"]  # both on the second day in Kolkata (+05:30)
 
 
 def test_usage_with_an_unknown_time_zone_exits_2_with_the_reason(

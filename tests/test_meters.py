@@ -15,7 +15,7 @@ from meterd.meters import matches
 from meterd.runtime import Runtime
 from meterd.services.catalog import EntitlementChange
 from meterd.testing import event
-from meterd.timeutil import epoch_micros
+from meterd.timeutil import epoch_micros, utcnow
 
 from .conftest import NOW
 from .helpers import assert_log_matches_periods, grant
@@ -59,13 +59,17 @@ def ingest(rt: Runtime, *events: dict[str, Any], now: datetime = NOW) -> list[Ou
     return rt.ingest.ingest(list(events), now=now).outcomes
 
 
-def consumed(rt: Runtime, feature: str, customer: str = "cust-1") -> list[Decimal]:
-    return [b.consumed for b in rt.balance.current("acme", customer, feature, NOW)]
+def consumed(
+    rt: Runtime, feature: str, customer: str = "cust-1", *, now: datetime = NOW
+) -> list[Decimal]:
+    return [b.consumed for b in rt.balance.current("acme", customer, feature, now)]
 
 
-def flushed(rt: Runtime, feature: str, customer: str = "cust-1") -> list[Decimal]:
-    rt.flush.flush_all(NOW)
-    return [b.consumed for b in rt.balance.balances("acme", customer, feature, NOW)]
+def flushed(
+    rt: Runtime, feature: str, customer: str = "cust-1", *, now: datetime = NOW
+) -> list[Decimal]:
+    rt.flush.flush_all(now)
+    return [b.consumed for b in rt.balance.balances("acme", customer, feature, now)]
 
 
 @pytest.fixture
@@ -272,6 +276,18 @@ def test_count_counts_one_per_event_whatever_its_value(runtime: Runtime) -> None
     assert consumed(runtime, "requests") == [Decimal(3)]
 
 
+# UNIQUE_COUNT tests are dated from the real clock (``utcnow()``), not from NOW: a
+# period's set of values expires at an absolute time (a day after the period's late
+# window), which Redis, real or fake, compares with its own clock. Dated from NOW, a
+# set is deleted as it is written once that time has passed (from 2027-01-17 for a
+# grant ending at NOW+20d), and every value counts again.
+
+
+def around(now: datetime) -> dict[str, Any]:
+    """A grant's dates and creation, ten days before ``now`` to twenty days after."""
+    return {"starts_at": now - timedelta(days=10), "ends_at": now + timedelta(days=20), "now": now}
+
+
 @pytest.fixture
 def users(runtime: Runtime) -> Runtime:
     meter(
@@ -282,7 +298,7 @@ def users(runtime: Runtime) -> Runtime:
         aggregation="UNIQUE_COUNT",
         value_property="user",
     )
-    grant(runtime, feature="active_users", quantity="3")
+    grant(runtime, feature="active_users", quantity="3", **around(utcnow()))
     return runtime
 
 
@@ -291,15 +307,17 @@ def login(user: str | int, event_id: str, **kwargs: Any) -> dict[str, Any]:
 
 
 def test_unique_count_counts_each_value_once_a_period(users: Runtime) -> None:
-    outcomes = ingest(users, login("ann", "1"), login("bob", "2"), login("ann", "3"))
-    assert outcomes == [Outcome.ACCEPTED] * 3
-    assert flushed(users, "active_users") == [Decimal(2)]
+    now = utcnow()
+    logins = [login(user, n, time=now) for user, n in (("ann", "1"), ("bob", "2"), ("ann", "3"))]
+    assert ingest(users, *logins, now=now) == [Outcome.ACCEPTED] * 3
+    assert flushed(users, "active_users", now=now) == [Decimal(2)]
     assert_log_matches_periods(users)
 
 
 def test_unique_count_tells_text_from_numbers(users: Runtime) -> None:
-    ingest(users, login("7", "1"), login(7, "2"))
-    assert consumed(users, "active_users") == [Decimal(2)]
+    now = utcnow()
+    ingest(users, login("7", "1", time=now), login(7, "2", time=now), now=now)
+    assert consumed(users, "active_users", now=now) == [Decimal(2)]
 
 
 def test_unique_count_counts_a_value_again_in_the_next_period(runtime: Runtime) -> None:
@@ -311,27 +329,34 @@ def test_unique_count_counts_a_value_again_in_the_next_period(runtime: Runtime) 
         aggregation="UNIQUE_COUNT",
         value_property="user",
     )
+    now = utcnow()
+    this_month = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    last_month = (this_month - timedelta(days=1)).replace(day=1)
+    late_last_month = this_month - timedelta(hours=1)  # inside the 35-day late window
     grant(
         runtime,
         feature="active_users",
         quantity=None,
         billing_type=BillingType.PAY_PER_USE,
-        starts_at=NOW - timedelta(days=60),
+        starts_at=last_month - timedelta(days=30),
+        ends_at=now + timedelta(days=20),
+        now=now,
     )
-    last_month = NOW - timedelta(days=30)
-    ingest(runtime, login("ann", "1", time=last_month), login("ann", "2"))
-    runtime.flush.flush_all(NOW)
+    ingest(runtime, login("ann", "1", time=late_last_month), login("ann", "2", time=now), now=now)
+    runtime.flush.flush_all(now)
     periods = runtime.usage.periods_of(
-        runtime.balance.current("acme", "cust-1", "active_users", NOW)[0].entitlement_id
+        runtime.balance.current("acme", "cust-1", "active_users", now)[0].entitlement_id
     )
-    by_month = {p.period_start.month: p.consumed for p in periods}
-    assert (by_month[10], by_month[11]) == (Decimal(1), Decimal(1))
+    by_month = {p.period_start: p.consumed for p in periods}
+    assert (by_month[last_month], by_month[this_month]) == (Decimal(1), Decimal(1))
 
 
-def _unique_set(rt: Runtime, ent: Any, customer: str = "cust-1") -> tuple[str, datetime]:
+def _unique_set(
+    rt: Runtime, ent: Any, now: datetime, customer: str = "cust-1"
+) -> tuple[str, datetime]:
     """The Redis key of the UNIQUE_COUNT set of an entitlement's current period, and
     that period's end."""
-    (balance,) = rt.balance.current("acme", customer, "active_users", NOW)
+    (balance,) = rt.balance.current("acme", customer, "active_users", now)
     assert balance.entitlement_id == ent.id
     field = f"{ent.id.hex}:{epoch_micros(balance.period_start)}"
     return f"{rt.redis_keys.used('acme', customer)}:u:{field}", balance.period_end
@@ -353,12 +378,12 @@ def _kept_long_enough(rt: Runtime, expires: datetime | None, usable_until: datet
     return expires is None or expires >= usable_until + late + timedelta(days=1, minutes=-1)
 
 
-@pytest.mark.parametrize("new_end", [NOW + timedelta(days=100), None])
+@pytest.mark.parametrize("new_end_in_days", [100, None])
 def test_a_unique_set_follows_its_period_when_the_entitlement_is_extended(
-    runtime: Runtime, new_end: datetime | None
+    runtime: Runtime, new_end_in_days: int | None
 ) -> None:
     """docs: "Each set is deleted a day after its period's late window ends". The set
-    got its expiry from the period's end (NOW+20d) when ann was counted; extending the
+    got its expiry from the period's end (now+20d) when ann was counted; extending the
     entitlement moves that same period's end, and the set must follow it (it kept
     its old expiry, after which ann counted again in the same period). Made open, the
     period's set stays."""
@@ -366,12 +391,14 @@ def test_a_unique_set_follows_its_period_when_the_entitlement_is_extended(
         runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
         value_property="user",
     )  # fmt: skip
-    ent = grant(runtime, feature="active_users", quantity="100")  # NOW-10d .. NOW+20d
-    assert ingest(runtime, login("ann", "l1")) == [Outcome.ACCEPTED]
+    now = utcnow()
+    new_end = None if new_end_in_days is None else now + timedelta(days=new_end_in_days)
+    ent = grant(runtime, feature="active_users", quantity="100", **around(now))
+    assert ingest(runtime, login("ann", "l1", time=now), now=now) == [Outcome.ACCEPTED]
     runtime.catalog.update_entitlement(
-        "acme", ent.id, EntitlementChange(row_version=ent.row_version, ends_at=new_end), NOW
+        "acme", ent.id, EntitlementChange(row_version=ent.row_version, ends_at=new_end), now
     )
-    key, period_end = _unique_set(runtime, ent)
+    key, period_end = _unique_set(runtime, ent, now)
     assert period_end == new_end  # the same period, now longer (or open)
     expires = _set_expires(runtime, key)
     if new_end is None:
@@ -390,14 +417,15 @@ def test_a_unique_set_of_a_period_in_grace_is_kept_while_it_takes_usage(
         runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
         value_property="user",
     )  # fmt: skip
+    now = utcnow()
     ent = grant(
-        runtime, feature="active_users", quantity="100",
-        ends_at=NOW - timedelta(days=1), grace=timedelta(days=60),
+        runtime, feature="active_users", quantity="100", starts_at=now - timedelta(days=10),
+        ends_at=now - timedelta(days=1), grace=timedelta(days=60), now=now,
     )  # fmt: skip
-    assert ingest(runtime, login("ann", "l1")) == [Outcome.ACCEPTED]
-    key, _ = _unique_set(runtime, ent)
+    assert ingest(runtime, login("ann", "l1", time=now), now=now) == [Outcome.ACCEPTED]
+    key, _ = _unique_set(runtime, ent, now)
     expires = _set_expires(runtime, key)
-    assert _kept_long_enough(runtime, expires, NOW + timedelta(days=59)), expires
+    assert _kept_long_enough(runtime, expires, now + timedelta(days=59)), expires
 
 
 def test_a_unique_value_counts_once_in_the_periods_of_every_grant_that_took_it(
@@ -413,21 +441,22 @@ def test_a_unique_value_counts_once_in_the_periods_of_every_grant_that_took_it(
         runtime, "active_users", scale=0, event_type="login", aggregation="UNIQUE_COUNT",
         value_property="user",
     )  # fmt: skip
+    now = utcnow()
     results = []
     for customer, order in (("in-order", (120, 30)), ("newest-first", (30, 120))):
         a = grant(
             runtime, customer, "5", feature="active_users", priority=0,
-            ends_at=NOW - timedelta(hours=1),
+            **{**around(now), "ends_at": now - timedelta(hours=1)},
         )  # fmt: skip
-        b = grant(runtime, customer, "5", feature="active_users", priority=1)
+        b = grant(runtime, customer, "5", feature="active_users", priority=1, **around(now))
         for ago in order:
             payload = login(
-                "ann", f"{customer}-{ago}", customer=customer, time=NOW - timedelta(minutes=ago)
+                "ann", f"{customer}-{ago}", customer=customer, time=now - timedelta(minutes=ago)
             )
-            assert ingest(runtime, payload) == [Outcome.ACCEPTED]
+            assert ingest(runtime, payload, now=now) == [Outcome.ACCEPTED]
         live = {
             x.entitlement_id: x.consumed
-            for x in runtime.balance.current("acme", customer, "active_users", NOW)
+            for x in runtime.balance.current("acme", customer, "active_users", now)
         }
         results.append([live[a.id], live[b.id]])
     assert results == [[Decimal(1), Decimal(0)], [Decimal(0), Decimal(1)]]

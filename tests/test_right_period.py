@@ -22,6 +22,7 @@ from meterd.storage.models import Entitlement
 from meterd.terms import TermUnit
 from meterd.testing import event
 
+from .conftest import NOW
 from .helpers import grant
 
 
@@ -332,8 +333,8 @@ def test_the_same_reserve_key_with_another_quantity_is_a_conflict(runtime: Runti
 
 def test_accepted_and_duplicate_events_are_counted_with_the_events(runtime: Runtime) -> None:
     """No task records them afterwards: the script counts them in the same step."""
-    grant(runtime)
-    runtime.ingest.ingest([event(event_id="a"), event(event_id="a")], now=datetime.now(UTC))
+    grant(runtime)  # NOW-10d .. NOW+20d: the events are counted at NOW, not at the real now
+    runtime.ingest.ingest([event(event_id="a"), event(event_id="a")], now=NOW)
     assert runtime.stats.events() == {"accepted": 1, "duplicate": 1}
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi.testclient import TestClient
 
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
+from meterd.timeutil import utcnow
 
 from .conftest import key_for
 
@@ -22,8 +24,37 @@ def post(client: TestClient, path: str, headers: dict[str, str], **body: Any) ->
     return result
 
 
+def day(moment: datetime) -> str:
+    """A midnight as a request writes it."""
+    return f"{moment:%Y-%m-%d}T00:00:00Z"
+
+
+def shown(moment: datetime) -> str:
+    """A midnight as a response writes it."""
+    return f"{moment:%Y-%m-%d}T00:00:00.000000Z"
+
+
+def catalog_dates() -> dict[str, datetime]:
+    """The grants' dates, relative to today, so that each grant has the same state on
+    whatever day the suite runs (fixed dates expire: a trial from a fixed day ends 14
+    days later). Alpha's yearly term began about ten months ago, on a 15th (a year later
+    is the same day of the month); beta's 14-day trial began two days ago."""
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    alpha_starts = (today - timedelta(days=300)).replace(day=15)
+    beta_starts = today - timedelta(days=2)
+    return {
+        "alpha_starts": alpha_starts,
+        "alpha_ends": alpha_starts.replace(year=alpha_starts.year + 1),
+        "beta_starts": beta_starts,
+        "beta_ends": beta_starts + timedelta(days=14),
+    }
+
+
 def catalog(client: TestClient, acme: dict[str, str]) -> dict[str, Any]:
-    """A USERS feature, two plans (yearly auto-renew in family gold; a trial), three grants."""
+    """A USERS feature, two plans (yearly auto-renew in family gold; a trial), three grants
+    (alpha on the yearly plan, beta on the trial, gamma from now on); ``dates`` holds
+    their dates (see ``catalog_dates``)."""
+    dates = catalog_dates()
     post(client, "/v1/features", acme, key="seats", name="Seats", type="USERS", units="users")
     yearly = post(client, "/v1/plans", acme, key="pro-yearly", feature="seats", quantity="50",
                   display_name="Pro yearly", term_value=1, term_unit="YEAR", auto_renew=True,
@@ -32,12 +63,12 @@ def catalog(client: TestClient, acme: dict[str, str]) -> dict[str, Any]:
                  display_name="Trial", term_value=14, term_unit="DAY",
                  contract_mode="TRIAL")  # fmt: skip
     a = post(client, "/v1/entitlements", acme, customer_id="alpha", plan_id=yearly["id"],
-             starts_at="2026-01-15T00:00:00Z")  # fmt: skip
+             starts_at=day(dates["alpha_starts"]))  # fmt: skip
     b = post(client, "/v1/entitlements", acme, customer_id="beta", plan_id=trial["id"],
-             starts_at="2026-11-20T00:00:00Z")  # fmt: skip
+             starts_at=day(dates["beta_starts"]))  # fmt: skip
     c = post(client, "/v1/entitlements", acme, customer_id="gamma", feature="api_calls",
              quantity="10")  # fmt: skip
-    return {"yearly": yearly, "trial": trial, "a": a, "b": b, "c": c}
+    return {"yearly": yearly, "trial": trial, "a": a, "b": b, "c": c, "dates": dates}
 
 
 def workspace(client: TestClient, headers: dict[str, str], **params: Any) -> dict[str, Any]:
@@ -64,12 +95,13 @@ def test_a_plan_derives_its_term_kind_and_condition_family(
 def test_an_entitlement_from_a_plan_takes_its_terms(
     client: TestClient, acme: dict[str, str]
 ) -> None:
-    a = catalog(client, acme)["a"]
+    made = catalog(client, acme)
+    a, dates = made["a"], made["dates"]
     assert (a["feature"], a["quantity"], a["auto_renew"]) == ("seats", "50", True)
     assert (a["starts_at"], a["ends_at"], a["grace_until"]) == (
-        "2026-01-15T00:00:00.000000Z",
-        "2027-01-15T00:00:00.000000Z",
-        "2027-01-22T00:00:00.000000Z",
+        shown(dates["alpha_starts"]),
+        shown(dates["alpha_ends"]),  # a year later, the same day
+        shown(dates["alpha_ends"] + timedelta(days=7)),
     )
 
 
@@ -134,7 +166,7 @@ def test_the_workspace_page_has_the_seed_envelope_and_row_shape(
         "DisplayName": "alpha",
     }
     assert (first["Status"], first["EffectiveState"]) == (1, 1)
-    assert first["StartsAtUtc"] == "2026-01-15T00:00:00.000000Z"
+    assert first["StartsAtUtc"] == shown(made["dates"]["alpha_starts"])
     assert [f["Key"] for f in first["PlanFamilies"]] == ["gold", "legacy"]
     assert uuid.UUID(first["RowVersion"]).version == 5
 
@@ -152,6 +184,9 @@ def test_the_row_version_changes_when_the_row_does(
 def test_workspace_filters(client: TestClient, acme: dict[str, str]) -> None:
     made = catalog(client, acme)
     gold = made["yearly"]["families"][0]["id"]
+    # Between beta's end (in 12 days) and alpha's (in about two months); gamma has none.
+    beta_starts, between_ends = made["dates"]["beta_starts"], made["dates"]["beta_ends"]
+    between_ends += timedelta(days=10)
     cases: list[tuple[dict[str, Any], list[str]]] = [
         ({"PlanId": made["trial"]["id"]}, ["beta"]),
         ({"PlanFamilyIds": gold}, ["alpha"]),
@@ -165,10 +200,10 @@ def test_workspace_filters(client: TestClient, acme: dict[str, str]) -> None:
         ({"OwnerEntityInstanceId": "gamma"}, ["gamma"]),
         ({"Status": 1}, ["alpha", "beta", "gamma"]),
         ({"Status": 3}, []),
-        ({"StartsFromUtc": "2026-11-20T00:00:00Z"}, ["beta", "gamma"]),
-        ({"StartsToUtc": "2026-11-20T00:00:00Z"}, ["alpha", "beta"]),
-        ({"EndsFromUtc": "2027-01-01T00:00:00Z"}, ["alpha"]),
-        ({"EndsToUtc": "2026-12-31T00:00:00Z"}, ["beta"]),
+        ({"StartsFromUtc": day(beta_starts)}, ["beta", "gamma"]),  # bounds are inclusive
+        ({"StartsToUtc": day(beta_starts)}, ["alpha", "beta"]),
+        ({"EndsFromUtc": day(between_ends)}, ["alpha"]),
+        ({"EndsToUtc": day(between_ends - timedelta(days=1))}, ["beta"]),
         ({"Search": "pro"}, ["alpha"]),
         ({"search": "GAMMA"}, ["gamma"]),  # names and text both case-insensitive
     ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -33,6 +33,21 @@ def numbers(page: dict[str, Any]) -> list[int]:
     return [row["number"] for row in page["results"]]
 
 
+def midnight_in(days: int) -> datetime:
+    """Midnight (UTC) ``days`` days from today: an end that stays ahead of the clock."""
+    return utcnow().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=days)
+
+
+def day(moment: datetime) -> str:
+    """A midnight as a request writes it."""
+    return f"{moment:%Y-%m-%d}T00:00:00Z"
+
+
+def shown(moment: datetime) -> str:
+    """A midnight as a response writes it."""
+    return f"{moment:%Y-%m-%d}T00:00:00.000000Z"
+
+
 @pytest.fixture
 def ten(client: TestClient, acme: dict[str, str]) -> list[dict[str, Any]]:
     """Ten entitlements of acme: customers c0..c4 twice, quantities 1..10."""
@@ -43,7 +58,8 @@ def ten(client: TestClient, acme: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def test_create_then_read_an_entitlement(client: TestClient, acme: dict[str, str]) -> None:
-    made = create(client, acme, quantity="12.5", grace_days=3, ends_at="2030-01-01T00:00:00Z")
+    ends = midnight_in(3 * 365)
+    made = create(client, acme, quantity="12.5", grace_days=3, ends_at=day(ends))
     got = client.get(f"/v1/entitlements/{made['id']}", headers=acme).json()
     assert got == made
     assert (got["quantity"], got["consumed"], got["remaining"], got["status"]) == (
@@ -52,7 +68,7 @@ def test_create_then_read_an_entitlement(client: TestClient, acme: dict[str, str
         "12.5",
         "ACTIVE",
     )
-    assert got["grace_until"] == "2030-01-04T00:00:00.000000Z"
+    assert got["grace_until"] == shown(ends + timedelta(days=3))
 
 
 def test_a_naive_datetime_is_400(client: TestClient, acme: dict[str, str]) -> None:
@@ -284,15 +300,16 @@ def test_a_change_on_a_stale_row_version_is_409(client: TestClient, acme: dict[s
 def test_converting_a_trial_and_clearing_the_quantity(
     client: TestClient, acme: dict[str, str]
 ) -> None:
-    made = create(client, acme, contract_mode="TRIAL", ends_at="2030-01-01T00:00:00Z")
+    made = create(client, acme, contract_mode="TRIAL", ends_at=day(midnight_in(3 * 365)))
     path = f"/v1/entitlements/{made['id']}"
+    later = midnight_in(4 * 365)
     body = {"row_version": 1, "contract_mode": "PRODUCTION", "quantity": None,
-            "ends_at": "2031-01-01T00:00:00Z"}  # fmt: skip
+            "ends_at": day(later)}  # fmt: skip
     changed = client.patch(path, json=body, headers=acme).json()
     assert (changed["contract_mode"], changed["quantity"], changed["ends_at"]) == (
         "PRODUCTION",
         None,
-        "2031-01-01T00:00:00.000000Z",
+        shown(later),
     )
 
 

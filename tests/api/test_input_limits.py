@@ -19,13 +19,12 @@ from meterd.api.body_limit import MAX_JSON_DEPTH, InputLimits, nesting_depth_exc
 from meterd.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH
 from meterd.runtime import Runtime
 from meterd.testing import event
+from meterd.timeutil import utcnow
 
-from ..conftest import NOW
 from ..helpers import grant
 from .conftest import NoBroker, Published
 
 LIMIT = 4096
-EVENT_TIME = NOW.isoformat()
 CONFUSABLE = ["\uff11", "\u0663", "1_000", " 2 ", "1e1", "+1", "0x10", "NaN", "Infinity", "-1"]
 
 
@@ -62,7 +61,7 @@ def post(client: TestClient, acme: dict[str, str], content: bytes | str, **heade
 def test_a_body_over_the_limit_is_413_with_the_limit_in_the_message(
     small: TestClient, acme: dict[str, str], published: Published
 ) -> None:
-    body = json.dumps([event(event_id=f"e{i}", time=NOW) for i in range(30)])
+    body = json.dumps([event(event_id=f"e{i}", time=utcnow()) for i in range(30)])
     assert len(body) > LIMIT
     detail = problem_of(post(small, acme, body), 413)
     assert "larger than 4,096 bytes (METERD_MAX_BODY_BYTES)" in detail
@@ -82,7 +81,7 @@ def test_a_chunked_body_without_content_length_over_the_limit_is_413(
 
 
 def test_a_body_at_the_limit_is_read_whole(small: TestClient, acme: dict[str, str]) -> None:
-    body = json.dumps(event(time=NOW)).encode()
+    body = json.dumps(event(time=utcnow())).encode()
     response = post(small, acme, body + b" " * (LIMIT - len(body)))
     assert response.status_code == 202, response.text
 
@@ -165,7 +164,7 @@ def test_nesting_at_the_limit_and_brackets_inside_strings_pass(
     at_limit = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
     response = post(client, acme, at_limit)
     assert response.status_code == 202, response.text  # one invalid event: a list
-    text_of_brackets = {**event(time=NOW), "id": '[{\\"' * 100}
+    text_of_brackets = {**event(time=utcnow()), "id": '[{\\"' * 100}
     response = post(client, acme, json.dumps(text_of_brackets))
     assert response.status_code == 202, response.text
 
@@ -197,7 +196,7 @@ def test_a_body_that_is_not_utf8_text_is_a_400(
 def test_nan_and_infinity_are_not_json(
     client: TestClient, acme: dict[str, str], constant: str
 ) -> None:
-    body = json.dumps(event(time=NOW)).replace('"1"', constant)
+    body = json.dumps(event(time=utcnow())).replace('"1"', constant)
     detail = problem_of(post(client, acme, body), 400)
     assert detail == f"the body is not JSON: {constant} is not a JSON value"
 
@@ -220,7 +219,7 @@ def results_of(response: Any) -> list[dict[str, Any]]:
 def test_a_quantity_outside_the_grammar_is_invalid_and_not_queued(
     client: TestClient, acme: dict[str, str], published: Published, quantity: str
 ) -> None:
-    body = {**event(time=NOW), "data": {"feature": "api_calls", "quantity": quantity}}
+    body = {**event(time=utcnow()), "data": {"feature": "api_calls", "quantity": quantity}}
     (result,) = results_of(post(client, acme, json.dumps(body)))
     assert result["status"] == "invalid"
     assert result["reason"].startswith("data.quantity: Value error, quantity")
@@ -228,7 +227,7 @@ def test_a_quantity_outside_the_grammar_is_invalid_and_not_queued(
 
 
 def with_number(literal: str) -> str:
-    return json.dumps(event(time=NOW)).replace('"quantity": "1"', f'"quantity": {literal}')
+    return json.dumps(event(time=utcnow())).replace('"quantity": "1"', f'"quantity": {literal}')
 
 
 @pytest.mark.parametrize("literal", ["1e1", "1E+1", "2.5e0", "9007199254.740991"])
@@ -266,7 +265,7 @@ def test_a_json_number_in_plain_form_is_queued(
 def test_over_long_event_attributes_are_invalid_naming_the_field(
     client: TestClient, acme: dict[str, str], change: dict[str, Any], says: str
 ) -> None:
-    (result,) = results_of(post(client, acme, json.dumps({**event(time=NOW), **change})))
+    (result,) = results_of(post(client, acme, json.dumps({**event(time=utcnow()), **change})))
     assert result["status"] == "invalid"
     assert says in result["reason"], result["reason"]
 
@@ -275,7 +274,7 @@ def test_an_event_larger_than_the_event_limit_is_invalid_and_kept_as_a_stand_in(
     client: TestClient, runtime: Runtime, acme: dict[str, str]
 ) -> None:
     data = {"feature": "api_calls", "quantity": "1", "blob": "x" * MAX_EVENT_BYTES}
-    (result,) = results_of(post(client, acme, json.dumps({**event(time=NOW), "data": data})))
+    (result,) = results_of(post(client, acme, json.dumps({**event(time=utcnow()), "data": data})))
     assert result["status"] == "invalid"
     assert result["reason"].startswith("data: the event is 65,")
     assert result["reason"].endswith(f"bytes as JSON, at most {MAX_EVENT_BYTES:,}")
@@ -291,7 +290,7 @@ def test_an_event_nested_deeper_than_the_event_limit_is_invalid_naming_where(
     deep: Any = 1
     for _ in range(MAX_EVENT_DEPTH):
         deep = [deep]
-    body = {**event(time=NOW), "data": {"feature": "api_calls", "quantity": "1", "tags": deep}}
+    body = {**event(time=utcnow()), "data": {"feature": "api_calls", "quantity": "1", "tags": deep}}
     (result,) = results_of(post(client, acme, json.dumps(body)))
     assert result["status"] == "invalid"
     nested = "[0]" * (MAX_EVENT_DEPTH - 2)  # the event 1, data 2, tags 3, ...
@@ -305,7 +304,7 @@ def test_an_event_nested_deeper_than_the_event_limit_is_invalid_naming_where(
 def test_a_lone_surrogate_anywhere_in_an_event_is_invalid_not_a_500(
     client: TestClient, runtime: Runtime, acme: dict[str, str], raw: str, field: str
 ) -> None:
-    body = json.dumps(event(event_id="x", time=NOW))[:-1] + ", " + raw + "}"
+    body = json.dumps(event(event_id="x", time=utcnow()))[:-1] + ", " + raw + "}"
     (result,) = results_of(post(client, acme, body))
     assert result["status"] == "invalid"
     assert result["id"] == (None if field == "id" else "x")  # never echoes broken text

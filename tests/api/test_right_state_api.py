@@ -60,7 +60,9 @@ def test_a_plain_expiry_reads_expired_everywhere_before_the_job_runs(
     client: TestClient, acme: dict[str, str], runtime: Runtime
 ) -> None:
     now = utcnow()
-    ent = grant(runtime, starts_at=now - timedelta(days=30), ends_at=now + timedelta(seconds=1))
+    ent = grant(
+        runtime, starts_at=now - timedelta(days=30), ends_at=now + timedelta(seconds=1), now=now
+    )
     # The job never runs; the clock passes ends_at.
     time.sleep(1.1)
     assert runtime.entitlements.get(ent.id).status == "ACTIVE"  # as recorded

@@ -3,7 +3,7 @@ against the seed page (/work/shared/seeds/tenant-entitlement-by-type.txt)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -21,9 +21,11 @@ from ..helpers import grant
 from .conftest import key_for
 
 PATH = "/api/web/v4/tenants/tenant-7/entitlements/USERS"
-START = datetime(2026, 1, 1, tzinfo=UTC)
-END = datetime(2036, 1, 1, tzinfo=UTC)
-DATES = {"startDate": "2026-01-01T00:00:00Z", "endDate": "2036-01-01T00:00:00Z"}
+#: A ten-year contract that began about eleven months ago, relative to today: with
+#: fixed dates (2026-01-01 to 2036-01-01) every grant had ended from 2036 on.
+START = utcnow().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=330)
+END = START + timedelta(days=3652)
+DATES = {"startDate": f"{START:%Y-%m-%d}T00:00:00Z", "endDate": f"{END:%Y-%m-%d}T00:00:00Z"}
 OPEN_ENDED = "9999-12-31T23:59:59Z"
 
 #: Every field of the seed page's response schema, and of each of its objects.
@@ -451,10 +453,11 @@ def test_a_type_held_only_by_sub_block_features_is_404(
 
 
 def expired_and_active(rt: Runtime, feature: str) -> str:
-    """An expired 2025 grant (the lower number) and an active one; the active one's id."""
+    """A grant that expired the year before START (the lower number) and an active one;
+    the active one's id."""
     rt.catalog.create_feature("acme", feature, now=NOW, type=FeatureType.CREDITS)
-    grant(rt, "tenant-7", "10", feature=feature, starts_at=datetime(2025, 1, 1, tzinfo=UTC),
-          ends_at=datetime(2025, 12, 31, tzinfo=UTC))  # fmt: skip
+    grant(rt, "tenant-7", "10", feature=feature, starts_at=START - timedelta(days=365),
+          ends_at=START - timedelta(days=1))  # fmt: skip
     now = utcnow()
     active = grant(rt, "tenant-7", "700", feature=feature, starts_at=now - timedelta(days=1),
                    ends_at=now + timedelta(days=30))  # fmt: skip
