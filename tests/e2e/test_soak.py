@@ -1,8 +1,8 @@
 """The soak under faults, 60 seconds of it (``bench/soak.py``'s harness, CI settings).
 
 Real processes over stores the harness starts itself (a redis-server with AOF,
-a PostgreSQL cluster of its own), so it runs the same in both test
-configurations; only the broker is the machine's Redis (db 10, its own prefix).
+a PostgreSQL cluster of its own), so it would run the same in both test
+configurations: it runs once, in the real one; only the broker is the machine's Redis (db 10, its own prefix).
 Producers in two processes send duplicates, events older than the hot window
 and events past the late window, and the harness a poison message twice a
 second (every kind of ``soak.POISON_KINDS``), while the ingest worker is
@@ -21,13 +21,20 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import require
+from ..conftest import BACKEND, require
 from .conftest import BROKER_URL
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 import soak
 
-pytestmark = pytest.mark.e2e
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(
+        BACKEND != "real",
+        reason="the soak starts its own Redis and PostgreSQL whatever the configuration:"
+        " it runs once, in the real configuration",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
