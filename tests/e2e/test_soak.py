@@ -2,7 +2,8 @@
 
 Real processes over stores the harness starts itself (a redis-server with AOF,
 a PostgreSQL cluster of its own), so it would run the same in both test
-configurations: it runs once, in the real one; only the broker is the machine's Redis (db 10, its own prefix).
+configurations: it runs once, in the real one. Only the broker is the machine's
+Redis (db 10, its own prefix).
 Producers in two processes send duplicates, events older than the hot window
 and events past the late window, and the harness a poison message twice a
 second (every kind of ``soak.POISON_KINDS``), while the ingest worker is
