@@ -180,7 +180,7 @@ def test_a_redelivered_unreadable_message_is_kept_once_whatever_headers_kombu_ad
 ) -> None:
     """kombu's Redis transport adds ``redelivered`` to the headers of a restored message;
     the soak found such messages dead-lettered twice."""
-    from meterd.message_guard import unreadable_record
+    from meterd.task_messages import unreadable_record
 
     class Message:
         body = b"{{{ not json"

@@ -15,17 +15,17 @@ from kombu import compression, serialization
 
 from meterd.celery_config import DEAD_LETTER_MESSAGE_TASK, FLUSH_TASK, INGEST_TASK
 from meterd.events import InvalidEvent, parse_event
-from meterd.message_guard import (
+from meterd.message_guard import install_worker_codecs
+from meterd.quantity import JsonNumber
+from meterd.task_messages import (
     EXCERPT_BYTES,
     Readable,
     Unreadable,
     as_ingest_envelope,
-    install_worker_codecs,
     read_task_message,
     sanitised_headers,
     unreadable_record,
 )
-from meterd.quantity import JsonNumber
 from meterd.testing import event
 from meterd.timeutil import utcnow
 from meterd.wire_json import plain_loads

@@ -36,8 +36,8 @@ from meterd.celery_config import (
 )
 from meterd.errors import UnavailableError
 from meterd.logs import get_logger
-from meterd.message_guard import ingest_payloads
 from meterd.runtime import STORE_ERRORS, get_runtime
+from meterd.task_messages import ingest_payloads
 from meterd.timeutil import utcnow
 from meterd.worker import app
 
@@ -110,7 +110,7 @@ def _count_waits(task_name: str, tries: int) -> int:
 
 def as_event_list(events: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
     """Whatever arrived, as a list of payloads to validate one by one (the guard's
-    rule: ``message_guard.ingest_payloads``)."""
+    rule: ``task_messages.ingest_payloads``)."""
     return ingest_payloads((events, *args), kwargs)
 
 
