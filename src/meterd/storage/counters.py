@@ -3,7 +3,7 @@
 Every write path is one Lua script call, so a batch is counted entirely or not
 at all, and the dedupe markers are written in the same atomic step as the
 counts they guard. Python never formats values into a script: the scripts live
-in ``meterd/lua/*.lua`` and are registered once.
+in ``meterd/lua/*.lua``, read through ``meterd.lua`` and registered once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from importlib import resources
 from typing import Any, cast
 
 import redis
@@ -30,6 +29,7 @@ from meterd.event_records import (
     record_json,
 )
 from meterd.events import UsageEvent
+from meterd.lua import script_source
 from meterd.notifications import CROSSING_FIELD_PREFIX, Crossing
 from meterd.redis_keys import RedisKeys, period_field
 from meterd.timeutil import epoch_micros, month_start
@@ -89,10 +89,6 @@ class CounterStoreError(UnavailableError):
 
 def _micros(span: timedelta) -> int:
     return int(span.total_seconds() * 1_000_000)
-
-
-def _load_script(name: str) -> str:
-    return resources.files("meterd").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +156,10 @@ class CounterStore:
         self._hot_us = _micros(hot_window)
         self._skew_us = _micros(future_skew)
         self._generation_us = max(self._hot_us // marker_generations, 1)
-        self._ingest = client.register_script(_load_script("ingest.lua"))
-        self._flush_begin = client.register_script(_load_script("flush_begin.lua"))
-        self._flush_end = client.register_script(_load_script("flush_end.lua"))
-        self._snapshot = client.register_script(_load_script("pending_snapshot.lua"))
+        self._ingest = client.register_script(script_source("ingest.lua"))
+        self._flush_begin = client.register_script(script_source("flush_begin.lua"))
+        self._flush_end = client.register_script(script_source("flush_end.lua"))
+        self._snapshot = client.register_script(script_source("pending_snapshot.lua"))
 
     # -- ingest ---------------------------------------------------------------
 
