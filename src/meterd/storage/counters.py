@@ -262,10 +262,10 @@ class CounterStore:
                     pipe.sadd(self.keys.big_counters, field)  # ingest.lua reads these
             pipe.set(self.keys.resolution(org, customer, feature), payload, ex=ttl, nx=not replace)
             if replace:
-                self._rearm_unique_sets(pipe, used_key, payload)
+                self._rearm_unique_sets(pipe, org, customer, payload)
         pipe.execute()
 
-    def _rearm_unique_sets(self, pipe: Any, used_key: str, payload: str) -> None:
+    def _rearm_unique_sets(self, pipe: Any, org: str, customer: str, payload: str) -> None:
         """Re-arm the expiry of the UNIQUE_COUNT sets of the stored periods (a no-op
         where a period has none) from the data just written: a change may have moved
         a period's end or the end of its grace (ingest.lua's period_of computes the
@@ -278,7 +278,7 @@ class CounterStore:
                 keep = end
                 if end >= 0 and "r" not in entry and start == last:
                     keep = -1 if entry["u"] < 0 else max(end, entry["u"])
-                key = f"{used_key}:u:{field}"
+                key = self.keys.unique_values(org, customer, field)
                 if keep < 0:
                     pipe.persist(key)
                 else:
@@ -420,7 +420,7 @@ class CounterStore:
         for g in generations:
             meta = cast(
                 list[bytes | None],
-                self.client.hmget(f"{self.keys.marker_prefix}{g}", ["L", "p", "n", "left"]),
+                self.client.hmget(self.keys.marker_generation(g), ["L", "p", "n", "left"]),
             )
             level, split, count, left = (int(v) if v is not None else None for v in meta)
             shards = 2 ** (level or 0) + (split or 0)
@@ -429,7 +429,7 @@ class CounterStore:
                 markers += count or 0
             sets += shards
             step = max(shards // max(sample // max(len(generations), 1), 1), 1)
-            sample_keys += [f"{self.keys.marker_prefix}{g}:{i}" for i in range(0, shards, step)]
+            sample_keys += [self.keys.marker_shard(g, i) for i in range(0, shards, step)]
         sample_keys = sample_keys[:sample]
         size: int | None = None
         if sample_keys and sets:
