@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from importlib import resources
 
+from meterd.lua import read_fragment
 from meterd.services.counting import NOT_FINAL
 from meterd.services.ingest import OUTCOMES as INGEST_OUTCOMES
 from meterd.services.reserve import OUTCOMES as RESERVE_OUTCOMES
@@ -12,7 +12,7 @@ from meterd.storage.counters import ScriptCode
 
 
 def header_codes() -> dict[str, str]:
-    text = resources.files("meterd").joinpath("lua", "ingest.lua").read_text("utf-8")
+    text = read_fragment("ingest")
     header = text.split("]]", 1)[0]
     block = header.split("Returns one character per event", 1)[1]
     return dict(re.findall(r"^  ([a-z])  (\w[\w ]*)", block, flags=re.MULTILINE))

@@ -32,7 +32,6 @@ import binascii
 import json
 import time
 import uuid
-from importlib import resources
 from queue import Empty
 from typing import Any
 
@@ -42,9 +41,10 @@ from kombu.utils.encoding import bytes_to_str
 from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError
 
 from meterd.logs import get_logger
+from meterd.lua import script_source
 
 log = get_logger("meterd.broker")
-_POP_SCRIPT = resources.files("meterd").joinpath("lua", "broker_pop.lua").read_text("utf-8")
+_POP_SCRIPT = script_source("broker_pop")
 
 
 class ReliableQoS(kombu_redis.QoS):

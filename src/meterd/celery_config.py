@@ -26,6 +26,7 @@ from celery import Celery
 from meterd import embedded
 from meterd.broker import reliable_url
 from meterd.config import Settings
+from meterd.redis_keys import RedisKeys
 
 INGEST_QUEUE = "meterd.ingest"
 FLUSH_QUEUE = "meterd.flush"
@@ -133,7 +134,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # keeps its schedule in Redis behind a lock: a second beat waits instead of
         # scheduling everything twice.
         "redbeat_redis_url": None if settings.is_embedded_redis else settings.redis_url,
-        "redbeat_key_prefix": f"{settings.redis_prefix}:redbeat:",
+        "redbeat_key_prefix": RedisKeys(settings.redis_prefix).redbeat_prefix,
         "redbeat_lock_timeout": max(30, int(settings.flush_interval * 6)),
         "worker_hijack_root_logger": False,
         # Every message is read by meterd before Celery parses it: none can stop a

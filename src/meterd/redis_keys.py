@@ -18,8 +18,15 @@ key                              type    holds
 ``P:flush:events``               hash    the same, renamed while a flush is in flight
 ``P:flush:seq``                  string  bumped when a flush begins and when it ends
 ``P:res:{tag}:<feature>``        string  JSON resolution data: the customer's entitlements
-``P:used:{tag}``                 hash    ``<ent>:<period>`` -> consumed micro-units (all time)
-``P:pending``                    hash    ``<ent>:<period>`` -> micro-units not yet in the DB
+``P:used:{tag}``                 hash    ``<ent>:<period>`` -> consumed micro-units (all time);
+                                         ``t:<ent>:<period>`` -> ``<ts>\t<event key>`` of the
+                                         period's latest LATEST sample
+``P:used:{tag}:u:<field>``       set     the values a UNIQUE_COUNT period (``<ent>:<period>``)
+                                         counted; expires when the period takes no more usage
+``P:used:big``                   set     the ``used`` fields above 2^52 units
+``P:pending``                    hash    ``<ent>:<period>`` -> micro-units not yet in the DB;
+                                         ``n:<ent>:<period>:<pct>`` -> ``<now>:<consumed>``,
+                                         a threshold crossing to notify
 ``P:flush:batch``                hash    the pending hash, renamed while a flush is in flight
 ``P:flush:inflight``             string  id of the batch in ``flush:batch``
 ``P:flush:epoch``                string  counts flush starts (lets readers detect a race)
@@ -28,6 +35,7 @@ key                              type    holds
 ``P:stats:*``                    hash    counters and histograms for metrics (see stats.py)
 ``P:rl:<key id>``                hash    an API key's token bucket: ``t`` last refill (epoch
                                          us), ``m`` micro-tokens; expires once full again
+``P:redbeat:*``                  (many)  RedBeat's schedule and lock (``meterd beat --redbeat``)
 ``P:meters:versions``            hash    ``<org>`` -> bumped each time a feature (a meter) of
                                          the org is created: workers read it again
 ===============================  ======  =====================================================
@@ -58,6 +66,15 @@ class RedisKeys:
     def marker_prefix(self) -> str:
         return f"{self.prefix}:dm:"
 
+    def marker_generation(self, generation: int | str) -> str:
+        """The meta hash of marker generation ``generation`` (ingest.lua builds the
+        same key from ``marker_prefix``, passed as ARGV)."""
+        return f"{self.marker_prefix}{generation}"
+
+    def marker_shard(self, generation: int | str, shard: int) -> str:
+        """One set of marker digests of a generation (ingest.lua: ``shard_key``)."""
+        return f"{self.marker_generation(generation)}:{shard}"
+
     @property
     def marker_generations(self) -> str:
         return f"{self.prefix}:dm:generations"
@@ -85,6 +102,11 @@ class RedisKeys:
 
     def used(self, org: str, customer: str) -> str:
         return f"{self.prefix}:used:{self.tag(org, customer)}"
+
+    def unique_values(self, org: str, customer: str, field: str) -> str:
+        """The values a UNIQUE_COUNT period counted (ingest.lua: ``unique_key``, built
+        from the used key it is passed)."""
+        return f"{self.used(org, customer)}:u:{field}"
 
     @property
     def pending(self) -> str:
@@ -116,6 +138,11 @@ class RedisKeys:
     @property
     def meter_versions(self) -> str:
         return f"{self.prefix}:meters:versions"
+
+    @property
+    def redbeat_prefix(self) -> str:
+        """The prefix of RedBeat's schedule and lock keys (``redbeat_key_prefix``)."""
+        return f"{self.prefix}:redbeat:"
 
     def rate_limit(self, key_id: str) -> str:
         """An API key's token bucket (key ids are 16 hex digits)."""

@@ -3,7 +3,7 @@
 Every write path is one Lua script call, so a batch is counted entirely or not
 at all, and the dedupe markers are written in the same atomic step as the
 counts they guard. Python never formats values into a script: the scripts live
-in ``meterd/lua/*.lua`` and are registered once.
+in ``meterd/lua/*.lua``, read through ``meterd.lua`` and registered once.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from importlib import resources
 from typing import Any, cast
 
 import redis
@@ -30,6 +29,7 @@ from meterd.event_records import (
     record_json,
 )
 from meterd.events import UsageEvent
+from meterd.lua import script_source
 from meterd.notifications import CROSSING_FIELD_PREFIX, Crossing
 from meterd.redis_keys import RedisKeys, period_field
 from meterd.timeutil import epoch_micros, month_start
@@ -89,10 +89,6 @@ class CounterStoreError(UnavailableError):
 
 def _micros(span: timedelta) -> int:
     return int(span.total_seconds() * 1_000_000)
-
-
-def _load_script(name: str) -> str:
-    return resources.files("meterd").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,10 +156,10 @@ class CounterStore:
         self._hot_us = _micros(hot_window)
         self._skew_us = _micros(future_skew)
         self._generation_us = max(self._hot_us // marker_generations, 1)
-        self._ingest = client.register_script(_load_script("ingest.lua"))
-        self._flush_begin = client.register_script(_load_script("flush_begin.lua"))
-        self._flush_end = client.register_script(_load_script("flush_end.lua"))
-        self._snapshot = client.register_script(_load_script("pending_snapshot.lua"))
+        self._ingest = client.register_script(script_source("ingest.lua"))
+        self._flush_begin = client.register_script(script_source("flush_begin.lua"))
+        self._flush_end = client.register_script(script_source("flush_end.lua"))
+        self._snapshot = client.register_script(script_source("pending_snapshot.lua"))
 
     # -- ingest ---------------------------------------------------------------
 
@@ -266,10 +262,10 @@ class CounterStore:
                     pipe.sadd(self.keys.big_counters, field)  # ingest.lua reads these
             pipe.set(self.keys.resolution(org, customer, feature), payload, ex=ttl, nx=not replace)
             if replace:
-                self._rearm_unique_sets(pipe, used_key, payload)
+                self._rearm_unique_sets(pipe, org, customer, payload)
         pipe.execute()
 
-    def _rearm_unique_sets(self, pipe: Any, used_key: str, payload: str) -> None:
+    def _rearm_unique_sets(self, pipe: Any, org: str, customer: str, payload: str) -> None:
         """Re-arm the expiry of the UNIQUE_COUNT sets of the stored periods (a no-op
         where a period has none) from the data just written: a change may have moved
         a period's end or the end of its grace (ingest.lua's period_of computes the
@@ -282,7 +278,7 @@ class CounterStore:
                 keep = end
                 if end >= 0 and "r" not in entry and start == last:
                     keep = -1 if entry["u"] < 0 else max(end, entry["u"])
-                key = f"{used_key}:u:{field}"
+                key = self.keys.unique_values(org, customer, field)
                 if keep < 0:
                     pipe.persist(key)
                 else:
@@ -424,7 +420,7 @@ class CounterStore:
         for g in generations:
             meta = cast(
                 list[bytes | None],
-                self.client.hmget(f"{self.keys.marker_prefix}{g}", ["L", "p", "n", "left"]),
+                self.client.hmget(self.keys.marker_generation(g), ["L", "p", "n", "left"]),
             )
             level, split, count, left = (int(v) if v is not None else None for v in meta)
             shards = 2 ** (level or 0) + (split or 0)
@@ -433,7 +429,7 @@ class CounterStore:
                 markers += count or 0
             sets += shards
             step = max(shards // max(sample // max(len(generations), 1), 1), 1)
-            sample_keys += [f"{self.keys.marker_prefix}{g}:{i}" for i in range(0, shards, step)]
+            sample_keys += [self.keys.marker_shard(g, i) for i in range(0, shards, step)]
         sample_keys = sample_keys[:sample]
         size: int | None = None
         if sample_keys and sets:

@@ -11,12 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from importlib import resources
 from typing import Any, cast
 
 import redis
 
 from meterd.errors import UnavailableError
+from meterd.lua import script_source
 from meterd.redis_keys import RedisKeys
 from meterd.timeutil import epoch_micros
 
@@ -41,10 +41,6 @@ class Take:
     wait_micros: int
 
 
-def _load_script(name: str) -> str:
-    return resources.files("meterd").joinpath("lua", name).read_text(encoding="utf-8")
-
-
 class RateLimitStore:
     def __init__(
         self,
@@ -55,7 +51,7 @@ class RateLimitStore:
         """``clock``: None reads the Redis server's TIME (production)."""
         self.keys = keys
         self.clock = clock
-        self._take = client.register_script(_load_script("rate_limit.lua"))
+        self._take = client.register_script(script_source("rate_limit.lua"))
 
     def take(self, key_id: str, rate: int, burst: int) -> Take:
         """Take one token from the bucket of ``key_id`` (refilled at ``rate`` a second,
