@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.compat.tenant import TenantAttributes
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody, moment
 from meterd.api.openapi import filter_parameters
-from meterd.api.seed_tenant import TenantAttributes
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,

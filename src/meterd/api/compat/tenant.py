@@ -6,7 +6,7 @@ How meterd's model maps onto the page:
   or ``TRANSACTIONS``) is a feature type. The main entitlement comes only from
   the customer's grants of features of that type, leaving out the features that
   fill a sub-block (below); 404 if there is none. Of those, the one shown is the
-  one usage would burn right now (``services.queries.choose_for_usage``): the
+  one usage would burn right now (``services.compat_queries.choose_for_usage``): the
   first usable grant in burn-down order that still has room, else the last
   usable one (where overage lands), else the most recently issued.
 * Main fields: ``id`` and ``entitlementId`` (the entitlement id),
@@ -61,7 +61,7 @@ from meterd.domain import (
 )
 from meterd.errors import NotFoundError
 from meterd.services.api_keys import Permission, Principal
-from meterd.services.queries import choose_for_usage
+from meterd.services.compat_queries import choose_for_usage
 from meterd.services.records import Entitlement
 from meterd.timeutil import isoformat_seconds, utcnow
 
@@ -268,7 +268,7 @@ def tenant_entitlement(
     caller: Annotated[Principal, Depends(require(Permission.SPENTITLEMENTS_VIEW))],
 ) -> ExactJSONResponse:
     """Get the specified entitlement for a tenant."""
-    rows = runtime.queries.grants_of_customer(caller.org, tenantid, [], 10_000, utcnow())
+    rows = runtime.compat_queries.grants_of_customer(caller.org, tenantid, [], 10_000, utcnow())
     main = choose_for_usage(
         [row for row in rows if row[1].type == type.value and row[1].key not in SUB_BLOCK_FEATURES]
     )
