@@ -27,6 +27,7 @@ from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.compat_queries import CompatQueries
 from meterd.services.counting import UsageCounter
+from meterd.services.event_log import EventLogMaintenance
 from meterd.services.flush import FlushService
 from meterd.services.ingest import IngestService
 from meterd.services.intake import EventIntake
@@ -250,6 +251,12 @@ class Runtime:
     @cached_property
     def compat_queries(self) -> CompatQueries:
         return CompatQueries(self.compat_listing, self.queries)
+
+    @cached_property
+    def event_log_maintenance(self) -> EventLogMaintenance:
+        return EventLogMaintenance(
+            self.event_log, retention=timedelta(seconds=self.settings.retention_seconds)
+        )
 
     @cached_property
     def usage_report(self) -> UsageReport:
