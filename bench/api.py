@@ -3,8 +3,8 @@
 Creates a scratch PostgreSQL database and a Redis key prefix (db 11; both
 removed afterwards), one hot customer with usage flushed and pending, then:
 
-1. in-process: the value route's work (``BalanceService`` + response model), no
-   HTTP, ``--calls`` times: p50/p99;
+1. in-process: the value route's work (``BalanceService`` and the value rule,
+   ``services.balance.value_of``), no HTTP, ``--calls`` times: p50/p99;
 2. over loopback HTTP: ``meterd api`` (uvicorn, one worker) in a subprocess and
    ``--clients`` threads with keep-alive connections, for the value endpoint
    and then the reserve endpoint (each call a new idempotency key): requests/s,
@@ -27,10 +27,10 @@ from decimal import Decimal
 
 import httpx
 
-from meterd.api.usage import feature_value
 from meterd.domain import Balance
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
+from meterd.services.balance import value_of
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import answers, event, free_port, wait_until
 from meterd.timeutil import utcnow
@@ -117,7 +117,7 @@ def main() -> None:
                 timings = []
                 for _ in range(args.calls):
                     start = time.perf_counter()
-                    feature_value("hot", "api_calls", read())
+                    value_of(read())
                     timings.append(time.perf_counter() - start)
                 in_process[label] = percentiles(timings)
 

@@ -26,7 +26,7 @@ class Down:
     [
         (tasks.flush, "flush"),
         (tasks.lifecycle_advance, "lifecycle"),
-        (tasks.event_log_maintain, "event_log"),
+        (tasks.event_log_maintain, "event_log_maintenance"),
         (tasks.lifecycle_dispatch_notifications, "notifications"),
     ],
 )

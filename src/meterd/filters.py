@@ -204,32 +204,3 @@ def parse_filters(
         else:
             filters.append(Filter(field, op, _parse_value(kind, raw, name)))
     return filters
-
-
-@dataclass(frozen=True, slots=True)
-class WorkspaceFilters:
-    """The workspace seed page's filters, parsed and typed (``api/seed_workspace.py``
-    parses the query string; ``storage/listing.py`` maps these to columns). Filters
-    on the plan never match an entitlement without one."""
-
-    plan_id: uuid.UUID | None = None
-    plan_family_ids: tuple[uuid.UUID, ...] = ()
-    condition_family: int | None = None
-    term_kind: int | None = None
-    term_value: int | None = None
-    #: A ``meterd.plans.TermUnit`` value.
-    term_unit: str | None = None
-    auto_renew: bool | None = None
-    model_id: uuid.UUID | None = None
-    #: False when the page asked for an owner role meterd does not have (matches nothing).
-    owner_role_matches: bool = True
-    owner: str | None = None
-    #: A ``meterd.domain.Status`` value; None: any.
-    status: str | None = None
-    #: A status code the page defines that no entitlement can have (matches nothing).
-    status_matches_nothing: bool = False
-    starts_from: datetime | None = None
-    starts_to: datetime | None = None
-    ends_from: datetime | None = None
-    ends_to: datetime | None = None
-    search: str | None = None

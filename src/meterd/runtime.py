@@ -25,7 +25,9 @@ from meterd.redis_keys import RedisKeys
 from meterd.services.api_keys import ApiKeyService, RateLimiter
 from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
+from meterd.services.compat_queries import CompatQueries
 from meterd.services.counting import UsageCounter
+from meterd.services.event_log import EventLogMaintenance
 from meterd.services.flush import FlushService
 from meterd.services.ingest import IngestService
 from meterd.services.intake import EventIntake
@@ -38,6 +40,7 @@ from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
 from meterd.services.usage_report import UsageReport
 from meterd.storage.api_keys import ApiKeyStore
+from meterd.storage.compat_listing import CompatListing
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import Database
 from meterd.storage.dead_letters import DeadLetterStore
@@ -155,6 +158,10 @@ class Runtime:
         return EntitlementListing(self.database.sessions)
 
     @cached_property
+    def compat_listing(self) -> CompatListing:
+        return CompatListing(self.database.sessions)
+
+    @cached_property
     def dead_letters(self) -> DeadLetterStore:
         return DeadLetterStore(self.database.sessions)
 
@@ -239,6 +246,16 @@ class Runtime:
     def queries(self) -> EntitlementQueries:
         return EntitlementQueries(
             self.listing, self.entitlements, self.usage, self.transitions, self.balance
+        )
+
+    @cached_property
+    def compat_queries(self) -> CompatQueries:
+        return CompatQueries(self.compat_listing, self.queries)
+
+    @cached_property
+    def event_log_maintenance(self) -> EventLogMaintenance:
+        return EventLogMaintenance(
+            self.event_log, retention=timedelta(seconds=self.settings.retention_seconds)
         )
 
     @cached_property

@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any, TypeVar
 
 from celery import Task
@@ -268,12 +267,15 @@ def lifecycle_advance(self: Task) -> dict[str, int]:
 @skipped_while_a_store_is_away
 def event_log_maintain(self: Task) -> dict[str, int]:
     """Create the event log's partitions ahead; drop what is past the retention."""
-    runtime = get_runtime()
-    retention = timedelta(seconds=runtime.settings.retention_seconds)
-    created, dropped = runtime.event_log.maintain(utcnow(), retention=retention)
-    if created or dropped:
-        log.info("event_log.maintain", task_id=self.request.id, created=created, dropped=dropped)
-    return {"created": created, "dropped": dropped}
+    report = get_runtime().event_log_maintenance.maintain(utcnow())
+    if report.created or report.dropped:
+        log.info(
+            "event_log.maintain",
+            task_id=self.request.id,
+            created=report.created,
+            dropped=report.dropped,
+        )
+    return {"created": report.created, "dropped": report.dropped}
 
 
 @app.task(name=DISPATCH_NOTIFICATIONS_TASK, bind=True)

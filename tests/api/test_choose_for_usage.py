@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 from meterd.domain import Balance, BillingType
-from meterd.services.queries import Grant, choose_for_usage
+from meterd.services.compat_queries import Grant, choose_for_usage
 from meterd.services.records import Entitlement, Feature
 
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -377,7 +377,7 @@ def test_an_expired_entitlement_shows_inactive(client: TestClient, runtime: Runt
     assert client.get(PATH, headers=viewer(runtime)).json()["status"] == "INACTIVE"
 
 
-# -- which grant is shown: the one usage would burn now (services.queries.choose_for_usage)
+# -- which grant is shown: the one usage would burn now (services.compat_queries.choose_for_usage)
 
 
 def use(rt: Runtime, feature: str, quantity: str, event_id: str) -> None:

@@ -22,13 +22,11 @@ from meterd.api import (
     errors,
     health,
     openapi,
-    seed_tenant,
-    seed_workspace,
-    seed_zenskar,
     usage,
     usage_history,
 )
 from meterd.api.body_limit import InputLimits
+from meterd.api.compat import tenant, workspace, zenskar
 from meterd.celery_config import INGEST_QUEUE, INGEST_TASK
 from meterd.config import get_settings
 from meterd.logs import get_logger
@@ -101,8 +99,8 @@ def create_app(
     app.include_router(usage_history.router)
     app.include_router(catalog.router)
     app.include_router(entitlements.router)
-    app.include_router(seed_zenskar.router)
-    app.include_router(seed_tenant.router)
-    app.include_router(seed_workspace.router)
+    app.include_router(zenskar.router)
+    app.include_router(tenant.router)
+    app.include_router(workspace.router)
     app.include_router(api_keys.router)
     return app

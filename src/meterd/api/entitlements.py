@@ -15,10 +15,10 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.compat.attributes import TenantAttributes
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody, moment
 from meterd.api.openapi import filter_parameters
-from meterd.api.seed_tenant import TenantAttributes
 from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
@@ -78,7 +78,6 @@ class EntitlementOut(BaseModel):
     renewal_quantity: str | None
     parent_id: uuid.UUID | None
     allotment: str | None
-    attributes: TenantAttributes = Field(description="the tenant page's own fields")
     filters: dict[str, StrictStr | StrictInt | StrictBool] | None = Field(
         description="dimensions: only usage whose data has these values counts on it"
         " (null: all usage of the feature)"
@@ -121,7 +120,6 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
         renewal_quantity=format_optional_quantity(ent.renewal_quantity),
         parent_id=ent.parent_id,
         allotment=format_optional_quantity(ent.allotment),
-        attributes=TenantAttributes.model_validate(ent.attributes),
         filters=ent.filters or None,
         row_version=ent.row_version,
         created_at=isoformat(ent.created_at),
@@ -212,7 +210,10 @@ class EntitlementIn(RequestBody):
         default=None, description="what a parent may allot to child customers"
     )
     attributes: TenantAttributes | None = Field(
-        default=None, description="the tenant page's own fields, under the page's names"
+        default=None,
+        description="the tenant page's own fields, under the page's names: shown on"
+        " GET /api/web/v4/tenants/{tenantid}/entitlements/{type} only (native reads do"
+        " not return them)",
     )
     filters: Dimensions | None = Field(
         default=None,
@@ -287,7 +288,9 @@ class EntitlementPatch(RequestBody):
         default=None, description="false: it ends with its current term; true: it renews"
     )
     allotment: QuantityText | None = None
-    attributes: TenantAttributes | None = None
+    attributes: TenantAttributes | None = Field(
+        default=None, description="the tenant page's own fields (replaced whole; not returned)"
+    )
     filters: Dimensions | None = Field(
         default=None, description="fixed at creation: other dimensions are refused (400)"
     )

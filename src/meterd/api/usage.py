@@ -27,7 +27,6 @@ from meterd.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
     PRINTABLE_PATTERN,
-    Balance,
     EffectiveState,
 )
 from meterd.errors import InvalidError
@@ -36,6 +35,7 @@ from meterd.quantity import (
     format_quantity,
 )
 from meterd.services.api_keys import Permission, Principal
+from meterd.services.balance import RealTimeValue
 from meterd.services.intake import IntakeReport, Publisher
 from meterd.services.reserve import Reservation
 from meterd.timeutil import isoformat, utcnow
@@ -78,36 +78,17 @@ class FeatureValue(BaseModel):
     entitlements: list[EntitlementValue]
 
 
-def feature_value(
-    customer_id: str,
-    feature: str,
-    balances: list[Balance],
-) -> FeatureValue:
-    """The value of ``balances`` (each entitlement with its dimension filters)."""
-    usable = [b for b in balances if b.usable]
-    open_ = [b for b in usable if b.state is not EffectiveState.EXHAUSTED]
-    if open_:
-        state = open_[0].state.value
-    elif usable:
-        state = EffectiveState.EXHAUSTED.value
-    elif balances:
-        state = balances[0].state.value
-    else:
-        state = "NO_ENTITLEMENT"
-    unlimited = any(b.quantity is None for b in usable)
-    quantity = None if unlimited else sum((b.quantity or Decimal(0) for b in usable), Decimal(0))
-    consumed = sum((b.consumed for b in usable), Decimal(0))
-    overage = sum((b.overage for b in usable), Decimal(0))
-    remaining = None if quantity is None else max(quantity - consumed, Decimal(0))
+def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> FeatureValue:
+    """``value`` as the route shows it (each entitlement with its dimension filters)."""
     return FeatureValue(
         customer_id=customer_id,
         feature=feature,
-        has_access=bool(open_),
-        state=state,
-        quantity=format_optional_quantity(quantity),
-        consumed=format_quantity(consumed),
-        remaining=format_optional_quantity(remaining),
-        overage=format_quantity(overage),
+        has_access=value.has_access,
+        state=value.state,
+        quantity=format_optional_quantity(value.quantity),
+        consumed=format_quantity(value.consumed),
+        remaining=format_optional_quantity(value.remaining),
+        overage=format_quantity(value.overage),
         entitlements=[
             EntitlementValue(
                 entitlement_id=b.entitlement_id,
@@ -120,7 +101,7 @@ def feature_value(
                 usable=b.usable,
                 filters=dict(b.filters) if b.filters else None,
             )
-            for b in balances
+            for b in value.balances
         ],
     )
 
@@ -133,8 +114,8 @@ def get_feature_value(
     caller: Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))],
 ) -> FeatureValue:
     """Real-time value: flushed consumption plus what is still pending in Redis."""
-    balances = runtime.balance.current(caller.org, customer_id, feature, utcnow())
-    return feature_value(customer_id, feature, balances)
+    value = runtime.balance.value(caller.org, customer_id, feature, utcnow())
+    return feature_value(customer_id, feature, value)
 
 
 #: An idempotency key, in the body or the header: printable ASCII, at most 200
@@ -208,12 +189,12 @@ def reserve(
         ),
         now,
     )
-    balances = runtime.balance.current(caller.org, customer_id, feature, now)
+    value = runtime.balance.value(caller.org, customer_id, feature, now)
     return ReserveResponse(
         granted=outcome.granted,
         outcome=outcome.value,
         quantity=format_quantity(Decimal(body.quantity)),
-        value=feature_value(customer_id, feature, balances),
+        value=feature_value(customer_id, feature, value),
     )
 
 

@@ -8,6 +8,11 @@ in-flight batch is committed), and retry if a new flush began in between.
 The usage history (``history``: every period of an entitlement) is read the same
 way for the periods that can still hold unflushed usage, so it agrees with the
 value read before and after a flush.
+
+The value rule (``value_of``: whether the customer has access, the state that
+decides it, the totals over usable entitlements) is here too, so every edge
+(the value and reserve routes, the benchmarks) shows the same answer and only
+formats it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from meterd.domain import Balance, EntitlementView, Period, Status, effective_state
+from meterd.domain import (
+    Balance,
+    EffectiveState,
+    EntitlementView,
+    Period,
+    Status,
+    effective_state,
+)
 from meterd.errors import UnavailableError
 from meterd.lifecycle import extend_term, period_at, status_at
 from meterd.quantity import from_units, to_units
@@ -55,6 +67,54 @@ class PeriodUsage:
     period: Period
     #: Flushed plus not yet flushed, as every other read counts it.
     consumed: Decimal
+
+
+#: The state of a customer with no entitlement for the feature.
+NO_ENTITLEMENT = "NO_ENTITLEMENT"
+
+
+@dataclass(frozen=True, slots=True)
+class RealTimeValue:
+    """A customer's value of one feature: what the value route shows."""
+
+    #: Usage now would count, within some quantity (a usable entitlement not exhausted).
+    has_access: bool
+    #: The state that decides access: the first usable open entitlement's; EXHAUSTED
+    #: when every usable one is; else the first entitlement's; else ``NO_ENTITLEMENT``.
+    state: str
+    #: Sums over the usable entitlements (quantity None: one of them is unlimited).
+    quantity: Decimal | None
+    consumed: Decimal
+    remaining: Decimal | None
+    overage: Decimal
+    #: Every entitlement's balance, in the order given (burn-down order when read).
+    balances: tuple[Balance, ...]
+
+
+def value_of(balances: Sequence[Balance]) -> RealTimeValue:
+    """The value of ``balances`` (one customer's entitlements for one feature)."""
+    usable = [b for b in balances if b.usable]
+    open_ = [b for b in usable if b.state is not EffectiveState.EXHAUSTED]
+    if open_:
+        state = open_[0].state.value
+    elif usable:
+        state = EffectiveState.EXHAUSTED.value
+    elif balances:
+        state = balances[0].state.value
+    else:
+        state = NO_ENTITLEMENT
+    unlimited = any(b.quantity is None for b in usable)
+    quantity = None if unlimited else sum((b.quantity or Decimal(0) for b in usable), Decimal(0))
+    consumed = sum((b.consumed for b in usable), Decimal(0))
+    return RealTimeValue(
+        has_access=bool(open_),
+        state=state,
+        quantity=quantity,
+        consumed=consumed,
+        remaining=None if quantity is None else max(quantity - consumed, Decimal(0)),
+        overage=sum((b.overage for b in usable), Decimal(0)),
+        balances=tuple(balances),
+    )
 
 
 def periods_open_since(view: EntitlementView, since: datetime, until: datetime) -> list[Period]:
@@ -159,6 +219,10 @@ class BalanceService:
             self.resolution.fill([(org, customer, feature)], now)
             found = self.live(org, customer, feature, now)
         return found if found is not None else self.balances(org, customer, feature, now)
+
+    def value(self, org: str, customer: str, feature: str, now: datetime) -> RealTimeValue:
+        """The customer's real-time value of ``feature`` (``current``, then ``value_of``)."""
+        return value_of(self.current(org, customer, feature, now))
 
     def consumed(
         self, periods: list[PeriodKey], scales: list[int]

@@ -1,6 +1,6 @@
 """The read side the API serves: entitlements with their real-time balances, list
-pages, the seed listings, periods (real time too) and the audit trail, always
-within one org.
+pages, periods (real time too) and the audit trail, always within one org (the
+seed pages' reads are in ``services/compat_queries.py``).
 
 An entitlement of another org is answered exactly like one that does not exist
 (``NotFoundError``), so ids of other orgs cannot be probed.
@@ -15,15 +15,12 @@ from datetime import datetime
 
 from meterd.domain import Balance, Period
 from meterd.errors import NotFoundError
-from meterd.filters import Filter, Kind, WorkspaceFilters
+from meterd.filters import Filter, Kind
 from meterd.paging import Cursor
 from meterd.services.balance import BalanceService, PeriodUsage
 from meterd.services.records import (
     Entitlement,
     EntitlementTransition,
-    Feature,
-    Plan,
-    PlanFamily,
 )
 from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.listing import (
@@ -32,7 +29,6 @@ from meterd.storage.listing import (
     EntitlementListing,
     Page,
 )
-from meterd.storage.resolution import burn_down_order
 from meterd.storage.resolution_views import entitlement_view
 from meterd.storage.transitions import TransitionStore
 from meterd.storage.usage import UsageStore
@@ -45,44 +41,6 @@ ENTITLEMENT_FILTERS: dict[str, Kind] = {
 ENTITLEMENT_SORT_KEYS: frozenset[str] = frozenset(ENTITLEMENT_SORTS)
 
 WithBalance = tuple[Entitlement, str, Balance]
-Grant = tuple[Entitlement, Feature, Balance]
-
-
-def has_room(balance: Balance) -> bool:
-    """Usage would still fit in the current period: unlimited, or consumed below the
-    quantity (what ingest.lua calls room: the period's limit minus its usage)."""
-    return balance.quantity is None or balance.consumed < balance.quantity
-
-
-def choose_for_usage(rows: Sequence[Grant]) -> Grant | None:
-    """The grant usage would burn right now, chosen exactly as burn-down does.
-
-    Burn-down (ingest.lua) walks the usable grants (``Balance.usable``: inside their
-    window at the balances' instant, not suspended or terminated) in
-    ``burn_down_order`` (lowest priority, soonest end with open-ended last, oldest
-    number) and lets each take the room its current period has left; whatever is left
-    after the last one lands there as overage. So the grant the next unit of usage
-    burns is:
-
-    1. the first usable grant in burn-down order that still has room;
-    2. else the last usable one in that order (where overage lands);
-    3. else, when nothing is usable (all pending, ended, suspended or terminated),
-       the most recently issued grant (highest number), so there is still one to show;
-    4. None for no rows.
-
-    Burn-down works per feature; given grants of several features, the rule runs
-    over them as one list.
-    """
-    usable = sorted(
-        (row for row in rows if row[2].usable),
-        key=lambda row: burn_down_order(entitlement_view(row[0], (), scale=6)),  # order only
-    )
-    for row in usable:
-        if has_room(row[2]):
-            return row
-    if usable:
-        return usable[-1]
-    return max(rows, key=lambda row: row[0].number, default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,15 +51,6 @@ class BalancedPage:
     next: Cursor | None
     previous: Cursor | None
     total: int
-
-
-@dataclass(frozen=True, slots=True)
-class WorkspaceItem:
-    entitlement: Entitlement
-    feature: Feature
-    plan: Plan | None
-    families: list[PlanFamily]
-    balance: Balance
 
 
 class EntitlementQueries:
@@ -173,36 +122,6 @@ class EntitlementQueries:
         )
         rows = self.with_balances([(row[0], row[1]) for row in page.rows], now)
         return BalancedPage(rows, page.next, page.previous, page.total)
-
-    def grants_of_customer(
-        self,
-        org: str,
-        customer_id: str,
-        filters: Sequence[Filter],
-        limit: int,
-        now: datetime,
-        search: str | None = None,
-    ) -> list[tuple[Entitlement, Feature, Balance]]:
-        """A customer's entitlements with their features and balances (filters on the
-        grants; ``search`` on the feature's key, name or description)."""
-        grants = self.listing.grants_of_customer(org, customer_id, filters, limit, now, search)
-        balanced = self.with_balances([(ent, feature.key) for ent, feature in grants], now)
-        return [
-            (ent, feature, balance)
-            for (ent, feature), (_, _, balance) in zip(grants, balanced, strict=True)
-        ]
-
-    def workspace_page(
-        self, org: str, filters: WorkspaceFilters, page: int, size: int, now: datetime
-    ) -> tuple[list[WorkspaceItem], int]:
-        """One page of the workspace seed listing, and the total matching."""
-        rows, total = self.listing.workspace_page(org, filters, page, size, now)
-        balanced = self.with_balances([(ent, feature.key) for ent, feature, _, _ in rows], now)
-        items = [
-            WorkspaceItem(ent, feature, plan, families, balance)
-            for (ent, feature, plan, families), (_, _, balance) in zip(rows, balanced, strict=True)
-        ]
-        return items, total
 
     def periods(self, org: str, entitlement_id: uuid.UUID, now: datetime) -> list[PeriodUsage]:
         """The entitlement's usage history, each period with its real-time consumption

@@ -209,7 +209,7 @@ def _groups(
         if f.field != "quantity_used"
     ]
     used_filters = [f for f in filters if f.field == "quantity_used"]
-    grants = runtime.queries.grants_of_customer(
+    grants = runtime.compat_queries.grants_of_customer(
         org, customer_id, grant_filters, MAX_GRANTS + 1, utcnow(), search
     )
     if len(grants) > MAX_GRANTS:

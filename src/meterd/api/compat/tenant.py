@@ -6,7 +6,7 @@ How meterd's model maps onto the page:
   or ``TRANSACTIONS``) is a feature type. The main entitlement comes only from
   the customer's grants of features of that type, leaving out the features that
   fill a sub-block (below); 404 if there is none. Of those, the one shown is the
-  one usage would burn right now (``services.queries.choose_for_usage``): the
+  one usage would burn right now (``services.compat_queries.choose_for_usage``): the
   first usable grant in burn-down order that still has room, else the last
   usable one (where overage lands), else the most recently issued.
 * Main fields: ``id`` and ``entitlementId`` (the entitlement id),
@@ -47,9 +47,15 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
+from meterd.api.compat.attributes import (
+    AdditionalFeatures,
+    Bundle,
+    FaceRecognitionType,
+    TenantAttributes,
+)
 from meterd.api.exact_json import ExactJSONResponse, ExactJSONRoute, exact_number
 from meterd.domain import (
     CUSTOMER_ID_MAX,
@@ -61,7 +67,7 @@ from meterd.domain import (
 )
 from meterd.errors import NotFoundError
 from meterd.services.api_keys import Permission, Principal
-from meterd.services.queries import choose_for_usage
+from meterd.services.compat_queries import choose_for_usage
 from meterd.services.records import Entitlement
 from meterd.timeutil import isoformat_seconds, utcnow
 
@@ -85,75 +91,6 @@ BLOCKS = {
 ID_PROOFING = "id_proofing"
 #: Features that fill a sub-block never give the main entitlement, whatever their type.
 SUB_BLOCK_FEATURES = frozenset(BLOCKS) | {ID_PROOFING}
-
-
-class BundleType(StrEnum):
-    ADVANCED = "ADVANCED"
-    ESSENTIALS = "ESSENTIALS"
-    PROFESSIONAL = "PROFESSIONAL"
-    API = "API"
-    STANDARD = "STANDARD"
-    PLUS = "PLUS"
-    PREMIUM = "PREMIUM"
-    CONSUMER = "CONSUMER"
-
-
-class FaceRecognitionType(StrEnum):
-    ENHANCED = "ENHANCED"
-    STANDARD = "STANDARD"
-
-
-SeedText = Annotated[str, Field(min_length=1, max_length=200, pattern=PRINTABLE_PATTERN)]
-Int32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
-
-
-class Bundle(BaseModel):
-    """A service or user bundle, as the page has it."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    bundleType: BundleType
-    rank: Int32 | None = None
-    usageReportId: SeedText | None = None
-
-
-class AdditionalFeatures(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enhancedGeoLocation: bool | None = None
-
-
-class TenantAttributes(BaseModel):
-    """The page's fields meterd has no column for, kept on an entitlement as one JSON
-    object (``attributes``) under the page's own names. Each is shown where the page
-    has it, from the grant that fills that part of the page; set elsewhere, it is kept
-    and not shown."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    faceRecognitionType: FaceRecognitionType | None = Field(
-        default=None, description="id_proofing grants: idProofing[].faceRecognitionType"
-    )
-    serviceBundles: list[Bundle] | None = Field(
-        default=None, max_length=50, description="the issuance grant: issuance.serviceBundles"
-    )
-    addOn: SeedText | None = Field(
-        default=None,
-        description="issuance, fleet_management and pay_to_print grants: the block's addOn",
-    )
-    additionalFeatures: AdditionalFeatures | None = Field(
-        default=None, description="the main (USERS or TRANSACTIONS) grant"
-    )
-    smartLoginEnabled: bool | None = Field(
-        default=None, description="the main (USERS or TRANSACTIONS) grant"
-    )
-    userBundles: list[Bundle] | None = Field(
-        default=None, max_length=50, description="the main (USERS or TRANSACTIONS) grant"
-    )
-
-    def stored(self) -> dict[str, Any]:
-        """The JSON object to store: only the fields given."""
-        return self.model_dump(mode="json", exclude_none=True)
 
 
 #: What ``endDate`` shows for an open-ended grant: the page requires a date-time, so
@@ -268,7 +205,7 @@ def tenant_entitlement(
     caller: Annotated[Principal, Depends(require(Permission.SPENTITLEMENTS_VIEW))],
 ) -> ExactJSONResponse:
     """Get the specified entitlement for a tenant."""
-    rows = runtime.queries.grants_of_customer(caller.org, tenantid, [], 10_000, utcnow())
+    rows = runtime.compat_queries.grants_of_customer(caller.org, tenantid, [], 10_000, utcnow())
     main = choose_for_usage(
         [row for row in rows if row[1].type == type.value and row[1].key not in SUB_BLOCK_FEATURES]
     )

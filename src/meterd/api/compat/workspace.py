@@ -38,12 +38,13 @@ from pydantic import BaseModel
 
 from meterd.api.auth import RuntimeDep, require_allowing_query_token
 from meterd.api.exact_json import ExactJSONRoute
+from meterd.compat_filters import WorkspaceFilters
 from meterd.domain import PRINTABLE_PATTERN, EffectiveState, FeatureType, Status
 from meterd.errors import InvalidError
-from meterd.filters import DATETIME_RANGE, WorkspaceFilters
+from meterd.filters import DATETIME_RANGE
 from meterd.plans import TermUnit
 from meterd.services.api_keys import Permission, Principal
-from meterd.services.queries import WorkspaceItem
+from meterd.services.compat_queries import WorkspaceItem
 from meterd.timeutil import as_utc, isoformat_or_none, utcnow
 
 router = APIRouter(tags=["seed: workspace runtime entitlements"], route_class=ExactJSONRoute)
@@ -303,7 +304,7 @@ def runtime_entitlements(
             "Severity": 2,
         }
         return _envelope(None, [error], status=400)
-    found, total = runtime.queries.workspace_page(caller.org, filters, page, size, utcnow())
+    found, total = runtime.compat_queries.workspace_page(caller.org, filters, page, size, utcnow())
     items = [_row(item) for item in found]
     data = {"Items": items, "TotalCount": total, "Page": page, "PageSize": size}
     return _envelope(data, [])
