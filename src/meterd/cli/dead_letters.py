@@ -9,7 +9,7 @@ import typer
 
 from meterd.cli import context
 from meterd.cli.ids import resolve_uuid
-from meterd.cli.output import JsonFlag, OptionalOrg, echo_json, iso, say, table, when
+from meterd.cli.output import JsonFlag, OrgFilter, echo_json, iso, say, table, when
 
 app = typer.Typer(help="Dead letters: events that were not counted.", no_args_is_help=True)
 
@@ -36,7 +36,7 @@ def letter_row(dl: Any) -> dict[str, Any]:
 @app.command("list")
 def dlq_list(
     reason: str | None = None,
-    org: OptionalOrg = None,
+    org: OrgFilter = None,
     since: _Since = None,
     until: _Until = None,
     limit: int = 50,
@@ -57,7 +57,7 @@ def dlq_list(
 @app.command("show")
 def dlq_show(
     dead_letter: Annotated[str, typer.Argument(help="its id, or a unique prefix")],
-    org: OptionalOrg = None,
+    org: OrgFilter = None,
 ) -> None:
     """One dead letter in full: reason, detail, the original payload, replay state."""
     letters = context.get_runtime().replay
@@ -68,7 +68,7 @@ def dlq_show(
 @app.command("replay")
 def dlq_replay(
     reason: str | None = None,
-    org: OptionalOrg = None,
+    org: OrgFilter = None,
     since: _Since = None,
     until: _Until = None,
     limit: int = 1000,
@@ -102,7 +102,7 @@ def dlq_replay(
 @app.command("purge")
 def dlq_purge(
     reason: str | None = None,
-    org: OptionalOrg = None,
+    org: OrgFilter = None,
     since: _Since = None,
     until: _Until = None,
     include_unreplayed: Annotated[

@@ -33,10 +33,8 @@ Org = Annotated[
     str,
     typer.Option("--org", envvar="METERD_ORG", help="the organisation (default: METERD_ORG)"),
 ]
-OptionalOrg = Annotated[
-    str | None,
-    typer.Option("--org", envvar="METERD_ORG", help="one organisation (default: METERD_ORG)"),
-]
+#: An org as a filter (dead letters): every org's when left out, whatever METERD_ORG says.
+OrgFilter = Annotated[str | None, typer.Option("--org", help="one organisation's only")]
 
 
 @functools.cache
@@ -63,14 +61,21 @@ def echo_json(document: Any, *, indent: int | None = 2) -> None:
 
 
 def table(title: str, columns: Sequence[str], rows: Iterable[Iterable[Any]]) -> None:
-    """A table; every cell printed whole (ids are never cut short), as text."""
+    """A table, every cell as text. Ids (columns ``id`` and ``*_id``) are printed whole
+    and on one line, whatever the terminal's width: they are copied into the next
+    command; the other columns wrap to make room."""
     from rich.table import Table
 
+    cells = [["" if cell is None else str(cell) for cell in row] for row in rows]
     view = Table(title=title)
-    for column in columns:
-        view.add_column(column, overflow="fold")
-    for row in rows:
-        view.add_row(*(escape("" if cell is None else str(cell)) for cell in row))
+    for i, column in enumerate(columns):
+        if column == "id" or column.endswith("_id"):
+            widest = max((len(row[i]) for row in cells), default=len(column))
+            view.add_column(column, no_wrap=True, min_width=max(widest, len(column)))
+        else:
+            view.add_column(column, overflow="fold")
+    for row in cells:
+        view.add_row(*(escape(cell) for cell in row))
     console().print(view)
 
 
