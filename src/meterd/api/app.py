@@ -18,6 +18,7 @@ from meterd import __version__, celery_config
 from meterd.api import (
     api_keys,
     catalog,
+    dead_letters,
     entitlements,
     errors,
     health,
@@ -105,4 +106,5 @@ def create_app(
     app.include_router(seed_tenant.router)
     app.include_router(seed_workspace.router)
     app.include_router(api_keys.router)
+    app.include_router(dead_letters.router)
     return app
