@@ -98,12 +98,19 @@ def release_embedded_redis() -> None:
         )
 
 
+def _problems(exc: MeterdError) -> list[str]:
+    """The lines to print: one per bad setting for ``SettingsError``, else the message."""
+    from meterd.config import SettingsError
+
+    return exc.problems if isinstance(exc, SettingsError) else [str(exc)]
+
+
 def run(app: Callable[[], object]) -> None:
     """Run ``app`` with the error family mapped to a line and an exit status."""
     try:
         app()
     except MeterdError as exc:
-        for problem in getattr(exc, "problems", None) or [str(exc)]:  # SettingsError: each
+        for problem in _problems(exc):
             print_error(problem)
         sys.exit(EXIT_UNAVAILABLE if isinstance(exc, UnavailableError) else EXIT_REFUSED)
     except Exception as exc:
