@@ -279,9 +279,9 @@ def test_cli_lists_keys_without_their_secrets(cli: Any) -> None:
         .strip()
         .splitlines()[-1]
     )
-    out = cli("keys", "list", "acme")  # a table, wrapped to the terminal
+    out = cli("keys", "list", "--org", "acme")  # a table, wrapped to the terminal
     assert "ops" in out and "active" in out and token.split("_", 2)[2] not in out
-    (listed,) = json.loads(cli("keys", "list", "acme", "--json"))
+    (listed,) = json.loads(cli("keys", "list", "--org", "acme", "--json"))
     assert (listed["id"], listed["name"], listed["limit"]) == (
         key_id(token),
         "ops",
@@ -297,7 +297,7 @@ def test_cli_rotates_a_key(cli: Any) -> None:
         .splitlines()[-1]
     )
     until = isoformat(utcnow() + timedelta(days=2))
-    out = cli("keys", "rotate", key_id(old), "--old-valid-until", until)
+    out = cli("keys", "rotate", "--org", "acme", key_id(old), "--old-valid-until", until)
     new = out.strip().splitlines()[-1]
     keys = runtime_module.get_runtime().api_keys
     principal = keys.authenticate(new)
@@ -307,5 +307,7 @@ def test_cli_rotates_a_key(cli: Any) -> None:
 
 def test_cli_sets_a_keys_limit(cli: Any) -> None:
     token = cli("keys", "create", "--org", "acme", "--permission", "*").strip().splitlines()[-1]
-    assert "unlimited" in cli("keys", "limit", key_id(token), "--rate-limit", "0")
-    assert "4/s burst 5" in cli("keys", "limit", key_id(token), "--rate-limit", "4", "--burst", "5")
+    assert "unlimited" in cli("keys", "limit", "--org", "acme", key_id(token), "--rate-limit", "0")
+    assert "4/s burst 5" in cli(
+        "keys", "limit", "--org", "acme", key_id(token), "--rate-limit", "4", "--burst", "5"
+    )

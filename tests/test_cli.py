@@ -28,21 +28,17 @@ def invoke(*args: str) -> str:
 def test_cli_creates_an_entitlement_and_reads_its_balance(cli_env: None) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    invoke("feature", "create", "acme", "api_calls", "--units", "calls")
-    out = invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "10")
+    invoke("feature", "create", "--org", "acme", "api_calls", "--units", "calls")
+    out = invoke("entitlement", "create", "--org", "acme", "c-1", "api_calls", "--quantity", "10")
     assert "created (ACTIVE)" in out
     runtime_module.get_runtime().ingest.ingest(
         [event(customer="c-1", quantity="2.5")], now=utcnow()
     )
-    (row,) = json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json"))
-    assert (row["consumed"], row["remaining"], row["pending"]) == (
-        "2.500000",
-        "7.500000",
-        "2.500000",
-    )
+    (row,) = json.loads(invoke("balance", "--org", "acme", "c-1", "api_calls", "--json"))
+    assert (row["consumed"], row["remaining"], row["pending"]) == ("2.5", "7.5", "2.5")
     invoke("flush")
-    (row,) = json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json"))
-    assert (row["flushed"], row["pending"]) == ("2.500000", "0.000000")
+    (row,) = json.loads(invoke("balance", "--org", "acme", "c-1", "api_calls", "--json"))
+    assert (row["flushed"], row["pending"]) == ("2.5", "0")  # as the API prints them
 
 
 def test_cli_lists_dead_letters_by_reason(cli_env: None) -> None:
@@ -56,41 +52,45 @@ def test_cli_lists_dead_letters_by_reason(cli_env: None) -> None:
 def test_cli_replays_dead_letters(cli_env: None) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    invoke("feature", "create", "acme", "api_calls")
+    invoke("feature", "create", "--org", "acme", "api_calls")
     rt = runtime_module.get_runtime()
     rt.ingest.ingest([event(customer="c-9", quantity="3")], now=utcnow())
     # Replay keeps the event's time: the entitlement must cover it.
     starts = (utcnow() - timedelta(hours=1)).isoformat()
-    invoke("entitlement", "create", "acme", "c-9", "api_calls", "--quantity", "10",
+    invoke("entitlement", "create", "--org", "acme", "c-9", "api_calls", "--quantity", "10",
            "--starts", starts)  # fmt: skip
     summary = json.loads(invoke("dlq", "replay", "--json"))
     assert summary == {"replayed": 1, "still_dead": 0, "outcomes": {"accepted": 1}}
-    (row,) = json.loads(invoke("balance", "acme", "c-9", "api_calls", "--json"))
-    assert row["consumed"] == "3.000000"
+    (row,) = json.loads(invoke("balance", "--org", "acme", "c-9", "api_calls", "--json"))
+    assert row["consumed"] == "3"
 
 
 def test_cli_suspends_and_resumes_an_entitlement(cli_env: None) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    invoke("feature", "create", "acme", "api_calls")
-    out = invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "10")
+    invoke("feature", "create", "--org", "acme", "api_calls")
+    out = invoke("entitlement", "create", "--org", "acme", "c-1", "api_calls", "--quantity", "10")
     ent_id = out.split()[2]
     assert "is SUSPENDED (row_version 2)" in invoke(
-        "entitlement", "suspend", ent_id, "--reason", "fraud check"
+        "entitlement", "suspend", "--org", "acme", ent_id, "--reason", "fraud check"
     )
-    refused = runner.invoke(app, ["entitlement", "resume", ent_id, "--version", "1"])
+    refused = runner.invoke(
+        app, ["entitlement", "resume", "--org", "acme", ent_id, "--version", "1"]
+    )
     assert refused.exit_code != 0 and "row_version 2, not 1" in str(refused.exception)
-    assert "is ACTIVE (row_version 3)" in invoke("entitlement", "resume", ent_id, "--version", "2")
+    assert "is ACTIVE (row_version 3)" in invoke(
+        "entitlement", "resume", "--org", "acme", ent_id, "--version", "2"
+    )
 
 
 def test_cli_sets_and_removes_an_org_webhook(cli_env: None) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
     assert "https://hooks.example/meterd" in invoke(
-        "org", "webhook", "acme", "https://hooks.example/meterd", "--secret", "k"
+        "org", "webhook", "--org", "acme", "https://hooks.example/meterd", "--secret", "k"
     )
-    assert "webhook of acme: none" in invoke("org", "webhook", "acme")
-    assert runner.invoke(app, ["org", "webhook", "acme", "ftp://x"]).exit_code != 0
+    assert "webhook of acme: none" in invoke("org", "webhook", "--org", "acme")
+    assert runner.invoke(app, ["org", "webhook", "--org", "acme", "ftp://x"]).exit_code != 0
 
 
 def test_cli_issues_a_key_that_authenticates_and_revokes_it(cli_env: None) -> None:
@@ -102,7 +102,7 @@ def test_cli_issues_a_key_that_authenticates_and_revokes_it(cli_env: None) -> No
     principal = keys.authenticate(token)
     assert principal is not None and principal.org == "acme"
     key_id = token.split("_")[1]
-    assert "revoked" in invoke("keys", "revoke", key_id)
+    assert "revoked" in invoke("keys", "revoke", "--org", "acme", key_id)
     keys._cache.clear()
     assert keys.authenticate(token) is None
 
@@ -133,11 +133,11 @@ def test_cli_filters_dead_letters_by_time_and_shows_one(cli_env: None) -> None:
 def test_cli_purges_only_replayed_letters_unless_told_and_asks_first(cli_env: None) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    invoke("feature", "create", "acme", "api_calls")
+    invoke("feature", "create", "--org", "acme", "api_calls")
     rt = runtime_module.get_runtime()
     rt.ingest.ingest([event(customer="c-9", quantity="3"), {"junk": True}], now=utcnow())
     starts = (utcnow() - timedelta(hours=1)).isoformat()
-    invoke("entitlement", "create", "acme", "c-9", "api_calls", "--quantity", "10",
+    invoke("entitlement", "create", "--org", "acme", "c-9", "api_calls", "--quantity", "10",
            "--starts", starts)  # fmt: skip
     invoke("dlq", "replay")  # the no_entitlement letter is settled; the junk stays
     asked = runner.invoke(app, ["dlq", "purge"])
@@ -150,7 +150,7 @@ def test_cli_purges_only_replayed_letters_unless_told_and_asks_first(cli_env: No
 def test_the_status_view_shows_every_number_and_the_errors() -> None:
     from rich.console import Console
 
-    from meterd.cli import _status_view
+    from meterd.cli.status_view import status_view as _status_view
     from meterd.ops import QueueDepth, Status
 
     status = Status(
@@ -183,7 +183,10 @@ def test_a_refused_command_exits_2_with_the_reason(
 ) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", "nope") == EXIT_REFUSED
+    assert (
+        run_main(monkeypatch, "entitlement", "create", "--org", "acme", "c-1", "nope")
+        == EXIT_REFUSED
+    )
     assert "feature" in capsys.readouterr().out
 
 
@@ -196,7 +199,7 @@ def test_a_store_that_does_not_answer_exits_75_to_say_try_again(
         raise BalanceError("flushes kept racing the read")
 
     monkeypatch.setattr(runtime_module.get_runtime().balance, "balances", down)
-    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE
+    assert run_main(monkeypatch, "balance", "--org", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE
 
 
 def use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
@@ -213,8 +216,8 @@ NO_DATABASE = "postgresql://nobody@127.0.0.1:1/none"
     "command",
     [
         ("org", "create", "acme"),
-        ("feature", "create", "acme", "api_calls"),
-        ("balance", "acme", "c-1", "api_calls"),
+        ("feature", "create", "--org", "acme", "api_calls"),
+        ("balance", "--org", "acme", "c-1", "api_calls"),
         ("dlq", "list"),
         ("db", "upgrade"),
     ],
@@ -240,13 +243,13 @@ def test_redis_that_does_not_answer_exits_75_with_one_line(
 
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    invoke("feature", "create", "acme", "api_calls")
-    invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "10")
+    invoke("feature", "create", "--org", "acme", "api_calls")
+    invoke("entitlement", "create", "--org", "acme", "c-1", "api_calls", "--quantity", "10")
     monkeypatch.setattr(
         runtime_module, "redis_client_for", lambda _s: redis.Redis.from_url("redis://127.0.0.1:1")
     )
     runtime_module.reset_runtime()
-    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE
+    assert run_main(monkeypatch, "balance", "--org", "acme", "c-1", "api_calls") == EXIT_UNAVAILABLE
     out = capsys.readouterr().out
     assert out.startswith("error: Redis did not answer: ") and out.count("\n") == 1, out
 
@@ -257,7 +260,10 @@ def test_an_error_message_longer_than_the_terminal_stays_on_one_line(
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
     feature = "f" * 64
-    assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", feature) == EXIT_REFUSED
+    assert (
+        run_main(monkeypatch, "entitlement", "create", "--org", "acme", "c-1", feature)
+        == EXIT_REFUSED
+    )
     out = capsys.readouterr().out
     assert len(out) > 90 and out.count("\n") == 1 and feature in out, out
 
@@ -267,14 +273,17 @@ def test_an_error_message_is_printed_as_text_not_as_markup(
 ) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    assert run_main(monkeypatch, "entitlement", "create", "acme", "c-1", "[red]x") == EXIT_REFUSED
+    assert (
+        run_main(monkeypatch, "entitlement", "create", "--org", "acme", "c-1", "[red]x")
+        == EXIT_REFUSED
+    )
     assert "'[red]x'" in capsys.readouterr().out
 
 
 def catalog_with_a_feature() -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    invoke("feature", "create", "acme", "api_calls")
+    invoke("feature", "create", "--org", "acme", "api_calls")
 
 
 @pytest.mark.parametrize("quantity", ["abc", "NaN", "1e400", "0.0000001", "-1", "1,5", " 1", ""])
@@ -286,12 +295,12 @@ def test_entitlement_create_refuses_a_quantity_outside_the_api_grammar_in_one_li
 ) -> None:
     catalog_with_a_feature()
     capsys.readouterr()
-    command = ("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", quantity)
+    command = ("entitlement", "create", "--org", "acme", "c-1", "api_calls", "--quantity", quantity)
     assert run_main(monkeypatch, *command) == EXIT_REFUSED
     out = capsys.readouterr().out
     assert out.startswith(f"error: quantity {quantity!r} is not a decimal like 10 or 0.5"), out
     assert out.count("\n") == 1, out
-    assert json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json")) == []
+    assert json.loads(invoke("balance", "--org", "acme", "c-1", "api_calls", "--json")) == []
 
 
 def test_entitlement_create_refuses_a_quantity_too_large_to_count_exactly(
@@ -299,20 +308,20 @@ def test_entitlement_create_refuses_a_quantity_too_large_to_count_exactly(
 ) -> None:
     catalog_with_a_feature()
     capsys.readouterr()
-    command = ("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", "9" * 30)
+    command = ("entitlement", "create", "--org", "acme", "c-1", "api_calls", "--quantity", "9" * 30)
     assert run_main(monkeypatch, *command) == EXIT_REFUSED
     assert "is too large to count exactly" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
-    ("quantity", "stored"), [("10", "10.000000"), ("0.000001", "0.000001"), ("0", "0.000000")]
+    ("quantity", "stored"), [("10", "10"), ("0.000001", "0.000001"), ("0", "0")]
 )
 def test_entitlement_create_takes_a_quantity_in_the_api_grammar(
     cli_env: None, quantity: str, stored: str
 ) -> None:
     catalog_with_a_feature()
-    invoke("entitlement", "create", "acme", "c-1", "api_calls", "--quantity", quantity)
-    (row,) = json.loads(invoke("balance", "acme", "c-1", "api_calls", "--json"))
+    invoke("entitlement", "create", "--org", "acme", "c-1", "api_calls", "--quantity", quantity)
+    (row,) = json.loads(invoke("balance", "--org", "acme", "c-1", "api_calls", "--json"))
     assert row["quantity"] == stored
 
 
@@ -369,7 +378,7 @@ def publish_file(
         sent.extend(events)
         return 1
 
-    monkeypatch.setattr("meterd.cli.publish_batches", fake_publish)
+    monkeypatch.setattr("meterd.producer.publish_batches", fake_publish)
     path = tmp_path / "events.json"
     path.write_text(json.dumps(payload))
     invoke("publish", str(path))
@@ -420,20 +429,20 @@ def test_publish_with_the_broker_down_exits_75_with_one_line(
 def backend_cli(runtime: runtime_module.Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     """The CLI over the test backend's runtime (SQLite, or PostgreSQL with
     METERD_TEST_BACKEND=real), which has org acme and feature api_calls."""
-    monkeypatch.setattr("meterd.cli.get_runtime", lambda: runtime)
+    monkeypatch.setattr("meterd.cli.context.get_runtime", lambda: runtime)
 
 
 def test_feature_create_in_an_org_that_does_not_exist_says_so(
     backend_cli: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_main(monkeypatch, "feature", "create", "noorg", "x") == EXIT_REFUSED
+    assert run_main(monkeypatch, "feature", "create", "--org", "noorg", "x") == EXIT_REFUSED
     assert capsys.readouterr().out == "error: organisation noorg not found\n"
 
 
 def test_feature_create_with_a_key_taken_in_the_org_says_it_exists(
     backend_cli: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_main(monkeypatch, "feature", "create", "acme", "api_calls") == EXIT_REFUSED
+    assert run_main(monkeypatch, "feature", "create", "--org", "acme", "api_calls") == EXIT_REFUSED
     assert capsys.readouterr().out == "error: feature 'api_calls' exists in org acme\n"
 
 
@@ -452,8 +461,17 @@ def counted_usage(*events: tuple[str, str]) -> None:
     """Count (time, quantity) events for c-1 and flush them into the event log."""
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
-    invoke("feature", "create", "acme", "api_calls")
-    invoke("entitlement", "create", "acme", "c-1", "api_calls", "--starts", "2026-01-01T00:00Z")
+    invoke("feature", "create", "--org", "acme", "api_calls")
+    invoke(
+        "entitlement",
+        "create",
+        "--org",
+        "acme",
+        "c-1",
+        "api_calls",
+        "--starts",
+        "2026-01-01T00:00Z",
+    )
     rt = runtime_module.get_runtime()
     batch = [
         event(customer="c-1", quantity=q, event_id=f"u{n}", time=datetime.fromisoformat(t))
@@ -468,7 +486,9 @@ def test_usage_draws_a_bar_per_window_with_the_exact_quantity(cli_env: None) -> 
     counted_usage(
         (at(first, "10:00"), "2.5"), (at(first, "11:00"), "1"), (at(second, "09:00"), "5")
     )
-    out = invoke("usage", "acme", "c-1", "--from", at(first, "00:00"), "--to", at(third, "00:00"))
+    out = invoke(
+        "usage", "--org", "acme", "c-1", "--from", at(first, "00:00"), "--to", at(third, "00:00")
+    )
     first_line, second_line = out.strip().splitlines()
     assert first_line.startswith(f"{first:%Y-%m-%d}") and "3.5" in first_line
     assert "2 events" in first_line
@@ -480,7 +500,7 @@ def test_usage_as_csv_has_one_row_per_window_in_the_time_zone(cli_env: None) -> 
     first, second, third = days_ago(2), days_ago(1), days_ago(0)
     counted_usage((at(first, "23:30"), "1"), (at(second, "00:30"), "2"))
     out = invoke(
-        "usage", "acme", "--from", at(first, "00:00"), "--to", at(third, "00:00"),
+        "usage", "--org", "acme", "--from", at(first, "00:00"), "--to", at(third, "00:00"),
         "--tz", "Asia/Kolkata", "--csv",
     )  # fmt: skip
     header, *rows = out.strip().splitlines()
@@ -492,7 +512,7 @@ def test_usage_with_an_unknown_time_zone_exits_2_with_the_reason(
     cli_env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     invoke("db", "upgrade")
-    assert run_main(monkeypatch, "usage", "acme", "--tz", "Mars/Olympus") == EXIT_REFUSED
+    assert run_main(monkeypatch, "usage", "--org", "acme", "--tz", "Mars/Olympus") == EXIT_REFUSED
     assert "unknown time zone 'Mars/Olympus'" in capsys.readouterr().out
 
 
@@ -500,7 +520,7 @@ def test_worker_takes_a_node_name_so_two_workers_on_one_host_differ(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     started: list[list[str]] = []
-    monkeypatch.setattr("meterd.cli._become", started.append)
+    monkeypatch.setattr("meterd.cli.serve.become", started.append)
     invoke("worker", "-n", "ingest1@%h", "-Q", "meterd.ingest")
     invoke("worker", "--hostname", "ingest2@%h", "-Q", "meterd.ingest")
     invoke("worker", "-Q", "meterd.ingest")

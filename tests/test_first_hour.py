@@ -46,7 +46,7 @@ def fresh_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in list(os.environ):
         if name.startswith("METERD_"):
             monkeypatch.delenv(name)
-    monkeypatch.setattr("meterd.cli._become", lambda argv: None)  # never exec celery
+    monkeypatch.setattr("meterd.cli.serve.become", lambda argv: None)  # never exec celery
     get_settings.cache_clear()
     runtime_module.reset_runtime()
     yield
@@ -74,9 +74,9 @@ def one_error_line(out: str) -> str:
         ("dev",),
         ("demo",),
         ("db", "upgrade"),
-        ("balance", "acme", "c-1", "api_calls"),
+        ("balance", "--org", "acme", "c-1", "api_calls"),
         ("embedded", "status"),
-        ("keys", "list", "acme"),
+        ("keys", "list", "--org", "acme"),
     ],
     ids=" ".join,
 )
@@ -171,7 +171,7 @@ def test_db_upgrade_prints_the_database_url_with_its_password_masked(
     fresh_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("METERD_DATABASE_URL", f"postgresql://meterd:{PASSWORD}@db:5432/meterd")
-    monkeypatch.setattr("meterd.cli.upgrade", lambda url, revision: None)
+    monkeypatch.setattr("meterd.migrate.upgrade", lambda url, revision: None)
     assert run_main(monkeypatch, "db", "upgrade") == 0
     out = capsys.readouterr().out
     assert PASSWORD not in out
@@ -186,9 +186,9 @@ def test_demo_prints_its_urls_with_their_passwords_masked(
 ) -> None:
     monkeypatch.setenv("METERD_DATABASE_URL", f"postgresql://meterd:{PASSWORD}@db:5432/meterd")
     monkeypatch.setenv("METERD_REDIS_URL", f"redis://:{PASSWORD}@redis:6379/0")
-    monkeypatch.setattr("meterd.cli.upgrade", lambda url: None)
-    monkeypatch.setattr("meterd.cli.get_runtime", lambda: runtime)
-    monkeypatch.setattr("meterd.cli.run_demo", lambda rt, plan, console: True)
+    monkeypatch.setattr("meterd.migrate.upgrade", lambda url: None)
+    monkeypatch.setattr("meterd.cli.context.get_runtime", lambda: runtime)
+    monkeypatch.setattr("meterd.demo.run_demo", lambda rt, plan, console: True)
     assert run_main(monkeypatch, "demo") == 0
     out = capsys.readouterr().out
     assert PASSWORD not in out
@@ -237,7 +237,7 @@ def test_an_org_webhook_is_shown_without_the_password_in_its_url(
     assert run_main(monkeypatch, "org", "create", "acme") == 0
     capsys.readouterr()
     url = f"https://meterd:{PASSWORD}@hooks.example/in"
-    assert run_main(monkeypatch, "org", "webhook", "acme", url) == 0
+    assert run_main(monkeypatch, "org", "webhook", "--org", "acme", url) == 0
     out = capsys.readouterr().out
     assert PASSWORD not in out and "https://meterd:***@hooks.example/in" in out
 
@@ -278,9 +278,9 @@ def elsewhere(cli_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize(
     "command",
     [
-        ("balance", "acme", "c-1", "api_calls"),
+        ("balance", "--org", "acme", "c-1", "api_calls"),
         ("org", "create", "acme"),
-        ("keys", "list", "acme"),
+        ("keys", "list", "--org", "acme"),
         ("dlq", "list"),
         ("flush",),
         ("status",),
@@ -304,7 +304,7 @@ def test_a_command_on_an_empty_database_says_it_holds_no_schema(
     elsewhere: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (elsewhere / "meterd.db").touch()
-    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_REFUSED
+    assert run_main(monkeypatch, "balance", "--org", "acme", "c-1", "api_calls") == EXIT_REFUSED
     out = one_error_line(capsys.readouterr().out)
     assert f"the database sqlite:///meterd.db ({elsewhere / 'meterd.db'}) is empty" in out
     assert "meterd db upgrade" in out
@@ -313,7 +313,7 @@ def test_a_command_on_an_empty_database_says_it_holds_no_schema(
 def test_after_db_upgrade_the_same_command_works(
     elsewhere: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_main(monkeypatch, "balance", "acme", "c-1", "api_calls") == EXIT_REFUSED
+    assert run_main(monkeypatch, "balance", "--org", "acme", "c-1", "api_calls") == EXIT_REFUSED
     assert run_main(monkeypatch, "db", "upgrade") == 0
     assert run_main(monkeypatch, "org", "create", "acme") == 0
     assert "organisation acme ready" in capsys.readouterr().out

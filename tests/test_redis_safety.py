@@ -373,7 +373,7 @@ def test_readyz_with_unsafe_redis_allowed_is_ready_and_lists_the_problem(
 def test_status_shows_an_unsafe_redis_with_the_setting_to_change(
     start_redis: StartServer, database: Database, database_url: str
 ) -> None:
-    from meterd.cli import _status_view
+    from meterd.cli.status_view import status_view as _status_view
 
     rt = runtime_on(start_redis(*EVICTING), database, database_url, unsafe_redis=True)
     status = gather(rt, NoBroker(), ping_timeout=0.1)  # type: ignore[arg-type]

@@ -4,6 +4,7 @@ so a new route is covered (or fails here) without anyone remembering to add it."
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +24,7 @@ BODIES: dict[str, Any] = {
     "/v1/features": {"key": "stolen"},
     "/v1/plans": {"key": "stolen", "feature": "api_calls", "quantity": "1"},
     "/v1/entitlements": {"customer_id": "cust-1", "feature": "api_calls", "quantity": "1"},
+    "/v1/api-keys": {"permissions": ["EVENTS:WRITE"]},
 }
 
 
@@ -47,10 +49,13 @@ def concrete(path: str, ids: dict[str, str]) -> str:
         .replace("{tenantid}", "cust-1")
         .replace("{type}", "USERS")
         .replace("{key_id}", ids.get("key", "0" * 16))
+        .replace("{dead_letter_id}", ids.get("dead_letter", str(uuid.UUID(int=0))))
     )
 
 
-def body_for(path: str) -> Any:
+def body_for(path: str, ids: dict[str, str]) -> Any:
+    if path == "/v1/dead-letters/replay":
+        return {"ids": [ids["dead_letter"]]}
     if path.endswith("/rotate"):
         return {"old_valid_until": "2099-01-01T00:00:00Z"}
     if path.endswith("/reserve"):
@@ -78,7 +83,14 @@ def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dic
     ).json()
     now = utcnow()
     runtime.ingest.ingest([event(quantity="4", event_id="u", time=now)], now=now)
-    return {"entitlement": str(ent.id), "plan": plan["id"], "key": acme["x-api-key"].split("_")[1]}
+    runtime.ingest.ingest([event(customer="nobody", event_id="dead", time=now)], now=now)
+    (letter,) = client.get("/v1/dead-letters", headers=acme).json()["data"]
+    return {
+        "entitlement": str(ent.id),
+        "plan": plan["id"],
+        "key": acme["x-api-key"].split("_")[1],
+        "dead_letter": letter["id"],
+    }
 
 
 ROUTES = routes()
@@ -95,7 +107,7 @@ def test_every_route_refuses_a_call_without_a_key(
     client: TestClient, acme_data: dict[str, str], method: str, path: str
 ) -> None:
     url = concrete(path, acme_data)
-    response = client.request(method, url, json=body_for(path))
+    response = client.request(method, url, json=body_for(path, acme_data))
     assert response.status_code == 401, (method, url, response.text)
 
 
@@ -112,13 +124,15 @@ def test_no_route_lets_another_org_read_or_change_this_orgs_data(
     before = snapshot(client, acme)
     url = concrete(path, acme_data)
     headers = {**globex, "organisation": "globex"}
-    response = client.request(method, url, json=body_for(path), headers=headers)
+    response = client.request(method, url, json=body_for(path, acme_data), headers=headers)
     assert response.status_code < 500
-    if "{entitlement_id}" in path or "{plan_id}" in path or "{key_id}" in path:
+    if any(
+        f"{{{name}}}" in path for name in ("entitlement_id", "plan_id", "key_id", "dead_letter_id")
+    ):
         # Another org's id is answered exactly like an id that does not exist.
         assert response.status_code == 404, (method, url, response.text[:300])
     if response.status_code < 400:  # an error body may echo the id the caller sent
-        for secret in (acme_data["entitlement"], acme_data["plan"], acme_data["key"]):
+        for secret in (acme_data[name] for name in ("entitlement", "plan", "key", "dead_letter")):
             assert secret not in response.text, (method, url, response.text[:300])
     assert snapshot(client, acme) == before, (method, url)
 
@@ -142,4 +156,8 @@ def snapshot(client: TestClient, acme: dict[str, str]) -> Any:
         Decimal(
             client.get("/v1/customers/cust-1/features/api_calls", headers=acme).json()["consumed"]
         ),
+        [
+            (d["id"], d["replayed_at"])
+            for d in client.get("/v1/dead-letters", headers=acme).json()["data"]
+        ],
     )

@@ -166,7 +166,7 @@ def test_the_command_line_rotation_keeps_the_old_keys_expiry(cli_env: None) -> N
     token, _ = keys.create("acme", [Permission.EVENTS_WRITE], utcnow(), expires_at=expires_at)
     until = isoformat(utcnow() + timedelta(minutes=5))
     later = isoformat(expires_at + HOUR)
-    args = ["keys", "rotate", key_id(token), "--old-valid-until", until]
+    args = ["keys", "rotate", "--org", "acme", key_id(token), "--old-valid-until", until]
     refused = runner.invoke(cli_app, [*args, "--expires-at", later])
     assert isinstance(refused.exception, ApiKeyError), refused.output
     assert "cannot outlive" in str(refused.exception)

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meterd.api.app import create_app
+from meterd.runtime import Runtime
 from meterd.testing import event
 from meterd.timeutil import isoformat, utcnow
 
@@ -40,6 +41,9 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/api-keys/{key_id}/rotate"): {
         "old_valid_until": isoformat(utcnow() + timedelta(days=1))
     },
+    ("POST", "/v1/api-keys"): {"permissions": ["EVENTS:WRITE"]},
+    ("POST", "/v1/dead-letters/replay"): {"ids": ["00000000-0000-4000-8000-000000000000"]},
+    ("POST", "/v1/dead-letters/{dead_letter_id}/replay"): {},
     ("POST", "/v1/features"): {"key": "seats"},
     ("PATCH", "/v1/features/{key}"): {"name": "API calls"},
     ("POST", "/v1/plans"): {"key": "gold", "feature": "api_calls", "quantity": "5"},
@@ -59,8 +63,9 @@ WRITE_ROUTES = write_routes()
 
 
 @pytest.fixture
-def ids(client: TestClient, acme: dict[str, str]) -> dict[str, str]:
-    """An entitlement (open now), a plan and the key of acme, by path parameter."""
+def ids(client: TestClient, runtime: Runtime, acme: dict[str, str]) -> dict[str, str]:
+    """An entitlement (open now), a plan, the key and a dead letter of acme, by path
+    parameter."""
     made = client.post(
         "/v1/entitlements",
         json={"customer_id": "cust-1", "feature": "api_calls", "quantity": "100"},
@@ -70,7 +75,10 @@ def ids(client: TestClient, acme: dict[str, str]) -> dict[str, str]:
         "/v1/plans", json={"key": "p", "feature": "api_calls", "quantity": "5"}, headers=acme
     )
     assert made.status_code == 201 and plan.status_code == 201, (made.text, plan.text)
+    runtime.ingest.ingest([event(customer="nobody", event_id="dead")], now=utcnow())
+    (letter,) = client.get("/v1/dead-letters", headers=acme).json()["data"]
     return {
+        "{dead_letter_id}": letter["id"],
         "{entitlement_id}": made.json()["id"],
         "{plan_id}": plan.json()["id"],
         "{key_id}": acme["x-api-key"].split("_")[1],

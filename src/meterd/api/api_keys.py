@@ -1,4 +1,4 @@
-"""API keys of the caller's org: list them (never a secret) and rotate one."""
+"""API keys of the caller's org: list them (never a secret), create one and rotate one."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import HttpError
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import RequestBody, moment
+from meterd.domain import NO_NUL_PATTERN
 from meterd.services.api_keys import NEVER, KeyInfo, Permission, Principal
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
@@ -114,5 +115,50 @@ def rotate_api_key(
         expires_at=NEVER if never else moment(body.expires_at, "expires_at"),
         permissions=body.permissions,
         by=caller.key_id,
+    )
+    return RotatedOut(key=token, **key_out(runtime.api_keys.get(row.id)).model_dump())
+
+
+class KeyIn(RequestBody):
+    permissions: list[Permission] = Field(
+        min_length=1,
+        max_length=len(Permission),
+        description="among the caller's own (403 for one it lacks)",
+    )
+    name: str = Field(default="", max_length=200, pattern=NO_NUL_PATTERN)
+    expires_at: datetime | None = Field(
+        default=None,
+        description="RFC 3339 with a timezone; at the latest the caller's key's expiry"
+        " (left out or null: that expiry, or never if the caller's key never expires)",
+    )
+    rate_limit: int | None = Field(
+        default=None, description="requests a second; 0: unlimited; null: the default"
+    )
+    rate_burst: int | None = Field(default=None, description="null: twice the rate")
+
+
+@router.post("/api-keys", status_code=201, response_model=RotatedOut)
+def create_api_key(body: KeyIn, runtime: RuntimeDep, caller: Manager) -> RotatedOut:
+    """Issue a key of the caller's org; the secret (``key``) is in this answer only,
+    never stored. A key manager mints no key broader than its own (403 for a
+    permission it lacks) nor one that outlives it (400)."""
+    wanted = frozenset(p.value for p in body.permissions)
+    if not caller.holds_all(wanted):
+        raise HttpError(403, "a new key cannot hold a permission the caller lacks")
+    expires_at = moment(body.expires_at, "expires_at") or caller.expires_at
+    if (
+        caller.expires_at is not None
+        and expires_at is not None
+        and (expires_at > caller.expires_at)
+    ):
+        raise HttpError(400, f"expires_at: at the latest {isoformat(caller.expires_at)}")
+    token, row = runtime.api_keys.create(
+        caller.org,
+        list(body.permissions),
+        utcnow(),
+        name=body.name,
+        expires_at=expires_at,
+        rate_limit=body.rate_limit,
+        rate_burst=body.rate_burst,
     )
     return RotatedOut(key=token, **key_out(runtime.api_keys.get(row.id)).model_dump())

@@ -18,6 +18,7 @@ from meterd import __version__, celery_config
 from meterd.api import (
     api_keys,
     catalog,
+    dead_letters,
     entitlements,
     errors,
     health,
@@ -103,4 +104,5 @@ def create_app(
     app.include_router(tenant.router)
     app.include_router(workspace.router)
     app.include_router(api_keys.router)
+    app.include_router(dead_letters.router)
     return app

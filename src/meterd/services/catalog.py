@@ -644,3 +644,15 @@ def _end_values(ent: Entitlement, ends_at: datetime | None, renewing: bool) -> d
         return {"ends_at": ends_at, "grace_until": None}
     new_end, grace_until = extend_term(ent.ends_at, ent.grace_until, ends_at)
     return {"ends_at": new_end, "grace_until": grace_until}
+
+
+@dataclass(frozen=True, slots=True)
+class OrgInfo:
+    id: str
+    name: str
+    created_at: datetime
+
+
+def organisations_of(catalog: Catalog) -> list[OrgInfo]:
+    """Every organisation, by id."""
+    return [OrgInfo(o.id, o.name, o.created_at) for o in catalog.organisations.all()]

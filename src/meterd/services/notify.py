@@ -102,6 +102,11 @@ class NotificationService:
         self.sender = sender
         self.max_attempts = max_attempts
 
+    def set_webhook(self, org: str, url: str | None, secret: str | None) -> bool:
+        """Set (or with ``url`` None remove) where the org's notifications are POSTed;
+        False if there is no such org."""
+        return self.store.set_webhook(org, url, secret)
+
     def backoff(self, attempts: int) -> timedelta | None:
         """Wait before the next call after ``attempts`` failed ones; None: give up."""
         if attempts >= self.max_attempts:

@@ -137,3 +137,7 @@ class EntitlementQueries:
     def history(self, org: str, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
         self.owned(org, entitlement_id)
         return self.transitions.history(entitlement_id)
+
+    def ids_of(self, org: str) -> list[uuid.UUID]:
+        """The ids of the org's entitlements, for matching an id prefix."""
+        return self.entitlements.ids_of(org)

@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import groupby
 from typing import Any
 
+from meterd.errors import NotFoundError
 from meterd.events import UsageEvent, parse_event, with_time
 from meterd.services.ingest import IngestService
 from meterd.storage.dead_letters import DeadLetterStore
@@ -38,6 +40,9 @@ class ReplayReport:
 
 
 class DeadLetterReplay:
+    """Dead letters for the edges: find, page, show, count, purge and replay them
+    (the store stays behind this service)."""
+
     def __init__(self, dead_letters: DeadLetterStore, ingest: IngestService) -> None:
         self.dead_letters = dead_letters
         self.ingest = ingest
@@ -55,6 +60,17 @@ class DeadLetterReplay:
         letters = self.dead_letters.find(
             reason=reason, org_id=org, since=since, until=until, limit=limit
         )
+        return self._replay(letters, now)
+
+    def replay_ids(
+        self, ids: Sequence[uuid.UUID], *, now: datetime, org: str | None
+    ) -> ReplayReport:
+        """Replay the letters of ``ids`` not yet replayed (of ``org`` only, if given);
+        an id that names none is skipped."""
+        letters = [dl for dl in self.dead_letters.by_ids(ids, org) if dl.replayed_at is None]
+        return self._replay(letters, now)
+
+    def _replay(self, letters: list[DeadLetter], now: datetime) -> ReplayReport:
         report = ReplayReport(replayed=len(letters))
         settled: dict[uuid.UUID, str] = {}
         # Events that came over HTTP took their org from the API key, not the payload:
@@ -74,6 +90,43 @@ class DeadLetterReplay:
                     settled[letter.id] = outcome.value
         self.dead_letters.mark_replayed(settled, now)
         return report
+
+    def find(
+        self,
+        *,
+        reason: str | None = None,
+        org: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = 100,
+    ) -> list[DeadLetter]:
+        """Letters not yet replayed, oldest first."""
+        return self.dead_letters.find(
+            reason=reason, org_id=org, since=since, until=until, limit=limit
+        )
+
+    def page(
+        self, org: str, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[DeadLetter]:
+        """The org's letters not yet replayed, oldest first, after ``after``."""
+        return self.dead_letters.page(org, after=after, limit=limit)
+
+    def get(self, dead_letter_id: uuid.UUID, org: str | None = None) -> DeadLetter:
+        """One letter (of ``org``, if given): ``NotFoundError`` otherwise."""
+        letter = self.dead_letters.get(dead_letter_id)
+        if letter is None or (org is not None and letter.org_id != org):
+            raise NotFoundError("dead letter", str(dead_letter_id))
+        return letter
+
+    def ids(self, org: str | None = None) -> list[uuid.UUID]:
+        return self.dead_letters.ids(org)
+
+    def count(self, **filters: Any) -> int:
+        return self.dead_letters.count(**filters)
+
+    def purge(self, **filters: Any) -> int:
+        """Delete matching letters (see ``DeadLetterStore.purge``); how many."""
+        return self.dead_letters.purge(**filters)
 
 
 def _timed(letter: DeadLetter) -> Any:

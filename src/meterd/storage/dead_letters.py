@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.storage.database import insert_ignoring_duplicates
@@ -181,3 +181,42 @@ class DeadLetterStore:
                     .where(DeadLetter.id == dl_id)
                     .values(replayed_at=now, replay_outcome=outcome)
                 )
+
+    def page(
+        self,
+        org_id: str,
+        *,
+        after: tuple[datetime, uuid.UUID] | None,
+        limit: int,
+        include_replayed: bool = False,
+    ) -> list[DeadLetter]:
+        """The org's letters in (received_at, id) order, after ``after``."""
+        conditions = self._conditions(None, org_id, None, None, None if include_replayed else False)
+        if after is not None:
+            at, last_id = after
+            conditions.append(
+                or_(
+                    DeadLetter.received_at > at,
+                    and_(DeadLetter.received_at == at, DeadLetter.id > last_id),
+                )
+            )
+        stmt = select(DeadLetter).where(and_(True, *conditions))
+        stmt = stmt.order_by(DeadLetter.received_at, DeadLetter.id).limit(limit)
+        with self.sessions() as s:
+            return list(s.scalars(stmt))
+
+    def by_ids(self, ids: Sequence[uuid.UUID], org_id: str | None = None) -> list[DeadLetter]:
+        """The letters of ``ids`` (of ``org_id`` only, if given), oldest first."""
+        stmt = select(DeadLetter).where(DeadLetter.id.in_(list(ids)))
+        if org_id is not None:
+            stmt = stmt.where(DeadLetter.org_id == org_id)
+        with self.sessions() as s:
+            return list(s.scalars(stmt.order_by(DeadLetter.received_at, DeadLetter.id)))
+
+    def ids(self, org_id: str | None = None) -> list[uuid.UUID]:
+        """The ids of the letters (of ``org_id``, if given): for matching an id prefix."""
+        stmt = select(DeadLetter.id)
+        if org_id is not None:
+            stmt = stmt.where(DeadLetter.org_id == org_id)
+        with self.sessions() as s:
+            return list(s.scalars(stmt))

@@ -199,3 +199,8 @@ class EntitlementStore:
         if row is None:
             return NotFoundError("entitlement", entitlement_id)
         return StaleVersionError(entitlement_id, expected_version, row[0])
+
+    def ids_of(self, org: str) -> list[uuid.UUID]:
+        """The ids of the org's entitlements (one column: for matching an id prefix)."""
+        with self.sessions() as s:
+            return list(s.scalars(select(Entitlement.id).where(Entitlement.org_id == org)))

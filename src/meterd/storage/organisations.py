@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.storage.models import Organisation
@@ -18,3 +19,8 @@ class OrganisationStore:
         with self.sessions.begin() as s:
             if s.get(Organisation, org_id) is None:
                 s.add(Organisation(id=org_id, name=name, created_at=now))
+
+    def all(self) -> list[Organisation]:
+        """Every organisation, by id."""
+        with self.sessions() as s:
+            return list(s.scalars(select(Organisation).order_by(Organisation.id)))

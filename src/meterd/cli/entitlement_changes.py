@@ -1,0 +1,95 @@
+"""``meterd entitlement update|suspend|resume|terminate``: change one entitlement."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from meterd.cli import context
+from meterd.cli.entitlements import entitlement_id
+from meterd.cli.output import Org, say, when
+from meterd.domain import ContractMode
+
+_Id = Annotated[str, typer.Argument(help="the entitlement's id, or a unique prefix")]
+_Reason = Annotated[str, typer.Option(help="recorded in the audit trail")]
+_Version = Annotated[
+    int | None, typer.Option("--version", help="refuse unless the row is at this row_version")
+]
+_NONE = "none"
+
+
+def entitlement_update(
+    org: Org,
+    entitlement: _Id,
+    version: Annotated[int, typer.Option("--version", help="the row_version you read")],
+    quantity: Annotated[
+        str | None, typer.Option(help=f"the current period's; {_NONE!r}: unlimited")
+    ] = None,
+    renewal_quantity: Annotated[str | None, typer.Option(help=f"{_NONE!r}: unset")] = None,
+    ends: Annotated[str | None, typer.Option(help=f"ISO 8601; {_NONE!r}: open-ended")] = None,
+    priority: int | None = None,
+    contract_mode: ContractMode | None = None,
+    auto_renew: Annotated[bool | None, typer.Option("--auto-renew/--no-auto-renew")] = None,
+) -> None:
+    """Change quantity, renewal quantity, end, priority, contract mode or auto-renew
+    (as PATCH /v1/entitlements/{id}); refused unless the row is at ``--version``."""
+    from meterd.quantity import parse_decimal_text
+    from meterd.services.catalog import UNSET, EntitlementChange
+    from meterd.timeutil import utcnow
+
+    def amount(text: str | None, what: str) -> Any:
+        if text is None:
+            return UNSET
+        return None if text == _NONE else parse_decimal_text(text, what)
+
+    rt = context.get_runtime()
+    ent_id = entitlement_id(rt, org, entitlement)
+    change = EntitlementChange(
+        row_version=version,
+        quantity=amount(quantity, "quantity"),
+        renewal_quantity=amount(renewal_quantity, "renewal_quantity"),
+        ends_at=UNSET if ends is None else None if ends == _NONE else when(ends, None),
+        priority=priority,
+        contract_mode=contract_mode,
+        auto_renew=auto_renew,
+    )
+    rt.catalog.update_entitlement(org, ent_id, change, utcnow())
+    ent, _, _ = rt.queries.get(org, ent_id, utcnow())
+    say(f"entitlement {ent.id} updated (row_version {ent.row_version})")
+
+
+def _change_status(
+    org: str, entitlement: str, action: str, reason: str, version: int | None
+) -> None:
+    from meterd.lifecycle import OperatorAction
+    from meterd.timeutil import utcnow
+
+    rt = context.get_runtime()
+    ent_id = entitlement_id(rt, org, entitlement)
+    rt.queries.owned(org, ent_id)
+    ent = rt.catalog.change_status(
+        ent_id, OperatorAction(action), utcnow(), reason=reason, expected_version=version
+    )
+    say(f"entitlement {ent.id} is {ent.status} (row_version {ent.row_version})")
+
+
+def entitlement_suspend(
+    org: Org, entitlement: _Id, reason: _Reason = "", version: _Version = None
+) -> None:
+    """Suspend: usage is refused (dead-lettered as suspended) until resumed."""
+    _change_status(org, entitlement, "suspend", reason, version)
+
+
+def entitlement_resume(
+    org: Org, entitlement: _Id, reason: _Reason = "", version: _Version = None
+) -> None:
+    """Resume a suspended entitlement; the lifecycle job catches up what fell due meanwhile."""
+    _change_status(org, entitlement, "resume", reason, version)
+
+
+def entitlement_terminate(
+    org: Org, entitlement: _Id, reason: _Reason = "", version: _Version = None
+) -> None:
+    """Terminate (final): no more usage counts on it."""
+    _change_status(org, entitlement, "terminate", reason, version)

@@ -1,0 +1,106 @@
+"""``meterd entitlement create``: by feature and terms, or from a plan (as the API)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from meterd.cli import context
+from meterd.cli.ids import resolve_uuid
+from meterd.cli.output import Org, dimensions, say, when
+from meterd.domain import BillingType, ContractMode
+from meterd.terms import TermUnit
+
+_Quantity = Annotated[str | None, typer.Option(help="a decimal like 10 or 0.5; omit for unlimited")]
+_Filter = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--filter",
+        help="dimension: only usage whose data has this value counts on it:"
+        " key=value (repeatable); fixed at creation",
+    ),
+]
+
+
+def check_term(value: int | None, unit: TermUnit | None) -> None:
+    """A term the API would take (a term in years is bounded as there)."""
+    from meterd.api.inputs import MAX_TERM_YEARS
+    from meterd.errors import InvalidError
+
+    if unit is TermUnit.YEAR and (value or 0) > MAX_TERM_YEARS:
+        raise InvalidError(f"term_value: a term is at most {MAX_TERM_YEARS} years")
+
+
+def entitlement_create(
+    org: Org,
+    customer: str,
+    feature: Annotated[str | None, typer.Argument(help="omit with --plan")] = None,
+    quantity: _Quantity = None,
+    starts: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
+    ends: Annotated[str | None, typer.Option(help="ISO 8601; default open-ended")] = None,
+    billing_type: BillingType = BillingType.PRE_PAID,
+    contract_mode: ContractMode = ContractMode.PRODUCTION,
+    priority: int = 0,
+    grace_days: int = 0,
+    term_value: Annotated[
+        int | None, typer.Option(min=1, max=10_000, help="with --term-unit: the term")
+    ] = None,
+    term_unit: Annotated[TermUnit | None, typer.Option(help="default: starts to ends")] = None,
+    auto_renew: Annotated[bool, typer.Option(help="renew at the end of each term")] = False,
+    renewal_quantity: Annotated[str | None, typer.Option(help="each renewed term's")] = None,
+    contract_id: str | None = None,
+    plan: Annotated[
+        str | None,
+        typer.Option(help="a plan's id or unique prefix: it gives feature, quantity, terms"),
+    ] = None,
+    filter: _Filter = None,
+) -> None:
+    """Grant a customer a feature: with a quantity and terms, or from ``--plan``."""
+    from datetime import timedelta
+
+    from meterd.errors import InvalidError
+    from meterd.quantity import parse_decimal_text
+    from meterd.services.catalog import NewEntitlement
+    from meterd.terms import Term
+    from meterd.timeutil import utcnow
+
+    rt, now = context.get_runtime(), utcnow()
+    starts_at = when(starts, now) or now
+    if plan is not None:
+        plan_id = resolve_uuid(plan, lambda: [p.id for p in rt.catalog.plans_of(org)], "plan")
+        ent = rt.catalog.entitlement_from_plan(
+            org, plan_id, customer, starts_at, now, contract_id=contract_id, priority=priority,
+            filters=dimensions(filter, "--filter"),
+        )  # fmt: skip
+        say(f"entitlement #{ent.number} {ent.id} created ({ent.status})")
+        return
+    if feature is None:
+        raise InvalidError("give a feature, or --plan")
+    if (term_value is None) != (term_unit is None):
+        raise InvalidError("give --term-value and --term-unit together (or neither)")
+    check_term(term_value, term_unit)
+    term = Term.of(term_value, term_unit) if term_value and term_unit else None
+    ent = rt.catalog.create_entitlement(
+        NewEntitlement(
+            org=org,
+            customer_id=customer,
+            feature=feature,
+            quantity=None if quantity is None else parse_decimal_text(quantity),
+            starts_at=starts_at,
+            ends_at=when(ends, None),
+            billing_type=billing_type,
+            contract_mode=contract_mode,
+            priority=priority,
+            grace=timedelta(days=grace_days) if grace_days else None,
+            auto_renew=auto_renew,
+            term=term,
+            renewal_quantity=None
+            if renewal_quantity is None
+            else parse_decimal_text(renewal_quantity),
+            contract_id=contract_id,
+            filters=dimensions(filter, "--filter"),
+        ),
+        now,
+    )
+    say(f"entitlement #{ent.number} {ent.id} created ({ent.status})")

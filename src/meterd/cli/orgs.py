@@ -1,0 +1,56 @@
+"""``meterd org``: create and list organisations, set their webhook."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from meterd.cli import context
+from meterd.cli.output import JsonFlag, Org, echo_json, escape, iso, say, table
+
+app = typer.Typer(help="Organisations.", no_args_is_help=True)
+
+
+@app.command("create")
+def org_create(
+    org: Annotated[str, typer.Argument(help="the new organisation's id")],
+    name: str | None = None,
+) -> None:
+    """Create an organisation (creating one that exists changes nothing)."""
+    from meterd.timeutil import utcnow
+
+    context.get_runtime().catalog.create_org(org, name, utcnow())
+    say(f"organisation {org} ready")
+
+
+@app.command("list")
+def org_list(as_json: JsonFlag = False) -> None:
+    """Every organisation, by id."""
+    from meterd.services.catalog import organisations_of
+
+    rows = [
+        {"id": o.id, "name": o.name, "created_at": iso(o.created_at)}
+        for o in organisations_of(context.get_runtime().catalog)
+    ]
+    if as_json:
+        echo_json(rows)
+        return
+    table("organisations", ("id", "name", "created_at"), (r.values() for r in rows))
+
+
+@app.command("webhook")
+def org_webhook(
+    org: Org,
+    url: Annotated[str | None, typer.Argument(help="omit to remove the webhook")] = None,
+    secret: Annotated[str | None, typer.Option(help="HMAC key for Meterd-Signature")] = None,
+) -> None:
+    """Set where the org's notifications are POSTed (threshold crossings, transitions)."""
+    from meterd.config import redact_url
+    from meterd.errors import NotFoundError
+
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise typer.BadParameter("the webhook URL must start with http:// or https://")
+    if not context.get_runtime().notifications.set_webhook(org, url, secret):
+        raise NotFoundError("organisation", org)
+    say(f"webhook of {org}: {escape(redact_url(url or 'none'))}")
