@@ -18,13 +18,7 @@ from meterd.errors import NotFoundError
 from meterd.filters import Filter, Kind, WorkspaceFilters
 from meterd.paging import Cursor
 from meterd.services.balance import BalanceService, PeriodUsage
-from meterd.services.records import (
-    Entitlement,
-    EntitlementTransition,
-    Feature,
-    Plan,
-    PlanFamily,
-)
+from meterd.services.values import Entitlement, Feature, Plan, PlanFamily, Transition
 from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.listing import (
     ENTITLEMENT_COLUMNS,
@@ -124,7 +118,7 @@ class EntitlementQueries:
         found = self.entitlements.with_feature(entitlement_id)
         if found is None or found[0].org_id != org:
             raise NotFoundError("entitlement", entitlement_id)
-        return found
+        return Entitlement.from_row(found[0]), found[1]
 
     def get(self, org: str, entitlement_id: uuid.UUID, now: datetime) -> WithBalance:
         ((ent, feature, balance),) = self.with_balances([self.owned(org, entitlement_id)], now)
@@ -171,7 +165,9 @@ class EntitlementQueries:
             quantity_used=quantity_used,
             search=search,
         )
-        rows = self.with_balances([(row[0], row[1]) for row in page.rows], now)
+        rows = self.with_balances(
+            [(Entitlement.from_row(row[0]), row[1]) for row in page.rows], now
+        )
         return BalancedPage(rows, page.next, page.previous, page.total)
 
     def grants_of_customer(
@@ -185,7 +181,12 @@ class EntitlementQueries:
     ) -> list[tuple[Entitlement, Feature, Balance]]:
         """A customer's entitlements with their features and balances (filters on the
         grants; ``search`` on the feature's key, name or description)."""
-        grants = self.listing.grants_of_customer(org, customer_id, filters, limit, now, search)
+        grants = [
+            (Entitlement.from_row(ent), Feature.from_row(feature))
+            for ent, feature in self.listing.grants_of_customer(
+                org, customer_id, filters, limit, now, search
+            )
+        ]
         balanced = self.with_balances([(ent, feature.key) for ent, feature in grants], now)
         return [
             (ent, feature, balance)
@@ -197,10 +198,18 @@ class EntitlementQueries:
     ) -> tuple[list[WorkspaceItem], int]:
         """One page of the workspace seed listing, and the total matching."""
         rows, total = self.listing.workspace_page(org, filters, page, size, now)
-        balanced = self.with_balances([(ent, feature.key) for ent, feature, _, _ in rows], now)
+        balanced = self.with_balances(
+            [(Entitlement.from_row(ent), feature.key) for ent, feature, _, _ in rows], now
+        )
         items = [
-            WorkspaceItem(ent, feature, plan, families, balance)
-            for (ent, feature, plan, families), (_, _, balance) in zip(rows, balanced, strict=True)
+            WorkspaceItem(
+                ent,
+                Feature.from_row(feature),
+                Plan.from_row(plan) if plan is not None else None,
+                [PlanFamily.from_row(f) for f in families],
+                balance,
+            )
+            for (_, feature, plan, families), (ent, _, balance) in zip(rows, balanced, strict=True)
         ]
         return items, total
 
@@ -215,6 +224,6 @@ class EntitlementQueries:
         flushed = [(Period(p.period_start, p.period_end, p.quantity), p.consumed) for p in stored]
         return self.balance.history(view, flushed, now)
 
-    def history(self, org: str, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
+    def history(self, org: str, entitlement_id: uuid.UUID) -> list[Transition]:
         self.owned(org, entitlement_id)
-        return self.transitions.history(entitlement_id)
+        return [Transition.from_row(row) for row in self.transitions.history(entitlement_id)]

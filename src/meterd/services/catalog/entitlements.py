@@ -15,6 +15,7 @@ from meterd.domain import BillingType, Status
 from meterd.errors import StaleVersionError
 from meterd.lifecycle import OperatorAction, operator_transition
 from meterd.meters import check_dimensions
+from meterd.services import values
 from meterd.services.catalog.base import check_grant
 from meterd.services.catalog.rules import (
     EntitlementChange,
@@ -45,7 +46,7 @@ class Entitlements:
         self.transitions = transitions
         self.resolution = resolution
 
-    def create_entitlement(self, spec: NewEntitlement, now: datetime) -> Entitlement:
+    def create_entitlement(self, spec: NewEntitlement, now: datetime) -> values.Entitlement:
         check_new(spec)
         term = term_of(spec)
         ends_at = spec.ends_at
@@ -108,7 +109,7 @@ class Entitlements:
         self.entitlements.add(ent, [first])
         self.transitions.settle(ent.id, now, actor="created")
         self.resolution.refresh([(spec.org, spec.customer_id, spec.feature)], now)
-        return self.entitlements.get(ent.id)
+        return values.Entitlement.from_row(self.entitlements.get(ent.id))
 
     def update_entitlement(
         self,
@@ -161,7 +162,7 @@ class Entitlements:
         reason: str = "",
         expected_version: int | None = None,
         actor: str = "operator",
-    ) -> Entitlement:
+    ) -> values.Entitlement:
         """Suspend, resume or terminate an entitlement (see
         ``meterd.lifecycle.operator_transition``), recorded in the audit trail with a
         notification; ingest sees the new status at once."""
@@ -177,7 +178,7 @@ class Entitlements:
         if self.transitions.settle(entitlement_id, now, actor=actor):
             ent = self.entitlements.get(entitlement_id)
         self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
-        return ent
+        return values.Entitlement.from_row(ent)
 
     def open_period(
         self,

@@ -11,6 +11,7 @@ from typing import Any
 from meterd.domain import FEATURE_KEY_PATTERN, Aggregation, FeatureType
 from meterd.errors import InvalidError
 from meterd.meters import check_dimensions, check_meter, parse_path, path_text
+from meterd.services import values
 from meterd.services.catalog.base import CatalogError
 from meterd.storage.features import FeatureStore
 from meterd.storage.meter_versions import MeterVersions
@@ -26,25 +27,25 @@ class Features:
         self.features = features
         self.meter_versions = meter_versions
 
-    def feature(self, org: str, key: str) -> Feature:
-        return self.features.by_key(org, key)
+    def feature(self, org: str, key: str) -> values.Feature:
+        return values.Feature.from_row(self.features.by_key(org, key))
 
-    def features_of(self, org: str) -> list[Feature]:
-        return self.features.all_of(org)
+    def features_of(self, org: str) -> list[values.Feature]:
+        return [values.Feature.from_row(row) for row in self.features.all_of(org)]
 
-    def change_feature(self, org: str, key: str, values: dict[str, Any]) -> Feature:
+    def change_feature(self, org: str, key: str, changes: dict[str, Any]) -> values.Feature:
         """Rename, describe, or retire (``is_active``) a feature. How it is metered
         (``METER_FIELDS``) is fixed: given, each must be what is stored (a change is
         refused; a value equal to the stored one changes nothing)."""
-        if not values:
+        if not changes:
             raise CatalogError("nothing to change")
-        values = dict(values)
-        metered = {name: values.pop(name) for name in METER_FIELDS if name in values}
+        changes = dict(changes)
+        metered = {name: changes.pop(name) for name in METER_FIELDS if name in changes}
         if metered:
             _refuse_meter_change(self.features.by_key(org, key), metered)
-            if not values:
-                return self.features.by_key(org, key)
-        return self.features.update(org, key, values)
+            if not changes:
+                return self.feature(org, key)
+        return values.Feature.from_row(self.features.update(org, key, changes))
 
     def create_feature(
         self,
@@ -62,7 +63,7 @@ class Features:
         event_type: str | None = None,
         value_property: str | None = None,
         meter_filters: Mapping[str, Any] | None = None,
-    ) -> Feature:
+    ) -> values.Feature:
         """A feature, metered as ``meterd.meters.check_meter`` allows (a definition
         that cannot be counted is refused with the reason)."""
         if not FEATURE_KEY_PATTERN.match(key):
@@ -99,7 +100,7 @@ class Features:
         # its meter at once for events naming it, and otherwise within the 10 s
         # their kept list lasts.
         self.meter_versions.bump(org)
-        return feature
+        return values.Feature.from_row(feature)
 
 
 def _refuse_meter_change(feature: Feature, given: dict[str, Any]) -> None:

@@ -12,11 +12,12 @@ from typing import Any
 
 from meterd.domain import FEATURE_KEY_PATTERN, BillingType, ContractMode
 from meterd.plans import TermUnit, condition_family, term_end, term_kind
+from meterd.services import values
 from meterd.services.catalog.base import CatalogError, check_grant
 from meterd.services.catalog.entitlements import Entitlements
 from meterd.services.catalog.rules import NewEntitlement
 from meterd.storage.features import FeatureStore
-from meterd.storage.models import Entitlement, Plan
+from meterd.storage.models import Plan
 from meterd.storage.plans import PlanStore
 
 
@@ -46,7 +47,7 @@ class Plans:
         self.features = features
         self.entitlements = entitlements
 
-    def create_plan(self, spec: NewPlan, now: datetime) -> Plan:
+    def create_plan(self, spec: NewPlan, now: datetime) -> values.Plan:
         _check(spec)
         feature = self.features.by_key(spec.org, spec.feature)
         check_grant(feature, quantity=spec.quantity, renewal_quantity=spec.renewal_quantity)
@@ -76,22 +77,22 @@ class Plans:
             created_at=now,
             updated_at=now,
         )
-        return self.plans.add(plan, spec.families)
+        return values.Plan.from_row(self.plans.add(plan, spec.families))
 
-    def plan(self, org: str, plan_id: uuid.UUID) -> Plan:
-        return self.plans.get(org, plan_id)
+    def plan(self, org: str, plan_id: uuid.UUID) -> values.Plan:
+        return values.Plan.from_row(self.plans.get(org, plan_id))
 
-    def plans_of(self, org: str) -> list[Plan]:
-        return self.plans.all_of(org)
+    def plans_of(self, org: str) -> list[values.Plan]:
+        return [values.Plan.from_row(row) for row in self.plans.all_of(org)]
 
     def change_plan(
-        self, org: str, plan_id: uuid.UUID, expected_version: int, values: dict[str, Any]
-    ) -> Plan:
+        self, org: str, plan_id: uuid.UUID, expected_version: int, changes: dict[str, Any]
+    ) -> values.Plan:
         """Display fields and ``is_active`` (a retired plan makes no new entitlements),
         if the plan is still at ``expected_version``."""
-        if not values:
+        if not changes:
             raise CatalogError("nothing to change")
-        return self.plans.update(org, plan_id, expected_version, values)
+        return values.Plan.from_row(self.plans.update(org, plan_id, expected_version, changes))
 
     def entitlement_from_plan(
         self,
@@ -104,7 +105,7 @@ class Plans:
         contract_id: str | None = None,
         priority: int = 0,
         filters: Mapping[str, Any] | None = None,
-    ) -> Entitlement:
+    ) -> values.Entitlement:
         """An entitlement with the plan's feature, quantity, term, grace and renewal
         (plans carry no dimensions: ``filters`` gives the entitlement's, if any)."""
         plan = self.plans.get(org, plan_id)
