@@ -9,7 +9,7 @@ from typing import Any
 from meterd.domain import BillingType
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
-from meterd.storage.models import Entitlement
+from meterd.services.values import Entitlement
 
 from .conftest import NOW
 

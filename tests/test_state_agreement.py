@@ -56,7 +56,7 @@ def reads_agree(rt: Runtime, customer: str, ent_id: uuid.UUID, at: object) -> St
         suspensions = suspensions_of(s, [ent_id]).get(ent_id, ())
     view = entitlement_view(ent, rt.usage.periods_of(ent_id), suspensions, scale=6)
     clock = status_at(view, at)  # type: ignore[arg-type]
-    ((_, _, listed),) = rt.queries.with_balances([(ent, "api_calls")], at)  # type: ignore[arg-type]
+    ((_, _, listed),) = rt.queries.with_balances([(ent, "api_calls")], at)
     assert listed.status == clock, (listed.status, clock)
     database = rt.balance.balances("acme", customer, "api_calls", at)  # type: ignore[arg-type]
     rt.resolution.refresh([("acme", customer, "api_calls")], at)  # type: ignore[arg-type]

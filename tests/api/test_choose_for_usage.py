@@ -8,12 +8,28 @@ from decimal import Decimal
 
 from meterd.domain import Balance, BillingType
 from meterd.services.compat_queries import Grant, choose_for_usage
-from meterd.services.records import Entitlement, Feature
+from meterd.services.values import Entitlement, Feature
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 SOON = datetime(2026, 6, 1, tzinfo=UTC)
 LATER = datetime(2027, 1, 1, tzinfo=UTC)
-FEATURE = Feature(key="seats", type="USERS")
+FEATURE = Feature(
+    id=uuid.uuid4(),
+    org_id="acme",
+    key="seats",
+    name="seats",
+    description="",
+    type="USERS",
+    units="",
+    product_id=None,
+    is_active=True,
+    created_at=START,
+    scale=0,
+    aggregation="SUM",
+    event_type=None,
+    value_property=None,
+    meter_filters=None,
+)
 
 
 def row(
@@ -36,6 +52,27 @@ def row(
         starts_at=START,
         ends_at=ends_at,
         grace_until=None,
+        org_id="acme",
+        customer_id="cust-1",
+        feature_id=FEATURE.id,
+        plan_id=None,
+        contract_id=None,
+        contract_mode="PRODUCTION",
+        issued_at=START,
+        auto_renew=False,
+        renewal_quantity=None,
+        parent_id=None,
+        allotment=None,
+        row_version=1,
+        created_at=START,
+        updated_at=START,
+        next_period_at=None,
+        term_months=None,
+        term_micros=None,
+        term_anchor=None,
+        terminated_at=None,
+        attributes={},
+        filters=None,
     )
     balance = Balance(
         entitlement_id=ent.id,

@@ -25,7 +25,7 @@ from meterd.plans import TermUnit
 from meterd.quantity import format_optional_quantity
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.catalog import METER_FIELDS, NewPlan
-from meterd.services.records import Feature, Plan
+from meterd.services.values import Feature, Plan
 from meterd.timeutil import isoformat, utcnow
 
 router = APIRouter(prefix="/v1", tags=["catalog"], route_class=ExactJSONRoute)

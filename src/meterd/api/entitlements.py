@@ -39,7 +39,7 @@ from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
 from meterd.services.queries import ENTITLEMENT_FILTERS, ENTITLEMENT_SORT_KEYS
-from meterd.services.records import Entitlement
+from meterd.services.values import Entitlement
 from meterd.terms import Term, TermUnit
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 

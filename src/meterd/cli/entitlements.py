@@ -14,7 +14,7 @@ from meterd.cli.output import JsonFlag, Org, echo_json, iso, quantity, say, tabl
 if TYPE_CHECKING:
     from meterd.domain import Balance
     from meterd.runtime import Runtime
-    from meterd.services.records import Entitlement
+    from meterd.services.values import Entitlement
 
 app = typer.Typer(help="Entitlements.", no_args_is_help=True)
 

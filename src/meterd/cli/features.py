@@ -11,7 +11,7 @@ from meterd.cli.output import JsonFlag, Org, dimensions, echo_json, iso, say, ta
 from meterd.domain import Aggregation, FeatureType
 
 if TYPE_CHECKING:
-    from meterd.services.records import Feature
+    from meterd.services.values import Feature
 
 app = typer.Typer(help="Features.", no_args_is_help=True)
 

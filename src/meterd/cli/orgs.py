@@ -27,11 +27,9 @@ def org_create(
 @app.command("list")
 def org_list(as_json: JsonFlag = False) -> None:
     """Every organisation, by id."""
-    from meterd.services.catalog import organisations_of
-
     rows = [
         {"id": o.id, "name": o.name, "created_at": iso(o.created_at)}
-        for o in organisations_of(context.get_runtime().catalog)
+        for o in context.get_runtime().catalog.list_organisations()
     ]
     if as_json:
         echo_json(rows)

@@ -13,7 +13,7 @@ from meterd.domain import BillingType, ContractMode
 from meterd.terms import TermUnit
 
 if TYPE_CHECKING:
-    from meterd.services.records import Plan
+    from meterd.services.values import Plan
 
 app = typer.Typer(help="Plans: templates for entitlements.", no_args_is_help=True)
 

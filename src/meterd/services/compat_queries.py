@@ -16,7 +16,7 @@ from meterd.compat_filters import WorkspaceFilters
 from meterd.domain import Balance
 from meterd.filters import Filter
 from meterd.services.queries import EntitlementQueries
-from meterd.services.records import Entitlement, Feature, Plan, PlanFamily
+from meterd.services.values import Entitlement, Feature, Plan, PlanFamily
 from meterd.storage.compat_listing import CompatListing
 from meterd.storage.resolution import burn_down_order
 from meterd.storage.resolution_views import entitlement_view
@@ -87,7 +87,12 @@ class CompatQueries:
     ) -> list[Grant]:
         """A customer's entitlements with their features and balances (filters on the
         grants; ``search`` on the feature's key, name or description)."""
-        grants = self.listing.grants_of_customer(org, customer_id, filters, limit, now, search)
+        grants = [
+            (Entitlement.from_row(ent), Feature.from_row(feature))
+            for ent, feature in self.listing.grants_of_customer(
+                org, customer_id, filters, limit, now, search
+            )
+        ]
         balanced = self.queries.with_balances([(ent, feature.key) for ent, feature in grants], now)
         return [
             (ent, feature, balance)
@@ -99,10 +104,16 @@ class CompatQueries:
     ) -> tuple[list[WorkspaceItem], int]:
         """One page of the workspace seed listing, and the total matching."""
         rows, total = self.listing.workspace_page(org, filters, page, size, now)
-        keyed = [(ent, feature.key) for ent, feature, _, _ in rows]
+        keyed = [(Entitlement.from_row(ent), feature.key) for ent, feature, _, _ in rows]
         balanced = self.queries.with_balances(keyed, now)
         items = [
-            WorkspaceItem(ent, feature, plan, families, balance)
-            for (ent, feature, plan, families), (_, _, balance) in zip(rows, balanced, strict=True)
+            WorkspaceItem(
+                ent,
+                Feature.from_row(feature),
+                Plan.from_row(plan) if plan is not None else None,
+                [PlanFamily.from_row(f) for f in families],
+                balance,
+            )
+            for (_, feature, plan, families), (ent, _, balance) in zip(rows, balanced, strict=True)
         ]
         return items, total

@@ -18,10 +18,7 @@ from meterd.errors import NotFoundError
 from meterd.filters import Filter, Kind
 from meterd.paging import Cursor
 from meterd.services.balance import BalanceService, PeriodUsage
-from meterd.services.records import (
-    Entitlement,
-    EntitlementTransition,
-)
+from meterd.services.values import Entitlement, Transition
 from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.listing import (
     ENTITLEMENT_COLUMNS,
@@ -73,7 +70,7 @@ class EntitlementQueries:
         found = self.entitlements.with_feature(entitlement_id)
         if found is None or found[0].org_id != org:
             raise NotFoundError("entitlement", entitlement_id)
-        return found
+        return Entitlement.from_row(found[0]), found[1]
 
     def get(self, org: str, entitlement_id: uuid.UUID, now: datetime) -> WithBalance:
         ((ent, feature, balance),) = self.with_balances([self.owned(org, entitlement_id)], now)
@@ -120,7 +117,9 @@ class EntitlementQueries:
             quantity_used=quantity_used,
             search=search,
         )
-        rows = self.with_balances([(row[0], row[1]) for row in page.rows], now)
+        rows = self.with_balances(
+            [(Entitlement.from_row(row[0]), row[1]) for row in page.rows], now
+        )
         return BalancedPage(rows, page.next, page.previous, page.total)
 
     def periods(self, org: str, entitlement_id: uuid.UUID, now: datetime) -> list[PeriodUsage]:
@@ -134,9 +133,9 @@ class EntitlementQueries:
         flushed = [(Period(p.period_start, p.period_end, p.quantity), p.consumed) for p in stored]
         return self.balance.history(view, flushed, now)
 
-    def history(self, org: str, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
+    def history(self, org: str, entitlement_id: uuid.UUID) -> list[Transition]:
         self.owned(org, entitlement_id)
-        return self.transitions.history(entitlement_id)
+        return [Transition.from_row(row) for row in self.transitions.history(entitlement_id)]
 
     def ids_of(self, org: str) -> list[uuid.UUID]:
         """The ids of the org's entitlements, for matching an id prefix."""

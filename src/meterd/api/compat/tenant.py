@@ -68,7 +68,7 @@ from meterd.domain import (
 from meterd.errors import NotFoundError
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.compat_queries import choose_for_usage
-from meterd.services.records import Entitlement
+from meterd.services.values import Entitlement
 from meterd.timeutil import isoformat_seconds, utcnow
 
 router = APIRouter(tags=["seed: tenant entitlements"], route_class=ExactJSONRoute)

@@ -44,7 +44,7 @@ from meterd.errors import InvalidError
 from meterd.filters import Filter, Kind, Op, parse_filters
 from meterd.paging import Cursor, decode, encode
 from meterd.services.api_keys import Permission, Principal
-from meterd.services.records import Feature
+from meterd.services.values import Feature
 from meterd.timeutil import isoformat_seconds, utcnow
 
 router = APIRouter(tags=["seed: Zenskar"], route_class=ExactJSONRoute)

@@ -1,0 +1,184 @@
+"""What an entitlement may be: the specs of a new one and of a change, the term it
+renews by, and the columns a change sets. Pure rules: no store, no clock."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from meterd.domain import BillingType, ContractMode
+from meterd.lifecycle import MIN_RENEWING_TERM, extend_term
+from meterd.meters import check_dimensions
+from meterd.services.catalog.base import UNSET, CatalogError
+from meterd.storage.models import Entitlement
+from meterd.terms import Term
+
+
+@dataclass(frozen=True, slots=True)
+class EntitlementChange:
+    row_version: int
+    quantity: Decimal | None = UNSET
+    renewal_quantity: Decimal | None = UNSET
+    ends_at: datetime | None = UNSET
+    priority: int | None = None
+    contract_mode: ContractMode | None = None
+    auto_renew: bool | None = None
+    allotment: Decimal | None = UNSET
+    #: Replaces the whole object ({} clears it).
+    attributes: dict[str, Any] = UNSET
+    #: Dimensions are fixed at creation: given, they must be the ones stored.
+    filters: Mapping[str, Any] | None = UNSET
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntitlement:
+    org: str
+    customer_id: str
+    feature: str
+    quantity: Decimal | None
+    starts_at: datetime
+    ends_at: datetime | None = None
+    billing_type: BillingType = BillingType.PRE_PAID
+    contract_mode: ContractMode = ContractMode.PRODUCTION
+    priority: int = 0
+    grace: timedelta | None = None
+    auto_renew: bool = False
+    renewal_quantity: Decimal | None = None
+    contract_id: str | None = None
+    plan_id: uuid.UUID | None = None
+    parent_id: uuid.UUID | None = None
+    allotment: Decimal | None = None
+    #: The term it renews by; None: from ``starts_at`` to ``ends_at`` (whole calendar
+    #: months when that is one, else the exact duration).
+    term: Term | None = None
+    #: The tenant page's own fields (a JSON object, validated by the API).
+    attributes: dict[str, Any] = field(default_factory=dict)
+    #: Dimensions (``meterd.meters.check_dimensions``): only usage whose ``data`` has
+    #: these values counts on it. None or {}: all usage of the feature.
+    filters: Mapping[str, Any] | None = None
+
+
+def check_new(spec: NewEntitlement) -> None:
+    """Refuse a new entitlement whose own fields contradict each other."""
+    if spec.quantity is not None and spec.quantity < 0:
+        raise CatalogError("quantity must not be negative")
+    if spec.ends_at is not None and spec.ends_at <= spec.starts_at:
+        raise CatalogError("ends_at must be after starts_at")
+    if len(spec.customer_id) > 128 or not spec.customer_id:
+        raise CatalogError("customer_id must be 1-128 characters")
+    if spec.auto_renew and spec.billing_type is BillingType.PAY_PER_USE:
+        raise CatalogError(
+            "a PAY_PER_USE entitlement counts per calendar month and cannot auto-renew; "
+            "leave ends_at open or extend it"
+        )
+
+
+def term_columns(term: Term | None, anchor: datetime | None) -> dict[str, Any]:
+    """The entitlement columns that hold a term and its anchor."""
+    if term is None or anchor is None:
+        return {"term_months": None, "term_micros": None, "term_anchor": None}
+    micros = term.length // timedelta(microseconds=1)
+    return {
+        "term_months": term.months or None,
+        "term_micros": micros or None,
+        "term_anchor": anchor,
+    }
+
+
+def term_of(spec: NewEntitlement) -> Term | None:
+    """The term an entitlement renews by (only auto-renewing ones need one)."""
+    if not spec.auto_renew:
+        return None
+    if spec.term is not None:
+        return _renewing(spec.term)
+    if spec.ends_at is None:
+        raise CatalogError("an auto-renewing entitlement needs ends_at (or a term) to renew by")
+    return _renewing(Term.between(spec.starts_at, spec.ends_at))
+
+
+def _renewing(term: Term) -> Term:
+    """``term``, if an entitlement may renew by it: at least ``MIN_RENEWING_TERM``."""
+    if not term.months and term.length < MIN_RENEWING_TERM:
+        raise CatalogError(
+            "an auto-renewing entitlement's term (starts_at to ends_at, or term_value and"
+            f" term_unit) must be at least {MIN_RENEWING_TERM // timedelta(hours=1)} hour:"
+            " each term opens a period"
+        )
+    return term
+
+
+def _dimensions(filters: Mapping[str, Any] | None) -> str | None:
+    """Dimensions in a comparable form (``1`` is not ``true``; {} is none)."""
+    checked = check_dimensions(filters, "filters") if filters is not None else None
+    return json.dumps(checked, sort_keys=True) if checked else None
+
+
+def changed_values(
+    ent: Entitlement, change: EntitlementChange
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(entitlement columns, current period columns) a change sets."""
+    values: dict[str, Any] = {}
+    period: dict[str, Any] = {}
+    if change.quantity is not UNSET:
+        if change.quantity is not None and change.quantity < 0:
+            raise CatalogError("quantity must not be negative")
+        values["quantity"] = period["quantity"] = change.quantity
+    if change.renewal_quantity is not UNSET:
+        values["renewal_quantity"] = change.renewal_quantity
+    if change.priority is not None:
+        values["priority"] = change.priority
+    if change.contract_mode is not None:
+        values["contract_mode"] = change.contract_mode.value
+    if change.allotment is not UNSET:
+        values["allotment"] = change.allotment
+    if change.attributes is not UNSET:
+        values["attributes"] = dict(change.attributes)
+    if change.filters is not UNSET and _dimensions(change.filters) != _dimensions(ent.filters):
+        raise CatalogError(
+            "filters (dimensions) of an entitlement are fixed at creation: terminate it"
+            " and create another to count other usage"
+        )
+    if change.auto_renew is not None:
+        values.update(_auto_renew_values(ent, change.auto_renew))
+    if change.ends_at is not UNSET:
+        values.update(_end_values(ent, change.ends_at, values.get("auto_renew", ent.auto_renew)))
+    if not values:
+        raise CatalogError("nothing to change")
+    return values, period
+
+
+def _auto_renew_values(ent: Entitlement, auto_renew: bool) -> dict[str, Any]:
+    """Turning auto-renew off ends the entitlement with its current term (the
+    recorded end, once settled); turning it on renews by the term it had, else by
+    its first term (start to end)."""
+    if not auto_renew:
+        return {"auto_renew": False}
+    if ent.billing_type == BillingType.PAY_PER_USE.value:
+        raise CatalogError("a PAY_PER_USE entitlement counts per calendar month and cannot renew")
+    if ent.term_anchor is not None:
+        return {"auto_renew": True}
+    if ent.ends_at is None:
+        raise CatalogError("give the entitlement an end first: its term runs from start to end")
+    return {
+        "auto_renew": True,
+        **term_columns(_renewing(Term.between(ent.starts_at, ent.ends_at)), ent.starts_at),
+    }
+
+
+def _end_values(ent: Entitlement, ends_at: datetime | None, renewing: bool) -> dict[str, Any]:
+    if renewing and ent.contract_mode != ContractMode.TRIAL.value:
+        raise CatalogError(
+            "an auto-renewing entitlement ends with its terms on the calendar; "
+            "turn auto_renew off to end it, or change its term"
+        )
+    if ends_at is not None and ends_at <= ent.starts_at:
+        raise CatalogError("ends_at must be after starts_at")
+    if ent.ends_at is None:
+        return {"ends_at": ends_at, "grace_until": None}
+    new_end, grace_until = extend_term(ent.ends_at, ent.grace_until, ends_at)
+    return {"ends_at": new_end, "grace_until": grace_until}
