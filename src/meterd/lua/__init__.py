@@ -12,7 +12,7 @@ need without duplicating it. A missing fragment or an include cycle raises
 one atomic call; a fragment alone is plain Lua too (tests run the pure ones
 through ``lupa``).
 
-This module imports nothing of meterd and no Redis client: callers register the
+This module imports only ``meterd.errors`` and no Redis client: callers register the
 text (``client.register_script(script_source("ingest"))``).
 """
 
@@ -23,14 +23,17 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources
 
+from meterd.errors import InvalidError
+
 __all__ = ["LuaIncludeError", "assemble", "read_fragment", "script_source"]
 
 #: An include line: ``--- @include "name"`` alone on its line.
 INCLUDE = re.compile(r'^--- @include "([^"]+)"[ \t]*$', re.MULTILINE)
 
 
-class LuaIncludeError(ValueError):
-    """A script includes a fragment that does not exist, or includes itself."""
+class LuaIncludeError(InvalidError):
+    """A script includes a fragment that does not exist, or includes itself (a
+    broken package: found by the tests, never by a request)."""
 
 
 def _file_name(name: str) -> str:
