@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Entitlements.", no_args_is_help=True)
 
-_COLUMNS = ("id", "number", "customer_id", "feature", "status", "quantity", "consumed")
+_COLUMNS = ("id", "customer_id", "feature", "status", "quantity", "consumed")
 
 
 def entitlement_id(rt: Runtime, org: str, text: str) -> uuid.UUID:
