@@ -139,6 +139,29 @@ def test_plans_are_created_listed_shown_and_grant_entitlements(acme: None) -> No
     assert (shown["plan_id"], shown["feature"], shown["quantity"]) == (plan_id, "api_calls", "1000")
 
 
+def test_a_plan_is_renamed_and_retired_from_the_cli_as_by_patch(acme: None) -> None:
+    out = invoke("plan", "create", "pro", "api_calls", "--quantity", "1000")
+    plan_id = out.split("(")[1].split(")")[0]
+    invoke("plan", "update", plan_id[:6], "--display-name", "Pro 2027", "--retired")
+    shown = as_json("plan", "show", plan_id)
+    assert (shown["display_name"], shown["is_active"], shown["row_version"]) == (
+        "Pro 2027",
+        False,
+        2,
+    )
+
+
+def test_a_plan_update_at_a_stale_version_is_refused(
+    acme: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = invoke("plan", "create", "pro", "api_calls", "--quantity", "1000")
+    plan_id = out.split("(")[1].split(")")[0]
+    invoke("plan", "update", plan_id, "--description", "first")
+    line = refused(monkeypatch, capsys, "plan", "update", plan_id, "--row-version", "1",
+                   "--description", "second")  # fmt: skip
+    assert "version" in line
+
+
 def test_events_lists_the_counted_events_of_a_customer(acme: None) -> None:
     ent_id = grant("c-1", "api_calls", "--quantity", "10")
     runtime_module.get_runtime().ingest.ingest(

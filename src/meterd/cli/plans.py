@@ -1,4 +1,4 @@
-"""``meterd plan list|show|create``: templates for entitlements."""
+"""``meterd plan list|show|create|update``: templates for entitlements."""
 
 from __future__ import annotations
 
@@ -112,3 +112,28 @@ def plan_create(
         utcnow(),
     )
     say(f"plan {plan.key} ({plan.id}) created")
+
+
+@app.command("update")
+def plan_update(
+    org: Org,
+    plan: Annotated[str, typer.Argument(help="its id, or a unique prefix")],
+    display_name: str | None = None,
+    description: str | None = None,
+    active: Annotated[
+        bool | None,
+        typer.Option("--active/--retired", help="retire (or revive): no new entitlements from it"),
+    ] = None,
+    row_version: Annotated[
+        int | None,
+        typer.Option(help="refuse (409) unless the plan is at this version (default: as read)"),
+    ] = None,
+) -> None:
+    """Rename, describe or retire a plan (PATCH /v1/plans/{id}); its terms are fixed."""
+    catalog = context.get_runtime().catalog
+    plan_id = resolve_uuid(plan, lambda: [p.id for p in catalog.plans_of(org)], "plan")
+    given = {"display_name": display_name, "description": description, "is_active": active}
+    values = {k: v for k, v in given.items() if v is not None}
+    version = catalog.plan(org, plan_id).row_version if row_version is None else row_version
+    changed = catalog.change_plan(org, plan_id, version, values)
+    say(f"plan {changed.key} ({changed.id}) updated")
