@@ -24,6 +24,7 @@ from meterd.api.inputs import RequestBody
 from meterd.paging import Cursor, decode, encode
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.replay import ReplayReport
+from meterd.services.values import DeadLetter
 from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
 router = APIRouter(prefix="/v1", tags=["dead letters"], route_class=ExactJSONRoute)
@@ -65,7 +66,7 @@ class ReplayOut(BaseModel):
     outcomes: dict[str, int] = Field(description="how many came back with each outcome")
 
 
-def letter_out(letter: Any) -> DeadLetterOut:
+def letter_out(letter: DeadLetter) -> DeadLetterOut:
     return DeadLetterOut(
         id=letter.id,
         reason=letter.reason,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -11,13 +11,16 @@ from meterd.cli import context
 from meterd.cli.ids import resolve_uuid
 from meterd.cli.output import JsonFlag, OrgFilter, echo_json, iso, say, table, when
 
+if TYPE_CHECKING:
+    from meterd.services.values import DeadLetter
+
 app = typer.Typer(help="Dead letters: events that were not counted.", no_args_is_help=True)
 
 _Since = Annotated[str | None, typer.Option(help="received at or after (ISO 8601)")]
 _Until = Annotated[str | None, typer.Option(help="received before (ISO 8601)")]
 
 
-def letter_row(dl: Any) -> dict[str, Any]:
+def letter_row(dl: DeadLetter) -> dict[str, Any]:
     """A dead letter (as ``DeadLetterReplay`` hands it) as JSON-ready fields."""
     return {
         "id": str(dl.id),

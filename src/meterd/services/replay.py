@@ -28,8 +28,9 @@ from typing import Any
 from meterd.errors import NotFoundError
 from meterd.events import UsageEvent, parse_event, with_time
 from meterd.services.ingest import IngestService
+from meterd.services.values import DeadLetter
 from meterd.storage.dead_letters import DeadLetterStore
-from meterd.storage.models import DeadLetter
+from meterd.storage.models import DeadLetter as DeadLetterRow
 
 
 @dataclass(slots=True)
@@ -70,7 +71,7 @@ class DeadLetterReplay:
         letters = [dl for dl in self.dead_letters.by_ids(ids, org) if dl.replayed_at is None]
         return self._replay(letters, now)
 
-    def _replay(self, letters: list[DeadLetter], now: datetime) -> ReplayReport:
+    def _replay(self, letters: list[DeadLetterRow], now: datetime) -> ReplayReport:
         report = ReplayReport(replayed=len(letters))
         settled: dict[uuid.UUID, str] = {}
         # Events that came over HTTP took their org from the API key, not the payload:
@@ -101,22 +102,26 @@ class DeadLetterReplay:
         limit: int = 100,
     ) -> list[DeadLetter]:
         """Letters not yet replayed, oldest first."""
-        return self.dead_letters.find(
+        found = self.dead_letters.find(
             reason=reason, org_id=org, since=since, until=until, limit=limit
         )
+        return [DeadLetter.from_row(row) for row in found]
 
     def page(
         self, org: str, *, after: tuple[datetime, uuid.UUID] | None, limit: int
     ) -> list[DeadLetter]:
         """The org's letters not yet replayed, oldest first, after ``after``."""
-        return self.dead_letters.page(org, after=after, limit=limit)
+        return [
+            DeadLetter.from_row(row)
+            for row in self.dead_letters.page(org, after=after, limit=limit)
+        ]
 
     def get(self, dead_letter_id: uuid.UUID, org: str | None = None) -> DeadLetter:
         """One letter (of ``org``, if given): ``NotFoundError`` otherwise."""
         letter = self.dead_letters.get(dead_letter_id)
         if letter is None or (org is not None and letter.org_id != org):
             raise NotFoundError("dead letter", str(dead_letter_id))
-        return letter
+        return DeadLetter.from_row(letter)
 
     def ids(self, org: str | None = None) -> list[uuid.UUID]:
         return self.dead_letters.ids(org)
@@ -129,7 +134,7 @@ class DeadLetterReplay:
         return self.dead_letters.purge(**filters)
 
 
-def _timed(letter: DeadLetter) -> Any:
+def _timed(letter: DeadLetterRow) -> Any:
     """The letter's event, timed when it was received if it carried no time (letters
     stored before ingest stamped them): a replay never re-times an event. A payload
     that is no valid event is replayed as it was."""

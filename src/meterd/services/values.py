@@ -165,3 +165,23 @@ class Transition:
     @classmethod
     def from_row(cls, row: Any) -> Self:
         return cls(**_fields_of(cls, row))
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An event (or a raw message) that was not counted, with why."""
+
+    id: uuid.UUID
+    org_id: str | None
+    reason: str
+    detail: str
+    source: str | None
+    event_id: str | None
+    payload: str
+    received_at: datetime
+    replayed_at: datetime | None
+    replay_outcome: str | None
+
+    @classmethod
+    def from_row(cls, row: Any) -> Self:
+        return cls(**_fields_of(cls, row))
