@@ -27,13 +27,13 @@ from decimal import Decimal
 
 import httpx
 
-from meterd.domain import Balance
+from meterd.core.domain import Balance
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
 from meterd.services.balance import value_of
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import answers, event, free_port, wait_until
-from meterd.timeutil import utcnow
 from scratch import scratch_settings
 
 

@@ -24,11 +24,11 @@ from fastapi.testclient import TestClient
 
 from meterd.api.app import create_app
 from meterd.config import Settings
-from meterd.migrate import upgrade
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
 from meterd.storage.database import Database
-from meterd.timeutil import utcnow
+from meterd.storage.migrate import upgrade
 
 TABLES = ("usage_periods", "entitlement_transitions", "notifications")
 

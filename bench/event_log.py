@@ -40,10 +40,10 @@ import psycopg
 import redis
 
 from meterd.config import Settings
-from meterd.migrate import upgrade
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.producer import usage_event
 from meterd.runtime import Runtime
-from meterd.timeutil import isoformat, utcnow
+from meterd.storage.migrate import upgrade
 from scratch import REDIS_URL, scratch_settings, unlimited_customers
 
 ORG = "bench"

@@ -44,10 +44,10 @@ from meterd.celery_config import (
     create_app,
     worker_command,
 )
-from meterd.migrate import upgrade
 from meterd.ops import flush_lag_seconds
 from meterd.producer import publish_batches, usage_event
 from meterd.runtime import Runtime
+from meterd.storage.migrate import upgrade
 from meterd.storage.models import UsagePeriod
 from scratch import scratch_settings
 

@@ -50,13 +50,13 @@ import redis
 
 from meterd.celery_config import INGEST_QUEUE, create_app, worker_command
 from meterd.config import Settings
-from meterd.events import UsageEvent, parse_event
-from meterd.migrate import upgrade
+from meterd.core.events import UsageEvent, parse_event
+from meterd.core.timeutil import utcnow
 from meterd.producer import publish_batches, usage_event
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.counters import ScriptCode
-from meterd.timeutil import utcnow
+from meterd.storage.migrate import upgrade
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 

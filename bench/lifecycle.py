@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import sqlalchemy as sa
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
-from meterd.timeutil import utcnow
 from scratch import scratch_settings
 
 FILL = """

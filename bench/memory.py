@@ -55,12 +55,12 @@ from typing import Any, cast
 import redis
 
 from meterd.config import Settings
-from meterd.migrate import upgrade
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.producer import usage_event
 from meterd.runtime import Runtime
 from meterd.storage.database import Database
+from meterd.storage.migrate import upgrade
 from meterd.testing import free_port
-from meterd.timeutil import isoformat, utcnow
 from scratch import unlimited_customers, unlimited_grants
 
 ORG = "acme"

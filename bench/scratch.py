@@ -14,10 +14,10 @@ import redis
 import sqlalchemy as sa
 
 from meterd.config import Settings
-from meterd.migrate import upgrade
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import make_engine
+from meterd.storage.migrate import upgrade
 
 PG = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")

@@ -115,16 +115,16 @@ from meterd.celery_config import (
     worker_command,
 )
 from meterd.config import Settings
-from meterd.migrate import upgrade
+from meterd.core.quantity import to_micros
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.ops import flush_lag_seconds, queue_depths
 from meterd.producer import chunked, usage_event
-from meterd.quantity import to_micros
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import Database
+from meterd.storage.migrate import upgrade
 from meterd.storage.models import DeadLetter, EventLogRow, UsagePeriod
 from meterd.testing import free_port
-from meterd.timeutil import isoformat, utcnow
 
 BROKER_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 ORG = "soak"

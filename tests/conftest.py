@@ -21,9 +21,9 @@ import sqlalchemy as sa
 
 from meterd import runtime as runtime_module
 from meterd.config import Settings, get_settings
-from meterd.migrate import upgrade
 from meterd.runtime import Runtime
 from meterd.storage.database import Database, make_engine
+from meterd.storage.migrate import upgrade
 from meterd.storage.models import Base
 
 BACKEND = os.environ.get("METERD_TEST_BACKEND", "default")

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from meterd.domain import BillingType
+from meterd.core.domain import BillingType
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.services.values import Entitlement

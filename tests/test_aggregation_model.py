@@ -22,9 +22,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import Aggregation
+from meterd.core.domain import Aggregation
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
-from meterd.timeutil import utcnow
 
 from .helpers import grant
 

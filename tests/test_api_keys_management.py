@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from meterd import runtime as runtime_module
 from meterd.cli import app as cli_app
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import TOUCH_SECONDS, ApiKeyError, Permission
-from meterd.timeutil import isoformat, utcnow
 
 from .api.conftest import NoBroker, Published
 from .conftest import NOW

@@ -20,14 +20,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from meterd.domain import BillingType, Outcome, Status
-from meterd.lifecycle import MAX_CAUGHT_UP_TERMS, OperatorAction
-from meterd.redis_keys import period_field
+from meterd.core.domain import BillingType, Outcome, Status
+from meterd.core.lifecycle import MAX_CAUGHT_UP_TERMS, OperatorAction
+from meterd.core.redis_keys import period_field
+from meterd.core.terms import Term, TermUnit
 from meterd.runtime import Runtime
 from meterd.services.catalog import CatalogError, EntitlementChange, NewEntitlement, NewPlan
 from meterd.storage import transitions as transitions_module
 from meterd.storage.models import Entitlement, EntitlementTransition, UsagePeriod
-from meterd.terms import Term, TermUnit
 from meterd.testing import event
 
 from .conftest import NOW

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import Renewal, Status
-from meterd.lifecycle import Transition, due_transitions
-from meterd.terms import Term, add_months
+from meterd.core.domain import Renewal, Status
+from meterd.core.lifecycle import Transition, due_transitions
+from meterd.core.terms import Term, add_months
 
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 UNBOUNDED = 10**9

@@ -10,7 +10,7 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.quantity import to_micros
+from meterd.core.quantity import to_micros
 from meterd.runtime import Runtime
 from meterd.testing import event
 

@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 from meterd import runtime as runtime_module
 from meterd.cli import EXIT_REFUSED, EXIT_UNAVAILABLE, app, main
 from meterd.config import get_settings
+from meterd.core.timeutil import utcnow
 from meterd.services.balance import BalanceError
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 runner = CliRunner()
 

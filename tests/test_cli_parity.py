@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from meterd import runtime as runtime_module
 from meterd.cli import EXIT_REFUSED, app, main
+from meterd.core.timeutil import utcnow
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 runner = CliRunner()
 
@@ -101,7 +101,7 @@ def test_an_unknown_or_short_id_prefix_is_refused_in_one_line(
 
 def test_an_ambiguous_id_prefix_names_the_ids_it_matches() -> None:
     from meterd.cli.ids import match_prefix
-    from meterd.errors import InvalidError
+    from meterd.core.errors import InvalidError
 
     known = ["0a1b2c3d", "0a1b9999", "ffff0000"]
     assert match_prefix("ffff", known, "plan") == "ffff0000"

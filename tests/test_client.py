@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from meterd.client import BufferFullError, MeterdClient, SendRefusedError
-from meterd.errors import InvalidError
-from meterd.quantity import QuantityError
+from meterd.core.errors import InvalidError
+from meterd.core.quantity import QuantityError
 from meterd.testing import wait_until
 
 
@@ -152,7 +152,7 @@ def test_an_event_id_given_by_the_caller_is_kept() -> None:
 def test_record_stamps_the_receive_time_on_an_event_without_one() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     transport = FakeTransport()
     before = utcnow()

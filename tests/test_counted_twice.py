@@ -13,8 +13,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select, text
 
-from meterd.domain import Outcome
-from meterd.notifications import NotificationType
+from meterd.core.domain import Outcome
+from meterd.core.notifications import NotificationType
 from meterd.runtime import Runtime
 from meterd.storage.event_log import partition_name
 from meterd.storage.models import EventLogRow, Notification

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from meterd.domain import BillingType, EffectiveState, Outcome
+from meterd.core.domain import BillingType, EffectiveState, Outcome
 from meterd.runtime import Runtime
 from meterd.testing import event
 
@@ -149,7 +149,7 @@ def test_usage_in_grace_counts_on_the_last_period(runtime: Runtime) -> None:
 
 
 def test_suspended_entitlement_refuses_usage(runtime: Runtime) -> None:
-    from meterd.lifecycle import OperatorAction
+    from meterd.core.lifecycle import OperatorAction
 
     ent = grant(runtime)
     runtime.catalog.change_status(ent.id, OperatorAction.SUSPEND, NOW - timedelta(minutes=1))

@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import Outcome
+from meterd.core.domain import Outcome
 from meterd.runtime import Runtime
 from meterd.testing import event
 
@@ -74,7 +74,7 @@ malformed = st.one_of(
 
 
 def still_valid(payload: Any) -> bool:
-    from meterd.events import UsageEvent, parse_event
+    from meterd.core.events import UsageEvent, parse_event
 
     return isinstance(parse_event(payload, received_at=NOW), UsageEvent)
 

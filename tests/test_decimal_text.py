@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from meterd.quantity import DECIMAL_TEXT_PATTERN, QuantityError, parse_decimal_text
+from meterd.core.quantity import DECIMAL_TEXT_PATTERN, QuantityError, parse_decimal_text
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import pytest
 
 import meterd
 from meterd.api.errors import HttpError, status_of
-from meterd.errors import (
+from meterd.core.errors import (
     KINDS,
     ConflictError,
     InvalidError,

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from meterd.celery_config import EVENT_LOG_MAINTAIN_TASK, celery_config
 from meterd.config import Settings
-from meterd.domain import Outcome
+from meterd.core.domain import Outcome
 from meterd.metrics import registry_for, render
 from meterd.ops import storage_figures
 from meterd.runtime import Runtime

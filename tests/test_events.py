@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from meterd.events import InvalidEvent, RawEvent, UsageEvent, parse_event
+from meterd.core.events import InvalidEvent, RawEvent, UsageEvent, parse_event
 from meterd.testing import event
 
 from .conftest import NOW

@@ -171,7 +171,7 @@ def test_db_upgrade_prints_the_database_url_with_its_password_masked(
     fresh_settings: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("METERD_DATABASE_URL", f"postgresql://meterd:{PASSWORD}@db:5432/meterd")
-    monkeypatch.setattr("meterd.migrate.upgrade", lambda url, revision: None)
+    monkeypatch.setattr("meterd.storage.migrate.upgrade", lambda url, revision: None)
     assert run_main(monkeypatch, "db", "upgrade") == 0
     out = capsys.readouterr().out
     assert PASSWORD not in out
@@ -186,7 +186,7 @@ def test_demo_prints_its_urls_with_their_passwords_masked(
 ) -> None:
     monkeypatch.setenv("METERD_DATABASE_URL", f"postgresql://meterd:{PASSWORD}@db:5432/meterd")
     monkeypatch.setenv("METERD_REDIS_URL", f"redis://:{PASSWORD}@redis:6379/0")
-    monkeypatch.setattr("meterd.migrate.upgrade", lambda url: None)
+    monkeypatch.setattr("meterd.storage.migrate.upgrade", lambda url: None)
     monkeypatch.setattr("meterd.cli.context.get_runtime", lambda: runtime)
     monkeypatch.setattr("meterd.demo.run_demo", lambda rt, plan, console: True)
     assert run_main(monkeypatch, "demo") == 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meterd.ids import uuid7
+from meterd.core.ids import uuid7
 
 
 def test_uuid7_is_a_version_7_rfc_uuid() -> None:

@@ -14,8 +14,14 @@ from typing import Any
 
 import pytest
 
-from meterd.domain import Outcome
-from meterd.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH, InvalidEvent, UsageEvent, parse_event
+from meterd.core.domain import Outcome
+from meterd.core.events import (
+    MAX_EVENT_BYTES,
+    MAX_EVENT_DEPTH,
+    InvalidEvent,
+    UsageEvent,
+    parse_event,
+)
 from meterd.runtime import Runtime
 from meterd.testing import event
 

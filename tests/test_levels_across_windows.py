@@ -23,7 +23,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import Aggregation, BillingType, Outcome
+from meterd.core.domain import Aggregation, BillingType, Outcome
 from meterd.runtime import Runtime
 
 from .conftest import NOW

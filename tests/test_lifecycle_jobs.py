@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from meterd.domain import BillingType, Outcome, Status
-from meterd.errors import StaleVersionError
-from meterd.lifecycle import OperatorAction, TransitionRefused
+from meterd.core.domain import BillingType, Outcome, Status
+from meterd.core.errors import StaleVersionError
+from meterd.core.lifecycle import OperatorAction, TransitionRefused
 from meterd.runtime import Runtime
 from meterd.services.catalog import CatalogError
 from meterd.storage.models import Entitlement, EntitlementTransition
@@ -175,7 +175,7 @@ def test_auto_renew_opens_the_next_term_with_the_renewal_quantity(runtime: Runti
 
 
 def test_a_trial_does_not_renew_it_ends(runtime: Runtime) -> None:
-    from meterd.domain import ContractMode
+    from meterd.core.domain import ContractMode
 
     ent = renewing(runtime, contract_mode=ContractMode.TRIAL)
     runtime.lifecycle.advance(TERM_END)

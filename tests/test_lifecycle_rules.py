@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from meterd.domain import Renewal, Status
-from meterd.lifecycle import Transition, due_transitions, next_period_after, next_transition
-from meterd.terms import Term
+from meterd.core.domain import Renewal, Status
+from meterd.core.lifecycle import Transition, due_transitions, next_period_after, next_transition
+from meterd.core.terms import Term
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 END = datetime(2026, 12, 1, tzinfo=UTC)
@@ -99,7 +99,7 @@ def test_effective_state_marks_a_used_up_pre_paid_grant_exhausted(
 ) -> None:
     from decimal import Decimal
 
-    from meterd.domain import BillingType, effective_state
+    from meterd.core.domain import BillingType, effective_state
 
     state = effective_state(
         Status(status),
@@ -111,7 +111,7 @@ def test_effective_state_marks_a_used_up_pre_paid_grant_exhausted(
 
 
 def test_a_moved_term_keeps_its_grace_length() -> None:
-    from meterd.lifecycle import extend_term
+    from meterd.core.lifecycle import extend_term
 
     assert extend_term(END, GRACE, END + MONTH) == (END + MONTH, GRACE + MONTH)
     assert extend_term(END, None, END + MONTH) == (END + MONTH, None)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from decimal import Decimal
 
-from meterd.domain import Balance, BillingType
-from meterd.lifecycle import OperatorAction
+from meterd.core.domain import Balance, BillingType
+from meterd.core.lifecycle import OperatorAction
 from meterd.runtime import Runtime
 from meterd.testing import event
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 from decimal import Decimal
 
 from meterd.api.usage import IDEMPOTENCY_KEY_MAX
-from meterd.domain import CUSTOMER_ID_MAX, Outcome
-from meterd.events import MAX_ID_LENGTH
-from meterd.meters import item_id
+from meterd.core.domain import CUSTOMER_ID_MAX, Outcome
+from meterd.core.events import MAX_ID_LENGTH
+from meterd.core.meters import item_id
 from meterd.runtime import Runtime
 from meterd.services.reserve import marker_id
 from meterd.storage.models import LOGGED_ID_LENGTH

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from meterd.domain import Outcome
+from meterd.core.domain import Outcome
 from meterd.logs import configure_logging, get_logger
 from meterd.tasks import MAX_EVENT_LOG_LINES, _log_dead_letters
 

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterd.terms import Term, add_months
-from meterd.timeutil import epoch_micros
+from meterd.core.terms import Term, add_months
+from meterd.core.timeutil import epoch_micros
 
 from .lua_fragment import Fragment
 

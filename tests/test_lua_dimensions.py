@@ -1,5 +1,5 @@
 """ingest/dimensions.lua, run alone through lupa, matches an event's data against an
-entitlement's filters exactly as meterd.meters.matches does: JSON scalars of the
+entitlement's filters exactly as meterd.core.meters.matches does: JSON scalars of the
 same kind (an integer filter never matches 2.0, true is not 1), read from the
 record's text as event_records.record_json writes it."""
 
@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterd.event_records import record_json
-from meterd.meters import matches
+from meterd.core.event_records import record_json
+from meterd.core.meters import matches
 
 from .lua_fragment import Fragment
 

@@ -23,10 +23,10 @@ import fakeredis
 import pytest
 
 from meterd import broker
-from meterd.event_records import Allocation, EventRecord
-from meterd.events import UsageEvent
+from meterd.core.event_records import Allocation, EventRecord
+from meterd.core.events import UsageEvent
+from meterd.core.redis_keys import RedisKeys
 from meterd.lua import read_fragment, script_source
-from meterd.redis_keys import RedisKeys
 from meterd.storage.counters import CounterStore
 from meterd.storage.rate_limits import RateLimitStore
 

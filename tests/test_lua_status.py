@@ -14,12 +14,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status
-from meterd.lifecycle import period_at, status_at, usable_at
-from meterd.redis_keys import period_field
+from meterd.core.domain import BillingType, EntitlementView, Period, Renewal, Status
+from meterd.core.lifecycle import period_at, status_at, usable_at
+from meterd.core.redis_keys import period_field
+from meterd.core.terms import Term
+from meterd.core.timeutil import epoch_micros, month_start
 from meterd.storage.resolution import encode_view
-from meterd.terms import Term
-from meterd.timeutil import epoch_micros, month_start
 
 from .lua_fragment import Fragment
 

@@ -14,9 +14,10 @@ import pytest
 from kombu import compression, serialization
 
 from meterd.celery_config import DEAD_LETTER_MESSAGE_TASK, FLUSH_TASK, INGEST_TASK
-from meterd.events import InvalidEvent, parse_event
+from meterd.core.events import InvalidEvent, parse_event
+from meterd.core.quantity import JsonNumber
+from meterd.core.timeutil import utcnow
 from meterd.message_guard import install_worker_codecs
-from meterd.quantity import JsonNumber
 from meterd.task_messages import (
     EXCERPT_BYTES,
     Readable,
@@ -27,7 +28,6 @@ from meterd.task_messages import (
     unreadable_record,
 )
 from meterd.testing import event
-from meterd.timeutil import utcnow
 from meterd.wire_json import plain_loads
 
 

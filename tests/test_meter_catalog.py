@@ -9,8 +9,8 @@ from datetime import timedelta
 import pytest
 import redis
 
-from meterd.domain import Aggregation
-from meterd.meters import Meter
+from meterd.core.domain import Aggregation
+from meterd.core.meters import Meter
 from meterd.runtime import Runtime
 from meterd.services.meters import MeterCatalog
 

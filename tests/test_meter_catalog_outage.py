@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 import redis
 
-from meterd.domain import Aggregation
-from meterd.meters import Meter
+from meterd.core.domain import Aggregation
+from meterd.core.meters import Meter
 from meterd.services.meters import MeterCatalog
 from meterd.storage.meters import MeterStoreUnavailable
 

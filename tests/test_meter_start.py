@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from meterd.domain import Outcome
+from meterd.core.domain import Outcome
 from meterd.runtime import Runtime
 from meterd.testing import event
 

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from meterd.domain import BillingType, Outcome
-from meterd.meters import matches
+from meterd.core.domain import BillingType, Outcome
+from meterd.core.meters import matches
+from meterd.core.timeutil import epoch_micros, utcnow
 from meterd.runtime import Runtime
 from meterd.services.catalog import EntitlementChange
 from meterd.testing import event
-from meterd.timeutil import epoch_micros, utcnow
 
 from .conftest import NOW
 from .helpers import assert_log_matches_periods, grant
@@ -647,7 +647,7 @@ def test_a_sum_the_first_grant_takes_whole_is_not_refused_for_a_big_counter_it_n
 
 
 def test_a_gauge_cannot_be_reserved(storage: Runtime) -> None:
-    from meterd.errors import InvalidError
+    from meterd.core.errors import InvalidError
     from meterd.services.reserve import Reservation
 
     grant(storage, feature="storage_gb", quantity="100")
@@ -708,7 +708,7 @@ def test_a_reservations_data_is_kept_in_the_event_log(per_model: Runtime) -> Non
 
 
 def test_reservation_data_nested_too_deep_is_refused(per_model: Runtime) -> None:
-    from meterd.errors import InvalidError
+    from meterd.core.errors import InvalidError
 
     deep: dict[str, Any] = {}
     for _ in range(20):

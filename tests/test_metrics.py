@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from meterd.core.timeutil import utcnow
 from meterd.metrics import registry_for, render
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from .helpers import grant
 

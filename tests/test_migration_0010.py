@@ -15,9 +15,9 @@ import sqlalchemy as sa
 from alembic import command
 
 from meterd.config import Settings
-from meterd.migrate import alembic_config, upgrade
 from meterd.runtime import Runtime
 from meterd.storage.database import Database, make_engine
+from meterd.storage.migrate import alembic_config, upgrade
 from meterd.testing import event
 
 from .conftest import BACKEND, NOW, REAL_PG_URL

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from meterd.domain import BillingType
-from meterd.notifications import Delivery
+from meterd.core.domain import BillingType
+from meterd.core.notifications import Delivery
 from meterd.runtime import Runtime
 from meterd.services.notify import FIRST_BACKOFF, PUBLISH_LEASE, NotificationService
 from meterd.storage.models import Notification

@@ -8,8 +8,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from meterd.domain import Outcome, Status
-from meterd.redis_keys import period_field
+from meterd.core.domain import Outcome, Status
+from meterd.core.redis_keys import period_field
 from meterd.runtime import Runtime
 from meterd.services.catalog import EntitlementChange
 from meterd.storage.models import Entitlement

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterd.quantity import (
+from meterd.core.quantity import (
     MAX_MICROS,
     JsonNumber,
     QuantityError,

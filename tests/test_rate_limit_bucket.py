@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from meterd.redis_keys import RedisKeys
+from meterd.core.redis_keys import RedisKeys
 from meterd.storage.rate_limits import MAX_BURST, MAX_RATE, RateLimitStore
 
 from .helpers import Clock

@@ -1,4 +1,4 @@
-"""Every Redis key is built by ``RedisKeys`` (meterd/redis_keys.py): the one map of the
+"""Every Redis key is built by ``RedisKeys`` (meterd/core/redis_keys.py): the one map of the
 key layout stays whole only if no other module spells a key.
 
 An AST scan of src/meterd flags, outside redis_keys.py:
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from meterd.redis_keys import RedisKeys
+from meterd.core.redis_keys import RedisKeys
 
 SRC = Path(str(resources.files("meterd")))
-KEYS_MODULE = SRC / "redis_keys.py"
+KEYS_MODULE = SRC / "core" / "redis_keys.py"
 
 #: The members of RedisKeys that return a key, a key prefix or a hash tag.
 MEMBERS = frozenset(

@@ -21,13 +21,13 @@ from typing import Any, ClassVar
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status
+from meterd.core.domain import BillingType, EntitlementView, Period, Renewal, Status
+from meterd.core.terms import Term, TermUnit
 from meterd.runtime import Runtime
 from meterd.services import balance as balance_module
 from meterd.services.catalog import EntitlementChange, NewEntitlement
 from meterd.storage.models import UsagePeriod
 from meterd.storage.resolution_views import ResolutionViewStore
-from meterd.terms import Term, TermUnit
 
 from .conftest import NOW
 from .helpers import grant

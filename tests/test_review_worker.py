@@ -16,8 +16,8 @@ from redis.exceptions import OutOfMemoryError
 
 from meterd import tasks
 from meterd.celery_config import FLUSH_TASK, INGEST_TASK
+from meterd.core.quantity import parse_quantity
 from meterd.message_guard import MessageGuard, install_worker_codecs
-from meterd.quantity import parse_quantity
 from meterd.runtime import Runtime
 from meterd.task_messages import sanitised_headers
 from meterd.wire_json import plain_loads

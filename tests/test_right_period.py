@@ -12,14 +12,14 @@ from decimal import Decimal
 
 import pytest
 
-from meterd.domain import Outcome, Status
-from meterd.errors import ConflictError
-from meterd.lifecycle import OperatorAction
+from meterd.core.domain import Outcome, Status
+from meterd.core.errors import ConflictError
+from meterd.core.lifecycle import OperatorAction
+from meterd.core.terms import TermUnit
 from meterd.runtime import Runtime
 from meterd.services.catalog import EntitlementChange, NewPlan
 from meterd.services.reserve import Reservation, ReserveOutcome
 from meterd.storage.models import Entitlement
-from meterd.terms import TermUnit
 from meterd.testing import event
 
 from .conftest import NOW

@@ -13,9 +13,9 @@ from alembic import command
 from hypothesis import given
 from hypothesis import strategies as st
 
-from meterd.migrate import alembic_config, upgrade
 from meterd.storage import exact
 from meterd.storage.exact import decode_micros, encode_micros
+from meterd.storage.migrate import alembic_config, upgrade
 
 from .conftest import NOW
 

@@ -13,9 +13,9 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import Status
-from meterd.filters import Filter, Op
-from meterd.lifecycle import OperatorAction, TransitionRefused, status_at
+from meterd.core.domain import Status
+from meterd.core.filters import Filter, Op
+from meterd.core.lifecycle import OperatorAction, TransitionRefused, status_at
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.resolution_views import entitlement_view, suspensions_of

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status
-from meterd.events import UsageEvent
-from meterd.lifecycle import period_at
-from meterd.redis_keys import period_field
+from meterd.core.domain import BillingType, EntitlementView, Period, Renewal, Status
+from meterd.core.events import UsageEvent
+from meterd.core.lifecycle import period_at
+from meterd.core.redis_keys import period_field
+from meterd.core.terms import Term, TermUnit, add_months
 from meterd.runtime import Runtime
 from meterd.storage.counters import ScriptCode
 from meterd.storage.resolution import encode_resolution
-from meterd.terms import Term, TermUnit, add_months
 
 
 def d(year: int, month: int, day: int, hour: int = 0) -> datetime:

@@ -13,13 +13,13 @@ from decimal import Decimal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.events import UsageEvent
-from meterd.lifecycle import period_at
-from meterd.redis_keys import period_field
+from meterd.core.events import UsageEvent
+from meterd.core.lifecycle import period_at
+from meterd.core.redis_keys import period_field
+from meterd.core.terms import Term
 from meterd.runtime import Runtime
 from meterd.storage.counters import ScriptCode
 from meterd.storage.resolution import decode_resolution, encode_resolution
-from meterd.terms import Term
 
 from .conftest import NOW
 from .test_terms import renewing_view

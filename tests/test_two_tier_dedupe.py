@@ -13,9 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import Outcome
-from meterd.errors import UnavailableError
-from meterd.events import UsageEvent, parse_event
+from meterd.core.domain import Outcome
+from meterd.core.errors import UnavailableError
+from meterd.core.events import UsageEvent, parse_event
 from meterd.runtime import STORE_ERRORS, Runtime
 from meterd.services.counting import BackpressureError
 from meterd.services.reserve import Reservation, ReservationConflictError, ReserveOutcome

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from meterd.usage_chart import bar, chart, to_csv
+from meterd.cli.usage_chart import bar, chart, to_csv
 
 
 @dataclass

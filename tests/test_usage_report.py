@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from meterd.domain import Outcome
-from meterd.errors import InvalidError
-from meterd.paging import CursorError
+from meterd.core.domain import Outcome
+from meterd.core.errors import InvalidError
+from meterd.core.paging import CursorError
 from meterd.runtime import Runtime
 from meterd.services import usage_report
 from meterd.services.usage_report import (

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from meterd.domain import Balance, EffectiveState
+from meterd.core.domain import Balance, EffectiveState
 from meterd.services.balance import NO_ENTITLEMENT, RealTimeValue, value_of
 
 START = datetime(2026, 1, 1, tzinfo=UTC)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kombu import serialization
 
-from meterd.quantity import JsonNumber, parse_quantity
+from meterd.core.quantity import JsonNumber, parse_quantity
 from meterd.wire_json import exact_dumps, install_json_codec, plain_loads
 
 

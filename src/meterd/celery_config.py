@@ -26,7 +26,7 @@ from celery import Celery
 from meterd import embedded
 from meterd.broker import reliable_url
 from meterd.config import Settings
-from meterd.redis_keys import RedisKeys
+from meterd.core.redis_keys import RedisKeys
 
 INGEST_QUEUE = "meterd.ingest"
 FLUSH_QUEUE = "meterd.flush"

@@ -44,11 +44,11 @@ from typing import Any, Protocol
 
 from meterd.celery_config import INGEST_QUEUE, INGEST_TASK, create_app
 from meterd.config import get_settings
-from meterd.errors import InvalidError, UnavailableError
-from meterd.ids import uuid7
-from meterd.meters import USAGE_EVENT_TYPE, check_event_type
+from meterd.core.errors import InvalidError, UnavailableError
+from meterd.core.ids import uuid7
+from meterd.core.meters import USAGE_EVENT_TYPE, check_event_type
+from meterd.core.quantity import format_quantity, parse_quantity
 from meterd.producer import usage_event
-from meterd.quantity import format_quantity, parse_quantity
 
 Event = dict[str, Any]
 
@@ -381,7 +381,7 @@ class MeterdClient:
 
 
 def _now() -> datetime:
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     return utcnow()
 

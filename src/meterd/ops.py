@@ -18,10 +18,10 @@ from celery import Celery
 
 from meterd.celery_config import QUEUES
 from meterd.config import Settings
+from meterd.core.timeutil import epoch_micros, utcnow
 from meterd.logs import get_logger
 from meterd.runtime import Runtime
 from meterd.storage.redis_safety import Problem, RedisSafety, check_redis, enforce
-from meterd.timeutil import epoch_micros, utcnow
 
 log = get_logger("meterd.ops")
 

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Celery
 
 from meterd.celery_config import INGEST_TASK
-from meterd.timeutil import isoformat
+from meterd.core.timeutil import isoformat
 
 
 def chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

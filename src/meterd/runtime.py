@@ -21,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from meterd import embedded
 from meterd.config import Settings, get_settings
-from meterd.redis_keys import RedisKeys
+from meterd.core.redis_keys import RedisKeys
 from meterd.services.api_keys import ApiKeyService, RateLimiter
 from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
@@ -60,7 +60,7 @@ from meterd.storage.transitions import TransitionStore
 from meterd.storage.usage import UsageStore
 
 #: Errors the drivers raise when a store fails to answer. The edges treat them like
-#: ``meterd.errors.UnavailableError``: the tasks retry them with backoff, the API
+#: ``meterd.core.errors.UnavailableError``: the tasks retry them with backoff, the API
 #: answers 503 with Retry-After.
 STORE_ERRORS: tuple[type[Exception], ...] = (redis.RedisError, DBAPIError, PoolTimeoutError)
 

@@ -4,7 +4,7 @@
 send: a list of events, one event, or something malformed. Malformed input is
 dead-lettered, never raised, so a bad message cannot crash or wedge a worker
 (a message Celery itself could not read never reaches a task: see
-``meterd.message_guard``). Unavailable stores (``meterd.errors.UnavailableError``,
+``meterd.message_guard``). Unavailable stores (``meterd.core.errors.UnavailableError``,
 and the drivers' own errors) are waited out with backoff, forever
 (``until_stores_answer``): a valid event is never dropped because Redis or the
 database blinked, or filled up. Every other kind of error is a decision, not a
@@ -33,11 +33,11 @@ from meterd.celery_config import (
     NOTIFY_QUEUE,
     NOTIFY_TASK,
 )
-from meterd.errors import UnavailableError
+from meterd.core.errors import UnavailableError
+from meterd.core.timeutil import utcnow
 from meterd.logs import get_logger
 from meterd.runtime import STORE_ERRORS, get_runtime
 from meterd.task_messages import ingest_payloads
-from meterd.timeutil import utcnow
 from meterd.worker import app
 
 #: What the tasks retry: the unavailable kind, and driver errors not yet wrapped in it.

@@ -30,8 +30,8 @@ from kombu import serialization
 from kombu.utils.json import JSONEncoder as KombuJSONEncoder
 from kombu.utils.json import loads as kombu_loads
 
-from meterd.errors import InvalidError
-from meterd.quantity import JsonNumber
+from meterd.core.errors import InvalidError
+from meterd.core.quantity import JsonNumber
 
 _KOMBU = KombuJSONEncoder()
 

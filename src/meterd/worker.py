@@ -16,7 +16,7 @@ from celery.signals import beat_init, celeryd_init, worker_ready
 from meterd import embedded
 from meterd.celery_config import create_app
 from meterd.config import get_settings
-from meterd.errors import MeterdError
+from meterd.core.errors import MeterdError
 from meterd.logs import configure_logging, get_logger
 from meterd.message_guard import install_worker_codecs
 from meterd.metrics import serve

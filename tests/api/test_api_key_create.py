@@ -7,9 +7,9 @@ from datetime import timedelta
 
 from fastapi.testclient import TestClient
 
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
-from meterd.timeutil import isoformat, utcnow
 
 from .conftest import key_for
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from meterd.quantity import MAX_MICROS, MAX_UNITS, format_quantity, from_micros
+from meterd.core.quantity import MAX_MICROS, MAX_UNITS, format_quantity, from_micros
 from meterd.runtime import Runtime
 
 from ..helpers import detail_of, grant

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from meterd.domain import Outcome
-from meterd.lifecycle import MAX_CAUGHT_UP_TERMS
+from meterd.core.domain import Outcome
+from meterd.core.lifecycle import MAX_CAUGHT_UP_TERMS
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import isoformat, utcnow
 
 from ..helpers import detail_of
 

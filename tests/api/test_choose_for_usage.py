@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
-from meterd.domain import Balance, BillingType
+from meterd.core.domain import Balance, BillingType
 from meterd.services.compat_queries import Grant, choose_for_usage
 from meterd.services.values import Entitlement, Feature
 

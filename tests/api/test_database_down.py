@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import CACHE_SECONDS, REMEMBER_SECONDS
 from meterd.storage.database import make_engine
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..helpers import grant
 from .conftest import key_for

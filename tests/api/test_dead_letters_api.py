@@ -7,10 +7,10 @@ from datetime import timedelta
 
 from fastapi.testclient import TestClient
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..helpers import grant
 from .conftest import key_for

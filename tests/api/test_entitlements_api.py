@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
-from meterd.timeutil import isoformat, utcnow
 
 from ..helpers import grant
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from meterd.domain import Outcome
+from meterd.core.domain import Outcome
 from meterd.runtime import Runtime
 from meterd.testing import event
 

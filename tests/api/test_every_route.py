@@ -12,9 +12,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meterd.api.app import create_app
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..helpers import grant
 
@@ -73,7 +73,7 @@ def body_for(path: str, ids: dict[str, str]) -> Any:
 
 @pytest.fixture
 def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dict[str, str]:
-    from meterd.domain import FeatureType
+    from meterd.core.domain import FeatureType
 
     runtime.catalog.create_feature("acme", "seats", now=utcnow(), type=FeatureType.USERS)
     ent = grant(runtime, quantity="10", feature="seats")

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from meterd.quantity import max_quantity
+from meterd.core.quantity import max_quantity
 
 from ..helpers import detail_of
 

@@ -1,7 +1,7 @@
 """Issue 11: filter values at and past the edge of what meterd stores answer 400 with a
 message naming the bound, never a 500 (or a 503 from a database that refused them).
 
-Both routes that parse Zenskar-style filters (``meterd.filters``) are checked: the
+Both routes that parse Zenskar-style filters (``meterd.core.filters``) are checked: the
 Zenskar seed page and the native list. The default backend stores quantities as
 integer micro-units in SQLite, the real one as Numeric(38, 6) in PostgreSQL; the
 bounds are the same on both.
@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from meterd.filters import INT64_MAX, INT64_MIN, MAX_QUANTITY
+from meterd.core.filters import INT64_MAX, INT64_MIN, MAX_QUANTITY
 from meterd.runtime import Runtime
 
 from ..helpers import grant

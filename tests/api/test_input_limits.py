@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from meterd.api.app import create_app
 from meterd.api.body_limit import MAX_JSON_DEPTH, InputLimits, nesting_depth_exceeds
-from meterd.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH
+from meterd.core.events import MAX_EVENT_BYTES, MAX_EVENT_DEPTH
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..helpers import grant
 from .conftest import NoBroker, Published

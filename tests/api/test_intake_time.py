@@ -7,9 +7,9 @@ from datetime import datetime, timedelta
 
 from fastapi.testclient import TestClient
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from .conftest import Published
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 
 from meterd.api.app import create_app
 from meterd.api.exact_json import ExactJSONRoute
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
-from meterd.timeutil import isoformat, utcnow
 
 RESERVE = "/v1/customers/cust-1/features/api_calls/reserve"
 

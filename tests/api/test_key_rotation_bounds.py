@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 
 from meterd import runtime as runtime_module
 from meterd.cli import app as cli_app
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import NEVER, ApiKeyError, Permission
-from meterd.timeutil import isoformat, utcnow
 
 HOUR = timedelta(hours=1)
 
@@ -179,7 +179,7 @@ def test_the_command_line_rotation_keeps_the_old_keys_expiry(cli_env: None) -> N
 def test_a_rotation_whose_bound_moved_meanwhile_is_a_conflict(
     runtime: Runtime, expiring: tuple[str, datetime]
 ) -> None:
-    from meterd.errors import ConflictError
+    from meterd.core.errors import ConflictError
     from meterd.storage.models import ApiKey
 
     token, expires_at = expiring

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from meterd.filters import ORDERED, Kind
+from meterd.core.filters import ORDERED, Kind
 
 from ..helpers import grant
 

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from meterd.core.timeutil import isoformat, month_start, next_month_start, utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import isoformat, month_start, next_month_start, utcnow
 
 VALUE = "/v1/customers/cust-1/features/api_calls"
 

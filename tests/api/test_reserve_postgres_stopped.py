@@ -19,15 +19,15 @@ from fastapi.testclient import TestClient
 
 from meterd.api.app import create_app
 from meterd.config import Settings
-from meterd.domain import Outcome
-from meterd.migrate import upgrade
+from meterd.core.domain import Outcome
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
 from meterd.services.meters import MeterCatalog
 from meterd.storage.database import Database
 from meterd.storage.meters import MeterStore
+from meterd.storage.migrate import upgrade
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..conftest import BACKEND, require
 from ..helpers import grant

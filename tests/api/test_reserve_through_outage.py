@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from meterd.domain import Outcome
-from meterd.errors import UnavailableError
+from meterd.core.domain import Outcome
+from meterd.core.errors import UnavailableError
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import CACHE_SECONDS
 from meterd.services.meters import MeterCatalog
 from meterd.storage.database import make_engine
 from meterd.storage.meters import MeterStore
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..helpers import grant
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from meterd.domain import Outcome
+from meterd.core.domain import Outcome
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import isoformat, utcnow
 
 
 def periods(client: TestClient, acme: dict[str, str], ent_id: str) -> list[tuple[str, str]]:

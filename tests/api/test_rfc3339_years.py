@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from fastapi.testclient import TestClient
 
-from meterd.timeutil import isoformat, isoformat_seconds
+from meterd.core.timeutil import isoformat, isoformat_seconds
 
 YEARS = [(1, "0001"), (999, "0999"), (1000, "1000")]
 

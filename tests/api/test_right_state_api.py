@@ -9,8 +9,8 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
-from meterd.timeutil import utcnow
 
 from ..helpers import grant
 

@@ -9,12 +9,12 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from meterd.domain import BillingType, ContractMode, FeatureType, Outcome
-from meterd.lifecycle import OperatorAction
+from meterd.core.domain import BillingType, ContractMode, FeatureType, Outcome
+from meterd.core.lifecycle import OperatorAction
+from meterd.core.timeutil import isoformat_seconds, utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
 from meterd.testing import event
-from meterd.timeutil import isoformat_seconds, utcnow
 
 from ..conftest import NOW
 from ..helpers import grant

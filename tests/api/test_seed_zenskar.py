@@ -7,10 +7,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from meterd.domain import FeatureType
+from meterd.core.domain import FeatureType
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..conftest import NOW
 from ..helpers import grant

@@ -17,12 +17,12 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from meterd.domain import FeatureType, Status
-from meterd.errors import ConflictError
-from meterd.lifecycle import status_at
+from meterd.core.domain import FeatureType, Status
+from meterd.core.errors import ConflictError
+from meterd.core.lifecycle import status_at
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.storage.resolution_views import entitlement_view, suspensions_of
-from meterd.timeutil import utcnow
 
 from ..conftest import NOW
 

@@ -14,9 +14,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from meterd.api.app import create_app
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import isoformat, utcnow
 
 from .conftest import Published
 

@@ -10,11 +10,11 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from meterd.domain import BillingType, Outcome
+from meterd.core.domain import BillingType, Outcome
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..helpers import grant
 from .conftest import Published, key_for

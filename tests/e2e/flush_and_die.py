@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import get_runtime
-from meterd.timeutil import utcnow
 
 
 def die(*_: Any) -> None:

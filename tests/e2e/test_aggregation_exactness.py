@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from meterd.domain import BillingType
+from meterd.core.domain import BillingType
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.producer import publish_batches
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import wait_until
-from meterd.timeutil import isoformat, utcnow
 
 from ..helpers import assert_log_matches_periods
 from .conftest import VISIBILITY_TIMEOUT, WorkerProcess, queue_depth

@@ -58,9 +58,9 @@ def test_events_posted_over_http_are_counted_by_a_real_worker(
 ) -> None:
     from decimal import Decimal
 
+    from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewEntitlement
     from meterd.testing import event
-    from meterd.timeutil import utcnow
 
     now = utcnow()
     e2e_runtime.catalog.create_entitlement(
@@ -91,8 +91,8 @@ def test_the_client_over_http_reports_rejected_events_and_counts_the_rest(
 ) -> None:
 
     from meterd.client import HttpTransport, MeterdClient
+    from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewEntitlement
-    from meterd.timeutil import utcnow
 
     now = utcnow()
     e2e_runtime.catalog.create_entitlement(
@@ -125,9 +125,9 @@ def test_a_json_number_quantity_the_api_takes_is_counted_exactly_by_the_worker(
     float's repr ``1e-05``, which the worker refused (202, then a dead letter)."""
     from decimal import Decimal
 
+    from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewEntitlement
     from meterd.testing import event
-    from meterd.timeutil import utcnow
 
     now = utcnow()
     e2e_runtime.catalog.create_entitlement(

@@ -13,10 +13,10 @@ import pytest
 from celery import Celery
 
 from meterd.client import CeleryTransport, MeterdClient
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import wait_until
-from meterd.timeutil import utcnow
 
 from .conftest import WorkerProcess
 

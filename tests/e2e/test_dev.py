@@ -14,9 +14,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from meterd.core.timeutil import utcnow
 from meterd.storage.exact import decode_micros
 from meterd.testing import answers, event, free_port, wait_until
-from meterd.timeutil import utcnow
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 
 from meterd import embedded
-from meterd.migrate import upgrade
+from meterd.storage.migrate import upgrade
 from meterd.testing import answers, free_port, wait_until
 
 from .test_dev import processes_in

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..helpers import assert_log_matches_periods, flushed_total
 from .test_worker_exactness import grant_customers

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import event, wait_until
-from meterd.timeutil import utcnow
 
 from ..conftest import require
 from .conftest import WorkerProcess

@@ -13,10 +13,10 @@ import pytest
 from celery import Celery
 
 from meterd.celery_config import FLUSH_QUEUE, INGEST_QUEUE, NOTIFY_QUEUE
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import event, wait_until
-from meterd.timeutil import utcnow
 
 from ..test_notifications import Receiver
 from .conftest import WorkerProcess

@@ -24,9 +24,9 @@ from celery import Celery
 from kombu import Producer
 
 from meterd.celery_config import INGEST_QUEUE, INGEST_TASK
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event, wait_until
-from meterd.timeutil import utcnow
 
 from .conftest import BROKER_URL, WorkerProcess, queue_depth
 from .test_worker_exactness import grant_customers

@@ -25,10 +25,10 @@ from celery import Celery
 
 from meterd.celery_config import create_app
 from meterd.config import Settings
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.storage.database import Database
 from meterd.testing import event, wait_until
-from meterd.timeutil import utcnow
 
 from ..conftest import NOW
 from ..helpers import assert_log_matches_periods, flushed_total

@@ -14,10 +14,10 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.storage.database import Database
 from meterd.testing import event
-from meterd.timeutil import utcnow
 
 from ..conftest import NOW
 from ..helpers import assert_log_matches_periods, flushed_total

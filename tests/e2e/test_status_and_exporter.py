@@ -14,11 +14,11 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from meterd.core.timeutil import utcnow
 from meterd.ops import gather
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import event, free_port, wait_until
-from meterd.timeutil import utcnow
 
 from .conftest import WorkerProcess
 

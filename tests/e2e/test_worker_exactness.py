@@ -13,12 +13,12 @@ from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meterd.core.quantity import to_micros
+from meterd.core.timeutil import utcnow
 from meterd.producer import publish_batches
-from meterd.quantity import to_micros
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.testing import event, wait_until
-from meterd.timeutil import utcnow
 
 from ..helpers import assert_log_matches_periods
 from ..test_dead_letters import malformed

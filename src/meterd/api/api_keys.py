@@ -12,9 +12,9 @@ from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import HttpError
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import RequestBody, moment
-from meterd.domain import NO_NUL_PATTERN
+from meterd.core.domain import NO_NUL_PATTERN
+from meterd.core.timeutil import isoformat, isoformat_or_none, utcnow
 from meterd.services.api_keys import NEVER, KeyInfo, Permission, Principal
-from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
 router = APIRouter(prefix="/v1", tags=["api keys"], route_class=ExactJSONRoute)
 

@@ -18,7 +18,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Query, Request
 
 from meterd.api.errors import HttpError
-from meterd.errors import UnavailableError
+from meterd.core.errors import UnavailableError
 from meterd.runtime import STORE_ERRORS, Runtime
 from meterd.services.api_keys import (
     ApiKeyExpired,

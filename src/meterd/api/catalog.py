@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody
-from meterd.domain import (
+from meterd.core.domain import (
     FEATURE_KEY_PATTERN,
     NO_NUL_PATTERN,
     Aggregation,
@@ -20,13 +20,13 @@ from meterd.domain import (
     ContractMode,
     FeatureType,
 )
-from meterd.errors import InvalidError
-from meterd.plans import TermUnit
-from meterd.quantity import format_optional_quantity
+from meterd.core.errors import InvalidError
+from meterd.core.plans import TermUnit
+from meterd.core.quantity import format_optional_quantity
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.catalog import METER_FIELDS, NewPlan
 from meterd.services.values import Feature, Plan
-from meterd.timeutil import isoformat, utcnow
 
 router = APIRouter(prefix="/v1", tags=["catalog"], route_class=ExactJSONRoute)
 

@@ -21,11 +21,11 @@ from pydantic import BaseModel, Field
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import RequestBody
-from meterd.paging import Cursor, decode, encode
+from meterd.core.paging import Cursor, decode, encode
+from meterd.core.timeutil import isoformat, isoformat_or_none, utcnow
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.replay import ReplayReport
 from meterd.services.values import DeadLetter
-from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
 router = APIRouter(prefix="/v1", tags=["dead letters"], route_class=ExactJSONRoute)
 

@@ -19,7 +19,7 @@ from meterd.api.compat.attributes import TenantAttributes
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody, moment
 from meterd.api.openapi import filter_parameters
-from meterd.domain import (
+from meterd.core.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
     NO_NUL_PATTERN,
@@ -30,18 +30,18 @@ from meterd.domain import (
     EffectiveState,
     Status,
 )
-from meterd.errors import InvalidError
-from meterd.filters import VALUE_TYPES, Kind, parse_filters
-from meterd.lifecycle import OperatorAction
-from meterd.paging import decode, encode
-from meterd.quantity import format_optional_quantity, format_quantity
+from meterd.core.errors import InvalidError
+from meterd.core.filters import VALUE_TYPES, Kind, parse_filters
+from meterd.core.lifecycle import OperatorAction
+from meterd.core.paging import decode, encode
+from meterd.core.quantity import format_optional_quantity, format_quantity
+from meterd.core.terms import Term, TermUnit
+from meterd.core.timeutil import isoformat, isoformat_or_none, utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
 from meterd.services.queries import ENTITLEMENT_FILTERS, ENTITLEMENT_SORT_KEYS
 from meterd.services.values import Entitlement
-from meterd.terms import Term, TermUnit
-from meterd.timeutil import isoformat, isoformat_or_none, utcnow
 
 router = APIRouter(prefix="/v1", tags=["entitlements"], route_class=ExactJSONRoute)
 

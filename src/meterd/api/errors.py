@@ -4,7 +4,7 @@ to HTTP statuses.
 Every error body is ``{"type", "title", "status", "detail"}`` with
 ``application/problem+json``; validation errors become 400 (not FastAPI's 422)
 with one line per bad field, so a client sees exactly what to fix. meterd's own
-errors are answered by their kind (``meterd.errors``), never by their class:
+errors are answered by their kind (``meterd.core.errors``), never by their class:
 a new error class needs no change here.
 """
 
@@ -17,7 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from meterd.errors import (
+from meterd.core.errors import (
     ConflictError,
     InvalidError,
     MeterdError,

@@ -24,8 +24,8 @@ from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
-from meterd.errors import InvalidError
-from meterd.quantity import JsonNumber
+from meterd.core.errors import InvalidError
+from meterd.core.quantity import JsonNumber
 
 
 def _no_constant(name: str) -> Any:

@@ -33,9 +33,9 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from meterd.errors import InvalidError
-from meterd.filters import EARLIEST
-from meterd.quantity import (
+from meterd.core.errors import InvalidError
+from meterd.core.filters import EARLIEST
+from meterd.core.quantity import (
     DECIMAL_TEXT_PATTERN,
     MAX_QUANTITY_TEXT,
     SCALE,
@@ -43,7 +43,7 @@ from meterd.quantity import (
     parse_decimal_text,
     parse_quantity,
 )
-from meterd.timeutil import as_utc
+from meterd.core.timeutil import as_utc
 
 BODY_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 #: A plan's term in years, at most (terms in months and days are bounded by
@@ -124,7 +124,7 @@ PositiveQuantityText = Annotated[
 ]
 
 
-#: Dimension filters in a body (``meterd.meters.check_dimensions`` checks them
+#: Dimension filters in a body (``meterd.core.meters.check_dimensions`` checks them
 #: further): event ``data`` property (a dotted path) -> the value it must have, text,
 #: an integer or a boolean.
 Dimensions = Annotated[

@@ -1,7 +1,7 @@
 """The OpenAPI document, made to say what the API does.
 
 * Some routes read their query string themselves: the Zenskar-style filters
-  (``meterd.filters``) and the workspace seed page's case-insensitive names.
+  (``meterd.core.filters``) and the workspace seed page's case-insensitive names.
   FastAPI cannot see those parameters, so routes declare them with
   ``openapi_extra`` from the lists built here (``filter_parameters``), from the
   same tables they parse with. The declarations document the parameters and
@@ -20,8 +20,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from meterd.api.errors import PROBLEM
-from meterd.domain import PRINTABLE_PATTERN
-from meterd.filters import (
+from meterd.core.domain import PRINTABLE_PATTERN
+from meterd.core.filters import (
     DATETIME_RANGE,
     INT64_MAX,
     INT64_MIN,
@@ -103,7 +103,7 @@ _WORDS = {
 
 
 def filter_parameters(fields: Mapping[str, Kind]) -> list[dict[str, Any]]:
-    """Every query parameter ``meterd.filters.parse_filters`` accepts for ``fields``:
+    """Every query parameter ``meterd.core.filters.parse_filters`` accepts for ``fields``:
     each field bare (equality) and with each operator its kind takes."""
     return [
         _filter_parameter(field, kind, op)

@@ -23,22 +23,22 @@ from pydantic import (
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONRoute, loads_exact
 from meterd.api.inputs import PositiveQuantityText, RequestBody
-from meterd.domain import (
+from meterd.core.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
     PRINTABLE_PATTERN,
     EffectiveState,
 )
-from meterd.errors import InvalidError
-from meterd.quantity import (
+from meterd.core.errors import InvalidError
+from meterd.core.quantity import (
     format_optional_quantity,
     format_quantity,
 )
+from meterd.core.timeutil import isoformat, utcnow
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.balance import RealTimeValue
 from meterd.services.intake import IntakeReport, Publisher
 from meterd.services.reserve import Reservation
-from meterd.timeutil import isoformat, utcnow
 
 router = APIRouter(prefix="/v1", tags=["usage"], route_class=ExactJSONRoute)
 

@@ -19,9 +19,10 @@ from pydantic import BaseModel, Field
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONRoute
-from meterd.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, PRINTABLE_PATTERN
-from meterd.errors import InvalidError
-from meterd.quantity import format_quantity
+from meterd.core.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, PRINTABLE_PATTERN
+from meterd.core.errors import InvalidError
+from meterd.core.quantity import format_quantity
+from meterd.core.timeutil import isoformat
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.usage_report import (
     MAX_PAGE,
@@ -32,7 +33,6 @@ from meterd.services.usage_report import (
     parse_group_by,
     time_zone,
 )
-from meterd.timeutil import isoformat
 
 router = APIRouter(prefix="/v1", tags=["usage history"], route_class=ExactJSONRoute)
 

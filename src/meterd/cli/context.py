@@ -17,9 +17,9 @@ def get_runtime() -> Runtime:
     to it) says where it looked and what to do, instead of creating an empty database
     and failing on "no such table"."""
     from meterd.config import get_settings
-    from meterd.errors import ConflictError
-    from meterd.migrate import schema_problem
+    from meterd.core.errors import ConflictError
     from meterd.runtime import get_runtime as shared_runtime
+    from meterd.storage.migrate import schema_problem
 
     url = get_settings().database_url
     if url not in _databases_ready:

@@ -78,7 +78,7 @@ def dlq_replay(
     as_json: JsonFlag = False,
 ) -> None:
     """Feed dead letters through ingest again (idempotent: nothing counts twice)."""
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     report = context.get_runtime().replay.replay(
         now=utcnow(),

@@ -13,7 +13,7 @@ app = typer.Typer(
 
 def _embedded_url() -> str:
     from meterd.config import get_settings, redact_url
-    from meterd.errors import InvalidError
+    from meterd.core.errors import InvalidError
 
     settings = get_settings()
     if not settings.is_embedded_redis:

@@ -9,7 +9,7 @@ import typer
 from meterd.cli import context
 from meterd.cli.entitlements import entitlement_id
 from meterd.cli.output import Org, say, when
-from meterd.domain import ContractMode
+from meterd.core.domain import ContractMode
 
 _Id = Annotated[str, typer.Argument(help="the entitlement's id, or a unique prefix")]
 _Reason = Annotated[str, typer.Option(help="recorded in the audit trail")]
@@ -34,9 +34,9 @@ def entitlement_update(
 ) -> None:
     """Change quantity, renewal quantity, end, priority, contract mode or auto-renew
     (as PATCH /v1/entitlements/{id}); refused unless the row is at ``--version``."""
-    from meterd.quantity import parse_decimal_text
+    from meterd.core.quantity import parse_decimal_text
+    from meterd.core.timeutil import utcnow
     from meterd.services.catalog import UNSET, EntitlementChange
-    from meterd.timeutil import utcnow
 
     def amount(text: str | None, what: str) -> Any:
         if text is None:
@@ -62,8 +62,8 @@ def entitlement_update(
 def _change_status(
     org: str, entitlement: str, action: str, reason: str, version: int | None
 ) -> None:
-    from meterd.lifecycle import OperatorAction
-    from meterd.timeutil import utcnow
+    from meterd.core.lifecycle import OperatorAction
+    from meterd.core.timeutil import utcnow
 
     rt = context.get_runtime()
     ent_id = entitlement_id(rt, org, entitlement)

@@ -9,8 +9,8 @@ import typer
 from meterd.cli import context
 from meterd.cli.ids import resolve_uuid
 from meterd.cli.output import Org, dimensions, say, when
-from meterd.domain import BillingType, ContractMode
-from meterd.terms import TermUnit
+from meterd.core.domain import BillingType, ContractMode
+from meterd.core.terms import TermUnit
 
 _Quantity = Annotated[str | None, typer.Option(help="a decimal like 10 or 0.5; omit for unlimited")]
 _Filter = Annotated[
@@ -26,7 +26,7 @@ _Filter = Annotated[
 def check_term(value: int | None, unit: TermUnit | None) -> None:
     """A term the API would take (a term in years is bounded as there)."""
     from meterd.api.inputs import MAX_TERM_YEARS
-    from meterd.errors import InvalidError
+    from meterd.core.errors import InvalidError
 
     if unit is TermUnit.YEAR and (value or 0) > MAX_TERM_YEARS:
         raise InvalidError(f"term_value: a term is at most {MAX_TERM_YEARS} years")
@@ -59,11 +59,11 @@ def entitlement_create(
     """Grant a customer a feature: with a quantity and terms, or from ``--plan``."""
     from datetime import timedelta
 
-    from meterd.errors import InvalidError
-    from meterd.quantity import parse_decimal_text
+    from meterd.core.errors import InvalidError
+    from meterd.core.quantity import parse_decimal_text
+    from meterd.core.terms import Term
+    from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewEntitlement
-    from meterd.terms import Term
-    from meterd.timeutil import utcnow
 
     rt, now = context.get_runtime(), utcnow()
     starts_at = when(starts, now) or now

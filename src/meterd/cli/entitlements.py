@@ -12,7 +12,7 @@ from meterd.cli.ids import resolve_uuid
 from meterd.cli.output import JsonFlag, Org, echo_json, iso, quantity, say, table
 
 if TYPE_CHECKING:
-    from meterd.domain import Balance
+    from meterd.core.domain import Balance
     from meterd.runtime import Runtime
     from meterd.services.values import Entitlement
 
@@ -66,10 +66,10 @@ def entitlement_list(
     as_json: JsonFlag = False,
 ) -> None:
     """The org's entitlements by number, each with its current period's balance."""
-    from meterd.filters import parse_filters
-    from meterd.paging import decode, encode
+    from meterd.core.filters import parse_filters
+    from meterd.core.paging import decode, encode
+    from meterd.core.timeutil import utcnow
     from meterd.services.queries import ENTITLEMENT_FILTERS
-    from meterd.timeutil import utcnow
 
     given = {"customer_id": customer, "feature": feature, "status": status}
     filters = parse_filters(
@@ -98,7 +98,7 @@ def entitlement_show(
     org: Org, entitlement: Annotated[str, typer.Argument(help="its id, or a unique prefix")]
 ) -> None:
     """One entitlement in full (JSON, as the API shows it)."""
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     rt = context.get_runtime()
     echo_json(entitlement_row(*rt.queries.get(org, entitlement_id(rt, org, entitlement), utcnow())))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from meterd.errors import MeterdError, UnavailableError
+from meterd.core.errors import MeterdError, UnavailableError
 
 #: Exit status of a command refused by meterd (not found, conflict, invalid).
 EXIT_REFUSED = 2

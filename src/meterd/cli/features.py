@@ -8,7 +8,7 @@ import typer
 
 from meterd.cli import context
 from meterd.cli.output import JsonFlag, Org, dimensions, echo_json, iso, say, table
-from meterd.domain import Aggregation, FeatureType
+from meterd.core.domain import Aggregation, FeatureType
 
 if TYPE_CHECKING:
     from meterd.services.values import Feature
@@ -70,7 +70,7 @@ def feature_create(
 ) -> None:
     """Create a feature; how it is metered (scale, aggregation, event type, value
     property, meter filters) is fixed at creation."""
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     feature = context.get_runtime().catalog.create_feature(
         org,

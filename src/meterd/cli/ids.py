@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterable
 
-from meterd.errors import InvalidError, NotFoundError
+from meterd.core.errors import InvalidError, NotFoundError
 
 #: Shortest prefix taken: shorter ones match too much to be worth a look-up.
 MIN_PREFIX = 4

@@ -48,8 +48,8 @@ def keys_create(
     burst: Annotated[int | None, typer.Option(help="bucket size; default twice the rate")] = None,
 ) -> None:
     """Issue an API key. The key is printed once; only its hash is stored."""
+    from meterd.core.timeutil import utcnow
     from meterd.services.api_keys import Permission
-    from meterd.timeutil import utcnow
 
     try:
         permissions = [Permission(p) for p in permission]
@@ -72,7 +72,7 @@ def keys_create(
 @app.command("list")
 def keys_list(org: Org, as_json: JsonFlag = False) -> None:
     """The org's keys: never their secrets. Last use is written about once a minute."""
-    from meterd.timeutil import isoformat_or_none, isoformat_seconds
+    from meterd.core.timeutil import isoformat_or_none, isoformat_seconds
 
     keys = context.get_runtime().api_keys.list(org)
     if as_json:
@@ -114,7 +114,7 @@ def keys_rotate(
 ) -> None:
     """A new key with the same org, name, permissions and limits; the old one keeps
     working until --old-valid-until. The new key is printed once."""
-    from meterd.timeutil import isoformat, utcnow
+    from meterd.core.timeutil import isoformat, utcnow
 
     rt = context.get_runtime()
     old_id = key_id(rt, org, key)
@@ -146,8 +146,8 @@ def keys_limit(
 @app.command("revoke")
 def keys_revoke(org: Org, key: _KeyId) -> None:
     """Revoke a key (it stops working within seconds)."""
-    from meterd.errors import NotFoundError
-    from meterd.timeutil import utcnow
+    from meterd.core.errors import NotFoundError
+    from meterd.core.timeutil import utcnow
 
     rt = context.get_runtime()
     found = key_id(rt, org, key)

@@ -24,7 +24,7 @@ def lifecycle_run(
 ) -> None:
     """Run the lifecycle job now: record every transition that fell due (activation,
     grace, expiry, renewals, months), with its audit row, as beat would."""
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     report = context.get_runtime().lifecycle.advance_all(utcnow(), dry_run=dry_run)
     steps = [

@@ -17,7 +17,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 def db_upgrade(revision: str = "head") -> None:
     """Create or migrate the database schema (Alembic)."""
     from meterd.config import get_settings, redact_url
-    from meterd.migrate import upgrade
+    from meterd.storage.migrate import upgrade
 
     url = get_settings().database_url
     upgrade(url, revision)
@@ -26,7 +26,7 @@ def db_upgrade(revision: str = "head") -> None:
 
 def flush() -> None:
     """Move every pending count into the database now."""
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     reports = context.get_runtime().flush.flush_all(utcnow(), max_batches=1000)
     periods = sum(r.periods for r in reports)
@@ -76,7 +76,7 @@ def demo(
     """Create sample data and push a stream of events through a real worker."""
     from meterd.config import get_settings, redact_url
     from meterd.demo import DemoPlan, run_demo
-    from meterd.migrate import upgrade
+    from meterd.storage.migrate import upgrade
 
     settings = get_settings()
     upgrade(settings.database_url)

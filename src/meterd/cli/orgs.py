@@ -18,7 +18,7 @@ def org_create(
     name: str | None = None,
 ) -> None:
     """Create an organisation (creating one that exists changes nothing)."""
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     context.get_runtime().catalog.create_org(org, name, utcnow())
     say(f"organisation {org} ready")
@@ -45,7 +45,7 @@ def org_webhook(
 ) -> None:
     """Set where the org's notifications are POSTed (threshold crossings, transitions)."""
     from meterd.config import redact_url
-    from meterd.errors import NotFoundError
+    from meterd.core.errors import NotFoundError
 
     if url is not None and not url.startswith(("http://", "https://")):
         raise typer.BadParameter("the webhook URL must start with http:// or https://")

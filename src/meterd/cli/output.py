@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from meterd.errors import InvalidError, NotFoundError
-from meterd.timeutil import as_utc
+from meterd.core.errors import InvalidError, NotFoundError
+from meterd.core.timeutil import as_utc
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -81,7 +81,7 @@ def table(title: str, columns: Sequence[str], rows: Iterable[Iterable[Any]]) -> 
 
 def quantity(value: Decimal | None, unlimited: str | None = None) -> str | None:
     """A quantity as the API prints it ("10000", "0.5"); None stays ``unlimited``."""
-    from meterd.quantity import format_quantity
+    from meterd.core.quantity import format_quantity
 
     return unlimited if value is None else format_quantity(value)
 

@@ -9,8 +9,8 @@ import typer
 from meterd.cli import context
 from meterd.cli.ids import resolve_uuid
 from meterd.cli.output import JsonFlag, Org, echo_json, iso, quantity, say, table
-from meterd.domain import BillingType, ContractMode
-from meterd.terms import TermUnit
+from meterd.core.domain import BillingType, ContractMode
+from meterd.core.terms import TermUnit
 
 if TYPE_CHECKING:
     from meterd.services.values import Plan
@@ -85,9 +85,9 @@ def plan_create(
 ) -> None:
     """Create a plan: the feature, quantity, term, grace and renewal its entitlements get."""
     from meterd.cli.entitlement_create import check_term
-    from meterd.quantity import parse_decimal_text
+    from meterd.core.quantity import parse_decimal_text
+    from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewPlan
-    from meterd.timeutil import utcnow
 
     check_term(term_value, term_unit)
     plan = context.get_runtime().catalog.create_plan(

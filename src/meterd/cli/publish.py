@@ -20,8 +20,8 @@ def publish(
     without ``time`` is stamped with the time the file was read (RFC 3339, UTC)."""
     from meterd.celery_config import create_app
     from meterd.config import get_settings
+    from meterd.core.timeutil import utcnow
     from meterd.producer import publish_batches, stamp_receive_time
-    from meterd.timeutil import utcnow
     from meterd.wire_json import install_json_codec
 
     payload = read_json(path)

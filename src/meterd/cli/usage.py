@@ -32,10 +32,10 @@ def usage(
     """Usage over time from the event log: a bar per window, exact quantities."""
     from datetime import timedelta
 
-    from meterd import usage_chart
-    from meterd.errors import InvalidError
+    from meterd.cli import usage_chart
+    from meterd.core.errors import InvalidError
+    from meterd.core.timeutil import utcnow
     from meterd.services.usage_report import Window, parse_group_by, time_zone
-    from meterd.timeutil import utcnow
 
     zone = time_zone(tz)
     groups = parse_group_by(group_by)
@@ -66,7 +66,7 @@ def usage(
 
 def balance(org: Org, customer: str, feature: str, as_json: JsonFlag = False) -> None:
     """Real-time consumption: flushed + pending, per entitlement."""
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     balances = context.get_runtime().balance.balances(org, customer, feature, utcnow())
     rows = [
@@ -104,7 +104,7 @@ def events(
     each part of an event split over entitlements on its own row. Explains a bill."""
     from datetime import timedelta
 
-    from meterd.timeutil import utcnow
+    from meterd.core.timeutil import utcnow
 
     now = utcnow()
     page = context.get_runtime().usage_report.events(

@@ -12,7 +12,7 @@ need without duplicating it. A missing fragment or an include cycle raises
 one atomic call; a fragment alone is plain Lua too (tests run the pure ones
 through ``lupa``).
 
-This module imports only ``meterd.errors`` and no Redis client: callers register the
+This module imports only ``meterd.core.errors`` and no Redis client: callers register the
 text (``client.register_script(script_source("ingest"))``).
 """
 
@@ -23,7 +23,7 @@ from collections.abc import Callable
 from functools import cache
 from importlib import resources
 
-from meterd.errors import InvalidError
+from meterd.core.errors import InvalidError
 
 __all__ = ["LuaIncludeError", "assemble", "read_fragment", "script_source"]
 

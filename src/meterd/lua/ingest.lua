@@ -32,7 +32,7 @@ ARGV[8i + 7]            marker digest: an integer below 2^52, as decimal text
 ARGV[8i + 8]            the event's record (JSON) for the log
 ARGV[8i + 9]            aggregation: "S" sum (and count), "M" max, "L" latest, or
                         "U" followed by the distinct value (JSON text) of a unique
-                        count (meterd.domain.Aggregation)
+                        count (meterd.core.domain.Aggregation)
 
 Dedupe in two tiers (docs/architecture.md, "Dedupe"). The invariant: an accepted
 event is found by its marker, in the pending events (KEYS[4], KEYS[5]), or in the
@@ -72,7 +72,7 @@ once), and a redelivered event is a duplicate that moves nothing.
 A reservation's record starts with "<quantity>:<target>": the same idempotency
 key asked again with other parameters is a conflict (code c), not a duplicate.
 
-Which entitlement, which period (meterd.lifecycle.status_at and period_at in
+Which entitlement, which period (meterd.core.lifecycle.status_at and period_at in
 Python are the same rules): an entitlement takes usage timed at ts when
 starts <= ts < usable until ("u": the end of grace or of the term, or the
 termination; -1 open) and ts lies in none of its suspensions ("x"); the

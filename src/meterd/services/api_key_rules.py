@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from meterd.errors import ConflictError, InvalidError, UnauthorizedError, UnavailableError
+from meterd.core.errors import ConflictError, InvalidError, UnauthorizedError, UnavailableError
 from meterd.storage.models import ApiKey
 from meterd.storage.rate_limits import MAX_BURST, MAX_RATE
 

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Collection
 from datetime import datetime
 
+from meterd.core.timeutil import utcnow
 from meterd.services.api_key_rules import (
     NEVER,
     ApiKeyError,
@@ -53,7 +54,6 @@ from meterd.services.api_key_rules import (
 from meterd.services.rate_limiting import OPEN_SECONDS, RateLimited, RateLimiter
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.models import ApiKey
-from meterd.timeutil import utcnow
 
 __all__ = [
     "CACHE_SECONDS",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from meterd.domain import (
+from meterd.core.domain import (
     Balance,
     EffectiveState,
     EntitlementView,
@@ -33,16 +33,16 @@ from meterd.domain import (
     Status,
     effective_state,
 )
-from meterd.errors import UnavailableError
-from meterd.lifecycle import extend_term, period_at, status_at
-from meterd.quantity import from_units, to_units
-from meterd.redis_keys import period_field
+from meterd.core.errors import UnavailableError
+from meterd.core.lifecycle import extend_term, period_at, status_at
+from meterd.core.quantity import from_units, to_units
+from meterd.core.redis_keys import period_field
+from meterd.core.timeutil import from_epoch_micros
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
 from meterd.storage.resolution import decode_resolution
 from meterd.storage.resolution_views import ResolutionViewStore
 from meterd.storage.usage import UsageStore
-from meterd.timeutil import from_epoch_micros
 
 #: A flush starts every few seconds, so a second attempt nearly always succeeds; the
 #: bound matters only when flushes run back to back (tests, a flush backlog).

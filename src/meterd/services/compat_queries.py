@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from meterd.compat_filters import WorkspaceFilters
-from meterd.domain import Balance
-from meterd.filters import Filter
+from meterd.core.compat_filters import WorkspaceFilters
+from meterd.core.domain import Balance
+from meterd.core.filters import Filter
 from meterd.services.queries import EntitlementQueries
 from meterd.services.values import Entitlement, Feature, Plan, PlanFamily
 from meterd.storage.compat_listing import CompatListing

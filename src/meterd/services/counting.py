@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from meterd.errors import UnavailableError
-from meterd.events import UsageEvent
+from meterd.core.errors import UnavailableError
+from meterd.core.events import UsageEvent
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore, ScriptCode
 from meterd.storage.event_log import EventLog, LoggedEvent

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from meterd.domain import Outcome
-from meterd.events import (
+from meterd.core.domain import Outcome
+from meterd.core.events import (
     InvalidEvent,
     RawEvent,
     UsageEvent,

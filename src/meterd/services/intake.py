@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from meterd.domain import Outcome
-from meterd.events import (
+from meterd.core.domain import Outcome
+from meterd.core.events import (
     InvalidEvent,
     dead_letter_payload,
     is_short_text,

@@ -1,7 +1,7 @@
 """Lifecycle: record the clock's status transitions in bounded batches, with an audit trail.
 
 What an entitlement may be used for at an instant never waits for this job:
-``meterd.lifecycle.status_at`` and ``period_at`` derive it from the calendar,
+``meterd.core.lifecycle.status_at`` and ``period_at`` derive it from the calendar,
 and ingest, reserve and every read use them. The job *records* what fell due
 (activation, grace, expiry, renewals, PAY_PER_USE months): the audit rows,
 their notifications, the stored status the lists filter on, and the period

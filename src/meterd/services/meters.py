@@ -1,4 +1,4 @@
-"""Turning events into the items meters count (see ``meterd.meters``).
+"""Turning events into the items meters count (see ``meterd.core.meters``).
 
 A usage event (``meterd.usage``) is one item of the feature it names, read by
 that feature's aggregation. A raw event becomes one item per feature whose
@@ -51,12 +51,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from meterd.domain import Aggregation, Outcome
-from meterd.errors import InvalidError, UnavailableError
-from meterd.events import RawEvent, UsageEvent
+from meterd.core.domain import Aggregation, Outcome
+from meterd.core.errors import InvalidError, UnavailableError
+from meterd.core.events import RawEvent, UsageEvent
+from meterd.core.meters import MISSING, Meter, item_id, lookup, matches, path_text
+from meterd.core.quantity import SCALE, QuantityError, parse_meter_value, to_units
 from meterd.logs import get_logger
-from meterd.meters import MISSING, Meter, item_id, lookup, matches, path_text
-from meterd.quantity import SCALE, QuantityError, parse_meter_value, to_units
 
 #: What one item of an event came to: the item to count, or its outcome and why.
 ItemResult = UsageEvent | tuple[Outcome, str]

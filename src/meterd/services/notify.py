@@ -11,7 +11,7 @@ Two steps, so that a slow or broken webhook never holds up metering:
    that dies before recording anything leaves the lease to expire, and the
    notification is published again.
 
-Each notification exists once (see ``meterd.notifications``); the queue and the
+Each notification exists once (see ``meterd.core.notifications``); the queue and the
 webhook see it at least once, with a stable ``id`` to dedupe on.
 """
 
@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from meterd.notifications import Delivery
+from meterd.core.notifications import Delivery
 from meterd.storage.notifications import DeliveryResult, NotificationStore, Webhook
 
 Payload = dict[str, Any]

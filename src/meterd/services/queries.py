@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from meterd.domain import Balance, Period
-from meterd.errors import NotFoundError
-from meterd.filters import Filter, Kind
-from meterd.paging import Cursor
+from meterd.core.domain import Balance, Period
+from meterd.core.errors import NotFoundError
+from meterd.core.filters import Filter, Kind
+from meterd.core.paging import Cursor
 from meterd.services.balance import BalanceService, PeriodUsage
 from meterd.services.values import Entitlement, Transition
 from meterd.storage.entitlements import EntitlementStore

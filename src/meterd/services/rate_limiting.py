@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from meterd.errors import RateLimitedError
+from meterd.core.errors import RateLimitedError
 from meterd.logs import get_logger
 from meterd.services.api_key_rules import Principal, RateLimit
 from meterd.storage.rate_limits import RateLimitStore, RateLimitStoreError

@@ -25,8 +25,8 @@ from datetime import datetime
 from itertools import groupby
 from typing import Any
 
-from meterd.errors import NotFoundError
-from meterd.events import UsageEvent, parse_event, with_time
+from meterd.core.errors import NotFoundError
+from meterd.core.events import UsageEvent, parse_event, with_time
 from meterd.services.ingest import IngestService
 from meterd.services.values import DeadLetter
 from meterd.storage.dead_letters import DeadLetterStore

@@ -31,9 +31,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from meterd.errors import ConflictError, InvalidError
-from meterd.events import UsageEvent, shape_problem
-from meterd.quantity import parse_quantity, to_units
+from meterd.core.errors import ConflictError, InvalidError
+from meterd.core.events import UsageEvent, shape_problem
+from meterd.core.quantity import parse_quantity, to_units
 from meterd.services.counting import UsageCounter
 from meterd.services.meters import MeterCatalog
 from meterd.storage.counters import ScriptCode

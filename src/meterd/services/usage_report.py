@@ -52,8 +52,8 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from meterd.errors import InvalidError
-from meterd.paging import CursorError
+from meterd.core.errors import InvalidError
+from meterd.core.paging import CursorError
 from meterd.storage.event_log import QUARTER, EventLog, quarter_of
 from meterd.storage.models import EventLogRow
 

@@ -9,7 +9,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.errors import ConflictError, NotFoundError
+from meterd.core.errors import ConflictError, NotFoundError
 from meterd.storage.models import ApiKey
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.compat_filters import WorkspaceFilters
-from meterd.filters import Filter
+from meterd.core.compat_filters import WorkspaceFilters
+from meterd.core.filters import Filter
 from meterd.storage.listing import apply_filters, columns_at, contains_pattern, status_at
 from meterd.storage.models import Entitlement, Feature, Plan, PlanFamily, plan_family_links
 

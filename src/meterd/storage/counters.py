@@ -18,9 +18,9 @@ from typing import Any, cast
 
 import redis
 
-from meterd.domain import Aggregation
-from meterd.errors import UnavailableError
-from meterd.event_records import (
+from meterd.core.domain import Aggregation
+from meterd.core.errors import UnavailableError
+from meterd.core.event_records import (
     MARKER_BITS,
     EventRecord,
     event_key,
@@ -28,11 +28,11 @@ from meterd.event_records import (
     parse_pending_record,
     record_json,
 )
-from meterd.events import UsageEvent
+from meterd.core.events import UsageEvent
+from meterd.core.notifications import CROSSING_FIELD_PREFIX, Crossing
+from meterd.core.redis_keys import RedisKeys, period_field
+from meterd.core.timeutil import epoch_micros, month_start
 from meterd.lua import script_source
-from meterd.notifications import CROSSING_FIELD_PREFIX, Crossing
-from meterd.redis_keys import RedisKeys, period_field
-from meterd.timeutil import epoch_micros, month_start
 
 
 class ScriptCode(StrEnum):

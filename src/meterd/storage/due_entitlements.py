@@ -20,8 +20,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, CursorResult, and_, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
-from meterd.domain import Status
-from meterd.lifecycle import Transition, due_transitions, extend_term, next_period_after
+from meterd.core.domain import Status
+from meterd.core.lifecycle import Transition, due_transitions, extend_term, next_period_after
 from meterd.storage.models import LAPSED_RENEWING_SQL, Entitlement, Feature, UtcDateTime
 from meterd.storage.resolution_views import renewal_of
 

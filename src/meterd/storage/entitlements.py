@@ -14,8 +14,8 @@ from typing import Any
 from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.errors import NotFoundError, StaleVersionError
-from meterd.lifecycle import extend_term
+from meterd.core.errors import NotFoundError, StaleVersionError
+from meterd.core.lifecycle import extend_term
 from meterd.storage.database import within
 from meterd.storage.models import Entitlement, Feature, Organisation, UsagePeriod
 
@@ -170,7 +170,7 @@ class EntitlementStore:
     ) -> None:
         """End the entitlement's last period (the latest start) at ``end`` (None: open),
         in the transaction of ``s``: usage after the earlier periods, up to the end of
-        the term, lands in it (``meterd.lifecycle.period_at``). A period that starts
+        the term, lands in it (``meterd.core.lifecycle.period_at``). A period that starts
         at or after ``end`` keeps its end (nothing can land in it any more)."""
         last = s.execute(
             select(UsagePeriod.id, UsagePeriod.period_start)

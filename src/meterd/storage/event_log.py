@@ -30,8 +30,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.event_records import EventRecord
-from meterd.quantity import from_units
+from meterd.core.event_records import EventRecord
+from meterd.core.quantity import from_units
 from meterd.storage.exact import exact_add, exact_sum
 from meterd.storage.models import EventLogRow, UsageRollup
 

@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.errors import DuplicateError, NotFoundError
+from meterd.core.errors import DuplicateError, NotFoundError
 from meterd.storage.models import Feature, Organisation
 
 

@@ -1,6 +1,6 @@
 """Filtered, sorted, keyset-paginated reads of entitlements (always within one org).
 
-Filters arrive as ``meterd.filters.Filter`` (field names, typed values) and are
+Filters arrive as ``meterd.core.filters.Filter`` (field names, typed values) and are
 mapped to columns through ``ENTITLEMENT_COLUMNS``: nothing from a request ever
 becomes SQL text. Pages are keyset pages on (sort column, id), so a page stays
 correct while rows are added or removed between requests.
@@ -18,9 +18,9 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.domain import Status, Suspension
-from meterd.filters import Filter, Kind, Op
-from meterd.paging import Cursor
+from meterd.core.domain import Status, Suspension
+from meterd.core.filters import Filter, Kind, Op
+from meterd.core.paging import Cursor
 from meterd.storage.exact import exact_sum
 from meterd.storage.models import Entitlement, Feature, UsagePeriod
 from meterd.storage.resolution_views import suspensions_of
@@ -50,7 +50,7 @@ ENTITLEMENT_COLUMNS: dict[str, tuple[Kind, Any]] = {
 
 
 def status_at(now: datetime) -> ColumnElement[str]:
-    """The status at ``now``, in SQL: ``meterd.lifecycle.status_at`` for filtering
+    """The status at ``now``, in SQL: ``meterd.core.lifecycle.status_at`` for filtering
     (an operator's suspension or termination is recorded at once; the clock's
     steps are derived from the dates, so a filter never waits for the job)."""
     s = Status

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import redis
 
-from meterd.redis_keys import RedisKeys
+from meterd.core.redis_keys import RedisKeys
 
 
 class MeterVersions:

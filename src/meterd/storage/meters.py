@@ -1,4 +1,4 @@
-"""The meters of an org, read from its features (``meterd.meters.Meter``)."""
+"""The meters of an org, read from its features (``meterd.core.meters.Meter``)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.domain import Aggregation
-from meterd.errors import UnavailableError
-from meterd.meters import Meter, check_dimensions, parse_path
+from meterd.core.domain import Aggregation
+from meterd.core.errors import UnavailableError
+from meterd.core.meters import Meter, check_dimensions, parse_path
 from meterd.storage.models import Feature
 
 

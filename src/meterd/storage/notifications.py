@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.notifications import Delivery, NewNotification
+from meterd.core.notifications import Delivery, NewNotification
 from meterd.storage.database import bulk_insert, insert_ignoring_duplicates
 from meterd.storage.models import Notification, Organisation
 

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.errors import DuplicateError, NotFoundError, StaleVersionError
+from meterd.core.errors import DuplicateError, NotFoundError, StaleVersionError
 from meterd.storage.models import Feature, Plan, PlanFamily
 
 

@@ -15,10 +15,10 @@ from typing import Any, cast
 
 import redis
 
-from meterd.errors import UnavailableError
+from meterd.core.errors import UnavailableError
+from meterd.core.redis_keys import RedisKeys
+from meterd.core.timeutil import epoch_micros
 from meterd.lua import script_source
-from meterd.redis_keys import RedisKeys
-from meterd.timeutil import epoch_micros
 
 #: The largest rate (tokens a second) and burst a bucket takes: keeps the script's
 #: arithmetic exact in Lua's doubles (see rate_limit.lua).

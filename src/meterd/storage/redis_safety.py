@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from meterd.errors import ConflictError
+from meterd.core.errors import ConflictError
 
 REQUIRED_POLICY = "noeviction"
 _SETTINGS = ("maxmemory-policy", "appendonly", "appendfsync")

@@ -11,7 +11,7 @@ then soonest end, then oldest), each as::
      "b": "P" pre-paid or "U" pay-per-use,
      "q": quantity (integer units of the feature's scale "k", -1 = unlimited),
      "k": the feature's scale (0-6; limits and counters are in 10^-k units),
-     "f": {path: value} dimension filters (absent: none; meterd.meters.matches),
+     "f": {path: value} dimension filters (absent: none; meterd.core.meters.matches),
      "p": [[start, end (-1 = open), limit (-1 = unlimited), field], ...] stored periods,
      "r": ["m", months, anchor, limit, anchor day, anchor time of day us]
           or ["d", duration us, anchor, limit]
@@ -30,7 +30,7 @@ anchors it near the instant it writes the entry).
 
 ``decode_resolution`` reads it back into the same ``EntitlementView`` the
 database gives, so the live read judges state and period with the very
-functions the rest of meterd uses (``meterd.lifecycle``).
+functions the rest of meterd uses (``meterd.core.lifecycle``).
 """
 
 from __future__ import annotations
@@ -41,11 +41,11 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status
-from meterd.quantity import from_units, to_units
-from meterd.redis_keys import period_field
-from meterd.terms import Term
-from meterd.timeutil import epoch_micros, from_epoch_micros
+from meterd.core.domain import BillingType, EntitlementView, Period, Renewal, Status
+from meterd.core.quantity import from_units, to_units
+from meterd.core.redis_keys import period_field
+from meterd.core.terms import Term
+from meterd.core.timeutil import epoch_micros, from_epoch_micros
 
 _FAR_FUTURE = 2**62
 

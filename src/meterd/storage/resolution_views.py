@@ -2,7 +2,7 @@
 feature, read from the database (``storage/resolution.py`` encodes them for Redis).
 
 A view carries everything the state at an instant depends on
-(``meterd.lifecycle.status_at``): dates, term and renewal, and the operator's
+(``meterd.core.lifecycle.status_at``): dates, term and renewal, and the operator's
 suspensions and termination from the audit trail. Periods that ended before
 the late window are left out (late events older than it are refused anyway),
 but the last one is always kept: grace counts on it, and a renewing
@@ -19,12 +19,12 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from meterd.domain import BillingType, EntitlementView, Period, Renewal, Status, Suspension
-from meterd.lifecycle import renews
-from meterd.quantity import to_units
-from meterd.redis_keys import period_field
+from meterd.core.domain import BillingType, EntitlementView, Period, Renewal, Status, Suspension
+from meterd.core.lifecycle import renews
+from meterd.core.quantity import to_units
+from meterd.core.redis_keys import period_field
+from meterd.core.terms import Term
 from meterd.storage.models import Entitlement, EntitlementTransition, Feature, UsagePeriod
-from meterd.terms import Term
 
 CustomerFeature = tuple[str, str, str]  # (org, customer, feature key)
 #: The views of a customer and feature, and the flushed units of their periods.

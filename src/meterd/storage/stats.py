@@ -24,7 +24,7 @@ from typing import cast
 
 import redis
 
-from meterd.redis_keys import RedisKeys
+from meterd.core.redis_keys import RedisKeys
 
 #: Bucket bounds (upper, inclusive) of the histograms meterd keeps.
 BUCKETS: dict[str, tuple[float, ...]] = {

@@ -12,9 +12,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from meterd.ids import uuid7
-from meterd.lifecycle import Transition
-from meterd.notifications import (
+from meterd.core.ids import uuid7
+from meterd.core.lifecycle import Transition
+from meterd.core.notifications import (
     NewNotification,
     catch_up_data,
     envelope,
@@ -38,7 +38,7 @@ def record_steps(s: Session, moved: Sequence[Chain], job_run_id: str, now: datet
     keep the status are notified once a chain: a single one as itself, several (a
     catch-up: a backdated grant, missed job runs, a resume) as one notification of
     the last, whose ``data`` says how many terms it stands for
-    (``meterd.notifications.catch_up_data``). So a backdated grant sends one
+    (``meterd.core.notifications.catch_up_data``). So a backdated grant sends one
     notification for its history, not one per term.
     """
     periods = [

@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.domain import Status
-from meterd.errors import NotFoundError, StaleVersionError
-from meterd.lifecycle import Transition
+from meterd.core.domain import Status
+from meterd.core.errors import NotFoundError, StaleVersionError
+from meterd.core.lifecycle import Transition
 from meterd.storage.database import within
 from meterd.storage.due_entitlements import (
     DUE_COLUMNS,
@@ -78,7 +78,7 @@ class TransitionStore:
     ) -> None:
         self.sessions = sessions
         #: Terms that ended before ``now - late_window`` can take no event any more: a
-        #: catch-up summarises them (``meterd.lifecycle.due_transitions``).
+        #: catch-up summarises them (``meterd.core.lifecycle.due_transitions``).
         self.late_window = late_window
 
     @contextmanager
@@ -100,7 +100,7 @@ class TransitionStore:
         self, now: datetime, limit: int, job_run_id: str, *, dry_run: bool = False
     ) -> LifecycleBatch:
         """Claim up to ``limit`` entitlements with a clock transition due, move each
-        along its chain (``meterd.lifecycle.due_transitions``) and record every step,
+        along its chain (``meterd.core.lifecycle.due_transitions``) and record every step,
         all in one transaction (rolled back on a ``dry_run``: what it would do).
 
         Finding the work takes a few index range scans (status + the instant that

@@ -19,25 +19,25 @@ from sqlalchemy import bindparam, exists, literal, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.domain import BillingType
-from meterd.errors import NotFoundError
-from meterd.event_records import EventRecord
-from meterd.notifications import (
+from meterd.core.domain import BillingType
+from meterd.core.errors import NotFoundError
+from meterd.core.event_records import EventRecord
+from meterd.core.notifications import (
     Crossing,
     NewNotification,
     NotificationType,
     envelope,
     threshold_data,
 )
-from meterd.quantity import from_units, to_units
-from meterd.redis_keys import period_field
+from meterd.core.quantity import from_units, to_units
+from meterd.core.redis_keys import period_field
+from meterd.core.timeutil import from_epoch_micros, next_month_start
 from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.event_log import EventLog
 from meterd.storage.exact import exact_add
 from meterd.storage.models import Entitlement, Feature, FlushBatch, UsagePeriod
 from meterd.storage.notifications import insert_notifications
 from meterd.storage.resolution_views import renewal_of
-from meterd.timeutil import from_epoch_micros, next_month_start
 
 PeriodKey = tuple[uuid.UUID, datetime]
 

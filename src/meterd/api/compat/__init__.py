@@ -6,6 +6,6 @@
   tenant page's own entitlement fields (``attributes``).
 
 Their reads are ``services/compat_queries.py`` over ``storage/compat_listing.py``
-(the workspace page's typed filters: ``meterd.compat_filters``); the native routes
+(the workspace page's typed filters: ``meterd.core.compat_filters``); the native routes
 share none of it.
 """

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from meterd.domain import PRINTABLE_PATTERN
+from meterd.core.domain import PRINTABLE_PATTERN
 
 
 class BundleType(StrEnum):

@@ -57,7 +57,7 @@ from meterd.api.compat.attributes import (
     TenantAttributes,
 )
 from meterd.api.exact_json import ExactJSONResponse, ExactJSONRoute, exact_number
-from meterd.domain import (
+from meterd.core.domain import (
     CUSTOMER_ID_MAX,
     PRINTABLE_PATTERN,
     Balance,
@@ -65,11 +65,11 @@ from meterd.domain import (
     ContractMode,
     Status,
 )
-from meterd.errors import NotFoundError
+from meterd.core.errors import NotFoundError
+from meterd.core.timeutil import isoformat_seconds, utcnow
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.compat_queries import choose_for_usage
 from meterd.services.values import Entitlement
-from meterd.timeutil import isoformat_seconds, utcnow
 
 router = APIRouter(tags=["seed: tenant entitlements"], route_class=ExactJSONRoute)
 

@@ -7,7 +7,7 @@ define; meterd fixes them as follows):
   ``ModelType``: 0 FEATURE or STORAGE, 1 USERS, 2 TRANSACTIONS, 3 CREDITS.
 * Plan = meterd plan; ``PlanFamilies`` its families. ``ConditionFamily``,
   ``TermKind``, ``TermValue``, ``TermUnit`` and ``RenewalPolicyId``
-  (``auto_renew`` or ``none``) filter on the linked plan (see ``meterd.plans``);
+  (``auto_renew`` or ``none``) filter on the linked plan (see ``meterd.core.plans``);
   entitlements without a plan never match them.
 * Owner = the customer: ``EntityDefinitionId`` ``customer``, instance and
   display name the customer id; ``OwnerPartyRoleId`` ``customer`` matches all.
@@ -38,14 +38,14 @@ from pydantic import BaseModel
 
 from meterd.api.auth import RuntimeDep, require_allowing_query_token
 from meterd.api.exact_json import ExactJSONRoute
-from meterd.compat_filters import WorkspaceFilters
-from meterd.domain import PRINTABLE_PATTERN, EffectiveState, FeatureType, Status
-from meterd.errors import InvalidError
-from meterd.filters import DATETIME_RANGE
-from meterd.plans import TermUnit
+from meterd.core.compat_filters import WorkspaceFilters
+from meterd.core.domain import PRINTABLE_PATTERN, EffectiveState, FeatureType, Status
+from meterd.core.errors import InvalidError
+from meterd.core.filters import DATETIME_RANGE
+from meterd.core.plans import TermUnit
+from meterd.core.timeutil import as_utc, isoformat_or_none, utcnow
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.compat_queries import WorkspaceItem
-from meterd.timeutil import as_utc, isoformat_or_none, utcnow
 
 router = APIRouter(tags=["seed: workspace runtime entitlements"], route_class=ExactJSONRoute)
 

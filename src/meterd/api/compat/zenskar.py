@@ -39,13 +39,13 @@ from meterd.api.auth import RuntimeDep, require
 from meterd.api.errors import HttpError
 from meterd.api.exact_json import ExactJSONResponse, ExactJSONRoute, exact_number
 from meterd.api.openapi import filter_parameters
-from meterd.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Status
-from meterd.errors import InvalidError
-from meterd.filters import Filter, Kind, Op, parse_filters
-from meterd.paging import Cursor, decode, encode
+from meterd.core.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN, Status
+from meterd.core.errors import InvalidError
+from meterd.core.filters import Filter, Kind, Op, parse_filters
+from meterd.core.paging import Cursor, decode, encode
+from meterd.core.timeutil import isoformat_seconds, utcnow
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.values import Feature
-from meterd.timeutil import isoformat_seconds, utcnow
 
 router = APIRouter(tags=["seed: Zenskar"], route_class=ExactJSONRoute)
 

@@ -1,4 +1,4 @@
---[[ ingest/dimensions.lua: dimension filters, the Lua twin of meterd.meters.matches
+--[[ ingest/dimensions.lua: dimension filters, the Lua twin of meterd.core.meters.matches
 (tests/test_lua_dimensions.py), with a scanner of JSON literals for telling an
 integer from a float in the event's record. Pure but for cjson (Redis has it).
 
@@ -54,7 +54,7 @@ local function literal_at(text, pos, segs, i)
 end
 
 -- Dimensions: an entitlement with filters ("f": path -> value) takes only usage
--- whose event data has those values (meterd.meters.matches): JSON scalars of the
+-- whose event data has those values (meterd.core.meters.matches): JSON scalars of the
 -- same kind, so a number matches only if the event wrote an integer (cjson reads
 -- 2.0 as 2: the record's text tells them apart, read only when a number matches).
 local data_of = {}

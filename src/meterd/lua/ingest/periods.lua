@@ -1,5 +1,5 @@
 --[[ ingest/periods.lua: which period of an entitlement an instant falls in, the Lua
-twin of meterd.lifecycle.period_at (on the resolution entry, storage/resolution.py).
+twin of meterd.core.lifecycle.period_at (on the resolution entry, storage/resolution.py).
 Pure.
 
 Defines: period_of.

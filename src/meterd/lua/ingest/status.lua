@@ -1,5 +1,5 @@
 --[[ ingest/status.lua: whether an entitlement takes usage timed at ts, the Lua twin
-of meterd.lifecycle.status_at / usable_at (tests/test_lua_status.py). The
+of meterd.core.lifecycle.status_at / usable_at (tests/test_lua_status.py). The
 resolution entry carries s (starts), u (usable until: the end of grace or of the
 term, or the termination; OPEN if none) and x (suspensions). Pure.
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import meterd.storage.models
-from meterd.timeutil import next_month_start
+from meterd.core.timeutil import next_month_start
 
 revision = "0004"
 down_revision = "0003"

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import meterd.storage.models
-from meterd.terms import Term, TermUnit
+from meterd.core.terms import Term, TermUnit
 
 revision = "0007"
 down_revision = "0006"

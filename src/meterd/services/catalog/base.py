@@ -6,8 +6,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any, Protocol
 
-from meterd.errors import InvalidError
-from meterd.quantity import QuantityError, check_scaled
+from meterd.core.errors import InvalidError
+from meterd.core.quantity import QuantityError, check_scaled
 
 
 class CatalogError(InvalidError):

@@ -11,10 +11,11 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
-from meterd.domain import BillingType, Status
-from meterd.errors import StaleVersionError
-from meterd.lifecycle import OperatorAction, operator_transition
-from meterd.meters import check_dimensions
+from meterd.core.domain import BillingType, Status
+from meterd.core.errors import StaleVersionError
+from meterd.core.lifecycle import OperatorAction, operator_transition
+from meterd.core.meters import check_dimensions
+from meterd.core.timeutil import month_start, next_month_start
 from meterd.services import values
 from meterd.services.catalog.base import check_grant
 from meterd.services.catalog.rules import (
@@ -30,7 +31,6 @@ from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.features import FeatureStore
 from meterd.storage.models import Entitlement, Feature, UsagePeriod
 from meterd.storage.transitions import TransitionStore
-from meterd.timeutil import month_start, next_month_start
 
 
 class Entitlements:
@@ -164,7 +164,7 @@ class Entitlements:
         actor: str = "operator",
     ) -> values.Entitlement:
         """Suspend, resume or terminate an entitlement (see
-        ``meterd.lifecycle.operator_transition``), recorded in the audit trail with a
+        ``meterd.core.lifecycle.operator_transition``), recorded in the audit trail with a
         notification; ingest sees the new status at once."""
         ent, feature = self.transitions.apply_operator_step(
             entitlement_id,

@@ -8,9 +8,9 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from meterd.domain import FEATURE_KEY_PATTERN, Aggregation, FeatureType
-from meterd.errors import InvalidError
-from meterd.meters import check_dimensions, check_meter, parse_path, path_text
+from meterd.core.domain import FEATURE_KEY_PATTERN, Aggregation, FeatureType
+from meterd.core.errors import InvalidError
+from meterd.core.meters import check_dimensions, check_meter, parse_path, path_text
 from meterd.services import values
 from meterd.services.catalog.base import CatalogError
 from meterd.storage.features import FeatureStore
@@ -64,7 +64,7 @@ class Features:
         value_property: str | None = None,
         meter_filters: Mapping[str, Any] | None = None,
     ) -> values.Feature:
-        """A feature, metered as ``meterd.meters.check_meter`` allows (a definition
+        """A feature, metered as ``meterd.core.meters.check_meter`` allows (a definition
         that cannot be counted is refused with the reason)."""
         if not FEATURE_KEY_PATTERN.match(key):
             raise CatalogError("feature key must be 1-64 characters of A-Z a-z 0-9 _ . -")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from meterd.domain import ORG_ID_PATTERN
+from meterd.core.domain import ORG_ID_PATTERN
 from meterd.services.catalog.base import CatalogError
 from meterd.storage.organisations import OrganisationStore
 

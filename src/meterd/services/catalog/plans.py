@@ -10,8 +10,8 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from meterd.domain import FEATURE_KEY_PATTERN, BillingType, ContractMode
-from meterd.plans import TermUnit, condition_family, term_end, term_kind
+from meterd.core.domain import FEATURE_KEY_PATTERN, BillingType, ContractMode
+from meterd.core.plans import TermUnit, condition_family, term_end, term_kind
 from meterd.services import values
 from meterd.services.catalog.base import CatalogError, check_grant
 from meterd.services.catalog.entitlements import Entitlements

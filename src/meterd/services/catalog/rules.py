@@ -11,12 +11,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from meterd.domain import BillingType, ContractMode
-from meterd.lifecycle import MIN_RENEWING_TERM, extend_term
-from meterd.meters import check_dimensions
+from meterd.core.domain import BillingType, ContractMode
+from meterd.core.lifecycle import MIN_RENEWING_TERM, extend_term
+from meterd.core.meters import check_dimensions
+from meterd.core.terms import Term
 from meterd.services.catalog.base import UNSET, CatalogError
 from meterd.storage.models import Entitlement
-from meterd.terms import Term
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,7 @@ class NewEntitlement:
     term: Term | None = None
     #: The tenant page's own fields (a JSON object, validated by the API).
     attributes: dict[str, Any] = field(default_factory=dict)
-    #: Dimensions (``meterd.meters.check_dimensions``): only usage whose ``data`` has
+    #: Dimensions (``meterd.core.meters.check_dimensions``): only usage whose ``data`` has
     #: these values counts on it. None or {}: all usage of the feature.
     filters: Mapping[str, Any] | None = None
 

@@ -16,9 +16,9 @@ from sqlalchemy import BigInteger, DateTime, Dialect, Numeric, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.types import TypeEngine
 
-from meterd.quantity import from_micros, to_micros
+from meterd.core.quantity import from_micros, to_micros
+from meterd.core.timeutil import as_utc
 from meterd.storage.exact import decode_micros, encode_micros
-from meterd.timeutil import as_utc
 
 
 class ExactDecimal(TypeDecorator[Decimal]):

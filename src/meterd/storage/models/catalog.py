@@ -58,7 +58,7 @@ class Feature(Base):
     scale: Mapped[int] = mapped_column(Integer, default=6, server_default=text("6"))
     #: ``domain.Aggregation``; fixed at creation.
     aggregation: Mapped[str] = mapped_column(String(16), default="SUM", server_default="SUM")
-    #: The meter over raw events (``meterd.meters``): the CloudEvents ``type`` it reads,
+    #: The meter over raw events (``meterd.core.meters``): the CloudEvents ``type`` it reads,
     #: the ``data`` property holding the value (dotted path; None for COUNT), and
     #: equality filters on other properties. No event type: only ``meterd.usage``
     #: events naming the feature feed it.
@@ -121,7 +121,7 @@ class Plan(Base):
     """A template for entitlements: feature, quantity, term, grace, renewal, billing.
 
     ``term_kind`` and ``condition_family`` are derived from the other fields when
-    the plan is written (see ``meterd.plans``), so lists can filter on them.
+    the plan is written (see ``meterd.core.plans``), so lists can filter on them.
     """
 
     __tablename__ = "plans"

@@ -86,7 +86,7 @@ class Entitlement(Base):
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     #: PAY_PER_USE: the start of the next calendar month to open (None: nothing to open).
     next_period_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
-    #: The term an auto-renewing entitlement renews by (``meterd.terms.Term``): calendar
+    #: The term an auto-renewing entitlement renews by (``meterd.core.terms.Term``): calendar
     #: months, or an exact duration in microseconds (one of the two; None: no term).
     term_months: Mapped[int | None] = mapped_column(Integer, nullable=True)
     term_micros: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -148,7 +148,7 @@ class UsagePeriod(Base):
 
 
 class Notification(Base):
-    """One notification (see ``meterd.notifications``) and where its delivery stands.
+    """One notification (see ``meterd.core.notifications``) and where its delivery stands.
 
     It is inserted in the same transaction as what it announces (the flush batch
     that carried a threshold crossing, the lifecycle step), so it exists exactly

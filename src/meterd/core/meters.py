@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from meterd.domain import Aggregation
-from meterd.errors import InvalidError
+from meterd.core.domain import Aggregation
+from meterd.core.errors import InvalidError
 
 #: The CloudEvents type of usage events (``data.feature`` + ``data.quantity``).
 USAGE_EVENT_TYPE = "meterd.usage"

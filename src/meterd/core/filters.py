@@ -22,9 +22,9 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from meterd.errors import InvalidError
-from meterd.quantity import LARGEST, SCALE
-from meterd.timeutil import as_utc
+from meterd.core.errors import InvalidError
+from meterd.core.quantity import LARGEST, SCALE
+from meterd.core.timeutil import as_utc
 
 
 class FilterError(InvalidError):

@@ -6,7 +6,7 @@ plan's own fields so they can never contradict it:
 
 * ``TermKind``: 0 OPEN_ENDED (no term), 1 FIXED (a term, no renewal),
   2 RENEWING (a term with auto-renew), 3 TRIAL (a TRIAL contract with a term).
-* ``TermUnit``: 0 DAY, 1 MONTH, 2 YEAR, 3 WEEK (with ``term_value``; see ``meterd.terms``).
+* ``TermUnit``: 0 DAY, 1 MONTH, 2 YEAR, 3 WEEK (with ``term_value``; see ``meterd.core.terms``).
 * ``ConditionFamily``: 0 UNLIMITED (no quantity), 1 QUANTITY (a PRE_PAID
   quantity), 2 METERED (PAY_PER_USE), 3 TRIAL_QUANTITY (a TRIAL with a quantity).
 """
@@ -17,8 +17,8 @@ from datetime import datetime
 from decimal import Decimal
 from enum import IntEnum
 
-from meterd.domain import BillingType, ContractMode
-from meterd.terms import Term, TermUnit
+from meterd.core.domain import BillingType, ContractMode
+from meterd.core.terms import Term, TermUnit
 
 __all__ = ["ConditionFamily", "TermKind", "TermUnit", "condition_family", "term_end", "term_kind"]
 

@@ -7,38 +7,9 @@ length-prefixed and the org id cannot contain ``:``, so two different
 length-prefixed for the same reason (CloudEvents sources are URIs full of
 colons).
 
-===============================  ======  =====================================================
-key                              type    holds
-===============================  ======  =====================================================
-``P:dm:<g>``                     hash    marker generation g: level, split pointer, markers
-``P:dm:<g>:<shard>``             set     marker digests (integers: kept as an intset)
-``P:dm:generations``             zset    the marker generations that exist
-``P:events``                     hash    ``<org>:<n>:<src>:<id>`` -> record of an accepted
-                                         event not yet in the event log
-``P:flush:events``               hash    the same, renamed while a flush is in flight
-``P:flush:seq``                  string  bumped when a flush begins and when it ends
-``P:res:{tag}:<feature>``        string  JSON resolution data: the customer's entitlements
-``P:used:{tag}``                 hash    ``<ent>:<period>`` -> consumed micro-units (all time);
-                                         ``t:<ent>:<period>`` -> ``<ts>\t<event key>`` of the
-                                         period's latest LATEST sample
-``P:used:{tag}:u:<field>``       set     the values a UNIQUE_COUNT period (``<ent>:<period>``)
-                                         counted; expires when the period takes no more usage
-``P:used:big``                   set     the ``used`` fields above 2^52 units
-``P:pending``                    hash    ``<ent>:<period>`` -> micro-units not yet in the DB;
-                                         ``n:<ent>:<period>:<pct>`` -> ``<now>:<consumed>``,
-                                         a threshold crossing to notify
-``P:flush:batch``                hash    the pending hash, renamed while a flush is in flight
-``P:flush:inflight``             string  id of the batch in ``flush:batch``
-``P:flush:epoch``                string  counts flush starts (lets readers detect a race)
-``P:pending:since``              string  epoch us of the pending hash's first write (flush lag)
-``P:flush:batch:since``          string  the same, for the batch in flight
-``P:stats:*``                    hash    counters and histograms for metrics (see stats.py)
-``P:rl:<key id>``                hash    an API key's token bucket: ``t`` last refill (epoch
-                                         us), ``m`` micro-tokens; expires once full again
-``P:redbeat:*``                  (many)  RedBeat's schedule and lock (``meterd beat --redbeat``)
-``P:meters:versions``            hash    ``<org>`` -> bumped each time a feature (a meter) of
-                                         the org is created: workers read it again
-===============================  ======  =====================================================
+The table of every key, its type and its fields is in docs/architecture.md
+("Redis keys"), held to what a run writes by tests/test_redis_key_table.py; a key
+built anywhere but here fails tests/test_redis_key_map.py.
 """
 
 from __future__ import annotations
@@ -47,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from meterd.timeutil import epoch_micros
+from meterd.core.timeutil import epoch_micros
 
 
 def period_field(entitlement_id: uuid.UUID, period_start: datetime) -> str:

@@ -12,7 +12,7 @@ all use them; the job only records the transitions (the audit trail) and
 opens the period rows.
 
 An entitlement that renews (auto-renew, not a trial) does not leave ACTIVE at
-``ends_at``: it opens the next term on the calendar (``meterd.terms``: term
+``ends_at``: it opens the next term on the calendar (``meterd.core.terms``: term
 ``k`` starts at ``anchor + k * term``), and ``ends_at`` moves to that term's
 end. A PAY_PER_USE entitlement counts per calendar month
 (UTC): while ACTIVE or GRACE, it opens each month's period at ``next_period_at``
@@ -40,11 +40,11 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from meterd.domain import BillingType, ContractMode, EntitlementView, Period, Renewal, Status
-from meterd.errors import ConflictError
-from meterd.notifications import PERIOD_OPENED_REASON
-from meterd.terms import add_months
-from meterd.timeutil import isoformat, month_start, next_month_start
+from meterd.core.domain import BillingType, ContractMode, EntitlementView, Period, Renewal, Status
+from meterd.core.errors import ConflictError
+from meterd.core.notifications import PERIOD_OPENED_REASON
+from meterd.core.terms import add_months
+from meterd.core.timeutil import isoformat, month_start, next_month_start
 
 RENEWED_REASON = "renewed"
 EXTENDED_REASON = "term extended"

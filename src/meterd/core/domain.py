@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 
-from meterd.terms import Term
+from meterd.core.terms import Term
 
 ORG_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 FEATURE_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -80,7 +80,7 @@ class Outcome(StrEnum):
 
 
 class Aggregation(StrEnum):
-    """How a feature's events make its consumption in a period (``meterd.meters``).
+    """How a feature's events make its consumption in a period (``meterd.core.meters``).
 
     SUM adds quantities; COUNT counts events; UNIQUE_COUNT counts distinct values
     of a property; MAX keeps the peak value; LATEST the value of the latest event
@@ -133,7 +133,7 @@ Suspension = tuple[datetime, datetime | None]
 @dataclass(frozen=True, slots=True)
 class EntitlementView:
     """What routing usage to an entitlement, and judging its state at any instant,
-    need to know of it (see ``meterd.lifecycle.status_at`` and ``period_at``)."""
+    need to know of it (see ``meterd.core.lifecycle.status_at`` and ``period_at``)."""
 
     id: uuid.UUID
     number: int

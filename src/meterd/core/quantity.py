@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from decimal import Context, Decimal, InvalidOperation
 
-from meterd.errors import InvalidError
+from meterd.core.errors import InvalidError
 
 SCALE = 6
 MAX_MICROS: int = 2**53 - 1

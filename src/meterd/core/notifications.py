@@ -50,8 +50,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
-from meterd.quantity import format_quantity, from_units
-from meterd.timeutil import from_epoch_micros, isoformat
+from meterd.core.quantity import format_quantity, from_units
+from meterd.core.timeutil import from_epoch_micros, isoformat
 
 #: Percentages of a PRE_PAID quantity whose crossing is announced (see ingest.lua).
 THRESHOLDS = (80, 100)

@@ -2,7 +2,7 @@
 parses a page's query string into them, the compat listing maps them to columns.
 
 The Zenskar-style filters that native routes share with the Zenskar page are in
-``meterd.filters``.
+``meterd.core.filters``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,14 @@ class WorkspaceFilters:
     condition_family: int | None = None
     term_kind: int | None = None
     term_value: int | None = None
-    #: A ``meterd.plans.TermUnit`` value.
+    #: A ``meterd.core.plans.TermUnit`` value.
     term_unit: str | None = None
     auto_renew: bool | None = None
     model_id: uuid.UUID | None = None
     #: False when the page asked for an owner role meterd does not have (matches nothing).
     owner_role_matches: bool = True
     owner: str | None = None
-    #: A ``meterd.domain.Status`` value; None: any.
+    #: A ``meterd.core.domain.Status`` value; None: any.
     status: str | None = None
     #: A status code the page defines that no entitlement can have (matches nothing).
     status_matches_nothing: bool = False

@@ -3,7 +3,7 @@
 Every event names its customer in ``subject`` and its organisation in the
 ``org`` extension attribute. A usage event (``type: meterd.usage``) carries
 ``data.feature`` and ``data.quantity``; an event of any other type is a raw
-event, which the meters over its type read (``meterd.meters``,
+event, which the meters over its type read (``meterd.core.meters``,
 ``services/meters.py`` turns it into the ``UsageEvent`` items they count).
 Parsing never raises for bad input: it returns an ``InvalidEvent`` with a
 human-readable reason, so one bad event can be dead-lettered while the rest of
@@ -32,7 +32,7 @@ from pydantic import (
     ValidationError,
 )
 
-from meterd.domain import (
+from meterd.core.domain import (
     CUSTOMER_ID_MAX,
     FEATURE_KEY_PATTERN,
     ORG_ID_PATTERN,
@@ -40,9 +40,9 @@ from meterd.domain import (
     Aggregation,
     Outcome,
 )
-from meterd.meters import EVENT_TYPE_PATTERN, USAGE_EVENT_TYPE
-from meterd.quantity import QuantityError, parse_event_quantity, to_units
-from meterd.timeutil import epoch_micros, isoformat
+from meterd.core.meters import EVENT_TYPE_PATTERN, USAGE_EVENT_TYPE
+from meterd.core.quantity import QuantityError, parse_event_quantity, to_units
+from meterd.core.timeutil import epoch_micros, isoformat
 
 __all__ = ["USAGE_EVENT_TYPE", "InvalidEvent", "RawEvent", "UsageEvent", "parse_event"]
 

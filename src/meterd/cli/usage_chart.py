@@ -10,7 +10,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any, Protocol
 
-from meterd.quantity import format_quantity
+from meterd.core.quantity import format_quantity
 
 #: Eighths of a block: the bar's last cell shows the remainder.
 _BLOCKS = " ▏▎▍▌▋▊▉█"

@@ -22,8 +22,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from meterd.errors import InvalidError
-from meterd.timeutil import as_utc
+from meterd.core.errors import InvalidError
+from meterd.core.timeutil import as_utc
 
 
 class CursorError(InvalidError):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from meterd.timeutil import epoch_micros, from_epoch_micros
+from meterd.core.timeutil import epoch_micros, from_epoch_micros
 
 #: Marker digests are integers below 2^52 (exact in Lua's doubles).
 MARKER_BITS = 52
