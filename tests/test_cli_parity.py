@@ -157,7 +157,7 @@ def test_a_plan_update_at_a_stale_version_is_refused(
     out = invoke("plan", "create", "pro", "api_calls", "--quantity", "1000")
     plan_id = out.split("(")[1].split(")")[0]
     invoke("plan", "update", plan_id, "--description", "first")
-    line = refused(monkeypatch, capsys, "plan", "update", plan_id, "--row-version", "1",
+    line = refused(monkeypatch, capsys, "plan", "update", plan_id, "--version", "1",
                    "--description", "second")  # fmt: skip
     assert "version" in line
 

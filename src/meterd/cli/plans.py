@@ -124,16 +124,17 @@ def plan_update(
         bool | None,
         typer.Option("--active/--retired", help="retire (or revive): no new entitlements from it"),
     ] = None,
-    row_version: Annotated[
+    version: Annotated[
         int | None,
-        typer.Option(help="refuse (409) unless the plan is at this version (default: as read)"),
+        typer.Option("--version", help="refuse unless the plan is at this row_version"),
     ] = None,
 ) -> None:
-    """Rename, describe or retire a plan (PATCH /v1/plans/{id}); its terms are fixed."""
+    """Rename, describe or retire a plan (PATCH /v1/plans/{id}); its terms are fixed.
+    Without ``--version`` the change applies to the plan as just read."""
     catalog = context.get_runtime().catalog
     plan_id = resolve_uuid(plan, lambda: [p.id for p in catalog.plans_of(org)], "plan")
     given = {"display_name": display_name, "description": description, "is_active": active}
     values = {k: v for k, v in given.items() if v is not None}
-    version = catalog.plan(org, plan_id).row_version if row_version is None else row_version
+    version = catalog.plan(org, plan_id).row_version if version is None else version
     changed = catalog.change_plan(org, plan_id, version, values)
     say(f"plan {changed.key} ({changed.id}) updated")
