@@ -1,4 +1,4 @@
-"""ingest/calendar.lua, run alone through lupa, agrees with meterd.terms: month
+"""ingest/calendar.lua, run alone through lupa, agrees with meterd.core.terms: month
 arithmetic (month ends, leap years), term boundaries and the term containing an
 instant, for anchors from year 1 on and instants across what Lua's doubles hold
 exactly (years 1685 to 2255)."""

@@ -74,11 +74,30 @@ def test_every_module_of_a_layered_package_is_in_one_of_its_layers() -> None:
     assert not unplaced, f"modules in no layer of their package's contract: {unplaced}"
 
 
-def test_the_docs_layer_table_names_every_top_level_module() -> None:
+def layer_table() -> str:
+    """The rows of the layer table of docs/architecture.md (not the prose around it)."""
     docs = (ROOT / "docs" / "architecture.md").read_text()
-    table = docs.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    section = docs.split("## Layers", 1)[1].split("\n## ", 1)[0]
+    return "\n".join(line for line in section.splitlines() if line.startswith("|"))
+
+
+def test_the_docs_layer_table_names_every_top_level_module() -> None:
+    table = layer_table()
     top = sorted({m.split(".")[1] for m in every_module()})
     unnamed = [name for name in top if f"`{name}" not in table]
     assert not unnamed, (
         f"top-level modules the layer table of docs/architecture.md omits: {unnamed}"
     )
+
+
+def test_the_docs_layer_table_names_every_module_of_each_package() -> None:
+    """One level down: each module (or subpackage) of a package is named in its row."""
+    table = layer_table()
+    children = sorted({".".join(m.split(".")[:3]) for m in every_module() if m.count(".") >= 2})
+    unnamed = [
+        child
+        for child in children
+        if not child.rsplit(".", 1)[1].startswith("_")
+        and not re.search(rf"\b{re.escape(child.rsplit('.', 1)[1])}\b", table)
+    ]
+    assert not unnamed, f"modules the layer table of docs/architecture.md omits: {unnamed}"

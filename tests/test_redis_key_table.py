@@ -164,3 +164,20 @@ def test_every_row_of_the_docs_key_table_is_a_key_meterd_writes(busy: Runtime) -
         if row not in WRITTEN_BY_OTHERS and not any(pattern(row, prefix).match(k) for k in keys)
     ]
     assert not unseen, f"rows of the key table no run writes: {unseen}"
+
+
+def test_the_keys_python_names_are_the_keys_the_scripts_write(busy: Runtime) -> None:
+    """Keys the Lua scripts build themselves (from a prefix or a key they are passed)
+    and Python reads by ``RedisKeys``: the two spellings must name the same keys
+    (a marker shard Python misnames would silently drop out of the marker figures)."""
+    keys, redis = busy.redis_keys, busy.redis
+    (generation,) = redis.zrange(keys.marker_generations, 0, -1)
+    generation = generation.decode() if isinstance(generation, bytes) else generation
+    assert redis.type(keys.marker_generation(generation)) in (b"hash", "hash")
+    assert redis.type(keys.marker_shard(generation, 0)) in (b"set", "set")
+    (ent_field,) = [
+        f
+        for f in written(busy)[keys.used("acme", "cust-1")]
+        if not f.startswith("t:") and redis.exists(keys.unique_values("acme", "cust-1", f))
+    ]
+    assert redis.scard(keys.unique_values("acme", "cust-1", ent_field)) == 1

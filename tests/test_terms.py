@@ -147,7 +147,7 @@ terms = st.one_of(
 def test_ingest_lua_lands_usage_in_the_term_python_computes(
     runtime: Runtime, anchor: datetime, term: Term, later: timedelta
 ) -> None:
-    """The Lua calendar (epoch microseconds, civil-date algorithms) and meterd.terms
+    """The Lua calendar (epoch microseconds, civil-date algorithms) and meterd.core.terms
     put every instant in the same term: the count lands in the field Python names."""
     view = renewing_view(anchor, term, term.start(anchor, 1))
     moment = anchor + later

@@ -139,7 +139,7 @@ Assembled from fragments, one concern each (meterd/lua/__init__.py resolves the
   ingest/used        the used-totals cache of the batch, the exact bound's BIG
   ingest/markers     the marker linear hash (dedupe, first tier)
   ingest/thresholds  threshold crossings of PRE_PAID periods
-  ingest/calendar    terms on epoch microseconds (meterd/terms.py's twin)
+  ingest/calendar    terms on epoch microseconds (meterd/core/terms.py's twin)
   ingest/status      whether an entitlement takes usage at ts (lifecycle's twin)
   ingest/periods     the period containing ts (lifecycle.period_at's twin)
   ingest/burn_down   how units are shared down the candidates

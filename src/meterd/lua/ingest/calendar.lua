@@ -1,5 +1,5 @@
 --[[ ingest/calendar.lua: calendar arithmetic on epoch microseconds, the Lua twin
-of meterd/terms.py (tests/test_lua_calendar.py holds the two together). Pure.
+of meterd/core/terms.py (tests/test_lua_calendar.py holds the two together). Pure.
 
 Defines: DAY_US, civil_from_days, days_from_civil, days_in_month, add_months,
 add_months_to_day, term_start, term_index.
