@@ -33,8 +33,9 @@ class Permission(StrEnum):
     METRICS_VIEW = "METRICS:VIEW"
     #: List the org's API keys (never their secrets).
     KEYS_VIEW = "KEYS:VIEW"
-    #: Issue, list, rotate the org's API keys (never a key holding a permission the
-    #: caller lacks, nor one less rate-limited than the caller).
+    #: Issue (``POST /v1/api-keys``) and rotate the org's API keys: never a key
+    #: broader, longer-lived or less rate-limited than the caller's; rotate only keys
+    #: holding no permission the caller lacks. Listing needs ``KEYS:VIEW``.
     KEYS_MANAGE = "KEYS:MANAGE"
     ALL = "*"
 
