@@ -100,7 +100,8 @@ def rotate_api_key(
     one keeps working until ``old_valid_until``. Only a key holding no permission the
     caller lacks may be rotated (else a key manager could mint itself a broader key),
     and the new key outlives neither the old key nor the caller's (else a key about
-    to expire could rotate itself into one that never does): 400 naming the bound."""
+    to expire could rotate itself into one that never does), nor, keeping the old
+    key's rate limit, is it less limited than the caller's: 400 naming the bound."""
     old = runtime.api_keys.get(key_id, caller.org)
     if not caller.holds_all(frozenset(old.permissions)):
         raise HttpError(403, f"the API key {key_id} holds permissions the caller lacks")
@@ -132,16 +133,25 @@ class KeyIn(RequestBody):
         " (left out or null: that expiry, or never if the caller's key never expires)",
     )
     rate_limit: int | None = Field(
-        default=None, description="requests a second; 0: unlimited; null: the default"
+        default=None,
+        description="requests a second; 0: unlimited; null: the default. A rate-limited"
+        " caller (its own limit or the default) mints no key less limited than its own:"
+        " at most its rate, 0 refused (400); left out: the caller's own setting",
     )
-    rate_burst: int | None = Field(default=None, description="null: twice the rate")
+    rate_burst: int | None = Field(
+        default=None,
+        description="null: twice the rate; from a rate-limited caller at most its burst"
+        " (400), and left out: the caller's own when rate_limit is left out too, else"
+        " twice the rate but at most the caller's burst",
+    )
 
 
 @router.post("/api-keys", status_code=201, response_model=RotatedOut)
 def create_api_key(body: KeyIn, runtime: RuntimeDep, caller: Manager) -> RotatedOut:
     """Issue a key of the caller's org; the secret (``key``) is in this answer only,
     never stored. A key manager mints no key broader than its own (403 for a
-    permission it lacks) nor one that outlives it (400)."""
+    permission it lacks) nor one that outlives it or is less rate-limited than it
+    (400 naming the field)."""
     wanted = frozenset(p.value for p in body.permissions)
     if not caller.holds_all(wanted):
         raise HttpError(403, "a new key cannot hold a permission the caller lacks")
@@ -160,5 +170,6 @@ def create_api_key(body: KeyIn, runtime: RuntimeDep, caller: Manager) -> Rotated
         expires_at=expires_at,
         rate_limit=body.rate_limit,
         rate_burst=body.rate_burst,
+        by=caller.key_id,
     )
     return RotatedOut(key=token, **key_out(runtime.api_keys.get(row.id)).model_dump())

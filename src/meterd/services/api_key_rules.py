@@ -3,7 +3,8 @@
 Pure values and checks (no store, no clock of their own): the permissions, the
 principal a key stands for, what may be shown of a key, the token bucket that
 applies to it, the errors, and the bounds on a rotated key (it never outlives
-nor outranks the key it replaces, nor the key rotating it). Used by
+nor outranks the key it replaces, nor the key rotating it; a key minted or
+rotated by a rate-limited key is never less limited than it). Used by
 ``meterd.services.api_keys``, which re-exports the public names.
 """
 
@@ -32,7 +33,9 @@ class Permission(StrEnum):
     METRICS_VIEW = "METRICS:VIEW"
     #: List the org's API keys (never their secrets).
     KEYS_VIEW = "KEYS:VIEW"
-    #: Rotate the org's API keys (only keys holding no permission the caller lacks).
+    #: Issue (``POST /v1/api-keys``) and rotate the org's API keys: never a key
+    #: broader, longer-lived or less rate-limited than the caller's; rotate only keys
+    #: holding no permission the caller lacks. Listing needs ``KEYS:VIEW``.
     KEYS_MANAGE = "KEYS:MANAGE"
     ALL = "*"
 
@@ -202,3 +205,71 @@ def new_key_expiry(asked: datetime | Never | None, ceiling: Ceiling | None) -> d
             " earlier, or leave expires_at out to take it"
         )
     return asked
+
+
+def _ceiling_text(ceiling: RateLimit, whose: str) -> str:
+    return f"{whose}, which is limited to {ceiling.rate} a second (burst {ceiling.burst})"
+
+
+def limits_within(
+    rate_limit: int | None,
+    rate_burst: int | None,
+    creator: ApiKey,
+    ceiling: RateLimit | None,
+) -> tuple[int | None, int | None]:
+    """The rate and burst columns of a key minted by ``creator``, whose limit is
+    ``ceiling`` (None: unlimited, and then the key gets what was asked).
+
+    A key minted by a rate-limited key is never less limited than it, else a key
+    limited to 5 a second could mint an unlimited one: ``rate_limit`` and
+    ``rate_burst`` at most the creator's, 0 (unlimited) refused. Left out, the rate
+    is the creator's own setting (its ``rate_limit``: null follows the default, as
+    the creator does); the burst is the creator's own when the rate was left out
+    too, else twice the rate as usual, but at most the creator's burst."""
+    if ceiling is None:
+        return rate_limit, rate_burst
+    whose = f"the API key {creator.id} that issues it"
+    if rate_limit == 0:
+        raise ApiKeyError(
+            f"rate_limit: 0 (unlimited) is refused: the new key cannot be less limited than"
+            f" {_ceiling_text(ceiling, whose)}; ask for at most {ceiling.rate}"
+        )
+    if rate_limit is not None and rate_limit > ceiling.rate:
+        raise ApiKeyError(
+            f"rate_limit: at most {ceiling.rate}: the new key cannot be less limited than"
+            f" {_ceiling_text(ceiling, whose)}"
+        )
+    if rate_burst is not None and rate_burst > ceiling.burst:
+        raise ApiKeyError(
+            f"rate_burst: at most {ceiling.burst}: the new key cannot be less limited than"
+            f" {_ceiling_text(ceiling, whose)}"
+        )
+    if rate_limit is None:
+        return creator.rate_limit, (creator.rate_burst if rate_burst is None else rate_burst)
+    if rate_burst is None and min(2 * rate_limit, MAX_BURST) > ceiling.burst:
+        rate_burst = ceiling.burst
+    return rate_limit, rate_burst
+
+
+def check_limit_within(
+    limit: RateLimit | None, ceiling: RateLimit | None, old_id: str, creator_id: str
+) -> None:
+    """Refuse rotating a key (limit ``limit``; None: unlimited) less limited than the
+    key rotating it (``ceiling``): the new key keeps the old one's limit, and would
+    hand the rotating key's holder a key that outranks its own."""
+    if ceiling is None:
+        return
+    if limit is None or limit.rate > ceiling.rate or limit.burst > ceiling.burst:
+        field = "rate_limit" if limit is None or limit.rate > ceiling.rate else "rate_burst"
+        held = (
+            "unlimited"
+            if limit is None
+            else f"limited to {limit.rate} a second (burst {limit.burst})"
+        )
+        raise ApiKeyError(
+            f"{field}: the new key cannot be less limited than"
+            f" {_ceiling_text(ceiling, f'the API key {creator_id} that rotates it')}; the"
+            f" API key {old_id} it replaces, whose limit it keeps, is {held}: lower that"
+            " key's limit first (meterd keys limit), or rotate it with a key at least as"
+            " little limited"
+        )

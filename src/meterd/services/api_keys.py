@@ -44,10 +44,12 @@ from meterd.services.api_key_rules import (
     Permission,
     Principal,
     RateLimit,
+    check_limit_within,
     check_limits,
     check_rotatable,
     effective_limit,
     expiry_ceiling,
+    limits_within,
     new_key_expiry,
     permissions_within,
 )
@@ -119,11 +121,19 @@ class ApiKeyService:
         expires_at: datetime | None = None,
         rate_limit: int | None = None,
         rate_burst: int | None = None,
+        by: str | None = None,
     ) -> tuple[str, ApiKey]:
-        """Issue a key; the token is returned once and never stored."""
+        """Issue a key; the token is returned once and never stored. ``by``: the key
+        issuing it (over the API: the caller's), which the new key's rate limit may
+        not exceed (see ``limits_within``); None (the CLI, an operator): no bound."""
         if not permissions:
             raise ApiKeyError("a key needs at least one permission")
         check_limits(rate_limit, rate_burst)
+        if by is not None:
+            creator = self.store.get(by, org)
+            rate_limit, rate_burst = limits_within(
+                rate_limit, rate_burst, creator, self._limit_of(creator)
+            )
         if expires_at is not None and expires_at <= now:
             raise ApiKeyError("a new key cannot expire in the past")
         token, row = self._new_row(org, name, " ".join(sorted({p.value for p in permissions})), now)
@@ -244,6 +254,12 @@ class ApiKeyService:
         """The org's keys, oldest first: never their secrets."""
         return [self._info(row) for row in self.store.list(org)]
 
+    def _limit_of(self, row: ApiKey) -> RateLimit | None:
+        """The bucket that applies to the key ``row`` (None: unlimited)."""
+        return effective_limit(
+            row.rate_limit, row.rate_burst, self.default_rate, self.default_burst
+        )
+
     def _info(self, row: ApiKey) -> KeyInfo:
         now = self.wall()
         status = (
@@ -264,9 +280,7 @@ class ApiKeyService:
             revoked_at=row.revoked_at,
             rate_limit=row.rate_limit,
             rate_burst=row.rate_burst,
-            limit=effective_limit(
-                row.rate_limit, row.rate_burst, self.default_rate, self.default_burst
-            ),
+            limit=self._limit_of(row),
             rotated_from=row.rotated_from,
             status=status,
         )
@@ -298,7 +312,10 @@ class ApiKeyService:
         expire could mint itself a lasting one. So it expires by the earliest of
         their expiries, and by default then (``expires_at`` None); a later
         ``expires_at``, ``NEVER`` while one of them expires, or a permission the old
-        key lacks is an ``ApiKeyError`` naming the bound."""
+        key lacks is an ``ApiKeyError`` naming the bound. The new key keeps the old
+        one's rate limit, so a key less limited than ``by`` is refused too
+        (``check_limit_within``): rotating it would hand ``by``'s holder a key that
+        outranks its own."""
         if old_valid_until < now:
             raise ApiKeyError(
                 "the old key's end lies in the past; to end it now, revoke it instead"
@@ -309,7 +326,10 @@ class ApiKeyService:
         check_rotatable(old, now)
         held = frozenset(old.permissions.split())
         granted = " ".join(sorted(permissions_within(held, permissions, old.id)))
-        ceiling = expiry_ceiling(old, None if by is None else self.store.get(by, old.org_id))
+        creator = None if by is None else self.store.get(by, old.org_id)
+        ceiling = expiry_ceiling(old, creator)
+        if creator is not None:
+            check_limit_within(self._limit_of(old), self._limit_of(creator), old.id, creator.id)
         token, row = self._new_row(old.org_id, old.name, granted, now)
         row.rate_limit = old.rate_limit
         row.rate_burst = old.rate_burst
