@@ -18,6 +18,7 @@ from meterd.cli import (
     embedded_redis,
     entitlement_changes,
     entitlement_create,
+    entitlement_history,
     entitlements,
     exits,
     features,
@@ -79,6 +80,8 @@ entitlements.app.command("update")(entitlement_changes.entitlement_update)
 entitlements.app.command("suspend")(entitlement_changes.entitlement_suspend)
 entitlements.app.command("resume")(entitlement_changes.entitlement_resume)
 entitlements.app.command("terminate")(entitlement_changes.entitlement_terminate)
+entitlements.app.command("periods")(entitlement_history.entitlement_periods)
+entitlements.app.command("transitions")(entitlement_history.entitlement_transitions)
 app.add_typer(entitlements.app, name="entitlement")
 app.add_typer(keys.app, name="keys")
 

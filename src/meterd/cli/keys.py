@@ -13,7 +13,7 @@ from meterd.cli.output import JsonFlag, Org, echo_json, say, table, when
 
 if TYPE_CHECKING:
     from meterd.runtime import Runtime
-    from meterd.services.api_keys import KeyInfo
+    from meterd.services.api_keys import KeyInfo, Permission
 
 app = typer.Typer(help="API keys (stored hashed, scoped to one org).", no_args_is_help=True)
 
@@ -26,6 +26,17 @@ def _limit_text(key: KeyInfo) -> str:
         return "unlimited"
     own = "" if key.rate_limit is None and key.rate_burst is None else " (own)"
     return f"{key.limit.rate}/s burst {key.limit.burst}{own}"
+
+
+def _permissions(texts: list[str]) -> list[Permission]:
+    """``--permission`` values as permissions: an unknown one is refused naming them all."""
+    from meterd.services.api_keys import Permission
+
+    try:
+        return [Permission(p) for p in texts]
+    except ValueError as exc:
+        known = ", ".join(p.value for p in Permission)
+        raise typer.BadParameter(f"{exc}; one of {known}") from None
 
 
 def key_id(rt: Runtime, org: str, text: str) -> str:
@@ -49,13 +60,8 @@ def keys_create(
 ) -> None:
     """Issue an API key. The key is printed once; only its hash is stored."""
     from meterd.core.timeutil import utcnow
-    from meterd.services.api_keys import Permission
 
-    try:
-        permissions = [Permission(p) for p in permission]
-    except ValueError as exc:
-        known = ", ".join(p.value for p in Permission)
-        raise typer.BadParameter(f"{exc}; one of {known}") from None
+    permissions = _permissions(permission)
     token, row = context.get_runtime().api_keys.create(
         org,
         permissions,
@@ -111,9 +117,17 @@ def keys_rotate(
         str, typer.Option(help="RFC 3339: the old key keeps working until then")
     ],
     expires_at: Annotated[str | None, typer.Option(help="the new key's expiry")] = None,
+    permission: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="narrow the new key to this permission, among the old key's (repeat for"
+            " several; left out: the old key's)"
+        ),
+    ] = None,
 ) -> None:
-    """A new key with the same org, name, permissions and limits; the old one keeps
-    working until --old-valid-until. The new key is printed once."""
+    """A new key with the same org, name, permissions (or fewer: --permission) and
+    limits; the old one keeps working until --old-valid-until. The new key is printed
+    once."""
     from meterd.core.timeutil import isoformat, utcnow
 
     rt = context.get_runtime()
@@ -121,7 +135,12 @@ def keys_rotate(
     until = when(old_valid_until, None)
     assert until is not None
     token, row = rt.api_keys.rotate(
-        old_id, until, utcnow(), org=org, expires_at=when(expires_at, None)
+        old_id,
+        until,
+        utcnow(),
+        org=org,
+        expires_at=when(expires_at, None),
+        permissions=_permissions(permission) if permission else None,
     )
     say(f"key {row.id} replaces {old_id} (which works until {isoformat(until)}):")
     print(token)
