@@ -90,12 +90,10 @@ def plan_create(
     family: Annotated[list[str] | None, typer.Option(help="a plan family key (repeatable)")] = None,
 ) -> None:
     """Create a plan: the feature, quantity, term, grace and renewal its entitlements get."""
-    from meterd.cli.entitlement_create import check_term
     from meterd.core.quantity import parse_decimal_text
     from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewPlan
 
-    check_term(term_value, term_unit)
     plan = context.get_runtime().catalog.create_plan(
         NewPlan(
             org=org,
