@@ -25,7 +25,7 @@ def invoke(*args: str) -> str:
 
 
 def as_json(*args: str) -> Any:
-    return json.loads(invoke(*args, "--json") if "show" not in args else invoke(*args))
+    return json.loads(invoke(*args, "--json"))
 
 
 def refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:

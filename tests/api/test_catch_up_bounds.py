@@ -32,7 +32,8 @@ SECONDS = 10
 
 
 def create(client: TestClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:
-    payload = {"customer_id": "cust-1", "feature": "api_calls", "quantity": "10", **body}
+    grant = {} if "plan_id" in body else {"feature": "api_calls", "quantity": "10"}
+    payload = {"customer_id": "cust-1", **grant, **body}  # a plan gives feature and quantity
     response = client.post("/v1/entitlements", json=payload, headers=headers)
     assert response.status_code == 201, response.text
     made: dict[str, Any] = response.json()

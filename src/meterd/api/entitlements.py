@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.compat.attributes import TenantAttributes
 from meterd.api.exact_json import ExactJSONRoute
-from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody, moment
+from meterd.api.inputs import MAX_PRIORITY, Dimensions, QuantityText, RequestBody, moment
 from meterd.api.openapi import filter_parameters
 from meterd.core.domain import (
     CUSTOMER_ID_MAX,
@@ -40,6 +40,7 @@ from meterd.core.timeutil import isoformat, isoformat_or_none, utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.catalog import UNSET, EntitlementChange, NewEntitlement
+from meterd.services.catalog.rules import FROM_PLAN, check_term
 from meterd.services.queries import ENTITLEMENT_FILTERS, ENTITLEMENT_SORT_KEYS
 from meterd.services.values import Entitlement
 
@@ -185,7 +186,8 @@ def get_entitlement(
 
 class EntitlementIn(RequestBody):
     """Either ``feature`` (and the terms below), or ``plan_id``: the plan then gives
-    feature, quantity, term, grace, renewal, billing type and contract mode."""
+    feature, quantity, term, grace, renewal, billing type and contract mode, and any
+    of those given beside it is a 400 naming them (``rules.FROM_PLAN``)."""
 
     customer_id: str = Field(min_length=1, max_length=CUSTOMER_ID_MAX, pattern=PRINTABLE_PATTERN)
     feature: str | None = Field(default=None, pattern=FEATURE_KEY_PATTERN.pattern)
@@ -195,7 +197,7 @@ class EntitlementIn(RequestBody):
     grace_days: int = Field(default=0, ge=0, le=3650)
     billing_type: BillingType = BillingType.PRE_PAID
     contract_mode: ContractMode = ContractMode.PRODUCTION
-    priority: int = Field(default=0, ge=-1_000_000, le=1_000_000)
+    priority: int = Field(default=0, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     auto_renew: bool = False
     term_value: int | None = Field(
         default=None, ge=1, le=10_000, description="with term_unit: the term it renews by"
@@ -241,6 +243,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             contract_id=body.contract_id,
             priority=body.priority,
             filters=body.filters,
+            given=[name for name in FROM_PLAN if name in body.model_fields_set],
         )
         return get_entitlement(from_plan.id, runtime, caller)
     if body.feature is None:
@@ -282,7 +285,7 @@ class EntitlementPatch(RequestBody):
     quantity: QuantityText | None = None
     renewal_quantity: QuantityText | None = None
     ends_at: datetime | None = None
-    priority: int | None = Field(default=None, ge=-1_000_000, le=1_000_000)
+    priority: int | None = Field(default=None, ge=-MAX_PRIORITY, le=MAX_PRIORITY)
     contract_mode: ContractMode | None = None
     auto_renew: bool | None = Field(
         default=None, description="false: it ends with its current term; true: it renews"
@@ -325,8 +328,7 @@ def change_entitlement(
 def _term(value: int | None, unit: TermUnit | None) -> Term | None:
     if (value is None) != (unit is None):
         raise InvalidError("give term_value and term_unit together (or neither)")
-    if unit is TermUnit.YEAR and (value or 0) > MAX_TERM_YEARS:
-        raise InvalidError(f"term_value: a term is at most {MAX_TERM_YEARS} years")
+    check_term(value, unit)
     return Term.of(value, unit) if value is not None and unit is not None else None
 
 

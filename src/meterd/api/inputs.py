@@ -12,7 +12,8 @@ derives from them still a date.
 * Date-times: with a timezone, and in UTC from ``EARLIEST`` up to (not
   including) ``BODY_LATEST``, the start of year 9000: meterd derives later dates
   from them (a grace period of up to 10 years, the next calendar month, a plan's
-  term of up to ``MAX_TERM_YEARS`` years), and each of those must still fall
+  term of up to ``MAX_TERM_YEARS`` years: a bound of the catalog,
+  ``services.catalog.rules``, that the CLI meets too), and each of those must still fall
   before year 10000.
 """
 
@@ -45,10 +46,11 @@ from meterd.core.quantity import (
 )
 from meterd.core.timeutil import as_utc
 
+# The catalog's bounds, which the body schemas state (the CLI meets them in the catalog).
+from meterd.services.catalog.rules import MAX_PRIORITY as MAX_PRIORITY
+from meterd.services.catalog.rules import MAX_TERM_YEARS as MAX_TERM_YEARS
+
 BODY_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
-#: A plan's term in years, at most (terms in months and days are bounded by
-#: ``term_value`` <= 10,000 already: 834 and 28 years).
-MAX_TERM_YEARS = 900
 BODY_RANGE = (
     f"from {EARLIEST.isoformat().replace('+00:00', 'Z')}"
     f" up to (not including) {BODY_LATEST.isoformat().replace('+00:00', 'Z')}"

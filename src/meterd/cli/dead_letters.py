@@ -117,8 +117,10 @@ def _page(
 def dlq_show(
     dead_letter: Annotated[str, typer.Argument(help="its id, or a unique prefix")],
     org: OrgFilter = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """One dead letter in full: reason, detail, the original payload, replay state."""
+    """One dead letter in full: reason, detail, the original payload, replay state
+    (JSON; ``--json`` changes nothing)."""
     letters = context.get_runtime().replay
     found = resolve_uuid(dead_letter, lambda: letters.ids(org), "dead letter")
     echo_json(letter_row(letters.get(found, org)))

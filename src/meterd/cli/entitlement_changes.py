@@ -22,18 +22,19 @@ _NONE = "none"
 def entitlement_update(
     org: Org,
     entitlement: _Id,
-    version: Annotated[int, typer.Option("--version", help="the row_version you read")],
+    version: _Version = None,
     quantity: Annotated[
         str | None, typer.Option(help=f"the current period's; {_NONE!r}: unlimited")
     ] = None,
     renewal_quantity: Annotated[str | None, typer.Option(help=f"{_NONE!r}: unset")] = None,
     ends: Annotated[str | None, typer.Option(help=f"ISO 8601; {_NONE!r}: open-ended")] = None,
-    priority: int | None = None,
+    priority: Annotated[int | None, typer.Option(help="burn-down order (±1,000,000)")] = None,
     contract_mode: ContractMode | None = None,
     auto_renew: Annotated[bool | None, typer.Option("--auto-renew/--no-auto-renew")] = None,
 ) -> None:
     """Change quantity, renewal quantity, end, priority, contract mode or auto-renew
-    (as PATCH /v1/entitlements/{id}); refused unless the row is at ``--version``."""
+    (as PATCH /v1/entitlements/{id}). With ``--version`` it is refused unless the row
+    is still at that row_version; without, it applies to the row as just read."""
     from meterd.core.quantity import parse_decimal_text
     from meterd.core.timeutil import utcnow
     from meterd.services.catalog import UNSET, EntitlementChange
@@ -45,6 +46,8 @@ def entitlement_update(
 
     rt = context.get_runtime()
     ent_id = entitlement_id(rt, org, entitlement)
+    if version is None:
+        version = rt.queries.owned(org, ent_id)[0].row_version
     change = EntitlementChange(
         row_version=version,
         quantity=amount(quantity, "quantity"),

@@ -23,15 +23,6 @@ _Filter = Annotated[
 ]
 
 
-def check_term(value: int | None, unit: TermUnit | None) -> None:
-    """A term the API would take (a term in years is bounded as there)."""
-    from meterd.api.inputs import MAX_TERM_YEARS
-    from meterd.core.errors import InvalidError
-
-    if unit is TermUnit.YEAR and (value or 0) > MAX_TERM_YEARS:
-        raise InvalidError(f"term_value: a term is at most {MAX_TERM_YEARS} years")
-
-
 def entitlement_create(
     org: Org,
     customer: str,
@@ -39,15 +30,17 @@ def entitlement_create(
     quantity: _Quantity = None,
     starts: Annotated[str | None, typer.Option(help="ISO 8601; default now")] = None,
     ends: Annotated[str | None, typer.Option(help="ISO 8601; default open-ended")] = None,
-    billing_type: BillingType = BillingType.PRE_PAID,
-    contract_mode: ContractMode = ContractMode.PRODUCTION,
-    priority: int = 0,
-    grace_days: int = 0,
+    billing_type: Annotated[BillingType | None, typer.Option(help="default: PRE_PAID")] = None,
+    contract_mode: Annotated[ContractMode | None, typer.Option(help="default: PRODUCTION")] = None,
+    priority: Annotated[int, typer.Option(help="burn-down order, lowest first (±1,000,000)")] = 0,
+    grace_days: Annotated[int | None, typer.Option(help="default: 0")] = None,
     term_value: Annotated[
         int | None, typer.Option(min=1, max=10_000, help="with --term-unit: the term")
     ] = None,
     term_unit: Annotated[TermUnit | None, typer.Option(help="default: starts to ends")] = None,
-    auto_renew: Annotated[bool, typer.Option(help="renew at the end of each term")] = False,
+    auto_renew: Annotated[
+        bool | None, typer.Option("--auto-renew/--no-auto-renew", help="renew at each term's end")
+    ] = None,
     renewal_quantity: Annotated[str | None, typer.Option(help="each renewed term's")] = None,
     contract_id: str | None = None,
     plan: Annotated[
@@ -68,10 +61,17 @@ def entitlement_create(
     rt, now = context.get_runtime(), utcnow()
     starts_at = when(starts, now) or now
     if plan is not None:
+        given = {
+            "FEATURE": feature, "--quantity": quantity, "--ends": ends,
+            "--term-value": term_value, "--term-unit": term_unit, "--auto-renew": auto_renew,
+            "--renewal-quantity": renewal_quantity, "--billing-type": billing_type,
+            "--contract-mode": contract_mode, "--grace-days": grace_days,
+        }  # fmt: skip
         plan_id = resolve_uuid(plan, lambda: [p.id for p in rt.catalog.plans_of(org)], "plan")
         ent = rt.catalog.entitlement_from_plan(
             org, plan_id, customer, starts_at, now, contract_id=contract_id, priority=priority,
             filters=dimensions(filter, "--filter"),
+            given=[name for name, value in given.items() if value is not None],
         )  # fmt: skip
         say(f"entitlement #{ent.number} {ent.id} created ({ent.status})")
         return
@@ -79,7 +79,6 @@ def entitlement_create(
         raise InvalidError("give a feature, or --plan")
     if (term_value is None) != (term_unit is None):
         raise InvalidError("give --term-value and --term-unit together (or neither)")
-    check_term(term_value, term_unit)
     term = Term.of(term_value, term_unit) if term_value and term_unit else None
     ent = rt.catalog.create_entitlement(
         NewEntitlement(
@@ -89,11 +88,11 @@ def entitlement_create(
             quantity=None if quantity is None else parse_decimal_text(quantity),
             starts_at=starts_at,
             ends_at=when(ends, None),
-            billing_type=billing_type,
-            contract_mode=contract_mode,
+            billing_type=billing_type or BillingType.PRE_PAID,
+            contract_mode=contract_mode or ContractMode.PRODUCTION,
             priority=priority,
             grace=timedelta(days=grace_days) if grace_days else None,
-            auto_renew=auto_renew,
+            auto_renew=bool(auto_renew),
             term=term,
             renewal_quantity=None
             if renewal_quantity is None

@@ -48,10 +48,15 @@ def entitlement_row(ent: Entitlement, feature: str, balance: Balance) -> dict[st
         "starts_at": iso(ent.starts_at),
         "ends_at": iso(balance.ends_at),
         "grace_until": iso(balance.grace_until),
+        "issued_at": iso(ent.issued_at),
         "auto_renew": ent.auto_renew,
         "renewal_quantity": quantity(ent.renewal_quantity),
+        "parent_id": None if ent.parent_id is None else str(ent.parent_id),
+        "allotment": quantity(ent.allotment),
         "filters": ent.filters or None,
         "row_version": ent.row_version,
+        "created_at": iso(ent.created_at),
+        "updated_at": iso(ent.updated_at),
     }
 
 
@@ -95,9 +100,11 @@ def entitlement_list(
 
 @app.command("show")
 def entitlement_show(
-    org: Org, entitlement: Annotated[str, typer.Argument(help="its id, or a unique prefix")]
+    org: Org,
+    entitlement: Annotated[str, typer.Argument(help="its id, or a unique prefix")],
+    as_json: JsonFlag = False,
 ) -> None:
-    """One entitlement in full (JSON, as the API shows it)."""
+    """One entitlement in full (JSON, as the API shows it; ``--json`` changes nothing)."""
     from meterd.core.timeutil import utcnow
 
     rt = context.get_runtime()

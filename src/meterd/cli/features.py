@@ -100,8 +100,8 @@ def feature_list(org: Org, as_json: JsonFlag = False) -> None:
 
 
 @app.command("show")
-def feature_show(org: Org, key: str) -> None:
-    """One feature in full (JSON, as the API shows it)."""
+def feature_show(org: Org, key: str, as_json: JsonFlag = False) -> None:
+    """One feature in full (JSON, as the API shows it; ``--json`` changes nothing)."""
     echo_json(feature_row(context.get_runtime().catalog.feature(org, key)))
 
 

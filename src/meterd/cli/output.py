@@ -97,7 +97,10 @@ def when(value: str | None, default: datetime | None) -> datetime | None:
 
 
 def iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
+    """A time as the API prints it: UTC with microseconds and a ``Z``."""
+    from meterd.core.timeutil import isoformat_or_none
+
+    return isoformat_or_none(value)
 
 
 def parse_uuid(value: str) -> uuid.UUID:

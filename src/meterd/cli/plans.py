@@ -33,10 +33,14 @@ def plan_row(plan: Plan) -> dict[str, Any]:
         "contract_mode": plan.contract_mode,
         "term_value": plan.term_value,
         "term_unit": plan.term_unit,
+        "term_kind": plan.term_kind,
+        "condition_family": plan.condition_family,
         "grace_days": plan.grace_days,
         "auto_renew": plan.auto_renew,
         "renewal_quantity": quantity(plan.renewal_quantity),
-        "families": [f.key for f in plan.families],
+        "families": [
+            {"id": str(f.id), "key": f.key, "display_name": f.display_name} for f in plan.families
+        ],
         "is_active": plan.is_active,
         "row_version": plan.row_version,
         "created_at": iso(plan.created_at),
@@ -58,9 +62,11 @@ def plan_list(org: Org, as_json: JsonFlag = False) -> None:
 
 @app.command("show")
 def plan_show(
-    org: Org, plan: Annotated[str, typer.Argument(help="its id, or a unique prefix")]
+    org: Org,
+    plan: Annotated[str, typer.Argument(help="its id, or a unique prefix")],
+    as_json: JsonFlag = False,
 ) -> None:
-    """One plan in full (JSON, as the API shows it)."""
+    """One plan in full (JSON, as the API shows it; ``--json`` changes nothing)."""
     catalog = context.get_runtime().catalog
     plan_id = resolve_uuid(plan, lambda: [p.id for p in catalog.plans_of(org)], "plan")
     echo_json(plan_row(catalog.plan(org, plan_id)))
@@ -84,12 +90,10 @@ def plan_create(
     family: Annotated[list[str] | None, typer.Option(help="a plan family key (repeatable)")] = None,
 ) -> None:
     """Create a plan: the feature, quantity, term, grace and renewal its entitlements get."""
-    from meterd.cli.entitlement_create import check_term
     from meterd.core.quantity import parse_decimal_text
     from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewPlan
 
-    check_term(term_value, term_unit)
     plan = context.get_runtime().catalog.create_plan(
         NewPlan(
             org=org,

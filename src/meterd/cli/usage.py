@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from meterd.cli import context
 from meterd.cli.output import JsonFlag, Org, echo_json, iso, quantity, say, table, when
+
+if TYPE_CHECKING:
+    from meterd.services.usage_report import UsageRow
 
 _From = Annotated[str | None, typer.Option("--from", help="RFC 3339; default: 30 days ago")]
 _To = Annotated[str | None, typer.Option("--to", help="RFC 3339; default: now")]
@@ -28,6 +31,7 @@ def usage(
         str, typer.Option("--group-by", help="comma-separated: customer, feature, entitlement")
     ] = "",
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV on stdout, for spreadsheets")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Usage over time from the event log: a bar per window, exact quantities."""
     from datetime import timedelta
@@ -54,6 +58,9 @@ def usage(
         tz=zone,
         group_by=groups,
     )
+    if as_json:
+        echo_json([usage_window(row) for row in rows])
+        return
     if as_csv:
         typer.echo(usage_chart.to_csv(rows), nl=False)
         return
@@ -62,6 +69,22 @@ def usage(
         return
     for line in usage_chart.chart(rows):
         typer.echo(line)  # not through rich: a chart line must never wrap
+
+
+def usage_window(row: UsageRow) -> dict[str, Any]:
+    """A window of usage as GET /v1/usage's ``data`` items have it (fields that do not
+    apply, as ``customer_id`` when not grouped by customer, are left out)."""
+    item = {
+        "window_start": row.window_start.isoformat(),
+        "window_end": row.window_end.isoformat(),
+        "customer_id": row.customer_id,
+        "feature": row.feature,
+        "entitlement_id": None if row.entitlement_id is None else str(row.entitlement_id),
+        "quantity": quantity(row.quantity),
+        "events": row.events,
+        "filters": dict(row.filters) if row.filters else None,
+    }
+    return {k: v for k, v in item.items() if v is not None}
 
 
 def balance(org: Org, customer: str, feature: str, as_json: JsonFlag = False) -> None:

@@ -4,7 +4,7 @@ entitlements are created from."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -15,7 +15,7 @@ from meterd.core.plans import TermUnit, condition_family, term_end, term_kind
 from meterd.services import values
 from meterd.services.catalog.base import CatalogError, check_grant
 from meterd.services.catalog.entitlements import Entitlements
-from meterd.services.catalog.rules import NewEntitlement
+from meterd.services.catalog.rules import NewEntitlement, check_from_plan, check_term
 from meterd.storage.features import FeatureStore
 from meterd.storage.models import Plan
 from meterd.storage.plans import PlanStore
@@ -105,9 +105,13 @@ class Plans:
         contract_id: str | None = None,
         priority: int = 0,
         filters: Mapping[str, Any] | None = None,
+        given: Iterable[str] = (),
     ) -> values.Entitlement:
         """An entitlement with the plan's feature, quantity, term, grace and renewal
-        (plans carry no dimensions: ``filters`` gives the entitlement's, if any)."""
+        (plans carry no dimensions: ``filters`` gives the entitlement's, if any).
+        ``given``: what the edge was given that the plan gives (``rules.FROM_PLAN``,
+        by the edge's names): anything there is refused, never ignored."""
+        check_from_plan(given)
         plan = self.plans.get(org, plan_id)
         if not plan.is_active:
             raise CatalogError(f"plan {plan.key} is retired: no new entitlements from it")
@@ -142,6 +146,7 @@ def _check(spec: NewPlan) -> None:
         raise CatalogError("give term_value and term_unit together (or neither)")
     if spec.term_value is not None and spec.term_value <= 0:
         raise CatalogError("term_value must be positive")
+    check_term(spec.term_value, spec.term_unit)
     if spec.auto_renew and spec.term_unit is None:
         raise CatalogError("an auto-renewing plan needs a term")
     if spec.auto_renew and spec.billing_type is BillingType.PAY_PER_USE:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -14,9 +14,54 @@ from typing import Any
 from meterd.core.domain import BillingType, ContractMode
 from meterd.core.lifecycle import MIN_RENEWING_TERM, extend_term
 from meterd.core.meters import check_dimensions
-from meterd.core.terms import Term
+from meterd.core.terms import Term, TermUnit
 from meterd.services.catalog.base import UNSET, CatalogError
 from meterd.storage.models import Entitlement
+
+#: An entitlement's burn-down priority is within +-this: the column is a 32-bit
+#: integer on PostgreSQL (the API's schema and the CLI's options say so too).
+MAX_PRIORITY = 1_000_000
+#: A term in years, at most (terms in months and days are bounded by ``term_value``
+#: <= 10,000 at the edges already: 834 and 28 years), so every date meterd derives
+#: from a body's date still falls before year 10000 (``meterd.api.inputs``).
+MAX_TERM_YEARS = 900
+#: What a plan gives an entitlement made from it (the API's names): given beside a
+#: plan, they would be ignored, so they are refused (``check_from_plan``).
+FROM_PLAN = (
+    "feature",
+    "quantity",
+    "ends_at",
+    "term_value",
+    "term_unit",
+    "auto_renew",
+    "renewal_quantity",
+    "billing_type",
+    "contract_mode",
+    "grace_days",
+)
+
+
+def check_priority(priority: int | None) -> None:
+    """A priority the column holds on every backend (None: left as it is)."""
+    if priority is not None and not -MAX_PRIORITY <= priority <= MAX_PRIORITY:
+        raise CatalogError(f"priority must be from -{MAX_PRIORITY:,} to {MAX_PRIORITY:,}")
+
+
+def check_term(value: int | None, unit: TermUnit | None) -> None:
+    """A term in years is at most ``MAX_TERM_YEARS``."""
+    if unit is TermUnit.YEAR and (value or 0) > MAX_TERM_YEARS:
+        raise CatalogError(f"term_value: a term is at most {MAX_TERM_YEARS} years")
+
+
+def check_from_plan(given: Iterable[str]) -> None:
+    """Refuse what an edge was given beside a plan that the plan gives (``given``
+    names them as the edge does: ``quantity`` at the API, ``--quantity`` at the CLI)."""
+    names = list(given)
+    if names:
+        raise CatalogError(
+            f"{', '.join(names)}: not taken with a plan, which gives the feature, quantity,"
+            " end, term, renewal, billing type, contract mode and grace"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +112,9 @@ def check_new(spec: NewEntitlement) -> None:
     """Refuse a new entitlement whose own fields contradict each other."""
     if spec.quantity is not None and spec.quantity < 0:
         raise CatalogError("quantity must not be negative")
+    check_priority(spec.priority)
+    if spec.term is not None and spec.term.months > 12 * MAX_TERM_YEARS:
+        raise CatalogError(f"term_value: a term is at most {MAX_TERM_YEARS} years")
     if spec.ends_at is not None and spec.ends_at <= spec.starts_at:
         raise CatalogError("ends_at must be after starts_at")
     if len(spec.customer_id) > 128 or not spec.customer_id:
@@ -131,6 +179,7 @@ def changed_values(
     if change.renewal_quantity is not UNSET:
         values["renewal_quantity"] = change.renewal_quantity
     if change.priority is not None:
+        check_priority(change.priority)
         values["priority"] = change.priority
     if change.contract_mode is not None:
         values["contract_mode"] = change.contract_mode.value
