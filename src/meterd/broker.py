@@ -38,6 +38,7 @@ from typing import Any
 from kombu.transport import TRANSPORT_ALIASES
 from kombu.transport import redis as kombu_redis
 from kombu.utils.encoding import bytes_to_str
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ExecAbortError, OutOfMemoryError, ReadOnlyError
 
 from meterd.logs import get_logger
@@ -99,6 +100,19 @@ class ReliableChannel(kombu_redis.Channel):
 
     def _prefixed(self, key: str) -> str:
         return f"{self.global_keyprefix or ''}{key}"
+
+    def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
+        """A closed connection is a lost connection, not an AttributeError. When the
+        broker dies, Celery's consumer collects the connection (its ``client`` goes)
+        and then closes it; kombu's close restores the channel's prefetched messages
+        through a new pool built from that client, and the missing client stopped the
+        worker ("Unrecoverable error: 'NoneType' object has no attribute 'hostname'",
+        seen under load). As a connection error it is ignored there: the messages
+        stay in the unacked hash and come back by the visibility-timeout sweep."""
+        if self.connection.client is None:
+            raise RedisConnectionError("the broker connection is closed")
+        params: dict[str, Any] = super()._connparams(asynchronous=asynchronous)
+        return params
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if timeout is None:
