@@ -49,7 +49,8 @@ def test_replaying_one_letter_counts_it_once_the_entitlement_exists(
 ) -> None:
     dead_letter_events(runtime, 1, customer="cust-1")
     (letter,) = client.get("/v1/dead-letters", headers=acme).json()["data"]
-    grant(runtime, starts_at=utcnow() - timedelta(hours=1), now=utcnow())
+    now = utcnow()
+    grant(runtime, starts_at=now - timedelta(hours=1), ends_at=now + timedelta(days=20), now=now)
     replayed = client.post(f"/v1/dead-letters/{letter['id']}/replay", headers=acme)
     assert replayed.status_code == 200, replayed.text
     assert replayed.json() == {"replayed": 1, "still_dead": 0, "outcomes": {"accepted": 1}}
