@@ -8,21 +8,13 @@ import json
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from meterd.api.catalog import FeatureOut, PlanOut
 from meterd.api.entitlements import EntitlementOut
 from meterd.api.usage_history import UsageWindow
-from meterd.cli import app
 from tests.test_cli import at, counted_usage, days_ago
 
-runner = CliRunner()
-
-
-def invoke(*args: str) -> str:
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+from .cli_support import invoke
 
 
 def as_json(*args: str) -> Any:

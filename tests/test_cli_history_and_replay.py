@@ -11,44 +11,23 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from typer.testing import CliRunner
 
 from meterd import runtime as runtime_module
 from meterd.api.app import create_app
-from meterd.cli import EXIT_REFUSED, app, main
+from meterd.cli import app
 from meterd.core.timeutil import utcnow
 from meterd.services.api_keys import Permission
 from meterd.testing import event
 
 from .api.conftest import NoBroker
-
-runner = CliRunner()
-
-
-def invoke(*args: str) -> str:
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+from .cli_support import invoke, runner
+from .cli_support import refused as refused_one_line
 
 
 def refused(*args: str) -> str:
     result = runner.invoke(app, list(args))
     assert result.exit_code != 0, result.output
     return result.output
-
-
-def refused_in_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> str:
-    """The one line a command refused by a service prints (exit status 2)."""
-    capsys.readouterr()
-    monkeypatch.setattr("sys.argv", ["meterd", *args])
-    with pytest.raises(SystemExit) as stopped:
-        main()
-    assert stopped.value.code == EXIT_REFUSED
-    out = capsys.readouterr().out
-    assert out.startswith("error: ") and out.count("\n") == 1, out
-    return out
 
 
 @pytest.fixture
@@ -114,7 +93,7 @@ def test_dlq_replay_refuses_an_unknown_letter_and_names_with_filters(
     (letter,) = dead_letters(1)
     unknown = "ffffffff-ffff-4fff-bfff-ffffffffffff"
     for named in ("ffffffff", unknown):
-        assert "dead letter" in refused_in_one_line(monkeypatch, capsys, "dlq", "replay", named)
+        assert "dead letter" in refused_one_line(monkeypatch, capsys, "dlq", "replay", named)
     assert "not both" in refused("dlq", "replay", letter, "--reason", "no_entitlement")
     assert len(json.loads(invoke("dlq", "list", "--json"))) == 1
 
@@ -150,7 +129,7 @@ def test_keys_rotate_narrows_the_new_key_to_the_permissions_given(
     new_id = out.split()[1]
     (new,) = [k for k in json.loads(invoke("keys", "list", "--json")) if k["id"] == new_id]
     assert new["permissions"] == ["KEYS:VIEW"]
-    assert "ENTITLEMENTS:MANAGE" in refused_in_one_line(
+    assert "ENTITLEMENTS:MANAGE" in refused_one_line(
         monkeypatch, capsys, "keys", "rotate", new_id, "--old-valid-until", until,
         "--permission", "ENTITLEMENTS:MANAGE",
     )  # fmt: skip

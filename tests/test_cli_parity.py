@@ -8,36 +8,17 @@ import json
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
 from meterd import runtime as runtime_module
-from meterd.cli import EXIT_REFUSED, app, main
+from meterd.cli import app
 from meterd.core.timeutil import utcnow
 from meterd.testing import event
 
-runner = CliRunner()
-
-
-def invoke(*args: str) -> str:
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+from .cli_support import invoke, refused, runner
 
 
 def as_json(*args: str) -> Any:
     return json.loads(invoke(*args, "--json"))
-
-
-def refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """The one line a refused command prints (exit status 2)."""
-    capsys.readouterr()
-    monkeypatch.setattr("sys.argv", ["meterd", *args])
-    with pytest.raises(SystemExit) as stopped:
-        main()
-    assert stopped.value.code == EXIT_REFUSED
-    out = capsys.readouterr().out
-    assert out.startswith("error: ") and out.count("\n") == 1, out
-    return out
 
 
 @pytest.fixture

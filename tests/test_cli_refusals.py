@@ -8,29 +8,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from typer.testing import CliRunner
 
-from meterd.cli import EXIT_REFUSED, app, main
+from meterd.cli import main
 
-runner = CliRunner()
-
-
-def invoke(*args: str) -> str:
-    result = runner.invoke(app, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def refused(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> str:
-    """The one line a refused command prints (exit status 2)."""
-    capsys.readouterr()
-    monkeypatch.setattr("sys.argv", ["meterd", *args])
-    with pytest.raises(SystemExit) as stopped:
-        main()
-    assert stopped.value.code == EXIT_REFUSED
-    out = capsys.readouterr().out
-    assert out.startswith("error: ") and out.count("\n") == 1, out
-    return out
+from .cli_support import invoke, refused
 
 
 @pytest.fixture
