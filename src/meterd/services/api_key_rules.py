@@ -28,6 +28,10 @@ class Permission(StrEnum):
     ENTITLEMENTS_MANAGE = "ENTITLEMENTS:MANAGE"
     EVENTS_WRITE = "EVENTS:WRITE"
     USAGE_RESERVE = "USAGE:RESERVE"
+    #: Void or amend an accepted event (``POST /v1/events/void|amend``).
+    EVENTS_CORRECT = "EVENTS:CORRECT"
+    #: Send events older than the late window (``POST /v1/events?backfill=true``).
+    EVENTS_BACKFILL = "EVENTS:BACKFILL"
     SPENTITLEMENTS_VIEW = "SPENTITLEMENTS:VIEW"
     #: Cluster-wide operational metrics (all orgs' volumes): for operators' keys only.
     METRICS_VIEW = "METRICS:VIEW"
