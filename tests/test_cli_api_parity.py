@@ -44,6 +44,9 @@ CLI_FOR: dict[Route, tuple[str, ...]] = {
     ("GET", "/v1/dead-letters/{dead_letter_id}"): ("dlq", "show"),
     ("POST", "/v1/dead-letters/{dead_letter_id}/replay"): ("dlq", "replay"),
     ("POST", "/v1/dead-letters/replay"): ("dlq", "replay"),
+    ("GET", "/v1/holds/{hold_id}"): ("holds", "show"),
+    ("POST", "/v1/holds/{hold_id}/settle"): ("holds", "settle"),
+    ("POST", "/v1/holds/{hold_id}/release"): ("holds", "release"),
 }
 
 _SEED_PAGE = (

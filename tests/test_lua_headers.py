@@ -25,12 +25,24 @@ import pytest
 from meterd import broker
 from meterd.core.event_records import Allocation, EventRecord
 from meterd.core.events import UsageEvent
+from meterd.core.holds import HoldMeta, HoldStatus
 from meterd.core.redis_keys import RedisKeys
 from meterd.lua import read_fragment, script_source
 from meterd.storage.counters import CounterStore
+from meterd.storage.holds import HoldStore, StoredHold
 from meterd.storage.rate_limits import RateLimitStore
 
-SCRIPTS = ["ingest", "flush_begin", "flush_end", "pending_snapshot", "rate_limit", "broker_pop"]
+SCRIPTS = [
+    "ingest",
+    "flush_begin",
+    "flush_end",
+    "pending_snapshot",
+    "rate_limit",
+    "broker_pop",
+    "hold_release",
+    "holds_read",
+    "holds_expire",
+]
 #: Events in the recorded ingest batch (per-event positions are checked for each).
 EVENTS = 3
 ENTRY = re.compile(r"^(KEYS|ARGV)(?:\[([^\]]+)\])?\s", re.MULTILINE)
@@ -103,6 +115,12 @@ def _counted_twice() -> list[EventRecord]:
     ]
 
 
+def _stored_hold() -> StoredHold:
+    now = datetime.now(UTC)
+    meta = HoldMeta("acme", "c0", "api_calls", 0, now, None, {}, "k")
+    return StoredHold(uuid.uuid4(), HoldStatus.HELD, 1, now, meta, (), None, None)
+
+
 def _pop_call(recorder: Recorder) -> None:
     """ReliableChannel._brpop_start on a stand-in channel: the EVAL it sends."""
 
@@ -153,6 +171,10 @@ def recorded() -> dict[str, list[Call]]:
     counters.end_flush("batch-1", _counted_twice())
     counters.pending_snapshot(["a:1", "b:2"])
     RateLimitStore(client, keys).take("0123456789abcdef", 5, 10)
+    holds = HoldStore(client, keys)
+    holds.live_figures("acme", "c0", ["a:1", "b:2"], datetime.now(UTC))
+    holds.expire_due(datetime.now(UTC))
+    holds.release(_stored_hold(), datetime.now(UTC))
     _pop_call(recorder)
     return recorder.calls
 
@@ -197,8 +219,8 @@ def test_the_ingest_header_names_every_position_of_each_event(
     recorded: dict[str, list[Call]],
 ) -> None:
     (call,) = recorded["ingest"]
-    assert len(call.keys) == 8 + 2 * EVENTS
-    assert len(call.args) == 9 + 8 * EVENTS
+    assert len(call.keys) == 9 + 2 * EVENTS
+    assert len(call.args) == 9 + 9 * EVENTS
 
 
 @pytest.mark.parametrize(

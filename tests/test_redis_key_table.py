@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import pytest
 from meterd.core.domain import BillingType, Outcome
 from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
+from meterd.services.reserve import Reservation
 from meterd.storage.rate_limits import RateLimitStore
 from meterd.testing import event
 
@@ -116,6 +118,11 @@ def busy(runtime: Runtime) -> Runtime:
     ).outcomes
     assert outcomes == [Outcome.ACCEPTED] * 4
     RateLimitStore(rt.redis, rt.redis_keys).take("0123456789abcdef", 10, 10)
+    live = Reservation("acme", "cust-1", "api_calls", Decimal("0.5"), "held")
+    assert rt.holds.hold(live, 600, now).hold is not None
+    done = rt.holds.hold(Reservation("acme", "cust-1", "api_calls", Decimal("0.25"), "x"), 60, now)
+    assert done.hold is not None
+    rt.holds.settle("acme", done.hold.id, Decimal("0.25"), now)
     rt.counters.begin_flush("in-flight")  # pending and events renamed, as mid-flush
     rt.ingest.ingest([event(event_id="a2", time=now, quantity="0.5")], now=now)
     return rt

@@ -29,6 +29,7 @@ from meterd.services.compat_queries import CompatQueries
 from meterd.services.counting import UsageCounter
 from meterd.services.event_log import EventLogMaintenance
 from meterd.services.flush import FlushService
+from meterd.services.holds import HoldService
 from meterd.services.ingest import IngestService
 from meterd.services.intake import EventIntake
 from meterd.services.lifecycle import LifecycleService
@@ -47,6 +48,7 @@ from meterd.storage.dead_letters import DeadLetterStore
 from meterd.storage.entitlements import EntitlementStore
 from meterd.storage.event_log import EventLog
 from meterd.storage.features import FeatureStore
+from meterd.storage.holds import HoldStore
 from meterd.storage.listing import EntitlementListing
 from meterd.storage.meter_versions import MeterVersions
 from meterd.storage.meters import MeterStore
@@ -208,6 +210,14 @@ class Runtime:
         return ReserveService(self.counting, self.meters)
 
     @cached_property
+    def hold_store(self) -> HoldStore:
+        return HoldStore(self.redis, self.redis_keys)
+
+    @cached_property
+    def holds(self) -> HoldService:
+        return HoldService(self.reserve, self.counting, self.hold_store)
+
+    @cached_property
     def replay(self) -> DeadLetterReplay:
         return DeadLetterReplay(self.dead_letters, self.ingest)
 
@@ -224,6 +234,7 @@ class Runtime:
             late_window=self.late_window,
             future_skew=timedelta(seconds=self.settings.future_skew),
             resolution=self.resolution,
+            holds=self.hold_store,
         )
 
     @cached_property

@@ -50,6 +50,7 @@ def concrete(path: str, ids: dict[str, str]) -> str:
         .replace("{type}", "USERS")
         .replace("{key_id}", ids.get("key", "0" * 16))
         .replace("{dead_letter_id}", ids.get("dead_letter", str(uuid.UUID(int=0))))
+        .replace("{hold_id}", ids.get("hold", str(uuid.UUID(int=0))))
     )
 
 
@@ -58,6 +59,8 @@ def body_for(path: str, ids: dict[str, str]) -> Any:
         return {"ids": [ids["dead_letter"]]}
     if path.endswith("/rotate"):
         return {"old_valid_until": "2099-01-01T00:00:00Z"}
+    if path.endswith("/settle"):
+        return {"quantity": "1"}
     if path.endswith("/reserve"):
         return {"quantity": "1", "idempotency_key": "steal"}
     if path.endswith(("/suspend", "/resume", "/terminate")):
@@ -86,7 +89,13 @@ def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dic
     runtime.ingest.ingest([event(customer="nobody", event_id="dead", time=now)], now=now)
     letters = client.get("/v1/dead-letters", headers=acme).json()["data"]
     (letter,) = [dl for dl in letters if dl["event_id"] == "dead"]
+    hold = client.post(
+        "/v1/customers/cust-1/features/api_calls/reserve",
+        json={"quantity": "2", "idempotency_key": "held", "hold_seconds": 600},
+        headers=acme,
+    ).json()["hold"]
     return {
+        "hold": hold["id"],
         "entitlement": str(ent.id),
         "plan": plan["id"],
         "key": acme["x-api-key"].split("_")[1],
@@ -128,12 +137,14 @@ def test_no_route_lets_another_org_read_or_change_this_orgs_data(
     response = client.request(method, url, json=body_for(path, acme_data), headers=headers)
     assert response.status_code < 500
     if any(
-        f"{{{name}}}" in path for name in ("entitlement_id", "plan_id", "key_id", "dead_letter_id")
+        f"{{{name}}}" in path
+        for name in ("entitlement_id", "plan_id", "key_id", "dead_letter_id", "hold_id")
     ):
         # Another org's id is answered exactly like an id that does not exist.
         assert response.status_code == 404, (method, url, response.text[:300])
     if response.status_code < 400:  # an error body may echo the id the caller sent
-        for secret in (acme_data[name] for name in ("entitlement", "plan", "key", "dead_letter")):
+        names = ("entitlement", "plan", "key", "dead_letter", "hold")
+        for secret in (acme_data[name] for name in names):
             assert secret not in response.text, (method, url, response.text[:300])
     assert snapshot(client, acme) == before, (method, url)
 
@@ -154,11 +165,20 @@ def snapshot(client: TestClient, acme: dict[str, str]) -> Any:
             (p["key"], p["row_version"], p["is_active"])
             for p in client.get("/v1/plans", headers=acme).json()
         ],
-        Decimal(
-            client.get("/v1/customers/cust-1/features/api_calls", headers=acme).json()["consumed"]
-        ),
+        [
+            Decimal(value[name])
+            for value in [
+                client.get("/v1/customers/cust-1/features/api_calls", headers=acme).json()
+            ]
+            for name in ("consumed", "held")
+        ],
         [
             (d["id"], d["replayed_at"])
             for d in client.get("/v1/dead-letters", headers=acme).json()["data"]
         ],
     )
+
+
+def _consumed_and_held(client: TestClient, acme: dict[str, str]) -> tuple[Decimal, Decimal]:
+    value = client.get("/v1/customers/cust-1/features/api_calls", headers=acme).json()
+    return Decimal(value["consumed"]), Decimal(value["held"])

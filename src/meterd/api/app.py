@@ -22,6 +22,7 @@ from meterd.api import (
     entitlements,
     errors,
     health,
+    holds,
     openapi,
     usage,
     usage_history,
@@ -97,6 +98,7 @@ def create_app(
     app.add_middleware(InputLimits, max_body_bytes=max_body_bytes)
     app.include_router(health.router)
     app.include_router(usage.router)
+    app.include_router(holds.router)
     app.include_router(usage_history.router)
     app.include_router(catalog.router)
     app.include_router(entitlements.router)

@@ -22,6 +22,7 @@ from pydantic import (
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONRoute, loads_exact
+from meterd.api.hold_values import HoldOut, hold_out
 from meterd.api.inputs import PositiveQuantityText, RequestBody
 from meterd.core.domain import (
     CUSTOMER_ID_MAX,
@@ -30,6 +31,7 @@ from meterd.core.domain import (
     EffectiveState,
 )
 from meterd.core.errors import InvalidError
+from meterd.core.holds import MAX_HOLD_SECONDS, MIN_HOLD_SECONDS
 from meterd.core.quantity import (
     format_optional_quantity,
     format_quantity,
@@ -59,6 +61,7 @@ class EntitlementValue(BaseModel):
     consumed: Decimal_
     remaining: Decimal_ | None
     overage: Decimal_
+    held: Decimal_ = Field(description="units live holds keep (they reduce remaining)")
     state: EffectiveState
     usable: bool
     filters: dict[str, StrictStr | StrictInt | StrictBool] | None = Field(
@@ -73,8 +76,9 @@ class FeatureValue(BaseModel):
     state: str = Field(description="the state that decides access (see docs)")
     quantity: Decimal_ | None = Field(description="sum over usable entitlements; null: unlimited")
     consumed: Decimal_
-    remaining: Decimal_ | None
+    remaining: Decimal_ | None = Field(description="quantity less consumed and held")
     overage: Decimal_
+    held: Decimal_ = Field(description="units live holds keep until settled or released")
     entitlements: list[EntitlementValue]
 
 
@@ -89,6 +93,7 @@ def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> Featu
         consumed=format_quantity(value.consumed),
         remaining=format_optional_quantity(value.remaining),
         overage=format_quantity(value.overage),
+        held=format_quantity(value.held),
         entitlements=[
             EntitlementValue(
                 entitlement_id=b.entitlement_id,
@@ -97,6 +102,7 @@ def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> Featu
                 consumed=format_quantity(b.consumed),
                 remaining=format_optional_quantity(b.remaining),
                 overage=format_quantity(b.overage),
+                held=format_quantity(b.held),
                 state=b.state,
                 usable=b.usable,
                 filters=dict(b.filters) if b.filters else None,
@@ -143,6 +149,15 @@ class ReserveRequest(RequestBody):
         ' entitlements (`{"model": "gpt-4o"}`), as a usage event\'s `data`; an entitlement'
         " with filters takes the reservation only if the data matches them",
     )
+    hold_seconds: int | None = Field(
+        default=None,
+        ge=MIN_HOLD_SECONDS,
+        le=MAX_HOLD_SECONDS,
+        strict=True,
+        description="hold the units this long instead of consuming them: settle what was"
+        " used (`POST /v1/holds/{id}/settle`) or release them; unsettled, they are freed"
+        " at `expires_at`",
+    )
 
 
 class ReserveResponse(BaseModel):
@@ -152,6 +167,9 @@ class ReserveResponse(BaseModel):
     )
     quantity: Decimal_
     value: FeatureValue
+    hold: HoldOut | None = Field(
+        default=None, description="the hold, when hold_seconds was asked and it was granted"
+    )
 
 
 @router.post("/customers/{customer_id}/features/{feature}/reserve", response_model=ReserveResponse)
@@ -177,24 +195,28 @@ def reserve(
     if not key:
         raise InvalidError("an idempotency key is required (body or Idempotency-Key header)")
     now = utcnow()
-    outcome = runtime.reserve.reserve(
-        Reservation(
-            org=caller.org,
-            customer_id=customer_id,
-            feature=feature,
-            quantity=Decimal(body.quantity),
-            idempotency_key=key,
-            entitlement_id=body.entitlement_id,
-            data=body.data,
-        ),
-        now,
+    request = Reservation(
+        org=caller.org,
+        customer_id=customer_id,
+        feature=feature,
+        quantity=Decimal(body.quantity),
+        idempotency_key=key,
+        entitlement_id=body.entitlement_id,
+        data=body.data,
     )
+    hold = None
+    if body.hold_seconds is None:
+        outcome = runtime.reserve.reserve(request, now)
+    else:
+        held = runtime.holds.hold(request, body.hold_seconds, now)
+        outcome, hold = held.outcome, None if held.hold is None else hold_out(held.hold)
     value = runtime.balance.value(caller.org, customer_id, feature, now)
     return ReserveResponse(
         granted=outcome.granted,
         outcome=outcome.value,
         quantity=format_quantity(Decimal(body.quantity)),
         value=feature_value(customer_id, feature, value),
+        hold=hold,
     )
 
 

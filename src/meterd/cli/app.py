@@ -22,6 +22,7 @@ from meterd.cli import (
     entitlements,
     exits,
     features,
+    holds,
     keys,
     lifecycle,
     operate,
@@ -70,6 +71,7 @@ app.add_typer(operate.db_app, name="db")
 app.add_typer(dead_letters.app, name="dlq")
 app.add_typer(lifecycle.app, name="lifecycle")
 app.add_typer(embedded_redis.app, name="embedded")
+app.add_typer(holds.app, name="holds")
 
 # -- the catalog ----------------------------------------------------------------------
 app.add_typer(orgs.app, name="org")

@@ -208,12 +208,15 @@ class Balance:
     usable: bool = True
     #: The entitlement's dimensions (None: it takes all usage of its feature).
     filters: Dimensions | None = None
+    #: Units live holds keep on this period (not consumed; they take room).
+    held: Decimal = Decimal(0)
 
     @property
     def remaining(self) -> Decimal | None:
+        """The quantity less what is consumed and held (never below zero)."""
         if self.quantity is None:
             return None
-        return max(self.quantity - self.consumed, Decimal(0)).quantize(_MICRO)
+        return max(self.quantity - self.consumed - self.held, Decimal(0)).quantize(_MICRO)
 
     @property
     def overage(self) -> Decimal:

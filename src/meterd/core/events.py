@@ -40,6 +40,7 @@ from meterd.core.domain import (
     Aggregation,
     Outcome,
 )
+from meterd.core.holds import HoldOp
 from meterd.core.meters import EVENT_TYPE_PATTERN, USAGE_EVENT_TYPE
 from meterd.core.quantity import QuantityError, parse_event_quantity, to_units
 from meterd.core.timeutil import epoch_micros, isoformat
@@ -139,6 +140,8 @@ class UsageEvent:
     scale: int = 6
     #: UNIQUE_COUNT: the distinct value (as JSON text) this event counts once a period.
     unique_value: str | None = None
+    #: A hold this event makes (a reservation held, not consumed) or settles.
+    hold: HoldOp | None = None
 
     @property
     def time_micros(self) -> int:

@@ -79,6 +79,20 @@ class RedisKeys:
         from the used key it is passed)."""
         return f"{self.used(org, customer)}:u:{field}"
 
+    def customer_holds(self, org: str, customer: str) -> str:
+        """The customer's live holds, hold key -> expiry (ingest/holds.lua:
+        ``holds_key``, built from the used key it is passed)."""
+        return f"{self.used(org, customer)}:holds"
+
+    def hold(self, org: str, hold_id: uuid.UUID) -> str:
+        """One hold's record (ingest/holds.lua documents its fields)."""
+        return f"{self.prefix}:hold:{org}:{hold_id.hex}"
+
+    @property
+    def holds_due(self) -> str:
+        """Used key -> the earliest expiry of its live holds (the expiry job's list)."""
+        return f"{self.prefix}:holds:due"
+
     @property
     def pending(self) -> str:
         return f"{self.prefix}:pending"

@@ -8,11 +8,13 @@ KEYS[5]                 the same, renamed for the flush in flight
 KEYS[6]                 flush sequence (bumped when a flush begins and when it ends)
 KEYS[7]                 marker generations (sorted set: generation -> generation)
 KEYS[8]                 big counters: the used fields above 2^52 units (a set)
-KEYS[2i + 7]            resolution data of event i      (string, JSON, see resolution.py)
-KEYS[2i + 8]            used hash of event i's customer "<ent>:<period>" -> units, and
+KEYS[9]                 holds due: used key -> the earliest expiry of its live holds
+KEYS[2i + 8]            resolution data of event i      (string, JSON, see resolution.py)
+KEYS[2i + 9]            used hash of event i's customer "<ent>:<period>" -> units, and
                         "t:<ent>:<period>" -> "<ts>\t<event key>" of the period's latest
-                        LATEST sample; "<this key>:u:<ent>:<period>": the set of the
-                        values a UNIQUE_COUNT period counted
+                        LATEST sample, "h:<ent>:<period>" -> units held (ingest/holds);
+                        "<this key>:u:<ent>:<period>": the set of the values a
+                        UNIQUE_COUNT period counted
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 hot window, microseconds: how long a marker is kept after acceptance
@@ -23,16 +25,18 @@ ARGV[6]                 length of a marker generation, microseconds
 ARGV[7]                 marker key prefix ("<prefix>:dm:")
 ARGV[8]                 future skew, microseconds
 ARGV[9]                 most events that may wait for a flush (backpressure)
-ARGV[8i + 2]            event time, epoch microseconds
-ARGV[8i + 3]            start of the UTC month of the event time, epoch microseconds
-ARGV[8i + 4]            value, integer units of the feature's scale (10^-scale; >= 0)
-ARGV[8i + 5]            target entitlement id (hex) or ""
-ARGV[8i + 6]            event key "<org>:<len>:<source>:<id>" (the pending events field)
-ARGV[8i + 7]            marker digest: an integer below 2^52, as decimal text
-ARGV[8i + 8]            the event's record (JSON) for the log
-ARGV[8i + 9]            aggregation: "S" sum (and count), "M" max, "L" latest, or
+ARGV[9i + 1]            event time, epoch microseconds
+ARGV[9i + 2]            start of the UTC month of the event time, epoch microseconds
+ARGV[9i + 3]            value, integer units of the feature's scale (10^-scale; >= 0)
+ARGV[9i + 4]            target entitlement id (hex) or ""
+ARGV[9i + 5]            event key "<org>:<len>:<source>:<id>" (the pending events field)
+ARGV[9i + 6]            marker digest: an integer below 2^52, as decimal text
+ARGV[9i + 7]            the event's record (JSON) for the log
+ARGV[9i + 8]            aggregation: "S" sum (and count), "M" max, "L" latest, or
                         "U" followed by the distinct value (JSON text) of a unique
                         count (meterd.core.domain.Aggregation)
+ARGV[9i + 9]            hold operation (ingest/hold_ops): "" none, "H<hold key>\t<expiry
+                        us>\t<meta JSON>" hold the units, "S<hold key>" settle that hold
 
 Dedupe in two tiers (docs/architecture.md, "Dedupe"). The invariant: an accepted
 event is found by its marker, in the pending events (KEYS[4], KEYS[5]), or in the
@@ -97,6 +101,7 @@ Returns one character per event (ScriptCode in storage/counters.py):
   b  backpressure: too many events wait for a flush; nothing was written
   o  out of range: counting it would carry a counter past what it holds exactly
      (2^53 - 1 units of its scale); nothing was written
+  e, f, g  settle only: the hold expired, was released, or does not exist
 
 The event stats hash (KEYS[3]) counts every final outcome of a usage batch in
 the same atomic step as the counts, so metrics never disagree with the
@@ -137,6 +142,8 @@ Assembled from fragments, one concern each (meterd/lua/__init__.py resolves the
 "--- @include" lines below into this one atomic script):
   ingest/util        OPEN, int_str, table_at
   ingest/used        the used-totals cache of the batch, the exact bound's BIG
+  ingest/holds       held units, hold expiry by time alone
+  ingest/hold_ops    making and settling a hold (the hold record)
   ingest/markers     the marker linear hash (dedupe, first tier)
   ingest/thresholds  threshold crossings of PRE_PAID periods
   ingest/calendar    terms on epoch microseconds (meterd/core/terms.py's twin)
@@ -164,13 +171,15 @@ local marker_prefix = ARGV[7]
 local skew_us = tonumber(ARGV[8])
 local max_waiting = tonumber(ARGV[9])
 local big_key = KEYS[8]
-local n_events = (#KEYS - 8) / 2
-local EVENT_ARGS = 8
+local holds_due_key = KEYS[9]
+local n_events = (#KEYS - 9) / 2
+local EVENT_ARGS = 9
 
 --- @include "ingest/used"
 --- @include "ingest/markers"
 --- @include "ingest/thresholds"
 --- @include "ingest/resolve"
+--- @include "ingest/hold_ops"
 
 local out = {}
 
@@ -178,15 +187,11 @@ local outcomes = {}
 local OUTCOME_NAMES = { a = "accepted", d = "duplicate", l = "late", s = "suspended",
   n = "no_entitlement" }
 
-local function all(code)
-  return string.rep(code, n_events)
-end
-
 if confirmed and (redis.call("GET", flush_seq_key) or "0") ~= ARGV[5] then
-  return all("r")
+  return string.rep("r", n_events)
 end
 if redis.call("HLEN", events_key) + redis.call("HLEN", batch_events_key) >= max_waiting then
-  return all("b")
+  return string.rep("b", n_events)
 end
 expire_generations(64)
 
@@ -203,14 +208,19 @@ end
 
 local ev = {}
 for i = 1, n_events do
-  local base = EVENT_ARGS * i + 1
+  local base = EVENT_ARGS * i
   local ts = tonumber(ARGV[base + 1])
   local qty_text, target = ARGV[base + 3], ARGV[base + 4]
   local event_key, digest_text = ARGV[base + 5], ARGV[base + 6]
+  local op = ARGV[base + 9]
+  local kind, hold_key = hold_op(op)
   local digest = tonumber(digest_text)
   local signature = qty_text .. ":" .. target
-  local code
-  if ts < now_us - late_window_us then
+  local used_key = KEYS[2 * i + 9]
+  local code, hold_allocation
+  if kind ~= "" then
+    code, hold_allocation = hold_first_look(kind, hold_key, used_key, signature, qty_text)
+  elseif ts < now_us - late_window_us then
     code = "l"
   elseif confirmed then
     code = waiting(event_key, signature)
@@ -222,13 +232,18 @@ for i = 1, n_events do
   if code == nil then
     local agg = ARGV[base + 8]
     ev.index, ev.ts, ev.month, ev.qty, ev.target = i, ts, ARGV[base + 2], tonumber(qty_text), target
-    ev.key, ev.record = event_key, ARGV[base + 7]
+    ev.key, ev.record, ev.hold = event_key, ARGV[base + 7], kind == "H"
     ev.agg, ev.value = string.sub(agg, 1, 1), string.sub(agg, 2)
-    code = resolve(KEYS[2 * i + 7], KEYS[2 * i + 8], ev)
-    if code == "a" then
+    code = resolve(KEYS[2 * i + 8], used_key, ev)
+    if code == "a" and kind == "H" then
+      create_hold(hold_key, op, used_key, signature, ev.qty)
+    elseif code == "a" then
       add_marker(digest, digest_text)
       redis.call("HSET", events_key, event_key,
         signature .. "\t" .. ev.record .. "\t" .. table.concat(allocation, ","))
+      if kind == "S" then mark_settled(hold_key, used_key, qty_text) end
+    elseif kind == "S" then
+      held_undo(used_key, hold_allocation) -- not counted (data missing): nothing changes
     end
   end
   out[i] = code
@@ -241,6 +256,7 @@ for code, n in pairs(outcomes) do
 end
 
 save_generations()
+write_held()
 
 for used_key, fields in pairs(used) do
   for field, entry in pairs(fields) do

@@ -40,6 +40,7 @@ from meterd.core.redis_keys import period_field
 from meterd.core.timeutil import from_epoch_micros
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
+from meterd.storage.holds import HoldStore
 from meterd.storage.resolution import decode_resolution
 from meterd.storage.resolution_views import ResolutionViewStore
 from meterd.storage.usage import UsageStore
@@ -89,6 +90,9 @@ class RealTimeValue:
     overage: Decimal
     #: Every entitlement's balance, in the order given (burn-down order when read).
     balances: tuple[Balance, ...]
+    #: Units live holds keep (they reduce ``remaining``; only what is settled is
+    #: consumed).
+    held: Decimal = Decimal(0)
 
 
 def value_of(balances: Sequence[Balance]) -> RealTimeValue:
@@ -106,14 +110,16 @@ def value_of(balances: Sequence[Balance]) -> RealTimeValue:
     unlimited = any(b.quantity is None for b in usable)
     quantity = None if unlimited else sum((b.quantity or Decimal(0) for b in usable), Decimal(0))
     consumed = sum((b.consumed for b in usable), Decimal(0))
+    held = sum((b.held for b in usable), Decimal(0))
     return RealTimeValue(
         has_access=bool(open_),
         state=state,
         quantity=quantity,
         consumed=consumed,
-        remaining=None if quantity is None else max(quantity - consumed, Decimal(0)),
+        remaining=None if quantity is None else max(quantity - consumed - held, Decimal(0)),
         overage=sum((b.overage for b in usable), Decimal(0)),
         balances=tuple(balances),
+        held=held,
     )
 
 
@@ -164,12 +170,16 @@ def balance_of(
     period: Period,
     consumed: int,
     split: tuple[int, int] | None,
+    held: int = 0,
 ) -> Balance:
     """The balance of ``view`` at ``now``: ``consumed`` units (of its feature's scale)
-    of ``period`` (``split``: flushed and pending, when read from both stores)."""
+    of ``period`` (``split``: flushed and pending, when read from both stores) and
+    ``held`` units live holds keep on it (a period all consumed or held is
+    EXHAUSTED: a new reservation would be denied)."""
     status = status_at(view, now)
     scale = view.scale
     used = from_units(consumed, scale)
+    kept = from_units(held, scale)
     ends_at, grace_until = view.ends_at, view.grace_until
     if view.renewal is not None and period.end is not None and period.start <= now:
         ends_at, grace_until = extend_term(view.ends_at, view.grace_until, period.end)
@@ -184,9 +194,10 @@ def balance_of(
         status=status,
         ends_at=ends_at,
         grace_until=grace_until,
-        state=effective_state(status, view.billing_type, period.quantity, used),
+        state=effective_state(status, view.billing_type, period.quantity, used + kept),
         usable=status in (Status.ACTIVE, Status.GRACE),
         filters=view.filters,
+        held=kept,
     )
 
 
@@ -200,8 +211,12 @@ class BalanceService:
         late_window: timedelta,
         future_skew: timedelta = timedelta(0),
         resolution: ResolutionCache | None = None,
+        holds: HoldStore | None = None,
     ) -> None:
         self.counters = counters
+        #: Reads consumed and held units together, freeing expired holds first
+        #: (None: no holds are read; consumed only).
+        self.holds = holds
         self.usage = usage
         self.views = views
         self.late_window = late_window
@@ -292,6 +307,14 @@ class BalanceService:
         key = (org, customer, feature)
         views, _ = self.views.views([key], usable_after=now - self.late_window)[key]
         found = self.balances_of(views, now)
+        if self.holds is not None and views:
+            fields = [period_field(v.id, found[v.id].period_start) for v in views]
+            _, held = self.holds.live_figures(org, customer, fields, now)
+            for view, field in zip(views, fields, strict=True):
+                if held.get(field):
+                    found[view.id] = replace(
+                        found[view.id], held=from_units(held[field], view.scale)
+                    )
         return [found[view.id] for view in views]
 
     def live(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance] | None:
@@ -304,9 +327,13 @@ class BalanceService:
         views = decode_resolution(raw)
         periods = [current_period(view, now) for view in views]
         fields = [period_field(v.id, p.start) for v, p in zip(views, periods, strict=True)]
-        totals = self.counters.live_totals(org, customer, fields)
+        if self.holds is None:
+            held: dict[str, int] = {}
+            totals = self.counters.live_totals(org, customer, fields)
+        else:
+            totals, held = self.holds.live_figures(org, customer, fields, now)
         return [
-            balance_of(view, now, period, totals[field], None)
+            balance_of(view, now, period, totals[field], None, held.get(field, 0))
             for view, period, field in zip(views, periods, fields, strict=True)
         ]
 

@@ -101,6 +101,24 @@ class ReserveService:
         it only if its ``data`` matches them, as for a usage event. The idempotency
         key names the reservation: a retry is answered from the first grant
         whatever data it carries."""
+        return self.count_strict(self.reservation_event(request, now), now, request)
+
+    def count_strict(
+        self, event: UsageEvent, now: datetime, request: Reservation
+    ) -> ReserveOutcome:
+        """Count a reservation (or a hold: ``event.hold``) in strict mode."""
+        (code,) = self.counting.count([event], now, strict=True)
+        if code is ScriptCode.CONFLICT:
+            raise ReservationConflictError(
+                f"idempotency key {request.idempotency_key!r} was granted for another "
+                f"quantity or entitlement of {request.customer_id!r} / {request.feature!r}; "
+                "a retry must ask exactly the same, a new reservation needs a new key"
+            )
+        return OUTCOMES[code]
+
+    def reservation_event(self, request: Reservation, now: datetime) -> UsageEvent:
+        """The event a reservation counts: checked against the feature's meter (SUM
+        or COUNT, within its scale), timed now."""
         quantity = parse_quantity(request.quantity)
         data = dict(request.data) if request.data is not None else {}
         if (problem := shape_problem({"data": data})) is not None:
@@ -116,7 +134,7 @@ class ReserveService:
                 " COUNT features can be reserved"
             )
         to_units(quantity, scale)  # more fractional digits than the feature counts: refused
-        event = UsageEvent(
+        return UsageEvent(
             org=request.org,
             customer=request.customer_id,
             feature=request.feature,
@@ -128,11 +146,3 @@ class ReserveService:
             data=data,
             scale=scale,
         )
-        (code,) = self.counting.count([event], now, strict=True)
-        if code is ScriptCode.CONFLICT:
-            raise ReservationConflictError(
-                f"idempotency key {request.idempotency_key!r} was granted for another "
-                f"quantity or entitlement of {request.customer_id!r} / {request.feature!r}; "
-                "a retry must ask exactly the same, a new reservation needs a new key"
-            )
-        return OUTCOMES[code]

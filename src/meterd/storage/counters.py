@@ -64,6 +64,12 @@ class ScriptCode(StrEnum):
     #: Counting it would carry a counter past what it holds exactly (``MAX_UNITS``
     #: of the feature's scale); nothing was written. The event is invalid.
     OUT_OF_RANGE = "o"
+    #: Settle only: the hold reached its expiry unsettled (its units are free).
+    HOLD_EXPIRED = "e"
+    #: Settle only: the hold was released.
+    HOLD_RELEASED = "f"
+    #: Settle only: no such hold (never made, or its record is gone).
+    HOLD_MISSING = "g"
 
 
 _BY_CHARACTER = {code.value: code for code in ScriptCode}
@@ -194,6 +200,7 @@ class CounterStore:
             k.flush_seq,
             k.marker_generations,
             k.big_counters,
+            k.holds_due,
         ]
         args: list[str | int] = [
             epoch_micros(now),
@@ -225,6 +232,7 @@ class CounterStore:
                 marker_digest(key, self.marker_bits),
                 record_json(customer, event.feature, when, now, event.data, event.scale),
                 _AGGREGATION_CODES[event.aggregation] + (event.unique_value or ""),
+                self._hold_op(event),
             )
         try:
             result = self._ingest(keys=keys, args=args)
@@ -232,6 +240,17 @@ class CounterStore:
             raise CounterStoreError(f"counting a batch failed: {exc}") from exc
         text = result.decode() if isinstance(result, bytes) else str(result)
         return [_BY_CHARACTER[c] for c in text]
+
+    def _hold_op(self, event: UsageEvent) -> str:
+        """ingest.lua's hold operation of an event ("" for usage and reservations)."""
+        op = event.hold
+        if op is None:
+            return ""
+        key = self.keys.hold(event.org, op.hold_id)
+        if op.kind == "settle":
+            return f"S{key}"
+        assert op.expires_at is not None, "a hold has an expiry"
+        return f"H{key}\t{epoch_micros(op.expires_at)}\t{op.meta}"
 
     def flush_seq(self) -> int:
         """The flush sequence: read it before searching the event log (see add_batch)."""

@@ -18,7 +18,8 @@ local function plan_sum(used_key, cands, qty, moves)
       local room = room_of(used_key, c)
       if room ~= nil and room < take then take = room end
     elseif j < #cands and c[2] >= 0 then
-      local room = c[2] - used_value(used_key, c[1])
+      -- held units take room: usage passes a hold's share to the next candidate
+      local room = c[2] - used_value(used_key, c[1]) - held_value(used_key, c[1])
       if room < 0 then room = 0 end
       if room < take then take = room end
     end

@@ -18,7 +18,8 @@ Defines: resolve.
 local decoded = {}
 
 -- The outcome of one event judged new (not a duplicate, not late). ev: the event's
--- ts, month, qty, target, key, agg, value, record and index (one table, reused).
+-- ts, month, qty, target, key, agg, value, record, index and hold (true: a hold, its
+-- units held instead of consumed; one table, reused).
 local function resolve(resolution_key, used_key, ev)
   local res = decoded[resolution_key]
   if res == nil then
@@ -93,7 +94,15 @@ local function resolve(resolution_key, used_key, ev)
     return "x"
   end
   for j, c in ipairs(cands) do
-    if moves[j] ~= nil then add_to(used_key, c[1], moves[j]) end
+    if moves[j] ~= nil then
+      if ev.hold then
+        -- a hold: the units are held, not consumed (never flushed)
+        held_add(used_key, c[1], moves[j])
+        allocation[#allocation + 1] = c[1] .. "=" .. int_str(moves[j])
+      else
+        add_to(used_key, c[1], moves[j])
+      end
+    end
   end
   if later ~= nil then
     local fields = latest[used_key]

@@ -2,12 +2,13 @@
 once a batch where needed and their deltas summed here; the main script writes
 them once per touched field at the end.
 
-Needs (bound by the including script): big_key.
+Needs (bound by the including script): big_key, now_us, holds_due_key.
 Defines: MAX_UNITS, BIG, is_big, used, pending, allocation, used_entry, used_value,
 room_of, add_to, latest, latest_of.
 ]]
 
 --- @include "ingest/util"
+--- @include "ingest/holds"
 
 -- The most units a counter holds exactly (Lua numbers are doubles), at any scale.
 local MAX_UNITS = 9007199254740991
@@ -48,9 +49,10 @@ local function used_value(used_key, field)
   return entry[1] + entry[2]
 end
 
+-- The room a PRE_PAID period has left: its limit less what is consumed and held.
 local function room_of(used_key, c)
   if c[2] < 0 or not c[3] then return nil end -- unlimited, or pay-per-use
-  local room = c[2] - used_value(used_key, c[1])
+  local room = c[2] - used_value(used_key, c[1]) - held_value(used_key, c[1])
   if room < 0 then room = 0 end
   return room
 end
