@@ -252,3 +252,15 @@ def test_the_expiry_job_frees_holds_nobody_read(runtime: Runtime) -> None:
     stored = runtime.hold_store.get("acme", hold.id)
     assert stored is not None and stored.status is HoldStatus.EXPIRED
     assert runtime.holds.expire_due(now + timedelta(seconds=12)) == 0
+
+
+def test_a_hold_settled_with_zero_is_logged_with_zero_and_counts_nothing(runtime: Runtime) -> None:
+    _grant(runtime, "10")
+    now = utcnow()
+    hold = _hold(runtime, "8", "h1", now=now).hold
+    assert hold is not None
+    runtime.holds.settle("acme", hold.id, Decimal(0), now)
+    runtime.flush.flush_all(now)
+    logged = runtime.event_log.find([("acme", HOLD_SOURCE, str(hold.id))])
+    assert logged[("acme", HOLD_SOURCE, str(hold.id))].quantity == Decimal(0)
+    assert_log_matches_periods(runtime)

@@ -28,6 +28,7 @@ class Down:
         (tasks.lifecycle_advance, "lifecycle"),
         (tasks.event_log_maintain, "event_log_maintenance"),
         (tasks.lifecycle_dispatch_notifications, "notifications"),
+        (tasks.expire_holds, "holds"),
     ],
 )
 def test_a_job_whose_database_is_down_skips_its_run_with_a_warning(

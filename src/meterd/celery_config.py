@@ -47,6 +47,10 @@ DEAD_LETTER_MESSAGE_TASK = "meterd.dead_letter_message"
 #: Creates the event log's partitions ahead and drops those past the retention.
 EVENT_LOG_MAINTAIN_TASK = "meterd.lifecycle.event_log_maintain"
 EVENT_LOG_MAINTAIN_INTERVAL = 3600.0
+#: Frees the expired holds of customers nobody read since (a tidy-up: a hold past its
+#: expiry takes no room whether or not this ran; docs/holds.md).
+EXPIRE_HOLDS_TASK = "meterd.lifecycle.expire_holds"
+EXPIRE_HOLDS_INTERVAL = 60.0
 
 #: How often beat publishes due notifications (webhook retries, expired leases);
 #: new ones are published at once by the flush or lifecycle run that made them.
@@ -105,6 +109,11 @@ def _beat_schedule(settings: Settings) -> dict[str, Any]:
             "task": EVENT_LOG_MAINTAIN_TASK,
             "schedule": EVENT_LOG_MAINTAIN_INTERVAL,
             "options": {"expires": EVENT_LOG_MAINTAIN_INTERVAL},
+        },
+        EXPIRE_HOLDS_TASK: {
+            "task": EXPIRE_HOLDS_TASK,
+            "schedule": EXPIRE_HOLDS_INTERVAL,
+            "options": {"expires": EXPIRE_HOLDS_INTERVAL},
         },
     }
 

@@ -26,6 +26,7 @@ from meterd.celery_config import (
     DEAD_LETTER_MESSAGE_TASK,
     DISPATCH_NOTIFICATIONS_TASK,
     EVENT_LOG_MAINTAIN_TASK,
+    EXPIRE_HOLDS_TASK,
     FLUSH_TASK,
     INGEST_TASK,
     LIFECYCLE_ADVANCE_TASK,
@@ -276,6 +277,16 @@ def event_log_maintain(self: Task) -> dict[str, int]:
             dropped=report.dropped,
         )
     return {"created": report.created, "dropped": report.dropped}
+
+
+@app.task(name=EXPIRE_HOLDS_TASK, bind=True)
+@skipped_while_a_store_is_away
+def expire_holds(self: Task) -> dict[str, int]:
+    """Free the expired holds of customers nobody read since (reads free them too)."""
+    seen = get_runtime().holds.expire_due(utcnow())
+    if seen:
+        log.info("holds.expire", task_id=self.request.id, customers=seen)
+    return {"customers": seen}
 
 
 @app.task(name=DISPATCH_NOTIFICATIONS_TASK, bind=True)
