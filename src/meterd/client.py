@@ -48,6 +48,7 @@ from meterd.core.errors import InvalidError, UnavailableError
 from meterd.core.ids import uuid7
 from meterd.core.meters import USAGE_EVENT_TYPE, check_event_type
 from meterd.core.quantity import format_quantity, parse_quantity
+from meterd.hold_client import Held, HoldClient
 from meterd.producer import usage_event
 
 Event = dict[str, Any]
@@ -215,6 +216,35 @@ class MeterdClient:
         cls, base_url: str, api_key: str, *, org: str, source: str, **options: Any
     ) -> MeterdClient:
         return cls(HttpTransport(base_url, api_key), org=org, source=source, **options)
+
+    def hold(
+        self,
+        customer: str,
+        feature: str,
+        quantity: str | int | Decimal,
+        *,
+        seconds: int,
+        idempotency_key: str | None = None,
+        data: dict[str, Any] | None = None,
+        entitlement_id: str | None = None,
+    ) -> Held:
+        """A hold as a context manager: settle what the work used, or leave the
+        block to release it (``meterd.hold_client``; needs ``over_http``)."""
+        if not isinstance(self.transport, HttpTransport):
+            raise InvalidError(
+                "holds are answered synchronously by the API: use MeterdClient.over_http,"
+                " or meterd.hold_client.HoldClient"
+            )
+        holds = HoldClient(http=self.transport.client)
+        return holds.hold(
+            customer,
+            feature,
+            quantity,
+            seconds=seconds,
+            idempotency_key=idempotency_key,
+            data=data,
+            entitlement_id=entitlement_id,
+        )
 
     def record(
         self,
