@@ -18,14 +18,14 @@ from fastapi.testclient import TestClient
 from meterd.core.domain import Outcome
 from meterd.core.errors import UnavailableError
 from meterd.core.timeutil import utcnow
-from meterd.runtime import Runtime
+from meterd.runtime import STORE_ERRORS, Runtime
 from meterd.services.api_keys import CACHE_SECONDS
 from meterd.services.meters import MeterCatalog
 from meterd.storage.database import make_engine
 from meterd.storage.meters import MeterStore
 from meterd.testing import event
 
-from ..helpers import grant
+from ..helpers import assert_log_matches_periods, grant
 
 VALUE = "/v1/customers/cust-1/features/api_calls"
 RESERVE = VALUE + "/reserve"
@@ -59,7 +59,7 @@ def meters_clock(runtime: Runtime) -> Clock:
         version=runtime.meter_versions.current,
         clock=clock,
     )
-    for service in ("ingest", "reserve", "replay"):
+    for service in ("ingest", "reserve", "replay", "holds"):
         runtime.__dict__.pop(service, None)
     return clock
 
@@ -164,3 +164,49 @@ def test_ingest_waits_for_the_database_when_a_meter_may_have_been_created_since(
         runtime.ingest.ingest([event(quantity="2", event_id="u2", time=now)], now=now)
     (balance,) = runtime.balance.current("acme", "cust-1", "api_calls", now)
     assert balance.consumed == 3 + 1 + 1
+
+
+def test_holds_are_made_settled_and_released_with_the_database_down(
+    client: TestClient,
+    runtime: Runtime,
+    served: dict[str, str],
+    meters_clock: Clock,
+    take_database_down: Any,
+) -> None:
+    take_database_down()
+    meters_clock.now += 3600
+    body = {"quantity": "4", "idempotency_key": "h-1", "hold_seconds": 60}
+    held = client.post(RESERVE, json=body, headers=served)
+    assert held.status_code == 200, held.text
+    hold = held.json()["hold"]
+    assert held.json()["value"]["remaining"] == "2"
+    second = client.post(
+        RESERVE, json={**body, "quantity": "2", "idempotency_key": "h-2"}, headers=served
+    )
+    settle = client.post(f"/v1/holds/{hold['id']}/settle", json={"quantity": "3"}, headers=served)
+    assert settle.status_code == 200, settle.text
+    release = client.post(f"/v1/holds/{second.json()['hold']['id']}/release", headers=served)
+    assert release.status_code == 200, release.text
+    value = client.get(VALUE, headers=served).json()
+    assert (value["consumed"], value["held"], value["remaining"]) == ("7", "0", "3")
+
+
+def test_a_hold_settled_with_the_database_down_is_flushed_once_it_is_back(
+    client: TestClient,
+    runtime: Runtime,
+    served: dict[str, str],
+    meters_clock: Clock,
+    take_database_down: Any,
+) -> None:
+    body = {"quantity": "4", "idempotency_key": "h-1", "hold_seconds": 60}
+    hold = client.post(RESERVE, json=body, headers=served).json()["hold"]
+    take_database_down()
+    url = f"/v1/holds/{hold['id']}/settle"
+    assert client.post(url, json={"quantity": "3"}, headers=served).status_code == 200
+    with pytest.raises(STORE_ERRORS):
+        runtime.flush.flush_all(utcnow())
+    runtime.database.sessions.configure(bind=runtime.database.engine)
+    runtime.flush.flush_all(utcnow())
+    assert_log_matches_periods(runtime)
+    (balance,) = runtime.balance.balances("acme", "cust-1", "api_calls", utcnow())
+    assert (balance.consumed, balance.pending) == (7, 0)
