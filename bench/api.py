@@ -1,4 +1,4 @@
-"""API latency and throughput: the real-time value and reserve endpoints.
+"""API latency and throughput: the real-time value, reserve and hold endpoints.
 
 Creates a scratch PostgreSQL database and a Redis key prefix (db 11; both
 removed afterwards), one hot customer with usage flushed and pending, then:
@@ -7,8 +7,11 @@ removed afterwards), one hot customer with usage flushed and pending, then:
    ``services.balance.value_of``), no HTTP, ``--calls`` times: p50/p99;
 2. over loopback HTTP: ``meterd api`` (uvicorn, one worker) in a subprocess and
    ``--clients`` threads with keep-alive connections, for the value endpoint
-   and then the reserve endpoint (each call a new idempotency key): requests/s,
-   p50/p99.
+   then the reserve endpoint (each call a new idempotency key), then a hold and
+   its settle (two requests: ``reserve`` with ``hold_seconds``, ``settle``), and the
+   same server's ``/healthz`` as the reference measured in the same run (its
+   requests/s is what one uvicorn worker answers with no work at all): requests/s,
+   p50/p99, and each endpoint's requests/s as a share of ``/healthz``'s.
 
     python bench/api.py
 """
@@ -149,9 +152,22 @@ def main() -> None:
                 response.raise_for_status()
                 assert response.json()["granted"]
 
+            def hold_and_settle(client: httpx.Client, key: str) -> None:
+                body = {"quantity": "5", "idempotency_key": key, "hold_seconds": 60}
+                response = client.post(value_path + "/reserve", json=body)
+                response.raise_for_status()
+                hold = response.json()["hold"]
+                settled = client.post(f"/v1/holds/{hold['id']}/settle", json={"quantity": "3"})
+                settled.raise_for_status()
+
+            def healthz(client: httpx.Client, _: str) -> None:
+                client.get("/healthz").raise_for_status()
+
             load(base, headers, 4, 1.0, value)  # warm up connections and caches
+            health_rps, health_lat = load(base, headers, args.clients, args.seconds, healthz)
             value_rps, value_lat = load(base, headers, args.clients, args.seconds, value)
             reserve_rps, reserve_lat = load(base, headers, args.clients, args.seconds, reserve)
+            pair_rps, pair_lat = load(base, headers, args.clients, args.seconds, hold_and_settle)
 
             print(f"\nin-process value (no HTTP), {args.calls:,} calls each:\n")
             print("| read | p50 ms | p99 ms |")
@@ -159,14 +175,18 @@ def main() -> None:
             for label, (p50, p99) in in_process.items():
                 print(f"| {label} | {p50:.2f} | {p99:.2f} |")
             print(f"\nHTTP over loopback, 1 uvicorn worker, {args.clients} client threads:\n")
-            print("| endpoint | requests/s | p50 ms | p99 ms |")
-            print("|---|---:|---:|---:|")
-            for label, rps, lat in (
-                ("GET value", value_rps, value_lat),
-                ("POST reserve", reserve_rps, reserve_lat),
+            print("| endpoint | requests/s | p50 ms | p99 ms | requests/s / /healthz's |")
+            print("|---|---:|---:|---:|---:|")
+            for label, rps, lat, per_op in (
+                ("GET /healthz (reference: no work)", health_rps, health_lat, 1),
+                ("GET value", value_rps, value_lat, 1),
+                ("POST reserve", reserve_rps, reserve_lat, 1),
+                ("hold + settle (2 requests; latency of the pair)", pair_rps, pair_lat, 2),
             ):
                 p50, p99 = percentiles(lat)
-                print(f"| {label} | {rps:,.0f} | {p50:.1f} | {p99:.1f} |")
+                share = rps * per_op / health_rps
+                print(f"| {label} | {rps * per_op:,.0f} | {p50:.1f} | {p99:.1f} | {share:.2f} |")
+            print(f"\nhold + settle pairs/s: {pair_rps:,.0f}")
             rt.close()
         finally:
             if server is not None:
