@@ -15,7 +15,15 @@ if TYPE_CHECKING:
 
 _From = Annotated[str | None, typer.Option("--from", help="RFC 3339; default: 30 days ago")]
 _To = Annotated[str | None, typer.Option("--to", help="RFC 3339; default: now")]
-_BALANCE_COLUMNS = ("entitlement_id", "quantity", "consumed", "pending", "remaining", "overage")
+_BALANCE_COLUMNS = (
+    "entitlement_id",
+    "quantity",
+    "consumed",
+    "held",
+    "pending",
+    "remaining",
+    "overage",
+)
 _EVENT_COLUMNS = ("time", "id", "feature", "quantity", "entitlement_id", "part")
 
 
@@ -102,6 +110,7 @@ def balance(org: Org, customer: str, feature: str, as_json: JsonFlag = False) ->
             "pending": quantity(b.pending),
             "remaining": quantity(b.remaining),
             "overage": quantity(b.overage),
+            "held": quantity(b.held),
             "state": b.state.value,
         }
         for b in balances
