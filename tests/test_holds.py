@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 
+from meterd.core.errors import InvalidError
 from meterd.core.events import UsageEvent
 from meterd.core.holds import HOLD_SOURCE, HoldStatus
 from meterd.core.timeutil import utcnow
@@ -264,3 +265,29 @@ def test_a_hold_settled_with_zero_is_logged_with_zero_and_counts_nothing(runtime
     logged = runtime.event_log.find([("acme", HOLD_SOURCE, str(hold.id))])
     assert logged[("acme", HOLD_SOURCE, str(hold.id))].quantity == Decimal(0)
     assert_log_matches_periods(runtime)
+
+
+def test_a_hold_with_data_goes_to_the_grant_whose_dimensions_match_and_settles_there(
+    runtime: Runtime,
+) -> None:
+    other = _grant(runtime, "10", filters={"model": "o3"}, priority=0)
+    gpt = _grant(runtime, "10", filters={"model": "gpt-4o"}, priority=1)
+    now = utcnow()
+    request = Reservation("acme", "cust-1", "api_calls", Decimal(6), "h1", data={"model": "gpt-4o"})
+    hold = runtime.holds.hold(request, 60, now).hold
+    assert hold is not None
+    runtime.holds.settle("acme", hold.id, Decimal(4), now)
+    balances = {
+        b.entitlement_id: (b.consumed, b.held)
+        for b in runtime.balance.value("acme", "cust-1", "api_calls", now).balances
+    }
+    assert balances == {other: (Decimal(0), Decimal(0)), gpt: (Decimal(4), Decimal(0))}
+
+
+def test_a_hold_on_a_level_feature_is_refused(runtime: Runtime) -> None:
+    runtime.catalog.create_feature(
+        "acme", "seats", now=utcnow(), aggregation="MAX", value_property="n", event_type="seats"
+    )
+    request = Reservation("acme", "cust-1", "seats", Decimal(1), "h1")
+    with pytest.raises(InvalidError, match="only SUM and COUNT"):
+        runtime.holds.hold(request, 60, utcnow())
