@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from meterd import celery_config
+from meterd.core.holds import HOLD_SOURCE
 from meterd.core.meters import USAGE_EVENT_TYPE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,8 +23,8 @@ PATH = re.compile(r"`((?:[\w.-]+/)*[\w.-]+\.(?:py|lua))\b")
 
 
 #: Names that look like module paths and are not: the embedded default's database
-#: file and the CloudEvents type of a usage event.
-NOT_MODULES = {"meterd.db", USAGE_EVENT_TYPE}
+#: file, the CloudEvents type of a usage event and the source of a settled hold.
+NOT_MODULES = {"meterd.db", USAGE_EVENT_TYPE, HOLD_SOURCE}
 
 
 def celery_names() -> set[str]:
