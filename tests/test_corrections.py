@@ -277,3 +277,26 @@ def test_the_log_keeps_the_event_and_its_audited_corrections(counted: Runtime) -
         ("amend", "meter misread", "cli"),
         ("void", "test traffic", "cli"),
     ]
+
+
+def test_events_pages_walk_past_a_correction_row(counted: Runtime) -> None:
+    """A page may end on a correction's row: its cursor (an id with U+001E) reads."""
+    void(counted)
+    counted.flush.flush_all(LATER)
+    seen = []
+    cursor = None
+    while True:
+        page = counted.usage_report.events(
+            "acme",
+            "cust-1",
+            feature=None,
+            start=NOW - timedelta(hours=1),
+            end=NOW + timedelta(hours=1),
+            cursor=cursor,
+            limit=1,
+        )
+        seen += [(e.id, e.correction) for e in page.events]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert seen == [("e1", None), ("e1\x1e1", ("e1", 1)), ("e2", None)]
