@@ -34,8 +34,9 @@ def balance() -> str:
 
 def test_amend_then_void_from_the_command_line(acme: None) -> None:  # noqa: F811
     counted()
+    data = '{"feature": "api_calls", "quantity": 3.5}'
     made = as_json("events", "amend", "--source", "tests", "--id", "e-1",
-                   "--data", '{"feature": "api_calls", "quantity": 3.5}', "--reason", "typo")  # fmt: skip
+                   "--data", data, "--reason", "typo")  # fmt: skip
     assert (made["kind"], made["actor"], made["reason"]) == ("amend", "cli", "typo")
     assert balance() == "3.5"
     invoke("flush")
