@@ -300,3 +300,16 @@ def test_events_pages_walk_past_a_correction_row(counted: Runtime) -> None:
             break
         cursor = page.next_cursor
     assert seen == [("e1", None), ("e1\x1e1", ("e1", 1)), ("e2", None)]
+
+
+def test_corrections_stop_at_the_most_an_event_may_take_but_a_void(
+    counted: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("meterd.services.corrections.MAX_CORRECTIONS", 3)
+    monkeypatch.setattr("meterd.core.corrections.MAX_CORRECTIONS", 3)
+    amend(counted, "5", reason="one")
+    amend(counted, "6", reason="two")
+    with pytest.raises(ConflictError, match="corrections"):
+        amend(counted, "7", reason="three")
+    void(counted)
+    agree(counted, "1")

@@ -147,6 +147,7 @@ class CorrectionService:
             if not live:
                 raise ConflictError(f"event {source!r} {event_id!r} is already void")
             self._check_subtractable(org, live)
+            _check_room(live, MAX_CORRECTIONS)
             flushed = self._flushed(live)
             calls = []
             for item in live:
@@ -200,6 +201,7 @@ class CorrectionService:
             ):
                 return self._answer(source, event_id, [(item, item.last)])
             self._check_subtractable(org, [item])
+            _check_room([item], MAX_CORRECTIONS - 1)  # the last number is kept for a void
             new = self._amended(org, source, event_id, item, data, now)
             flushed = self._flushed([item])
             audit = Audit(CorrectionKind.AMEND, item.made + 1, reason, actor, now, data)
@@ -456,3 +458,14 @@ class CorrectionService:
             parts=parts,
             data=made[0][1].data.get("data"),
         )
+
+
+def _check_room(items: Sequence[_Item], numbers: int) -> None:
+    """Refuse a correction past the numbers ``_read`` looks up (a correction it could
+    not see would be taken back twice)."""
+    for item in items:
+        if item.made >= numbers:
+            raise ConflictError(
+                f"event item {item.id!r} has had {item.made} corrections, the most it may"
+                f" take ({MAX_CORRECTIONS}, the last kept for a void)"
+            )
