@@ -9,10 +9,9 @@ if it is void already (a second void, or an amend of a voided event).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, Depends
-from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field, StringConstraints
 
 from meterd.api.auth import RuntimeDep, require
@@ -24,6 +23,9 @@ from meterd.core.quantity import format_quantity
 from meterd.core.timeutil import isoformat, utcnow
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.corrections import Correction
+
+if TYPE_CHECKING:
+    from meterd.runtime import Runtime
 
 router = APIRouter(prefix="/v1", tags=["corrections"], route_class=ExactJSONRoute)
 
@@ -58,7 +60,7 @@ class CorrectionOut(BaseModel):
     source: str
     id: str
     reason: str
-    actor: str = Field(description="who: key:<API key id>, or cli")
+    actor: str = Field(description="who: key:<API key id>:<its name>, or cli")
     at: str
     numbers: list[int] = Field(description="the correction's number for each item corrected")
     parts: list[CorrectionPartOut]
@@ -87,40 +89,39 @@ def correction_out(c: Correction) -> CorrectionOut:
     )
 
 
-def actor_of(caller: Principal) -> str:
-    return f"key:{caller.key_id}"
+def actor_of(runtime: Runtime, caller: Principal) -> str:
+    """Who corrects: ``key:<API key id>:<its name>``."""
+    return f"key:{caller.key_id}:{runtime.api_keys.get(caller.key_id, caller.org).name}"
 
 
 @router.post("/events/void", response_model=CorrectionOut)
-async def void_event(body: VoidIn, runtime: RuntimeDep, caller: Corrector) -> CorrectionOut:
+def void_event(body: VoidIn, runtime: RuntimeDep, caller: Corrector) -> CorrectionOut:
     """Take back every unit the event counted, from the periods it counted on,
     flushed or not, open or closed. 404: never accepted; 409: already void."""
-    made = await run_in_threadpool(
-        runtime.corrections.void,
+    made = runtime.corrections.void(
         caller.org,
         body.source,
         body.id,
         reason=body.reason,
-        actor=actor_of(caller),
+        actor=actor_of(runtime, caller),
         now=utcnow(),
     )
     return correction_out(made)
 
 
 @router.post("/events/amend", response_model=CorrectionOut)
-async def amend_event(body: AmendIn, runtime: RuntimeDep, caller: Corrector) -> CorrectionOut:
+def amend_event(body: AmendIn, runtime: RuntimeDep, caller: Corrector) -> CorrectionOut:
     """Count the event as if sent with ``data`` at its original time: its units
     taken back and the new ones counted, in one step. 404: never accepted; 409:
     void; 400: a raw event's items, another feature, a UNIQUE_COUNT, MAX or
     LATEST feature, or an event older than the late window."""
-    made = await run_in_threadpool(
-        runtime.corrections.amend,
+    made = runtime.corrections.amend(
         caller.org,
         body.source,
         body.id,
         body.data,
         reason=body.reason,
-        actor=actor_of(caller),
+        actor=actor_of(runtime, caller),
         now=utcnow(),
     )
     return correction_out(made)
