@@ -97,3 +97,26 @@ def test_corrections_need_events_correct(client: TestClient, runtime: Runtime) -
     assert client.post("/v1/events/void", json=body, headers=writer).status_code == 403
     corrector = key_for(runtime, "acme", Permission.EVENTS_CORRECT)
     assert client.post("/v1/events/void", json=body, headers=corrector).status_code == 200
+
+
+def test_the_seed_pages_show_a_void_at_once(client: TestClient, runtime: Runtime) -> None:
+    """The tenant page (seats: 12 used) and Zenskar's, before any flush."""
+    from . import test_seed_tenant as tenant
+
+    tenant.setup(runtime)
+    corrector = key_for(runtime, "acme", Permission.EVENTS_CORRECT)
+    zenskar = {**key_for(runtime, "acme", Permission.ALL), "organisation": "acme"}
+    zenskar_path = "/entitlements/customer/unique/tenant-7"
+
+    def seats_used() -> tuple[Any, Any]:
+        page = tenant.page(client, runtime)
+        results = client.get(zenskar_path, headers=zenskar).json()["results"]
+        (row,) = [r for r in results if r["entitlement"]["name"] == "seats"]
+        return page["consumed"], row["total_quantity_used"]
+
+    assert seats_used() == (12, 12)
+    body = {"source": "tests", "id": "seats", "reason": "test traffic"}
+    assert client.post("/v1/events/void", json=body, headers=corrector).status_code == 200
+    assert seats_used() == (0, 0)
+    runtime.flush.flush_all(utcnow())
+    assert seats_used() == (0, 0)
