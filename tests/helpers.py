@@ -76,7 +76,8 @@ def _all_periods(rt: Runtime) -> list[Decimal]:
 def assert_log_matches_periods(rt: Runtime) -> None:
     """The event log and ``usage_periods`` hold the same usage: for every period with
     consumption, the sum of its logged event parts is its consumption, and the log
-    holds nothing for any other period."""
+    holds nothing for any other period (or parts that sum to zero: an event and its
+    void)."""
     from sqlalchemy import select
 
     from meterd.storage.models import UsagePeriod

@@ -291,3 +291,34 @@ def test_a_hold_on_a_level_feature_is_refused(runtime: Runtime) -> None:
     request = Reservation("acme", "cust-1", "seats", Decimal(1), "h1")
     with pytest.raises(InvalidError, match="only SUM and COUNT"):
         runtime.holds.hold(request, 60, utcnow())
+
+
+def test_a_settled_holds_usage_can_be_voided_like_any_usage(runtime: Runtime) -> None:
+    _grant(runtime, "10")
+    now = utcnow()
+    hold = _hold(runtime, "8", "h1", now=now).hold
+    assert hold is not None
+    runtime.holds.settle("acme", hold.id, Decimal(4), now)
+    runtime.corrections.void(
+        "acme", HOLD_SOURCE, str(hold.id), reason="refund", actor="test", now=now
+    )
+    assert _value(runtime, now) == (Decimal(0), Decimal(0), Decimal(10))
+    runtime.flush.flush_all(now)
+    assert_log_matches_periods(runtime)
+
+
+def test_an_amend_burns_down_past_the_units_a_hold_keeps(runtime: Runtime) -> None:
+    first = _grant(runtime, "10", priority=0)
+    second = _grant(runtime, "10", priority=1)
+    now = utcnow()
+    _hold(runtime, "8", "h1", now=now)
+    _use(runtime, "2", "e1", now)
+    runtime.corrections.amend(
+        "acme", "test", "e1", {"feature": "api_calls", "quantity": "5"},
+        reason="wrong count", actor="test", now=now,
+    )  # fmt: skip
+    balances = {
+        b.entitlement_id: (b.consumed, b.held)
+        for b in runtime.balance.value("acme", "cust-1", "api_calls", now).balances
+    }
+    assert balances == {first: (Decimal(2), Decimal(8)), second: (Decimal(3), Decimal(0))}

@@ -4,7 +4,8 @@ caller is run against a recording client, and every position it passes must be
 named by exactly one ``KEYS[...]``/``ARGV[...]`` line, and every fixed position
 named must be passed.
 
-Header forms: ``KEYS[3]``; per event ``KEYS[2i + 7]``; the rest ``ARGV[2…]``;
+Header forms: ``KEYS[3]``; per event ``KEYS[2i + 7]`` (``ARGV[9i - 5]``, ``KEYS[i + 7]``:
+i counts from 1); the rest ``ARGV[2…]``;
 ranges ``KEYS[1 .. n-2]``, ``KEYS[n-1]``, ``KEYS[n]`` (n: how many were passed); a
 bare ``ARGV`` for all of them."""
 
@@ -28,6 +29,7 @@ from meterd.core.events import UsageEvent
 from meterd.core.holds import HoldMeta, HoldStatus
 from meterd.core.redis_keys import RedisKeys
 from meterd.lua import read_fragment, script_source
+from meterd.storage.corrections import CorrectionCall, CorrectionCounters
 from meterd.storage.counters import CounterStore
 from meterd.storage.holds import HoldStore, StoredHold
 from meterd.storage.rate_limits import RateLimitStore
@@ -42,6 +44,7 @@ SCRIPTS = [
     "hold_release",
     "holds_read",
     "holds_expire",
+    "correct",
 ]
 #: Events in the recorded ingest batch (per-event positions are checked for each).
 EVENTS = 3
@@ -74,9 +77,9 @@ def rule(spec: str | None) -> tuple[Rule, int | None]:
     if text.isdigit():
         k = int(text)
         return (lambda p, n: p == k), k
-    if m := re.fullmatch(r"(\d+)i\+(\d+)", text):
-        a, b = int(m[1]), int(m[2])
-        return (lambda p, n: p > b and (p - b) % a == 0), None
+    if m := re.fullmatch(r"(\d*)i(?:([+-])(\d+))?", text):
+        a, b = int(m[1] or 1), int(m[3] or 0) * (-1 if m[2] == "-" else 1)
+        return (lambda p, n: p >= a + b and (p - b) % a == 0), None
     if m := re.fullmatch(r"(\d+)(?:…|\.\.\.)", text):
         start = int(m[1])
         return (lambda p, n: p >= start), start
@@ -145,6 +148,19 @@ def _pop_call(recorder: Recorder) -> None:
     broker.ReliableChannel._brpop_start(channel)  # type: ignore[arg-type]
 
 
+def _correct_call(client: Any, keys: RedisKeys) -> None:
+    """CorrectionCounters.apply with a void and an amend (two items)."""
+    now = datetime.now(UTC)
+    field = f"{uuid.uuid4().hex}:0"
+    void = CorrectionCall("k\x1e1", "0:\t{}", [(field, 5, 0)], "api_calls")
+    amend = CorrectionCall(
+        "k2\x1e1", "3:\t{}", [(field, 5, 0)], "api_calls", (now, now, 3, "", "{}")
+    )
+    CorrectionCounters(client, keys, late_window=timedelta(days=2)).apply(
+        "acme", "c1", [void, amend], now=now, seq=0
+    )
+
+
 @pytest.fixture(scope="module")
 def recorded() -> dict[str, list[Call]]:
     """Every script called once or more by its real caller, as the caller passes it."""
@@ -175,6 +191,7 @@ def recorded() -> dict[str, list[Call]]:
     holds.live_figures("acme", "c0", ["a:1", "b:2"], datetime.now(UTC))
     holds.expire_due(datetime.now(UTC))
     holds.release(_stored_hold(), datetime.now(UTC))
+    _correct_call(client, keys)
     _pop_call(recorder)
     return recorder.calls
 

@@ -5,7 +5,8 @@ is a key meterd writes. A newcomer reads that table first; it cannot drift.
 
 The keys come from Redis itself, after a run that exercises every writer (the ingest
 script, UNIQUE_COUNT sets, a counter past 2^52 units, a crossing of an alert
-threshold, a flush left in flight, the rate limiter, the meter versions, the stats),
+threshold, a flush left in flight, a correction, the rate limiter, the meter versions,
+the stats),
 so a key built anywhere, in Python or in Lua, is seen."""
 
 from __future__ import annotations
@@ -125,6 +126,10 @@ def busy(runtime: Runtime) -> Runtime:
     rt.holds.settle("acme", done.hold.id, Decimal("0.25"), now)
     rt.counters.begin_flush("in-flight")  # pending and events renamed, as mid-flush
     rt.ingest.ingest([event(event_id="a2", time=now, quantity="0.5")], now=now)
+    rt.corrections.amend(  # correct.lua: a correction's record, used and pending
+        "acme", "tests", "a1", {"feature": "api_calls", "quantity": "8"},
+        reason="r", actor="cli", now=now,
+    )  # fmt: skip
     return rt
 
 

@@ -26,6 +26,7 @@ from meterd.services.api_keys import ApiKeyService, RateLimiter
 from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.compat_queries import CompatQueries
+from meterd.services.corrections import CorrectionService
 from meterd.services.counting import UsageCounter
 from meterd.services.event_log import EventLogMaintenance
 from meterd.services.flush import FlushService
@@ -42,6 +43,7 @@ from meterd.services.resolution import ResolutionCache
 from meterd.services.usage_report import UsageReport
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.compat_listing import CompatListing
+from meterd.storage.corrections import CorrectionCounters, CorrectionLog
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import Database
 from meterd.storage.dead_letters import DeadLetterStore
@@ -216,6 +218,17 @@ class Runtime:
     @cached_property
     def holds(self) -> HoldService:
         return HoldService(self.reserve, self.counting, self.hold_store)
+
+    @cached_property
+    def corrections(self) -> CorrectionService:
+        return CorrectionService(
+            CorrectionCounters(self.redis, self.redis_keys, late_window=self.late_window),
+            CorrectionLog(self.database.sessions),
+            self.usage,
+            self.resolution,
+            self.meters,
+            late_window=self.late_window,
+        )
 
     @cached_property
     def replay(self) -> DeadLetterReplay:

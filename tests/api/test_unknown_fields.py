@@ -57,6 +57,15 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "quantity": "1",
         "idempotency_key": "r-1",
     },
+    ("POST", "/v1/holds/{hold_id}/settle"): {"quantity": "1"},
+    ("POST", "/v1/holds/{hold_id}/release"): {},
+    ("POST", "/v1/events/void"): {"source": "tests", "id": "e1", "reason": "test"},
+    ("POST", "/v1/events/amend"): {
+        "source": "tests",
+        "id": "e1",
+        "reason": "typo",
+        "data": {"feature": "api_calls", "quantity": "2"},
+    },
 }
 
 WRITE_ROUTES = write_routes()
@@ -77,7 +86,11 @@ def ids(client: TestClient, runtime: Runtime, acme: dict[str, str]) -> dict[str,
     assert made.status_code == 201 and plan.status_code == 201, (made.text, plan.text)
     runtime.ingest.ingest([event(customer="nobody", event_id="dead")], now=utcnow())
     (letter,) = client.get("/v1/dead-letters", headers=acme).json()["data"]
+    hold = client.post(
+        RESERVE, json={"quantity": "2", "idempotency_key": "h", "hold_seconds": 600}, headers=acme
+    ).json()["hold"]
     return {
+        "{hold_id}": hold["id"],
         "{dead_letter_id}": letter["id"],
         "{entitlement_id}": made.json()["id"],
         "{plan_id}": plan.json()["id"],
@@ -103,18 +116,25 @@ def state(client: TestClient, acme: dict[str, str]) -> Any:
     ]  # fmt: skip
 
 
-def prepare(client: TestClient, acme: dict[str, str], url: str) -> None:
+def prepare(client: TestClient, acme: dict[str, str], url: str, runtime: Runtime) -> None:
     if url.endswith("/resume"):  # only a suspended entitlement resumes
         suspended = client.post(url.replace("/resume", "/suspend"), headers=acme)
         assert suspended.status_code == 200, suspended.text
+    if url in ("/v1/events/void", "/v1/events/amend"):  # only an accepted event is corrected
+        runtime.ingest.ingest([event(event_id="e1", time=utcnow())], now=utcnow())
 
 
 @pytest.mark.parametrize(("method", "path"), WRITE_ROUTES)
 def test_an_unknown_field_is_a_400_naming_it_and_changes_nothing(
-    client: TestClient, acme: dict[str, str], ids: dict[str, str], method: str, path: str
+    client: TestClient,
+    runtime: Runtime,
+    acme: dict[str, str],
+    ids: dict[str, str],
+    method: str,
+    path: str,
 ) -> None:
     url = concrete(path, ids)
-    prepare(client, acme, url)
+    prepare(client, acme, url, runtime)
     before = state(client, acme)
     body = {**BODIES[(method, path)], UNKNOWN: True}
     response = client.request(method, url, json=body, headers=acme)

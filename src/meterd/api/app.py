@@ -18,6 +18,7 @@ from meterd import __version__, celery_config
 from meterd.api import (
     api_keys,
     catalog,
+    corrections,
     dead_letters,
     entitlements,
     errors,
@@ -107,4 +108,5 @@ def create_app(
     app.include_router(workspace.router)
     app.include_router(api_keys.router)
     app.include_router(dead_letters.router)
+    app.include_router(corrections.router)
     return app

@@ -28,6 +28,11 @@ class SettleRequest(RequestBody):
     )
 
 
+class ReleaseRequest(RequestBody):
+    """No field: a release names its hold in the path (a field sent is refused, as on
+    every write route, so a misspelt option is never dropped in silence)."""
+
+
 class SettleResponse(BaseModel):
     hold: HoldOut
     settled_now: bool = Field(
@@ -53,6 +58,11 @@ def settle_hold(
 
 
 @router.post("/{hold_id}/release", response_model=HoldOut)
-def release_hold(hold_id: uuid.UUID, runtime: RuntimeDep, caller: Reserver) -> HoldOut:
+def release_hold(
+    hold_id: uuid.UUID,
+    runtime: RuntimeDep,
+    caller: Reserver,
+    body: ReleaseRequest | None = None,
+) -> HoldOut:
     """Give the held units back (again: no change). A settled or expired hold is a 409."""
     return hold_out(runtime.holds.release(caller.org, hold_id, utcnow()))

@@ -184,6 +184,11 @@ def get_usage(
     )
 
 
+class EventCorrection(BaseModel):
+    of: str = Field(description="the corrected event's id (or its item's)")
+    number: int = Field(description="1, 2, ...: the corrections of that id in order")
+
+
 class LoggedEvent(BaseModel):
     source: str
     id: str
@@ -197,6 +202,11 @@ class LoggedEvent(BaseModel):
     part: int = Field(description="0, 1, ...: the burn-down split the event over entitlements")
     received_at: str
     data: Any = Field(default=None, description="the event's data (part 0 only)")
+    correction: EventCorrection | None = Field(
+        default=None,
+        description="set on a correction's rows (void, amend): the corrected id and the"
+        " correction's number; who, when and why are in data.correction (part 0)",
+    )
 
 
 class EventsPage(BaseModel):
@@ -218,6 +228,11 @@ def logged_event(view: LoggedEventView) -> LoggedEvent:
         part=view.part,
         received_at=isoformat(view.received_at),
         data=view.data,
+        correction=(
+            EventCorrection(of=view.correction[0], number=view.correction[1])
+            if view.correction
+            else None
+        ),
     )
 
 

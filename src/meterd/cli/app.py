@@ -14,6 +14,7 @@ import typer
 
 from meterd import __version__
 from meterd.cli import (
+    corrections,
     dead_letters,
     embedded_redis,
     entitlement_changes,
@@ -91,7 +92,7 @@ app.add_typer(keys.app, name="keys")
 app.command()(publish.publish)
 app.command()(usage.usage)
 app.command()(usage.balance)
-app.command()(usage.events)
+app.add_typer(corrections.app, name="events")
 
 
 def main() -> None:

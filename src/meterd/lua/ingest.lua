@@ -101,7 +101,9 @@ Returns one character per event (ScriptCode in storage/counters.py):
   b  backpressure: too many events wait for a flush; nothing was written
   o  out of range: counting it would carry a counter past what it holds exactly
      (2^53 - 1 units of its scale); nothing was written
-  e, f, g  settle only: the hold expired, was released, or does not exist
+  e  hold expired (settle only)
+  f  hold released (settle only)
+  g  hold missing (settle only): never made, or its record is gone
 
 The event stats hash (KEYS[3]) counts every final outcome of a usage batch in
 the same atomic step as the counts, so metrics never disagree with the

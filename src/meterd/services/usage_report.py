@@ -52,6 +52,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from meterd.core.corrections import split_correction_id
 from meterd.core.errors import InvalidError
 from meterd.core.paging import CursorError
 from meterd.storage.event_log import QUARTER, EventLog, quarter_of
@@ -70,7 +71,11 @@ LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 _RANGE = "from 0001-01-02T00:00:00Z to 9999-12-30T00:00:00Z"
 _ZONE_NAME = re.compile(r"[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A logged id may hold U+001F (a raw event's item) and U+001E (a correction).
+_ID_CONTROL = re.compile(r"[\x00-\x1d\x7f]")
 _TEXT_MAX = 512
+#: The longest logged id (``models.event_rows.LOGGED_ID_LENGTH``).
+_ID_MAX = 600
 _PART_MAX = 2**31 - 1
 _CURSOR_KIND = "events"
 _INVALID_CURSOR = "the cursor is not valid: pass back a next value"
@@ -131,6 +136,9 @@ class LoggedEventView:
     received_at: datetime
     #: The event's ``data`` (part 0 only).
     data: Mapping[str, Any] | None
+    #: A correction's row (``core/corrections.py``): the corrected id and the
+    #: correction's number; None for an event's row.
+    correction: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +291,7 @@ def logged_event_view(row: EventLogRow) -> LoggedEventView:
         part=row.part,
         received_at=row.received_at,
         data=row.data,
+        correction=split_correction_id(row.event_id),
     )
 
 
@@ -399,8 +408,8 @@ def encode_cursor(event: LoggedEventView) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _text(value: Any) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= _TEXT_MAX or _CONTROL.search(value):
+def _text(value: Any, control: re.Pattern[str] = _CONTROL, longest: int = _TEXT_MAX) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= longest or control.search(value):
         raise ValueError("text")
     return value
 
@@ -422,6 +431,6 @@ def decode_cursor(text: str) -> Position:
         part = doc["p"]
         if not isinstance(part, int) or isinstance(part, bool) or not 0 <= part <= _PART_MAX:
             raise ValueError("part")
-        return moment, _text(doc["s"]), _text(doc["i"]), part
+        return moment, _text(doc["s"]), _text(doc["i"], _ID_CONTROL, _ID_MAX), part
     except (ValueError, ArithmeticError, TypeError, UnicodeError, binascii.Error):
         raise CursorError(_INVALID_CURSOR) from None

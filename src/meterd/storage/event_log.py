@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from meterd.core.corrections import CorrectionKind, audit_of, split_correction_id
 from meterd.core.event_records import EventRecord
 from meterd.core.quantity import from_units
 from meterd.storage.exact import exact_add, exact_sum
@@ -87,7 +88,8 @@ class EventLog:
     def append(self, s: Session, batch_id: str, records: Sequence[EventRecord]) -> int:
         """Write the records and add them to the rollups, in the caller's
         transaction. Returns the rows written."""
-        rows = list(_rows(batch_id, records))
+        counted = list(_rows(batch_id, records))
+        rows = [row for row, _ in counted]
         if not rows:
             return 0
         if self.dialect == "postgresql":
@@ -95,19 +97,22 @@ class EventLog:
             _copy(s, rows)
         else:
             s.execute(insert(EventLogRow), rows)
-        self._add_rollups(s, rows)
+        self._add_rollups(s, counted)
         return len(rows)
 
-    def _add_rollups(self, s: Session, rows: Sequence[dict[str, Any]]) -> None:
+    def _add_rollups(self, s: Session, counted: Sequence[tuple[dict[str, Any], int]]) -> None:
+        """Add the rows' quantities and event counts to their quarter hours. A
+        correction's row (``core/corrections.py``) adds its quantity (negative where
+        it takes back) and no event, except a void's, which takes its event away."""
         sums: dict[tuple[uuid.UUID, datetime], list[Any]] = {}
-        for r in rows:
+        for r, events in counted:
             key = (r["entitlement_id"], quarter_of(r["event_time"]))
             entry = sums.get(key)
             if entry is None:
-                sums[key] = [r["org_id"], r["customer_id"], r["feature"], r["quantity"], 1]
+                sums[key] = [r["org_id"], r["customer_id"], r["feature"], r["quantity"], events]
             else:
                 entry[3] += r["quantity"]
-                entry[4] += 1
+                entry[4] += events
         values = [
             {
                 "entitlement_id": ent,
@@ -327,27 +332,41 @@ def create_partitions(s: Session, days: Sequence[date]) -> None:
         )
 
 
-def _rows(batch_id: str, records: Sequence[EventRecord]) -> Iterable[dict[str, Any]]:
+def _events_of(record: EventRecord) -> int:
+    """How many events each logged row of a record adds to its rollup: 1 for an
+    event's part, 0 for a correction's, -1 for a void's (it takes its event away)."""
+    if split_correction_id(record.id) is None:
+        return 1
+    audit = audit_of(record.data)
+    return -1 if audit is not None and audit.get("kind") == CorrectionKind.VOID.value else 0
+
+
+def _rows(batch_id: str, records: Sequence[EventRecord]) -> Iterable[tuple[dict[str, Any], int]]:
+    """Each record's rows, with the events each adds to its rollup."""
     for r in records:
         event_quantity = from_units(r.units, r.scale)
+        events = _events_of(r)
         for part, allocation in enumerate(r.allocations):
-            yield {
-                "org_id": r.org,
-                "source": r.source,
-                "event_id": r.id,
-                "part": part,
-                "event_time": r.time,
-                "customer_id": r.customer,
-                "feature": r.feature,
-                "entitlement_id": allocation.entitlement_id,
-                "period_start": allocation.period_start,
-                "quantity": from_units(allocation.units, r.scale),
-                "event_quantity": event_quantity,
-                "target_id": r.target,
-                "received_at": r.received_at,
-                "data": r.data if part == 0 else None,
-                "batch_id": batch_id,
-            }
+            yield (
+                {
+                    "org_id": r.org,
+                    "source": r.source,
+                    "event_id": r.id,
+                    "part": part,
+                    "event_time": r.time,
+                    "customer_id": r.customer,
+                    "feature": r.feature,
+                    "entitlement_id": allocation.entitlement_id,
+                    "period_start": allocation.period_start,
+                    "quantity": from_units(allocation.units, r.scale),
+                    "event_quantity": event_quantity,
+                    "target_id": r.target,
+                    "received_at": r.received_at,
+                    "data": r.data if part == 0 else None,
+                    "batch_id": batch_id,
+                },
+                events,
+            )
 
 
 def _copy(s: Session, rows: Sequence[dict[str, Any]]) -> None:

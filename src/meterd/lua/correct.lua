@@ -1,0 +1,158 @@
+--[[ correct.lua: void or amend accepted events (their items), atomically.
+
+KEYS[1]                 pending hash: "<ent>:<period>" -> micro-units not yet flushed
+KEYS[2]                 pending since: when the pending hash got its first write (epoch us)
+KEYS[3]                 pending events hash: event key -> record (the event log's rows to be)
+KEYS[4]                 the same, renamed for the flush in flight
+KEYS[5]                 flush sequence (bumped when a flush begins and when it ends)
+KEYS[6]                 big counters: the used fields above 2^52 units (a set)
+KEYS[7]                 used hash of the event's customer "<ent>:<period>" -> units
+KEYS[8]                 holds due (ingest/holds.lua: an amend's burn-down sees held units)
+KEYS[i + 8]             resolution data of item i's feature (string, JSON)
+ARGV[1]                 now, epoch microseconds
+ARGV[2]                 the flush sequence the caller read before it read the event's
+                        records (waiting and logged)
+ARGV[3]                 late window, microseconds
+ARGV[9i - 5]            item i's correction key "<event key>" U+001E "<n>" (the pending
+                        events field of the correction; n counts the item's corrections)
+ARGV[9i - 4]            item i's correction signature "<quantity>:<target>" and record
+                        (JSON, the audit in its data) "<signature>\t<record JSON>"
+ARGV[9i - 3]            what item i counts now, to take back: "<field>=<units>=<flushed>"
+                        comma-separated (flushed: the field's units in SQL, to seed a
+                        running total no longer kept)
+ARGV[9i - 2]            "V" void, "A" amend
+ARGV[9i - 1]            amend: the event time, epoch microseconds
+ARGV[9i]                amend: start of the UTC month of the event time, epoch microseconds
+ARGV[9i + 1]            amend: the new value, integer units of the feature's scale
+ARGV[9i + 2]            amend: target entitlement id (hex) or ""
+ARGV[9i + 3]            amend: the item's record JSON with its new data (for dimension
+                        filters; ingest.lua's record)
+
+A correction is a compensating entry: its units are taken back from (and, for an
+amend, counted again through the burn-down at the event's time onto) the used
+totals and the pending hash, and its record waits in the pending events hash under
+its own key, so the flush writes it to the event log with the counts (SUM and COUNT
+only: the caller refuses the other aggregations). Exactly once: the call refuses
+if a flush began or ended since the caller read the records (r), or if one of the
+correction keys already waits (d: a racing correction took that number; the caller
+reads again). A correction already flushed is in the log, which the caller read
+under the same flush sequence.
+
+Returns one character for the whole call:
+  a  applied
+  r  retry: the flush sequence moved
+  d  taken: a correction key already waits
+  m  missing resolution data of an item's feature: nothing written; load it, retry
+  n  amend: no entitlement takes the new value at the event time
+  s  amend: suspended at the event time
+  o  amend: the new value would carry a counter past what it holds exactly
+]]
+
+local pending_key = KEYS[1]
+local pending_since_key = KEYS[2]
+local events_key = KEYS[3]
+local batch_events_key = KEYS[4]
+local flush_seq_key = KEYS[5]
+local big_key = KEYS[6]
+local used_key = KEYS[7]
+local holds_due_key = KEYS[8]
+local now_us = tonumber(ARGV[1])
+local late_window_us = tonumber(ARGV[3])
+local strict = false
+local n_items = #KEYS - 8
+local ITEM_ARGS = 9
+
+--- @include "ingest/used"
+--- @include "ingest/thresholds"
+--- @include "ingest/resolve"
+
+if (redis.call("GET", flush_seq_key) or "0") ~= ARGV[2] then
+  return "r"
+end
+for i = 1, n_items do
+  local key = ARGV[ITEM_ARGS * i - 5]
+  if redis.call("HEXISTS", events_key, key) == 1
+    or redis.call("HEXISTS", batch_events_key, key) == 1 then
+    return "d"
+  end
+  if redis.call("EXISTS", KEYS[i + 8]) == 0 then
+    return "m"
+  end
+end
+
+-- "<field>=<delta>" entries in order, summed per field (a field moved back and
+-- forth by an amend is one row of the log); at least one entry.
+local function merged(entries)
+  local order, sums = {}, {}
+  for _, entry in ipairs(entries) do
+    local eq = string.find(entry, "=", 1, true)
+    local field, units = string.sub(entry, 1, eq - 1), tonumber(string.sub(entry, eq + 1))
+    if sums[field] == nil then
+      order[#order + 1] = field
+      sums[field] = 0
+    end
+    sums[field] = sums[field] + units
+  end
+  local out = {}
+  for _, field in ipairs(order) do
+    if sums[field] ~= 0 then out[#out + 1] = field .. "=" .. int_str(sums[field]) end
+  end
+  if #out == 0 then out[1] = order[1] .. "=0" end
+  return table.concat(out, ",")
+end
+
+local records = {}
+local ev = {}
+for i = 1, n_items do
+  local base = ITEM_ARGS * i - 5
+  allocation = {}
+  local entries = {}
+  for field, units, flushed in string.gmatch(ARGV[base + 2], "([^=,]+)=(-?%d+)=(-?%d+)") do
+    if redis.call("HEXISTS", used_key, field) == 0 then
+      -- a period no cached resolution data holds: seed its total from SQL so the
+      -- invariant holds (a field with pending units has a used entry)
+      redis.call("HSET", used_key, field, flushed)
+    end
+    add_to(used_key, field, -tonumber(units))
+    entries[#entries + 1] = field .. "=" .. int_str(-tonumber(units))
+  end
+  if ARGV[base + 3] == "A" then
+    ev.index, ev.ts, ev.month = i, tonumber(ARGV[base + 4]), ARGV[base + 5]
+    ev.qty, ev.target = tonumber(ARGV[base + 6]), ARGV[base + 7]
+    ev.key, ev.record, ev.agg, ev.value = ARGV[base], ARGV[base + 8], "S", ""
+    local code = resolve(KEYS[i + 8], used_key, ev)
+    if code ~= "a" then
+      return code -- only the seeds above were written: each is the SQL value
+    end
+    for _, entry in ipairs(allocation) do entries[#entries + 1] = entry end
+  end
+  if #entries == 0 then
+    -- nothing counted to take back (an event the log kept on a zero): one row still
+    -- records the correction
+    entries[1] = string.match(ARGV[base + 2], "^([^=,]+)") .. "=0"
+  end
+  records[i] = ARGV[base + 1] .. "\t" .. merged(entries)
+end
+
+for field, entry in pairs(used[used_key] or {}) do
+  if entry[2] ~= 0 then
+    local after = tonumber(redis.call("HINCRBY", used_key, field, int_str(entry[2])))
+    if after > BIG then redis.call("SADD", big_key, field) end
+    local before = after - entry[2]
+    note_crossings(field, before, before + entry[3])
+  end
+end
+local wrote = false
+for field, delta in pairs(pending) do
+  if delta ~= 0 then
+    redis.call("HINCRBY", pending_key, field, int_str(delta))
+    wrote = true
+  end
+end
+if wrote then
+  redis.call("SET", pending_since_key, ARGV[1], "NX")
+end
+for i = 1, n_items do
+  redis.call("HSET", events_key, ARGV[ITEM_ARGS * i - 5], records[i])
+end
+return "a"
