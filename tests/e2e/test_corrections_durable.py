@@ -1,0 +1,98 @@
+"""Voids retried while Redis is killed -9 (AOF ``appendfsync always``): every event is
+taken back exactly once, whatever the kill interrupted (a void that failed is
+retried; one that landed before the kill answers 409 on its retry)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from meterd.core.errors import ConflictError
+from meterd.core.timeutil import utcnow
+from meterd.runtime import Runtime
+from meterd.storage.database import Database
+from meterd.testing import event
+
+from ..conftest import NOW
+from ..helpers import assert_log_matches_periods, flushed_total
+from .servers import OwnRedis
+from .test_worker_exactness import grant_customers
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc and server.proc.poll() is None:
+        server.kill()
+
+
+def test_voids_retried_across_a_redis_kill_take_each_event_back_once(
+    own_redis: OwnRedis, e2e_settings: Any, database: Database
+) -> None:
+    rt = Runtime(
+        settings=e2e_settings,
+        redis=redis.Redis(port=own_redis.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)),
+        database=database,
+    )
+    rt.catalog.create_org("acme", "Acme", NOW)
+    rt.catalog.create_feature("acme", "api_calls", now=NOW)
+    grant_customers(rt, 2, ("100000",))
+    sent = utcnow()
+    events = [
+        event(customer=f"cust-{i % 2}", event_id=f"e{i}", quantity="2.5", time=sent)
+        for i in range(300)
+    ]
+    rt.ingest.ingest(events[:150], now=utcnow())
+    rt.flush.flush_all(utcnow())  # half flushed, half still waiting in Redis
+    rt.ingest.ingest(events[150:], now=utcnow())
+    to_void = [e["id"] for e in events[::2]]  # every other one, flushed and not
+    done = 0
+    conflicts = 0
+    retries = 0
+
+    def void_all() -> None:
+        nonlocal done, conflicts, retries
+        for event_id in to_void:
+            while True:
+                try:
+                    rt.corrections.void(
+                        "acme", "tests", event_id, reason="test", actor="cli", now=utcnow()
+                    )
+                    break
+                except ConflictError:
+                    conflicts += 1  # it landed before the failure was seen: already void
+                    break
+                except Exception:
+                    retries += 1
+                    time.sleep(0.02)
+            done += 1
+
+    thread = threading.Thread(target=void_all)
+    thread.start()
+    while done < 40:
+        time.sleep(0.005)
+    own_redis.kill()
+    killed_after = done
+    time.sleep(0.3)
+    own_redis.start()
+    thread.join(timeout=180)
+
+    assert 40 <= killed_after < len(to_void), "the kill must land mid-stream"
+    assert retries > 0, "some void must have failed while Redis was down"
+    rt.flush.flush_all(utcnow(), max_batches=100)
+    assert flushed_total(rt) == Decimal("2.5") * (len(events) - len(to_void))
+    assert_log_matches_periods(rt)
+    rt.redis.close()
