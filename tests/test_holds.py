@@ -16,7 +16,12 @@ from meterd.core.events import UsageEvent
 from meterd.core.holds import HOLD_SOURCE, HoldStatus
 from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
-from meterd.services.holds import HoldNotFoundError, HoldResult, HoldStateError
+from meterd.services.holds import (
+    HoldNotFoundError,
+    HoldResult,
+    HoldStateError,
+    TooManyHoldsError,
+)
 from meterd.services.reserve import Reservation, ReserveOutcome
 
 from .helpers import assert_log_matches_periods, grant
@@ -322,3 +327,17 @@ def test_an_amend_burns_down_past_the_units_a_hold_keeps(runtime: Runtime) -> No
         for b in runtime.balance.value("acme", "cust-1", "api_calls", now).balances
     }
     assert balances == {first: (Decimal(2), Decimal(8)), second: (Decimal(3), Decimal(0))}
+
+
+def test_a_customer_keeping_the_most_live_holds_it_may_is_refused_another(
+    runtime: Runtime,
+) -> None:
+    _grant(runtime, "100")
+    runtime.holds.max_live_holds = 3
+    now = utcnow()
+    for i in range(3):
+        _hold(runtime, "1", f"h{i}", seconds=10, now=now)
+    with pytest.raises(TooManyHoldsError):
+        _hold(runtime, "1", "h3", now=now)
+    # expired holds are not live: the bound counts what holds units now
+    assert _hold(runtime, "1", "h4", now=now + timedelta(seconds=10)).hold is not None

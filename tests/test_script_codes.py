@@ -28,8 +28,13 @@ def test_each_code_is_named_in_the_header_as_in_the_enum() -> None:
         assert words.strip().startswith(name), (character, words)
 
 
-#: Codes only a hold's settle answers (``services.holds`` maps them to its errors).
-SETTLE_ONLY = {ScriptCode.HOLD_EXPIRED, ScriptCode.HOLD_RELEASED, ScriptCode.HOLD_MISSING}
+#: Codes only a hold or its settle answers (``services.holds`` maps them to errors).
+SETTLE_ONLY = {
+    ScriptCode.HOLD_EXPIRED,
+    ScriptCode.HOLD_RELEASED,
+    ScriptCode.HOLD_MISSING,
+    ScriptCode.TOO_MANY_HOLDS,  # a hold's: raised as TooManyHoldsError (409)
+}
 
 
 def test_ingest_has_an_outcome_for_every_final_code_of_a_usage_count() -> None:

@@ -50,6 +50,8 @@ class HoldOp:
     expires_at: datetime | None = None
     #: The hold's meta (``HoldMeta.encode``), stored with a new hold.
     meta: str = ""
+    #: The most live holds the customer may keep (a new hold past it is refused).
+    max_live: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,5 +25,6 @@ if rec[1] ~= "held" then return rec[1] end
 for _, part in ipairs(hold_fields(rec[2])) do add_held(used_key, part[1], -part[2]) end
 redis.call("HSET", hold_key, "s", "released", "at", ARGV[1])
 redis.call("ZREM", holds_key(used_key), hold_key)
+keep_until(hold_key, now_us)
 rearm_due(used_key)
 return "released"

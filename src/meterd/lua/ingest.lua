@@ -36,7 +36,7 @@ ARGV[9i + 8]            aggregation: "S" sum (and count), "M" max, "L" latest, o
                         "U" followed by the distinct value (JSON text) of a unique
                         count (meterd.core.domain.Aggregation)
 ARGV[9i + 9]            hold operation (ingest/hold_ops): "" none, "H<hold key>\t<expiry
-                        us>\t<meta JSON>" hold the units, "S<hold key>" settle that hold
+                        us>\t<most live>\t<meta>" hold the units, "S<hold key>" settle it
 
 Dedupe in two tiers (docs/architecture.md, "Dedupe"). The invariant: an accepted
 event is found by its marker, in the pending events (KEYS[4], KEYS[5]), or in the
@@ -104,6 +104,7 @@ Returns one character per event (ScriptCode in storage/counters.py):
   e  hold expired (settle only)
   f  hold released (settle only)
   g  hold missing (settle only): never made, or its record is gone
+  t  too many holds (hold only): the customer keeps the most live holds it may
 
 The event stats hash (KEYS[3]) counts every final outcome of a usage batch in
 the same atomic step as the counts, so metrics never disagree with the
@@ -221,7 +222,7 @@ for i = 1, n_events do
   local used_key = KEYS[2 * i + 9]
   local code, hold_allocation
   if kind ~= "" then
-    code, hold_allocation = hold_first_look(kind, hold_key, used_key, signature, qty_text)
+    code, hold_allocation = hold_first_look(op, kind, hold_key, used_key, signature, qty_text)
   elseif ts < now_us - late_window_us then
     code = "l"
   elseif confirmed then

@@ -36,17 +36,23 @@ from meterd.core.holds import (
 )
 from meterd.core.quantity import from_units, parse_quantity, to_units
 from meterd.services.counting import UsageCounter
-from meterd.services.reserve import Reservation, ReserveOutcome, ReserveService
+from meterd.services.reserve import (
+    OUTCOMES,
+    Reservation,
+    ReserveOutcome,
+    ReserveService,
+    conflict,
+)
 from meterd.storage.counters import ScriptCode
 from meterd.storage.holds import HoldStore, StoredHold
 
-#: Live holds one customer may keep (a caller cannot grow Redis without bound; each
-#: costs ~300 bytes until a day after it ends).
+#: Live holds one customer may keep (a caller cannot grow Redis without bound), as
+#: ingest/holds.lua's MAX_LIVE_HOLDS; a hold's record is kept an hour after it ends.
 MAX_LIVE_HOLDS = 10_000
 
 
 class HoldNotFoundError(NotFoundError):
-    """No such hold in this org (never made, or a day past its expiry: forgotten)."""
+    """No such hold in this org (never made, or forgotten an hour after it ended)."""
 
 
 class HoldStateError(ConflictError):
@@ -115,6 +121,7 @@ class HoldService:
         self.reserve = reserve
         self.counting = counting
         self.holds = holds
+        self.max_live_holds = MAX_LIVE_HOLDS
 
     def hold(self, request: Reservation, seconds: int, now: datetime) -> HoldResult:
         """Hold ``request.quantity`` for ``seconds`` (1 to 86,400): granted only if the
@@ -125,14 +132,6 @@ class HoldService:
             )
         event = self.reserve.reservation_event(request, now)
         hold_id = hold_id_for(request.org, event.id)
-        existing = self.holds.get(request.org, hold_id)
-        if existing is None and self.holds.live_holds(request.org, request.customer_id) >= (
-            MAX_LIVE_HOLDS
-        ):
-            raise TooManyHoldsError(
-                f"customer {request.customer_id!r} keeps {MAX_LIVE_HOLDS} live holds: settle"
-                " or release some first"
-            )
         meta = HoldMeta(
             org=request.org,
             customer=request.customer_id,
@@ -143,14 +142,24 @@ class HoldService:
             data=dict(event.data),
             idempotency_key=request.idempotency_key,
         )
-        op = HoldOp("hold", hold_id, now + timedelta(seconds=seconds), meta.encode())
-        outcome = self.reserve.count_strict(replace(event, hold=op), now, request)
+        expires = now + timedelta(seconds=seconds)
+        op = HoldOp("hold", hold_id, expires, meta.encode(), self.max_live_holds)
+        (code,) = self.counting.count([replace(event, hold=op)], now, strict=True)
+        if code is ScriptCode.CONFLICT:
+            raise conflict(request)
+        if code is ScriptCode.TOO_MANY_HOLDS:
+            raise TooManyHoldsError(
+                f"customer {request.customer_id!r} keeps {self.max_live_holds} live holds: settle"
+                " or release some first"
+            )
+        outcome = OUTCOMES[code]
+        if outcome is ReserveOutcome.GRANTED:  # made now: no need to read it back
+            units = to_units(event.quantity, event.scale)
+            made = StoredHold(hold_id, HoldStatus.HELD, units, expires, meta, (), None, None)
+            return HoldResult(outcome, Hold.of(made, now))
         if not outcome.granted:
             return HoldResult(outcome, None)
-        stored = self.holds.get(request.org, hold_id)
-        if stored is None:  # ended more than a day ago and forgotten since the call
-            raise HoldNotFoundError("hold", hold_id)
-        return HoldResult(outcome, Hold.of(stored, now))
+        return HoldResult(outcome, Hold.of(self._stored(request.org, hold_id), now))
 
     def get(self, org: str, hold_id: uuid.UUID, now: datetime) -> Hold:
         return Hold.of(self._stored(org, hold_id), now)
@@ -179,12 +188,13 @@ class HoldService:
             hold=HoldOp("settle", hold_id),
         )
         (code,) = self.counting.count([event], now)
-        after = self._stored(org, hold_id)
-        if code is ScriptCode.ACCEPTED:
-            return SettleResult(Hold.of(after, now), True)
-        if code is ScriptCode.DUPLICATE:
-            return SettleResult(Hold.of(after, now), False)
+        if code in (ScriptCode.ACCEPTED, ScriptCode.DUPLICATE):
+            # settled with exactly these units, now or by an earlier call
+            ended = now if code is ScriptCode.ACCEPTED else (stored.ended_at or now)
+            after = replace(stored, status=HoldStatus.SETTLED, settled_units=units, ended_at=ended)
+            return SettleResult(Hold.of(after, now), code is ScriptCode.ACCEPTED)
         if code is ScriptCode.CONFLICT:
+            after = self._stored(org, hold_id)
             settled = from_units(after.settled_units or 0, meta.scale)
             raise HoldStateError(
                 f"hold {hold_id} was settled with {settled}, not {quantity}: a retry must"

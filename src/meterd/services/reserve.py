@@ -45,6 +45,15 @@ class ReservationConflictError(ConflictError):
     """The idempotency key was granted before for another quantity or entitlement."""
 
 
+def conflict(request: Reservation) -> ReservationConflictError:
+    """The error of a key granted before for other parameters."""
+    return ReservationConflictError(
+        f"idempotency key {request.idempotency_key!r} was granted for another "
+        f"quantity or entitlement of {request.customer_id!r} / {request.feature!r}; "
+        "a retry must ask exactly the same, a new reservation needs a new key"
+    )
+
+
 def marker_id(customer_id: str, feature: str, idempotency_key: str) -> str:
     """The dedupe id of a reservation: the key within its customer and feature (the
     customer id is length-prefixed, feature keys have no colon: no two collide)."""
@@ -109,11 +118,7 @@ class ReserveService:
         """Count a reservation (or a hold: ``event.hold``) in strict mode."""
         (code,) = self.counting.count([event], now, strict=True)
         if code is ScriptCode.CONFLICT:
-            raise ReservationConflictError(
-                f"idempotency key {request.idempotency_key!r} was granted for another "
-                f"quantity or entitlement of {request.customer_id!r} / {request.feature!r}; "
-                "a retry must ask exactly the same, a new reservation needs a new key"
-            )
+            raise conflict(request)
         return OUTCOMES[code]
 
     def reservation_event(self, request: Reservation, now: datetime) -> UsageEvent:

@@ -70,6 +70,8 @@ class ScriptCode(StrEnum):
     HOLD_RELEASED = "f"
     #: Settle only: no such hold (never made, or its record is gone).
     HOLD_MISSING = "g"
+    #: Hold only: the customer keeps the most live holds it may; nothing was held.
+    TOO_MANY_HOLDS = "t"
 
 
 _BY_CHARACTER = {code.value: code for code in ScriptCode}
@@ -250,7 +252,7 @@ class CounterStore:
         if op.kind == "settle":
             return f"S{key}"
         assert op.expires_at is not None, "a hold has an expiry"
-        return f"H{key}\t{epoch_micros(op.expires_at)}\t{op.meta}"
+        return f"H{key}\t{epoch_micros(op.expires_at)}\t{op.max_live}\t{op.meta}"
 
     def flush_seq(self) -> int:
         """The flush sequence: read it before searching the event log (see add_batch)."""

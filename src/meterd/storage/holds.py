@@ -6,7 +6,7 @@ see ``CounterStore.add_batch``); this store reads a hold's record, releases it
 the holds past their expiry (``holds_read.lua``: the value read), and frees the
 expired holds of customers nobody read since (``holds_expire.lua``: a tidy-up
 job; no answer waits for it). Holds live only in Redis: they are bets on work in
-flight, gone a day after their expiry, while what is settled is usage like any
+flight, gone an hour after they end, while what is settled is usage like any
 other (flushed, logged).
 """
 
@@ -139,8 +139,3 @@ class HoldStore:
             if n < per_call:
                 break
         return seen
-
-    def live_holds(self, org: str, customer: str) -> int:
-        """How many holds the customer has recorded as live (expired ones not yet
-        freed included): the bound a new hold is checked against."""
-        return int(self.client.zcard(self.keys.customer_holds(org, customer)))

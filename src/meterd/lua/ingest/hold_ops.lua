@@ -9,24 +9,28 @@ record's status says whether it was settled, atomically with the count), with th
 hold's units given back in the same step; a settle of a settled hold answers d
 for the same quantity and c for another.
 
-Needs (bound by the including script): now_us, hot_us, holds_due_key.
+Needs (bound by the including script): now_us, holds_due_key.
 Defines: hold_op, hold_first_look, create_hold, mark_settled.
 ]]
 
 --- @include "ingest/used"
 --- @include "ingest/holds"
 
--- A hold's record is kept this long after its expiry, so a retried settle, release
--- or reserve is answered from it (as reservation keys are remembered).
-local function create_hold(hold_key, op, used_key, signature, qty)
+-- A hold's ARGV: "H<hold key>\t<expiry us>\t<most live holds>\t<meta JSON>".
+local function hold_args(op)
   local tab1 = string.find(op, "\t", 2, true)
   local tab2 = string.find(op, "\t", tab1 + 1, true)
-  local expires = tonumber(string.sub(op, tab1 + 1, tab2 - 1))
+  local tab3 = string.find(op, "\t", tab2 + 1, true)
+  return tonumber(string.sub(op, tab1 + 1, tab2 - 1)),
+    tonumber(string.sub(op, tab2 + 1, tab3 - 1)), string.sub(op, tab3 + 1)
+end
+
+local function create_hold(hold_key, op, used_key, signature, qty)
+  local expires, _, meta = hold_args(op)
   redis.call("HSET", hold_key, "s", "held", "a", table.concat(allocation, ","),
-    "e", int_str(expires), "u", used_key, "k", signature, "q", int_str(qty),
-    "m", string.sub(op, tab2 + 1))
-  redis.call("PEXPIREAT", hold_key, int_str(math.floor((expires + hot_us) / 1000)))
-  redis.call("ZADD", used_key .. ":holds", int_str(expires), hold_key)
+    "e", int_str(expires), "u", used_key, "k", signature, "q", int_str(qty), "m", meta)
+  keep_until(hold_key, expires)
+  redis.call("ZADD", holds_key(used_key), int_str(expires), hold_key)
   local due = redis.call("ZSCORE", holds_due_key, used_key)
   if not due or tonumber(due) > expires then
     redis.call("ZADD", holds_due_key, int_str(expires), used_key)
@@ -57,11 +61,14 @@ end
 
 -- The code of a hold operation decided before any counting (nil: count it), and for
 -- a settle to be counted, the hold's allocation, given back in this call's figures.
-local function hold_first_look(kind, hold_key, used_key, signature, qty_text)
+local function hold_first_look(op, kind, hold_key, used_key, signature, qty_text)
   if kind == "H" then
     -- a hold: the hold record is its idempotency key
     local seen = redis.call("HGET", hold_key, "k")
     if seen then return (seen == signature) and "d" or "c", nil end
+    purge_holds(used_key)
+    local _, most = hold_args(op)
+    if redis.call("ZCARD", holds_key(used_key)) >= most then return "t", nil end
     return nil, nil
   end
   local code, allocation_text = settle_code(hold_key, used_key, qty_text)
@@ -71,5 +78,6 @@ end
 
 local function mark_settled(hold_key, used_key, qty_text)
   redis.call("HSET", hold_key, "s", "settled", "sq", qty_text, "at", int_str(now_us))
-  redis.call("ZREM", used_key .. ":holds", hold_key)
+  redis.call("ZREM", holds_key(used_key), hold_key)
+  keep_until(hold_key, now_us)
 end

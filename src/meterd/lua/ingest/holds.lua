@@ -11,7 +11,7 @@ Where a customer's holds live:
   expired), a allocation "<field>=<units>,...", e expiry, u the used key, k the
   signature of the reservation ("<quantity>:<target>"), q held units, m what
   the caller needs to settle it (JSON, opaque here), sq settled units, at when
-  it ended;
+  it ended; kept until an hour after it ends (HOLD_KEEP_US);
 * holds_due_key: sorted set, used key -> the earliest expiry of its live holds (a
   job frees holds of customers nobody reads; no read or count waits for it).
 
@@ -21,11 +21,19 @@ a hold past its expiry never takes room, whether or not anything ran at that
 instant.
 
 Needs (bound by the including script): now_us, holds_due_key.
-Defines: purge_holds, held_value, held_add, held_give_back, held_undo, write_held,
-hold_fields.
+Defines: HOLD_KEEP_US, keep_until, purge_holds, held_value, held_add,
+held_give_back, held_undo, write_held, hold_fields, holds_key, rearm_due, add_held.
 ]]
 
 --- @include "ingest/util"
+
+-- A hold's record is kept this long after it ends (settled, released or expired), so
+-- a retried settle, release or reserve is answered from it; then forgotten.
+local HOLD_KEEP_US = 3600000000
+
+local function keep_until(hold_key, ended_us)
+  redis.call("PEXPIREAT", hold_key, int_str(math.floor((ended_us + HOLD_KEEP_US) / 1000)))
+end
 
 local purged = {}
 -- used key -> field -> { held units read from Redis, delta of this call }
