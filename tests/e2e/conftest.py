@@ -25,7 +25,16 @@ from meterd.config import Settings
 from meterd.runtime import Runtime
 from meterd.storage.database import Database
 
-from ..conftest import NOW, REAL_REDIS_URL, delete_keys, real_redis_client, require
+from ..conftest import BACKEND, NOW, REAL_REDIS_URL, delete_keys, real_redis_client, require
+
+#: A module whose processes use no configured store (the embedded default's own
+#: SQLite and Redis, or the broker alone) runs the same in both configurations: it
+#: runs once, in the default one (CI's real pass would repeat it word for word).
+ONCE_IN_DEFAULT = pytest.mark.skipif(
+    BACKEND == "real",
+    reason="uses no configured store (the embedded default, or the broker alone):"
+    " it runs once, in the default configuration",
+)
 
 BROKER_URL = os.environ.get("METERD_TEST_BROKER_URL", "redis://127.0.0.1:6379/10")
 VISIBILITY_TIMEOUT = 5

@@ -19,9 +19,9 @@ from kombu import Connection
 
 from meterd.broker import reliable_url
 
-from .conftest import BROKER_URL
+from .conftest import BROKER_URL, ONCE_IN_DEFAULT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, ONCE_IN_DEFAULT]
 
 SCRIPT = Path(__file__).with_name("pop_and_die.py")
 QUEUE = "meterd.ingest"

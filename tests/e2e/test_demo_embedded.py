@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+from .conftest import ONCE_IN_DEFAULT
+
+pytestmark = [pytest.mark.e2e, ONCE_IN_DEFAULT]
 
 
 def test_demo_counts_exactly_on_sqlite_and_the_bundled_redis(tmp_path: Path) -> None:

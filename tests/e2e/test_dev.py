@@ -18,7 +18,9 @@ from meterd.core.timeutil import utcnow
 from meterd.storage.exact import decode_micros
 from meterd.testing import answers, event, free_port, wait_until
 
-pytestmark = pytest.mark.e2e
+from .conftest import ONCE_IN_DEFAULT
+
+pytestmark = [pytest.mark.e2e, ONCE_IN_DEFAULT]
 
 
 def processes_in(directory: Path) -> dict[int, str]:

@@ -13,7 +13,9 @@ import redis
 
 from meterd import embedded
 
-pytestmark = pytest.mark.e2e
+from .conftest import ONCE_IN_DEFAULT
+
+pytestmark = [pytest.mark.e2e, ONCE_IN_DEFAULT]
 
 METERD = shutil.which("meterd") or f"{Path(sys.executable).parent}/meterd"
 

@@ -26,9 +26,10 @@ from meterd import embedded
 from meterd.storage.migrate import upgrade
 from meterd.testing import answers, free_port, wait_until
 
+from .conftest import ONCE_IN_DEFAULT
 from .test_dev import processes_in
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, ONCE_IN_DEFAULT]
 
 METERD = shutil.which("meterd") or f"{Path(sys.executable).parent}/meterd"
 

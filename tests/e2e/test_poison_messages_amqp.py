@@ -12,7 +12,7 @@ from meterd.celery_config import INGEST_QUEUE
 from meterd.runtime import Runtime
 from meterd.testing import event
 
-from .conftest import WorkerProcess
+from .conftest import ONCE_IN_DEFAULT, WorkerProcess
 from .test_poison_messages import (
     CUSTOMER,
     Publisher,
@@ -23,7 +23,7 @@ from .test_poison_messages import (
     unreadable_letters,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, ONCE_IN_DEFAULT]
 __all__ = ["counting", "publish"]  # fixtures
 
 
