@@ -341,3 +341,21 @@ def test_a_customer_keeping_the_most_live_holds_it_may_is_refused_another(
         _hold(runtime, "1", "h3", now=now)
     # expired holds are not live: the bound counts what holds units now
     assert _hold(runtime, "1", "h4", now=now + timedelta(seconds=10)).hold is not None
+
+
+def test_a_hold_settled_after_a_renewal_counts_in_the_period_of_the_holds_time(
+    runtime: Runtime,
+) -> None:
+    now = utcnow()
+    start = now - timedelta(minutes=59, seconds=50)  # an hourly term renewing in 10 s
+    grant(runtime, quantity="10", starts_at=start, ends_at=start + timedelta(hours=1),
+          auto_renew=True, now=now)  # fmt: skip
+    hold = _hold(runtime, "8", "h1", now=now).hold
+    assert hold is not None
+    later = now + timedelta(seconds=30)
+    runtime.holds.settle("acme", hold.id, Decimal(6), later)
+    (ent,) = runtime.balance.value("acme", "cust-1", "api_calls", later).balances
+    periods = runtime.queries.periods("acme", ent.entitlement_id, later)
+    consumed = {p.period.start: p.consumed for p in periods}
+    assert consumed == {start: Decimal(6), start + timedelta(hours=1): Decimal(0)}
+    assert ent.consumed == 0  # the current (renewed) term took nothing
