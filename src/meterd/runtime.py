@@ -26,6 +26,7 @@ from meterd.services.api_keys import ApiKeyService, RateLimiter
 from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.compat_queries import CompatQueries
+from meterd.services.backfill import BACKFILL_HORIZON, BackfillService
 from meterd.services.counting import UsageCounter
 from meterd.services.event_log import EventLogMaintenance
 from meterd.services.flush import FlushService
@@ -41,6 +42,7 @@ from meterd.services.resolution import ResolutionCache
 from meterd.services.usage_report import UsageReport
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.compat_listing import CompatListing
+from meterd.storage.backfill import BackfillStore
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import Database
 from meterd.storage.dead_letters import DeadLetterStore
@@ -191,6 +193,28 @@ class Runtime:
             self.dead_letters,
             self.meters,
             chunk_size=self.settings.batch_size,
+            late_window=self.late_window,
+            future_skew=timedelta(seconds=self.settings.future_skew),
+        )
+
+    @cached_property
+    def backfill(self) -> BackfillService:
+        """Backfill: closed periods in SQL, open ones through ``ingest.lua`` with a late
+        window of ``BACKFILL_HORIZON`` (its own counter store; same Redis and keys)."""
+        counters = CounterStore(
+            self.redis,
+            self.redis_keys,
+            hot_window=timedelta(seconds=self.settings.dedupe_ttl),
+            late_window=BACKFILL_HORIZON,
+            future_skew=timedelta(seconds=self.settings.future_skew),
+            max_waiting_events=self.settings.max_waiting_events,
+        )
+        return BackfillService(
+            BackfillStore(self.database.sessions, self.event_log),
+            UsageCounter(counters, self.resolution, self.event_log),
+            self.event_log,
+            self.dead_letters,
+            self.meters,
             late_window=self.late_window,
             future_skew=timedelta(seconds=self.settings.future_skew),
         )
