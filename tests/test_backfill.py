@@ -19,10 +19,9 @@ import pytest
 from sqlalchemy import func, select
 
 from meterd.core.domain import Outcome
-from meterd.core.lifecycle import period_at
+from meterd.core.lifecycle import OperatorAction, period_at
 from meterd.core.terms import Term, TermUnit
 from meterd.runtime import Runtime
-from meterd.core.lifecycle import OperatorAction
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.models import Backfill, BackfillLogRow, DeadLetter, Entitlement, UsagePeriod
 from meterd.testing import event

@@ -23,10 +23,10 @@ from meterd import embedded
 from meterd.config import Settings, get_settings
 from meterd.core.redis_keys import RedisKeys
 from meterd.services.api_keys import ApiKeyService, RateLimiter
+from meterd.services.backfill import BACKFILL_HORIZON, BackfillService
 from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.compat_queries import CompatQueries
-from meterd.services.backfill import BACKFILL_HORIZON, BackfillService
 from meterd.services.counting import UsageCounter
 from meterd.services.event_log import EventLogMaintenance
 from meterd.services.flush import FlushService
@@ -41,8 +41,8 @@ from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
 from meterd.services.usage_report import UsageReport
 from meterd.storage.api_keys import ApiKeyStore
-from meterd.storage.compat_listing import CompatListing
 from meterd.storage.backfill import BackfillStore
+from meterd.storage.compat_listing import CompatListing
 from meterd.storage.counters import CounterStore
 from meterd.storage.database import Database
 from meterd.storage.dead_letters import DeadLetterStore
