@@ -22,6 +22,7 @@ from meterd.cli import (
     entitlements,
     exits,
     features,
+    import_events,
     keys,
     lifecycle,
     operate,
@@ -87,6 +88,7 @@ app.add_typer(keys.app, name="keys")
 
 # -- usage ----------------------------------------------------------------------------
 app.command()(publish.publish)
+app.command("import")(import_events.import_events)
 app.command()(usage.usage)
 app.command()(usage.balance)
 app.command()(usage.events)
