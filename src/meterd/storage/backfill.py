@@ -16,6 +16,7 @@ two batches touching one period see each other's units.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -23,12 +24,12 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.core.domain import EntitlementView, Period
-from meterd.storage.database import insert_ignoring_duplicates
+from meterd.storage.database import bulk_insert, insert_ignoring_duplicates
 from meterd.storage.event_log import EventIdentity, EventLog
 from meterd.storage.models import (
     Backfill,
@@ -38,7 +39,12 @@ from meterd.storage.models import (
     Feature,
     UsagePeriod,
 )
-from meterd.storage.resolution_views import entitlement_view, suspensions_of
+from meterd.storage.resolution_views import (
+    _PERIOD_COLUMNS,
+    _VIEW_COLUMNS,
+    entitlement_view,
+    suspensions_of,
+)
 from meterd.storage.usage import PeriodKey, _add_consumption
 
 #: (org, customer, feature key)
@@ -194,11 +200,12 @@ class BackfillStore:
         if not wanted:
             return result
         with self.sessions() as s:
-            rows: list[tuple[Any, str, int]] = []
+            rows: list[Any] = []
             for org in sorted({k[0] for k in wanted}):
                 of_org = [k for k in wanted if k[0] == org]
+                # plain columns, not ORM objects: this runs for every batch
                 found = s.execute(
-                    select(Entitlement, Feature.key, Feature.scale)
+                    select(*_VIEW_COLUMNS, Feature.key, Feature.scale)
                     .join(Feature, Feature.id == Entitlement.feature_id)
                     .where(
                         Entitlement.org_id == org,
@@ -206,26 +213,20 @@ class BackfillStore:
                         Feature.key.in_({k[2] for k in of_org}),
                     )
                 ).all()
-                rows += [
-                    (ent, key, scale)
-                    for ent, key, scale in found
-                    if (org, ent.customer_id, key) in wanted
-                ]
-            ids = [ent.id for ent, _, _ in rows]
+                rows += [row for row in found if (org, row.customer_id, row.key) in wanted]
+            ids = [row.id for row in rows]
             periods: dict[uuid.UUID, list[Any]] = {}
             for start in range(0, len(ids), 500):
-                for period in s.scalars(
-                    select(UsagePeriod).where(
+                for period in s.execute(
+                    select(*_PERIOD_COLUMNS).where(
                         UsagePeriod.entitlement_id.in_(ids[start : start + 500])
                     )
                 ):
                     periods.setdefault(period.entitlement_id, []).append(period)
             suspensions = suspensions_of(s, ids)
-            for ent, key, scale in rows:
-                view = entitlement_view(
-                    ent, periods.get(ent.id, []), suspensions.get(ent.id, ()), scale=scale
-                )
-                result[(ent.org_id, ent.customer_id, key)].append(view)
+        for row in rows:
+            view = entitlement_view(row, periods.get(row.id, []), suspensions.get(row.id, ()))
+            result[(row.org_id, row.customer_id, row.key)].append(view)
         return result
 
     # -- the batch --------------------------------------------------------------------
@@ -263,7 +264,7 @@ class BackfillStore:
                 _add_consumption(s, [(k, v) for k, v in deltas.items() if v], now)
                 rows = [p.row(backfill_id) for p in parts]
                 if rows:
-                    s.execute(insert(BackfillLogRow), rows)
+                    _insert_new(s, rows)
                     self.event_log._add_rollups(s, rows)
                 insert_ignoring_duplicates(
                     s,
@@ -281,44 +282,34 @@ class BackfillStore:
     def _locked_periods(
         self, s: Session, periods: Sequence[NewPeriod], now: datetime
     ) -> dict[PeriodKey, Decimal]:
-        """Create the missing period rows (insert-or-ignore, as the lifecycle job and
-        the flush do) and read their consumption, the rows locked (PostgreSQL) in key
-        order so two batches never deadlock."""
+        """The consumption of the periods, their rows locked (PostgreSQL) in key order
+        so two batches never deadlock; the missing rows are created first
+        (insert-or-ignore, as the lifecycle job and the flush do)."""
         if not periods:
             return {}
         unique = {(p.entitlement_id, p.period.start): p for p in periods}
-        insert_ignoring_duplicates(
-            s,
-            UsagePeriod,
-            [
-                {
-                    "id": uuid.uuid4(),
-                    "org_id": p.org,
-                    "entitlement_id": p.entitlement_id,
-                    "period_start": p.period.start,
-                    "period_end": p.period.end,
-                    "quantity": p.period.quantity,
-                    "consumed": Decimal(0),
-                    "updated_at": now,
-                }
-                for _, p in sorted(unique.items())
-            ],
-            ["entitlement_id", "period_start"],
-        )
-        keys = sorted(unique)
-        used: dict[PeriodKey, Decimal] = {}
-        for start in range(0, len(keys), 500):
-            rows = s.execute(
-                select(UsagePeriod.entitlement_id, UsagePeriod.period_start, UsagePeriod.consumed)
-                .where(
-                    tuple_(UsagePeriod.entitlement_id, UsagePeriod.period_start).in_(
-                        keys[start : start + 500]
-                    )
-                )
-                .order_by(UsagePeriod.entitlement_id, UsagePeriod.period_start)
-                .with_for_update()
-            ).all()
-            used.update({(e, p): Decimal(c) for e, p, c in rows})
+        used = _read_locked(s, sorted(unique))
+        missing = sorted(k for k in unique if k not in used)
+        if missing:
+            insert_ignoring_duplicates(
+                s,
+                UsagePeriod,
+                [
+                    {
+                        "id": uuid.uuid4(),
+                        "org_id": unique[k].org,
+                        "entitlement_id": k[0],
+                        "period_start": k[1],
+                        "period_end": unique[k].period.end,
+                        "quantity": unique[k].period.quantity,
+                        "consumed": Decimal(0),
+                        "updated_at": now,
+                    }
+                    for k in missing
+                ],
+                ["entitlement_id", "period_start"],
+            )
+            used.update(_read_locked(s, missing))
         return used
 
     @staticmethod
@@ -335,3 +326,40 @@ class BackfillStore:
                 updated_at=now,
             )
         )
+
+
+#: PostgreSQL's unique_violation.
+_UNIQUE_VIOLATION = "23505"
+
+
+def _insert_new(s: Session, rows: list[dict[str, Any]]) -> None:
+    """The log rows, with COPY on PostgreSQL; an event logged already (a racing
+    batch) raises ``IntegrityError`` either way (COPY's driver error is not wrapped
+    by SQLAlchemy)."""
+    if s.get_bind().dialect.name == "postgresql":  # COPY takes JSON as text
+        rows = [{**r, "data": None if r["data"] is None else json.dumps(r["data"])} for r in rows]
+    try:
+        bulk_insert(s, BackfillLogRow, rows)
+    except IntegrityError:
+        raise
+    except Exception as exc:
+        if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
+            raise IntegrityError("COPY event_log_backfill", None, exc) from exc
+        raise
+
+
+def _read_locked(s: Session, keys: Sequence[PeriodKey]) -> dict[PeriodKey, Decimal]:
+    used: dict[PeriodKey, Decimal] = {}
+    for start in range(0, len(keys), 500):
+        rows = s.execute(
+            select(UsagePeriod.entitlement_id, UsagePeriod.period_start, UsagePeriod.consumed)
+            .where(
+                tuple_(UsagePeriod.entitlement_id, UsagePeriod.period_start).in_(
+                    keys[start : start + 500]
+                )
+            )
+            .order_by(UsagePeriod.entitlement_id, UsagePeriod.period_start)
+            .with_for_update()
+        ).all()
+        used.update({(e, p): Decimal(c) for e, p, c in rows})
+    return used
