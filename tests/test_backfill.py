@@ -272,3 +272,27 @@ def test_a_recent_event_in_a_backfill_counts_through_the_live_path(
     report = runtime.backfill.backfill(e, org="acme", backfill_id=backfill_id, batch_no=0, now=NOW)
     assert report.outcomes == [Outcome.ACCEPTED]
     assert report.live == 1
+
+
+def test_backfills_racing_with_the_same_events_count_each_once(runtime: Runtime) -> None:
+    """Four imports of one file at once (threads; PostgreSQL with the real backend):
+    the log's key makes a loser plan again, and the period rows' locks order the
+    burn-down, so every event counts once and the split is the serial one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    first = renewing(runtime, "100", "50", priority=0)
+    second = renewing(runtime, "1000", "1000", priority=1)
+    events = year_of_events("race")
+
+    def one_import(_: int) -> Counter[str]:
+        return run(runtime, events, batch=40, flush=False)
+
+    with ThreadPoolExecutor(4) as pool:
+        totals = sum(pool.map(one_import, range(4)), Counter())
+    runtime.flush.flush_all(NOW)
+    assert totals == {"accepted": len(events), "duplicate": 3 * len(events)}
+    want_first, want_second = expected(runtime, first, second, events)
+    got_first, got_second = consumed(runtime, first), consumed(runtime, second)
+    for start, amount in want_first.items():
+        assert got_first[start][0] == amount, start
+        assert got_second[start][0] == want_second[start], start
