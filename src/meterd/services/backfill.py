@@ -216,9 +216,14 @@ class BackfillService:
         events: int,
     ) -> tuple[bool, int]:
         """Judge and count the items; returns (applied before, events counted live)."""
+        #: what the live path answered, kept across rounds (a round that lost a race
+        #: is planned again, and its live counts are done already)
+        counted_live: dict[int, tuple[Outcome, str | None]] = {}
         for _ in range(MAX_PLAN_ROUNDS):
             verdicts: dict[int, tuple[Outcome, str | None]] = {}
             fresh = self._fresh(items, verdicts)
+            # counted live in a round before: found now by its identity, still ours
+            verdicts.update({k: v for k, v in counted_live.items() if k not in fresh})
             views = self.store.views({(e.org, e.customer, e.feature) for _, e in fresh.values()})
             cutoff = now - self.late_window
             closed: dict[int, list[Candidate]] = {}
@@ -236,7 +241,7 @@ class BackfillService:
                     verdicts[k] = (Outcome.INVALID, _not_summable(item))
                 else:
                     closed[k] = cands
-            live_parts = self._count_live(items, open_, verdicts, now)
+            live_parts = self._count_live(items, open_, verdicts, counted_live, now)
             sql_parts = {k: _pending_parts(items[k][1], now) for k in closed}
             counts = _counts(items, verdicts, closed, outcomes, results, events)
             try:
@@ -286,23 +291,23 @@ class BackfillService:
         items: list[tuple[int, UsageEvent]],
         open_: list[int],
         verdicts: dict[int, tuple[Outcome, str | None]],
+        counted_live: dict[int, tuple[Outcome, str | None]],
         now: datetime,
     ) -> list[LogPart]:
-        """Count the items whose period is still open through ``ingest.lua``; returns
-        the identity rows of those it counted (now or before)."""
-        if not open_:
-            return []
-        codes = self.live.count([items[k][1] for k in open_], now)
-        identities = []
-        for k, code in zip(open_, codes, strict=True):
+        """Count the items whose period is still open through ``ingest.lua`` (those
+        not counted in an earlier round); returns the identity rows of those it
+        counted (now or before)."""
+        todo = [k for k in open_ if k not in counted_live]
+        codes = self.live.count([items[k][1] for k in todo], now) if todo else []
+        for k, code in zip(todo, codes, strict=True):
             outcome = OUTCOMES[code]
-            item = items[k][1]
-            verdicts[k] = (
-                outcome,
-                None if not outcome.is_dead_letter else _live_reason(item, outcome),
-            )
-            if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
-                identities.append(_identity(item, now))
+            reason = _live_reason(items[k][1], outcome) if outcome.is_dead_letter else None
+            counted_live[k] = (outcome, reason)
+        identities = []
+        for k in open_:
+            verdicts[k] = counted_live[k]
+            if verdicts[k][0] in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+                identities.append(_identity(items[k][1], now))
         return identities
 
 
