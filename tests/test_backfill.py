@@ -296,3 +296,26 @@ def test_backfills_racing_with_the_same_events_count_each_once(runtime: Runtime)
     for start, amount in want_first.items():
         assert got_first[start][0] == amount, start
         assert got_second[start][0] == want_second[start], start
+
+
+def test_backfilled_events_are_listed_with_the_logged_ones_in_time_order(
+    runtime: Runtime,
+) -> None:
+    renewing(runtime, "100", "50", priority=0)
+    old = [
+        event(quantity="1", event_id=f"b{i}", time=NOW - timedelta(days=90 + i)) for i in range(3)
+    ]
+    run(runtime, old)
+    runtime.ingest.ingest([event(quantity="2", event_id="live", time=NOW)], now=NOW)
+    runtime.flush.flush_all(NOW)
+    listed, cursor = [], None
+    while True:
+        page = runtime.usage_report.events(
+            "acme", "cust-1", feature=None, start=NOW - timedelta(days=400),
+            end=NOW + timedelta(days=1), cursor=cursor, limit=2,
+        )  # fmt: skip
+        listed += [e.id for e in page.events]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert listed == ["b2", "b1", "b0", "live"]

@@ -284,7 +284,9 @@ class Runtime:
 
     @cached_property
     def usage_report(self) -> UsageReport:
-        return UsageReport(self.event_log, self.entitlements.filters_of)
+        return UsageReport(
+            self.event_log, self.entitlements.filters_of, backfilled=self.backfill.store.page
+        )
 
     @cached_property
     def notifications(self) -> NotificationService:

@@ -229,6 +229,39 @@ class BackfillStore:
             result[(row.org_id, row.customer_id, row.key)].append(view)
         return result
 
+    def page(
+        self,
+        org: str,
+        customer: str,
+        *,
+        feature: str | None,
+        start: datetime,
+        end: datetime,
+        after: tuple[datetime, str, str, int] | None,
+        limit: int,
+    ) -> list[BackfillLogRow]:
+        """As ``EventLog.page``, over the backfilled parts of closed periods (an event
+        counted through the live path is in ``event_log``)."""
+        order = (
+            BackfillLogRow.event_time,
+            BackfillLogRow.source,
+            BackfillLogRow.event_id,
+            BackfillLogRow.part,
+        )
+        stmt = select(BackfillLogRow).where(
+            BackfillLogRow.org_id == org,
+            BackfillLogRow.customer_id == customer,
+            BackfillLogRow.event_time >= start,
+            BackfillLogRow.event_time < end,
+            BackfillLogRow.counted_live.is_(False),
+        )
+        if feature is not None:
+            stmt = stmt.where(BackfillLogRow.feature == feature)
+        if after is not None:
+            stmt = stmt.where(tuple_(*order) > tuple_(*after))
+        with self.sessions() as s:
+            return list(s.scalars(stmt.order_by(*order).limit(limit)))
+
     # -- the batch --------------------------------------------------------------------
 
     def apply(
