@@ -319,3 +319,20 @@ def test_backfilled_events_are_listed_with_the_logged_ones_in_time_order(
         if cursor is None:
             break
     assert listed == ["b2", "b1", "b0", "live"]
+
+
+def test_the_hourly_retention_job_keeps_the_backfilled_rows(runtime: Runtime) -> None:
+    renewing(runtime, "100", "50", priority=0)
+    old = [
+        event(quantity="1", event_id=f"k{i}", time=NOW - timedelta(days=200 + i)) for i in range(5)
+    ]
+    run(runtime, old)
+
+    def kept() -> int:
+        with runtime.database.sessions() as s:
+            return int(s.scalar(select(func.count()).select_from(BackfillLogRow)) or 0)
+
+    assert kept() == 5
+    for hours in (1, 2, 24 * 30):
+        runtime.event_log_maintenance.maintain(NOW + timedelta(hours=hours))
+    assert kept() == 5
