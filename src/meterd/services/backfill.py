@@ -224,15 +224,17 @@ class BackfillService:
             fresh = self._fresh(items, verdicts)
             # counted live in a round before: found now by its identity, still ours
             verdicts.update({k: v for k, v in counted_live.items() if k not in fresh})
-            views = self.store.views({(e.org, e.customer, e.feature) for _, e in fresh.values()})
+            views = {
+                key: sorted(found, key=burn_down_order)
+                for key, found in self.store.views(
+                    {(e.org, e.customer, e.feature) for _, e in fresh.values()}
+                ).items()
+            }
             cutoff = now - self.late_window
             closed: dict[int, list[Candidate]] = {}
             open_: list[int] = []
             for k, (_, item) in fresh.items():
-                ordered = sorted(
-                    views[(item.org, item.customer, item.feature)], key=burn_down_order
-                )
-                cands, suspended = candidates(ordered, item)
+                cands, suspended = candidates(views[(item.org, item.customer, item.feature)], item)
                 if not cands:
                     verdicts[k] = _no_candidate(item, suspended)
                 elif any(c.period.end is None or c.period.end > cutoff for c in cands):
@@ -242,7 +244,7 @@ class BackfillService:
                 else:
                     closed[k] = cands
             live_parts = self._count_live(items, open_, verdicts, counted_live, now)
-            sql_parts = {k: _pending_parts(items[k][1], now) for k in closed}
+            templates = {k: _identity(items[k][1], now) for k in closed}
             counts = _counts(items, verdicts, closed, outcomes, results, events)
             try:
                 applied = self.store.apply(
@@ -254,7 +256,7 @@ class BackfillService:
                         for k, cands in closed.items()
                         for c in cands
                     ],
-                    plan=functools.partial(_plan, items, closed, sql_parts),
+                    plan=functools.partial(_plan, items, closed, templates),
                     live=live_parts,
                     counts=counts,
                 )
@@ -350,11 +352,9 @@ def _with_term_quantity(view: EntitlementView, period: Period) -> Period:
     return period
 
 
-def _pending_parts(item: UsageEvent, now: datetime) -> LogPart:
-    return _identity(item, now)
-
-
 def _identity(item: UsageEvent, now: datetime) -> LogPart:
+    """The event's row with no entitlement: the identity of an event counted live, and
+    the template of a closed one's parts."""
     return LogPart(
         org=item.org,
         source=item.source,
