@@ -336,3 +336,43 @@ def test_the_hourly_retention_job_keeps_the_backfilled_rows(runtime: Runtime) ->
     for hours in (1, 2, 24 * 30):
         runtime.event_log_maintenance.maintain(NOW + timedelta(hours=hours))
     assert kept() == 5
+
+
+def test_a_raw_event_of_last_year_feeds_the_meters_that_exist_now(runtime: Runtime) -> None:
+    from meterd.core.domain import Aggregation
+
+    runtime.catalog.create_feature(
+        "acme", "input_tokens", now=NOW, scale=0, event_type="llm.request",
+        value_property="usage.input_tokens",
+    )  # fmt: skip
+    runtime.catalog.create_feature(
+        "acme", "peak", now=NOW, aggregation=Aggregation.MAX, event_type="llm.request",
+        value_property="usage.input_tokens",
+    )  # fmt: skip
+    ent = runtime.catalog.create_entitlement(
+        NewEntitlement(
+            org="acme", customer_id="cust-1", feature="input_tokens", quantity=None,
+            starts_at=START, auto_renew=True, term=MONTHLY,
+        ),
+        NOW,
+    )  # fmt: skip
+    runtime.catalog.create_entitlement(
+        NewEntitlement(
+            org="acme", customer_id="cust-1", feature="peak", quantity=None,
+            starts_at=START, auto_renew=True, term=MONTHLY,
+        ),
+        NOW,
+    )  # fmt: skip
+    raw = {
+        "specversion": "1.0", "type": "llm.request", "source": "tests", "id": "raw-1",
+        "org": "acme", "subject": "cust-1", "time": (NOW - timedelta(days=200)).isoformat(),
+        "data": {"usage": {"input_tokens": 1200}},
+    }  # fmt: skip
+    backfill_id = runtime.backfill.open("acme", "cli:test", "cli", NOW)
+    report = runtime.backfill.backfill(
+        [raw], org="acme", backfill_id=backfill_id, batch_no=0, now=NOW
+    )
+    # the SUM meter counts it; the MAX one cannot be backfilled into a closed period
+    assert report.outcomes == [Outcome.INVALID]
+    assert "aggregates by MAX" in (report.reasons[0] or "")
+    assert sum(c for c, _ in consumed(runtime, ent).values()) == Decimal(1200)

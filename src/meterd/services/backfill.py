@@ -173,7 +173,9 @@ class BackfillService:
             if not org_meters.knows(parsed):
                 org_meters = self.meters.refresh(org)
             results[index] = []
-            for item in items_of(parsed, org_meters):
+            # history predates the meters: an operator's import feeds every meter of
+            # its type that exists, as a replay does (dedupe is per item, id + feature)
+            for item in items_of(parsed, org_meters, every_meter=True):
                 if isinstance(item, UsageEvent):
                     items.append((index, item))
                 else:
