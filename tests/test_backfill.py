@@ -376,3 +376,40 @@ def test_a_raw_event_of_last_year_feeds_the_meters_that_exist_now(runtime: Runti
     assert report.outcomes == [Outcome.INVALID]
     assert "aggregates by MAX" in (report.reasons[0] or "")
     assert sum(c for c, _ in consumed(runtime, ent).values()) == Decimal(1200)
+
+
+def test_the_backfill_splits_history_as_live_ingest_did_at_the_time(runtime: Runtime) -> None:
+    """The same grants for two customers: one's events counted live as they happened
+    (each ingested an hour after its time), the other's backfilled a year later.
+    Every period of every grant ends with the same consumption. (Each grant's
+    renewal quantity is its quantity here: for a first term the lifecycle
+    summarised, live ingest takes the renewal quantity where the backfill takes
+    the grant's own; see the first test.)"""
+    import random
+
+    grants = {
+        customer: (
+            renewing(runtime, "100", "100", priority=0, customer=customer),
+            renewing(runtime, "70", "70", priority=1, customer=customer),
+            renewing(runtime, "1000", "1000", priority=2, customer=customer),
+        )
+        for customer in ("live", "backfilled")
+    }
+    rng = random.Random(22)
+    times = sorted(START + timedelta(minutes=rng.randrange(0, 330 * 24 * 60)) for _ in range(150))
+    quantities = [str(rng.choice([1, 3, 9, 17, 40])) for _ in times]
+    for i, (t, q) in enumerate(zip(times, quantities, strict=True)):
+        report = runtime.ingest.ingest(
+            [event("live", q, event_id=f"l{i}", time=t)], now=t + timedelta(hours=1)
+        )
+        assert report.outcomes == [Outcome.ACCEPTED]
+    runtime.flush.flush_all(NOW)
+    history = [
+        event("backfilled", q, event_id=f"b{i}", time=t)
+        for i, (t, q) in enumerate(zip(times, quantities, strict=True))
+    ]
+    assert run(runtime, history, batch=25) == {"accepted": len(history)}
+    for live, backfilled in zip(grants["live"], grants["backfilled"], strict=True):
+        got = {s: c for s, (c, _) in consumed(runtime, backfilled).items() if c}
+        want = {s: c for s, (c, _) in consumed(runtime, live).items() if c}
+        assert got == want
