@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import getpass
+import time
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -62,6 +63,7 @@ from meterd.storage.backfill import (
     BackfillCounts,
     BackfillStore,
     BatchRaced,
+    CustomerFeature,
     LogPart,
     NewPeriod,
 )
@@ -76,6 +78,12 @@ BACKFILL_HORIZON = timedelta(days=366 * 200)
 BACKFILL_BATCH = 1000
 #: Aggregations a closed period can be backfilled for (a sum of its events).
 SUMMABLE = frozenset({Aggregation.SUM, Aggregation.COUNT})
+#: How long a customer's entitlement views are kept between batches, in seconds: an
+#: import's batches each touch most of its customers, and reading every period of
+#: every grant again each batch was most of its cost. An operator's change (a
+#: suspension, a new grant) reaches a running import within this time; the period
+#: rows a backfill creates are the calendar's terms the views compute anyway.
+VIEWS_TTL = 10.0
 
 
 class BackfillRacedError(UnavailableError):
@@ -137,6 +145,7 @@ class BackfillService:
         self.meters = meters
         self.late_window = late_window
         self.future_skew = future_skew
+        self._views: dict[CustomerFeature, tuple[float, list[EntitlementView]]] = {}
 
     def open(self, org: str, actor: str, via: str, now: datetime, events: int = 0) -> uuid.UUID:
         """Start a backfill: its audit row (who, when, how many)."""
@@ -226,12 +235,7 @@ class BackfillService:
             fresh = self._fresh(items, verdicts)
             # counted live in a round before: found now by its identity, still ours
             verdicts.update({k: v for k, v in counted_live.items() if k not in fresh})
-            views = {
-                key: sorted(found, key=burn_down_order)
-                for key, found in self.store.views(
-                    {(e.org, e.customer, e.feature) for _, e in fresh.values()}
-                ).items()
-            }
+            views = self._views_of({(e.org, e.customer, e.feature) for _, e in fresh.values()})
             cutoff = now - self.late_window
             closed: dict[int, list[Candidate]] = {}
             open_: list[int] = []
@@ -271,6 +275,17 @@ class BackfillService:
                 results[items[k][0]].append((outcome, None))
             return applied is None, counts.live
         raise BackfillRacedError("other batches kept logging this batch's events; retry")
+
+    def _views_of(self, keys: set[CustomerFeature]) -> dict[CustomerFeature, list[EntitlementView]]:
+        """Each customer's views in burn-down order, read again after ``VIEWS_TTL``."""
+        clock = time.monotonic()
+        if len(self._views) > 100_000:  # bounded: an import of many customers
+            self._views.clear()
+        kept = {k: self._views.get(k) for k in keys}
+        stale = {k for k, entry in kept.items() if entry is None or clock - entry[0] > VIEWS_TTL}
+        for key, found in self.store.views(stale).items():
+            self._views[key] = (clock, sorted(found, key=burn_down_order))
+        return {k: self._views[k][1] for k in keys}
 
     def _fresh(
         self, items: list[tuple[int, UsageEvent]], verdicts: dict[int, tuple[Outcome, str | None]]
