@@ -413,3 +413,29 @@ def test_the_backfill_splits_history_as_live_ingest_did_at_the_time(runtime: Run
         got = {s: c for s, (c, _) in consumed(runtime, backfilled).items() if c}
         want = {s: c for s, (c, _) in consumed(runtime, live).items() if c}
         assert got == want
+
+
+def test_a_period_that_may_still_hold_unflushed_usage_goes_through_the_live_path(
+    runtime: Runtime,
+) -> None:
+    """The flush stalled 20 days: a write that old is not in SQL, so a period that
+    ended 52 days ago may hold unflushed units (the rule of the periods read): its
+    history is counted in Redis, where those units are, not beside them in SQL."""
+    ent = renewing(runtime, "100", "50", priority=0)
+    stalled = NOW - timedelta(days=20)
+    runtime.ingest.ingest([event(quantity="1", event_id="w", time=stalled)], now=stalled)
+    september = datetime(2026, 9, 15, tzinfo=NOW.tzinfo)
+    backfill_id = runtime.backfill.open("acme", "cli:test", "cli", NOW)
+    report = runtime.backfill.backfill(
+        [event(quantity="5", event_id="sep", time=september)],
+        org="acme", backfill_id=backfill_id, batch_no=0, now=NOW,
+    )  # fmt: skip
+    assert (report.outcomes, report.live) == ([Outcome.ACCEPTED], 1)
+    runtime.flush.flush_all(NOW)
+    assert consumed(runtime, ent)[datetime(2026, 9, 1, tzinfo=NOW.tzinfo)][0] == Decimal(5)
+    backfill_id = runtime.backfill.open("acme", "cli:test", "cli", NOW)
+    report = runtime.backfill.backfill(
+        [event(quantity="5", event_id="sep-2", time=september)],
+        org="acme", backfill_id=backfill_id, batch_no=0, now=NOW,
+    )  # fmt: skip
+    assert (report.outcomes, report.live) == ([Outcome.ACCEPTED], 0)  # flushed: closed again

@@ -55,6 +55,7 @@ from meterd.core.events import (
 )
 from meterd.core.lifecycle import period_at, status_at, usable_at
 from meterd.core.meters import matches
+from meterd.core.timeutil import from_epoch_micros
 from meterd.services.counting import UsageCounter
 from meterd.services.ingest import OUTCOMES
 from meterd.services.meters import MeterCatalog, OrgMeters, combined_outcome, items_of
@@ -78,6 +79,9 @@ BACKFILL_HORIZON = timedelta(days=366 * 200)
 BACKFILL_BATCH = 1000
 #: Aggregations a closed period can be backfilled for (a sum of its events).
 SUMMABLE = frozenset({Aggregation.SUM, Aggregation.COUNT})
+#: Hosts' clocks differ: a period is closed to the backfill's SQL path only this long
+#: after the last instant live ingest (on another host) could still count into it.
+CLOCK_MARGIN = timedelta(minutes=10)
 #: How long a customer's entitlement views are kept between batches, in seconds: an
 #: import's batches each touch most of its customers, and reading every period of
 #: every grant again each batch was most of its cost. An operator's change (a
@@ -236,7 +240,7 @@ class BackfillService:
             # counted live in a round before: found now by its identity, still ours
             verdicts.update({k: v for k, v in counted_live.items() if k not in fresh})
             views = self._views_of({(e.org, e.customer, e.feature) for _, e in fresh.values()})
-            cutoff = now - self.late_window
+            cutoff = self._closed_before(now)
             closed: dict[int, list[Candidate]] = {}
             open_: list[int] = []
             for k, (_, item) in fresh.items():
@@ -275,6 +279,14 @@ class BackfillService:
                 results[items[k][0]].append((outcome, None))
             return applied is None, counts.live
         raise BackfillRacedError("other batches kept logging this batch's events; retry")
+
+    def _closed_before(self, now: datetime) -> datetime:
+        """Periods that ended before this hold no unflushed count and take no more
+        live usage (the rule of ``BalanceService.history``): the oldest write not yet
+        flushed, or now, less the late window and ``CLOCK_MARGIN``."""
+        oldest = self.live.counters.flush_lag_since()
+        since = now if oldest is None else min(now, from_epoch_micros(oldest))
+        return since - self.late_window - CLOCK_MARGIN
 
     def _views_of(self, keys: set[CustomerFeature]) -> dict[CustomerFeature, list[EntitlementView]]:
         """Each customer's views in burn-down order, read again after ``VIEWS_TTL``."""
