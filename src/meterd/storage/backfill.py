@@ -382,17 +382,23 @@ def _insert_new(s: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def _read_locked(s: Session, keys: Sequence[PeriodKey]) -> dict[PeriodKey, Decimal]:
+    """The consumption of ``keys``, the rows locked. ``entitlement_id IN (...) AND
+    period_start IN (...)``, two index conditions on the unique key, then the pairs
+    kept here: a row-value IN of (entitlement, start) tuples is planned by
+    PostgreSQL as a filter over the whole table (see ``EventLog.find``)."""
+    wanted = set(keys)
     used: dict[PeriodKey, Decimal] = {}
-    for start in range(0, len(keys), 500):
+    ordered = sorted(wanted)
+    for start in range(0, len(ordered), 500):
+        chunk = ordered[start : start + 500]
         rows = s.execute(
             select(UsagePeriod.entitlement_id, UsagePeriod.period_start, UsagePeriod.consumed)
             .where(
-                tuple_(UsagePeriod.entitlement_id, UsagePeriod.period_start).in_(
-                    keys[start : start + 500]
-                )
+                UsagePeriod.entitlement_id.in_({e for e, _ in chunk}),
+                UsagePeriod.period_start.in_({p for _, p in chunk}),
             )
             .order_by(UsagePeriod.entitlement_id, UsagePeriod.period_start)
             .with_for_update()
         ).all()
-        used.update({(e, p): Decimal(c) for e, p, c in rows})
+        used.update({(e, p): Decimal(c) for e, p, c in rows if (e, p) in wanted})
     return used
