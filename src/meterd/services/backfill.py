@@ -277,8 +277,29 @@ class BackfillService:
             for k in closed:
                 outcome = Outcome.ACCEPTED if applied is not None else Outcome.DUPLICATE
                 results[items[k][0]].append((outcome, None))
+            if applied is None:
+                self._audit_live_of_a_copy(items, counted_live, backfill_id, now)
             return applied is None, counts.live
         raise BackfillRacedError("other batches kept logging this batch's events; retry")
+
+    def _audit_live_of_a_copy(
+        self,
+        items: list[tuple[int, UsageEvent]],
+        counted_live: dict[int, tuple[Outcome, str | None]],
+        backfill_id: uuid.UUID,
+        now: datetime,
+    ) -> None:
+        """Another copy of this batch applied it (two deliveries at once): the events
+        this copy counted through the live path (the script accepts each event once,
+        whichever copy asks first) are added to the audit, which the other copy's
+        counts lack."""
+        events = {
+            items[k][0] for k, (outcome, _) in counted_live.items() if outcome is Outcome.ACCEPTED
+        }
+        if events:
+            self.store.add_counts(
+                backfill_id, BackfillCounts(accepted=len(events), live=len(events)), now
+            )
 
     def _closed_before(self, now: datetime) -> datetime:
         """Periods that ended before this hold no unflushed count and take no more

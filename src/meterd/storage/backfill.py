@@ -162,6 +162,12 @@ class BackfillStore:
                 s.expunge(row)
             return row
 
+    def add_counts(self, backfill_id: uuid.UUID, counts: BackfillCounts, now: datetime) -> None:
+        """Add to a backfill's audit counts outside a batch's transaction (what a copy
+        of a batch applied by another copy counted through the live path)."""
+        with self.sessions.begin() as s:
+            self._count(s, backfill_id, counts, now)
+
     def batch_applied(self, backfill_id: uuid.UUID, batch_no: int) -> bool:
         with self.sessions() as s:
             return s.get(BackfillBatch, (backfill_id, batch_no)) is not None
