@@ -175,6 +175,7 @@ class BackfillService:
         results: dict[int, list[tuple[Outcome, str | None]]] = {}
         items: list[tuple[int, UsageEvent]] = []
         org_meters: OrgMeters | None = None
+        refreshed = False
         for index, payload in enumerate(payloads):
             parsed = self._parse(payload, org, now)
             if isinstance(parsed, InvalidEvent):
@@ -183,8 +184,9 @@ class BackfillService:
             parsed_at[index] = parsed
             if org_meters is None:
                 org_meters = self.meters.of(org)
-            if not org_meters.knows(parsed):
-                org_meters = self.meters.refresh(org)
+            if not org_meters.knows(parsed) and not refreshed:
+                # a feature created since the list was read (at most once a batch)
+                org_meters, refreshed = self.meters.refresh(org), True
             results[index] = []
             # history predates the meters: an operator's import feeds every meter of
             # its type that exists, as a replay does (dedupe is per item, id + feature)
