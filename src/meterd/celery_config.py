@@ -32,13 +32,17 @@ INGEST_QUEUE = "meterd.ingest"
 FLUSH_QUEUE = "meterd.flush"
 LIFECYCLE_QUEUE = "meterd.lifecycle"
 NOTIFY_QUEUE = "meterd.notify"
-QUEUES = (INGEST_QUEUE, FLUSH_QUEUE, LIFECYCLE_QUEUE, NOTIFY_QUEUE)
+#: History older than the late window (``POST /v1/events?backfill=true``): its own
+#: queue, so a large import never waits in front of live usage.
+BACKFILL_QUEUE = "meterd.backfill"
+QUEUES = (INGEST_QUEUE, FLUSH_QUEUE, LIFECYCLE_QUEUE, NOTIFY_QUEUE, BACKFILL_QUEUE)
 
 INGEST_TASK = "meterd.ingest_batch"
 FLUSH_TASK = "meterd.flush"
 LIFECYCLE_ADVANCE_TASK = "meterd.lifecycle.advance"
 DISPATCH_NOTIFICATIONS_TASK = "meterd.lifecycle.dispatch_notifications"
 NOTIFY_TASK = "meterd.notify"
+BACKFILL_TASK = "meterd.backfill_batch"
 #: The longest wait between two tries of a task whose store is unavailable: a
 #: retry's ``eta`` is at most this far ahead (``message_guard`` drops a further one).
 MAX_BACKOFF_SECONDS = 60
@@ -137,6 +141,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             FLUSH_TASK: {"queue": FLUSH_QUEUE},
             "meterd.lifecycle.*": {"queue": LIFECYCLE_QUEUE},
             NOTIFY_TASK: {"queue": NOTIFY_QUEUE},
+            BACKFILL_TASK: {"queue": BACKFILL_QUEUE},
         },
         "beat_schedule": _beat_schedule(settings),
         # Beat with the RedBeat scheduler (``meterd beat --redbeat``, docker-compose.yml)

@@ -23,6 +23,7 @@ from meterd import embedded
 from meterd.config import Settings, get_settings
 from meterd.core.redis_keys import RedisKeys
 from meterd.services.api_keys import ApiKeyService, RateLimiter
+from meterd.services.backfill import BACKFILL_HORIZON, BackfillService
 from meterd.services.balance import BalanceService
 from meterd.services.catalog import Catalog
 from meterd.services.compat_queries import CompatQueries
@@ -42,6 +43,7 @@ from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
 from meterd.services.usage_report import UsageReport
 from meterd.storage.api_keys import ApiKeyStore
+from meterd.storage.backfill import BackfillStore
 from meterd.storage.compat_listing import CompatListing
 from meterd.storage.corrections import CorrectionCounters, CorrectionLog
 from meterd.storage.counters import CounterStore
@@ -200,6 +202,28 @@ class Runtime:
         )
 
     @cached_property
+    def backfill(self) -> BackfillService:
+        """Backfill: closed periods in SQL, open ones through ``ingest.lua`` with a late
+        window of ``BACKFILL_HORIZON`` (its own counter store; same Redis and keys)."""
+        counters = CounterStore(
+            self.redis,
+            self.redis_keys,
+            hot_window=timedelta(seconds=self.settings.dedupe_ttl),
+            late_window=BACKFILL_HORIZON,
+            future_skew=timedelta(seconds=self.settings.future_skew),
+            max_waiting_events=self.settings.max_waiting_events,
+        )
+        return BackfillService(
+            BackfillStore(self.database.sessions, self.event_log),
+            UsageCounter(counters, self.resolution, self.event_log),
+            self.event_log,
+            self.dead_letters,
+            self.meters,
+            late_window=self.late_window,
+            future_skew=timedelta(seconds=self.settings.future_skew),
+        )
+
+    @cached_property
     def intake(self) -> EventIntake:
         return EventIntake(
             self.dead_letters,
@@ -284,7 +308,9 @@ class Runtime:
 
     @cached_property
     def usage_report(self) -> UsageReport:
-        return UsageReport(self.event_log, self.entitlements.filters_of)
+        return UsageReport(
+            self.event_log, self.entitlements.filters_of, backfilled=self.backfill.store.page
+        )
 
     @cached_property
     def notifications(self) -> NotificationService:

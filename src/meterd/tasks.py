@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -23,6 +24,7 @@ from celery.exceptions import Reject
 from celery.utils.time import get_exponential_backoff_interval
 
 from meterd.celery_config import (
+    BACKFILL_TASK,
     DEAD_LETTER_MESSAGE_TASK,
     DISPATCH_NOTIFICATIONS_TASK,
     EVENT_LOG_MAINTAIN_TASK,
@@ -332,3 +334,34 @@ def notify(self: Task, notifications: Any = None) -> dict[str, int]:
     }
     log.info("notify", task_id=self.request.id, **summary)
     return summary
+
+
+@app.task(name=BACKFILL_TASK, bind=True, max_retries=None)
+def backfill_batch(
+    self: Task, events: Any = None, org: Any = None, backfill_id: Any = None, batch_no: Any = 0
+) -> dict[str, int]:
+    """Count one batch of a backfill (``POST /v1/events?backfill=true``), on its own
+    queue. Applied once per (backfill, batch): a redelivery counts nothing again."""
+    try:
+        audit_id = uuid.UUID(str(backfill_id))
+    except ValueError:
+        audit_id = None
+    if not isinstance(org, str) or audit_id is None or not isinstance(batch_no, int):
+        log.warning("backfill_batch.malformed", task_id=self.request.id, org=str(org)[:64])
+        return {"malformed": 1}
+    runtime = get_runtime()
+    batch = events if isinstance(events, list) else [events]
+    report = until_stores_answer(
+        self,
+        lambda: runtime.backfill.backfill(
+            batch, org=org, backfill_id=audit_id, batch_no=batch_no, now=utcnow(),
+            count_events=False,
+        ),
+    )  # fmt: skip
+    counts = dict(report.counts)
+    log.info(
+        "backfill_batch", task_id=self.request.id, backfill_id=str(audit_id), batch_no=batch_no,
+        applied_before=report.applied_before, **counts,
+    )  # fmt: skip
+    _log_dead_letters(self.request.id, batch, report.outcomes, report.reasons)
+    return counts

@@ -30,7 +30,7 @@ from meterd.api import (
 )
 from meterd.api.body_limit import InputLimits
 from meterd.api.compat import tenant, workspace, zenskar
-from meterd.celery_config import INGEST_QUEUE, INGEST_TASK
+from meterd.celery_config import BACKFILL_QUEUE, BACKFILL_TASK, INGEST_QUEUE, INGEST_TASK
 from meterd.config import get_settings
 from meterd.logs import get_logger
 from meterd.ops import refuse_unsafe_redis
@@ -52,6 +52,22 @@ def celery_publisher() -> Publisher:
 
     def publish(events: list[dict[str, Any]]) -> None:
         _meterd_celery_app().send_task(INGEST_TASK, args=[events], queue=INGEST_QUEUE)
+
+    return publish
+
+
+#: Publishes one batch of a backfill: (events, org, backfill id, batch number).
+BackfillPublisher = Callable[[list[Any], str, str, int], None]
+
+
+def celery_backfill_publisher() -> BackfillPublisher:
+    """Publishes a batch of history as one ``meterd.backfill_batch`` message, on its
+    own queue (``meterd.backfill``): live ingest never waits behind it."""
+
+    def publish(events: list[Any], org: str, backfill_id: str, batch_no: int) -> None:
+        _meterd_celery_app().send_task(
+            BACKFILL_TASK, args=[events, org, backfill_id, batch_no], queue=BACKFILL_QUEUE
+        )
 
     return publish
 
@@ -79,6 +95,7 @@ def create_app(
     max_body_bytes: int | None = None,
     *,
     check_redis: bool = True,
+    publish_backfill: BackfillPublisher | None = None,
 ) -> FastAPI:
     """The API; ``check_redis=False`` skips the start-up Redis safety check (for
     apps built around a stand-in runtime that has no Redis)."""
@@ -92,6 +109,7 @@ def create_app(
     app.state.check_redis = check_redis
     app.state.runtime_factory = runtime_factory
     app.state.publish_events = publish_events or celery_publisher()
+    app.state.publish_backfill = publish_backfill or celery_backfill_publisher()
     app.state.celery_app = celery_app or _meterd_celery_app
     errors.install(app)
     if max_body_bytes is None:

@@ -113,3 +113,30 @@ def require_allowing_query_token(permission: Permission) -> Callable[..., Princi
         return _principal(runtime, _token(x_api_key, authorization, access_token), permission)
 
     return dependency
+
+
+def require_unless_flag(
+    flag: str, plain: Permission, flagged: Permission
+) -> Callable[..., tuple[Principal, bool]]:
+    """A dependency for a route with a boolean query parameter ``flag`` that changes
+    what it does (``POST /v1/events?backfill=true``): the caller must hold
+    ``flagged`` when it is set, else ``plain``. Returns (caller, flag)."""
+
+    def dependency(
+        request: Request,
+        runtime: RuntimeDep,
+        x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
+        authorization: Annotated[str | None, Header()] = None,
+    ) -> tuple[Principal, bool]:
+        raw = request.query_params.get(flag, "false").strip().lower()
+        if raw not in _TRUE and raw not in _FALSE:
+            raise HttpError(400, f"the query parameter {flag!r} must be true or false")
+        permission = flagged if raw in _TRUE else plain
+        principal = _principal(runtime, _token(x_api_key, authorization, None), permission)
+        return principal, raw in _TRUE
+
+    return dependency
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})

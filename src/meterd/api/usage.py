@@ -9,7 +9,7 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import (
     BaseModel,
@@ -20,7 +20,7 @@ from pydantic import (
     StringConstraints,
 )
 
-from meterd.api.auth import RuntimeDep, require
+from meterd.api.auth import RuntimeDep, require, require_unless_flag
 from meterd.api.exact_json import ExactJSONRoute, loads_exact
 from meterd.api.hold_values import HoldOut, hold_out
 from meterd.api.inputs import PositiveQuantityText, RequestBody
@@ -39,7 +39,7 @@ from meterd.core.quantity import (
 from meterd.core.timeutil import isoformat, utcnow
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.balance import RealTimeValue
-from meterd.services.intake import IntakeReport, Publisher
+from meterd.services.intake import EVENTS_PER_MESSAGE, IntakeReport, Publisher
 from meterd.services.reserve import Reservation
 
 router = APIRouter(prefix="/v1", tags=["usage"], route_class=ExactJSONRoute)
@@ -231,22 +231,44 @@ class EventsAccepted(BaseModel):
     queued: int
     invalid: int = Field(description="events not queued (invalid or late)")
     results: list[EventResult]
+    backfill_id: str | None = Field(
+        default=None, description="with ?backfill=true: the backfill's audit record"
+    )
+
+
+EventsCaller = Annotated[
+    tuple[Principal, bool],
+    Depends(require_unless_flag("backfill", Permission.EVENTS_WRITE, Permission.EVENTS_BACKFILL)),
+]
 
 
 @router.post("/events", status_code=202, response_model=EventsAccepted)
 async def post_events(
     request: Request,
     runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require(Permission.EVENTS_WRITE))],
+    caller_and_backfill: EventsCaller,
+    backfill: Annotated[
+        bool,
+        Query(
+            description="history older than the late window: counted into the periods that"
+            " contain each event's time, on the meterd.backfill queue (permission"
+            " EVENTS:BACKFILL)"
+        ),
+    ] = False,
 ) -> EventsAccepted:
     """One CloudEvent (``application/cloudevents+json`` or JSON) or a batch
     (``application/cloudevents-batch+json`` or a JSON array). Each event is
     validated now: valid ones are queued to ``meterd.ingest_batch`` under the
-    key's org, invalid ones are dead-lettered (replayable) and reported."""
+    key's org, invalid ones are dead-lettered (replayable) and reported. With
+    ``?backfill=true`` every event is queued to ``meterd.backfill_batch`` and
+    judged there (docs/architecture.md, "Backfill")."""
+    caller, backfill = caller_and_backfill
     body = loads_exact(await request.body())
     events = body if isinstance(body, list) else [body]
     if len(events) > MAX_EVENTS_PER_REQUEST:
         raise InvalidError(f"at most {MAX_EVENTS_PER_REQUEST} events per request")
+    if backfill:
+        return await run_in_threadpool(_queue_backfill, request, runtime, caller, events)
     publish: Publisher = request.app.state.publish_events
     # Validation, publishing and dead-lettering block: keep them off the event loop.
     report: IntakeReport = await run_in_threadpool(
@@ -260,3 +282,31 @@ async def post_events(
             for r in report.results
         ],
     )
+
+
+def _queue_backfill(
+    request: Request, runtime: Any, caller: Principal, events: list[Any]
+) -> EventsAccepted:
+    """Open the backfill's audit row (who, when, how many) and queue its batches;
+    an event without ``time`` is stamped now, as on the live path."""
+    from meterd.producer import stamp_receive_time
+
+    now = utcnow()
+    stamped = stamp_receive_time(events, now)
+    backfill_id = runtime.backfill.open(caller.org, f"key:{caller.key_id}", "api", now, len(events))
+    publish = request.app.state.publish_backfill
+    for batch_no, start in enumerate(range(0, len(stamped), EVENTS_PER_MESSAGE)):
+        publish(stamped[start : start + EVENTS_PER_MESSAGE], caller.org, str(backfill_id), batch_no)
+    return EventsAccepted(
+        queued=len(stamped),
+        invalid=0,
+        backfill_id=str(backfill_id),
+        results=[
+            EventResult(index=i, id=_event_id(e), status="queued") for i, e in enumerate(stamped)
+        ],
+    )
+
+
+def _event_id(payload: Any) -> str | None:
+    value = payload.get("id") if isinstance(payload, dict) else None
+    return value if isinstance(value, str) and len(value) <= 512 else None

@@ -24,6 +24,7 @@ from meterd.cli import (
     exits,
     features,
     holds,
+    import_events,
     keys,
     lifecycle,
     operate,
@@ -90,6 +91,7 @@ app.add_typer(keys.app, name="keys")
 
 # -- usage ----------------------------------------------------------------------------
 app.command()(publish.publish)
+app.command("import")(import_events.import_events)
 app.command()(usage.usage)
 app.command()(usage.balance)
 app.add_typer(corrections.app, name="events")

@@ -15,7 +15,7 @@ from meterd.cli.output import console
 
 #: The meterd queues (``meterd.celery_config.QUEUES``, checked by a test): written
 #: here so that ``--help`` does not import Celery.
-QUEUES = ("meterd.ingest", "meterd.flush", "meterd.lifecycle", "meterd.notify")
+QUEUES = ("meterd.ingest", "meterd.flush", "meterd.lifecycle", "meterd.notify", "meterd.backfill")
 
 
 def worker(

@@ -56,7 +56,6 @@ from meterd.core.corrections import split_correction_id
 from meterd.core.errors import InvalidError
 from meterd.core.paging import CursorError
 from meterd.storage.event_log import QUARTER, EventLog, quarter_of
-from meterd.storage.models import EventLogRow
 
 #: Windows one ``usage`` request may span, at most.
 MAX_WINDOWS = 10_000
@@ -186,9 +185,13 @@ class UsageReport:
         self,
         log: EventLog,
         filters_of: Callable[[Collection[uuid.UUID]], Mapping[uuid.UUID, Mapping[str, Any]]],
+        backfilled: Callable[..., Sequence[Any]] | None = None,
     ) -> None:
+        """``backfilled``: the backfilled parts' pages (``BackfillStore.page``, the same
+        arguments as ``EventLog.page``), listed with the log's."""
         self.log = log
         self.filters_of = filters_of
+        self.backfilled = backfilled
 
     def usage(
         self,
@@ -269,15 +272,18 @@ class UsageReport:
         if first >= last:
             raise InvalidError("from must be before to")
         after = decode_cursor(cursor) if cursor else None
-        rows = self.log.page(
-            org, customer, feature=feature, start=first, end=last, after=after, limit=limit + 1
-        )
+        asked: dict[str, Any] = {"feature": feature, "start": first, "end": last, "after": after}
+        rows: list[Any] = list(self.log.page(org, customer, **asked, limit=limit + 1))
+        if self.backfilled is not None:  # older history, in the same order
+            rows += self.backfilled(org, customer, **asked, limit=limit + 1)
+            rows.sort(key=lambda r: (r.event_time, r.source, r.event_id, r.part))
         page = [logged_event_view(r) for r in rows[:limit]]
         more = len(rows) > limit
         return EventPage(events=page, next_cursor=encode_cursor(page[-1]) if more else None)
 
 
-def logged_event_view(row: EventLogRow) -> LoggedEventView:
+def logged_event_view(row: Any) -> LoggedEventView:
+    """From an ``event_log`` row or a backfilled one (the same columns)."""
     return LoggedEventView(
         source=row.source,
         id=row.event_id,

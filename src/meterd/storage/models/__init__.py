@@ -1,11 +1,12 @@
 """SQLAlchemy 2.x tables. Alembic migrations in ``meterd/migrations`` create them.
 
-One module per group of tables (``catalog``, ``entitlements``, ``event_rows``),
+One module per group of tables (``catalog``, ``entitlements``, ``event_rows``, ``backfill``),
 over the declarative base and the exact column types (``base``); every name is
 re-exported here, so ``Base.metadata`` holds every table once this package is
 imported.
 """
 
+from meterd.storage.models.backfill import Backfill, BackfillBatch, BackfillLogRow
 from meterd.storage.models.base import Base, ExactDecimal, UtcDateTime
 from meterd.storage.models.catalog import (
     ApiKey,
@@ -35,6 +36,9 @@ __all__ = [
     "LAPSED_RENEWING_SQL",
     "LOGGED_ID_LENGTH",
     "ApiKey",
+    "Backfill",
+    "BackfillBatch",
+    "BackfillLogRow",
     "Base",
     "DeadLetter",
     "Entitlement",
