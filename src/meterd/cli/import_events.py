@@ -21,12 +21,13 @@ import typer
 
 from meterd.cli import context
 from meterd.cli.output import JsonFlag, Org, console, echo_json, say
+from meterd.core.errors import InvalidError
 
 #: Bytes read from the file at a time.
 CHUNK_BYTES = 1 << 20
 
 
-class StreamError(ValueError):
+class StreamError(InvalidError):
     """The file is not JSON lines or a JSON array of events."""
 
 
