@@ -29,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.core.domain import EntitlementView, Period
+from meterd.core.errors import ConflictError
 from meterd.storage.database import bulk_insert, insert_ignoring_duplicates
 from meterd.storage.event_log import EventIdentity, EventLog
 from meterd.storage.models import (
@@ -120,7 +121,7 @@ class NewPeriod:
 Planner = Callable[[dict[PeriodKey, Decimal]], list[LogPart]]
 
 
-class BatchRaced(Exception):
+class BatchRaced(ConflictError):
     """Another batch logged one of this batch's events first: plan again."""
 
 
