@@ -5,6 +5,7 @@ so a new route is covered (or fails here) without anyone remembering to add it."
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -80,11 +81,18 @@ def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dic
 
     runtime.catalog.create_feature("acme", "seats", now=utcnow(), type=FeatureType.USERS)
     ent = grant(runtime, quantity="10", feature="seats")
-    grant(runtime, quantity="10")
+    now = utcnow()
+    # dated from the real clock: the hold below is made through the API, on it
+    grant(
+        runtime,
+        quantity="10",
+        starts_at=now - timedelta(days=1),
+        ends_at=now + timedelta(days=30),
+        now=now,
+    )
     plan = client.post(
         "/v1/plans", json={"key": "p", "feature": "api_calls", "quantity": "5"}, headers=acme
     ).json()
-    now = utcnow()
     runtime.ingest.ingest([event(quantity="4", event_id="u", time=now)], now=now)
     runtime.ingest.ingest([event(customer="nobody", event_id="dead", time=now)], now=now)
     letters = client.get("/v1/dead-letters", headers=acme).json()["data"]
