@@ -26,6 +26,7 @@ from meterd.runtime import Runtime
 from meterd.storage.database import Database
 
 from ..conftest import BACKEND, NOW, REAL_REDIS_URL, delete_keys, real_redis_client, require
+from .servers import OwnRedis
 
 #: A module whose processes use no configured store (the embedded default's own
 #: SQLite and Redis, or the broker alone) runs the same in both configurations: it
@@ -125,6 +126,17 @@ def amqp_broker_url(redis_prefix: str) -> Iterator[str]:
         require("RabbitMQ (rabbitmqctl)", exc)
     yield f"amqp://guest:guest@127.0.0.1:5672/{vhost}"
     subprocess.run(["rabbitmqctl", "delete_vhost", vhost], check=False, capture_output=True)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
+    """A private redis-server with AOF ``appendfsync always``, to kill -9 and start
+    again (``servers.OwnRedis``); killed at the end of the test if still running."""
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    if server.proc and server.proc.poll() is None:
+        server.kill()
 
 
 @pytest.fixture

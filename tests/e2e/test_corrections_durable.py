@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,15 +26,6 @@ from .servers import OwnRedis
 from .test_worker_exactness import grant_customers
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    if server.proc and server.proc.poll() is None:
-        server.kill()
 
 
 def test_voids_retried_across_a_redis_kill_take_each_event_back_once(

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -121,15 +120,6 @@ def test_holds_survive_the_api_process_killed_and_a_settle_retried_across_it_cou
     logged = e2e_runtime.event_log.find([("acme", HOLD_SOURCE, hold) for hold in holds])
     assert sorted(entry.quantity for entry in logged.values()) == [Decimal(3)] * 10
     assert_log_matches_periods(e2e_runtime)
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    if server.proc and server.proc.poll() is None:
-        server.kill()
 
 
 def test_holds_survive_redis_killed_with_aof_and_settles_retried_across_it_count_once(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -25,15 +24,6 @@ from .servers import OwnRedis
 from .test_worker_exactness import grant_customers
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path)
-    server.start()
-    yield server
-    if server.proc and server.proc.poll() is None:
-        server.kill()
 
 
 def test_redis_killed_with_aof_loses_no_counted_event(
