@@ -1,6 +1,7 @@
 """Corrections of metered features: a raw event fed to several meters is voided in
-every item, a COUNT event takes its one back, and the aggregations a difference
-cannot correct (UNIQUE_COUNT, MAX, LATEST) are refused, never guessed."""
+every item, a COUNT event takes its one back, and a raw event counted as a distinct
+value is recounted out of its period (tests/test_corrections_levels.py has the rest
+of the aggregations a difference cannot correct)."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def test_an_amend_of_a_raw_event_is_refused_with_the_way_to_do_it(tokens: Runtim
         )
 
 
-def test_a_void_of_a_unique_count_event_is_refused(runtime: Runtime) -> None:
+def test_a_void_of_a_unique_count_raw_event_takes_its_value_back(runtime: Runtime) -> None:
     meter(
         runtime,
         "users",
@@ -75,7 +76,16 @@ def test_a_void_of_a_unique_count_event_is_refused(runtime: Runtime) -> None:
         value_property="user",
     )
     grant(runtime, feature="users", quantity="100")
-    assert ingest(runtime, raw({"user": "ann"}, type_="login")) == [Outcome.ACCEPTED]
-    with pytest.raises(InvalidError, match="SUM and COUNT"):
-        void(runtime)
+    assert (
+        ingest(
+            runtime,
+            raw({"user": "ann"}, type_="login"),
+            raw({"user": "bob"}, type_="login", event_id="req-2"),
+        )
+        == [Outcome.ACCEPTED] * 2
+    )
+    void(runtime)
     assert consumed(runtime, "users", now=LATER) == [Decimal(1)]
+    runtime.flush.flush_all(LATER)
+    assert consumed(runtime, "users", now=LATER) == [Decimal(1)]
+    assert_log_matches_periods(runtime)

@@ -252,6 +252,7 @@ class Runtime:
             self.resolution,
             self.meters,
             late_window=self.late_window,
+            retention=timedelta(seconds=self.settings.retention_seconds),
         )
 
     @cached_property

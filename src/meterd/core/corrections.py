@@ -32,6 +32,9 @@ AUDIT_KEY = "correction"
 class CorrectionKind(StrEnum):
     VOID = "void"
     AMEND = "amend"
+    #: A UNIQUE_COUNT item whose value's unit moved because another item carrying the
+    #: same value was corrected (its units taken back, or counted again in its place).
+    RECOUNT = "recount"
 
 
 def correction_id(item_id: str, number: int) -> str:

@@ -21,6 +21,12 @@ from datetime import datetime
 from meterd.core.timeutil import epoch_micros
 
 
+#: The used hash's field of a level period's version (``v:<ent>:<period>``): its
+#: prefix, and the pattern that matches every one.
+LEVEL_VERSION_PREFIX = "v:"
+LEVEL_VERSION_PATTERN = "v:*"
+
+
 def period_field(entitlement_id: uuid.UUID, period_start: datetime) -> str:
     """The hash field naming one usage period of one entitlement."""
     return f"{entitlement_id.hex}:{epoch_micros(period_start)}"
@@ -67,6 +73,11 @@ class RedisKeys:
     @property
     def flush_seq(self) -> str:
         return f"{self.prefix}:flush:seq"
+
+    @property
+    def flush_pause(self) -> str:
+        """Set while a correction recounts a level period: no flush batch begins."""
+        return f"{self.prefix}:flush:pause"
 
     def resolution(self, org: str, customer: str, feature: str) -> str:
         return f"{self.prefix}:res:{self.tag(org, customer)}:{feature}"

@@ -20,8 +20,10 @@ ARGV[9i - 4]            item i's correction signature "<quantity>:<target>" and 
 ARGV[9i - 3]            what item i counts now, to take back: "<field>=<units>=<flushed>"
                         comma-separated (flushed: the field's units in SQL, to seed a
                         running total no longer kept)
-ARGV[9i - 2]            "V" void, "A" amend
-ARGV[9i - 1]            amend: the event time, epoch microseconds
+ARGV[9i - 2]            "V" void, "A" amend, "P" a MAX, LATEST or UNIQUE_COUNT item's
+                        recount (services/level_corrections.py): ARGV[9i - 1] is its
+                        plan, and what it counts now is not taken back as a sum
+ARGV[9i - 1]            amend: the event time, epoch microseconds; plan: JSON (below)
 ARGV[9i]                amend: start of the UTC month of the event time, epoch microseconds
 ARGV[9i + 1]            amend: the new value, integer units of the feature's scale
 ARGV[9i + 2]            amend: target entitlement id (hex) or ""
@@ -31,12 +33,32 @@ ARGV[9i + 3]            amend: the item's record JSON with its new data (for dim
 A correction is a compensating entry: its units are taken back from (and, for an
 amend, counted again through the burn-down at the event's time onto) the used
 totals and the pending hash, and its record waits in the pending events hash under
-its own key, so the flush writes it to the event log with the counts (SUM and COUNT
-only: the caller refuses the other aggregations). Exactly once: the call refuses
+its own key, so the flush writes it to the event log with the counts (a SUM or
+COUNT item's units by difference; a MAX, LATEST or UNIQUE_COUNT item's periods by a
+recount, "P"). Exactly once: the call refuses
 if a flush began or ended since the caller read the records (r), or if one of the
 correction keys already waits (d: a racing correction took that number; the caller
 reads again). A correction already flushed is in the log, which the caller read
 under the same flush sequence.
+
+A plan (JSON; units as decimal text) recounts level periods:
+  f       a field for the record's row when nothing moves
+  rs      the resolution data the plan was computed on (another: r)
+  v       [ [field, version] ]: each level period's version when its events were read
+          (the script bumps it for every item it counts there; moved: r); bumped
+          again here, so racing level corrections of one period read again
+  set     MAX/LATEST: [ [field, units, flushed, PRE_PAID limit or -1, latest sample
+          "<ts>\t<event key>" or ""] ]: the period's recounted figure (latest: its t:
+          field, when "latest" is true)
+  rc      UNIQUE_COUNT: [ [key, "<signature>\t<record JSON>"] ] the recount records of
+          the other items carrying the value (each a correction of its own item: a
+          key already waiting is a racing correction, d)
+  tb      UNIQUE_COUNT: [ [record key or "" (this item's record), [ [field, units,
+          flushed] ] ] ] each carrier's units of the value, taken back in its record
+  srem    UNIQUE_COUNT: [value, [fields] ] the periods whose sets lose the value
+  rep     UNIQUE_COUNT: [ [ts, month, units, target, event key, record, value, record
+          key or ""] ] the live items carrying a value, counted again through the
+          burn-down in order, each into its own record
 
 Returns one character for the whole call:
   a  applied
@@ -69,15 +91,94 @@ local ITEM_ARGS = 9
 if (redis.call("GET", flush_seq_key) or "0") ~= ARGV[2] then
   return "r"
 end
+local plans = {}
 for i = 1, n_items do
   local key = ARGV[ITEM_ARGS * i - 5]
   if redis.call("HEXISTS", events_key, key) == 1
     or redis.call("HEXISTS", batch_events_key, key) == 1 then
     return "d"
   end
-  if redis.call("EXISTS", KEYS[i + 8]) == 0 then
+  local resolution = redis.call("GET", KEYS[i + 8])
+  if not resolution then
     return "m"
   end
+  if ARGV[ITEM_ARGS * i - 2] == "P" then
+    local plan = cjson.decode(ARGV[ITEM_ARGS * i - 1])
+    if plan.rs ~= resolution then return "r" end
+    for _, v in ipairs(plan.v) do
+      if (redis.call("HGET", used_key, "v:" .. v[1]) or "0") ~= v[2] then return "r" end
+    end
+    for _, rc in ipairs(plan.rc or {}) do
+      if redis.call("HEXISTS", events_key, rc[1]) == 1
+        or redis.call("HEXISTS", batch_events_key, rc[1]) == 1 then
+        return "d"
+      end
+    end
+    plans[i] = plan
+  end
+end
+
+-- A period no cached resolution data holds: seed its total from SQL so the
+-- invariant holds (a field with pending units has a used entry).
+local function seed(field, flushed)
+  if redis.call("HEXISTS", used_key, field) == 0 then
+    redis.call("HSET", used_key, field, flushed)
+  end
+end
+
+local function moved(entries, field, delta)
+  if delta ~= 0 then
+    add_to(used_key, field, delta)
+    entries[#entries + 1] = field .. "=" .. int_str(delta)
+  end
+end
+
+-- A level item's recount (see "A plan" above); nil, or the code of a refusal.
+-- entries: this item's record's; recounts: record key -> entries of other items'.
+local ev = {}
+local recounts = {}
+local function apply_plan(i, plan, entries)
+  local function into(key)
+    if key == "" then return entries end
+    recounts[key] = recounts[key] or {}
+    return recounts[key]
+  end
+  for _, s in ipairs(plan.set or {}) do
+    local field, limit = s[1], tonumber(s[4])
+    seed(field, s[3])
+    if limit > 0 then prepaid_limits[field] = limit end
+    moved(entries, field, tonumber(s[2]) - used_value(used_key, field))
+    if plan.latest and s[5] ~= "" then
+      redis.call("HSET", used_key, "t:" .. field, s[5])
+    elseif plan.latest then
+      redis.call("HDEL", used_key, "t:" .. field)
+    end
+  end
+  for _, tb in ipairs(plan.tb or {}) do
+    for _, t in ipairs(tb[2]) do
+      seed(t[1], t[3])
+      moved(into(tb[1]), t[1], -tonumber(t[2]))
+    end
+  end
+  if plan.srem ~= nil then
+    for _, field in ipairs(plan.srem[2]) do
+      redis.call("SREM", unique_key(used_key, field), plan.srem[1])
+    end
+  end
+  for k, r in ipairs(plan.rep or {}) do
+    ev.index, ev.ts, ev.month, ev.qty = 1000 * i + k, tonumber(r[1]), r[2], tonumber(r[3])
+    ev.target, ev.key, ev.record, ev.agg, ev.value = r[4], r[5], r[6], "U", r[7]
+    ev.hold = false
+    local code = resolve(KEYS[i + 8], used_key, ev)
+    if code == "a" then
+      local target = into(r[8])
+      for _, entry in ipairs(allocation) do target[#target + 1] = entry end
+    elseif code ~= "n" and code ~= "s" then
+      return code
+    end
+  end
+  for _, v in ipairs(plan.v) do redis.call("HINCRBY", used_key, "v:" .. v[1], 1) end
+  return nil
 end
 
 -- "<field>=<delta>" entries in order, summed per field (a field moved back and
@@ -102,21 +203,19 @@ local function merged(entries)
 end
 
 local records = {}
-local ev = {}
 for i = 1, n_items do
   local base = ITEM_ARGS * i - 5
   allocation = {}
   local entries = {}
   for field, units, flushed in string.gmatch(ARGV[base + 2], "([^=,]+)=(-?%d+)=(-?%d+)") do
-    if redis.call("HEXISTS", used_key, field) == 0 then
-      -- a period no cached resolution data holds: seed its total from SQL so the
-      -- invariant holds (a field with pending units has a used entry)
-      redis.call("HSET", used_key, field, flushed)
-    end
+    seed(field, flushed)
     add_to(used_key, field, -tonumber(units))
     entries[#entries + 1] = field .. "=" .. int_str(-tonumber(units))
   end
-  if ARGV[base + 3] == "A" then
+  if plans[i] ~= nil then
+    local code = apply_plan(i, plans[i], entries)
+    if code ~= nil then return code end
+  elseif ARGV[base + 3] == "A" then
     ev.index, ev.ts, ev.month = i, tonumber(ARGV[base + 4]), ARGV[base + 5]
     ev.qty, ev.target = tonumber(ARGV[base + 6]), ARGV[base + 7]
     ev.key, ev.record, ev.agg, ev.value = ARGV[base], ARGV[base + 8], "S", ""
@@ -129,7 +228,7 @@ for i = 1, n_items do
   if #entries == 0 then
     -- nothing counted to take back (an event the log kept on a zero): one row still
     -- records the correction
-    entries[1] = string.match(ARGV[base + 2], "^([^=,]+)") .. "=0"
+    entries[1] = (plans[i] and plans[i].f or string.match(ARGV[base + 2], "^([^=,]+)")) .. "=0"
   end
   records[i] = ARGV[base + 1] .. "\t" .. merged(entries)
 end
@@ -154,5 +253,10 @@ if wrote then
 end
 for i = 1, n_items do
   redis.call("HSET", events_key, ARGV[ITEM_ARGS * i - 5], records[i])
+  for _, rc in ipairs(plans[i] and plans[i].rc or {}) do
+    if recounts[rc[1]] ~= nil and #recounts[rc[1]] > 0 then
+      redis.call("HSET", events_key, rc[1], rc[2] .. "\t" .. merged(recounts[rc[1]]))
+    end
+  end
 end
 return "a"

@@ -14,8 +14,10 @@ correction moved from Redis to the log under the read) or if the correction's
 number is already taken (a racing call made it first); either way the state is
 read again, and a second void then finds the event void (409).
 
-SUM and COUNT only: a UNIQUE_COUNT set and a MAX or LATEST level cannot be
-moved by a difference; those are refused (400) rather than guessed.
+A SUM or COUNT item is corrected by a difference. A UNIQUE_COUNT set and a MAX or
+LATEST level cannot be moved by one: their periods are recounted from their events
+without the item (or with its new form), ``services/level_corrections.py``; the
+script then sets the recounted figures, under the same checks.
 """
 
 from __future__ import annotations
@@ -36,15 +38,27 @@ from meterd.core.corrections import (
 )
 from meterd.core.domain import Aggregation
 from meterd.core.errors import ConflictError, InvalidError, NotFoundError, UnavailableError
-from meterd.core.event_records import Allocation, EventRecord, event_key, record_json
+from meterd.core.event_records import EventRecord, event_key, record_json
 from meterd.core.events import USAGE_EVENT_TYPE, InvalidEvent, UsageEvent, parse_event
-from meterd.core.meters import item_id
+from meterd.core.level_recount import LevelItem
+from meterd.core.meters import Meter, item_id
 from meterd.core.quantity import from_units, to_units
 from meterd.core.redis_keys import period_field
 from meterd.core.timeutil import isoformat, month_start
-from meterd.services.meters import MeterCatalog, items_of
+from meterd.services.level_corrections import (
+    PAUSE_SECONDS,
+    LevelRecounter,
+    LevelTarget,
+    ResolutionMissing,
+)
+from meterd.services.meters import MeterCatalog, distinct_value, items_of
 from meterd.services.resolution import ResolutionCache
-from meterd.storage.corrections import CorrectionCall, CorrectionCounters, CorrectionLog
+from meterd.storage.corrections import (
+    CorrectionCall,
+    CorrectionCounters,
+    CorrectionLog,
+    record_from_rows,
+)
 from meterd.storage.models import EventLogRow
 from meterd.storage.usage import UsageStore, parse_period_field
 
@@ -98,12 +112,28 @@ class _Item:
     scale: int
     target: uuid.UUID | None
     data: Mapping[str, Any]
+    #: Units as counted now (an amend's), and when the original was accepted.
+    units: int
+    received_at: datetime
     #: Units by period field: the original's allocation plus every correction's.
     counts: dict[str, int] = field(default_factory=dict)
     #: Corrections made so far, and the last one's audit and record.
     made: int = 0
     last_audit: Mapping[str, Any] | None = None
     last: EventRecord | None = None
+
+    def level(self, org: str, source: str, meter: Meter) -> LevelItem:
+        """The item as a level recount sees it (as it counts now)."""
+        unique = meter.aggregation is Aggregation.UNIQUE_COUNT
+        return LevelItem(
+            key=event_key(org, source, self.id),
+            time=self.time,
+            received_at=self.received_at,
+            units=self.units,
+            data=self.data,
+            target=self.target,
+            value=distinct_value(self.data, meter) if unique else None,
+        )
 
     @property
     def voided(self) -> bool:
@@ -125,6 +155,7 @@ class CorrectionService:
         meters: MeterCatalog,
         *,
         late_window: timedelta,
+        retention: timedelta,
     ) -> None:
         self.counters = counters
         self.log = log
@@ -132,6 +163,7 @@ class CorrectionService:
         self.resolution = resolution
         self.meters = meters
         self.late_window = late_window
+        self.levels = LevelRecounter(counters, log, usage, retention=retention)
 
     # -- the two corrections ----------------------------------------------------
 
@@ -139,32 +171,56 @@ class CorrectionService:
         self, org: str, source: str, event_id: str, *, reason: str, actor: str, now: datetime
     ) -> Correction:
         """Take back every unit the event's items count now, from the periods they
-        count on. 404: never accepted; 409: already void."""
-        for _ in range(MAX_ROUNDS):
-            seq = self.counters.flush_seq()
-            items = self._read(org, source, event_id)
-            live = [i for i in items if not i.voided]
-            if not live:
-                raise ConflictError(f"event {source!r} {event_id!r} is already void")
-            self._check_subtractable(org, live)
-            _check_room(live, MAX_CORRECTIONS)
-            flushed = self._flushed(live)
-            calls = []
-            for item in live:
-                audit = Audit(CorrectionKind.VOID, item.made + 1, reason, actor, now)
-                calls.append(
-                    CorrectionCall(
-                        key=event_key(org, source, correction_id(item.id, audit.number)),
-                        record="0:\t" + self._record(item, now, audit.as_data()),
-                        take_back=self._take_back(item, flushed),
-                        feature=item.feature,
+        count on (a MAX, LATEST or UNIQUE_COUNT item's periods recounted without it).
+        404: never accepted; 409: already void."""
+        pause = _Pause(self.counters)
+        try:
+            for _ in range(MAX_ROUNDS):
+                seq = self.counters.flush_seq()
+                items = self._read(org, source, event_id)
+                live = [i for i in items if not i.voided]
+                if not live:
+                    raise ConflictError(f"event {source!r} {event_id!r} is already void")
+                _check_room(live, MAX_CORRECTIONS)
+                if pause.needed(self._levels_of(org, live)):
+                    continue  # read again under the pause
+                flushed = self._flushed([i for i in live if self._meter(org, i) is None])
+                try:
+                    calls = [
+                        self._void_call(org, source, item, flushed, reason, actor, now)
+                        for item in live
+                    ]
+                except ResolutionMissing:
+                    self.resolution.fill({(org, live[0].customer, i.feature) for i in live}, now)
+                    continue
+                if self._applied(org, live, calls, now, seq):
+                    return self._made(
+                        org, source, event_id, live, CorrectionKind.VOID, reason, actor, now
                     )
-                )
-            if self._applied(org, live, calls, now, seq):
-                return self._made(
-                    org, source, event_id, live, CorrectionKind.VOID, reason, actor, now
-                )
+        finally:
+            pause.lift()
         raise CorrectionRetryError("flushes or racing corrections kept moving this event; retry")
+
+    def _void_call(
+        self,
+        org: str,
+        source: str,
+        item: _Item,
+        flushed: Mapping[str, int],
+        reason: str,
+        actor: str,
+        now: datetime,
+    ) -> CorrectionCall:
+        audit = Audit(CorrectionKind.VOID, item.made + 1, reason, actor, now)
+        key = event_key(org, source, correction_id(item.id, audit.number))
+        record = "0:\t" + self._record(item, now, audit.as_data())
+        meter = self._meter(org, item)
+        if meter is None:
+            return CorrectionCall(key, record, self._take_back(item, flushed), item.feature)
+        target = LevelTarget(
+            org, item.customer, source, item.id, meter, item.level(org, source, meter), None
+        )
+        return CorrectionCall(key, record, (), item.feature, plan=self.levels.plan(target, now))
 
     def amend(
         self,
@@ -178,52 +234,109 @@ class CorrectionService:
         now: datetime,
     ) -> Correction:
         """Count the event as if it had been sent with ``data`` at its original time:
-        its units taken back and the new ones counted through the burn-down, in one
+        its units taken back and the new ones counted through the burn-down (a MAX,
+        LATEST or UNIQUE_COUNT item's periods recounted with its new form), in one
         step. 404: never accepted; 409: void. A retry with the same data and reason
         answers the amend already made."""
-        for _ in range(MAX_ROUNDS):
-            seq = self.counters.flush_seq()
-            items = self._read(org, source, event_id)
-            if len(items) != 1 or items[0].id != event_id:
-                raise InvalidError(
-                    "amend corrects a usage event (meterd.usage); this is a raw event fed to"
-                    " meters: void it and send the corrected event under a new id"
-                )
-            item = items[0]
-            if item.voided:
-                raise ConflictError(f"event {source!r} {event_id!r} is void: it cannot be amended")
-            if (
-                item.last_audit is not None
-                and item.last_audit.get("kind") == "amend"
-                and item.last_audit.get("reason") == reason
-                and item.data == dict(data)
-                and item.last is not None
-            ):
-                return self._answer(source, event_id, [(item, item.last)])
-            self._check_subtractable(org, [item])
-            _check_room([item], MAX_CORRECTIONS - 1)  # the last number is kept for a void
-            new = self._amended(org, source, event_id, item, data, now)
-            flushed = self._flushed([item])
-            audit = Audit(CorrectionKind.AMEND, item.made + 1, reason, actor, now, data)
-            target = new.entitlement_id.hex if new.entitlement_id else ""
-            call = CorrectionCall(
-                key=event_key(org, source, correction_id(item.id, audit.number)),
-                record=f"{new.units}:{target}\t" + self._record(item, now, audit.as_data()),
-                take_back=self._take_back(item, flushed),
-                feature=item.feature,
-                amend=(
-                    item.time,
-                    month_start(item.time),
-                    new.units,
-                    target,
-                    record_json(item.customer, item.feature, item.time, now, new.data, item.scale),
+        pause = _Pause(self.counters)
+        try:
+            for _ in range(MAX_ROUNDS):
+                seq = self.counters.flush_seq()
+                items = self._read(org, source, event_id)
+                if len(items) != 1 or items[0].id != event_id:
+                    raise InvalidError(
+                        "amend corrects a usage event (meterd.usage); this is a raw event fed"
+                        " to meters: void it and send the corrected event under a new id"
+                    )
+                item = items[0]
+                if item.voided:
+                    raise ConflictError(
+                        f"event {source!r} {event_id!r} is void: it cannot be amended"
+                    )
+                if (
+                    item.last_audit is not None
+                    and item.last_audit.get("kind") == "amend"
+                    and item.last_audit.get("reason") == reason
+                    and item.data == dict(data)
+                    and item.last is not None
+                ):
+                    return self._answer(source, event_id, [(item, item.last)])
+                _check_room([item], MAX_CORRECTIONS - 1)  # the last number is kept for a void
+                new = self._amended(org, source, event_id, item, data, now)
+                if pause.needed(self._levels_of(org, [item])):
+                    continue
+                try:
+                    call = self._amend_call(org, source, item, new, data, reason, actor, now)
+                except ResolutionMissing:
+                    self.resolution.fill({(org, item.customer, item.feature)}, now)
+                    continue
+                if self._applied(org, [item], [call], now, seq):
+                    return self._made(
+                        org, source, event_id, [item], CorrectionKind.AMEND, reason, actor, now
+                    )
+        finally:
+            pause.lift()
+        raise CorrectionRetryError("flushes or racing corrections kept moving this event; retry")
+
+    def _amend_call(
+        self,
+        org: str,
+        source: str,
+        item: _Item,
+        new: UsageEvent,
+        data: Mapping[str, Any],
+        reason: str,
+        actor: str,
+        now: datetime,
+    ) -> CorrectionCall:
+        audit = Audit(CorrectionKind.AMEND, item.made + 1, reason, actor, now, data)
+        target = new.entitlement_id.hex if new.entitlement_id else ""
+        key = event_key(org, source, correction_id(item.id, audit.number))
+        record = f"{new.units}:{target}\t" + self._record(item, now, audit.as_data())
+        meter = self._meter(org, item)
+        if meter is not None:
+            level = LevelTarget(
+                org,
+                item.customer,
+                source,
+                item.id,
+                meter,
+                item.level(org, source, meter),
+                LevelItem(
+                    key=event_key(org, source, item.id),
+                    time=item.time,
+                    received_at=item.received_at,
+                    units=new.units,
+                    data=new.data,
+                    target=new.entitlement_id,
+                    value=new.unique_value,
                 ),
             )
-            if self._applied(org, [item], [call], now, seq):
-                return self._made(
-                    org, source, event_id, [item], CorrectionKind.AMEND, reason, actor, now
-                )
-        raise CorrectionRetryError("flushes or racing corrections kept moving this event; retry")
+            return CorrectionCall(key, record, (), item.feature, plan=self.levels.plan(level, now))
+        return CorrectionCall(
+            key=key,
+            record=record,
+            take_back=self._take_back(item, self._flushed([item])),
+            feature=item.feature,
+            amend=(
+                item.time,
+                month_start(item.time),
+                new.units,
+                target,
+                record_json(item.customer, item.feature, item.time, now, new.data, item.scale),
+            ),
+        )
+
+    def _meter(self, org: str, item: _Item) -> Meter | None:
+        """The item's meter if it is a MAX, LATEST or UNIQUE_COUNT one (recounted);
+        None for a sum (corrected by difference)."""
+        meter = self.meters.meter(org, item.feature)
+        if meter is None:
+            raise ConflictError(f"feature {item.feature!r} no longer exists")
+        return None if meter.aggregation in SUBTRACTABLE else meter
+
+    def _levels_of(self, org: str, items: Sequence[_Item]) -> bool:
+        return any(self._meter(org, i) is not None for i in items)
 
     # -- reading the event ------------------------------------------------------
 
@@ -248,6 +361,8 @@ class CorrectionService:
                     record.scale,
                     record.target,
                     record.data,
+                    record.units,
+                    record.received_at,
                 )
                 item.add(record)
                 items.append(item)
@@ -268,6 +383,7 @@ class CorrectionService:
                 if item.last_audit is not None and item.last_audit.get("kind") == "amend":
                     item.data = record.data.get("data") or {}
                     item.target = record.target
+                    item.units = record.units
         return items
 
     def _from_rows(
@@ -275,42 +391,13 @@ class CorrectionService:
     ) -> EventRecord | None:
         if not rows:
             return None
-        first = rows[0]
-        scale = self._scale(org, first.feature)
-        return EventRecord(
-            org=org,
-            source=source,
-            id=first.event_id,
-            customer=first.customer_id,
-            feature=first.feature,
-            time=first.event_time,
-            units=to_units(Decimal(first.event_quantity), scale),
-            scale=scale,
-            target=first.target_id,
-            received_at=first.received_at,
-            data=first.data or {},
-            allocations=tuple(
-                Allocation(r.entitlement_id, r.period_start, to_units(Decimal(r.quantity), scale))
-                for r in rows
-            ),
-        )
+        return record_from_rows(org, source, rows, self._scale(org, rows[0].feature))
 
     def _scale(self, org: str, feature: str) -> int:
         meter = self.meters.meter(org, feature)
         if meter is None:
             raise ConflictError(f"feature {feature!r} no longer exists")
         return meter.scale
-
-    def _check_subtractable(self, org: str, items: Sequence[_Item]) -> None:
-        for item in items:
-            meter = self.meters.meter(org, item.feature)
-            if meter is None or meter.aggregation not in SUBTRACTABLE:
-                agg = meter.aggregation.value if meter else "unknown"
-                raise InvalidError(
-                    f"feature {item.feature!r} aggregates by {agg}: corrections take back"
-                    " SUM and COUNT usage only (a UNIQUE_COUNT set or a MAX/LATEST level is"
-                    " not a sum)"
-                )
 
     def _amended(
         self,
@@ -458,6 +545,26 @@ class CorrectionService:
             parts=parts,
             data=made[0][1].data.get("data"),
         )
+
+
+class _Pause:
+    """The flush pause a level recount reads under (set once, lifted at the end)."""
+
+    def __init__(self, counters: CorrectionCounters) -> None:
+        self.counters = counters
+        self.token: str | None = None
+
+    def needed(self, levels: bool) -> bool:
+        """True when the pause was just set (read again under it)."""
+        if not levels or self.token is not None:
+            return False
+        self.token = uuid.uuid4().hex
+        self.counters.pause_flush(self.token, PAUSE_SECONDS)
+        return True
+
+    def lift(self) -> None:
+        if self.token is not None:
+            self.counters.resume_flush(self.token)
 
 
 def _check_room(items: Sequence[_Item], numbers: int) -> None:

@@ -306,6 +306,15 @@ def _raw_item(event: RawEvent, meter: Meter) -> ItemResult:
     return _checked(item)
 
 
+def distinct_value(data: object, meter: Meter) -> str | None:
+    """The distinct value a UNIQUE_COUNT meter counts for ``data`` (None: it has none
+    the meter could count)."""
+    if meter.value_property is None:
+        return None
+    found = _distinct(data, meter.value_property, meter.feature)
+    return found if isinstance(found, str) else None
+
+
 def _distinct(data: object, path: tuple[str, ...], feature: str) -> str | tuple[Outcome, str]:
     """The distinct value a UNIQUE_COUNT item counts, as canonical JSON text."""
     value = lookup(data, path)

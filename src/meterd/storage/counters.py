@@ -321,6 +321,7 @@ class CounterStore:
                 k.pending_events,
                 k.flush_events,
                 k.flush_seq,
+                k.flush_pause,
             ],
             args=[new_batch_id],
         )

@@ -122,6 +122,11 @@ local function resolve(resolution_key, used_key, ev)
       end
     end
   end
+  if agg ~= "S" then
+    -- a level or unique period's version: a correction recounts the period from its
+    -- events, and refuses if one was counted there since it read them
+    for _, c in ipairs(cands) do redis.call("HINCRBY", used_key, "v:" .. c[1], 1) end
+  end
   if #allocation == 0 then
     -- accepted without moving a counter (a value seen, a level not passed, an
     -- older LATEST, a zero): the log still keeps it, on the first candidate
