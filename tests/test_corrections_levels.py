@@ -4,6 +4,7 @@ without it (or with its new form), waiting or flushed, and every figure agrees."
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,9 +12,10 @@ from typing import Any
 import pytest
 
 from meterd.core.domain import Outcome
-from meterd.core.errors import ConflictError
+from meterd.core.errors import ConflictError, UnavailableError
 from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
+from meterd.services import level_corrections
 
 from . import helpers
 from .helpers import assert_log_matches_periods
@@ -316,3 +318,85 @@ def test_a_voided_value_carried_by_a_later_grant_moves_there(runtime: Runtime) -
     assert sum(live(runtime, "users")) == Decimal(2)
     runtime.flush.flush_all(LATER)
     assert_log_matches_periods(runtime)
+
+
+def test_the_carrier_that_counts_a_value_again_gets_a_recount_record(users: Runtime) -> None:
+    ingest(
+        users,
+        sample("a", feature="users", user="ann"),
+        sample("b", feature="users", user="ann", minutes=1),
+    )
+    void(users, "a")
+    users.flush.flush_all(LATER)
+    rows = users.corrections.log.rows("acme", "tests", ["b\x1e1"])["b\x1e1"]
+    audit = rows[0].data["correction"]
+    assert (audit["kind"], audit["actor"], [r.quantity for r in rows]) == (
+        "recount",
+        "cli",
+        [Decimal(1)],
+    )
+
+
+# -- concurrency and bounds -------------------------------------------------------------
+
+
+def test_racing_voids_of_one_period_recount_each_other_out(seats: Runtime) -> None:
+    levels = [7, 12, 9, 3, 15, 11]
+    ingest(seats, *(sample(f"s{i}", str(v), minutes=i) for i, v in enumerate(levels)))
+    seats.flush.flush_all(NOW)
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            void(seats, f"s{index}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (1, 2, 4, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    agree(seats, ["7"])  # s0 (7) and s3 (3) are left
+
+
+def test_no_flush_batch_begins_while_a_recount_reads(seats: Runtime) -> None:
+    ingest(seats, sample("a", "7"))
+    counters = seats.corrections.counters
+    counters.pause_flush("reader", 30)
+    assert seats.flush.flush_all(NOW) == []
+    counters.resume_flush("someone else")  # another caller's token lifts nothing
+    assert seats.flush.flush_all(NOW) == []
+    counters.resume_flush("reader")
+    assert len(seats.flush.flush_all(NOW)) == 1
+
+
+def test_a_void_lifts_its_flush_pause_when_it_ends(seats: Runtime) -> None:
+    ingest(seats, sample("a", "7"), sample("b", "12", minutes=1))
+    void(seats, "b")
+    assert seats.redis.exists(seats.redis_keys.flush_pause) == 0
+    assert len(seats.flush.flush_all(LATER)) == 1
+
+
+def test_a_recount_refuses_while_too_many_events_wait(
+    seats: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest(seats, sample("a", "7"), sample("b", "12", minutes=1))
+    monkeypatch.setattr(level_corrections, "MAX_WAITING_SCAN", 1)
+    with pytest.raises(UnavailableError, match="wait for a flush"):
+        void(seats, "b")
+    seats.flush.flush_all(NOW)
+    void(seats, "b")  # nothing waits now
+    agree(seats, ["7"])
+
+
+def test_a_recount_of_more_events_than_it_reads_is_refused(
+    seats: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest(seats, *(sample(f"s{i}", str(i + 1), minutes=i) for i in range(4)))
+    seats.flush.flush_all(NOW)
+    monkeypatch.setattr(level_corrections, "MAX_RECOUNT_ITEMS", 3)
+    with pytest.raises(ConflictError, match="too many to recount"):
+        void(seats, "s3")
+    agree(seats, ["4"])

@@ -5,8 +5,8 @@ is a key meterd writes. A newcomer reads that table first; it cannot drift.
 
 The keys come from Redis itself, after a run that exercises every writer (the ingest
 script, UNIQUE_COUNT sets, a counter past 2^52 units, a crossing of an alert
-threshold, a flush left in flight, a correction and a recount's flush pause, the rate limiter, the meter versions,
-the stats),
+threshold, a flush left in flight, a correction and a recount's flush pause, the
+rate limiter, the meter versions, the stats),
 so a key built anywhere, in Python or in Lua, is seen."""
 
 from __future__ import annotations

@@ -113,8 +113,8 @@ def void_event(body: VoidIn, runtime: RuntimeDep, caller: Corrector) -> Correcti
 def amend_event(body: AmendIn, runtime: RuntimeDep, caller: Corrector) -> CorrectionOut:
     """Count the event as if sent with ``data`` at its original time: its units
     taken back and the new ones counted, in one step. 404: never accepted; 409:
-    void; 400: a raw event's items, another feature, a UNIQUE_COUNT, MAX or
-    LATEST feature, or an event older than the late window."""
+    void; 400: a raw event's items, another feature, or an event older than the
+    late window."""
     made = runtime.corrections.amend(
         caller.org,
         body.source,

@@ -69,6 +69,10 @@ class LevelFold:
     figures: dict[str, LevelFigure] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start again (a read that starts again folds every item again)."""
         self.figures = {f: LevelFigure() for f in self.fields}
 
     def add(self, item: LevelItem) -> None:

@@ -20,7 +20,6 @@ from datetime import datetime
 
 from meterd.core.timeutil import epoch_micros
 
-
 #: The used hash's field of a level period's version (``v:<ent>:<period>``): its
 #: prefix, and the pattern that matches every one.
 LEVEL_VERSION_PREFIX = "v:"

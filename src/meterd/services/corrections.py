@@ -217,9 +217,8 @@ class CorrectionService:
         meter = self._meter(org, item)
         if meter is None:
             return CorrectionCall(key, record, self._take_back(item, flushed), item.feature)
-        target = LevelTarget(
-            org, item.customer, source, item.id, meter, item.level(org, source, meter), None
-        )
+        old = item.level(org, source, meter)
+        target = LevelTarget(org, item.customer, source, item.id, meter, old, None, actor)
         return CorrectionCall(key, record, (), item.feature, plan=self.levels.plan(target, now))
 
     def amend(
@@ -311,6 +310,7 @@ class CorrectionService:
                     target=new.entitlement_id,
                     value=new.unique_value,
                 ),
+                actor,
             )
             return CorrectionCall(key, record, (), item.feature, plan=self.levels.plan(level, now))
         return CorrectionCall(

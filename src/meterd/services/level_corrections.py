@@ -167,7 +167,7 @@ class LevelRecounter:
         fields = frozenset(c.field for c in cands)
         start, end = self._window(cands, now)
         fold = LevelFold(target.meter.aggregation, views, fields)
-        versions = self._read(target, start, end, fold.add)
+        versions = self._read(target, start, end, fold)
         if target.new is not None:
             fold.add(target.new)
         flushed = self._flushed(fields, target.meter.scale)
@@ -327,7 +327,7 @@ class LevelRecounter:
         target: LevelTarget,
         start: datetime,
         end: datetime | None,
-        fold: Any,
+        fold: LevelFold | None,
         *,
         carriers: list[Carrier] | None = None,
         value: str | None = None,
@@ -380,8 +380,8 @@ class LevelRecounter:
         target: LevelTarget,
         window: _Window,
         corrected: set[tuple[str, str]],
-        fold: Any,
-        carriers: list[Any] | None,
+        fold: LevelFold | None,
+        carriers: list[Carrier] | None,
         value: str | None,
     ) -> tuple[dict[tuple[str, str], _Known], dict[str, list[str]]]:
         """Stream the logged items: fold those without corrections; keep the others
@@ -406,8 +406,8 @@ class LevelRecounter:
                 kept[key] = entry
                 continue
             item, _ = _as_item(org, entry, meter)
-            if carriers is None:
-                fold(item)
+            if fold is not None:
+                fold.add(item)
             elif item.value == value:
                 kept[key] = entry
         return kept, logged
@@ -416,7 +416,7 @@ class LevelRecounter:
         self,
         target: LevelTarget,
         kept: dict[tuple[str, str], _Known],
-        fold: Any,
+        fold: LevelFold | None,
         carriers: list[Carrier] | None,
         value: str | None,
     ) -> None:
@@ -430,10 +430,10 @@ class LevelRecounter:
             if key == own:
                 continue
             item, live = _as_item(org, entry, meter)
-            if carriers is None:
+            if fold is not None:
                 if live:
-                    fold(item)
-            elif item.value == value:
+                    fold.add(item)
+            elif carriers is not None and item.value == value:
                 number = max(entry.corrections, default=0) + 1
                 if number >= MAX_CORRECTIONS:
                     raise ConflictError(
