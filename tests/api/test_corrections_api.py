@@ -31,8 +31,10 @@ def setup(rt: Runtime) -> Any:
     return ent
 
 
-def figures(client: TestClient, headers: dict[str, str], ent: Any) -> list[str]:
-    value = client.get("/v1/customers/cust-1/features/api_calls", headers=headers).json()
+def figures(
+    client: TestClient, headers: dict[str, str], ent: Any, feature: str = "api_calls"
+) -> list[str]:
+    value = client.get(f"/v1/customers/cust-1/features/{feature}", headers=headers).json()
     periods = client.get(f"/v1/entitlements/{ent.id}/periods", headers=headers).json()
     now = utcnow()
     usage = client.get(
@@ -120,3 +122,66 @@ def test_the_seed_pages_show_a_void_at_once(client: TestClient, runtime: Runtime
     assert seats_used() == (0, 0)
     runtime.flush.flush_all(utcnow())
     assert seats_used() == (0, 0)
+
+
+def level_setup(rt: Runtime, aggregation: str) -> Any:
+    """A MAX (or UNIQUE_COUNT) feature ``seats`` with three samples, flushed."""
+    now = utcnow()
+    extra = {"value_property": "user"} if aggregation == "UNIQUE_COUNT" else {}
+    rt.catalog.create_feature(
+        "acme", "seats", now=now - timedelta(days=30), aggregation=aggregation, **extra
+    )
+    ent = grant(
+        rt,
+        feature="seats",
+        starts_at=now - timedelta(days=10),
+        ends_at=now + timedelta(days=20),
+        now=now,
+    )
+    samples = [("e1", "7", "ann"), ("e2", "12", "bob"), ("e3", "9", "ann")]
+    rt.ingest.ingest(
+        [
+            {
+                "specversion": "1.0",
+                "id": event_id,
+                "source": "tests",
+                "type": "meterd.usage",
+                "subject": "cust-1",
+                "org": "acme",
+                "time": (now - timedelta(minutes=3 - n)).isoformat(),
+                "data": {"feature": "seats", "quantity": quantity, "user": user},
+            }
+            for n, (event_id, quantity, user) in enumerate(samples)
+        ],
+        now=now,
+    )
+    rt.flush.flush_all(now)
+    return ent
+
+
+def test_a_void_of_the_max_sample_agrees_everywhere(
+    client: TestClient, runtime: Runtime, acme: dict[str, str]
+) -> None:
+    ent = level_setup(runtime, "MAX")
+    assert [float(x) for x in figures(client, acme, ent, "seats")] == [12, 12, 12]
+    body = {"source": "tests", "id": "e2", "reason": "a test sample"}
+    voided = client.post("/v1/events/void", json=body, headers=acme)
+    assert voided.status_code == 200, voided.text
+    assert [p["quantity"] for p in voided.json()["parts"]] == ["-3"]
+    assert [float(x) for x in figures(client, acme, ent, "seats")[:2]] == [9, 9]
+    runtime.flush.flush_all(utcnow())
+    assert [float(x) for x in figures(client, acme, ent, "seats")] == [9, 9, 9]
+    assert client.post("/v1/events/void", json=body, headers=acme).status_code == 409
+
+
+def test_an_amend_of_a_distinct_value_agrees_everywhere(
+    client: TestClient, runtime: Runtime, acme: dict[str, str]
+) -> None:
+    ent = level_setup(runtime, "UNIQUE_COUNT")  # ann, bob, ann: 2
+    assert [float(x) for x in figures(client, acme, ent, "seats")] == [2, 2, 2]
+    body = {"source": "tests", "id": "e1", "reason": "was cy"}
+    data = {"feature": "seats", "quantity": "1", "user": "cy"}
+    amended = client.post("/v1/events/amend", json={**body, "data": data}, headers=acme)
+    assert amended.status_code == 200, amended.text
+    runtime.flush.flush_all(utcnow())
+    assert [float(x) for x in figures(client, acme, ent, "seats")] == [3, 3, 3]  # ann (e3), bob, cy
