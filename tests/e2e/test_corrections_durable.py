@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -83,5 +84,77 @@ def test_voids_retried_across_a_redis_kill_take_each_event_back_once(
     assert retries > 0, "some void must have failed while Redis was down"
     rt.flush.flush_all(utcnow(), max_batches=100)
     assert flushed_total(rt) == Decimal("2.5") * (len(events) - len(to_void))
+    assert_log_matches_periods(rt)
+    rt.redis.close()
+
+
+def test_max_voids_retried_across_a_redis_kill_recount_each_period_once(
+    own_redis: OwnRedis, e2e_settings: Any, database: Database
+) -> None:
+    """Each void removes the current maximum of a MAX period (a recount every time),
+    while Redis is killed -9 mid-stream: every period ends at the largest sample left."""
+    rt = Runtime(
+        settings=e2e_settings,
+        redis=redis.Redis(port=own_redis.port, socket_timeout=5, retry=Retry(NoBackoff(), 0)),
+        database=database,
+    )
+    rt.catalog.create_org("acme", "Acme", NOW)
+    sent = utcnow()
+    rt.catalog.create_feature(
+        "acme", "api_calls", now=sent - timedelta(days=1), scale=0, aggregation="MAX"
+    )
+    grant_customers(rt, 2, ("100000",))
+    events = [
+        event(
+            customer=f"cust-{i % 2}",
+            event_id=f"s{i}",
+            quantity=str(i // 2 + 1),
+            time=sent - timedelta(milliseconds=200 - i),
+        )
+        for i in range(120)
+    ]
+    rt.ingest.ingest(events[:60], now=utcnow())
+    rt.flush.flush_all(utcnow())  # half flushed, half still waiting in Redis
+    rt.ingest.ingest(events[60:], now=utcnow())
+    # the largest of each customer first: every void moves its period's figure
+    to_void = [f"s{i}" for i in reversed(range(120)) if i % 4 in (2, 3)]
+    done = 0
+    retries = 0
+
+    def void_all() -> None:
+        nonlocal done, retries
+        for event_id in to_void:
+            while True:
+                try:
+                    rt.corrections.void(
+                        "acme", "tests", event_id, reason="test", actor="cli", now=utcnow()
+                    )
+                    break
+                except ConflictError:
+                    break  # it landed before the failure was seen: already void
+                except Exception:
+                    retries += 1
+                    time.sleep(0.02)
+            done += 1
+
+    thread = threading.Thread(target=void_all)
+    thread.start()
+    while done < 15:
+        time.sleep(0.005)
+    own_redis.kill()
+    killed_after = done
+    time.sleep(0.3)
+    own_redis.start()
+    thread.join(timeout=180)
+
+    assert 15 <= killed_after < len(to_void), "the kill must land mid-stream"
+    assert retries > 0, "some void must have failed while Redis was down"
+    rt.flush.flush_all(utcnow(), max_batches=100)
+    figures = [
+        b.consumed
+        for customer in ("cust-0", "cust-1")
+        for b in rt.balance.balances("acme", customer, "api_calls", utcnow())
+    ]
+    assert figures == [Decimal(59), Decimal(59)]  # s116 and s117 are the largest left
     assert_log_matches_periods(rt)
     rt.redis.close()

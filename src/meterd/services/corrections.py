@@ -22,6 +22,7 @@ script then sets the recounted figures, under the same checks.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ from meterd.storage.corrections import (
     CorrectionLog,
     record_from_rows,
 )
+from meterd.storage.counters import CounterStoreError
 from meterd.storage.models import EventLogRow
 from meterd.storage.usage import UsageStore, parse_period_field
 
@@ -563,8 +565,11 @@ class _Pause:
         return True
 
     def lift(self) -> None:
+        """Lift the pause; if Redis does not answer, it lapses by itself (the error
+        that ended the correction is the one to report)."""
         if self.token is not None:
-            self.counters.resume_flush(self.token)
+            with contextlib.suppress(CounterStoreError):
+                self.counters.resume_flush(self.token)
 
 
 def _check_room(items: Sequence[_Item], numbers: int) -> None:
