@@ -73,8 +73,9 @@ MAX_WIDENINGS = 3
 MAX_ROUNDS = 4
 
 
-class ResolutionMissing(Exception):
-    """The feature's resolution data is not cached: load it and read again."""
+class ResolutionMissing(UnavailableError):
+    """The feature's resolution data is not cached: load it and read again (the
+    service does; it reaches no caller)."""
 
 
 @dataclass(slots=True)
