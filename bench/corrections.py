@@ -134,9 +134,9 @@ def main() -> None:
             for agg in ("MAX", "LATEST", "UNIQUE_COUNT"):
                 ms, peak = row[agg]
                 rate = (size + WAITING) / (ms / 1000)
-                cells.append(
-                    f"{ms:.1f} ms ({ms / ref:.0f}x; {rate:,.0f} items/s; peak {peak / 2**20:.1f} MiB)"
-                )
+                mib = peak / 2**20
+                ratio = ms / ref
+                cells.append(f"{ms:.1f} ms ({ratio:.0f}x; {rate:,.0f} items/s; peak {mib:.1f} MiB)")
             print(f"| {size:,} | " + " | ".join(cells) + " |")
 
 
