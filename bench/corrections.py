@@ -112,7 +112,7 @@ def main() -> None:
             row = {}
             for agg in ("SUM", "MAX", "LATEST", "UNIQUE_COUNT"):
                 feature = f"{agg.lower()}{size}"
-                extra = {"value_property": "user"} if agg == "UNIQUE_COUNT" else {}
+                extra: dict[str, Any] = {"value_property": "user"} if agg == "UNIQUE_COUNT" else {}
                 rt.catalog.create_feature(
                     ORG, feature, now=now - timedelta(days=2), scale=0, aggregation=agg, **extra
                 )
