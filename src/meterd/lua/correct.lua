@@ -87,6 +87,7 @@ local ITEM_ARGS = 9
 --- @include "ingest/used"
 --- @include "ingest/thresholds"
 --- @include "ingest/resolve"
+--- @include "ingest/write_counts"
 
 if (redis.call("GET", flush_seq_key) or "0") ~= ARGV[2] then
   return "r"
@@ -233,24 +234,7 @@ for i = 1, n_items do
   records[i] = ARGV[base + 1] .. "\t" .. merged(entries)
 end
 
-for field, entry in pairs(used[used_key] or {}) do
-  if entry[2] ~= 0 then
-    local after = tonumber(redis.call("HINCRBY", used_key, field, int_str(entry[2])))
-    if after > BIG then redis.call("SADD", big_key, field) end
-    local before = after - entry[2]
-    note_crossings(field, before, before + entry[3])
-  end
-end
-local wrote = false
-for field, delta in pairs(pending) do
-  if delta ~= 0 then
-    redis.call("HINCRBY", pending_key, field, int_str(delta))
-    wrote = true
-  end
-end
-if wrote then
-  redis.call("SET", pending_since_key, ARGV[1], "NX")
-end
+write_counts()
 for i = 1, n_items do
   redis.call("HSET", events_key, ARGV[ITEM_ARGS * i - 5], records[i])
   for _, rc in ipairs(plans[i] and plans[i].rc or {}) do

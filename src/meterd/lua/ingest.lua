@@ -155,6 +155,7 @@ Assembled from fragments, one concern each (meterd/lua/__init__.py resolves the
   ingest/burn_down   how units are shared down the candidates
   ingest/dimensions  dimension filters (meters.matches' twin), a JSON literal scanner
   ingest/resolve     the outcome of one event judged new
+  ingest/write_counts  the end of the call: totals, latest samples, pending deltas
 ]]
 
 local pending_key = KEYS[1]
@@ -183,6 +184,7 @@ local EVENT_ARGS = 9
 --- @include "ingest/thresholds"
 --- @include "ingest/resolve"
 --- @include "ingest/hold_ops"
+--- @include "ingest/write_counts"
 
 local out = {}
 
@@ -261,40 +263,6 @@ end
 save_generations()
 write_held()
 
-for used_key, fields in pairs(used) do
-  for field, entry in pairs(fields) do
-    if entry[2] ~= 0 then
-      local after = tonumber(redis.call("HINCRBY", used_key, field, int_str(entry[2])))
-      if after > BIG then redis.call("SADD", big_key, field) end
-      local before = after - entry[2]
-      note_crossings(field, before, before + entry[3])
-    elseif entry[3] > 0 and prepaid_limits[field] ~= nil then
-      -- a LATEST level that rose and fell back within the batch
-      local before = used_value(used_key, field)
-      note_crossings(field, before, before + entry[3])
-    end
-  end
-end
-for used_key, fields in pairs(latest) do
-  local args = {}
-  for field, seen in pairs(fields) do
-    if seen and seen[3] then
-      args[#args + 1] = "t:" .. field
-      args[#args + 1] = int_str(seen[1]) .. "\t" .. seen[2]
-    end
-  end
-  if #args > 0 then redis.call("HSET", used_key, unpack(args)) end
-end
-local wrote = false
-for field, delta in pairs(pending) do
-  if delta ~= 0 then
-    redis.call("HINCRBY", pending_key, field, int_str(delta))
-    wrote = true
-  end
-end
-if wrote then
-  -- The flush lag is measured from the first write a pending hash got.
-  redis.call("SET", pending_since_key, ARGV[1], "NX")
-end
+write_counts()
 
 return table.concat(out)
