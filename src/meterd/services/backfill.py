@@ -37,12 +37,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from meterd.core.burn_down import candidates_at, level_share
 from meterd.core.domain import (
     Aggregation,
     EntitlementView,
     Outcome,
     Period,
-    Status,
 )
 from meterd.core.errors import UnavailableError
 from meterd.core.events import (
@@ -53,8 +53,7 @@ from meterd.core.events import (
     parse_event,
     with_time,
 )
-from meterd.core.lifecycle import period_at, status_at, usable_at
-from meterd.core.meters import matches
+from meterd.core.quantity import from_units, to_units
 from meterd.core.timeutil import from_epoch_micros
 from meterd.services.counting import UsageCounter
 from meterd.services.ingest import OUTCOMES
@@ -79,6 +78,11 @@ BACKFILL_HORIZON = timedelta(days=366 * 200)
 BACKFILL_BATCH = 1000
 #: Aggregations a closed period can be backfilled for (a sum of its events).
 SUMMABLE = frozenset({Aggregation.SUM, Aggregation.COUNT})
+#: Aggregations whose closed period's figure is a level that only rises: a sample
+#: moves it to max(figure, its share), whatever history the log no longer holds.
+RISING = frozenset({Aggregation.MAX})
+#: What the SQL path counts into closed periods.
+COUNTED_IN_SQL = SUMMABLE | RISING
 #: Hosts' clocks differ: a period is closed to the backfill's SQL path only this long
 #: after the last instant live ingest (on another host) could still count into it.
 CLOCK_MARGIN = timedelta(minutes=10)
@@ -251,8 +255,8 @@ class BackfillService:
                     verdicts[k] = _no_candidate(item, suspended)
                 elif any(c.period.end is None or c.period.end > cutoff for c in cands):
                     open_.append(k)
-                elif item.aggregation not in SUMMABLE:
-                    verdicts[k] = (Outcome.INVALID, _not_summable(item))
+                elif item.aggregation not in COUNTED_IN_SQL:
+                    verdicts[k] = (Outcome.INVALID, _not_countable(item))
                 else:
                     closed[k] = cands
             live_parts = self._count_live(items, open_, verdicts, counted_live, now)
@@ -269,6 +273,12 @@ class BackfillService:
                         for c in cands
                     ],
                     plan=functools.partial(_plan, items, closed, templates),
+                    levels={
+                        c.key
+                        for k, cands in closed.items()
+                        if items[k][1].aggregation in RISING
+                        for c in cands
+                    },
                     live=live_parts,
                     counts=counts,
                 )
@@ -367,28 +377,12 @@ class BackfillService:
 
 def candidates(views: Sequence[EntitlementView], item: UsageEvent) -> tuple[list[Candidate], bool]:
     """The periods ``item`` burns down, in order (``views`` in burn-down order), as
-    ``ingest.lua``'s ``resolve``: the asked entitlement only, usable at the event's
-    time, its dimensions matching; and whether a suspension refused it."""
-    found: list[Candidate] = []
-    suspended = False
-    t = item.time
-    for view in views:
-        if item.entitlement_id is not None and view.id != item.entitlement_id:
-            continue
-        if not matches(item.data, view.filters):
-            continue
-        if status_at(view, t) is Status.SUSPENDED:
-            until = view.usable_until
-            if view.starts_at <= t and (until is None or t < until):
-                suspended = True
-            continue
-        if not usable_at(view, t):
-            continue
-        period = period_at(view, t)
-        if period is None:
-            continue
-        found.append(Candidate(view, _with_term_quantity(view, period)))
-    return found, suspended
+    ``ingest.lua``'s ``resolve`` (``core/burn_down.candidates_at``, its twin): the
+    asked entitlement only, usable at the event's time, its dimensions matching;
+    and whether a suspension refused it. A summarised first term has the grant's
+    quantity (``_with_term_quantity``)."""
+    found, suspended = candidates_at(views, item.time, item.data, item.entitlement_id)
+    return [Candidate(c.view, _with_term_quantity(c.view, c.period)) for c in found], suspended
 
 
 def _with_term_quantity(view: EntitlementView, period: Period) -> Period:
@@ -431,27 +425,18 @@ def _plan(
     templates: dict[int, LogPart],
     used: dict[PeriodKey, Decimal],
 ) -> list[LogPart]:
-    """The burn-down of each closed item in order (``ingest/burn_down.lua``'s
-    ``plan_sum``): each candidate takes what room its period has left, the last
-    takes the rest (overage); ``used`` moves as parts are planned."""
+    """The parts of each closed item in order, as ``ingest.lua``'s ``resolve`` plans
+    them: a sum burns down (``_sum_shares``), a MAX sample raises each candidate's
+    figure to its share of the level (``_level_moves``). ``used`` (each period's
+    figure) moves as parts are planned, so the items of one batch see each other."""
     parts: list[LogPart] = []
     for k, cands in closed.items():
         item = items[k][1]
-        left = item.quantity
-        shares: list[tuple[Candidate, Decimal]] = []
-        for j, cand in enumerate(cands):
-            if left <= 0:
-                break
-            take = left
-            limit = cand.period.quantity
-            if j < len(cands) - 1 and limit is not None:
-                room = max(limit - used.get(cand.key, Decimal(0)), Decimal(0))
-                take = min(room, take)
-            if take > 0:
-                shares.append((cand, take))
-                used[cand.key] = used.get(cand.key, Decimal(0)) + take
-                left -= take
-        if not shares:  # a zero quantity: logged on the first candidate, moving nothing
+        if item.aggregation in RISING:
+            shares = _level_moves(item, cands, used)
+        else:
+            shares = _sum_shares(item, cands, used)
+        if not shares:  # it moves nothing: logged on the first candidate with 0
             shares.append((cands[0], Decimal(0)))
         template = templates[k]
         for part, (cand, take) in enumerate(shares):
@@ -467,6 +452,52 @@ def _plan(
                 )
             )
     return parts
+
+
+def _sum_shares(
+    item: UsageEvent, cands: list[Candidate], used: dict[PeriodKey, Decimal]
+) -> list[tuple[Candidate, Decimal]]:
+    """``ingest/burn_down.lua``'s ``plan_sum``: each candidate takes what room its
+    period has left, the last takes the rest (overage)."""
+    left = item.quantity
+    shares: list[tuple[Candidate, Decimal]] = []
+    for j, cand in enumerate(cands):
+        if left <= 0:
+            break
+        take = left
+        limit = cand.period.quantity
+        if j < len(cands) - 1 and limit is not None:
+            room = max(limit - used.get(cand.key, Decimal(0)), Decimal(0))
+            take = min(room, take)
+        if take > 0:
+            shares.append((cand, take))
+            used[cand.key] = used.get(cand.key, Decimal(0)) + take
+            left -= take
+    return shares
+
+
+def _level_moves(
+    item: UsageEvent, cands: list[Candidate], used: dict[PeriodKey, Decimal]
+) -> list[tuple[Candidate, Decimal]]:
+    """A MAX sample (``resolve``'s ``M`` branch): its level is shared down the
+    candidates like a sum (``level_share``: each takes up to its limit, the last the
+    rest), and each period keeps the larger of its figure and its share. A part is
+    what it moved (share - figure, where the share is larger), so the log still sums
+    to the figure. Exact whatever history the log no longer holds: a figure only
+    rises, and the largest share any sample gave is the same in any order."""
+    limits = [
+        -1 if c.period.quantity is None else to_units(c.period.quantity, c.view.scale)
+        for c in cands
+    ]
+    level = item.units
+    moves: list[tuple[Candidate, Decimal]] = []
+    for j, cand in enumerate(cands):
+        share = from_units(level_share(limits, j, level), item.scale)
+        figure = used.get(cand.key, Decimal(0))
+        if share > figure:
+            moves.append((cand, share - figure))
+            used[cand.key] = share
+    return moves
 
 
 def _fields(part: LogPart) -> dict[str, Any]:
@@ -518,10 +549,26 @@ def _no_candidate(item: UsageEvent, suspended: bool) -> tuple[Outcome, str]:
     )
 
 
-def _not_summable(item: UsageEvent) -> str:
+def _not_countable(item: UsageEvent) -> str:
+    """Why a LATEST or UNIQUE_COUNT item whose periods are all closed is refused."""
+    if item.aggregation is Aggregation.LATEST:
+        why = (
+            "a closed LATEST period keeps its share of the latest sample it took, and which"
+            " sample that was (its time and event key) is not kept once the period closed,"
+            " so whether this older or newer sample replaces it cannot be known"
+        )
+    elif item.aggregation is Aggregation.UNIQUE_COUNT:
+        why = (
+            "a closed UNIQUE_COUNT period counts each value once, and the values it counted"
+            " are not kept once the period closed (their set expires a day after its late"
+            " window), so whether this value is new to it cannot be known"
+        )
+    else:  # pragma: no cover - SUM, COUNT and MAX are counted
+        why = f"{item.aggregation.value} is not counted in a closed period"
     return (
-        f"feature {item.feature!r} aggregates by {item.aggregation.value}: a closed period can"
-        " be backfilled only for SUM and COUNT features (its figure is a sum of its events)"
+        f"feature {item.feature!r} aggregates by {item.aggregation.value}: {why}; only SUM,"
+        " COUNT and MAX history can be backfilled into a closed period (backfill it while"
+        " its period is within the late window)"
     )
 
 

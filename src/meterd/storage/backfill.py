@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -284,12 +284,17 @@ class BackfillStore:
         plan: Planner,
         live: Sequence[LogPart],
         counts: BackfillCounts,
+        levels: Collection[PeriodKey] = (),
     ) -> list[LogPart] | None:
         """Count one batch, once: None if the batch was applied before. ``plan`` gets
         the consumption of ``periods`` (locked) and returns the parts to count and
         log; ``live`` are the identities of events counted through the live path
-        (logged, not counted here); ``counts`` the audit's increments.
-        Raises ``BatchRaced`` if another batch logged one of its events first."""
+        (logged, not counted here); ``counts`` the audit's increments; ``levels``
+        the periods whose figure is a level (MAX): each is set to what ``plan`` made
+        of the figure it read, on condition that the figure is still the one read.
+        Raises ``BatchRaced`` if another batch logged one of its events first, or if
+        a level period's figure moved under the plan (a writer that skipped its
+        lock)."""
         if self.batch_applied(backfill_id, batch_no):
             return None
         try:
@@ -298,13 +303,17 @@ class BackfillStore:
                 s.add(BackfillBatch(backfill_id=backfill_id, batch_no=batch_no, applied_at=now))
                 s.flush()
                 used = self._locked_periods(s, periods, now)
+                read = dict(used)
                 parts = plan(used)
                 deltas: dict[PeriodKey, Decimal] = {}
                 for p in parts:
                     if p.entitlement_id is not None and p.period_start is not None:
                         key = (p.entitlement_id, p.period_start)
                         deltas[key] = deltas.get(key, Decimal(0)) + p.quantity
-                _add_consumption(s, [(k, v) for k, v in deltas.items() if v], now)
+                moved = [(k, v) for k, v in sorted(deltas.items()) if v]
+                _add_consumption(s, [(k, v) for k, v in moved if k not in levels], now)
+                rises = [(k, read.get(k, Decimal(0)), v) for k, v in moved if k in levels]
+                _raise_levels(s, rises, now)
                 rows = [p.row(backfill_id) for p in parts]
                 if rows:
                     _insert_new(s, rows)
@@ -404,6 +413,32 @@ def _insert_new(s: Session, rows: list[dict[str, Any]]) -> None:
         if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
             raise IntegrityError("COPY event_log_backfill", None, exc) from exc
         raise
+
+
+def _raise_levels(
+    s: Session, moves: Sequence[tuple[PeriodKey, Decimal, Decimal]], now: datetime
+) -> None:
+    """Raise each level period's figure from the one read to that plus the move,
+    on condition that it is still the one read: the row lock keeps every writer that
+    takes it out, and a writer that does not (or a figure rewritten by a recount)
+    makes the batch plan again on the new figure (``BatchRaced``) rather than add a
+    move planned on a stale one."""
+    table = UsagePeriod.__table__
+    for (entitlement_id, start), figure, move in moves:
+        result = s.execute(
+            update(table)  # type: ignore[arg-type]
+            .where(
+                table.c.entitlement_id == entitlement_id,
+                table.c.period_start == start,
+                table.c.consumed == figure,
+            )
+            .values(consumed=figure + move, updated_at=now)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]
+            raise BatchRaced(
+                f"the figure of period {start.isoformat()} of entitlement {entitlement_id}"
+                f" is no longer {figure}: planned again"
+            )
 
 
 def _read_locked(s: Session, keys: Sequence[PeriodKey]) -> dict[PeriodKey, Decimal]:

@@ -1,0 +1,337 @@
+"""Issue 22: backfill of level features into closed periods.
+
+A MAX period's figure is the largest share any sample gave it, and a level only
+rises: a backfilled sample moves a closed period's figure to max(figure, its
+share), exact whatever history the log no longer holds. Its share is the level
+shared down the candidates like a sum (``core/burn_down.level_share``), and its
+log part is what it moved, so the log still sums to the figure. LATEST and
+UNIQUE_COUNT figures need what a closed period no longer keeps (its latest
+sample, the values it counted): their history is refused there, with that reason,
+and counted through the live path while the period is open.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from meterd.core.domain import Aggregation, Outcome
+from meterd.core.terms import Term, TermUnit
+from meterd.runtime import Runtime
+from meterd.services.catalog import NewEntitlement
+from meterd.storage import backfill as backfill_storage
+from meterd.storage.models import BackfillLogRow, EventLogRow, UsagePeriod
+from meterd.testing import event
+
+from .conftest import NOW
+
+MONTHLY = Term.of(1, TermUnit.MONTH)
+START = datetime(2025, 9, 1, tzinfo=NOW.tzinfo)
+#: A closed period's sample: May 2026 (the late window ends mid-October).
+MAY = datetime(2026, 5, 10, 12, tzinfo=NOW.tzinfo)
+MAY_START = datetime(2026, 5, 1, tzinfo=NOW.tzinfo)
+
+
+@pytest.fixture
+def rt(runtime: Runtime) -> Runtime:
+    runtime.catalog.create_feature("acme", "peak", now=NOW, aggregation=Aggregation.MAX)
+    return runtime
+
+
+def monthly(
+    rt: Runtime, quantity: str | None, priority: int, customer: str = "cust-1", **extra: Any
+) -> Any:
+    """A renewing monthly grant of ``peak`` from START (renewed with its own quantity)."""
+    return rt.catalog.create_entitlement(
+        NewEntitlement(
+            org="acme", customer_id=customer, feature=extra.pop("feature", "peak"),
+            quantity=None if quantity is None else Decimal(quantity),
+            renewal_quantity=None if quantity is None else Decimal(quantity),
+            starts_at=START, auto_renew=True, term=MONTHLY, priority=priority, **extra,
+        ),
+        NOW,
+    )  # fmt: skip
+
+
+def sample(value: str, event_id: str, t: datetime = MAY, customer: str = "cust-1") -> Any:
+    return event(customer, value, feature="peak", event_id=event_id, time=t)
+
+
+def backfill(
+    rt: Runtime, events: list[Any], batch: int = 50, now: datetime = NOW
+) -> tuple[Counter[str], list[str | None]]:
+    backfill_id = rt.backfill.open("acme", "cli:test", "cli", now)
+    counts: Counter[str] = Counter()
+    reasons: list[str | None] = []
+    for no, start in enumerate(range(0, len(events), batch)):
+        report = rt.backfill.backfill(
+            events[start : start + batch], org="acme", backfill_id=backfill_id, batch_no=no, now=now
+        )
+        counts.update(report.counts)
+        reasons += report.reasons
+    return counts, reasons
+
+
+def figures(rt: Runtime, ent: Any) -> dict[datetime, Decimal]:
+    """The stored figure of each period of ``ent`` that has one."""
+    with rt.database.sessions() as s:
+        rows = s.execute(
+            select(UsagePeriod.period_start, UsagePeriod.consumed).where(
+                UsagePeriod.entitlement_id == ent.id
+            )
+        ).all()
+    return {start: Decimal(c) for start, c in rows if c}
+
+
+def parts_of(rt: Runtime, event_id: str) -> list[tuple[Any, Decimal]]:
+    with rt.database.sessions() as s:
+        rows = s.execute(
+            select(BackfillLogRow.entitlement_id, BackfillLogRow.quantity)
+            .where(BackfillLogRow.event_id == event_id)
+            .order_by(BackfillLogRow.part)
+        ).all()
+    return [(e, Decimal(q)) for e, q in rows]
+
+
+def assert_logs_match_periods(rt: Runtime) -> None:
+    """``helpers.assert_log_matches_periods`` over both logs: the event log's parts
+    and the backfill's own (those it counted in SQL) sum to every period's figure."""
+    logged: dict[tuple[Any, datetime], Decimal] = {}
+    with rt.database.sessions() as s:
+        rows = list(
+            s.execute(
+                select(EventLogRow.entitlement_id, EventLogRow.period_start, EventLogRow.quantity)
+            )
+        ) + list(
+            s.execute(
+                select(
+                    BackfillLogRow.entitlement_id,
+                    BackfillLogRow.period_start,
+                    BackfillLogRow.quantity,
+                ).where(BackfillLogRow.counted_live.is_(False))
+            )
+        )
+        periods = {
+            (e, p): Decimal(c)
+            for e, p, c in s.execute(
+                select(UsagePeriod.entitlement_id, UsagePeriod.period_start, UsagePeriod.consumed)
+            )
+            if c
+        }
+    for e, p, q in rows:
+        logged[(e, p)] = logged.get((e, p), Decimal(0)) + Decimal(q)
+    assert {k: v for k, v in logged.items() if v} == periods
+
+
+# -- MAX ------------------------------------------------------------------------------
+
+
+def test_a_sample_above_the_stored_figure_raises_it_and_one_below_moves_nothing(
+    rt: Runtime,
+) -> None:
+    """The period's figure came from live ingest at the time (its events are past
+    the log's retention by now): a backfilled sample above it raises it, by the
+    difference; one below is accepted and moves nothing (logged with 0)."""
+    ent = monthly(rt, None, priority=0)
+    rt.ingest.ingest([sample("30", "live-1")], now=MAY + timedelta(hours=1))
+    rt.flush.flush_all(MAY + timedelta(hours=1))
+    rt.event_log.maintain(NOW, retention=timedelta(days=36))  # its log is gone
+    assert figures(rt, ent) == {MAY_START: Decimal(30)}
+
+    assert backfill(rt, [sample("50", "old-1", MAY - timedelta(days=3))])[0] == {"accepted": 1}
+    assert figures(rt, ent) == {MAY_START: Decimal(50)}
+    assert parts_of(rt, "old-1") == [(ent.id, Decimal(20))]
+
+    assert backfill(rt, [sample("45", "old-2", MAY + timedelta(days=3))])[0] == {"accepted": 1}
+    assert figures(rt, ent) == {MAY_START: Decimal(50)}
+    assert parts_of(rt, "old-2") == [(ent.id, Decimal(0))]
+
+
+def test_samples_of_one_batch_keep_a_running_figure(rt: Runtime) -> None:
+    ent = monthly(rt, None, priority=0)
+    batch = [sample(v, f"s{i}", MAY + timedelta(hours=i)) for i, v in enumerate(["30", "50", "40"])]
+    assert backfill(rt, batch)[0] == {"accepted": 3}
+    assert figures(rt, ent) == {MAY_START: Decimal(50)}
+    assert [parts_of(rt, f"s{i}") for i in range(3)] == [
+        [(ent.id, Decimal(30))],
+        [(ent.id, Decimal(20))],
+        [(ent.id, Decimal(0))],
+    ]
+    assert_logs_match_periods(rt)
+
+
+def test_a_level_is_shared_down_two_grants_as_a_sum(rt: Runtime) -> None:
+    """First grant 100 (priority 0), second unlimited: 60 is the first's alone; 150
+    gives the first 100 and the second 50; 120 (100 + 20) raises neither."""
+    first = monthly(rt, "100", priority=0)
+    second = monthly(rt, None, priority=1)
+    assert backfill(rt, [sample("60", "a")])[0] == {"accepted": 1}
+    assert (figures(rt, first), figures(rt, second)) == ({MAY_START: Decimal(60)}, {})
+    assert backfill(rt, [sample("150", "b"), sample("120", "c")])[0] == {"accepted": 2}
+    assert figures(rt, first) == {MAY_START: Decimal(100)}
+    assert figures(rt, second) == {MAY_START: Decimal(50)}
+    assert parts_of(rt, "b") == [(first.id, Decimal(40)), (second.id, Decimal(50))]
+    assert parts_of(rt, "c") == [(first.id, Decimal(0))]
+    assert_logs_match_periods(rt)
+
+
+def test_a_scaled_feature_shares_its_level_in_its_own_units(runtime: Runtime) -> None:
+    runtime.catalog.create_feature(
+        "acme", "gpu", now=NOW, aggregation=Aggregation.MAX, scale=2
+    )  # fmt: skip
+    first = monthly(runtime, "1.25", priority=0, feature="gpu")
+    second = monthly(runtime, "2", priority=1, feature="gpu")
+    e = event("cust-1", "3.5", feature="gpu", event_id="g", time=MAY)
+    assert backfill(runtime, [e])[0] == {"accepted": 1}
+    assert figures(runtime, first) == {MAY_START: Decimal("1.25")}
+    assert figures(runtime, second) == {MAY_START: Decimal("2.25")}  # the last takes the rest
+
+
+def test_duplicates_are_dropped_in_a_file_and_across_imports(rt: Runtime) -> None:
+    ent = monthly(rt, None, priority=0)
+    first = [sample("40", "d1"), sample("70", "d1"), sample("10", "d2")]
+    assert backfill(rt, first)[0] == {"accepted": 2, "duplicate": 1}
+    assert figures(rt, ent) == {MAY_START: Decimal(40)}
+    # the same identities again, with other values: nothing moves
+    again = [sample("90", "d1"), sample("95", "d2")]
+    assert backfill(rt, again)[0] == {"duplicate": 2}
+    later = NOW + timedelta(days=7)
+    rt.event_log.maintain(later, retention=timedelta(days=36))
+    assert backfill(rt, again, now=later)[0] == {"duplicate": 2}
+    assert figures(rt, ent) == {MAY_START: Decimal(40)}
+    assert_logs_match_periods(rt)
+
+
+def test_backfilled_history_ends_with_the_figures_live_ingest_gave(rt: Runtime) -> None:
+    """Three grants for two customers: one's samples counted live as they happened,
+    the other's backfilled a year later, in batches and shuffled. Every period of
+    every grant ends with the same figure (a function of the samples and grants,
+    never of their order), and both logs sum to the figures."""
+    grants = {
+        customer: (
+            monthly(rt, "40", priority=0, customer=customer),
+            monthly(rt, "25", priority=1, customer=customer),
+            monthly(rt, None, priority=2, customer=customer),
+        )
+        for customer in ("live", "backfilled")
+    }
+    rng = random.Random(22)
+    times = sorted(START + timedelta(minutes=rng.randrange(0, 330 * 24 * 60)) for _ in range(120))
+    values = [str(rng.choice([1, 12, 30, 41, 66, 90, 130])) for _ in times]
+    for i, (t, v) in enumerate(zip(times, values, strict=True)):
+        report = rt.ingest.ingest([sample(v, f"l{i}", t, "live")], now=t + timedelta(hours=1))
+        assert report.outcomes == [Outcome.ACCEPTED]
+    rt.flush.flush_all(NOW)
+    history = [
+        sample(v, f"b{i}", t, "backfilled")
+        for i, (t, v) in enumerate(zip(times, values, strict=True))
+    ]
+    rng.shuffle(history)
+    assert backfill(rt, history, batch=25)[0] == {"accepted": len(history)}
+    for live, backfilled in zip(grants["live"], grants["backfilled"], strict=True):
+        assert figures(rt, backfilled) == figures(rt, live)
+    assert_logs_match_periods(rt)
+
+
+def test_a_figure_changed_under_the_plan_makes_the_batch_plan_again(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The figure is raised on condition that it is still the one read: a stale read
+    (as a writer that skipped the row lock would leave it) is not written over; the
+    batch is planned again on the figure as it is."""
+    ent = monthly(rt, None, priority=0)
+    assert backfill(rt, [sample("50", "first")])[0] == {"accepted": 1}
+    real = backfill_storage._read_locked
+    stale = {"rounds": 0}
+
+    def read_once_stale(s: Any, keys: Any) -> Any:
+        used = real(s, keys)
+        stale["rounds"] += 1
+        if stale["rounds"] == 1:
+            return {k: Decimal(10) for k in used}
+        return used
+
+    monkeypatch.setattr(backfill_storage, "_read_locked", read_once_stale)
+    assert backfill(rt, [sample("70", "second")])[0] == {"accepted": 1}
+    assert stale["rounds"] == 2
+    assert figures(rt, ent) == {MAY_START: Decimal(70)}
+    assert parts_of(rt, "second") == [(ent.id, Decimal(20))]
+    assert_logs_match_periods(rt)
+
+
+def test_imports_racing_on_one_period_raise_it_once(rt: Runtime) -> None:
+    """Four imports of one file at once (threads; PostgreSQL with the real backend):
+    every sample counts once and the figures are the serial ones."""
+    first = monthly(rt, "40", priority=0)
+    second = monthly(rt, None, priority=1)
+    rng = random.Random(7)
+    samples = [
+        sample(str(rng.randrange(1, 200)), f"r{i}", START + timedelta(days=rng.randrange(0, 300)))
+        for i in range(200)
+    ]
+
+    def one_import(_: int) -> Counter[str]:
+        return backfill(rt, samples, batch=20)[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        totals = sum(pool.map(one_import, range(4)), Counter())
+    assert totals == {"accepted": len(samples), "duplicate": 3 * len(samples)}
+    want_first: dict[datetime, Decimal] = {}
+    want_second: dict[datetime, Decimal] = {}
+    for e in samples:
+        t = datetime.fromisoformat(e["time"])
+        start = datetime(t.year, t.month, 1, tzinfo=t.tzinfo)
+        value = Decimal(e["data"]["quantity"])
+        want_first[start] = max(want_first.get(start, Decimal(0)), min(value, Decimal(40)))
+        if value > 40:
+            want_second[start] = max(want_second.get(start, Decimal(0)), value - 40)
+    assert figures(rt, first) == want_first
+    assert figures(rt, second) == want_second
+    assert_logs_match_periods(rt)
+
+
+# -- LATEST and UNIQUE_COUNT: refused in a closed period, with the reason ----------------
+
+
+def test_latest_history_is_refused_in_a_closed_period_and_counted_in_an_open_one(
+    runtime: Runtime,
+) -> None:
+    runtime.catalog.create_feature("acme", "seats", now=NOW, aggregation=Aggregation.LATEST)
+    ent = monthly(runtime, None, priority=0, feature="seats")
+    old = event("cust-1", "8", feature="seats", event_id="old", time=MAY)
+    recent = event("cust-1", "5", feature="seats", event_id="recent", time=NOW - timedelta(days=3))
+    counts, reasons = backfill(runtime, [old, recent])
+    assert counts == {"invalid": 1, "accepted": 1}
+    assert reasons[0] is not None
+    assert "aggregates by LATEST" in reasons[0]
+    assert "latest sample it took" in reasons[0]
+    assert "is not kept once the period closed" in reasons[0]
+    runtime.flush.flush_all(NOW)
+    assert figures(runtime, ent) == {datetime(2026, 11, 1, tzinfo=NOW.tzinfo): Decimal(5)}
+
+
+def test_unique_count_history_is_refused_in_a_closed_period_with_the_reason(
+    runtime: Runtime,
+) -> None:
+    runtime.catalog.create_feature(
+        "acme", "users", now=NOW, aggregation=Aggregation.UNIQUE_COUNT,
+        event_type="llm.request", value_property="user",
+    )  # fmt: skip
+    monthly(runtime, None, priority=0, feature="users")
+    raw = {
+        "specversion": "1.0", "type": "llm.request", "source": "tests", "id": "u-1",
+        "org": "acme", "subject": "cust-1", "time": MAY.isoformat(), "data": {"user": "ann"},
+    }  # fmt: skip
+    counts, reasons = backfill(runtime, [raw])
+    assert counts == {"invalid": 1}
+    assert reasons[0] is not None
+    assert "aggregates by UNIQUE_COUNT" in reasons[0]
+    assert "values it counted are not kept once the period closed" in reasons[0]
+    assert "only SUM, COUNT and MAX" in reasons[0]
