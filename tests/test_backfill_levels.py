@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import select
 
 from meterd.core.domain import Aggregation, Outcome
+from meterd.core.meters import item_id
 from meterd.core.terms import Term, TermUnit
 from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
@@ -46,9 +47,16 @@ def rt(runtime: Runtime) -> Runtime:
 
 
 def monthly(
-    rt: Runtime, quantity: str | None, priority: int, customer: str = "cust-1", **extra: Any
+    rt: Runtime,
+    quantity: str | None,
+    priority: int,
+    customer: str = "cust-1",
+    created: datetime = NOW,
+    **extra: Any,
 ) -> Any:
-    """A renewing monthly grant of ``peak`` from START (renewed with its own quantity)."""
+    """A renewing monthly grant of ``peak`` from START (renewed with its own quantity),
+    created at ``created``: at NOW (a migration), no live event could reach its
+    periods that ended before mid-October; at START, every one was open once."""
     return rt.catalog.create_entitlement(
         NewEntitlement(
             org="acme", customer_id=customer, feature=extra.pop("feature", "peak"),
@@ -56,7 +64,7 @@ def monthly(
             renewal_quantity=None if quantity is None else Decimal(quantity),
             starts_at=START, auto_renew=True, term=MONTHLY, priority=priority, **extra,
         ),
-        NOW,
+        created,
     )  # fmt: skip
 
 
@@ -297,14 +305,139 @@ def test_imports_racing_on_one_period_raise_it_once(rt: Runtime) -> None:
     assert_logs_match_periods(rt)
 
 
-# -- LATEST and UNIQUE_COUNT: refused in a closed period, with the reason ----------------
+# -- LATEST and UNIQUE_COUNT ----------------------------------------------------------
+
+
+def seats(rt: Runtime) -> None:
+    rt.catalog.create_feature("acme", "seats", now=NOW, aggregation=Aggregation.LATEST)
+
+
+def users(rt: Runtime) -> None:
+    rt.catalog.create_feature(
+        "acme", "users", now=NOW, aggregation=Aggregation.UNIQUE_COUNT,
+        event_type="llm.request", value_property="user",
+    )  # fmt: skip
+
+
+def seat_sample(value: str, event_id: str, t: datetime, customer: str = "cust-1") -> Any:
+    return event(customer, value, feature="seats", event_id=event_id, time=t)
+
+
+def user_event(user: str, event_id: str, t: datetime = MAY, customer: str = "cust-1") -> Any:
+    return {
+        "specversion": "1.0", "type": "llm.request", "source": "tests", "id": event_id,
+        "org": "acme", "subject": customer, "time": t.isoformat(), "data": {"user": user},
+    }  # fmt: skip
+
+
+def test_latest_history_of_a_migrated_grant_takes_the_latest_sample_whatever_the_order(
+    runtime: Runtime,
+) -> None:
+    """A grant created now, dated a year back: live ingest never reached its closed
+    periods, so the backfill alone counts them, from the latest sample it keeps of
+    each. A later batch with an older sample moves nothing; a newer one moves the
+    figure down as well as up; the log sums to it."""
+    seats(runtime)
+    ent = monthly(runtime, None, priority=0, feature="seats")
+    batches = [
+        [seat_sample("8", "s-10", MAY), seat_sample("3", "s-05", MAY - timedelta(days=5))],
+        [seat_sample("9", "s-07", MAY - timedelta(days=3))],  # older than s-10: nothing
+        [seat_sample("4", "s-12", MAY + timedelta(days=2))],  # newer, lower: down to 4
+    ]
+    for batch in batches:
+        assert backfill(runtime, batch)[0] == {"accepted": len(batch)}
+    assert figures(runtime, ent) == {MAY_START: Decimal(4)}
+    assert parts_of(runtime, "s-07") == [(ent.id, Decimal(0))]
+    assert parts_of(runtime, "s-12") == [(ent.id, Decimal(-4))]
+    assert_logs_match_periods(runtime)
+
+
+def test_latest_history_of_migrated_grants_ends_with_the_figures_live_ingest_gave(
+    runtime: Runtime,
+) -> None:
+    """The same three grants for two customers: one's created at their start, its
+    samples counted live as they happened; the other's created now (a migration),
+    its history backfilled shuffled, in batches. Every period ends with the same
+    figure, each grant's share of its latest sample."""
+    seats(runtime)
+    grants = {
+        customer: tuple(
+            monthly(runtime, q, priority=p, customer=customer, created=created, feature="seats")
+            for p, q in enumerate(["40", "25", None])
+        )
+        for customer, created in (("live", START), ("backfilled", NOW))
+    }
+    rng = random.Random(23)
+    times = sorted(START + timedelta(minutes=rng.randrange(0, 300 * 24 * 60)) for _ in range(120))
+    values = [str(rng.choice([1, 12, 30, 41, 66, 90, 130])) for _ in times]
+    for i, (t, v) in enumerate(zip(times, values, strict=True)):
+        report = runtime.ingest.ingest(
+            [seat_sample(v, f"l{i}", t, "live")], now=t + timedelta(hours=1)
+        )
+        assert report.outcomes == [Outcome.ACCEPTED]
+    runtime.flush.flush_all(NOW)
+    history = [
+        seat_sample(v, f"b{i}", t, "backfilled")
+        for i, (t, v) in enumerate(zip(times, values, strict=True))
+    ]
+    rng.shuffle(history)
+    assert backfill(runtime, history, batch=25)[0] == {"accepted": len(history)}
+    for live, backfilled in zip(grants["live"], grants["backfilled"], strict=True):
+        assert figures(runtime, backfilled) == figures(runtime, live)
+    assert_logs_match_periods(runtime)
+
+
+def test_unique_count_history_of_migrated_grants_counts_each_value_once_a_period(
+    runtime: Runtime,
+) -> None:
+    """Values repeated across batches and months, burnt down two grants (3, then
+    unlimited): each month's figures are its distinct values shared down them, and a
+    value held by either grant's period counts nothing again."""
+    users(runtime)
+    first = monthly(runtime, "3", priority=0, feature="users")
+    second = monthly(runtime, None, priority=1, feature="users")
+    rng = random.Random(5)
+    history = [
+        user_event(rng.choice("abcdefg"), f"u{i}", START + timedelta(days=rng.randrange(0, 240)))
+        for i in range(150)
+    ] + [user_event("zed", "z", MAY)]
+    distinct: dict[datetime, set[str]] = {}
+    for e in history:
+        t = datetime.fromisoformat(e["time"])
+        distinct.setdefault(datetime(t.year, t.month, 1, tzinfo=t.tzinfo), set()).add(
+            e["data"]["user"]
+        )
+    assert backfill(runtime, history, batch=20)[0] == {"accepted": len(history)}
+    assert backfill(runtime, [user_event("zed", "again", MAY + timedelta(days=1))])[0] == {
+        "accepted": 1
+    }
+    assert parts_of(runtime, item_id("again", "users")) == [(first.id, Decimal(0))]
+    assert figures(runtime, first) == {m: Decimal(min(len(v), 3)) for m, v in distinct.items()}
+    assert figures(runtime, second) == {
+        m: Decimal(len(v) - 3) for m, v in distinct.items() if len(v) > 3
+    }
+    assert_logs_match_periods(runtime)
+
+
+def test_a_sample_in_a_migrated_period_and_one_live_ingest_could_reach_is_refused(
+    runtime: Runtime,
+) -> None:
+    seats(runtime)
+    monthly(runtime, "10", priority=0, feature="seats")  # created now
+    monthly(runtime, None, priority=1, feature="seats", created=START)
+    counts, reasons = backfill(runtime, [seat_sample("30", "both", MAY)])
+    assert counts == {"invalid": 1}
+    assert "falls both in a period only the backfill counts" in (reasons[0] or "")
+
+
+# -- LATEST and UNIQUE_COUNT: refused in a period live ingest once reached ---------------
 
 
 def test_latest_history_is_refused_in_a_closed_period_and_counted_in_an_open_one(
     runtime: Runtime,
 ) -> None:
-    runtime.catalog.create_feature("acme", "seats", now=NOW, aggregation=Aggregation.LATEST)
-    ent = monthly(runtime, None, priority=0, feature="seats")
+    seats(runtime)
+    ent = monthly(runtime, None, priority=0, feature="seats", created=START)
     old = event("cust-1", "8", feature="seats", event_id="old", time=MAY)
     recent = event("cust-1", "5", feature="seats", event_id="recent", time=NOW - timedelta(days=3))
     counts, reasons = backfill(runtime, [old, recent])
@@ -320,18 +453,11 @@ def test_latest_history_is_refused_in_a_closed_period_and_counted_in_an_open_one
 def test_unique_count_history_is_refused_in_a_closed_period_with_the_reason(
     runtime: Runtime,
 ) -> None:
-    runtime.catalog.create_feature(
-        "acme", "users", now=NOW, aggregation=Aggregation.UNIQUE_COUNT,
-        event_type="llm.request", value_property="user",
-    )  # fmt: skip
-    monthly(runtime, None, priority=0, feature="users")
-    raw = {
-        "specversion": "1.0", "type": "llm.request", "source": "tests", "id": "u-1",
-        "org": "acme", "subject": "cust-1", "time": MAY.isoformat(), "data": {"user": "ann"},
-    }  # fmt: skip
-    counts, reasons = backfill(runtime, [raw])
+    users(runtime)
+    monthly(runtime, None, priority=0, feature="users", created=START)
+    counts, reasons = backfill(runtime, [user_event("ann", "u-1")])
     assert counts == {"invalid": 1}
     assert reasons[0] is not None
     assert "aggregates by UNIQUE_COUNT" in reasons[0]
     assert "values it counted are not kept once the period closed" in reasons[0]
-    assert "only SUM, COUNT and MAX" in reasons[0]
+    assert "ended before its grant was created less the late window" in reasons[0]

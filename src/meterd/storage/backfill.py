@@ -16,10 +16,11 @@ two batches touching one period see each other's units.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -35,7 +36,9 @@ from meterd.storage.event_log import EventIdentity, EventLog
 from meterd.storage.models import (
     Backfill,
     BackfillBatch,
+    BackfillLatest,
     BackfillLogRow,
+    BackfillUniqueValue,
     Entitlement,
     Feature,
     UsagePeriod,
@@ -117,8 +120,21 @@ class NewPeriod:
     period: Period
 
 
-#: Plans the batch's parts from the consumption of its periods (read under lock).
-Planner = Callable[[dict[PeriodKey, Decimal]], list[LogPart]]
+@dataclass(slots=True)
+class PeriodRecords:
+    """What a LATEST or UNIQUE_COUNT period only the backfill counts holds beyond its
+    figure (``backfill_latest``, ``backfill_unique_values``), as read under the
+    period's lock; the plan moves it as it plans."""
+
+    #: each LATEST period's latest sample: (event time, event key)
+    latest: dict[PeriodKey, tuple[datetime, str]] = field(default_factory=dict)
+    #: of each UNIQUE_COUNT period, the values it holds (of those the batch asked)
+    values: dict[PeriodKey, set[str]] = field(default_factory=dict)
+
+
+#: Plans the batch's parts from the consumption of its periods and their records
+#: (read under lock).
+Planner = Callable[[dict[PeriodKey, Decimal], PeriodRecords], list[LogPart]]
 
 
 class BatchRaced(ConflictError):
@@ -199,12 +215,15 @@ class BackfillStore:
         return found
 
     def views(
-        self, keys: Iterable[CustomerFeature]
+        self,
+        keys: Iterable[CustomerFeature],
+        created: dict[uuid.UUID, datetime] | None = None,
     ) -> dict[CustomerFeature, list[EntitlementView]]:
         """Every entitlement of each (org, customer, feature), with all its stored
         periods and its suspensions: history is judged by the same
         ``lifecycle.status_at``/``period_at`` as live usage, over the whole record
-        (the resolution data keeps only the periods live usage can still reach)."""
+        (the resolution data keeps only the periods live usage can still reach).
+        ``created``: filled with each entitlement's creation time."""
         wanted = set(keys)
         result: dict[CustomerFeature, list[EntitlementView]] = {k: [] for k in wanted}
         if not wanted:
@@ -215,7 +234,7 @@ class BackfillStore:
                 of_org = [k for k in wanted if k[0] == org]
                 # plain columns, not ORM objects: this runs for every batch
                 found = s.execute(
-                    select(*_VIEW_COLUMNS, Feature.key, Feature.scale)
+                    select(*_VIEW_COLUMNS, Feature.key, Feature.scale, Entitlement.created_at)
                     .join(Feature, Feature.id == Entitlement.feature_id)
                     .where(
                         Entitlement.org_id == org,
@@ -235,6 +254,8 @@ class BackfillStore:
                     periods.setdefault(period.entitlement_id, []).append(period)
             suspensions = suspensions_of(s, ids)
         for row in rows:
+            if created is not None:
+                created[row.id] = row.created_at
             view = entitlement_view(row, periods.get(row.id, []), suspensions.get(row.id, ()))
             result[(row.org_id, row.customer_id, row.key)].append(view)
         return result
@@ -285,13 +306,18 @@ class BackfillStore:
         live: Sequence[LogPart],
         counts: BackfillCounts,
         levels: Collection[PeriodKey] = (),
+        latest: Collection[PeriodKey] = (),
+        unique: Mapping[PeriodKey, set[str]] | None = None,
     ) -> list[LogPart] | None:
         """Count one batch, once: None if the batch was applied before. ``plan`` gets
         the consumption of ``periods`` (locked) and returns the parts to count and
         log; ``live`` are the identities of events counted through the live path
         (logged, not counted here); ``counts`` the audit's increments; ``levels``
-        the periods whose figure is a level (MAX): each is set to what ``plan`` made
-        of the figure it read, on condition that the figure is still the one read.
+        the periods whose figure is a level (MAX, LATEST): each is set to what
+        ``plan`` made of the figure it read, on condition that the figure is still the
+        one read; ``latest`` the LATEST periods whose latest sample the plan reads,
+        ``unique`` the UNIQUE_COUNT periods and the values asked of each (their
+        records are read under the periods' locks and written as the plan left them).
         Raises ``BatchRaced`` if another batch logged one of its events first, or if
         a level period's figure moved under the plan (a writer that skipped its
         lock)."""
@@ -304,7 +330,12 @@ class BackfillStore:
                 s.flush()
                 used = self._locked_periods(s, periods, now)
                 read = dict(used)
-                parts = plan(used)
+                records = _read_records(s, latest, unique or {})
+                before = PeriodRecords(
+                    dict(records.latest), {k: set(v) for k, v in records.values.items()}
+                )
+                parts = plan(used, records)
+                _write_records(s, before, records)
                 deltas: dict[PeriodKey, Decimal] = {}
                 for p in parts:
                     if p.entitlement_id is not None and p.period_start is not None:
@@ -312,8 +343,8 @@ class BackfillStore:
                         deltas[key] = deltas.get(key, Decimal(0)) + p.quantity
                 moved = [(k, v) for k, v in sorted(deltas.items()) if v]
                 _add_consumption(s, [(k, v) for k, v in moved if k not in levels], now)
-                rises = [(k, read.get(k, Decimal(0)), v) for k, v in moved if k in levels]
-                _raise_levels(s, rises, now)
+                of_levels = [(k, read.get(k, Decimal(0)), v) for k, v in moved if k in levels]
+                _move_levels(s, of_levels, now)
                 rows = [p.row(backfill_id) for p in parts]
                 if rows:
                     _insert_new(s, rows)
@@ -415,14 +446,86 @@ def _insert_new(s: Session, rows: list[dict[str, Any]]) -> None:
         raise
 
 
-def _raise_levels(
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _read_records(
+    s: Session, latest: Collection[PeriodKey], unique: Mapping[PeriodKey, set[str]]
+) -> PeriodRecords:
+    """The records of the batch's LATEST and UNIQUE_COUNT periods (their rows are
+    locked by the caller: no other batch moves them meanwhile)."""
+    records = PeriodRecords()
+    wanted = sorted(set(latest))
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        keys = set(chunk)
+        for e, p, t, key in s.execute(
+            select(
+                BackfillLatest.entitlement_id,
+                BackfillLatest.period_start,
+                BackfillLatest.event_time,
+                BackfillLatest.event_key,
+            ).where(
+                BackfillLatest.entitlement_id.in_({e for e, _ in chunk}),
+                BackfillLatest.period_start.in_({p for _, p in chunk}),
+            )
+        ):
+            if (e, p) in keys:
+                records.latest[(e, p)] = (t, key)
+    for (e, p), values in sorted(unique.items()):
+        by_digest = {_digest(v): v for v in values}
+        digests = sorted(by_digest)
+        held = records.values.setdefault((e, p), set())
+        for start in range(0, len(digests), 500):
+            held.update(
+                by_digest[d]
+                for d in s.scalars(
+                    select(BackfillUniqueValue.digest).where(
+                        BackfillUniqueValue.entitlement_id == e,
+                        BackfillUniqueValue.period_start == p,
+                        BackfillUniqueValue.digest.in_(digests[start : start + 500]),
+                    )
+                )
+            )
+    return records
+
+
+def _write_records(s: Session, before: PeriodRecords, after: PeriodRecords) -> None:
+    """What the plan changed of the records: a LATEST period's new latest sample, a
+    UNIQUE_COUNT period's new values."""
+    new_latest = []
+    for (e, p), (t, key) in sorted(after.latest.items()):
+        if (e, p) not in before.latest:
+            new_latest.append(
+                {"entitlement_id": e, "period_start": p, "event_time": t, "event_key": key}
+            )
+        elif before.latest[(e, p)] != (t, key):
+            s.execute(
+                update(BackfillLatest)
+                .where(BackfillLatest.entitlement_id == e, BackfillLatest.period_start == p)
+                .values(event_time=t, event_key=key)
+            )
+    if new_latest:
+        s.execute(BackfillLatest.__table__.insert(), new_latest)  # type: ignore[attr-defined]
+    new_values = [
+        {"entitlement_id": e, "period_start": p, "digest": _digest(v), "value": v}
+        for (e, p), values in sorted(after.values.items())
+        for v in sorted(values - before.values.get((e, p), set()))
+    ]
+    if new_values:
+        s.execute(BackfillUniqueValue.__table__.insert(), new_values)  # type: ignore[attr-defined]
+
+
+def _move_levels(
     s: Session, moves: Sequence[tuple[PeriodKey, Decimal, Decimal]], now: datetime
 ) -> None:
-    """Raise each level period's figure from the one read to that plus the move,
-    on condition that it is still the one read: the row lock keeps every writer that
-    takes it out, and a writer that does not (or a figure rewritten by a recount)
-    makes the batch plan again on the new figure (``BatchRaced``) rather than add a
-    move planned on a stale one."""
+    """Move each level period's figure from the one read by the plan's move (MAX
+    raises it, LATEST sets its share of a later sample), on condition that it is
+    still the one read: the row lock keeps every writer that takes it out, and a
+    writer that does not (or a figure rewritten by a recount) makes the batch plan
+    again on the new figure (``BatchRaced``) rather than add a move planned on a
+    stale one."""
     table = UsagePeriod.__table__
     for (entitlement_id, start), figure, move in moves:
         result = s.execute(
