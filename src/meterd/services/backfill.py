@@ -19,9 +19,22 @@ retention). Then one of two paths counts it:
   markers, pending counts and the flush stay exact by construction, and its
   identity is written to the backfill log so dedupe outlives the log's retention.
 
-Only SUM and COUNT features are counted in SQL (a MAX, LATEST or UNIQUE_COUNT
-period's figure needs its whole history, which the log no longer holds): their
-old events are dead-lettered ``invalid`` with that reason.
+In SQL, each aggregation as ``ingest.lua``'s ``resolve`` counts it (``_plan``):
+
+* SUM and COUNT burn down (each candidate takes its room, the last the rest);
+* MAX, in any closed period: a level only rises, so a sample moves each
+  candidate's figure to max(figure, its share of the level) (``level_share``, the
+  script's twin), exact whatever history the log no longer holds; its part is
+  what it moved, so the log sums to the figure;
+* LATEST and UNIQUE_COUNT need the period's latest sample or the values it
+  counted, which Redis drops once the period closes: counted only in periods
+  only the backfill can reach (they ended before their grant was created less
+  the late window, ``_owned``), from what it keeps of them
+  (``storage.backfill.PeriodRecords``); elsewhere dead-lettered ``invalid`` with
+  the reason (``_not_countable``, ``_owned_in_part``).
+
+Level figures are written on condition that they are still the ones read (else
+the batch is planned again), beside the row locks that order the batches.
 """
 
 from __future__ import annotations

@@ -11,7 +11,11 @@ log's primary key (org, source, id, part) makes two batches racing with the
 same event count it once (the loser's transaction fails and is planned again,
 when the event is found). The burn-down itself is planned by the caller
 (``services/backfill.py``) on the consumption read here under a row lock, so
-two batches touching one period see each other's units.
+two batches touching one period see each other's units. A level period's
+figure (MAX, LATEST) is set on condition that it is still the one read; the
+records a LATEST or UNIQUE_COUNT period only the backfill counts needs (its
+latest sample, its values: ``backfill_latest``, ``backfill_unique_values``) are
+read and written under the same locks.
 """
 
 from __future__ import annotations
