@@ -32,6 +32,7 @@ from meterd.storage.models import BackfillLogRow, EventLogRow, UsagePeriod
 from meterd.testing import event
 
 from .conftest import NOW
+from .helpers import grant
 
 MONTHLY = Term.of(1, TermUnit.MONTH)
 START = datetime(2025, 9, 1, tzinfo=NOW.tzinfo)
@@ -255,21 +256,30 @@ def test_a_figure_changed_under_the_plan_makes_the_batch_plan_again(
     (as a writer that skipped the row lock would leave it) is not written over; the
     batch is planned again on the figure as it is."""
     ent = monthly(rt, None, priority=0)
-    assert backfill(rt, [sample("50", "first")])[0] == {"accepted": 1}
+    april, june = MAY - timedelta(days=30), MAY + timedelta(days=30)
+    first = [sample("50", "first"), sample("5", "april", april), sample("5", "june", june)]
+    assert backfill(rt, first)[0] == {"accepted": 3}
     real = backfill_storage._read_locked
     stale = {"rounds": 0}
 
     def read_once_stale(s: Any, keys: Any) -> Any:
+        """The first round reads May's figure as 10, the other two as they are (so
+        one statement of three rows matches two: the count, not the last row's)."""
         used = real(s, keys)
         stale["rounds"] += 1
         if stale["rounds"] == 1:
-            return {k: Decimal(10) for k in used}
+            return {k: Decimal(10) if k[1] == MAY_START else v for k, v in used.items()}
         return used
 
     monkeypatch.setattr(backfill_storage, "_read_locked", read_once_stale)
-    assert backfill(rt, [sample("70", "second")])[0] == {"accepted": 1}
+    second = [sample("70", "second"), sample("9", "april-2", april), sample("8", "june-2", june)]
+    assert backfill(rt, second)[0] == {"accepted": 3}
     assert stale["rounds"] == 2
-    assert figures(rt, ent) == {MAY_START: Decimal(70)}
+    assert figures(rt, ent) == {
+        datetime(2026, 4, 1, tzinfo=NOW.tzinfo): Decimal(9),
+        MAY_START: Decimal(70),
+        datetime(2026, 6, 1, tzinfo=NOW.tzinfo): Decimal(8),
+    }
     assert parts_of(rt, "second") == [(ent.id, Decimal(20))]
     assert_logs_match_periods(rt)
 
@@ -417,6 +427,42 @@ def test_unique_count_history_of_migrated_grants_counts_each_value_once_a_period
         m: Decimal(len(v) - 3) for m, v in distinct.items() if len(v) > 3
     }
     assert_logs_match_periods(runtime)
+
+
+def test_latest_samples_at_one_instant_are_ordered_by_event_key_as_the_script_does(
+    runtime: Runtime,
+) -> None:
+    """Two samples at the same time: the greater event key is the later, whichever
+    batch brings it first."""
+    seats(runtime)
+    ent = monthly(runtime, None, priority=0, feature="seats")
+    assert backfill(runtime, [seat_sample("7", "k-b", MAY)])[0] == {"accepted": 1}
+    assert backfill(runtime, [seat_sample("3", "k-a", MAY)])[0] == {"accepted": 1}
+    assert figures(runtime, ent) == {MAY_START: Decimal(7)}  # "...:k-a" < "...:k-b"
+    assert backfill(runtime, [seat_sample("5", "k-c", MAY)])[0] == {"accepted": 1}
+    assert figures(runtime, ent) == {MAY_START: Decimal(5)}
+    assert_logs_match_periods(runtime)
+
+
+def test_a_migrated_period_is_counted_in_sql_whatever_the_flush_lag(runtime: Runtime) -> None:
+    """The flush stalled 20 days: a closed period that ended since may hold unflushed
+    live usage, so a sum goes through the live path. A migrated grant's period never
+    held any (no live event reached it): its LATEST history is counted from the
+    backfill's records, not in Redis (which holds no latest sample of it)."""
+    seats(runtime)
+    ent = monthly(runtime, None, priority=0, feature="seats")
+    grant(runtime, starts_at=NOW - timedelta(days=30))  # api_calls, live
+    stalled = NOW - timedelta(days=20)
+    live = runtime.ingest.ingest([event(quantity="1", event_id="w", time=stalled)], now=stalled)
+    assert live.outcomes == [Outcome.ACCEPTED]  # and never flushed
+    september = datetime(2026, 9, 15, tzinfo=NOW.tzinfo)
+    backfill_id = runtime.backfill.open("acme", "cli:test", "cli", NOW)
+    report = runtime.backfill.backfill(
+        [seat_sample("6", "sep", september)],
+        org="acme", backfill_id=backfill_id, batch_no=0, now=NOW,
+    )  # fmt: skip
+    assert (report.outcomes, report.live) == ([Outcome.ACCEPTED], 0)
+    assert figures(runtime, ent) == {datetime(2026, 9, 1, tzinfo=NOW.tzinfo): Decimal(6)}
 
 
 def test_a_sample_in_a_migrated_period_and_one_live_ingest_could_reach_is_refused(

@@ -29,7 +29,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text, tuple_, update
+from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -379,7 +379,12 @@ class BackfillStore:
         self._analyzed_at = self._written
         with self.sessions.begin() as s:
             if s.get_bind().dialect.name == "postgresql":
-                s.execute(text("ANALYZE event_log_backfill, usage_periods"))
+                s.execute(
+                    text(
+                        "ANALYZE event_log_backfill, usage_periods, backfill_latest,"
+                        " backfill_unique_values"
+                    )
+                )
 
     def _locked_periods(
         self, s: Session, periods: Sequence[NewPeriod], now: datetime
@@ -477,41 +482,61 @@ def _read_records(
         ):
             if (e, p) in keys:
                 records.latest[(e, p)] = (t, key)
-    for (e, p), values in sorted(unique.items()):
-        by_digest = {_digest(v): v for v in values}
-        digests = sorted(by_digest)
-        held = records.values.setdefault((e, p), set())
-        for start in range(0, len(digests), 500):
-            held.update(
-                by_digest[d]
-                for d in s.scalars(
-                    select(BackfillUniqueValue.digest).where(
-                        BackfillUniqueValue.entitlement_id == e,
-                        BackfillUniqueValue.period_start == p,
-                        BackfillUniqueValue.digest.in_(digests[start : start + 500]),
-                    )
+    # (period, digest) pairs: by index conditions on each column, the pairs kept here
+    # (as ``_read_locked``); chunks of periods, each with the digests asked of them
+    asked = {(k, _digest(v)): v for k, values in unique.items() for v in values}
+    for k in unique:
+        records.values.setdefault(k, set())
+    periods = sorted(unique)
+    for start in range(0, len(periods), 200):
+        chunk = periods[start : start + 200]
+        of_chunk = set(chunk)
+        digests = sorted({d for (k, d) in asked if k in of_chunk})
+        for first in range(0, len(digests), 1000):
+            for e, p, d in s.execute(
+                select(
+                    BackfillUniqueValue.entitlement_id,
+                    BackfillUniqueValue.period_start,
+                    BackfillUniqueValue.digest,
+                ).where(
+                    BackfillUniqueValue.entitlement_id.in_({e for e, _ in chunk}),
+                    BackfillUniqueValue.period_start.in_({p for _, p in chunk}),
+                    BackfillUniqueValue.digest.in_(digests[first : first + 1000]),
                 )
-            )
+            ):
+                value = asked.get(((e, p), d))
+                if value is not None:
+                    records.values[(e, p)].add(value)
     return records
 
 
 def _write_records(s: Session, before: PeriodRecords, after: PeriodRecords) -> None:
     """What the plan changed of the records: a LATEST period's new latest sample, a
     UNIQUE_COUNT period's new values."""
-    new_latest = []
+    new_latest, moved_latest = [], []
     for (e, p), (t, key) in sorted(after.latest.items()):
         if (e, p) not in before.latest:
             new_latest.append(
                 {"entitlement_id": e, "period_start": p, "event_time": t, "event_key": key}
             )
         elif before.latest[(e, p)] != (t, key):
-            s.execute(
-                update(BackfillLatest)
-                .where(BackfillLatest.entitlement_id == e, BackfillLatest.period_start == p)
-                .values(event_time=t, event_key=key)
-            )
+            moved_latest.append({"e_id": e, "p_start": p, "t": t, "key": key})
     if new_latest:
         s.execute(BackfillLatest.__table__.insert(), new_latest)  # type: ignore[attr-defined]
+    if moved_latest:
+        table = BackfillLatest.__table__
+        s.execute(
+            update(table)  # type: ignore[arg-type]
+            .where(
+                table.c.entitlement_id == bindparam("e_id"),
+                table.c.period_start == bindparam("p_start"),
+            )
+            .values(
+                event_time=bindparam("t", type_=BackfillLatest.event_time.type),
+                event_key=bindparam("key"),
+            ),
+            moved_latest,
+        )
     new_values = [
         {"entitlement_id": e, "period_start": p, "digest": _digest(v), "value": v}
         for (e, p), values in sorted(after.values.items())
@@ -530,22 +555,31 @@ def _move_levels(
     writer that does not (or a figure rewritten by a recount) makes the batch plan
     again on the new figure (``BatchRaced``) rather than add a move planned on a
     stale one."""
+    if not moves:
+        return
     table = UsagePeriod.__table__
-    for (entitlement_id, start), figure, move in moves:
-        result = s.execute(
-            update(table)  # type: ignore[arg-type]
-            .where(
-                table.c.entitlement_id == entitlement_id,
-                table.c.period_start == start,
-                table.c.consumed == figure,
-            )
-            .values(consumed=figure + move, updated_at=now)
+    result = s.execute(
+        update(table)  # type: ignore[arg-type]
+        .where(
+            table.c.entitlement_id == bindparam("e_id"),
+            table.c.period_start == bindparam("p_start"),
+            table.c.consumed == bindparam("read", type_=UsagePeriod.consumed.type),
         )
-        if result.rowcount != 1:  # type: ignore[attr-defined]
-            raise BatchRaced(
-                f"the figure of period {start.isoformat()} of entitlement {entitlement_id}"
-                f" is no longer {figure}: planned again"
-            )
+        .values(
+            consumed=bindparam("figure", type_=UsagePeriod.consumed.type),
+            updated_at=bindparam("now", type_=UsagePeriod.updated_at.type),
+        ),
+        [
+            {"e_id": e, "p_start": p, "read": figure, "figure": figure + move, "now": now}
+            for (e, p), figure, move in moves
+        ],
+    )
+    # one statement, many parameter sets: the rows matched, summed (both drivers)
+    if result.rowcount != len(moves):  # type: ignore[attr-defined]
+        raise BatchRaced(
+            f"{len(moves) - result.rowcount} level period(s) no longer hold the figure"  # type: ignore[attr-defined]
+            " read: planned again"
+        )
 
 
 def _read_locked(s: Session, keys: Sequence[PeriodKey]) -> dict[PeriodKey, Decimal]:
