@@ -97,8 +97,8 @@ SUMMABLE = frozenset({Aggregation.SUM, Aggregation.COUNT})
 #: moves it to max(figure, its share), whatever history the log no longer holds.
 RISING = frozenset({Aggregation.MAX})
 #: Aggregations whose figure depends on more than itself (the latest sample, the
-#: values counted): counted in a closed period only if the backfill alone ever
-#: counted it (``owned_by_backfill``), from what it keeps of it.
+#: values counted): counted in a closed period only if the backfill alone can ever
+#: count it (``BackfillService._owned``), from what it keeps of it.
 RECORDED = frozenset({Aggregation.LATEST, Aggregation.UNIQUE_COUNT})
 #: Aggregations whose figure the SQL path sets rather than adds to.
 LEVELS = frozenset({Aggregation.MAX, Aggregation.LATEST})
@@ -528,8 +528,13 @@ def _keys_of(
     closed: dict[int, list[Candidate]],
     aggregations: Collection[Aggregation],
 ) -> set[PeriodKey]:
-    return {c.key for k, cands in closed.items() if items[k][1].aggregation in aggregations
-            for c in cands}  # fmt: skip
+    """The periods of the closed items of these aggregations."""
+    return {
+        c.key
+        for k, cands in closed.items()
+        if items[k][1].aggregation in aggregations
+        for c in cands
+    }
 
 
 def _values_asked(
