@@ -356,7 +356,7 @@ def test_a_raw_event_of_last_year_feeds_the_meters_that_exist_now(runtime: Runti
         ),
         NOW,
     )  # fmt: skip
-    runtime.catalog.create_entitlement(
+    peak = runtime.catalog.create_entitlement(
         NewEntitlement(
             org="acme", customer_id="cust-1", feature="peak", quantity=None,
             starts_at=START, auto_renew=True, term=MONTHLY,
@@ -372,10 +372,10 @@ def test_a_raw_event_of_last_year_feeds_the_meters_that_exist_now(runtime: Runti
     report = runtime.backfill.backfill(
         [raw], org="acme", backfill_id=backfill_id, batch_no=0, now=NOW
     )
-    # the SUM meter counts it; the MAX one cannot be backfilled into a closed period
-    assert report.outcomes == [Outcome.INVALID]
-    assert "aggregates by MAX" in (report.reasons[0] or "")
+    # both meters count it: the SUM one adds it, the MAX one raises its period to it
+    assert report.outcomes == [Outcome.ACCEPTED]
     assert sum(c for c, _ in consumed(runtime, ent).values()) == Decimal(1200)
+    assert sum(c for c, _ in consumed(runtime, peak).values()) == Decimal(1200)
 
 
 def test_the_backfill_splits_history_as_live_ingest_did_at_the_time(runtime: Runtime) -> None:

@@ -19,9 +19,22 @@ retention). Then one of two paths counts it:
   markers, pending counts and the flush stay exact by construction, and its
   identity is written to the backfill log so dedupe outlives the log's retention.
 
-Only SUM and COUNT features are counted in SQL (a MAX, LATEST or UNIQUE_COUNT
-period's figure needs its whole history, which the log no longer holds): their
-old events are dead-lettered ``invalid`` with that reason.
+In SQL, each aggregation as ``ingest.lua``'s ``resolve`` counts it (``_plan``):
+
+* SUM and COUNT burn down (each candidate takes its room, the last the rest);
+* MAX, in any closed period: a level only rises, so a sample moves each
+  candidate's figure to max(figure, its share of the level) (``level_share``, the
+  script's twin), exact whatever history the log no longer holds; its part is
+  what it moved, so the log sums to the figure;
+* LATEST and UNIQUE_COUNT need the period's latest sample or the values it
+  counted, which Redis drops once the period closes: counted only in periods
+  only the backfill can reach (they ended before their grant was created less
+  the late window, ``_owned``), from what it keeps of them
+  (``storage.backfill.PeriodRecords``); elsewhere dead-lettered ``invalid`` with
+  the reason (``_not_countable``, ``_owned_in_part``).
+
+Level figures are written on condition that they are still the ones read (else
+the batch is planned again), beside the row locks that order the batches.
 """
 
 from __future__ import annotations
@@ -31,20 +44,21 @@ import getpass
 import time
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from meterd.core.burn_down import candidates_at, level_share
 from meterd.core.domain import (
     Aggregation,
     EntitlementView,
     Outcome,
     Period,
-    Status,
 )
 from meterd.core.errors import UnavailableError
+from meterd.core.event_records import event_key
 from meterd.core.events import (
     InvalidEvent,
     RawEvent,
@@ -53,8 +67,7 @@ from meterd.core.events import (
     parse_event,
     with_time,
 )
-from meterd.core.lifecycle import period_at, status_at, usable_at
-from meterd.core.meters import matches
+from meterd.core.quantity import from_units, to_units
 from meterd.core.timeutil import from_epoch_micros
 from meterd.services.counting import UsageCounter
 from meterd.services.ingest import OUTCOMES
@@ -67,6 +80,7 @@ from meterd.storage.backfill import (
     CustomerFeature,
     LogPart,
     NewPeriod,
+    PeriodRecords,
 )
 from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
 from meterd.storage.event_log import EventLog
@@ -79,6 +93,17 @@ BACKFILL_HORIZON = timedelta(days=366 * 200)
 BACKFILL_BATCH = 1000
 #: Aggregations a closed period can be backfilled for (a sum of its events).
 SUMMABLE = frozenset({Aggregation.SUM, Aggregation.COUNT})
+#: Aggregations whose closed period's figure is a level that only rises: a sample
+#: moves it to max(figure, its share), whatever history the log no longer holds.
+RISING = frozenset({Aggregation.MAX})
+#: Aggregations whose figure depends on more than itself (the latest sample, the
+#: values counted): counted in a closed period only if the backfill alone can ever
+#: count it (``BackfillService._owned``), from what it keeps of it.
+RECORDED = frozenset({Aggregation.LATEST, Aggregation.UNIQUE_COUNT})
+#: Aggregations whose figure the SQL path sets rather than adds to.
+LEVELS = frozenset({Aggregation.MAX, Aggregation.LATEST})
+#: What the SQL path counts into any closed period.
+COUNTED_IN_SQL = SUMMABLE | RISING
 #: Hosts' clocks differ: a period is closed to the backfill's SQL path only this long
 #: after the last instant live ingest (on another host) could still count into it.
 CLOCK_MARGIN = timedelta(minutes=10)
@@ -150,6 +175,8 @@ class BackfillService:
         self.late_window = late_window
         self.future_skew = future_skew
         self._views: dict[CustomerFeature, tuple[float, list[EntitlementView]]] = {}
+        #: each entitlement's creation time (read with its view)
+        self._created: dict[uuid.UUID, datetime] = {}
 
     def open(self, org: str, actor: str, via: str, now: datetime, events: int = 0) -> uuid.UUID:
         """Start a backfill: its audit row (who, when, how many)."""
@@ -249,10 +276,17 @@ class BackfillService:
                 cands, suspended = candidates(views[(item.org, item.customer, item.feature)], item)
                 if not cands:
                     verdicts[k] = _no_candidate(item, suspended)
+                elif item.aggregation in RECORDED and any(map(self._owned, cands)):
+                    # periods no live event ever reached: counted from the records kept
+                    # of them, whatever the flush's lag (they hold nothing in Redis)
+                    if all(map(self._owned, cands)):
+                        closed[k] = cands
+                    else:
+                        verdicts[k] = (Outcome.INVALID, _owned_in_part(item))
                 elif any(c.period.end is None or c.period.end > cutoff for c in cands):
                     open_.append(k)
-                elif item.aggregation not in SUMMABLE:
-                    verdicts[k] = (Outcome.INVALID, _not_summable(item))
+                elif item.aggregation not in COUNTED_IN_SQL:
+                    verdicts[k] = (Outcome.INVALID, _not_countable(item))
                 else:
                     closed[k] = cands
             live_parts = self._count_live(items, open_, verdicts, counted_live, now)
@@ -269,6 +303,9 @@ class BackfillService:
                         for c in cands
                     ],
                     plan=functools.partial(_plan, items, closed, templates),
+                    levels=_keys_of(items, closed, LEVELS),
+                    latest=_keys_of(items, closed, {Aggregation.LATEST}),
+                    unique=_values_asked(items, closed),
                     live=live_parts,
                     counts=counts,
                 )
@@ -316,11 +353,23 @@ class BackfillService:
         clock = time.monotonic()
         if len(self._views) > 100_000:  # bounded: an import of many customers
             self._views.clear()
+            self._created.clear()
         kept = {k: self._views.get(k) for k in keys}
         stale = {k for k, entry in kept.items() if entry is None or clock - entry[0] > VIEWS_TTL}
-        for key, found in self.store.views(stale).items():
+        for key, found in self.store.views(stale, self._created).items():
             self._views[key] = (clock, sorted(found, key=burn_down_order))
         return {k: self._views[k][1] for k in keys}
+
+    def _owned(self, cand: Candidate) -> bool:
+        """Whether only the backfill ever counted (or could count) ``cand``'s period:
+        it ended before its grant was created less the late window and
+        ``CLOCK_MARGIN``, so every live event timed in it was late from the start.
+        (The rule holds as long as the late window was never set longer since.)"""
+        end = cand.period.end
+        created = self._created.get(cand.view.id)
+        if end is None or created is None:
+            return False
+        return end <= created - self.late_window - CLOCK_MARGIN
 
     def _fresh(
         self, items: list[tuple[int, UsageEvent]], verdicts: dict[int, tuple[Outcome, str | None]]
@@ -367,28 +416,12 @@ class BackfillService:
 
 def candidates(views: Sequence[EntitlementView], item: UsageEvent) -> tuple[list[Candidate], bool]:
     """The periods ``item`` burns down, in order (``views`` in burn-down order), as
-    ``ingest.lua``'s ``resolve``: the asked entitlement only, usable at the event's
-    time, its dimensions matching; and whether a suspension refused it."""
-    found: list[Candidate] = []
-    suspended = False
-    t = item.time
-    for view in views:
-        if item.entitlement_id is not None and view.id != item.entitlement_id:
-            continue
-        if not matches(item.data, view.filters):
-            continue
-        if status_at(view, t) is Status.SUSPENDED:
-            until = view.usable_until
-            if view.starts_at <= t and (until is None or t < until):
-                suspended = True
-            continue
-        if not usable_at(view, t):
-            continue
-        period = period_at(view, t)
-        if period is None:
-            continue
-        found.append(Candidate(view, _with_term_quantity(view, period)))
-    return found, suspended
+    ``ingest.lua``'s ``resolve`` (``core/burn_down.candidates_at``, its twin): the
+    asked entitlement only, usable at the event's time, its dimensions matching;
+    and whether a suspension refused it. A summarised first term has the grant's
+    quantity (``_with_term_quantity``)."""
+    found, suspended = candidates_at(views, item.time, item.data, item.entitlement_id)
+    return [Candidate(c.view, _with_term_quantity(c.view, c.period)) for c in found], suspended
 
 
 def _with_term_quantity(view: EntitlementView, period: Period) -> Period:
@@ -430,28 +463,27 @@ def _plan(
     closed: dict[int, list[Candidate]],
     templates: dict[int, LogPart],
     used: dict[PeriodKey, Decimal],
+    records: PeriodRecords,
 ) -> list[LogPart]:
-    """The burn-down of each closed item in order (``ingest/burn_down.lua``'s
-    ``plan_sum``): each candidate takes what room its period has left, the last
-    takes the rest (overage); ``used`` moves as parts are planned."""
+    """The parts of each closed item in order, as ``ingest.lua``'s ``resolve`` plans
+    them: a sum burns down (``_sum_shares``), a MAX sample raises each candidate's
+    figure to its share of the level (``_level_moves``), a LATEST one sets it where
+    it is later than the period's latest (``_latest_moves``), a UNIQUE_COUNT value
+    new to every candidate burns one down (``_unique_shares``). ``used`` (each
+    period's figure) and ``records`` move as parts are planned, so the items of one
+    batch see each other."""
     parts: list[LogPart] = []
     for k, cands in closed.items():
         item = items[k][1]
-        left = item.quantity
-        shares: list[tuple[Candidate, Decimal]] = []
-        for j, cand in enumerate(cands):
-            if left <= 0:
-                break
-            take = left
-            limit = cand.period.quantity
-            if j < len(cands) - 1 and limit is not None:
-                room = max(limit - used.get(cand.key, Decimal(0)), Decimal(0))
-                take = min(room, take)
-            if take > 0:
-                shares.append((cand, take))
-                used[cand.key] = used.get(cand.key, Decimal(0)) + take
-                left -= take
-        if not shares:  # a zero quantity: logged on the first candidate, moving nothing
+        if item.aggregation in RISING:
+            shares = _level_moves(item, cands, used)
+        elif item.aggregation is Aggregation.LATEST:
+            shares = _latest_moves(item, cands, used, records.latest)
+        elif item.aggregation is Aggregation.UNIQUE_COUNT:
+            shares = _unique_shares(item, cands, used, records.values)
+        else:
+            shares = _sum_shares(item, cands, used)
+        if not shares:  # it moves nothing: logged on the first candidate with 0
             shares.append((cands[0], Decimal(0)))
         template = templates[k]
         for part, (cand, take) in enumerate(shares):
@@ -467,6 +499,131 @@ def _plan(
                 )
             )
     return parts
+
+
+def _sum_shares(
+    item: UsageEvent, cands: list[Candidate], used: dict[PeriodKey, Decimal]
+) -> list[tuple[Candidate, Decimal]]:
+    """``ingest/burn_down.lua``'s ``plan_sum``: each candidate takes what room its
+    period has left, the last takes the rest (overage)."""
+    left = item.quantity
+    shares: list[tuple[Candidate, Decimal]] = []
+    for j, cand in enumerate(cands):
+        if left <= 0:
+            break
+        take = left
+        limit = cand.period.quantity
+        if j < len(cands) - 1 and limit is not None:
+            room = max(limit - used.get(cand.key, Decimal(0)), Decimal(0))
+            take = min(room, take)
+        if take > 0:
+            shares.append((cand, take))
+            used[cand.key] = used.get(cand.key, Decimal(0)) + take
+            left -= take
+    return shares
+
+
+def _keys_of(
+    items: list[tuple[int, UsageEvent]],
+    closed: dict[int, list[Candidate]],
+    aggregations: Collection[Aggregation],
+) -> set[PeriodKey]:
+    """The periods of the closed items of these aggregations."""
+    return {
+        c.key
+        for k, cands in closed.items()
+        if items[k][1].aggregation in aggregations
+        for c in cands
+    }
+
+
+def _values_asked(
+    items: list[tuple[int, UsageEvent]], closed: dict[int, list[Candidate]]
+) -> dict[PeriodKey, set[str]]:
+    """Of each UNIQUE_COUNT period, the values the batch's items count in it (or in
+    another candidate: a value counted is held by every candidate's period)."""
+    asked: dict[PeriodKey, set[str]] = {}
+    for k, cands in closed.items():
+        value = items[k][1].unique_value
+        if items[k][1].aggregation is Aggregation.UNIQUE_COUNT and value is not None:
+            for c in cands:
+                asked.setdefault(c.key, set()).add(value)
+    return asked
+
+
+def _limits(cands: list[Candidate]) -> list[int]:
+    """Each candidate's limit in units of its feature's scale; -1 unlimited."""
+    return [
+        -1 if c.period.quantity is None else to_units(c.period.quantity, c.view.scale)
+        for c in cands
+    ]
+
+
+def _level_moves(
+    item: UsageEvent, cands: list[Candidate], used: dict[PeriodKey, Decimal]
+) -> list[tuple[Candidate, Decimal]]:
+    """A MAX sample (``resolve``'s ``M`` branch): its level is shared down the
+    candidates like a sum (``level_share``: each takes up to its limit, the last the
+    rest), and each period keeps the larger of its figure and its share. A part is
+    what it moved (share - figure, where the share is larger), so the log still sums
+    to the figure. Exact whatever history the log no longer holds: a figure only
+    rises, and the largest share any sample gave is the same in any order."""
+    limits = _limits(cands)
+    level = item.units
+    moves: list[tuple[Candidate, Decimal]] = []
+    for j, cand in enumerate(cands):
+        share = from_units(level_share(limits, j, level), item.scale)
+        figure = used.get(cand.key, Decimal(0))
+        if share > figure:
+            moves.append((cand, share - figure))
+            used[cand.key] = share
+    return moves
+
+
+def _latest_moves(
+    item: UsageEvent,
+    cands: list[Candidate],
+    used: dict[PeriodKey, Decimal],
+    latest: dict[PeriodKey, tuple[datetime, str]],
+) -> list[tuple[Candidate, Decimal]]:
+    """A LATEST sample (``resolve``'s ``L`` branch) in periods only the backfill
+    counts: each candidate later than its period's latest sample (by time, then event
+    key) takes it, its figure becoming its share of the level; a part is what the
+    figure moved (down as well as up), so the log sums to it."""
+    limits = _limits(cands)
+    level = item.units
+    mark = (item.time, event_key(item.org, item.source, item.id))
+    moves: list[tuple[Candidate, Decimal]] = []
+    for j, cand in enumerate(cands):
+        seen = latest.get(cand.key)
+        if seen is not None and mark <= seen:
+            continue
+        latest[cand.key] = mark
+        share = from_units(level_share(limits, j, level), item.scale)
+        move = share - used.get(cand.key, Decimal(0))
+        used[cand.key] = share
+        if move:
+            moves.append((cand, move))
+    return moves
+
+
+def _unique_shares(
+    item: UsageEvent,
+    cands: list[Candidate],
+    used: dict[PeriodKey, Decimal],
+    values: dict[PeriodKey, set[str]],
+) -> list[tuple[Candidate, Decimal]]:
+    """A UNIQUE_COUNT value (``resolve``'s ``U`` branch) in periods only the backfill
+    counts: held by any candidate's period, it counts nothing; new, it burns one
+    down as a sum and is held by every candidate's period."""
+    value = item.unique_value
+    assert value is not None  # items_of gives every UNIQUE_COUNT item its value
+    if any(value in values.get(c.key, ()) for c in cands):
+        return []
+    shares = _sum_shares(item, cands, used)
+    for c in cands:
+        values.setdefault(c.key, set()).add(value)
+    return shares
 
 
 def _fields(part: LogPart) -> dict[str, Any]:
@@ -518,10 +675,35 @@ def _no_candidate(item: UsageEvent, suspended: bool) -> tuple[Outcome, str]:
     )
 
 
-def _not_summable(item: UsageEvent) -> str:
+def _owned_in_part(item: UsageEvent) -> str:
     return (
-        f"feature {item.feature!r} aggregates by {item.aggregation.value}: a closed period can"
-        " be backfilled only for SUM and COUNT features (its figure is a sum of its events)"
+        f"feature {item.feature!r} aggregates by {item.aggregation.value}: at"
+        f" {item.time.isoformat()} it falls both in a period only the backfill counts"
+        " (it ended before its grant was created, less the late window) and in one live"
+        " ingest could count, and no one record of the periods judges it for both"
+    )
+
+
+def _not_countable(item: UsageEvent) -> str:
+    """Why a LATEST or UNIQUE_COUNT item whose periods are all closed, and were open
+    to live ingest once, is refused."""
+    if item.aggregation is Aggregation.LATEST:
+        why = (
+            "a closed LATEST period keeps its share of the latest sample it took, and which"
+            " sample that was (its time and event key) is not kept once the period closed,"
+            " so whether this older or newer sample replaces it cannot be known"
+        )
+    else:
+        why = (
+            "a closed UNIQUE_COUNT period counts each value once, and the values it counted"
+            " are not kept once the period closed (their set expires a day after its late"
+            " window), so whether this value is new to it cannot be known"
+        )
+    return (
+        f"feature {item.feature!r} aggregates by {item.aggregation.value}: {why}."
+        " Its history is counted while its period is within the late window, or in a"
+        " period that ended before its grant was created less the late window (only"
+        " the backfill counts those, from what it keeps of them)"
     )
 
 

@@ -11,20 +11,25 @@ log's primary key (org, source, id, part) makes two batches racing with the
 same event count it once (the loser's transaction fails and is planned again,
 when the event is found). The burn-down itself is planned by the caller
 (``services/backfill.py``) on the consumption read here under a row lock, so
-two batches touching one period see each other's units.
+two batches touching one period see each other's units. A level period's
+figure (MAX, LATEST) is set on condition that it is still the one read; the
+records a LATEST or UNIQUE_COUNT period only the backfill counts needs (its
+latest sample, its values: ``backfill_latest``, ``backfill_unique_values``) are
+read and written under the same locks.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select, text, tuple_, update
+from sqlalchemy import bindparam, select, text, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,7 +40,9 @@ from meterd.storage.event_log import EventIdentity, EventLog
 from meterd.storage.models import (
     Backfill,
     BackfillBatch,
+    BackfillLatest,
     BackfillLogRow,
+    BackfillUniqueValue,
     Entitlement,
     Feature,
     UsagePeriod,
@@ -117,8 +124,21 @@ class NewPeriod:
     period: Period
 
 
-#: Plans the batch's parts from the consumption of its periods (read under lock).
-Planner = Callable[[dict[PeriodKey, Decimal]], list[LogPart]]
+@dataclass(slots=True)
+class PeriodRecords:
+    """What a LATEST or UNIQUE_COUNT period only the backfill counts holds beyond its
+    figure (``backfill_latest``, ``backfill_unique_values``), as read under the
+    period's lock; the plan moves it as it plans."""
+
+    #: each LATEST period's latest sample: (event time, event key)
+    latest: dict[PeriodKey, tuple[datetime, str]] = field(default_factory=dict)
+    #: of each UNIQUE_COUNT period, the values it holds (of those the batch asked)
+    values: dict[PeriodKey, set[str]] = field(default_factory=dict)
+
+
+#: Plans the batch's parts from the consumption of its periods and their records
+#: (read under lock).
+Planner = Callable[[dict[PeriodKey, Decimal], PeriodRecords], list[LogPart]]
 
 
 class BatchRaced(ConflictError):
@@ -199,12 +219,15 @@ class BackfillStore:
         return found
 
     def views(
-        self, keys: Iterable[CustomerFeature]
+        self,
+        keys: Iterable[CustomerFeature],
+        created: dict[uuid.UUID, datetime] | None = None,
     ) -> dict[CustomerFeature, list[EntitlementView]]:
         """Every entitlement of each (org, customer, feature), with all its stored
         periods and its suspensions: history is judged by the same
         ``lifecycle.status_at``/``period_at`` as live usage, over the whole record
-        (the resolution data keeps only the periods live usage can still reach)."""
+        (the resolution data keeps only the periods live usage can still reach).
+        ``created``: filled with each entitlement's creation time."""
         wanted = set(keys)
         result: dict[CustomerFeature, list[EntitlementView]] = {k: [] for k in wanted}
         if not wanted:
@@ -215,7 +238,7 @@ class BackfillStore:
                 of_org = [k for k in wanted if k[0] == org]
                 # plain columns, not ORM objects: this runs for every batch
                 found = s.execute(
-                    select(*_VIEW_COLUMNS, Feature.key, Feature.scale)
+                    select(*_VIEW_COLUMNS, Feature.key, Feature.scale, Entitlement.created_at)
                     .join(Feature, Feature.id == Entitlement.feature_id)
                     .where(
                         Entitlement.org_id == org,
@@ -235,6 +258,8 @@ class BackfillStore:
                     periods.setdefault(period.entitlement_id, []).append(period)
             suspensions = suspensions_of(s, ids)
         for row in rows:
+            if created is not None:
+                created[row.id] = row.created_at
             view = entitlement_view(row, periods.get(row.id, []), suspensions.get(row.id, ()))
             result[(row.org_id, row.customer_id, row.key)].append(view)
         return result
@@ -284,12 +309,22 @@ class BackfillStore:
         plan: Planner,
         live: Sequence[LogPart],
         counts: BackfillCounts,
+        levels: Collection[PeriodKey] = (),
+        latest: Collection[PeriodKey] = (),
+        unique: Mapping[PeriodKey, set[str]] | None = None,
     ) -> list[LogPart] | None:
         """Count one batch, once: None if the batch was applied before. ``plan`` gets
         the consumption of ``periods`` (locked) and returns the parts to count and
         log; ``live`` are the identities of events counted through the live path
-        (logged, not counted here); ``counts`` the audit's increments.
-        Raises ``BatchRaced`` if another batch logged one of its events first."""
+        (logged, not counted here); ``counts`` the audit's increments; ``levels``
+        the periods whose figure is a level (MAX, LATEST): each is set to what
+        ``plan`` made of the figure it read, on condition that the figure is still the
+        one read; ``latest`` the LATEST periods whose latest sample the plan reads,
+        ``unique`` the UNIQUE_COUNT periods and the values asked of each (their
+        records are read under the periods' locks and written as the plan left them).
+        Raises ``BatchRaced`` if another batch logged one of its events first, or if
+        a level period's figure moved under the plan (a writer that skipped its
+        lock)."""
         if self.batch_applied(backfill_id, batch_no):
             return None
         try:
@@ -298,13 +333,22 @@ class BackfillStore:
                 s.add(BackfillBatch(backfill_id=backfill_id, batch_no=batch_no, applied_at=now))
                 s.flush()
                 used = self._locked_periods(s, periods, now)
-                parts = plan(used)
+                read = dict(used)
+                records = _read_records(s, latest, unique or {})
+                before = PeriodRecords(
+                    dict(records.latest), {k: set(v) for k, v in records.values.items()}
+                )
+                parts = plan(used, records)
+                _write_records(s, before, records)
                 deltas: dict[PeriodKey, Decimal] = {}
                 for p in parts:
                     if p.entitlement_id is not None and p.period_start is not None:
                         key = (p.entitlement_id, p.period_start)
                         deltas[key] = deltas.get(key, Decimal(0)) + p.quantity
-                _add_consumption(s, [(k, v) for k, v in deltas.items() if v], now)
+                moved = [(k, v) for k, v in sorted(deltas.items()) if v]
+                _add_consumption(s, [(k, v) for k, v in moved if k not in levels], now)
+                of_levels = [(k, read.get(k, Decimal(0)), v) for k, v in moved if k in levels]
+                _move_levels(s, of_levels, now)
                 rows = [p.row(backfill_id) for p in parts]
                 if rows:
                     _insert_new(s, rows)
@@ -335,7 +379,12 @@ class BackfillStore:
         self._analyzed_at = self._written
         with self.sessions.begin() as s:
             if s.get_bind().dialect.name == "postgresql":
-                s.execute(text("ANALYZE event_log_backfill, usage_periods"))
+                s.execute(
+                    text(
+                        "ANALYZE event_log_backfill, usage_periods, backfill_latest,"
+                        " backfill_unique_values"
+                    )
+                )
 
     def _locked_periods(
         self, s: Session, periods: Sequence[NewPeriod], now: datetime
@@ -404,6 +453,133 @@ def _insert_new(s: Session, rows: list[dict[str, Any]]) -> None:
         if getattr(exc, "sqlstate", None) == _UNIQUE_VIOLATION:
             raise IntegrityError("COPY event_log_backfill", None, exc) from exc
         raise
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _read_records(
+    s: Session, latest: Collection[PeriodKey], unique: Mapping[PeriodKey, set[str]]
+) -> PeriodRecords:
+    """The records of the batch's LATEST and UNIQUE_COUNT periods (their rows are
+    locked by the caller: no other batch moves them meanwhile)."""
+    records = PeriodRecords()
+    wanted = sorted(set(latest))
+    for start in range(0, len(wanted), 500):
+        chunk = wanted[start : start + 500]
+        keys = set(chunk)
+        for e, p, t, key in s.execute(
+            select(
+                BackfillLatest.entitlement_id,
+                BackfillLatest.period_start,
+                BackfillLatest.event_time,
+                BackfillLatest.event_key,
+            ).where(
+                BackfillLatest.entitlement_id.in_({e for e, _ in chunk}),
+                BackfillLatest.period_start.in_({p for _, p in chunk}),
+            )
+        ):
+            if (e, p) in keys:
+                records.latest[(e, p)] = (t, key)
+    # (period, digest) pairs: by index conditions on each column, the pairs kept here
+    # (as ``_read_locked``); chunks of periods, each with the digests asked of them
+    asked = {(k, _digest(v)): v for k, values in unique.items() for v in values}
+    for k in unique:
+        records.values.setdefault(k, set())
+    periods = sorted(unique)
+    for start in range(0, len(periods), 200):
+        chunk = periods[start : start + 200]
+        of_chunk = set(chunk)
+        digests = sorted({d for (k, d) in asked if k in of_chunk})
+        for first in range(0, len(digests), 1000):
+            for e, p, d in s.execute(
+                select(
+                    BackfillUniqueValue.entitlement_id,
+                    BackfillUniqueValue.period_start,
+                    BackfillUniqueValue.digest,
+                ).where(
+                    BackfillUniqueValue.entitlement_id.in_({e for e, _ in chunk}),
+                    BackfillUniqueValue.period_start.in_({p for _, p in chunk}),
+                    BackfillUniqueValue.digest.in_(digests[first : first + 1000]),
+                )
+            ):
+                value = asked.get(((e, p), d))
+                if value is not None:
+                    records.values[(e, p)].add(value)
+    return records
+
+
+def _write_records(s: Session, before: PeriodRecords, after: PeriodRecords) -> None:
+    """What the plan changed of the records: a LATEST period's new latest sample, a
+    UNIQUE_COUNT period's new values."""
+    new_latest, moved_latest = [], []
+    for (e, p), (t, key) in sorted(after.latest.items()):
+        if (e, p) not in before.latest:
+            new_latest.append(
+                {"entitlement_id": e, "period_start": p, "event_time": t, "event_key": key}
+            )
+        elif before.latest[(e, p)] != (t, key):
+            moved_latest.append({"e_id": e, "p_start": p, "t": t, "key": key})
+    if new_latest:
+        s.execute(BackfillLatest.__table__.insert(), new_latest)  # type: ignore[attr-defined]
+    if moved_latest:
+        table = BackfillLatest.__table__
+        s.execute(
+            update(table)  # type: ignore[arg-type]
+            .where(
+                table.c.entitlement_id == bindparam("e_id"),
+                table.c.period_start == bindparam("p_start"),
+            )
+            .values(
+                event_time=bindparam("t", type_=BackfillLatest.event_time.type),
+                event_key=bindparam("key"),
+            ),
+            moved_latest,
+        )
+    new_values = [
+        {"entitlement_id": e, "period_start": p, "digest": _digest(v), "value": v}
+        for (e, p), values in sorted(after.values.items())
+        for v in sorted(values - before.values.get((e, p), set()))
+    ]
+    if new_values:
+        s.execute(BackfillUniqueValue.__table__.insert(), new_values)  # type: ignore[attr-defined]
+
+
+def _move_levels(
+    s: Session, moves: Sequence[tuple[PeriodKey, Decimal, Decimal]], now: datetime
+) -> None:
+    """Move each level period's figure from the one read by the plan's move (MAX
+    raises it, LATEST sets its share of a later sample), on condition that it is
+    still the one read: the row lock keeps every writer that takes it out, and a
+    writer that does not (or a figure rewritten by a recount) makes the batch plan
+    again on the new figure (``BatchRaced``) rather than add a move planned on a
+    stale one."""
+    if not moves:
+        return
+    table = UsagePeriod.__table__
+    result = s.execute(
+        update(table)  # type: ignore[arg-type]
+        .where(
+            table.c.entitlement_id == bindparam("e_id"),
+            table.c.period_start == bindparam("p_start"),
+            table.c.consumed == bindparam("read", type_=UsagePeriod.consumed.type),
+        )
+        .values(
+            consumed=bindparam("figure", type_=UsagePeriod.consumed.type),
+            updated_at=bindparam("now", type_=UsagePeriod.updated_at.type),
+        ),
+        [
+            {"e_id": e, "p_start": p, "read": figure, "figure": figure + move, "now": now}
+            for (e, p), figure, move in moves
+        ],
+    )
+    # one statement, many parameter sets: the rows matched, summed (both drivers)
+    if result.rowcount != len(moves):  # type: ignore[attr-defined]
+        raise BatchRaced(
+            f"{len(moves) - result.rowcount} level period(s) no longer hold the figure"  # type: ignore[attr-defined]
+            " read: planned again"
+        )
 
 
 def _read_locked(s: Session, keys: Sequence[PeriodKey]) -> dict[PeriodKey, Decimal]:

@@ -6,7 +6,13 @@ re-exported here, so ``Base.metadata`` holds every table once this package is
 imported.
 """
 
-from meterd.storage.models.backfill import Backfill, BackfillBatch, BackfillLogRow
+from meterd.storage.models.backfill import (
+    Backfill,
+    BackfillBatch,
+    BackfillLatest,
+    BackfillLogRow,
+    BackfillUniqueValue,
+)
 from meterd.storage.models.base import Base, ExactDecimal, UtcDateTime
 from meterd.storage.models.catalog import (
     ApiKey,
@@ -38,7 +44,9 @@ __all__ = [
     "ApiKey",
     "Backfill",
     "BackfillBatch",
+    "BackfillLatest",
     "BackfillLogRow",
+    "BackfillUniqueValue",
     "Base",
     "DeadLetter",
     "Entitlement",

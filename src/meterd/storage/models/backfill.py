@@ -7,6 +7,12 @@ job (``EventLog.maintain``) drops ``event_log``'s day partitions past
 and found by dedupe, for as long as the database keeps it. Its primary key
 leads with the event's identity (org, source, id), the index the dedupe search
 uses; a row per part, like ``event_log``.
+
+``backfill_latest`` and ``backfill_unique_values`` keep what a LATEST or
+UNIQUE_COUNT period's figure depends on beyond itself (its latest sample, the
+values it counted), for the periods only the backfill ever counts (they ended
+before their grant was created less the late window: no live event could
+reach them), so its history is counted there exactly, batch after batch.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Uuid
+from sqlalchemy import JSON, BigInteger, Boolean, Index, Integer, String, Text, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from meterd.storage.models.base import Base, ExactDecimal, UtcDateTime
@@ -86,3 +92,32 @@ class BackfillLogRow(Base):
     data: Mapped[Any] = mapped_column(JSON, nullable=True)
     backfill_id: Mapped[uuid.UUID] = mapped_column(Uuid)
     counted_live: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+#: ``event_key``: "<org>:<len>:<source>:<id>".
+EVENT_KEY_LENGTH = 64 + 12 + 512 + LOGGED_ID_LENGTH
+
+
+class BackfillLatest(Base):
+    """The latest sample (by time, then event key, as ``ingest.lua`` judges) a LATEST
+    period counted only by the backfill took."""
+
+    __tablename__ = "backfill_latest"
+
+    entitlement_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    event_time: Mapped[datetime] = mapped_column(UtcDateTime())
+    event_key: Mapped[str] = mapped_column(String(EVENT_KEY_LENGTH))
+
+
+class BackfillUniqueValue(Base):
+    """A value a UNIQUE_COUNT period counted only by the backfill holds (the set
+    ``ingest.lua`` keeps in Redis for a live period): keyed by its SHA-256, as a
+    value may be longer than an index entry."""
+
+    __tablename__ = "backfill_unique_values"
+
+    entitlement_id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UtcDateTime(), primary_key=True)
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
