@@ -13,9 +13,11 @@ import pytest
 
 from meterd.core.domain import Outcome
 from meterd.core.errors import ConflictError, UnavailableError
+from meterd.core.terms import Term
 from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services import level_corrections
+from meterd.services.catalog import NewEntitlement
 
 from . import helpers
 from .helpers import assert_log_matches_periods
@@ -400,3 +402,35 @@ def test_a_recount_of_more_events_than_it_reads_is_refused(
     with pytest.raises(ConflictError, match="too many to recount"):
         void(seats, "s3")
     agree(seats, ["4"])
+
+
+def test_a_period_with_history_the_backfill_counted_in_sql_is_not_recounted(
+    runtime: Runtime,
+) -> None:
+    """An hourly term closed past the late window, inside the log's horizon: the
+    backfill counted a sample there in SQL (its own log only), so a recount of the
+    event log would leave it out."""
+    feature(runtime, "seats", "MAX")
+    runtime.catalog.create_entitlement(
+        NewEntitlement(
+            org="acme",
+            customer_id="cust-1",
+            feature="seats",
+            quantity=Decimal(100),
+            renewal_quantity=Decimal(100),
+            starts_at=NOW - timedelta(minutes=10),
+            auto_renew=True,
+            term=Term(length=timedelta(hours=1)),
+        ),
+        NOW,
+    )
+    ingest(runtime, sample("a", "7"))
+    runtime.flush.flush_all(NOW)
+    later = NOW + timedelta(days=35, hours=2)
+    backfill_id = runtime.backfill.open("acme", "cli:test", "cli", later)
+    report = runtime.backfill.backfill(
+        [sample("old", "9", minutes=5)], org="acme", backfill_id=backfill_id, batch_no=0, now=later
+    )
+    assert report.counts["accepted"] == 1
+    with pytest.raises(ConflictError, match="backfill"):
+        void(runtime, "a", now=later)

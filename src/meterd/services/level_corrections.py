@@ -323,6 +323,16 @@ class LevelRecounter:
             )
         return start, end
 
+    def _check_not_backfilled(
+        self, target: LevelTarget, start: datetime, end: datetime | None
+    ) -> None:
+        if self.log.backfilled_in(target.org, target.customer, target.meter.feature, start, end):
+            raise ConflictError(
+                "the period holds history the backfill counted straight into SQL (a closed"
+                " period, in the backfill's log only): a MAX, LATEST or UNIQUE_COUNT"
+                " correction recounts the event log's events and would leave it out"
+            )
+
     def _read(
         self,
         target: LevelTarget,
@@ -344,6 +354,7 @@ class LevelRecounter:
         read starts again knowing it)."""
         org, customer, feature = target.org, target.customer, target.meter.feature
         window = _Window(start, end)
+        self._check_not_backfilled(target, start, end)
         corrected = {(target.source, target.id)}
         for _ in range(MAX_ROUNDS):
             for row in self.log.items_of(org, customer, feature, start, end, corrections_only=True):

@@ -29,7 +29,7 @@ from meterd.core.redis_keys import LEVEL_VERSION_PATTERN, LEVEL_VERSION_PREFIX, 
 from meterd.core.timeutil import epoch_micros
 from meterd.lua import script_source
 from meterd.storage.counters import CounterStoreError
-from meterd.storage.models import EventLogRow
+from meterd.storage.models import BackfillLogRow, EventLogRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +257,23 @@ class CorrectionLog:
             logged_id: record_from_rows(org, source, rows, scale)
             for logged_id, rows in self.rows(org, source, ids).items()
         }
+
+    def backfilled_in(
+        self, org: str, customer: str, feature: str, start: datetime, end: datetime | None
+    ) -> bool:
+        """Whether the backfill counted history of the feature in ``[start, end)``
+        straight into SQL (closed periods): it is in ``event_log_backfill`` only."""
+        stmt = select(BackfillLogRow.event_id).where(
+            BackfillLogRow.org_id == org,
+            BackfillLogRow.customer_id == customer,
+            BackfillLogRow.event_time >= start,
+            BackfillLogRow.feature == feature,
+            BackfillLogRow.counted_live.is_(False),
+        )
+        if end is not None:
+            stmt = stmt.where(BackfillLogRow.event_time < end)
+        with self.sessions() as s:
+            return s.execute(stmt.limit(1)).first() is not None
 
     def items_of(
         self,
