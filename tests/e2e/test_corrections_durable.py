@@ -4,8 +4,6 @@ retried; one that landed before the kill answers 409 on its retry)."""
 
 from __future__ import annotations
 
-import threading
-import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -23,6 +21,7 @@ from meterd.testing import event
 
 from ..conftest import NOW
 from ..helpers import assert_log_matches_periods, flushed_total
+from .kill_mid_stream import kill_mid_stream
 from .servers import OwnRedis
 from .test_worker_exactness import grant_customers
 
@@ -49,39 +48,18 @@ def test_voids_retried_across_a_redis_kill_take_each_event_back_once(
     rt.flush.flush_all(utcnow())  # half flushed, half still waiting in Redis
     rt.ingest.ingest(events[150:], now=utcnow())
     to_void = [e["id"] for e in events[::2]]  # every other one, flushed and not
-    done = 0
-    conflicts = 0
-    retries = 0
+    stream = kill_mid_stream(
+        own_redis,
+        to_void,
+        lambda event_id: rt.corrections.void(
+            "acme", "tests", event_id, reason="test", actor="cli", now=utcnow()
+        ),
+        kill_after=40,
+        settled=(ConflictError,),  # it landed before the failure was seen: already void
+    )
 
-    def void_all() -> None:
-        nonlocal done, conflicts, retries
-        for event_id in to_void:
-            while True:
-                try:
-                    rt.corrections.void(
-                        "acme", "tests", event_id, reason="test", actor="cli", now=utcnow()
-                    )
-                    break
-                except ConflictError:
-                    conflicts += 1  # it landed before the failure was seen: already void
-                    break
-                except Exception:
-                    retries += 1
-                    time.sleep(0.02)
-            done += 1
-
-    thread = threading.Thread(target=void_all)
-    thread.start()
-    while done < 40:
-        time.sleep(0.005)
-    own_redis.kill()
-    killed_after = done
-    time.sleep(0.3)
-    own_redis.start()
-    thread.join(timeout=180)
-
-    assert 40 <= killed_after < len(to_void), "the kill must land mid-stream"
-    assert retries > 0, "some void must have failed while Redis was down"
+    assert 40 <= stream.killed_after < len(to_void), "the kill must land mid-stream"
+    assert stream.retries > 0, "some void must have failed while Redis was down"
     rt.flush.flush_all(utcnow(), max_batches=100)
     assert flushed_total(rt) == Decimal("2.5") * (len(events) - len(to_void))
     assert_log_matches_periods(rt)
@@ -118,37 +96,18 @@ def test_max_voids_retried_across_a_redis_kill_recount_each_period_once(
     rt.ingest.ingest(events[60:], now=utcnow())
     # the largest of each customer first: every void moves its period's figure
     to_void = [f"s{i}" for i in reversed(range(120)) if i % 4 in (2, 3)]
-    done = 0
-    retries = 0
+    stream = kill_mid_stream(
+        own_redis,
+        to_void,
+        lambda event_id: rt.corrections.void(
+            "acme", "tests", event_id, reason="test", actor="cli", now=utcnow()
+        ),
+        kill_after=15,
+        settled=(ConflictError,),
+    )
 
-    def void_all() -> None:
-        nonlocal done, retries
-        for event_id in to_void:
-            while True:
-                try:
-                    rt.corrections.void(
-                        "acme", "tests", event_id, reason="test", actor="cli", now=utcnow()
-                    )
-                    break
-                except ConflictError:
-                    break  # it landed before the failure was seen: already void
-                except Exception:
-                    retries += 1
-                    time.sleep(0.02)
-            done += 1
-
-    thread = threading.Thread(target=void_all)
-    thread.start()
-    while done < 15:
-        time.sleep(0.005)
-    own_redis.kill()
-    killed_after = done
-    time.sleep(0.3)
-    own_redis.start()
-    thread.join(timeout=180)
-
-    assert 15 <= killed_after < len(to_void), "the kill must land mid-stream"
-    assert retries > 0, "some void must have failed while Redis was down"
+    assert 15 <= stream.killed_after < len(to_void), "the kill must land mid-stream"
+    assert stream.retries > 0, "some void must have failed while Redis was down"
     rt.flush.flush_all(utcnow(), max_batches=100)
     figures = [
         b.consumed

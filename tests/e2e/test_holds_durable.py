@@ -8,7 +8,6 @@ import contextlib
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -30,6 +29,7 @@ from meterd.testing import answers, free_port, wait_until
 
 from ..conftest import NOW
 from ..helpers import assert_log_matches_periods
+from .kill_mid_stream import kill_mid_stream
 from .servers import OwnRedis
 from .test_worker_exactness import grant_customers
 
@@ -145,34 +145,16 @@ def test_holds_survive_redis_killed_with_aof_and_settles_retried_across_it_count
     value = rt.balance.value("acme", "cust-0", "api_calls", utcnow())
     assert (value.held, value.remaining) == (Decimal(1000), Decimal(0))
 
-    done = 0
-    retries = 0
+    # like a caller retrying a failed settle with the same quantity
+    stream = kill_mid_stream(
+        own_redis,
+        made,
+        lambda hold: rt.holds.settle("acme", hold, Decimal(2), utcnow()),
+        kill_after=60,
+    )
 
-    def settle_all() -> None:
-        """Like a caller retrying a failed settle with the same quantity."""
-        nonlocal done, retries
-        for hold in made:
-            while True:
-                try:
-                    rt.holds.settle("acme", hold, Decimal(2), utcnow())
-                    break
-                except Exception:
-                    retries += 1
-                    time.sleep(0.02)
-            done += 1
-
-    thread = threading.Thread(target=settle_all)
-    thread.start()
-    while done < 60:
-        time.sleep(0.005)
-    own_redis.kill()
-    killed_after = done
-    time.sleep(0.3)
-    own_redis.start()
-    thread.join(timeout=120)
-
-    assert 60 <= killed_after < len(made), "the kill must land mid-stream"
-    assert retries > 0, "some settle must have failed while Redis was down"
+    assert 60 <= stream.killed_after < len(made), "the kill must land mid-stream"
+    assert stream.retries > 0, "some settle must have failed while Redis was down"
     value = rt.balance.value("acme", "cust-0", "api_calls", utcnow())
     assert (value.consumed, value.held) == (Decimal(400), Decimal(0))
     assert all(rt.holds.get("acme", hold, utcnow()).status is HoldStatus.SETTLED for hold in made)

@@ -3,8 +3,6 @@ counted is lost, and the batch that failed is retried without counting twice."""
 
 from __future__ import annotations
 
-import threading
-import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from meterd.testing import event
 
 from ..conftest import NOW
 from ..helpers import assert_log_matches_periods, flushed_total
+from .kill_mid_stream import kill_mid_stream
 from .servers import OwnRedis
 from .test_worker_exactness import grant_customers
 
@@ -45,34 +44,18 @@ def test_redis_killed_with_aof_loses_no_counted_event(
         [event(customer=f"cust-{i % 5}", event_id=f"b{b}-{i}", quantity="1.5") for i in range(100)]
         for b in range(150)
     ]
-    done = 0
-    retries = 0
+    # like a Celery worker: a batch that failed is delivered again until it succeeds
+    stream = kill_mid_stream(
+        own_redis,
+        batches,
+        lambda batch: rt.ingest.ingest(batch, now=utcnow()),
+        kill_after=40,
+        pause=0.05,
+        down=0.5,
+    )
 
-    def producer() -> None:
-        """Like a Celery worker: a batch that failed is delivered again until it succeeds."""
-        nonlocal done, retries
-        for batch in batches:
-            while True:
-                try:
-                    rt.ingest.ingest(batch, now=utcnow())
-                    break
-                except Exception:
-                    retries += 1
-                    time.sleep(0.05)
-            done += 1
-
-    thread = threading.Thread(target=producer)
-    thread.start()
-    while done < 40:
-        time.sleep(0.01)
-    own_redis.kill()
-    killed_after = done
-    time.sleep(0.5)
-    own_redis.start()
-    thread.join(timeout=120)
-
-    assert 40 <= killed_after < len(batches), "the kill must land mid-stream"
-    assert retries > 0, "some batch must have failed while Redis was down"
+    assert 40 <= stream.killed_after < len(batches), "the kill must land mid-stream"
+    assert stream.retries > 0, "some batch must have failed while Redis was down"
     expected = Decimal("1.5") * 100 * len(batches)
     rt.flush.flush_all(utcnow(), max_batches=100)
     assert flushed_total(rt) == expected
