@@ -23,9 +23,8 @@ from meterd.core.notifications import AlertKind
 from meterd.core.quantity import format_quantity
 from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
-from meterd.services.alert_rules import AlertRuleService, AlertRuleSpec
+from meterd.services.alert_rules import AlertRuleService, AlertRuleSpec, StoredRule
 from meterd.services.api_keys import Permission, Principal
-from meterd.storage.alert_rules import AlertRuleStore, StoredRule
 
 router = APIRouter(prefix="/v1", tags=["alert rules"], route_class=ExactJSONRoute)
 
@@ -64,9 +63,7 @@ class AlertRuleOut(BaseModel):
 
 
 def service(runtime: Runtime) -> AlertRuleService:
-    return AlertRuleService(
-        AlertRuleStore(runtime.database.sessions), runtime.features, runtime.resolution
-    )
+    return AlertRuleService.over(runtime.database.sessions, runtime.features, runtime.resolution)
 
 
 def rule_out(rule: StoredRule) -> AlertRuleOut:

@@ -21,12 +21,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from sqlalchemy.orm import Session, sessionmaker
+
 from meterd.core.errors import InvalidError
 from meterd.core.notifications import MAX_PERCENT, PERCENT_DIGITS, AlertKind
 from meterd.core.quantity import parse_decimal_text
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.alert_rules import MAX_RULES_PER_ORG, AlertRuleStore, StoredRule, new_rule_id
 from meterd.storage.features import FeatureStore
+
+__all__ = ["AlertRuleError", "AlertRuleService", "AlertRuleSpec", "StoredRule", "checked_threshold"]
 
 #: Resolution entries rewritten per call.
 _REFRESH_CHUNK = 500
@@ -72,6 +76,12 @@ class AlertRuleService:
         self.store = store
         self.features = features
         self.resolution = resolution
+
+    @classmethod
+    def over(
+        cls, sessions: sessionmaker[Session], features: FeatureStore, resolution: ResolutionCache
+    ) -> AlertRuleService:
+        return cls(AlertRuleStore(sessions), features, resolution)
 
     def create(self, spec: AlertRuleSpec, now: datetime) -> StoredRule:
         scopes = [v for v in (spec.feature, spec.customer_id, spec.entitlement_id) if v is not None]
