@@ -68,6 +68,7 @@ def test_reaching_80_percent_records_one_crossing_with_its_payload(runtime: Runt
         "entitlement_id": str(ent.id),
         "occurred_at": "2026-11-22T10:00:00.000000Z",
         "data": {
+            "rule": {"id": "default_80", "kind": "PERCENT", "threshold": "80"},
             "threshold_percent": 80,
             "period_start": payload["data"]["period_start"],
             "quantity": "100",

@@ -26,6 +26,7 @@ BODIES: dict[str, Any] = {
     "/v1/plans": {"key": "stolen", "feature": "api_calls", "quantity": "1"},
     "/v1/entitlements": {"customer_id": "cust-1", "feature": "api_calls", "quantity": "1"},
     "/v1/api-keys": {"permissions": ["EVENTS:WRITE"]},
+    "/v1/alert-rules": {"kind": "CONSUMED", "threshold": "1"},
 }
 
 
@@ -52,6 +53,7 @@ def concrete(path: str, ids: dict[str, str]) -> str:
         .replace("{key_id}", ids.get("key", "0" * 16))
         .replace("{dead_letter_id}", ids.get("dead_letter", str(uuid.UUID(int=0))))
         .replace("{hold_id}", ids.get("hold", str(uuid.UUID(int=0))))
+        .replace("{rule_id}", ids.get("alert_rule", "ar_0000000000"))
     )
 
 
@@ -97,6 +99,9 @@ def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dic
     runtime.ingest.ingest([event(customer="nobody", event_id="dead", time=now)], now=now)
     letters = client.get("/v1/dead-letters", headers=acme).json()["data"]
     (letter,) = [dl for dl in letters if dl["event_id"] == "dead"]
+    rule = client.post(
+        "/v1/alert-rules", json={"kind": "PERCENT", "threshold": "90"}, headers=acme
+    ).json()
     hold = client.post(
         "/v1/customers/cust-1/features/api_calls/reserve",
         json={"quantity": "2", "idempotency_key": "held", "hold_seconds": 600},
@@ -108,6 +113,7 @@ def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dic
         "plan": plan["id"],
         "key": acme["x-api-key"].split("_")[1],
         "dead_letter": letter["id"],
+        "alert_rule": rule["id"],
     }
 
 
@@ -146,12 +152,12 @@ def test_no_route_lets_another_org_read_or_change_this_orgs_data(
     assert response.status_code < 500
     if any(
         f"{{{name}}}" in path
-        for name in ("entitlement_id", "plan_id", "key_id", "dead_letter_id", "hold_id")
+        for name in ("entitlement_id", "plan_id", "key_id", "dead_letter_id", "hold_id", "rule_id")
     ):
         # Another org's id is answered exactly like an id that does not exist.
         assert response.status_code == 404, (method, url, response.text[:300])
     if response.status_code < 400:  # an error body may echo the id the caller sent
-        names = ("entitlement", "plan", "key", "dead_letter", "hold")
+        names = ("entitlement", "plan", "key", "dead_letter", "hold", "alert_rule")
         for secret in (acme_data[name] for name in names):
             assert secret not in response.text, (method, url, response.text[:300])
     assert snapshot(client, acme) == before, (method, url)
@@ -184,6 +190,7 @@ def snapshot(client: TestClient, acme: dict[str, str]) -> Any:
             (d["id"], d["replayed_at"])
             for d in client.get("/v1/dead-letters", headers=acme).json()["data"]
         ],
+        client.get("/v1/alert-rules", headers=acme).json(),
     )
 
 

@@ -42,6 +42,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "old_valid_until": isoformat(utcnow() + timedelta(days=1))
     },
     ("POST", "/v1/api-keys"): {"permissions": ["EVENTS:WRITE"]},
+    ("POST", "/v1/alert-rules"): {"kind": "CONSUMED", "threshold": "5"},
     ("POST", "/v1/dead-letters/replay"): {"ids": ["00000000-0000-4000-8000-000000000000"]},
     ("POST", "/v1/dead-letters/{dead_letter_id}/replay"): {},
     ("POST", "/v1/features"): {"key": "seats"},
@@ -112,7 +113,7 @@ def state(client: TestClient, acme: dict[str, str]) -> Any:
     return [
         client.get(path, headers=acme).json()
         for path in ("/v1/entitlements", "/v1/features", "/v1/plans", "/v1/api-keys",
-                     "/v1/customers/cust-1/features/api_calls")
+                     "/v1/customers/cust-1/features/api_calls", "/v1/alert-rules")
     ]  # fmt: skip
 
 

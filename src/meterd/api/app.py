@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from meterd import __version__, celery_config
 from meterd.api import (
+    alert_rules,
     api_keys,
     catalog,
     corrections,
@@ -127,4 +128,5 @@ def create_app(
     app.include_router(api_keys.router)
     app.include_router(dead_letters.router)
     app.include_router(corrections.router)
+    app.include_router(alert_rules.router)
     return app

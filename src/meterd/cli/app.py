@@ -14,6 +14,7 @@ import typer
 
 from meterd import __version__
 from meterd.cli import (
+    alerts,
     corrections,
     dead_letters,
     embedded_redis,
@@ -88,6 +89,7 @@ entitlements.app.command("periods")(entitlement_history.entitlement_periods)
 entitlements.app.command("transitions")(entitlement_history.entitlement_transitions)
 app.add_typer(entitlements.app, name="entitlement")
 app.add_typer(keys.app, name="keys")
+app.add_typer(alerts.app, name="alerts")
 
 # -- usage ----------------------------------------------------------------------------
 app.command()(publish.publish)

@@ -156,6 +156,10 @@ class EntitlementView:
     scale: int = 6
     #: Dimensions: only usage whose ``data`` has these values counts on it (None: all).
     filters: Dimensions | None = None
+    #: The alert rules that apply to it, each (rule id, kind code, threshold units)
+    #: as the resolution entry carries them (``meterd.core.notifications``); None:
+    #: its org has no rules (the defaults, 80 % and 100 %).
+    alert_rules: tuple[tuple[str, str, int], ...] | None = None
 
     @property
     def usable_until(self) -> datetime | None:

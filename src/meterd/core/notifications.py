@@ -11,8 +11,12 @@ and the body of a webhook POST)::
      "occurred_at": "2026-11-22T10:00:00.000000Z",
      "data": {...}}                    # per type, below
 
-``entitlement.threshold_crossed``: ``threshold_percent`` (80 or 100),
-``period_start``, ``quantity`` (the period's limit), ``consumed`` (the highest
+``entitlement.threshold_crossed``: ``rule`` (the alert rule crossed: ``id``,
+``kind`` ``PERCENT`` | ``REMAINING`` | ``CONSUMED``, ``threshold`` an exact decimal;
+an org without rules has the defaults ``default_80`` and ``default_100``, whose
+crossings also carry ``threshold_percent``, 80 or 100, as before rules existed),
+``period_start``, ``quantity`` (the period's limit; null on a period without one,
+where only a ``CONSUMED`` rule fires), ``consumed`` (the highest
 consumption the ingest batch that crossed it reached, so it may be past the
 threshold; a LATEST level may have fallen again by the batch's end; the
 consumption written when the flush left out events counted twice), quantities as
@@ -35,7 +39,7 @@ renewing) is a status change: it is announced on its own as
 ``entitlement.status_changed`` (with ``caught_up`` when it is a summary), and
 the renewals after it as above.
 
-A crossing is recorded once per (entitlement, period, threshold) and a
+A crossing is recorded once per (entitlement, period, rule) and a
 transition once per step, so each notification exists once; delivery to the
 queue and to a webhook is at least once, and receivers dedupe on ``id``.
 """
@@ -53,11 +57,88 @@ from typing import Any
 from meterd.core.quantity import format_quantity, from_units
 from meterd.core.timeutil import from_epoch_micros, isoformat
 
-#: Percentages of a PRE_PAID quantity whose crossing is announced (see ingest.lua).
+#: Percentages of a PRE_PAID quantity whose crossing is announced in an org without
+#: alert rules (the default rules; see lua/ingest/thresholds.lua).
 THRESHOLDS = (80, 100)
 
 #: Prefix of the pending-hash fields that record crossings (see ingest.lua).
 CROSSING_FIELD_PREFIX = "n:"
+
+
+class AlertKind(StrEnum):
+    """What an alert rule's threshold measures."""
+
+    PERCENT = "PERCENT"  # consumed at or above this percent of the period's limit
+    REMAINING = "REMAINING"  # remaining (limit - consumed) at or below this quantity
+    CONSUMED = "CONSUMED"  # consumed at or above this quantity (limited or not)
+
+
+#: The code of each kind in the resolution data (lua/ingest/thresholds.lua).
+KIND_CODES = {AlertKind.PERCENT: "P", AlertKind.REMAINING: "R", AlertKind.CONSUMED: "C"}
+#: 100 % in the units a PERCENT threshold travels in (10^-4 %).
+PERCENT_ONE = 1_000_000
+#: Fractional digits a PERCENT threshold may have, and its largest value.
+PERCENT_DIGITS = 4
+MAX_PERCENT = Decimal(10_000)
+#: The prefix of the public id of a default rule (``default_80``, ``default_100``).
+DEFAULT_RULE_PREFIX = "default_"
+
+
+def percent_point(limit: int, p: int) -> int:
+    """The smallest consumption (units) that is at least ``p`` / ``PERCENT_ONE`` of
+    ``limit``: the twin of thresholds.lua's ``percent_point``."""
+    return -(-limit * p // PERCENT_ONE)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRule:
+    """An alert rule as crossings are judged on it: ``id`` is the short id the
+    crossing field carries ("80" and "100" for the defaults)."""
+
+    id: str
+    kind: AlertKind
+    threshold: Decimal
+
+    @property
+    def public_id(self) -> str:
+        return DEFAULT_RULE_PREFIX + self.id if self.id.isdigit() else self.id
+
+    def units(self, scale: int) -> int:
+        """The threshold as the resolution entry carries it: 10^-4 % for PERCENT,
+        else units of the feature's scale (CONSUMED rounded up, REMAINING down, so
+        the point is the first whole unit that satisfies the rule)."""
+        if self.kind is AlertKind.PERCENT:
+            return int(self.threshold.scaleb(PERCENT_DIGITS))
+        ratio = self.threshold.scaleb(scale)
+        whole = int(ratio)  # toward zero: thresholds are not negative
+        if self.kind is AlertKind.CONSUMED and whole != ratio:
+            whole += 1
+        return whole
+
+    def encoded(self, scale: int) -> tuple[str, str, int]:
+        return (self.id, KIND_CODES[self.kind], self.units(scale))
+
+    def point(self, limit: int | None, scale: int) -> int | None:
+        """The consumption (units) at which it fires on a period of ``limit`` units
+        (None or negative: unlimited); None: it cannot fire there."""
+        if self.kind is AlertKind.CONSUMED:
+            return self.units(scale)
+        if limit is None or limit <= 0:
+            return None
+        if self.kind is AlertKind.PERCENT:
+            return percent_point(limit, self.units(scale))
+        return limit - self.units(scale)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "id": self.public_id,
+            "kind": self.kind.value,
+            "threshold": format_quantity(self.threshold),
+        }
+
+
+#: The rules of an org without its own.
+DEFAULT_RULES = tuple(AlertRule(str(p), AlertKind.PERCENT, Decimal(p)) for p in THRESHOLDS)
 
 
 class NotificationType(StrEnum):
@@ -82,27 +163,33 @@ class Crossing:
 
     entitlement_id: uuid.UUID
     period_start: datetime
-    percent: int
+    #: The short id of the rule crossed ("80" or "100": a default rule).
+    rule_id: str
     at: datetime
     #: Integer units of the feature's scale.
     consumed_units: int
 
     @classmethod
     def parse(cls, field: str, value: str) -> Crossing:
-        """From ``n:<ent hex>:<period start us>:<pct>`` -> ``<at us>:<consumed units>``."""
-        _, ent, start, pct = field.split(":")
+        """From ``n:<ent hex>:<period start us>:<rule id>`` -> ``<at us>:<consumed units>``."""
+        _, ent, start, rule_id = field.split(":")
         at, consumed = value.split(":")
         return cls(
             uuid.UUID(hex=ent),
             from_epoch_micros(int(start)),
-            int(pct),
+            rule_id,
             from_epoch_micros(int(at)),
             int(consumed),
         )
 
     @property
+    def default_rule(self) -> AlertRule | None:
+        return next((r for r in DEFAULT_RULES if r.id == self.rule_id), None)
+
+    @property
     def notification_id(self) -> str:
-        key = f"{self.entitlement_id.hex}:{self.period_start.isoformat()}:{self.percent}"
+        # a default rule's id is its percentage: the ids of before rules existed
+        key = f"{self.entitlement_id.hex}:{self.period_start.isoformat()}:{self.rule_id}"
         return "ntf_thr_" + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
@@ -155,13 +242,20 @@ def envelope(
     return NewNotification(entitlement_id, occurred_at, payload)
 
 
-def threshold_data(crossing: Crossing, quantity: Decimal, scale: int) -> dict[str, Any]:
-    return {
-        "threshold_percent": crossing.percent,
-        "period_start": isoformat(crossing.period_start),
-        "quantity": format_quantity(quantity),
-        "consumed": format_quantity(from_units(crossing.consumed_units, scale)),
-    }
+def threshold_data(
+    crossing: Crossing, rule: AlertRule, quantity: Decimal | None, scale: int
+) -> dict[str, Any]:
+    data: dict[str, Any] = {"rule": rule.payload()}
+    if crossing.default_rule is not None:
+        data["threshold_percent"] = int(crossing.rule_id)
+    data.update(
+        {
+            "period_start": isoformat(crossing.period_start),
+            "quantity": format_quantity(quantity) if quantity is not None else None,
+            "consumed": format_quantity(from_units(crossing.consumed_units, scale)),
+        }
+    )
+    return data
 
 
 def transition_data(

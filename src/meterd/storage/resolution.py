@@ -17,7 +17,11 @@ then soonest end, then oldest), each as::
           or ["d", duration us, anchor, limit]
           (renewing only: term k starts at anchor + k terms; limit of renewed periods),
      "x": [[from, to (-1 = still)], ...] suspensions,
-     "z": terminated at (epoch us, -1 = not terminated)}
+     "z": terminated at (epoch us, -1 = not terminated),
+     "a": [[rule id, kind "P" | "R" | "C", threshold], ...] the alert rules that
+          apply (absent: the org has none, the defaults 80 % and 100 % apply; a
+          PERCENT threshold in 10^-4 %, the others in units of "k";
+          meterd.core.notifications.AlertRule, lua/ingest/thresholds.lua)}
 
 Lua numbers are doubles, exact for integers up to 2^53 (epoch microseconds of
 years 1685 to 2255): a term's arithmetic in ``ingest.lua`` stays there. A
@@ -110,6 +114,8 @@ def encode_view(view: EntitlementView, near: datetime | None = None) -> dict[str
         entry["r"] = _renewal(view, view.renewal, near)
     if view.suspensions:
         entry["x"] = [[epoch_micros(start), _us(end)] for start, end in view.suspensions]
+    if view.alert_rules is not None:
+        entry["a"] = [list(rule) for rule in view.alert_rules]
     return entry
 
 
@@ -163,6 +169,11 @@ def decode_view(entry: dict[str, Any]) -> EntitlementView:
         terminated_at=_moment(entry.get("z", -1)),
         scale=scale,
         filters=entry.get("f"),
+        alert_rules=(
+            tuple((str(i), str(kind), int(units)) for i, kind, units in entry["a"])
+            if "a" in entry
+            else None
+        ),
     )
 
 

@@ -3,7 +3,8 @@ feature, read from the database (``storage/resolution.py`` encodes them for Redi
 
 A view carries everything the state at an instant depends on
 (``meterd.core.lifecycle.status_at``): dates, term and renewal, and the operator's
-suspensions and termination from the audit trail. Periods that ended before
+suspensions and termination from the audit trail, and the alert rules that apply
+to it (``storage/alert_rules.py``). Periods that ended before
 the late window are left out (late events older than it are refused anyway),
 but the last one is always kept: grace counts on it, and a renewing
 entitlement's next term starts where it ends.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,6 +26,7 @@ from meterd.core.lifecycle import renews
 from meterd.core.quantity import to_units
 from meterd.core.redis_keys import period_field
 from meterd.core.terms import Term
+from meterd.storage.alert_rules import applicable, live_rules_of
 from meterd.storage.models import Entitlement, EntitlementTransition, Feature, UsagePeriod
 
 CustomerFeature = tuple[str, str, str]  # (org, customer, feature key)
@@ -50,10 +53,19 @@ class ResolutionViewStore:
             ids = [ent.id for ent, _ in rows]
             periods = _periods_of(s, ids, usable_after)
             suspensions = suspensions_of(s, ids)
+            # read with the entitlements: a rule change rewrites the entries after
+            # it commits (services/alert_rules.py), as an entitlement change does
+            rules = live_rules_of(s, {ent.org_id for ent, _ in rows})
         for ent, feature_key in rows:
             own = _recent(periods.get(ent.id, []), usable_after)
             views, flushed = result[(ent.org_id, ent.customer_id, feature_key)]
-            views.append(entitlement_view(ent, own, suspensions.get(ent.id, ())))
+            view = entitlement_view(ent, own, suspensions.get(ent.id, ()))
+            alert_rules = applicable(
+                rules.get(ent.org_id), ent.id, ent.customer_id, feature_key, view.scale
+            )
+            views.append(
+                replace(view, alert_rules=alert_rules) if alert_rules is not None else view
+            )
             for period in own:
                 if period.consumed:
                     field = period_field(ent.id, period.period_start)

@@ -32,6 +32,7 @@ from meterd.core.notifications import (
 from meterd.core.quantity import from_units, to_units
 from meterd.core.redis_keys import period_field
 from meterd.core.timeutil import from_epoch_micros, next_month_start
+from meterd.storage.alert_rules import rules_by_id
 from meterd.storage.database import insert_ignoring_duplicates
 from meterd.storage.event_log import EventLog
 from meterd.storage.exact import exact_add
@@ -274,16 +275,24 @@ def _crossing_payloads(
         .where(UsagePeriod.entitlement_id.in_(ids))
     ).all()
     by_period = {(r.entitlement_id, r.period_start): r for r in rows}
+    stored = rules_by_id(s, {c.rule_id for c in crossings if c.default_rule is None})
     payloads = []
     for crossing in crossings:
         row = by_period.get((crossing.entitlement_id, crossing.period_start))
-        if row is None or row.quantity is None:
-            continue  # not a limited PRE_PAID period (cannot happen: ingest.lua checks)
+        rule = crossing.default_rule or (
+            stored[crossing.rule_id].judged if crossing.rule_id in stored else None
+        )
+        if row is None or rule is None:
+            continue  # not a period of the entitlement, or a rule of no row (cannot happen)
+        scale = scales.get(crossing.entitlement_id, 6)
+        limit = to_units(row.quantity, scale) if row.quantity is not None else None
+        if rule.point(limit, scale) is None:
+            continue  # a rule that needs a limit, on a period without one (ingest checks)
         if (crossing.entitlement_id, crossing.period_start) in recheck:
             consumed = Decimal(row.consumed)
-            if consumed * 100 < row.quantity * crossing.percent:
+            point = rule.point(limit, scale)
+            if point is None or to_units(consumed, scale) < point:
                 continue  # crossed only by units counted twice
-            scale = scales.get(crossing.entitlement_id, 6)
             crossing = replace(crossing, consumed_units=to_units(consumed, scale))
         payloads.append(
             envelope(
@@ -294,7 +303,7 @@ def _crossing_payloads(
                 feature=row.key,
                 entitlement_id=crossing.entitlement_id,
                 occurred_at=crossing.at,
-                data=threshold_data(crossing, row.quantity, scales.get(crossing.entitlement_id, 6)),
+                data=threshold_data(crossing, rule, row.quantity, scale),
             )
         )
     return payloads

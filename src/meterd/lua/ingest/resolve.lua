@@ -45,7 +45,7 @@ local function resolve(resolution_key, used_key, ev)
         if field ~= nil then
           cands[#cands + 1] = { field, limit, prepaid }
           if keeps then keeps[#cands] = keep end
-          if prepaid and limit > 0 then prepaid_limits[field] = limit end
+          watch_period(field, limit, prepaid, e)
         end
       end
     end

@@ -19,7 +19,7 @@ local function write_counts()
         if after > BIG then redis.call("SADD", big_key, field) end
         local before = after - entry[2]
         note_crossings(field, before, before + entry[3])
-      elseif entry[3] > 0 and prepaid_limits[field] ~= nil then
+      elseif entry[3] > 0 and watched(field) then
         -- a LATEST level that rose and fell back within the batch
         local before = used_value(used_key, field)
         note_crossings(field, before, before + entry[3])

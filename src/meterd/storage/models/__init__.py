@@ -1,11 +1,13 @@
 """SQLAlchemy 2.x tables. Alembic migrations in ``meterd/migrations`` create them.
 
-One module per group of tables (``catalog``, ``entitlements``, ``event_rows``, ``backfill``),
+One module per group of tables (``catalog``, ``entitlements``, ``event_rows``, ``backfill``,
+``alerts``),
 over the declarative base and the exact column types (``base``); every name is
 re-exported here, so ``Base.metadata`` holds every table once this package is
 imported.
 """
 
+from meterd.storage.models.alerts import AlertRule
 from meterd.storage.models.backfill import (
     Backfill,
     BackfillBatch,
@@ -41,6 +43,7 @@ from meterd.storage.models.event_rows import (
 __all__ = [
     "LAPSED_RENEWING_SQL",
     "LOGGED_ID_LENGTH",
+    "AlertRule",
     "ApiKey",
     "Backfill",
     "BackfillBatch",
