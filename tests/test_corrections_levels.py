@@ -4,6 +4,7 @@ without it (or with its new form), waiting or flushed, and every figure agrees."
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -13,10 +14,12 @@ import pytest
 
 from meterd.core.domain import Outcome
 from meterd.core.errors import ConflictError, UnavailableError
+from meterd.core.notifications import AlertKind
 from meterd.core.terms import Term
 from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services import level_corrections
+from meterd.services.alert_rules import AlertRuleSpec
 from meterd.services.catalog import NewEntitlement
 
 from . import helpers
@@ -434,3 +437,20 @@ def test_a_period_with_history_the_backfill_counted_in_sql_is_not_recounted(
     assert report.counts["accepted"] == 1
     with pytest.raises(ConflictError, match="backfill"):
         void(runtime, "a", now=later)
+
+
+def test_an_amend_raising_a_level_past_an_alert_rule_notifies_it(seats: Runtime) -> None:
+    """A recount is judged on the entitlement's own alert rules, as ingest is."""
+    rule = seats.alert_rules.create(
+        AlertRuleSpec(org="acme", kind=AlertKind.CONSUMED, threshold="30"), NOW
+    )
+    ingest(seats, sample("a", "7"), sample("b", "12", minutes=1))
+    amend(seats, "b", {"feature": "seats", "quantity": "40"})
+    seats.flush.flush_all(LATER)
+    (ent,) = seats.balance.current("acme", "cust-1", "seats", LATER)
+    fired = [
+        json.loads(n.payload)["data"]["rule"]["id"]
+        for n in seats.notification_store.all_for(ent.entitlement_id)
+        if n.type == "entitlement.threshold_crossed"
+    ]
+    assert fired == [rule.id]

@@ -22,6 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from meterd import embedded
 from meterd.config import Settings, get_settings
 from meterd.core.redis_keys import RedisKeys
+from meterd.services.alert_rules import AlertRuleService
 from meterd.services.api_keys import ApiKeyService, RateLimiter
 from meterd.services.backfill import BACKFILL_HORIZON, BackfillService
 from meterd.services.balance import BalanceService
@@ -242,6 +243,10 @@ class Runtime:
     @cached_property
     def holds(self) -> HoldService:
         return HoldService(self.reserve, self.counting, self.hold_store)
+
+    @cached_property
+    def alert_rules(self) -> AlertRuleService:
+        return AlertRuleService.over(self.database.sessions, self.features, self.resolution)
 
     @cached_property
     def corrections(self) -> CorrectionService:

@@ -63,7 +63,7 @@ class AlertRuleOut(BaseModel):
 
 
 def service(runtime: Runtime) -> AlertRuleService:
-    return AlertRuleService.over(runtime.database.sessions, runtime.features, runtime.resolution)
+    return runtime.alert_rules
 
 
 def rule_out(rule: StoredRule) -> AlertRuleOut:

@@ -29,9 +29,7 @@ _KIND_HELP = (
 
 
 def _service(rt: Runtime) -> AlertRuleService:
-    from meterd.services.alert_rules import AlertRuleService
-
-    return AlertRuleService.over(rt.database.sessions, rt.features, rt.resolution)
+    return rt.alert_rules
 
 
 def rule_row(rule: StoredRule) -> dict[str, Any]:

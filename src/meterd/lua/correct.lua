@@ -134,6 +134,20 @@ local function moved(entries, field, delta)
   end
 end
 
+-- The resolution entry of a period's entitlement (its alert rules), {} if none.
+local function entry_of(resolution_key, field)
+  local res = decoded[resolution_key]
+  if res == nil then
+    res = cjson.decode(redis.call("GET", resolution_key))
+    decoded[resolution_key] = res
+  end
+  local id = string.match(field, "^([^:]+):")
+  for _, e in ipairs(res) do
+    if e.i == id then return e end
+  end
+  return {}
+end
+
 -- A level item's recount (see "A plan" above); nil, or the code of a refusal.
 -- entries: this item's record's; recounts: record key -> entries of other items'.
 local ev = {}
@@ -147,7 +161,7 @@ local function apply_plan(i, plan, entries)
   for _, s in ipairs(plan.set or {}) do
     local field, limit = s[1], tonumber(s[4])
     seed(field, s[3])
-    if limit > 0 then prepaid_limits[field] = limit end
+    watch_period(field, limit, limit > 0, entry_of(KEYS[i + 8], field))
     moved(entries, field, tonumber(s[2]) - used_value(used_key, field))
     if plan.latest and s[5] ~= "" then
       redis.call("HSET", used_key, "t:" .. field, s[5])
