@@ -49,11 +49,11 @@ from meterd.storage.models import (
 )
 from meterd.storage.resolution_views import (
     _PERIOD_COLUMNS,
-    _VIEW_COLUMNS,
+    VIEW_COLUMNS,
     entitlement_view,
     suspensions_of,
 )
-from meterd.storage.usage import PeriodKey, _add_consumption
+from meterd.storage.usage import PeriodKey, add_consumption
 
 #: (org, customer, feature key)
 CustomerFeature = tuple[str, str, str]
@@ -238,7 +238,7 @@ class BackfillStore:
                 of_org = [k for k in wanted if k[0] == org]
                 # plain columns, not ORM objects: this runs for every batch
                 found = s.execute(
-                    select(*_VIEW_COLUMNS, Feature.key, Feature.scale, Entitlement.created_at)
+                    select(*VIEW_COLUMNS, Feature.key, Feature.scale, Entitlement.created_at)
                     .join(Feature, Feature.id == Entitlement.feature_id)
                     .where(
                         Entitlement.org_id == org,
@@ -346,13 +346,13 @@ class BackfillStore:
                         key = (p.entitlement_id, p.period_start)
                         deltas[key] = deltas.get(key, Decimal(0)) + p.quantity
                 moved = [(k, v) for k, v in sorted(deltas.items()) if v]
-                _add_consumption(s, [(k, v) for k, v in moved if k not in levels], now)
+                add_consumption(s, [(k, v) for k, v in moved if k not in levels], now)
                 of_levels = [(k, read.get(k, Decimal(0)), v) for k, v in moved if k in levels]
                 _move_levels(s, of_levels, now)
                 rows = [p.row(backfill_id) for p in parts]
                 if rows:
                     _insert_new(s, rows)
-                    self.event_log._add_rollups(s, [(row, 1) for row in rows])
+                    self.event_log.add_rollups(s, [(row, 1) for row in rows])
                 insert_ignoring_duplicates(
                     s,
                     BackfillLogRow,

@@ -97,10 +97,10 @@ class EventLog:
             _copy(s, rows)
         else:
             s.execute(insert(EventLogRow), rows)
-        self._add_rollups(s, counted)
+        self.add_rollups(s, counted)
         return len(rows)
 
-    def _add_rollups(self, s: Session, counted: Sequence[tuple[dict[str, Any], int]]) -> None:
+    def add_rollups(self, s: Session, counted: Sequence[tuple[dict[str, Any], int]]) -> None:
         """Add the rows' quantities and event counts to their quarter hours. A
         correction's row (``core/corrections.py``) adds its quantity (negative where
         it takes back) and no event, except a void's, which takes its event away."""

@@ -97,7 +97,7 @@ def _candidates(
         # thousands of tuples is planned far worse by PostgreSQL. Plain columns, not
         # ORM objects: this runs for every customer a lifecycle batch touches.
         candidates = s.execute(
-            select(*_VIEW_COLUMNS, Feature.key, Feature.scale)
+            select(*VIEW_COLUMNS, Feature.key, Feature.scale)
             .join(Feature, Feature.id == Entitlement.feature_id)
             .where(
                 Entitlement.org_id == org,
@@ -181,7 +181,9 @@ def _periods_of(
     return periods
 
 
-_VIEW_COLUMNS = (
+#: The entitlement columns an ``EntitlementView`` is built from (the backfill reads
+#: the same ones).
+VIEW_COLUMNS = (
     Entitlement.id,
     Entitlement.org_id,
     Entitlement.customer_id,
@@ -236,7 +238,7 @@ def entitlement_view(
     scale: int | None = None,
 ) -> EntitlementView:
     """An EntitlementView from an entitlement (an ORM row, or a row of
-    ``_VIEW_COLUMNS`` with its feature's ``scale``), its usage periods (rows with
+    ``VIEW_COLUMNS`` with its feature's ``scale``), its usage periods (rows with
     period_start, period_end, quantity) and its suspensions (``suspensions_of``).
     An ORM row has no scale: pass its feature's."""
     return EntitlementView(

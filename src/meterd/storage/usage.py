@@ -149,7 +149,7 @@ class UsageStore:
             s.add(FlushBatch(id=batch_id, committed_at=now, periods=len(parsed), total=total))
             s.flush()
             _ensure_periods(s, [key for key, _ in parsed], now)
-            _add_consumption(s, parsed, now)
+            add_consumption(s, parsed, now)
             if crossings:
                 payloads = _crossing_payloads(s, crossings, scales, recheck)
                 insert_notifications(s, payloads, now)
@@ -226,9 +226,9 @@ def _scales_of(s: Session, ids: set[uuid.UUID]) -> dict[uuid.UUID, int]:
     return scales
 
 
-def _add_consumption(
-    s: Session, parsed: Sequence[tuple[PeriodKey, Decimal]], now: datetime
-) -> None:
+def add_consumption(s: Session, parsed: Sequence[tuple[PeriodKey, Decimal]], now: datetime) -> None:
+    """Add signed deltas to their periods' consumption in the caller's transaction
+    (the flush and the backfill's closed periods)."""
     if not parsed:
         return
     table = UsagePeriod.__table__
