@@ -33,6 +33,7 @@ from meterd.cli import (
     publish,
     serve,
     usage,
+    webhooks,
 )
 
 app = typer.Typer(
@@ -88,6 +89,7 @@ entitlements.app.command("periods")(entitlement_history.entitlement_periods)
 entitlements.app.command("transitions")(entitlement_history.entitlement_transitions)
 app.add_typer(entitlements.app, name="entitlement")
 app.add_typer(keys.app, name="keys")
+app.add_typer(webhooks.app, name="webhooks")
 
 # -- usage ----------------------------------------------------------------------------
 app.command()(publish.publish)
