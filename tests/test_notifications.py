@@ -335,9 +335,7 @@ def test_a_webhook_that_keeps_failing_is_given_up_after_the_last_attempt(
     receiver.statuses = [500] * 10
     runtime.notification_store.set_webhook("acme", receiver.url, None)
     ent_id = expire(runtime)
-    service = NotificationService(
-        runtime.notification_store, local(runtime).sender, max_attempts=3
-    )
+    service = NotificationService(runtime.notification_store, local(runtime).sender, max_attempts=3)
     moment = T
     for _ in range(3):
         service.deliver(published_by(service, moment), moment)
