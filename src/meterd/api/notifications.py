@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import RequestBody
+from meterd.config import redact_url
 from meterd.core.paging import Cursor, CursorError, decode, encode
 from meterd.core.timeutil import as_utc, isoformat, isoformat_or_none, utcnow
 from meterd.services.api_keys import Permission, Principal
@@ -85,7 +86,7 @@ def delivery_out(d: DeliveryView) -> DeliveryOut:
     return DeliveryOut(
         id=d.id,
         endpoint_id=d.endpoint_id,
-        url=d.url,
+        url=redact_url(d.url),
         status=d.status,
         attempts=d.attempts,
         next_attempt_at=isoformat_or_none(d.due_at) if d.status == "pending" else None,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import RequestBody
+from meterd.config import redact_url
 from meterd.core.errors import NotFoundError
 from meterd.core.timeutil import isoformat, utcnow
 from meterd.services.api_keys import Permission, Principal
@@ -42,7 +43,7 @@ class EndpointIn(RequestBody):
 
 class EndpointOut(BaseModel):
     id: uuid.UUID
-    url: str
+    url: str = Field(description="a password in it is shown as ***")
     secret_hint: str = Field(description="the secret's first characters")
     created_at: str
 
@@ -61,7 +62,10 @@ def hint(secret: str) -> str:
 
 def endpoint_out(e: Endpoint) -> EndpointOut:
     return EndpointOut(
-        id=e.id, url=e.url, secret_hint=hint(e.secret), created_at=isoformat(e.created_at)
+        id=e.id,
+        url=redact_url(e.url),
+        secret_hint=hint(e.secret),
+        created_at=isoformat(e.created_at),
     )
 
 
@@ -72,7 +76,7 @@ def create_endpoint(body: EndpointIn, runtime: RuntimeDep, caller: Manager) -> E
     e = made.endpoint
     return EndpointCreated(
         id=e.id,
-        url=e.url,
+        url=redact_url(e.url),
         secret_hint=hint(e.secret),
         created_at=isoformat(e.created_at),
         secret=made.secret,

@@ -11,6 +11,7 @@ import typer
 from meterd.cli import context
 from meterd.cli.ids import resolve_uuid
 from meterd.cli.output import JsonFlag, Org, echo_json, escape, iso, say, table
+from meterd.config import redact_url
 
 app = typer.Typer(help="Webhook endpoints and their deliveries.", no_args_is_help=True)
 
@@ -29,7 +30,7 @@ def webhooks_add(
     from meterd.core.timeutil import utcnow
 
     made = context.get_runtime().notifications.add_endpoint(org, url, secret, utcnow())
-    row = {"id": str(made.endpoint.id), "url": made.endpoint.url, "secret": made.secret}
+    row = {"id": str(made.endpoint.id), "url": redact_url(made.endpoint.url), "secret": made.secret}
     if as_json:
         echo_json(row)
         return
@@ -47,7 +48,7 @@ def webhooks_list(
     rows = [
         {
             "id": str(e.id),
-            "url": e.url,
+            "url": redact_url(e.url),
             "secret": e.secret if show_secrets else e.secret[:10] + "...",
             "created_at": iso(e.created_at),
         }
@@ -94,7 +95,7 @@ def webhooks_deliveries(
             "deliveries": [
                 {
                     "endpoint_id": str(d.endpoint_id),
-                    "url": d.url,
+                    "url": redact_url(d.url),
                     "status": d.status,
                     "attempts": [
                         {

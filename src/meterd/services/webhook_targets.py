@@ -98,8 +98,9 @@ def refusal(address: str) -> str | None:
 
 
 def check_url(url: str, *, allow_private: bool) -> str:
-    """An endpoint URL as stored, or InvalidError: http(s), a host, no credentials,
-    and no literal IP that is refused."""
+    """An endpoint URL as stored, or InvalidError: http(s), a host, and no literal IP
+    that is refused. Credentials in the URL (basic auth) are allowed; meterd shows
+    them masked."""
     if len(url) > MAX_URL:
         raise InvalidError(f"the URL is longer than {MAX_URL} characters")
     try:
@@ -111,8 +112,6 @@ def check_url(url: str, *, allow_private: bool) -> str:
         raise InvalidError("the webhook URL must start with http:// or https://")
     if not parts.hostname:
         raise InvalidError("the webhook URL has no host")
-    if parts.username or parts.password:
-        raise InvalidError("the webhook URL may not carry credentials")
     del port
     if not allow_private:
         try:
