@@ -105,14 +105,13 @@ def check_url(url: str, *, allow_private: bool) -> str:
         raise InvalidError(f"the URL is longer than {MAX_URL} characters")
     try:
         parts = urlsplit(url)
-        port = parts.port
+        parts.port  # noqa: B018 - raises ValueError for a port that is not one
     except ValueError as exc:
         raise InvalidError(f"the URL is not valid: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise InvalidError("the webhook URL must start with http:// or https://")
     if not parts.hostname:
         raise InvalidError("the webhook URL has no host")
-    del port
     if not allow_private:
         try:
             ipaddress.ip_address(parts.hostname)
