@@ -73,6 +73,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["delivery_id"], ["webhook_deliveries.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("delivery_id", "number"),
     )
+    op.create_index("ix_notifications_org_created", "notifications", ["org_id", "created_at", "id"])
     # The org webhook of before becomes an endpoint.
     bind = op.get_bind()
     orgs = sa.table(
@@ -104,6 +105,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    """The tables go; the endpoints are not written back into the org columns."""
+    op.drop_index("ix_notifications_org_created", table_name="notifications")
     op.drop_table("webhook_attempts")
     op.drop_index("ix_webhook_deliveries_endpoint", table_name="webhook_deliveries")
     op.drop_table("webhook_deliveries")
