@@ -107,3 +107,19 @@ class Clock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
+
+
+def done_notification(rt: Runtime, org: str = "acme") -> str:
+    """The id of a notification of ``org`` recorded at NOW and already handled (no
+    webhook endpoint then: ``no_webhook``), so it can be redelivered."""
+    import uuid
+
+    from meterd.core.notifications import NewNotification
+    from meterd.storage.notifications import insert_notifications
+
+    note_id = f"ntf_trn_{uuid.uuid4().hex}"
+    payload = {"id": note_id, "org": org, "type": "entitlement.status_changed"}
+    with rt.database.sessions.begin() as s:
+        insert_notifications(s, [NewNotification(uuid.uuid4(), NOW, payload)], NOW)
+    rt.notifications.deliver([{"id": note_id, "org": org}], NOW)
+    return note_id

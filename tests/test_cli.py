@@ -86,11 +86,15 @@ def test_cli_suspends_and_resumes_an_entitlement(cli_env: None) -> None:
 def test_cli_sets_and_removes_an_org_webhook(cli_env: None) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")
+    secret = "whsec_" + "a" * 32  # base64 of 24 bytes
     assert "https://hooks.example/meterd" in invoke(
-        "org", "webhook", "--org", "acme", "https://hooks.example/meterd", "--secret", "k"
+        "org", "webhook", "--org", "acme", "https://hooks.example/meterd", "--secret", secret
     )
     assert "webhook of acme: none" in invoke("org", "webhook", "--org", "acme")
     assert runner.invoke(app, ["org", "webhook", "--org", "acme", "ftp://x"]).exit_code != 0
+    # A secret must be a Standard Webhooks one now; a private target is refused.
+    for refused in (["https://hooks.example/", "--secret", "k"], ["http://10.0.0.1/"]):
+        assert runner.invoke(app, ["org", "webhook", "--org", "acme", *refused]).exit_code != 0
 
 
 def test_cli_issues_a_key_that_authenticates_and_revokes_it(cli_env: None) -> None:

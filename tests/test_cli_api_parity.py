@@ -53,6 +53,12 @@ CLI_FOR: dict[Route, tuple[str, ...]] = {
     ("GET", "/v1/holds/{hold_id}"): ("holds", "show"),
     ("POST", "/v1/holds/{hold_id}/settle"): ("holds", "settle"),
     ("POST", "/v1/holds/{hold_id}/release"): ("holds", "release"),
+    ("POST", "/v1/webhook-endpoints"): ("webhooks", "add"),
+    ("GET", "/v1/webhook-endpoints"): ("webhooks", "list"),
+    ("DELETE", "/v1/webhook-endpoints/{endpoint_id}"): ("webhooks", "remove"),
+    ("GET", "/v1/notifications"): ("webhooks", "deliveries"),
+    ("GET", "/v1/notifications/{notification_id}"): ("webhooks", "deliveries"),
+    ("POST", "/v1/notifications/{notification_id}/redeliver"): ("webhooks", "redeliver"),
 }
 
 _SEED_PAGE = (

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,7 +18,12 @@ import pytest
 from meterd.core.domain import BillingType
 from meterd.core.notifications import Delivery
 from meterd.runtime import Runtime
-from meterd.services.notify import FIRST_BACKOFF, PUBLISH_LEASE, NotificationService
+from meterd.services.notify import (
+    FIRST_BACKOFF,
+    PUBLISH_LEASE,
+    HttpWebhookSender,
+    NotificationService,
+)
 from meterd.storage.models import Notification
 from meterd.testing import event
 
@@ -234,6 +241,14 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
+def local(rt: Runtime) -> NotificationService:
+    """The runtime's notification service, allowed to call the local receiver (a
+    loopback target, refused by default: see test_webhooks.py)."""
+    service = rt.notifications
+    service.sender = HttpWebhookSender(5.0, time.time, allow_private=True)
+    return service
+
+
 def published_by(service: NotificationService, now: Any) -> list[dict[str, Any]]:
     batches: list[list[dict[str, Any]]] = []
     service.dispatch(now, batches.append)
@@ -253,7 +268,7 @@ def expire(rt: Runtime) -> object:
 
 def test_dispatch_publishes_each_due_notification_once_per_lease(runtime: Runtime) -> None:
     expire(runtime)
-    service = runtime.notifications
+    service = local(runtime)
     assert len(published_by(service, T)) == 1
     assert published_by(service, T + PUBLISH_LEASE - timedelta(seconds=1)) == []
     # The consumer never reported back: the lease ran out, it is published again.
@@ -264,7 +279,7 @@ def test_a_notification_of_an_org_without_webhook_is_done_once_published(
     runtime: Runtime,
 ) -> None:
     ent_id = expire(runtime)
-    service = runtime.notifications
+    service = local(runtime)
     report = service.deliver(published_by(service, T), T)
     assert report.no_webhook == 1
     (note,) = recorded(runtime, ent_id)
@@ -275,15 +290,17 @@ def test_a_notification_of_an_org_without_webhook_is_done_once_published(
 def test_the_webhook_receives_the_payload_signed(runtime: Runtime, receiver: Receiver) -> None:
     runtime.notification_store.set_webhook("acme", receiver.url, "s3cret")
     ent_id = expire(runtime)
-    service = runtime.notifications
+    service = local(runtime)
     payloads = published_by(service, T)
     assert service.deliver(payloads, T).delivered == 1
     ((headers, body),) = receiver.requests
     assert json.loads(body) == payloads[0]
-    assert headers["Meterd-Notification-Id"] == payloads[0]["id"]
-    stamp, mac = (part.split("=", 1)[1] for part in headers["Meterd-Signature"].split(","))
-    expected = hmac.new(b"s3cret", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    assert mac == expected
+    assert headers["webhook-id"] == payloads[0]["id"]
+    # Standard Webhooks; a secret of before (not whsec_) is the HMAC key's bytes.
+    stamp = headers["webhook-timestamp"]
+    signed = f"{payloads[0]['id']}.{stamp}.".encode() + body
+    mac = base64.b64encode(hmac.new(b"s3cret", signed, hashlib.sha256).digest()).decode()
+    assert headers["webhook-signature"] == f"v1,{mac}"
     (note,) = recorded(runtime, ent_id)
     assert (note.delivery, note.attempts, note.due_at) == (Delivery.DELIVERED, 1, None)
 
@@ -294,7 +311,7 @@ def test_a_failed_webhook_call_is_retried_after_a_backoff(
     receiver.statuses = [500, 503]
     runtime.notification_store.set_webhook("acme", receiver.url, None)
     ent_id = expire(runtime)
-    service = runtime.notifications
+    service = local(runtime)
     assert service.deliver(published_by(service, T), T).failed_attempts == 1
     (note,) = recorded(runtime, ent_id)
     assert (note.delivery, note.attempts, note.due_at) == (
@@ -319,9 +336,7 @@ def test_a_webhook_that_keeps_failing_is_given_up_after_the_last_attempt(
     receiver.statuses = [500] * 10
     runtime.notification_store.set_webhook("acme", receiver.url, None)
     ent_id = expire(runtime)
-    service = NotificationService(
-        runtime.notification_store, runtime.notifications.sender, max_attempts=3
-    )
+    service = NotificationService(runtime.notification_store, local(runtime).sender, max_attempts=3)
     moment = T
     for _ in range(3):
         service.deliver(published_by(service, moment), moment)
@@ -335,7 +350,7 @@ def test_a_webhook_that_keeps_failing_is_given_up_after_the_last_attempt(
 def test_an_unreachable_webhook_counts_as_a_failed_attempt(runtime: Runtime) -> None:
     runtime.notification_store.set_webhook("acme", "http://127.0.0.1:9/nothing-here", None)
     ent_id = expire(runtime)
-    service = runtime.notifications
+    service = local(runtime)
     assert service.deliver(published_by(service, T), T).failed_attempts == 1
     (note,) = recorded(runtime, ent_id)
     assert note.delivery == Delivery.PENDING and "ConnectError" in (note.last_error or "")
@@ -346,7 +361,7 @@ def test_a_redelivered_notify_task_does_not_call_the_webhook_again(
 ) -> None:
     runtime.notification_store.set_webhook("acme", receiver.url, None)
     expire(runtime)
-    service = runtime.notifications
+    service = local(runtime)
     payloads = published_by(service, T)
     service.deliver(payloads, T)
     assert service.deliver(payloads, T).skipped == 1

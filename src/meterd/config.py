@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     #: Calls of a webhook before a notification is given up (FAILED); backoff doubles
     #: from 10 s up to an hour between them.
     webhook_max_attempts: int = Field(default=10, ge=1, le=50)
+    #: Allow webhook targets that are private, loopback, link-local (the metadata
+    #: address included), unique-local or unspecified (``METERD_WEBHOOK_ALLOW_PRIVATE=1``):
+    #: for a receiver on the same host or network. Off: such a URL is refused at
+    #: creation, and a name resolving to such an address is refused at delivery.
+    webhook_allow_private: bool = False
 
     #: Requests a second per API key (token bucket in Redis) for keys without their own
     #: limit; 0: unlimited. At most 1,000,000.

@@ -322,8 +322,13 @@ class Runtime:
     def notifications(self) -> NotificationService:
         return NotificationService(
             self.notification_store,
-            HttpWebhookSender(self.settings.webhook_timeout, time.time),
+            HttpWebhookSender(
+                self.settings.webhook_timeout,
+                time.time,
+                allow_private=self.settings.webhook_allow_private,
+            ),
             max_attempts=self.settings.webhook_max_attempts,
+            allow_private=self.settings.webhook_allow_private,
         )
 
     @cached_property

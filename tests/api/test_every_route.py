@@ -17,7 +17,7 @@ from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
 
-from ..helpers import grant
+from ..helpers import done_notification, grant
 
 PUBLIC = {"/healthz", "/readyz"}
 BODIES: dict[str, Any] = {
@@ -27,6 +27,7 @@ BODIES: dict[str, Any] = {
     "/v1/entitlements": {"customer_id": "cust-1", "feature": "api_calls", "quantity": "1"},
     "/v1/api-keys": {"permissions": ["EVENTS:WRITE"]},
     "/v1/alert-rules": {"kind": "CONSUMED", "threshold": "1"},
+    "/v1/webhook-endpoints": {"url": "https://stolen.example.com/"},
 }
 
 
@@ -54,6 +55,8 @@ def concrete(path: str, ids: dict[str, str]) -> str:
         .replace("{dead_letter_id}", ids.get("dead_letter", str(uuid.UUID(int=0))))
         .replace("{hold_id}", ids.get("hold", str(uuid.UUID(int=0))))
         .replace("{rule_id}", ids.get("alert_rule", "ar_0000000000"))
+        .replace("{endpoint_id}", ids.get("endpoint", str(uuid.UUID(int=0))))
+        .replace("{notification_id}", ids.get("notification", "ntf_trn_0"))
     )
 
 
@@ -107,7 +110,12 @@ def acme_data(runtime: Runtime, client: TestClient, acme: dict[str, str]) -> dic
         json={"quantity": "2", "idempotency_key": "held", "hold_seconds": 600},
         headers=acme,
     ).json()["hold"]
+    endpoint = client.post(
+        "/v1/webhook-endpoints", json={"url": "https://hooks.example.com/"}, headers=acme
+    ).json()
     return {
+        "endpoint": endpoint["id"],
+        "notification": done_notification(runtime),
         "hold": hold["id"],
         "entitlement": str(ent.id),
         "plan": plan["id"],
@@ -152,12 +160,30 @@ def test_no_route_lets_another_org_read_or_change_this_orgs_data(
     assert response.status_code < 500
     if any(
         f"{{{name}}}" in path
-        for name in ("entitlement_id", "plan_id", "key_id", "dead_letter_id", "hold_id", "rule_id")
+        for name in (
+            "entitlement_id",
+            "plan_id",
+            "key_id",
+            "dead_letter_id",
+            "hold_id",
+            "rule_id",
+            "endpoint_id",
+            "notification_id",
+        )
     ):
         # Another org's id is answered exactly like an id that does not exist.
         assert response.status_code == 404, (method, url, response.text[:300])
     if response.status_code < 400:  # an error body may echo the id the caller sent
-        names = ("entitlement", "plan", "key", "dead_letter", "hold", "alert_rule")
+        names = (
+            "entitlement",
+            "plan",
+            "key",
+            "dead_letter",
+            "hold",
+            "alert_rule",
+            "endpoint",
+            "notification",
+        )
         for secret in (acme_data[name] for name in names):
             assert secret not in response.text, (method, url, response.text[:300])
     assert snapshot(client, acme) == before, (method, url)

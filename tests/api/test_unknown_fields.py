@@ -18,6 +18,7 @@ from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
 
+from ..helpers import done_notification
 from .conftest import Published
 
 RESERVE = "/v1/customers/cust-1/features/api_calls/reserve"
@@ -61,6 +62,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/holds/{hold_id}/settle"): {"quantity": "1"},
     ("POST", "/v1/holds/{hold_id}/release"): {},
     ("POST", "/v1/events/void"): {"source": "tests", "id": "e1", "reason": "test"},
+    ("POST", "/v1/webhook-endpoints"): {"url": "https://hooks.example.com/"},
+    ("POST", "/v1/notifications/{notification_id}/redeliver"): {},
     ("POST", "/v1/events/amend"): {
         "source": "tests",
         "id": "e1",
@@ -91,6 +94,7 @@ def ids(client: TestClient, runtime: Runtime, acme: dict[str, str]) -> dict[str,
         RESERVE, json={"quantity": "2", "idempotency_key": "h", "hold_seconds": 600}, headers=acme
     ).json()["hold"]
     return {
+        "{notification_id}": done_notification(runtime),
         "{hold_id}": hold["id"],
         "{dead_letter_id}": letter["id"],
         "{entitlement_id}": made.json()["id"],
@@ -121,6 +125,11 @@ def prepare(client: TestClient, acme: dict[str, str], url: str, runtime: Runtime
     if url.endswith("/resume"):  # only a suspended entitlement resumes
         suspended = client.post(url.replace("/resume", "/suspend"), headers=acme)
         assert suspended.status_code == 200, suspended.text
+    if url.endswith("/redeliver"):  # a notification is redelivered to an endpoint
+        made = client.post(
+            "/v1/webhook-endpoints", json={"url": "https://hooks.example.com/"}, headers=acme
+        )
+        assert made.status_code == 201, made.text
     if url in ("/v1/events/void", "/v1/events/amend"):  # only an accepted event is corrected
         runtime.ingest.ingest([event(event_id="e1", time=utcnow())], now=utcnow())
 

@@ -59,8 +59,10 @@ def test_a_crossing_reaches_the_webhook_once_even_when_the_batch_is_redelivered(
         now,
     )
     batch = [event("cust-1", "3", event_id=f"e-{i}", time=now) for i in range(3)]
+    # The receiver is on the loopback: a target the SSRF guard refuses unless allowed.
+    env = {**e2e_env, "METERD_WEBHOOK_ALLOW_PRIVATE": "1"}
     worker = WorkerProcess(
-        e2e_env, tmp_path / "worker.log", queues=(INGEST_QUEUE, FLUSH_QUEUE, NOTIFY_QUEUE)
+        env, tmp_path / "worker.log", queues=(INGEST_QUEUE, FLUSH_QUEUE, NOTIFY_QUEUE)
     ).start()
     try:
         for _ in range(2):  # the second is a redelivery: every event a duplicate

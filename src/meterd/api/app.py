@@ -25,9 +25,11 @@ from meterd.api import (
     errors,
     health,
     holds,
+    notifications,
     openapi,
     usage,
     usage_history,
+    webhooks,
 )
 from meterd.api.body_limit import InputLimits
 from meterd.api.compat import tenant, workspace, zenskar
@@ -129,4 +131,6 @@ def create_app(
     app.include_router(dead_letters.router)
     app.include_router(corrections.router)
     app.include_router(alert_rules.router)
+    app.include_router(webhooks.router)
+    app.include_router(notifications.router)
     return app

@@ -34,6 +34,7 @@ from meterd.cli import (
     publish,
     serve,
     usage,
+    webhooks,
 )
 
 app = typer.Typer(
@@ -90,6 +91,7 @@ entitlements.app.command("transitions")(entitlement_history.entitlement_transiti
 app.add_typer(entitlements.app, name="entitlement")
 app.add_typer(keys.app, name="keys")
 app.add_typer(alerts.app, name="alerts")
+app.add_typer(webhooks.app, name="webhooks")
 
 # -- usage ----------------------------------------------------------------------------
 app.command()(publish.publish)

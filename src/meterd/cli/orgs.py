@@ -1,4 +1,5 @@
-"""``meterd org``: create and list organisations, set their webhook."""
+"""``meterd org``: create and list organisations, set their webhook (a shortcut of
+``meterd webhooks``)."""
 
 from __future__ import annotations
 
@@ -40,15 +41,21 @@ def org_list(as_json: JsonFlag = False) -> None:
 @app.command("webhook")
 def org_webhook(
     org: Org,
-    url: Annotated[str | None, typer.Argument(help="omit to remove the webhook")] = None,
-    secret: Annotated[str | None, typer.Option(help="HMAC key for Meterd-Signature")] = None,
+    url: Annotated[str | None, typer.Argument(help="omit to remove the org's endpoints")] = None,
+    secret: Annotated[
+        str | None,
+        typer.Option(help="whsec_ + base64 of a 24..64 byte key; omitted: generated"),
+    ] = None,
 ) -> None:
-    """Set where the org's notifications are POSTed (threshold crossings, transitions)."""
+    """A shortcut: the org's webhook endpoints become this one URL (or none). See
+    ``meterd webhooks`` for several endpoints."""
     from meterd.config import redact_url
     from meterd.core.errors import NotFoundError
 
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise typer.BadParameter("the webhook URL must start with http:// or https://")
-    if not context.get_runtime().notifications.set_webhook(org, url, secret):
+    service = context.get_runtime().notifications
+    if not service.set_webhook(org, url, secret):
         raise NotFoundError("organisation", org)
     say(f"webhook of {org}: {escape(redact_url(url or 'none'))}")
+    if url is not None and secret is None:
+        (endpoint,) = service.endpoints(org)
+        say(f"secret: {endpoint.secret}")

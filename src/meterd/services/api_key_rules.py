@@ -41,6 +41,9 @@ class Permission(StrEnum):
     #: broader, longer-lived or less rate-limited than the caller's; rotate only keys
     #: holding no permission the caller lacks. Listing needs ``KEYS:VIEW``.
     KEYS_MANAGE = "KEYS:MANAGE"
+    #: Add, list and remove the org's webhook endpoints; list its notifications with
+    #: their deliveries and redeliver one.
+    WEBHOOKS_MANAGE = "WEBHOOKS:MANAGE"
     ALL = "*"
 
 

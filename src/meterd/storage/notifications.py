@@ -3,14 +3,17 @@
 ``insert_notifications`` runs inside the usage store's flush and the transition store's
 transactions. ``NotificationStore`` is the dispatcher's side: claim what is due
 for publishing (a lease, so a notification whose consumer died is published
-again) and record how each webhook delivery went.
+again); its ``endpoints`` (``meterd.storage.webhooks``) fan each notification
+out to the org's webhook endpoints and record how each delivery went.
 """
 
 from __future__ import annotations
 
+import base64
 import json
+import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -19,8 +22,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.core.notifications import Delivery, NewNotification
+from meterd.core.timeutil import utcnow
 from meterd.storage.database import bulk_insert, insert_ignoring_duplicates
-from meterd.storage.models import Notification, Organisation
+from meterd.storage.models import Notification
+from meterd.storage.webhooks import WebhookStore
+
+#: Standard Webhooks secrets: this prefix, then base64 of the HMAC key.
+SECRET_PREFIX = "whsec_"
 
 
 def insert_notifications(
@@ -54,20 +62,17 @@ def insert_notifications(
 
 @dataclass(frozen=True, slots=True)
 class Webhook:
+    """Where one delivery goes: the endpoint's URL and its ``whsec_`` secret."""
+
     url: str
-    secret: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryResult:
-    notification_id: str
-    delivery: Delivery
-    error: str | None = None
+    secret: str
 
 
 class NotificationStore:
     def __init__(self, sessions: sessionmaker[Session]) -> None:
         self.sessions = sessions
+        #: The org's endpoints and the delivery log of each notification.
+        self.endpoints = WebhookStore(sessions)
 
     def claim_due(self, now: datetime, limit: int, lease: timedelta) -> list[dict[str, Any]]:
         """Payloads of up to ``limit`` notifications due for publishing, oldest first;
@@ -93,15 +98,6 @@ class NotificationStore:
                 )
         return [json.loads(r.payload) for r in rows]
 
-    def webhooks(self, org_ids: Sequence[str]) -> dict[str, Webhook]:
-        with self.sessions() as s:
-            rows = s.execute(
-                select(
-                    Organisation.id, Organisation.webhook_url, Organisation.webhook_secret
-                ).where(Organisation.id.in_(set(org_ids)), Organisation.webhook_url.is_not(None))
-            ).all()
-        return {r.id: Webhook(r.webhook_url, r.webhook_secret) for r in rows}
-
     def pending_ids(self, ids: Sequence[str]) -> set[str]:
         """Of ``ids``, the ones still waiting for delivery (a redelivered task skips
         what an earlier attempt delivered)."""
@@ -115,55 +111,17 @@ class NotificationStore:
                 )
             )
 
-    def record(
-        self,
-        results: Sequence[DeliveryResult],
-        now: datetime,
-        *,
-        backoff: Callable[[int], timedelta | None],
-    ) -> None:
-        """Record delivery results. A failed call is due again after ``backoff(attempts)``
-        (a timedelta), or marked FAILED when that returns None."""
-        if not results:
-            return
-        with self.sessions.begin() as s:
-            attempts = {
-                row.id: row.attempts
-                for row in s.execute(
-                    select(Notification.id, Notification.attempts).where(
-                        Notification.id.in_([r.notification_id for r in results])
+    def statuses(self, ids: Sequence[str]) -> dict[str, str]:
+        """Where the delivery of each of ``ids`` stands."""
+        with self.sessions() as s:
+            return {
+                r.id: r.delivery
+                for r in s.execute(
+                    select(Notification.id, Notification.delivery).where(
+                        Notification.id.in_(list(ids))
                     )
                 )
             }
-            for result in results:
-                if result.notification_id not in attempts:
-                    continue
-                values: dict[str, Any]
-                if result.delivery is Delivery.PENDING:  # a failed attempt
-                    tried = attempts[result.notification_id] + 1
-                    wait = backoff(tried)
-                    values = {
-                        "attempts": tried,
-                        "last_error": result.error,
-                        "due_at": now + wait if wait is not None else None,
-                        "delivery": Delivery.PENDING.value
-                        if wait is not None
-                        else Delivery.FAILED.value,
-                    }
-                else:
-                    values = {
-                        "delivery": result.delivery.value,
-                        "due_at": None,
-                        "delivered_at": now if result.delivery is Delivery.DELIVERED else None,
-                        "attempts": attempts[result.notification_id]
-                        + (result.delivery is Delivery.DELIVERED),
-                    }
-                s.execute(
-                    update(Notification)
-                    .where(Notification.id == result.notification_id)
-                    .values(**values)
-                    .execution_options(synchronize_session=False)
-                )
 
     def all_for(self, entitlement_id: uuid.UUID) -> list[Notification]:
         with self.sessions() as s:
@@ -176,10 +134,16 @@ class NotificationStore:
             )
 
     def set_webhook(self, org_id: str, url: str | None, secret: str | None) -> bool:
-        with self.sessions.begin() as s:
-            result = s.execute(
-                update(Organisation)
-                .where(Organisation.id == org_id)
-                .values(webhook_url=url, webhook_secret=secret)
-            )
-            return bool(getattr(result, "rowcount", 0) == 1)
+        """The shortcut of before: the org's endpoints become the one of ``url`` (none
+        if None). A ``whsec_`` secret is kept; another string is used as the HMAC key
+        bytes (as the migration of the org webhooks did); None: a new random one.
+        False if there is no such org."""
+        if url is None:
+            stored = None
+        elif secret is None:
+            stored = SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+        elif secret.startswith(SECRET_PREFIX):
+            stored = secret
+        else:
+            stored = SECRET_PREFIX + base64.b64encode(secret.encode()).decode()
+        return self.endpoints.replace_endpoints(org_id, url, stored, utcnow())

@@ -1,7 +1,7 @@
 """alert rules: thresholds an org sets on its entitlements' periods
 
 Revision ID: 0016
-Revises: 0014
+Revises: 0015
 Create Date: 2026-12-07 07:30:00
 
 Issue 23, item 3. An org without rows here keeps the default rules (80 % and
@@ -16,7 +16,7 @@ from alembic import op
 import meterd.storage.models
 
 revision = "0016"
-down_revision = "0014"
+down_revision = "0015"
 branch_labels = None
 depends_on = None
 

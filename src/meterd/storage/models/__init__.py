@@ -1,10 +1,9 @@
 """SQLAlchemy 2.x tables. Alembic migrations in ``meterd/migrations`` create them.
 
-One module per group of tables (``catalog``, ``entitlements``, ``event_rows``, ``backfill``,
-``alerts``),
-over the declarative base and the exact column types (``base``); every name is
-re-exported here, so ``Base.metadata`` holds every table once this package is
-imported.
+One module per group of tables (``catalog``, ``entitlements``, ``event_rows``,
+``backfill``, ``alerts``, ``webhooks``), over the declarative base and the exact
+column types (``base``); every name is re-exported here, so ``Base.metadata``
+holds every table once this package is imported.
 """
 
 from meterd.storage.models.alerts import AlertRule
@@ -39,6 +38,7 @@ from meterd.storage.models.event_rows import (
     UsageRollup,
     compared_in_schema,
 )
+from meterd.storage.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "LAPSED_RENEWING_SQL",
@@ -65,6 +65,9 @@ __all__ = [
     "UsagePeriod",
     "UsageRollup",
     "UtcDateTime",
+    "WebhookAttempt",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "compared_in_schema",
     "plan_family_links",
 ]

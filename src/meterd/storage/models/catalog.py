@@ -34,7 +34,8 @@ class Organisation(Base):
     name: Mapped[str] = mapped_column(String(200))
     last_entitlement_number: Mapped[int] = mapped_column(BigInteger, default=0)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
-    #: Where notifications are POSTed (None: no webhook), and the HMAC key that signs them.
+    #: No longer read: migration 0015 made each org webhook a ``webhook_endpoints`` row
+    #: and cleared these (see ``models/webhooks``).
     webhook_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     webhook_secret: Mapped[str | None] = mapped_column(String(200), nullable=True)
 

@@ -161,6 +161,8 @@ class Notification(Base):
     __table_args__ = (
         Index("ix_notifications_due", "due_at"),
         Index("ix_notifications_entitlement", "entitlement_id", "occurred_at"),
+        #: The delivery log (``GET /v1/notifications``): an org's, newest first.
+        Index("ix_notifications_org_created", "org_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
