@@ -5,7 +5,9 @@ without it (or with its new form), waiting or flushed, and every figure agrees."
 from __future__ import annotations
 
 import json
+import random
 import threading
+import time
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -345,25 +347,49 @@ def test_the_carrier_that_counts_a_value_again_gets_a_recount_record(users: Runt
 # -- concurrency and bounds -------------------------------------------------------------
 
 
-def test_racing_voids_of_one_period_recount_each_other_out(seats: Runtime) -> None:
+@pytest.mark.parametrize("flushed", [False, True], ids=["waiting", "flushed"])
+def test_racing_voids_of_one_period_recount_each_other_out(
+    seats: Runtime, monkeypatch: pytest.MonkeyPatch, flushed: bool
+) -> None:
+    """Four voids of one period at once, ten times over: each recount sees the others
+    (or reads again), whatever lands between its log read, its versions and its scan
+    (widened here by a random pause before each versions read)."""
+    counters = seats.corrections.counters
+    versions = counters.versions
+
+    def slow_versions(*args: Any) -> Any:
+        time.sleep(random.random() * 0.004)
+        return versions(*args)
+
+    monkeypatch.setattr(counters, "versions", slow_versions)
     levels = [7, 12, 9, 3, 15, 11]
-    ingest(seats, *(sample(f"s{i}", str(v), minutes=i) for i, v in enumerate(levels)))
-    seats.flush.flush_all(NOW)
-    errors: list[BaseException] = []
+    for round_ in range(10):
+        customer = f"race-{round_}"
+        grant(seats, customer=customer, feature="seats", quantity="100")
+        samples = [sample(f"r{round_}-{i}", str(v), minutes=i) for i, v in enumerate(levels)]
+        ingest(seats, *({**s, "subject": customer} for s in samples))
+        if flushed:
+            seats.flush.flush_all(NOW)
+        errors: list[BaseException] = []
 
-    def run(index: int) -> None:
-        try:
-            void(seats, f"s{index}")
-        except BaseException as exc:
-            errors.append(exc)
+        def run(event_id: str, errors: list[BaseException]) -> None:
+            try:
+                void(seats, event_id)
+            except BaseException as exc:
+                errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in (1, 2, 4, 5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
-    agree(seats, ["7"])  # s0 (7) and s3 (3) are left
+        threads = [
+            threading.Thread(target=run, args=(f"r{round_}-{i}", errors)) for i in (1, 2, 4, 5)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        figures = [b.consumed for b in seats.balance.current("acme", customer, "seats", LATER)]
+        assert figures == [Decimal(7)], f"round {round_}"  # 7 and 3 are left
+    seats.flush.flush_all(LATER)
+    assert_log_matches_periods(seats)
 
 
 def test_no_flush_batch_begins_while_a_recount_reads(seats: Runtime) -> None:

@@ -357,6 +357,8 @@ class LevelRecounter:
         self._check_not_backfilled(target, start, end)
         corrected = {(target.source, target.id)}
         for _ in range(MAX_ROUNDS):
+            if fold is not None:
+                fold.reset()  # a read that starts again folds every item again
             for row in self.log.items_of(org, customer, feature, start, end, corrections_only=True):
                 split = split_correction_id(row.event_id)
                 if split is not None:
