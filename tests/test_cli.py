@@ -83,6 +83,21 @@ def test_cli_suspends_and_resumes_an_entitlement(cli_env: None) -> None:
     )
 
 
+def test_cli_resets_then_voids_an_entitlement(cli_env: None) -> None:
+    invoke("db", "upgrade")
+    invoke("org", "create", "acme")
+    invoke("feature", "create", "--org", "acme", "api_calls")
+    out = invoke("entitlement", "create", "--org", "acme", "c-1", "api_calls", "--quantity", "10")
+    ent_id = out.split()[2]
+    assert "reset (row_version 2)" in invoke(
+        "entitlement", "reset", "--org", "acme", ent_id, "--reason", "plan change"
+    )
+    assert len(json.loads(invoke("entitlement", "periods", "--org", "acme", ent_id, "--json"))) == 2
+    assert "is void from" in invoke(
+        "entitlement", "void", "--org", "acme", ent_id, "--reason", "refund"
+    )
+
+
 def test_cli_sets_and_removes_an_org_webhook(cli_env: None) -> None:
     invoke("db", "upgrade")
     invoke("org", "create", "acme")

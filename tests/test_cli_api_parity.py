@@ -37,6 +37,8 @@ CLI_FOR: dict[Route, tuple[str, ...]] = {
     ("POST", "/v1/entitlements/{entitlement_id}/suspend"): ("entitlement", "suspend"),
     ("POST", "/v1/entitlements/{entitlement_id}/resume"): ("entitlement", "resume"),
     ("POST", "/v1/entitlements/{entitlement_id}/terminate"): ("entitlement", "terminate"),
+    ("POST", "/v1/entitlements/{entitlement_id}/void"): ("entitlement", "void"),
+    ("POST", "/v1/entitlements/{entitlement_id}/reset"): ("entitlement", "reset"),
     ("GET", "/v1/entitlements/{entitlement_id}/periods"): ("entitlement", "periods"),
     ("GET", "/v1/entitlements/{entitlement_id}/transitions"): ("entitlement", "transitions"),
     ("GET", "/v1/api-keys"): ("keys", "list"),

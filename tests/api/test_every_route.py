@@ -69,7 +69,7 @@ def body_for(path: str, ids: dict[str, str]) -> Any:
         return {"quantity": "1"}
     if path.endswith("/reserve"):
         return {"quantity": "1", "idempotency_key": "steal"}
-    if path.endswith(("/suspend", "/resume", "/terminate")):
+    if path.endswith(("/suspend", "/resume", "/terminate", "/void", "/reset")):
         return {"reason": "stolen"}
     if "{entitlement_id}" in path:
         return {"row_version": 1, "quantity": "999"}

@@ -55,6 +55,8 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/entitlements/{entitlement_id}/suspend"): {"reason": "unpaid"},
     ("POST", "/v1/entitlements/{entitlement_id}/resume"): {"reason": "paid"},
     ("POST", "/v1/entitlements/{entitlement_id}/terminate"): {"reason": "churned"},
+    ("POST", "/v1/entitlements/{entitlement_id}/void"): {"reason": "refund"},
+    ("POST", "/v1/entitlements/{entitlement_id}/reset"): {"reason": "plan change"},
     ("POST", "/v1/customers/{customer_id}/features/{feature}/reserve"): {
         "quantity": "1",
         "idempotency_key": "r-1",

@@ -393,6 +393,68 @@ def terminate(
     return _change(OperatorAction.TERMINATE, entitlement_id, body, runtime, caller)
 
 
+class VoidIn(RequestBody):
+    reason: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
+    at: datetime | None = Field(
+        default=None, description="void from this instant (default now; ahead allowed, not past)"
+    )
+    row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
+
+
+class ResetIn(RequestBody):
+    reason: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
+    at: datetime | None = Field(
+        default=None, description="split the period containing it there (default now; not past)"
+    )
+    row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
+
+
+@router.post("/entitlements/{entitlement_id}/void", response_model=EntitlementOut)
+def void(
+    entitlement_id: uuid.UUID,
+    runtime: RuntimeDep,
+    caller: Manager,
+    body: VoidIn | None = None,
+) -> EntitlementOut:
+    """From ``at`` (default now) the grant takes no more usage; usage timed before
+    still counts. Ahead, it stays as it is until then. Retried with the same ``at``,
+    nothing changes; 409 if it is void or terminated from another instant."""
+    runtime.queries.owned(caller.org, entitlement_id)
+    given = body or VoidIn()
+    runtime.catalog.void_entitlement(
+        entitlement_id,
+        utcnow(),
+        at=moment(given.at, "at"),
+        reason=given.reason,
+        expected_version=given.row_version,
+        actor=f"api-key:{caller.key_id}",
+    )
+    return get_entitlement(entitlement_id, runtime, caller)
+
+
+@router.post("/entitlements/{entitlement_id}/reset", response_model=EntitlementOut)
+def reset(
+    entitlement_id: uuid.UUID,
+    runtime: RuntimeDep,
+    caller: Manager,
+    body: ResetIn | None = None,
+) -> EntitlementOut:
+    """Close the PRE_PAID period containing ``at`` (default now) there and open a
+    fresh one from it to that period's end (its quantity, nothing consumed). Retried
+    with the same ``at``, nothing changes."""
+    runtime.queries.owned(caller.org, entitlement_id)
+    given = body or ResetIn()
+    runtime.catalog.reset_entitlement(
+        entitlement_id,
+        utcnow(),
+        at=moment(given.at, "at"),
+        reason=given.reason,
+        expected_version=given.row_version,
+        actor=f"api-key:{caller.key_id}",
+    )
+    return get_entitlement(entitlement_id, runtime, caller)
+
+
 class PeriodOut(BaseModel):
     period_start: str
     period_end: str | None

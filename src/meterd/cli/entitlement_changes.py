@@ -8,7 +8,7 @@ import typer
 
 from meterd.cli import context
 from meterd.cli.entitlements import entitlement_id
-from meterd.cli.output import Org, say, when
+from meterd.cli.output import Org, iso, say, when
 from meterd.core.domain import ContractMode
 
 _Id = Annotated[str, typer.Argument(help="the entitlement's id, or a unique prefix")]
@@ -96,3 +96,48 @@ def entitlement_terminate(
 ) -> None:
     """Terminate (final): no more usage counts on it."""
     _change_status(org, entitlement, "terminate", reason, version)
+
+
+def entitlement_void(
+    org: Org,
+    entitlement: _Id,
+    reason: _Reason = "",
+    at: Annotated[
+        str | None, typer.Option(help="void from this instant (ISO 8601; default now; not past)")
+    ] = None,
+    version: _Version = None,
+) -> None:
+    """Void: from --at (default now) no more usage counts on it; usage timed before
+    still does."""
+    from meterd.core.timeutil import utcnow
+
+    rt = context.get_runtime()
+    ent_id = entitlement_id(rt, org, entitlement)
+    rt.queries.owned(org, ent_id)
+    ent = rt.catalog.void_entitlement(
+        ent_id, utcnow(), at=when(at, None), reason=reason, expected_version=version, actor="cli"
+    )
+    since = iso(ent.terminated_at)
+    say(f"entitlement {ent.id} is void from {since} (row_version {ent.row_version})")
+
+
+def entitlement_reset(
+    org: Org,
+    entitlement: _Id,
+    reason: _Reason = "",
+    at: Annotated[
+        str | None, typer.Option(help="reset at this instant (ISO 8601; default now; not past)")
+    ] = None,
+    version: _Version = None,
+) -> None:
+    """Reset: close the current period at --at (default now) and open a fresh one from
+    it to the period's end, with the period's quantity and nothing consumed."""
+    from meterd.core.timeutil import utcnow
+
+    rt = context.get_runtime()
+    ent_id = entitlement_id(rt, org, entitlement)
+    rt.queries.owned(org, ent_id)
+    ent = rt.catalog.reset_entitlement(
+        ent_id, utcnow(), at=when(at, None), reason=reason, expected_version=version, actor="cli"
+    )
+    say(f"entitlement {ent.id} reset (row_version {ent.row_version})")

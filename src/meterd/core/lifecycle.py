@@ -235,8 +235,13 @@ def due_transitions(
     *,
     history_before: datetime | None = None,
     max_terms: int = MAX_CAUGHT_UP_TERMS,
+    terminated_at: datetime | None = None,
 ) -> list[Transition]:
     """Every transition due at ``now``, in order (several after missed runs).
+
+    ``terminated_at``: a void from that instant (``POST .../void``, possibly
+    scheduled ahead): the steps due before it, then TERMINATED at it, once it has
+    come; nothing of the term after it (no renewal at or past the void).
 
     Renewals and PAY_PER_USE months that fell due in a row are listed one by one
     only for the ``max_terms`` most recent ones whose term ends after
@@ -245,6 +250,9 @@ def due_transitions(
     renewals, or twice that of months (while ACTIVE, then in GRACE), and a few
     status steps, whatever the dates; computing it costs as much."""
     chain: list[Transition] = []
+    voided = terminated_at is not None and now >= terminated_at
+    if terminated_at is not None and voided:
+        now = terminated_at - timedelta(microseconds=1)  # what fell due before the void
     while (
         step := next_transition(
             status, starts_at, ends_at, grace_until, now, renewal, next_period_at
@@ -261,6 +269,9 @@ def due_transitions(
             ends_at, grace_until = extend_term(ends_at, grace_until, step.renewal_end)
         if step.month_end is not None:
             next_period_at = step.month_end
+    if voided and status is not Status.TERMINATED:
+        assert terminated_at is not None
+        chain.append(Transition(status, Status.TERMINATED, terminated_at, VOIDED_REASON))
     return chain
 
 
@@ -357,6 +368,10 @@ def next_period_after(chain: list[Transition], current: datetime | None) -> date
         return None
     months = [step.month_end for step in chain if step.month_end is not None]
     return months[-1] if months else current
+
+
+#: The reason of the step a void takes its entitlement to TERMINATED with.
+VOIDED_REASON = "voided"
 
 
 class OperatorAction(StrEnum):

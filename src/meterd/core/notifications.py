@@ -146,6 +146,10 @@ class NotificationType(StrEnum):
     STATUS_CHANGED = "entitlement.status_changed"
     RENEWED = "entitlement.renewed"
     PERIOD_OPENED = "entitlement.period_opened"
+    #: A void from an instant still to come (its TERMINATED step is notified then).
+    VOID_SCHEDULED = "entitlement.void_scheduled"
+    #: The current period closed at an instant and a fresh one opened from it.
+    RESET = "entitlement.reset"
 
 
 class Delivery(StrEnum):
@@ -202,11 +206,19 @@ def transition_type(from_status: str, to_status: str, reason: str) -> Notificati
         return NotificationType.STATUS_CHANGED
     if reason.startswith(PERIOD_OPENED_REASON):  # also a summary of several months
         return NotificationType.PERIOD_OPENED
+    if reason.startswith(VOID_SCHEDULED_REASON):
+        return NotificationType.VOID_SCHEDULED
+    if reason.startswith(RESET_REASON):
+        return NotificationType.RESET
     return NotificationType.RENEWED
 
 
 #: The reason recorded when a PAY_PER_USE entitlement opens its month's period.
 PERIOD_OPENED_REASON = "calendar month opened"
+#: The reasons of the audit rows of a void scheduled ahead and of a reset (the
+#: status stays: ``<reason> <instant>: <the operator's reason>``).
+VOID_SCHEDULED_REASON = "void scheduled from"
+RESET_REASON = "reset at"
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,13 @@ from sqlalchemy.orm import Session
 
 from meterd.core.domain import Status
 from meterd.core.lifecycle import Transition, due_transitions, extend_term, next_period_after
-from meterd.storage.models import LAPSED_RENEWING_SQL, Entitlement, Feature, UtcDateTime
+from meterd.storage.models import (
+    LAPSED_RENEWING_SQL,
+    VOID_DUE_SQL,
+    Entitlement,
+    Feature,
+    UtcDateTime,
+)
 from meterd.storage.resolution_views import renewal_of
 
 
@@ -48,6 +54,8 @@ class DueEntitlement:
     term_months: int | None
     term_micros: int | None
     term_anchor: datetime | None
+    #: A void from this instant (a termination, maybe scheduled ahead).
+    terminated_at: datetime | None = None
 
 
 Chain = tuple[DueEntitlement, list[Transition]]
@@ -72,6 +80,8 @@ def claim_due(s: Session, now: datetime, limit: int, *, lock: bool) -> list[DueE
         and_(Entitlement.status == expired, Entitlement.grace_until > now),
         # Renewing, yet recorded as lapsed (before renewals were on the calendar).
         LAPSED_RENEWING,
+        # Voided from an instant that has come (a void scheduled ahead).
+        and_(VOID_DUE, Entitlement.terminated_at <= now),
     ]
     rows: dict[uuid.UUID, DueEntitlement] = {}
     for condition in due_conditions:
@@ -110,6 +120,7 @@ def due_chains(
             renewal_of(d),
             d.next_period_at,
             history_before=now - late_window,
+            terminated_at=d.terminated_at,
         )
         if chain and caused_at is not None:
             chain = [_not_before(step, caused_at) for step in chain]
@@ -144,13 +155,20 @@ def _new_term(due: DueEntitlement, chain: Sequence[Transition]) -> tuple[Any, An
     return extend_term(due.ends_at, due.grace_until, renewals[-1])
 
 
+def _next_period(due: DueEntitlement, chain: Sequence[Transition]) -> datetime | None:
+    """When the next PAY_PER_USE month opens after the chain (never, once terminated)."""
+    if chain[-1].to_status is Status.TERMINATED:
+        return None
+    return next_period_after(list(chain), due.next_period_at)
+
+
 def move_one(s: Session, due: DueEntitlement, chain: Sequence[Transition], now: datetime) -> bool:
     """Compare-and-set one entitlement along its chain (SQLite)."""
     values: dict[str, Any] = {
         "status": chain[-1].to_status.value,
         "row_version": due.row_version + 1,
         "updated_at": now,
-        "next_period_at": next_period_after(list(chain), due.next_period_at),
+        "next_period_at": _next_period(due, chain),
     }
     ends_at, grace_until = _new_term(due, chain)
     if ends_at is not None:
@@ -183,7 +201,7 @@ def move_claimed(s: Session, wanted: Sequence[Chain], now: datetime) -> None:
                 "b_version": due.row_version + 1,
                 "b_ends": ends_at if ends_at is not None else due.ends_at,
                 "b_grace": grace_until if ends_at is not None else due.grace_until,
-                "b_next_period": next_period_after(chain, due.next_period_at),
+                "b_next_period": _next_period(due, chain),
             }
         )
     # One statement joining arrays (six parameters, whatever the batch size):
@@ -224,10 +242,13 @@ DUE_COLUMNS = (
     Entitlement.term_months,
     Entitlement.term_micros,
     Entitlement.term_anchor,
+    Entitlement.terminated_at,
 )
 #: Renewing entitlements recorded EXPIRED or GRACE: the partial index's own predicate,
 #: word for word, so the planner proves the query matches it and reads only that index.
 LAPSED_RENEWING: ColumnElement[bool] = and_(text(LAPSED_RENEWING_SQL))
+#: Voided, not recorded TERMINATED yet: the partial index's predicate, word for word.
+VOID_DUE: ColumnElement[bool] = and_(text(VOID_DUE_SQL))
 
 
 def due_of(ent: Entitlement, feature: str) -> DueEntitlement:

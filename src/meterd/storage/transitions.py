@@ -13,16 +13,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from meterd.core.domain import Status
-from meterd.core.errors import NotFoundError, StaleVersionError
-from meterd.core.lifecycle import Transition
+from meterd.core.domain import BillingType, Status
+from meterd.core.errors import InvalidError, NotFoundError, StaleVersionError
+from meterd.core.lifecycle import VOIDED_REASON, Transition, TransitionRefused
+from meterd.core.notifications import RESET_REASON, VOID_SCHEDULED_REASON
+from meterd.core.timeutil import isoformat
 from meterd.storage.database import within
 from meterd.storage.due_entitlements import (
     DUE_COLUMNS,
@@ -36,7 +39,7 @@ from meterd.storage.due_entitlements import (
     move_one,
     within_budget,
 )
-from meterd.storage.models import Entitlement, EntitlementTransition, Feature
+from meterd.storage.models import Entitlement, EntitlementTransition, Feature, UsagePeriod
 from meterd.storage.transition_audit import record_steps, transition_notification
 
 __all__ = [
@@ -204,6 +207,117 @@ class TransitionStore:
             s.expunge(ent)
         return ent, feature
 
+    def void(
+        self,
+        entitlement_id: uuid.UUID,
+        at: datetime,
+        reason: str,
+        *,
+        expected_version: int | None,
+        actor: str,
+        now: datetime,
+    ) -> tuple[Entitlement, str, bool]:
+        """Void the entitlement from ``at`` (``terminated_at``): usage timed before
+        still counts, none after. Due now: every step that fell due before it, then
+        TERMINATED at it, recorded with the reason; ahead: an audit row now, and the
+        lifecycle job records TERMINATED when it comes (``due_transitions``). Returns
+        the row, its feature and whether anything changed (a void retried with the
+        same instant changes nothing)."""
+        with self.sessions.begin() as s:
+            ent, feature = _lock_one(s, entitlement_id)
+            if ent.terminated_at is not None:
+                if ent.terminated_at == at:
+                    s.expunge(ent)
+                    return ent, feature, False
+                since = isoformat(ent.terminated_at)
+                raise TransitionRefused(
+                    f"the entitlement is already void or terminated from {since}"
+                )
+            if expected_version is not None and ent.row_version != expected_version:
+                raise StaleVersionError(entitlement_id, expected_version, ent.row_version)
+            _set_or_stale(s, ent, {"terminated_at": at}, now)
+            due = replace(due_of(ent, feature), row_version=ent.row_version + 1, terminated_at=at)
+            if at <= now:
+                moved = [
+                    (d, [_with_reason(step, reason) for step in chain])
+                    for d, chain in due_chains([due], now, self.late_window)
+                ]
+                if not all(move_one(s, d, chain, now) for d, chain in moved):
+                    raise StaleVersionError(entitlement_id, due.row_version, due.row_version + 1)
+            else:
+                status = Status(ent.status)
+                note = f"{VOID_SCHEDULED_REASON} {isoformat(at)}: {reason or 'voided'}"
+                moved = [(due, [Transition(status, status, now, note)])]
+            record_steps(s, moved, actor, now)
+            s.flush()
+            s.refresh(ent)
+            s.expunge(ent)
+        return ent, feature, True
+
+    def reset(
+        self,
+        entitlement_id: uuid.UUID,
+        at: datetime,
+        reason: str,
+        *,
+        expected_version: int | None,
+        actor: str,
+        now: datetime,
+    ) -> tuple[Entitlement, str, bool]:
+        """Close the PRE_PAID period containing ``at`` there and open a fresh one from
+        it to that period's end (its quantity again, nothing consumed): usage timed
+        before counts on the old period, from ``at`` on the new. Audited and notified;
+        a reset retried at the same instant changes nothing."""
+        with self.sessions.begin() as s:
+            ent, feature = _lock_one(s, entitlement_id)
+            if ent.billing_type != BillingType.PRE_PAID.value:
+                raise InvalidError("a PAY_PER_USE entitlement counts calendar months: no reset")
+            if expected_version is not None and ent.row_version != expected_version:
+                raise StaleVersionError(entitlement_id, expected_version, ent.row_version)
+        # the periods renewals opened by now exist before one of them is split
+        self.settle(entitlement_id, now, actor)
+        with self.sessions.begin() as s:
+            ent, feature = _lock_one(s, entitlement_id)
+            if ent.terminated_at is not None and at >= ent.terminated_at:
+                raise TransitionRefused("the entitlement takes no usage at that instant (void)")
+            period = s.execute(
+                select(UsagePeriod)
+                .where(UsagePeriod.entitlement_id == entitlement_id, UsagePeriod.period_start <= at)
+                .order_by(UsagePeriod.period_start.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            if period is None or (period.period_end is not None and at >= period.period_end):
+                raise TransitionRefused(
+                    f"no period of the entitlement contains {isoformat(at)}: a reset splits"
+                    " the current period"
+                )
+            if period.period_start == at:
+                s.expunge(ent)
+                return ent, feature, False
+            end = period.period_end
+            period.period_end = at
+            period.updated_at = now
+            s.add(
+                UsagePeriod(
+                    org_id=ent.org_id,
+                    entitlement_id=entitlement_id,
+                    period_start=at,
+                    period_end=end,
+                    quantity=period.quantity,
+                    consumed=Decimal(0),
+                    updated_at=now,
+                )
+            )
+            _set_or_stale(s, ent, {}, now)
+            status = Status(ent.status)
+            note = f"{RESET_REASON} {isoformat(at)}: {reason or 'reset'}"
+            due = replace(due_of(ent, feature), row_version=ent.row_version + 1)
+            record_steps(s, [(due, [Transition(status, status, now, note)])], actor, now)
+            s.flush()
+            s.refresh(ent)
+            s.expunge(ent)
+        return ent, feature, True
+
     def history(self, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
         """The audit trail of one entitlement, oldest first."""
         with self.sessions() as s:
@@ -214,6 +328,25 @@ class TransitionStore:
                     .order_by(EntitlementTransition.at)
                 )
             )
+
+
+def _set_or_stale(s: Session, ent: Entitlement, values: dict[str, Any], now: datetime) -> None:
+    """Set ``values`` and the next row_version if the row is still the one read."""
+    result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+        update(Entitlement)
+        .where(Entitlement.id == ent.id, Entitlement.row_version == ent.row_version)
+        .values(**values, row_version=ent.row_version + 1, updated_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    if result.rowcount != 1:
+        raise StaleVersionError(ent.id, ent.row_version, ent.row_version + 1)
+
+
+def _with_reason(step: Transition, reason: str) -> Transition:
+    """The void's TERMINATED step with the operator's reason."""
+    if step.to_status is Status.TERMINATED and reason:
+        return replace(step, reason=f"{VOIDED_REASON}: {reason}")
+    return step
 
 
 def _suspended_from(s: Session, ent: Entitlement) -> Status | None:

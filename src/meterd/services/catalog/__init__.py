@@ -68,6 +68,8 @@ class Catalog:
         self.create_entitlement = self.entitlements.create_entitlement
         self.update_entitlement = self.entitlements.update_entitlement
         self.change_status = self.entitlements.change_status
+        self.void_entitlement = self.entitlements.void
+        self.reset_entitlement = self.entitlements.reset
         self.open_period = self.entitlements.open_period
         self.plan = self.plans.plan
         self.plans_of = self.plans.plans_of

@@ -8,14 +8,14 @@ commit, so the next ingested event already sees it.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from meterd.core.domain import BillingType, Status
-from meterd.core.errors import StaleVersionError
+from meterd.core.errors import InvalidError, StaleVersionError
 from meterd.core.lifecycle import OperatorAction, operator_transition
 from meterd.core.meters import check_dimensions
-from meterd.core.timeutil import month_start, next_month_start
+from meterd.core.timeutil import isoformat, month_start, next_month_start
 from meterd.services import values
 from meterd.services.catalog.base import check_grant
 from meterd.services.catalog.rules import (
@@ -180,6 +180,50 @@ class Entitlements:
         self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
         return values.Entitlement.from_row(ent)
 
+    def void(
+        self,
+        entitlement_id: uuid.UUID,
+        now: datetime,
+        *,
+        at: datetime | None = None,
+        reason: str = "",
+        expected_version: int | None = None,
+        actor: str = "operator",
+    ) -> values.Entitlement:
+        """Void the grant from ``at`` (default now; ahead allowed, never before now:
+        usage already counted after it would stay counted): usage timed before
+        still counts, none after, in ingest, reserve, holds and every read at once
+        (the resolution data carries ``terminated_at``). Audited and notified; a
+        void retried with the same instant changes nothing."""
+        at = _not_past(at, now, "a void")
+        ent, feature, _ = self.transitions.void(
+            entitlement_id, at, reason, expected_version=expected_version, actor=actor, now=now
+        )
+        self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
+        return values.Entitlement.from_row(ent)
+
+    def reset(
+        self,
+        entitlement_id: uuid.UUID,
+        now: datetime,
+        *,
+        at: datetime | None = None,
+        reason: str = "",
+        expected_version: int | None = None,
+        actor: str = "operator",
+    ) -> values.Entitlement:
+        """Close the PRE_PAID period containing ``at`` (default now; never before now)
+        there and open a fresh one from it to that period's end, with the period's
+        quantity and nothing consumed: a fresh allowance mid-term. Usage timed before
+        ``at`` counts on the old period. Audited and notified; retried at the same
+        instant, nothing changes."""
+        at = _not_past(at, now, "a reset")
+        ent, feature, _ = self.transitions.reset(
+            entitlement_id, at, reason, expected_version=expected_version, actor=actor, now=now
+        )
+        self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
+        return values.Entitlement.from_row(ent)
+
     def open_period(
         self,
         entitlement_id: uuid.UUID,
@@ -203,3 +247,19 @@ class Entitlements:
             )
         )
         self.resolution.refresh([(org, customer, feature)], now)
+
+
+#: How far before now an explicit ``at`` of a void or reset is still "now" (a
+#: caller's clock, a request in flight).
+AT_SKEW = timedelta(seconds=5)
+
+
+def _not_past(at: datetime | None, now: datetime, what: str) -> datetime:
+    if at is None:
+        return now
+    if at < now - AT_SKEW:
+        raise InvalidError(
+            f"{what} acts from now on: {isoformat(at)} is past (usage counted since would"
+            " stay counted; void those events first, POST /v1/events/void)"
+        )
+    return max(at, now) if at < now else at

@@ -25,6 +25,7 @@ from meterd.storage.models.catalog import (
 )
 from meterd.storage.models.entitlements import (
     LAPSED_RENEWING_SQL,
+    VOID_DUE_SQL,
     Entitlement,
     EntitlementTransition,
     Notification,
@@ -43,6 +44,7 @@ from meterd.storage.models.webhooks import WebhookAttempt, WebhookDelivery, Webh
 __all__ = [
     "LAPSED_RENEWING_SQL",
     "LOGGED_ID_LENGTH",
+    "VOID_DUE_SQL",
     "AlertRule",
     "ApiKey",
     "Backfill",

@@ -34,6 +34,11 @@ LAPSED_RENEWING_SQL = (
 )
 
 
+#: Voided from an instant (``terminated_at``) but not recorded TERMINATED yet: a void
+#: scheduled ahead, which the lifecycle job records when its instant comes.
+VOID_DUE_SQL = "terminated_at IS NOT NULL AND status <> 'TERMINATED'"
+
+
 class Entitlement(Base):
     __tablename__ = "entitlements"
     __table_args__ = (
@@ -56,6 +61,12 @@ class Entitlement(Base):
             "status",
             postgresql_where=text(LAPSED_RENEWING_SQL),
             sqlite_where=text(LAPSED_RENEWING_SQL),
+        ),
+        Index(
+            "ix_entitlements_void_due",
+            "terminated_at",
+            postgresql_where=text(VOID_DUE_SQL),
+            sqlite_where=text(VOID_DUE_SQL),
         ),
     )
 
