@@ -44,7 +44,7 @@ MAX_URL = 2000
 Resolver = Callable[[str, int], Sequence[str]]
 
 
-class RefusedTarget(Exception):
+class RefusedTarget(InvalidError):
     """A delivery whose target address is not allowed; the message says why."""
 
 
