@@ -5,7 +5,8 @@ and the body of a webhook POST)::
 
     {"id": "ntf_...",                 # stable: retries and redeliveries repeat it
      "type": "entitlement.threshold_crossed" | "entitlement.status_changed"
-             | "entitlement.renewed" | "entitlement.period_opened",
+             | "entitlement.renewed" | "entitlement.period_opened"
+             | "entitlement.void_scheduled" | "entitlement.reset",
      "org": "acme", "customer_id": "cust-1", "feature": "api_calls",
      "entitlement_id": "<uuid>",
      "occurred_at": "2026-11-22T10:00:00.000000Z",
