@@ -9,9 +9,11 @@ SQLite), so carves of one parent run one after another in every API process:
 2. the parent's recorded status is brought up to the clock (a renewal due opens
    its period) and must be ACTIVE, PRE_PAID, with a limit in the period
    containing now;
-3. its remaining is read in real time, from the sources of the value read: the
-   period's limit (as stored, under the lock) less consumed (flushed plus
-   pending in Redis) less held; more than that is a 409;
+3. its remaining must cover the quantity: the period's limit as stored (read
+   under the lock) less what is consumed (flushed plus pending in Redis) and
+   held, read just before the lock (``_used_now``: a carve waiting for the lock
+   holds a pooled connection, and that read takes another) from the sources
+   of the value read; more is a 409;
 4. the period's limit drops by the quantity (and so does the renewal quantity of
    a renewing parent: later terms carve it too), and the child is inserted: same
    feature, dimensions, billing type, contract mode, term, end and grace,
@@ -23,7 +25,8 @@ reserve and holds see the parent's smaller limit and the child's grant at once.
 Usage racing a carve is never dropped: usage counted between the real-time read
 and the refresh is counted against the old limit and may take the parent into
 overage by that much (as usage past a limit always does); it is never lost and
-the carve itself never exceeds what remained when it was read.
+the carves never exceed the limit (read under the lock) less what was consumed
+and held when read.
 """
 
 from __future__ import annotations
