@@ -48,6 +48,8 @@ CLI_FOR: dict[Route, tuple[str, ...]] = {
     ("GET", "/v1/dead-letters/{dead_letter_id}"): ("dlq", "show"),
     ("POST", "/v1/dead-letters/{dead_letter_id}/replay"): ("dlq", "replay"),
     ("POST", "/v1/dead-letters/replay"): ("dlq", "replay"),
+    ("POST", "/v1/entitlements/{entitlement_id}/allotments"): ("entitlement", "allot"),
+    ("GET", "/v1/entitlements/{entitlement_id}/allotments"): ("entitlement", "allotments"),
     ("POST", "/v1/alert-rules"): ("alerts", "add"),
     ("GET", "/v1/alert-rules"): ("alerts", "list"),
     ("GET", "/v1/alert-rules/{rule_id}"): ("alerts", "show"),

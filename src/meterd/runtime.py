@@ -23,6 +23,7 @@ from meterd import embedded
 from meterd.config import Settings, get_settings
 from meterd.core.redis_keys import RedisKeys
 from meterd.services.alert_rules import AlertRuleService
+from meterd.services.allotments import AllotmentService
 from meterd.services.api_keys import ApiKeyService, RateLimiter
 from meterd.services.backfill import BACKFILL_HORIZON, BackfillService
 from meterd.services.balance import BalanceService
@@ -43,6 +44,7 @@ from meterd.services.replay import DeadLetterReplay
 from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
 from meterd.services.usage_report import UsageReport
+from meterd.storage.allotments import AllotmentStore
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.backfill import BackfillStore
 from meterd.storage.compat_listing import CompatListing
@@ -294,6 +296,17 @@ class Runtime:
             self.transitions,
             self.resolution,
             self.meter_versions,
+        )
+
+    @cached_property
+    def allotments(self) -> AllotmentService:
+        return AllotmentService(
+            AllotmentStore(self.database.sessions),
+            self.entitlements,
+            self.transitions,
+            self.balance,
+            self.hold_store,
+            self.resolution,
         )
 
     @cached_property

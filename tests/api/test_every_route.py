@@ -71,6 +71,8 @@ def body_for(path: str, ids: dict[str, str]) -> Any:
         return {"quantity": "1", "idempotency_key": "steal"}
     if path.endswith(("/suspend", "/resume", "/terminate", "/void", "/reset")):
         return {"reason": "stolen"}
+    if path.endswith("/allotments"):
+        return {"customer_id": "stolen", "quantity": "1"}
     if "{entitlement_id}" in path:
         return {"row_version": 1, "quantity": "999"}
     if "{plan_id}" in path:

@@ -17,6 +17,8 @@ from meterd.core.timeutil import isoformat, utcnow
 from meterd.runtime import Runtime
 from meterd.testing import event
 
+from ..helpers import grant
+
 
 def periods(client: TestClient, acme: dict[str, str], ent_id: str) -> list[tuple[str, str]]:
     response = client.get(f"/v1/entitlements/{ent_id}/periods", headers=acme)
@@ -76,11 +78,16 @@ def curl_commands() -> list[tuple[str, list[str]]]:
 
 @pytest.mark.parametrize(("where", "args"), curl_commands(), ids=lambda v: str(v)[:40])
 def test_each_documented_curl_example_with_a_body_is_accepted(
-    client: TestClient, acme: dict[str, str], where: str, args: list[str]
+    client: TestClient, runtime: Runtime, acme: dict[str, str], where: str, args: list[str]
 ) -> None:
     key = acme["x-api-key"]
     method = args[args.index("-X") + 1] if "-X" in args else "POST"
     (url,) = [a for a in args if a.startswith("localhost:")]
+    if "$ENT" in url:  # an example on an entitlement: one the org has, dated now
+        now = utcnow()
+        start, end = now - timedelta(days=1), now + timedelta(days=30)
+        ent = grant(runtime, "provider", "100000", starts_at=start, ends_at=end, now=now)
+        url = url.replace("$ENT", str(ent.id))
     headers = dict(
         tuple(part.strip() for part in args[i + 1].replace("$KEY", key).split(":", 1))
         for i, a in enumerate(args)

@@ -57,6 +57,10 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/entitlements/{entitlement_id}/terminate"): {"reason": "churned"},
     ("POST", "/v1/entitlements/{entitlement_id}/void"): {"reason": "refund"},
     ("POST", "/v1/entitlements/{entitlement_id}/reset"): {"reason": "plan change"},
+    ("POST", "/v1/entitlements/{entitlement_id}/allotments"): {
+        "customer_id": "child-1",
+        "quantity": "1",
+    },
     ("POST", "/v1/customers/{customer_id}/features/{feature}/reserve"): {
         "quantity": "1",
         "idempotency_key": "r-1",

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from meterd import __version__, celery_config
 from meterd.api import (
     alert_rules,
+    allotments,
     api_keys,
     catalog,
     corrections,
@@ -124,6 +125,7 @@ def create_app(
     app.include_router(usage_history.router)
     app.include_router(catalog.router)
     app.include_router(entitlements.router)
+    app.include_router(allotments.router)
     app.include_router(zenskar.router)
     app.include_router(tenant.router)
     app.include_router(workspace.router)

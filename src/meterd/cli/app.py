@@ -15,6 +15,7 @@ import typer
 from meterd import __version__
 from meterd.cli import (
     alerts,
+    allotments,
     corrections,
     dead_letters,
     embedded_redis,
@@ -88,6 +89,8 @@ entitlements.app.command("resume")(entitlement_changes.entitlement_resume)
 entitlements.app.command("terminate")(entitlement_changes.entitlement_terminate)
 entitlements.app.command("void")(entitlement_changes.entitlement_void)
 entitlements.app.command("reset")(entitlement_changes.entitlement_reset)
+entitlements.app.command("allot")(allotments.entitlement_allot)
+entitlements.app.command("allotments")(allotments.entitlement_allotments)
 entitlements.app.command("periods")(entitlement_history.entitlement_periods)
 entitlements.app.command("transitions")(entitlement_history.entitlement_transitions)
 app.add_typer(entitlements.app, name="entitlement")

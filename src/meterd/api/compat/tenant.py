@@ -25,7 +25,8 @@ How meterd's model maps onto the page:
   ``addOn``; each id_proofing grant's ``faceRecognitionType``. Unset ones are
   left out.
 * Sub-entitlement blocks come from the same customer's entitlements for
-  features with these keys: ``sms_voice`` (smsVoice, with ``allotment`` and
+  features with these keys: ``sms_voice`` (smsVoice, with ``allotment``: what
+  its live child grants hold once it allotted any, else the recorded cap; and
   ``renewalQuantity``), ``flash_pass`` (flashPass), ``fleet_management``
   (fleetManagement), ``pay_to_print`` (payToPrint), ``printer``, ``issuance``,
   ``id_proofing`` (idProofing, a list of one). Each is chosen by the same rule as
@@ -215,7 +216,10 @@ def tenant_entitlement(
     for key, name in BLOCKS.items():
         chosen = choose_for_usage([row for row in rows if row[1].key == key])
         if chosen is not None:
-            body[name] = _block(name, chosen[0], chosen[2])
+            allotted = None
+            if name == "smsVoice":
+                allotted = runtime.allotments.allotted([chosen[0].id]).get(chosen[0].id)
+            body[name] = _block(name, chosen[0], chosen[2], allotted)
     proofing = choose_for_usage([row for row in rows if row[1].key == ID_PROOFING])
     if proofing is not None:
         body["idProofing"] = [_proofing(proofing[0], proofing[2])]
@@ -252,7 +256,9 @@ def _add_filters(part: dict[str, Any], ent: Entitlement) -> None:
         part["filters"] = dict(ent.filters)
 
 
-def _block(name: str, ent: Entitlement, balance: Balance) -> dict[str, Any]:
+def _block(
+    name: str, ent: Entitlement, balance: Balance, allotted: Decimal | None = None
+) -> dict[str, Any]:
     attributes = _attributes(ent)
     block: dict[str, Any] = {
         "startDate": isoformat_seconds(ent.starts_at),
@@ -261,7 +267,9 @@ def _block(name: str, ent: Entitlement, balance: Balance) -> dict[str, Any]:
         "consumed": exact_number(balance.consumed),
     }
     if name == "smsVoice":
-        block["allotment"] = exact_number(ent.allotment)
+        # What its children hold, once it allotted (POST .../allotments); before
+        # that, the allotment recorded on it (the cap it may allot).
+        block["allotment"] = exact_number(allotted if allotted is not None else ent.allotment)
         block["renewalQuantity"] = exact_number(ent.renewal_quantity)
     if name in ADD_ON_BLOCKS and attributes.addOn is not None:
         block["addOn"] = attributes.addOn

@@ -1,12 +1,13 @@
 """SQLAlchemy 2.x tables. Alembic migrations in ``meterd/migrations`` create them.
 
 One module per group of tables (``catalog``, ``entitlements``, ``event_rows``,
-``backfill``, ``alerts``, ``webhooks``), over the declarative base and the exact
+``backfill``, ``alerts``, ``webhooks``, ``allotments``), over the declarative base and the exact
 column types (``base``); every name is re-exported here, so ``Base.metadata``
 holds every table once this package is imported.
 """
 
 from meterd.storage.models.alerts import AlertRule
+from meterd.storage.models.allotments import Allotment
 from meterd.storage.models.backfill import (
     Backfill,
     BackfillBatch,
@@ -46,6 +47,7 @@ __all__ = [
     "LOGGED_ID_LENGTH",
     "VOID_DUE_SQL",
     "AlertRule",
+    "Allotment",
     "ApiKey",
     "Backfill",
     "BackfillBatch",
