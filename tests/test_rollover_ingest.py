@@ -50,10 +50,10 @@ def setup(rt: Runtime) -> tuple[str, EntitlementView]:
     return customer, view
 
 
-def usage(customer: str, at: datetime, units: int) -> UsageEvent:
+def usage(customer: str, at: datetime, units: int, scale: int = 0) -> UsageEvent:
     return UsageEvent(
         org="acme", customer=customer, feature="api_calls", source="t",
-        id=uuid.uuid4().hex, time=at, quantity=Decimal(units), entitlement_id=None, scale=0,
+        id=uuid.uuid4().hex, time=at, quantity=Decimal(units), entitlement_id=None, scale=scale,
     )  # fmt: skip
 
 

@@ -1,0 +1,111 @@
+"""The resolution views of an entitlement that rolls over (read from the database:
+storage/resolution_views.py) carry its rollover and keep the periods back to one
+whose limit is final, even those that ended before the late window, so the walk
+(``lifecycle.limit_units``, ingest's ``rolled_limit``) never reads a term it was
+not given; a stored final carry (``usage_periods.rolled_over``) ends it there."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import update
+
+from meterd.runtime import Runtime
+from meterd.storage.models import Entitlement, UsagePeriod
+
+from .conftest import NOW
+from .helpers import grant
+
+LATE = timedelta(days=35)
+
+
+def d(year: int, month: int, day: int) -> datetime:
+    return datetime(year, month, day, tzinfo=UTC)
+
+
+def backdated(rt: Runtime, rollover_max: str | None) -> Entitlement:
+    """100 a month from 2026-07-10, auto-renewing, created at NOW (2026-11-22):
+    renewed four times (terms from Jul 10, Aug 10, Sep 10, Oct 10, Nov 10)."""
+    ent = grant(
+        rt, quantity="100", starts_at=d(2026, 7, 10), ends_at=d(2026, 8, 10), auto_renew=True
+    )
+    rt.lifecycle.advance_all(NOW)
+    if rollover_max is not None:
+        with rt.database.sessions.begin() as s:
+            s.execute(
+                update(Entitlement)
+                .where(Entitlement.id == ent.id)
+                .values(rollover_max=Decimal(rollover_max), rollover_min=Decimal(0))
+            )
+    return ent
+
+
+def starts(rt: Runtime) -> list[datetime]:
+    views = rt.resolution_views.views([("acme", "cust-1", "api_calls")], usable_after=NOW - LATE)
+    (view,), _ = views[("acme", "cust-1", "api_calls")]
+    return sorted(p.start for p in view.periods)
+
+
+def test_without_rollover_only_the_recent_periods_are_read(runtime: Runtime) -> None:
+    backdated(runtime, None)
+    assert starts(runtime)[0] == d(2026, 10, 10)  # Jul 10 ended before Oct 18: left out
+
+
+def test_with_rollover_the_chain_goes_back_to_a_final_limit(runtime: Runtime) -> None:
+    ent = backdated(runtime, "50")
+    views = runtime.resolution_views.views(
+        [("acme", "cust-1", "api_calls")], usable_after=NOW - LATE
+    )
+    (view,), _ = views[("acme", "cust-1", "api_calls")]
+    assert view.renewal is not None and view.renewal.rollover_max == Decimal(50)
+    assert min(p.start for p in view.periods) == d(2026, 7, 10)  # the first term: final
+    # a final carry stored on the Oct 10 term ends the chain there (Aug 10 and Sep 10
+    # were summarised by the catch-up: no rows, nothing consumed)
+    with runtime.database.sessions.begin() as s:
+        s.execute(
+            update(UsagePeriod)
+            .where(
+                UsagePeriod.entitlement_id == ent.id, UsagePeriod.period_start == d(2026, 10, 10)
+            )
+            .values(rolled_over=Decimal(7))
+        )
+    got = starts(runtime)
+    assert got[0] == d(2026, 10, 10)
+    views = runtime.resolution_views.views(
+        [("acme", "cust-1", "api_calls")], usable_after=NOW - LATE
+    )
+    (view,), _ = views[("acme", "cust-1", "api_calls")]
+    assert [p.rolled_over for p in view.periods if p.start == d(2026, 10, 10)] == [Decimal(7)]
+
+
+def test_ingest_counts_with_the_carry_read_from_the_database(runtime: Runtime) -> None:
+    """The entry the cache writes from the database. Aug 10 and Sep 10 were never
+    used, so each carried the most (50): the Oct 10 term holds 150. A late event of
+    120 into it leaves 30, so the Nov 10 term takes 100 + MIN(50, 30) = 130. A final
+    carry of 0 stored on the Oct 10 term ends the walk there: 100 - 120 left
+    nothing, and the Nov 10 term holds 100."""
+    from .test_rollover_ingest import adder
+    from .test_rollover_ingest import usage as usage_at_scale_0
+
+    def usage(customer: str, at: datetime, units: int) -> Any:
+        return usage_at_scale_0(customer, at, units, scale=6)  # the feature's scale
+
+    ent = backdated(runtime, "50")
+    wanted = [("acme", "cust-1", "api_calls")]
+    runtime.resolution.refresh(wanted, NOW)
+    add = adder(runtime)
+    assert add([usage("cust-1", d(2026, 11, 1), 120)], now=NOW) == ["a"]
+    assert add([usage("cust-1", NOW, 131)], now=NOW, strict=True) == ["x"]
+    with runtime.database.sessions.begin() as s:
+        s.execute(
+            update(UsagePeriod)
+            .where(
+                UsagePeriod.entitlement_id == ent.id, UsagePeriod.period_start == d(2026, 10, 10)
+            )
+            .values(rolled_over=Decimal(0))
+        )
+    runtime.resolution.refresh(wanted, NOW)
+    assert add([usage("cust-1", NOW, 101)], now=NOW, strict=True) == ["x"]
+    assert add([usage("cust-1", NOW, 100)], now=NOW, strict=True) == ["a"]
