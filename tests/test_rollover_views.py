@@ -109,3 +109,24 @@ def test_ingest_counts_with_the_carry_read_from_the_database(runtime: Runtime) -
     runtime.resolution.refresh(wanted, NOW)
     assert add([usage("cust-1", NOW, 101)], now=NOW, strict=True) == ["x"]
     assert add([usage("cust-1", NOW, 100)], now=NOW, strict=True) == ["a"]
+
+
+def test_the_value_read_shows_the_rolled_over_quantity(runtime: Runtime) -> None:
+    """The value read, from Redis (the cached entry and the running totals) and from
+    the database (flushed and pending), shows the Nov 10 term's quantity with its
+    carry, as ingest judges it: 130 after the late 120 into the Oct 10 term."""
+    from .test_rollover_ingest import adder
+    from .test_rollover_ingest import usage as usage_at_scale_0
+
+    backdated(runtime, "50")
+    wanted = [("acme", "cust-1", "api_calls")]
+    runtime.resolution.refresh(wanted, NOW)
+    late = usage_at_scale_0("cust-1", d(2026, 11, 1), 120, scale=6)
+    assert adder(runtime)([late], now=NOW) == ["a"]
+    live = runtime.balance.live("acme", "cust-1", "api_calls", NOW)
+    assert live is not None
+    assert [b.quantity for b in live] == [Decimal(130)]
+    from_db = runtime.balance.balances("acme", "cust-1", "api_calls", NOW)
+    assert [b.quantity for b in from_db] == [Decimal(130)]
+    value = runtime.balance.value("acme", "cust-1", "api_calls", NOW)
+    assert (value.quantity, value.remaining) == (Decimal(130), Decimal(130))

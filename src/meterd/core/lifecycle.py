@@ -201,6 +201,19 @@ def limit_units(view: EntitlementView, period: Period, consumed_of: Callable[[Pe
     return limit
 
 
+def limit_reads(view: EntitlementView, period: Period) -> list[Period]:
+    """The periods whose consumption ``limit_units`` reads for ``period`` (none when
+    nothing carries): a reader fetches their totals first, in one round trip."""
+    read: list[Period] = []
+
+    def record(p: Period) -> int:
+        read.append(p)
+        return 0
+
+    limit_units(view, period, record)  # which periods it reads never depends on the totals
+    return read
+
+
 def renewal_end(renewal: Renewal, ends_at: datetime) -> datetime:
     """Where the term renewed at ``ends_at`` ends: the next boundary on the calendar."""
     return renewal.term.end_after(renewal.anchor, ends_at)

@@ -34,7 +34,7 @@ from meterd.core.domain import (
     effective_state,
 )
 from meterd.core.errors import UnavailableError
-from meterd.core.lifecycle import extend_term, period_at, status_at
+from meterd.core.lifecycle import extend_term, limit_reads, limit_units, period_at, status_at
 from meterd.core.quantity import from_units, to_units
 from meterd.core.redis_keys import period_field
 from meterd.core.timeutil import from_epoch_micros
@@ -162,6 +162,23 @@ def current_period(view: EntitlementView, now: datetime) -> Period:
         return found
     first = min(view.periods, key=lambda p: p.start, default=None)
     return first or Period(view.starts_at, view.ends_at, view.quantity)
+
+
+def rolled(view: EntitlementView, period: Period, units: dict[str, int]) -> Period:
+    """``period`` with its effective quantity: for a renewed term of an entitlement
+    that rolls over, what the term before carried added (``lifecycle.limit_units``
+    on the totals ``units`` by field, which hold every period ``limit_reads``
+    names). Only for showing: a period so changed is never walked again."""
+    renewal = view.renewal
+    if renewal is None or not renewal.rolls_over or period.quantity is None:
+        return period
+    limit = limit_units(view, period, lambda p: units.get(period_field(view.id, p.start), 0))
+    return replace(period, quantity=from_units(limit, view.scale))
+
+
+def rollover_fields(view: EntitlementView, period: Period) -> list[str]:
+    """The fields whose totals ``rolled`` needs for ``period``."""
+    return [period_field(view.id, p.start) for p in limit_reads(view, period)]
 
 
 def balance_of(
@@ -327,11 +344,14 @@ class BalanceService:
         views = decode_resolution(raw)
         periods = [current_period(view, now) for view in views]
         fields = [period_field(v.id, p.start) for v, p in zip(views, periods, strict=True)]
+        earlier = [f for v, p in zip(views, periods, strict=True) for f in rollover_fields(v, p)]
         if self.holds is None:
             held: dict[str, int] = {}
-            totals = self.counters.live_totals(org, customer, fields)
+            totals = self.counters.live_totals(org, customer, [*fields, *earlier])
         else:
-            totals, held = self.holds.live_figures(org, customer, fields, now)
+            # one atomic read: the terms before with the current ones
+            totals, held = self.holds.live_figures(org, customer, [*fields, *earlier], now)
+        periods = [rolled(v, p, totals) for v, p in zip(views, periods, strict=True)]
         return [
             balance_of(view, now, period, totals[field], None, held.get(field, 0))
             for view, period, field in zip(views, periods, fields, strict=True)
@@ -343,12 +363,15 @@ class BalanceService:
         """The current (or, once ended, the last) period of each entitlement, read
         in one consistent snapshot."""
         current = {view.id: current_period(view, now) for view in views}
-        values = self.consumed(
-            [(view.id, current[view.id].start) for view in views], [view.scale for view in views]
-        )
+        wanted = {(view.id, current[view.id].start): view.scale for view in views}
+        for view in views:  # the terms before, when what they carried counts
+            for p in limit_reads(view, current[view.id]):
+                wanted[(view.id, p.start)] = view.scale
+        values = self.consumed(list(wanted), list(wanted.values()))
+        units = {period_field(e, start): sum(pair) for (e, start), pair in values.items()}
         result = {}
         for view in views:
-            period = current[view.id]
+            period = rolled(view, current[view.id], units)
             flushed, pending = values[(view.id, period.start)]
             result[view.id] = balance_of(view, now, period, flushed + pending, (flushed, pending))
         return result
