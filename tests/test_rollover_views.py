@@ -118,11 +118,13 @@ def test_the_value_read_shows_the_rolled_over_quantity(runtime: Runtime) -> None
     from .test_rollover_ingest import adder
     from .test_rollover_ingest import usage as usage_at_scale_0
 
-    backdated(runtime, "50")
+    ent = backdated(runtime, "50")
     wanted = [("acme", "cust-1", "api_calls")]
     runtime.resolution.refresh(wanted, NOW)
     late = usage_at_scale_0("cust-1", d(2026, 11, 1), 120, scale=6)
     assert adder(runtime)([late], now=NOW) == ["a"]
+    _, _, balance = runtime.queries.get("acme", ent.id, NOW)  # GET /v1/entitlements/{id}
+    assert balance.quantity == Decimal(130)
     live = runtime.balance.live("acme", "cust-1", "api_calls", NOW)
     assert live is not None
     assert [b.quantity for b in live] == [Decimal(130)]
@@ -130,3 +132,23 @@ def test_the_value_read_shows_the_rolled_over_quantity(runtime: Runtime) -> None
     assert [b.quantity for b in from_db] == [Decimal(130)]
     value = runtime.balance.value("acme", "cust-1", "api_calls", NOW)
     assert (value.quantity, value.remaining) == (Decimal(130), Decimal(130))
+
+
+def test_the_periods_show_what_each_renewed_term_carried(runtime: Runtime) -> None:
+    """The usage history (``GET .../periods``'s service): the first term carried
+    nothing; Oct 10 carried 50 (Sep 10 was never used); Nov 10 carried 30 after the
+    late 120 into Oct 10."""
+    from .test_rollover_ingest import adder
+    from .test_rollover_ingest import usage as usage_at_scale_0
+
+    ent = backdated(runtime, "50")
+    runtime.resolution.refresh([("acme", "cust-1", "api_calls")], NOW)
+    late = usage_at_scale_0("cust-1", d(2026, 11, 1), 120, scale=6)
+    assert adder(runtime)([late], now=NOW) == ["a"]
+    shown = {
+        u.period.start: (u.period.quantity, u.rolled_over, u.consumed)
+        for u in runtime.queries.periods("acme", ent.id, NOW)
+    }
+    assert shown[d(2026, 7, 10)] == (Decimal(100), None, Decimal(0))
+    assert shown[d(2026, 10, 10)] == (Decimal(150), Decimal(50), Decimal(120))
+    assert shown[d(2026, 11, 10)] == (Decimal(130), Decimal(30), Decimal(0))

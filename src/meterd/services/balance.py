@@ -34,7 +34,14 @@ from meterd.core.domain import (
     effective_state,
 )
 from meterd.core.errors import UnavailableError
-from meterd.core.lifecycle import extend_term, limit_reads, limit_units, period_at, status_at
+from meterd.core.lifecycle import (
+    extend_term,
+    limit_reads,
+    limit_units,
+    period_at,
+    renews_at,
+    status_at,
+)
 from meterd.core.quantity import from_units, to_units
 from meterd.core.redis_keys import period_field
 from meterd.core.timeutil import from_epoch_micros
@@ -68,6 +75,10 @@ class PeriodUsage:
     period: Period
     #: Flushed plus not yet flushed, as every other read counts it.
     consumed: Decimal
+    #: What this renewed term carried from the one before (its ``period.quantity``
+    #: includes it), as of now: a late event into the term before still changes it.
+    #: None: the entitlement does not roll over, or the period is not a renewed term.
+    rolled_over: Decimal | None = None
 
 
 #: The state of a customer with no entitlement for the feature.
@@ -174,6 +185,26 @@ def rolled(view: EntitlementView, period: Period, units: dict[str, int]) -> Peri
         return period
     limit = limit_units(view, period, lambda p: units.get(period_field(view.id, p.start), 0))
     return replace(period, quantity=from_units(limit, view.scale))
+
+
+def _with_carries(view: EntitlementView, usages: list[PeriodUsage]) -> list[PeriodUsage]:
+    """The history with each renewed term's carry (``rolled``), from the consumptions
+    it shows (a term it leaves out consumed nothing)."""
+    renewal = view.renewal
+    if renewal is None or not renewal.rolls_over:
+        return usages
+    units = {
+        period_field(view.id, u.period.start): to_units(u.consumed, view.scale) for u in usages
+    }
+    shown = []
+    for usage in usages:
+        base = usage.period.quantity
+        period = rolled(view, usage.period, units)
+        carry = None
+        if base is not None and period.quantity is not None and renews_at(view, period.start):
+            carry = period.quantity - base
+        shown.append(replace(usage, period=period, rolled_over=carry))
+    return shown
 
 
 def rollover_fields(view: EntitlementView, period: Period) -> list[str]:
@@ -317,7 +348,7 @@ class BalanceService:
             units = sum(values[(view.id, start)])
             if start in stored_starts or units or start == current.start:
                 result.append(PeriodUsage(live[start], from_units(units, view.scale)))
-        return sorted(result, key=lambda usage: usage.period.start)
+        return sorted(_with_carries(view, result), key=lambda usage: usage.period.start)
 
     def balances(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance]:
         """The current period of each of the customer's entitlements for a feature."""
