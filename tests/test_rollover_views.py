@@ -152,3 +152,48 @@ def test_the_periods_show_what_each_renewed_term_carried(runtime: Runtime) -> No
     assert shown[d(2026, 7, 10)] == (Decimal(100), None, Decimal(0))
     assert shown[d(2026, 10, 10)] == (Decimal(150), Decimal(50), Decimal(120))
     assert shown[d(2026, 11, 10)] == (Decimal(130), Decimal(30), Decimal(0))
+
+
+def test_finalised_carries_bound_the_walk_and_change_no_limit(runtime: Runtime) -> None:
+    """Once the term before a period is past the late window and flushed, its carry
+    is stored (``RolloverStore.finalise``): the same figure the walk computes, so
+    the value read and ingest see the same limits, and the resolution views start
+    at the latest stored carry instead of the first term."""
+    from meterd.storage.rollover import RolloverStore
+
+    from .test_rollover_ingest import adder
+    from .test_rollover_ingest import usage as usage_at_scale_0
+
+    ent = backdated(runtime, "50")
+    wanted = [("acme", "cust-1", "api_calls")]
+    runtime.resolution.refresh(wanted, NOW)
+    late = usage_at_scale_0("cust-1", d(2026, 11, 1), 120, scale=6)
+    assert adder(runtime)([late], now=NOW) == ["a"]
+    store = RolloverStore(runtime.database.sessions)
+    # Oct 10's term before (Sep 10) is final; Oct 10 itself is not (late events)
+    assert store.finalise(d(2026, 10, 10)) == 1
+    assert store.finalise(d(2026, 10, 10)) == 0  # done: nothing left to store
+    stored = {p.period_start: p.rolled_over for p in runtime.usage.periods_of(ent.id)}
+    assert stored == {d(2026, 7, 10): None, d(2026, 10, 10): Decimal(50), d(2026, 11, 10): None}
+    assert starts(runtime)[0] == d(2026, 10, 10)  # the chain stops at the stored carry
+    runtime.resolution.refresh(wanted, NOW)
+    assert [b.quantity for b in runtime.balance.current("acme", "cust-1", "api_calls", NOW)] == [
+        Decimal(130)
+    ]
+    assert [b.quantity for b in runtime.balance.balances("acme", "cust-1", "api_calls", NOW)] == [
+        Decimal(130)
+    ]
+    add = adder(runtime)
+    usage = [usage_at_scale_0("cust-1", NOW, n, scale=6) for n in (131, 130)]
+    assert add([usage[0]], now=NOW, strict=True) == ["x"]
+    assert add([usage[1]], now=NOW, strict=True) == ["a"]
+    # flushed, and the Oct 10 term past the window: Nov 10 stores 100 + ... - 100 = 30
+    runtime.flush.flush_all(NOW)
+    assert store.finalise(d(2026, 11, 10)) == 1
+    stored = {p.period_start: p.rolled_over for p in runtime.usage.periods_of(ent.id)}
+    assert stored[d(2026, 11, 10)] == Decimal(30)
+    runtime.resolution.refresh(wanted, NOW)
+    assert [b.quantity for b in runtime.balance.current("acme", "cust-1", "api_calls", NOW)] == [
+        Decimal(130)
+    ]
+    assert add([usage_at_scale_0("cust-1", NOW, 1, scale=6)], now=NOW, strict=True) == ["x"]
