@@ -7,7 +7,7 @@ Figures are integer units of the feature's scale, -1 unlimited (as in the resolu
 data). Held units are not consumed: callers pass the used value alone.
 
 Defines: rollover_carried, rollover_term_limit, rollover_effective_limit, renews_at,
-rolled_limit.
+shapes, walk_shape, rolled_limit.
 ]]
 
 --- @include "ingest/calendar"
@@ -57,13 +57,22 @@ end
 -- (used_of(field): the used value; held units are not consumed) back to a term whose
 -- limit is final: a stored final carry, the first term, or a period off the calendar.
 -- The twin of meterd.core.lifecycle.limit_units.
-local function rolled_limit(e, ts, month, used_of)
-  local field, limit, prepaid, keep = period_of(e, ts, month)
-  local o = e.o
-  if field == nil or o == nil or not prepaid or o[1] <= 0 then
-    return field, limit, prepaid, keep
+-- The walk's shape for a period of e: { chain = { { field, base }, ... } (renewed
+-- terms whose carry is computed, latest first), first = the field of the term whose
+-- limit is final, final = that limit }. It depends on the entry alone, not on the
+-- totals: kept per entry and field for the script call (a batch).
+local shapes = {}
+
+local function walk_shape(e, field, limit)
+  local of_entry = shapes[e]
+  if of_entry == nil then
+    of_entry = {}
+    shapes[e] = of_entry
   end
-  local chain = {} -- { field, base } of renewed terms whose carry is computed, latest first
+  local shape = of_entry[field]
+  if shape ~= nil then return shape end
+  local o = e.o
+  local chain = {}
   local f, l, s = field, limit, field_start(field)
   local final = nil
   while true do
@@ -76,8 +85,22 @@ local function rolled_limit(e, ts, month, used_of)
     chain[#chain + 1] = { f, l }
     f, l, s = bf, bl, field_start(bf)
   end
-  local eff = final
-  local earlier = f
+  shape = { chain = chain, first = f, final = final }
+  of_entry[field] = shape
+  return shape
+end
+
+local function rolled_limit(e, ts, month, used_of)
+  local field, limit, prepaid, keep = period_of(e, ts, month)
+  local o = e.o
+  if field == nil or o == nil or not prepaid or o[1] <= 0 then
+    return field, limit, prepaid, keep
+  end
+  local shape = walk_shape(e, field, limit)
+  local chain = shape.chain
+  local eff = shape.final
+  local earlier = shape.first
+  -- fold forward on the totals as they stand (this batch's deltas included)
   for i = #chain, 1, -1 do
     eff = rollover_term_limit(chain[i][2], eff, used_of(earlier), o[1], o[2])
     earlier = chain[i][1]
