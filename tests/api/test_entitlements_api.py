@@ -252,6 +252,7 @@ def test_periods_list_the_history(
             "period_end": isoformat(ent.ends_at),
             "quantity": "10",
             "consumed": "0",
+            "rolled_over": None,
         }
     ]
 

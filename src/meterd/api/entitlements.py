@@ -462,6 +462,14 @@ class PeriodOut(BaseModel):
     consumed: str = Field(
         description="real time: flushed plus not yet flushed, as the value read counts it"
     )
+    rolled_over: str | None = Field(
+        default=None,
+        description=(
+            "what this renewed term carried from the one before (included in quantity), "
+            "as of now: a late event into the term before still changes it; null: the "
+            "entitlement does not roll over, or the period is not a renewed term"
+        ),
+    )
 
 
 @router.get("/entitlements/{entitlement_id}/periods", response_model=list[PeriodOut])
@@ -474,6 +482,7 @@ def periods(entitlement_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> l
             period_end=isoformat_or_none(p.period.end),
             quantity=format_optional_quantity(p.period.quantity),
             consumed=format_quantity(p.consumed),
+            rolled_over=format_optional_quantity(p.rolled_over),
         )
         for p in runtime.queries.periods(caller.org, entitlement_id, utcnow())
     ]

@@ -28,6 +28,7 @@ def period_rows(org: str, text: str) -> list[dict[str, Any]]:
             "period_end": isoformat_or_none(p.period.end),
             "quantity": format_optional_quantity(p.period.quantity),
             "consumed": format_quantity(p.consumed),
+            "rolled_over": format_optional_quantity(p.rolled_over),
         }
         for p in rt.queries.periods(org, found, utcnow())
     ]

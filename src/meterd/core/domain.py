@@ -114,6 +114,10 @@ class Period:
     start: datetime
     end: datetime | None
     quantity: Decimal | None  # None = unlimited
+    #: Rollover (``meterd.core.rollover``): what this renewed period carried from the
+    #: one before, once final (stored); None: nothing carried, or computed from the
+    #: consumptions (``lifecycle.limit_units``).
+    rolled_over: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,15 @@ class Renewal:
     term: Term
     #: The quantity of each renewed period (None: unlimited).
     quantity: Decimal | None
+    #: Rollover: a renewed term carries MIN(rollover_max, MAX(remaining of the term
+    #: before, rollover_min)) on top of ``quantity`` (``meterd.core.rollover``).
+    rollover_max: Decimal = Decimal(0)
+    rollover_min: Decimal = Decimal(0)
+
+    @property
+    def rolls_over(self) -> bool:
+        """Whether anything can carry: MIN(rollover_max, ...) is 0 when the max is."""
+        return self.rollover_max > 0
 
 
 #: A suspension: from when, to when (None: still suspended).

@@ -36,6 +36,7 @@ number of calendar computations (``Term.index_at``), not one per term.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -43,6 +44,8 @@ from enum import StrEnum
 from meterd.core.domain import BillingType, ContractMode, EntitlementView, Period, Renewal, Status
 from meterd.core.errors import ConflictError
 from meterd.core.notifications import PERIOD_OPENED_REASON
+from meterd.core.quantity import to_units
+from meterd.core.rollover import UNLIMITED, term_limit
 from meterd.core.terms import add_months
 from meterd.core.timeutil import isoformat, month_start, next_month_start
 
@@ -136,6 +139,79 @@ def period_at(view: EntitlementView, moment: datetime) -> Period | None:
             start = latest.end
         return Period(start, renewal.term.start(renewal.anchor, k + 1), renewal.quantity)
     return latest
+
+
+_ONE_US = timedelta(microseconds=1)
+
+
+def renews_at(view: EntitlementView, start: datetime) -> bool:
+    """Whether a period starting at ``start`` is a renewed term: a boundary of the
+    calendar after the entitlement's start (the first term, a reset's fresh period
+    and a period that starts off the calendar carry nothing)."""
+    renewal = view.renewal
+    if renewal is None or start <= view.starts_at:
+        return False
+    return renewal.term.start(renewal.anchor, renewal.term.index_at(renewal.anchor, start)) == start
+
+
+def limit_units(view: EntitlementView, period: Period, consumed_of: Callable[[Period], int]) -> int:
+    """The effective limit of ``period`` (from ``period_at``) in units of the view's
+    scale, -1 unlimited: its quantity, plus for a renewed term of an entitlement
+    that rolls over what the term before carried (``meterd.core.rollover``), as a
+    function of the consumptions (``consumed_of``: a period's consumed units, the
+    counters' used value; held units are not consumed). A stored final carry
+    (``Period.rolled_over``) ends the walk back; so do the first term and periods off
+    the calendar. The caller must give periods back to a final one (the resolution
+    data does: ``storage/resolution_views.py``). ``lua/ingest/rollover.lua``'s
+    ``rolled_limit`` is the twin."""
+    renewal = view.renewal
+    chain: list[Period] = []  # renewed terms whose carry is computed, latest first
+    current: Period | None = period
+    base_limit = UNLIMITED
+    while current is not None:
+        if current.quantity is None:
+            base_limit = UNLIMITED
+            break
+        units = to_units(current.quantity, view.scale)
+        if renewal is None or not renewal.rolls_over:
+            base_limit = units
+            break
+        if current.rolled_over is not None:
+            base_limit = units + to_units(current.rolled_over, view.scale)
+            break
+        if not renews_at(view, current.start):
+            base_limit = units
+            break
+        before = period_at(view, current.start - _ONE_US)
+        if before is None:
+            base_limit = units
+            break
+        chain.append(current)
+        current = before
+    if renewal is None or not chain:
+        return base_limit
+    rmax = to_units(renewal.rollover_max, view.scale)
+    rmin = to_units(renewal.rollover_min, view.scale)
+    # fold forward from the term whose limit is final
+    limit = base_limit
+    for later, earlier in zip(reversed(chain), [current, *reversed(chain[1:])], strict=True):
+        assert earlier is not None and later.quantity is not None
+        base = to_units(later.quantity, view.scale)
+        limit = term_limit(base, limit, consumed_of(earlier), rmax, rmin)
+    return limit
+
+
+def limit_reads(view: EntitlementView, period: Period) -> list[Period]:
+    """The periods whose consumption ``limit_units`` reads for ``period`` (none when
+    nothing carries): a reader fetches their totals first, in one round trip."""
+    read: list[Period] = []
+
+    def record(p: Period) -> int:
+        read.append(p)
+        return 0
+
+    limit_units(view, period, record)  # which periods it reads never depends on the totals
+    return read
 
 
 def renewal_end(renewal: Renewal, ends_at: datetime) -> datetime:

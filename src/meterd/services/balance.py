@@ -34,7 +34,14 @@ from meterd.core.domain import (
     effective_state,
 )
 from meterd.core.errors import UnavailableError
-from meterd.core.lifecycle import extend_term, period_at, status_at
+from meterd.core.lifecycle import (
+    extend_term,
+    limit_reads,
+    limit_units,
+    period_at,
+    renews_at,
+    status_at,
+)
 from meterd.core.quantity import from_units, to_units
 from meterd.core.redis_keys import period_field
 from meterd.core.timeutil import from_epoch_micros
@@ -68,6 +75,10 @@ class PeriodUsage:
     period: Period
     #: Flushed plus not yet flushed, as every other read counts it.
     consumed: Decimal
+    #: What this renewed term carried from the one before (its ``period.quantity``
+    #: includes it), as of now: a late event into the term before still changes it.
+    #: None: the entitlement does not roll over, or the period is not a renewed term.
+    rolled_over: Decimal | None = None
 
 
 #: The state of a customer with no entitlement for the feature.
@@ -162,6 +173,43 @@ def current_period(view: EntitlementView, now: datetime) -> Period:
         return found
     first = min(view.periods, key=lambda p: p.start, default=None)
     return first or Period(view.starts_at, view.ends_at, view.quantity)
+
+
+def rolled(view: EntitlementView, period: Period, units: dict[str, int]) -> Period:
+    """``period`` with its effective quantity: for a renewed term of an entitlement
+    that rolls over, what the term before carried added (``lifecycle.limit_units``
+    on the totals ``units`` by field, which hold every period ``limit_reads``
+    names). Only for showing: a period so changed is never walked again."""
+    renewal = view.renewal
+    if renewal is None or not renewal.rolls_over or period.quantity is None:
+        return period
+    limit = limit_units(view, period, lambda p: units.get(period_field(view.id, p.start), 0))
+    return replace(period, quantity=from_units(limit, view.scale))
+
+
+def _with_carries(view: EntitlementView, usages: list[PeriodUsage]) -> list[PeriodUsage]:
+    """The history with each renewed term's carry (``rolled``), from the consumptions
+    it shows (a term it leaves out consumed nothing)."""
+    renewal = view.renewal
+    if renewal is None or not renewal.rolls_over:
+        return usages
+    units = {
+        period_field(view.id, u.period.start): to_units(u.consumed, view.scale) for u in usages
+    }
+    shown = []
+    for usage in usages:
+        base = usage.period.quantity
+        period = rolled(view, usage.period, units)
+        carry = None
+        if base is not None and period.quantity is not None and renews_at(view, period.start):
+            carry = period.quantity - base
+        shown.append(replace(usage, period=period, rolled_over=carry))
+    return shown
+
+
+def rollover_fields(view: EntitlementView, period: Period) -> list[str]:
+    """The fields whose totals ``rolled`` needs for ``period``."""
+    return [period_field(view.id, p.start) for p in limit_reads(view, period)]
 
 
 def balance_of(
@@ -300,7 +348,7 @@ class BalanceService:
             units = sum(values[(view.id, start)])
             if start in stored_starts or units or start == current.start:
                 result.append(PeriodUsage(live[start], from_units(units, view.scale)))
-        return sorted(result, key=lambda usage: usage.period.start)
+        return sorted(_with_carries(view, result), key=lambda usage: usage.period.start)
 
     def balances(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance]:
         """The current period of each of the customer's entitlements for a feature."""
@@ -327,11 +375,14 @@ class BalanceService:
         views = decode_resolution(raw)
         periods = [current_period(view, now) for view in views]
         fields = [period_field(v.id, p.start) for v, p in zip(views, periods, strict=True)]
+        earlier = [f for v, p in zip(views, periods, strict=True) for f in rollover_fields(v, p)]
         if self.holds is None:
             held: dict[str, int] = {}
-            totals = self.counters.live_totals(org, customer, fields)
+            totals = self.counters.live_totals(org, customer, [*fields, *earlier])
         else:
-            totals, held = self.holds.live_figures(org, customer, fields, now)
+            # one atomic read: the terms before with the current ones
+            totals, held = self.holds.live_figures(org, customer, [*fields, *earlier], now)
+        periods = [rolled(v, p, totals) for v, p in zip(views, periods, strict=True)]
         return [
             balance_of(view, now, period, totals[field], None, held.get(field, 0))
             for view, period, field in zip(views, periods, fields, strict=True)
@@ -343,12 +394,15 @@ class BalanceService:
         """The current (or, once ended, the last) period of each entitlement, read
         in one consistent snapshot."""
         current = {view.id: current_period(view, now) for view in views}
-        values = self.consumed(
-            [(view.id, current[view.id].start) for view in views], [view.scale for view in views]
-        )
+        wanted = {(view.id, current[view.id].start): view.scale for view in views}
+        for view in views:  # the terms before, when what they carried counts
+            for p in limit_reads(view, current[view.id]):
+                wanted[(view.id, p.start)] = view.scale
+        values = self.consumed(list(wanted), list(wanted.values()))
+        units = {period_field(e, start): sum(pair) for (e, start), pair in values.items()}
         result = {}
         for view in views:
-            period = current[view.id]
+            period = rolled(view, current[view.id], units)
             flushed, pending = values[(view.id, period.start)]
             result[view.id] = balance_of(view, now, period, flushed + pending, (flushed, pending))
         return result

@@ -139,6 +139,9 @@ class Entitlement:
     attributes: dict[str, Any]
     #: Dimensions (None: all usage of the feature).
     filters: dict[str, Any] | None
+    #: Rollover (``meterd.core.rollover``; None reads as 0).
+    rollover_max: Decimal | None = None
+    rollover_min: Decimal | None = None
 
     @classmethod
     def from_row(cls, row: Any) -> Self:

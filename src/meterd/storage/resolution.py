@@ -16,6 +16,11 @@ then soonest end, then oldest), each as::
      "r": ["m", months, anchor, limit, anchor day, anchor time of day us]
           or ["d", duration us, anchor, limit]
           (renewing only: term k starts at anchor + k terms; limit of renewed periods),
+     "o": [rollover max, rollover min, {field: carry}] (renewing with rollover only,
+          in units of "k"): a renewed term's limit is its own plus MIN(max, MAX(remaining
+          of the term before, min)), computed from the consumptions back to a term
+          whose limit is final; "field: carry" are the stored final carries
+          (meterd.core.rollover, lifecycle.limit_units, lua/ingest/rollover.lua),
      "x": [[from, to (-1 = still)], ...] suspensions,
      "z": terminated at (epoch us, -1 = not terminated),
      "a": [[rule id, kind "P" | "R" | "C", threshold], ...] the alert rules that
@@ -42,6 +47,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -85,6 +91,19 @@ def _renewal(view: EntitlementView, renewal: Renewal, near: datetime | None) -> 
 _DAY_US = 86_400_000_000
 
 
+def _rollover(view: EntitlementView, renewal: Renewal) -> list[Any]:
+    finals = {
+        period_field(view.id, p.start): to_units(p.rolled_over, view.scale)
+        for p in view.periods
+        if p.rolled_over is not None
+    }
+    return [
+        to_units(renewal.rollover_max, view.scale),
+        to_units(renewal.rollover_min, view.scale),
+        finals,
+    ]
+
+
 def encode_view(view: EntitlementView, near: datetime | None = None) -> dict[str, Any]:
     """The entry of one view; ``near``: an instant close to those ingest will judge
     with it (now), where a renewing term of days is anchored."""
@@ -112,6 +131,8 @@ def encode_view(view: EntitlementView, near: datetime | None = None) -> dict[str
         entry["f"] = dict(view.filters)
     if view.renewal is not None:
         entry["r"] = _renewal(view, view.renewal, near)
+        if view.renewal.rolls_over:
+            entry["o"] = _rollover(view, view.renewal)
     if view.suspensions:
         entry["x"] = [[epoch_micros(start), _us(end)] for start, end in view.suspensions]
     if view.alert_rules is not None:
@@ -135,12 +156,26 @@ def _quantity(units: int, scale: int) -> Any:
     return None if units < 0 else from_units(units, scale)
 
 
-def _decoded_renewal(raw: list[Any] | None, scale: int) -> Renewal | None:
+def _decoded_renewal(raw: list[Any] | None, rollover: Any, scale: int) -> Renewal | None:
     if raw is None:
         return None
     kind, value, anchor, limit = raw[:4]
     term = Term(months=value) if kind == "m" else Term(length=timedelta(microseconds=value))
-    return Renewal(from_epoch_micros(anchor), term, _quantity(limit, scale))
+    renewal = Renewal(from_epoch_micros(anchor), term, _quantity(limit, scale))
+    if rollover is None:
+        return renewal
+    return replace(
+        renewal,
+        rollover_max=from_units(rollover[0], scale),
+        rollover_min=from_units(rollover[1], scale),
+    )
+
+
+def _rolled_over(entry: dict[str, Any], field: str, scale: int) -> Any:
+    rollover = entry.get("o")
+    if rollover is None or field not in rollover[2]:
+        return None
+    return from_units(rollover[2][field], scale)
 
 
 def decode_view(entry: dict[str, Any]) -> EntitlementView:
@@ -159,10 +194,15 @@ def decode_view(entry: dict[str, Any]) -> EntitlementView:
         ends_at=_moment(entry["e"]),
         grace_until=_moment(entry["g"]),
         periods=tuple(
-            Period(from_epoch_micros(start), _moment(end), _quantity(limit, scale))
-            for start, end, limit, _ in entry["p"]
+            Period(
+                from_epoch_micros(start),
+                _moment(end),
+                _quantity(limit, scale),
+                _rolled_over(entry, field, scale),
+            )
+            for start, end, limit, field in entry["p"]
         ),
-        renewal=_decoded_renewal(entry.get("r"), scale),
+        renewal=_decoded_renewal(entry.get("r"), entry.get("o"), scale),
         suspensions=tuple(
             (from_epoch_micros(start), _moment(end)) for start, end in entry.get("x", ())
         ),

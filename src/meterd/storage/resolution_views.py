@@ -16,13 +16,14 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from meterd.core.domain import BillingType, EntitlementView, Period, Renewal, Status, Suspension
-from meterd.core.lifecycle import renews
+from meterd.core.lifecycle import renews, renews_at
 from meterd.core.quantity import to_units
 from meterd.core.redis_keys import period_field
 from meterd.core.terms import Term
@@ -51,13 +52,14 @@ class ResolutionViewStore:
         with self.sessions() as s:
             rows = _candidates(s, wanted, usable_after)
             ids = [ent.id for ent, _ in rows]
-            periods = _periods_of(s, ids, usable_after)
+            whole = [ent.id for ent, _ in rows if _rolls_over(ent)]
+            periods = _periods_of(s, ids, usable_after, whole)
             suspensions = suspensions_of(s, ids)
             # read with the entitlements: a rule change rewrites the entries after
             # it commits (services/alert_rules.py), as an entitlement change does
             rules = live_rules_of(s, {ent.org_id for ent, _ in rows})
         for ent, feature_key in rows:
-            own = _recent(periods.get(ent.id, []), usable_after)
+            own = _recent(periods.get(ent.id, []), usable_after, ent)
             views, flushed = result[(ent.org_id, ent.customer_id, feature_key)]
             view = entitlement_view(ent, own, suspensions.get(ent.id, ()))
             alert_rules = applicable(
@@ -113,12 +115,32 @@ def _candidates(
     return rows
 
 
-def _recent(periods: list[Any], usable_after: datetime) -> list[Any]:
-    """The periods usage at or after ``usable_after`` can land in, and the last one."""
+def _recent(periods: list[Any], usable_after: datetime, ent: Any = None) -> list[Any]:
+    """The periods usage at or after ``usable_after`` can land in, and the last one;
+    for an entitlement that rolls over (``ent``), also those before them back to one
+    whose limit is final, so the limits the walk computes from the consumptions
+    (``lifecycle.limit_units``, ingest's ``rolled_limit``) have every term they read."""
     if not periods:
         return periods
     last = max(periods, key=lambda p: p.period_start)
-    return [p for p in periods if p is last or p.period_end is None or p.period_end > usable_after]
+    kept = [p for p in periods if p is last or p.period_end is None or p.period_end > usable_after]
+    if ent is None or not _rolls_over(ent):
+        return kept
+    view = entitlement_view(ent, (), scale=0)
+    earliest = min(p.period_start for p in kept)
+    final = [
+        p.period_start
+        for p in periods
+        if p.period_start <= earliest
+        and (p.rolled_over is not None or p.quantity is None or not renews_at(view, p.period_start))
+    ]
+    since = max(final, default=min(p.period_start for p in periods))
+    return [p for p in periods if p.period_start >= since]
+
+
+def _rolls_over(ent: Any) -> bool:
+    renewal = renewal_of(ent)
+    return renewal is not None and renewal.rolls_over
 
 
 def suspensions_of(s: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tuple[Suspension, ...]]:
@@ -154,12 +176,16 @@ def suspensions_of(s: Session, ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, tupl
 
 
 def _periods_of(
-    s: Session, ids: Sequence[uuid.UUID], usable_after: datetime
+    s: Session,
+    ids: Sequence[uuid.UUID],
+    usable_after: datetime,
+    whole: Sequence[uuid.UUID] = (),
 ) -> dict[uuid.UUID, list[Any]]:
     """The periods ``_recent`` keeps, read as such: those ending after
     ``usable_after`` and each entitlement's last (an index lookup on
     ``(entitlement_id, period_start)``), not its whole history (a renewing hourly
-    grant stores 8,760 periods a year)."""
+    grant stores 8,760 periods a year). ``whole``: entitlements that roll over, read
+    with all their periods (``_recent`` keeps those back to a final limit)."""
     periods: dict[uuid.UUID, list[Any]] = {}
     if ids:
         later = aliased(UsagePeriod)
@@ -174,6 +200,7 @@ def _periods_of(
                 UsagePeriod.period_end.is_(None),
                 UsagePeriod.period_end > usable_after,
                 UsagePeriod.period_start == last_start,
+                UsagePeriod.entitlement_id.in_(whole),
             ),
         )
         for period in s.execute(stmt):
@@ -203,6 +230,8 @@ VIEW_COLUMNS = (
     Entitlement.term_anchor,
     Entitlement.terminated_at,
     Entitlement.filters,
+    Entitlement.rollover_max,
+    Entitlement.rollover_min,
 )
 _PERIOD_COLUMNS = (
     UsagePeriod.entitlement_id,
@@ -210,6 +239,7 @@ _PERIOD_COLUMNS = (
     UsagePeriod.period_end,
     UsagePeriod.quantity,
     UsagePeriod.consumed,
+    UsagePeriod.rolled_over,
 )
 
 
@@ -227,7 +257,10 @@ def renewal_of(ent: Any) -> Renewal | None:
     else:
         return None
     quantity = ent.renewal_quantity if ent.renewal_quantity is not None else ent.quantity
-    return Renewal(ent.term_anchor, term, quantity)
+    # rows read without the rollover columns (the lifecycle job's) renew without it
+    rollover_max = getattr(ent, "rollover_max", None) or Decimal(0)
+    rollover_min = getattr(ent, "rollover_min", None) or Decimal(0)
+    return Renewal(ent.term_anchor, term, quantity, rollover_max, rollover_min)
 
 
 def entitlement_view(
@@ -251,7 +284,10 @@ def entitlement_view(
         starts_at=ent.starts_at,
         ends_at=ent.ends_at,
         grace_until=ent.grace_until,
-        periods=tuple(Period(p.period_start, p.period_end, p.quantity) for p in periods),
+        periods=tuple(
+            Period(p.period_start, p.period_end, p.quantity, getattr(p, "rolled_over", None))
+            for p in periods
+        ),
         renewal=renewal_of(ent),
         suspensions=suspensions,
         terminated_at=ent.terminated_at,

@@ -10,6 +10,7 @@ Defines: resolve.
 --- @include "ingest/calendar"
 --- @include "ingest/status"
 --- @include "ingest/periods"
+--- @include "ingest/rollover"
 --- @include "ingest/used"
 --- @include "ingest/burn_down"
 --- @include "ingest/dimensions"
@@ -41,7 +42,14 @@ local function resolve(resolution_key, used_key, ev)
       if suspended_at(e, ts) then
         suspended = true
       else
-        local field, limit, prepaid, keep = period_of(e, ts, ev.month)
+        local field, limit, prepaid, keep
+        if e.o == nil then
+          field, limit, prepaid, keep = period_of(e, ts, ev.month)
+        else -- the limit with what a renewed term carried over
+          field, limit, prepaid, keep = rolled_limit(e, ts, ev.month, function(f)
+            return used_value(used_key, f)
+          end)
+        end
         if field ~= nil then
           cands[#cands + 1] = { field, limit, prepaid }
           if keeps then keeps[#cands] = keep end

@@ -1,7 +1,7 @@
 """allotments: a parent entitlement's grant carved into child entitlements
 
 Revision ID: 0019
-Revises: 0017
+Revises: 0018
 Create Date: 2026-12-07 08:30:00
 
 Issue 23, item 5. ``POST /v1/entitlements/{id}/allotments`` records each carve
@@ -17,7 +17,7 @@ from alembic import op
 import meterd.storage.models
 
 revision = "0019"
-down_revision = "0017"
+down_revision = "0018"
 branch_labels = None
 depends_on = None
 

@@ -144,6 +144,9 @@ class Plan(Base):
     grace_days: Mapped[int] = mapped_column(Integer, default=0)
     auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
     renewal_quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    #: Rollover of the plan's entitlements (meterd.core.rollover); None reads as 0.
+    rollover_max: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    rollover_min: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
     row_version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -88,6 +88,10 @@ class Entitlement(Base):
     issued_at: Mapped[datetime] = mapped_column(UtcDateTime())
     auto_renew: Mapped[bool] = mapped_column(Boolean, default=False)
     renewal_quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    #: Rollover (meterd.core.rollover): at most / at least this much of a term's
+    #: remaining carries into the renewed term; None reads as 0.
+    rollover_max: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
+    rollover_min: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     parent_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("entitlements.id"), nullable=True
     )
@@ -155,6 +159,9 @@ class UsagePeriod(Base):
     period_end: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     quantity: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     consumed: Mapped[Decimal] = mapped_column(ExactDecimal(), default=Decimal(0))
+    #: What this renewed term carried from the term before, once final (that term
+    #: closed past the late window); None: nothing carried, or not final yet.
+    rolled_over: Mapped[Decimal | None] = mapped_column(ExactDecimal(), nullable=True)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
