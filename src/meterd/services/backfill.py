@@ -330,14 +330,15 @@ class BackfillService:
     ) -> None:
         """Another copy of this batch applied it (two deliveries at once): the events
         this copy counted through the live path (the script accepts each event once,
-        whichever copy asks first) are added to the audit, which the other copy's
-        counts lack."""
+        whichever copy asks first) are accepted ones of the audit, which the other
+        copy's counts hold as duplicates (the script answered it so)."""
         events = {
             items[k][0] for k, (outcome, _) in counted_live.items() if outcome is Outcome.ACCEPTED
         }
         if events:
+            n = len(events)
             self.store.add_counts(
-                backfill_id, BackfillCounts(accepted=len(events), live=len(events)), now
+                backfill_id, BackfillCounts(accepted=n, duplicates=-n, live=n), now
             )
 
     def _closed_before(self, now: datetime) -> datetime:
