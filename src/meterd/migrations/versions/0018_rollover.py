@@ -43,9 +43,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("usage_periods") as batch_op:
-        batch_op.drop_column("rolled_over")
-    for table in ("plans", "entitlements"):
-        with op.batch_alter_table(table) as batch_op:
-            batch_op.drop_column("rollover_min")
-            batch_op.drop_column("rollover_max")
+    # Plain DROP COLUMN (SQLite 3.35+ has it): a batch would copy the table and drop
+    # the old one, which SQLite refuses while other tables' foreign keys point at it.
+    for table, column in (
+        ("usage_periods", "rolled_over"),
+        ("plans", "rollover_min"),
+        ("plans", "rollover_max"),
+        ("entitlements", "rollover_min"),
+        ("entitlements", "rollover_max"),
+    ):
+        op.drop_column(table, column)
