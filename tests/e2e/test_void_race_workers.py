@@ -59,6 +59,12 @@ def test_a_void_racing_two_workers_keeps_what_was_timed_before_it(
             120,
             lambda: f"every event judged: {rt.stats.events()}",
         )
+        # the worker writes a batch's dead letters after the script counted it
+        wait_until(
+            lambda: rt.dead_letters.count(reason=Outcome.NO_ENTITLEMENT.value) >= len(after),
+            60,
+            "the events after the void dead-lettered",
+        )
     finally:
         for w in workers:
             w.stop()
