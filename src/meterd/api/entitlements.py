@@ -7,6 +7,7 @@ another org is answered exactly like an id that does not exist (404).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
@@ -393,20 +394,42 @@ def terminate(
     return _change(OperatorAction.TERMINATE, entitlement_id, body, runtime, caller)
 
 
-class VoidIn(RequestBody):
+class _AtStep(RequestBody):
+    """The body of a void or reset: an instant, why, and the row it expects."""
+
     reason: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
+    row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
+
+
+class VoidIn(_AtStep):
     at: datetime | None = Field(
         default=None, description="void from this instant (default now; ahead allowed, not past)"
     )
-    row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
 
 
-class ResetIn(RequestBody):
-    reason: str = Field(default="", max_length=500, pattern=NO_NUL_PATTERN)
+class ResetIn(_AtStep):
     at: datetime | None = Field(
         default=None, description="split the period containing it there (default now; not past)"
     )
-    row_version: int | None = Field(default=None, description="refuse (409) if the row moved on")
+
+
+def _at_step(
+    step: Callable[..., Entitlement],
+    entitlement_id: uuid.UUID,
+    given: VoidIn | ResetIn,
+    runtime: Runtime,
+    caller: Principal,
+) -> EntitlementOut:
+    runtime.queries.owned(caller.org, entitlement_id)
+    step(
+        entitlement_id,
+        utcnow(),
+        at=moment(given.at, "at"),
+        reason=given.reason,
+        expected_version=given.row_version,
+        actor=f"api-key:{caller.key_id}",
+    )
+    return get_entitlement(entitlement_id, runtime, caller)
 
 
 @router.post("/entitlements/{entitlement_id}/void", response_model=EntitlementOut)
@@ -419,17 +442,8 @@ def void(
     """From ``at`` (default now) the grant takes no more usage; usage timed before
     still counts. Ahead, it stays as it is until then. Retried with the same ``at``,
     nothing changes; 409 if it is void or terminated from another instant."""
-    runtime.queries.owned(caller.org, entitlement_id)
-    given = body or VoidIn()
-    runtime.catalog.void_entitlement(
-        entitlement_id,
-        utcnow(),
-        at=moment(given.at, "at"),
-        reason=given.reason,
-        expected_version=given.row_version,
-        actor=f"api-key:{caller.key_id}",
-    )
-    return get_entitlement(entitlement_id, runtime, caller)
+    step = runtime.catalog.void_entitlement
+    return _at_step(step, entitlement_id, body or VoidIn(), runtime, caller)
 
 
 @router.post("/entitlements/{entitlement_id}/reset", response_model=EntitlementOut)
@@ -442,17 +456,8 @@ def reset(
     """Close the PRE_PAID period containing ``at`` (default now) there and open a
     fresh one from it to that period's end (its quantity, nothing consumed). Retried
     with the same ``at``, nothing changes."""
-    runtime.queries.owned(caller.org, entitlement_id)
-    given = body or ResetIn()
-    runtime.catalog.reset_entitlement(
-        entitlement_id,
-        utcnow(),
-        at=moment(given.at, "at"),
-        reason=given.reason,
-        expected_version=given.row_version,
-        actor=f"api-key:{caller.key_id}",
-    )
-    return get_entitlement(entitlement_id, runtime, caller)
+    step = runtime.catalog.reset_entitlement
+    return _at_step(step, entitlement_id, body or ResetIn(), runtime, caller)
 
 
 class PeriodOut(BaseModel):

@@ -199,8 +199,7 @@ class Entitlements:
         ent, feature, _ = self.transitions.void(
             entitlement_id, at, reason, expected_version=expected_version, actor=actor, now=now
         )
-        self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
-        return values.Entitlement.from_row(ent)
+        return self._refreshed(ent, feature, now)
 
     def reset(
         self,
@@ -221,6 +220,10 @@ class Entitlements:
         ent, feature, _ = self.transitions.reset(
             entitlement_id, at, reason, expected_version=expected_version, actor=actor, now=now
         )
+        return self._refreshed(ent, feature, now)
+
+    def _refreshed(self, ent: Entitlement, feature: str, now: datetime) -> values.Entitlement:
+        """The entitlement a step changed, after ingest's resolution data was rewritten."""
         self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
         return values.Entitlement.from_row(ent)
 
@@ -262,4 +265,4 @@ def _not_past(at: datetime | None, now: datetime, what: str) -> datetime:
             f"{what} acts from now on: {isoformat(at)} is past (usage counted since would"
             " stay counted; void those events first, POST /v1/events/void)"
         )
-    return max(at, now) if at < now else at
+    return max(at, now)
