@@ -98,6 +98,20 @@ def entitlement_terminate(
     _change_status(org, entitlement, "terminate", reason, version)
 
 
+def _at_step(
+    step: str, org: str, entitlement: str, reason: str, at: str | None, version: int | None
+) -> Any:
+    """Run the catalog's void or reset of one entitlement of the org, from --at."""
+    from meterd.core.timeutil import utcnow
+
+    rt = context.get_runtime()
+    ent_id = entitlement_id(rt, org, entitlement)
+    rt.queries.owned(org, ent_id)
+    return getattr(rt.catalog, step)(
+        ent_id, utcnow(), at=when(at, None), reason=reason, expected_version=version, actor="cli"
+    )
+
+
 def entitlement_void(
     org: Org,
     entitlement: _Id,
@@ -109,14 +123,7 @@ def entitlement_void(
 ) -> None:
     """Void: from --at (default now) no more usage counts on it; usage timed before
     still does."""
-    from meterd.core.timeutil import utcnow
-
-    rt = context.get_runtime()
-    ent_id = entitlement_id(rt, org, entitlement)
-    rt.queries.owned(org, ent_id)
-    ent = rt.catalog.void_entitlement(
-        ent_id, utcnow(), at=when(at, None), reason=reason, expected_version=version, actor="cli"
-    )
+    ent = _at_step("void_entitlement", org, entitlement, reason, at, version)
     since = iso(ent.terminated_at)
     say(f"entitlement {ent.id} is void from {since} (row_version {ent.row_version})")
 
@@ -132,12 +139,5 @@ def entitlement_reset(
 ) -> None:
     """Reset: close the current period at --at (default now) and open a fresh one from
     it to the period's end, with the period's quantity and nothing consumed."""
-    from meterd.core.timeutil import utcnow
-
-    rt = context.get_runtime()
-    ent_id = entitlement_id(rt, org, entitlement)
-    rt.queries.owned(org, ent_id)
-    ent = rt.catalog.reset_entitlement(
-        ent_id, utcnow(), at=when(at, None), reason=reason, expected_version=version, actor="cli"
-    )
+    ent = _at_step("reset_entitlement", org, entitlement, reason, at, version)
     say(f"entitlement {ent.id} reset (row_version {ent.row_version})")
