@@ -35,6 +35,8 @@ GIVEN: dict[str, Any] = {
     "billing_type": "PRE_PAID",
     "contract_mode": "PRODUCTION",
     "grace_days": 0,
+    "rollover_max": "5",
+    "rollover_min": "1",
 }
 
 

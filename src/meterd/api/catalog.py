@@ -176,6 +176,12 @@ class PlanIn(RequestBody):
     auto_renew: bool = False
     renewal_quantity: QuantityText | None = None
     families: list[Key] = Field(default_factory=list, max_length=50)
+    rollover_max: QuantityText | None = Field(
+        default=None,
+        description="a renewed term carries MIN(rollover_max, MAX(remaining of the term"
+        " before, rollover_min)); needs auto_renew and a SUM or COUNT feature",
+    )
+    rollover_min: QuantityText | None = Field(default=None, description="default 0")
 
 
 class PlanFamilyOut(BaseModel):
@@ -200,6 +206,8 @@ class PlanOut(BaseModel):
     grace_days: int
     auto_renew: bool
     renewal_quantity: str | None
+    rollover_max: str | None
+    rollover_min: str | None
     families: list[PlanFamilyOut]
     is_active: bool
     row_version: int
@@ -223,6 +231,8 @@ def plan_out(plan: Plan) -> PlanOut:
         grace_days=plan.grace_days,
         auto_renew=plan.auto_renew,
         renewal_quantity=format_optional_quantity(plan.renewal_quantity),
+        rollover_max=format_optional_quantity(plan.rollover_max),
+        rollover_min=format_optional_quantity(plan.rollover_min),
         families=[
             PlanFamilyOut(id=f.id, key=f.key, display_name=f.display_name) for f in plan.families
         ],
@@ -254,6 +264,8 @@ def create_plan(body: PlanIn, runtime: RuntimeDep, caller: Manager) -> PlanOut:
             if body.renewal_quantity is not None
             else None,
             families=tuple(body.families),
+            rollover_max=_optional_decimal(body.rollover_max),
+            rollover_min=_optional_decimal(body.rollover_min),
         ),
         utcnow(),
     )
@@ -288,3 +300,7 @@ def list_plans(runtime: RuntimeDep, caller: Viewer) -> list[PlanOut]:
 @router.get("/plans/{plan_id}", response_model=PlanOut)
 def get_plan(plan_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> PlanOut:
     return plan_out(runtime.catalog.plan(caller.org, plan_id))
+
+
+def _optional_decimal(value: str | None) -> Decimal | None:
+    return None if value is None else Decimal(value)

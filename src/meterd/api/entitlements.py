@@ -80,6 +80,11 @@ class EntitlementOut(BaseModel):
     renewal_quantity: str | None
     parent_id: uuid.UUID | None
     allotment: str | None
+    rollover_max: str | None = Field(
+        description="a renewed term carries MIN(rollover_max, MAX(remaining of the term"
+        " before, rollover_min)); null: nothing carries"
+    )
+    rollover_min: str | None
     filters: dict[str, StrictStr | StrictInt | StrictBool] | None = Field(
         description="dimensions: only usage whose data has these values counts on it"
         " (null: all usage of the feature)"
@@ -122,6 +127,8 @@ def entitlement_out(ent: Entitlement, feature: str, balance: Balance) -> Entitle
         renewal_quantity=format_optional_quantity(ent.renewal_quantity),
         parent_id=ent.parent_id,
         allotment=format_optional_quantity(ent.allotment),
+        rollover_max=format_optional_quantity(ent.rollover_max),
+        rollover_min=format_optional_quantity(ent.rollover_min),
         filters=ent.filters or None,
         row_version=ent.row_version,
         created_at=isoformat(ent.created_at),
@@ -223,6 +230,15 @@ class EntitlementIn(RequestBody):
         description="dimensions: only usage whose data has these values counts on it"
         " (e.g. a limit per model); fixed at creation",
     )
+    rollover_max: QuantityText | None = Field(
+        default=None,
+        description="a renewed term carries MIN(rollover_max, MAX(remaining of the term"
+        " before, rollover_min)) on top of its renewal quantity; needs auto_renew and a"
+        " SUM or COUNT feature; fixed at creation",
+    )
+    rollover_min: QuantityText | None = Field(
+        default=None, description="default 0: carried even when less remained (or overage)"
+    )
 
 
 @router.post("/entitlements", status_code=201, response_model=EntitlementOut)
@@ -271,6 +287,8 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             allotment=_decimal(body.allotment),
             attributes=body.attributes.stored() if body.attributes is not None else {},
             filters=body.filters,
+            rollover_max=_decimal(body.rollover_max),
+            rollover_min=_decimal(body.rollover_min),
         ),
         now,
     )
@@ -298,6 +316,12 @@ class EntitlementPatch(RequestBody):
     filters: Dimensions | None = Field(
         default=None, description="fixed at creation: other dimensions are refused (400)"
     )
+    rollover_max: QuantityText | None = Field(
+        default=None, description="fixed at creation: another value is refused (400)"
+    )
+    rollover_min: QuantityText | None = Field(
+        default=None, description="fixed at creation: another value is refused (400)"
+    )
 
 
 @router.patch("/entitlements/{entitlement_id}", response_model=EntitlementOut)
@@ -321,6 +345,8 @@ def change_entitlement(
         if "attributes" in given
         else UNSET,
         filters=body.filters if "filters" in given else UNSET,
+        rollover_max=_decimal(body.rollover_max) if "rollover_max" in given else UNSET,
+        rollover_min=_decimal(body.rollover_min) if "rollover_min" in given else UNSET,
     )
     runtime.catalog.update_entitlement(caller.org, entitlement_id, change, utcnow())
     return get_entitlement(entitlement_id, runtime, caller)

@@ -48,6 +48,14 @@ def entitlement_create(
         typer.Option(help="a plan's id or unique prefix: it gives feature, quantity, terms"),
     ] = None,
     filter: _Filter = None,
+    rollover_max: Annotated[
+        str | None,
+        typer.Option(
+            help="a renewed term carries MIN(this, MAX(what the term before left,"
+            " --rollover-min)); needs --auto-renew; fixed at creation"
+        ),
+    ] = None,
+    rollover_min: Annotated[str | None, typer.Option(help="default 0")] = None,
 ) -> None:
     """Grant a customer a feature: with a quantity and terms, or from ``--plan``."""
     from datetime import timedelta
@@ -66,6 +74,7 @@ def entitlement_create(
             "--term-value": term_value, "--term-unit": term_unit, "--auto-renew": auto_renew,
             "--renewal-quantity": renewal_quantity, "--billing-type": billing_type,
             "--contract-mode": contract_mode, "--grace-days": grace_days,
+            "--rollover-max": rollover_max, "--rollover-min": rollover_min,
         }  # fmt: skip
         plan_id = resolve_uuid(plan, lambda: [p.id for p in rt.catalog.plans_of(org)], "plan")
         ent = rt.catalog.entitlement_from_plan(
@@ -99,6 +108,12 @@ def entitlement_create(
             else parse_decimal_text(renewal_quantity),
             contract_id=contract_id,
             filters=dimensions(filter, "--filter"),
+            rollover_max=None
+            if rollover_max is None
+            else parse_decimal_text(rollover_max, "rollover_max"),
+            rollover_min=None
+            if rollover_min is None
+            else parse_decimal_text(rollover_min, "rollover_min"),
         ),
         now,
     )

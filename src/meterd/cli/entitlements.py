@@ -53,6 +53,8 @@ def entitlement_row(ent: Entitlement, feature: str, balance: Balance) -> dict[st
         "renewal_quantity": quantity(ent.renewal_quantity),
         "parent_id": None if ent.parent_id is None else str(ent.parent_id),
         "allotment": quantity(ent.allotment),
+        "rollover_max": quantity(ent.rollover_max),
+        "rollover_min": quantity(ent.rollover_min),
         "filters": ent.filters or None,
         "row_version": ent.row_version,
         "created_at": iso(ent.created_at),

@@ -38,6 +38,8 @@ def plan_row(plan: Plan) -> dict[str, Any]:
         "grace_days": plan.grace_days,
         "auto_renew": plan.auto_renew,
         "renewal_quantity": quantity(plan.renewal_quantity),
+        "rollover_max": quantity(plan.rollover_max),
+        "rollover_min": quantity(plan.rollover_min),
         "families": [
             {"id": str(f.id), "key": f.key, "display_name": f.display_name} for f in plan.families
         ],
@@ -88,6 +90,14 @@ def plan_create(
     auto_renew: bool = False,
     renewal_quantity: str | None = None,
     family: Annotated[list[str] | None, typer.Option(help="a plan family key (repeatable)")] = None,
+    rollover_max: Annotated[
+        str | None,
+        typer.Option(
+            help="a renewed term carries MIN(this, MAX(what the term before left,"
+            " --rollover-min)); needs --auto-renew"
+        ),
+    ] = None,
+    rollover_min: Annotated[str | None, typer.Option(help="default 0")] = None,
 ) -> None:
     """Create a plan: the feature, quantity, term, grace and renewal its entitlements get."""
     from meterd.core.quantity import parse_decimal_text
@@ -112,6 +122,12 @@ def plan_create(
             if renewal_quantity is None
             else parse_decimal_text(renewal_quantity, "renewal_quantity"),
             families=tuple(family or ()),
+            rollover_max=None
+            if rollover_max is None
+            else parse_decimal_text(rollover_max, "rollover_max"),
+            rollover_min=None
+            if rollover_min is None
+            else parse_decimal_text(rollover_min, "rollover_min"),
         ),
         utcnow(),
     )

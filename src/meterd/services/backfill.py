@@ -274,8 +274,11 @@ class BackfillService:
             open_: list[int] = []
             for k, (_, item) in fresh.items():
                 cands, suspended = candidates(views[(item.org, item.customer, item.feature)], item)
+                closing = [c for c in cands if not _open_at(c, cutoff)]
                 if not cands:
                     verdicts[k] = _no_candidate(item, suspended)
+                elif any(_rolls_over(c) for c in closing):
+                    verdicts[k] = (Outcome.INVALID, _carry_final(item))
                 elif item.aggregation in RECORDED and any(map(self._owned, cands)):
                     # periods no live event ever reached: counted from the records kept
                     # of them, whatever the flush's lag (they hold nothing in Redis)
@@ -283,7 +286,7 @@ class BackfillService:
                         closed[k] = cands
                     else:
                         verdicts[k] = (Outcome.INVALID, _owned_in_part(item))
-                elif any(c.period.end is None or c.period.end > cutoff for c in cands):
+                elif len(closing) < len(cands):
                     open_.append(k)
                 elif item.aggregation not in COUNTED_IN_SQL:
                     verdicts[k] = (Outcome.INVALID, _not_countable(item))
@@ -661,6 +664,26 @@ def _counts(
         duplicates=combined[Outcome.DUPLICATE],
         dead_lettered=dead,
         live=len(live),
+    )
+
+
+def _open_at(cand: Candidate, cutoff: datetime) -> bool:
+    """Whether live ingest still counts ``cand``'s period (it ends after ``cutoff``)."""
+    return cand.period.end is None or cand.period.end > cutoff
+
+
+def _rolls_over(cand: Candidate) -> bool:
+    renewal = cand.view.renewal
+    return renewal is not None and renewal.rolls_over
+
+
+def _carry_final(item: UsageEvent) -> str:
+    """Why an item into a closed period of a grant that rolls over is refused."""
+    return (
+        f"customer {item.customer!r}'s grant of {item.feature!r} rolls over: what its term"
+        f" of {item.time.isoformat()} left became final when the term closed (the late"
+        " window) and is carried into the terms after it, so usage counted into it now"
+        " would change limits that other usage was judged against"
     )
 
 

@@ -90,6 +90,9 @@ class Plan:
     grace_days: int
     auto_renew: bool
     renewal_quantity: Decimal | None
+    #: Rollover of its entitlements (None reads as 0).
+    rollover_max: Decimal | None
+    rollover_min: Decimal | None
     is_active: bool
     row_version: int
     created_at: datetime

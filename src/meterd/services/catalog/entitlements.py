@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from meterd.core.domain import BillingType, Status
+from meterd.core.domain import Aggregation, BillingType, Status
 from meterd.core.errors import InvalidError, StaleVersionError
 from meterd.core.lifecycle import OperatorAction, operator_transition
 from meterd.core.meters import check_dimensions
@@ -23,6 +23,7 @@ from meterd.services.catalog.rules import (
     NewEntitlement,
     changed_values,
     check_new,
+    check_rollover,
     term_columns,
     term_of,
 )
@@ -58,6 +59,14 @@ class Entitlements:
             quantity=spec.quantity,
             renewal_quantity=spec.renewal_quantity,
             allotment=spec.allotment,
+            rollover_max=spec.rollover_max,
+            rollover_min=spec.rollover_min,
+        )
+        check_rollover(
+            spec.rollover_max,
+            spec.rollover_min,
+            renews=term is not None,
+            aggregation=Aggregation(feature.aggregation),
         )
         filters = check_dimensions(spec.filters, "filters") if spec.filters is not None else None
         grace_until = ends_at + spec.grace if ends_at and spec.grace else None
@@ -84,6 +93,8 @@ class Entitlements:
             allotment=spec.allotment,
             attributes=dict(spec.attributes),
             filters=filters or None,
+            rollover_max=spec.rollover_max,
+            rollover_min=spec.rollover_min,
             created_at=now,
             updated_at=now,
             **term_columns(term, spec.starts_at),

@@ -10,12 +10,17 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from meterd.core.domain import FEATURE_KEY_PATTERN, BillingType, ContractMode
+from meterd.core.domain import FEATURE_KEY_PATTERN, Aggregation, BillingType, ContractMode
 from meterd.core.plans import TermUnit, condition_family, term_end, term_kind
 from meterd.services import values
 from meterd.services.catalog.base import CatalogError, check_grant
 from meterd.services.catalog.entitlements import Entitlements
-from meterd.services.catalog.rules import NewEntitlement, check_from_plan, check_term
+from meterd.services.catalog.rules import (
+    NewEntitlement,
+    check_from_plan,
+    check_rollover,
+    check_term,
+)
 from meterd.storage.features import FeatureStore
 from meterd.storage.models import Plan
 from meterd.storage.plans import PlanStore
@@ -37,6 +42,9 @@ class NewPlan:
     auto_renew: bool = False
     renewal_quantity: Decimal | None = None
     families: tuple[str, ...] = ()
+    #: Rollover of the entitlements made from it (``rules.check_rollover``).
+    rollover_max: Decimal | None = None
+    rollover_min: Decimal | None = None
 
 
 class Plans:
@@ -50,7 +58,19 @@ class Plans:
     def create_plan(self, spec: NewPlan, now: datetime) -> values.Plan:
         _check(spec)
         feature = self.features.by_key(spec.org, spec.feature)
-        check_grant(feature, quantity=spec.quantity, renewal_quantity=spec.renewal_quantity)
+        check_grant(
+            feature,
+            quantity=spec.quantity,
+            renewal_quantity=spec.renewal_quantity,
+            rollover_max=spec.rollover_max,
+            rollover_min=spec.rollover_min,
+        )
+        check_rollover(
+            spec.rollover_max,
+            spec.rollover_min,
+            renews=spec.auto_renew,
+            aggregation=Aggregation(feature.aggregation),
+        )
         for key in spec.families:
             if not FEATURE_KEY_PATTERN.match(key):
                 raise CatalogError("plan family keys must be 1-64 characters of A-Z a-z 0-9 _ . -")
@@ -72,6 +92,8 @@ class Plans:
             grace_days=spec.grace_days,
             auto_renew=spec.auto_renew,
             renewal_quantity=spec.renewal_quantity,
+            rollover_max=spec.rollover_max,
+            rollover_min=spec.rollover_min,
             is_active=True,
             row_version=1,
             created_at=now,
@@ -130,6 +152,8 @@ class Plans:
                 grace=timedelta(days=plan.grace_days) if plan.grace_days else None,
                 auto_renew=plan.auto_renew,
                 renewal_quantity=plan.renewal_quantity,
+                rollover_max=plan.rollover_max,
+                rollover_min=plan.rollover_min,
                 contract_id=contract_id,
                 plan_id=plan.id,
                 filters=filters,

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from meterd.core.domain import BillingType, ContractMode
+from meterd.core.domain import Aggregation, BillingType, ContractMode
 from meterd.core.lifecycle import MIN_RENEWING_TERM, extend_term
 from meterd.core.meters import check_dimensions
 from meterd.core.terms import Term, TermUnit
@@ -38,6 +38,8 @@ FROM_PLAN = (
     "billing_type",
     "contract_mode",
     "grace_days",
+    "rollover_max",
+    "rollover_min",
 )
 
 
@@ -60,7 +62,7 @@ def check_from_plan(given: Iterable[str]) -> None:
     if names:
         raise CatalogError(
             f"{', '.join(names)}: not taken with a plan, which gives the feature, quantity,"
-            " end, term, renewal, billing type, contract mode and grace"
+            " end, term, renewal, billing type, contract mode, grace and rollover"
         )
 
 
@@ -78,6 +80,9 @@ class EntitlementChange:
     attributes: dict[str, Any] = UNSET
     #: Dimensions are fixed at creation: given, they must be the ones stored.
     filters: Mapping[str, Any] | None = UNSET
+    #: Rollover is fixed at creation too (``check_rollover_unchanged``).
+    rollover_max: Decimal | None = UNSET
+    rollover_min: Decimal | None = UNSET
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +111,10 @@ class NewEntitlement:
     #: Dimensions (``meterd.core.meters.check_dimensions``): only usage whose ``data`` has
     #: these values counts on it. None or {}: all usage of the feature.
     filters: Mapping[str, Any] | None = None
+    #: Rollover (``meterd.core.rollover``): a renewed term carries MIN(rollover_max,
+    #: MAX(remaining of the term before, rollover_min)). None: nothing carries.
+    rollover_max: Decimal | None = None
+    rollover_min: Decimal | None = None
 
 
 def check_new(spec: NewEntitlement) -> None:
@@ -124,6 +133,59 @@ def check_new(spec: NewEntitlement) -> None:
             "a PAY_PER_USE entitlement counts per calendar month and cannot auto-renew; "
             "leave ends_at open or extend it"
         )
+
+
+def check_rollover(
+    rollover_max: Decimal | None,
+    rollover_min: Decimal | None,
+    *,
+    renews: bool,
+    aggregation: Aggregation | None = None,
+) -> None:
+    """Rollover settings that mean something: ``0 <= rollover_min <= rollover_max``,
+    on a grant that renews (a term to carry into; PRE_PAID then, as only those
+    renew), of a feature whose consumption is a running total (``aggregation``
+    when known: SUM or COUNT). A level (MAX, LATEST) has no remaining that could
+    carry, and a UNIQUE_COUNT term counts its own set of values afresh."""
+    if rollover_max is None and rollover_min is None:
+        return
+    if rollover_max is None:
+        raise CatalogError(
+            "rollover_min needs rollover_max: a term carries MIN(rollover_max,"
+            " MAX(remaining, rollover_min)), which is 0 without a maximum"
+        )
+    if rollover_max < 0 or (rollover_min is not None and rollover_min < 0):
+        raise CatalogError("rollover_max and rollover_min must not be negative")
+    if rollover_min is not None and rollover_min > rollover_max:
+        raise CatalogError("rollover_min must not be more than rollover_max")
+    if not renews:
+        raise CatalogError(
+            "rollover needs a renewing grant (auto_renew with a term): only a renewed"
+            " term takes what the term before left"
+        )
+    if aggregation is not None and aggregation not in (Aggregation.SUM, Aggregation.COUNT):
+        raise CatalogError(
+            f"rollover carries what a term left of a running total (SUM or COUNT);"
+            f" this feature aggregates by {aggregation.value}, whose consumption is"
+            + (
+                " a set of values counted afresh each term"
+                if aggregation is Aggregation.UNIQUE_COUNT
+                else " a level, not a total"
+            )
+        )
+
+
+def check_rollover_unchanged(ent: Entitlement, change: EntitlementChange) -> None:
+    """Rollover is fixed at creation: a renewed term's carry follows every term
+    before it, so changing the settings later would re-price terms that closed
+    under the old ones. Given in a change, they must be the ones stored."""
+    for name in ("rollover_max", "rollover_min"):
+        given = getattr(change, name)
+        if given is not UNSET and given != getattr(ent, name):
+            raise CatalogError(
+                f"{name} is fixed at creation (carries follow every term before them):"
+                " create another entitlement to change how it rolls over"
+            )
 
 
 def term_columns(term: Term | None, anchor: datetime | None) -> dict[str, Any]:
@@ -187,6 +249,7 @@ def changed_values(
         values["allotment"] = change.allotment
     if change.attributes is not UNSET:
         values["attributes"] = dict(change.attributes)
+    check_rollover_unchanged(ent, change)
     if change.filters is not UNSET and _dimensions(change.filters) != _dimensions(ent.filters):
         raise CatalogError(
             "filters (dimensions) of an entitlement are fixed at creation: terminate it"
