@@ -10,8 +10,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import update
+
 from meterd.core.notifications import Crossing
 from meterd.runtime import Runtime
+from meterd.storage.models import Entitlement
 from meterd.testing import event
 
 from .conftest import NOW
@@ -71,6 +74,19 @@ def test_the_alert_shows_the_carry_a_late_event_left(runtime: Runtime) -> None:
         "30",
         "104",
     )
+
+
+def test_a_grant_with_a_rollover_max_of_zero_keeps_the_payload_of_before(
+    runtime: Runtime,
+) -> None:
+    ent = backdated(runtime)
+    with runtime.database.sessions.begin() as s:
+        s.execute(update(Entitlement).where(Entitlement.id == ent.id).values(rollover_max=0))
+    runtime.resolution.refresh([("acme", "cust-1", "api_calls")], NOW)
+    usage(runtime, "80", NOW)
+    runtime.flush.flush_all(NOW)
+    (data,) = threshold_data(runtime, ent.id)
+    assert (data["quantity"], data["consumed"], "rolled_over" in data) == ("100", "80", False)
 
 
 def test_a_crossing_recorded_without_a_limit_reads_as_before() -> None:

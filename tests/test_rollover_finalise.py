@@ -164,6 +164,15 @@ def test_an_entitlement_without_rollover_stores_and_audits_nothing(runtime: Runt
     assert carry_audit(runtime, ent) == []
 
 
+def test_a_rollover_max_of_zero_stores_zeros_and_audits_nothing(runtime: Runtime) -> None:
+    ent = backdated(runtime)
+    with runtime.database.sessions.begin() as s:
+        s.execute(update(Entitlement).where(Entitlement.id == ent.id).values(rollover_max=0))
+    assert runtime.lifecycle.advance_all(NOW).carries_finalised == 0
+    assert stored(runtime, ent)[d(2026, 10, 10)] == Decimal(0)
+    assert carry_audit(runtime, ent) == []
+
+
 def test_the_audit_row_moves_past_a_step_recorded_at_the_same_instant(runtime: Runtime) -> None:
     """uq_transitions_step: a status step of the same instant is never overwritten nor
     refused; the carry's row is a microsecond later."""

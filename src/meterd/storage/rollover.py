@@ -112,6 +112,8 @@ def _finalise_one(
         return consumed.get(period.start, 0)  # a term never stored consumed nothing
 
     stored: list[tuple[str, str, str]] = []  # the carries this call stored, for the audit
+    # a rollover_max of 0 carries nothing: its zeros are stored (the walk stops) unaudited
+    audited = view.renewal is not None and view.renewal.rolls_over
     for i, row in enumerate(rows):
         if row.rolled_over is not None or row.period_start > before:
             continue
@@ -124,7 +126,7 @@ def _finalise_one(
             assert period.quantity is not None
             carry = limit_units(view, period, consumed_of) - to_units(period.quantity, scale)
         value = from_units(carry, scale)
-        if _store(s, row.id, value) and renewed:
+        if _store(s, row.id, value) and renewed and audited:
             stored.append((format_quantity(value), *_term_before(view, period)))
         # the walks of the periods after it stop here now
         periods = list(view.periods)

@@ -318,7 +318,8 @@ def _judged_limit(
     entitlement that rolls over, the limit the script recorded with the crossing (the
     period's quantity plus the carry it counted with) and the carry; for the others
     (and crossings recorded without a limit) the period's quantity, as before."""
-    if rollover_max is None or crossing.limit_units is None or quantity is None:
+    rolls_over = rollover_max is not None and rollover_max > 0
+    if not rolls_over or crossing.limit_units is None or quantity is None:
         return quantity, None
     limit = from_units(crossing.limit_units, scale)
     return limit, limit - quantity
