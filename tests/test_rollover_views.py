@@ -171,8 +171,10 @@ def test_finalised_carries_bound_the_walk_and_change_no_limit(runtime: Runtime) 
     assert adder(runtime)([late], now=NOW) == ["a"]
     store = RolloverStore(runtime.database.sessions)
     # Oct 10's term before (Sep 10) is final; Oct 10 itself is not (late events)
-    assert store.finalise(d(2026, 10, 10)) == 1
-    assert store.finalise(d(2026, 10, 10)) == 0  # done: nothing left to store
+    assert store.finalise(d(2026, 10, 10), now=NOW, job_run_id="t").entitlements == 1
+    assert (
+        store.finalise(d(2026, 10, 10), now=NOW, job_run_id="t").entitlements == 0
+    )  # done: nothing left to store
     stored = {p.period_start: p.rolled_over for p in runtime.usage.periods_of(ent.id)}
     assert stored == {d(2026, 7, 10): None, d(2026, 10, 10): Decimal(50), d(2026, 11, 10): None}
     assert starts(runtime)[0] == d(2026, 10, 10)  # the chain stops at the stored carry
@@ -189,7 +191,7 @@ def test_finalised_carries_bound_the_walk_and_change_no_limit(runtime: Runtime) 
     assert add([usage[1]], now=NOW, strict=True) == ["a"]
     # flushed, and the Oct 10 term past the window: Nov 10 stores 100 + ... - 100 = 30
     runtime.flush.flush_all(NOW)
-    assert store.finalise(d(2026, 11, 10)) == 1
+    assert store.finalise(d(2026, 11, 10), now=NOW, job_run_id="t").entitlements == 1
     stored = {p.period_start: p.rolled_over for p in runtime.usage.periods_of(ent.id)}
     assert stored[d(2026, 11, 10)] == Decimal(30)
     runtime.resolution.refresh(wanted, NOW)

@@ -43,6 +43,7 @@ from meterd.services.queries import EntitlementQueries
 from meterd.services.replay import DeadLetterReplay
 from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
+from meterd.services.rollover import RolloverFinaliser
 from meterd.services.usage_report import UsageReport
 from meterd.storage.allotments import AllotmentStore
 from meterd.storage.api_keys import ApiKeyStore
@@ -64,6 +65,7 @@ from meterd.storage.organisations import OrganisationStore
 from meterd.storage.plans import PlanStore
 from meterd.storage.rate_limits import RateLimitStore
 from meterd.storage.resolution_views import ResolutionViewStore
+from meterd.storage.rollover import RolloverStore
 from meterd.storage.stats import StatsStore
 from meterd.storage.transitions import TransitionStore
 from meterd.storage.usage import UsageStore
@@ -284,7 +286,10 @@ class Runtime:
 
     @cached_property
     def lifecycle(self) -> LifecycleService:
-        return LifecycleService(self.transitions)
+        return LifecycleService(
+            self.transitions,
+            RolloverFinaliser(RolloverStore(self.database.sessions), self.balance.unflushed_since),
+        )
 
     @cached_property
     def catalog(self) -> Catalog:

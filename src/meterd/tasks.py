@@ -245,23 +245,26 @@ def flush(self: Task) -> dict[str, int]:
 @app.task(name=LIFECYCLE_ADVANCE_TASK, bind=True)
 @skipped_while_a_store_is_away
 def lifecycle_advance(self: Task) -> dict[str, int]:
-    """Apply every status transition that fell due (activation, grace, expiry)."""
+    """Apply every status transition that fell due (activation, grace, expiry) and
+    store the rollover carries that became final."""
     runtime = get_runtime()
     report = runtime.lifecycle.advance_all(utcnow())
     _quietly(runtime.stats.record_transitions, report.by_target)
-    if report.transitions:
+    if report.transitions or report.carries_finalised:
         log.info(
             "lifecycle.advance",
             task_id=self.request.id,
             job_run_id=report.job_run_id,
             transitions=report.transitions,
             lost_races=report.lost_races,
+            carries_finalised=report.carries_finalised,
             **report.by_target,
         )
     published = dispatch_notifications() if report.transitions else 0
     return {
         "transitions": report.transitions,
         "lost_races": report.lost_races,
+        "carries_finalised": report.carries_finalised,
         "notifications": published,
     }
 

@@ -16,8 +16,11 @@ and the body of a webhook POST)::
 ``kind`` ``PERCENT`` | ``REMAINING`` | ``CONSUMED``, ``threshold`` an exact decimal;
 an org without rules has the defaults ``default_80`` and ``default_100``, whose
 crossings also carry ``threshold_percent``, 80 or 100, as before rules existed),
-``period_start``, ``quantity`` (the period's limit; null on a period without one,
-where only a ``CONSUMED`` rule fires), ``consumed`` (the highest
+``period_start``, ``quantity`` (the period's limit the rule was judged against:
+for a renewed term of an entitlement that rolls over, its renewal quantity plus
+what the term before carried as ingest counted it then, and then also
+``rolled_over``, that carry; null on a period without a limit, where only a
+``CONSUMED`` rule fires), ``consumed`` (the highest
 consumption the ingest batch that crossed it reached, so it may be past the
 threshold; a LATEST level may have fallen again by the batch's end; the
 consumption written when the flush left out events counted twice), quantities as
@@ -173,18 +176,24 @@ class Crossing:
     at: datetime
     #: Integer units of the feature's scale.
     consumed_units: int
+    #: The PRE_PAID limit the script judged the rule against (units; a rolled-over
+    #: term's includes its carry); None on a period without one, or when recorded
+    #: by a script from before it said.
+    limit_units: int | None = None
 
     @classmethod
     def parse(cls, field: str, value: str) -> Crossing:
-        """From ``n:<ent hex>:<period start us>:<rule id>`` -> ``<at us>:<consumed units>``."""
+        """From ``n:<ent hex>:<period start us>:<rule id>`` ->
+        ``<at us>:<consumed units>[:<limit units>]``."""
         _, ent, start, rule_id = field.split(":")
-        at, consumed = value.split(":")
+        at, consumed, *limit = value.split(":")
         return cls(
             uuid.UUID(hex=ent),
             from_epoch_micros(int(start)),
             rule_id,
             from_epoch_micros(int(at)),
             int(consumed),
+            int(limit[0]) if limit else None,
         )
 
     @property
@@ -256,8 +265,16 @@ def envelope(
 
 
 def threshold_data(
-    crossing: Crossing, rule: AlertRule, quantity: Decimal | None, scale: int
+    crossing: Crossing,
+    rule: AlertRule,
+    quantity: Decimal | None,
+    scale: int,
+    *,
+    rolled_over: Decimal | None = None,
 ) -> dict[str, Any]:
+    """``quantity``: the limit the crossing was judged against; ``rolled_over``: what
+    of it the term before carried (given for entitlements that roll over only, so
+    the payloads of the others keep their fields)."""
     data: dict[str, Any] = {"rule": rule.payload()}
     if crossing.default_rule is not None:
         data["threshold_percent"] = int(crossing.rule_id)
@@ -268,6 +285,8 @@ def threshold_data(
             "consumed": format_quantity(from_units(crossing.consumed_units, scale)),
         }
     )
+    if rolled_over is not None:
+        data["rolled_over"] = format_quantity(rolled_over)
     return data
 
 

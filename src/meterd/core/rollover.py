@@ -75,3 +75,15 @@ def effective_limit(
     return chain_limits(final_limit, zip(consumed, bases, strict=True), rollover_max, rollover_min)[
         -1
     ]
+
+
+#: The audit reason of the carries that became final (``storage/rollover.py``).
+ROLLOVER_REASON = "rollover"
+
+
+def carries_reason(carries: Sequence[tuple[str, str, str]]) -> str:
+    """The audit reason of the carries one entitlement's renewed terms made final:
+    each ``(carried quantity, start, end of the term it carried from)``, oldest first;
+    ``rollover: carried 50 from the term 2026-10-10..2026-11-10 (final)``."""
+    parts = [f"carried {qty} from the term {start}..{end}" for qty, start, end in carries]
+    return f"{ROLLOVER_REASON}: {'; '.join(parts)} (final)"

@@ -65,8 +65,9 @@ counted on); the flush writes it to the log with the counts.
 
 Threshold crossings: when a PRE_PAID period's consumption goes from below 80%
 (or 100%) of its limit to at or above it, the field "n:<ent>:<period>:<pct>" of
-the pending hash is set (HSETNX) to "<now>:<consumed>", consumed being the highest
-the batch carried the counter. A batch is judged from its counter before it to
+the pending hash is set (HSETNX) to "<now>:<consumed>[:<limit>]", consumed being the
+highest the batch carried the counter, limit the PRE_PAID limit it was judged
+against (a rolled-over term's with its carry). A batch is judged from its counter before it to
 that highest point, so a LATEST level that rose past a threshold and fell back
 within one batch notifies as it would have in two. The flush moves the field to
 the database with the counts, where it becomes a notification (once: its id is

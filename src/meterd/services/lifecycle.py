@@ -13,6 +13,10 @@ Bounded: a batch is at most ``batch_size`` entitlements and
 entitlement's chain at most about 50 listed terms: older ones are one summary
 step), and a run at most ``MAX_BATCHES_PER_RUN`` batches.
 
+It also makes rollover carries final (``services/rollover.py``), once the terms
+they carry from can take no more usage, after the renewals it recorded; the
+report counts them (``carries_finalised``).
+
 Safe to run twice at once (two beats, two workers): every entitlement moves by
 compare-and-set, so a transition is applied and recorded once. A run that
 follows a long outage catches up: every transition that fell due is applied
@@ -27,6 +31,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from meterd.services.rollover import RolloverFinaliser
 from meterd.storage.transitions import Chain, TransitionStore
 
 #: A dry run looks at this many due entitlements at most (nothing is applied, so
@@ -53,6 +58,8 @@ class LifecycleReport:
     dry_run: bool = False
     #: The run stopped at its last allowed batch: more may be due (the next run does it).
     more_due: bool = False
+    #: Rollover carries this run stored as final, each audited (``services/rollover.py``).
+    carries_finalised: int = 0
 
     def add(self, other: LifecycleReport) -> None:
         self.transitions += other.transitions
@@ -65,8 +72,11 @@ class LifecycleReport:
 
 
 class LifecycleService:
-    def __init__(self, transitions: TransitionStore) -> None:
+    def __init__(
+        self, transitions: TransitionStore, rollover: RolloverFinaliser | None = None
+    ) -> None:
         self.transitions = transitions
+        self.rollover = rollover
 
     def advance(
         self,
@@ -99,15 +109,23 @@ class LifecycleService:
         max_batches: int = MAX_BATCHES_PER_RUN,
     ) -> LifecycleReport:
         """Advance batch after batch until nothing is due, at most ``max_batches``
-        batches (one job run id for all; ``more_due`` says the next run has work).
-        A dry run looks at one batch of up to ``DRY_RUN_LIMIT``."""
+        batches (one job run id for all; ``more_due`` says the next run has work),
+        then make the carries that became final so, as many batches at most.
+        A dry run looks at one batch of up to ``DRY_RUN_LIMIT`` and finalises nothing."""
         if dry_run:
             return self.advance(now, batch_size=DRY_RUN_LIMIT, dry_run=True)
         total = LifecycleReport(job_run_id=uuid.uuid4().hex)
+        total.more_due = True
         for _ in range(max_batches):
             report = self.advance(now, batch_size=batch_size, job_run_id=total.job_run_id)
             total.add(report)
             if report.seen == 0 or report.entitlements + report.lost_races == 0:
-                return total
-        total.more_due = True
+                total.more_due = False
+                break
+        if self.rollover is not None:
+            carries, more = self.rollover.finalise_all(
+                now, total.job_run_id, batch_size=batch_size, max_batches=max_batches
+            )
+            total.carries_finalised = carries
+            total.more_due = total.more_due or more
         return total

@@ -268,6 +268,7 @@ def _crossing_payloads(
             UsagePeriod.consumed,
             Entitlement.org_id,
             Entitlement.customer_id,
+            Entitlement.rollover_max,
             Feature.key,
         )
         .join(Entitlement, Entitlement.id == UsagePeriod.entitlement_id)
@@ -285,7 +286,8 @@ def _crossing_payloads(
         if row is None or rule is None:
             continue  # not a period of the entitlement, or a rule of no row (cannot happen)
         scale = scales.get(crossing.entitlement_id, 6)
-        limit = to_units(row.quantity, scale) if row.quantity is not None else None
+        quantity, rolled_over = _judged_limit(crossing, row.quantity, row.rollover_max, scale)
+        limit = to_units(quantity, scale) if quantity is not None else None
         if rule.point(limit, scale) is None:
             continue  # a rule that needs a limit, on a period without one (ingest checks)
         if (crossing.entitlement_id, crossing.period_start) in recheck:
@@ -303,10 +305,24 @@ def _crossing_payloads(
                 feature=row.key,
                 entitlement_id=crossing.entitlement_id,
                 occurred_at=crossing.at,
-                data=threshold_data(crossing, rule, row.quantity, scale),
+                data=threshold_data(crossing, rule, quantity, scale, rolled_over=rolled_over),
             )
         )
     return payloads
+
+
+def _judged_limit(
+    crossing: Crossing, quantity: Decimal | None, rollover_max: Decimal | None, scale: int
+) -> tuple[Decimal | None, Decimal | None]:
+    """(the limit ``crossing`` was judged against, what of it rolled over): for an
+    entitlement that rolls over, the limit the script recorded with the crossing (the
+    period's quantity plus the carry it counted with) and the carry; for the others
+    (and crossings recorded without a limit) the period's quantity, as before."""
+    rolls_over = rollover_max is not None and rollover_max > 0
+    if not rolls_over or crossing.limit_units is None or quantity is None:
+        return quantity, None
+    limit = from_units(crossing.limit_units, scale)
+    return limit, limit - quantity
 
 
 def _new_period(ent: Entitlement, start: datetime) -> tuple[datetime | None, Any]:

@@ -1,8 +1,10 @@
 --[[ ingest/thresholds.lua: alert rules judged in the counting step. A rule's point
 is a consumption in units of the period; the batch that carries the consumption
 from below the point to at least it records the crossing in the pending hash
-(field n:<ent>:<period>:<rule id>, HSETNX: once per period and rule) for the flush
-to notify.
+(field n:<ent>:<period>:<rule id>, HSETNX: once per period and rule; value
+"<now us>:<peak units>", then ":<limit units>" when the period has a PRE_PAID
+limit: the one the rule was judged against, with a rolled-over term's carry) for
+the flush to notify.
 
 A resolution entry carries its rules as "a", a list of { rule id, kind, threshold }
 (storage/resolution.py); without "a" (an org without rules) the defaults apply:
@@ -76,10 +78,12 @@ local function note_crossings(field, before, peak)
     if limit == nil then return end
     rules = DEFAULT_RULES
   end
+  local value = ARGV[1] .. ":" .. int_str(peak)
+  if limit ~= nil then value = value .. ":" .. int_str(limit) end
   for _, rule in ipairs(rules) do
     local point = rule_point(rule, limit)
     if point ~= nil and point > 0 and before < point and peak >= point then
-      redis.call("HSETNX", pending_key, "n:" .. field .. ":" .. rule[1], ARGV[1] .. ":" .. int_str(peak))
+      redis.call("HSETNX", pending_key, "n:" .. field .. ":" .. rule[1], value)
     end
   end
 end
