@@ -34,6 +34,13 @@ LAPSED_RENEWING_SQL = (
 )
 
 
+#: Rolls over (``meterd.core.rollover``): the lifecycle job stores its final carries.
+ROLLS_OVER_SQL = "rollover_max IS NOT NULL"
+#: A period whose carry is not stored yet (of an entitlement that rolls over, the
+#: job's work; of one that does not, never read by it).
+CARRY_OPEN_SQL = "rolled_over IS NULL"
+
+
 #: Voided from an instant (``terminated_at``) but not recorded TERMINATED yet: a void
 #: scheduled ahead, which the lifecycle job records when its instant comes.
 VOID_DUE_SQL = "terminated_at IS NOT NULL AND status <> 'TERMINATED'"
@@ -67,6 +74,13 @@ class Entitlement(Base):
             "terminated_at",
             postgresql_where=text(VOID_DUE_SQL),
             sqlite_where=text(VOID_DUE_SQL),
+        ),
+        # The entitlements that roll over: where the job's finalise query starts.
+        Index(
+            "ix_entitlements_rollover",
+            "id",
+            postgresql_where=text(ROLLS_OVER_SQL),
+            sqlite_where=text(ROLLS_OVER_SQL),
         ),
     )
 
@@ -150,6 +164,15 @@ class UsagePeriod(Base):
     __tablename__ = "usage_periods"
     __table_args__ = (
         UniqueConstraint("entitlement_id", "period_start", name="uq_usage_periods_start"),
+        # The finalise query probes it once per entitlement that rolls over: only the
+        # periods whose carry is still open, not every period it ever had.
+        Index(
+            "ix_usage_periods_carry_open",
+            "entitlement_id",
+            "period_start",
+            postgresql_where=text(CARRY_OPEN_SQL),
+            sqlite_where=text(CARRY_OPEN_SQL),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
