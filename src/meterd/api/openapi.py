@@ -50,12 +50,11 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     },
     "required": ["type", "title", "status", "detail"],
 }
+_PROBLEM_CONTENT: dict[str, Any] = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 BAD_REQUEST: dict[str, Any] = {
     "description": "a bad parameter, body, filter, sort key or cursor (the detail names it)",
-    "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    "content": _PROBLEM_CONTENT,
 }
-
-_PROBLEM_CONTENT: dict[str, Any] = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 #: What the auth dependency answers before the route runs (``meterd.api.auth``).
 KEY_ANSWERS: dict[str, dict[str, Any]] = {
     "401": {
