@@ -78,7 +78,6 @@ NO_CLI: dict[Route, str] = {
     ("GET", "/metrics"): "scraped by Prometheus; `meterd status` is the operator's view",
     ("GET", "/openapi.json"): _DOCS,
     ("GET", "/docs"): _DOCS,
-    ("GET", "/docs/oauth2-redirect"): _DOCS,
     ("GET", "/redoc"): _DOCS,
     ("POST", "/v1/customers/{customer_id}/features/{feature}/reserve"): "the application's"
     " gate on its request path (atomic check-and-consume under an idempotency key);"

@@ -1,4 +1,5 @@
-"""The FastAPI application: ``meterd api`` serves it (uvicorn); OpenAPI at ``/docs``.
+"""The FastAPI application: ``meterd api`` serves it (uvicorn); OpenAPI at ``/docs``
+(``docs_pages``: served whole, offline too).
 
 ``create_app`` takes the runtime factory and the event publisher, so tests run
 it in-process over fakeredis or the real services, and the process that serves
@@ -22,6 +23,7 @@ from meterd.api import (
     catalog,
     corrections,
     dead_letters,
+    docs_pages,
     entitlements,
     errors,
     health,
@@ -109,6 +111,8 @@ def create_app(
         description="Real-time entitlement balances, atomic reserve, event intake, "
         "and the seed-compatible read endpoints.",
         lifespan=_lifespan,
+        docs_url=None,  # docs_pages serves /docs and /redoc from packaged assets
+        redoc_url=None,
     )
     app.state.check_redis = check_redis
     app.state.runtime_factory = runtime_factory
@@ -119,6 +123,7 @@ def create_app(
     if max_body_bytes is None:
         max_body_bytes = get_settings().max_body_bytes
     app.add_middleware(InputLimits, max_body_bytes=max_body_bytes)
+    docs_pages.install(app)
     app.include_router(health.router)
     app.include_router(usage.router)
     app.include_router(holds.router)

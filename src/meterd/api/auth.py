@@ -8,6 +8,11 @@ read and write nothing else, whatever ids a request carries.
 Every authenticated request then takes a token from its key's bucket (before the
 permission check: a key hammering a route it may not call is load all the same);
 an empty bucket is 429 with ``Retry-After``. An expired key is 401 saying so.
+
+The two headers are read through FastAPI's security classes (``API_KEY``,
+``BEARER``, neither raising by itself), so the OpenAPI document declares them as
+security schemes and lists them on every operation that needs a key: Swagger UI
+shows "Authorize" and sends the key. ``_token`` alone decides what is missing.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Header, Query, Request
+from fastapi import Depends, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from meterd.api.errors import HttpError
 from meterd.core.errors import UnavailableError
@@ -36,14 +42,33 @@ def runtime_of(request: Request) -> Runtime:
 
 RuntimeDep = Annotated[Runtime, Depends(runtime_of)]
 
+#: The security schemes of the OpenAPI document (their names are its keys).
+API_KEY = APIKeyHeader(
+    name="x-api-key",
+    scheme_name="ApiKey",
+    description="An API key (`meterd keys create`), in the x-api-key header.",
+    auto_error=False,
+)
+BEARER = HTTPBearer(
+    scheme_name="Bearer",
+    description="The same API key, as `Authorization: Bearer <key>`.",
+    auto_error=False,
+)
+#: The header ``x-api-key``, or None when absent or empty.
+ApiKeyDep = Annotated[str | None, Security(API_KEY)]
+#: ``Authorization: Bearer <credentials>``, or None when absent, empty or another scheme.
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 
-def _token(x_api_key: str | None, authorization: str | None, access_token: str | None) -> str:
+
+def _token(
+    x_api_key: str | None,
+    bearer: HTTPAuthorizationCredentials | None,
+    access_token: str | None,
+) -> str:
     if x_api_key:
         return x_api_key.strip()
-    if authorization:
-        scheme, _, value = authorization.partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
+    if bearer and bearer.credentials.strip():
+        return bearer.credentials.strip()
     if access_token:
         return access_token.strip()
     raise HttpError(
@@ -93,10 +118,10 @@ def require(permission: Permission) -> Callable[..., Principal]:
 
     def dependency(
         runtime: RuntimeDep,
-        x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
-        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: ApiKeyDep,
+        bearer: BearerDep,
     ) -> Principal:
-        return _principal(runtime, _token(x_api_key, authorization, None), permission)
+        return _principal(runtime, _token(x_api_key, bearer, None), permission)
 
     return dependency
 
@@ -106,11 +131,11 @@ def require_allowing_query_token(permission: Permission) -> Callable[..., Princi
 
     def dependency(
         runtime: RuntimeDep,
-        x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
-        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: ApiKeyDep,
+        bearer: BearerDep,
         access_token: Annotated[str | None, Query()] = None,
     ) -> Principal:
-        return _principal(runtime, _token(x_api_key, authorization, access_token), permission)
+        return _principal(runtime, _token(x_api_key, bearer, access_token), permission)
 
     return dependency
 
@@ -125,14 +150,14 @@ def require_unless_flag(
     def dependency(
         request: Request,
         runtime: RuntimeDep,
-        x_api_key: Annotated[str | None, Header(alias="x-api-key")] = None,
-        authorization: Annotated[str | None, Header()] = None,
+        x_api_key: ApiKeyDep,
+        bearer: BearerDep,
     ) -> tuple[Principal, bool]:
         raw = request.query_params.get(flag, "false").strip().lower()
         if raw not in _TRUE and raw not in _FALSE:
             raise HttpError(400, f"the query parameter {flag!r} must be true or false")
         permission = flagged if raw in _TRUE else plain
-        principal = _principal(runtime, _token(x_api_key, authorization, None), permission)
+        principal = _principal(runtime, _token(x_api_key, bearer, None), permission)
         return principal, raw in _TRUE
 
     return dependency

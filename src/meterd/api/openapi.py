@@ -10,6 +10,12 @@
   422: ``finish`` removes 422 from every operation and declares 400 on every
   operation that takes a path or query parameter or a body (a route may
   declare its own 400, as the workspace page does for its envelope).
+* Every operation that takes a key lists the security schemes of ``auth``
+  (``x-api-key`` or ``Authorization: Bearer``; FastAPI writes them from the auth
+  dependency), and ``finish`` declares on it the answers that dependency gives
+  before the route runs: 401 (no key, or not valid), 403 (a permission it lacks)
+  and 429 (the key's rate limit, with ``Retry-After``). A route may declare its
+  own (the workspace page's 403).
 """
 
 from __future__ import annotations
@@ -44,9 +50,32 @@ PROBLEM_SCHEMA: dict[str, Any] = {
     },
     "required": ["type", "title", "status", "detail"],
 }
+_PROBLEM_CONTENT: dict[str, Any] = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 BAD_REQUEST: dict[str, Any] = {
     "description": "a bad parameter, body, filter, sort key or cursor (the detail names it)",
-    "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+    "content": _PROBLEM_CONTENT,
+}
+#: What the auth dependency answers before the route runs (``meterd.api.auth``).
+KEY_ANSWERS: dict[str, dict[str, Any]] = {
+    "401": {
+        "description": "no API key, or one that is not valid or has expired",
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string", "enum": ["Bearer"]}}},
+        "content": _PROBLEM_CONTENT,
+    },
+    "403": {
+        "description": "the API key lacks the permission this operation needs",
+        "content": _PROBLEM_CONTENT,
+    },
+    "429": {
+        "description": "the API key is over its rate limit",
+        "headers": {
+            "Retry-After": {
+                "description": "seconds to wait before the next request",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+        "content": _PROBLEM_CONTENT,
+    },
 }
 
 
@@ -113,7 +142,8 @@ def filter_parameters(fields: Mapping[str, Kind]) -> list[dict[str, Any]]:
 
 
 def finish(schema: dict[str, Any]) -> dict[str, Any]:
-    """400 instead of 422 everywhere, problem details declared once."""
+    """400 instead of 422 everywhere, the answers of the auth dependency on every
+    operation that takes a key, problem details declared once."""
     for operations in schema.get("paths", {}).values():
         for operation in operations.values():
             responses = operation.setdefault("responses", {})
@@ -124,6 +154,9 @@ def finish(schema: dict[str, Any]) -> dict[str, Any]:
             )
             if takes_input and "400" not in responses:
                 responses["400"] = BAD_REQUEST
+            if operation.get("security"):
+                for status, answer in KEY_ANSWERS.items():
+                    responses.setdefault(status, answer)
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         schemas.pop(unused, None)
