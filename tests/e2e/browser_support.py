@@ -7,9 +7,7 @@ another host is aborted and recorded as such (``Browser.foreign``): a test asser
 on the network log, not only on the HTML, that a page loads nothing from
 elsewhere. Missing Chromium fails in CI (``require``) and skips elsewhere.
 
-Use in a test module::
-
-    from .browser_support import browser, live_api  # noqa: F401 (fixtures)
+The fixtures ``live_api`` and ``browser`` are registered by ``tests/e2e/conftest.py``.
 """
 
 from __future__ import annotations

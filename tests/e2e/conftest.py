@@ -26,6 +26,7 @@ from meterd.runtime import Runtime
 from meterd.storage.database import Database
 
 from ..conftest import BACKEND, NOW, REAL_REDIS_URL, delete_keys, real_redis_client, require
+from .browser_support import browser, live_api  # noqa: F401 (fixtures for browser tests)
 from .servers import OwnRedis
 
 #: A module whose processes use no configured store (the embedded default's own

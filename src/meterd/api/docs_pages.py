@@ -31,6 +31,16 @@ STATIC_PATH = "/static"
 STATIC_DIR = Path(__file__).parent / "static"
 CACHE_CONTROL = "public, max-age=604800"
 
+#: What the pages may load: from meterd alone. The browser enforces it, so a
+#: request a vendored bundle makes on its own (ReDoc 2.5.4 draws the Redocly logo
+#: from cdn.redoc.ly) never leaves the browser. Inline script and styles are what
+#: FastAPI's page and both UIs use; workers and images may come from blob:/data:.
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline';"
+    " img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:;"
+    " connect-src 'self'; frame-ancestors 'self'"
+)
+
 #: Swagger UI settings beside FastAPI's defaults: no online validator (it would send
 #: the document to another host).
 SWAGGER_UI_PARAMETERS = {"validatorUrl": None}
@@ -69,25 +79,41 @@ def install(app: FastAPI) -> None:
 
     async def swagger_ui(request: Request) -> HTMLResponse:
         root = _root_path(request)
-        return get_swagger_ui_html(
-            openapi_url=root + openapi_url,
-            title=f"{app.title} - Swagger UI",
-            swagger_js_url=asset_url(root, "swagger-ui/swagger-ui-bundle.js", SWAGGER_UI_VERSION),
-            swagger_css_url=asset_url(root, "swagger-ui/swagger-ui.css", SWAGGER_UI_VERSION),
-            swagger_favicon_url=asset_url(root, "swagger-ui/favicon-32x32.png", SWAGGER_UI_VERSION),
-            swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+        return _confined(
+            get_swagger_ui_html(
+                openapi_url=root + openapi_url,
+                title=f"{app.title} - Swagger UI",
+                swagger_js_url=asset_url(
+                    root, "swagger-ui/swagger-ui-bundle.js", SWAGGER_UI_VERSION
+                ),
+                swagger_css_url=asset_url(root, "swagger-ui/swagger-ui.css", SWAGGER_UI_VERSION),
+                swagger_favicon_url=asset_url(
+                    root, "swagger-ui/favicon-32x32.png", SWAGGER_UI_VERSION
+                ),
+                swagger_ui_parameters=SWAGGER_UI_PARAMETERS,
+            )
         )
 
     async def redoc(request: Request) -> HTMLResponse:
         root = _root_path(request)
-        return get_redoc_html(
-            openapi_url=root + openapi_url,
-            title=f"{app.title} - ReDoc",
-            redoc_js_url=asset_url(root, "redoc/redoc.standalone.js", REDOC_VERSION),
-            redoc_favicon_url=asset_url(root, "swagger-ui/favicon-32x32.png", SWAGGER_UI_VERSION),
-            with_google_fonts=False,
+        return _confined(
+            get_redoc_html(
+                openapi_url=root + openapi_url,
+                title=f"{app.title} - ReDoc",
+                redoc_js_url=asset_url(root, "redoc/redoc.standalone.js", REDOC_VERSION),
+                redoc_favicon_url=asset_url(
+                    root, "swagger-ui/favicon-32x32.png", SWAGGER_UI_VERSION
+                ),
+                with_google_fonts=False,
+            )
         )
 
     # plain routes, as FastAPI adds its own pages: no body, no dependencies, no schema
     app.add_route("/docs", swagger_ui, include_in_schema=False)
     app.add_route("/redoc", redoc, include_in_schema=False)
+
+
+def _confined(page: HTMLResponse) -> HTMLResponse:
+    """``page`` with ``PAGE_CSP``: it loads nothing from another host."""
+    page.headers["Content-Security-Policy"] = PAGE_CSP
+    return page
