@@ -8,6 +8,7 @@ child's termination rewrite the parent's entry, and the database fallback
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -24,16 +25,16 @@ from .helpers import grant
 CLOSED_PORT = "postgresql://nobody@127.0.0.1:1/none"
 
 
-def cached(rt: Runtime, customer: str = "provider") -> RealTimeValue:
+def cached(rt: Runtime, customer: str = "provider", at: datetime = NOW) -> RealTimeValue:
     """The value read as the route makes it: from Redis when cached."""
-    value = rt.balance.value("acme", customer, "api_calls", NOW)
-    assert rt.balance.live("acme", customer, "api_calls", NOW) is not None  # it was cached
+    value = rt.balance.value("acme", customer, "api_calls", at)
+    assert rt.balance.live("acme", customer, "api_calls", at) is not None  # it was cached
     return value
 
 
-def from_database(rt: Runtime, customer: str = "provider") -> RealTimeValue:
+def from_database(rt: Runtime, customer: str = "provider", at: datetime = NOW) -> RealTimeValue:
     """The fallback: the balances read from the database."""
-    return value_of(rt.balance.balances("acme", customer, "api_calls", NOW))
+    return value_of(rt.balance.balances("acme", customer, "api_calls", at))
 
 
 def allot(rt: Runtime, parent: Any, customer: str, quantity: Decimal | int) -> Any:
@@ -80,6 +81,21 @@ def test_voiding_every_child_leaves_zero_allotted_not_null(runtime: Runtime, rea
     runtime.catalog.void_entitlement(child.id, NOW, reason="refund")
     value = read(runtime)
     assert (value.allotted, value.balances[0].allotted) == (Decimal(0), Decimal(0))
+
+
+@pytest.mark.parametrize("read", [cached, from_database], ids=["cached", "database"])
+def test_a_void_dated_ahead_drops_allotted_once_the_job_records_it(
+    runtime: Runtime, read: Any
+) -> None:
+    parent = grant(runtime, "provider", quantity="100")
+    child = allot(runtime, parent, "child-1", 30)
+    runtime.catalog.void_entitlement(child.id, NOW, at=NOW + timedelta(hours=1))
+    assert read(runtime).allotted == Decimal(30)  # still live, as the list says
+    later = NOW + timedelta(hours=2)
+    cached(runtime, at=later)  # the parent's entry is in Redis before the job runs
+    assert runtime.lifecycle.advance_all(later).by_target == {"TERMINATED": 1}
+    assert runtime.allotments.allotted([parent.id]) == {}
+    assert read(runtime, at=later).allotted == Decimal(0)
 
 
 @pytest.mark.parametrize("read", [cached, from_database], ids=["cached", "database"])

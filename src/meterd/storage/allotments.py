@@ -13,11 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from meterd.core.domain import Status
 from meterd.core.errors import NotFoundError
-from meterd.storage.models import Allotment, Entitlement, Organisation, UsagePeriod
+from meterd.storage.models import Allotment, Entitlement, Feature, Organisation, UsagePeriod
 
 
 class AllotmentStore:
@@ -119,6 +119,23 @@ class AllotmentStore:
                 found = allotted_by_parent(s, ids)
         # every carve is positive: a parent with a live child holds more than zero
         return {parent_id: held for parent_id, held in found.items() if held > 0}
+
+    def parents_of(self, child_ids: Collection[uuid.UUID]) -> list[tuple[str, str, str]]:
+        """(org, customer, feature key) of the parents of the allotted children among
+        ``child_ids``, each once (children not made by an allotment: none)."""
+        if not child_ids:
+            return []
+        parent = aliased(Entitlement)
+        stmt = (
+            select(parent.org_id, parent.customer_id, Feature.key)
+            .select_from(Allotment)
+            .join(parent, parent.id == Allotment.parent_id)
+            .join(Feature, Feature.id == parent.feature_id)
+            .where(Allotment.child_id.in_(sorted(child_ids)))
+            .distinct()
+        )
+        with self.sessions() as s:
+            return [(org, customer, key) for org, customer, key in s.execute(stmt)]
 
     def children(self, org: str, parent_id: uuid.UUID) -> list[tuple[Allotment, Entitlement]]:
         """The allotments of a parent with their children, oldest first."""
