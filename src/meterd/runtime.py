@@ -289,6 +289,8 @@ class Runtime:
         return LifecycleService(
             self.transitions,
             RolloverFinaliser(RolloverStore(self.database.sessions), self.balance.unflushed_since),
+            # built when a child is terminated, not before (it needs Redis)
+            on_terminated=lambda ids, now: self.allotments.children_ended(ids, now),
         )
 
     @cached_property

@@ -1,6 +1,7 @@
 """``POST|GET /v1/entitlements/{id}/allotments`` (issue 23 item 5): the child grant
 over HTTP, its permissions, the 409 past remaining, the idempotent retry, the list
-with ``allotted`` and ``remaining``, and the tenant page's ``smsVoice.allotment``."""
+with ``allotted`` and ``remaining``, the value read's ``allotted``, and the tenant
+page's ``smsVoice.allotment``."""
 
 from __future__ import annotations
 
@@ -63,6 +64,20 @@ def test_an_allotment_creates_the_child_and_the_list_shows_it(
         "30",
         "ACTIVE",
     )
+
+
+def test_the_value_read_shows_allotted_at_both_levels(
+    client: TestClient, runtime: Runtime, acme: dict[str, str]
+) -> None:
+    ent = parent(runtime)
+    assert allot(client, acme, ent, customer_id="child-1", quantity="30").status_code == 201
+    assert allot(client, acme, ent, customer_id="child-2", quantity="2.5").status_code == 201
+    value = client.get("/v1/customers/provider/features/api_calls", headers=acme).json()
+    assert (value["allotted"], value["remaining"]) == ("32.5", "67.5")
+    [row] = value["entitlements"]
+    assert (row["entitlement_id"], row["allotted"], row["remaining"]) == (ent, "32.5", "67.5")
+    kid = client.get("/v1/customers/child-1/features/api_calls", headers=acme).json()
+    assert (kid["allotted"], kid["entitlements"][0]["allotted"]) == (None, None)
 
 
 def test_more_than_remains_is_a_409(

@@ -62,6 +62,11 @@ class EntitlementValue(BaseModel):
     remaining: Decimal_ | None
     overage: Decimal_
     held: Decimal_ = Field(description="units live holds keep (they reduce remaining)")
+    allotted: Decimal_ | None = Field(
+        default=None,
+        description="what its live child entitlements hold (allotments; quantity already"
+        " dropped by each carve); null: it never allotted",
+    )
     state: EffectiveState
     usable: bool
     filters: dict[str, StrictStr | StrictInt | StrictBool] | None = Field(
@@ -79,6 +84,11 @@ class FeatureValue(BaseModel):
     remaining: Decimal_ | None = Field(description="quantity less consumed and held")
     overage: Decimal_
     held: Decimal_ = Field(description="units live holds keep until settled or released")
+    allotted: Decimal_ | None = Field(
+        default=None,
+        description="sum over usable entitlements of what their live children hold;"
+        " null: none of them ever allotted",
+    )
     entitlements: list[EntitlementValue]
 
 
@@ -94,6 +104,7 @@ def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> Featu
         remaining=format_optional_quantity(value.remaining),
         overage=format_quantity(value.overage),
         held=format_quantity(value.held),
+        allotted=format_optional_quantity(value.allotted),
         entitlements=[
             EntitlementValue(
                 entitlement_id=b.entitlement_id,
@@ -103,6 +114,7 @@ def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> Featu
                 remaining=format_optional_quantity(b.remaining),
                 overage=format_quantity(b.overage),
                 held=format_quantity(b.held),
+                allotted=format_optional_quantity(b.allotted),
                 state=b.state,
                 usable=b.usable,
                 filters=dict(b.filters) if b.filters else None,

@@ -20,6 +20,7 @@ _BALANCE_COLUMNS = (
     "quantity",
     "consumed",
     "held",
+    "allotted",
     "pending",
     "remaining",
     "overage",
@@ -96,7 +97,8 @@ def usage_window(row: UsageRow) -> dict[str, Any]:
 
 
 def balance(org: Org, customer: str, feature: str, as_json: JsonFlag = False) -> None:
-    """Real-time consumption: flushed + pending, per entitlement."""
+    """Real-time consumption: flushed + pending, per entitlement (``allotted``: what
+    its child entitlements hold, when it allots)."""
     from meterd.core.timeutil import utcnow
 
     balances = context.get_runtime().balance.balances(org, customer, feature, utcnow())
@@ -111,6 +113,7 @@ def balance(org: Org, customer: str, feature: str, as_json: JsonFlag = False) ->
             "remaining": quantity(b.remaining),
             "overage": quantity(b.overage),
             "held": quantity(b.held),
+            "allotted": quantity(b.allotted),
             "state": b.state.value,
         }
         for b in balances
@@ -118,8 +121,16 @@ def balance(org: Org, customer: str, feature: str, as_json: JsonFlag = False) ->
     if as_json:
         echo_json(rows)
         return
-    shown = ([r[c] if r[c] is not None else "unlimited" for c in _BALANCE_COLUMNS] for r in rows)
+    shown = ([_cell(r, c) for c in _BALANCE_COLUMNS] for r in rows)
     table(f"{org} / {customer} / {feature}", _BALANCE_COLUMNS, shown)
+
+
+def _cell(row: dict[str, Any], column: str) -> Any:
+    """A balance table's cell: a null quantity is unlimited, a null ``allotted``
+    never allotted."""
+    if row[column] is not None:
+        return row[column]
+    return "-" if column == "allotted" else "unlimited"
 
 
 def events(

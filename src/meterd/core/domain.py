@@ -173,6 +173,9 @@ class EntitlementView:
     #: as the resolution entry carries them (``meterd.core.notifications``); None:
     #: its org has no rules (the defaults, 80 % and 100 %).
     alert_rules: tuple[tuple[str, str, int], ...] | None = None
+    #: What its live (not TERMINATED) children hold, carved out of it by allotments
+    #: (``storage/allotments.py``); None: it never allotted.
+    allotted: Decimal | None = None
 
     @property
     def usable_until(self) -> datetime | None:
@@ -227,6 +230,9 @@ class Balance:
     filters: Dimensions | None = None
     #: Units live holds keep on this period (not consumed; they take room).
     held: Decimal = Decimal(0)
+    #: What the entitlement's live children hold (allotments; its ``quantity``
+    #: already dropped by each carve); None: it never allotted.
+    allotted: Decimal | None = None
 
     @property
     def remaining(self) -> Decimal | None:

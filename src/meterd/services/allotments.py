@@ -20,7 +20,9 @@ SQLite), so carves of one parent run one after another in every API process:
    ``parent_id`` set, its own period from now to the parent period's end.
 
 After the commit the resolution data of both customers is refreshed, so ingest,
-reserve and holds see the parent's smaller limit and the child's grant at once.
+reserve and holds see the parent's smaller limit and the child's grant at once,
+and the parent's value read its ``allotted`` (what its live children hold, carried
+in that data; a child's termination rewrites the parent's data too).
 
 Usage racing a carve is never dropped: usage counted between the real-time read
 and the refresh is counted against the old limit and may take the parent into
@@ -285,3 +287,12 @@ class AllotmentService:
 
     def allotted(self, parent_ids: list[uuid.UUID]) -> dict[uuid.UUID, Decimal]:
         return self.store.allotted(parent_ids)
+
+    def children_ended(self, child_ids: list[uuid.UUID], now: datetime) -> None:
+        """Entitlements just recorded TERMINATED (by the lifecycle job: a void dated
+        ahead fell due): rewrite the resolution data of the parents of those that were
+        allotted, whose value read shows ``allotted`` from it. (An operator's
+        terminate or void refreshes the parent itself: ``services/catalog``.)"""
+        parents = self.store.parents_of(child_ids)
+        if parents:
+            self.resolution.refresh(parents, now)

@@ -104,6 +104,9 @@ class RealTimeValue:
     #: Units live holds keep (they reduce ``remaining``; only what is settled is
     #: consumed).
     held: Decimal = Decimal(0)
+    #: What the live children of the usable entitlements hold (allotments: each
+    #: carve already lowered ``quantity``); None: none of them ever allotted.
+    allotted: Decimal | None = None
 
 
 def value_of(balances: Sequence[Balance]) -> RealTimeValue:
@@ -122,6 +125,7 @@ def value_of(balances: Sequence[Balance]) -> RealTimeValue:
     quantity = None if unlimited else sum((b.quantity or Decimal(0) for b in usable), Decimal(0))
     consumed = sum((b.consumed for b in usable), Decimal(0))
     held = sum((b.held for b in usable), Decimal(0))
+    carved = [b.allotted for b in usable if b.allotted is not None]
     return RealTimeValue(
         has_access=bool(open_),
         state=state,
@@ -131,6 +135,7 @@ def value_of(balances: Sequence[Balance]) -> RealTimeValue:
         overage=sum((b.overage for b in usable), Decimal(0)),
         balances=tuple(balances),
         held=held,
+        allotted=sum(carved, Decimal(0)) if carved else None,
     )
 
 
@@ -246,6 +251,7 @@ def balance_of(
         usable=status in (Status.ACTIVE, Status.GRACE),
         filters=view.filters,
         held=kept,
+        allotted=view.allotted,
     )
 
 

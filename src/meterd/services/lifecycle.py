@@ -22,15 +22,20 @@ compare-and-set, so a transition is applied and recorded once. A run that
 follows a long outage catches up: every transition that fell due is applied
 in order, each stamped with the instant it fell due. Nothing it does changes
 what ingest reads (the resolution data holds the term and computes renewals),
-so it refreshes no cache.
+so it refreshes no cache, but one figure: the ``allotted`` a parent's value read
+shows counts children not recorded TERMINATED, so the parents of children it
+terminates (a void dated ahead that fell due) have their data rewritten after
+the batch commits (``on_terminated``).
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from meterd.core.domain import Status
 from meterd.services.rollover import RolloverFinaliser
 from meterd.storage.transitions import Chain, TransitionStore
 
@@ -73,10 +78,15 @@ class LifecycleReport:
 
 class LifecycleService:
     def __init__(
-        self, transitions: TransitionStore, rollover: RolloverFinaliser | None = None
+        self,
+        transitions: TransitionStore,
+        rollover: RolloverFinaliser | None = None,
+        on_terminated: Callable[[list[uuid.UUID], datetime], None] | None = None,
     ) -> None:
         self.transitions = transitions
         self.rollover = rollover
+        #: Told the entitlements a batch recorded TERMINATED, after its commit.
+        self.on_terminated = on_terminated
 
     def advance(
         self,
@@ -98,6 +108,11 @@ class LifecycleService:
             report.transitions += len(chain)
             target = chain[-1].to_status.value
             report.by_target[target] = report.by_target.get(target, 0) + 1
+        terminated = [
+            due.id for due, chain in batch.applied if chain[-1].to_status is Status.TERMINATED
+        ]
+        if terminated and not dry_run and self.on_terminated is not None:
+            self.on_terminated(terminated, now)
         return report
 
     def advance_all(

@@ -13,11 +13,11 @@ from datetime import datetime
 from decimal import Decimal
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from meterd.core.domain import Status
 from meterd.core.errors import NotFoundError
-from meterd.storage.models import Allotment, Entitlement, Organisation, UsagePeriod
+from meterd.storage.models import Allotment, Entitlement, Feature, Organisation, UsagePeriod
 
 
 class AllotmentStore:
@@ -112,26 +112,30 @@ class AllotmentStore:
     ) -> dict[uuid.UUID, Decimal]:
         """What the live children of each parent in ``ids`` hold (children recorded
         TERMINATED left out); parents without any are not in the answer."""
-        if not ids:
-            return {}
-        stmt = (
-            select(Allotment.parent_id, Allotment.quantity)
-            .join(Entitlement, Entitlement.id == Allotment.child_id)
-            .where(
-                Allotment.parent_id.in_(sorted(ids)),
-                Entitlement.status != Status.TERMINATED.value,
-            )
-        )
-        # Summed here: SQLite stores exact decimals as blobs (no SUM in SQL).
-        found: dict[uuid.UUID, Decimal] = {}
         if session is not None:
-            rows = list(session.execute(stmt))
+            found = allotted_by_parent(session, ids)
         else:
             with self.sessions() as s:
-                rows = list(s.execute(stmt))
-        for parent_id, quantity in rows:
-            found[parent_id] = found.get(parent_id, Decimal(0)) + quantity
-        return found
+                found = allotted_by_parent(s, ids)
+        # every carve is positive: a parent with a live child holds more than zero
+        return {parent_id: held for parent_id, held in found.items() if held > 0}
+
+    def parents_of(self, child_ids: Collection[uuid.UUID]) -> list[tuple[str, str, str]]:
+        """(org, customer, feature key) of the parents of the allotted children among
+        ``child_ids``, each once (children not made by an allotment: none)."""
+        if not child_ids:
+            return []
+        parent = aliased(Entitlement)
+        stmt = (
+            select(parent.org_id, parent.customer_id, Feature.key)
+            .select_from(Allotment)
+            .join(parent, parent.id == Allotment.parent_id)
+            .join(Feature, Feature.id == parent.feature_id)
+            .where(Allotment.child_id.in_(sorted(child_ids)))
+            .distinct()
+        )
+        with self.sessions() as s:
+            return [(org, customer, key) for org, customer, key in s.execute(stmt)]
 
     def children(self, org: str, parent_id: uuid.UUID) -> list[tuple[Allotment, Entitlement]]:
         """The allotments of a parent with their children, oldest first."""
@@ -147,3 +151,22 @@ class AllotmentStore:
                 s.expunge(a)
                 s.expunge(e)
         return rows
+
+
+def allotted_by_parent(s: Session, ids: Collection[uuid.UUID]) -> dict[uuid.UUID, Decimal]:
+    """What the live (not recorded TERMINATED) children of each parent in ``ids``
+    hold: every parent that ever allotted is in the answer (0 when all its children
+    are terminated), the others are not. One query for all of them."""
+    if not ids:
+        return {}
+    stmt = (
+        select(Allotment.parent_id, Allotment.quantity, Entitlement.status)
+        .join(Entitlement, Entitlement.id == Allotment.child_id)
+        .where(Allotment.parent_id.in_(sorted(ids)))
+    )
+    # Summed here: SQLite stores exact decimals as blobs (no SUM in SQL).
+    found: dict[uuid.UUID, Decimal] = {}
+    for parent_id, quantity, status in s.execute(stmt):
+        live = quantity if status != Status.TERMINATED.value else Decimal(0)
+        found[parent_id] = found.get(parent_id, Decimal(0)) + live
+    return found

@@ -26,7 +26,9 @@ then soonest end, then oldest), each as::
      "a": [[rule id, kind "P" | "R" | "C", threshold], ...] the alert rules that
           apply (absent: the org has none, the defaults 80 % and 100 % apply; a
           PERCENT threshold in 10^-4 %, the others in units of "k";
-          meterd.core.notifications.AlertRule, lua/ingest/thresholds.lua)}
+          meterd.core.notifications.AlertRule, lua/ingest/thresholds.lua),
+     "c": what its live children hold (units of "k"; absent: it never allotted):
+          not read by Lua, only by the value read (services/balance.py)}
 
 Lua numbers are doubles, exact for integers up to 2^53 (epoch microseconds of
 years 1685 to 2255): a term's arithmetic in ``ingest.lua`` stays there. A
@@ -137,6 +139,8 @@ def encode_view(view: EntitlementView, near: datetime | None = None) -> dict[str
         entry["x"] = [[epoch_micros(start), _us(end)] for start, end in view.suspensions]
     if view.alert_rules is not None:
         entry["a"] = [list(rule) for rule in view.alert_rules]
+    if view.allotted is not None:
+        entry["c"] = to_units(view.allotted, view.scale)
     return entry
 
 
@@ -214,6 +218,7 @@ def decode_view(entry: dict[str, Any]) -> EntitlementView:
             if "a" in entry
             else None
         ),
+        allotted=from_units(entry["c"], scale) if "c" in entry else None,
     )
 
 

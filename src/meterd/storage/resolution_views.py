@@ -4,7 +4,8 @@ feature, read from the database (``storage/resolution.py`` encodes them for Redi
 A view carries everything the state at an instant depends on
 (``meterd.core.lifecycle.status_at``): dates, term and renewal, and the operator's
 suspensions and termination from the audit trail, and the alert rules that apply
-to it (``storage/alert_rules.py``). Periods that ended before
+to it (``storage/alert_rules.py``), and what its live children hold
+(``storage/allotments.py``: shown by the value read). Periods that ended before
 the late window are left out (late events older than it are refused anyway),
 but the last one is always kept: grace counts on it, and a renewing
 entitlement's next term starts where it ends.
@@ -28,6 +29,7 @@ from meterd.core.quantity import to_units
 from meterd.core.redis_keys import period_field
 from meterd.core.terms import Term
 from meterd.storage.alert_rules import applicable, live_rules_of
+from meterd.storage.allotments import allotted_by_parent
 from meterd.storage.models import Entitlement, EntitlementTransition, Feature, UsagePeriod
 
 CustomerFeature = tuple[str, str, str]  # (org, customer, feature key)
@@ -58,16 +60,22 @@ class ResolutionViewStore:
             # read with the entitlements: a rule change rewrites the entries after
             # it commits (services/alert_rules.py), as an entitlement change does
             rules = live_rules_of(s, {ent.org_id for ent, _ in rows})
+            # for the value read (answered from Redis): a carve, and a child's
+            # termination, rewrite the parent's entry after they commit
+            allotted = allotted_by_parent(s, ids)
         for ent, feature_key in rows:
             own = _recent(periods.get(ent.id, []), usable_after, ent)
             views, flushed = result[(ent.org_id, ent.customer_id, feature_key)]
             view = entitlement_view(ent, own, suspensions.get(ent.id, ()))
+            extra: dict[str, Any] = {}
             alert_rules = applicable(
                 rules.get(ent.org_id), ent.id, ent.customer_id, feature_key, view.scale
             )
-            views.append(
-                replace(view, alert_rules=alert_rules) if alert_rules is not None else view
-            )
+            if alert_rules is not None:
+                extra["alert_rules"] = alert_rules
+            if ent.id in allotted:
+                extra["allotted"] = allotted[ent.id]
+            views.append(replace(view, **extra) if extra else view)
             for period in own:
                 if period.consumed:
                     field = period_field(ent.id, period.period_start)

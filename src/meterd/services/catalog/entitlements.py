@@ -188,8 +188,7 @@ class Entitlements:
         )
         if self.transitions.settle(entitlement_id, now, actor=actor):
             ent = self.entitlements.get(entitlement_id)
-        self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
-        return values.Entitlement.from_row(ent)
+        return self._refreshed(ent, feature, now)
 
     def void(
         self,
@@ -234,8 +233,15 @@ class Entitlements:
         return self._refreshed(ent, feature, now)
 
     def _refreshed(self, ent: Entitlement, feature: str, now: datetime) -> values.Entitlement:
-        """The entitlement a step changed, after ingest's resolution data was rewritten."""
-        self.resolution.refresh([(ent.org_id, ent.customer_id, feature)], now)
+        """The entitlement a step changed, after ingest's resolution data was rewritten:
+        its customer's, and, for a child entitlement now TERMINATED, its parent's
+        customer's too (the parent's ``allotted``, which the value read shows from
+        that data, no longer counts it)."""
+        wanted = [(ent.org_id, ent.customer_id, feature)]
+        if ent.parent_id is not None and ent.status == Status.TERMINATED.value:
+            org, customer, parent_feature = self.entitlements.owner_of(ent.parent_id)
+            wanted.append((org, customer, parent_feature))
+        self.resolution.refresh(wanted, now)
         return values.Entitlement.from_row(ent)
 
     def open_period(
