@@ -153,7 +153,7 @@ def main() -> None:
     )
     print(
         f"  resolution entry: {plain_final:,} B without rollover, {rolling_final:,} B with"
-        f" ({rolling_final - plain_final:+,} B per entitlement: \"o\" and the term before)"
+        f' ({rolling_final - plain_final:+,} B per entitlement: "o" and the term before)'
     )
 
 
