@@ -36,7 +36,6 @@ import httpx
 
 from meterd.core.notifications import Delivery
 from meterd.services.webhook_targets import (
-    GuardedBackend,
     RefusedTarget,
     Resolver,
     check_secret,
@@ -45,6 +44,7 @@ from meterd.services.webhook_targets import (
     resolve,
     sign,
 )
+from meterd.services.webhook_transport import GuardedTransport
 from meterd.storage.models import WebhookEndpoint
 from meterd.storage.notifications import NotificationStore, Webhook
 from meterd.storage.webhooks import AttemptResult, DeliveryView, NotificationView
@@ -91,21 +91,6 @@ def headers_for(webhook: Webhook, msg_id: str, body: bytes, timestamp: int) -> d
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(webhook.secret, msg_id, timestamp, body),
     }
-
-
-class GuardedTransport(httpx.HTTPTransport):
-    """httpx's transport over a connection pool whose sockets ``GuardedBackend`` opens
-    (checked addresses only; the name still drives Host, SNI and certificates)."""
-
-    def __init__(self, *, allow_private: bool, resolver: Resolver = resolve) -> None:
-        super().__init__(retries=0, trust_env=False)
-        import httpcore
-
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            retries=0,
-            network_backend=GuardedBackend(allow_private=allow_private, resolver=resolver),
-        )
 
 
 class HttpWebhookSender:
