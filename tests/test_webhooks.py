@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from meterd.core.errors import ConflictError, InvalidError
+from meterd.core.errors import ConflictError, InvalidError, NotFoundError
 from meterd.core.notifications import Delivery
 from meterd.runtime import Runtime
 from meterd.services.notify import FIRST_BACKOFF, HttpWebhookSender, NotificationService
@@ -369,6 +369,51 @@ def test_the_org_webhook_shortcut_replaces_the_endpoints(runtime: Runtime) -> No
     assert svc.set_webhook("nobody", "https://c.example.com/", None) is False
     with pytest.raises(InvalidError):
         service(runtime, allow_private=False).set_webhook("acme", "http://127.0.0.1/", None)
+
+
+# -- the cap on endpoints --------------------------------------------------------------
+
+
+def test_an_org_has_at_most_20_live_endpoints_and_removed_ones_do_not_count(
+    runtime: Runtime,
+) -> None:
+    svc = service(runtime)
+    made = [svc.add_endpoint("acme", f"https://h{i}.example.com/", None, NOW) for i in range(20)]
+    with pytest.raises(ConflictError, match="at most 20"):
+        svc.add_endpoint("acme", "https://h20.example.com/", None, NOW)
+    assert svc.remove_endpoint("acme", made[0].endpoint.id, NOW)
+    svc.add_endpoint("acme", "https://h20.example.com/", None, NOW)
+    assert len(svc.endpoints("acme")) == 20
+
+
+def test_an_endpoint_of_an_org_that_does_not_exist_is_not_found(runtime: Runtime) -> None:
+    with pytest.raises(NotFoundError):
+        service(runtime).add_endpoint("nobody", "https://h.example.com/", None, NOW)
+
+
+def test_30_racing_creations_never_leave_more_than_20_endpoints(runtime: Runtime) -> None:
+    """The count and the insert run under the org's lock: without it, racing calls
+    all read 19 or fewer and all insert."""
+    svc = service(runtime)
+    start = threading.Barrier(30)
+    outcomes: list[str] = []
+
+    def create(i: int) -> None:
+        start.wait()
+        try:
+            svc.add_endpoint("acme", f"https://h{i}.example.com/", None, NOW)
+            outcomes.append("made")
+        except ConflictError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes).count("made") == 20
+    assert outcomes.count("refused") == 10
+    assert len(svc.endpoints("acme")) == 20
 
 
 # -- the migration of the org webhook ---------------------------------------------------

@@ -185,15 +185,12 @@ class NotificationService:
 
     def add_endpoint(self, org: str, url: str, secret: str | None, now: datetime) -> NewEndpoint:
         """A new endpoint of ``org``: ``url`` checked (InvalidError), ``secret`` a
-        ``whsec_`` one or, if None, generated."""
-        from meterd.core.errors import ConflictError
-
+        ``whsec_`` one or, if None, generated. ConflictError: the org has
+        MAX_ENDPOINTS live ones (checked under the org's lock, with the insert)."""
         checked = check_url(url, allow_private=self.allow_private)
         generated = secret is None
         key = new_secret() if secret is None else check_secret(secret)
-        if len(self.store.endpoints.endpoints(org)) >= MAX_ENDPOINTS:
-            raise ConflictError(f"an organisation has at most {MAX_ENDPOINTS} webhook endpoints")
-        row = self.store.endpoints.add_endpoint(org, checked, key, now)
+        row = self.store.endpoints.add_endpoint(org, checked, key, now, cap=MAX_ENDPOINTS)
         return NewEndpoint(Endpoint.of(row), key, generated)
 
     def endpoints(self, org: str) -> list[Endpoint]:

@@ -75,10 +75,22 @@ class WebhookStore:
 
     # -- endpoints ------------------------------------------------------------------
 
-    def add_endpoint(self, org_id: str, url: str, secret: str, now: datetime) -> WebhookEndpoint:
+    def add_endpoint(
+        self, org_id: str, url: str, secret: str, now: datetime, *, cap: int
+    ) -> WebhookEndpoint:
+        """A new live endpoint of the org; ConflictError if it has ``cap`` already,
+        NotFoundError if there is no such org. The count and the insert run under
+        the org's lock (``lock_org``), so racing calls never pass the cap."""
         with self.sessions.begin() as s:
-            if s.get(Organisation, org_id) is None:
+            if not self.lock_org(s, org_id):
                 raise NotFoundError("organisation", org_id)
+            live = s.scalar(
+                select(func.count())
+                .select_from(WebhookEndpoint)
+                .where(WebhookEndpoint.org_id == org_id, WebhookEndpoint.deleted_at.is_(None))
+            )
+            if (live or 0) >= cap:
+                raise ConflictError(f"an organisation has at most {cap} webhook endpoints")
             row = WebhookEndpoint(
                 id=uuid.uuid4(), org_id=org_id, url=url, secret=secret, created_at=now
             )
@@ -109,7 +121,7 @@ class WebhookStore:
         """The org's endpoints become the one of ``url`` (none if None); False if there
         is no such org."""
         with self.sessions.begin() as s:
-            if s.get(Organisation, org_id) is None:
+            if not self.lock_org(s, org_id):
                 return False
             live = s.scalars(
                 select(WebhookEndpoint.id).where(
@@ -124,6 +136,27 @@ class WebhookStore:
                     )
                 )
         return True
+
+    @staticmethod
+    def lock_org(s: Session, org_id: str) -> bool:
+        """Take the lock that serialises changes to an org's endpoints, first thing in
+        the transaction; False if there is no such org. PostgreSQL: ``SELECT ... FOR
+        UPDATE`` of the organisation row (a second caller waits, in any process).
+        SQLite: a write that changes nothing takes the database's one write lock
+        before anything is read (a read first would be outside it, and the later
+        write would fail, not wait). As ``AllotmentStore.lock_parent`` does."""
+        if s.get_bind().dialect.name == "postgresql":
+            found = s.scalar(
+                select(Organisation.id).where(Organisation.id == org_id).with_for_update()
+            )
+            return found is not None
+        result = s.execute(
+            update(Organisation)
+            .where(Organisation.id == org_id)
+            .values(name=Organisation.name)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
 
     @staticmethod
     def _remove(s: Session, org_id: str, ids: list[uuid.UUID], now: datetime) -> int:
