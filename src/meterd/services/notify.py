@@ -237,7 +237,9 @@ class NotificationService:
         """Wait before the next call after ``attempts`` failed ones; None: give up."""
         if attempts >= self.max_attempts:
             return None
-        wait: timedelta = FIRST_BACKOFF * 2 ** (attempts - 1)
+        # The exponent is bounded: past ~43 doublings a timedelta overflows, and
+        # METERD_WEBHOOK_MAX_ATTEMPTS allows 50 (20 doublings are far past MAX_BACKOFF).
+        wait: timedelta = FIRST_BACKOFF * 2 ** min(attempts - 1, 20)
         return min(wait, MAX_BACKOFF)
 
     def dispatch(

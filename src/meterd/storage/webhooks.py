@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.core.errors import ConflictError, NotFoundError
@@ -30,6 +30,11 @@ from meterd.storage.models import (
 )
 
 PENDING, DELIVERED, FAILED, CANCELLED = "pending", "delivered", "failed", "cancelled"
+
+#: Attempt rows kept per delivery: the first call and the latest ones. Every call is
+#: numbered over the delivery's life, so the total stays known (the last number)
+#: while a receiver that stays down, redelivered again and again, adds no rows past it.
+KEPT_ATTEMPTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,14 @@ class DeliveryView:
     due_at: datetime | None
     delivered_at: datetime | None
     last_error: str | None
+    #: The kept attempts, oldest first: the first call and the latest (KEPT_ATTEMPTS).
     tries: list[WebhookAttempt] = field(default_factory=list)
+
+    @property
+    def total_attempts(self) -> int:
+        """Every call over the delivery's life, redeliveries included (the kept ones
+        may be fewer): the number of the latest, which is always kept."""
+        return max((a.number for a in self.tries), default=0)
 
 
 @dataclass(slots=True)
@@ -292,7 +304,30 @@ class WebhookStore:
                         .execution_options(synchronize_session=False)
                     )
                 insert_ignoring_duplicates(s, WebhookAttempt, attempts, ["delivery_id", "number"])
+                self._prune(s, [a["delivery_id"] for a in attempts if a["number"] > KEPT_ATTEMPTS])
             self._sum_up(s, notification_ids, now)
+
+    @staticmethod
+    def _prune(s: Session, delivery_ids: list[uuid.UUID]) -> None:
+        """Keep KEPT_ATTEMPTS attempt rows of each delivery: its first call (when and
+        how it started failing) and the latest ones; the ones between go."""
+        if not delivery_ids:
+            return
+        kept = WebhookAttempt.__table__.alias("kept")
+        latest = (
+            select(func.max(kept.c.number))
+            .where(kept.c.delivery_id == WebhookAttempt.delivery_id)
+            .scalar_subquery()
+        )
+        s.execute(
+            delete(WebhookAttempt)
+            .where(
+                WebhookAttempt.delivery_id.in_(delivery_ids),
+                WebhookAttempt.number > 1,
+                WebhookAttempt.number <= latest - (KEPT_ATTEMPTS - 1),
+            )
+            .execution_options(synchronize_session=False)
+        )
 
     @staticmethod
     def _sum_up(s: Session, notification_ids: Sequence[str], now: datetime) -> None:
