@@ -21,13 +21,20 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 
-from meterd.core.errors import ConflictError, InvalidError
+from meterd.core.errors import ConflictError, InvalidError, NotFoundError
 from meterd.core.notifications import Delivery
 from meterd.runtime import Runtime
-from meterd.services.notify import FIRST_BACKOFF, HttpWebhookSender, NotificationService
+from meterd.services.notify import (
+    FIRST_BACKOFF,
+    MAX_BACKOFF,
+    HttpWebhookSender,
+    NotificationService,
+    Sent,
+)
 from meterd.services.webhook_targets import check_url, new_secret, refusal, sign
 from meterd.storage.database import make_engine
 from meterd.storage.migrate import alembic_config, upgrade
+from meterd.storage.webhooks import KEPT_ATTEMPTS
 
 from .conftest import BACKEND, NOW, REAL_PG_URL
 from .helpers import grant
@@ -369,6 +376,113 @@ def test_the_org_webhook_shortcut_replaces_the_endpoints(runtime: Runtime) -> No
     assert svc.set_webhook("nobody", "https://c.example.com/", None) is False
     with pytest.raises(InvalidError):
         service(runtime, allow_private=False).set_webhook("acme", "http://127.0.0.1/", None)
+
+
+# -- attempts kept ----------------------------------------------------------------------
+
+
+def failing(webhook: Any, msg_id: str, body: bytes) -> Sent:
+    return Sent(500, "HTTP 500: ", 1)
+
+
+def test_the_backoff_stays_an_hour_up_to_the_largest_max_attempts_allowed(
+    runtime: Runtime,
+) -> None:
+    """METERD_WEBHOOK_MAX_ATTEMPTS goes up to 50; 2**43 times 10 s is past what a
+    timedelta holds, so the doubling must stop before it does."""
+    svc = NotificationService(runtime.notification_store, failing, max_attempts=50)
+    assert svc.backoff(1) == FIRST_BACKOFF
+    assert [svc.backoff(n) for n in (12, 44, 49)] == [MAX_BACKOFF] * 3
+    assert svc.backoff(50) is None
+
+
+def test_a_delivery_retried_100_times_keeps_its_first_and_latest_19_attempts(
+    runtime: Runtime,
+) -> None:
+    svc = NotificationService(runtime.notification_store, failing, max_attempts=1000)
+    svc.add_endpoint("acme", "https://down.example.com/", None, NOW)
+    note_id = expire(runtime)
+    for i in range(100):
+        assert run(svc, T + i * timedelta(hours=2)).failed_attempts == 1
+    (view,) = svc.page("acme")
+    (delivery,) = view.deliveries
+    assert [a.number for a in delivery.tries] == [1, *range(82, 101)]
+    assert len(delivery.tries) == KEPT_ATTEMPTS
+    assert (delivery.attempts, delivery.total_attempts) == (100, 100)
+    assert status(runtime, note_id) == Delivery.PENDING
+
+
+def test_attempts_keep_their_numbers_across_a_redelivery_and_the_bound_holds(
+    runtime: Runtime,
+) -> None:
+    svc = NotificationService(runtime.notification_store, failing, max_attempts=15)
+    svc.add_endpoint("acme", "https://down.example.com/", None, NOW)
+    note_id = expire(runtime)
+    at = T
+    for _ in range(2):
+        for _ in range(15):
+            run(svc, at)
+            at += timedelta(hours=2)
+        assert status(runtime, note_id) == Delivery.FAILED
+        assert svc.redeliver("acme", note_id, at)
+    (delivery,) = svc.one("acme", note_id).deliveries
+    assert [a.number for a in delivery.tries] == [1, *range(12, 31)]
+    assert (delivery.attempts, delivery.total_attempts) == (0, 30)
+
+
+def test_a_delivery_under_the_bound_keeps_every_attempt(runtime: Runtime) -> None:
+    svc = NotificationService(runtime.notification_store, failing, max_attempts=1000)
+    svc.add_endpoint("acme", "https://down.example.com/", None, NOW)
+    expire(runtime)
+    for i in range(KEPT_ATTEMPTS):
+        run(svc, T + i * timedelta(hours=2))
+    (delivery,) = svc.page("acme")[0].deliveries
+    assert [a.number for a in delivery.tries] == list(range(1, KEPT_ATTEMPTS + 1))
+
+
+# -- the cap on endpoints --------------------------------------------------------------
+
+
+def test_an_org_has_at_most_20_live_endpoints_and_removed_ones_do_not_count(
+    runtime: Runtime,
+) -> None:
+    svc = service(runtime)
+    made = [svc.add_endpoint("acme", f"https://h{i}.example.com/", None, NOW) for i in range(20)]
+    with pytest.raises(ConflictError, match="at most 20"):
+        svc.add_endpoint("acme", "https://h20.example.com/", None, NOW)
+    assert svc.remove_endpoint("acme", made[0].endpoint.id, NOW)
+    svc.add_endpoint("acme", "https://h20.example.com/", None, NOW)
+    assert len(svc.endpoints("acme")) == 20
+
+
+def test_an_endpoint_of_an_org_that_does_not_exist_is_not_found(runtime: Runtime) -> None:
+    with pytest.raises(NotFoundError):
+        service(runtime).add_endpoint("nobody", "https://h.example.com/", None, NOW)
+
+
+def test_30_racing_creations_never_leave_more_than_20_endpoints(runtime: Runtime) -> None:
+    """The count and the insert run under the org's lock: without it, racing calls
+    all read 19 or fewer and all insert."""
+    svc = service(runtime)
+    start = threading.Barrier(30)
+    outcomes: list[str] = []
+
+    def create(i: int) -> None:
+        start.wait()
+        try:
+            svc.add_endpoint("acme", f"https://h{i}.example.com/", None, NOW)
+            outcomes.append("made")
+        except ConflictError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=create, args=(i,)) for i in range(30)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes).count("made") == 20
+    assert outcomes.count("refused") == 10
+    assert len(svc.endpoints("acme")) == 20
 
 
 # -- the migration of the org webhook ---------------------------------------------------

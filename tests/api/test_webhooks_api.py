@@ -164,3 +164,24 @@ def test_redeliver_without_an_endpoint_is_a_conflict(
     runtime.notifications.deliver([{"id": view.notification.id, "org": "acme"}], T)
     answer = client.post(f"/v1/notifications/{view.notification.id}/redeliver", headers=acme)
     assert answer.status_code == 409
+
+
+def test_a_delivery_retried_100_times_shows_its_total_and_the_kept_attempts(
+    client: TestClient, runtime: Runtime, acme: dict[str, str]
+) -> None:
+    add(client, acme, "https://down.example.com/")
+    runtime.notifications.max_attempts = 1000
+    sender = notify(runtime, 1, FakeSender(*[500] * 99))  # the 100th call succeeds
+    service = runtime.notifications
+    for i in range(1, 100):
+        at = T + i * timedelta(hours=2)
+        batches: list[list[dict[str, Any]]] = []
+        service.dispatch(at, batches.append)
+        service.deliver([p for b in batches for p in b], at)
+    assert len(sender.calls) == 100
+    (note,) = client.get("/v1/notifications", headers=acme).json()["data"]
+    (delivery,) = note["deliveries"]
+    assert (note["status"], delivery["status"]) == ("delivered", "delivered")
+    assert (delivery["attempts"], delivery["total_attempts"]) == (100, 100)
+    assert [a["number"] for a in delivery["history"]] == [1, *range(82, 101)]
+    assert [a["status_code"] for a in delivery["history"]] == [500] * 19 + [200]

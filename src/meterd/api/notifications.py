@@ -1,10 +1,11 @@
 """The org's notifications and their webhook deliveries (``WEBHOOKS:MANAGE``).
 
 ``GET /v1/notifications`` lists them newest first (opaque cursor, ``status`` and
-``entitlement_id`` filters), each with one delivery per endpoint and every
-attempt of it (time, HTTP status or error, duration). ``POST
-/v1/notifications/{id}/redeliver`` queues one again to every live endpoint; while
-it is pending the call changes nothing (``queued`` false).
+``entitlement_id`` filters), each with one delivery per endpoint and its
+attempts (time, HTTP status or error, duration): the first and the latest, at
+most ``KEPT_ATTEMPTS`` (20) of them, and ``total_attempts`` counting every call.
+``POST /v1/notifications/{id}/redeliver`` queues one again to every live
+endpoint; while it is pending the call changes nothing (``queued`` false).
 """
 
 from __future__ import annotations
@@ -51,10 +52,15 @@ class DeliveryOut(BaseModel):
     url: str
     status: str = Field(description="pending, delivered, failed or cancelled")
     attempts: int = Field(description="calls since it was last queued")
+    total_attempts: int = Field(
+        description="every call over its life, redeliveries included; history may keep fewer"
+    )
     next_attempt_at: str | None
     delivered_at: str | None
     last_error: str | None
-    history: list[AttemptOut] = Field(description="every call, oldest first")
+    history: list[AttemptOut] = Field(
+        description="the first call and the latest ones (at most 20 in all), oldest first"
+    )
 
 
 class NotificationOut(BaseModel):
@@ -89,6 +95,7 @@ def delivery_out(d: DeliveryView) -> DeliveryOut:
         url=redact_url(d.url),
         status=d.status,
         attempts=d.attempts,
+        total_attempts=d.total_attempts,
         next_attempt_at=isoformat_or_none(d.due_at) if d.status == "pending" else None,
         delivered_at=isoformat_or_none(d.delivered_at),
         last_error=d.last_error,

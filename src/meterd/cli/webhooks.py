@@ -84,7 +84,8 @@ def webhooks_deliveries(
     limit: Annotated[int, typer.Option(min=1, max=200, help="notifications shown")] = 20,
     as_json: JsonFlag = False,
 ) -> None:
-    """The org's latest notifications, each delivery and its attempts."""
+    """The org's latest notifications, each delivery and its attempts (every call
+    counted; the first and the latest 19 shown)."""
     views = context.get_runtime().notifications.page(org, status=status, limit=limit)
     rows: list[dict[str, Any]] = [
         {
@@ -97,8 +98,10 @@ def webhooks_deliveries(
                     "endpoint_id": str(d.endpoint_id),
                     "url": redact_url(d.url),
                     "status": d.status,
+                    "total_attempts": d.total_attempts,
                     "attempts": [
                         {
+                            "number": a.number,
                             "at": iso(a.at),
                             "status_code": a.status_code,
                             "error": a.error,
@@ -126,13 +129,15 @@ def webhooks_deliveries(
                 r["status"],
                 d["url"],
                 d["status"],
-                len(d["attempts"]),
+                d["total_attempts"],
                 (d["attempts"][-1]["error"] or d["attempts"][-1]["status_code"])
                 if d["attempts"]
                 else "",
             )
             for r in rows
-            for d in (r["deliveries"] or [{"url": "", "status": "", "attempts": []}])
+            for d in (
+                r["deliveries"] or [{"url": "", "status": "", "total_attempts": "", "attempts": []}]
+            )
         ),
     )
 

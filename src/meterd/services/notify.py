@@ -36,7 +36,6 @@ import httpx
 
 from meterd.core.notifications import Delivery
 from meterd.services.webhook_targets import (
-    GuardedBackend,
     RefusedTarget,
     Resolver,
     check_secret,
@@ -45,6 +44,7 @@ from meterd.services.webhook_targets import (
     resolve,
     sign,
 )
+from meterd.services.webhook_transport import GuardedTransport
 from meterd.storage.models import WebhookEndpoint
 from meterd.storage.notifications import NotificationStore, Webhook
 from meterd.storage.webhooks import AttemptResult, DeliveryView, NotificationView
@@ -91,21 +91,6 @@ def headers_for(webhook: Webhook, msg_id: str, body: bytes, timestamp: int) -> d
         "webhook-timestamp": str(timestamp),
         "webhook-signature": sign(webhook.secret, msg_id, timestamp, body),
     }
-
-
-class GuardedTransport(httpx.HTTPTransport):
-    """httpx's transport over a connection pool whose sockets ``GuardedBackend`` opens
-    (checked addresses only; the name still drives Host, SNI and certificates)."""
-
-    def __init__(self, *, allow_private: bool, resolver: Resolver = resolve) -> None:
-        super().__init__(retries=0, trust_env=False)
-        import httpcore
-
-        self._pool = httpcore.ConnectionPool(
-            ssl_context=httpx.create_ssl_context(trust_env=False),
-            retries=0,
-            network_backend=GuardedBackend(allow_private=allow_private, resolver=resolver),
-        )
 
 
 class HttpWebhookSender:
@@ -200,15 +185,12 @@ class NotificationService:
 
     def add_endpoint(self, org: str, url: str, secret: str | None, now: datetime) -> NewEndpoint:
         """A new endpoint of ``org``: ``url`` checked (InvalidError), ``secret`` a
-        ``whsec_`` one or, if None, generated."""
-        from meterd.core.errors import ConflictError
-
+        ``whsec_`` one or, if None, generated. ConflictError: the org has
+        MAX_ENDPOINTS live ones (checked under the org's lock, with the insert)."""
         checked = check_url(url, allow_private=self.allow_private)
         generated = secret is None
         key = new_secret() if secret is None else check_secret(secret)
-        if len(self.store.endpoints.endpoints(org)) >= MAX_ENDPOINTS:
-            raise ConflictError(f"an organisation has at most {MAX_ENDPOINTS} webhook endpoints")
-        row = self.store.endpoints.add_endpoint(org, checked, key, now)
+        row = self.store.endpoints.add_endpoint(org, checked, key, now, cap=MAX_ENDPOINTS)
         return NewEndpoint(Endpoint.of(row), key, generated)
 
     def endpoints(self, org: str) -> list[Endpoint]:
@@ -255,7 +237,9 @@ class NotificationService:
         """Wait before the next call after ``attempts`` failed ones; None: give up."""
         if attempts >= self.max_attempts:
             return None
-        wait: timedelta = FIRST_BACKOFF * 2 ** (attempts - 1)
+        # The exponent is bounded: past ~43 doublings a timedelta overflows, and
+        # METERD_WEBHOOK_MAX_ATTEMPTS allows 50 (20 doublings are far past MAX_BACKOFF).
+        wait: timedelta = FIRST_BACKOFF * 2 ** min(attempts - 1, 20)
         return min(wait, MAX_BACKOFF)
 
     def dispatch(

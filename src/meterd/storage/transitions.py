@@ -11,7 +11,7 @@ time) each row moves by compare-and-set on (status, row_version).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -178,8 +178,7 @@ class TransitionStore:
         its change overwritten. ``expected_version``: refuse if the row moved on."""
         with self.sessions.begin() as s:
             ent, feature = _lock_one(s, entitlement_id)
-            if expected_version is not None and ent.row_version != expected_version:
-                raise StaleVersionError(entitlement_id, expected_version, ent.row_version)
+            _check_version(ent, expected_version)
             step = decide(Status(ent.status), ent.starts_at, _suspended_from(s, ent))
             result: CursorResult[Any] = s.execute(  # type: ignore[assignment]
                 update(Entitlement)
@@ -201,10 +200,7 @@ class TransitionStore:
             )
             if result.rowcount != 1:
                 raise StaleVersionError(entitlement_id, ent.row_version, ent.row_version + 1)
-            record_steps(s, [(due_of(ent, feature), [step])], actor, now)
-            s.flush()
-            s.refresh(ent)
-            s.expunge(ent)
+            _record_and_detach(s, ent, [(due_of(ent, feature), [step])], actor, now)
         return ent, feature
 
     def void(
@@ -233,10 +229,8 @@ class TransitionStore:
                 raise TransitionRefused(
                     f"the entitlement is already void or terminated from {since}"
                 )
-            if expected_version is not None and ent.row_version != expected_version:
-                raise StaleVersionError(entitlement_id, expected_version, ent.row_version)
-            _set_or_stale(s, ent, {"terminated_at": at}, now)
-            due = replace(due_of(ent, feature), row_version=ent.row_version + 1, terminated_at=at)
+            _check_version(ent, expected_version)
+            due = _bump(s, ent, feature, {"terminated_at": at}, now)
             if at <= now:
                 moved = [
                     (d, [_with_reason(step, reason) for step in chain])
@@ -245,13 +239,9 @@ class TransitionStore:
                 if not all(move_one(s, d, chain, now) for d, chain in moved):
                     raise StaleVersionError(entitlement_id, due.row_version, due.row_version + 1)
             else:
-                status = Status(ent.status)
                 note = f"{VOID_SCHEDULED_REASON} {isoformat(at)}: {reason or 'voided'}"
-                moved = [(due, [Transition(status, status, now, note)])]
-            record_steps(s, moved, actor, now)
-            s.flush()
-            s.refresh(ent)
-            s.expunge(ent)
+                moved = [(due, [_note(ent, note, now)])]
+            _record_and_detach(s, ent, moved, actor, now)
         return ent, feature, True
 
     def reset(
@@ -272,8 +262,7 @@ class TransitionStore:
             ent, feature = _lock_one(s, entitlement_id)
             if ent.billing_type != BillingType.PRE_PAID.value:
                 raise InvalidError("a PAY_PER_USE entitlement counts calendar months: no reset")
-            if expected_version is not None and ent.row_version != expected_version:
-                raise StaleVersionError(entitlement_id, expected_version, ent.row_version)
+            _check_version(ent, expected_version)
         # the periods renewals opened by now exist before one of them is split
         self.settle(entitlement_id, now, actor)
         with self.sessions.begin() as s:
@@ -308,14 +297,9 @@ class TransitionStore:
                     updated_at=now,
                 )
             )
-            _set_or_stale(s, ent, {}, now)
-            status = Status(ent.status)
+            due = _bump(s, ent, feature, {}, now)
             note = f"{RESET_REASON} {isoformat(at)}: {reason or 'reset'}"
-            due = replace(due_of(ent, feature), row_version=ent.row_version + 1)
-            record_steps(s, [(due, [Transition(status, status, now, note)])], actor, now)
-            s.flush()
-            s.refresh(ent)
-            s.expunge(ent)
+            _record_and_detach(s, ent, [(due, [_note(ent, note, now)])], actor, now)
         return ent, feature, True
 
     def history(self, entitlement_id: uuid.UUID) -> list[EntitlementTransition]:
@@ -340,6 +324,38 @@ def _set_or_stale(s: Session, ent: Entitlement, values: dict[str, Any], now: dat
     )
     if result.rowcount != 1:
         raise StaleVersionError(ent.id, ent.row_version, ent.row_version + 1)
+
+
+def _check_version(ent: Entitlement, expected_version: int | None) -> None:
+    """StaleVersionError if the caller expected another row_version."""
+    if expected_version is not None and ent.row_version != expected_version:
+        raise StaleVersionError(ent.id, expected_version, ent.row_version)
+
+
+def _bump(
+    s: Session, ent: Entitlement, feature: str, values: dict[str, Any], now: datetime
+) -> DueEntitlement:
+    """Set ``values`` and the next row_version (``_set_or_stale``); the row as the
+    audit records it after that write."""
+    _set_or_stale(s, ent, values, now)
+    return replace(due_of(ent, feature), row_version=ent.row_version + 1, **values)
+
+
+def _note(ent: Entitlement, note: str, now: datetime) -> Transition:
+    """An audit step that keeps the status (a void ahead, a reset): the note says why."""
+    status = Status(ent.status)
+    return Transition(status, status, now, note)
+
+
+def _record_and_detach(
+    s: Session, ent: Entitlement, moved: Sequence[Chain], actor: str, now: datetime
+) -> None:
+    """Record the steps with their notifications, then hand the row back as
+    committed (refreshed from the database, detached from the session)."""
+    record_steps(s, moved, actor, now)
+    s.flush()
+    s.refresh(ent)
+    s.expunge(ent)
 
 
 def _with_reason(step: Transition, reason: str) -> Transition:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from meterd.core.errors import ConflictError, NotFoundError
@@ -30,6 +30,11 @@ from meterd.storage.models import (
 )
 
 PENDING, DELIVERED, FAILED, CANCELLED = "pending", "delivered", "failed", "cancelled"
+
+#: Attempt rows kept per delivery: the first call and the latest ones. Every call is
+#: numbered over the delivery's life, so the total stays known (the last number)
+#: while a receiver that stays down, redelivered again and again, adds no rows past it.
+KEPT_ATTEMPTS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,14 @@ class DeliveryView:
     due_at: datetime | None
     delivered_at: datetime | None
     last_error: str | None
+    #: The kept attempts, oldest first: the first call and the latest (KEPT_ATTEMPTS).
     tries: list[WebhookAttempt] = field(default_factory=list)
+
+    @property
+    def total_attempts(self) -> int:
+        """Every call over the delivery's life, redeliveries included (the kept ones
+        may be fewer): the number of the latest, which is always kept."""
+        return max((a.number for a in self.tries), default=0)
 
 
 @dataclass(slots=True)
@@ -75,10 +87,22 @@ class WebhookStore:
 
     # -- endpoints ------------------------------------------------------------------
 
-    def add_endpoint(self, org_id: str, url: str, secret: str, now: datetime) -> WebhookEndpoint:
+    def add_endpoint(
+        self, org_id: str, url: str, secret: str, now: datetime, *, cap: int
+    ) -> WebhookEndpoint:
+        """A new live endpoint of the org; ConflictError if it has ``cap`` already,
+        NotFoundError if there is no such org. The count and the insert run under
+        the org's lock (``lock_org``), so racing calls never pass the cap."""
         with self.sessions.begin() as s:
-            if s.get(Organisation, org_id) is None:
+            if not self.lock_org(s, org_id):
                 raise NotFoundError("organisation", org_id)
+            live = s.scalar(
+                select(func.count())
+                .select_from(WebhookEndpoint)
+                .where(WebhookEndpoint.org_id == org_id, WebhookEndpoint.deleted_at.is_(None))
+            )
+            if (live or 0) >= cap:
+                raise ConflictError(f"an organisation has at most {cap} webhook endpoints")
             row = WebhookEndpoint(
                 id=uuid.uuid4(), org_id=org_id, url=url, secret=secret, created_at=now
             )
@@ -109,7 +133,7 @@ class WebhookStore:
         """The org's endpoints become the one of ``url`` (none if None); False if there
         is no such org."""
         with self.sessions.begin() as s:
-            if s.get(Organisation, org_id) is None:
+            if not self.lock_org(s, org_id):
                 return False
             live = s.scalars(
                 select(WebhookEndpoint.id).where(
@@ -124,6 +148,27 @@ class WebhookStore:
                     )
                 )
         return True
+
+    @staticmethod
+    def lock_org(s: Session, org_id: str) -> bool:
+        """Take the lock that serialises changes to an org's endpoints, first thing in
+        the transaction; False if there is no such org. PostgreSQL: ``SELECT ... FOR
+        UPDATE`` of the organisation row (a second caller waits, in any process).
+        SQLite: a write that changes nothing takes the database's one write lock
+        before anything is read (a read first would be outside it, and the later
+        write would fail, not wait). As ``AllotmentStore.lock_parent`` does."""
+        if s.get_bind().dialect.name == "postgresql":
+            found = s.scalar(
+                select(Organisation.id).where(Organisation.id == org_id).with_for_update()
+            )
+            return found is not None
+        result = s.execute(
+            update(Organisation)
+            .where(Organisation.id == org_id)
+            .values(name=Organisation.name)
+            .execution_options(synchronize_session=False)
+        )
+        return int(getattr(result, "rowcount", 0)) == 1
 
     @staticmethod
     def _remove(s: Session, org_id: str, ids: list[uuid.UUID], now: datetime) -> int:
@@ -259,7 +304,30 @@ class WebhookStore:
                         .execution_options(synchronize_session=False)
                     )
                 insert_ignoring_duplicates(s, WebhookAttempt, attempts, ["delivery_id", "number"])
+                self._prune(s, [a["delivery_id"] for a in attempts if a["number"] > KEPT_ATTEMPTS])
             self._sum_up(s, notification_ids, now)
+
+    @staticmethod
+    def _prune(s: Session, delivery_ids: list[uuid.UUID]) -> None:
+        """Keep KEPT_ATTEMPTS attempt rows of each delivery: its first call (when and
+        how it started failing) and the latest ones; the ones between go."""
+        if not delivery_ids:
+            return
+        kept = WebhookAttempt.__table__.alias("kept")
+        latest = (
+            select(func.max(kept.c.number))
+            .where(kept.c.delivery_id == WebhookAttempt.delivery_id)
+            .scalar_subquery()
+        )
+        s.execute(
+            delete(WebhookAttempt)
+            .where(
+                WebhookAttempt.delivery_id.in_(delivery_ids),
+                WebhookAttempt.number > 1,
+                WebhookAttempt.number <= latest - (KEPT_ATTEMPTS - 1),
+            )
+            .execution_options(synchronize_session=False)
+        )
 
     @staticmethod
     def _sum_up(s: Session, notification_ids: Sequence[str], now: datetime) -> None:

@@ -1,5 +1,5 @@
 """Webhook endpoints (several per org) and the delivery log: one delivery per
-(notification, endpoint), and every attempt of it.
+(notification, endpoint), and its attempts (the first and the latest 19 kept).
 
 A notification of the outbox (``entitlements.Notification``) fans out to the
 endpoints its org has when it is first delivered: one ``WebhookDelivery`` each,
@@ -38,7 +38,8 @@ class WebhookDelivery(Base):
     """One notification to one endpoint. ``status``: pending, delivered, failed (given
     up after the last attempt) or cancelled (the endpoint was removed first);
     ``attempts`` counts the calls since it was last queued (a redelivery starts
-    again from 0; the attempt rows keep every call)."""
+    again from 0; the attempt rows number every call, and keep the first and the
+    latest: ``storage.webhooks.KEPT_ATTEMPTS``)."""
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
