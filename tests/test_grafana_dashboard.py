@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from meterd import metrics as metrics_module
+from meterd.api.request_metrics import RequestMetrics
 from meterd.core.timeutil import utcnow
 from meterd.ops import UNSAFE, QueueDepth, RedisSafetyState, Storage
 from meterd.runtime import Runtime
@@ -61,8 +62,10 @@ def exported(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> dict[str, set
         metrics_module, "queue_depths", lambda _app: [QueueDepth("meterd.ingest", 1, 0)]
     )
     collector = metrics_module.MeterdCollector(lambda: runtime, lambda: None)
+    requests = RequestMetrics()  # the API process's own, beside the cluster-wide ones
+    requests.observe("GET", "/v1/features", 200, 0.003)
     series: dict[str, set[str]] = {}
-    for family in collector.collect():
+    for family in [*collector.collect(), *requests.collect()]:
         labels = {k for s in family.samples for k in s.labels} - {"le"}
         for suffix in _SUFFIXES[family.type]:
             series[family.name + suffix] = labels | ({"le"} if suffix == "_bucket" else set())

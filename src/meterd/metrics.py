@@ -39,6 +39,9 @@ metric                                        type       labels
 ``meterd_redis_unsafe_setting``               gauge      ``setting``, ``found`` (1 each)
 ``meterd_scrape_errors``                      gauge      (parts that could not be read)
 ============================================  =========  ==================================
+
+The API's ``/metrics`` also serves that process's own request metrics
+(``meterd.api.request_metrics``: requests and latency by route template).
 """
 
 from __future__ import annotations

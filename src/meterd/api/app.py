@@ -36,6 +36,7 @@ from meterd.api import (
 )
 from meterd.api.body_limit import InputLimits
 from meterd.api.compat import tenant, workspace, zenskar
+from meterd.api.request_metrics import RequestMetrics, RequestMetricsMiddleware
 from meterd.celery_config import BACKFILL_QUEUE, BACKFILL_TASK, INGEST_QUEUE, INGEST_TASK
 from meterd.config import get_settings
 from meterd.logs import get_logger
@@ -123,6 +124,9 @@ def create_app(
     if max_body_bytes is None:
         max_body_bytes = get_settings().max_body_bytes
     app.add_middleware(InputLimits, max_body_bytes=max_body_bytes)
+    # outermost (added last): a request the input limits refuse is counted too
+    app.state.request_metrics = RequestMetrics()
+    app.add_middleware(RequestMetricsMiddleware, metrics=app.state.request_metrics)
     docs_pages.install(app)
     app.include_router(health.router)
     app.include_router(usage.router)

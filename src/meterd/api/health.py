@@ -53,5 +53,8 @@ def metrics(
     if registry is None:
         state = request.app.state
         registry = registry_for(state.runtime_factory, state.celery_app)
+        own = getattr(state, "request_metrics", None)
+        if own is not None:  # this process's requests, beside the cluster-wide numbers
+            registry.register(own)
         state.metrics_registry = registry
     return Response(render(registry), media_type=CONTENT_TYPE)
