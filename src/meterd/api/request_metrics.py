@@ -107,7 +107,7 @@ class RequestMetricsMiddleware:
             )
 
 
-def route_of(scope: dict[str, Any]) -> str:
+def route_of(scope: Scope) -> str:
     """The template of the route that answered (bounded), set in ``scope`` by the
     router as it matched."""
     route = scope.get("route")
