@@ -135,9 +135,7 @@ def test_expires_in_bounds_are_inclusive(
     mint(client, acme, expires_in=expires_in)
 
 
-def test_mint_needs_the_entitlements_view_permission(
-    client: TestClient, runtime: Runtime
-) -> None:
+def test_mint_needs_the_entitlements_view_permission(client: TestClient, runtime: Runtime) -> None:
     writer = key_for(runtime, "acme", Permission.EVENTS_WRITE)
     response = client.post(MINT, json={"customer_id": "cust-1"}, headers=writer)
     assert response.status_code == 403
@@ -380,9 +378,7 @@ def test_another_orgs_token_reads_only_that_orgs_customer(
     assert client.get(USAGE, params=window, headers=bearer(token)).json()["data"] == []
 
 
-def test_a_token_is_not_an_api_key(
-    client: TestClient, acme: dict[str, str], granted: None
-) -> None:
+def test_a_token_is_not_an_api_key(client: TestClient, acme: dict[str, str], granted: None) -> None:
     token = mint(client, acme)["token"]
     for headers in ({"x-api-key": token}, bearer(token)):
         for path in ("/v1/entitlements", "/v1/customers/cust-1/features/api_calls"):
@@ -478,7 +474,7 @@ def test_replicas_creating_the_first_key_at_once_end_with_one_key(runtime: Runti
             start.wait()
             token = tokens.mint("acme", "cust-1", datetime.now(UTC)).token
             kids.append(jwt.get_unverified_header(token)["kid"])
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=mint_one, args=(r,)) for r in replicas]

@@ -132,6 +132,15 @@ class PortalTokens:
         token = jwt.encode(claims, key.secret, algorithm=ALGORITHM, headers={"kid": key.kid})
         return MintedToken(token, expires_at)
 
+    def rotate(self, now: datetime) -> str | None:
+        """Retire the current signing key (the next token gets a new one; tokens it
+        signed verify until they expire); the kid retired, or None if there was none.
+        Other processes keep signing with it for at most ``CURRENT_TTL`` seconds."""
+        retired = self.keys.retire_current(now)
+        with self._lock:
+            self._current = None
+        return retired
+
     def verify(self, token: str, now: datetime) -> PortalAccess:
         """The access ``token`` grants at ``now``; ``PortalTokenExpired`` for a genuine
         token past its expiry, ``PortalTokenInvalid`` for anything else wrong."""
