@@ -485,3 +485,22 @@ def test_replicas_creating_the_first_key_at_once_end_with_one_key(runtime: Runti
     assert errors == []
     assert len(kids) == len(replicas) and len(set(kids)) == 1
     assert PortalKeyStore(runtime.database.sessions).count() == 1
+
+
+def test_the_overview_shows_what_a_renewed_term_carried_as_periods_do(
+    client: TestClient, acme: dict[str, str]
+) -> None:
+    now = utcnow()
+    body = {
+        "customer_id": "cust-1", "feature": "api_calls", "quantity": "10",
+        "starts_at": (now - timedelta(hours=36)).isoformat(), "auto_renew": True,
+        "term_value": 1, "term_unit": "DAY", "rollover_max": "4",
+    }  # fmt: skip
+    response = client.post("/v1/entitlements", json=body, headers=acme)
+    assert response.status_code == 201, response.text
+    periods = client.get(f"/v1/entitlements/{response.json()['id']}/periods", headers=acme).json()
+    token = mint(client, acme)["token"]
+    (feature,) = client.get(OVERVIEW, headers=bearer(token)).json()["features"]
+    (ent,) = feature["entitlements"]
+    assert (ent["quantity"], ent["rolled_over"]) == ("14", "4")
+    assert (periods[-1]["quantity"], periods[-1]["rolled_over"]) == ("14", "4")
