@@ -63,6 +63,7 @@ CLI_FOR: dict[Route, tuple[str, ...]] = {
     ("GET", "/v1/notifications"): ("webhooks", "deliveries"),
     ("GET", "/v1/notifications/{notification_id}"): ("webhooks", "deliveries"),
     ("POST", "/v1/notifications/{notification_id}/redeliver"): ("webhooks", "redeliver"),
+    ("POST", "/v1/portal-tokens"): ("portal", "link"),
 }
 
 _SEED_PAGE = (
@@ -70,6 +71,10 @@ _SEED_PAGE = (
     " `meterd entitlement list` shows the same entitlements"
 )
 _DOCS = "the API's own documentation, for a browser or a client generator"
+_PORTAL = (
+    "the customer portal, read with a portal token by the customer's browser;"
+    " `meterd portal link` mints one, `meterd balance` and `meterd usage` show the same"
+)
 
 #: Routes with no command on purpose, and why.
 NO_CLI: dict[Route, str] = {
@@ -85,6 +90,9 @@ NO_CLI: dict[Route, str] = {
     ("GET", "/entitlements/customer/unique/{customer_id}"): _SEED_PAGE,
     ("GET", "/api/web/v4/tenants/{tenantid}/entitlements/{type}"): _SEED_PAGE,
     ("GET", "/api/workspace/entitlement-operations/entitlements"): _SEED_PAGE,
+    ("GET", "/portal"): _PORTAL,
+    ("GET", "/portal/api/overview"): _PORTAL,
+    ("GET", "/portal/api/usage"): _PORTAL,
 }
 
 

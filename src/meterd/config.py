@@ -115,6 +115,14 @@ class Settings(BaseSettings):
     #: None: no exporter (the API's /metrics serves the same numbers).
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
 
+    #: The URL the API is reached at from outside (``https://meter.example.com``, with
+    #: any path prefix): the base of the portal links ``POST /v1/portal-tokens`` answers.
+    #: None: the base of the request that minted the link.
+    public_url: str | None = Field(default=None, pattern=r"^https?://[^\s?#]+$", max_length=500)
+    #: Who may frame the customer portal (its CSP ``frame-ancestors``): ``*`` (any
+    #: site), or space-separated sources such as ``'self' https://app.example.com``.
+    portal_frame_ancestors: str = Field(default="*", pattern=r"^[A-Za-z0-9*'.:/ _-]{1,1000}$")
+
     #: Run on a counter Redis that fails the safety check (evicting, or without AOF):
     #: start anyway, warn loudly, report it in /readyz, status and metrics.
     unsafe_redis: bool = False

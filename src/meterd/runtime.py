@@ -39,12 +39,15 @@ from meterd.services.intake import EventIntake
 from meterd.services.lifecycle import LifecycleService
 from meterd.services.meters import MeterCatalog
 from meterd.services.notify import HttpWebhookSender, NotificationService
+from meterd.services.portal_tokens import PortalTokens
+from meterd.services.portal_view import PortalView
 from meterd.services.queries import EntitlementQueries
 from meterd.services.replay import DeadLetterReplay
 from meterd.services.reserve import ReserveService
 from meterd.services.resolution import ResolutionCache
 from meterd.services.rollover import RolloverFinaliser
 from meterd.services.usage_report import UsageReport
+from meterd.services.values import Feature
 from meterd.storage.allotments import AllotmentStore
 from meterd.storage.api_keys import ApiKeyStore
 from meterd.storage.backfill import BackfillStore
@@ -63,6 +66,7 @@ from meterd.storage.meters import MeterStore
 from meterd.storage.notifications import NotificationStore
 from meterd.storage.organisations import OrganisationStore
 from meterd.storage.plans import PlanStore
+from meterd.storage.portal_keys import PortalKeyStore
 from meterd.storage.rate_limits import RateLimitStore
 from meterd.storage.resolution_views import ResolutionViewStore
 from meterd.storage.rollover import RolloverStore
@@ -321,6 +325,17 @@ class Runtime:
         return EntitlementQueries(
             self.listing, self.entitlements, self.usage, self.transitions, self.balance
         )
+
+    @cached_property
+    def portal_tokens(self) -> PortalTokens:
+        return PortalTokens(PortalKeyStore(self.database.sessions), self.organisations.exists)
+
+    @cached_property
+    def portal_view(self) -> PortalView:
+        def features_of(org: str) -> list[Feature]:
+            return [Feature.from_row(row) for row in self.features.all_of(org)]
+
+        return PortalView(self.queries, self.balance.value, features_of)
 
     @cached_property
     def compat_queries(self) -> CompatQueries:

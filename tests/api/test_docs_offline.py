@@ -18,6 +18,9 @@ from meterd.api.app import create_app
 PAGES = ["/docs", "/redoc"]
 PUBLIC = {"/healthz", "/readyz"}
 SCHEMES: list[dict[str, list[str]]] = [{"ApiKey": []}, {"Bearer": []}]
+#: The customer portal's JSON: a portal token, never an API key (``meterd.api.portal``).
+PORTAL = {"/portal/api/overview", "/portal/api/usage"}
+PORTAL_SCHEMES: list[dict[str, list[str]]] = [{"PortalToken": []}]
 #: The least a real copy weighs, and the type it is served as, by extension.
 ASSETS = {
     ".js": (500_000, "text/javascript"),
@@ -134,6 +137,12 @@ def test_the_document_declares_the_api_key_and_bearer_schemes(spec: dict[str, An
             "scheme": "bearer",
             "description": "The same API key, as `Authorization: Bearer <key>`.",
         },
+        "PortalToken": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "A customer portal token (`POST /v1/portal-tokens`), as"
+            " `Authorization: Bearer <token>`: reads one customer, never the API.",
+        },
     }
 
 
@@ -142,7 +151,7 @@ def test_every_operation_but_the_health_checks_takes_either_scheme(
 ) -> None:
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
-            expected = None if path in PUBLIC else SCHEMES
+            expected = None if path in PUBLIC else PORTAL_SCHEMES if path in PORTAL else SCHEMES
             assert operation.get("security") == expected, (method, path)
 
 
@@ -162,6 +171,10 @@ def test_every_secured_operation_declares_401_403_and_429_with_retry_after(
             responses = operation["responses"]
             if path in PUBLIC:
                 assert not {"401", "403", "429"} & set(responses), (method, path)
+                continue
+            if path in PORTAL:  # a token, not a key: no permission and no key's limit
+                assert {"401", "403", "429"} & set(responses) == {"401"}, (method, path)
+                assert responses["401"]["content"] == problem
                 continue
             assert {"401", "403", "429"} <= set(responses), (method, path)
             assert responses["429"]["content"] == problem

@@ -44,6 +44,7 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "/v1/api-keys"): {"permissions": ["EVENTS:WRITE"]},
     ("POST", "/v1/alert-rules"): {"kind": "CONSUMED", "threshold": "5"},
+    ("POST", "/v1/portal-tokens"): {"customer_id": "cust-1"},
     ("POST", "/v1/dead-letters/replay"): {"ids": ["00000000-0000-4000-8000-000000000000"]},
     ("POST", "/v1/dead-letters/{dead_letter_id}/replay"): {},
     ("POST", "/v1/features"): {"key": "seats"},

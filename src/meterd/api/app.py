@@ -30,6 +30,7 @@ from meterd.api import (
     holds,
     notifications,
     openapi,
+    portal,
     usage,
     usage_history,
     webhooks,
@@ -144,4 +145,5 @@ def create_app(
     app.include_router(alert_rules.router)
     app.include_router(webhooks.router)
     app.include_router(notifications.router)
+    portal.install(app)
     return app

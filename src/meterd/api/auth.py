@@ -7,7 +7,8 @@ read and write nothing else, whatever ids a request carries.
 
 Every authenticated request then takes a token from its key's bucket (before the
 permission check: a key hammering a route it may not call is load all the same);
-an empty bucket is 429 with ``Retry-After``. An expired key is 401 saying so.
+an empty bucket is 429 with ``Retry-After``. An expired key is 401 saying so, and
+so is a customer portal token (``services/portal_tokens.py``): it is never API access.
 
 The two headers are read through FastAPI's security classes (``API_KEY``,
 ``BEARER``, neither raising by itself), so the OpenAPI document declares them as
@@ -33,6 +34,7 @@ from meterd.services.api_keys import (
     Principal,
     RateLimited,
 )
+from meterd.services.portal_tokens import looks_like_a_jwt
 
 
 def runtime_of(request: Request) -> Runtime:
@@ -98,6 +100,12 @@ def _authenticate(runtime: Runtime, token: str) -> Principal | None:
 
 
 def _principal(runtime: Runtime, token: str, permission: Permission) -> Principal:
+    if looks_like_a_jwt(token):
+        raise HttpError(
+            401,
+            "a portal token is not an API key: it opens the customer portal (/portal) only",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     try:
         principal = _authenticate(runtime, token)
     except ApiKeyExpired as exc:

@@ -73,10 +73,14 @@ def status_of(error: MeterdError) -> int:
     return next((s for kind, s in KIND_STATUS.items() if isinstance(error, kind)), 500)
 
 
-def problem(status: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def problem(
+    status: int, detail: str, headers: dict[str, str] | None = None, *, title: str | None = None
+) -> JSONResponse:
+    """A problem body; ``title`` overrides the status's own (an error class may name a
+    clearer one in its ``title`` attribute: "Portal link expired")."""
     body: dict[str, Any] = {
         "type": "about:blank",
-        "title": _TITLES.get(status, "Error"),
+        "title": title or _TITLES.get(status, "Error"),
         "status": status,
         "detail": detail,
     }
@@ -106,7 +110,8 @@ def install(app: FastAPI) -> None:
         if isinstance(exc, UnavailableError):
             return unavailable(str(exc), exc.retry_after)
         if isinstance(exc, UnauthorizedError):
-            return problem(401, str(exc), {"WWW-Authenticate": "Bearer"})
+            title = getattr(exc, "title", None)
+            return problem(401, str(exc), {"WWW-Authenticate": "Bearer"}, title=title)
         if isinstance(exc, RateLimitedError):
             return problem(429, str(exc), {"Retry-After": str(exc.retry_after)})
         return problem(status_of(exc), str(exc))

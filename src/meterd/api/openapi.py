@@ -15,7 +15,8 @@
   dependency), and ``finish`` declares on it the answers that dependency gives
   before the route runs: 401 (no key, or not valid), 403 (a permission it lacks)
   and 429 (the key's rate limit, with ``Retry-After``). A route may declare its
-  own (the workspace page's 403).
+  own (the workspace page's 403). The customer portal's operations take a portal
+  token instead (``PortalToken``), and declare only its 401.
 """
 
 from __future__ import annotations
@@ -76,6 +77,16 @@ KEY_ANSWERS: dict[str, dict[str, Any]] = {
         },
         "content": _PROBLEM_CONTENT,
     },
+}
+
+#: The customer portal's routes take a portal token, not a key (``meterd.api.portal``):
+#: no permission, no key's rate limit; only the token can be refused.
+PORTAL_SCHEME = "PortalToken"
+PORTAL_TOKEN_ANSWER: dict[str, Any] = {
+    "description": "no portal token, or one that has expired (title: Portal link expired)"
+    " or is not valid (title: Portal link not valid)",
+    "headers": {"WWW-Authenticate": {"schema": {"type": "string", "enum": ["Bearer"]}}},
+    "content": _PROBLEM_CONTENT,
 }
 
 
@@ -154,7 +165,10 @@ def finish(schema: dict[str, Any]) -> dict[str, Any]:
             )
             if takes_input and "400" not in responses:
                 responses["400"] = BAD_REQUEST
-            if operation.get("security"):
+            security = operation.get("security")
+            if security == [{PORTAL_SCHEME: []}]:
+                responses.setdefault("401", PORTAL_TOKEN_ANSWER)
+            elif security:
                 for status, answer in KEY_ANSWERS.items():
                     responses.setdefault(status, answer)
     schemas = schema.setdefault("components", {}).setdefault("schemas", {})

@@ -32,6 +32,7 @@ from meterd.cli import (
     operate,
     orgs,
     plans,
+    portal,
     publish,
     serve,
     usage,
@@ -97,6 +98,7 @@ app.add_typer(entitlements.app, name="entitlement")
 app.add_typer(keys.app, name="keys")
 app.add_typer(alerts.app, name="alerts")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(portal.app, name="portal")
 
 # -- usage ----------------------------------------------------------------------------
 app.command()(publish.publish)

@@ -20,6 +20,10 @@ class OrganisationStore:
             if s.get(Organisation, org_id) is None:
                 s.add(Organisation(id=org_id, name=name, created_at=now))
 
+    def exists(self, org_id: str) -> bool:
+        with self.sessions() as s:
+            return s.get(Organisation, org_id) is not None
+
     def all(self) -> list[Organisation]:
         """Every organisation, by id."""
         with self.sessions() as s:

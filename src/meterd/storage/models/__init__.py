@@ -1,9 +1,9 @@
 """SQLAlchemy 2.x tables. Alembic migrations in ``meterd/migrations`` create them.
 
 One module per group of tables (``catalog``, ``entitlements``, ``event_rows``,
-``backfill``, ``alerts``, ``webhooks``, ``allotments``), over the declarative base and the exact
-column types (``base``); every name is re-exported here, so ``Base.metadata``
-holds every table once this package is imported.
+``backfill``, ``alerts``, ``webhooks``, ``allotments``, ``portal``), over the
+declarative base and the exact column types (``base``); every name is re-exported
+here, so ``Base.metadata`` holds every table once this package is imported.
 """
 
 from meterd.storage.models.alerts import AlertRule
@@ -40,6 +40,7 @@ from meterd.storage.models.event_rows import (
     UsageRollup,
     compared_in_schema,
 )
+from meterd.storage.models.portal import PortalSigningKey
 from meterd.storage.models.webhooks import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 __all__ = [
@@ -66,6 +67,7 @@ __all__ = [
     "Organisation",
     "Plan",
     "PlanFamily",
+    "PortalSigningKey",
     "UsagePeriod",
     "UsageRollup",
     "UtcDateTime",
