@@ -21,7 +21,9 @@ from meterd.api import (
     allotments,
     api_keys,
     catalog,
+    console,
     corrections,
+    customers,
     dead_letters,
     docs_pages,
     entitlements,
@@ -30,6 +32,7 @@ from meterd.api import (
     holds,
     notifications,
     openapi,
+    status,
     usage,
     usage_history,
     webhooks,
@@ -140,4 +143,7 @@ def create_app(
     app.include_router(alert_rules.router)
     app.include_router(webhooks.router)
     app.include_router(notifications.router)
+    app.include_router(customers.router)
+    app.include_router(status.router)
+    app.include_router(console.router)
     return app
