@@ -128,9 +128,7 @@ def test_a_customer_cursor_that_is_not_one_is_a_400(
     assert "cursor" in response.json()["detail"]
 
 
-def test_listing_customers_needs_entitlements_view(
-    client: TestClient, runtime: Runtime
-) -> None:
+def test_listing_customers_needs_entitlements_view(client: TestClient, runtime: Runtime) -> None:
     writer = key_for(runtime, "acme", Permission.EVENTS_WRITE)
     response = client.get("/v1/customers", headers=writer)
     assert response.status_code == 403
@@ -140,9 +138,7 @@ def test_listing_customers_needs_entitlements_view(
     assert client.get("/v1/customers").status_code == 401
 
 
-def test_status_answers_what_meterd_status_prints(
-    client: TestClient, runtime: Runtime
-) -> None:
+def test_status_answers_what_meterd_status_prints(client: TestClient, runtime: Runtime) -> None:
     operator = key_for(runtime, "acme", Permission.METRICS_VIEW)
     response = client.get("/v1/status?sample=0", headers=operator)
     assert response.status_code == 200, response.text
@@ -165,9 +161,7 @@ def test_status_answers_what_meterd_status_prints(
     assert body["events_per_second"] is None
 
 
-def test_status_counts_dead_letters_by_reason(
-    client: TestClient, runtime: Runtime
-) -> None:
+def test_status_counts_dead_letters_by_reason(client: TestClient, runtime: Runtime) -> None:
     from meterd.core.timeutil import utcnow
     from meterd.testing import event
 
@@ -187,5 +181,5 @@ def test_status_needs_metrics_view(client: TestClient, runtime: Runtime) -> None
 
 def test_the_status_sample_is_bounded(client: TestClient, runtime: Runtime) -> None:
     operator = key_for(runtime, "acme", Permission.METRICS_VIEW)
-    assert client.get("/v1/status?sample=6", headers=operator).status_code == 400
+    assert client.get("/v1/status?sample=1.5", headers=operator).status_code == 400
     assert client.get("/v1/status?sample=-1", headers=operator).status_code == 400

@@ -417,7 +417,7 @@
       event.preventDefault();
       var from = pick.value || usage.from;
       var to = pick.value ? windows[pick.value] : usage.to;
-      eventsPage(list, customerId, from, to, null, []);
+      eventsPage(list, customerId, from, to, null, {});
     });
   }
 
@@ -427,7 +427,7 @@
     if (!cursor) { list.textContent = ""; }
     list.appendChild(box);
     load(box, request, function (body) {
-      body.data.forEach(function (e) { shown.push(e.quantity); });
+      body.data.forEach(function (e) { (shown[e.feature] = shown[e.feature] || []).push(e.quantity); });
       var rows = body.data.map(function (e) {
         var correction = null;
         if (e.correction) {
@@ -448,9 +448,16 @@
       } else if (!cursor) {
         box.appendChild(el("p", { text: "No counted event in " + from + " – " + to + "." }));
       }
-      var total = shown.length ? window.MeterdChart.sumDecimals(shown) : "0";
-      var summary = el("p", { "class": "console-events-total" }, [shown.length + " event parts from " + from + " to " + to
-        + ", counted total ", el("strong", { "data-exact": total, text: total }), body.next ? " so far" : ""]);
+      // a total per feature: the units of two features do not add up
+      var features = Object.keys(shown).sort();
+      var count = features.reduce(function (n, f) { return n + shown[f].length; }, 0);
+      var summary = el("p", { "class": "console-events-total" }, [count + " event parts from " + from + " to " + to
+        + (body.next ? " so far" : "") + ", counted: "]);
+      features.forEach(function (f, i) {
+        var total = window.MeterdChart.sumDecimals(shown[f]);
+        summary.appendChild(document.createTextNode((i ? " · " : "") + f + " "));
+        summary.appendChild(el("strong", { "data-feature": f, "data-exact": total, text: total }));
+      });
       box.appendChild(summary);
       if (body.next) {
         var more = el("button", { type: "button", "class": "console-small", text: "More events" });
