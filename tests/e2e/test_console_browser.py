@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "images" / "console.png"
 #: Quantities whose float sum is not their decimal sum (0.1 + 0.2).
 CALLS = ["0.1", "0.2", "1.25", "3", "0.000001", "7.5"]
+#: The event voided after it counted (7.5 of CALLS): its correction is a row of its own.
+VOIDED = "call-5"
 
 
 def key(runtime: Runtime, *permissions: Permission) -> str:
@@ -77,6 +79,10 @@ def customer_data(live_api: LiveApi) -> None:
         )
     ]
     rt.ingest.ingest(events, now=now)
+    rt.flush.flush_all(utcnow())
+    rt.corrections.void(
+        "acme", "tests", VOIDED, reason="sent twice", actor="ops@acme", now=utcnow()
+    )
     rt.flush.flush_all(utcnow())
 
 
@@ -130,7 +136,7 @@ def test_a_customers_balances_chart_and_events_equal_the_apis_figures(
             assert row.locator("td[data-field=consumed]").inner_text() == balance["consumed"]
             assert row.locator("td[data-field=remaining]").inner_text() == balance["remaining"]
     calls = api_get(live_api, token, "/v1/customers/cust-1/features/api_calls")
-    assert calls["consumed"] == str(sum(Decimal(q) for q in CALLS))  # 12.050001, no float
+    assert calls["consumed"] == "4.550001"  # 0.1 + 0.2 + ... - 7.5 as decimals, no float
 
     # the chart: one series per entitlement, each total the exact sum of the API's rows
     page.locator("#usage-chart .meterd-chart-total").first.wait_for(state="attached")
@@ -160,6 +166,9 @@ def test_a_customers_balances_chart_and_events_equal_the_apis_figures(
         shown = page.locator(f".console-events-total strong[data-feature={feature}]")
         assert Decimal(shown.get_attribute("data-exact") or "x") == total
         assert shown.inner_text() == str(total)
+    correction = page.locator(".console-correction")
+    assert correction.count() == 1
+    assert f"of {VOIDED}" in correction.inner_text() and "sent twice" in correction.inner_text()
 
     assert page.evaluate("window.localStorage.length") == 0
     assert page.evaluate("window.sessionStorage.getItem('meterd.console.key')") == token
