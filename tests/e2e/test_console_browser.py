@@ -229,3 +229,77 @@ def test_the_console_holds_on_a_phone_sized_screen(browser: Browser, live_api: L
     page.locator(".console-feature-total").first.wait_for()
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 375 + 1
+
+
+def test_an_operator_replays_a_dead_letter_and_manages_alert_rules(
+    browser: Browser, live_api: LiveApi
+) -> None:
+    rt = live_api.runtime
+    now = utcnow()
+    rt.ingest.ingest([event("nobody", "2", event_id="lost-1", time=now)], now=now)
+    token = key(rt, Permission.ALL)
+    page = browser.page
+    page.on("dialog", lambda dialog: dialog.accept())
+    sign_in(browser, live_api, token, "#/dead-letters")
+    row = page.locator("#dead-letters-list tr[data-dead-letter]")
+    row.wait_for()
+    assert "no_entitlement" in row.inner_text()
+    row.locator("button").click()
+    outcome = page.locator("#replay-outcome")
+    outcome.filter(has_text="Replayed").wait_for()
+    assert outcome.inner_text() == "Replayed 1, still dead 1 (no_entitlement 1)."
+
+    page.click("nav a[data-section=alert-rules]")
+    page.fill("#rule-threshold", "150")
+    page.fill("#rule-feature", "api_calls")
+    page.click("#rule-form button[type=submit]")
+    rule = page.locator("#alert-rules-list tr[data-rule]")
+    rule.wait_for()
+    (listed,) = api_get(live_api, token, "/v1/alert-rules")
+    assert listed["threshold"] == "150" and listed["feature"] == "api_calls"
+    assert rule.get_attribute("data-rule") == listed["id"]
+    rule.locator("button").click()
+    page.locator("#alert-rules-list .console-body p").wait_for()
+    assert api_get(live_api, token, "/v1/alert-rules") == []
+    assert browser.foreign == []
+
+
+def test_a_hold_is_looked_up_and_queue_health_shows_meterd_status(
+    browser: Browser, live_api: LiveApi
+) -> None:
+    rt = live_api.runtime
+    now = utcnow()
+    grant(
+        rt,
+        "cust-1",
+        "100",
+        starts_at=now - timedelta(days=1),
+        ends_at=now + timedelta(days=9),
+        now=now,
+    )
+    token = key(rt, Permission.ALL)
+    reserved = httpx.post(
+        f"{live_api.base_url}/v1/customers/cust-1/features/api_calls/reserve",
+        headers={"x-api-key": token},
+        json={"quantity": "2.5", "idempotency_key": "h-1", "hold_seconds": 120},
+    )
+    assert reserved.status_code == 200, reserved.text
+    hold_id = reserved.json()["hold"]["id"]
+    page = browser.page
+    sign_in(browser, live_api, token, f"#/holds?id={hold_id}")
+    held = page.locator("#hold-result dd[data-field=held]")
+    held.wait_for()
+    assert held.inner_text() == "2.5"
+    assert page.locator("#hold-result dd[data-field=status]").inner_text() == "held"
+
+    page.click("nav a[data-section=health]")
+    card = page.locator("#health-status [data-figure=dead-letters] .meterd-figure")
+    card.wait_for()
+    status = api_get(live_api, token, "/v1/status")
+    assert card.inner_text() == str(sum(status["dead_letters"].values()))
+    assert (
+        page.locator("#health-status [data-figure=redis-safety]")
+        .inner_text()
+        .endswith(status["redis_safety"]["state"])
+    )
+    assert browser.foreign == []
