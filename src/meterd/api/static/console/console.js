@@ -153,8 +153,8 @@
   function failure(container, err) {
     container.textContent = "";
     if (err instanceof Lacks) {
-      container.appendChild(el("p", { "class": "console-lacks", "data-lacks": err.permission },
-        ["Your key lacks " + err.permission + ": ", el("span", { "class": "meterd-muted", text: err.detail })]));
+      container.appendChild(el("p", { "class": "console-lacks", "data-lacks": err.permission, title: err.detail },
+        ["Your key lacks " + err.permission + ": this section needs a key that holds it."]));
     } else if (err instanceof ApiError) {
       if (err.status === 401) return;
       container.appendChild(el("p", { "class": "meterd-error", role: "alert", text: String(err) }));
