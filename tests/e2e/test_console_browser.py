@@ -303,3 +303,23 @@ def test_a_hold_is_looked_up_and_queue_health_shows_meterd_status(
         .endswith(status["redis_safety"]["state"])
     )
     assert browser.foreign == []
+
+
+@pytest.mark.usefixtures("customer_data")
+def test_the_chart_counts_from_midnight_in_the_zone_chosen(
+    browser: Browser, live_api: LiveApi
+) -> None:
+    token = key(live_api.runtime, Permission.ALL)
+    page = browser.page
+    sign_in(browser, live_api, token, "#/customer/cust-1")
+    page.locator("#usage-chart .meterd-chart-total").first.wait_for(state="attached")
+    page.fill("#usage-tz", "Asia/Kolkata")
+    with page.expect_response(lambda r: urlsplit(r.url).path == "/v1/usage") as answer:
+        page.click("#usage-form button[type=submit]")
+    body = answer.value.json()
+    assert body["tz"] == "Asia/Kolkata"
+    assert body["from"].endswith("T00:00:00+05:30") and body["to"].endswith("T00:00:00+05:30")
+    page.locator("#usage-chart .meterd-chart-total").first.wait_for(state="attached")
+    usage = api_get(live_api, token, answer.value.url)
+    shown = page.locator("#usage-chart .meterd-chart-total").all_text_contents()
+    assert sum(Decimal(t) for t in shown) == sum(Decimal(r["quantity"]) for r in usage["data"])

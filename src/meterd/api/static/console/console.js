@@ -337,7 +337,7 @@
       tz: el("input", { id: "usage-tz", type: "text", value: params.get("tz") || localZone(), autocomplete: "off", size: "16" }),
     };
     var form = el("form", { "class": "meterd-form", id: "usage-form" }, [
-      el("label", { "for": "usage-from" }, ["From (local day)", fields.from]),
+      el("label", { "for": "usage-from" }, ["From (day, in the zone)", fields.from]),
       el("label", { "for": "usage-to" }, ["To (exclusive)", fields.to]),
       el("label", { "for": "usage-window" }, ["Window", fields.window]),
       el("label", { "for": "usage-tz" }, ["Time zone (IANA)", fields.tz]),
@@ -350,9 +350,10 @@
     chartBox.appendChild(chart);
     var drawn = null;
     function show() {
-      var range = rangeOf(fields.from.value, fields.to.value);
+      var tz = fields.tz.value.trim() || "UTC";
+      var range = rangeOf(fields.from.value, fields.to.value, tz);
       if (!range) return;
-      var request = { from: range.from, to: range.to, window: fields.window.value, tz: fields.tz.value.trim() || "UTC" };
+      var request = { from: range.from, to: range.to, window: fields.window.value, tz: tz };
       if (drawn) { drawn.destroy(); drawn = null; }
       load(chart, api("GET", "/v1/usage" + query({ customer_id: customerId, from: request.from, to: request.to,
         window: request.window, tz: request.tz, group_by: "entitlement" })), function (body) {
@@ -364,11 +365,23 @@
     show();
   }
 
-  // The form's local days as an RFC 3339 range in UTC (the API takes any offset;
-  // the windows themselves are of the time zone chosen).
-  function rangeOf(fromDay, toDay) {
+  // The form's days as an RFC 3339 range, each from midnight in the chosen zone
+  // (its UTC offset on that day, from the browser's time zone data; UTC if the
+  // browser does not know the zone: the API then names the zone in a 400).
+  function offsetOn(day, tz) {
+    try {
+      var parts = new Intl.DateTimeFormat("en-US", { timeZone: tz, timeZoneName: "longOffset" })
+        .formatToParts(new Date(day + "T12:00:00Z"));
+      var name = parts.filter(function (p) { return p.type === "timeZoneName"; })[0].value;
+      var m = /^GMT([+-]\d{2}):?(\d{2})?$/.exec(name);
+      return m ? m[1] + ":" + (m[2] || "00") : "Z";
+    } catch (e) {
+      return "Z";
+    }
+  }
+  function rangeOf(fromDay, toDay, tz) {
     if (!fromDay || !toDay) return null;
-    return { from: fromDay + "T00:00:00Z", to: toDay + "T00:00:00Z" };
+    return { from: fromDay + "T00:00:00" + offsetOn(fromDay, tz), to: toDay + "T00:00:00" + offsetOn(toDay, tz) };
   }
 
   function drawUsage(container, body, labels) {
