@@ -323,3 +323,35 @@ def test_the_chart_counts_from_midnight_in_the_zone_chosen(
     usage = api_get(live_api, token, answer.value.url)
     shown = page.locator("#usage-chart .meterd-chart-total").all_text_contents()
     assert sum(Decimal(t) for t in shown) == sum(Decimal(r["quantity"]) for r in usage["data"])
+
+
+def test_webhook_deliveries_list_the_notifications_the_api_gives(
+    browser: Browser, live_api: LiveApi
+) -> None:
+    rt = live_api.runtime
+    now = utcnow()
+    grant(
+        rt,
+        "cust-1",
+        "10",
+        starts_at=now - timedelta(days=1),
+        ends_at=now + timedelta(days=9),
+        now=now,
+    )
+    rt.ingest.ingest([event("cust-1", "9", event_id="big-1", time=now)], now=now)
+    rt.flush.flush_all(utcnow())
+    token = key(rt, Permission.ALL)
+    notes = api_get(live_api, token, "/v1/notifications")["data"]
+    assert notes, "crossing 80 % of the quantity notifies"
+    page = browser.page
+    sign_in(browser, live_api, token, "#/deliveries")
+    rows = page.locator("#deliveries-list tr[data-notification]")
+    rows.first.wait_for()
+    assert [rows.nth(i).get_attribute("data-notification") for i in range(rows.count())] == [
+        n["id"] for n in notes
+    ]
+    rows.first.locator("button").click()  # still pending: the API changes nothing, says so
+    said = page.locator("#deliveries-list p[role=status]")
+    said.filter(has_text="pending").wait_for()
+    assert said.inner_text() == f"{notes[0]['id']} was still pending: nothing changed."
+    assert browser.foreign == []
