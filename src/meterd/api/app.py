@@ -145,5 +145,5 @@ def create_app(
     app.include_router(notifications.router)
     app.include_router(customers.router)
     app.include_router(status.router)
-    app.include_router(console.router)
+    console.install(app)
     return app

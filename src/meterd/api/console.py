@@ -18,12 +18,10 @@ import functools
 import hashlib
 import html
 
-from fastapi import APIRouter, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 
 from meterd.api.docs_pages import STATIC_DIR, asset_url
-
-router = APIRouter()
 
 CONSOLE_DIR = STATIC_DIR / "console"
 #: The files the page loads, under ``static/``; their digest versions the URLs.
@@ -64,8 +62,12 @@ def render(root_path: str) -> str:
     return page.replace("{{root}}", html.escape(root_path))
 
 
-@router.get("/console", response_class=HTMLResponse, include_in_schema=False)
-def console(request: Request) -> HTMLResponse:
+def install(app: FastAPI) -> None:
+    """Add ``/console``: a plain route, as ``/docs`` (no body, no dependency, no schema)."""
+    app.add_route("/console", console, include_in_schema=False)
+
+
+async def console(request: Request) -> HTMLResponse:
     root_path = str(request.scope.get("root_path", "")).rstrip("/")
     return HTMLResponse(
         render(root_path),
