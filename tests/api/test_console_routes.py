@@ -9,6 +9,7 @@ import re
 
 from fastapi.testclient import TestClient
 
+from meterd.api.app import create_app
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
 
@@ -39,6 +40,14 @@ def test_every_asset_of_the_console_page_is_served_with_its_version(client: Test
     for url in assets:
         assert re.search(r"\?v=[0-9a-f]{12}$", url), url
         assert client.get(url).status_code == 200, url
+
+
+def test_the_console_follows_the_root_path_behind_a_proxy() -> None:
+    app = create_app(lambda: None, publish_events=lambda _e: None, check_redis=False)  # type: ignore[arg-type, return-value]
+    page = TestClient(app, root_path="/meterd").get("/console").text
+    assets = re.findall(r"(?:src|href)=\"(/[^\"]*)\"", page)
+    assert len(assets) == 6 and all(url.startswith("/meterd/static/") for url in assets), assets
+    assert 'data-root="/meterd"' in page  # the script calls /meterd/v1/...
 
 
 def test_the_console_page_is_left_out_of_the_openapi_document(client: TestClient) -> None:
