@@ -8,8 +8,10 @@ limit, so it reads at most the entitlements of the customers it returns (and of
 those it skips by prefix within that index range), never the org's whole table.
 
 A prefix bounds the range on both sides (``prefix <= customer_id < prefix + U+10FFFF``)
-and is checked exactly with ``LIKE`` (escaped), so a database whose collation does
-not order by code point still answers only matching ids.
+and is checked exactly with ``LIKE`` (escaped): never an id that does not match.
+The range holds every match under a collation that orders by code point (``C``,
+``C.UTF-8``, SQLite's ``BINARY``); under a linguistic collation an id whose order
+the locale bends (punctuation it ignores) may be left out of a prefix search.
 """
 
 from __future__ import annotations
