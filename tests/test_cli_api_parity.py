@@ -19,6 +19,7 @@ CLI_FOR: dict[Route, tuple[str, ...]] = {
     ("GET", "/v1/customers/{customer_id}/features/{feature}"): ("balance",),
     ("POST", "/v1/events"): ("publish",),
     ("GET", "/v1/usage"): ("usage",),
+    ("GET", "/v1/status"): ("status",),
     ("GET", "/v1/events"): ("events", "list"),
     ("POST", "/v1/events/void"): ("events", "void"),
     ("POST", "/v1/events/amend"): ("events", "amend"),
@@ -84,6 +85,9 @@ NO_CLI: dict[Route, str] = {
     ("GET", "/openapi.json"): _DOCS,
     ("GET", "/docs"): _DOCS,
     ("GET", "/redoc"): _DOCS,
+    ("GET", "/console"): "a web page for a browser: each of its sections calls a /v1 route",
+    ("GET", "/v1/customers"): "the console's customer list; `meterd entitlement list`"
+    " shows every customer's entitlements (and searches by customer id)",
     ("POST", "/v1/customers/{customer_id}/features/{feature}/reserve"): "the application's"
     " gate on its request path (atomic check-and-consume under an idempotency key);"
     " an operator records usage with `meterd publish`, and reads room with `meterd balance`",

@@ -31,6 +31,7 @@ from meterd.services.catalog import Catalog
 from meterd.services.compat_queries import CompatQueries
 from meterd.services.corrections import CorrectionService
 from meterd.services.counting import UsageCounter
+from meterd.services.customers import CustomerList
 from meterd.services.event_log import EventLogMaintenance
 from meterd.services.flush import FlushService
 from meterd.services.holds import HoldService
@@ -54,6 +55,7 @@ from meterd.storage.backfill import BackfillStore
 from meterd.storage.compat_listing import CompatListing
 from meterd.storage.corrections import CorrectionCounters, CorrectionLog
 from meterd.storage.counters import CounterStore
+from meterd.storage.customers import CustomerDirectory
 from meterd.storage.database import Database
 from meterd.storage.dead_letters import DeadLetterStore
 from meterd.storage.entitlements import EntitlementStore
@@ -175,6 +177,10 @@ class Runtime:
     @cached_property
     def compat_listing(self) -> CompatListing:
         return CompatListing(self.database.sessions)
+
+    @cached_property
+    def customers(self) -> CustomerList:
+        return CustomerList(CustomerDirectory(self.database.sessions))
 
     @cached_property
     def dead_letters(self) -> DeadLetterStore:

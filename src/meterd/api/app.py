@@ -21,7 +21,9 @@ from meterd.api import (
     allotments,
     api_keys,
     catalog,
+    console,
     corrections,
+    customers,
     dead_letters,
     docs_pages,
     entitlements,
@@ -31,6 +33,7 @@ from meterd.api import (
     notifications,
     openapi,
     portal,
+    status,
     usage,
     usage_history,
     webhooks,
@@ -146,4 +149,7 @@ def create_app(
     app.include_router(webhooks.router)
     app.include_router(notifications.router)
     portal.install(app)
+    app.include_router(customers.router)
+    app.include_router(status.router)
+    console.install(app)
     return app

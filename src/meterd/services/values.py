@@ -174,6 +174,15 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
+class CustomerSummary:
+    """A customer of an org (named by at least one of its entitlements)."""
+
+    customer_id: str
+    #: How many entitlements name it, whatever their state.
+    entitlements: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """An event (or a raw message) that was not counted, with why."""
 
