@@ -65,7 +65,14 @@
       "data-exact": a.exact ? text(value) : null }, [value instanceof Node ? value : text(value)]);
   }
   function stateBadge(state) { return el("span", { "class": "meterd-state " + state, text: state }); }
-  function shortId(id) { return id ? String(id).slice(0, 8) : "—"; }
+  // An event id as a person reads it: a correction's id is "<event><U+001E><n>" and a
+// raw event's item "<event><U+001F><feature>" (core/corrections.py, meters.py); the
+// exact id stays in the element's title.
+function readableId(id) {
+  return String(id).replace(/\u001e/g, " correction #").replace(/\u001f/g, " \u00b7 ");
+}
+
+function shortId(id) { return id ? String(id).slice(0, 8) : "—"; }
 
   // ---------------------------------------------------------------- exact JSON
   // A number of event data or a payload keeps its source text (JSON.parse's
@@ -449,7 +456,7 @@
             + " of " + e.correction.of + (why && why.kind ? " (" + why.kind + ")" : "") + (why && why.reason ? ": " + why.reason : "") });
         }
         return el("tr", {}, [
-          cell(e.time), cell(el("span", { "class": "console-id", text: e.source + " " + e.id })),
+          cell(e.time), cell(el("span", { "class": "console-id", title: e.id, text: e.source + " " + readableId(e.id) })),
           cell(e.feature), cell(el("span", { "class": "console-id", title: String(e.entitlement_id), text: shortId(e.entitlement_id) })),
           cell(e.quantity, { num: true, exact: true, field: "quantity" }), cell(e.event_quantity, { num: true }),
           cell(String(e.part)), cell(correction || (e.data !== null && e.data !== undefined ? jsonBlock(e.data, "data") : "—")),
