@@ -252,6 +252,7 @@ def _start_and_wait(
     )
     console.print(f"  API       {base}  (OpenAPI docs: {base}/docs)")
     console.print(f"  metrics   {base}/metrics")
+    console.print(f"  console   {base}/console  (sign in with the API key below)")
     token, reused = key
     age = "the same as last time" if reused else "new"
     console.print(f"  org       {DEV_ORG}, API key ({age}; in {DEV_KEY_FILE}):", soft_wrap=True)
