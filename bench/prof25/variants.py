@@ -177,6 +177,7 @@ def variants() -> list[Variant]:
     out.extend(experiments(base))
     out.extend(structural(base))
     out.append(prof_lean())
+    out.extend(split_res_load(base))
     floor = 'return string.rep("a", (#KEYS - 9) / 2)\n'
     out.append(
         Variant(
@@ -475,3 +476,30 @@ def prof_lean() -> Variant:
     return Variant(
         "prof_lean_all", "phase timers on lean+flat_res+batched", text, resolution="flat"
     )
+
+
+def split_res_load(base: str) -> list[Variant]:
+    """What lean+all's resolution load is made of: the entry read but not parsed (the
+    candidate given; its field is the resolution key, unique per customer), and
+    neither read nor parsed (what a worker-computed candidate would leave)."""
+    every = _edit(batched_writes(flat_res(lean(base))), NO_PENDING_OLD, "")
+    parse = (
+        "      local periods = {}\n"
+        "      for a, b, c, f in string.gmatch(raw, "
+        '"(%-?%d+)\\t(%-?%d+)\\t(%-?%d+)\\t([^\\n]+)\\n") do\n'
+        "        periods[#periods + 1] = { tonumber(a), tonumber(b), tonumber(c), f }\n"
+        "      end\n"
+    )
+    given = "      local periods = { { 0, OPEN, 1000000000000000, resolution_key } }\n"
+    no_parse = _edit(every, parse, given)
+    no_get = _edit(
+        no_parse, '    local raw = redis.call("GET", resolution_key)', '    local raw = "F"'
+    )
+    return [
+        Variant(
+            "lean+all_noparse", "lean+all, entry read, not parsed", no_parse, resolution="flat"
+        ),
+        Variant(
+            "lean+all_noget", "lean+all, entry neither read nor parsed", no_get, resolution="flat"
+        ),
+    ]
