@@ -178,6 +178,7 @@ def variants() -> list[Variant]:
     out.extend(structural(base))
     out.append(prof_lean())
     out.extend(split_res_load(base))
+    out.extend(plans(base))
     floor = 'return string.rep("a", (#KEYS - 9) / 2)\n'
     out.append(
         Variant(
@@ -502,4 +503,51 @@ def split_res_load(base: str) -> list[Variant]:
         Variant(
             "lean+all_noget", "lean+all, entry neither read nor parsed", no_get, resolution="flat"
         ),
+    ]
+
+
+#: the common event (SUM, one candidate, usage, not a hold, far from the exact
+#: bound) counted without the generic burn-down and bound loops; anything else falls
+#: through to them (the same answers)
+FAST_OLD = """  if #cands == 0 then
+    return suspended and "s" or "n"
+  end
+"""
+FAST_NEW = """  if #cands == 0 then
+    return suspended and "s" or "n"
+  end
+  if agg == "S" and #cands == 1 and not strict and not ev.hold then
+    local c = cands[1]
+    local entry = used_entry(used_key, c[1])
+    if entry[1] == false and entry[2] + qty <= MAX_UNITS - BIG and not is_big(c[1]) then
+      allocation = {}
+      if qty > 0 then add_to(used_key, c[1], qty) else allocation[1] = c[1] .. "=0" end
+      return "a"
+    end
+  end
+"""
+
+
+def given_candidate(flat_text: str) -> str:
+    """flat_res's parse replaced by a candidate the worker would pass (the entry is
+    still read: it is what a version check would compare)."""
+    start = flat_text.index("      local periods = {}\n")
+    end = flat_text.index("      res = { flat = periods }")
+    given = "      local periods = { { 0, OPEN, 1000000000000000, resolution_key } }\n"
+    return flat_text[:start] + given + flat_text[end:]
+
+
+def plans(base: str) -> list[Variant]:
+    a = _edit(given_candidate(batched_writes(flat_res(lean(base)))), FAST_OLD, FAST_NEW)
+    b = _edit(a, NO_PENDING_OLD, "")
+    fast_only = _edit(lean(base), FAST_OLD, FAST_NEW)
+    return [
+        Variant("lean+fast", "lean_lua + the SUM one-candidate fast path", fast_only),
+        Variant(
+            "plan_A",
+            "lean + batched + candidate given (entry read, not parsed) + fast path",
+            a,
+            resolution="flat",
+        ),
+        Variant("plan_B", "plan_A without the pending HINCRBYs", b, resolution="flat"),
     ]
