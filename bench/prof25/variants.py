@@ -179,6 +179,7 @@ def variants() -> list[Variant]:
     out.append(prof_lean())
     out.extend(split_res_load(base))
     out.extend(plans(base))
+    out.append(plan_a_strings(base))
     floor = 'return string.rep("a", (#KEYS - 9) / 2)\n'
     out.append(
         Variant(
@@ -551,3 +552,22 @@ def plans(base: str) -> list[Variant]:
         ),
         Variant("plan_B", "plan_A without the pending HINCRBYs", b, resolution="flat"),
     ]
+
+
+def plan_a_strings(base: str) -> Variant:
+    """plan_A with less string work per event: the record's "<signature>\\t<record>\\t"
+    made by the worker (emulated: ARGV's record, then the allocation, one concat) and
+    no hold-operation parse for an event without one."""
+    a = _edit(given_candidate(batched_writes(flat_res(lean(base)))), FAST_OLD, FAST_NEW)
+    a = _edit(
+        a,
+        '        signature .. "\\t" .. ev.record .. "\\t" .. table.concat(allocation, ",")',
+        "        ev.record .. (#allocation == 1 and allocation[1]"
+        ' or table.concat(allocation, ","))',
+    )
+    a = _edit(
+        a,
+        "  local kind, hold_key = hold_op(op)\n",
+        '  local kind, hold_key = "", nil\n  if op ~= "" then kind, hold_key = hold_op(op) end\n',
+    )
+    return Variant("plan_A_str", "plan_A, record prefix from the worker, no hold parse", a, "flat")
