@@ -1,0 +1,148 @@
+--[[ ingest/resolve.lua: the outcome of one event judged new: its candidate
+periods (entitlement, status, period, dimensions), the burn-down, the exact
+bound, and the writes to the batch's caches.
+
+Needs (bound by the including script): strict, late_window_us.
+Defines: resolve.
+]]
+
+--- @include "ingest/util"
+--- @include "ingest/calendar"
+--- @include "ingest/status"
+--- @include "ingest/periods"
+--- @include "ingest/rollover"
+--- @include "ingest/used"
+--- @include "ingest/burn_down"
+--- @include "ingest/dimensions"
+--- @include "ingest/thresholds"
+
+local decoded = {}
+
+-- The outcome of one event judged new (not a duplicate, not late). ev: the event's
+-- ts, month, qty, target, key, agg, value, record, index and hold (true: a hold, its
+-- units held instead of consumed; one table, reused).
+local function resolve(resolution_key, used_key, ev)
+  local res = decoded[resolution_key]
+  if res == nil then
+    local raw = redis.call("GET", resolution_key)
+    if not raw then
+      return "m"
+    end
+    res = cjson.decode(raw)
+    decoded[resolution_key] = res
+  end
+  enter("cands")
+  local ts, qty = ev.ts, ev.qty
+  local cands = {}
+  local agg = ev.agg
+  local keeps = agg == "U" and {} or nil
+  local suspended = false
+  for _, e in ipairs(res) do
+    if (ev.target == "" or e.i == ev.target) and in_window(e, ts)
+      and dims_match(e, ev.index, ev.record) then
+      if suspended_at(e, ts) then
+        suspended = true
+      else
+        local field, limit, prepaid, keep
+        if e.o == nil then
+          field, limit, prepaid, keep = period_of(e, ts, ev.month)
+        else -- the limit with what a renewed term carried over
+          field, limit, prepaid, keep = rolled_limit(e, ts, ev.month, function(f)
+            return used_value(used_key, f)
+          end)
+        end
+        if field ~= nil then
+          cands[#cands + 1] = { field, limit, prepaid }
+          if keeps then keeps[#cands] = keep end
+          watch_period(field, limit, prepaid, e)
+        end
+      end
+    end
+  end
+  if #cands == 0 then
+    return suspended and "s" or "n"
+  end
+  enter("burn")
+  allocation = {}
+  -- moves[j]: what candidate j's counter moves by; nothing is written before the
+  -- checks below pass
+  local moves = {}
+  local later = nil
+  local left = 0
+  local counted = false
+  if agg == "S" or (agg == "U" and not seen_value(used_key, cands, ev.value)) then
+    counted = true
+    left = plan_sum(used_key, cands, qty, moves)
+  elseif agg == "M" then
+    for j, c in ipairs(cands) do
+      local delta = level_share(cands, j, qty) - used_value(used_key, c[1])
+      if delta > 0 then moves[j] = delta end
+    end
+  elseif agg == "L" then
+    later = {}
+    for j, c in ipairs(cands) do
+      local seen = latest_of(used_key, c[1])
+      if not seen or ts > seen[1] or (ts == seen[1] and ev.key > seen[2]) then
+        later[j] = true
+        moves[j] = level_share(cands, j, qty) - used_value(used_key, c[1])
+      end
+    end
+  end
+  enter("bound")
+  -- Exact bound: no counter may pass what a double holds exactly (nor the database).
+  -- Only the units that move count: a counter not read yet and not listed as big is
+  -- at most BIG, so a small move needs no read.
+  for j, c in ipairs(cands) do
+    local delta = moves[j]
+    if delta ~= nil and delta > 0 then
+      local entry = used_entry(used_key, c[1])
+      if entry[1] ~= false or entry[2] + delta > MAX_UNITS - BIG or is_big(c[1]) then
+        if used_value(used_key, c[1]) + delta > MAX_UNITS then return "o" end
+      end
+    end
+  end
+  if strict and left > 0 then
+    return "x"
+  end
+  enter("apply")
+  for j, c in ipairs(cands) do
+    if moves[j] ~= nil then
+      if ev.hold then
+        -- a hold: the units are held, not consumed (never flushed)
+        held_add(used_key, c[1], moves[j])
+        allocation[#allocation + 1] = c[1] .. "=" .. int_str(moves[j])
+      else
+        add_to(used_key, c[1], moves[j])
+      end
+    end
+  end
+  if later ~= nil then
+    local fields = latest[used_key]
+    for j in pairs(later) do
+      fields[cands[j][1]] = { ts, ev.key, true }
+    end
+  elseif agg == "U" and counted then
+    -- a counted value belongs to the period of every candidate (so no grant's period
+    -- ever counts it twice), each set kept until its period takes no more usage
+    for j, c in ipairs(cands) do
+      local key = unique_key(used_key, c[1])
+      redis.call("SADD", key, ev.value)
+      if keeps[j] == OPEN then
+        redis.call("PERSIST", key)
+      else
+        redis.call("PEXPIREAT", key, int_str(math.floor((keeps[j] + late_window_us + DAY_US) / 1000)))
+      end
+    end
+  end
+  if agg ~= "S" then
+    -- a level or unique period's version: a correction recounts the period from its
+    -- events, and refuses if one was counted there since it read them
+    for _, c in ipairs(cands) do redis.call("HINCRBY", used_key, "v:" .. c[1], 1) end
+  end
+  if #allocation == 0 then
+    -- accepted without moving a counter (a value seen, a level not passed, an
+    -- older LATEST, a zero): the log still keeps it, on the first candidate
+    allocation[1] = cands[1][1] .. "=0"
+  end
+  return "a"
+end
