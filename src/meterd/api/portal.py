@@ -32,7 +32,7 @@ from meterd.api.docs_pages import STATIC_DIR, asset_url
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.inputs import RequestBody
 from meterd.api.openapi import PORTAL_SCHEME
-from meterd.api.usage_history import From, To, UsageHistory, rfc3339, usage_window
+from meterd.api.usage_history import From, To, UsageHistory, usage_history
 from meterd.core.domain import CUSTOMER_ID_MAX, PRINTABLE_PATTERN
 from meterd.core.quantity import format_optional_quantity, format_quantity
 from meterd.core.timeutil import isoformat, isoformat_or_none, utcnow
@@ -45,7 +45,7 @@ from meterd.services.portal_tokens import (
     PortalTokenInvalid,
 )
 from meterd.services.portal_view import PortalEntitlement, PortalFeature
-from meterd.services.usage_report import GroupBy, Window, counted_range, time_zone
+from meterd.services.usage_report import GroupBy, Window
 
 PAGE_PATH = "/portal"
 TAG = "portal"
@@ -233,26 +233,16 @@ def usage(
     """The token's customer's usage per window, grouped by feature or by entitlement:
     ``GET /v1/usage`` with the customer fixed by the token (same bounds)."""
     response.headers["Cache-Control"] = PRIVATE
-    zone = time_zone(tz)
-    first, last = counted_range(rfc3339(start, "from"), rfc3339(end, "to"))
-    rows = runtime.usage_report.usage(
+    return usage_history(
+        runtime,
         access.org,
         customer=access.customer_id,
         feature=None,
-        start=first,
-        end=last,
+        start=start,
+        end=end,
         window=window,
-        tz=zone,
+        tz=tz,
         group_by=[GroupBy(group_by)],
-    )
-    return UsageHistory.model_validate(
-        {
-            "window": window,
-            "tz": zone.key,
-            "from": first.astimezone(zone).isoformat(),
-            "to": last.astimezone(zone).isoformat(),
-            "data": [usage_window(r) for r in rows],
-        }
     )
 
 

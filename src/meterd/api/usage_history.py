@@ -23,9 +23,11 @@ from meterd.core.domain import CUSTOMER_ID_MAX, FEATURE_KEY_PATTERN, PRINTABLE_P
 from meterd.core.errors import InvalidError
 from meterd.core.quantity import format_quantity
 from meterd.core.timeutil import isoformat
+from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission, Principal
 from meterd.services.usage_report import (
     MAX_PAGE,
+    GroupBy,
     LoggedEventView,
     UsageRow,
     Window,
@@ -160,18 +162,44 @@ def get_usage(
     ``to`` up to a quarter hour, and the answer's ``from``/``to`` are the range
     counted. The first and last windows are clipped to it; windows without usage
     are left out. A range of more than 10,000 windows is a 400."""
-    zone = time_zone(tz)
-    first_requested, last_requested = rfc3339(start, "from"), rfc3339(end, "to")
-    first, last = counted_range(first_requested, last_requested)
-    rows = runtime.usage_report.usage(
+    return usage_history(
+        runtime,
         caller.org,
         customer=customer_id,
+        feature=feature,
+        start=start,
+        end=end,
+        window=window,
+        tz=tz,
+        group_by=parse_group_by(group_by),
+    )
+
+
+def usage_history(
+    runtime: Runtime,
+    org: str,
+    *,
+    customer: str | None,
+    feature: str | None,
+    start: str,
+    end: str,
+    window: Window,
+    tz: str,
+    group_by: list[GroupBy],
+) -> UsageHistory:
+    """The answer of ``GET /v1/usage`` (and of the portal's usage, its customer fixed
+    by the token): the range counted, read from the rollups, in ``tz``."""
+    zone = time_zone(tz)
+    first, last = counted_range(rfc3339(start, "from"), rfc3339(end, "to"))
+    rows = runtime.usage_report.usage(
+        org,
+        customer=customer,
         feature=feature,
         start=first,
         end=last,
         window=window,
         tz=zone,
-        group_by=parse_group_by(group_by),
+        group_by=group_by,
     )
     return UsageHistory.model_validate(
         {
