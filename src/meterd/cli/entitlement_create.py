@@ -8,7 +8,15 @@ import typer
 
 from meterd.cli import context
 from meterd.cli.ids import resolve_uuid
-from meterd.cli.output import Org, dimensions, say, when
+from meterd.cli.output import (
+    Org,
+    RolloverMax,
+    RolloverMin,
+    dimensions,
+    optional_quantity,
+    say,
+    when,
+)
 from meterd.core.domain import BillingType, ContractMode
 from meterd.core.terms import TermUnit
 
@@ -48,20 +56,13 @@ def entitlement_create(
         typer.Option(help="a plan's id or unique prefix: it gives feature, quantity, terms"),
     ] = None,
     filter: _Filter = None,
-    rollover_max: Annotated[
-        str | None,
-        typer.Option(
-            help="a renewed term carries MIN(this, MAX(what the term before left,"
-            " --rollover-min)); needs --auto-renew; fixed at creation"
-        ),
-    ] = None,
-    rollover_min: Annotated[str | None, typer.Option(help="default 0")] = None,
+    rollover_max: RolloverMax = None,
+    rollover_min: RolloverMin = None,
 ) -> None:
     """Grant a customer a feature: with a quantity and terms, or from ``--plan``."""
     from datetime import timedelta
 
     from meterd.core.errors import InvalidError
-    from meterd.core.quantity import parse_decimal_text
     from meterd.core.terms import Term
     from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewEntitlement
@@ -94,7 +95,7 @@ def entitlement_create(
             org=org,
             customer_id=customer,
             feature=feature,
-            quantity=None if quantity is None else parse_decimal_text(quantity),
+            quantity=optional_quantity(quantity),
             starts_at=starts_at,
             ends_at=when(ends, None),
             billing_type=billing_type or BillingType.PRE_PAID,
@@ -103,17 +104,11 @@ def entitlement_create(
             grace=timedelta(days=grace_days) if grace_days else None,
             auto_renew=bool(auto_renew),
             term=term,
-            renewal_quantity=None
-            if renewal_quantity is None
-            else parse_decimal_text(renewal_quantity),
+            renewal_quantity=optional_quantity(renewal_quantity),
             contract_id=contract_id,
             filters=dimensions(filter, "--filter"),
-            rollover_max=None
-            if rollover_max is None
-            else parse_decimal_text(rollover_max, "rollover_max"),
-            rollover_min=None
-            if rollover_min is None
-            else parse_decimal_text(rollover_min, "rollover_min"),
+            rollover_max=optional_quantity(rollover_max, "rollover_max"),
+            rollover_min=optional_quantity(rollover_min, "rollover_min"),
         ),
         now,
     )

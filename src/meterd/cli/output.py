@@ -35,6 +35,15 @@ Org = Annotated[
 ]
 #: An org as a filter (dead letters): every org's when left out, whatever METERD_ORG says.
 OrgFilter = Annotated[str | None, typer.Option("--org", help="one organisation's only")]
+#: Rollover of a new grant or plan (``meterd.core.rollover``; fixed at creation).
+RolloverMax = Annotated[
+    str | None,
+    typer.Option(
+        help="a renewed term carries MIN(this, MAX(what the term before left,"
+        " --rollover-min)); needs --auto-renew; fixed at creation"
+    ),
+]
+RolloverMin = Annotated[str | None, typer.Option(help="default 0")]
 
 
 @functools.cache
@@ -84,6 +93,13 @@ def quantity(value: Decimal | None, unlimited: str | None = None) -> str | None:
     from meterd.core.quantity import format_quantity
 
     return unlimited if value is None else format_quantity(value)
+
+
+def optional_quantity(text: str | None, what: str = "quantity") -> Decimal | None:
+    """A quantity option (``parse_decimal_text``'s grammar); None when left out."""
+    from meterd.core.quantity import parse_decimal_text
+
+    return None if text is None else parse_decimal_text(text, what)
 
 
 def when(value: str | None, default: datetime | None) -> datetime | None:

@@ -8,7 +8,18 @@ import typer
 
 from meterd.cli import context
 from meterd.cli.ids import resolve_uuid
-from meterd.cli.output import JsonFlag, Org, echo_json, iso, quantity, say, table
+from meterd.cli.output import (
+    JsonFlag,
+    Org,
+    RolloverMax,
+    RolloverMin,
+    echo_json,
+    iso,
+    optional_quantity,
+    quantity,
+    say,
+    table,
+)
 from meterd.core.domain import BillingType, ContractMode
 from meterd.core.terms import TermUnit
 
@@ -90,17 +101,10 @@ def plan_create(
     auto_renew: bool = False,
     renewal_quantity: str | None = None,
     family: Annotated[list[str] | None, typer.Option(help="a plan family key (repeatable)")] = None,
-    rollover_max: Annotated[
-        str | None,
-        typer.Option(
-            help="a renewed term carries MIN(this, MAX(what the term before left,"
-            " --rollover-min)); needs --auto-renew"
-        ),
-    ] = None,
-    rollover_min: Annotated[str | None, typer.Option(help="default 0")] = None,
+    rollover_max: RolloverMax = None,
+    rollover_min: RolloverMin = None,
 ) -> None:
     """Create a plan: the feature, quantity, term, grace and renewal its entitlements get."""
-    from meterd.core.quantity import parse_decimal_text
     from meterd.core.timeutil import utcnow
     from meterd.services.catalog import NewPlan
 
@@ -109,7 +113,7 @@ def plan_create(
             org=org,
             key=key,
             feature=feature,
-            quantity=None if quantity is None else parse_decimal_text(quantity),
+            quantity=optional_quantity(quantity),
             display_name=display_name,
             description=description,
             billing_type=billing_type,
@@ -118,16 +122,10 @@ def plan_create(
             term_unit=term_unit,
             grace_days=grace_days,
             auto_renew=auto_renew,
-            renewal_quantity=None
-            if renewal_quantity is None
-            else parse_decimal_text(renewal_quantity, "renewal_quantity"),
+            renewal_quantity=optional_quantity(renewal_quantity, "renewal_quantity"),
             families=tuple(family or ()),
-            rollover_max=None
-            if rollover_max is None
-            else parse_decimal_text(rollover_max, "rollover_max"),
-            rollover_min=None
-            if rollover_min is None
-            else parse_decimal_text(rollover_min, "rollover_min"),
+            rollover_max=optional_quantity(rollover_max, "rollover_max"),
+            rollover_min=optional_quantity(rollover_min, "rollover_min"),
         ),
         utcnow(),
     )
