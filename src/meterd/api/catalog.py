@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
@@ -11,7 +10,7 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.exact_json import ExactJSONRoute
-from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody
+from meterd.api.inputs import MAX_TERM_YEARS, Dimensions, QuantityText, RequestBody, quantity_of
 from meterd.core.domain import (
     FEATURE_KEY_PATTERN,
     NO_NUL_PATTERN,
@@ -251,7 +250,7 @@ def create_plan(body: PlanIn, runtime: RuntimeDep, caller: Manager) -> PlanOut:
             org=caller.org,
             key=body.key,
             feature=body.feature,
-            quantity=Decimal(body.quantity) if body.quantity is not None else None,
+            quantity=quantity_of(body.quantity),
             display_name=body.display_name,
             description=body.description,
             billing_type=body.billing_type,
@@ -260,12 +259,10 @@ def create_plan(body: PlanIn, runtime: RuntimeDep, caller: Manager) -> PlanOut:
             term_unit=body.term_unit,
             grace_days=body.grace_days,
             auto_renew=body.auto_renew,
-            renewal_quantity=Decimal(body.renewal_quantity)
-            if body.renewal_quantity is not None
-            else None,
+            renewal_quantity=quantity_of(body.renewal_quantity),
             families=tuple(body.families),
-            rollover_max=_optional_decimal(body.rollover_max),
-            rollover_min=_optional_decimal(body.rollover_min),
+            rollover_max=quantity_of(body.rollover_max),
+            rollover_min=quantity_of(body.rollover_min),
         ),
         utcnow(),
     )
@@ -300,7 +297,3 @@ def list_plans(runtime: RuntimeDep, caller: Viewer) -> list[PlanOut]:
 @router.get("/plans/{plan_id}", response_model=PlanOut)
 def get_plan(plan_id: uuid.UUID, runtime: RuntimeDep, caller: Viewer) -> PlanOut:
     return plan_out(runtime.catalog.plan(caller.org, plan_id))
-
-
-def _optional_decimal(value: str | None) -> Decimal | None:
-    return None if value is None else Decimal(value)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -18,7 +17,14 @@ from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
 from meterd.api.auth import RuntimeDep, require
 from meterd.api.compat.attributes import TenantAttributes
 from meterd.api.exact_json import ExactJSONRoute
-from meterd.api.inputs import MAX_PRIORITY, Dimensions, QuantityText, RequestBody, moment
+from meterd.api.inputs import (
+    MAX_PRIORITY,
+    Dimensions,
+    QuantityText,
+    RequestBody,
+    moment,
+    quantity_of,
+)
 from meterd.api.openapi import filter_parameters
 from meterd.core.domain import (
     CUSTOMER_ID_MAX,
@@ -270,7 +276,7 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             org=caller.org,
             customer_id=body.customer_id,
             feature=body.feature,
-            quantity=Decimal(body.quantity) if body.quantity is not None else None,
+            quantity=quantity_of(body.quantity),
             starts_at=starts_at,
             ends_at=moment(body.ends_at, "ends_at"),
             billing_type=body.billing_type,
@@ -279,16 +285,14 @@ def create_entitlement(body: EntitlementIn, runtime: RuntimeDep, caller: Manager
             grace=timedelta(days=body.grace_days) if body.grace_days else None,
             auto_renew=body.auto_renew,
             term=_term(body.term_value, body.term_unit),
-            renewal_quantity=Decimal(body.renewal_quantity)
-            if body.renewal_quantity is not None
-            else None,
+            renewal_quantity=quantity_of(body.renewal_quantity),
             contract_id=body.contract_id,
             plan_id=body.plan_id,
-            allotment=_decimal(body.allotment),
+            allotment=quantity_of(body.allotment),
             attributes=body.attributes.stored() if body.attributes is not None else {},
             filters=body.filters,
-            rollover_max=_decimal(body.rollover_max),
-            rollover_min=_decimal(body.rollover_min),
+            rollover_max=quantity_of(body.rollover_max),
+            rollover_min=quantity_of(body.rollover_min),
         ),
         now,
     )
@@ -334,19 +338,21 @@ def change_entitlement(
     given = body.model_fields_set
     change = EntitlementChange(
         row_version=body.row_version,
-        quantity=_decimal(body.quantity) if "quantity" in given else UNSET,
-        renewal_quantity=_decimal(body.renewal_quantity) if "renewal_quantity" in given else UNSET,
+        quantity=quantity_of(body.quantity) if "quantity" in given else UNSET,
+        renewal_quantity=quantity_of(body.renewal_quantity)
+        if "renewal_quantity" in given
+        else UNSET,
         ends_at=moment(body.ends_at, "ends_at") if "ends_at" in given else UNSET,
         priority=body.priority,
         contract_mode=body.contract_mode,
         auto_renew=body.auto_renew,
-        allotment=_decimal(body.allotment) if "allotment" in given else UNSET,
+        allotment=quantity_of(body.allotment) if "allotment" in given else UNSET,
         attributes=(body.attributes.stored() if body.attributes is not None else {})
         if "attributes" in given
         else UNSET,
         filters=body.filters if "filters" in given else UNSET,
-        rollover_max=_decimal(body.rollover_max) if "rollover_max" in given else UNSET,
-        rollover_min=_decimal(body.rollover_min) if "rollover_min" in given else UNSET,
+        rollover_max=quantity_of(body.rollover_max) if "rollover_max" in given else UNSET,
+        rollover_min=quantity_of(body.rollover_min) if "rollover_min" in given else UNSET,
     )
     runtime.catalog.update_entitlement(caller.org, entitlement_id, change, utcnow())
     return get_entitlement(entitlement_id, runtime, caller)
@@ -357,10 +363,6 @@ def _term(value: int | None, unit: TermUnit | None) -> Term | None:
         raise InvalidError("give term_value and term_unit together (or neither)")
     check_term(value, unit)
     return Term.of(value, unit) if value is not None and unit is not None else None
-
-
-def _decimal(value: str | None) -> Decimal | None:
-    return None if value is None else Decimal(value)
 
 
 class StatusChange(RequestBody):

@@ -20,6 +20,7 @@ derives from them still a date.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import (
@@ -138,6 +139,11 @@ Dimensions = Annotated[
         examples=[{"model": "gpt-4o"}],
     ),
 ]
+
+
+def quantity_of(text: str | None) -> Decimal | None:
+    """A ``QuantityText`` field as the services take it (None stays None)."""
+    return None if text is None else Decimal(text)
 
 
 def moment(value: datetime | None, name: str) -> datetime | None:
