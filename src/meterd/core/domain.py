@@ -178,6 +178,12 @@ class EntitlementView:
     allotted: Decimal | None = None
 
     @property
+    def rolls_over(self) -> bool:
+        """Whether a renewed term carries what the term before left
+        (``meterd.core.rollover``)."""
+        return self.renewal is not None and self.renewal.rolls_over
+
+    @property
     def usable_until(self) -> datetime | None:
         """Usage timed before this counts (None: open): the end of grace, else the end
         of the term; a renewing entitlement never ends, unless terminated."""

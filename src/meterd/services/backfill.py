@@ -277,7 +277,7 @@ class BackfillService:
                 closing = [c for c in cands if not _open_at(c, cutoff)]
                 if not cands:
                     verdicts[k] = _no_candidate(item, suspended)
-                elif any(_rolls_over(c) for c in closing):
+                elif any(c.view.rolls_over for c in closing):
                     verdicts[k] = (Outcome.INVALID, _carry_final(item))
                 elif item.aggregation in RECORDED and any(map(self._owned, cands)):
                     # periods no live event ever reached: counted from the records kept
@@ -670,11 +670,6 @@ def _counts(
 def _open_at(cand: Candidate, cutoff: datetime) -> bool:
     """Whether live ingest still counts ``cand``'s period (it ends after ``cutoff``)."""
     return cand.period.end is None or cand.period.end > cutoff
-
-
-def _rolls_over(cand: Candidate) -> bool:
-    renewal = cand.view.renewal
-    return renewal is not None and renewal.rolls_over
 
 
 def _carry_final(item: UsageEvent) -> str:

@@ -185,8 +185,7 @@ def rolled(view: EntitlementView, period: Period, units: dict[str, int]) -> Peri
     that rolls over, what the term before carried added (``lifecycle.limit_units``
     on the totals ``units`` by field, which hold every period ``limit_reads``
     names). Only for showing: a period so changed is never walked again."""
-    renewal = view.renewal
-    if renewal is None or not renewal.rolls_over or period.quantity is None:
+    if not view.rolls_over or period.quantity is None:
         return period
     limit = limit_units(view, period, lambda p: units.get(period_field(view.id, p.start), 0))
     return replace(period, quantity=from_units(limit, view.scale))
@@ -195,8 +194,7 @@ def rolled(view: EntitlementView, period: Period, units: dict[str, int]) -> Peri
 def _with_carries(view: EntitlementView, usages: list[PeriodUsage]) -> list[PeriodUsage]:
     """The history with each renewed term's carry (``rolled``), from the consumptions
     it shows (a term it leaves out consumed nothing)."""
-    renewal = view.renewal
-    if renewal is None or not renewal.rolls_over:
+    if not view.rolls_over:
         return usages
     units = {
         period_field(view.id, u.period.start): to_units(u.consumed, view.scale) for u in usages

@@ -113,7 +113,7 @@ def _finalise_one(
 
     stored: list[tuple[str, str, str]] = []  # the carries this call stored, for the audit
     # a rollover_max of 0 carries nothing: its zeros are stored (the walk stops) unaudited
-    audited = view.renewal is not None and view.renewal.rolls_over
+    audited = view.rolls_over
     for i, row in enumerate(rows):
         if row.rolled_over is not None or row.period_start > before:
             continue
