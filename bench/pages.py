@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import statistics
 import tempfile
 import threading
@@ -39,6 +38,7 @@ from meterd.services.api_keys import Permission
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import Database
 from meterd.storage.migrate import upgrade
+from meterd.testing import free_port
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -46,13 +46,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 class _NoBroker:
     def connection_for_read(self) -> Any:
         raise ConnectionError("no broker in the bench")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def usage(n: int, now: Any) -> dict[str, Any]:

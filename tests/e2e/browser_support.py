@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -26,15 +25,12 @@ import pytest
 
 from meterd.api.app import create_app
 from meterd.runtime import Runtime
+from meterd.testing import free_port
 
+from ..api.conftest import NoBroker
 from ..conftest import require
 
 CHROMIUM = os.environ.get("METERD_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-
-
-class _NoBroker:
-    def connection_for_read(self) -> Any:
-        raise ConnectionError("no broker in browser tests")
 
 
 @dataclass
@@ -49,21 +45,14 @@ class LiveApi:
         return urlsplit(self.base_url).netloc
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 def live_api(runtime: Runtime) -> Iterator[LiveApi]:
     """The API of ``runtime`` on a free loopback port, for the length of a test."""
     import uvicorn
 
     live = LiveApi(base_url="", runtime=runtime)
-    app = create_app(lambda: runtime, publish_events=live.published.append, celery_app=_NoBroker)
-    port = _free_port()
+    app = create_app(lambda: runtime, publish_events=live.published.append, celery_app=NoBroker)
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     )
