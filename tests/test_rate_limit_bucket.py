@@ -81,11 +81,22 @@ def test_keys_have_buckets_of_their_own(buckets: RateLimitStore) -> None:
 
 
 def test_a_bucket_expires_once_it_would_be_full_again(
-    buckets: RateLimitStore, redis_client: redis.Redis, redis_prefix: str
+    redis_client: redis.Redis, redis_prefix: str
 ) -> None:
+    buckets = RateLimitStore(redis_client, RedisKeys(redis_prefix))  # Redis's clock
     buckets.take("k1", rate=2, burst=4)  # 0.5 s to full, plus the second of slack
     ttl = redis_client.pttl(RedisKeys(redis_prefix).rate_limit("k1"))
     assert 1000 < ttl <= 1500
+
+
+def test_under_a_callers_clock_a_bucket_outlives_a_stall_of_the_caller(
+    buckets: RateLimitStore, redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """Redis expires by its own clock, which a caller's clock does not follow: the
+    bucket is kept a minute past full, or a slow caller would find it full again."""
+    buckets.take("k1", rate=2, burst=4)
+    ttl = redis_client.pttl(RedisKeys(redis_prefix).rate_limit("k1"))
+    assert 60_000 < ttl <= 60_500
 
 
 def test_without_a_clock_the_redis_servers_time_refills(
