@@ -8,11 +8,13 @@ reason.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,6 +22,8 @@ from meterd.core.events import (
     InvalidEvent,
     RawEvent,
     UsageEvent,
+    new_raw_event,
+    new_usage_event,
     parse_event,
     parse_event_by_model,
 )
@@ -268,3 +272,17 @@ def test_an_event_from_another_timezone_object_is_still_utc() -> None:
     payload = {**event(), "time": datetime(2026, 11, 22, 7, tzinfo=offset).isoformat()}
     fast = fast_event(payload, received_at=NOW, org=None)
     assert fast is not None and fast.time == datetime(2026, 11, 22, 10, tzinfo=UTC)
+
+
+def test_the_fast_constructors_build_the_events_the_dataclasses_build() -> None:
+    target = uuid.uuid4()
+    fields: tuple[Any, ...] = ("acme", "c", "f", "s", "e", NOW, Decimal("2.5"), target, {})
+    assert new_usage_event(*fields) == UsageEvent(*fields)
+    raw: tuple[Any, ...] = ("acme", "c", "s", "e", "llm.request", NOW, {"model": "m"})
+    assert new_raw_event(*raw) == RawEvent(*raw)
+
+
+def test_an_event_built_fast_is_frozen() -> None:
+    built = new_usage_event("acme", "c", "f", "s", "e", NOW, Decimal(1), None, {})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.quantity = Decimal(2)  # type: ignore[misc]

@@ -33,7 +33,13 @@ from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
 from meterd.core.domain import CUSTOMER_ID_MAX
-from meterd.core.events import RawEvent, UsageEvent, shape_problem
+from meterd.core.events import (
+    RawEvent,
+    UsageEvent,
+    new_raw_event,
+    new_usage_event,
+    shape_problem,
+)
 from meterd.core.meters import EVENT_TYPE_PATTERN, USAGE_EVENT_TYPE
 from meterd.core.quantity import QuantityError, parse_event_quantity
 
@@ -175,7 +181,9 @@ def _usage_event(
         if type(text) is not str or _UUID.fullmatch(text) is None:
             return None
         entitlement = uuid.UUID(text)
-    return UsageEvent(org, subject, feature, source, event_id, moment, amount, entitlement, data)
+    return new_usage_event(
+        org, subject, feature, source, event_id, moment, amount, entitlement, data
+    )
 
 
 def fast_event(
@@ -204,4 +212,4 @@ def fast_event(
         return _usage_event(data, event_org, subject, source, event_id, moment)
     if not _seen_valid(kind, _EVENT_TYPE, _TYPES_OK):
         return None
-    return RawEvent(event_org, subject, source, event_id, kind, moment, data)
+    return new_raw_event(event_org, subject, source, event_id, kind, moment, data)
