@@ -30,7 +30,13 @@ from meterd.core.events import (
     with_time,
 )
 from meterd.services.counting import UsageCounter
-from meterd.services.meters import MeterCatalog, OrgMeters, combined_outcome, items_of
+from meterd.services.meters import (
+    ItemResult,
+    MeterCatalog,
+    OrgMeters,
+    combined_outcome,
+    items_of,
+)
 from meterd.storage.counters import ScriptCode
 from meterd.storage.dead_letters import DeadLetterRecord, DeadLetterStore
 
@@ -59,7 +65,19 @@ class IngestReport:
     decided_before_counting: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self.counts = Counter(o.value for o in self.outcomes)
+        self.counts = Counter({o.value: n for o, n in Counter(self.outcomes).items()})
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """Items counted in one script call, and the index of the event of each."""
+
+    items: list[UsageEvent]
+    events: list[int]
+
+
+#: The outcomes of events that are not dead-lettered (``Outcome.is_dead_letter``).
+_NOT_DEAD_LETTERS = frozenset(o for o in Outcome if not o.is_dead_letter)
 
 
 class IngestService:
@@ -95,59 +113,82 @@ class IngestService:
         used while the database does not answer, unless a meter may have been
         created since or an event names a feature or type it lacks (then the
         store's error is raised and the batch is retried)."""
-        outcomes: list[Outcome | None] = [None] * len(payloads)
-        reasons: list[str | None] = [None] * len(payloads)
-        parsed_at: dict[int, UsageEvent | RawEvent] = {}
-        #: per event: the outcome and reason of each of its items
+        n = len(payloads)
+        outcomes: list[Outcome | None] = [None] * n
+        reasons: list[str | None] = [None] * n
+        parsed_at: list[UsageEvent | RawEvent | None] = [None] * n
+        #: per event of more than one item: the outcome and reason of each item (an
+        #: event of one item takes its item's outcome and reason directly)
         results: dict[int, list[tuple[Outcome, str | None, str]]] = {}
-        items: list[tuple[int, UsageEvent]] = []
+        #: the items to count, and the index of the event of each
+        items: list[UsageEvent] = []
+        item_events: list[int] = []
         decided = Counter[str]()
         meters: dict[str, OrgMeters] = {}
         refreshed: set[str] = set()
+        latest, earliest = now + self.future_skew, now - self.late_window
         for index, payload in enumerate(payloads):
             parsed = parse_event(payload, received_at=now, org=org)
             if isinstance(parsed, InvalidEvent):
                 outcomes[index], reasons[index] = Outcome.INVALID, parsed.reason
                 continue
             parsed_at[index] = parsed
-            verdict = time_verdict(
-                parsed, now, future_skew=self.future_skew, late_window=self.late_window
-            )
-            if verdict is not None:
-                outcomes[index], reasons[index] = verdict
-                continue
+            if not earliest <= parsed.time <= latest:  # time_verdict's bounds, at once
+                verdict = time_verdict(
+                    parsed, now, future_skew=self.future_skew, late_window=self.late_window
+                )
+                if verdict is not None:
+                    outcomes[index], reasons[index] = verdict
+                    continue
             org_meters = meters.get(parsed.org)
-            if org_meters is None:
-                org_meters = meters[parsed.org] = self.meters.of(parsed.org)
-            if not org_meters.knows(parsed) and parsed.org not in refreshed:
-                # a feature created since the list was read (at most once a batch)
-                org_meters = meters[parsed.org] = self.meters.refresh(parsed.org)
-                refreshed.add(parsed.org)
-            results[index] = []
-            for item in items_of(parsed, org_meters, every_meter=replay):
+            if org_meters is None or not org_meters.knows(parsed):
+                org_meters = self._org_meters(parsed, meters, refreshed)
+            found = items_of(parsed, org_meters, every_meter=replay)
+            if len(found) == 1:
+                item = found[0]
                 if isinstance(item, UsageEvent):
-                    items.append((index, item))
-                else:
-                    results[index].append((item[0], item[1], ""))
-                    decided[item[0].value] += 1
-        decided.update(o.value for o in outcomes if o is not None)
+                    items.append(item)
+                    item_events.append(index)
+                else:  # decided here: counted in ``decided`` with the others below
+                    outcomes[index], reasons[index] = item
+                continue
+            results[index] = _spread(found, index, items, item_events, decided)
+        # The outcomes so far were all decided outside the script.
+        for outcome, times in Counter(outcomes).items():
+            if outcome is not None:
+                decided[outcome.value] += times
 
         for start in range(0, len(items), self.chunk_size):
-            chunk = items[start : start + self.chunk_size]
-            self._count(chunk, results, now, decided)
+            end = start + self.chunk_size
+            chunk = _Chunk(items[start:end], item_events[start:end])
+            self._count(chunk, now, outcomes, reasons, results, decided)
         for index, item_results in results.items():
             outcomes[index], reasons[index] = _combined(item_results)
 
         final = [o if o is not None else Outcome.INVALID for o in outcomes]
         dead = [
-            _dead_letter(payloads[i], final[i], reasons[i], parsed_at.get(i), org)
-            for i in range(len(payloads))
-            if final[i].is_dead_letter
+            _dead_letter(payloads[i], outcome, reasons[i], parsed_at[i], org)
+            for i, outcome in enumerate(final)
+            if outcome not in _NOT_DEAD_LETTERS
         ]
         report = IngestReport(outcomes=final, reasons=reasons)
         report.decided_before_counting = decided
         report.dead_lettered = self.dead_letters.add(dead, now) if dead else 0
         return report
+
+    def _org_meters(
+        self, event: UsageEvent | RawEvent, meters: dict[str, OrgMeters], refreshed: set[str]
+    ) -> OrgMeters:
+        """The meters of the event's org for this batch: read once, and once more if
+        the event names a feature or type they lack (created since the list was read;
+        at most once a batch)."""
+        org_meters = meters.get(event.org)
+        if org_meters is None:
+            org_meters = meters[event.org] = self.meters.of(event.org)
+        if not org_meters.knows(event) and event.org not in refreshed:
+            org_meters = meters[event.org] = self.meters.refresh(event.org)
+            refreshed.add(event.org)
+        return org_meters
 
     def dead_letter_message(self, record: Any, now: datetime) -> int:
         """Keep a message no task could read (``meterd.message_guard`` made ``record``
@@ -174,17 +215,26 @@ class IngestService:
 
     def _count(
         self,
-        chunk: list[tuple[int, UsageEvent]],
-        results: dict[int, list[tuple[Outcome, str | None, str]]],
+        chunk: _Chunk,
         now: datetime,
+        outcomes: list[Outcome | None],
+        reasons: list[str | None],
+        results: dict[int, list[tuple[Outcome, str | None, str]]],
         decided: Counter[str],
     ) -> None:
+        """Count a chunk of items: the outcome of an event of one item is its item's,
+        the items of the others go to ``results``."""
         from_log: list[int] = []
-        codes = self.counting.count([item for _, item in chunk], now, decided_by_log=from_log)
+        codes = self.counting.count(chunk.items, now, decided_by_log=from_log)
         decided.update(OUTCOMES[codes[i]].value for i in from_log)
-        for (index, item), code in zip(chunk, codes, strict=True):
+        for item, index, code in zip(chunk.items, chunk.events, codes, strict=True):
             outcome = OUTCOMES[code]
-            results[index].append((outcome, self._reason(outcome, item, code), item.feature))
+            reason = None if code is ScriptCode.ACCEPTED else self._reason(outcome, item, code)
+            parts = results.get(index)
+            if parts is None:
+                outcomes[index], reasons[index] = outcome, reason
+            else:
+                parts.append((outcome, reason, item.feature))
 
     def _reason(self, outcome: Outcome, event: UsageEvent, code: ScriptCode) -> str | None:
         if code is ScriptCode.OUT_OF_RANGE:
@@ -207,6 +257,26 @@ class IngestService:
                 f"the entitlement of customer {event.customer!r} for {event.feature!r} is suspended"
             )
         return None
+
+
+def _spread(
+    found: list[ItemResult],
+    index: int,
+    items: list[UsageEvent],
+    item_events: list[int],
+    decided: Counter[str],
+) -> list[tuple[Outcome, str | None, str]]:
+    """The items of an event of several: those to count go to ``items``; the
+    outcomes of the others (decided here, so added to ``decided``) are returned."""
+    parts: list[tuple[Outcome, str | None, str]] = []
+    for item in found:
+        if isinstance(item, UsageEvent):
+            items.append(item)
+            item_events.append(index)
+        else:
+            parts.append((item[0], item[1], ""))
+            decided[item[0].value] += 1
+    return parts
 
 
 def _combined(item_results: list[tuple[Outcome, str | None, str]]) -> tuple[Outcome, str | None]:
