@@ -60,7 +60,15 @@ _TYPES = st.one_of(
     st.sampled_from(["llm.request", "meterd.usage\n", "-bad", "a" * 128, "a" * 129, ""]),
 )
 _SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), _TEXT)
-_NOT_TEXT = st.one_of(st.none(), st.integers(), st.floats(), st.booleans(), st.just(b"x"))
+_NOT_TEXT = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(),
+    st.booleans(),
+    st.just(b"x"),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(_ASCII, st.integers(), max_size=2),
+)
 
 
 def _times() -> st.SearchStrategy[Any]:
@@ -163,7 +171,8 @@ def _payloads() -> st.SearchStrategy[Any]:
                         "text/plain",
                         1,
                     ]
-                ),
+                )
+                | _NOT_TEXT,
                 MISSING,
             ),
             "data": one(_data(), {"feature": "api_calls", "quantity": "1"}),
@@ -286,3 +295,9 @@ def test_an_event_built_fast_is_frozen() -> None:
     built = new_usage_event("acme", "c", "f", "s", "e", NOW, Decimal(1), None, {})
     with pytest.raises(dataclasses.FrozenInstanceError):
         built.quantity = Decimal(2)  # type: ignore[misc]
+
+
+def test_an_attribute_an_api_key_replaces_must_still_be_a_json_value() -> None:
+    payload = {**event(), "org": b"mallory"}
+    assert fast_event(payload, received_at=NOW, org="acme") is None
+    assert isinstance(parse_event(payload, received_at=NOW, org="acme"), InvalidEvent)
