@@ -301,3 +301,20 @@ def test_an_attribute_an_api_key_replaces_must_still_be_a_json_value() -> None:
     payload = {**event(), "org": b"mallory"}
     assert fast_event(payload, received_at=NOW, org="acme") is None
     assert isinstance(parse_event(payload, received_at=NOW, org="acme"), InvalidEvent)
+
+
+def test_an_event_over_the_size_limit_is_left_to_the_model() -> None:
+    payload = {**event(), "data": {"feature": "f", "quantity": "1", "note": "x" * 70_000}}
+    assert fast_event(payload, received_at=NOW, org=None) is None
+    assert isinstance(parse_event(payload, received_at=NOW), InvalidEvent)
+
+
+def test_an_event_whose_size_bound_is_too_rough_is_measured_then_read() -> None:
+    payload = {**event(), "data": {"feature": "f", "quantity": "1", "note": "x" * 9_000}}
+    assert isinstance(fast_event(payload, received_at=NOW, org=None), UsageEvent)
+
+
+def test_a_replaced_org_attribute_still_counts_toward_the_size_limit() -> None:
+    payload = {**event(), "org": "x" * 70_000}
+    assert fast_event(payload, received_at=NOW, org="acme") is None
+    assert isinstance(parse_event(payload, received_at=NOW, org="acme"), InvalidEvent)

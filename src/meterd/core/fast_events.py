@@ -63,8 +63,9 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 #: The longest an ``id`` or ``source`` may be (``events.MAX_ID_LENGTH``).
 _ID_MAX = 512
 #: An upper bound of the attributes' size as JSON when each passed its checks here
-#: (each at most 6 bytes a character escaped); ``data`` may take the rest of
-#: ``events.MAX_EVENT_BYTES`` before the size is measured exactly.
+#: (at most about 1,900 characters, each at most 6 bytes escaped, with their keys);
+#: ``data`` may take the rest of ``events.MAX_EVENT_BYTES`` before the size is
+#: measured exactly (its bound is ``shape_problem``'s).
 _ATTRIBUTES_BOUND = 16 * 1024
 _DATA_BOUND = 64 * 1024 - _ATTRIBUTES_BOUND
 
@@ -135,7 +136,7 @@ def _flat_data_ok(data: dict[Any, Any]) -> bool:
         elif kind is int:
             bound += 6 * len(key) + 9 + value.bit_length()
         elif value is None or kind is bool:
-            bound += 6 * len(key) + 9
+            bound += 6 * len(key) + 29  # as shape_problem counts them
         elif isinstance(value, float) and not isinstance(value, bool):
             if not math.isfinite(value):
                 return False
@@ -218,7 +219,9 @@ def fast_event(
     if org is not None:
         # The attribute is replaced, unread: the shape walk skipped for the common
         # shape is owed for it (plain text passes it).
-        if event_org is not None and (type(event_org) is not str or not event_org.isascii()):
+        if event_org is not None and not (
+            type(event_org) is str and len(event_org) <= _ID_MAX and event_org.isascii()
+        ):
             return None
         event_org = org
     if not (
