@@ -36,6 +36,7 @@ from meterd.celery_config import (
     NOTIFY_QUEUE,
     NOTIFY_TASK,
 )
+from meterd.core.domain import Outcome
 from meterd.core.errors import UnavailableError
 from meterd.core.timeutil import utcnow
 from meterd.logs import get_logger
@@ -145,12 +146,15 @@ def dead_letter_message(self: Task, record: Any = None) -> dict[str, int]:
 
 #: Dead-lettered events logged one by one per batch (the rest are only counted).
 MAX_EVENT_LOG_LINES = 20
+_NOT_DEAD_LETTERS = frozenset(o for o in Outcome if not o.is_dead_letter)
 
 
 def _log_dead_letters(
     task_id: str | None, batch: list[Any], outcomes: list[Any], reasons: list[str | None]
 ) -> None:
     """One line per dead-lettered event (event id, source, outcome, why), capped."""
+    if _NOT_DEAD_LETTERS.issuperset(outcomes):  # the common batch, without a loop
+        return
     logged = 0
     for payload, outcome, reason in zip(batch, outcomes, reasons, strict=True):
         if not outcome.is_dead_letter:
