@@ -95,9 +95,9 @@ def _seen_valid(text: object, pattern: re.Pattern[str], seen: set[str]) -> TypeG
     return True
 
 
-def _text_ok(text: object, longest: int) -> TypeGuard[str]:
-    """``PRINTABLE_PATTERN`` of 1 to ``longest`` characters, for ASCII text."""
-    return type(text) is str and 0 < len(text) <= longest and text.isascii() and text.isprintable()
+def _printable_ascii(text: str) -> bool:
+    """``PRINTABLE_PATTERN`` for ASCII text (no C0 control, no DEL)."""
+    return text.isascii() and text.isprintable()
 
 
 def _time(text: object) -> datetime | None:
@@ -151,10 +151,9 @@ def _keys_are_text(mapping: dict[Any, Any]) -> bool:
 
 
 def _shape_ok(payload: dict[Any, Any], data: dict[Any, Any]) -> bool:
-    """Whether ``shape_problem`` has nothing against the event and its keys are text
-    (the model's ``dict[str, Any]``): at once for the common shape, else by the walk."""
-    if payload.keys() <= _ATTRIBUTES and _flat_data_ok(data):
-        return True
+    """Whether ``shape_problem`` has nothing against an event not of the common shape
+    (extensions, nested or large data) and its keys are text (the model's
+    ``dict[str, Any]``)."""
     return _keys_are_text(payload) and _keys_are_text(data) and shape_problem(payload) is None
 
 
@@ -211,8 +210,9 @@ def fast_event(
             content_type is not None
             and (type(content_type) is not str or content_type not in _CONTENT_TYPES)
         )
-        or not _shape_ok(payload, data)
     ):
+        return None
+    if not (payload.keys() <= _ATTRIBUTES and _flat_data_ok(data)) and not _shape_ok(payload, data):
         return None
     event_id, source, subject = payload.get("id"), payload.get("source"), payload.get("subject")
     event_org = payload.get("org")
@@ -225,9 +225,13 @@ def fast_event(
             return None
         event_org = org
     if not (
-        _text_ok(event_id, _ID_MAX)
-        and _text_ok(source, _ID_MAX)
-        and _text_ok(subject, CUSTOMER_ID_MAX)
+        type(event_id) is str
+        and type(source) is str
+        and type(subject) is str
+        and 0 < len(event_id) <= _ID_MAX
+        and 0 < len(source) <= _ID_MAX
+        and 0 < len(subject) <= CUSTOMER_ID_MAX
+        and _printable_ascii(event_id + source + subject)  # each is, if all three are
         and _seen_valid(event_org, _KEY, _KEYS_OK)
     ):
         return None
