@@ -202,20 +202,19 @@ def new_usage_event(
 ) -> UsageEvent:
     """``UsageEvent(...)`` of these fields and the defaults of the others, built fast."""
     event: Any = _NewUsageEvent()
-    event.org, event.customer, event.feature, event.source, event.id = (
-        org,
-        customer,
-        feature,
-        source,
-        id,
-    )
-    event.time, event.quantity, event.entitlement_id, event.data = (
-        time,
-        quantity,
-        entitlement_id,
-        data,
-    )
-    event.aggregation, event.scale, event.unique_value, event.hold = Aggregation.SUM, 6, None, None
+    event.org = org
+    event.customer = customer
+    event.feature = feature
+    event.source = source
+    event.id = id
+    event.time = time
+    event.quantity = quantity
+    event.entitlement_id = entitlement_id
+    event.data = data
+    event.aggregation = Aggregation.SUM
+    event.scale = 6
+    event.unique_value = None
+    event.hold = None
     event.__class__ = UsageEvent
     return event  # type: ignore[no-any-return]
 
@@ -231,8 +230,13 @@ def new_raw_event(
 ) -> RawEvent:
     """``RawEvent(...)``, built fast."""
     event: Any = _NewRawEvent()
-    event.org, event.customer, event.source, event.id, event.type = org, customer, source, id, type
-    event.time, event.data = time, data
+    event.org = org
+    event.customer = customer
+    event.source = source
+    event.id = id
+    event.type = type
+    event.time = time
+    event.data = data
     event.__class__ = RawEvent
     return event  # type: ignore[no-any-return]
 
