@@ -146,6 +146,19 @@ def counted(client: redis.Redis, settings: Settings) -> int:
     return sum(int(v) for values in pipe.execute() for v in values)
 
 
+def assert_old_state_waits(client: redis.Redis, settings: Settings) -> None:
+    """What the old version leaves for the new one is there: counts and records of
+    events waiting for the flush, dedupe markers, cached resolution entries."""
+    from meterd.core.redis_keys import RedisKeys
+
+    keys = RedisKeys(settings.redis_prefix)
+    assert client.hlen(keys.pending) > 0, "unflushed counts"
+    assert client.hlen(keys.pending_events) > 0, "events waiting for the flush"
+    assert list(client.scan_iter(match=keys.marker_prefix + "*", count=1000)), "markers"
+    cached = [client.exists(keys.resolution("acme", f"cust-{c}", "api_calls")) for c in range(3)]
+    assert all(cached), "resolution entries cached"
+
+
 def waiting_batches(env: dict[str, str]) -> int:
     """Batches in the ingest queue's list on the Redis broker (read as the key it is)."""
     broker = redis.Redis.from_url(env["METERD_BROKER_URL"])
@@ -196,6 +209,7 @@ def test_an_upgrade_in_place_counts_every_event_once(
         old_worker.stop()
     assert counted(client, e2e_settings) < sum(expected.values()), "the stop must land mid-stream"
     assert waiting_batches(e2e_env) > 0, "batches must wait in the queue for the new code"
+    assert_old_state_waits(client, e2e_settings)
 
     # Today's code: migrations as an upgrade runs them, then its worker on the same stores.
     migrated = subprocess.run(
