@@ -31,9 +31,11 @@ from celery import Celery
 from meterd.celery_config import INGEST_QUEUE
 from meterd.config import Settings
 from meterd.core.quantity import to_micros
+from meterd.core.redis_keys import RedisKeys
 from meterd.core.timeutil import utcnow
 from meterd.producer import publish_batches
 from meterd.runtime import Runtime
+from meterd.storage import data_format
 from meterd.storage.database import Database, make_engine
 from meterd.testing import event, wait_until
 
@@ -137,8 +139,6 @@ def with_resends(
 
 def counted(client: redis.Redis, settings: Settings) -> int:
     """Micros counted in the live ``used`` totals of every customer."""
-    from meterd.core.redis_keys import RedisKeys
-
     keys = RedisKeys(settings.redis_prefix)
     pipe = client.pipeline(transaction=False)
     for c in range(CUSTOMERS):
@@ -149,14 +149,13 @@ def counted(client: redis.Redis, settings: Settings) -> int:
 def assert_old_state_waits(client: redis.Redis, settings: Settings) -> None:
     """What the old version leaves for the new one is there: counts and records of
     events waiting for the flush, dedupe markers, cached resolution entries."""
-    from meterd.core.redis_keys import RedisKeys
-
     keys = RedisKeys(settings.redis_prefix)
     assert client.hlen(keys.pending) > 0, "unflushed counts"
     assert client.hlen(keys.pending_events) > 0, "events waiting for the flush"
     assert list(client.scan_iter(match=keys.marker_prefix + "*", count=1000)), "markers"
     cached = [client.exists(keys.resolution("acme", f"cust-{c}", "api_calls")) for c in range(3)]
     assert all(cached), "resolution entries cached"
+    assert client.get(keys.data_format) is None, "the old version writes no format key"
 
 
 def waiting_batches(env: dict[str, str]) -> int:
@@ -211,7 +210,11 @@ def test_an_upgrade_in_place_counts_every_event_once(
     assert waiting_batches(e2e_env) > 0, "batches must wait in the queue for the new code"
     assert_old_state_waits(client, e2e_settings)
 
-    # Today's code: migrations as an upgrade runs them, then its worker on the same stores.
+    # Today's code: `meterd status` says whether a drain is needed (it is not: today's
+    # code reads the format b6213b7 wrote); migrations as an upgrade runs them; its
+    # worker on the same stores, recording its format as it starts.
+    keys = RedisKeys(e2e_settings.redis_prefix)
+    assert not data_format.inspect(client, keys).drain_needed
     migrated = subprocess.run(
         [sys.executable, "-m", "meterd.cli", "db", "upgrade"],
         env=e2e_env,
@@ -240,6 +243,7 @@ def test_an_upgrade_in_place_counts_every_event_once(
         # wait that long so their redelivery is seen to dedupe.
         time.sleep(VISIBILITY_TIMEOUT + 2 if stop == "SIGKILL" else 1)
         assert new_worker.alive()
+        assert client.get(keys.data_format) == str(data_format.WRITES).encode()
         assert counted(client, e2e_settings) == total
     finally:
         new_worker.stop()
