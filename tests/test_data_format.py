@@ -112,6 +112,33 @@ def test_status_says_whether_a_drain_is_needed(
     assert state.refusal is not None and "Drain it with the version that wrote it" in state.refusal
 
 
+def test_the_status_view_shows_the_format_and_a_blocked_upgrade(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from meterd.cli.status_view import status_view
+    from meterd.ops import Status
+
+    count_one(runtime)
+    monkeypatch.setattr(data_format, "WRITES", 2)
+    monkeypatch.setattr(data_format, "READS", frozenset({2}))
+    status = Status(
+        queues=[],
+        flush_lag_seconds=None,
+        dead_letters={},
+        events_total={},
+        events_per_second=None,
+        workers=[],
+        data_format=data_format_state(runtime),
+    )
+    console = Console(record=True, width=400)
+    console.print(status_view(status))
+    text = console.export_text()
+    assert "format 1 (drain needed; this version writes 2, reads 2)" in text
+    assert "upgrade blocked" in text
+
+
 def start_worker_on(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     """The worker's start hook on the test's Redis (its safety aside: a test double's
     settings cannot be read through the wrapper)."""
