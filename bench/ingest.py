@@ -61,7 +61,7 @@ from typing import Any, cast
 
 import redis
 
-from measure import PrivateRedis, evalsha_usec, group_cpu_seconds
+from measure import PrivateRedis, evalsha_usec, group_cpu_seconds, process_cpu_seconds
 from meterd.celery_config import INGEST_QUEUE, create_app, worker_command
 from meterd.config import Settings
 from meterd.core.events import UsageEvent, parse_event
@@ -75,6 +75,8 @@ from meterd.storage.migrate import upgrade
 #: The counter Redis and the broker (main() starts private ones unless BENCH_REDIS_URL).
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 BROKER_URL = REDIS_URL
+#: The private counter redis-server's pid (its CPU time: the cross-check of EVALSHA's).
+REDIS_PID: int | None = None
 
 
 TOKEN_FEATURES = {"input_tokens": "usage.input", "output_tokens": "usage.output"}
@@ -222,6 +224,7 @@ def run_worker_scenario(
             time.sleep(0.05)
         target = len(warm) + len(events)
         usec0, cpu0 = evalsha_usec(rt.redis), group_cpu_seconds(worker.pid)
+        server0 = process_cpu_seconds(REDIS_PID) if REDIS_PID else 0.0
         # Poll cheaply (one HGET of the accepted count, which the ingest script bumps
         # with the counts; markers are no longer one key each, so DBSIZE cannot tell)
         # so the measurement does not steal Redis time from the worker; confirm exactly.
@@ -234,9 +237,11 @@ def run_worker_scenario(
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
         usec1, cpu1 = evalsha_usec(rt.redis), group_cpu_seconds(worker.pid)
+        server1 = process_cpu_seconds(REDIS_PID) if REDIS_PID else None
         print(f"  published in {published:.2f}s, counted in {elapsed:.2f}s", file=sys.stderr)
         n = len(events)
-        return Measured(n / elapsed, (usec1 - usec0) / n, (cpu1 - cpu0) * 1e6 / n)
+        server_us = None if server1 is None else (server1 - server0) * 1e6 / n
+        return Measured(n / elapsed, (usec1 - usec0) / n, (cpu1 - cpu0) * 1e6 / n, server_us)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
@@ -251,6 +256,8 @@ class Measured:
     rate: float
     redis_us: float
     worker_us: float
+    #: The private counter redis-server's CPU time per event (None on BENCH_REDIS_URL).
+    server_us: float | None = None
 
 
 def run_ceiling(rt: Runtime, events: list[dict[str, Any]], batch_size: int) -> float:
@@ -354,8 +361,10 @@ def main() -> None:
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         if "BENCH_REDIS_URL" not in os.environ:
-            global REDIS_URL, BROKER_URL
-            REDIS_URL = stack.enter_context(PrivateRedis()).url
+            global REDIS_URL, BROKER_URL, REDIS_PID
+            counters = stack.enter_context(PrivateRedis())
+            assert counters.proc is not None
+            REDIS_URL, REDIS_PID = counters.url, counters.proc.pid
             BROKER_URL = stack.enter_context(PrivateRedis()).url
         redis.Redis.from_url(REDIS_URL).ping()
         run(args)
@@ -392,7 +401,10 @@ def run(args: argparse.Namespace) -> None:
     where = "private redis-servers" if "BENCH_REDIS_URL" not in os.environ else REDIS_URL
     print(f"meterd row, per event ({where}):")
     print(f"  redis us/event  = {measured.redis_us:.1f} (EVALSHA time, INFO commandstats)")
+    if measured.server_us is not None:
+        print(f"  (redis-server CPU us/event = {measured.server_us:.1f}: all its work, CPU time)")
     print(f"  worker us/event = {measured.worker_us:.1f} (worker process group's CPU time)")
+    print(f"  load average    = {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     print(f"meterd / naive   = {meterd / naive:.1f}x")
     print(f"meterd / ceiling = {meterd / ceiling:.2f}")

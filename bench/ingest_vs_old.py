@@ -16,7 +16,9 @@ persistence and emptied between runs; a fresh SQLite file per run. Rounds
 alternate which version runs first; medians over --rounds.
 
 Per version: events/s; ``redis us/event``, the counter Redis's EVALSHA time
-(``INFO commandstats``) over the measured window / events; ``worker us/event``,
+(``INFO commandstats``) over the measured window / events, and beside it the
+counter redis-server's CPU time / events (all its work, but not inflated when a
+busy machine deschedules it mid-command); ``worker us/event``,
 the CPU time (user + system) of the worker's process group (main process and
 pool children) over the window / events. Then today / b6213b7 for each.
 
@@ -49,7 +51,7 @@ def child(args: argparse.Namespace) -> None:
     from datetime import UTC, datetime, timedelta
     from decimal import Decimal
 
-    from measure import evalsha_usec, group_cpu_seconds
+    from measure import evalsha_usec, group_cpu_seconds, process_cpu_seconds
     from meterd.celery_config import INGEST_QUEUE, create_app, worker_command
     from meterd.config import Settings
     from meterd.producer import publish_batches, usage_event
@@ -143,6 +145,7 @@ def child(args: argparse.Namespace) -> None:
                 time.sleep(0.05)
             target = len(warm) + len(events)
             usec0, cpu0 = evalsha_usec(rt.redis), group_cpu_seconds(worker.pid)
+            server0 = process_cpu_seconds(args.redis_pid)
             start = time.perf_counter()
             publish_batches(app, events, args.batch_size)
             while accepted() < target:
@@ -151,6 +154,7 @@ def child(args: argparse.Namespace) -> None:
                 time.sleep(0.005)
             elapsed = time.perf_counter() - start
             usec1, cpu1 = evalsha_usec(rt.redis), group_cpu_seconds(worker.pid)
+            server1 = process_cpu_seconds(args.redis_pid)
         finally:
             os.killpg(worker.pid, signal.SIGTERM)
             worker.wait(timeout=30)
@@ -162,17 +166,20 @@ def child(args: argparse.Namespace) -> None:
             {
                 "events_per_s": n / elapsed,
                 "redis_us": (usec1 - usec0) / n,
+                "redis_cpu_us": (server1 - server0) * 1e6 / n,
                 "worker_us": (cpu1 - cpu0) * 1e6 / n,
             }
         )
     )
 
 
-def run_one(src: Path, args: argparse.Namespace, redis_url: str, broker_url: str) -> dict[str, Any]:
+def run_one(
+    src: Path, args: argparse.Namespace, redis_url: str, broker_url: str, redis_pid: int
+) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{HERE}"}
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--child",
-         "--redis-url", redis_url, "--broker-url", broker_url,
+         "--redis-url", redis_url, "--broker-url", broker_url, "--redis-pid", str(redis_pid),
          "--events", str(args.events), "--customers", str(args.customers),
          "--batch-size", str(args.batch_size), "--concurrency", str(args.concurrency)],
         env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=False,
@@ -195,6 +202,7 @@ def main() -> None:
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     parser.add_argument("--broker-url", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-pid", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -213,11 +221,13 @@ def main() -> None:
             for name in order:
                 for url in (counters.url, broker.url):
                     redis.Redis.from_url(url).flushall()
-                result = run_one(trees[name], args, counters.url, broker.url)
+                assert counters.proc is not None
+                result = run_one(trees[name], args, counters.url, broker.url, counters.proc.pid)
                 results[name].append(result)
                 print(
                     f"round {round_no + 1} {name}: {result['events_per_s']:,.0f} events/s, "
-                    f"redis {result['redis_us']:.1f} us/event, "
+                    f"redis {result['redis_us']:.1f} us/event "
+                    f"(server CPU {result['redis_cpu_us']:.1f}), "
                     f"worker {result['worker_us']:.1f} us/event",
                     file=sys.stderr,
                 )
@@ -232,12 +242,14 @@ def main() -> None:
         f"{args.batch_size}, -c {args.concurrency}; medians of {args.rounds} rounds"
     )
     print(f"(b6213b7: git archive {OLD_COMMIT} into a temp dir, run with PYTHONPATH=<it>/src)")
+    print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     print(f"| | today | {OLD_COMMIT} | today / {OLD_COMMIT} |")
     print("|---|---:|---:|---:|")
     for key, label, fmt in (
         ("events_per_s", "events/s", "{:,.0f}"),
         ("redis_us", "redis us/event", "{:.1f}"),
+        ("redis_cpu_us", "redis-server CPU us/event", "{:.1f}"),
         ("worker_us", "worker us/event", "{:.1f}"),
     ):
         ratio = today[key] / old[key] if old[key] else float("nan")

@@ -7,7 +7,10 @@ same code measures today's meterd and an old one, bench/ingest_vs_old.py):
   process group, a ``celery worker`` started with ``start_new_session=True``
   (its main process and its pool children);
 * ``PrivateRedis``: a redis-server of the bench's own, on a free port, with no
-  persistence, so that no other program's commands land in its commandstats.
+  persistence, so that no other program's commands land in its commandstats;
+  ``process_cpu_seconds`` of its pid is the cross-check of EVALSHA's time on a
+  busy machine (commandstats measures wall time inside a command, which grows
+  when the server is descheduled; CPU time does not, but counts all its work).
 """
 
 from __future__ import annotations
@@ -45,6 +48,13 @@ def group_cpu_seconds(pgid: int) -> float:
         if int(fields[2]) == pgid:  # state, ppid, pgrp, ...; utime, stime at 11, 12
             ticks += int(fields[11]) + int(fields[12])
     return ticks / TICKS
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def _free_port() -> int:

@@ -139,13 +139,16 @@ def test_the_status_view_shows_the_format_and_a_blocked_upgrade(
     assert "upgrade blocked" in text
 
 
-def start_worker_on(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The worker's start hook on the test's Redis (its safety aside: a test double's
-    settings cannot be read through the wrapper)."""
+def start_worker_on(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, sender: object = "w@host"
+) -> None:
+    """The worker's (a hostname as sender) or beat's (a Service) start hook on the
+    test's Redis (its safety aside: a test double's settings cannot be read through
+    the wrapper)."""
     settings = runtime.settings.model_copy(update={"unsafe_redis": True})
     monkeypatch.setattr(worker, "get_settings", lambda: settings)
     monkeypatch.setattr(worker, "redis_client_for", lambda _s: _Unclosed(runtime.redis))
-    worker._refuse_unsafe_redis("w@host")
+    worker._refuse_unsafe_redis(sender)
 
 
 def test_a_worker_does_not_start_on_a_format_it_does_not_read(
@@ -160,6 +163,17 @@ def test_a_worker_does_not_start_on_a_format_it_does_not_read(
     assert "worker not started" in logged
     assert "written by a newer meterd" in logged
     assert stored(runtime) == data_format.WRITES + 1
+
+
+def test_beat_does_not_start_on_a_format_it_does_not_read(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    count_one(runtime)
+    runtime.redis.set(runtime.redis_keys.data_format, data_format.WRITES + 1)
+    with pytest.raises(SystemExit) as exited:
+        start_worker_on(runtime, monkeypatch, sender=object())
+    assert exited.value.code == worker.EXIT_UNSAFE_REDIS
+    assert "beat not started" in capsys.readouterr().out
 
 
 def test_a_worker_starts_on_the_unversioned_format_and_records_its_own(
