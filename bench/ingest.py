@@ -224,6 +224,7 @@ def run_worker_scenario(
             time.sleep(0.05)
         target = len(warm) + len(events)
         usec0, cpu0 = evalsha_usec(rt.redis), group_cpu_seconds(worker.pid)
+        pool0 = group_cpu_seconds(worker.pid, leader=False)
         server0 = process_cpu_seconds(REDIS_PID) if REDIS_PID else 0.0
         # Poll cheaply (one HGET of the accepted count, which the ingest script bumps
         # with the counts; markers are no longer one key each, so DBSIZE cannot tell)
@@ -237,11 +238,18 @@ def run_worker_scenario(
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
         usec1, cpu1 = evalsha_usec(rt.redis), group_cpu_seconds(worker.pid)
+        pool1 = group_cpu_seconds(worker.pid, leader=False)
         server1 = process_cpu_seconds(REDIS_PID) if REDIS_PID else None
         print(f"  published in {published:.2f}s, counted in {elapsed:.2f}s", file=sys.stderr)
         n = len(events)
         server_us = None if server1 is None else (server1 - server0) * 1e6 / n
-        return Measured(n / elapsed, (usec1 - usec0) / n, (cpu1 - cpu0) * 1e6 / n, server_us)
+        return Measured(
+            n / elapsed,
+            (usec1 - usec0) / n,
+            (cpu1 - cpu0) * 1e6 / n,
+            (pool1 - pool0) * 1e6 / n,
+            server_us,
+        )
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
@@ -256,6 +264,8 @@ class Measured:
     rate: float
     redis_us: float
     worker_us: float
+    #: Of ``worker_us``, the pool children's (the tasks; the main process receives).
+    pool_us: float
     #: The private counter redis-server's CPU time per event (None on BENCH_REDIS_URL).
     server_us: float | None = None
 
@@ -404,6 +414,7 @@ def run(args: argparse.Namespace) -> None:
     if measured.server_us is not None:
         print(f"  (redis-server CPU us/event = {measured.server_us:.1f}: all its work, CPU time)")
     print(f"  worker us/event = {measured.worker_us:.1f} (worker process group's CPU time)")
+    print(f"  (of it the pool children: {measured.pool_us:.1f})")
     print(f"  load average    = {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     print(f"meterd / naive   = {meterd / naive:.1f}x")

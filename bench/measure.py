@@ -34,8 +34,9 @@ def evalsha_usec(client: redis.Redis) -> int:
     return int(stats.get("usec", 0))
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of the live processes of process group ``pgid``."""
+def group_cpu_seconds(pgid: int, *, leader: bool = True) -> float:
+    """User + system CPU seconds of the live processes of process group ``pgid``
+    (``leader=False``: without the group's leader, a worker's pool children alone)."""
     ticks = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -45,7 +46,8 @@ def group_cpu_seconds(pgid: int) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        if int(fields[2]) == pgid:  # state, ppid, pgrp, ...; utime, stime at 11, 12
+        if int(fields[2]) == pgid and (leader or int(entry.name) != pgid):
+            # state, ppid, pgrp, ...; utime, stime at 11, 12
             ticks += int(fields[11]) + int(fields[12])
     return ticks / TICKS
 
