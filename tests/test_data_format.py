@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 
 from meterd import worker
@@ -98,6 +99,36 @@ def test_a_key_that_holds_no_version_is_refused_while_data_waits(runtime: Runtim
     runtime.redis.set(runtime.redis_keys.data_format, "v2")
     with pytest.raises(DataFormatError, match="a version this one does not know"):
         claim(runtime.redis, runtime.redis_keys)
+
+
+class _Full:
+    """A client whose writes a full Redis (noeviction) refuses."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def set(self, *_: Any, **__: Any) -> None:
+        raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+
+
+def test_a_full_redis_in_this_versions_format_is_taken_over_unrecorded(
+    runtime: Runtime,
+) -> None:
+    count_one(runtime)
+    found = claim(_Full(runtime.redis), runtime.redis_keys)
+    assert found.readable and not found.recorded
+    assert stored(runtime) is None  # recorded by a later start
+
+
+def test_a_full_redis_in_an_older_format_is_not_taken_over_unrecorded(
+    runtime: Runtime,
+) -> None:
+    count_one(runtime)
+    with pytest.raises(redis.ResponseError, match="OOM"):
+        claim(_Full(runtime.redis), runtime.redis_keys, writes=2, reads=frozenset({1, 2}))
 
 
 def test_status_says_whether_a_drain_is_needed(

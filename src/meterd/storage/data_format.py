@@ -154,5 +154,11 @@ def claim(
         raise DataFormatError(state)
     older = state.stored is None or state.stored < state.writes
     if not state.recorded or not state.readable or older:
-        client.set(keys.data_format, state.writes)
+        try:
+            client.set(keys.data_format, state.writes)
+        except redis.ResponseError as exc:
+            # A full Redis (noeviction) refuses the write. Starting anyway is safe only
+            # if the format it holds is this code's already (recorded at a later start).
+            if not str(exc).startswith("OOM") or state.stored != state.writes:
+                raise
     return state
