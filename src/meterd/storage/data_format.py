@@ -28,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import redis
+from redis.exceptions import OutOfMemoryError
 
 from meterd.core.errors import ConflictError
 from meterd.core.redis_keys import RedisKeys
@@ -156,9 +157,9 @@ def claim(
     if not state.recorded or not state.readable or older:
         try:
             client.set(keys.data_format, state.writes)
-        except redis.ResponseError as exc:
+        except OutOfMemoryError:
             # A full Redis (noeviction) refuses the write. Starting anyway is safe only
             # if the format it holds is this code's already (recorded at a later start).
-            if not str(exc).startswith("OOM") or state.stored != state.writes:
+            if state.stored != state.writes:
                 raise
     return state
