@@ -5,7 +5,11 @@ key prefix per scenario, removed afterwards):
 
 * meterd:  batches of --batch-size events per Celery task, a real worker
            process (prefork, --concurrency children), from the first publish
-           until the last event is counted in Redis.
+           until the last event is counted in Redis. Two more rows for it:
+           ``redis us/event``, the counter Redis's EVALSHA time over that window
+           (``INFO commandstats``) per event, and ``worker us/event``, the CPU
+           time (user + system) of the worker's process group (main process and
+           pool children) per event (bench/measure.py).
 * naive:   the same worker, one Celery task per event (batch size 1).
 * ceiling: the same Lua script driven directly from this one Python process
            with pre-validated events (no broker, no validation, no worker).
@@ -27,6 +31,13 @@ events, chunks of --batch-size):
            then again after ANALYZE (the planner's statistics decide how
            PostgreSQL runs the search).
 
+By default the counters and the broker each run on a private redis-server the
+bench starts (no persistence; bench/measure.py), so that EVALSHA's time is the
+ingest script's alone (the broker's pop is a script too) and no other program's
+commands land in it; BENCH_REDIS_URL runs everything on that Redis instead (the
+redis us/event row then includes the broker's scripts and anything else running
+there). The same row against b6213b7, back to back: bench/ingest_vs_old.py.
+
     python bench/ingest.py                      # defaults: 200k events, 1000 customers
     python bench/ingest.py --events 500000 --concurrency 2
 """
@@ -34,6 +45,7 @@ events, chunks of --batch-size):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import signal
@@ -42,12 +54,14 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any, cast
 
 import redis
 
+from measure import PrivateRedis, evalsha_usec, group_cpu_seconds, process_cpu_seconds
 from meterd.celery_config import INGEST_QUEUE, create_app, worker_command
 from meterd.config import Settings
 from meterd.core.events import UsageEvent, parse_event
@@ -58,7 +72,11 @@ from meterd.services.catalog import NewEntitlement
 from meterd.storage.counters import ScriptCode
 from meterd.storage.migrate import upgrade
 
+#: The counter Redis and the broker (main() starts private ones unless BENCH_REDIS_URL).
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+BROKER_URL = REDIS_URL
+#: The private counter redis-server's pid (its CPU time: the cross-check of EVALSHA's).
+REDIS_PID: int | None = None
 
 
 TOKEN_FEATURES = {"input_tokens": "usage.input", "output_tokens": "usage.output"}
@@ -75,7 +93,7 @@ def make_runtime(
     settings = Settings(
         database_url=database_url,
         redis_url=REDIS_URL,
-        broker_url=REDIS_URL,
+        broker_url=BROKER_URL,
         broker_key_prefix=f"{prefix}-q:",
         redis_prefix=prefix,
         _env_file=None,  # type: ignore[call-arg]
@@ -172,12 +190,12 @@ def run_worker_scenario(
     concurrency: int,
     customers: int,
     items_per_event: int = 1,
-) -> float:
+) -> Measured:
     env = {
         **os.environ,
         "METERD_DATABASE_URL": rt.settings.database_url,
         "METERD_REDIS_URL": REDIS_URL,
-        "METERD_BROKER_URL": REDIS_URL,
+        "METERD_BROKER_URL": BROKER_URL,
         "METERD_BROKER_KEY_PREFIX": rt.settings.broker_key_prefix,
         "METERD_REDIS_PREFIX": rt.settings.redis_prefix,
         "METERD_UNSAFE_REDIS": "1",  # the machine's Redis has no AOF
@@ -205,6 +223,9 @@ def run_worker_scenario(
                 raise RuntimeError("worker did not start")
             time.sleep(0.05)
         target = len(warm) + len(events)
+        usec0, cpu0 = evalsha_usec(rt.redis), group_cpu_seconds(worker.pid)
+        pool0 = group_cpu_seconds(worker.pid, leader=False)
+        server0 = process_cpu_seconds(REDIS_PID) if REDIS_PID else 0.0
         # Poll cheaply (one HGET of the accepted count, which the ingest script bumps
         # with the counts; markers are no longer one key each, so DBSIZE cannot tell)
         # so the measurement does not steal Redis time from the worker; confirm exactly.
@@ -216,12 +237,37 @@ def run_worker_scenario(
         while items_per_event == 1 and counted(rt, customers) < target:
             time.sleep(0.005)
         elapsed = time.perf_counter() - start
+        usec1, cpu1 = evalsha_usec(rt.redis), group_cpu_seconds(worker.pid)
+        pool1 = group_cpu_seconds(worker.pid, leader=False)
+        server1 = process_cpu_seconds(REDIS_PID) if REDIS_PID else None
         print(f"  published in {published:.2f}s, counted in {elapsed:.2f}s", file=sys.stderr)
-        return len(events) / elapsed
+        n = len(events)
+        server_us = None if server1 is None else (server1 - server0) * 1e6 / n
+        return Measured(
+            n / elapsed,
+            (usec1 - usec0) / n,
+            (cpu1 - cpu0) * 1e6 / n,
+            (pool1 - pool0) * 1e6 / n,
+            server_us,
+        )
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(timeout=30)
         app.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """A worker row: events/s, and per event the counter Redis's EVALSHA time and the
+    worker process group's CPU time, both in microseconds."""
+
+    rate: float
+    redis_us: float
+    worker_us: float
+    #: Of ``worker_us``, the pool children's (the tasks; the main process receives).
+    pool_us: float
+    #: The private counter redis-server's CPU time per event (None on BENCH_REDIS_URL).
+    server_us: float | None = None
 
 
 def run_ceiling(rt: Runtime, events: list[dict[str, Any]], batch_size: int) -> float:
@@ -285,7 +331,9 @@ def late_scenario(args: argparse.Namespace, db: str) -> tuple[float, float, floa
         rt.close()
 
 
-def scenario(name: str, args: argparse.Namespace, db: str, n: int, batch: int | None) -> float:
+def scenario(
+    name: str, args: argparse.Namespace, db: str, n: int, batch: int | None
+) -> Measured | float:
     prefix = f"bench-{name}-{uuid.uuid4().hex[:6]}"
     tokens = name == "tokens"
     rt = make_runtime(db, prefix, args.customers, tokens=tokens)
@@ -321,12 +369,22 @@ def main() -> None:
     )
     parser.add_argument("--database-url", default=None, help="default: a temporary SQLite file")
     args = parser.parse_args()
-    redis.Redis.from_url(REDIS_URL).ping()
+    with contextlib.ExitStack() as stack:
+        if "BENCH_REDIS_URL" not in os.environ:
+            global REDIS_URL, BROKER_URL, REDIS_PID
+            counters = stack.enter_context(PrivateRedis())
+            assert counters.proc is not None
+            REDIS_URL, REDIS_PID = counters.url, counters.proc.pid
+            BROKER_URL = stack.enter_context(PrivateRedis()).url
+        redis.Redis.from_url(REDIS_URL).ping()
+        run(args)
 
+
+def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = args.database_url or f"sqlite:///{tmp}/bench.db"
         upgrade(db)
-        rates = {
+        runs = {
             "meterd (batched tasks, real worker)": scenario(
                 "meterd", args, db, args.events, args.batch_size
             ),
@@ -337,6 +395,9 @@ def main() -> None:
             ),
         }
         hot, late, late_analyzed = late_scenario(args, db)
+    measured = runs["meterd (batched tasks, real worker)"]
+    assert isinstance(measured, Measured)
+    rates = {name: r.rate if isinstance(r, Measured) else r for name, r in runs.items()}
     meterd, naive, ceiling, tokens = rates.values()
     rates["hot (counting service, one process)"] = hot
     rates["late (older than the hot window: log searched; log just written)"] = late
@@ -346,6 +407,15 @@ def main() -> None:
     print("|---|---:|")
     for name, rate in rates.items():
         print(f"| {name} | {rate:,.0f} |")
+    print()
+    where = "private redis-servers" if "BENCH_REDIS_URL" not in os.environ else REDIS_URL
+    print(f"meterd row, per event ({where}):")
+    print(f"  redis us/event  = {measured.redis_us:.1f} (EVALSHA time, INFO commandstats)")
+    if measured.server_us is not None:
+        print(f"  (redis-server CPU us/event = {measured.server_us:.1f}: all its work, CPU time)")
+    print(f"  worker us/event = {measured.worker_us:.1f} (worker process group's CPU time)")
+    print(f"  (of it the pool children: {measured.pool_us:.1f})")
+    print(f"  load average    = {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print()
     print(f"meterd / naive   = {meterd / naive:.1f}x")
     print(f"meterd / ceiling = {meterd / ceiling:.2f}")

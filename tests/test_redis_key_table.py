@@ -23,6 +23,7 @@ from meterd.core.domain import BillingType, Outcome
 from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.reserve import Reservation
+from meterd.storage.data_format import claim
 from meterd.storage.rate_limits import RateLimitStore
 from meterd.testing import event
 
@@ -133,6 +134,7 @@ def busy(runtime: Runtime) -> Runtime:
     # a level recount holds flush batches back while it reads (lifted when it ends:
     # set here as it is mid-read)
     rt.corrections.counters.pause_flush("recount", 60)
+    claim(rt.redis, rt.redis_keys)  # a worker, beat or API process started
     return rt
 
 

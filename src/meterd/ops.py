@@ -18,9 +18,13 @@ from celery import Celery
 
 from meterd.celery_config import QUEUES
 from meterd.config import Settings
+from meterd.core.redis_keys import RedisKeys
 from meterd.core.timeutil import epoch_micros, utcnow
 from meterd.logs import get_logger
 from meterd.runtime import Runtime
+from meterd.storage import data_format
+from meterd.storage.data_format import DataFormat
+from meterd.storage.data_format import claim as claim_data_format
 from meterd.storage.redis_safety import Problem, RedisSafety, check_redis, enforce
 
 log = get_logger("meterd.ops")
@@ -100,6 +104,32 @@ def redis_safety(runtime: Runtime) -> RedisSafetyState:
     return RedisSafetyState(state, report.source, list(report.problems), list(report.warnings))
 
 
+@dataclass(slots=True)
+class DataFormatState:
+    """The data format as ``meterd status`` shows it: whether this version reads the
+    stored format, and whether a drain with the version that wrote it is needed."""
+
+    stored: int | None
+    writes: int
+    reads: list[int]
+    drain_needed: bool
+    summary: str
+    #: What a refused start would say (None when this version can start).
+    refusal: str | None = None
+
+
+def data_format_state(runtime: Runtime) -> DataFormatState:
+    found: DataFormat = data_format.inspect(runtime.redis, runtime.redis_keys)
+    return DataFormatState(
+        stored=found.stored,
+        writes=found.writes,
+        reads=list(found.reads),
+        drain_needed=found.drain_needed,
+        summary=found.describe(),
+        refusal=found.refusal() if found.drain_needed else None,
+    )
+
+
 def refuse_unsafe_redis(
     client: redis.Redis, settings: Settings, *, who: str, wait_seconds: float = 0.0
 ) -> RedisSafety:
@@ -107,7 +137,10 @@ def refuse_unsafe_redis(
 
     Raises ``UnsafeRedisError`` (its message says what to set) for an unsafe Redis
     unless ``METERD_UNSAFE_REDIS=1``, which logs a loud warning instead. A Redis that
-    does not answer is retried for ``wait_seconds``, then its error is raised."""
+    does not answer is retried for ``wait_seconds``, then its error is raised.
+    Then the data format (``storage/data_format.py``): raises ``DataFormatError``
+    (its message says how to drain) when the Redis holds data of a format this
+    version does not read, else records this version's format."""
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
@@ -127,6 +160,9 @@ def refuse_unsafe_redis(
         )
     for warning in report.warnings:
         log.warning("redis safety", process=who, warning=warning)
+    found = claim_data_format(client, RedisKeys(settings.redis_prefix))
+    if found.stored != found.writes or not found.recorded:
+        log.info("redis data format", process=who, found=found.describe())
     return report
 
 
@@ -142,6 +178,8 @@ class Status:
     workers: list[str] | None
     storage: Storage = field(default_factory=Storage)
     redis_safety: RedisSafetyState = field(default_factory=lambda: RedisSafetyState(UNKNOWN))
+    #: The counter Redis's data format against this version's (None: not read).
+    data_format: DataFormatState | None = None
     errors: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
@@ -219,6 +257,7 @@ def gather(
     dead = attempt("dead letters", runtime.dead_letters.count_by_reason) or {}
     storage = attempt("storage", lambda: storage_figures(runtime)) or Storage()
     safety = redis_safety(runtime)
+    formats = attempt("data format", lambda: data_format_state(runtime))
     rate = None
     if sample_seconds > 0:
         time.sleep(max(0.0, sample_seconds - (time.monotonic() - started)))
@@ -236,6 +275,7 @@ def gather(
         workers=workers,
         storage=storage,
         redis_safety=safety,
+        data_format=formats,
         errors=errors,
     )
 

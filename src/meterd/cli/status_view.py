@@ -45,6 +45,12 @@ def status_view(st: Any) -> Any:
         summary.add_row(f"[{colour}]redis unsafe[/{colour}]", escape(str(problem)))
     for warning in safety.warnings:
         summary.add_row("[yellow]redis warning[/yellow]", escape(warning))
+    formats = st.data_format
+    if formats is not None:
+        colour = "red" if formats.drain_needed else "green"
+        summary.add_row("redis data format", f"[{colour}]{escape(formats.summary)}[/{colour}]")
+        if formats.refusal:
+            summary.add_row("[red]upgrade blocked[/red]", escape(formats.refusal))
     for error in st.errors:
         summary.add_row("[red]error[/red]", error)
     return Group(summary, queues)

@@ -131,6 +131,11 @@ class RedisKeys:
         return f"{self.prefix}:flush:epoch"
 
     @property
+    def data_format(self) -> str:
+        """The version of the data format the stored data is in (``storage/data_format.py``)."""
+        return f"{self.prefix}:format"
+
+    @property
     def meter_versions(self) -> str:
         return f"{self.prefix}:meters:versions"
 
