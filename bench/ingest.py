@@ -64,7 +64,8 @@ import redis
 from measure import PrivateRedis, evalsha_usec, group_cpu_seconds, process_cpu_seconds
 from meterd.celery_config import INGEST_QUEUE, create_app, worker_command
 from meterd.config import Settings
-from meterd.core.events import UsageEvent, parse_event
+from meterd.core.event_parsing import parse_event
+from meterd.core.events import UsageEvent
 from meterd.core.timeutil import utcnow
 from meterd.producer import publish_batches, usage_event
 from meterd.runtime import Runtime

@@ -41,13 +41,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from setup_state import State, build, restore, scratch_dir
 
 from memory import private_redis, system_redis_server
+from meterd.core.event_parsing import parse_event
 from meterd.core.events import (
     CloudEventEnvelope,
     CloudUsageEvent,
     InvalidEvent,
     RawEvent,
     UsageEvent,
-    parse_event,
     shape_problem,
 )
 from meterd.storage.counters import ScriptCode

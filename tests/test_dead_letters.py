@@ -74,7 +74,8 @@ malformed = st.one_of(
 
 
 def still_valid(payload: Any) -> bool:
-    from meterd.core.events import UsageEvent, parse_event
+    from meterd.core.event_parsing import parse_event
+    from meterd.core.events import UsageEvent
 
     return isinstance(parse_event(payload, received_at=NOW), UsageEvent)
 

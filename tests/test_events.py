@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from meterd.core.events import InvalidEvent, RawEvent, UsageEvent, parse_event
+from meterd.core.event_parsing import parse_event
+from meterd.core.events import InvalidEvent, RawEvent, UsageEvent
 from meterd.testing import event
 
 from .conftest import NOW

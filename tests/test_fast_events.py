@@ -18,13 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meterd.core.event_parsing import parse_event
 from meterd.core.events import (
     InvalidEvent,
     RawEvent,
     UsageEvent,
     new_raw_event,
     new_usage_event,
-    parse_event,
     parse_event_by_model,
 )
 from meterd.core.fast_events import fast_event

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from meterd.core.domain import Outcome
+from meterd.core.event_parsing import parse_event
 from meterd.core.events import (
     MAX_EVENT_BYTES,
     MAX_EVENT_DEPTH,
     InvalidEvent,
     UsageEvent,
-    parse_event,
 )
 from meterd.runtime import Runtime
 from meterd.testing import event

@@ -14,7 +14,8 @@ import pytest
 from kombu import compression, serialization
 
 from meterd.celery_config import DEAD_LETTER_MESSAGE_TASK, FLUSH_TASK, INGEST_TASK
-from meterd.core.events import InvalidEvent, parse_event
+from meterd.core.event_parsing import parse_event
+from meterd.core.events import InvalidEvent
 from meterd.core.quantity import JsonNumber
 from meterd.core.timeutil import utcnow
 from meterd.message_guard import install_worker_codecs

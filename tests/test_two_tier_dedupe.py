@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from meterd.core.domain import Outcome
 from meterd.core.errors import UnavailableError
-from meterd.core.events import UsageEvent, parse_event
+from meterd.core.event_parsing import parse_event
+from meterd.core.events import UsageEvent
 from meterd.runtime import STORE_ERRORS, Runtime
 from meterd.services.counting import BackpressureError
 from meterd.services.reserve import Reservation, ReservationConflictError, ReserveOutcome

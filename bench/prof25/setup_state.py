@@ -21,7 +21,8 @@ from typing import Any
 import redis
 
 from memory import make_runtime
-from meterd.core.events import UsageEvent, parse_event
+from meterd.core.event_parsing import parse_event
+from meterd.core.events import UsageEvent
 from meterd.core.terms import Term
 from meterd.core.timeutil import isoformat, utcnow
 from meterd.producer import usage_event

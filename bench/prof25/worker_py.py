@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from setup_state import State, build, restore, scratch_dir
 
 from memory import private_redis, system_redis_server
-from meterd.core.events import parse_event
+from meterd.core.event_parsing import parse_event
 
 
 def ingest_all(state: State, batch: int) -> None:

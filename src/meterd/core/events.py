@@ -50,7 +50,6 @@ __all__ = [
     "InvalidEvent",
     "RawEvent",
     "UsageEvent",
-    "parse_event",
     "parse_event_by_model",
 ]
 
@@ -406,19 +405,6 @@ def dead_letter_payload(payload: Any) -> Any:
     return payload if problem is None else stand_in(payload, problem)
 
 
-def parse_event(
-    payload: Any, *, received_at: datetime, org: str | None = None
-) -> UsageEvent | RawEvent | InvalidEvent:
-    """Validate one CloudEvent. ``org`` (from an API key) overrides the attribute.
-    An event of the common shape is read by ``fast_events`` (the same result, no
-    pydantic); anything else, invalid events included, by the full model."""
-    if type(payload) is dict:
-        fast = _fast.fast_event(payload, received_at=received_at, org=org)
-        if fast is not None:
-            return fast
-    return parse_event_by_model(payload, received_at=received_at, org=org)
-
-
 def parse_event_by_model(
     payload: Any, *, received_at: datetime, org: str | None = None
 ) -> UsageEvent | RawEvent | InvalidEvent:
@@ -461,7 +447,3 @@ def parse_event_by_model(
         time=time,
         data=payload["data"],
     )
-
-
-# Last: fast_events reads this module's classes (either module may be imported first).
-from meterd.core import fast_events as _fast  # noqa: E402

@@ -58,13 +58,13 @@ from meterd.core.domain import (
     Period,
 )
 from meterd.core.errors import UnavailableError
+from meterd.core.event_parsing import parse_event
 from meterd.core.event_records import event_key
 from meterd.core.events import (
     InvalidEvent,
     RawEvent,
     UsageEvent,
     dead_letter_payload,
-    parse_event,
     with_time,
 )
 from meterd.core.quantity import from_units, to_units

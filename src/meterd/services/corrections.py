@@ -39,8 +39,9 @@ from meterd.core.corrections import (
 )
 from meterd.core.domain import Aggregation
 from meterd.core.errors import ConflictError, InvalidError, NotFoundError, UnavailableError
+from meterd.core.event_parsing import parse_event
 from meterd.core.event_records import EventRecord, event_key, record_json
-from meterd.core.events import USAGE_EVENT_TYPE, InvalidEvent, UsageEvent, parse_event
+from meterd.core.events import USAGE_EVENT_TYPE, InvalidEvent, UsageEvent
 from meterd.core.level_recount import LevelItem
 from meterd.core.meters import Meter, item_id
 from meterd.core.quantity import from_units, to_units

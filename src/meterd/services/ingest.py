@@ -20,12 +20,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from meterd.core.domain import Outcome
+from meterd.core.event_parsing import parse_event
 from meterd.core.events import (
     InvalidEvent,
     RawEvent,
     UsageEvent,
     dead_letter_payload,
-    parse_event,
     time_verdict,
     with_time,
 )

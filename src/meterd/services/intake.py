@@ -19,11 +19,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from meterd.core.domain import Outcome
+from meterd.core.event_parsing import parse_event
 from meterd.core.events import (
     InvalidEvent,
     dead_letter_payload,
     is_short_text,
-    parse_event,
     time_verdict,
     with_time,
 )

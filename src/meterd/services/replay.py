@@ -26,7 +26,8 @@ from itertools import groupby
 from typing import Any
 
 from meterd.core.errors import NotFoundError
-from meterd.core.events import UsageEvent, parse_event, with_time
+from meterd.core.event_parsing import parse_event
+from meterd.core.events import UsageEvent, with_time
 from meterd.services.ingest import IngestService
 from meterd.services.values import DeadLetter
 from meterd.storage.dead_letters import DeadLetterStore
