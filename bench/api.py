@@ -122,9 +122,7 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return p50 * 1000, p99 * 1000
 
 
-def run_wrk(
-    url: str, script: Path, token: str, args: argparse.Namespace
-) -> tuple[float, float]:
+def run_wrk(url: str, script: Path, token: str, args: argparse.Namespace) -> tuple[float, float]:
     """(requests/s, p99 ms) of one wrk run; any non-2xx answer or socket error fails."""
     out = subprocess.run(
         [
@@ -227,7 +225,11 @@ def main() -> None:
                 ("GET /healthz (reference: no work)", base + "/healthz", "get"),
                 ("GET value", base + VALUE_PATH, "get"),
                 ("POST reserve", base + VALUE_PATH + "/reserve", "reserve"),
-                ("hold + settle (2 requests a pair)", base + VALUE_PATH + "/reserve", "hold_settle"),
+                (
+                    "hold + settle (2 requests a pair)",
+                    base + VALUE_PATH + "/reserve",
+                    "hold_settle",
+                ),
             )
             warm = argparse.Namespace(**{**vars(args), "seconds": 2})
             for _, url, script in scenarios:  # warm up connections, caches, scripts
