@@ -122,8 +122,18 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return p50 * 1000, p99 * 1000
 
 
-def run_wrk(url: str, script: Path, token: str, args: argparse.Namespace) -> tuple[float, float]:
-    """(requests/s, p99 ms) of one wrk run; any non-2xx answer or socket error fails."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(
+    url: str, script: Path, token: str, args: argparse.Namespace, server: int
+) -> tuple[float, float, float]:
+    """(requests/s, p99 ms, server CPU ms a request) of one wrk run; any non-2xx
+    answer or socket error fails."""
+    cpu_before = cpu_seconds(server)
     out = subprocess.run(
         [
             "wrk",
@@ -140,13 +150,15 @@ def run_wrk(url: str, script: Path, token: str, args: argparse.Namespace) -> tup
         text=True,
         check=True,
     ).stdout
+    cpu = cpu_seconds(server) - cpu_before
     line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
     result = json.loads(line.removeprefix("WRK_JSON "))
     if result["non2xx"] or result["errors"]:
         raise SystemExit(f"wrk {url}: {result['non2xx']} non-2xx, {result['errors']} errors")
     if script.stem == "hold_settle" and result["settles"] < result["requests"] // 2 - 64:
         raise SystemExit(f"wrk {url}: {result['settles']} settles for {result['requests']}")
-    return result["requests"] / result["seconds"], result["p99_us"] / 1000
+    rps = result["requests"] / result["seconds"]
+    return rps, result["p99_us"] / 1000, cpu * 1000 / result["requests"]
 
 
 def main() -> None:
@@ -233,14 +245,14 @@ def main() -> None:
             )
             warm = argparse.Namespace(**{**vars(args), "seconds": 2})
             for _, url, script in scenarios:  # warm up connections, caches, scripts
-                run_wrk(url, scripts[script], token, warm)
-            rounds: dict[str, list[tuple[float, float, float]]] = {s[0]: [] for s in scenarios}
+                run_wrk(url, scripts[script], token, warm, server.pid)
+            rounds: dict[str, list[tuple[float, ...]]] = {s[0]: [] for s in scenarios}
             for _ in range(args.rounds):
-                health = 0.0
+                health = health_cpu = 0.0
                 for label, url, script in scenarios:
-                    rps, p99 = run_wrk(url, scripts[script], token, args)
-                    health = health or rps
-                    rounds[label].append((rps, p99, rps / health))
+                    rps, p99, cpu = run_wrk(url, scripts[script], token, args, server.pid)
+                    health, health_cpu = health or rps, health_cpu or cpu
+                    rounds[label].append((rps, p99, rps / health, cpu, health_cpu / cpu))
 
             print(f"\nin-process value (no HTTP), {args.calls:,} calls each:\n")
             print("| read | p50 ms | p99 ms |")
@@ -250,16 +262,25 @@ def main() -> None:
             print(
                 f"\nHTTP over loopback, 1 uvicorn worker, wrk -t{args.threads} "
                 f"-c{args.connections} -d{args.seconds}s, median of {args.rounds} rounds"
-                " (ratio: each round over its own /healthz):\n"
+                " (ratio: each round over its own /healthz; server CPU: the API process's"
+                " user + system time over the requests it answered, and /healthz's over"
+                " it, the ratio a CPU-bound worker would show, less sensitive to what else"
+                " runs on the machine):\n"
             )
-            print("| endpoint | requests/s | p99 ms | requests/s / /healthz's | ratio each round |")
-            print("|---|---:|---:|---:|---|")
+            print(
+                "| endpoint | requests/s | p99 ms | requests/s / /healthz's | each round"
+                " | server CPU ms/request | /healthz's CPU / its |"
+            )
+            print("|---|---:|---:|---:|---|---:|---:|")
             for label, results in rounds.items():
-                rps = statistics.median(r[0] for r in results)
-                p99 = statistics.median(r[1] for r in results)
-                share = statistics.median(r[2] for r in results)
+                rps, p99, share, cpu, cpu_share = (
+                    statistics.median(r[i] for r in results) for i in range(5)
+                )
                 each = " ".join(f"{r[2]:.2f}" for r in results)
-                print(f"| {label} | {rps:,.0f} | {p99:.1f} | {share:.2f} | {each} |")
+                print(
+                    f"| {label} | {rps:,.0f} | {p99:.1f} | {share:.2f} | {each}"
+                    f" | {cpu:.3f} | {cpu_share:.2f} |"
+                )
             rt.close()
         finally:
             if server is not None:

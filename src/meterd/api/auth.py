@@ -249,22 +249,27 @@ def require(permission: Permission) -> Callable[..., Awaitable[Principal]]:
 
 def require_admitted_in_route(permission: Permission) -> Callable[..., Awaitable[Caller]]:
     """A dependency for the hot routes: the caller, authenticated (401 here) but not
-    yet admitted: the route calls ``Caller.admit`` (or ``admit_with``) first
-    in the worker thread it takes for its own work (429, then 403, as ``require``).
-    Headers only."""
+    yet admitted: the route calls ``Caller.admit`` (or ``admit_with``) first in the
+    worker thread it takes for its own work (429, then 403, as ``require``).
+    Headers only. It reads them with ``API_KEY`` and ``BEARER`` itself rather than
+    through sub-dependencies (each costs FastAPI's solving on every request), so a
+    route taking it declares their security in the OpenAPI document by hand:
+    ``openapi_extra=KEY_SECURITY``."""
 
-    async def dependency(
-        runtime: RuntimeDep,
-        x_api_key: ApiKeyDep,
-        bearer: BearerDep,
-    ) -> Caller:
-        token = _token(x_api_key, bearer, None)
+    async def dependency(request: Request) -> Caller:
+        runtime = await runtime_of(request)
+        token = _token(await API_KEY(request), await BEARER(request), None)
         principal = _cached(runtime, token)
         if principal is None:
             principal = await run_in_threadpool(_identify, runtime, token)
         return Caller(principal, permission, runtime)
 
     return dependency
+
+
+#: The OpenAPI security of a route taking ``require_admitted_in_route``: the same as
+#: that of a route taking ``require`` (whose ``Security`` dependencies declare it).
+KEY_SECURITY: dict[str, Any] = {"security": [{API_KEY.scheme_name: []}, {BEARER.scheme_name: []}]}
 
 
 def require_allowing_query_token(

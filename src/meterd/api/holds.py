@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from meterd.api.auth import Caller, RuntimeDep, require, require_admitted_in_route
+from meterd.api.auth import KEY_SECURITY, Caller, RuntimeDep, require, require_admitted_in_route
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.hold_values import HoldOut, hold_out
 from meterd.api.inputs import QuantityText, RequestBody
@@ -49,17 +49,15 @@ def get_hold(hold_id: uuid.UUID, runtime: RuntimeDep, caller: Reserver) -> HoldO
     return hold_out(runtime.holds.get(caller.org, hold_id, utcnow()))
 
 
-@router.post("/{hold_id}/settle", response_model=SettleResponse)
-async def settle_hold(
-    hold_id: uuid.UUID, body: SettleRequest, runtime: RuntimeDep, caller: Settler
-) -> SettleResponse:
+@router.post("/{hold_id}/settle", response_model=SettleResponse, openapi_extra=KEY_SECURITY)
+async def settle_hold(hold_id: uuid.UUID, body: SettleRequest, caller: Settler) -> SettleResponse:
     """Consume exactly ``quantity`` once, at the hold's time, and free the rest. A
     retry with the same quantity answers the same; another quantity, or a released
     or expired hold, is a 409 naming why."""
 
     def work() -> SettleResponse:
         caller.admit()
-        result = runtime.holds.settle(caller.org, hold_id, Decimal(body.quantity), utcnow())
+        result = caller.runtime.holds.settle(caller.org, hold_id, Decimal(body.quantity), utcnow())
         return SettleResponse(hold=hold_out(result.hold), settled_now=result.settled_now)
 
     return await run_in_threadpool(work)

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from meterd.api.auth import (
+    KEY_SECURITY,
     Caller,
     RuntimeDep,
     require_admitted_in_route,
@@ -129,11 +130,14 @@ def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> Featu
     )
 
 
-@router.get("/customers/{customer_id}/features/{feature}", response_model=FeatureValue)
+@router.get(
+    "/customers/{customer_id}/features/{feature}",
+    response_model=FeatureValue,
+    openapi_extra=KEY_SECURITY,
+)
 async def get_feature_value(
     customer_id: CustomerId,
     feature: FeatureKey,
-    runtime: RuntimeDep,
     caller: Annotated[Caller, Depends(require_admitted_in_route(Permission.ENTITLEMENTS_VIEW))],
 ) -> FeatureValue:
     """Real-time value: flushed consumption plus what is still pending in Redis."""
@@ -141,7 +145,8 @@ async def get_feature_value(
     # one worker thread for all that blocks (``auth``: the hot routes' one hop); the
     # read admits the caller in its last round trip to Redis (``balance.Gate``)
     def read() -> RealTimeValue:
-        value = runtime.balance.value(caller.org, customer_id, feature, utcnow(), gate=caller)
+        balance = caller.runtime.balance
+        value = balance.value(caller.org, customer_id, feature, utcnow(), gate=caller)
         caller.ensure_admitted()
         return value
 
@@ -196,12 +201,15 @@ class ReserveResponse(BaseModel):
     )
 
 
-@router.post("/customers/{customer_id}/features/{feature}/reserve", response_model=ReserveResponse)
+@router.post(
+    "/customers/{customer_id}/features/{feature}/reserve",
+    response_model=ReserveResponse,
+    openapi_extra=KEY_SECURITY,
+)
 async def reserve(
     customer_id: CustomerId,
     feature: FeatureKey,
     body: ReserveRequest,
-    runtime: RuntimeDep,
     caller: Annotated[Caller, Depends(require_admitted_in_route(Permission.USAGE_RESERVE))],
     idempotency_key: Annotated[
         str | None,
@@ -220,6 +228,7 @@ async def reserve(
     # one worker thread for all that blocks (``auth``: the hot routes' one hop)
     def work() -> ReserveResponse:
         caller.admit()
+        runtime = caller.runtime
         if not key:
             raise InvalidError("an idempotency key is required (body or Idempotency-Key header)")
         now = utcnow()
