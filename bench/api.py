@@ -13,7 +13,10 @@ removed afterwards), one hot customer with usage flushed and pending, then:
    reserve (a new idempotency key per request, from a wrk Lua script) and hold +
    settle (a reserve with ``hold_seconds``, then the settle of the hold its answer
    names, on the same connection). Printed: requests/s and p99 of each, and its
-   requests/s over the same round's ``/healthz``; the median over ``--rounds``.
+   requests/s over the same round's ``/healthz``; beside them the API process's
+   CPU time per request (user + system, from ``/proc``) and ``/healthz``'s over it,
+   the ratio a CPU-bound worker shows, which moves less with the other load on a
+   shared machine; each the median over ``--rounds``.
 
 The bench key has a rate limit of 1,000,000 a second: every request still takes a
 token from its bucket in Redis (the limiter's real cost), and none is refused.

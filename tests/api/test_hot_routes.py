@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from meterd.api.app import create_app
 from meterd.core.timeutil import utcnow
@@ -143,7 +145,9 @@ def test_the_value_read_answers_after_redis_lost_its_scripts(
 @pytest.fixture
 def redis_away(runtime: Runtime) -> Iterator[TestClient]:
     """The API over the test database and a Redis that does not answer."""
-    dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5, retry=None)
+    dead = redis.Redis(
+        port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), retries=0)
+    )
     away = Runtime(settings=runtime.settings, redis=dead, database=runtime.database)
     app = create_app(lambda: away, publish_events=lambda events: None, check_redis=False)
     with TestClient(app) as client:
