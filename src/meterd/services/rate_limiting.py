@@ -6,9 +6,9 @@ its own protections), logged at most every ``_WARN_SECONDS`` and counted in
 so an outage slows one request per process every few seconds, not every request
 (the client retries a refused connection for seconds).
 
-``check_pipelined`` sends the token's take and a route's first Redis command in
-one round trip (the value read: its resolution entry); it limits, fails open and
-refuses exactly as ``check`` followed by the command would.
+``check_pipelined`` sends the token's take and a route's Redis command in one
+round trip (the value read: its holds read, ``balance.Gate``); it limits, fails
+open and refuses exactly as ``check`` followed by the command would.
 """
 
 from __future__ import annotations

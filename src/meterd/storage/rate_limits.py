@@ -77,7 +77,8 @@ class RateLimitStore:
         transaction: the take and the command are each atomic, as two calls would
         be). Returns the take and the command's reply, which is the exception
         itself when the command alone failed. Raises ``RateLimitStoreError`` when
-        Redis did not answer (the command was then not answered either)."""
+        Redis did not answer (nor the command, then) or refused the take (the
+        caller sends the command again on its own: ``send_alone``)."""
         args = self._args(rate, burst)
         pipe = self.client.pipeline(transaction=False)
         # EVALSHA, not the Script object: a pipeline holding a Script asks SCRIPT
