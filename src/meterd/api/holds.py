@@ -8,9 +8,10 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
-from meterd.api.auth import RuntimeDep, require
+from meterd.api.auth import KEY_SECURITY, Caller, RuntimeDep, require, require_admitted_in_route
 from meterd.api.exact_json import ExactJSONRoute
 from meterd.api.hold_values import HoldOut, hold_out
 from meterd.api.inputs import QuantityText, RequestBody
@@ -19,6 +20,8 @@ from meterd.services.api_keys import Permission, Principal
 
 router = APIRouter(prefix="/v1/holds", tags=["holds"], route_class=ExactJSONRoute)
 Reserver = Annotated[Principal, Depends(require(Permission.USAGE_RESERVE))]
+#: The caller of the hot settle route, admitted in its one worker thread (``auth``).
+Settler = Annotated[Caller, Depends(require_admitted_in_route(Permission.USAGE_RESERVE))]
 
 
 class SettleRequest(RequestBody):
@@ -46,15 +49,18 @@ def get_hold(hold_id: uuid.UUID, runtime: RuntimeDep, caller: Reserver) -> HoldO
     return hold_out(runtime.holds.get(caller.org, hold_id, utcnow()))
 
 
-@router.post("/{hold_id}/settle", response_model=SettleResponse)
-def settle_hold(
-    hold_id: uuid.UUID, body: SettleRequest, runtime: RuntimeDep, caller: Reserver
-) -> SettleResponse:
+@router.post("/{hold_id}/settle", response_model=SettleResponse, openapi_extra=KEY_SECURITY)
+async def settle_hold(hold_id: uuid.UUID, body: SettleRequest, caller: Settler) -> SettleResponse:
     """Consume exactly ``quantity`` once, at the hold's time, and free the rest. A
     retry with the same quantity answers the same; another quantity, or a released
     or expired hold, is a 409 naming why."""
-    result = runtime.holds.settle(caller.org, hold_id, Decimal(body.quantity), utcnow())
-    return SettleResponse(hold=hold_out(result.hold), settled_now=result.settled_now)
+
+    def work() -> SettleResponse:
+        caller.admit()
+        result = caller.runtime.holds.settle(caller.org, hold_id, Decimal(body.quantity), utcnow())
+        return SettleResponse(hold=hold_out(result.hold), settled_now=result.settled_now)
+
+    return await run_in_threadpool(work)
 
 
 @router.post("/{hold_id}/release", response_model=HoldOut)

@@ -20,7 +20,13 @@ from pydantic import (
     StringConstraints,
 )
 
-from meterd.api.auth import RuntimeDep, require, require_unless_flag
+from meterd.api.auth import (
+    KEY_SECURITY,
+    Caller,
+    RuntimeDep,
+    require_admitted_in_route,
+    require_unless_flag,
+)
 from meterd.api.exact_json import ExactJSONRoute, loads_exact
 from meterd.api.hold_values import HoldOut, hold_out
 from meterd.api.inputs import PositiveQuantityText, RequestBody
@@ -124,16 +130,27 @@ def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> Featu
     )
 
 
-@router.get("/customers/{customer_id}/features/{feature}", response_model=FeatureValue)
-def get_feature_value(
+@router.get(
+    "/customers/{customer_id}/features/{feature}",
+    response_model=FeatureValue,
+    openapi_extra=KEY_SECURITY,
+)
+async def get_feature_value(
     customer_id: CustomerId,
     feature: FeatureKey,
-    runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require(Permission.ENTITLEMENTS_VIEW))],
+    caller: Annotated[Caller, Depends(require_admitted_in_route(Permission.ENTITLEMENTS_VIEW))],
 ) -> FeatureValue:
     """Real-time value: flushed consumption plus what is still pending in Redis."""
-    value = runtime.balance.value(caller.org, customer_id, feature, utcnow())
-    return feature_value(customer_id, feature, value)
+
+    # one worker thread for all that blocks (``auth``: the hot routes' one hop); the
+    # read admits the caller in its last round trip to Redis (``balance.Gate``)
+    def read() -> RealTimeValue:
+        balance = caller.runtime.balance
+        value = balance.value(caller.org, customer_id, feature, utcnow(), gate=caller)
+        caller.ensure_admitted()
+        return value
+
+    return feature_value(customer_id, feature, await run_in_threadpool(read))
 
 
 #: An idempotency key, in the body or the header: printable ASCII, at most 200
@@ -184,13 +201,16 @@ class ReserveResponse(BaseModel):
     )
 
 
-@router.post("/customers/{customer_id}/features/{feature}/reserve", response_model=ReserveResponse)
-def reserve(
+@router.post(
+    "/customers/{customer_id}/features/{feature}/reserve",
+    response_model=ReserveResponse,
+    openapi_extra=KEY_SECURITY,
+)
+async def reserve(
     customer_id: CustomerId,
     feature: FeatureKey,
     body: ReserveRequest,
-    runtime: RuntimeDep,
-    caller: Annotated[Principal, Depends(require(Permission.USAGE_RESERVE))],
+    caller: Annotated[Caller, Depends(require_admitted_in_route(Permission.USAGE_RESERVE))],
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -204,32 +224,39 @@ def reserve(
     """Atomic check-and-consume: granted only if the customer's room covers the
     quantity; never takes a PRE_PAID entitlement over its quantity."""
     key = body.idempotency_key or idempotency_key
-    if not key:
-        raise InvalidError("an idempotency key is required (body or Idempotency-Key header)")
-    now = utcnow()
-    request = Reservation(
-        org=caller.org,
-        customer_id=customer_id,
-        feature=feature,
-        quantity=Decimal(body.quantity),
-        idempotency_key=key,
-        entitlement_id=body.entitlement_id,
-        data=body.data,
-    )
-    hold = None
-    if body.hold_seconds is None:
-        outcome = runtime.reserve.reserve(request, now)
-    else:
-        held = runtime.holds.hold(request, body.hold_seconds, now)
-        outcome, hold = held.outcome, None if held.hold is None else hold_out(held.hold)
-    value = runtime.balance.value(caller.org, customer_id, feature, now)
-    return ReserveResponse(
-        granted=outcome.granted,
-        outcome=outcome.value,
-        quantity=format_quantity(Decimal(body.quantity)),
-        value=feature_value(customer_id, feature, value),
-        hold=hold,
-    )
+
+    # one worker thread for all that blocks (``auth``: the hot routes' one hop)
+    def work() -> ReserveResponse:
+        caller.admit()
+        runtime = caller.runtime
+        if not key:
+            raise InvalidError("an idempotency key is required (body or Idempotency-Key header)")
+        now = utcnow()
+        request = Reservation(
+            org=caller.org,
+            customer_id=customer_id,
+            feature=feature,
+            quantity=Decimal(body.quantity),
+            idempotency_key=key,
+            entitlement_id=body.entitlement_id,
+            data=body.data,
+        )
+        hold = None
+        if body.hold_seconds is None:
+            outcome = runtime.reserve.reserve(request, now)
+        else:
+            held = runtime.holds.hold(request, body.hold_seconds, now)
+            outcome, hold = held.outcome, None if held.hold is None else hold_out(held.hold)
+        value = runtime.balance.value(caller.org, customer_id, feature, now)
+        return ReserveResponse(
+            granted=outcome.granted,
+            outcome=outcome.value,
+            quantity=format_quantity(Decimal(body.quantity)),
+            value=feature_value(customer_id, feature, value),
+            hold=hold,
+        )
+
+    return await run_in_threadpool(work)
 
 
 class EventResult(BaseModel):

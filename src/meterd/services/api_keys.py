@@ -5,9 +5,12 @@ key must match (compared in constant time). RedisKeys carry 192 random bits, so 
 slow password hash would add latency without adding safety. Verified keys are
 remembered per process:
 
-* for ``CACHE_SECONDS`` they are trusted without asking the database (a revoked
-  key stops working within that time), which keeps authentication off the
-  database on hot paths;
+* for ``CACHE_SECONDS`` they are trusted without asking the database, which keeps
+  authentication off the database on hot paths: a key revoked, rotated past its
+  old end, or given another limit through another process stops working (or
+  takes the new limit) here within ``CACHE_SECONDS``; through this process, at
+  once. ``cached`` answers from this cache alone, without I/O (the API calls it
+  on its event loop), and says None whenever ``authenticate`` has I/O to do;
 * for ``REMEMBER_SECONDS`` after their last verification, ``remembered`` still
   names their principal, for the edge to use when the database does not answer:
   the value and reserve routes, which read Redis alone, keep serving the callers
@@ -197,6 +200,26 @@ class ApiKeyService:
         self._refuse_expired(principal)
         self._touch(principal.key_id, now)
         return principal
+
+    def cached(self, token: str) -> Principal | None:
+        """The principal of a key this process verified within ``CACHE_SECONDS``
+        whose last use needs no write now: what ``authenticate`` would answer, with
+        no I/O at all. None when ``authenticate`` must run (a key unknown here or
+        verified too long ago, a last use to write, a malformed key). A cached key
+        past its expiry raises ``ApiKeyExpired``, as from ``authenticate``."""
+        if _KEY.match(token) is None:
+            return None
+        digest = _digest(token)
+        now = self.clock()
+        with self._lock:
+            verified = self._cache.get(digest)
+            if verified is None or now - verified[0] >= CACHE_SECONDS:
+                return None
+            touched = self._touched.get(verified[1].key_id)
+            if touched is None or now - touched >= TOUCH_SECONDS:
+                return None
+        self._refuse_expired(verified[1])
+        return verified[1]
 
     def remembered(self, token: str) -> Principal | None:
         """The principal of a key verified within the last ``REMEMBER_SECONDS``, without

@@ -20,10 +20,11 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any, Protocol, TypeVar
 
 from meterd.core.domain import (
     Balance,
@@ -253,6 +254,27 @@ def balance_of(
     )
 
 
+T = TypeVar("T")
+
+
+class Gate(Protocol):
+    """What a read must pass before it answers: the API's rate limit and permission
+    (``api.auth.Caller``). The value read passes it once, on every path that answers
+    and before any database read: with ``admit_with`` sending its admission and the
+    read's last Redis command in one round trip, else with ``admit``."""
+
+    def admit(self) -> object:
+        """Admit the read, or raise why not."""
+        ...
+
+    def admit_with(
+        self, client: object, command: Callable[[Any], None], reply: Callable[[Any], T]
+    ) -> T:
+        """Admit the read, sending the command ``command`` queues on a pipeline of
+        ``client`` in the same round trip; ``reply`` of its reply."""
+        ...
+
+
 class BalanceService:
     def __init__(
         self,
@@ -278,18 +300,26 @@ class BalanceService:
         #: Loads a customer's resolution data when ``current`` finds it uncached.
         self.resolution = resolution
 
-    def current(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance]:
+    def current(
+        self, org: str, customer: str, feature: str, now: datetime, gate: Gate | None = None
+    ) -> list[Balance]:
         """From Redis alone when the customer's data is cached (loaded first if it is
-        not); the database read is the fallback."""
-        found = self.live(org, customer, feature, now)
+        not); the database read is the fallback. ``gate``: passed once (``Gate``)."""
+        found = self.live(org, customer, feature, now, gate)
+        if found is None and gate is not None:
+            gate.admit()  # before the database
         if found is None and self.resolution is not None:
             self.resolution.fill([(org, customer, feature)], now)
             found = self.live(org, customer, feature, now)
         return found if found is not None else self.balances(org, customer, feature, now)
 
-    def value(self, org: str, customer: str, feature: str, now: datetime) -> RealTimeValue:
+    def value(
+        self, org: str, customer: str, feature: str, now: datetime, gate: Gate | None = None
+    ) -> RealTimeValue:
         """The customer's real-time value of ``feature`` (``current``, then ``value_of``)."""
-        return value_of(self.current(org, customer, feature, now))
+        if gate is None:
+            return value_of(self.current(org, customer, feature, now))
+        return value_of(self.current(org, customer, feature, now, gate=gate))
 
     def consumed(
         self, periods: list[PeriodKey], scales: list[int]
@@ -369,10 +399,13 @@ class BalanceService:
                     )
         return [found[view.id] for view in views]
 
-    def live(self, org: str, customer: str, feature: str, now: datetime) -> list[Balance] | None:
+    def live(
+        self, org: str, customer: str, feature: str, now: datetime, gate: Gate | None = None
+    ) -> list[Balance] | None:
         """The balances from Redis alone: the cached resolution data and the running
         totals ingest and reserve keep (two round trips, no SQL), in burn-down
-        order. None when the customer's data is not cached: use ``balances``."""
+        order. None when the customer's data is not cached: use ``balances``.
+        ``gate``: passed in the second round trip when the data is cached, else not."""
         raw = self.counters.resolution_entry(org, customer, feature)
         if raw is None:
             return None
@@ -380,12 +413,20 @@ class BalanceService:
         periods = [current_period(view, now) for view in views]
         fields = [period_field(v.id, p.start) for v, p in zip(views, periods, strict=True)]
         earlier = [f for v, p in zip(views, periods, strict=True) for f in rollover_fields(v, p)]
+        wanted = [*fields, *earlier]
         if self.holds is None:
             held: dict[str, int] = {}
-            totals = self.counters.live_totals(org, customer, [*fields, *earlier])
-        else:
+            if gate is not None:
+                gate.admit()
+            totals = self.counters.live_totals(org, customer, wanted)
+        elif gate is None or not wanted:
+            if gate is not None:
+                gate.admit()
             # one atomic read: the terms before with the current ones
-            totals, held = self.holds.live_figures(org, customer, [*fields, *earlier], now)
+            totals, held = self.holds.live_figures(org, customer, wanted, now)
+        else:  # the same read, in the gate's round trip
+            command, reply = self.holds.live_figures_command(org, customer, wanted, now)
+            totals, held = gate.admit_with(self.holds.client, command, reply)
         periods = [rolled(v, p, totals) for v, p in zip(views, periods, strict=True)]
         return [
             balance_of(view, now, period, totals[field], None, held.get(field, 0))

@@ -13,10 +13,10 @@ other (flushed, logged).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 import redis
 
@@ -112,17 +112,38 @@ class HoldStore:
         try:
             raw = cast(
                 list[bytes],
-                self._read(
-                    keys=[self.keys.used(org, customer), self.keys.holds_due],
-                    args=[epoch_micros(now), *fields],
-                ),
+                self._read(keys=self._read_keys(org, customer), args=[epoch_micros(now), *fields]),
             )
         except redis.RedisError as exc:
             raise CounterStoreError(f"reading live totals failed: {exc}") from exc
-        n = len(fields)
-        consumed = {f: int(v) for f, v in zip(fields, raw[:n], strict=True)}
-        held = {f: int(v) for f, v in zip(fields, raw[n:], strict=True)}
-        return consumed, held
+        return _figures(fields, raw)
+
+    def live_figures_command(
+        self, org: str, customer: str, fields: Sequence[str], now: datetime
+    ) -> tuple[Callable[[Any], None], Callable[[Any], tuple[dict[str, int], dict[str, int]]]]:
+        """``live_figures`` in two halves, for a caller sending it in one round trip
+        with another command (the API's rate limit): ``command(pipeline)`` queues
+        the read on a pipeline of ``client``, ``reply(r)`` reads its reply ``r`` (or
+        raises ``CounterStoreError`` when ``r`` is an error, as ``live_figures``).
+        ``fields`` must not be empty."""
+        keys = self._read_keys(org, customer)
+        args = [epoch_micros(now), *fields]
+
+        def command(pipeline: Any) -> None:
+            # EVALSHA: a Script object in a pipeline asks SCRIPT EXISTS on every call
+            pipeline.evalsha(self._read.sha, len(keys), *keys, *args)
+
+        def reply(raw: Any) -> tuple[dict[str, int], dict[str, int]]:
+            if isinstance(raw, redis.exceptions.NoScriptError):  # a restarted Redis
+                return self.live_figures(org, customer, fields, now)
+            if isinstance(raw, redis.RedisError):
+                raise CounterStoreError(f"reading live totals failed: {raw}")
+            return _figures(fields, cast(list[bytes], raw))
+
+        return command, reply
+
+    def _read_keys(self, org: str, customer: str) -> list[str]:
+        return [self.keys.used(org, customer), self.keys.holds_due]
 
     def expire_due(self, now: datetime, per_call: int = 500, max_calls: int = 100) -> int:
         """Free the holds past their expiry of customers nobody read since; returns
@@ -139,3 +160,10 @@ class HoldStore:
             if n < per_call:
                 break
         return seen
+
+
+def _figures(fields: Sequence[str], raw: list[bytes]) -> tuple[dict[str, int], dict[str, int]]:
+    n = len(fields)
+    consumed = {f: int(v) for f, v in zip(fields, raw[:n], strict=True)}
+    held = {f: int(v) for f, v in zip(fields, raw[n:], strict=True)}
+    return consumed, held

@@ -1,0 +1,162 @@
+"""The hot routes (value, reserve, settle) admit the caller in the one worker thread
+they take: the value read sends the limiter's take in the round trip of its holds
+read, and still limits, fails open, refuses 429 before 403, and answers 503 with
+Redis away, as every route does."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import redis
+from fastapi.testclient import TestClient
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from meterd.api.app import create_app
+from meterd.core.timeutil import utcnow
+from meterd.runtime import Runtime
+from meterd.services.api_keys import Permission
+from meterd.storage.rate_limits import RateLimitStore, RateLimitStoreError, Take
+from meterd.testing import free_port
+
+from ..helpers import Clock, grant
+
+VALUE = "/v1/customers/cust-1/features/api_calls"
+RESERVE = VALUE + "/reserve"
+
+
+@pytest.fixture(autouse=True)
+def granted(runtime: Runtime) -> None:
+    now = utcnow()
+    grant(
+        runtime, quantity="10", starts_at=now - timedelta(days=1), ends_at=now + timedelta(days=30)
+    )
+
+
+@pytest.fixture
+def clock(runtime: Runtime) -> Clock:
+    clock = Clock()
+    runtime.rate_limits.clock = clock
+    return clock
+
+
+def key(runtime: Runtime, *permissions: Permission, **limits: Any) -> dict[str, str]:
+    token, _ = runtime.api_keys.create(
+        "acme", list(permissions or [Permission.ALL]), utcnow(), **limits
+    )
+    return {"x-api-key": token}
+
+
+class SpyStore(RateLimitStore):
+    """The bucket store, counting takes sent alone and takes sent with a read."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime.redis, runtime.redis_keys, runtime.rate_limits.clock)
+        self.alone = self.pipelined = 0
+
+    def take(self, key_id: str, rate: int, burst: int) -> Take:
+        self.alone += 1
+        return super().take(key_id, rate, burst)
+
+    def take_pipelined(self, *args: Any) -> tuple[Take, Any]:
+        self.pipelined += 1
+        return super().take_pipelined(*args)
+
+
+def test_the_value_read_takes_its_token_in_the_round_trip_of_its_holds_read(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    spy = runtime.rate_limiter.store = SpyStore(runtime)
+    headers = key(runtime, rate_limit=5)
+    client.get(VALUE, headers=headers)  # the first call loads the scripts into Redis
+    spy.alone = spy.pipelined = 0
+    assert client.get(VALUE, headers=headers).status_code == 200
+    assert (spy.alone, spy.pipelined) == (0, 1)
+
+
+def test_the_value_read_over_the_burst_is_429_with_retry_after(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=3)
+    assert [client.get(VALUE, headers=headers).status_code for _ in range(3)] == [200] * 3
+    response = client.get(VALUE, headers=headers)
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
+    clock.advance(1)
+    assert client.get(VALUE, headers=headers).status_code == 200
+
+
+def test_reserve_over_the_burst_is_429_and_reserves_nothing(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=1)
+    body = {"quantity": "1", "idempotency_key": "a"}
+    assert client.post(RESERVE, json=body, headers=headers).status_code == 200
+    refused = client.post(RESERVE, json={**body, "idempotency_key": "b"}, headers=headers)
+    assert refused.status_code == 429
+    clock.advance(1)
+    value = client.get(VALUE, headers=headers).json()
+    assert value["consumed"] == "1"
+
+
+def test_a_key_without_the_permission_is_limited_before_it_is_refused(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, Permission.EVENTS_WRITE, rate_limit=1, rate_burst=1)
+    assert client.get(VALUE, headers=headers).status_code == 403
+    assert client.get(VALUE, headers=headers).status_code == 429
+
+
+def test_a_key_without_the_permission_on_a_customer_never_cached_is_refused(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, Permission.EVENTS_WRITE)
+    response = client.get("/v1/customers/nobody/features/api_calls", headers=headers)
+    assert response.status_code == 403
+
+
+def test_the_limiter_failing_in_the_shared_round_trip_lets_the_read_through_counted(
+    client: TestClient, runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def down(*_: Any) -> Any:
+        raise RateLimitStoreError("Redis did not answer the rate limit")
+
+    monkeypatch.setattr(runtime.rate_limits, "take_pipelined", down)
+    headers = key(runtime, rate_limit=1, rate_burst=1)
+    response = client.get(VALUE, headers=headers)
+    assert response.status_code == 200
+    assert response.json()["quantity"] == "10"
+    assert runtime.rate_limiter.unchecked == 1
+
+
+def test_the_value_read_answers_after_redis_lost_its_scripts(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=2)
+    assert client.get(VALUE, headers=headers).status_code == 200
+    runtime.redis.script_flush()  # as after a restart
+    assert client.get(VALUE, headers=headers).json()["quantity"] == "10"
+    assert client.get(VALUE, headers=headers).status_code == 429  # and it still took a token
+
+
+@pytest.fixture
+def redis_away(runtime: Runtime) -> Iterator[TestClient]:
+    """The API over the test database and a Redis that does not answer."""
+    dead = redis.Redis(
+        port=free_port(), socket_connect_timeout=0.5, retry=Retry(NoBackoff(), retries=0)
+    )
+    away = Runtime(settings=runtime.settings, redis=dead, database=runtime.database)
+    app = create_app(lambda: away, publish_events=lambda events: None, check_redis=False)
+    with TestClient(app) as client:
+        yield client
+    dead.close()
+
+
+def test_with_redis_away_the_value_read_is_503(runtime: Runtime, redis_away: TestClient) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=1)
+    response = redis_away.get(VALUE, headers=headers)
+    assert response.status_code == 503
+    assert response.headers["content-type"].startswith("application/problem+json")
