@@ -252,8 +252,8 @@ def require_admitted_in_route(permission: Permission) -> Callable[..., Awaitable
     yet admitted: the route calls ``Caller.admit`` (or ``admit_with``) first in the
     worker thread it takes for its own work (429, then 403, as ``require``; but
     FastAPI validates the path and body before the route runs, so there an invalid
-    request is 422 before it is 429 or 403). Headers only. It reads them with ``API_KEY`` and ``BEARER`` itself rather than
-    through sub-dependencies (each costs FastAPI's solving on every request), so a
+    request is 422 before it is 429 or 403). Headers only. It reads them with
+    ``API_KEY`` and ``BEARER`` itself rather than through sub-dependencies (each costs FastAPI's solving on every request), so a
     route taking it declares their security in the OpenAPI document by hand:
     ``openapi_extra=KEY_SECURITY``."""
 
