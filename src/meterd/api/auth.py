@@ -254,8 +254,8 @@ def require_admitted_in_route(permission: Permission) -> Callable[..., Awaitable
     FastAPI validates the path and body before the route runs, so there an invalid
     request is 422 before it is 429 or 403). Headers only. It reads them with
     ``API_KEY`` and ``BEARER`` itself rather than through sub-dependencies (each
-    costs FastAPI's solving on every request), so a route taking it declares their security in the OpenAPI document by hand:
-    ``openapi_extra=KEY_SECURITY``."""
+    costs FastAPI's solving on every request), so a route taking it declares their
+    security in the OpenAPI document by hand: ``openapi_extra=KEY_SECURITY``."""
 
     async def dependency(request: Request) -> Caller:
         runtime = await runtime_of(request)
