@@ -225,14 +225,18 @@ class CounterStore:
             if month is None:
                 month = months[(when.year, when.month)] = epoch_micros(month_start(when))
             key = event_key(org, event.source, event.id)
+            units = str(event.units)
+            target = event.entitlement_id.hex if event.entitlement_id else ""
+            record = record_json(customer, event.feature, when, now, event.data, event.scale)
             args += (
                 epoch_micros(when),
                 month,
-                event.units,
-                event.entitlement_id.hex if event.entitlement_id else "",
+                units,
+                target,
                 key,
                 marker_digest(key, self.marker_bits),
-                record_json(customer, event.feature, when, now, event.data, event.scale),
+                # the start of its pending record: the script appends the allocation
+                f"{units}:{target}\t{record}\t",
                 _AGGREGATION_CODES[event.aggregation] + (event.unique_value or ""),
                 self._hold_op(event),
             )

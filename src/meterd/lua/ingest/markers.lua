@@ -3,7 +3,7 @@ generation of acceptance times (docs/architecture.md, "Dedupe").
 
 Needs (bound by the including script): now_us, hot_us, generation_us,
 marker_prefix, generations_key.
-Defines: metas, marker_hit, add_marker, expire_generations, save_generations.
+Defines: metas, marker_hit, add_marker, write_markers, expire_generations, save_generations.
 ]]
 
 --- @include "ingest/util"
@@ -16,25 +16,86 @@ local current_generation = math.floor(now_us / generation_us)
 local oldest_live = math.floor((now_us - hot_us) / generation_us)
 local metas = {}
 
+-- A generation's linear hash: m.mod = 2^L, the key of each shard built once a call.
+local function set_level(m, L, p)
+  m.L, m.p, m.mod, m.mod2, m.shards = L, p, 2 ^ L, 2 ^ (L + 1), {}
+end
+
 local function meta(g)
   local m = metas[g]
   if m == nil then
     local key = marker_prefix .. int_str(g)
     local v = redis.call("HMGET", key, "L", "p", "n")
-    m = { key = key, L = tonumber(v[1] or "0"), p = tonumber(v[2] or "0"),
-      n = tonumber(v[3] or "0"), added = 0 }
+    m = { key = key, n = tonumber(v[3] or "0"), added = 0 }
+    set_level(m, tonumber(v[1] or "0"), tonumber(v[2] or "0"))
+    m.stored = v[1] ~= false
     metas[g] = m
   end
   return m
 end
 
 local function shard_key(m, digest)
-  local a = digest % (2 ^ m.L)
-  if a < m.p then a = digest % (2 ^ (m.L + 1)) end
-  return m.key .. ":" .. int_str(a)
+  local a = digest % m.mod
+  if a < m.p then a = digest % m.mod2 end
+  local key = m.shards[a]
+  if key == nil then
+    key = m.key .. ":" .. int_str(a)
+    m.shards[a] = key
+  end
+  return key
+end
+
+local function split(m)
+  local bit = m.mod
+  local old = m.key .. ":" .. int_str(m.p)
+  local new = m.key .. ":" .. int_str(m.p + bit)
+  for _, v in ipairs(redis.call("SMEMBERS", old)) do
+    if math.floor(tonumber(v) / bit) % 2 == 1 then
+      redis.call("SMOVE", old, new, v)
+    end
+  end
+  if m.p + 1 == bit then
+    set_level(m, m.L + 1, 0)
+  else
+    m.p = m.p + 1
+  end
+end
+
+-- The current generation, presized when this call starts it: a new generation takes
+-- the level and split pointer its predecessor has reached, so a steady flow of
+-- markers fills it without splits (each split moves half a set). Any (L, p) is a
+-- valid empty linear hash, and the meta stores it, so every reader finds its sets.
+local function current_meta()
+  local m = meta(current_generation)
+  if not m.sized then
+    m.sized = true
+    if m.n == 0 and not m.stored then
+      local prev = meta(current_generation - 1)
+      set_level(m, prev.L, prev.p)
+    end
+  end
+  return m
+end
+
+-- This call's new markers, written once at its end (write_markers): shard key ->
+-- digests, and every digest, which marker_hit finds as it would find the set's.
+-- The generation does not split before then, so each shard key stays right.
+local new_markers = {}
+local new_digests = {}
+
+local function add_marker(digest, text)
+  local shard = shard_key(current_meta(), digest)
+  local texts = new_markers[shard]
+  if texts == nil then
+    texts = {}
+    new_markers[shard] = texts
+  end
+  texts[#texts + 1] = text
+  new_digests[text] = true
 end
 
 local function marker_hit(digest, text)
+  if new_digests[text] then return true end
   for g = current_generation, oldest_live, -1 do -- newest first: redeliveries are recent
     local m = meta(g)
     if m.n > 0 and redis.call("SISMEMBER", shard_key(m, digest), text) == 1 then
@@ -44,29 +105,19 @@ local function marker_hit(digest, text)
   return false
 end
 
-local function split(m)
-  local bit = 2 ^ m.L
-  local old = m.key .. ":" .. int_str(m.p)
-  local new = m.key .. ":" .. int_str(m.p + bit)
-  for _, v in ipairs(redis.call("SMEMBERS", old)) do
-    if math.floor(tonumber(v) / bit) % 2 == 1 then
-      redis.call("SMOVE", old, new, v)
+-- One SADD per shard (at most 1,000 members each), then the splits the load needs.
+local function write_markers()
+  local m = metas[current_generation]
+  if m == nil then return end
+  local added = 0
+  for shard, texts in pairs(new_markers) do
+    for from = 1, #texts, 1000 do
+      added = added + redis.call("SADD", shard, unpack(texts, from, math.min(from + 999, #texts)))
     end
   end
-  m.p = m.p + 1
-  if m.p == bit then
-    m.L = m.L + 1
-    m.p = 0
-  end
-end
-
-local function add_marker(digest, text)
-  local m = meta(current_generation)
-  if redis.call("SADD", shard_key(m, digest), text) == 1 then
-    m.n = m.n + 1
-    m.added = m.added + 1
-    while m.n > LOAD * (2 ^ m.L + m.p) do split(m) end
-  end
+  m.n = m.n + added
+  m.added = m.added + added
+  while m.n > LOAD * (2 ^ m.L + m.p) do split(m) end
 end
 
 -- Delete a bounded number of sets of generations past the hot window.
