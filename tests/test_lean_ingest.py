@@ -5,6 +5,7 @@ worker passes each event's pending-record prefix."""
 
 from __future__ import annotations
 
+import random
 from datetime import timedelta
 from typing import cast
 
@@ -142,6 +143,56 @@ def test_a_call_of_more_events_than_one_hset_takes_keeps_every_record(
     assert set(unlimited.counters.add_batch(many, now=NOW)) == {A}
     assert unlimited.redis.hlen(unlimited.redis_keys.pending_events) == 1_200
     assert unlimited.counters.marker_figures().markers == 1_200
+
+
+class SetsOnly:
+    """Just the Redis commands ingest/markers calls, over Python sets; it remembers
+    the most members any set ever held."""
+
+    def __init__(self) -> None:
+        self.sets: dict[str, set[str]] = {}
+        self.largest = 0
+
+    def call(self, command: str, key: str, *args: str) -> object:
+        members = self.sets.setdefault(key, set())
+        if command == "HMGET":
+            return self.lua.table_from([False] * len(args))
+        if command == "SISMEMBER":
+            return int(args[0] in members)
+        if command == "SADD":
+            before = len(members)
+            members.update(args)
+            self.largest = max(self.largest, len(members))
+            return len(members) - before
+        if command == "SMEMBERS":
+            return self.lua.table_from(sorted(members))
+        if command == "SMOVE":
+            members.discard(args[1])
+            self.sets.setdefault(args[0], set()).add(args[1])
+            return 1
+        raise AssertionError(command)
+
+
+def test_no_marker_set_ever_passes_the_intset_limit_however_large_the_call() -> None:
+    # Redis keeps a set of integers as an intset (8 bytes a marker) up to 512 members,
+    # and never converts it back: no set may pass 512 at any moment of a call.
+    fake = SetsOnly()
+    lua = lua51.LuaRuntime()
+    fake.lua = lua  # type: ignore[attr-defined]
+    lua.globals().redis = lua.table_from({"call": fake.call})
+    lua.execute(
+        "now_us, hot_us, generation_us = 1e15, 864e8, 216e8\n"
+        'marker_prefix, generations_key = "p:dm:", "p:dm:generations"\n'
+        + script_source("ingest/markers")
+        + "\nADD, WRITE = add_marker, write_markers"
+    )
+    rng = random.Random(25)
+    for _ in range(3_000):
+        digest = rng.randrange(2**52)
+        lua.globals().ADD(float(digest), str(digest))
+    lua.globals().WRITE()
+    assert sum(len(s) for s in fake.sets.values()) == 3_000
+    assert fake.largest <= 512
 
 
 def test_the_pending_record_is_the_workers_prefix_and_the_allocation(

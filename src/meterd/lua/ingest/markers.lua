@@ -16,9 +16,11 @@ local current_generation = math.floor(now_us / generation_us)
 local oldest_live = math.floor((now_us - hot_us) / generation_us)
 local metas = {}
 
--- A generation's linear hash: m.mod = 2^L, the key of each shard built once a call.
+-- A generation's linear hash: m.mod = 2^L; m.shards: the key of each shard (which
+-- does not depend on the level), built once a call.
 local function set_level(m, L, p)
-  m.L, m.p, m.mod, m.mod2, m.shards = L, p, 2 ^ L, 2 ^ (L + 1), {}
+  m.L, m.p, m.mod, m.mod2 = L, p, 2 ^ L, 2 ^ (L + 1)
+  if m.shards == nil then m.shards = {} end
 end
 
 local function meta(g)
@@ -77,21 +79,44 @@ local function current_meta()
   return m
 end
 
--- This call's new markers, written once at its end (write_markers): shard key ->
--- digests, and every digest, which marker_hit finds as it would find the set's.
--- The generation does not split before then, so each shard key stays right.
+-- This call's new markers, written in bulk (write_markers): shard key -> digests,
+-- and every digest, which marker_hit finds as it would find the set's. They are
+-- written, and the generation split, as soon as the load calls for a split, as a
+-- marker at a time would: so no set ever passes ~2 x LOAD (Redis keeps it an
+-- intset), and a shard key stays right until then. A presized generation seldom
+-- splits, so most calls write each set once.
 local new_markers = {}
+local new_count = 0
 local new_digests = {}
 
+-- One SADD per shard (at most 1,000 members each), then the splits the load needs.
+local function write_markers()
+  local m = metas[current_generation]
+  if m == nil or new_count == 0 then return end
+  local added = 0
+  for shard, texts in pairs(new_markers) do
+    for from = 1, #texts, 1000 do
+      added = added + redis.call("SADD", shard, unpack(texts, from, math.min(from + 999, #texts)))
+    end
+  end
+  new_markers, new_count = {}, 0
+  m.n = m.n + added
+  m.added = m.added + added
+  while m.n > LOAD * (2 ^ m.L + m.p) do split(m) end
+end
+
 local function add_marker(digest, text)
-  local shard = shard_key(current_meta(), digest)
+  local m = current_meta()
+  local shard = shard_key(m, digest)
   local texts = new_markers[shard]
   if texts == nil then
     texts = {}
     new_markers[shard] = texts
   end
   texts[#texts + 1] = text
+  new_count = new_count + 1
   new_digests[text] = true
+  if m.n + new_count > LOAD * (2 ^ m.L + m.p) then write_markers() end
 end
 
 local function marker_hit(digest, text)
@@ -103,21 +128,6 @@ local function marker_hit(digest, text)
     end
   end
   return false
-end
-
--- One SADD per shard (at most 1,000 members each), then the splits the load needs.
-local function write_markers()
-  local m = metas[current_generation]
-  if m == nil then return end
-  local added = 0
-  for shard, texts in pairs(new_markers) do
-    for from = 1, #texts, 1000 do
-      added = added + redis.call("SADD", shard, unpack(texts, from, math.min(from + 999, #texts)))
-    end
-  end
-  m.n = m.n + added
-  m.added = m.added + added
-  while m.n > LOAD * (2 ^ m.L + m.p) do split(m) end
 end
 
 -- Delete a bounded number of sets of generations past the hot window.
