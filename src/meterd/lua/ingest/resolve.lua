@@ -15,6 +15,7 @@ Defines: resolve.
 --- @include "ingest/burn_down"
 --- @include "ingest/dimensions"
 --- @include "ingest/thresholds"
+--- @include "ingest/resolution"
 
 local decoded = {}
 
@@ -34,7 +35,7 @@ local function resolve(resolution_key, used_key, ev)
     if not raw then
       return "m"
     end
-    res = cjson.decode(raw)
+    res = decode_resolution(raw)
     decoded[resolution_key] = res
   end
   local ts, qty = ev.ts, ev.qty
