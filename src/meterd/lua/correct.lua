@@ -138,7 +138,7 @@ end
 local function entry_of(resolution_key, field)
   local res = decoded[resolution_key]
   if res == nil then
-    res = decode_resolution(redis.call("GET", resolution_key))
+    res = cjson.decode(redis.call("GET", resolution_key))
     decoded[resolution_key] = res
   end
   local id = string.match(field, "^([^:]+):")

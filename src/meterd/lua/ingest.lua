@@ -9,7 +9,7 @@ KEYS[6]                 flush sequence (bumped when a flush begins and when it e
 KEYS[7]                 marker generations (sorted set: generation -> generation)
 KEYS[8]                 big counters: the used fields above 2^52 units (a set)
 KEYS[9]                 holds due: used key -> the earliest expiry of its live holds
-KEYS[2i + 8]            resolution data of event i      (string, flat or JSON, see resolution.py)
+KEYS[2i + 8]            resolution data of event i      (string, JSON, see resolution.py)
 KEYS[2i + 9]            used hash of event i's customer "<ent>:<period>" -> units, and
                         "t:<ent>:<period>" -> "<ts>\t<event key>" of the period's latest
                         LATEST sample, "h:<ent>:<period>" -> units held (ingest/holds);
@@ -159,7 +159,6 @@ Assembled from fragments, one concern each (meterd/lua/__init__.py resolves the
   ingest/periods     the period containing ts (lifecycle.period_at's twin)
   ingest/burn_down   how units are shared down the candidates
   ingest/dimensions  dimension filters (meters.matches' twin), a JSON literal scanner
-  ingest/resolution  reads the resolution data, flat or JSON
   ingest/resolve     the outcome of one event judged new
   ingest/write_counts  the end of the call: totals, latest samples, pending deltas
 ]]

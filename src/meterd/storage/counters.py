@@ -9,6 +9,7 @@ in ``meterd/lua/*.lua``, read through ``meterd.lua`` and registered once.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -32,7 +33,6 @@ from meterd.core.notifications import CROSSING_FIELD_PREFIX, Crossing
 from meterd.core.redis_keys import RedisKeys, period_field
 from meterd.core.timeutil import epoch_micros, month_start
 from meterd.lua import script_source
-from meterd.storage.resolution import decode_entries
 
 
 class ScriptCode(StrEnum):
@@ -296,7 +296,7 @@ class CounterStore:
         a period's end or the end of its grace (ingest.lua's period_of computes the
         same "kept until" when it writes a set). Only writers re-arm: a loader's data
         may be older than the entry it leaves in place."""
-        for entry in decode_entries(payload):
+        for entry in json.loads(payload):
             periods = entry["p"]
             last = max((p[0] for p in periods), default=None)
             for start, end, _, field in periods:
@@ -388,8 +388,7 @@ class CounterStore:
         return int(oldest) if oldest is not None else None
 
     def resolution_entry(self, org: str, customer: str, feature: str) -> str | None:
-        """The cached resolution data (flat or JSON: ``resolution.decode_resolution``
-        reads both), or None if it is not cached."""
+        """The cached resolution data (JSON), or None if it is not cached."""
         raw = cast(bytes | None, self.client.get(self.keys.resolution(org, customer, feature)))
         return None if raw is None else raw.decode()
 

@@ -1,9 +1,8 @@
 """Resolution data: what the ingest script needs to route usage to entitlements.
 
-The data written to ``P:res:{tag}:<feature>`` is a list of the customer's
+The JSON written to ``P:res:{tag}:<feature>`` is a list of the customer's
 entitlements for that feature, already in burn-down order (lowest priority,
-then soonest end, then oldest), stored flat in the common shape and as JSON
-otherwise (``encode_entries``; the first character tells which), each as::
+then soonest end, then oldest), each as::
 
     {"i": id hex, "s": starts (epoch us),
      "u": usable until (epoch us, -1 = open): the end of grace, else of the
@@ -145,62 +144,11 @@ def encode_view(view: EntitlementView, near: datetime | None = None) -> dict[str
     return entry
 
 
-#: The first character of a flat entry (a JSON one starts with ``[``).
-FLAT = "F"
-#: The fields of an entitlement in a flat entry, in order; "r" and "p" follow.
-_FLAT_SCALARS = ("i", "s", "u", "e", "g", "b", "q", "z", "k")
-#: What the flat form carries: an entry with any other key is written as JSON.
-_FLAT_KEYS = frozenset((*_FLAT_SCALARS, "r", "p"))
-
-
-def _flat_line(entry: dict[str, Any]) -> str:
-    scalars = "\t".join(str(entry[key]) for key in _FLAT_SCALARS)
-    renewal = ",".join(str(v) for v in entry["r"]) if "r" in entry else ""
-    periods = ";".join(f"{start},{end},{limit},{field}" for start, end, limit, field in entry["p"])
-    return f"{scalars}\t{renewal}\t{periods}"
-
-
-def encode_entries(entries: list[dict[str, Any]]) -> str:
-    """The text stored for a list of entries: flat when every entry has the common
-    shape (no filters, rollover, suspensions, alert rules or allotments), which the
-    ingest script reads three times cheaper than JSON, else JSON.
-
-    Flat: ``F`` then one line per entitlement (``\n`` between), each nine fields
-    i, s, u, e, g, b, q, z, k, then r (its items joined by ``,``; empty: none) and p
-    (each period ``start,end,limit,field``, joined by ``;``), all joined by tabs. No
-    value holds a tab, comma, semicolon or newline (hex ids, integers, fields
-    ``<hex>:<integer>``, the letters of b and r). The first character tells the two
-    forms apart, so an entry written as JSON by an earlier version still reads."""
-    if entries and all(entry.keys() <= _FLAT_KEYS for entry in entries):
-        return FLAT + "\n".join(_flat_line(entry) for entry in entries)
-    return json.dumps(entries, separators=(",", ":"))
-
-
-def _flat_entry(line: str) -> dict[str, Any]:
-    *scalars, renewal, periods = line.split("\t")
-    entry: dict[str, Any] = {
-        key: (value if key in ("i", "b") else int(value))
-        for key, value in zip(_FLAT_SCALARS, scalars, strict=True)
-    }
-    if renewal:
-        kind, *numbers = renewal.split(",")
-        entry["r"] = [kind, *(int(n) for n in numbers)]
-    entry["p"] = []
-    for period in periods.split(";") if periods else ():
-        start, end, limit, field = period.split(",")
-        entry["p"].append([int(start), int(end), int(limit), field])
-    return entry
-
-
-def decode_entries(raw: str) -> list[dict[str, Any]]:
-    """The entries of stored resolution data, flat or JSON (see encode_entries)."""
-    if raw.startswith(FLAT):
-        return [_flat_entry(line) for line in raw[1:].split("\n")]
-    return list(json.loads(raw))
-
-
 def encode_resolution(views: Iterable[EntitlementView], near: datetime | None = None) -> str:
-    return encode_entries([encode_view(view, near) for view in sorted(views, key=burn_down_order)])
+    return json.dumps(
+        [encode_view(view, near) for view in sorted(views, key=burn_down_order)],
+        separators=(",", ":"),
+    )
 
 
 def _moment(us: int) -> datetime | None:
@@ -275,4 +223,4 @@ def decode_view(entry: dict[str, Any]) -> EntitlementView:
 
 
 def decode_resolution(raw: str) -> list[EntitlementView]:
-    return [decode_view(entry) for entry in decode_entries(raw)]
+    return [decode_view(entry) for entry in json.loads(raw)]

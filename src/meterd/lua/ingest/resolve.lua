@@ -15,7 +15,6 @@ Defines: resolve.
 --- @include "ingest/burn_down"
 --- @include "ingest/dimensions"
 --- @include "ingest/thresholds"
---- @include "ingest/resolution"
 
 local decoded = {}
 
@@ -35,7 +34,7 @@ local function resolve(resolution_key, used_key, ev)
     if not raw then
       return "m"
     end
-    res = decode_resolution(raw)
+    res = cjson.decode(raw)
     decoded[resolution_key] = res
   end
   local ts, qty = ev.ts, ev.qty
