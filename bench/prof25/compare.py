@@ -3,7 +3,7 @@ same run (issue 25). On a private redis-server, from one saved state (setup_stat
 built by this tree), both scripts count the same batches: this tree's
 ``CounterStore.add_batch`` captures them, and the base's ARGV differs only in the
 record argument (this tree passes ``<value>:<target>\\t<record>\\t``, the base the
-record alone), which is cut back for the base. Rounds alternate the two, each from
+record alone), which is cut back for the base. Rounds alternate the two (and which goes first), each from
 the same restored bytes. Two figures: EVALSHA usec / events from ``INFO
 commandstats`` (reset before each run: wall time inside the call, which a busy
 neighbour inflates) and the server main thread's CPU time / events from ``INFO cpu``
@@ -33,6 +33,7 @@ from setup_state import Batch, State, build, restore, scratch_dir
 
 from memory import private_redis, system_redis_server
 from meterd.lua import assemble, script_source
+from meterd.storage.counters import EVENT_FIELD_SEPARATOR
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EVENT_ARGS = 9
@@ -58,6 +59,19 @@ def base_script(rev: str) -> str:
         return files[name]
 
     return assemble("ingest.lua", read)
+
+
+def unpacked(batch: Batch) -> Batch:
+    """The same batch as a base before one-argument events takes it: nine ARGV an
+    event (time, month, value, target, key, digest, record, aggregation, hold) and
+    its two keys, repeated for each event."""
+    keys, args = list(batch.keys[:9]), list(batch.args[:9])
+    for packed in batch.args[9:]:
+        res, used, *fields = packed.split(EVENT_FIELD_SEPARATOR)
+        keys += (batch.keys[int(res) - 1], batch.keys[int(used) - 1])
+        ts, month, units, target, key, digest, agg, hold, line = fields
+        args += (ts, month, units, target, key, digest, line, agg, hold)
+    return Batch(keys, args)
 
 
 def base_batch(batch: Batch) -> Batch:
@@ -119,12 +133,14 @@ def main() -> None:
         # a base that already takes the record's prefix (a commit of this branch) takes
         # the batches as they are
         cut = "line_record" not in sources["base"]
-        batches = {
-            "base": [base_batch(b) for b in state.batches] if cut else state.batches,
-            "this": state.batches,
-        }
+        base = state.batches
+        if "EVENT_FIELDS" not in sources["base"]:  # nine arguments an event
+            base = [unpacked(b) for b in base]
+        batches = {"base": [base_batch(b) for b in base] if cut else base, "this": state.batches}
         for r in range(args.rounds):
-            got = {name: run(client, state, sources[name], batches[name]) for name in sources}
+            # who goes first alternates: the second of a pair may pay for the first
+            order = ["base", "this"] if r % 2 == 0 else ["this", "base"]
+            got = {name: run(client, state, sources[name], batches[name]) for name in order}
             for name, us in got.items():
                 figures[name].append(us)
             ratios.append((got["this"][0] / got["base"][0], got["this"][1] / got["base"][1]))

@@ -9,12 +9,13 @@ KEYS[6]                 flush sequence (bumped when a flush begins and when it e
 KEYS[7]                 marker generations (sorted set: generation -> generation)
 KEYS[8]                 big counters: the used fields above 2^52 units (a set)
 KEYS[9]                 holds due: used key -> the earliest expiry of its live holds
-KEYS[2i + 8]            resolution data of event i      (string, JSON, see resolution.py)
-KEYS[2i + 9]            used hash of event i's customer "<ent>:<period>" -> units, and
-                        "t:<ent>:<period>" -> "<ts>\t<event key>" of the period's latest
-                        LATEST sample, "h:<ent>:<period>" -> units held (ingest/holds);
-                        "<this key>:u:<ent>:<period>": the set of the values a
-                        UNIQUE_COUNT period counted
+KEYS[10…]               each key the events name once, in order of first use: the
+                        resolution data of a customer and feature (string, JSON, see
+                        resolution.py) and the used hash of a customer "<ent>:<period>"
+                        -> units, and "t:<ent>:<period>" -> "<ts>\t<event key>" of the
+                        period's latest LATEST sample, "h:<ent>:<period>" -> units
+                        held (ingest/holds); "<this key>:u:<ent>:<period>": the set of
+                        the values a UNIQUE_COUNT period counted
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 hot window, microseconds: how long a marker is kept after acceptance
@@ -25,19 +26,23 @@ ARGV[6]                 length of a marker generation, microseconds
 ARGV[7]                 marker key prefix ("<prefix>:dm:")
 ARGV[8]                 future skew, microseconds
 ARGV[9]                 most events that may wait for a flush (backpressure)
-ARGV[9i + 1]            event time, epoch microseconds
-ARGV[9i + 2]            start of the UTC month of the event time, epoch microseconds
-ARGV[9i + 3]            value, integer units of the feature's scale (10^-scale; >= 0)
-ARGV[9i + 4]            target entitlement id (hex) or ""
-ARGV[9i + 5]            event key "<org>:<len>:<source>:<id>" (the pending events field)
-ARGV[9i + 6]            marker digest: an integer below 2^52, as decimal text
-ARGV[9i + 7]            "<value>:<target>\t<record>\t": the start of the event's
-                        pending record (below), its record (JSON) for the log
-ARGV[9i + 8]            aggregation: "S" sum (and count), "M" max, "L" latest, or
-                        "U" followed by the distinct value (JSON text) of a unique
-                        count (meterd.core.domain.Aggregation)
-ARGV[9i + 9]            hold operation (ingest/hold_ops): "" none, "H<hold key>\t<expiry
-                        us>\t<most live>\t<meta>" hold the units, "S<hold key>" settle it
+ARGV[i + 9]             event i: its fields joined by GS ("\29", which none of them
+                        holds: storage/counters.py EVENT_FIELD_SEPARATOR), in order
+                          the KEYS position of its resolution data
+                          the KEYS position of its customer's used hash
+                          event time, epoch microseconds
+                          start of the UTC month of the event time, epoch microseconds
+                          value, integer units of the feature's scale (10^-scale; >= 0)
+                          target entitlement id (hex) or ""
+                          event key "<org>:<len>:<source>:<id>" (the pending events field)
+                          marker digest: an integer below 2^52, as decimal text
+                          aggregation: "S" sum (and count), "M" max, "L" latest, or
+                          "U" followed by the distinct value (JSON text) of a unique
+                          count (meterd.core.domain.Aggregation)
+                          hold operation (ingest/hold_ops): "" none, "H<hold key>\t<expiry
+                          us>\t<most live>\t<meta>" hold the units, "S<hold key>" settle it
+                          "<value>:<target>\t<record>\t": the start of the event's
+                          pending record (below), its record (JSON) for the log
 
 Dedupe in two tiers (docs/architecture.md, "Dedupe"). The invariant: an accepted
 event is found by its marker, in the pending events (KEYS[4], KEYS[5]), or in the
@@ -181,8 +186,10 @@ local skew_us = tonumber(ARGV[8])
 local max_waiting = tonumber(ARGV[9])
 local big_key = KEYS[8]
 local holds_due_key = KEYS[9]
-local n_events = (#KEYS - 9) / 2
-local EVENT_ARGS = 9
+local n_events = #ARGV - 9
+-- an event's fields (ARGV[i + 9]), split once
+local EVENT_FIELDS = "^([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29"
+  .. "([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29(.*)$"
 
 --- @include "ingest/used"
 --- @include "ingest/markers"
@@ -226,18 +233,16 @@ end
 
 local ev = {}
 for i = 1, n_events do
-  local base = EVENT_ARGS * i
-  local ts = tonumber(ARGV[base + 1])
-  local qty_text, target = ARGV[base + 3], ARGV[base + 4]
-  local event_key, digest_text = ARGV[base + 5], ARGV[base + 6]
-  local op = ARGV[base + 9]
+  local res_at, used_at, ts_text, month, qty_text, target, event_key, digest_text, agg, op,
+    line = string.match(ARGV[i + 9], EVENT_FIELDS)
+  local ts = tonumber(ts_text)
   local kind, hold_key, signature = "", nil, nil
   if op ~= "" then
     kind, hold_key = hold_op(op)
     signature = qty_text .. ":" .. target
   end
   local digest = tonumber(digest_text)
-  local used_key = KEYS[2 * i + 9]
+  local used_key = KEYS[tonumber(used_at)]
   local code, hold_allocation
   if kind ~= "" then
     code, hold_allocation = hold_first_look(op, kind, hold_key, used_key, signature, qty_text)
@@ -251,12 +256,10 @@ for i = 1, n_events do
     code = waiting(event_key, qty_text, target) or "k"
   end
   if code == nil then
-    local agg = ARGV[base + 8]
-    local line = ARGV[base + 7]
-    ev.index, ev.ts, ev.month, ev.qty, ev.target = i, ts, ARGV[base + 2], tonumber(qty_text), target
+    ev.index, ev.ts, ev.month, ev.qty, ev.target = i, ts, month, tonumber(qty_text), target
     ev.key, ev.line, ev.hold = event_key, line, kind == "H"
     ev.agg, ev.value = string.sub(agg, 1, 1), string.sub(agg, 2)
-    code = resolve(KEYS[2 * i + 8], used_key, ev)
+    code = resolve(KEYS[tonumber(res_at)], used_key, ev)
     if code == "a" and kind == "H" then
       create_hold(hold_key, op, used_key, signature, ev.qty)
     elseif code == "a" then
