@@ -3,8 +3,9 @@ same run (issue 25). On a private redis-server, from one saved state (setup_stat
 built by this tree), both scripts count the same batches: this tree's
 ``CounterStore.add_batch`` captures them, and the base's ARGV differs only in the
 record argument (this tree passes ``<value>:<target>\\t<record>\\t``, the base the
-record alone), which is cut back for the base. Rounds alternate the two (and which goes first), each from
-the same restored bytes. Two figures: EVALSHA usec / events from ``INFO
+record alone), which is cut back for the base; a base of nine arguments an event gets
+them unpacked. Rounds alternate the two (and which goes first), each from the same
+restored bytes. Two figures: EVALSHA usec / events from ``INFO
 commandstats`` (reset before each run: wall time inside the call, which a busy
 neighbour inflates) and the server main thread's CPU time / events from ``INFO cpu``
 (what the calls cost, steadier on a shared machine). Every event must answer ``a``.
