@@ -52,7 +52,7 @@ def main() -> None:
         restore(client, state.snapshot)
         store = state.rt.counters
         real = store._ingest
-        store._ingest = lambda *, keys, args: b"a" * ((len(keys) - 9) // 2)  # type: ignore[assignment]
+        store._ingest = lambda *, keys, args: b"a" * (len(args) - 9)  # type: ignore[assignment]
         evs = [parse_event(r, received_at=state.now) for r in state.raw]
         cpu = time.process_time()
         for i in range(0, n, batch):

@@ -9,12 +9,13 @@ KEYS[6]                 flush sequence (bumped when a flush begins and when it e
 KEYS[7]                 marker generations (sorted set: generation -> generation)
 KEYS[8]                 big counters: the used fields above 2^52 units (a set)
 KEYS[9]                 holds due: used key -> the earliest expiry of its live holds
-KEYS[2i + 8]            resolution data of event i      (string, JSON, see resolution.py)
-KEYS[2i + 9]            used hash of event i's customer "<ent>:<period>" -> units, and
-                        "t:<ent>:<period>" -> "<ts>\t<event key>" of the period's latest
-                        LATEST sample, "h:<ent>:<period>" -> units held (ingest/holds);
-                        "<this key>:u:<ent>:<period>": the set of the values a
-                        UNIQUE_COUNT period counted
+KEYS[10…]               each key the events name once, in order of first use: the
+                        resolution data of a customer and feature (string, JSON, see
+                        resolution.py) and the used hash of a customer "<ent>:<period>"
+                        -> units, and "t:<ent>:<period>" -> "<ts>\t<event key>" of the
+                        period's latest LATEST sample, "h:<ent>:<period>" -> units
+                        held (ingest/holds); "<this key>:u:<ent>:<period>": the set of
+                        the values a UNIQUE_COUNT period counted
 ARGV[1]                 now, epoch microseconds
 ARGV[2]                 late window, microseconds: older events are "late"
 ARGV[3]                 hot window, microseconds: how long a marker is kept after acceptance
@@ -25,18 +26,23 @@ ARGV[6]                 length of a marker generation, microseconds
 ARGV[7]                 marker key prefix ("<prefix>:dm:")
 ARGV[8]                 future skew, microseconds
 ARGV[9]                 most events that may wait for a flush (backpressure)
-ARGV[9i + 1]            event time, epoch microseconds
-ARGV[9i + 2]            start of the UTC month of the event time, epoch microseconds
-ARGV[9i + 3]            value, integer units of the feature's scale (10^-scale; >= 0)
-ARGV[9i + 4]            target entitlement id (hex) or ""
-ARGV[9i + 5]            event key "<org>:<len>:<source>:<id>" (the pending events field)
-ARGV[9i + 6]            marker digest: an integer below 2^52, as decimal text
-ARGV[9i + 7]            the event's record (JSON) for the log
-ARGV[9i + 8]            aggregation: "S" sum (and count), "M" max, "L" latest, or
-                        "U" followed by the distinct value (JSON text) of a unique
-                        count (meterd.core.domain.Aggregation)
-ARGV[9i + 9]            hold operation (ingest/hold_ops): "" none, "H<hold key>\t<expiry
-                        us>\t<most live>\t<meta>" hold the units, "S<hold key>" settle it
+ARGV[i + 9]             event i: its fields joined by GS ("\29", which none of them
+                        holds: storage/counters.py EVENT_FIELD_SEPARATOR), in order
+                          the KEYS position of its resolution data
+                          the KEYS position of its customer's used hash
+                          event time, epoch microseconds
+                          start of the UTC month of the event time, epoch microseconds
+                          value, integer units of the feature's scale (10^-scale; >= 0)
+                          target entitlement id (hex) or ""
+                          event key "<org>:<len>:<source>:<id>" (the pending events field)
+                          marker digest: an integer below 2^52, as decimal text
+                          aggregation: "S" sum (and count), "M" max, "L" latest, or
+                          "U" followed by the distinct value (JSON text) of a unique
+                          count (meterd.core.domain.Aggregation)
+                          hold operation (ingest/hold_ops): "" none, "H<hold key>\t<expiry
+                          us>\t<most live>\t<meta>" hold the units, "S<hold key>" settle it
+                          "<value>:<target>\t<record>\t": the start of the event's
+                          pending record (below), its record (JSON) for the log
 
 Dedupe in two tiers (docs/architecture.md, "Dedupe"). The invariant: an accepted
 event is found by its marker, in the pending events (KEYS[4], KEYS[5]), or in the
@@ -116,8 +122,11 @@ room its PRE_PAID entitlements have left covers it whole (unlimited and
 PAY_PER_USE entitlements have unbounded room); it never creates overage.
 
 Cost: Redis spends its time per redis.call, so each event costs one
-SISMEMBER per live marker generation, one SADD and one HSET (its record) when
-accepted; resolution data is
+SISMEMBER per live marker generation; the accepted events' records go in with one
+HSET and their markers with one SADD per set, at the end of the call (a key
+repeated within the call finds its first copy in this call's tables, as it would
+find its marker and record); a new marker generation starts at its predecessor's
+size, so it seldom splits; resolution data is
 read and decoded once per customer and feature; and the counters are summed
 in Lua and written once per touched field at the end of the batch. A counter is
 read (HGET) once a batch where the burn-down or a level needs its value; the
@@ -177,8 +186,10 @@ local skew_us = tonumber(ARGV[8])
 local max_waiting = tonumber(ARGV[9])
 local big_key = KEYS[8]
 local holds_due_key = KEYS[9]
-local n_events = (#KEYS - 9) / 2
-local EVENT_ARGS = 9
+local n_events = #ARGV - 9
+-- an event's fields (ARGV[i + 9]), split once
+local EVENT_FIELDS = "^([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29"
+  .. "([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29(.*)$"
 
 --- @include "ingest/used"
 --- @include "ingest/markers"
@@ -201,52 +212,62 @@ if redis.call("HLEN", events_key) + redis.call("HLEN", batch_events_key) >= max_
 end
 expire_generations(64)
 
--- d or c for an event whose record waits for a flush; nil if none does.
-local function waiting(event_key, signature)
-  local record = redis.call("HGET", events_key, event_key)
+-- This call's records, written once at its end: event key -> record, and the
+-- HSET arguments (field, value, ...) in order.
+local new_records = {}
+local new_record_args = {}
+
+-- d or c for an event whose record waits for a flush (or was accepted earlier in
+-- this call); nil if none does.
+local function waiting(event_key, qty_text, target)
+  local record = new_records[event_key]
+    or redis.call("HGET", events_key, event_key)
     or redis.call("HGET", batch_events_key, event_key)
   if not record then return nil end
-  if strict and string.sub(record, 1, #signature + 1) ~= signature .. "\t" then
-    return "c"
+  if strict then
+    local signature = qty_text .. ":" .. target
+    if string.sub(record, 1, #signature + 1) ~= signature .. "\t" then return "c" end
   end
   return "d"
 end
 
 local ev = {}
 for i = 1, n_events do
-  local base = EVENT_ARGS * i
-  local ts = tonumber(ARGV[base + 1])
-  local qty_text, target = ARGV[base + 3], ARGV[base + 4]
-  local event_key, digest_text = ARGV[base + 5], ARGV[base + 6]
-  local op = ARGV[base + 9]
-  local kind, hold_key = hold_op(op)
+  local res_at, used_at, ts_text, month, qty_text, target, event_key, digest_text, agg, op,
+    line = string.match(ARGV[i + 9], EVENT_FIELDS)
+  local ts = tonumber(ts_text)
+  local kind, hold_key, signature = "", nil, nil
+  if op ~= "" then
+    kind, hold_key = hold_op(op)
+    signature = qty_text .. ":" .. target
+  end
   local digest = tonumber(digest_text)
-  local signature = qty_text .. ":" .. target
-  local used_key = KEYS[2 * i + 9]
+  local used_key = KEYS[tonumber(used_at)]
   local code, hold_allocation
   if kind ~= "" then
     code, hold_allocation = hold_first_look(op, kind, hold_key, used_key, signature, qty_text)
   elseif ts < now_us - late_window_us then
     code = "l"
   elseif confirmed then
-    code = waiting(event_key, signature)
+    code = waiting(event_key, qty_text, target)
   elseif ts < now_us - hot_us + skew_us then
     code = "k" -- its marker may be gone: the log decides
   elseif marker_hit(digest, digest_text) then
-    code = waiting(event_key, signature) or "k"
+    code = waiting(event_key, qty_text, target) or "k"
   end
   if code == nil then
-    local agg = ARGV[base + 8]
-    ev.index, ev.ts, ev.month, ev.qty, ev.target = i, ts, ARGV[base + 2], tonumber(qty_text), target
-    ev.key, ev.record, ev.hold = event_key, ARGV[base + 7], kind == "H"
+    ev.index, ev.ts, ev.month, ev.qty, ev.target = i, ts, month, tonumber(qty_text), target
+    ev.key, ev.line, ev.hold = event_key, line, kind == "H"
     ev.agg, ev.value = string.sub(agg, 1, 1), string.sub(agg, 2)
-    code = resolve(KEYS[2 * i + 8], used_key, ev)
+    code = resolve(KEYS[tonumber(res_at)], used_key, ev)
     if code == "a" and kind == "H" then
       create_hold(hold_key, op, used_key, signature, ev.qty)
     elseif code == "a" then
       add_marker(digest, digest_text)
-      redis.call("HSET", events_key, event_key,
-        signature .. "\t" .. ev.record .. "\t" .. table.concat(allocation, ","))
+      local record = line .. table.concat(allocation, ",")
+      new_records[event_key] = record
+      new_record_args[#new_record_args + 1] = event_key
+      new_record_args[#new_record_args + 1] = record
       if kind == "S" then mark_settled(hold_key, used_key, qty_text) end
     elseif kind == "S" then
       held_undo(used_key, hold_allocation) -- not counted (data missing): nothing changes
@@ -261,6 +282,11 @@ for code, n in pairs(outcomes) do
   redis.call("HINCRBY", stats_key, OUTCOME_NAMES[code], n)
 end
 
+for from = 1, #new_record_args, 1000 do
+  redis.call("HSET", events_key,
+    unpack(new_record_args, from, math.min(from + 999, #new_record_args)))
+end
+write_markers()
 save_generations()
 write_held()
 

@@ -90,6 +90,17 @@ _AGGREGATION_CODES = {
 
 _DAY_US = 86_400_000_000
 
+#: What joins an event's fields into its one ingest.lua argument (ASCII GS). No field
+#: can hold it: ids, sources and customers are printable (``PRINTABLE_PATTERN``, no
+#: C0 control character), except that a meter item's id carries ``ITEM_SEPARATOR``
+#: (US, \x1f: not this one); the record, a unique value and a hold's meta are JSON,
+#: which escapes every control character; the rest are digits, hex and key names.
+#: Tab, which the record's prefix and a hold operation contain, is not it either.
+#: ``add_batch`` still counts them and refuses an event whose fields hold one.
+EVENT_FIELD_SEPARATOR = "\x1d"
+#: How many separators an event's argument holds (its fields less one).
+_SEPARATORS = 10
+
 
 class CounterStoreError(UnavailableError):
     """Redis could not be reached or refused a command."""
@@ -216,26 +227,49 @@ class CounterStore:
             self.max_waiting_events,
         ]
         months: dict[tuple[int, int], int] = {}
+        # each key once, in KEYS (Redis Cluster needs every key declared): the
+        # event's ARGV names the positions of its two
+        res_at: dict[tuple[str, str, str], str] = {}
+        used_at: dict[tuple[str, str], str] = {}
         resolution_key, used_key = k.resolution, k.used
+        sep = EVENT_FIELD_SEPARATOR
         for event in events:
-            org, customer = event.org, event.customer
-            keys += (resolution_key(org, customer, event.feature), used_key(org, customer))
+            org, customer, feature = event.org, event.customer, event.feature
+            res = res_at.get((org, customer, feature))
+            if res is None:
+                keys.append(resolution_key(org, customer, feature))
+                res = res_at[(org, customer, feature)] = str(len(keys))
+            used = used_at.get((org, customer))
+            if used is None:
+                keys.append(used_key(org, customer))
+                used = used_at[(org, customer)] = str(len(keys))
             when = event.time
             month = months.get((when.year, when.month))
             if month is None:
                 month = months[(when.year, when.month)] = epoch_micros(month_start(when))
             key = event_key(org, event.source, event.id)
-            args += (
-                epoch_micros(when),
-                month,
-                event.units,
-                event.entitlement_id.hex if event.entitlement_id else "",
-                key,
-                marker_digest(key, self.marker_bits),
-                record_json(customer, event.feature, when, now, event.data, event.scale),
-                _AGGREGATION_CODES[event.aggregation] + (event.unique_value or ""),
-                self._hold_op(event),
+            units = str(event.units)
+            target = event.entitlement_id.hex if event.entitlement_id else ""
+            record = record_json(customer, feature, when, now, event.data, event.scale)
+            packed = sep.join(
+                (
+                    res,
+                    used,
+                    str(epoch_micros(when)),
+                    str(month),
+                    units,
+                    target,
+                    key,
+                    str(marker_digest(key, self.marker_bits)),
+                    _AGGREGATION_CODES[event.aggregation] + (event.unique_value or ""),
+                    self._hold_op(event),
+                    # the start of its pending record: the script appends the allocation
+                    f"{units}:{target}\t{record}\t",
+                )
             )
+            if packed.count(sep) != _SEPARATORS:
+                raise ValueError(f"an ingest field of event {key!r} holds the field separator")
+            args.append(packed)
         try:
             result = self._ingest(keys=keys, args=args)
         except redis.RedisError as exc:

@@ -3,7 +3,7 @@ generation of acceptance times (docs/architecture.md, "Dedupe").
 
 Needs (bound by the including script): now_us, hot_us, generation_us,
 marker_prefix, generations_key.
-Defines: metas, marker_hit, add_marker, expire_generations, save_generations.
+Defines: metas, marker_hit, add_marker, write_markers, expire_generations, save_generations.
 ]]
 
 --- @include "ingest/util"
@@ -16,36 +16,39 @@ local current_generation = math.floor(now_us / generation_us)
 local oldest_live = math.floor((now_us - hot_us) / generation_us)
 local metas = {}
 
+-- A generation's linear hash: m.mod = 2^L; m.shards: the key of each shard (which
+-- does not depend on the level), built once a call.
+local function set_level(m, L, p)
+  m.L, m.p, m.mod, m.mod2 = L, p, 2 ^ L, 2 ^ (L + 1)
+  if m.shards == nil then m.shards = {} end
+end
+
 local function meta(g)
   local m = metas[g]
   if m == nil then
     local key = marker_prefix .. int_str(g)
     local v = redis.call("HMGET", key, "L", "p", "n")
-    m = { key = key, L = tonumber(v[1] or "0"), p = tonumber(v[2] or "0"),
-      n = tonumber(v[3] or "0"), added = 0 }
+    m = { key = key, n = tonumber(v[3] or "0"), added = 0 }
+    set_level(m, tonumber(v[1] or "0"), tonumber(v[2] or "0"))
+    m.stored = v[1] ~= false
     metas[g] = m
   end
   return m
 end
 
 local function shard_key(m, digest)
-  local a = digest % (2 ^ m.L)
-  if a < m.p then a = digest % (2 ^ (m.L + 1)) end
-  return m.key .. ":" .. int_str(a)
-end
-
-local function marker_hit(digest, text)
-  for g = current_generation, oldest_live, -1 do -- newest first: redeliveries are recent
-    local m = meta(g)
-    if m.n > 0 and redis.call("SISMEMBER", shard_key(m, digest), text) == 1 then
-      return true
-    end
+  local a = digest % m.mod
+  if a < m.p then a = digest % m.mod2 end
+  local key = m.shards[a]
+  if key == nil then
+    key = m.key .. ":" .. int_str(a)
+    m.shards[a] = key
   end
-  return false
+  return key
 end
 
 local function split(m)
-  local bit = 2 ^ m.L
+  local bit = m.mod
   local old = m.key .. ":" .. int_str(m.p)
   local new = m.key .. ":" .. int_str(m.p + bit)
   for _, v in ipairs(redis.call("SMEMBERS", old)) do
@@ -53,20 +56,78 @@ local function split(m)
       redis.call("SMOVE", old, new, v)
     end
   end
-  m.p = m.p + 1
-  if m.p == bit then
-    m.L = m.L + 1
-    m.p = 0
+  if m.p + 1 == bit then
+    set_level(m, m.L + 1, 0)
+  else
+    m.p = m.p + 1
   end
 end
 
-local function add_marker(digest, text)
+-- The current generation, presized when this call starts it: a new generation takes
+-- the level and split pointer its predecessor has reached, so a steady flow of
+-- markers fills it without splits (each split moves half a set). Any (L, p) is a
+-- valid empty linear hash, and the meta stores it, so every reader finds its sets.
+local function current_meta()
   local m = meta(current_generation)
-  if redis.call("SADD", shard_key(m, digest), text) == 1 then
-    m.n = m.n + 1
-    m.added = m.added + 1
-    while m.n > LOAD * (2 ^ m.L + m.p) do split(m) end
+  if not m.sized then
+    m.sized = true
+    if m.n == 0 and not m.stored then
+      local prev = meta(current_generation - 1)
+      set_level(m, prev.L, prev.p)
+    end
   end
+  return m
+end
+
+-- This call's new markers, written in bulk (write_markers): shard key -> digests,
+-- and every digest, which marker_hit finds as it would find the set's. They are
+-- written, and the generation split, as soon as the load calls for a split, as a
+-- marker at a time would: so no set ever passes ~2 x LOAD (Redis keeps it an
+-- intset), and a shard key stays right until then. A presized generation seldom
+-- splits, so most calls write each set once.
+local new_markers = {}
+local new_count = 0
+local new_digests = {}
+
+-- One SADD per shard (at most 1,000 members each), then the splits the load needs.
+local function write_markers()
+  local m = metas[current_generation]
+  if m == nil or new_count == 0 then return end
+  local added = 0
+  for shard, texts in pairs(new_markers) do
+    for from = 1, #texts, 1000 do
+      added = added + redis.call("SADD", shard, unpack(texts, from, math.min(from + 999, #texts)))
+    end
+  end
+  new_markers, new_count = {}, 0
+  m.n = m.n + added
+  m.added = m.added + added
+  while m.n > LOAD * (2 ^ m.L + m.p) do split(m) end
+end
+
+local function add_marker(digest, text)
+  local m = current_meta()
+  local shard = shard_key(m, digest)
+  local texts = new_markers[shard]
+  if texts == nil then
+    texts = {}
+    new_markers[shard] = texts
+  end
+  texts[#texts + 1] = text
+  new_count = new_count + 1
+  new_digests[text] = true
+  if m.n + new_count > LOAD * (2 ^ m.L + m.p) then write_markers() end
+end
+
+local function marker_hit(digest, text)
+  if new_digests[text] then return true end
+  for g = current_generation, oldest_live, -1 do -- newest first: redeliveries are recent
+    local m = meta(g)
+    if m.n > 0 and redis.call("SISMEMBER", shard_key(m, digest), text) == 1 then
+      return true
+    end
+  end
+  return false
 end
 
 -- Delete a bounded number of sets of generations past the hot window.

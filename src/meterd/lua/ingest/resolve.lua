@@ -18,9 +18,15 @@ Defines: resolve.
 
 local decoded = {}
 
+-- The record (JSON) in ingest.lua's event line "<value>:<target>\t<record>\t".
+local function line_record(line)
+  return string.sub(line, string.find(line, "\t", 1, true) + 1, -2)
+end
+
 -- The outcome of one event judged new (not a duplicate, not late). ev: the event's
--- ts, month, qty, target, key, agg, value, record, index and hold (true: a hold, its
--- units held instead of consumed; one table, reused).
+-- ts, month, qty, target, key, agg, value, index, hold (true: a hold, its units held
+-- instead of consumed) and either record (its JSON) or line (ingest.lua's
+-- "<value>:<target>\t<record>\t"); one table, reused.
 local function resolve(resolution_key, used_key, ev)
   local res = decoded[resolution_key]
   if res == nil then
@@ -38,7 +44,7 @@ local function resolve(resolution_key, used_key, ev)
   local suspended = false
   for _, e in ipairs(res) do
     if (ev.target == "" or e.i == ev.target) and in_window(e, ts)
-      and dims_match(e, ev.index, ev.record) then
+      and (e.f == nil or dims_match(e, ev.index, ev.record or line_record(ev.line))) then
       if suspended_at(e, ts) then
         suspended = true
       else

@@ -78,11 +78,14 @@ local function note_crossings(field, before, peak)
     if limit == nil then return end
     rules = DEFAULT_RULES
   end
-  local value = ARGV[1] .. ":" .. int_str(peak)
-  if limit ~= nil then value = value .. ":" .. int_str(limit) end
+  local value = nil -- built at the first crossing: most batches cross nothing
   for _, rule in ipairs(rules) do
     local point = rule_point(rule, limit)
     if point ~= nil and point > 0 and before < point and peak >= point then
+      if value == nil then
+        value = ARGV[1] .. ":" .. int_str(peak)
+        if limit ~= nil then value = value .. ":" .. int_str(limit) end
+      end
       redis.call("HSETNX", pending_key, "n:" .. field .. ":" .. rule[1], value)
     end
   end
