@@ -11,8 +11,9 @@ from typing import Any, cast
 
 import pytest
 
+from meterd.core.event_parsing import parse_event
 from meterd.core.event_records import event_key
-from meterd.core.events import InvalidEvent, UsageEvent, parse_event
+from meterd.core.events import InvalidEvent, UsageEvent
 from meterd.core.meters import ITEM_SEPARATOR, item_id
 from meterd.runtime import Runtime
 from meterd.storage.counters import EVENT_FIELD_SEPARATOR, ScriptCode

@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lupa import lua51
 
+from meterd.core.event_parsing import parse_event
 from meterd.core.event_records import event_key, parse_pending_record
-from meterd.core.events import UsageEvent, parse_event
+from meterd.core.events import UsageEvent
 from meterd.core.timeutil import epoch_micros
 from meterd.lua import script_source
 from meterd.runtime import Runtime
