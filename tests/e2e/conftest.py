@@ -22,6 +22,7 @@ from celery import Celery
 
 from meterd.celery_config import FLUSH_QUEUE, INGEST_QUEUE, create_app, worker_command
 from meterd.config import Settings
+from meterd.ops import queue_depths
 from meterd.runtime import Runtime
 from meterd.storage.database import Database
 
@@ -207,12 +208,10 @@ def worker(e2e_env: dict[str, str], tmp_path: Path) -> Iterator[WorkerProcess]:
 
 
 def queue_depth(app: Celery, queue: str = "meterd.ingest") -> int:
-    """Messages waiting in a queue (not counting those delivered but unacked)."""
-    from amqp.exceptions import ChannelError
-
-    with app.connection_for_read() as conn:
-        try:
-            declared = conn.default_channel.queue_declare(queue=queue, passive=True)
-        except ChannelError:  # kombu's Redis transport: an empty queue has no key
-            return 0
-        return int(declared.message_count)
+    """Messages waiting in a queue (not counting those delivered but unacked), as
+    ``meterd status`` counts them (``ops.queue_depths``). Not kombu's passive
+    declare: on a Redis broker it asks EXISTS without the global key prefix, finds
+    no queue and answers 0 however many wait."""
+    ready = queue_depths(app, (queue,))[0].ready
+    assert ready is not None, "a broker that does not say how many messages wait"
+    return ready
