@@ -42,14 +42,7 @@ from setup_state import State, build, restore, scratch_dir
 
 from memory import private_redis, system_redis_server
 from meterd.core.event_parsing import parse_event
-from meterd.core.events import (
-    CloudEventEnvelope,
-    CloudUsageEvent,
-    InvalidEvent,
-    RawEvent,
-    UsageEvent,
-    shape_problem,
-)
+from meterd.core.events import InvalidEvent, RawEvent, UsageEvent, parse_event_by_model
 from meterd.storage.counters import ScriptCode
 
 BATCH = 500
@@ -57,24 +50,8 @@ BATCH = 500
 
 def full_model(payload: Any, *, received_at: datetime) -> UsageEvent | RawEvent | InvalidEvent:
     """The parse every valid event took before the fast path (b6213b7's
-    ``parse_event`` for a usage event): the shape walk, then the pydantic model."""
-    problem = shape_problem(payload)
-    if problem is not None:
-        return InvalidEvent(payload, problem)
-    usage = payload.get("type") == "meterd.usage"
-    event = (CloudUsageEvent if usage else CloudEventEnvelope).model_validate(payload)
-    assert isinstance(event, CloudUsageEvent)
-    return UsageEvent(
-        org=event.org,
-        customer=event.subject,
-        feature=event.data.feature,
-        source=event.source,
-        id=event.id,
-        time=event.time or received_at,
-        quantity=event.data.quantity,
-        entitlement_id=event.data.entitlement_id,
-        data=payload["data"],
-    )
+    ``parse_event``): the shape walk, then the pydantic model."""
+    return parse_event_by_model(payload, received_at=received_at)
 
 
 #: Each figure of a round is the least of this many runs: on a shared machine the
