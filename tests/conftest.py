@@ -3,7 +3,8 @@
 ``METERD_TEST_BACKEND=default`` (the default): fakeredis + a SQLite file.
 ``METERD_TEST_BACKEND=real``: the machine's Redis (db 9, a unique key prefix,
 only our keys cleaned up) and PostgreSQL (a fresh database per run, dropped
-at the end). When a real service is needed but missing, tests skip on a
+at the end); a test over no configured store runs only in the default one
+(``pytest_collection_modifyitems``). When a real service is needed but missing, tests skip on a
 laptop and fail in CI (``CI=true``).
 """
 
@@ -42,6 +43,41 @@ REAL_PG_URL = os.environ.get("METERD_TEST_PG_URL", "postgresql://postgres@127.0.
 #: records a grant as created then), and run the suite with the clock moved ahead:
 #: ``.ci/clock-ahead +365d python -m pytest`` (CI does).
 NOW = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
+
+
+#: What lets a test see the configured backend: a fixture that builds a store over it
+#: (every store fixture depends on one of these), or a module that reads it itself.
+_STORE_FIXTURES = frozenset({"database_url", "redis_client"})
+_BACKEND_NAMES = ("BACKEND", "REAL_PG_URL", "REAL_REDIS_URL", "real_redis_client")
+
+
+def uses_configured_store(item: pytest.Item, module_text: dict[Path, bool]) -> bool:
+    """Whether ``item`` runs over the configured backend: a store fixture in its
+    closure, or a module naming the backend (``module_text`` caches that per file)."""
+    if _STORE_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    path = Path(item.path)
+    if path not in module_text:
+        text = path.read_text(encoding="utf-8")
+        module_text[path] = any(name in text for name in _BACKEND_NAMES)
+    return module_text[path]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the real configuration, run only the tests that see it: a test over no
+    configured store (pure rules, Lua fragments, the CLI's own fakeredis, ...) runs
+    word for word the same in both, and runs once, in the default configuration
+    (as ``tests/e2e/conftest.ONCE_IN_DEFAULT`` does for whole e2e modules)."""
+    if BACKEND != "real":
+        return
+    module_text: dict[Path, bool] = {}
+    kept, once = [], []
+    for item in items:
+        in_e2e = "e2e" in Path(item.path).parts
+        (kept if in_e2e or uses_configured_store(item, module_text) else once).append(item)
+    if once:
+        config.hook.pytest_deselected(items=once)
+        items[:] = kept
 
 
 def require(service: str, error: Exception) -> None:
