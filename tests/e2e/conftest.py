@@ -39,6 +39,15 @@ ONCE_IN_DEFAULT = pytest.mark.skipif(
     " it runs once, in the default configuration",
 )
 
+#: A test at scale (100,000 events through a real worker) runs once, in the real
+#: configuration (production's Redis and PostgreSQL): the counting it proves happens
+#: in Redis, the same in both, and the default configuration covers the same paths at
+#: smaller scale in the other tests of its module (CI's budget, .ci/run).
+AT_SCALE_ONCE = pytest.mark.skipif(
+    BACKEND != "real",
+    reason="a test at scale: it runs once, in the real configuration",
+)
+
 BROKER_URL = os.environ.get("METERD_TEST_BROKER_URL", "redis://127.0.0.1:6379/10")
 VISIBILITY_TIMEOUT = 5
 

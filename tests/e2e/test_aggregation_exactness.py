@@ -26,7 +26,7 @@ from meterd.services.catalog import NewEntitlement
 from meterd.testing import wait_until
 
 from ..helpers import assert_log_matches_periods
-from .conftest import VISIBILITY_TIMEOUT, WorkerProcess, queue_depth
+from .conftest import AT_SCALE_ONCE, VISIBILITY_TIMEOUT, WorkerProcess, queue_depth
 
 pytestmark = pytest.mark.e2e
 
@@ -105,6 +105,7 @@ def assert_exact(rt: Runtime, expected: dict[str, tuple[int, Decimal]], customer
     assert_log_matches_periods(rt)
 
 
+@AT_SCALE_ONCE
 def test_100k_raw_events_count_unique_users_and_peaks_exactly(
     e2e_runtime: Runtime, producer_app: Celery, worker: WorkerProcess
 ) -> None:

@@ -22,7 +22,7 @@ from meterd.testing import event, wait_until
 
 from ..helpers import assert_log_matches_periods
 from ..test_dead_letters import malformed
-from .conftest import WorkerProcess, queue_depth
+from .conftest import AT_SCALE_ONCE, WorkerProcess, queue_depth
 
 pytestmark = pytest.mark.e2e
 
@@ -113,6 +113,7 @@ def assert_exact(rt: Runtime, grants: dict[str, list[Any]], expected: dict[str, 
     assert_log_matches_periods(rt)
 
 
+@AT_SCALE_ONCE
 def test_100k_events_with_10_percent_duplicates_are_counted_exactly(
     e2e_runtime: Runtime, producer_app: Celery, worker: WorkerProcess
 ) -> None:
