@@ -167,7 +167,14 @@ def waiting_batches(env: dict[str, str]) -> int:
         broker.close()
 
 
-@pytest.mark.parametrize("stop", ["SIGTERM", "SIGKILL"])
+#: Stopped by SIGTERM runs once, in the default configuration; killed mid-batch (the
+#: harder case) in both (CI's budget).
+SIGTERM_ONCE = pytest.mark.skipif(
+    BACKEND == "real", reason="the SIGTERM variant runs once, in the default configuration"
+)
+
+
+@pytest.mark.parametrize("stop", [pytest.param("SIGTERM", marks=SIGTERM_ONCE), "SIGKILL"])
 def test_an_upgrade_in_place_counts_every_event_once(
     stop: str,
     old_src: Path,

@@ -20,13 +20,21 @@ from meterd.producer import publish_batches
 from meterd.runtime import Runtime
 from meterd.testing import wait_until
 
+from ..conftest import BACKEND
 from .conftest import BROKER_URL, VISIBILITY_TIMEOUT, WorkerProcess, queue_depth
 from .test_worker_exactness import assert_exact, counted_total, grant_customers, make_stream
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(params=["amqp", "redis"])
+#: The RabbitMQ variant runs once, in the default configuration: what it adds to the
+#: Redis one is the broker's redelivery, the same over either store (CI's budget).
+AMQP_ONCE = pytest.mark.skipif(
+    BACKEND == "real", reason="the RabbitMQ variant runs once, in the default configuration"
+)
+
+
+@pytest.fixture(params=[pytest.param("amqp", marks=AMQP_ONCE), "redis"])
 def broker_url(request: pytest.FixtureRequest) -> str:
     if request.param == "amqp":
         return str(request.getfixturevalue("amqp_broker_url"))
