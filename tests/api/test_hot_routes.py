@@ -160,3 +160,45 @@ def test_with_redis_away_the_value_read_is_503(runtime: Runtime, redis_away: Tes
     response = redis_away.get(VALUE, headers=headers)
     assert response.status_code == 503
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def _hold(client: TestClient, headers: dict[str, str], idempotency_key: str) -> str:
+    body = {"quantity": "2", "hold_seconds": 60, "idempotency_key": idempotency_key}
+    reserved = client.post(RESERVE, json=body, headers=headers)
+    assert reserved.status_code == 200
+    hold: str = reserved.json()["hold"]["id"]
+    return hold
+
+
+def test_settle_takes_its_token_in_the_round_trip_of_its_hold_read(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=100)
+    hold = _hold(client, headers, "a")
+    spy = runtime.rate_limiter.store = SpyStore(runtime)
+    settled = client.post(f"/v1/holds/{hold}/settle", json={"quantity": "1"}, headers=headers)
+    assert settled.status_code == 200
+    assert settled.json()["settled_now"] is True
+    assert (spy.alone, spy.pipelined) == (0, 1)
+
+
+def test_a_settle_over_the_burst_is_429_and_settles_nothing(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=1)
+    hold = _hold(client, headers, "a")
+    refused = client.post(f"/v1/holds/{hold}/settle", json={"quantity": "1"}, headers=headers)
+    assert refused.status_code == 429
+    clock.advance(1)
+    shown = client.get(f"/v1/holds/{hold}", headers=headers).json()
+    assert shown["status"] == "held"
+
+
+def test_a_settle_of_an_unknown_hold_is_limited_then_refused_then_404(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    path = "/v1/holds/00000000-0000-4000-8000-000000000000/settle"
+    reader = key(runtime, Permission.ENTITLEMENTS_VIEW, rate_limit=1, rate_burst=1)
+    assert client.post(path, json={"quantity": "1"}, headers=reader).status_code == 403
+    assert client.post(path, json={"quantity": "1"}, headers=reader).status_code == 429
+    assert client.post(path, json={"quantity": "1"}, headers=key(runtime)).status_code == 404
