@@ -202,3 +202,47 @@ def test_a_settle_of_an_unknown_hold_is_limited_then_refused_then_404(
     assert client.post(path, json={"quantity": "1"}, headers=reader).status_code == 403
     assert client.post(path, json={"quantity": "1"}, headers=reader).status_code == 429
     assert client.post(path, json={"quantity": "1"}, headers=key(runtime)).status_code == 404
+
+
+SETTLE_UNKNOWN = "/v1/holds/00000000-0000-4000-8000-000000000000/settle"
+#: A malformed request to each hot route: a path, a header, a body that does not validate.
+MALFORMED: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+    ("GET", "/v1/customers/cust-1/features/Not%20A%20Key", {}, {}),
+    ("POST", RESERVE, {"quantity": "x", "idempotency_key": "a"}, {}),
+    ("POST", RESERVE, {"quantity": "1"}, {"Idempotency-Key": "has space"}),
+    ("POST", "/v1/holds/not-a-uuid/settle", {"quantity": "1"}, {}),
+    ("POST", SETTLE_UNKNOWN, {"quantity": "1", "extra": 1}, {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "extra"), MALFORMED)
+def test_a_malformed_hot_request_is_400_before_429_or_403_and_takes_no_token(
+    client: TestClient,
+    runtime: Runtime,
+    clock: Clock,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    extra: dict[str, str],
+) -> None:
+    def send(headers: dict[str, str]) -> int:
+        sent = {**headers, **extra}
+        if method == "GET":
+            return client.get(path, headers=sent).status_code
+        return client.post(path, json=body, headers=sent).status_code
+
+    one_token = key(runtime, rate_limit=1, rate_burst=1)
+    assert send(one_token) == 400
+    assert client.get(VALUE, headers=one_token).status_code == 200  # its token was there
+    assert send(one_token) == 400  # the bucket is empty now: still 400, not 429
+    assert send(key(runtime, Permission.EVENTS_WRITE)) == 400  # not 403
+
+
+def test_elsewhere_the_key_is_limited_and_refused_before_the_request_is_validated(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=1)
+    assert client.get("/v1/entitlements?limit=0", headers=headers).status_code == 400
+    assert client.get("/v1/entitlements?limit=0", headers=headers).status_code == 429
+    viewer_less = key(runtime, Permission.EVENTS_WRITE)
+    assert client.get("/v1/entitlements?limit=0", headers=viewer_less).status_code == 403
