@@ -5,6 +5,9 @@ Redis away, as every route does."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -16,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from meterd.api.app import create_app
+from meterd.api.auth import in_worker
 from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
@@ -246,3 +250,17 @@ def test_elsewhere_the_key_is_limited_and_refused_before_the_request_is_validate
     assert client.get("/v1/entitlements?limit=0", headers=headers).status_code == 429
     viewer_less = key(runtime, Permission.EVENTS_WRITE)
     assert client.get("/v1/entitlements?limit=0", headers=viewer_less).status_code == 403
+
+
+def test_the_hot_routes_work_runs_off_the_event_loop_in_the_requests_context() -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+
+    async def route() -> tuple[int, tuple[int, str]]:
+        request_id.set("r-1")  # as a middleware binding a log field would
+        return threading.get_ident(), await in_worker(
+            lambda: (threading.get_ident(), request_id.get())
+        )
+
+    loop_thread, (worker_thread, seen) = asyncio.run(route())
+    assert worker_thread != loop_thread
+    assert seen == "r-1"

@@ -8,11 +8,17 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from meterd.api.auth import KEY_SECURITY, Caller, RuntimeDep, require, require_admitted_in_route
+from meterd.api.auth import (
+    KEY_SECURITY,
+    Caller,
+    RuntimeDep,
+    in_worker,
+    require,
+    require_admitted_in_route,
+)
 from meterd.api.exact_json import ExactJSONRoute, model_response
 from meterd.api.hold_values import HoldOut, hold_out
 from meterd.api.inputs import QuantityText, RequestBody
@@ -66,7 +72,7 @@ async def settle_hold(hold_id: uuid.UUID, body: SettleRequest, caller: Settler) 
             hold=hold_out(result.hold), settled_now=result.settled_now
         )
 
-    return model_response(await run_in_threadpool(work))
+    return model_response(await in_worker(work))
 
 
 @router.post("/{hold_id}/release", response_model=HoldOut)

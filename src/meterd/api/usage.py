@@ -25,6 +25,7 @@ from meterd.api.auth import (
     KEY_SECURITY,
     Caller,
     RuntimeDep,
+    in_worker,
     require_admitted_in_route,
     require_unless_flag,
 )
@@ -153,7 +154,7 @@ async def get_feature_value(
         caller.ensure_admitted()
         return value
 
-    value = await run_in_threadpool(read)
+    value = await in_worker(read)
     return model_response(feature_value(customer_id, feature, value))
 
 
@@ -260,7 +261,7 @@ async def reserve(
             hold=hold,
         )
 
-    return model_response(await run_in_threadpool(work))
+    return model_response(await in_worker(work))
 
 
 class EventResult(BaseModel):
