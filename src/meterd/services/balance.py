@@ -305,7 +305,7 @@ class _LivePlan:
 
 
 #: The most (org, customer, feature) whose decoded resolution data a process keeps.
-MAX_KEPT = 10_000
+MAX_KEPT = 4096
 
 
 class KeptResolutions:
