@@ -5,6 +5,9 @@ Redis away, as every route does."""
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -16,6 +19,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from meterd.api.app import create_app
+from meterd.api.auth import in_worker
 from meterd.core.timeutil import utcnow
 from meterd.runtime import Runtime
 from meterd.services.api_keys import Permission
@@ -160,3 +164,103 @@ def test_with_redis_away_the_value_read_is_503(runtime: Runtime, redis_away: Tes
     response = redis_away.get(VALUE, headers=headers)
     assert response.status_code == 503
     assert response.headers["content-type"].startswith("application/problem+json")
+
+
+def _hold(client: TestClient, headers: dict[str, str], idempotency_key: str) -> str:
+    body = {"quantity": "2", "hold_seconds": 60, "idempotency_key": idempotency_key}
+    reserved = client.post(RESERVE, json=body, headers=headers)
+    assert reserved.status_code == 200
+    hold: str = reserved.json()["hold"]["id"]
+    return hold
+
+
+def test_settle_takes_its_token_in_the_round_trip_of_its_hold_read(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=100)
+    hold = _hold(client, headers, "a")
+    spy = runtime.rate_limiter.store = SpyStore(runtime)
+    settled = client.post(f"/v1/holds/{hold}/settle", json={"quantity": "1"}, headers=headers)
+    assert settled.status_code == 200
+    assert settled.json()["settled_now"] is True
+    assert (spy.alone, spy.pipelined) == (0, 1)
+
+
+def test_a_settle_over_the_burst_is_429_and_settles_nothing(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=1)
+    hold = _hold(client, headers, "a")
+    refused = client.post(f"/v1/holds/{hold}/settle", json={"quantity": "1"}, headers=headers)
+    assert refused.status_code == 429
+    clock.advance(1)
+    shown = client.get(f"/v1/holds/{hold}", headers=headers).json()
+    assert shown["status"] == "held"
+
+
+def test_a_settle_of_an_unknown_hold_is_limited_then_refused_then_404(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    path = "/v1/holds/00000000-0000-4000-8000-000000000000/settle"
+    reader = key(runtime, Permission.ENTITLEMENTS_VIEW, rate_limit=1, rate_burst=1)
+    assert client.post(path, json={"quantity": "1"}, headers=reader).status_code == 403
+    assert client.post(path, json={"quantity": "1"}, headers=reader).status_code == 429
+    assert client.post(path, json={"quantity": "1"}, headers=key(runtime)).status_code == 404
+
+
+SETTLE_UNKNOWN = "/v1/holds/00000000-0000-4000-8000-000000000000/settle"
+#: A malformed request to each hot route: a path, a header, a body that does not validate.
+MALFORMED: list[tuple[str, str, dict[str, Any], dict[str, str]]] = [
+    ("GET", "/v1/customers/cust-1/features/Not%20A%20Key", {}, {}),
+    ("POST", RESERVE, {"quantity": "x", "idempotency_key": "a"}, {}),
+    ("POST", RESERVE, {"quantity": "1"}, {"Idempotency-Key": "has space"}),
+    ("POST", "/v1/holds/not-a-uuid/settle", {"quantity": "1"}, {}),
+    ("POST", SETTLE_UNKNOWN, {"quantity": "1", "extra": 1}, {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body", "extra"), MALFORMED)
+def test_a_malformed_hot_request_is_400_before_429_or_403_and_takes_no_token(
+    client: TestClient,
+    runtime: Runtime,
+    clock: Clock,
+    method: str,
+    path: str,
+    body: dict[str, Any],
+    extra: dict[str, str],
+) -> None:
+    def send(headers: dict[str, str]) -> int:
+        sent = {**headers, **extra}
+        if method == "GET":
+            return client.get(path, headers=sent).status_code
+        return client.post(path, json=body, headers=sent).status_code
+
+    one_token = key(runtime, rate_limit=1, rate_burst=1)
+    assert send(one_token) == 400
+    assert client.get(VALUE, headers=one_token).status_code == 200  # its token was there
+    assert send(one_token) == 400  # the bucket is empty now: still 400, not 429
+    assert send(key(runtime, Permission.EVENTS_WRITE)) == 400  # not 403
+
+
+def test_elsewhere_the_key_is_limited_and_refused_before_the_request_is_validated(
+    client: TestClient, runtime: Runtime, clock: Clock
+) -> None:
+    headers = key(runtime, rate_limit=1, rate_burst=1)
+    assert client.get("/v1/entitlements?limit=0", headers=headers).status_code == 400
+    assert client.get("/v1/entitlements?limit=0", headers=headers).status_code == 429
+    viewer_less = key(runtime, Permission.EVENTS_WRITE)
+    assert client.get("/v1/entitlements?limit=0", headers=viewer_less).status_code == 403
+
+
+def test_the_hot_routes_work_runs_off_the_event_loop_in_the_requests_context() -> None:
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+
+    async def route() -> tuple[int, tuple[int, str]]:
+        request_id.set("r-1")  # as a middleware binding a log field would
+        return threading.get_ident(), await in_worker(
+            lambda: (threading.get_ident(), request_id.get())
+        )
+
+    loop_thread, (worker_thread, seen) = asyncio.run(route())
+    assert worker_thread != loop_thread
+    assert seen == "r-1"

@@ -16,8 +16,8 @@ Authentication costs no worker thread when it can: every dependency here is
 not vouch for (unknown here, older than ``CACHE_SECONDS``, or a last use due to
 be written) and the rate limiter's Redis call take a thread. The hot routes
 (value, reserve, settle) take ``require_admitted_in_route``: they take their one
-thread for their own work and call ``Caller.admit`` there first, so a request to
-them costs one thread hop, not one per dependency; the value route sends the
+thread for their own work (``in_worker``) and call ``Caller.admit`` there first,
+so a request to them costs one thread hop, not one per dependency; the value route sends the
 limiter's take and its last Redis read together (``Caller.admit_with``).
 
 The two headers are read through FastAPI's security classes (``API_KEY``,
@@ -28,6 +28,9 @@ shows "Authorize" and sends the key. ``_token`` alone decides what is missing.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -186,6 +189,21 @@ async def _principal_async(runtime: Runtime, token: str, permission: Permission)
 
 
 T = TypeVar("T")
+
+#: Worker threads of the hot routes' one hop (``in_worker``): as many as anyio's
+#: default pool (``run_in_threadpool``) holds.
+HOT_THREADS = 40
+_hot_pool = concurrent.futures.ThreadPoolExecutor(HOT_THREADS, thread_name_prefix="meterd-hot")
+
+
+async def in_worker(work: Callable[[], T]) -> T:
+    """``work()`` in a worker thread of the hot routes' own pool, in a copy of the
+    caller's context (as ``run_in_threadpool``): asyncio's executor hop, without
+    anyio's capacity limiter and cancel scope around it (about a third of the hop's
+    cost on the event loop). Cancelled (the client went away), the thread finishes
+    the work all the same and its answer is dropped."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_hot_pool, context.run, work)
 
 
 class Caller:

@@ -25,7 +25,8 @@ class HoldOut(BaseModel):
 
 
 def hold_out(hold: Hold) -> HoldOut:
-    return HoldOut(
+    """``hold`` as the API shows it (built without validation: every field typed)."""
+    return HoldOut.model_construct(
         id=hold.id,
         customer_id=hold.customer_id,
         feature=hold.feature,

@@ -8,11 +8,18 @@ from decimal import Decimal
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from meterd.api.auth import KEY_SECURITY, Caller, RuntimeDep, require, require_admitted_in_route
-from meterd.api.exact_json import ExactJSONRoute
+from meterd.api.auth import (
+    KEY_SECURITY,
+    Caller,
+    RuntimeDep,
+    in_worker,
+    require,
+    require_admitted_in_route,
+)
+from meterd.api.exact_json import ExactJSONRoute, model_response
 from meterd.api.hold_values import HoldOut, hold_out
 from meterd.api.inputs import QuantityText, RequestBody
 from meterd.core.timeutil import utcnow
@@ -50,17 +57,22 @@ def get_hold(hold_id: uuid.UUID, runtime: RuntimeDep, caller: Reserver) -> HoldO
 
 
 @router.post("/{hold_id}/settle", response_model=SettleResponse, openapi_extra=KEY_SECURITY)
-async def settle_hold(hold_id: uuid.UUID, body: SettleRequest, caller: Settler) -> SettleResponse:
+async def settle_hold(hold_id: uuid.UUID, body: SettleRequest, caller: Settler) -> Response:
     """Consume exactly ``quantity`` once, at the hold's time, and free the rest. A
     retry with the same quantity answers the same; another quantity, or a released
     or expired hold, is a 409 naming why."""
 
     def work() -> SettleResponse:
-        caller.admit()
-        result = caller.runtime.holds.settle(caller.org, hold_id, Decimal(body.quantity), utcnow())
-        return SettleResponse(hold=hold_out(result.hold), settled_now=result.settled_now)
+        # the take goes in the round trip that reads the hold (``Caller.admit_with``)
+        result = caller.runtime.holds.settle(
+            caller.org, hold_id, Decimal(body.quantity), utcnow(), gate=caller
+        )
+        caller.ensure_admitted()
+        return SettleResponse.model_construct(
+            hold=hold_out(result.hold), settled_now=result.settled_now
+        )
 
-    return await run_in_threadpool(work)
+    return model_response(await in_worker(work))
 
 
 @router.post("/{hold_id}/release", response_model=HoldOut)

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
 from pydantic import (
     BaseModel,
     Field,
@@ -24,10 +25,11 @@ from meterd.api.auth import (
     KEY_SECURITY,
     Caller,
     RuntimeDep,
+    in_worker,
     require_admitted_in_route,
     require_unless_flag,
 )
-from meterd.api.exact_json import ExactJSONRoute, loads_exact
+from meterd.api.exact_json import ExactJSONRoute, loads_exact, model_response
 from meterd.api.hold_values import HoldOut, hold_out
 from meterd.api.inputs import PositiveQuantityText, RequestBody
 from meterd.core.domain import (
@@ -99,8 +101,10 @@ class FeatureValue(BaseModel):
 
 
 def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> FeatureValue:
-    """``value`` as the route shows it (each entitlement with its dimension filters)."""
-    return FeatureValue(
+    """``value`` as the route shows it (each entitlement with its dimension filters).
+    Built without validation (``model_construct``): every field comes typed, each
+    quantity from ``format_quantity``."""
+    return FeatureValue.model_construct(
         customer_id=customer_id,
         feature=feature,
         has_access=value.has_access,
@@ -112,7 +116,7 @@ def feature_value(customer_id: str, feature: str, value: RealTimeValue) -> Featu
         held=format_quantity(value.held),
         allotted=format_optional_quantity(value.allotted),
         entitlements=[
-            EntitlementValue(
+            EntitlementValue.model_construct(
                 entitlement_id=b.entitlement_id,
                 period_start=isoformat(b.period_start),
                 quantity=format_optional_quantity(b.quantity),
@@ -139,7 +143,7 @@ async def get_feature_value(
     customer_id: CustomerId,
     feature: FeatureKey,
     caller: Annotated[Caller, Depends(require_admitted_in_route(Permission.ENTITLEMENTS_VIEW))],
-) -> FeatureValue:
+) -> Response:
     """Real-time value: flushed consumption plus what is still pending in Redis."""
 
     # one worker thread for all that blocks (``auth``: the hot routes' one hop); the
@@ -150,7 +154,8 @@ async def get_feature_value(
         caller.ensure_admitted()
         return value
 
-    return feature_value(customer_id, feature, await run_in_threadpool(read))
+    value = await in_worker(read)
+    return model_response(feature_value(customer_id, feature, value))
 
 
 #: An idempotency key, in the body or the header: printable ASCII, at most 200
@@ -220,7 +225,7 @@ async def reserve(
             pattern=IDEMPOTENCY_KEY_PATTERN,
         ),
     ] = None,
-) -> ReserveResponse:
+) -> Response:
     """Atomic check-and-consume: granted only if the customer's room covers the
     quantity; never takes a PRE_PAID entitlement over its quantity."""
     key = body.idempotency_key or idempotency_key
@@ -248,7 +253,7 @@ async def reserve(
             held = runtime.holds.hold(request, body.hold_seconds, now)
             outcome, hold = held.outcome, None if held.hold is None else hold_out(held.hold)
         value = runtime.balance.value(caller.org, customer_id, feature, now)
-        return ReserveResponse(
+        return ReserveResponse.model_construct(
             granted=outcome.granted,
             outcome=outcome.value,
             quantity=format_quantity(Decimal(body.quantity)),
@@ -256,7 +261,7 @@ async def reserve(
             hold=hold,
         )
 
-    return await run_in_threadpool(work)
+    return model_response(await in_worker(work))
 
 
 class EventResult(BaseModel):

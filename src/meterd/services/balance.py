@@ -49,6 +49,7 @@ from meterd.core.timeutil import from_epoch_micros
 from meterd.services.resolution import ResolutionCache
 from meterd.storage.counters import CounterStore
 from meterd.storage.holds import HoldStore
+from meterd.storage.rate_limits import send_alone
 from meterd.storage.resolution import decode_resolution
 from meterd.storage.resolution_views import ResolutionViewStore
 from meterd.storage.usage import UsageStore
@@ -275,6 +276,68 @@ class Gate(Protocol):
         ...
 
 
+class _LivePlan:
+    """What ``BalanceService.live`` reads for some resolution data at ``now``: each
+    entitlement's current period, and the fields of the totals it needs (those of
+    the terms before too, when what they carried counts)."""
+
+    __slots__ = ("fields", "periods", "views", "wanted")
+
+    def __init__(self, views: list[EntitlementView], now: datetime) -> None:
+        self.views = views
+        self.periods = [current_period(view, now) for view in views]
+        self.fields = [
+            period_field(v.id, p.start) for v, p in zip(views, self.periods, strict=True)
+        ]
+        earlier = [
+            f for v, p in zip(views, self.periods, strict=True) for f in rollover_fields(v, p)
+        ]
+        self.wanted = [*self.fields, *earlier]
+
+    def balances(
+        self, now: datetime, totals: dict[str, int], held: dict[str, int]
+    ) -> list[Balance]:
+        periods = [rolled(v, p, totals) for v, p in zip(self.views, self.periods, strict=True)]
+        return [
+            balance_of(view, now, period, totals[field], None, held.get(field, 0))
+            for view, period, field in zip(self.views, periods, self.fields, strict=True)
+        ]
+
+
+#: The most (org, customer, feature) whose decoded resolution data a process keeps.
+MAX_KEPT = 4096
+
+
+class KeptResolutions:
+    """The resolution data this process read last per (org, customer, feature), as
+    read (bytes) and decoded: never trusted alone, only compared with the data
+    Redis holds in the same round trip (``BalanceService.live``). At most
+    ``MAX_KEPT``: the oldest kept goes first. Thread-safe (each step is one dict
+    operation)."""
+
+    def __init__(self, limit: int = MAX_KEPT) -> None:
+        self.limit = limit
+        self._kept: dict[tuple[str, str, str], tuple[bytes, list[EntitlementView]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    def get(self, key: tuple[str, str, str]) -> tuple[bytes, list[EntitlementView]] | None:
+        return self._kept.get(key)
+
+    def keep(self, key: tuple[str, str, str], raw: bytes, views: list[EntitlementView]) -> None:
+        self._kept.pop(key, None)
+        while len(self._kept) >= self.limit:
+            try:
+                self._kept.pop(next(iter(self._kept)))
+            except (StopIteration, KeyError, RuntimeError):  # another thread took it
+                break
+        self._kept[key] = (raw, views)
+
+    def forget(self, key: tuple[str, str, str]) -> None:
+        self._kept.pop(key, None)
+
+
 class BalanceService:
     def __init__(
         self,
@@ -299,14 +362,16 @@ class BalanceService:
         self.future_skew = future_skew
         #: Loads a customer's resolution data when ``current`` finds it uncached.
         self.resolution = resolution
+        #: The resolution data ``live`` read last, per customer and feature.
+        self.kept = KeptResolutions()
 
     def current(
         self, org: str, customer: str, feature: str, now: datetime, gate: Gate | None = None
     ) -> list[Balance]:
         """From Redis alone when the customer's data is cached (loaded first if it is
         not); the database read is the fallback. ``gate``: passed once (``Gate``)."""
-        found = self.live(org, customer, feature, now, gate)
-        if found is None and gate is not None:
+        found, passed = self._live(org, customer, feature, now, gate)
+        if found is None and gate is not None and not passed:
             gate.admit()  # before the database
         if found is None and self.resolution is not None:
             self.resolution.fill([(org, customer, feature)], now)
@@ -403,35 +468,94 @@ class BalanceService:
         self, org: str, customer: str, feature: str, now: datetime, gate: Gate | None = None
     ) -> list[Balance] | None:
         """The balances from Redis alone: the cached resolution data and the running
-        totals ingest and reserve keep (two round trips, no SQL), in burn-down
-        order. None when the customer's data is not cached: use ``balances``.
-        ``gate``: passed in the second round trip when the data is cached, else not."""
+        totals ingest and reserve keep (no SQL), in burn-down order. None when the
+        customer's data is not cached: use ``balances``. ``gate``: passed in the
+        round trip of the totals when the data is cached, else not.
+
+        The resolution data this process decoded last for the customer and feature
+        (``kept``) names the totals to read, so its ``GET`` and that read go in one
+        round trip (with the gate's): one round trip in all, or two when the data
+        changed since (read again with the new data) or is not kept here yet (the
+        ``GET`` alone first). The ``GET`` precedes the read, as when sent alone."""
+        return self._live(org, customer, feature, now, gate)[0]
+
+    def _live(
+        self, org: str, customer: str, feature: str, now: datetime, gate: Gate | None
+    ) -> tuple[list[Balance] | None, bool]:
+        """``live``, and whether it passed ``gate`` (always when it found the data)."""
+        passed = False
+        kept = self.kept.get((org, customer, feature)) if self.holds is not None else None
+        if kept is not None:
+            found = self._live_kept(org, customer, feature, now, gate, kept)
+            if found is not None:
+                return found, True
+            passed, gate = gate is not None, None  # passed in that round trip
         raw = self.counters.resolution_entry(org, customer, feature)
         if raw is None:
-            return None
+            self.kept.forget((org, customer, feature))
+            return None, passed
         views = decode_resolution(raw)
-        periods = [current_period(view, now) for view in views]
-        fields = [period_field(v.id, p.start) for v, p in zip(views, periods, strict=True)]
-        earlier = [f for v, p in zip(views, periods, strict=True) for f in rollover_fields(v, p)]
-        wanted = [*fields, *earlier]
+        if views:  # (none: nothing to read with the GET)
+            self.kept.keep((org, customer, feature), raw.encode(), views)
+        else:
+            self.kept.forget((org, customer, feature))
+        plan = _LivePlan(views, now)
         if self.holds is None:
             held: dict[str, int] = {}
             if gate is not None:
                 gate.admit()
-            totals = self.counters.live_totals(org, customer, wanted)
-        elif gate is None or not wanted:
+            totals = self.counters.live_totals(org, customer, plan.wanted)
+        elif gate is None or not plan.wanted:
             if gate is not None:
                 gate.admit()
             # one atomic read: the terms before with the current ones
-            totals, held = self.holds.live_figures(org, customer, wanted, now)
+            totals, held = self.holds.live_figures(org, customer, plan.wanted, now)
         else:  # the same read, in the gate's round trip
-            command, reply = self.holds.live_figures_command(org, customer, wanted, now)
+            command, reply = self.holds.live_figures_command(org, customer, plan.wanted, now)
             totals, held = gate.admit_with(self.holds.client, command, reply)
-        periods = [rolled(v, p, totals) for v, p in zip(views, periods, strict=True)]
-        return [
-            balance_of(view, now, period, totals[field], None, held.get(field, 0))
-            for view, period, field in zip(views, periods, fields, strict=True)
-        ]
+        return plan.balances(now, totals, held), True
+
+    def _live_kept(
+        self,
+        org: str,
+        customer: str,
+        feature: str,
+        now: datetime,
+        gate: Gate | None,
+        kept: tuple[bytes, list[EntitlementView]],
+    ) -> list[Balance] | None:
+        """``live`` from the kept resolution data ``kept``: its ``GET`` again, with the
+        totals it names, in one round trip (the gate's, when given; it is passed
+        whatever the answer). None: the data changed or is gone since it was kept
+        (the totals read are dropped; ``live`` reads again)."""
+        assert self.holds is not None
+        raw_kept, views = kept
+        plan = _LivePlan(views, now)  # (views kept are never empty: it reads some)
+        resolution_key = self.counters.keys.resolution(org, customer, feature)
+        read, figures = self.holds.live_figures_command(org, customer, plan.wanted, now)
+
+        def command(pipeline: Any) -> None:
+            pipeline.get(resolution_key)
+            read(pipeline)
+
+        def reply(answer: Any) -> tuple[dict[str, int], dict[str, int]] | None:
+            if isinstance(answer, Exception):  # Redis answered neither
+                raise answer
+            raw, figures_reply = answer
+            if isinstance(raw, Exception):
+                raise raw
+            if raw != raw_kept:
+                return None
+            return figures(figures_reply)
+
+        if gate is None:
+            answer = reply(send_alone(self.holds.client, command))
+        else:
+            answer = gate.admit_with(self.holds.client, command, reply)
+        if answer is None:
+            return None
+        totals, held = answer
+        return plan.balances(now, totals, held)
 
     def balances_of(
         self, views: Sequence[EntitlementView], now: datetime

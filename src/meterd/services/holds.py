@@ -35,6 +35,7 @@ from meterd.core.holds import (
     status_at,
 )
 from meterd.core.quantity import from_units, parse_quantity, to_units
+from meterd.services.balance import Gate
 from meterd.services.counting import UsageCounter
 from meterd.services.reserve import (
     OUTCOMES,
@@ -165,12 +166,26 @@ class HoldService:
         return Hold.of(self._stored(org, hold_id), now)
 
     def settle(
-        self, org: str, hold_id: uuid.UUID, quantity: Decimal, now: datetime
+        self,
+        org: str,
+        hold_id: uuid.UUID,
+        quantity: Decimal,
+        now: datetime,
+        gate: Gate | None = None,
     ) -> SettleResult:
         """Consume exactly ``quantity`` (0 allowed; more than held counts too, as
         overage past the limit) at the hold's time, once: a retry with the same
-        quantity answers the same, another quantity is a conflict."""
-        stored = self._stored(org, hold_id)
+        quantity answers the same, another quantity is a conflict. ``gate`` (the
+        API's rate limit and permission, ``balance.Gate``): passed first, in the
+        round trip that reads the hold."""
+        if gate is None:
+            stored = self._stored(org, hold_id)
+        else:
+            command, reply = self.holds.get_command(org, hold_id)
+            found = gate.admit_with(self.holds.client, command, reply)
+            if found is None:
+                raise HoldNotFoundError("hold", hold_id)
+            stored = found
         meta = stored.meta
         quantity = Decimal(0) if quantity == 0 else parse_quantity(quantity)
         units = to_units(quantity, meta.scale)

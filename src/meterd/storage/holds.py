@@ -49,6 +49,32 @@ def _text(value: bytes | None) -> str | None:
     return None if value is None else value.decode()
 
 
+def _stored_hold(org: str, hold_id: uuid.UUID, raw: dict[bytes, bytes]) -> StoredHold | None:
+    """The hold of ``org`` in its record ``raw`` (HGETALL), or None: no such hold."""
+    if not raw or b"s" not in raw or b"m" not in raw:
+        return None
+    record = {k.decode(): v.decode() for k, v in raw.items()}
+    meta = HoldMeta.decode(record["m"])
+    if meta.org != org:
+        return None
+    allocation = tuple(
+        (field, int(units))
+        for field, _, units in (part.rpartition("=") for part in record["a"].split(",") if part)
+    )
+    settled = record.get("sq")
+    ended = record.get("at")
+    return StoredHold(
+        id=hold_id,
+        status=HoldStatus(record["s"]),
+        units=int(record["q"]),
+        expires_at=from_epoch_micros(int(record["e"])),
+        meta=meta,
+        allocation=allocation,
+        settled_units=None if settled is None else int(settled),
+        ended_at=None if ended is None else from_epoch_micros(int(ended)),
+    )
+
+
 class HoldStore:
     def __init__(self, client: redis.Redis, keys: RedisKeys) -> None:
         self.client = client
@@ -59,31 +85,29 @@ class HoldStore:
 
     def get(self, org: str, hold_id: uuid.UUID) -> StoredHold | None:
         try:
-            raw = cast(dict[bytes, bytes], self.client.hgetall(self.keys.hold(org, hold_id)))
+            raw = self.client.hgetall(self.keys.hold(org, hold_id))
         except redis.RedisError as exc:
             raise CounterStoreError(f"reading a hold failed: {exc}") from exc
-        if not raw or b"s" not in raw or b"m" not in raw:
-            return None
-        record = {k.decode(): v.decode() for k, v in raw.items()}
-        meta = HoldMeta.decode(record["m"])
-        if meta.org != org:
-            return None
-        allocation = tuple(
-            (field, int(units))
-            for field, _, units in (part.rpartition("=") for part in record["a"].split(",") if part)
-        )
-        settled = record.get("sq")
-        ended = record.get("at")
-        return StoredHold(
-            id=hold_id,
-            status=HoldStatus(record["s"]),
-            units=int(record["q"]),
-            expires_at=from_epoch_micros(int(record["e"])),
-            meta=meta,
-            allocation=allocation,
-            settled_units=None if settled is None else int(settled),
-            ended_at=None if ended is None else from_epoch_micros(int(ended)),
-        )
+        return _stored_hold(org, hold_id, cast(dict[bytes, bytes], raw))
+
+    def get_command(
+        self, org: str, hold_id: uuid.UUID
+    ) -> tuple[Callable[[Any], None], Callable[[Any], StoredHold | None]]:
+        """``get`` in two halves, for a caller sending it in one round trip with
+        another command (the API's rate limit): ``command(pipeline)`` queues the
+        read, ``reply(r)`` reads its reply ``r`` (raising ``CounterStoreError`` when
+        ``r`` is an error, as ``get``)."""
+        key = self.keys.hold(org, hold_id)
+
+        def command(pipeline: Any) -> None:
+            pipeline.hgetall(key)
+
+        def reply(raw: Any) -> StoredHold | None:
+            if isinstance(raw, Exception):
+                raise CounterStoreError(f"reading a hold failed: {raw}")
+            return _stored_hold(org, hold_id, cast(dict[bytes, bytes], raw))
+
+        return command, reply
 
     def release(self, hold: StoredHold, now: datetime) -> HoldStatus | None:
         """Give the hold's units back; the status after the call (None: it is gone)."""

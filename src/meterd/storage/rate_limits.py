@@ -76,9 +76,11 @@ class RateLimitStore:
         ``command(pipeline)`` queues it on a pipeline of this store's client (no
         transaction: the take and the command are each atomic, as two calls would
         be). Returns the take and the command's reply, which is the exception
-        itself when the command alone failed. Raises ``RateLimitStoreError`` when
-        Redis did not answer (nor the command, then) or refused the take (the
-        caller sends the command again on its own: ``send_alone``)."""
+        itself when the command alone failed (``command`` may queue several: then
+        the list of their replies, each an exception where it alone failed).
+        Raises ``RateLimitStoreError`` when Redis did not answer (nor the command,
+        then) or refused the take (the caller sends the command again on its own:
+        ``send_alone``)."""
         args = self._args(rate, burst)
         pipe = self.client.pipeline(transaction=False)
         # EVALSHA, not the Script object: a pipeline holding a Script asks SCRIPT
@@ -86,9 +88,10 @@ class RateLimitStore:
         pipe.evalsha(self._take.sha, 1, self.keys.rate_limit(key_id), *args)
         command(pipe)
         try:
-            take_reply, reply = pipe.execute(raise_on_error=False)
+            take_reply, *replies = pipe.execute(raise_on_error=False)
         except redis.RedisError as exc:
             raise RateLimitStoreError(f"Redis did not answer the rate limit: {exc}") from exc
+        reply = _one_or_all(replies)
         if isinstance(take_reply, redis.exceptions.NoScriptError):  # a restarted Redis
             return self.take(key_id, rate, burst), reply
         if isinstance(take_reply, redis.RedisError):
@@ -108,10 +111,17 @@ def _take_of(reply: Any) -> Take:
 def send_alone(client: Any, command: Callable[[Any], None]) -> Any:
     """The reply to the one command ``command(pipeline)`` queues on a pipeline of the
     Redis ``client``, or the error Redis answered (or failed to answer) it with: as
-    ``RateLimitStore.take_pipelined`` answers it, for a request sent without a take."""
+    ``RateLimitStore.take_pipelined`` answers it, for a request sent without a take
+    (several commands queued: the list of their replies, or the one error when Redis
+    answered none)."""
     pipe = client.pipeline(transaction=False)
     command(pipe)
     try:
-        return pipe.execute(raise_on_error=False)[0]
+        return _one_or_all(pipe.execute(raise_on_error=False))
     except redis.RedisError as exc:
         return exc
+
+
+def _one_or_all(replies: list[Any]) -> Any:
+    """The reply to the one command a route queued, or the list of its replies."""
+    return replies[0] if len(replies) == 1 else replies
