@@ -61,7 +61,7 @@ from typing import Any, cast
 
 import redis
 
-from measure import PrivateRedis, evalsha_usec, group_cpu_seconds, process_cpu_seconds
+from measure import evalsha_usec, group_cpu_seconds, process_cpu_seconds
 from meterd.celery_config import INGEST_QUEUE, create_app, worker_command
 from meterd.config import Settings
 from meterd.core.event_parsing import parse_event
@@ -72,6 +72,7 @@ from meterd.runtime import Runtime
 from meterd.services.catalog import NewEntitlement
 from meterd.storage.counters import ScriptCode
 from meterd.storage.migrate import upgrade
+from meterd.testing import PrivateRedis
 
 #: The counter Redis and the broker (main() starts private ones unless BENCH_REDIS_URL).
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")

@@ -216,7 +216,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from tests.e2e.old_code import OLD_COMMIT, materialise
 
-    from measure import PrivateRedis
+    from meterd.testing import PrivateRedis
 
     with tempfile.TemporaryDirectory() as tmp, PrivateRedis() as counters, PrivateRedis() as broker:
         trees = {"today": REPO / "src", OLD_COMMIT: materialise(Path(tmp) / "old")}

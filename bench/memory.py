@@ -42,7 +42,6 @@ import argparse
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -60,7 +59,7 @@ from meterd.producer import usage_event
 from meterd.runtime import Runtime
 from meterd.storage.database import Database
 from meterd.storage.migrate import upgrade
-from meterd.testing import free_port
+from meterd.testing import PrivateRedis
 from scratch import unlimited_customers, unlimited_grants
 
 ORG = "acme"
@@ -84,29 +83,13 @@ def system_redis_server() -> str:
 
 @contextmanager
 def private_redis(binary: str) -> Iterator[redis.Redis]:
-    """A redis-server of our own on a free port, without persistence; killed on exit."""
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--save", "", "--appendonly", "no", "--daemonize", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=60)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        yield client
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(timeout=10)
+    """A redis-server of our own on a free port, without persistence; stopped on exit."""
+    with PrivateRedis(binary=binary) as server:
+        client = redis.Redis(host="127.0.0.1", port=server.port, socket_timeout=60)
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 def used_memory(client: redis.Redis) -> tuple[int, int]:

