@@ -25,14 +25,16 @@ branch of ingest/status.lua's ``in_window`` and ingest/periods.lua's ``period_of
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 #: How many entries a process keeps (least recently used out first). An entry of one
-#: entitlement with a few periods costs about 1 KB of Python objects (key, raw text,
-#: the decoded tuple), so the cache stays around 4 MB.
+#: monthly entitlement with two stored periods (382 bytes of JSON) costs about 1.4 KB
+#: of Python objects besides its key (raw text, the fast tuple, the dict's slot;
+#: tracemalloc), so a full cache holds about 6 MB.
 MAX_ENTRIES = 4096
 #: How long a fetched entry is used, seconds. Staleness is harmless (the script checks
 #: the text), it only makes the script do the full work until the worker fetches again.
@@ -48,7 +50,7 @@ FastEntry = tuple[str, int, int, bool, int, tuple[StoredPeriod, ...]]
 Candidate = tuple[str, int, bool]
 
 
-def _int(value: Any) -> bool:
+def _int(value: Any) -> TypeGuard[int]:
     return type(value) is int and -(2**53) < value < 2**53
 
 
@@ -70,7 +72,9 @@ def fast_entry(raw: str) -> FastEntry | None:
         e.get("b"),
         e.get("q"),
     )
-    if not isinstance(ident, str) or not (_int(starts) and _int(until) and _int(quantity)):
+    if not isinstance(ident, str) or not _int(starts) or not _int(until):
+        return None
+    if not _int(quantity):
         return None
     if billing == "U":
         return (ident, starts, until, True, quantity, ())
@@ -109,8 +113,8 @@ def candidate(fast: FastEntry, ts: int, month: int, target: str) -> Candidate | 
 
 class ResolutionCache:
     """Resolution key -> (raw text, fast data or None, fetched at), at most
-    ``max_entries`` of them, each used for ``ttl`` seconds. Not thread-safe by
-    locking: a race loses at most an entry (the script checks every one)."""
+    ``max_entries`` of them, each used for ``ttl`` seconds. Thread-safe (the API
+    counts from several threads): one lock a lookup, not held across the fetch."""
 
     def __init__(
         self,
@@ -121,6 +125,7 @@ class ResolutionCache:
         self.max_entries = max_entries
         self.ttl = ttl
         self._clock = clock
+        self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[str, FastEntry | None, float]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -135,30 +140,40 @@ class ResolutionCache:
         entries = self._entries
         out: dict[str, tuple[str, FastEntry]] = {}
         missing: list[str] = []
-        for key in keys:
-            got = entries.get(key)
-            if got is None or now - got[2] >= self.ttl:
-                missing.append(key)
-                continue
-            entries.move_to_end(key)
-            if got[1] is not None:
-                out[key] = (got[0], got[1])
-        if missing:
-            for key, value in zip(missing, fetch(missing), strict=True):
-                if value is None:  # not cached in Redis: the script answers m
-                    entries.pop(key, None)
+        with self._lock:
+            for key in keys:
+                got = entries.get(key)
+                if got is None or now - got[2] >= self.ttl:
+                    missing.append(key)
                     continue
-                raw = value.decode() if isinstance(value, bytes) else str(value)
-                fast = fast_entry(raw)
-                entries[key] = (raw, fast, now)
                 entries.move_to_end(key)
-                if fast is not None:
-                    out[key] = (raw, fast)
+                if got[1] is not None:
+                    out[key] = (got[0], got[1])
+        if not missing:
+            return out
+        fetched: list[tuple[str, str | None, FastEntry | None]] = []
+        for key, value in zip(missing, fetch(missing), strict=True):
+            if value is None:  # not cached in Redis: the script answers m
+                fetched.append((key, None, None))
+                continue
+            raw = value.decode() if isinstance(value, bytes) else str(value)
+            fast = fast_entry(raw)
+            fetched.append((key, raw, fast))
+            if fast is not None:
+                out[key] = (raw, fast)
+        with self._lock:
+            for key, text, fast in fetched:
+                if text is None:
+                    entries.pop(key, None)
+                else:
+                    entries[key] = (text, fast, now)
+                    entries.move_to_end(key)
             while len(entries) > self.max_entries:
                 entries.popitem(last=False)
         return out
 
     def forget(self, keys: Iterable[str]) -> None:
         """Drop entries known to have changed (written or missing)."""
-        for key in keys:
-            self._entries.pop(key, None)
+        with self._lock:
+            for key in keys:
+                self._entries.pop(key, None)
