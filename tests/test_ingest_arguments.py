@@ -17,7 +17,7 @@ from meterd.core.event_records import event_key
 from meterd.core.events import InvalidEvent, UsageEvent
 from meterd.core.meters import ITEM_SEPARATOR, item_id
 from meterd.runtime import Runtime
-from meterd.storage.counters import EVENT_FIELD_SEPARATOR, ScriptCode
+from meterd.storage.counters import EVENT_FIELD_SEPARATOR, GIVEN_SEPARATOR, ScriptCode
 from meterd.testing import event
 
 from .conftest import NOW
@@ -42,12 +42,11 @@ def unlimited(runtime: Runtime) -> Runtime:
 
 def split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
     """ARGV after the call's own: (given entries, given candidates, events)."""
-    raws, cands = int(args[FIXED]), int(args[FIXED + 1])
-    start = FIXED + 2
+    raws, cands = args[FIXED], args[FIXED + 1]
     return (
-        args[start : start + raws],
-        args[start + raws : start + raws + cands],
-        args[start + raws + cands :],
+        raws.split(GIVEN_SEPARATOR) if raws else [],
+        cands.split(GIVEN_SEPARATOR) if cands else [],
+        args[FIXED + 2 :],
     )
 
 

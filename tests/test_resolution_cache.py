@@ -21,7 +21,7 @@ from meterd.core.event_parsing import parse_event
 from meterd.core.events import UsageEvent
 from meterd.core.holds import HoldOp
 from meterd.runtime import Runtime
-from meterd.storage.counters import CounterStore, ScriptCode
+from meterd.storage.counters import GIVEN_SEPARATOR, CounterStore, ScriptCode
 from meterd.storage.resolution_cache import (
     MAX_ENTRIES,
     ResolutionCache,
@@ -214,7 +214,8 @@ def given_count(store: CounterStore, events: list[UsageEvent]) -> int:
         store.add_batch(events, now=NOW)
     finally:
         store._ingest = real
-    return int(seen[0][10])
+    cands = seen[0][10]
+    return len(cands.split(GIVEN_SEPARATOR)) if cands else 0
 
 
 def test_a_stale_copy_counts_on_what_the_new_entry_says(runtime: Runtime) -> None:

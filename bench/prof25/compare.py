@@ -51,9 +51,8 @@ RECORD = 7  # ARGV[9i + 7]
 def ungiven(batch: Batch) -> Batch:
     """The batch as add_batch sent it before the worker gave candidates (issue 25):
     no given entries and candidates, and no given field in an event."""
-    raws, given = int(batch.args[9]), int(batch.args[10])
     args = list(batch.args[:9])
-    for packed in batch.args[11 + raws + given :]:
+    for packed in batch.args[11:]:
         fields = packed.split(EVENT_FIELD_SEPARATOR)
         del fields[10]
         args.append(EVENT_FIELD_SEPARATOR.join(fields))
@@ -163,8 +162,8 @@ def main() -> None:
             off = capture_batches(
                 state.rt, [e for e in evs if isinstance(e, UsageEvent)], args.batch, state.now
             )
-            assert any(int(b.args[10]) for b in state.batches), "candidates given"
-            assert not any(int(b.args[10]) for b in off), "no candidates given"
+            assert any(b.args[10] for b in state.batches), "candidates given"
+            assert not any(b.args[10] for b in off), "no candidates given"
             batches = {"base": off, "this": state.batches}
         else:
             # a base that already takes the record's prefix (a commit of this branch)
@@ -172,7 +171,7 @@ def main() -> None:
             cut = "line_record" not in sources["base"]
             base = (
                 state.batches
-                if "ARGV[11 + R" in sources["base"]
+                if "ARGV[i + 11]" in sources["base"]
                 else [ungiven(b) for b in state.batches]
             )
             if "EVENT_FIELDS" not in sources["base"]:  # nine arguments an event

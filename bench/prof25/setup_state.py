@@ -78,9 +78,9 @@ def make_events(n: int, customers: int, when: datetime, tag: str) -> list[UsageE
 
 
 def events_in(args: list[Any]) -> int:
-    """How many events an ingest.lua ARGV holds: one argument each, after the call's 9,
-    the two counts of what the worker gives, and what they count."""
-    return len(args) - 11 - int(args[9]) - int(args[10])
+    """How many events an ingest.lua ARGV holds: one argument each, after the call's 9
+    and the entries and candidates the worker gives (two arguments)."""
+    return len(args) - 11
 
 
 def capture_batches(rt: Runtime, events: list[UsageEvent], size: int, now: datetime) -> list[Batch]:

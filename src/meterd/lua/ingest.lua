@@ -26,20 +26,18 @@ ARGV[6]                 length of a marker generation, microseconds
 ARGV[7]                 marker key prefix ("<prefix>:dm:")
 ARGV[8]                 future skew, microseconds
 ARGV[9]                 most events that may wait for a flush (backpressure)
-ARGV[10]                R: how many resolution entries the worker gives (below)
-ARGV[11]                G: how many candidates it gives
-ARGV[12…]               in order: R resolution entries, each as the worker read it (the
-                        raw text, once a call): entry r is ARGV[11 + r]; then G
-                        candidates: candidate g, ARGV[11 + R + g], is
-                        "<r>\29<field>\29<limit>\29<1 | 0>", the period (its used field
-                        and limit, PRE_PAID or not) the worker computed for some events
-                        from entry r (storage/resolution_cache.py: one entitlement, no
-                        filters, suspensions, rollover or rules, a SUM, ts in a stored
-                        period or pay-per-use), taken only if the entry the script
-                        reads is byte for byte entry r, else ignored; then the events:
-                        event i is ARGV[11 + R + G + i], its fields joined by GS
-                        ("\29", which none of them holds: storage/counters.py
-                        EVENT_FIELD_SEPARATOR), in order
+ARGV[10]                the resolution entries the worker gives, each as it read it (the
+                        raw text, once a call), joined by RS ("\30", which JSON text
+                        never holds); "" none. Entry r is the r-th.
+ARGV[11]                the candidates it gives, joined by RS; "" none. Candidate g, the
+                        g-th, is "<r>\29<field>\29<limit>\29<1 | 0>": the period (its
+                        used field and limit, PRE_PAID or not) the worker computed for
+                        some events from entry r (storage/resolution_cache.py: one
+                        entitlement, no filters, suspensions, rollover or rules, a SUM,
+                        ts in a stored period or pay-per-use), taken only if the entry
+                        the script reads is byte for byte entry r, else ignored
+ARGV[i + 11]            event i: its fields joined by GS ("\29", which none of them
+                        holds: storage/counters.py EVENT_FIELD_SEPARATOR), in order
                           the KEYS position of its resolution data
                           the KEYS position of its customer's used hash
                           event time, epoch microseconds
@@ -141,7 +139,7 @@ repeated within the call finds its first copy in this call's tables, as it would
 find its marker and record); a new marker generation starts at its predecessor's
 size, so it seldom splits; resolution data is
 read once per customer and feature, and decoded only where an event was given no
-candidate (ARGV[11 + R + g]) or the entry is no longer the text the worker read
+candidate (ARGV[11]) or the entry is no longer the text the worker read
 (the common event then costs a string comparison, not a decode and a period
 search); and the counters are summed
 in Lua and written once per touched field at the end of the batch. A counter is
@@ -202,19 +200,24 @@ local skew_us = tonumber(ARGV[8])
 local max_waiting = tonumber(ARGV[9])
 local big_key = KEYS[8]
 local holds_due_key = KEYS[9]
-local n_raw = tonumber(ARGV[10])
-local n_given = tonumber(ARGV[11])
-local first_event = 11 + n_raw + n_given -- event i is ARGV[first_event + i]
-local n_events = #ARGV - first_event
+local n_events = #ARGV - 11
 -- an event's fields, split once
 local EVENT_FIELDS = "^([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29"
   .. "([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29(.*)$"
 -- the given candidates: g -> { raw entry text, { { field, limit, prepaid } } }
 local given = {}
-for g = 1, n_given do
-  local r, field, limit, prepaid = string.match(ARGV[11 + n_raw + g],
-    "^(%d+)\29([^\29]*)\29([^\29]*)\29([01])$")
-  given[g] = { ARGV[11 + tonumber(r)], { { field, tonumber(limit), prepaid == "1" } } }
+if ARGV[11] ~= "" then
+  local raws, text, from = {}, ARGV[10], 1
+  while true do
+    local stop = string.find(text, "\30", from, true)
+    raws[#raws + 1] = string.sub(text, from, (stop or 0) - 1)
+    if stop == nil then break end
+    from = stop + 1
+  end
+  for r, field, limit, prepaid in string.gmatch(ARGV[11],
+    "(%d+)\29([^\29\30]*)\29([^\29\30]*)\29([01])") do
+    given[#given + 1] = { raws[tonumber(r)], { { field, tonumber(limit), prepaid == "1" } } }
+  end
 end
 
 --- @include "ingest/used"
@@ -260,7 +263,7 @@ end
 local ev = {}
 for i = 1, n_events do
   local res_at, used_at, ts_text, month, qty_text, target, event_key, digest_text, agg, op,
-    given_at, line = string.match(ARGV[first_event + i], EVENT_FIELDS)
+    given_at, line = string.match(ARGV[i + 11], EVENT_FIELDS)
   local ts = tonumber(ts_text)
   local kind, hold_key, signature = "", nil, nil
   if op ~= "" then

@@ -99,6 +99,10 @@ _DAY_US = 86_400_000_000
 #: Tab, which the record's prefix and a hold operation contain, is not it either.
 #: ``add_batch`` still counts them and refuses an event whose fields hold one.
 EVENT_FIELD_SEPARATOR = "\x1d"
+#: What joins the entries and the candidates the worker gives (ASCII RS): resolution
+#: JSON escapes every control character, and ``resolution_cache.fast_entry`` gives
+#: no candidate whose field holds this or ``EVENT_FIELD_SEPARATOR``.
+GIVEN_SEPARATOR = "\x1e"
 #: How many separators an event's argument holds (its fields less one).
 _SEPARATORS = 11
 #: The aggregations whose events may be given their candidate (a COUNT is a SUM).
@@ -274,7 +278,17 @@ class CounterStore:
             if entry is not None and hold == "" and event.aggregation in _GIVEN_AGGREGATIONS:
                 cand = candidate(entry[1], ts, month, target)
                 if cand is not None:
-                    given_index = self._given_index(entry[0], cand, raws, raw_at, given, given_at)
+                    # each candidate once a call, with the index of its entry's text
+                    given_index = given_at.get((res, cand), "")
+                    if not given_index:
+                        raw = entry[0]
+                        at = raw_at.get(raw)
+                        if at is None:
+                            raws.append(raw)
+                            at = raw_at[raw] = len(raws)
+                        field, limit, prepaid = cand
+                        given.append(f"{at}{sep}{field}{sep}{limit}{sep}{1 if prepaid else 0}")
+                        given_index = given_at[(res, cand)] = str(len(given))
             packed = sep.join(
                 (
                     res,
@@ -295,7 +309,9 @@ class CounterStore:
             if packed.count(sep) != _SEPARATORS:
                 raise ValueError(f"an ingest field of event {key!r} holds the field separator")
             packed_events.append(packed)
-        args += [len(raws), len(given), *raws, *given, *packed_events]
+        # two arguments, however many entries and candidates (redis-py packs each
+        # argument in Python: about 0.5 us an argument)
+        args += [GIVEN_SEPARATOR.join(raws), GIVEN_SEPARATOR.join(given), *packed_events]
         try:
             result = self._ingest(keys=keys, args=args)
         except redis.RedisError as exc:
@@ -330,29 +346,6 @@ class CounterStore:
 
     def _mget(self, keys: Sequence[str]) -> Sequence[bytes | None]:
         return cast(list[bytes | None], self.client.mget(keys))
-
-    @staticmethod
-    def _given_index(
-        raw: str,
-        cand: Candidate,
-        raws: list[str],
-        raw_at: dict[str, int],
-        given: list[str],
-        given_at: dict[tuple[str, Candidate], str],
-    ) -> str:
-        """ingest.lua's index of a candidate given with the raw entry it came from,
-        each passed once a call."""
-        index = given_at.get((raw, cand))
-        if index is None:
-            at = raw_at.get(raw)
-            if at is None:
-                raws.append(raw)
-                at = raw_at[raw] = len(raws)
-            field, limit, prepaid = cand
-            sep = EVENT_FIELD_SEPARATOR
-            given.append(f"{at}{sep}{field}{sep}{limit}{sep}{1 if prepaid else 0}")
-            index = given_at[(raw, cand)] = str(len(given))
-        return index
 
     def _hold_op(self, event: UsageEvent) -> str:
         """ingest.lua's hold operation of an event ("" for usage and reservations)."""

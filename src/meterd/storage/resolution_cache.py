@@ -54,8 +54,15 @@ def _int(value: Any) -> TypeGuard[int]:
     return type(value) is int and -(2**53) < value < 2**53
 
 
+def _plain(value: Any) -> TypeGuard[str]:
+    """A string ingest.lua can take in a candidate: no ASCII GS or RS (its separators)."""
+    return isinstance(value, str) and "\x1d" not in value and "\x1e" not in value
+
+
 def fast_entry(raw: str) -> FastEntry | None:
     """The data ``candidate`` needs, if the entry (JSON text) has the common shape."""
+    if "\x1e" in raw:  # never in the JSON meterd writes: it joins the entries given
+        return None
     try:
         entries = json.loads(raw)
     except ValueError:
@@ -72,7 +79,7 @@ def fast_entry(raw: str) -> FastEntry | None:
         e.get("b"),
         e.get("q"),
     )
-    if not isinstance(ident, str) or not _int(starts) or not _int(until):
+    if not _plain(ident) or not _int(starts) or not _int(until):
         return None
     if not _int(quantity):
         return None
@@ -85,7 +92,7 @@ def fast_entry(raw: str) -> FastEntry | None:
     for n, p in enumerate(periods):
         if not (isinstance(p, list) and len(p) == 4 and _int(p[0]) and _int(p[1]) and _int(p[2])):
             return None
-        if not isinstance(p[3], str):
+        if not _plain(p[3]):
             return None
         stored.append((p[0], n, (p[0], p[1], p[2], p[3])))
     stored.sort()
