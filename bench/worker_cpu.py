@@ -6,6 +6,10 @@ process CPU time (Redis is another process) of:
 
 * ``service``: ``rt.ingest.ingest`` whole (parsing, meters, the counting service,
   ``add_batch``'s argument building, redis-py's packing);
+* ``service, cache off``: the same with the counter store's resolution cache off
+  (``storage/resolution_cache.py``: no MGET of entries, no candidate computed), so
+  ``service`` less it is what giving ingest.lua the candidates costs the worker
+  (the cache warm: entries are fetched again only every few seconds);
 * ``service - add_batch``: the same with ``CounterStore.add_batch`` answering without
   building its arguments (every event accepted): parsing, the loop around counting
   and the report, the part this item owns;
@@ -85,6 +89,15 @@ def one_round(state: State, client: Any) -> dict[str, float]:
     )
 
     store = state.rt.counters
+    cache = store.resolution_cache
+    store.resolution_cache = None
+    try:
+        row["service, cache off"] = cpu_us(
+            n, lambda: ingest_all(state), before=lambda: restore(client, state.snapshot)
+        )
+    finally:
+        store.resolution_cache = cache
+
     real = store.add_batch
     store.add_batch = lambda events, **_: [ScriptCode.ACCEPTED] * len(events)  # type: ignore[method-assign]
     try:
@@ -120,6 +133,7 @@ def main() -> None:
         med = statistics.median(values)
         print(f"| {name} | {med:.2f} | {min(values):.2f}-{max(values):.2f} |")
     ratios = {
+        "service / service, cache off": ("service", "service, cache off"),
         "parse_event / full model": ("parse_event", "full model"),
         "parse_event / json.loads": ("parse_event", "json.loads"),
         "service - add_batch / json.loads": ("service - add_batch", "json.loads"),

@@ -1,7 +1,8 @@
 """How add_batch passes a batch to ingest.lua (issue 25): one argument an event, its
 fields joined by a separator none of them can hold, and each customer's keys once in
 KEYS (every key still declared there, as Redis Cluster needs), the event naming
-their positions."""
+their positions; before the events, the resolution entries and candidates the worker
+gives (storage/resolution_cache.py), each once."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ from meterd.core.event_records import event_key
 from meterd.core.events import InvalidEvent, UsageEvent
 from meterd.core.meters import ITEM_SEPARATOR, item_id
 from meterd.runtime import Runtime
-from meterd.storage.counters import EVENT_FIELD_SEPARATOR, ScriptCode
+from meterd.storage.counters import EVENT_FIELD_SEPARATOR, GIVEN_SEPARATOR, ScriptCode
 from meterd.testing import event
 
 from .conftest import NOW
 from .helpers import grant
 
 A = ScriptCode.ACCEPTED
-FIXED = 9  # the call's own KEYS and ARGV, before the events'
+FIXED = 9  # the call's own KEYS and ARGV, before the events' (and the given ones)
 
 
 def parsed(*raw: dict[str, Any]) -> list[UsageEvent]:
@@ -39,19 +40,38 @@ def unlimited(runtime: Runtime) -> Runtime:
     return runtime
 
 
-def sent(rt: Runtime, events: list[UsageEvent]) -> tuple[list[str], list[str]]:
-    """The KEYS and ARGV add_batch passes for ``events`` (the script is not run)."""
+def split_args(args: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """ARGV after the call's own: (given entries, given candidates, events)."""
+    raws, cands = args[FIXED], args[FIXED + 1]
+    return (
+        raws.split(GIVEN_SEPARATOR) if raws else [],
+        cands.split(GIVEN_SEPARATOR) if cands else [],
+        args[FIXED + 2 :],
+    )
+
+
+def sent_all(
+    rt: Runtime, events: list[UsageEvent]
+) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The KEYS and ARGV add_batch passes for ``events`` (the script is not run): KEYS,
+    the given entries, the given candidates and the events' arguments."""
     store = rt.counters
     seen: list[tuple[list[str], list[str]]] = []
 
     def record(*, keys: list[str], args: list[Any]) -> bytes:
         seen.append((list(keys), [str(a) for a in args]))
-        return b"a" * (len(args) - FIXED)
+        return b"a" * len(split_args(seen[-1][1])[2])
 
     store._ingest = record  # type: ignore[assignment]
     store.add_batch(events, now=NOW)
     ((keys, args),) = seen
-    return keys, args
+    return (keys, *split_args(args))
+
+
+def sent(rt: Runtime, events: list[UsageEvent]) -> tuple[list[str], list[str]]:
+    """KEYS and the events' ARGV."""
+    keys, _, _, events_args = sent_all(rt, events)
+    return keys, events_args
 
 
 def test_a_customer_s_keys_are_passed_once_however_many_of_its_events(
@@ -70,7 +90,7 @@ def test_a_customer_s_keys_are_passed_once_however_many_of_its_events(
         rk.resolution("acme", "cust-2", "api_calls"),
         rk.used("acme", "cust-2"),
     ]
-    named = [a.split(EVENT_FIELD_SEPARATOR)[:2] for a in args[FIXED:]]
+    named = [a.split(EVENT_FIELD_SEPARATOR)[:2] for a in args]
     assert named == [["10", "11"], ["12", "13"], ["10", "11"]]
 
 
@@ -93,12 +113,37 @@ def test_events_sharing_a_customer_s_keys_are_each_counted(unlimited: Runtime) -
     assert totals == {"cust-1": 5_000_000, "cust-2": 5_000_000}
 
 
-def test_an_event_is_one_argument_of_eleven_fields(unlimited: Runtime) -> None:
+def test_an_event_is_one_argument_of_twelve_fields(unlimited: Runtime) -> None:
     _, args = sent(unlimited, parsed(event(event_id="e1")))
-    (packed,) = args[FIXED:]
+    (packed,) = args
     fields = packed.split(EVENT_FIELD_SEPARATOR)
-    assert len(fields) == 11
+    assert len(fields) == 12
     assert fields[6] == event_key("acme", "tests", "e1")
+
+
+def test_each_entry_and_candidate_is_given_once_and_named_by_the_events(
+    unlimited: Runtime,
+) -> None:
+    events = parsed(
+        event("cust-1", event_id="e1"),
+        event("cust-2", event_id="e2"),
+        event("cust-1", event_id="e3"),
+    )
+    rk = unlimited.redis_keys
+    _, raws, cands, args = sent_all(unlimited, events)
+    assert raws == [
+        unlimited.redis.get(rk.resolution("acme", c, "api_calls")).decode()
+        for c in ("cust-1", "cust-2")
+    ]
+    assert [c.split(EVENT_FIELD_SEPARATOR)[0] for c in cands] == ["1", "2"]
+    assert [a.split(EVENT_FIELD_SEPARATOR)[10] for a in args] == ["1", "2", "1"]
+
+
+def test_without_the_cache_nothing_is_given(unlimited: Runtime) -> None:
+    unlimited.counters.resolution_cache = None
+    _, raws, cands, args = sent_all(unlimited, parsed(event(event_id="e1")))
+    assert (raws, cands) == ([], [])
+    assert args[0].split(EVENT_FIELD_SEPARATOR)[10] == ""
 
 
 def test_the_separator_is_not_the_meter_item_separator_so_an_item_counts(

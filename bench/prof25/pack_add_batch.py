@@ -59,11 +59,16 @@ def store(module: Any, conn: Connection, sink: list[int]) -> Any:
     def packing(*, keys: list[str], args: list[Any]) -> bytes:
         packed = conn.pack_command("EVALSHA", "0" * 40, len(keys), *keys, *args)
         sink.append(sum(len(chunk) for chunk in packed))
+        if "ResolutionCache" in module.__dict__:  # the worker gives candidates (counted)
+            return b"a" * (len(args) - 11)
         return b"a" * (
             len(args) - 9 if "EVENT_FIELD_SEPARATOR" in module.__dict__ else (len(keys) - 9) // 2
         )
 
     s._ingest = packing
+    # no Redis here: the packing alone, without the cache (its MGET needs a server)
+    if getattr(s, "resolution_cache", None) is not None:
+        s.resolution_cache = None
     return s
 
 

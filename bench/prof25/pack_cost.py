@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from compare import unpacked
 from run import packed
-from setup_state import build, scratch_dir
+from setup_state import build, events_in, scratch_dir
 
 from memory import private_redis, system_redis_server
 
@@ -24,7 +24,7 @@ def main() -> None:
     with private_redis(system_redis_server()) as client, scratch_dir() as tmp:
         state = build(client, tmp, events=20_000, customers=1000, batch=500, steady=False)
         conn = client.connection_pool.get_connection()
-        n = sum(len(b.args) - 9 for b in state.batches)
+        n = sum(events_in(b.args) for b in state.batches)
         nine = [unpacked(b) for b in state.batches]  # add_batch packs now: the old shape
         shapes = {"nine ARGV an event, two keys (before)": nine}
         shapes["one ARGV an event, keys once (tab-joined)"] = [packed(b) for b in nine]

@@ -29,7 +29,6 @@ from setup_state import Batch, State, build, restore, scratch_dir
 from variants import Variant, variants
 
 from memory import private_redis, system_redis_server
-from meterd.storage.counters import EVENT_FIELD_SEPARATOR
 
 TO_MSGPACK = """
 for _, key in ipairs(KEYS) do
@@ -65,7 +64,7 @@ return 1
 def packed(batch: Batch) -> Batch:
     """One ARGV an event (its fields joined by tabs, with the index of its keys) and
     each distinct key once: the shape a leaner call could take."""
-    if len(batch.args) > 9 and EVENT_FIELD_SEPARATOR in batch.args[9]:
+    if len(batch.args) > 9:
         batch = unpacked(batch)  # captured from an add_batch that packs already
     keys = batch.keys[:9]
     index: dict[str, int] = {}

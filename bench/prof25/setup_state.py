@@ -77,6 +77,12 @@ def make_events(n: int, customers: int, when: datetime, tag: str) -> list[UsageE
     return valid
 
 
+def events_in(args: list[Any]) -> int:
+    """How many events an ingest.lua ARGV holds: one argument each, after the call's 9
+    and the entries and candidates the worker gives (two arguments)."""
+    return len(args) - 11
+
+
 def capture_batches(rt: Runtime, events: list[UsageEvent], size: int, now: datetime) -> list[Batch]:
     """The (KEYS, ARGV) add_batch sends for each batch, captured from add_batch itself."""
     store = rt.counters
@@ -85,7 +91,7 @@ def capture_batches(rt: Runtime, events: list[UsageEvent], size: int, now: datet
 
     def record(*, keys: list[str], args: list[Any]) -> bytes:
         seen.append(Batch(list(keys), [str(a) for a in args]))
-        return b"a" * (len(args) - 9)  # one argument an event
+        return b"a" * events_in(args)
 
     store._ingest = record  # type: ignore[assignment]
     try:

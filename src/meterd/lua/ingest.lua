@@ -26,7 +26,17 @@ ARGV[6]                 length of a marker generation, microseconds
 ARGV[7]                 marker key prefix ("<prefix>:dm:")
 ARGV[8]                 future skew, microseconds
 ARGV[9]                 most events that may wait for a flush (backpressure)
-ARGV[i + 9]             event i: its fields joined by GS ("\29", which none of them
+ARGV[10]                the resolution entries the worker gives, each as it read it (the
+                        raw text, once a call), joined by RS ("\30", which JSON text
+                        never holds); "" none. Entry r is the r-th.
+ARGV[11]                the candidates it gives, joined by RS; "" none. Candidate g, the
+                        g-th, is "<r>\29<field>\29<limit>\29<1 | 0>": the period (its
+                        used field and limit, PRE_PAID or not) the worker computed for
+                        some events from entry r (storage/resolution_cache.py: one
+                        entitlement, no filters, suspensions, rollover or rules, a SUM,
+                        ts in a stored period or pay-per-use), taken only if the entry
+                        the script reads is byte for byte entry r, else ignored
+ARGV[i + 11]            event i: its fields joined by GS ("\29", which none of them
                         holds: storage/counters.py EVENT_FIELD_SEPARATOR), in order
                           the KEYS position of its resolution data
                           the KEYS position of its customer's used hash
@@ -41,6 +51,7 @@ ARGV[i + 9]             event i: its fields joined by GS ("\29", which none of t
                           count (meterd.core.domain.Aggregation)
                           hold operation (ingest/hold_ops): "" none, "H<hold key>\t<expiry
                           us>\t<most live>\t<meta>" hold the units, "S<hold key>" settle it
+                          given candidate: "" none, else its g (above)
                           "<value>:<target>\t<record>\t": the start of the event's
                           pending record (below), its record (JSON) for the log
 
@@ -127,7 +138,10 @@ HSET and their markers with one SADD per set, at the end of the call (a key
 repeated within the call finds its first copy in this call's tables, as it would
 find its marker and record); a new marker generation starts at its predecessor's
 size, so it seldom splits; resolution data is
-read and decoded once per customer and feature; and the counters are summed
+read once per customer and feature, and decoded only where an event was given no
+candidate (ARGV[11]) or the entry is no longer the text the worker read
+(the common event then costs a string comparison, not a decode and a period
+search); and the counters are summed
 in Lua and written once per touched field at the end of the batch. A counter is
 read (HGET) once a batch where the burn-down or a level needs its value; the
 last candidate of a sum is read only near the exact bound. A LATEST event reads
@@ -186,10 +200,25 @@ local skew_us = tonumber(ARGV[8])
 local max_waiting = tonumber(ARGV[9])
 local big_key = KEYS[8]
 local holds_due_key = KEYS[9]
-local n_events = #ARGV - 9
--- an event's fields (ARGV[i + 9]), split once
+local n_events = #ARGV - 11
+-- an event's fields, split once
 local EVENT_FIELDS = "^([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29"
-  .. "([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29(.*)$"
+  .. "([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29([^\29]*)\29(.*)$"
+-- the given candidates: g -> { raw entry text, { { field, limit, prepaid } } }
+local given = {}
+if ARGV[11] ~= "" then
+  local raws, text, from = {}, ARGV[10], 1
+  while true do
+    local stop = string.find(text, "\30", from, true)
+    raws[#raws + 1] = string.sub(text, from, (stop or 0) - 1)
+    if stop == nil then break end
+    from = stop + 1
+  end
+  for r, field, limit, prepaid in string.gmatch(ARGV[11],
+    "(%d+)\29([^\29\30]*)\29([^\29\30]*)\29([01])") do
+    given[#given + 1] = { raws[tonumber(r)], { { field, tonumber(limit), prepaid == "1" } } }
+  end
+end
 
 --- @include "ingest/used"
 --- @include "ingest/markers"
@@ -234,7 +263,7 @@ end
 local ev = {}
 for i = 1, n_events do
   local res_at, used_at, ts_text, month, qty_text, target, event_key, digest_text, agg, op,
-    line = string.match(ARGV[i + 9], EVENT_FIELDS)
+    given_at, line = string.match(ARGV[i + 11], EVENT_FIELDS)
   local ts = tonumber(ts_text)
   local kind, hold_key, signature = "", nil, nil
   if op ~= "" then
@@ -259,6 +288,9 @@ for i = 1, n_events do
     ev.index, ev.ts, ev.month, ev.qty, ev.target = i, ts, month, tonumber(qty_text), target
     ev.key, ev.line, ev.hold = event_key, line, kind == "H"
     ev.agg, ev.value = string.sub(agg, 1, 1), string.sub(agg, 2)
+    -- a candidate is for a SUM that is no hold operation (resolve checks the entry)
+    ev.given = nil
+    if given_at ~= "" and kind == "" and agg == "S" then ev.given = given[tonumber(given_at)] end
     code = resolve(KEYS[tonumber(res_at)], used_key, ev)
     if code == "a" and kind == "H" then
       create_hold(hold_key, op, used_key, signature, ev.qty)

@@ -17,6 +17,10 @@ Defines: resolve.
 --- @include "ingest/thresholds"
 
 local decoded = {}
+-- resolution key -> the entry's text as read (false: missing), once a call
+local raws = {}
+-- the entry of a given candidate: no rules, so the defaults apply (as without "a")
+local NO_RULES = {}
 
 -- The record (JSON) in ingest.lua's event line "<value>:<target>\t<record>\t".
 local function line_record(line)
@@ -26,46 +30,61 @@ end
 -- The outcome of one event judged new (not a duplicate, not late). ev: the event's
 -- ts, month, qty, target, key, agg, value, index, hold (true: a hold, its units held
 -- instead of consumed) and either record (its JSON) or line (ingest.lua's
--- "<value>:<target>\t<record>\t"); one table, reused.
+-- "<value>:<target>\t<record>\t"); one table, reused. ev.given (ingest.lua only): nil,
+-- or the worker's candidate for a SUM with the entry text it computed it from
+-- ({ raw, cands }), taken only if the entry read now is that very text.
 local function resolve(resolution_key, used_key, ev)
-  local res = decoded[resolution_key]
-  if res == nil then
-    local raw = redis.call("GET", resolution_key)
-    if not raw then
-      return "m"
-    end
-    res = cjson.decode(raw)
-    decoded[resolution_key] = res
+  local raw = raws[resolution_key]
+  if raw == nil then
+    raw = redis.call("GET", resolution_key)
+    raws[resolution_key] = raw
+  end
+  if not raw then
+    return "m"
   end
   local ts, qty = ev.ts, ev.qty
-  local cands = {}
   local agg = ev.agg
-  local keeps = agg == "U" and {} or nil
-  local suspended = false
-  for _, e in ipairs(res) do
-    if (ev.target == "" or e.i == ev.target) and in_window(e, ts)
-      and (e.f == nil or dims_match(e, ev.index, ev.record or line_record(ev.line))) then
-      if suspended_at(e, ts) then
-        suspended = true
-      else
-        local field, limit, prepaid, keep
-        if e.o == nil then
-          field, limit, prepaid, keep = period_of(e, ts, ev.month)
-        else -- the limit with what a renewed term carried over
-          field, limit, prepaid, keep = rolled_limit(e, ts, ev.month, function(f)
-            return used_value(used_key, f)
-          end)
-        end
-        if field ~= nil then
-          cands[#cands + 1] = { field, limit, prepaid }
-          if keeps then keeps[#cands] = keep end
-          watch_period(field, limit, prepaid, e)
+  local given = ev.given
+  local cands, keeps
+  if given ~= nil and raw == given[1] then
+    -- the worker read this very entry: its candidate is what the loop below gives
+    cands = given[2]
+    local c = cands[1]
+    watch_period(c[1], c[2], c[3], NO_RULES)
+  else
+    local res = decoded[resolution_key]
+    if res == nil then
+      res = cjson.decode(raw)
+      decoded[resolution_key] = res
+    end
+    cands = {}
+    keeps = agg == "U" and {} or nil
+    local suspended = false
+    for _, e in ipairs(res) do
+      if (ev.target == "" or e.i == ev.target) and in_window(e, ts)
+        and (e.f == nil or dims_match(e, ev.index, ev.record or line_record(ev.line))) then
+        if suspended_at(e, ts) then
+          suspended = true
+        else
+          local field, limit, prepaid, keep
+          if e.o == nil then
+            field, limit, prepaid, keep = period_of(e, ts, ev.month)
+          else -- the limit with what a renewed term carried over
+            field, limit, prepaid, keep = rolled_limit(e, ts, ev.month, function(f)
+              return used_value(used_key, f)
+            end)
+          end
+          if field ~= nil then
+            cands[#cands + 1] = { field, limit, prepaid }
+            if keeps then keeps[#cands] = keep end
+            watch_period(field, limit, prepaid, e)
+          end
         end
       end
     end
-  end
-  if #cands == 0 then
-    return suspended and "s" or "n"
+    if #cands == 0 then
+      return suspended and "s" or "n"
+    end
   end
   allocation = {}
   -- moves[j]: what candidate j's counter moves by; nothing is written before the
