@@ -80,27 +80,11 @@ An accepted event's record is stored in the pending events as
 "<quantity>:<target>\t<record JSON>\t<field>=<micros>,..." (what it was
 counted on); the flush writes it to the log with the counts.
 
-Threshold crossings: when a PRE_PAID period's consumption goes from below 80%
-(or 100%) of its limit to at or above it, the field "n:<ent>:<period>:<pct>" of
-the pending hash is set (HSETNX) to "<now>:<consumed>[:<limit>]", consumed being the
-highest the batch carried the counter, limit the PRE_PAID limit it was judged
-against (a rolled-over term's with its carry). A batch is judged from its counter before it to
-that highest point, so a LATEST level that rose past a threshold and fell back
-within one batch notifies as it would have in two. The flush moves the field to
-the database with the counts, where it becomes a notification (once: its id is
-the primary key, so a level that falls and rises again in a period notifies
-once), and a redelivered event is a duplicate that moves nothing.
+Threshold crossings: ingest/thresholds.lua. Burn-down: ingest/burn_down.lua.
+Which entitlement, which period: ingest/periods.lua.
 
 A reservation's record starts with "<quantity>:<target>": the same idempotency
 key asked again with other parameters is a conflict (code c), not a duplicate.
-
-Which entitlement, which period (meterd.core.lifecycle.status_at and period_at in
-Python are the same rules): an entitlement takes usage timed at ts when
-starts <= ts < usable until ("u": the end of grace or of the term, or the
-termination; -1 open) and ts lies in none of its suspensions ("x"); the
-period is the stored one containing ts, else for a renewing entitlement ("r")
-the term of the calendar containing ts (starting where the stored periods
-end, if that is later), else the last stored one (grace).
 
 Returns one character per event (ScriptCode in storage/counters.py):
   a  accepted
@@ -150,18 +134,6 @@ end. A UNIQUE_COUNT event costs a SISMEMBER per candidate, and a new value an
 SADD and an expiry per candidate. Dimension filters decode the event's record
 once, only for events reaching an entitlement with filters.
 
-Burn-down: the resolution data lists the customer's entitlements for the
-feature already in order (priority, soonest end, oldest). The candidates of an
-event are the usable ones at its time, each with the period containing that time.
-* SUM, COUNT, UNIQUE_COUNT (a new value is one unit): each candidate takes what
-  room it has left; what is left after the last one is counted on the last one,
-  where it shows as overage. A counted value goes into the set of every
-  candidate's period; a value in any of them counts nothing.
-* MAX, LATEST: the sample is a level shared down its candidates (each takes up
-  to its limit, the last the rest), and each candidate's period judges its own
-  share: MAX keeps the largest share any sample gave it, LATEST its share of the
-  latest sample (time, then event key) it took. So a period's figure is a
-  function of the events and the grants, never of arrival order or batching.
 All numbers stay below 2^53, so Lua's doubles hold them exactly: an event is
 refused (o) only if a counter it would move would pass that bound.
 

@@ -3,6 +3,19 @@ periods (SUM, COUNT, UNIQUE_COUNT burn down; MAX and LATEST share a level).
 
 Needs (bound by the including script): strict.
 Defines: plan_sum, level_share, unique_key, seen_value.
+
+Burn-down: the resolution data lists the customer's entitlements for the
+feature already in order (priority, soonest end, oldest). The candidates of an
+event are the usable ones at its time, each with the period containing that time.
+* SUM, COUNT, UNIQUE_COUNT (a new value is one unit): each candidate takes what
+  room it has left; what is left after the last one is counted on the last one,
+  where it shows as overage. A counted value goes into the set of every
+  candidate's period; a value in any of them counts nothing.
+* MAX, LATEST: the sample is a level shared down its candidates (each takes up
+  to its limit, the last the rest), and each candidate's period judges its own
+  share: MAX keeps the largest share any sample gave it, LATEST its share of the
+  latest sample (time, then event key) it took. So a period's figure is a
+  function of the events and the grants, never of arrival order or batching.
 ]]
 
 --- @include "ingest/used"

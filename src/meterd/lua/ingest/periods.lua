@@ -3,6 +3,14 @@ twin of meterd.core.lifecycle.period_at (on the resolution entry, storage/resolu
 Pure.
 
 Defines: period_of.
+
+Which entitlement, which period (meterd.core.lifecycle.status_at and period_at in
+Python are the same rules): an entitlement takes usage timed at ts when
+starts <= ts < usable until ("u": the end of grace or of the term, or the
+termination; -1 open) and ts lies in none of its suspensions ("x"); the
+period is the stored one containing ts, else for a renewing entitlement ("r")
+the term of the calendar containing ts (starting where the stored periods
+end, if that is later), else the last stored one (grace).
 ]]
 
 --- @include "ingest/util"

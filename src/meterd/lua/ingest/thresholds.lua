@@ -16,6 +16,17 @@ CONSUMED at or above (threshold units, on any period, limited or not).
 Needs (bound by the including script): pending_key; ARGV[1] (now).
 Defines: prepaid_limits, field_rules, DEFAULT_RULES, percent_point, threshold_point,
 watch_period, watched, rule_point, note_crossings.
+
+Crossings with the default rules: when a PRE_PAID period's consumption goes from below 80%
+(or 100%) of its limit to at or above it, the field "n:<ent>:<period>:<pct>" of
+the pending hash is set (HSETNX) to "<now>:<consumed>[:<limit>]", consumed being the
+highest the batch carried the counter, limit the PRE_PAID limit it was judged
+against (a rolled-over term's with its carry). A batch is judged from its counter before it to
+that highest point, so a LATEST level that rose past a threshold and fell back
+within one batch notifies as it would have in two. The flush moves the field to
+the database with the counts, where it becomes a notification (once: its id is
+the primary key, so a level that falls and rises again in a period notifies
+once), and a redelivered event is a duplicate that moves nothing.
 ]]
 
 --- @include "ingest/util"
