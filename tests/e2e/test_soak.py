@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from meterd.testing import redis_server_binary
+
 from ..conftest import BACKEND, require
 from .conftest import BROKER_URL
 
@@ -43,7 +45,7 @@ def report() -> soak.SoakReport:
     """One run, read by the tests of this module."""
     try:
         soak.postgres_bindir()
-        soak.redis_server_binary()
+        redis_server_binary()
     except (FileNotFoundError, ImportError) as exc:
         require("PostgreSQL's initdb/pg_ctl or redis-server", exc)
     run = soak.run_soak(soak.ci_config(broker_url=BROKER_URL))
